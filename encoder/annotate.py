@@ -1,0 +1,407 @@
+"""Automatic annotation of a FLAME-format head: 68 landmarks and the 36 soft-tissue points.
+
+Works on any head mesh from its geometry, so a user's FLAME file needs no hand work:
+
+1. **68 landmarks** (when the model has no embedding): the mean face is rendered frontally
+   (orthographic, Lambertian) at a few sizes and tilts, dlib's 68-point predictor runs on each
+   render, every 2D point is read back onto the mesh through the rasterizer's triangle and
+   barycentric buffers, and the 3D positions are averaged and snapped to the surface.
+2. **A face frame** from the landmarks: x from the subject's right to left (symmetric pairs),
+   y up (chin → nasion), z out of the face; the midsagittal plane through the midline points.
+3. **Midline points** from the midsagittal profile of the skin (the largest connected part of
+   the mesh): extremes (vertex, glabella, pronasale, pogonion, menton), deepest points below a
+   chord (sellion, subnasale, supramentale), fractions along the nasal dorsum (mid-nasal,
+   rhinion), and windows set by the landmarks.
+4. **Bilateral points** by casting rays onto the skin at positions set by the landmarks and
+   average adult proportions scaled to the face (biocular width / 90 mm).
+
+Annotations are stored per topology (``encoder/data/annotation-<hash>.json`` in the package,
+or the user's cache) as (triangle, barycentric) pairs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from skullsearch.encoder.soft_tissue import BILATERAL, SOFT_TISSUE_NAMES
+from skullsearch.errors import LandmarkError
+
+log = logging.getLogger(__name__)
+
+DATA_DIR = Path(__file__).parent / "data"
+ANNOTATOR_VERSION = 1
+
+
+def _skin(vertices: np.ndarray, faces: np.ndarray):
+    """The skin: the largest connected part of the mesh (drops eyeballs, teeth, tongue)."""
+    import trimesh
+
+    mesh = trimesh.Trimesh(vertices, faces, process=False)
+    parts = trimesh.graph.connected_components(mesh.face_adjacency, nodes=np.arange(len(faces)))
+    largest = max(parts, key=len)
+    keep = np.zeros(len(faces), bool)
+    keep[largest] = True
+    face_ids = np.nonzero(keep)[0]
+    skin = trimesh.Trimesh(vertices, faces[face_ids], process=False)
+    return skin, face_ids
+
+
+def surface_points(model_vertices, faces, skin, skin_faces, points) -> tuple[np.ndarray, np.ndarray]:
+    """Snap (K, 3) points to the skin: triangle ids into ``faces`` (K,) and barycentrics (K, 3)."""
+    import trimesh
+
+    closest, _, tri = trimesh.proximity.closest_point(skin, np.asarray(points, dtype=np.float64))
+    corners = model_vertices[faces[skin_faces[tri]]]
+    bary = trimesh.triangles.points_to_barycentric(corners, closest)
+    bary = np.clip(bary, 0, None)
+    bary /= bary.sum(1, keepdims=True)
+    return skin_faces[tri], bary.astype(np.float32)
+
+
+# ---------------------------------------------------------------- 68 landmarks from renders
+def detect_landmarks68(vertices: np.ndarray, faces: np.ndarray, views=None) -> np.ndarray:
+    """68 iBUG landmarks (68, 3) mm on a head mesh, by dlib on orthographic renders.
+
+    vertices: (V, 3) mm face frame (y up, z out of the face); faces (F, 3).
+    views: (size px, pitch deg) pairs to average over.
+    """
+    from skullsearch.encoder.detect import dlib_landmarks68
+    from skullsearch.encoder.render import face_camera, render_mesh
+
+    skin, skin_faces = _skin(vertices, faces)
+    lo, hi = skin.bounds
+    center = (lo + hi) / 2
+    fov = 1.15 * max(hi[0] - lo[0], hi[1] - lo[1])
+    views = views or [(400, 0.0), (480, 0.0), (360, 0.0), (400, 5.0), (400, -5.0)]
+    found = []
+    for size, pitch in views:
+        cam = face_camera(pitch_deg=pitch, size=size, orthographic=True, fov_mm=fov, center=center)
+        r = render_mesh(vertices, faces, cam)
+        dets = dlib_landmarks68(r.image)
+        if not dets:
+            continue
+        pts2d = dets[0][1]
+        fg = np.argwhere(r.face_id >= 0)  # (n, 2) row, col
+        pts3 = []
+        for x, y in pts2d:
+            row, col = int(round(y)), int(round(x))
+            if not (0 <= row < cam.height and 0 <= col < cam.width) or r.face_id[row, col] < 0:
+                row, col = fg[np.argmin(((fg - (row, col)) ** 2).sum(1))]  # nearest face pixel
+            f = r.face_id[row, col]
+            pts3.append((vertices[faces[f]] * r.bary[row, col][:, None]).sum(0))
+        found.append(np.array(pts3))
+    if not found:
+        raise LandmarkError(
+            "the landmark detector found no face on the model's renders; give a landmark "
+            "embedding (landmark_embedding.npy) next to the model file"
+        )
+    mean = np.median(np.stack(found), axis=0)
+    closest = surface_points(vertices, faces, skin, skin_faces, mean)
+    return (vertices[faces[closest[0]]] * closest[1][..., None]).sum(1)
+
+
+# ---------------------------------------------------------------- soft-tissue points
+def face_frame(lm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A local frame from 68 landmarks: rotation (3, 3) rows x, y, z and origin (3,) on the
+    midsagittal plane. x: subject's right → left; y: up; z: out of the face."""
+    pairs = [(36, 45), (39, 42), (31, 35), (48, 54), (0, 16), (2, 14), (17, 26), (21, 22)]
+    xs = np.array([lm[b] - lm[a] for a, b in pairs])
+    # iBUG 36 is the subject's right eye: lm[45] - lm[36] points to the subject's left.
+    x = xs.sum(0)
+    x /= np.linalg.norm(x)
+    y = lm[27] - lm[8]
+    y -= x * (y @ x)
+    y /= np.linalg.norm(y)
+    z = np.cross(x, y)
+    midline = [27, 28, 29, 30, 33, 51, 57, 8, 62, 66]
+    mids = np.concatenate([lm[midline], np.array([(lm[a] + lm[b]) / 2 for a, b in pairs])])
+    return np.stack([x, y, z]), mids.mean(0)
+
+
+def refine_symmetry(rot: np.ndarray, origin: np.ndarray, points: np.ndarray, iters: int = 10):
+    """Refine the midsagittal plane of a (near-)symmetric surface.
+
+    rot (3, 3) rows x, y, z with x the plane normal; origin (3,); points (n, 3) the skin.
+    Each step mirrors the points across the plane, pairs each with its nearest neighbour, and
+    refits the plane to the pairs (normal: main direction of the pair differences; origin: mean
+    of the pair midpoints). Returns the refined (rot, origin).
+    """
+    from scipy.spatial import cKDTree
+
+    tree = cKDTree(points)
+    n, o = rot[0].copy(), origin.copy()
+    for _ in range(iters):
+        mirrored = points - 2 * ((points - o) @ n)[:, None] * n
+        dist, j = tree.query(mirrored)
+        good = dist <= np.quantile(dist, 0.8)  # ignore asymmetric parts
+        diff = points[good] - points[j[good]]
+        diff *= np.sign(diff @ n)[:, None]
+        n_new = np.linalg.svd(diff, full_matrices=False)[2][0]
+        n = n_new * np.sign(n_new @ rot[0])
+        o = ((points[good] + points[j[good]]) / 2).mean(0)
+    y = rot[1] - n * (rot[1] @ n)
+    y /= np.linalg.norm(y)
+    return np.stack([n, y, np.cross(n, y)]), origin + n * ((o - origin) @ n)
+
+
+def _profile(skin, rot, origin) -> np.ndarray:
+    """Midsagittal profile of the skin in the local frame: segments (m, 2, 2) of (y, z)."""
+    import trimesh
+
+    # A hair off the plane: vertices lying exactly on it (a symmetric mesh's midline) make
+    # degenerate intersections that the slicer drops.
+    origin = origin + 1e-3 * rot[0]
+    segs = trimesh.intersections.mesh_plane(skin, rot[0], origin)  # (m, 2, 3)
+    return ((segs - origin) @ rot.T)[..., 1:]
+
+
+def _dense(segs: np.ndarray, step: float = 0.5) -> np.ndarray:
+    """Points every ``step`` mm along the profile segments: (n, 2) (y, z)."""
+    lengths = np.linalg.norm(segs[:, 1] - segs[:, 0], axis=1)
+    counts = np.maximum(np.ceil(lengths / step).astype(int), 1) + 1
+    seg_id = np.repeat(np.arange(len(segs)), counts)
+    t = (np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)) / (
+        counts[seg_id] - 1)
+    return segs[seg_id, 0] + t[:, None] * (segs[seg_id, 1] - segs[seg_id, 0])
+
+
+def _front(segs: np.ndarray, y_lo: float, y_hi: float, step: float = 0.25) -> np.ndarray:
+    """The front (max z) silhouette of the profile between two heights: (n, 2) (y, z), y desc."""
+    ys = np.arange(y_hi, y_lo - step, -step)
+    (ya, za), (yb, zb) = segs[:, 0].T, segs[:, 1].T
+    lo, hi = np.minimum(ya, yb), np.maximum(ya, yb)
+    span = np.where(hi - lo < 1e-9, 1e-9, yb - ya)
+    t = (ys[:, None] - ya) / span
+    z = np.where((ys[:, None] >= lo) & (ys[:, None] <= hi), za + t * (zb - za), -np.inf)
+    zmax = z.max(1)
+    keep = np.isfinite(zmax)
+    return np.stack([ys[keep], zmax[keep]], 1)
+
+
+def _deepest(curve: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The curve point (y, z) farthest behind the chord a → b (between a and b in height)."""
+    seg = curve[(curve[:, 0] <= max(a[0], b[0])) & (curve[:, 0] >= min(a[0], b[0]))]
+    d = b - a
+    n = np.array([-d[1], d[0]]) / np.linalg.norm(d)  # normal of the chord
+    if n[1] > 0:  # make it point backwards (−z)
+        n = -n
+    return seg[np.argmax((seg - a) @ n)]
+
+
+def _at_height(curve: np.ndarray, y: float) -> np.ndarray:
+    return curve[np.argmin(np.abs(curve[:, 0] - y))]
+
+
+def soft_tissue_positions(vertices: np.ndarray, faces: np.ndarray, lm: np.ndarray) -> np.ndarray:
+    """The 36 soft-tissue points (36, 3) mm, in :data:`SOFT_TISSUE_NAMES` order, on the skin.
+
+    vertices (V, 3) mm of the mean face; faces (F, 3); lm (68, 3) its iBUG landmarks.
+    """
+    skin, _ = _skin(vertices, faces)
+    rot, origin = refine_symmetry(*face_frame(lm), skin.vertices)
+    L = (lm - origin) @ rot.T  # landmarks in the local frame
+    s = np.linalg.norm(L[45] - L[36]) / 90.0  # scale against the adult biocular width
+    segs = _profile(skin, rot, origin)
+    prof = _dense(segs)
+    top = prof[:, 0].max()
+
+    y_eye = L[36:48, 1].mean()
+    y_brow = L[17:27, 1].mean()
+    y_mouth = (L[62, 1] + L[66, 1]) / 2
+    y_chin = L[8, 1]
+    front = _front(segs, y_chin - 40 * s, top)
+
+    def front_max(y_lo, y_hi):
+        seg = front[(front[:, 0] >= y_lo) & (front[:, 0] <= y_hi)]
+        return seg[np.argmax(seg[:, 1])]
+
+    pts: dict[str, np.ndarray] = {}
+    g = front_max(L[27, 1], y_brow + 20 * s)
+    prn = front_max(L[33, 1], L[27, 1])
+    se = _deepest(front, g, prn)
+    ls = front_max(y_mouth, L[33, 1])
+    sn = _deepest(front, prn, ls)
+    li = front_max(y_mouth - 0.45 * (y_mouth - y_chin), y_mouth)
+    pg = front_max(y_chin - 5 * s, y_mouth - 0.5 * (y_mouth - y_chin))
+    sm = _deepest(front, li, pg)
+    chin = prof[(prof[:, 1] > pg[1] - 30 * s) & (prof[:, 0] < pg[0])]
+    me = chin[np.argmin(chin[:, 0])]
+    under = prof[(prof[:, 0] <= pg[0]) & (prof[:, 0] >= me[0]) & (prof[:, 1] >= me[1])]
+    gn = under[np.argmax(under[:, 1] - under[:, 0])]  # most anterior-inferior
+    back = prof[(prof[:, 1] < 0) & (np.abs(prof[:, 0] - g[0]) < 50 * s)]
+    op = back[np.argmax(np.linalg.norm(back - g, axis=1))]
+    v = prof[np.argmax(prof[:, 0])]
+    midline = {
+        "op": op, "v": v, "g": g, "n": se,
+        "mn": _at_height(front, se[0] + 0.3 * (prn[0] - se[0])),
+        "rhi": _at_height(front, se[0] + 0.6 * (prn[0] - se[0])),
+        "ss": sn, "mp": _at_height(front, (sn[0] + ls[0]) / 2), "pr": ls, "id": li,
+        "sm": sm, "pg": pg, "gn": gn, "me": me,
+    }
+    for k, (y, z) in midline.items():
+        pts[k] = np.array([0.0, y, z])
+
+    rays_o, rays_d, names = [], [], []
+
+    def cast(name, x, y, z, direction):
+        rays_o.append([x, y, z])
+        rays_d.append(direction)
+        names.append(name)
+
+    far = 300.0
+    for side, sign, eye, corner, ala, contour in (
+        ("l", 1.0, range(42, 48), 54, 35, (13, 12)), ("r", -1.0, range(36, 42), 48, 31, (3, 4)),
+    ):
+        e = L[list(eye)].mean(0)
+        brow = L[22:27].mean(0) if side == "l" else L[17:22].mean(0)
+        cast(f"mso_{side}", e[0], e[1] + 0.8 * (brow[1] - e[1]), far, (0, 0, -1))
+        cast(f"mio_{side}", e[0], e[1] - 0.4 * (e[1] - L[33, 1]), far, (0, 0, -1))
+        a = L[ala]
+        cast(f"ac_{side}", a[0] + sign * 3 * s, a[1] + 2 * s, far, (0, 0, -1))
+        c = L[corner]
+        cast(f"sC_{side}", 0.75 * c[0], y_mouth + 10 * s, far, (0, 0, -1))
+        cast(f"iC_{side}", 0.75 * c[0], y_mouth - 10 * s, far, (0, 0, -1))
+        cast(f"sM2_{side}", sign * far, y_mouth + 8 * s, c[2] - 22 * s, (-sign, 0, 0))
+        cast(f"iM2_{side}", sign * far, y_mouth - 8 * s, c[2] - 22 * s, (-sign, 0, 0))
+        ex = L[45] if side == "l" else L[36]
+        y_go = y_mouth - 0.45 * (y_mouth - y_chin)
+        z_go = ex[2] - 62 * s
+        cast(f"go_{side}", sign * far, y_go, z_go, (-sign, 0, 0))
+        cast(f"mr_{side}", sign * far, (y_go + y_eye - 25 * s) / 2, z_go + 4 * s, (-sign, 0, 0))
+    # to world, cast, back to local
+    o = np.array(rays_o) @ rot + origin
+    d = np.array(rays_d, dtype=np.float64) @ rot
+    loc, ray_idx, _ = skin.ray.intersects_location(o, d, multiple_hits=True)
+    for i, name in enumerate(names):
+        hits = loc[ray_idx == i]
+        if not len(hits):
+            raise LandmarkError(f"annotator: no skin surface found for {name}; give the point "
+                                "in a soft-tissue JSON override")
+        first = hits[np.argmin(np.linalg.norm(hits - o[i], axis=1))]
+        pts[name] = (first - origin) @ rot.T
+
+    # zygion: the widest point of the cheekbone band, in front of the ear
+    vl = (skin.vertices - origin) @ rot.T
+    for side, sign, ex in (("l", 1.0, L[45]), ("r", -1.0, L[36])):
+        band = vl[(vl[:, 1] > y_eye - 25 * s) & (vl[:, 1] < y_eye - 5 * s)
+                  & (vl[:, 2] > ex[2] - 45 * s) & (vl[:, 2] < ex[2] - 5 * s) & (sign * vl[:, 0] > 0)]
+        pts[f"zy_{side}"] = band[np.argmax(sign * band[:, 0])]
+        # mid-mandibular border: the skin nearest the mid-point of gonion and menton
+        mid = (pts[f"go_{side}"] + pts["me"]) / 2
+        pts[f"mmb_{side}"] = mid
+    # Symmetry: average each bilateral pair with its mirror image across the midsagittal plane.
+    flip = np.array([-1.0, 1.0, 1.0])
+    for key in BILATERAL:
+        m = (pts[f"{key}_l"] + pts[f"{key}_r"] * flip) / 2
+        pts[f"{key}_l"], pts[f"{key}_r"] = m, m * flip
+    local = np.array([pts[n] for n in SOFT_TISSUE_NAMES])
+    return local @ rot + origin
+
+
+def annotate(vertices: np.ndarray, faces: np.ndarray, lm68: np.ndarray | None = None):
+    """Annotate a head mesh: (landmarks68 SurfacePoints, soft tissue SurfacePoints).
+
+    vertices (V, 3) mm mean face; faces (F, 3); lm68 (68, 3) landmarks when the model has an
+    embedding (otherwise detected on renders).
+    """
+    from skullsearch.encoder.face_model import SurfacePoints
+
+    vertices = np.asarray(vertices, dtype=np.float64)
+    skin, skin_faces = _skin(vertices, faces)
+    if lm68 is None:
+        lm68 = detect_landmarks68(vertices, faces)
+    lm_f, lm_b = surface_points(vertices, faces, skin, skin_faces, lm68)
+    pos = soft_tissue_positions(vertices, faces, lm68)
+    st_f, st_b = surface_points(vertices, faces, skin, skin_faces, pos)
+    return SurfacePoints(lm_f, lm_b), SurfacePoints(st_f, st_b, SOFT_TISSUE_NAMES)
+
+
+# ---------------------------------------------------------------- storage
+def _annotation_file(topology_hash: str, folder: Path) -> Path:
+    return folder / f"annotation-{topology_hash[:16]}.json"
+
+
+def _read(path: Path, topology_hash: str):
+    from skullsearch.encoder.face_model import SurfacePoints
+
+    data = json.loads(path.read_text())
+    if data.get("topology") != topology_hash:
+        return None
+    lm = SurfacePoints.from_json(data["landmarks68"]) if data.get("landmarks68") else None
+    return lm, SurfacePoints.from_json(data["soft_tissue"])
+
+
+def packaged_annotation(topology_hash: str):
+    """(landmarks68, soft_tissue) shipped in the package for this topology, or None."""
+    path = _annotation_file(topology_hash, DATA_DIR)
+    return _read(path, topology_hash) if path.exists() else None
+
+
+def write_annotation(path: Path, topology_hash: str, landmarks68, soft_tissue, source: str) -> Path:
+    data = {
+        "topology": topology_hash,
+        "annotator_version": ANNOTATOR_VERSION,
+        "source": source,
+        "landmarks68": landmarks68.to_json() if landmarks68 is not None else None,
+        "soft_tissue": soft_tissue.to_json(),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    tmp.replace(path)
+    return path
+
+
+def annotation_for(model):
+    """The soft-tissue annotation of a model: packaged, cached, or computed (then cached).
+
+    A model without a 68-point embedding also gets one (set on ``model.landmarks``).
+    """
+    from skullsearch.encoder.anny_head import cache_dir
+
+    h = model.topology_hash
+    found = packaged_annotation(h)
+    cached = _annotation_file(h, cache_dir() / "annotations")
+    if found is None and cached.exists():
+        found = _read(cached, h)
+    if found is not None:
+        lm, st = found
+        if model.landmarks is None and lm is not None:
+            model.landmarks = lm
+        return st
+    lm68 = None
+    if model.landmarks is not None:
+        import torch
+
+        with torch.no_grad():
+            lm68 = model.landmarks68(batch_size=1)[0].numpy().astype(np.float64)
+    log.info("annotating the face model's soft-tissue points (topology %s)", h[:16])
+    lm, st = annotate(model.v_template, model.faces, lm68)
+    if model.landmarks is None:
+        model.landmarks = lm
+    write_annotation(cached, h, lm, st, source=model.meta.get("name", "user model"))
+    return st
+
+
+def main(argv=None) -> None:  # pragma: no cover - maintenance entry point
+    """``python -m skullsearch.encoder.annotate``: re-annotate the open default model and write
+    the packaged annotation file."""
+    from skullsearch.encoder.anny_head import build_arrays
+    from skullsearch.encoder.face_model import FaceModel, FaceModelArrays
+
+    d = build_arrays()
+    model = FaceModel(FaceModelArrays(
+        d["v_template"], d["faces"], d["shapedirs"], d["exprdirs"], d["posedirs"],
+        d["J_regressor"], d["weights"], d["parents"]))
+    lm, st = annotate(model.v_template, model.faces)
+    path = write_annotation(_annotation_file(model.topology_hash, DATA_DIR), model.topology_hash,
+                            lm, st, source=d["meta"]["source"])
+    print(path)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,1 @@
+"""skullsearch.index — see DESIGN.md §3; filled by later issues."""

@@ -1,0 +1,1 @@
+"""skullsearch.inpaint — see DESIGN.md §3; filled by later issues."""

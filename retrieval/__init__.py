@@ -1,0 +1,1 @@
+"""skullsearch.retrieval — see DESIGN.md §3; filled by later issues."""
