@@ -1,5 +1,9 @@
-"""Face side: FLAME-format face models, landmark annotation, image → code (later issues)."""
+"""Face side: FLAME-format face models, landmark annotation, rendering, detection.
 
-from skullsearch.encoder.face_model import FaceModel, SOFT_TISSUE_NAMES
+Imports nothing else of skullsearch's subpackages (DESIGN.md §3).
+"""
 
-__all__ = ["FaceModel", "SOFT_TISSUE_NAMES"]
+from skullsearch.encoder.face_model import FaceModel, SurfacePoints
+from skullsearch.encoder.soft_tissue import SOFT_TISSUE_NAMES
+
+__all__ = ["FaceModel", "SurfacePoints", "SOFT_TISSUE_NAMES"]

@@ -317,7 +317,16 @@ def annotate(vertices: np.ndarray, faces: np.ndarray, lm68: np.ndarray | None = 
     lm_f, lm_b = surface_points(vertices, faces, skin, skin_faces, lm68)
     pos = soft_tissue_positions(vertices, faces, lm68)
     st_f, st_b = surface_points(vertices, faces, skin, skin_faces, pos)
-    return SurfacePoints(lm_f, lm_b), SurfacePoints(st_f, st_b, SOFT_TISSUE_NAMES)
+    return (landmark_embedding(SurfacePoints(lm_f, lm_b)),
+            SurfacePoints(st_f, st_b, SOFT_TISSUE_NAMES))
+
+
+def landmark_embedding(points):
+    """68 surface points → a static 68-point :class:`LandmarkEmbedding`."""
+    from skullsearch.encoder.flame_io import LandmarkEmbedding
+
+    return LandmarkEmbedding(static_faces=points.faces, static_bary=points.bary,
+                             source="skullsearch annotator").validated()
 
 
 # ---------------------------------------------------------------- storage
@@ -331,8 +340,9 @@ def _read(path: Path, topology_hash: str):
     data = json.loads(path.read_text())
     if data.get("topology") != topology_hash:
         return None
-    lm = SurfacePoints.from_json(data["landmarks68"]) if data.get("landmarks68") else None
-    return lm, SurfacePoints.from_json(data["soft_tissue"])
+    lm = data.get("landmarks68")
+    return (landmark_embedding(SurfacePoints.from_json(lm)) if lm else None,
+            SurfacePoints.from_json(data["soft_tissue"]))
 
 
 def packaged_annotation(topology_hash: str):
@@ -342,11 +352,15 @@ def packaged_annotation(topology_hash: str):
 
 
 def write_annotation(path: Path, topology_hash: str, landmarks68, soft_tissue, source: str) -> Path:
+    """Store an annotation (landmarks68: a 68-point LandmarkEmbedding or None) as JSON."""
+    from skullsearch.encoder.face_model import SurfacePoints
+
     data = {
         "topology": topology_hash,
         "annotator_version": ANNOTATOR_VERSION,
         "source": source,
-        "landmarks68": landmarks68.to_json() if landmarks68 is not None else None,
+        "landmarks68": SurfacePoints(landmarks68.static_faces, landmarks68.static_bary).to_json()
+        if landmarks68 is not None else None,
         "soft_tissue": soft_tissue.to_json(),
     }
     path.parent.mkdir(parents=True, exist_ok=True)

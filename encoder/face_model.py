@@ -211,8 +211,7 @@ class FaceModel:
             "J_regressor": self.j_regressor, "weights": self.weights, "parents": self.parents,
             "shape_std": self.shape_std, "expression_std": self.expression_std,
         }
-        if self.landmarks is not None:
-            arrays.update(_landmark_arrays(self.landmarks))
+        arrays["landmarks"] = self.landmarks
         if self.soft_tissue_points is not None:
             arrays["soft_tissue_faces"] = self.soft_tissue_points.faces
             arrays["soft_tissue_bary"] = self.soft_tissue_points.bary
@@ -347,9 +346,7 @@ class FaceModel:
         lm = self.landmarks
         if lm is None:
             return None
-        if isinstance(lm, SurfacePoints):
-            return lm
-        if getattr(lm, "full_faces", None) is not None:
+        if lm.full_faces is not None:
             return SurfacePoints(lm.full_faces, lm.full_bary)
         if len(lm.static_faces) == 68:
             return SurfacePoints(lm.static_faces, lm.static_bary)
@@ -475,17 +472,6 @@ def _soft_tissue_from_dict(d: dict) -> SurfacePoints | None:
     if "soft_tissue_faces" not in d:
         return None
     return SurfacePoints(d["soft_tissue_faces"], d["soft_tissue_bary"], SOFT_TISSUE_NAMES)
-
-
-def _landmark_arrays(lm) -> dict:
-    if isinstance(lm, SurfacePoints):
-        return {"lmk68_faces": lm.faces, "lmk68_bary": lm.bary}
-    out = {"lmk_static_faces": lm.static_faces, "lmk_static_bary": lm.static_bary}
-    if lm.dynamic_faces is not None:
-        out |= {"lmk_dynamic_faces": lm.dynamic_faces, "lmk_dynamic_bary": lm.dynamic_bary}
-    if lm.full_faces is not None:
-        out |= {"lmk68_faces": lm.full_faces, "lmk68_bary": lm.full_bary}
-    return out
 
 
 def read_soft_tissue_json(path: str | os.PathLike, model: FaceModel) -> SurfacePoints:

