@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,8 @@ import torch
 from skullsearch.encoder.lbs import axis_angle_to_matrix, lbs
 from skullsearch.encoder.soft_tissue import SOFT_TISSUE_NAMES
 from skullsearch.errors import FaceModelError, LandmarkError
+
+log = logging.getLogger(__name__)
 
 #: Environment variable naming the face model file the CLI and library use by default.
 FACE_MODEL_ENV = "SKULLSEARCH_FACE_MODEL"
@@ -185,7 +188,11 @@ class FaceModel:
         elif model.soft_tissue_points is None and annotate:
             from skullsearch.encoder.annotate import annotation_for
 
-            model.soft_tissue_points = annotation_for(model)
+            try:
+                model.soft_tissue_points = annotation_for(model)
+            except LandmarkError as e:  # the model stays usable; soft_tissue() says why not
+                log.warning("%s: no soft-tissue annotation: %s", path.name, e)
+                model.meta["annotation_error"] = str(e)
         return model
 
     @classmethod
@@ -215,7 +222,8 @@ class FaceModel:
         if self.soft_tissue_points is not None:
             arrays["soft_tissue_faces"] = self.soft_tissue_points.faces
             arrays["soft_tissue_bary"] = self.soft_tissue_points.bary
-        meta = {k: v for k, v in self.meta.items() if k not in ("file", "file_sha256")}
+        meta = {k: v for k, v in self.meta.items()
+                if k not in ("file", "file_sha256", "annotation_error", "loaded_from")}
         arrays["meta"] = meta
         flame_io.write_face_model_npz(path, arrays)
         return Path(path)
@@ -397,9 +405,11 @@ class FaceModel:
                     **kw) -> torch.Tensor:
         """The 36 soft-tissue points (B, 36, 3) mm in the order :attr:`soft_tissue_names`."""
         if self.soft_tissue_points is None:
+            why = self.meta.get("annotation_error")
             raise LandmarkError(
-                "this face model has no soft-tissue annotation; load it with annotate=True or "
-                "give soft_tissue=FILE.json"
+                "this face model has no soft-tissue annotation"
+                + (f" (the automatic annotator failed: {why})" if why else "")
+                + "; give the 36 points as soft_tissue=FILE.json (--soft-tissue FILE.json)"
             )
         if vertices is None:
             vertices = self.vertices(shape, expression, pose, **kw)
@@ -429,7 +439,9 @@ class FaceModel:
             "dynamic contour": "yes" if getattr(self.landmarks, "dynamic_faces", None) is not None
             else "no",
             "soft-tissue points": f"{len(self.soft_tissue_points)} / {len(SOFT_TISSUE_NAMES)}"
-            if self.soft_tissue_points is not None else "none",
+            if self.soft_tissue_points is not None
+            else "none" + (f" ({self.meta['annotation_error']})"
+                           if "annotation_error" in self.meta else ""),
             "units": "millimetres",
             "extent (x, y, z) mm": tuple(round(float(e), 1) for e in extent),
             "fingerprint": self.fingerprint[:16],

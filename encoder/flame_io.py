@@ -68,7 +68,6 @@ FORMAT_VERSION = 1
 MODEL_KEYS = (
     "v_template", "faces", "shapedirs", "exprdirs", "posedirs", "J_regressor", "weights", "parents",
 )
-_MM_KEYS = ("v_template", "shapedirs", "exprdirs", "posedirs")
 _LMK_FIELDS = ("static_faces", "static_bary", "dynamic_faces", "dynamic_bary", "full_faces",
                "full_bary")
 _SUPPORTED = (".pkl: FLAME 2017/2020 (generic_model.pkl, FLAME_NEUTRAL.pkl...), FLAME 2023, "
@@ -118,7 +117,8 @@ def _latin1_encode(obj: str, encoding: str = "utf-8", errors: str = "strict") ->
     """``_codecs.encode`` as Python 3 protocol-2 pickles use it for bytes (latin1 only)."""
     if not isinstance(obj, str) or encoding.lower().replace("_", "-") not in (
             "latin1", "latin-1", "iso-8859-1"):
-        raise UnsafePickleError(f"the pickle asks _codecs.encode for encoding {encoding!r}")
+        raise UnsafePickleError(f"refusing to decode pickled text as {encoding!r}: a FLAME file "
+                                "only stores latin1 bytes, so it is not a plain FLAME model")
     return obj.encode("latin1", errors)
 
 
@@ -235,6 +235,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return self.storages.setdefault(str(pid[2]), _StorageRef(pid[1].dtype, int(pid[4])))
 
     def find_class(self, module: str, name: str) -> Any:
+        if module.endswith("\r") or name.endswith("\r"):  # CRLF-mangled text pickle: retried
+            raise pickle.UnpicklingError("global name ends with a carriage return")
         module = _PY2_MODULES.get(module, module)
         self.seen.add(f"{module}.{name}")
         found = _allowed_globals().get((module, name))
@@ -297,9 +299,22 @@ def _unpickle(source: Any, name: str | None = None) -> tuple[Any, set[str]]:
             raise FaceModelError(f"cannot read {source}: {exc.strerror or exc}") from exc
     else:
         data = bytes(source)
-    if data[:1] != b"\x80" and b"\r\n" in data:
-        # A protocol-0 (text) pickle never holds a raw CR: this one went through a CRLF checkout.
-        data = data.replace(b"\r\n", b"\n")
+    try:
+        return _load_once(data, where)
+    except FaceModelError as exc:
+        # A text (protocol 0) pickle checked out with CRLF line ends: retry with LF. Binary
+        # protocol-1 data may hold CR LF bytes, so only ever as a second attempt.
+        if data[:1] == b"\x80" or b"\r\n" not in data or isinstance(exc, UnsafePickleError):
+            raise
+        try:
+            return _load_once(data.replace(b"\r\n", b"\n"), where)
+        except UnsafePickleError:
+            raise
+        except FaceModelError:
+            raise exc from None
+
+
+def _load_once(data: bytes, where: str) -> tuple[Any, set[str]]:
     unpickler = _RestrictedUnpickler(io.BytesIO(data), where)
     try:
         obj = unpickler.load()
@@ -636,7 +651,7 @@ def read_face_model_npz(path: str | os.PathLike) -> dict:
     path = Path(path)
     where = path.name
     try:
-        with np.load(path, allow_pickle=False) as z:
+        with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as z:
             data = {k: z[k] for k in z.files}
     except FileNotFoundError as exc:
         raise FaceModelError(f"no such face model file: {path}") from exc
@@ -815,7 +830,7 @@ def _read_embedding_payload(path: Path) -> dict:
         payload = _read_npy_payload(path)
     elif suffix == ".npz":
         try:
-            with np.load(path, allow_pickle=False) as z:
+            with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as z:
                 payload = {k: z[k] for k in z.files}
         except Exception as exc:
             raise LandmarkError(f"cannot read {path.name} as an .npz embedding ({exc})") from exc

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import pickle
 import pickletools
 import sys
@@ -10,6 +11,7 @@ import sys
 import numpy as np
 import pytest
 from flame_writer import (
+    _Payload,
     fake_chumpy,
     make_synthetic_flame,
     write_flame_dynamic_embedding,
@@ -125,6 +127,14 @@ def test_crlf_mangled_text_pickle_still_reads(tmp_path):
     blob = pickle.dumps(data, protocol=0).replace(b"\n", b"\r\n")
     out = fio.restricted_unpickle(blob)
     np.testing.assert_array_equal(out["lmk_face_idx"], [0, 1, 2])
+    binary = pickle.dumps({"x": np.frombuffer(b"\r\n" * 8, np.uint8)}, protocol=1)
+    assert binary[:1] != b"\x80" and b"\r\n" in binary  # protocol 1: no header, raw CR LF kept
+    assert fio.restricted_unpickle(binary)["x"].tobytes() == b"\r\n" * 8
+    marker = tmp_path / "marker"
+    evil = pickle.dumps(_Payload(os.system, (f"touch {marker}",)), 0)
+    with pytest.raises(UnsafePickleError, match="system"):
+        fio.restricted_unpickle(evil.replace(b"\n", b"\r\n"))
+    assert not marker.exists()
 
 
 # ----------------------------------------------------------------------------- refusals

