@@ -80,7 +80,9 @@ def model_info(face_model: FaceModelOption = None):
 
 @model_app.command("export")
 def model_export(
-    out_path: Annotated[Path, typer.Argument(metavar="OUT", help="Output mesh (.ply, .obj, .stl, .glb, .off).")],
+    out_path: Annotated[
+        Path, typer.Argument(metavar="OUT", help="Output mesh (.ply, .obj, .stl, .glb, .off).")
+    ],
     face_model: FaceModelOption = None,
     markers: Annotated[bool, typer.Option(help="Add small spheres at the landmarks.")] = True,
 ):

@@ -253,8 +253,8 @@ def soft_tissue_positions(vertices: np.ndarray, faces: np.ndarray, lm: np.ndarra
         names.append(name)
 
     far = 300.0
-    for side, sign, eye, corner, ala, contour in (
-        ("l", 1.0, range(42, 48), 54, 35, (13, 12)), ("r", -1.0, range(36, 42), 48, 31, (3, 4)),
+    for side, sign, eye, corner, ala in (
+        ("l", 1.0, range(42, 48), 54, 35), ("r", -1.0, range(36, 42), 48, 31),
     ):
         e = L[list(eye)].mean(0)
         brow = L[22:27].mean(0) if side == "l" else L[17:22].mean(0)

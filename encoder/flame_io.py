@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from skullsearch.errors import FaceModelError, LandmarkError, UnsafePickleError
 
 __all__ = [

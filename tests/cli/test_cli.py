@@ -6,9 +6,10 @@ import sys
 
 import pytest
 import trimesh
-from flame_writer import make_synthetic_flame, write_flame_pickle, write_malicious_pickle
 
 from skullsearch.cli.app import main
+
+from flame_writer import make_synthetic_flame, write_flame_pickle, write_malicious_pickle
 
 
 def run_cli(*args, env=None):

@@ -3,17 +3,18 @@
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from skullsearch import FaceModel, FaceModelError, LandmarkError
+from skullsearch.encoder.face_model import yaw_bin
+
 from flame_writer import (
     make_synthetic_flame,
     write_flame_pickle,
     write_flame_static_embedding,
     write_landmark_embedding_deca,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
-from skullsearch import FaceModel, FaceModelError, LandmarkError
-from skullsearch.encoder.face_model import yaw_bin
 
 
 # ------------------------------------------------------------------ reference FLAME LBS

@@ -10,6 +10,10 @@ import sys
 
 import numpy as np
 import pytest
+
+from skullsearch.encoder import flame_io as fio
+from skullsearch.errors import FaceModelError, LandmarkError, UnsafePickleError
+
 from flame_writer import (
     _Payload,
     fake_chumpy,
@@ -20,8 +24,6 @@ from flame_writer import (
     write_landmark_embedding_deca,
     write_malicious_pickle,
 )
-from skullsearch.encoder import flame_io as fio
-from skullsearch.errors import FaceModelError, LandmarkError, UnsafePickleError
 
 
 @pytest.fixture(scope="module")
