@@ -69,7 +69,7 @@ def detect_landmarks68(vertices: np.ndarray, faces: np.ndarray, views=None) -> n
     vertices: (V, 3) mm face frame (y up, z out of the face); faces (F, 3).
     views: (size px, pitch deg) pairs to average over.
     """
-    from skullsearch.encoder.detect import dlib_landmarks68
+    from skullsearch.encoder.detectors import dlib_landmarks68
     from skullsearch.encoder.render import face_camera, render_mesh
 
     skin, skin_faces = _skin(vertices, faces)

@@ -523,3 +523,25 @@ def read_soft_tissue_json(path: str | os.PathLike, model: FaceModel) -> SurfaceP
                                     "and the 3 barycentric weights must sum to 1")
             faces[i], bary[i] = f, b
     return SurfacePoints(faces, bary, SOFT_TISSUE_NAMES)
+
+
+def face_region(model) -> np.ndarray:
+    """(V,) bool: the face proper on the model's skin, for accuracy measures (NoW-style).
+
+    Skin vertices from 25 mm above glabella down to menton, in front of the zygia, between them.
+    """
+    import torch as _torch
+
+    from skullsearch.encoder.annotate import _skin
+    from skullsearch.encoder.soft_tissue import SOFT_TISSUE_NAMES as names
+
+    with _torch.no_grad():
+        p = model.soft_tissue(batch_size=1)[0].double().numpy()
+    get = dict(zip(names, p, strict=True))
+    v = model.v_template
+    _, skin_faces = _skin(v.astype(np.float64), model.faces)
+    mask = np.zeros(model.n_vertices, bool)
+    mask[np.unique(model.faces[skin_faces])] = True
+    zy = (get["zy_l"] + get["zy_r"]) / 2
+    return (mask & (v[:, 1] <= get["g"][1] + 25) & (v[:, 1] >= get["me"][1])
+            & (v[:, 2] >= zy[2]) & (np.abs(v[:, 0]) <= abs(get["zy_l"][0])))

@@ -67,18 +67,21 @@ def lbs(
     parents: torch.Tensor,
     weights: torch.Tensor,
     posedirs: torch.Tensor | None,
+    joints: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pose a batch of shaped meshes.
 
     v_shaped: (B, V, 3) rest vertices after shape and expression blend shapes;
     pose: (B, 3J) axis-angle per joint; j_regressor: (J, V); parents: (J,);
     weights: (V, J) skinning weights; posedirs: (9(J-1), 3V) pose-corrective blend shapes
-    or None for a model without them.
+    or None for a model without them; joints: (B, J, 3) rest joints when v_shaped is only a
+    subset of the mesh (then j_regressor is unused and may be None).
     Returns posed vertices (B, V, 3) and posed joints (B, J, 3).
     """
     bsz, n_vertices = v_shaped.shape[:2]
-    n_joints = j_regressor.shape[0]
-    joints = torch.einsum("jv,bvc->bjc", j_regressor, v_shaped)
+    if joints is None:
+        joints = torch.einsum("jv,bvc->bjc", j_regressor, v_shaped)
+    n_joints = joints.shape[1]
     rot_mats = axis_angle_to_matrix(pose.reshape(bsz, n_joints, 3))
     v_posed = v_shaped
     if posedirs is not None:

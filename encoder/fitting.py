@@ -1,0 +1,360 @@
+"""Batched fitting of face codes to 2D landmarks (paper Eq. 1 and Eq. 2).
+
+For a batch of B faces with detected 68-point landmarks, find per face the shape α, expression
+δ, pose θ (jaw; global and neck are left to the camera) and a perspective camera (rotation T,
+translation t) minimizing
+
+    E = w_lmk · mean_k ‖π(L_k) − l_k‖² / s²                  (reprojection)
+      + w_edge · mean_(i,j)∈Del(l) (‖l_i − l_j‖ − ‖π(L_i) − π(L_j)‖)² / s²    (paper Eq. 1)
+      + w_shape · Σ (α/σ_α)² + w_expr · Σ (δ/σ_δ)² + w_pose · Σ θ²          (regularizer)
+
+with s the face's inter-ocular distance in pixels, Del(l) the Delaunay triangulation of the
+detected landmarks, π the camera projection. A rigid stage (camera only, mean face) comes first,
+then the full stage; Adam on the whole batch at once (faces are independent, so one step
+advances every face). Multi-image fitting (Eq. 2): faces with the same person index share α
+(and δ if asked), each photo keeps its camera and light.
+
+Jaw-line landmarks 0–16 follow the silhouette ("landmark marching"): for each, a row of candidate
+vertices across the cheek is projected and the outermost in the image is used, as 2D detectors
+trained on 300-W mark the visible face boundary. Chin points 7–9 stay fixed.
+
+The default weights were set with ``benchmarks/encoder_accuracy.py`` (see the README).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from skullsearch.encoder import code as code_layout
+from skullsearch.encoder.lbs import axis_angle_to_matrix, lbs
+
+#: OpenCV camera axes from the face frame: x right, y down, z away from the camera.
+_FLIP = torch.tensor([[1.0, 0.0, 0.0], [0.0, -1.0, 0.0], [0.0, 0.0, -1.0]])
+#: Contour landmarks that march along the silhouette (iBUG indices; subject's right first).
+MARCHING = (0, 1, 2, 3, 4, 5, 6, 10, 11, 12, 13, 14, 15, 16)
+
+
+@dataclass
+class FitConfig:
+    """Settings of :func:`fit_landmarks`. Weights are dimensionless (distances in units of the
+    face's inter-ocular distance)."""
+
+    n_shape: int = 90
+    n_expression: int = 90
+    focal_factor: float = 1.2  # focal length = focal_factor × the image's longer side (px)
+    w_landmark: float = 1.0
+    w_edge: float = 1.0
+    w_shape: float = 2e-4
+    w_expression: float = 2e-4
+    w_pose: float = 1e-3
+    rigid_steps: int = 150
+    full_steps: int = 300
+    lr_rigid: float = 0.05
+    lr_full: float = 0.03
+    share_expression: bool = False
+    device: str | None = None
+    dtype: torch.dtype = torch.float32
+
+
+@dataclass
+class FitResult:
+    """Per face: codes (B, 228) (layout in :mod:`skullsearch.encoder.code`), residual_px (B,)
+    mean landmark reprojection error in pixels, landmarks_px (B, 68, 2) the fitted landmarks,
+    focal (B,) px, loss history (steps,) of the batch's mean total loss."""
+
+    codes: np.ndarray
+    residual_px: np.ndarray
+    landmarks_px: np.ndarray
+    focal: np.ndarray
+    history: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+
+class LandmarkRig:
+    """The part of a face model that the 68 landmarks need, for fast batched fitting.
+
+    Holds only the vertices under the landmarks and the silhouette candidates, with their shape,
+    expression and pose bases, and the joints as a linear function of the coefficients.
+    """
+
+    def __init__(self, model, n_shape: int, n_expression: int, device="cpu",
+                 dtype=torch.float32, band_mm: float = 4.0, max_candidates: int = 48):
+        pts = model._landmarks68_points()
+        if pts is None:
+            raise ValueError("the face model has no 68-point landmarks")
+        self.model = model
+        self.n_shape = min(n_shape, model.n_shape)
+        self.n_expression = min(n_expression, model.n_expression)
+        faces = model.faces
+        lm_corners = faces[pts.faces]  # (68, 3) vertex ids
+        cand = contour_candidates(model, band_mm=band_mm, max_candidates=max_candidates)
+        ids, inverse = np.unique(np.concatenate([lm_corners.ravel(), cand.ravel()]),
+                                 return_inverse=True)
+        self.lm_local = inverse[: lm_corners.size].reshape(68, 3)
+        self.cand_local = inverse[lm_corners.size:].reshape(cand.shape)  # (M, C)
+        s, e = self.n_shape, self.n_expression
+        t = lambda x: torch.as_tensor(np.ascontiguousarray(x), dtype=dtype, device=device)  # noqa: E731
+        self.v0 = t(model.v_template[ids])  # (n, 3)
+        self.sdirs = t(model.shapedirs[ids, :, :s].reshape(-1, s))  # (3n, s)
+        self.edirs = t(model.exprdirs[ids, :, :e].reshape(-1, e))
+        jr = model.j_regressor.astype(np.float64)
+        self.j0 = t(jr @ model.v_template)  # (J, 3)
+        self.jsdirs = t(np.einsum("jv,vcs->jcs", jr, model.shapedirs[:, :, :s]).reshape(-1, s))
+        self.jedirs = t(np.einsum("jv,vcs->jcs", jr, model.exprdirs[:, :, :e]).reshape(-1, e))
+        pd = model.posedirs[ids]
+        self.posedirs = t(pd.reshape(-1, pd.shape[2]).T) if np.any(pd) else None
+        self.weights = t(model.weights[ids])
+        self.parents = torch.as_tensor(model.parents, device=device)
+        self.bary = t(pts.bary)  # (68, 3)
+        self.shape_std = t(model.shape_std[:s])
+        self.expr_std = t(model.expression_std[:e])
+        self.n_joints = model.n_joints
+
+    def points(self, shape, expression, pose) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posed static landmarks (B, 68, 3) and silhouette candidates (B, M, C, 3), mm."""
+        b, n = shape.shape[0], len(self.v0)
+        v = self.v0 + (shape @ self.sdirs.T + expression @ self.edirs.T).reshape(b, n, 3)
+        joints = self.j0 + (shape @ self.jsdirs.T + expression @ self.jedirs.T).reshape(b, -1, 3)
+        posed, _ = lbs(v, pose, None, self.parents, self.weights, self.posedirs, joints=joints)
+        lm = (posed[:, self.lm_local] * self.bary[None, :, :, None]).sum(2)
+        return lm, posed[:, self.cand_local]
+
+
+def contour_candidates(model, band_mm: float = 4.0, max_candidates: int = 48) -> np.ndarray:
+    """Vertex ids (14, C) of silhouette candidates for the :data:`MARCHING` landmarks.
+
+    For each, the skin vertices at the landmark's height (±band_mm, mean face), on its side of
+    the face, from the landmark forward to the front of the ear; padded with the vertex nearest
+    the landmark itself.
+    """
+    import torch as _t
+
+    with _t.no_grad():
+        lm = model.landmarks68(batch_size=1)[0].double().numpy()
+    v = model.v_template.astype(np.float64)
+    from skullsearch.encoder.annotate import _skin
+
+    _, skin_faces = _skin(v, model.faces)
+    skin_v = np.unique(model.faces[skin_faces])
+    out = np.empty((len(MARCHING), max_candidates), np.int64)
+    eye_z = lm[36:48, 2].mean()
+    for row, k in enumerate(MARCHING):
+        p = lm[k]
+        side = np.sign(p[0]) or 1.0
+        nearest = int(np.argmin(np.linalg.norm(v - p, axis=1)))
+        q = v[skin_v]
+        sel = skin_v[(np.abs(q[:, 1] - p[1]) < band_mm) & (np.sign(q[:, 0]) == side)
+                     & (q[:, 2] > min(p[2], eye_z) - 45.0) & (np.abs(q[:, 0]) > 0.5 * abs(p[0]))]
+        if len(sel) > max_candidates - 1:  # keep the spread: evenly along depth
+            sel = sel[np.argsort(v[sel, 2])][np.linspace(0, len(sel) - 1, max_candidates - 1).astype(int)]
+        row_ids = np.concatenate([[nearest], sel])
+        out[row] = np.resize(row_ids, max_candidates) if len(row_ids) else nearest
+    return out
+
+
+def camera_rotation(rotvec: torch.Tensor) -> torch.Tensor:
+    """(B, 3) axis-angle → (B, 3, 3) rotation from the face frame to the OpenCV camera frame.
+    A zero vector looks straight at the face."""
+    return _FLIP.to(rotvec) @ axis_angle_to_matrix(rotvec)
+
+
+def project(points: torch.Tensor, rot: torch.Tensor, trans: torch.Tensor, focal: torch.Tensor,
+            center: torch.Tensor) -> torch.Tensor:
+    """Perspective projection. points (B, ..., 3) mm face frame; rot (B, 3, 3); trans (B, 3) mm;
+    focal (B,) px; center (B, 2) px → (B, ..., 2) px."""
+    shp = points.shape
+    p = points.reshape(shp[0], -1, 3) @ rot.transpose(1, 2) + trans[:, None]
+    uv = p[..., :2] / p[..., 2:3].clamp(min=1.0) * focal[:, None, None] + center[:, None]
+    return uv.reshape(*shp[:-1], 2)
+
+
+def select_silhouette(cand_uv: torch.Tensor) -> torch.Tensor:
+    """(B, 14, C, 2) projected candidates → index (B, 14) of the outermost one per landmark
+    (image x: subject's right side has the smaller x in a frontal photo)."""
+    side = torch.tensor([-1.0 if k < 8 else 1.0 for k in MARCHING], device=cand_uv.device)
+    return torch.argmax(cand_uv[..., 0] * side[None, :, None], dim=-1)
+
+
+def model_landmarks_px(rig: LandmarkRig, shape, expression, pose, rot, trans, focal, center):
+    """The model's 68 landmarks in pixels (B, 68, 2), jaw line on the silhouette."""
+    lm, cand = rig.points(shape, expression, pose)
+    uv = project(lm, rot, trans, focal, center)
+    cuv = project(cand, rot, trans, focal, center)  # (B, 14, C, 2)
+    pick = select_silhouette(cuv.detach())
+    chosen = torch.gather(cuv, 2, pick[..., None, None].expand(-1, -1, 1, 2))[:, :, 0]
+    uv = uv.clone()
+    uv[:, list(MARCHING)] = chosen
+    return uv
+
+
+def delaunay_edges(landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Edges of each face's Delaunay triangulation, padded: (B, 68, 2) px → edges (B, Emax, 2)
+    int64 and mask (B, Emax) bool."""
+    from scipy.spatial import Delaunay
+
+    edge_sets = []
+    for pts in landmarks:  # scipy triangulates one point set at a time
+        try:
+            tri = Delaunay(pts).simplices
+        except Exception:  # degenerate (all points on a line): no edge term for this face
+            edge_sets.append(np.zeros((0, 2), np.int64))
+            continue
+        e = np.concatenate([tri[:, [0, 1]], tri[:, [1, 2]], tri[:, [2, 0]]])
+        edge_sets.append(np.unique(np.sort(e, axis=1), axis=0))
+    n = max(1, max(len(e) for e in edge_sets))
+    edges = np.zeros((len(landmarks), n, 2), np.int64)
+    mask = np.zeros((len(landmarks), n), bool)
+    for i, e in enumerate(edge_sets):
+        edges[i, : len(e)] = e
+        mask[i, : len(e)] = True
+    return edges, mask
+
+
+def _init_camera(lm2d: torch.Tensor, rig: LandmarkRig, focal, center):
+    """Depth from the ratio of the mean face's 3D to the photo's 2D landmark spread; x, y from
+    the landmark centroid. Returns (rotvec (B, 3), trans (B, 3))."""
+    b = lm2d.shape[0]
+    zeros_s = torch.zeros(1, rig.n_shape, dtype=lm2d.dtype, device=lm2d.device)
+    zeros_e = torch.zeros(1, rig.n_expression, dtype=lm2d.dtype, device=lm2d.device)
+    lm3, _ = rig.points(zeros_s, zeros_e, torch.zeros(1, 3 * rig.n_joints, dtype=lm2d.dtype,
+                                                      device=lm2d.device))
+    inner = list(range(17, 68))
+    spread3 = (lm3[0, inner, :2] - lm3[0, inner, :2].mean(0)).norm(dim=-1).mean()
+    c2 = lm2d[:, inner].mean(1)
+    spread2 = (lm2d[:, inner] - c2[:, None]).norm(dim=-1).mean(1)
+    z = focal * spread3 / spread2
+    c3 = lm3[0, inner].mean(0)
+    xy = (c2 - center) * z[:, None] / focal[:, None]
+    trans = torch.stack([xy[:, 0] - c3[0], xy[:, 1] + c3[1], z + c3[2]], dim=1)
+    return torch.zeros(b, 3, dtype=lm2d.dtype, device=lm2d.device), trans
+
+
+def fit_landmarks(
+    model,
+    landmarks: np.ndarray,
+    image_sizes: np.ndarray,
+    person: np.ndarray | None = None,
+    config: FitConfig | None = None,
+    focal: np.ndarray | None = None,
+    rig: LandmarkRig | None = None,
+) -> FitResult:
+    """Fit face codes to 2D landmarks, all faces at once.
+
+    model: a FaceModel with 68 landmarks; landmarks (B, 68, 2) px (iBUG order);
+    image_sizes (B, 2) width, height px; person (B,) int: faces with the same value share their
+    shape (paper Eq. 2), default all different; focal (B,) px, default from the image size.
+    Returns a :class:`FitResult`.
+    """
+    cfg = config or FitConfig()
+    device = cfg.device or "cpu"
+    dt = cfg.dtype
+    rig = rig or LandmarkRig(model, cfg.n_shape, cfg.n_expression, device=device, dtype=dt)
+    lm2d = torch.as_tensor(np.asarray(landmarks, np.float64), dtype=dt, device=device)
+    b = lm2d.shape[0]
+    sizes = torch.as_tensor(np.asarray(image_sizes, np.float64), dtype=dt, device=device)
+    center = sizes / 2
+    f = (torch.as_tensor(np.asarray(focal, np.float64), dtype=dt, device=device) if focal is not None
+         else cfg.focal_factor * sizes.max(dim=1).values)
+    person = np.arange(b) if person is None else np.asarray(person)
+    _, person_idx = np.unique(person, return_inverse=True)
+    n_person = int(person_idx.max()) + 1 if b else 0
+    pidx = torch.as_tensor(person_idx, device=device)
+
+    scale = (lm2d[:, 36:42].mean(1) - lm2d[:, 42:48].mean(1)).norm(dim=-1).clamp(min=1.0)  # IOD px
+    edges_np, mask_np = delaunay_edges(np.asarray(landmarks, np.float64))
+    edges = torch.as_tensor(edges_np, device=device)
+    emask = torch.as_tensor(mask_np, dtype=dt, device=device)
+    obs_len = _edge_lengths(lm2d, edges)
+
+    rot0, trans0 = _init_camera(lm2d, rig, f, center)
+    z0 = trans0[:, 2:3].detach()
+    cam_rot = rot0.clone().requires_grad_(True)
+    cam_off = torch.zeros(b, 3, dtype=dt, device=device, requires_grad=True)  # trans = trans0 + z0·off
+    shape = torch.zeros(n_person, rig.n_shape, dtype=dt, device=device, requires_grad=True)
+    n_expr_rows = n_person if cfg.share_expression else b
+    expr = torch.zeros(n_expr_rows, rig.n_expression, dtype=dt, device=device, requires_grad=True)
+    jaw = torch.zeros(b, 3, dtype=dt, device=device, requires_grad=True)
+
+    def full_pose():
+        pose = torch.zeros(b, 3 * rig.n_joints, dtype=dt, device=device)
+        pose[:, 6:9] = jaw
+        return pose
+
+    def losses(rigid: bool):
+        s = shape[pidx]
+        e = expr[pidx] if cfg.share_expression else expr
+        if rigid:
+            s, e = s.detach() * 0, e.detach() * 0
+        rot = camera_rotation(cam_rot)
+        trans = trans0 + z0 * cam_off
+        uv = model_landmarks_px(rig, s, e, full_pose(), rot, trans, f, center)
+        reproj = ((uv - lm2d) ** 2).sum(-1).mean(1) / scale**2
+        fit_len = _edge_lengths(uv, edges)
+        edge = (((obs_len - fit_len) ** 2) * emask).sum(1) / emask.sum(1).clamp(min=1) / scale**2
+        reg = (cfg.w_shape * ((s / rig.shape_std) ** 2).sum(1)
+               + cfg.w_expression * ((e / rig.expr_std) ** 2).sum(1)
+               + cfg.w_pose * (jaw**2).sum(1))
+        total = cfg.w_landmark * reproj + cfg.w_edge * edge + (0 if rigid else reg)
+        return total, uv
+
+    history = []
+    opt = torch.optim.Adam([cam_rot, cam_off], lr=cfg.lr_rigid)
+    for _ in range(cfg.rigid_steps):
+        opt.zero_grad()
+        total, _ = losses(rigid=True)
+        total.sum().backward()
+        opt.step()
+        history.append(float(total.mean()))
+    opt = torch.optim.Adam([cam_rot, cam_off, shape, expr, jaw], lr=cfg.lr_full)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(cfg.full_steps, 1),
+                                                       eta_min=cfg.lr_full * 0.05)
+    for _ in range(cfg.full_steps):
+        opt.zero_grad()
+        total, _ = losses(rigid=False)
+        total.sum().backward()
+        opt.step()
+        sched.step()
+        history.append(float(total.mean()))
+
+    with torch.no_grad():
+        _, uv = losses(rigid=False)
+        residual = (uv - lm2d).norm(dim=-1).mean(1)
+        e = expr[pidx] if cfg.share_expression else expr
+        codes = code_layout.pack(shape=shape[pidx], expression=e, pose=full_pose(), cam_rot=cam_rot,
+                                 cam_trans=trans0 + z0 * cam_off)
+    return FitResult(
+        codes=codes.cpu().numpy().astype(np.float32),
+        residual_px=residual.cpu().numpy(),
+        landmarks_px=uv.cpu().numpy(),
+        focal=f.cpu().numpy(),
+        history=np.asarray(history),
+    )
+
+
+def _edge_lengths(points: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
+    """(B, K, 2) points, (B, E, 2) edge index pairs → (B, E) lengths."""
+    a = torch.gather(points, 1, edges[..., 0:1].expand(-1, -1, 2))
+    c = torch.gather(points, 1, edges[..., 1:2].expand(-1, -1, 2))
+    return (a - c).norm(dim=-1)
+
+
+def code_vertices(model, codes: np.ndarray | torch.Tensor, n_shape: int | None = None) -> torch.Tensor:
+    """Face meshes of codes (B, 228) → (B, V, 3) mm in the face frame (camera not applied)."""
+    codes = torch.as_tensor(codes, dtype=torch.float32)
+    p = code_layout.split(codes)
+    s = p.shape[:, : min(model.n_shape, code_layout.SLICES["shape"].stop)]
+    e = p.expression[:, : min(model.n_expression, 90)]
+    pose = p.pose[:, : 3 * model.n_joints]
+    return model.vertices(shape=s, expression=e, pose=pose)
+
+
+def camera_from_code(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Codes (B, 228) → camera rotation matrices (B, 3, 3) and translations (B, 3) mm."""
+    p = code_layout.split(torch.as_tensor(codes, dtype=torch.float64))
+    return camera_rotation(p.cam_rot).numpy(), p.cam_trans.numpy()
+
+
+__all__ = ["FitConfig", "FitResult", "LandmarkRig", "fit_landmarks", "code_vertices",
+           "camera_from_code", "delaunay_edges", "project"]
