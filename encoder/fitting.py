@@ -46,14 +46,16 @@ class FitConfig:
     n_expression: int = 90
     focal_factor: float = 1.2  # focal length = focal_factor × the image's longer side (px)
     w_landmark: float = 1.0
-    w_edge: float = 1.0
-    w_shape: float = 2e-4
+    w_edge: float = 3.0
+    w_shape: float = 2e-5
     w_expression: float = 2e-4
     w_pose: float = 1e-3
-    rigid_steps: int = 150
-    full_steps: int = 300
+    rigid_steps: int = 80
+    alternations: int = 3  # linear (Gauss-Newton) shape solves, each followed by camera steps
+    camera_steps: int = 30
+    full_steps: int = 100
     lr_rigid: float = 0.05
-    lr_full: float = 0.03
+    lr_full: float = 0.01
     share_expression: bool = False
     device: str | None = None
     dtype: torch.dtype = torch.float32
@@ -80,7 +82,7 @@ class LandmarkRig:
     """
 
     def __init__(self, model, n_shape: int, n_expression: int, device="cpu",
-                 dtype=torch.float32, band_mm: float = 4.0, max_candidates: int = 48):
+                 dtype=torch.float32, band_mm: float = 4.0, max_candidates: int = 16):
         pts = model._landmarks68_points()
         if pts is None:
             raise ValueError("the face model has no 68-point landmarks")
@@ -112,6 +114,36 @@ class LandmarkRig:
         self.expr_std = t(model.expression_std[:e])
         self.n_joints = model.n_joints
 
+    def linearize(self, shape, expression, pose, pick):
+        """The 68 landmarks as an affine function of [α, δ] at the current estimate.
+
+        pick (B, 14) silhouette choices. Returns p (B, 68, 3) posed landmarks now and
+        d (B, 68, 3, S+E) their derivatives, the skinning transforms held fixed (Gauss-Newton;
+        the joints' own motion with the shape is left to the next iteration).
+        """
+        from skullsearch.encoder.lbs import rigid_transforms
+
+        b, n = shape.shape[0], len(self.v0)
+        v = self.v0 + (shape @ self.sdirs.T + expression @ self.edirs.T).reshape(b, n, 3)
+        joints = self.j0 + (shape @ self.jsdirs.T + expression @ self.jedirs.T).reshape(b, -1, 3)
+        posed, _ = lbs(v, pose, None, self.parents, self.weights, self.posedirs, joints=joints)
+        rots = axis_angle_to_matrix(pose.reshape(b, self.n_joints, 3))
+        _, skin = rigid_transforms(rots, joints, self.parents)
+        rv = torch.einsum("vj,bjmn->bvmn", self.weights, skin[..., :3, :3])  # (B, n, 3, 3)
+        dirs = torch.cat([self.sdirs, self.edirs], 1).reshape(n, 3, -1)  # (n, 3, P)
+        # static landmarks: barycentric blends of their corners
+        r_lm = (rv[:, self.lm_local] * self.bary[None, :, :, None, None]).sum(2)  # (B, 68, 3, 3)
+        d_lm = (dirs[self.lm_local] * self.bary[:, :, None, None]).sum(1)  # (68, 3, P)
+        p = (posed[:, self.lm_local] * self.bary[None, :, :, None]).sum(2)
+        jac = r_lm @ d_lm[None]  # (B, 68, 3, P)
+        cand = torch.as_tensor(self.cand_local, device=pick.device)[
+            torch.arange(len(MARCHING), device=pick.device)[None], pick]  # (B, 14) vertex rows
+        marching = list(MARCHING)
+        p = p.clone()
+        p[:, marching] = torch.gather(posed, 1, cand[..., None].expand(-1, -1, 3))
+        jac[:, marching] = rv[torch.arange(b)[:, None], cand] @ dirs[cand]
+        return p, jac
+
     def points(self, shape, expression, pose) -> tuple[torch.Tensor, torch.Tensor]:
         """Posed static landmarks (B, 68, 3) and silhouette candidates (B, M, C, 3), mm."""
         b, n = shape.shape[0], len(self.v0)
@@ -122,7 +154,7 @@ class LandmarkRig:
         return lm, posed[:, self.cand_local]
 
 
-def contour_candidates(model, band_mm: float = 4.0, max_candidates: int = 48) -> np.ndarray:
+def contour_candidates(model, band_mm: float = 4.0, max_candidates: int = 16) -> np.ndarray:
     """Vertex ids (14, C) of silhouette candidates for the :data:`MARCHING` landmarks.
 
     For each, the skin vertices at the landmark's height (±band_mm, mean face), on its side of
@@ -210,6 +242,36 @@ def delaunay_edges(landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         edges[i, : len(e)] = e
         mask[i, : len(e)] = True
     return edges, mask
+
+
+def linear_shape_step(rig, lm2d, shape, expr, pose, rot, trans, focal, center, scale, cfg):
+    """One Gauss-Newton step on [α, δ] per face, camera and pose fixed: returns new (α, δ).
+
+    The perspective reprojection is made linear by multiplying through by the current depth:
+    ((u − c) Z − f X) / Z_now, which is linear in the coefficients. Regularized normal
+    equations, one (S+E)² system per face, solved in a batch.
+    """
+    with torch.no_grad():
+        cand_uv = project(rig.points(shape, expr, pose)[1], rot, trans, focal, center)
+        p, jac = rig.linearize(shape, expr, pose, select_silhouette(cand_uv))
+        pc = p @ rot.transpose(1, 2) + trans[:, None]  # (B, 68, 3) camera frame
+        jc = torch.einsum("bmn,bknp->bkmp", rot, jac)  # (B, 68, 3, P)
+        z = pc[..., 2:3].clamp(min=1.0)  # (B, 68, 1)
+        obs = lm2d - center[:, None]  # (B, 68, 2)
+        f = focal[:, None, None]
+        # residual r(x) = ((obs · Z) − f · XY) / Z_now, linear in x = [α, δ] around x_now
+        x_now = torch.cat([shape, expr], 1)
+        a = (obs[..., None] * jc[:, :, 2:3] - f[..., None] * jc[:, :, :2]) / z[..., None]  # (B,68,2,P)
+        r0 = (obs * pc[..., 2:3] - f * pc[..., :2]) / z  # (B, 68, 2) at x_now
+        a = a.reshape(len(a), -1, a.shape[-1]) / scale[:, None, None]
+        r0 = r0.reshape(len(r0), -1) / scale[:, None]
+        k = a.shape[1] / 2  # landmarks: the reprojection term is a mean over them
+        prior = torch.cat([cfg.w_shape / rig.shape_std**2, cfg.w_expression / rig.expr_std**2])
+        lhs = a.transpose(1, 2) @ a / k + torch.diag_embed(prior.expand(len(a), -1))
+        # minimize |r0 + a (x - x_now)|²/k + Σ prior x²
+        rhs = (a.transpose(1, 2) @ (a @ x_now[..., None] - r0[..., None]))[..., 0] / k
+        x = torch.linalg.solve(lhs, rhs[..., None])[..., 0]
+        return x[:, : rig.n_shape], x[:, rig.n_shape:]
 
 
 def _init_camera(lm2d: torch.Tensor, rig: LandmarkRig, focal, center):
@@ -300,23 +362,37 @@ def fit_landmarks(
         return total, uv
 
     history = []
-    opt = torch.optim.Adam([cam_rot, cam_off], lr=cfg.lr_rigid)
-    for _ in range(cfg.rigid_steps):
-        opt.zero_grad()
-        total, _ = losses(rigid=True)
-        total.sum().backward()
-        opt.step()
-        history.append(float(total.mean()))
-    opt = torch.optim.Adam([cam_rot, cam_off, shape, expr, jaw], lr=cfg.lr_full)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(cfg.full_steps, 1),
-                                                       eta_min=cfg.lr_full * 0.05)
-    for _ in range(cfg.full_steps):
-        opt.zero_grad()
-        total, _ = losses(rigid=False)
-        total.sum().backward()
-        opt.step()
-        sched.step()
-        history.append(float(total.mean()))
+
+    def run(params, steps, lr, rigid, decay=False):
+        if steps <= 0:
+            return
+        opt = torch.optim.Adam(params, lr=lr)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps, eta_min=lr * 0.05) if decay else None
+        for _ in range(steps):
+            opt.zero_grad()
+            total, _ = losses(rigid=rigid)
+            total.sum().backward()
+            opt.step()
+            if sched is not None:
+                sched.step()
+            history.append(float(total.detach().mean()))
+
+    run([cam_rot, cam_off], cfg.rigid_steps, cfg.lr_rigid, rigid=True)
+    counts = torch.bincount(pidx, minlength=n_person).clamp(min=1).to(dt)[:, None]
+    for _ in range(cfg.alternations):
+        with torch.no_grad():
+            e_now = expr[pidx] if cfg.share_expression else expr
+            new_s, new_e = linear_shape_step(
+                rig, lm2d, shape[pidx], e_now, full_pose(), camera_rotation(cam_rot),
+                trans0 + z0 * cam_off, f, center, scale, cfg)
+            # faces of one person share α (and δ when asked): average their estimates
+            shape.copy_(torch.zeros_like(shape).index_add_(0, pidx, new_s) / counts)
+            if cfg.share_expression:
+                expr.copy_(torch.zeros_like(expr).index_add_(0, pidx, new_e) / counts)
+            else:
+                expr.copy_(new_e)
+        run([cam_rot, cam_off, jaw], cfg.camera_steps, cfg.lr_rigid * 0.5, rigid=False)
+    run([cam_rot, cam_off, shape, expr, jaw], cfg.full_steps, cfg.lr_full, rigid=False, decay=True)
 
     with torch.no_grad():
         _, uv = losses(rigid=False)

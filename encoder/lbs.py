@@ -89,6 +89,8 @@ def lbs(
         pose_feature = (rot_mats[:, 1:] - eye).reshape(bsz, -1)
         v_posed = v_shaped + (pose_feature @ posedirs).reshape(bsz, n_vertices, 3)
     posed_joints, skin = rigid_transforms(rot_mats, joints, parents)
-    per_vertex = torch.einsum("vj,bjmn->bvmn", weights, skin)  # (B, V, 4, 4)
-    verts = (per_vertex[..., :3, :3] @ v_posed[..., None])[..., 0] + per_vertex[..., :3, 3]
+    # Σ_j w_vj (R_j v + t_j): transform by every joint with large matmuls, then blend
+    # (faster on CPU than building a 4×4 matrix per vertex).
+    by_joint = torch.einsum("bjmn,bvn->bjvm", skin[..., :3, :3], v_posed) + skin[:, :, None, :3, 3]
+    verts = torch.einsum("vj,bjvm->bvm", weights, by_joint)
     return verts, posed_joints
