@@ -301,12 +301,15 @@ def fit_landmarks(
     config: FitConfig | None = None,
     focal: np.ndarray | None = None,
     rig: LandmarkRig | None = None,
+    init: np.ndarray | None = None,
 ) -> FitResult:
     """Fit face codes to 2D landmarks, all faces at once.
 
     model: a FaceModel with 68 landmarks; landmarks (B, 68, 2) px (iBUG order);
     image_sizes (B, 2) width, height px; person (B,) int: faces with the same value share their
-    shape (paper Eq. 2), default all different; focal (B,) px, default from the image size.
+    shape (paper Eq. 2), default all different; focal (B,) px, default from the image size;
+    init (B, 228) codes to start from (e.g. the CNN encoder's predictions: camera, shape,
+    expression and jaw are taken from them, and the rigid stage is skipped).
     Returns a :class:`FitResult`.
     """
     cfg = config or FitConfig()
@@ -331,13 +334,25 @@ def fit_landmarks(
     obs_len = _edge_lengths(lm2d, edges)
 
     rot0, trans0 = _init_camera(lm2d, rig, f, center)
+    n_expr_rows = n_person if cfg.share_expression else b
+    shape = torch.zeros(n_person, rig.n_shape, dtype=dt, device=device)
+    expr = torch.zeros(n_expr_rows, rig.n_expression, dtype=dt, device=device)
+    jaw = torch.zeros(b, 3, dtype=dt, device=device)
+    if init is not None:
+        parts = code_layout.split(torch.as_tensor(np.asarray(init), dtype=dt, device=device))
+        rot0, trans0 = parts.cam_rot.clone(), parts.cam_trans.clone()
+        trans0[:, 2] = trans0[:, 2].clamp(min=50.0)
+        counts0 = torch.bincount(pidx, minlength=n_person).clamp(min=1).to(dt)[:, None]
+        shape += torch.zeros_like(shape).index_add_(0, pidx, parts.shape[:, : rig.n_shape]) / counts0
+        e0 = parts.expression[:, : rig.n_expression]
+        expr += (torch.zeros_like(expr).index_add_(0, pidx, e0) / counts0) if cfg.share_expression else e0
+        jaw += parts.pose[:, 6:9]
     z0 = trans0[:, 2:3].detach()
     cam_rot = rot0.clone().requires_grad_(True)
     cam_off = torch.zeros(b, 3, dtype=dt, device=device, requires_grad=True)  # trans = trans0 + z0·off
-    shape = torch.zeros(n_person, rig.n_shape, dtype=dt, device=device, requires_grad=True)
-    n_expr_rows = n_person if cfg.share_expression else b
-    expr = torch.zeros(n_expr_rows, rig.n_expression, dtype=dt, device=device, requires_grad=True)
-    jaw = torch.zeros(b, 3, dtype=dt, device=device, requires_grad=True)
+    shape.requires_grad_(True)
+    expr.requires_grad_(True)
+    jaw.requires_grad_(True)
 
     def full_pose():
         pose = torch.zeros(b, 3 * rig.n_joints, dtype=dt, device=device)
@@ -377,7 +392,8 @@ def fit_landmarks(
                 sched.step()
             history.append(float(total.detach().mean()))
 
-    run([cam_rot, cam_off], cfg.rigid_steps, cfg.lr_rigid, rigid=True)
+    if init is None:
+        run([cam_rot, cam_off], cfg.rigid_steps, cfg.lr_rigid, rigid=True)
     counts = torch.bincount(pidx, minlength=n_person).clamp(min=1).to(dt)[:, None]
     for _ in range(cfg.alternations):
         with torch.no_grad():
