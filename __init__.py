@@ -14,7 +14,9 @@ The public API::
 
 from importlib.metadata import PackageNotFoundError, version
 
+from skullsearch.encoder.encode import EncodedFace, EncodeResult, encode
 from skullsearch.encoder.face_model import FaceModel, SurfacePoints
+from skullsearch.encoder.fitting import FitConfig
 from skullsearch.encoder.soft_tissue import FACE_POINT_NAMES, LONG_NAMES, SOFT_TISSUE_NAMES
 from skullsearch.errors import (
     DependencyError,
@@ -30,6 +32,10 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0+source"
 
 __all__ = [
+    "encode",
+    "EncodeResult",
+    "EncodedFace",
+    "FitConfig",
     "FaceModel",
     "SurfacePoints",
     "SOFT_TISSUE_NAMES",

@@ -51,7 +51,8 @@ def errors(model, mask, true_shape, codes):
         z = torch.as_tensor(codes).clone()
         z[:, 90:] = 0  # neutral: shape only
         fit = code_vertices(model, z).numpy()[:, mask]
-    d = np.array([np.linalg.norm(similarity_align(f, t) - t, axis=1) for f, t in zip(fit, truth, strict=True)])
+    d = np.array([np.linalg.norm(similarity_align(f, t) - t, axis=1)
+                  for f, t in zip(fit, truth, strict=True)])
     return d.mean(1), d.max(1)
 
 

@@ -108,6 +108,58 @@ def model_convert(
     out.print(f"wrote {dst} (fingerprint {model.fingerprint[:16]})")
 
 
+@app.command("encode")
+def encode_cmd(
+    photos: Annotated[list[Path], typer.Argument(help="Photos or folders (searched recursively).")],
+    face_model: FaceModelOption = None,
+    detector: Annotated[str, typer.Option(help="Landmark detector: dlib (offline), fan, pts.")] = "dlib",
+    export_mesh: Annotated[
+        Optional[Path], typer.Option(help="Write each face as a mesh (PLY) into this folder.")  # noqa: UP045
+    ] = None,
+    light: Annotated[bool, typer.Option(help="Also estimate the lighting (SH) of each photo.")] = False,
+    json_out: Annotated[
+        Optional[Path], typer.Option("--json", help="Write every face (code, landmarks) as JSON.")  # noqa: UP045
+    ] = None,
+    same_person: Annotated[
+        bool, typer.Option(help="All photos show one person: fit one shared shape (paper Eq. 2).")
+    ] = False,
+):
+    """Photos → 3D faces: detect 68 landmarks and fit a face code to every face."""
+    import json
+
+    from skullsearch.encoder.encode import encode, export_faces, image_paths
+
+    model = _load_model(face_model)
+    paths = image_paths(photos)
+    if not paths:
+        raise SkullsearchError("no photos given (folders are searched for .jpg .png .bmp .tif .webp)")
+    with err.status(f"encoding {len(paths)} photo(s)…") if err.is_terminal else nullcontext():
+        result = encode(paths, model=model, detector=detector, light=light,
+                        person=["one"] * len(paths) if same_person else None)
+    table = Table(title=f"{len(result.faces)} face(s) in {len(paths)} photo(s)")
+    for col in ("photo", "face", "score", "residual px", "yaw°", "quality"):
+        table.add_column(col, justify="right" if col not in ("photo", "quality") else "left")
+    for f in result.faces:
+        table.add_row(Path(f.image).name, str(f.face_index), f"{f.score:.2f}", f"{f.residual_px:.2f}",
+                      f"{f.yaw_deg:+.0f}", ", ".join(f.quality) or "ok")
+    out.print(table)
+    if result.failures:
+        fails = Table(title=f"{len(result.failures)} photo(s) not used")
+        fails.add_column("photo")
+        fails.add_column("reason")
+        fails.add_column("detail")
+        for f in result.failures:
+            fails.add_row(Path(f.path).name, f.reason, f.detail)
+        out.print(fails)
+    if export_mesh is not None:
+        written = export_faces(model, result.faces, export_mesh)
+        out.print(f"wrote {len(written)} mesh(es) to {export_mesh}")
+    if json_out is not None:
+        json_out.write_text(json.dumps({"faces": [f.to_dict() for f in result.faces],
+                                        "failures": [vars(f) for f in result.failures]}, indent=1))
+        out.print(f"wrote {json_out}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: user errors become one line on stderr and a non-zero exit."""
     try:

@@ -26,6 +26,7 @@ from skullsearch.errors import DependencyError, LandmarkError, SkullsearchError
 LANDMARKS_OUTSIDE = "landmarks-outside"
 TINY = "tiny"
 EXTREME_YAW = "extreme-yaw"
+LOW_SCORE = "low-score"
 
 # Nose-tip depth in front of the outer eye corners, as a fraction of the outer-corner distance
 # (open default face model: 34 mm / 88 mm). Turns the nose offset into a yaw angle.
@@ -182,6 +183,7 @@ class DlibDetector(Detector):
 
     upsample: int = 1
     min_score: float = 0.0
+    low_score: float = 0.5  # below this a face is kept but flagged "low-score"
     name = "dlib"
 
     def detect(self, image: DecodedImage) -> list[Face]:
@@ -194,7 +196,11 @@ class DlibDetector(Detector):
                 continue
             box = np.array([r.left(), r.top(), r.right(), r.bottom()], np.float64)
             found.append((box, s, _parts(predictor(img, r))))
-        return self._faces(image, found)
+        faces = self._faces(image, found)
+        for f in faces:
+            if f.score < self.low_score:
+                f.quality = (*f.quality, LOW_SCORE)
+        return faces
 
 
 def _torch_hub_checkpoints() -> Path:

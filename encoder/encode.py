@@ -1,0 +1,251 @@
+"""Photos → face codes: decode, detect 68 landmarks, fit every face of the batch at once.
+
+    result = skullsearch.encode(["a.jpg", "b.png"], detector="dlib")
+    result.faces[0].code        # (228,) in the layout of skullsearch.encoder.code
+    result.failures             # images that could not be used, with the reason
+
+Bad images never raise: they are recorded as failures (reason: empty, not-an-image,
+truncated, too-large, unreadable, decode-error, no-face) and the batch goes on.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from skullsearch.encoder import code as code_layout
+from skullsearch.encoder.detectors import Detector, Face, get_detector
+from skullsearch.encoder.fitting import FitConfig, LandmarkRig, camera_rotation, code_vertices, fit_landmarks
+from skullsearch.encoder.images import DecodedImage, ImageFailure, read_images
+
+NO_FACE = "no-face"
+
+
+@dataclass
+class EncodedFace:
+    """One face of one photo.
+
+    box (4,) px; landmarks (68, 2) px; code (228,); residual_px: mean landmark reprojection
+    error of the fit; image_size (width, height); focal px; quality: detector flags.
+    """
+
+    image: str
+    sha256: str
+    face_index: int
+    box: np.ndarray
+    score: float
+    landmarks: np.ndarray
+    quality: tuple[str, ...]
+    yaw_deg: float
+    detector: str
+    image_size: tuple[int, int]
+    code: np.ndarray = field(default_factory=lambda: np.zeros(code_layout.CODE_SIZE, np.float32))
+    residual_px: float = float("nan")
+    focal: float = float("nan")
+    person: str | None = None
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        for k in ("box", "landmarks", "code"):
+            d[k] = np.asarray(d[k]).tolist()
+        d["quality"] = list(self.quality)
+        return d
+
+
+@dataclass
+class EncodeResult:
+    """faces: every face found (per image largest first); failures: unusable images."""
+
+    faces: list[EncodedFace]
+    failures: list[ImageFailure]
+
+    @property
+    def codes(self) -> np.ndarray:
+        """(n, 228) float32."""
+        if not self.faces:
+            return np.zeros((0, code_layout.CODE_SIZE), np.float32)
+        return np.stack([f.code for f in self.faces]).astype(np.float32)
+
+    def failures_by_reason(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for f in self.failures:
+            out[f.reason] = out.get(f.reason, 0) + 1
+        return out
+
+
+def detect_faces(
+    images: Iterable[DecodedImage | ImageFailure],
+    detector: Detector,
+    all_faces: bool = True,
+) -> tuple[list[EncodedFace], list[ImageFailure]]:
+    """Run a detector over decoded images: faces (not yet fitted) and failures."""
+    faces, failures = [], []
+    for img in images:
+        if isinstance(img, ImageFailure):
+            failures.append(img)
+            continue
+        try:
+            found: list[Face] = detector.detect(img)
+        except Exception as e:  # a detector crash on one image must not end the batch
+            failures.append(ImageFailure(img.path, "decode-error", f"the detector failed: {e}", img.sha256))
+            continue
+        if not found:
+            failures.append(ImageFailure(img.path, NO_FACE, "no face found by the "
+                                         f"{detector.name} detector", img.sha256))
+            continue
+        for i, f in enumerate(found if all_faces else found[:1]):
+            faces.append(EncodedFace(
+                image=img.path, sha256=img.sha256, face_index=i, box=f.box, score=float(f.score),
+                landmarks=f.landmarks, quality=tuple(f.quality), yaw_deg=float(f.yaw_deg),
+                detector=f.detector, image_size=tuple(int(s) for s in img.size)))
+    return faces, failures
+
+
+def fit_faces(model, faces: Sequence[EncodedFace], config: FitConfig | None = None,
+              rig: LandmarkRig | None = None, batch_size: int = 512, init: np.ndarray | None = None) -> None:
+    """Fit codes for detected faces in place, ``batch_size`` faces per optimization.
+
+    Faces with the same ``person`` share their shape when they fall in one batch (the batches
+    keep a person's faces together).
+    """
+    if not faces:
+        return
+    cfg = config or FitConfig()
+    rig = rig or LandmarkRig(model, cfg.n_shape, cfg.n_expression, device=cfg.device or "cpu",
+                             dtype=cfg.dtype)
+    order = sorted(range(len(faces)), key=lambda i: (faces[i].person is None, str(faces[i].person)))
+    batches, current, last = [], [], object()
+    for i in order:  # cut batches only between persons
+        p = faces[i].person
+        if len(current) >= batch_size and (p is None or p != last):
+            batches.append(current)
+            current = []
+        current.append(i)
+        last = p
+    if current:
+        batches.append(current)
+    for idx in batches:
+        lm = np.stack([faces[i].landmarks for i in idx])
+        sizes = np.array([faces[i].image_size for i in idx], np.float64)
+        person = np.array([faces[i].person if faces[i].person is not None else f"\0{i}" for i in idx])
+        res = fit_landmarks(model, lm, sizes, person=person, config=cfg, rig=rig,
+                            init=None if init is None else init[idx])
+        for j, i in enumerate(idx):
+            faces[i].code = res.codes[j]
+            faces[i].residual_px = float(res.residual_px[j])
+            faces[i].focal = float(res.focal[j])
+
+
+def encode(
+    images: Iterable[str | os.PathLike | bytes | DecodedImage],
+    *,
+    model=None,
+    detector: str | Detector = "dlib",
+    config: FitConfig | None = None,
+    person: Sequence[str | None] | None = None,
+    all_faces: bool = True,
+    workers: int = 0,
+    light: bool = False,
+) -> EncodeResult:
+    """Encode photos: every face found gets a 228-float code.
+
+    images: paths, bytes or decoded images; model: a FaceModel (default: ``$SKULLSEARCH_FACE_MODEL``
+    or the open model); detector: "dlib" (default, offline), "fan", "pts" or a Detector;
+    person: one id per image — the largest face of images with the same id shares its shape
+    (paper Eq. 2); workers: decoding processes; light: also estimate the 27 SH lighting
+    coefficients from the photo's colours (slower).
+    """
+    from skullsearch.encoder.face_model import FaceModel
+
+    model = model or FaceModel.from_env()
+    det = get_detector(detector) if isinstance(detector, str) else detector
+    items = list(images)
+    raw = [i for i in items if not isinstance(i, DecodedImage)]
+    decoded_raw = iter(read_images(raw, workers=workers) if raw else [])
+    decoded = [i if isinstance(i, DecodedImage) else next(decoded_raw) for i in items]
+    faces, failures = detect_faces(decoded, det, all_faces=all_faces)
+    if person is not None:
+        by_path = {}
+        for img, p in zip(decoded, person, strict=True):
+            by_path[img.path] = p
+        for f in faces:
+            if f.face_index == 0:
+                f.person = by_path.get(f.image)
+    fit_faces(model, faces, config)
+    if light:
+        pixels = {img.path: img.pixels for img in decoded if isinstance(img, DecodedImage)}
+        for f in faces:
+            f.code[code_layout.SLICES["light"]] = estimate_light(model, f.code, pixels[f.image], f.focal)
+    return EncodeResult(faces, failures)
+
+
+# ---------------------------------------------------------------- lighting
+def sh_basis(normals: np.ndarray) -> np.ndarray:
+    """3-band real spherical harmonics (unnormalized constants folded in): (n, 3) → (n, 9)."""
+    x, y, z = normals.T
+    return np.stack([np.ones_like(x), y, z, x, x * y, y * z, 3 * z**2 - 1, x * z, x**2 - y**2], 1)
+
+
+def estimate_light(model, code: np.ndarray, pixels: np.ndarray, focal: float) -> np.ndarray:
+    """27 SH coefficients (9 per RGB channel, albedo folded in) from the colours of the visible
+    face vertices: least squares, colours in [0, 1]. code (228,); pixels (H, W, 3) uint8."""
+    from skullsearch.encoder.face_model import face_region
+    from skullsearch.encoder.render import Camera, rasterize, vertex_normals
+
+    with torch.no_grad():
+        verts = code_vertices(model, code[None])[0].double().numpy()
+        p = code_layout.split(torch.as_tensor(code[None], dtype=torch.float64))
+        rot = camera_rotation(p.cam_rot)[0].numpy()
+        trans = p.cam_trans[0].numpy()
+    h, w = pixels.shape[:2]
+    cam = Camera(rot, trans, focal, w, h)
+    screen = cam.project(verts)
+    face_id, _, depth = rasterize(screen, model.faces, w, h)
+    col, row = np.round(screen[:, 0] - 0.5).astype(int), np.round(screen[:, 1] - 0.5).astype(int)
+    inside = (col >= 0) & (col < w) & (row >= 0) & (row < h)
+    visible = np.zeros(len(verts), bool)
+    visible[inside] = screen[inside, 2] <= depth[row[inside], col[inside]] + 2.0
+    normals = vertex_normals(verts, model.faces) @ rot.T  # camera frame
+    towards = normals[:, 2] < 0  # facing the camera (OpenCV: z away from it)
+    use = visible & towards & face_region(model)
+    if use.sum() < 30:
+        return np.zeros(27, np.float32)
+    basis = sh_basis(normals[use] * np.array([1.0, -1.0, -1.0]))  # back to y up, z to viewer
+    colours = pixels[row[use], col[use]].astype(np.float64) / 255.0
+    coef, *_ = np.linalg.lstsq(basis, colours, rcond=None)  # (9, 3)
+    return coef.T.reshape(-1).astype(np.float32)
+
+
+def export_faces(model, faces: Sequence[EncodedFace], folder: str | os.PathLike) -> list[Path]:
+    """Write each face (its identity, expression and jaw; camera not applied) as a PLY with its
+    landmarks marked: ``<photo stem>_face<k>.ply``."""
+    from skullsearch.encoder.export import export_face
+
+    folder = Path(folder)
+    written = []
+    for f in faces:
+        p = code_layout.split(torch.as_tensor(f.code[None]))
+        path = folder / f"{Path(f.image).stem}_face{f.face_index}.ply"
+        export_face(model, path, shape=p.shape[:, : model.n_shape],
+                    expression=p.expression[:, : model.n_expression],
+                    pose=p.pose[:, : 3 * model.n_joints])
+        written.append(path)
+    return written
+
+
+def image_paths(inputs: Iterable[str | os.PathLike]) -> list[Path]:
+    """Expand folders (recursively) into image files; files are kept as given, in order."""
+    exts = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+    out: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            out.extend(sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in exts))
+        else:
+            out.append(p)
+    return out
