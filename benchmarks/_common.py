@@ -9,18 +9,6 @@ import numpy as np
 import torch
 
 
-def similarity_align(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    """Umeyama: the similarity transform of src (n, 3) that best fits dst (n, 3); returns it applied."""
-    mu_s, mu_d = src.mean(0), dst.mean(0)
-    a, b = src - mu_s, dst - mu_d
-    u, s, vt = np.linalg.svd(b.T @ a / len(src))
-    d = np.ones(3)
-    d[-1] = np.sign(np.linalg.det(u @ vt))
-    r = u @ np.diag(d) @ vt
-    scale = (s * d).sum() / (a**2).sum(1).mean()
-    return scale * a @ r.T + mu_d
-
-
 def random_faces(model, n: int, rng, n_shape: int = 90, expr_scale: float = 0.15):
     """Codes drawn from the prior: shape (n, S) ~ N(0, σ), sparse non-negative expressions
     (n, E), jaw opening (n, 15)."""

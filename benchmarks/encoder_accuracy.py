@@ -21,9 +21,10 @@ import time
 
 import numpy as np
 import torch
-from _common import emit, random_cameras, random_faces, similarity_align
+from _common import emit, random_cameras, random_faces
 
 from skullsearch import FaceModel
+from skullsearch.encoder.align import align
 from skullsearch.encoder.face_model import face_region
 from skullsearch.encoder.fitting import (
     FitConfig,
@@ -51,8 +52,7 @@ def errors(model, mask, true_shape, codes):
         z = torch.as_tensor(codes).clone()
         z[:, 90:] = 0  # neutral: shape only
         fit = code_vertices(model, z).numpy()[:, mask]
-    d = np.array([np.linalg.norm(similarity_align(f, t) - t, axis=1)
-                  for f, t in zip(fit, truth, strict=True)])
+    d = np.linalg.norm(align(fit, truth) - truth, axis=-1)  # (n, V) after similarity alignment
     return d.mean(1), d.max(1)
 
 

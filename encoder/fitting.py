@@ -33,6 +33,9 @@ from skullsearch.encoder.lbs import axis_angle_to_matrix, lbs
 
 #: OpenCV camera axes from the face frame: x right, y down, z away from the camera.
 _FLIP = torch.tensor([[1.0, 0.0, 0.0], [0.0, -1.0, 0.0], [0.0, 0.0, -1.0]])
+#: Translation parameter unit, as a fraction of the starting depth (Adam steps ≈ lr in
+#: parameter units: 0.1 makes a step of lr = 0.01 about 0.6 mm at 60 cm).
+TRANS_STEP = 0.1
 #: Contour landmarks that march along the silhouette (iBUG indices; subject's right first).
 MARCHING = (0, 1, 2, 3, 4, 5, 6, 10, 11, 12, 13, 14, 15, 16)
 
@@ -365,7 +368,7 @@ def fit_landmarks(
         if rigid:
             s, e = s.detach() * 0, e.detach() * 0
         rot = camera_rotation(cam_rot)
-        trans = trans0 + z0 * cam_off
+        trans = trans0 + TRANS_STEP * z0 * cam_off
         uv = model_landmarks_px(rig, s, e, full_pose(), rot, trans, f, center)
         reproj = ((uv - lm2d) ** 2).sum(-1).mean(1) / scale**2
         fit_len = _edge_lengths(uv, edges)
@@ -400,7 +403,7 @@ def fit_landmarks(
             e_now = expr[pidx] if cfg.share_expression else expr
             new_s, new_e = linear_shape_step(
                 rig, lm2d, shape[pidx], e_now, full_pose(), camera_rotation(cam_rot),
-                trans0 + z0 * cam_off, f, center, scale, cfg)
+                trans0 + TRANS_STEP * z0 * cam_off, f, center, scale, cfg)
             # faces of one person share α (and δ when asked): average their estimates
             shape.copy_(torch.zeros_like(shape).index_add_(0, pidx, new_s) / counts)
             if cfg.share_expression:
@@ -415,7 +418,7 @@ def fit_landmarks(
         residual = (uv - lm2d).norm(dim=-1).mean(1)
         e = expr[pidx] if cfg.share_expression else expr
         codes = code_layout.pack(shape=shape[pidx], expression=e, pose=full_pose(), cam_rot=cam_rot,
-                                 cam_trans=trans0 + z0 * cam_off)
+                                 cam_trans=trans0 + TRANS_STEP * z0 * cam_off)
     return FitResult(
         codes=codes.cpu().numpy().astype(np.float32),
         residual_px=residual.cpu().numpy(),
