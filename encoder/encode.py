@@ -20,7 +20,14 @@ import torch
 
 from skullsearch.encoder import code as code_layout
 from skullsearch.encoder.detectors import Detector, Face, get_detector
-from skullsearch.encoder.fitting import FitConfig, LandmarkRig, camera_rotation, code_vertices, fit_landmarks
+from skullsearch.encoder.fitting import (
+    FitConfig,
+    LandmarkRig,
+    camera_rotation,
+    code_vertices,
+    fit_landmarks,
+    rig_for,
+)
 from skullsearch.encoder.images import DecodedImage, ImageFailure, read_images
 
 NO_FACE = "no-face"
@@ -116,8 +123,7 @@ def fit_faces(model, faces: Sequence[EncodedFace], config: FitConfig | None = No
     if not faces:
         return
     cfg = config or FitConfig()
-    rig = rig or LandmarkRig(model, cfg.n_shape, cfg.n_expression, device=cfg.device or "cpu",
-                             dtype=cfg.dtype)
+    rig = rig or rig_for(model, cfg.n_shape, cfg.n_expression, device=cfg.device or "cpu", dtype=cfg.dtype)
     order = sorted(range(len(faces)), key=lambda i: (faces[i].person is None, str(faces[i].person)))
     batches, current, last = [], [], object()
     for i in order:  # cut batches only between persons

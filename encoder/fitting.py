@@ -50,7 +50,7 @@ class FitConfig:
     focal_factor: float = 1.2  # focal length = focal_factor × the image's longer side (px)
     w_landmark: float = 1.0
     w_edge: float = 3.0
-    w_shape: float = 2e-5
+    w_shape: float = 2e-4
     w_expression: float = 2e-4
     w_pose: float = 1e-3
     rigid_steps: int = 80
@@ -155,6 +155,17 @@ class LandmarkRig:
         posed, _ = lbs(v, pose, None, self.parents, self.weights, self.posedirs, joints=joints)
         lm = (posed[:, self.lm_local] * self.bary[None, :, :, None]).sum(2)
         return lm, posed[:, self.cand_local]
+
+
+def rig_for(model, n_shape: int = 90, n_expression: int = 90, device="cpu",
+            dtype=torch.float32) -> LandmarkRig:
+    """A :class:`LandmarkRig` for the model, built once per (sizes, device, dtype) and cached
+    on the model."""
+    cache = model.__dict__.setdefault("_rig_cache", {})
+    key = (n_shape, n_expression, str(device), dtype)
+    if key not in cache:
+        cache[key] = LandmarkRig(model, n_shape, n_expression, device=device, dtype=dtype)
+    return cache[key]
 
 
 def contour_candidates(model, band_mm: float = 4.0, max_candidates: int = 16) -> np.ndarray:
@@ -318,7 +329,7 @@ def fit_landmarks(
     cfg = config or FitConfig()
     device = cfg.device or "cpu"
     dt = cfg.dtype
-    rig = rig or LandmarkRig(model, cfg.n_shape, cfg.n_expression, device=device, dtype=dt)
+    rig = rig or rig_for(model, cfg.n_shape, cfg.n_expression, device=device, dtype=dt)
     lm2d = torch.as_tensor(np.asarray(landmarks, np.float64), dtype=dt, device=device)
     b = lm2d.shape[0]
     sizes = torch.as_tensor(np.asarray(image_sizes, np.float64), dtype=dt, device=device)

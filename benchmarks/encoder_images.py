@@ -1,0 +1,87 @@
+"""End to end on images: synthetic photos (perspective renders of known faces, yaw ±30°, random
+light and skin tone) through the real decoder, the dlib detector and the batched fit.
+
+Reports how many faces were found, the landmark residual, the identity error against the truth
+(face region, similarity-aligned, as encoder_accuracy.py) and the throughput of each stage.
+
+    python benchmarks/encoder_images.py [--images 48]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from _common import emit, random_faces
+from PIL import Image
+
+from skullsearch import FaceModel
+from skullsearch.encoder.align import align
+from skullsearch.encoder.detectors import DlibDetector
+from skullsearch.encoder.encode import detect_faces, fit_faces
+from skullsearch.encoder.face_model import face_region
+from skullsearch.encoder.fitting import code_vertices
+from skullsearch.encoder.images import read_images
+from skullsearch.encoder.render import face_camera, render_mesh
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--images", type=int, default=48)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    rng = np.random.default_rng(args.seed)
+    model = FaceModel.default()
+    mask = face_region(model)
+    shape, expr, pose = random_faces(model, args.images, rng, expr_scale=0.1)
+    with torch.no_grad():
+        verts = model.vertices(shape=shape, expression=expr, pose=pose).numpy()
+    folder = Path(tempfile.mkdtemp(prefix="skullsearch-bench-"))
+    paths = []
+    for i, v in enumerate(verts):
+        cam = face_camera(yaw_deg=rng.uniform(-30, 30), pitch_deg=rng.uniform(-10, 10), size=512,
+                          distance=rng.uniform(500, 900), fov_mm=rng.uniform(260, 340),
+                          center=np.array([0.0, -30.0, 0.0]))
+        albedo = np.array([0.8, 0.62, 0.5]) * rng.uniform(0.6, 1.1)
+        light = (rng.uniform(-0.5, 0.5), rng.uniform(0.0, 0.6), 1.0)
+        img = render_mesh(v, model.faces, cam, albedo=albedo, light_dir=light).image
+        paths.append(folder / f"photo{i:04d}.png")
+        Image.fromarray(img).save(paths[-1])
+
+    t0 = time.perf_counter()
+    decoded = read_images(paths)
+    t1 = time.perf_counter()
+    faces, failures = detect_faces(decoded, DlibDetector(), all_faces=False)
+    t2 = time.perf_counter()
+    fit_faces(model, faces)
+    t3 = time.perf_counter()
+
+    idx = [int(Path(f.image).stem[5:]) for f in faces]
+    codes = torch.as_tensor(np.stack([f.code for f in faces]))
+    codes[:, 90:] = 0
+    with torch.no_grad():
+        truth = model.vertices(shape=shape[idx]).numpy()[:, mask]
+        fit = code_vertices(model, codes).numpy()[:, mask]
+    err = np.linalg.norm(align(fit, truth) - truth, axis=-1)
+    found = len(faces)
+    print(f"found {found}/{args.images} faces; residual {np.mean([f.residual_px for f in faces]):.2f} px; "
+          f"identity error {err.mean():.2f} mm mean, {err.max(1).mean():.2f} mm max")
+    print(f"decode {args.images / (t1 - t0):.0f} img/s, detect {args.images / (t2 - t1):.1f} img/s, "
+          f"fit {found / (t3 - t2):.1f} faces/s (one process)")
+    emit({
+        "images": args.images, "faces_found": found,
+        "residual_px": round(float(np.mean([f.residual_px for f in faces])), 3),
+        "mean_mm": round(float(err.mean()), 3), "max_mm": round(float(err.max(1).mean()), 3),
+        "decode_images_per_s": round(args.images / (t1 - t0), 1),
+        "detect_images_per_s": round(args.images / (t2 - t1), 2),
+        "fit_faces_per_s": round(found / (t3 - t2), 2),
+        "failures": len(failures),
+    })
+
+
+if __name__ == "__main__":
+    main()
