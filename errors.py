@@ -27,3 +27,7 @@ class LandmarkError(SkullsearchError):
 
 class DependencyError(SkullsearchError):
     """An optional dependency (or its offline data) is not available."""
+
+
+class EncoderCheckpointError(SkullsearchError):
+    """An encoder checkpoint is missing, of another format, or trained for another face model."""

@@ -21,6 +21,8 @@ app = typer.Typer(
 )
 model_app = typer.Typer(help="Face models: describe, export, convert.", no_args_is_help=True)
 app.add_typer(model_app, name="model")
+train_app = typer.Typer(help="Train the learned parts: the CNN encoder.", no_args_is_help=True)
+app.add_typer(train_app, name="train")
 
 out = Console()
 err = Console(stderr=True)
@@ -123,6 +125,9 @@ def encode_cmd(
     same_person: Annotated[
         bool, typer.Option(help="All photos show one person: fit one shared shape (paper Eq. 2).")
     ] = False,
+    cnn: Annotated[
+        Optional[Path], typer.Option(help="A trained CNN encoder checkpoint to seed the fit.")  # noqa: UP045
+    ] = None,
 ):
     """Photos → 3D faces: detect 68 landmarks and fit a face code to every face."""
     import json
@@ -134,7 +139,7 @@ def encode_cmd(
     if not paths:
         raise SkullsearchError("no photos given (folders are searched for .jpg .png .bmp .tif .webp)")
     with err.status(f"encoding {len(paths)} photo(s)…") if err.is_terminal else nullcontext():
-        result = encode(paths, model=model, detector=detector, light=light,
+        result = encode(paths, model=model, detector=detector, light=light, cnn=cnn,
                         person=["one"] * len(paths) if same_person else None)
     table = Table(title=f"{len(result.faces)} face(s) in {len(paths)} photo(s)")
     for col in ("photo", "face", "score", "residual px", "yaw°", "quality"):
@@ -158,6 +163,30 @@ def encode_cmd(
         json_out.write_text(json.dumps({"faces": [f.to_dict() for f in result.faces],
                                         "failures": [vars(f) for f in result.failures]}, indent=1))
         out.print(f"wrote {json_out}")
+
+
+@train_app.command("encoder")
+def train_encoder_cmd(
+    photos: Annotated[list[Path], typer.Argument(help="Training photos or folders.")],
+    checkpoint: Annotated[Path, typer.Option("--out", help="Checkpoint file to write.")] = Path("encoder.pt"),
+    face_model: FaceModelOption = None,
+    epochs: Annotated[int, typer.Option(help="Passes over the photos.")] = 20,
+    batch_size: Annotated[int, typer.Option(help="Faces per step.")] = 32,
+    person_from_parent_dir: Annotated[
+        bool, typer.Option(help="Photos in one folder show one person (stage 2, paper Eq. 2).")
+    ] = False,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+):
+    """Train the CNN encoder self-supervised on photos (dlib landmarks, paper Eq. 1 and 2)."""
+    from skullsearch.encoder.encode import image_paths, train_encoder_on_photos
+
+    model = _load_model(face_model)
+    paths = image_paths(photos)
+    person = [p.parent.name for p in paths] if person_from_parent_dir else None
+    _, history = train_encoder_on_photos(paths, checkpoint, model=model, person=person, epochs=epochs,
+                                         batch_size=batch_size, device=device, log=err.print)
+    out.print(f"wrote {checkpoint}: loss {history[0]['loss']:.4f} → {history[-1]['loss']:.4f} "
+              f"in {len(history)} epochs")
 
 
 def main(argv: list[str] | None = None) -> int:

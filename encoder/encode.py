@@ -157,6 +157,7 @@ def encode(
     all_faces: bool = True,
     workers: int = 0,
     light: bool = False,
+    cnn: str | os.PathLike | None = None,
 ) -> EncodeResult:
     """Encode photos: every face found gets a 228-float code.
 
@@ -164,7 +165,8 @@ def encode(
     or the open model); detector: "dlib" (default, offline), "fan", "pts" or a Detector;
     person: one id per image — the largest face of images with the same id shares its shape
     (paper Eq. 2); workers: decoding processes; light: also estimate the 27 SH lighting
-    coefficients from the photo's colours (slower).
+    coefficients from the photo's colours (slower); cnn: a trained CNN encoder checkpoint whose
+    predictions seed the fit.
     """
     from skullsearch.encoder.face_model import FaceModel
 
@@ -182,7 +184,15 @@ def encode(
         for f in faces:
             if f.face_index == 0:
                 f.person = by_path.get(f.image)
-    fit_faces(model, faces, config)
+    init = None
+    if cnn is not None and faces:
+        from skullsearch.encoder.cnn import encode_faces, load_checkpoint
+
+        net, _ = load_checkpoint(cnn, model=model)
+        pixels = {img.path: img.pixels for img in decoded if isinstance(img, DecodedImage)}
+        init = encode_faces(net, [pixels[f.image] for f in faces], np.stack([f.box for f in faces]),
+                            image_sizes=np.array([f.image_size for f in faces], np.float64))
+    fit_faces(model, faces, config, init=init)
     if light:
         pixels = {img.path: img.pixels for img in decoded if isinstance(img, DecodedImage)}
         for f in faces:
@@ -255,3 +265,45 @@ def image_paths(inputs: Iterable[str | os.PathLike]) -> list[Path]:
         else:
             out.append(p)
     return out
+
+
+def train_encoder_on_photos(
+    photos: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    *,
+    model=None,
+    person: Sequence[str | None] | None = None,
+    epochs: int = 20,
+    batch_size: int = 32,
+    size: int = 128,
+    device: str = "cpu",
+    seed: int = 0,
+    log=None,
+):
+    """Train the CNN encoder self-supervised on photos (paper Eq. 1; Eq. 2 with ``person``):
+    detect faces with dlib, crop them, train, and write the checkpoint ``out``.
+
+    Returns (net, history). Photos without a usable face are skipped (as in :func:`encode`).
+    """
+    from skullsearch.encoder.cnn import crop_faces, save_checkpoint, train_encoder
+    from skullsearch.encoder.face_model import FaceModel
+    from skullsearch.errors import SkullsearchError
+
+    model = model or FaceModel.from_env()
+    decoded = read_images(list(photos))
+    faces, _ = detect_faces(decoded, get_detector("dlib"), all_faces=False)
+    if len(faces) < 2:
+        raise SkullsearchError(f"found faces in {len(faces)} photo(s): training needs at least 2")
+    pixels = {d.path: d.pixels for d in decoded if isinstance(d, DecodedImage)}
+    boxes = np.stack([f.box for f in faces])
+    crops, transforms = crop_faces([pixels[f.image] for f in faces], boxes, size=size)
+    ids = None
+    if person is not None:
+        by_path = {str(p): q for p, q in zip(photos, person, strict=True)}
+        ids = np.array([str(by_path.get(f.image)) for f in faces])
+    net, history = train_encoder(
+        crops, landmarks_px=np.stack([f.landmarks for f in faces]), transforms=transforms,
+        image_sizes=np.array([f.image_size for f in faces], np.float64), person=ids, model=model,
+        epochs=epochs, batch_size=batch_size, device=device, seed=seed, log=log)
+    save_checkpoint(out, net, meta={"photos": len(faces), "epochs": epochs, "seed": seed})
+    return net, history

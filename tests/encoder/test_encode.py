@@ -78,3 +78,16 @@ def test_encode_command(default_model, photos, tmp_path, capsys):
 
     data = json.loads(out_json.read_text())
     assert len(data["faces"]) == 3 and len(data["faces"][0]["code"]) == 228
+
+
+def test_train_encoder_command_and_seeded_encode(default_model, photos, tmp_path, capsys):
+    from skullsearch.cli.app import main
+
+    folder, _ = photos
+    ckpt = tmp_path / "enc.pt"
+    assert main(["train", "encoder", str(folder), "--out", str(ckpt), "--epochs", "2",
+                 "--batch-size", "2"]) == 0
+    assert ckpt.exists() and "wrote" in capsys.readouterr().out
+    res = skullsearch.encode(sorted(folder.glob("face*.png")), model=default_model, cnn=ckpt)
+    assert len(res.faces) == 3 and all(np.isfinite(f.code).all() for f in res.faces)
+    assert max(f.residual_px for f in res.faces) < 3.0
