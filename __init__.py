@@ -17,6 +17,7 @@ from importlib.metadata import PackageNotFoundError, version
 from skullsearch.encoder.encode import EncodedFace, EncodeResult, encode
 from skullsearch.encoder.face_model import FaceModel, SurfacePoints
 from skullsearch.encoder.fitting import FitConfig
+from skullsearch.index import Gallery, GalleryError, IngestReport
 from skullsearch.encoder.soft_tissue import FACE_POINT_NAMES, LONG_NAMES, SOFT_TISSUE_NAMES
 from skullsearch.errors import (
     DependencyError,
@@ -32,6 +33,9 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0+source"
 
 __all__ = [
+    "Gallery",
+    "GalleryError",
+    "IngestReport",
     "encode",
     "EncodeResult",
     "EncodedFace",

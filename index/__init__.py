@@ -1,1 +1,10 @@
-"""skullsearch.index — see DESIGN.md §3; filled by later issues."""
+"""The gallery on disk: DuckDB catalog over Parquet shards, FAISS indexes, the ingest pipeline.
+
+Imports only :mod:`skullsearch.encoder` (DESIGN.md §3).
+"""
+
+from skullsearch.index.gallery import Gallery
+from skullsearch.index.ingest import IngestReport, Source, ingest
+from skullsearch.index.store import GalleryError
+
+__all__ = ["Gallery", "GalleryError", "IngestReport", "Source", "ingest"]

@@ -1,0 +1,333 @@
+"""``Gallery``: the library face of a gallery directory (see :mod:`skullsearch.index.store`).
+
+    g = Gallery.create("missing_persons", face_model=FaceModel.default())
+    g.ingest(["photos/"])
+    table = g.faces(columns=["face_id", "path", "person"])     # pyarrow.Table
+    pts = g.soft_tissue(table["face_id"])                       # (n, 36, 3) mm
+    scores, ids = g.search_codes(codes, k=10)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from skullsearch.index import store, vectors
+from skullsearch.index.store import GalleryError, ShardInfo
+
+FACE_COLUMNS_EXTRA = ("code", "soft_tissue")
+
+
+def arrow(relation):
+    """A DuckDB relation as a pyarrow.Table (the method's name changed across DuckDB releases)."""
+    fetch = getattr(relation, "to_arrow_table", None) or relation.arrow
+    return fetch()
+
+
+class Gallery:
+    """A gallery directory. Cheap to open; reads are safe while another process ingests."""
+
+    def __init__(self, path: Path, manifest: dict):
+        self.path = Path(path)
+        self.manifest = manifest
+        self._model = None
+        self._indexes: dict = {}
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ create / open
+    @classmethod
+    def create(cls, path: str | os.PathLike, face_model=None, exist_ok: bool = False) -> Gallery:
+        """A new, empty gallery built for ``face_model`` (default: $SKULLSEARCH_FACE_MODEL or the
+        open model). The model is copied into the gallery (``face_model.npz``) so the gallery is
+        self-contained. With exist_ok, an existing gallery for the same model is opened."""
+        from skullsearch.encoder.face_model import FaceModel
+
+        path = Path(path)
+        if (path / "gallery.json").exists():
+            if not exist_ok:
+                raise GalleryError(f"{path} already holds a gallery; open it, or choose a new folder")
+            g = cls.open(path)
+            if face_model is not None:
+                g.check_model(face_model)
+            return g
+        if path.exists() and any(path.iterdir()):
+            raise GalleryError(f"{path} exists and is not empty: give a new or empty folder for the gallery")
+        model = face_model or FaceModel.from_env()
+        if model.soft_tissue_points is None:
+            raise GalleryError("the face model has no soft-tissue annotation, so a gallery cannot "
+                               "index it; give the 36 points as a JSON override")
+        (path / "shards").mkdir(parents=True, exist_ok=True)
+        (path / "index").mkdir(exist_ok=True)
+        model.save(path / "face_model.npz")
+        manifest = {
+            "format": store.FORMAT, "version": store.VERSION, "created": store.now(),
+            "face_model": {"name": model.meta.get("name", "FLAME-format model"),
+                           "fingerprint": model.fingerprint,
+                           "source": model.meta.get("source", model.meta.get("file", ""))},
+        }
+        store.write_json_atomic(path / "gallery.json", manifest)
+        g = cls(path, manifest)
+        g._model = model
+        return g
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> Gallery:
+        path = Path(path)
+        try:
+            manifest = json.loads((path / "gallery.json").read_text())
+        except FileNotFoundError:
+            raise GalleryError(f"{path} is not a skullsearch gallery (no gallery.json); create one "
+                               "with `skullsearch ingest PHOTOS --gallery DIR`") from None
+        except ValueError as e:
+            raise GalleryError(f"{path}/gallery.json is damaged ({e})") from None
+        if manifest.get("format") != store.FORMAT or manifest.get("version", 0) > store.VERSION:
+            raise GalleryError(f"{path}: not a gallery this skullsearch can read "
+                               f"(format {manifest.get('format')} v{manifest.get('version')})")
+        return cls(path, manifest)
+
+    # ------------------------------------------------------------------ face model
+    @property
+    def face_model(self):
+        """The face model this gallery was built with (its own copy)."""
+        if self._model is None:
+            from skullsearch.encoder.face_model import FaceModel
+
+            model = FaceModel.load(self.path / "face_model.npz", annotate=False)
+            if model.fingerprint != self.manifest["face_model"]["fingerprint"]:
+                raise GalleryError(f"{self.path}/face_model.npz does not match the gallery's record; "
+                                   "the gallery is damaged")
+            self._model = model
+        return self._model
+
+    def check_model(self, model) -> None:
+        """Refuse a different face model or annotation (they would mix incomparable faces)."""
+        want = self.manifest["face_model"]
+        if model.fingerprint != want["fingerprint"]:
+            raise GalleryError(
+                f"the gallery {self.path} was built with the face model '{want['name']}' "
+                f"(fingerprint {want['fingerprint'][:12]}); this one is '{model.meta.get('name')}' "
+                f"({model.fingerprint[:12]}). Faces of different models or annotations cannot be "
+                "mixed: use a new gallery for this model, or ingest with the gallery's own model"
+            )
+
+    # ------------------------------------------------------------------ shards
+    def shards(self) -> list[ShardInfo]:
+        return store.committed_shards(self.path)
+
+    @property
+    def n_faces(self) -> int:
+        return sum(s.faces for s in self.shards())
+
+    def _files(self, kind: str, shards: list[ShardInfo] | None = None) -> list[str]:
+        return [str(s.file(self.path, kind)) for s in (shards or self.shards())]
+
+    def _npy(self, shard: ShardInfo, kind: str) -> np.ndarray:
+        return np.load(shard.file(self.path, f"{kind}.npy"), mmap_mode="r")
+
+    def _gather(self, ids, kind: str, width: tuple[int, ...]) -> np.ndarray:
+        shard_no, row = store.split_id(ids)
+        known = {s.number: s for s in self.shards()}
+        out = np.zeros((len(shard_no), *width), np.float32)
+        for sn in np.unique(shard_no):
+            if int(sn) not in known:
+                raise GalleryError(f"face ids of shard {int(sn)} are not in this gallery")
+            sel = shard_no == sn
+            arr = self._npy(known[int(sn)], kind)
+            if row[sel].max() >= len(arr):
+                raise GalleryError(f"face id beyond shard {int(sn)}'s {len(arr)} faces")
+            out[sel] = arr[row[sel]]
+        return out
+
+    def soft_tissue(self, ids) -> np.ndarray:
+        """The 36 soft-tissue points (n, 36, 3) mm (model frame, neutral face) of face ids."""
+        return self._gather(np.asarray(ids, dtype=np.int64), "soft", (36, 3))
+
+    def codes(self, ids) -> np.ndarray:
+        """Face codes (n, 228) of face ids."""
+        return self._gather(np.asarray(ids, dtype=np.int64), "codes", (228,))
+
+    def canonical(self, ids) -> np.ndarray:
+        """Canonical shortlist vectors (n, 108) of face ids."""
+        return self._gather(np.asarray(ids, dtype=np.int64), "canon", (108,))
+
+    # ------------------------------------------------------------------ catalog (DuckDB)
+    def connect(self):
+        """An in-memory DuckDB connection with read-only views ``faces``, ``images``,
+        ``failures`` over the committed shards (the gallery's files are never opened for writing)."""
+        import duckdb
+
+        con = duckdb.connect()
+        shards = self.shards()
+        if shards:
+            faces = ", ".join(repr(f) for f in self._files("faces.parquet", shards))
+            images = ", ".join(repr(f) for f in self._files("images.parquet", shards))
+            con.execute(f"CREATE VIEW faces AS SELECT * FROM read_parquet([{faces}])")
+            con.execute(f"CREATE VIEW images AS SELECT * FROM read_parquet([{images}])")
+        else:
+            from skullsearch.index.schema import empty_faces, empty_images
+
+            con.register("faces", empty_faces())
+            con.register("images", empty_images())
+        con.execute("CREATE VIEW failures AS SELECT * FROM images WHERE status <> 'ok'")
+        return con
+
+    def sql(self, query: str):
+        """Run one read-only SQL statement (SELECT …) over the catalog; returns a pyarrow.Table."""
+        import duckdb
+
+        con = self.connect()
+        try:
+            statements = con.extract_statements(query)
+        except duckdb.Error as e:
+            raise GalleryError(f"SQL error: {e}") from None
+        allowed = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
+        if len(statements) != 1 or statements[0].type not in allowed:
+            raise GalleryError("only one read-only statement (SELECT, WITH …, EXPLAIN) is allowed; "
+                               "the catalog is changed only by ingest")
+        try:
+            return arrow(con.sql(query))
+        except duckdb.Error as e:
+            raise GalleryError(f"SQL error: {e}") from None
+
+    def faces(self, columns: list[str] | None = None, as_pandas: bool = False):
+        """The face catalog as a pyarrow.Table (or pandas): every committed face.
+
+        columns: catalog columns, plus ``code`` (228 floats) and ``soft_tissue`` (108 floats)
+        read from the shards' arrays.
+        """
+        import pyarrow as pa
+
+        cols = list(columns) if columns else None
+        extra = [c for c in (cols or []) if c in FACE_COLUMNS_EXTRA]
+        base = [c for c in (cols or []) if c not in FACE_COLUMNS_EXTRA]
+        if extra and "face_id" not in base:
+            base = ["face_id", *base]
+        select = ", ".join(f'"{c}"' for c in base) if base else "*"
+        table = arrow(self.connect().sql(f"SELECT {select} FROM faces ORDER BY face_id"))
+        ids = table.column("face_id").to_numpy() if extra else None
+        for c in extra:
+            arr = self.codes(ids) if c == "code" else self.soft_tissue(ids).reshape(len(ids), -1)
+            table = table.append_column(c, pa.FixedSizeListArray.from_arrays(
+                pa.array(arr.reshape(-1), pa.float32()), arr.shape[1]))
+        if cols is not None:
+            table = table.select(cols)
+        return table.to_pandas() if as_pandas else table
+
+    # ------------------------------------------------------------------ FAISS indexes
+    def _index_state(self) -> dict:
+        try:
+            return json.loads((self.path / "index" / "state.json").read_text())
+        except (FileNotFoundError, ValueError):
+            return {}
+
+    def index(self, name: str):
+        """The FAISS index ``shortlist`` (augmented canonical vectors, inner product) or ``codes``
+        (shape vectors, L2), holding every committed shard (newer shards added in memory)."""
+        import faiss
+
+        with self._lock:
+            shards = self.shards()
+            cached = self._indexes.get(name)
+            have = set(cached[1]) if cached else set()
+            if cached is None:
+                state = self._index_state().get(name)
+                path = self.path / "index" / f"{name}.faiss"
+                if state and path.exists() and set(state["shards"]) <= {s.number for s in shards}:
+                    idx = faiss.read_index(str(path))
+                    have = set(state["shards"])
+                else:
+                    idx = vectors.new_index(*self._index_spec(name), n_expected=sum(s.faces for s in shards))
+                    have = set()
+            else:
+                idx = cached[0]
+            for s in shards:
+                if s.number not in have and s.faces:
+                    ids = store.face_id(s.number, np.arange(s.faces))
+                    vectors.add(idx, self._vectors(name, s), ids)
+                have.add(s.number)
+            self._indexes[name] = (idx, sorted(have))
+            return idx
+
+    def _index_spec(self, name: str) -> tuple[int, str]:
+        return (vectors.AUG_DIM, "ip") if name == "shortlist" else (90, "l2")
+
+    def _vectors(self, name: str, shard: ShardInfo) -> np.ndarray:
+        if name == "shortlist":
+            return vectors.augment_base(np.asarray(self._npy(shard, "canon")))
+        return vectors.shape_vectors(np.asarray(self._npy(shard, "codes")))
+
+    def save_indexes(self) -> None:
+        """Write both indexes with the shards they hold (atomic). Called by the writer."""
+        import faiss
+
+        state = self._index_state()
+        for name in ("shortlist", "codes"):
+            idx = self.index(name)
+            held = self._indexes[name][1]
+            path = self.path / "index" / f"{name}.faiss"
+            tmp = path.with_name(f".{path.name}.tmp")
+            faiss.write_index(idx, str(tmp))
+            os.replace(tmp, path)
+            state[name] = {"shards": held, "ntotal": int(idx.ntotal), "type": type(idx).__name__}
+        store.write_json_atomic(self.path / "index" / "state.json", state)
+
+    def search_codes(self, codes: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+        """Faces most similar in identity to the given codes (q, 228): (L2 distances (q, k), ids (q, k))."""
+        idx = self.index("codes")
+        if idx.ntotal == 0:
+            q = len(codes)
+            return np.zeros((q, 0), np.float32), np.zeros((q, 0), np.int64)
+        return vectors.search(idx, vectors.shape_vectors(codes), k)
+
+    def search_shortlist(self, canon: np.ndarray, mask: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Masked nearest neighbours of canonical query vectors (q, 108) with presence masks
+        (q, 36): (squared masked distances (q, k) mm², ids (q, k))."""
+        idx = self.index("shortlist")
+        if idx.ntotal == 0:
+            return np.zeros((len(canon), 0), np.float32), np.zeros((len(canon), 0), np.int64)
+        scores, ids = vectors.search(idx, vectors.augment_query(canon, mask), k)
+        return vectors.masked_distance(scores, canon, mask), ids
+
+    # ------------------------------------------------------------------ ingest & co
+    def ingest(self, inputs, **kw):
+        """Add photos (folders, files, lists, tables); see :func:`skullsearch.index.ingest.ingest`."""
+        from skullsearch.index.ingest import ingest
+
+        return ingest(self, inputs, **kw)
+
+    def info(self) -> dict:
+        """Counts and sizes for ``skullsearch info``."""
+        con = self.connect()
+        n_images, n_ok = con.execute(
+            "SELECT count(*), count(*) FILTER (WHERE status = 'ok') FROM images").fetchone()
+        reasons = dict(con.execute(
+            "SELECT status, count(*) FROM failures GROUP BY status ORDER BY 2 DESC").fetchall())
+        persons = con.execute("SELECT count(DISTINCT person) FROM faces WHERE person IS NOT NULL").fetchone()[0]
+        state = self._index_state()
+
+        def size(p: Path) -> int:
+            return sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) if p.exists() else 0
+
+        return {
+            "gallery": str(self.path),
+            "face model": f"{self.manifest['face_model']['name']} ({self.manifest['face_model']['fingerprint'][:12]})",
+            "images": n_images, "images with faces": n_ok, "faces": self.n_faces, "persons": persons,
+            "failures": reasons, "shards": len(self.shards()),
+            "shortlist index": f"{state.get('shortlist', {}).get('type', 'not built')} "
+                               f"({state.get('shortlist', {}).get('ntotal', 0)} faces)",
+            "catalog on disk": size(self.path / "shards"), "indexes on disk": size(self.path / "index"),
+        }
+
+    def export(self, out: str | os.PathLike) -> Path:
+        """Write the whole face catalog, with codes and soft-tissue points, as one Parquet file."""
+        import pyarrow.parquet as pq
+
+        out = Path(out)
+        table = self.faces(columns=None)
+        table = self.faces(columns=[*table.column_names, "code", "soft_tissue"])
+        pq.write_table(table, out)
+        return out

@@ -1,0 +1,407 @@
+"""Ingest: photos → faces in a gallery, resumable, idempotent, in small stages.
+
+Stages (each a small unit, clip-retrieval's shape): **reader** (expands the inputs, skips photos
+already in the gallery), **detector** (worker processes: read bytes, hash, decode, detect 68
+landmarks; a corrupt, hanging or crashing photo becomes a recorded failure), **encoder** (the
+batched fit in torch, then the soft-tissue points and shortlist vectors), **writer** (one shard per
+chunk of photos, committed atomically; the FAISS indexes are extended at the end). A runner
+composes them over chunks; ``engine="local"`` uses a process pool, ``engine="ray"`` runs the
+detector stage with Ray Data.
+
+Kill it at any moment and run it again: committed shards are kept, the chunk that was being
+written is done again, nothing twice (photos are keyed by the sha256 of their bytes).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import csv
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from skullsearch.index import schema, store, vectors
+from skullsearch.index.store import GalleryError
+
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+TABLE_EXTS = {".parquet", ".csv"}
+LIST_EXTS = {".txt", ".lst"}
+WORKER_CRASHED = "worker-crashed"
+TIMEOUT = "timeout"
+
+
+@dataclass
+class Source:
+    """One photo to ingest: path, optional person id and metadata (JSON-able dict)."""
+
+    path: str
+    person: str | None = None
+    metadata: dict | None = None
+
+
+@dataclass
+class IngestReport:
+    """What an ingest did: counts, failures by reason, seconds."""
+
+    images_seen: int = 0
+    images_skipped: int = 0
+    images_new: int = 0
+    faces: int = 0
+    failures: dict = field(default_factory=dict)
+    shards: int = 0
+    seconds: float = 0.0
+    duplicates: int = 0
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images_new / self.seconds if self.seconds else 0.0
+
+
+# ---------------------------------------------------------------- reader
+def read_sources(inputs: Iterable[str | os.PathLike], person_from_parent_dir: bool = False) -> Iterator[Source]:
+    """Expand inputs: folders (recursive), image files, text lists (one path per line, relative
+    to the list), Parquet/CSV tables with a ``path`` column (``person`` / ``person_id`` and any
+    other columns become the person and metadata)."""
+    from skullsearch.errors import SkullsearchError
+
+    def person_of(p: Path) -> str | None:
+        return p.parent.name if person_from_parent_dir else None
+
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            for q in sorted(p.rglob("*")):
+                if q.is_file() and q.suffix.lower() in IMAGE_EXTS:
+                    yield Source(str(q), person_of(q))
+        elif p.suffix.lower() in LIST_EXTS:
+            for line in p.read_text().splitlines():
+                line = line.strip()
+                if line and not line.startswith("#"):
+                    q = Path(line) if Path(line).is_absolute() else p.parent / line
+                    yield Source(str(q), person_of(q))
+        elif p.suffix.lower() in TABLE_EXTS:
+            rows = _table_rows(p)
+            for row in rows:
+                if "path" not in row:
+                    raise SkullsearchError(f"{p}: the table needs a 'path' column")
+                q = Path(str(row.pop("path")))
+                q = q if q.is_absolute() else p.parent / q
+                person = row.pop("person", None) or row.pop("person_id", None)
+                yield Source(str(q), str(person) if person is not None else person_of(q),
+                             {k: v for k, v in row.items() if v is not None} or None)
+        else:
+            yield Source(str(p), person_of(p))
+
+
+def _table_rows(p: Path) -> list[dict]:
+    if p.suffix.lower() == ".csv":
+        with open(p, newline="") as fh:
+            return [dict(r) for r in csv.DictReader(fh)]
+    import pyarrow.parquet as pq
+
+    return pq.read_table(p).to_pylist()
+
+
+def stat_key(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+        return st.st_size, st.st_mtime_ns
+    except OSError:
+        return None
+
+
+# ---------------------------------------------------------------- detector stage (workers)
+_KNOWN: frozenset = frozenset()
+_DETECTOR = None
+
+
+def _init_worker(known: frozenset, detector: str) -> None:
+    global _KNOWN, _DETECTOR
+    import torch
+
+    torch.set_num_threads(1)
+    _KNOWN = known
+    from skullsearch.encoder.detectors import get_detector
+
+    _DETECTOR = get_detector(detector)
+
+
+def detect_one(source: Source, max_pixels: int = 60_000_000) -> dict:
+    """Worker stage: read, hash, decode, detect. Returns a plain dict (image row + faces)."""
+    from skullsearch.encoder.images import ImageFailure, read_image
+
+    key = stat_key(source.path)
+    row = {"path": source.path, "person": source.person, "metadata": source.metadata,
+           "size_bytes": key[0] if key else None, "mtime_ns": key[1] if key else None,
+           "sha256": None, "status": "ok", "detail": "", "faces": []}
+    try:
+        data = Path(source.path).read_bytes()
+    except OSError as e:
+        row.update(status="unreadable", detail=f"cannot read the file ({e.strerror or e}); check permissions")
+        return row
+    row["sha256"] = hashlib.sha256(data).hexdigest()
+    if row["sha256"] in _KNOWN:
+        row["status"] = "known"
+        return row
+    img = read_image(data, max_pixels=max_pixels, name=source.path)
+    if isinstance(img, ImageFailure):
+        row.update(status=img.reason, detail=img.detail)
+        return row
+    try:
+        found = _DETECTOR.detect(img)
+    except Exception as e:  # noqa: BLE001 - a detector failure is this photo's failure
+        row.update(status="detector-error", detail=str(e))
+        return row
+    if not found:
+        row.update(status="no-face", detail=f"no face found by the {_DETECTOR.name} detector")
+    row["width"], row["height"] = img.size
+    row["faces"] = [{"box": f.box.tolist(), "score": float(f.score), "landmarks": f.landmarks.tolist(),
+                     "quality": ",".join(f.quality), "yaw_deg": float(f.yaw_deg), "detector": f.detector}
+                    for f in found]
+    return row
+
+
+class LocalDetectStage:
+    """The detector stage on a local process pool; survives crashing and hanging photos."""
+
+    def __init__(self, workers: int, known: frozenset, detector: str, timeout_s: float = 120.0):
+        self.workers = max(1, workers)
+        self.known = known
+        self.detector = detector
+        self.timeout_s = timeout_s
+        self.pool = None
+
+    def _pool(self):
+        if self.pool is None:
+            ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+            self.pool = cf.ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_worker,
+                                               initargs=(self.known, self.detector))
+        return self.pool
+
+    def _kill(self):
+        if self.pool is not None:
+            for p in list(getattr(self.pool, "_processes", {}).values()):
+                p.kill()
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            self.pool = None
+
+    def __call__(self, sources: list[Source]) -> list[dict]:
+        results: list[dict | None] = [None] * len(sources)
+        futures = {self._pool().submit(detect_one, s): i for i, s in enumerate(sources)}
+        try:
+            for fut in cf.as_completed(futures, timeout=self.timeout_s * max(1, len(sources) / self.workers)):
+                results[futures[fut]] = fut.result()
+        except (cf.process.BrokenProcessPool, cf.TimeoutError):
+            self._kill()
+        # anything left (a crash or a hang took the pool down): one photo per fresh worker
+        for i, s in enumerate(sources):
+            if results[i] is None:
+                results[i] = self._isolated(s)
+        return results
+
+    def _isolated(self, source: Source) -> dict:
+        try:
+            fut = self._pool().submit(detect_one, source)
+            return fut.result(timeout=self.timeout_s)
+        except cf.TimeoutError:
+            self._kill()
+            reason, detail = TIMEOUT, f"decoding or detection took over {self.timeout_s:.0f} s"
+        except cf.process.BrokenProcessPool:
+            self._kill()
+            reason, detail = WORKER_CRASHED, "the decoder crashed on this file (corrupt image?)"
+        key = stat_key(source.path)
+        return {"path": source.path, "person": source.person, "metadata": source.metadata,
+                "size_bytes": key[0] if key else None, "mtime_ns": key[1] if key else None,
+                "sha256": None, "status": reason, "detail": detail, "faces": []}
+
+    def close(self):
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)
+            self.pool = None
+
+
+# ---------------------------------------------------------------- encoder stage
+def encode_stage(model, rows: list[dict], config=None, rig=None):
+    """Fit the faces of detected rows; returns (faces as EncodedFace list, soft (n, 36, 3),
+    canon (n, 108), codes (n, 228))."""
+    import torch
+
+    from skullsearch.encoder.encode import EncodedFace, fit_faces
+
+    faces = []
+    for r in rows:
+        for k, f in enumerate(r["faces"]):
+            faces.append(EncodedFace(
+                image=r["path"], sha256=r["sha256"], face_index=k, box=np.asarray(f["box"]),
+                score=f["score"], landmarks=np.asarray(f["landmarks"]),
+                quality=tuple(q for q in f["quality"].split(",") if q), yaw_deg=f["yaw_deg"],
+                detector=f["detector"], image_size=(r["width"], r["height"]),
+                person=r["person"] if k == 0 else None))
+    fit_faces(model, faces, config, rig=rig)
+    codes = np.stack([f.code for f in faces]) if faces else np.zeros((0, 228), np.float32)
+    soft, canon = soft_tissue_vectors(model, codes)
+    return faces, soft, canon, codes
+
+
+def soft_tissue_vectors(model, codes: np.ndarray, batch: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """Neutral-face soft-tissue points (n, 36, 3) and canonical vectors (n, 108) of codes."""
+    import torch
+
+    n = len(codes)
+    soft = np.zeros((n, 36, 3), np.float32)
+    s = min(model.n_shape, 90)
+    with torch.no_grad():
+        mean = model.soft_tissue(batch_size=1)[0].double().numpy()
+        for a in range(0, n, batch):
+            shape = torch.as_tensor(codes[a: a + batch, :s], dtype=torch.float32)
+            soft[a: a + batch] = model.soft_tissue(shape=shape).numpy()
+    return soft, vectors.canonical(soft, mean)
+
+
+# ---------------------------------------------------------------- writer stage
+def write_shard(gallery, number: int, rows: list[dict], faces, soft, canon, codes, encoder_fp: str):
+    """Commit one shard: image rows (all, failures included) and face rows."""
+    t = store.now()
+    image_ids = store.face_id(number, np.arange(len(rows)))
+    by_path = {r["path"]: i for i, r in enumerate(rows)}
+    image_rows = [{
+        "image_id": int(image_ids[i]), "path": r["path"], "sha256": r["sha256"],
+        "size_bytes": r["size_bytes"], "mtime_ns": r["mtime_ns"], "status": r["status"],
+        "detail": r["detail"], "faces": len(r["faces"]) if r["status"] == "ok" else 0,
+        "person": r["person"], "time": t} for i, r in enumerate(rows)]
+    n = len(faces)
+    meta = {r["path"]: json.dumps(r["metadata"], default=str) if r.get("metadata") else None for r in rows}
+    cols = {
+        "face_id": store.face_id(number, np.arange(n)),
+        "image_id": [int(image_ids[by_path[f.image]]) for f in faces],
+        "path": [f.image for f in faces], "sha256": [f.sha256 for f in faces],
+        "person": [f.person if f.face_index == 0 else None for f in faces],
+        "face_index": [f.face_index for f in faces],
+        "box": np.array([f.box for f in faces], np.float32).reshape(n, 4),
+        "score": [f.score for f in faces],
+        "landmarks": np.array([f.landmarks for f in faces], np.float32).reshape(n, 136),
+        "residual_px": [f.residual_px for f in faces], "quality": [",".join(f.quality) for f in faces],
+        "yaw_deg": [f.yaw_deg for f in faces], "detector": [f.detector for f in faces],
+        "image_width": [f.image_size[0] for f in faces], "image_height": [f.image_size[1] for f in faces],
+        "model_fingerprint": [gallery.manifest["face_model"]["fingerprint"]] * n,
+        "encoder_fingerprint": [encoder_fp] * n, "time": [t] * n,
+        "metadata": [meta[f.image] for f in faces],
+    }
+    writer = store.ShardWriter(gallery.path, number)
+    try:
+        return writer.commit(schema.faces_table(cols), schema.images_table(image_rows), soft, canon, codes)
+    except BaseException:
+        writer.abort()
+        raise
+
+
+def encoder_fingerprint(config, detector: str) -> str:
+    from skullsearch.encoder.fitting import FitConfig
+
+    cfg = asdict(config or FitConfig())
+    cfg["dtype"] = str(cfg["dtype"])
+    return hashlib.sha256(json.dumps({"fit": cfg, "detector": detector}, sort_keys=True,
+                                     default=str).encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------- runner
+def ingest(
+    gallery,
+    inputs: Iterable[str | os.PathLike],
+    *,
+    face_model=None,
+    detector: str = "dlib",
+    workers: int | None = None,
+    chunk_images: int = 256,
+    config=None,
+    person_from_parent_dir: bool = False,
+    engine: str = "local",
+    progress: Callable[[dict], None] | None = None,
+    timeout_s: float = 120.0,
+) -> IngestReport:
+    """Add photos to a gallery; see the module docstring.
+
+    face_model: refused unless it is the gallery's own; workers: detector processes (default:
+    CPU count); chunk_images: photos per shard; engine: "local" or "ray"; progress: called with a
+    dict of counters after every shard.
+    """
+    if face_model is not None:
+        gallery.check_model(face_model)
+    model = gallery.face_model
+    t0 = time.perf_counter()
+    report = IngestReport()
+    workers = workers or os.cpu_count() or 1
+    fp = encoder_fingerprint(config, detector)
+    with store.WriteLock(gallery.path):
+        store.remove_uncommitted(gallery.path)
+        con = gallery.connect()
+        done_stat = {(p, s, m) for p, s, m in con.execute(
+            "SELECT path, size_bytes, mtime_ns FROM images").fetchall()}
+        known = frozenset(h for (h,) in con.execute(
+            "SELECT sha256 FROM images WHERE sha256 IS NOT NULL").fetchall())
+        sources = []
+        for src in read_sources(inputs, person_from_parent_dir):
+            report.images_seen += 1
+            key = stat_key(src.path)
+            if key is not None and (src.path, *key) in done_stat:
+                report.images_skipped += 1
+                continue
+            sources.append(src)
+        stage = make_detect_stage(engine, workers, known, detector, timeout_s)
+        from skullsearch.encoder.fitting import FitConfig, rig_for
+
+        cfg = config or FitConfig()
+        rig = rig_for(model, cfg.n_shape, cfg.n_expression)
+        seen_sha = set(known)
+        try:
+            for a in range(0, len(sources), chunk_images):
+                rows = stage(sources[a: a + chunk_images])
+                fresh = []
+                for r in rows:
+                    if r["status"] == "known" or (r["sha256"] and r["sha256"] in seen_sha):
+                        report.duplicates += r["status"] != "known"
+                        report.images_skipped += r["status"] == "known"
+                        continue
+                    if r["sha256"]:
+                        seen_sha.add(r["sha256"])
+                    fresh.append(r)
+                if not fresh:
+                    continue
+                ok = [r for r in fresh if r["status"] == "ok"]
+                faces, soft, canon, codes = encode_stage(model, ok, cfg, rig)
+                number = store.next_shard_number(gallery.path)
+                write_shard(gallery, number, fresh, faces, soft, canon, codes, fp)
+                report.shards += 1
+                report.images_new += len(fresh)
+                report.faces += len(faces)
+                for r in fresh:
+                    if r["status"] != "ok":
+                        report.failures[r["status"]] = report.failures.get(r["status"], 0) + 1
+                report.seconds = time.perf_counter() - t0
+                if progress:
+                    progress({"done": a + len(rows), "total": len(sources), **asdict(report)})
+        finally:
+            stage.close()
+        if report.shards:
+            gallery.save_indexes()
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def make_detect_stage(engine: str, workers: int, known: frozenset, detector: str, timeout_s: float):
+    from skullsearch.errors import SkullsearchError
+
+    if engine == "local":
+        return LocalDetectStage(workers, known, detector, timeout_s)
+    if engine == "ray":
+        from skullsearch.index.ray_engine import RayDetectStage
+
+        return RayDetectStage(workers, known, detector)
+    raise SkullsearchError(f"unknown engine {engine!r}: use local or ray")

@@ -1,0 +1,75 @@
+"""Arrow schemas of the catalog's two tables and their builders."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+FACES = pa.schema([
+    ("face_id", pa.int64()),
+    ("image_id", pa.int64()),
+    ("path", pa.string()),
+    ("sha256", pa.string()),
+    ("person", pa.string()),
+    ("face_index", pa.int16()),
+    ("box", pa.list_(pa.float32(), 4)),
+    ("score", pa.float32()),
+    ("landmarks", pa.list_(pa.float32(), 136)),
+    ("residual_px", pa.float32()),
+    ("quality", pa.string()),
+    ("yaw_deg", pa.float32()),
+    ("detector", pa.string()),
+    ("image_width", pa.int32()),
+    ("image_height", pa.int32()),
+    ("model_fingerprint", pa.string()),
+    ("encoder_fingerprint", pa.string()),
+    ("time", pa.string()),
+    ("metadata", pa.string()),
+])
+
+IMAGES = pa.schema([
+    ("image_id", pa.int64()),
+    ("path", pa.string()),
+    ("sha256", pa.string()),
+    ("size_bytes", pa.int64()),
+    ("mtime_ns", pa.int64()),
+    ("status", pa.string()),  # "ok" or the failure reason
+    ("detail", pa.string()),
+    ("faces", pa.int32()),
+    ("person", pa.string()),
+    ("time", pa.string()),
+])
+
+
+def empty_faces() -> pa.Table:
+    return FACES.empty_table()
+
+
+def empty_images() -> pa.Table:
+    return IMAGES.empty_table()
+
+
+def fixed(arr: np.ndarray, width: int) -> pa.FixedSizeListArray:
+    arr = np.asarray(arr, dtype=np.float32).reshape(-1, width)
+    return pa.FixedSizeListArray.from_arrays(pa.array(arr.reshape(-1), pa.float32()), width)
+
+
+def faces_table(cols: dict) -> pa.Table:
+    """Columns as lists/arrays (box (n, 4), landmarks (n, 68, 2)) → a FACES table."""
+    n = len(cols["face_id"])
+    arrays = []
+    for f in FACES:
+        v = cols.get(f.name)
+        if f.name == "box":
+            arrays.append(fixed(v, 4))
+        elif f.name == "landmarks":
+            arrays.append(fixed(np.asarray(v).reshape(n, -1), 136))
+        elif v is None:
+            arrays.append(pa.nulls(n, f.type))
+        else:
+            arrays.append(pa.array(v, f.type))
+    return pa.Table.from_arrays(arrays, schema=FACES)
+
+
+def images_table(rows: list[dict]) -> pa.Table:
+    return pa.Table.from_pylist(rows, schema=IMAGES)

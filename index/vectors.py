@@ -1,0 +1,111 @@
+"""Vectors and FAISS indexes of a gallery.
+
+Shortlist vectors: each face's 36 soft-tissue points, similarity-aligned to the face model's mean
+face, flattened to 108 numbers (the *canonical* vector). A skull usually lacks some landmarks;
+FAISS cannot restrict a search to some dimensions, but a masked L2 search is exact on a flat
+inner-product index over augmented vectors (DESIGN.md §6):
+
+    x′ = [x, ‖x_1‖², …, ‖x_K‖²]          (108 + 36 = 144 numbers per face)
+    q′ = [2·m⊙q, −m_1, …, −m_K]           (m_k = 1 where landmark k is present)
+    x′·q′ = −Σ_k m_k ‖q_k − x_k‖² + Σ_k m_k ‖q_k‖²
+
+so the largest inner products are the smallest masked distances. Code vectors: the 228-float
+codes' identity part (shape) for face-to-face similarity (L2).
+
+Index type by size, the autofaiss way: exact flat indexes up to ``FLAT_LIMIT`` faces, IVF-PQ
+beyond (approximate; masked shortlist search is then approximate too); on GPU when faiss sees
+one; read memory-mapped where faiss supports it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from skullsearch.encoder.align import similarity_transform
+
+K = 36
+CANON_DIM = 3 * K
+AUG_DIM = CANON_DIM + K
+#: Up to this many faces the indexes are exact (flat).
+FLAT_LIMIT = 2_000_000
+
+
+def canonical(points: np.ndarray, mean_points: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """Soft-tissue points aligned to the mean face (similarity), flattened.
+
+    points (n, 36, 3) mm; mean_points (36, 3); mask (n, 36) or (36,) bool: landmarks used for the
+    alignment and kept (absent ones are zeroed). Returns (n, 108) float32.
+    """
+    points = np.asarray(points, dtype=np.float64)
+    w = None if mask is None else np.broadcast_to(np.asarray(mask, dtype=np.float64), points.shape[:2])
+    target = np.broadcast_to(mean_points, points.shape)
+    s, r, t = similarity_transform(points, target, weights=w)
+    out = s[:, None, None] * np.einsum("nij,nkj->nki", r, points) + t[:, None, :]
+    if w is not None:
+        out = out * w[..., None]
+    return out.reshape(len(points), -1).astype(np.float32)
+
+
+def augment_base(canon: np.ndarray) -> np.ndarray:
+    """(n, 108) canonical vectors → (n, 144) augmented database vectors."""
+    c = np.asarray(canon, dtype=np.float32)
+    sq = (c.reshape(len(c), K, 3) ** 2).sum(-1)
+    return np.ascontiguousarray(np.concatenate([c, sq], axis=1), dtype=np.float32)
+
+
+def augment_query(canon: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """(q, 108) canonical queries and (q, 36) presence mask → (q, 144) augmented queries."""
+    c = np.asarray(canon, dtype=np.float32).reshape(len(canon), K, 3)
+    m = np.asarray(mask, dtype=np.float32).reshape(len(canon), K)
+    return np.ascontiguousarray(np.concatenate([(2 * m[..., None] * c).reshape(len(c), -1), -m], 1),
+                                dtype=np.float32)
+
+
+def masked_distance(scores: np.ndarray, canon_q: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Inner-product scores (q, k) of :func:`augment_query` → masked squared L2 distances."""
+    c = np.asarray(canon_q, dtype=np.float32).reshape(len(canon_q), K, 3)
+    qn = (np.asarray(mask, np.float32) * (c**2).sum(-1)).sum(1)
+    return qn[:, None] - scores
+
+
+def shape_vectors(codes: np.ndarray, n: int = 90) -> np.ndarray:
+    """(m, 228) codes → (m, n) identity (shape) vectors for face-to-face search."""
+    return np.ascontiguousarray(np.asarray(codes, dtype=np.float32)[:, :n])
+
+
+def new_index(dim: int, metric: str, n_expected: int = 0, kind: str = "auto"):
+    """An empty FAISS index with int64 ids. metric: "ip" or "l2"; kind: auto | flat | ivfpq."""
+    import faiss
+
+    mt = faiss.METRIC_INNER_PRODUCT if metric == "ip" else faiss.METRIC_L2
+    if kind == "auto":
+        kind = "flat" if n_expected <= FLAT_LIMIT else "ivfpq"
+    if kind == "flat":
+        base = faiss.IndexFlatIP(dim) if metric == "ip" else faiss.IndexFlatL2(dim)
+        return faiss.IndexIDMap2(base)
+    if kind == "ivfpq":
+        nlist = int(4 * np.sqrt(max(n_expected, 1)))
+        m = next(m for m in (48, 36, 24, 18, 16, 12, 8, 6, 4, 3, 2, 1) if dim % m == 0)
+        quant = faiss.IndexFlatIP(dim) if metric == "ip" else faiss.IndexFlatL2(dim)
+        return faiss.IndexIVFPQ(quant, dim, nlist, m, 8, mt)
+    raise ValueError(f"unknown index kind {kind!r}: auto, flat or ivfpq")
+
+
+def add(index, vectors: np.ndarray, ids: np.ndarray) -> None:
+    """Add vectors (n, d) with int64 ids, training an untrained (IVF) index on them first."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if not index.is_trained:
+        index.train(vectors)
+    index.add_with_ids(vectors, np.ascontiguousarray(ids, dtype=np.int64))
+
+
+def search(index, queries: np.ndarray, k: int, nprobe: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """(q, d) → scores (q, k) and ids (q, k) (−1 where fewer than k exist); GPU when present."""
+    import faiss
+
+    if hasattr(index, "nprobe"):
+        index.nprobe = nprobe
+    if faiss.get_num_gpus() > 0 and not getattr(index, "_skullsearch_gpu", False):  # pragma: no cover
+        index = faiss.index_cpu_to_all_gpus(index)
+    k = max(1, min(k, max(index.ntotal, 1)))
+    return index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
