@@ -17,7 +17,6 @@ from importlib.metadata import PackageNotFoundError, version
 from skullsearch.encoder.encode import EncodedFace, EncodeResult, encode
 from skullsearch.encoder.face_model import FaceModel, SurfacePoints
 from skullsearch.encoder.fitting import FitConfig
-from skullsearch.index import Gallery, GalleryError, IngestReport
 from skullsearch.encoder.soft_tissue import FACE_POINT_NAMES, LONG_NAMES, SOFT_TISSUE_NAMES
 from skullsearch.errors import (
     DependencyError,
@@ -26,6 +25,7 @@ from skullsearch.errors import (
     SkullsearchError,
     UnsafePickleError,
 )
+from skullsearch.index import Gallery, GalleryError, IngestReport
 
 try:
     __version__ = version("skullsearch")

@@ -27,7 +27,7 @@ def similarity_transform(
     mu_d = (w[..., None] * dst).sum(-2) / wsum
     a = src - mu_s[..., None, :]
     b = dst - mu_d[..., None, :]
-    cov = np.einsum("...n,...ni,...nj->...ij", w, b, a) / wsum[..., None]
+    cov = np.matmul(np.swapaxes(b * w[..., None], -1, -2), a) / wsum[..., None]  # (..., 3, 3)
     u, sv, vt = np.linalg.svd(cov)
     d = np.ones(sv.shape)
     d[..., -1] = np.sign(np.linalg.det(u @ vt))
@@ -39,13 +39,13 @@ def similarity_transform(
             scale = np.clip(scale, *scale_bounds)
     else:
         scale = np.ones(var.shape)
-    trans = mu_d - scale[..., None] * np.einsum("...ij,...j->...i", rot, mu_s)
+    trans = mu_d - scale[..., None] * np.matmul(rot, mu_s[..., None])[..., 0]
     return scale, rot, trans
 
 
 def apply_similarity(points: np.ndarray, scale, rot, trans) -> np.ndarray:
     """(..., n, 3) points → s·R·x + t."""
-    return np.asarray(scale)[..., None, None] * np.einsum("...ij,...nj->...ni", rot, points) + \
+    return np.asarray(scale)[..., None, None] * np.matmul(points, np.swapaxes(rot, -1, -2)) + \
         np.asarray(trans)[..., None, :]
 
 

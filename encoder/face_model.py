@@ -416,6 +416,20 @@ class FaceModel:
         faces = self.tensors(vertices.device, vertices.dtype)["faces"]
         return self.soft_tissue_points.evaluate(vertices, faces)
 
+    def soft_tissue_basis(self, n_shape: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The neutral soft-tissue points as a linear function of shape: (P0 (36, 3), B (36, 3, S))
+        with points = P0 + B · α for zero expression and pose (LBS is then the identity), so
+        millions of faces cost one matrix product."""
+        pts = self.soft_tissue_points
+        if pts is None:
+            self.soft_tissue(batch_size=1)  # raises the explanatory error
+        s = self.n_shape if n_shape is None else min(n_shape, self.n_shape)
+        corners = self.faces[pts.faces]  # (36, 3)
+        w = pts.bary.astype(np.float64)[:, :, None]
+        p0 = (self.v_template[corners] * w).sum(1)
+        basis = (self.shapedirs[corners, :, :s] * w[..., None]).sum(1)
+        return p0.astype(np.float32), basis.astype(np.float32)
+
     def mean_vertices(self) -> np.ndarray:
         """The template (mean face) (V, 3) float32 mm."""
         return self.v_template.copy()

@@ -152,7 +152,12 @@ class Gallery:
 
     def canonical(self, ids) -> np.ndarray:
         """Canonical shortlist vectors (n, 108) of face ids."""
-        return self._gather(np.asarray(ids, dtype=np.int64), "canon", (108,))
+        return vectors.canonical(self.soft_tissue(ids), self.mean_soft_tissue)
+
+    @property
+    def mean_soft_tissue(self) -> np.ndarray:
+        """The face model's mean-face soft-tissue points (36, 3): the canonical frame."""
+        return self.face_model.soft_tissue_basis(0)[0]
 
     # ------------------------------------------------------------------ catalog (DuckDB)
     def connect(self):
@@ -257,7 +262,8 @@ class Gallery:
 
     def _vectors(self, name: str, shard: ShardInfo) -> np.ndarray:
         if name == "shortlist":
-            return vectors.augment_base(np.asarray(self._npy(shard, "canon")))
+            soft = np.asarray(self._npy(shard, "soft"))
+            return vectors.augment_base(vectors.canonical(soft, self.mean_soft_tissue))
         return vectors.shape_vectors(np.asarray(self._npy(shard, "codes")))
 
     def save_indexes(self) -> None:
@@ -306,21 +312,85 @@ class Gallery:
             "SELECT count(*), count(*) FILTER (WHERE status = 'ok') FROM images").fetchone()
         reasons = dict(con.execute(
             "SELECT status, count(*) FROM failures GROUP BY status ORDER BY 2 DESC").fetchall())
-        persons = con.execute("SELECT count(DISTINCT person) FROM faces WHERE person IS NOT NULL").fetchone()[0]
+        persons = con.execute(
+            "SELECT count(DISTINCT person) FROM faces WHERE person IS NOT NULL").fetchone()[0]
         state = self._index_state()
+        fm = self.manifest["face_model"]
 
         def size(p: Path) -> int:
             return sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) if p.exists() else 0
 
         return {
             "gallery": str(self.path),
-            "face model": f"{self.manifest['face_model']['name']} ({self.manifest['face_model']['fingerprint'][:12]})",
+            "face model": f"{fm['name']} ({fm['fingerprint'][:12]})",
             "images": n_images, "images with faces": n_ok, "faces": self.n_faces, "persons": persons,
             "failures": reasons, "shards": len(self.shards()),
             "shortlist index": f"{state.get('shortlist', {}).get('type', 'not built')} "
                                f"({state.get('shortlist', {}).get('ntotal', 0)} faces)",
             "catalog on disk": size(self.path / "shards"), "indexes on disk": size(self.path / "index"),
         }
+
+    def verify(self, repair: bool = False) -> dict:
+        """Check catalog ↔ shards ↔ indexes. Returns {"ok": bool, "problems": [...], "repaired": [...]}.
+
+        repair: (under the write lock) remove leftovers of interrupted writes, move damaged shards to
+        ``quarantine/`` (their photos are ingested again by the next ingest) and rebuild the indexes.
+        """
+        import pyarrow.parquet as pq
+
+        problems, damaged = [], []
+        leftovers = [p for p in (self.path / "shards").iterdir()
+                     if p.name.startswith(".") or (p.name[:8].isdigit() and not
+                                                   (self.path / "shards" / f"{p.name[:8]}.json").exists())]
+        if leftovers:
+            problems.append(f"{len(leftovers)} leftover file(s) of an interrupted write")
+        shards = self.shards()
+        for s in shards:
+            try:
+                faces = pq.read_metadata(s.file(self.path, "faces.parquet")).num_rows
+                images = pq.read_metadata(s.file(self.path, "images.parquet")).num_rows
+                soft = self._npy(s, "soft").shape
+                codes = self._npy(s, "codes").shape
+                ids = pq.read_table(s.file(self.path, "faces.parquet"),
+                                    columns=["face_id"]).column(0).to_numpy()
+            except Exception as e:  # noqa: BLE001 - any unreadable file is damage
+                problems.append(f"shard {s.number}: unreadable ({e})")
+                damaged.append(s)
+                continue
+            expect = store.face_id(s.number, np.arange(s.faces))
+            if (faces, images, soft[0], codes[0]) != (s.faces, s.images, s.faces, s.faces) or \
+                    not np.array_equal(np.sort(ids), expect):
+                problems.append(f"shard {s.number}: row counts or face ids disagree with its record")
+                damaged.append(s)
+        state = self._index_state()
+        numbers = {s.number for s in shards}
+        for name in ("shortlist", "codes"):
+            st = state.get(name)
+            if st is None:
+                if shards:
+                    problems.append(f"index {name}: not built")
+                continue
+            if not set(st["shards"]) <= numbers:
+                problems.append(f"index {name}: holds shards that are not in the catalog")
+            elif st["ntotal"] != sum(s.faces for s in shards if s.number in st["shards"]):
+                problems.append(f"index {name}: {st['ntotal']} vectors, the catalog says otherwise")
+        repaired = []
+        if repair and problems:
+            with store.WriteLock(self.path):
+                repaired += [f"removed {p.name}" for p in store.remove_uncommitted(self.path)]
+                q = self.path / "quarantine"
+                for s in damaged:
+                    q.mkdir(exist_ok=True)
+                    for f in (self.path / "shards").glob(f"{s.number:08d}.*"):
+                        os.replace(f, q / f.name)
+                    repaired.append(f"quarantined shard {s.number} (its photos will be ingested again)")
+                for name in ("shortlist", "codes"):
+                    (self.path / "index" / f"{name}.faiss").unlink(missing_ok=True)
+                (self.path / "index" / "state.json").unlink(missing_ok=True)
+                self._indexes.clear()
+                self.save_indexes()
+                repaired.append("rebuilt the indexes")
+        return {"ok": not problems, "problems": problems, "repaired": repaired}
 
     def export(self, out: str | os.PathLike) -> Path:
         """Write the whole face catalog, with codes and soft-tissue points, as one Parquet file."""

@@ -27,8 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from skullsearch.index import schema, store, vectors
-from skullsearch.index.store import GalleryError
+from skullsearch.index import schema, store
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 TABLE_EXTS = {".parquet", ".csv"}
@@ -65,7 +64,8 @@ class IngestReport:
 
 
 # ---------------------------------------------------------------- reader
-def read_sources(inputs: Iterable[str | os.PathLike], person_from_parent_dir: bool = False) -> Iterator[Source]:
+def read_sources(inputs: Iterable[str | os.PathLike],
+                 person_from_parent_dir: bool = False) -> Iterator[Source]:
     """Expand inputs: folders (recursive), image files, text lists (one path per line, relative
     to the list), Parquet/CSV tables with a ``path`` column (``person`` / ``person_id`` and any
     other columns become the person and metadata)."""
@@ -230,8 +230,7 @@ class LocalDetectStage:
 # ---------------------------------------------------------------- encoder stage
 def encode_stage(model, rows: list[dict], config=None, rig=None):
     """Fit the faces of detected rows; returns (faces as EncodedFace list, soft (n, 36, 3),
-    canon (n, 108), codes (n, 228))."""
-    import torch
+    codes (n, 228))."""
 
     from skullsearch.encoder.encode import EncodedFace, fit_faces
 
@@ -246,27 +245,25 @@ def encode_stage(model, rows: list[dict], config=None, rig=None):
                 person=r["person"] if k == 0 else None))
     fit_faces(model, faces, config, rig=rig)
     codes = np.stack([f.code for f in faces]) if faces else np.zeros((0, 228), np.float32)
-    soft, canon = soft_tissue_vectors(model, codes)
-    return faces, soft, canon, codes
+    return faces, neutral_soft_tissue(model, codes), codes
 
 
-def soft_tissue_vectors(model, codes: np.ndarray, batch: int = 4096) -> tuple[np.ndarray, np.ndarray]:
-    """Neutral-face soft-tissue points (n, 36, 3) and canonical vectors (n, 108) of codes."""
-    import torch
-
-    n = len(codes)
-    soft = np.zeros((n, 36, 3), np.float32)
+def neutral_soft_tissue(model, codes: np.ndarray, batch: int = 262_144) -> np.ndarray:
+    """Neutral-face soft-tissue points (n, 36, 3) mm of codes (n, 228): the identity's points,
+    expression and pose removed (what a skull constrains)."""
     s = min(model.n_shape, 90)
-    with torch.no_grad():
-        mean = model.soft_tissue(batch_size=1)[0].double().numpy()
-        for a in range(0, n, batch):
-            shape = torch.as_tensor(codes[a: a + batch, :s], dtype=torch.float32)
-            soft[a: a + batch] = model.soft_tissue(shape=shape).numpy()
-    return soft, vectors.canonical(soft, mean)
+    p0, basis = model.soft_tissue_basis(s)
+    flat = basis.reshape(-1, s)  # (108, S)
+    n = len(codes)
+    soft = np.empty((n, 36, 3), np.float32)
+    for a in range(0, n, batch):
+        b = min(n, a + batch)
+        soft[a:b] = (np.asarray(codes[a:b, :s], np.float32) @ flat.T).reshape(-1, 36, 3) + p0
+    return soft
 
 
 # ---------------------------------------------------------------- writer stage
-def write_shard(gallery, number: int, rows: list[dict], faces, soft, canon, codes, encoder_fp: str):
+def write_shard(gallery, number: int, rows: list[dict], faces, soft, codes, encoder_fp: str):
     """Commit one shard: image rows (all, failures included) and face rows."""
     t = store.now()
     image_ids = store.face_id(number, np.arange(len(rows)))
@@ -296,7 +293,7 @@ def write_shard(gallery, number: int, rows: list[dict], faces, soft, canon, code
     }
     writer = store.ShardWriter(gallery.path, number)
     try:
-        return writer.commit(schema.faces_table(cols), schema.images_table(image_rows), soft, canon, codes)
+        return writer.commit(schema.faces_table(cols), schema.images_table(image_rows), soft, codes)
     except BaseException:
         writer.abort()
         raise
@@ -375,9 +372,9 @@ def ingest(
                 if not fresh:
                     continue
                 ok = [r for r in fresh if r["status"] == "ok"]
-                faces, soft, canon, codes = encode_stage(model, ok, cfg, rig)
+                faces, soft, codes = encode_stage(model, ok, cfg, rig)
                 number = store.next_shard_number(gallery.path)
-                write_shard(gallery, number, fresh, faces, soft, canon, codes, fp)
+                write_shard(gallery, number, fresh, faces, soft, codes, fp)
                 report.shards += 1
                 report.images_new += len(fresh)
                 report.faces += len(faces)

@@ -60,12 +60,12 @@ def faces_table(cols: dict) -> pa.Table:
     arrays = []
     for f in FACES:
         v = cols.get(f.name)
-        if f.name == "box":
+        if v is None:
+            arrays.append(pa.nulls(n, f.type))
+        elif f.name == "box":
             arrays.append(fixed(v, 4))
         elif f.name == "landmarks":
             arrays.append(fixed(np.asarray(v).reshape(n, -1), 136))
-        elif v is None:
-            arrays.append(pa.nulls(n, f.type))
         else:
             arrays.append(pa.array(v, f.type))
     return pa.Table.from_arrays(arrays, schema=FACES)

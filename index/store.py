@@ -6,7 +6,6 @@ Layout of a gallery directory::
     shards/00000001.faces.parquet    one row per face (ids, photo, box, landmarks, code, quality…)
     shards/00000001.images.parquet   one row per photo seen (ok or failed, with the reason)
     shards/00000001.soft.npy         (n, 36, 3) float32 soft-tissue points, mm, model frame
-    shards/00000001.canon.npy        (n, 108) float32 canonical shortlist vectors
     shards/00000001.codes.npy        (n, 228) float32 face codes
     shards/00000001.json             the commit record, written last
     index/shortlist.faiss, index/codes.faiss, index/state.json
@@ -91,7 +90,7 @@ class ShardInfo:
         return root / "shards" / f"{self.number:08d}.{kind}"
 
 
-SHARD_FILES = ("faces.parquet", "images.parquet", "soft.npy", "canon.npy", "codes.npy")
+SHARD_FILES = ("faces.parquet", "images.parquet", "soft.npy", "codes.npy")
 
 
 class ShardWriter:
@@ -103,16 +102,15 @@ class ShardWriter:
         self.tmp = root / "shards" / f".tmp-{number:08d}-{uuid.uuid4().hex}"
         self.tmp.mkdir(parents=True)
 
-    def commit(self, faces_table, images_table, soft: np.ndarray, canon: np.ndarray,
-               codes: np.ndarray) -> ShardInfo:
+    def commit(self, faces_table, images_table, soft: np.ndarray, codes: np.ndarray) -> ShardInfo:
         import pyarrow.parquet as pq
 
         n = faces_table.num_rows
-        if not (len(soft) == len(canon) == len(codes) == n):
+        if not (len(soft) == len(codes) == n):
             raise ValueError("shard arrays and face rows disagree")
-        pq.write_table(faces_table, self.tmp / "faces.parquet")
-        pq.write_table(images_table, self.tmp / "images.parquet")
-        for name, arr in (("soft.npy", soft), ("canon.npy", canon), ("codes.npy", codes)):
+        pq.write_table(faces_table, self.tmp / "faces.parquet", compression="zstd")
+        pq.write_table(images_table, self.tmp / "images.parquet", compression="zstd")
+        for name, arr in (("soft.npy", soft), ("codes.npy", codes)):
             np.save(self.tmp / name, np.ascontiguousarray(arr, dtype=np.float32))
         for name in SHARD_FILES:
             with open(self.tmp / name, "rb") as fh:

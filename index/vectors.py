@@ -40,7 +40,7 @@ def canonical(points: np.ndarray, mean_points: np.ndarray, mask: np.ndarray | No
     w = None if mask is None else np.broadcast_to(np.asarray(mask, dtype=np.float64), points.shape[:2])
     target = np.broadcast_to(mean_points, points.shape)
     s, r, t = similarity_transform(points, target, weights=w)
-    out = s[:, None, None] * np.einsum("nij,nkj->nki", r, points) + t[:, None, :]
+    out = s[:, None, None] * np.matmul(points, np.swapaxes(r, 1, 2)) + t[:, None, :]
     if w is not None:
         out = out * w[..., None]
     return out.reshape(len(points), -1).astype(np.float32)
@@ -65,7 +65,7 @@ def masked_distance(scores: np.ndarray, canon_q: np.ndarray, mask: np.ndarray) -
     """Inner-product scores (q, k) of :func:`augment_query` → masked squared L2 distances."""
     c = np.asarray(canon_q, dtype=np.float32).reshape(len(canon_q), K, 3)
     qn = (np.asarray(mask, np.float32) * (c**2).sum(-1)).sum(1)
-    return qn[:, None] - scores
+    return np.maximum(qn[:, None] - scores, 0.0)
 
 
 def shape_vectors(codes: np.ndarray, n: int = 90) -> np.ndarray:
