@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated, Optional
@@ -187,6 +188,195 @@ def train_encoder_cmd(
                                          batch_size=batch_size, device=device, log=err.print)
     out.print(f"wrote {checkpoint}: loss {history[0]['loss']:.4f} → {history[-1]['loss']:.4f} "
               f"in {len(history)} epochs")
+
+
+GalleryOption = Annotated[Path, typer.Option("--gallery", "-g", help="The gallery folder.")]
+
+
+def _progress(total_label: str):
+    """A rich progress bar on a terminal; periodic plain log lines otherwise."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    if err.is_terminal:
+        prog = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                        console=err)
+        task = prog.add_task(total_label, total=None, status="")
+
+        def update(ev: dict):
+            rate = ev.get("images_new", 0) / max(ev.get("seconds", 0) or 1e-9, 1e-9)
+            fails = sum(ev.get("failures", {}).values())
+            prog.update(task, completed=ev["done"], total=ev["total"],
+                        status=f"{ev.get('faces', 0)} faces · {fails} failed · {rate:.1f} img/s")
+        return prog, update
+
+    last = [0.0]
+
+    def log_line(ev: dict):
+        import time
+
+        if time.monotonic() - last[0] > 10 or ev["done"] == ev["total"]:
+            last[0] = time.monotonic()
+            err.print(f"{total_label}: {ev['done']}/{ev['total']} photos, {ev.get('faces', 0)} faces, "
+                      f"failures {ev.get('failures', {})}", highlight=False)
+    return nullcontext(), log_line
+
+
+@app.command("ingest")
+def ingest_cmd(
+    inputs: Annotated[
+        list[Path], typer.Argument(help="Folders, photos, .txt lists, .parquet/.csv tables (path column).")
+    ],
+    gallery: GalleryOption,
+    face_model: FaceModelOption = None,
+    detector: Annotated[str, typer.Option(help="Landmark detector: dlib, fan, pts.")] = "dlib",
+    workers: Annotated[int, typer.Option(help="Detector processes (default: CPU count).")] = 0,
+    person_from_parent_dir: Annotated[bool, typer.Option(help="The parent folder names the person.")] = False,
+    engine: Annotated[str, typer.Option(help="local (process pool) or ray (Ray Data).")] = "local",
+    chunk: Annotated[int, typer.Option(help="Photos per shard (one commit).")] = 256,
+):
+    """Add photos to a gallery (created if missing): resumable, idempotent, crash-safe."""
+    from skullsearch.index import Gallery
+
+    model = _load_model(face_model) if face_model or os.environ.get("SKULLSEARCH_FACE_MODEL") else None
+    g = Gallery.create(gallery, face_model=model, exist_ok=True)
+    prog, update = _progress("ingest")
+    with prog:
+        report = g.ingest(inputs, face_model=model, detector=detector, workers=workers or None,
+                          person_from_parent_dir=person_from_parent_dir, engine=engine,
+                          chunk_images=chunk, progress=update)
+    table = Table(title=f"ingest into {gallery}", show_header=False)
+    for k, v in (("photos seen", report.images_seen), ("already in the gallery", report.images_skipped),
+                 ("new photos", report.images_new), ("faces added", report.faces),
+                 ("duplicates (same bytes)", report.duplicates), ("shards written", report.shards),
+                 ("photos/s", f"{report.images_per_s:.1f}"), ("seconds", f"{report.seconds:.1f}")):
+        table.add_row(k, str(v))
+    for reason, n in sorted(report.failures.items()):
+        table.add_row(f"failed: {reason}", str(n))
+    out.print(table)
+
+
+@app.command("synth")
+def synth_cmd(
+    gallery: GalleryOption,
+    faces: Annotated[int, typer.Option("--faces", help="How many synthetic faces to add.")] = 10000,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    face_model: FaceModelOption = None,
+):
+    """Add synthetic faces (codes from the model's prior, no photos) for tests and benchmarks."""
+    from skullsearch.index import Gallery
+    from skullsearch.index.synth import synth
+
+    model = _load_model(face_model) if face_model or os.environ.get("SKULLSEARCH_FACE_MODEL") else None
+    g = Gallery.create(gallery, face_model=model, exist_ok=True)
+    prog, update = _progress("synth")
+    with prog:
+        report = synth(g, faces, seed=seed, progress=update)
+    out.print(f"added {report.faces} synthetic faces to {gallery} in {report.seconds:.1f} s "
+              f"({report.faces / max(report.seconds, 1e-9):,.0f} faces/s)")
+
+
+@app.command("info")
+def info_cmd(gallery: GalleryOption):
+    """Describe a gallery: photos, faces, failures by reason, persons, model, indexes, size."""
+    from skullsearch.index import Gallery
+
+    facts = Gallery.open(gallery).info()
+    table = Table(show_header=False, title=str(gallery), title_justify="left")
+    for k, v in facts.items():
+        if k.endswith("on disk"):
+            v = f"{v / 1e6:,.1f} MB"
+        elif isinstance(v, dict):
+            v = ", ".join(f"{a}: {b}" for a, b in v.items()) or "none"
+        table.add_row(k, str(v))
+    out.print(table)
+
+
+@app.command("verify")
+def verify_cmd(
+    gallery: GalleryOption,
+    repair: Annotated[
+        bool, typer.Option(help="Fix what can be fixed (leftovers, damaged shards, indexes).")
+    ] = False,
+):
+    """Check catalog ↔ shards ↔ indexes; with --repair, fix them."""
+    from skullsearch.index import Gallery
+
+    res = Gallery.open(gallery).verify(repair=repair)
+    for p in res["problems"]:
+        out.print(f"[yellow]problem:[/] {p}")
+    for r in res["repaired"]:
+        out.print(f"[green]repaired:[/] {r}")
+    if res["ok"]:
+        out.print("[green]ok[/]: catalog, shards and indexes agree")
+    elif not repair:
+        raise SkullsearchError("the gallery has problems (above); run `skullsearch verify --repair`")
+
+
+@app.command("sql")
+def sql_cmd(
+    query: Annotated[
+        str, typer.Argument(help="One read-only statement over the views faces, images, failures.")
+    ],
+    gallery: GalleryOption,
+    csv_out: Annotated[bool, typer.Option("--csv", help="Print CSV instead of a table.")] = False,
+    limit: Annotated[int, typer.Option(help="Rows shown in the table.")] = 50,
+):
+    """Read-only DuckDB SQL over the gallery's catalog."""
+    from skullsearch.index import Gallery
+
+    result = Gallery.open(gallery).sql(query)
+    if csv_out:
+        import pyarrow.csv as pacsv
+
+        buf = __import__("io").BytesIO()
+        pacsv.write_csv(result, buf)
+        out.file.write(buf.getvalue().decode())
+        return
+    table = Table(title=f"{result.num_rows} row(s)")
+    for name in result.column_names:
+        table.add_column(name)
+    for row in result.slice(0, limit).to_pylist():
+        table.add_row(*(str(v) for v in row.values()))
+    out.print(table)
+
+
+@app.command("export")
+def export_cmd(
+    gallery: GalleryOption,
+    parquet: Annotated[Path, typer.Option("--parquet", help="Output Parquet file.")],
+):
+    """Export the face catalog with codes and soft-tissue points to one Parquet file."""
+    from skullsearch.index import Gallery
+
+    path = Gallery.open(gallery).export(parquet)
+    out.print(f"wrote {path}")
+
+
+@app.command("similar")
+def similar_cmd(
+    photo: Annotated[Path, typer.Argument(help="A photo of a face.")],
+    gallery: GalleryOption,
+    top: Annotated[int, typer.Option(help="How many faces to list.")] = 10,
+):
+    """Faces of the gallery most similar in identity (shape code) to the face in a photo."""
+    from skullsearch.index import Gallery
+
+    rows = Gallery.open(gallery).similar_to_photo(photo, top=top)
+    table = Table(title=f"faces like {photo.name}")
+    for c in ("rank", "face id", "distance", "person", "photo"):
+        table.add_column(c)
+    for r in rows:
+        table.add_row(str(r["rank"]), str(r["face_id"]), f"{r['distance']:.2f}", str(r["person"] or ""),
+                      str(r["path"]))
+    out.print(table)
 
 
 def main(argv: list[str] | None = None) -> int:

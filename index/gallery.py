@@ -298,6 +298,41 @@ class Gallery:
         scores, ids = vectors.search(idx, vectors.augment_query(canon, mask), k)
         return vectors.masked_distance(scores, canon, mask), ids
 
+    def rows(self, ids, columns=("face_id", "person", "path")) -> list[dict]:
+        """Catalog rows of face ids, in the order given (missing ids are left out)."""
+        ids = [int(i) for i in np.asarray(ids).reshape(-1) if int(i) >= 0]
+        if not ids:
+            return []
+        cols = ", ".join(f'"{c}"' for c in dict.fromkeys(["face_id", *columns]))
+        con = self.connect()
+        con.register("wanted", __import__("pyarrow").table({"face_id": np.asarray(ids, np.int64)}))
+        found = {r["face_id"]: r for r in arrow(con.sql(
+            f"SELECT {cols} FROM faces WHERE face_id IN (SELECT face_id FROM wanted)")).to_pylist()}
+        return [found[i] for i in ids if i in found]
+
+    def similar(self, codes: np.ndarray, top: int = 10) -> list[list[dict]]:
+        """For each code (q, 228): the ``top`` faces nearest in identity, as rows with rank,
+        face_id, distance (shape-code L2), person, path."""
+        dist, ids = self.search_codes(codes, k=top)
+        out = []
+        for d, i in zip(dist, ids, strict=True):
+            info = {r["face_id"]: r for r in self.rows(i)}
+            out.append([{"rank": k + 1, "face_id": int(f), "distance": float(np.sqrt(max(x, 0))),
+                         "person": info.get(int(f), {}).get("person"),
+                         "path": info.get(int(f), {}).get("path")}
+                        for k, (x, f) in enumerate(zip(d, i, strict=True)) if f >= 0])
+        return out
+
+    def similar_to_photo(self, photo, top: int = 10) -> list[dict]:
+        """The gallery's faces most similar to the largest face in a photo (see :meth:`similar`)."""
+        from skullsearch.encoder.encode import encode
+
+        result = encode([photo], model=self.face_model, all_faces=False)
+        if not result.faces:
+            why = result.failures[0].detail if result.failures else "no face found"
+            raise GalleryError(f"{photo}: {why}")
+        return self.similar(result.codes, top)[0]
+
     # ------------------------------------------------------------------ ingest & co
     def ingest(self, inputs, **kw):
         """Add photos (folders, files, lists, tables); see :func:`skullsearch.index.ingest.ingest`."""
