@@ -77,8 +77,8 @@ def read_sources(inputs: Iterable[str | os.PathLike],
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            for q in sorted(p.rglob("*")):
-                if q.is_file() and q.suffix.lower() in IMAGE_EXTS:
+            for q in sorted(p.rglob("*")):  # a dangling link is kept: it is recorded as unreadable
+                if (q.is_file() or q.is_symlink()) and q.suffix.lower() in IMAGE_EXTS:
                     yield Source(str(q), person_of(q))
         elif p.suffix.lower() in LIST_EXTS:
             for line in p.read_text().splitlines():
@@ -110,11 +110,14 @@ def _table_rows(p: Path) -> list[dict]:
 
 
 def stat_key(path: str) -> tuple[int, int] | None:
-    try:
-        st = os.stat(path)
-        return st.st_size, st.st_mtime_ns
-    except OSError:
-        return None
+    """(size, mtime_ns) of a file, or of the link itself when it dangles; None if neither exists."""
+    for stat in (os.stat, os.lstat):
+        try:
+            st = stat(path)
+            return st.st_size, st.st_mtime_ns
+        except OSError:
+            continue
+    return None
 
 
 # ---------------------------------------------------------------- detector stage (workers)
@@ -281,9 +284,10 @@ def write_shard(gallery, number: int, rows: list[dict], faces, soft, codes, enco
         "path": [f.image for f in faces], "sha256": [f.sha256 for f in faces],
         "person": [f.person if f.face_index == 0 else None for f in faces],
         "face_index": [f.face_index for f in faces],
-        "box": np.array([f.box for f in faces], np.float32).reshape(n, 4),
+        "box": np.array([f.box for f in faces], np.float32).reshape(n, 4) if n else np.zeros((0, 4)),
         "score": [f.score for f in faces],
-        "landmarks": np.array([f.landmarks for f in faces], np.float32).reshape(n, 136),
+        "landmarks": np.array([f.landmarks for f in faces], np.float32).reshape(n, 136) if n
+        else np.zeros((0, 136)),
         "residual_px": [f.residual_px for f in faces], "quality": [",".join(f.quality) for f in faces],
         "yaw_deg": [f.yaw_deg for f in faces], "detector": [f.detector for f in faces],
         "image_width": [f.image_size[0] for f in faces], "image_height": [f.image_size[1] for f in faces],

@@ -65,7 +65,7 @@ def faces_table(cols: dict) -> pa.Table:
         elif f.name == "box":
             arrays.append(fixed(v, 4))
         elif f.name == "landmarks":
-            arrays.append(fixed(np.asarray(v).reshape(n, -1), 136))
+            arrays.append(fixed(np.asarray(v).reshape(n, 136), 136))
         else:
             arrays.append(pa.array(v, f.type))
     return pa.Table.from_arrays(arrays, schema=FACES)

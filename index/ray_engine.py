@@ -1,0 +1,215 @@
+"""The ingest detector stage on Ray Data (``engine="ray"``; ``pip install "skullsearch[distributed]"``).
+
+:class:`RayDetectStage` is a drop-in for :class:`~skullsearch.index.ingest.LocalDetectStage`:
+called with one chunk of :class:`~skullsearch.index.ingest.Source` it returns the same rows, in
+the same order, made by the same pure function :func:`~skullsearch.index.ingest.detect_one`.
+The chunk becomes a Ray Dataset (``ray.data.from_items``) of ``(index, path)`` rows, mapped by a
+pool of :class:`DetectActor` (``map_batches(..., concurrency=workers)``); each actor runs the
+worker initializer once (the set of known sha256 and the detector's models) and then detects
+photo after photo. Rows come back as JSON strings and are decoded and put back in order on the
+driver. A photo that cannot be used is a row with a failure status, never an exception; a photo
+that kills or hangs its actor is done again alone and recorded as ``worker-crashed`` or
+``timeout``, as with the process pool.
+
+On one machine (the default) the stage starts a private Ray instance with ``workers`` CPUs,
+offline and quiet (no dashboard, no usage stats, worker logs not forwarded) and shuts it down in
+:meth:`RayDetectStage.close`. If Ray is already initialised in this process, that instance is used
+and left running.
+
+On a cluster, the same stage runs unchanged:
+
+- start the cluster (``ray start --head`` on one node, ``ray start --address=HEAD:6379`` on the
+  others, or a KubeRay / cloud launcher), with skullsearch, its detector's models and the photos
+  (shared storage: NFS, a bucket mounted at the same path) reachable from every node;
+- connect the driver: ``export RAY_ADDRESS=HEAD:6379`` (or ``ray://HEAD:10001`` for a remote
+  client) before ``skullsearch ingest ... --engine ray``, or call ``ray.init(address=...)``
+  yourself before ingesting; ``workers`` is then the number of detector actors across the
+  cluster;
+- GPU actors: with ``--detector fan`` and GPUs in the cluster, each actor asks for a share of a
+  GPU (``num_gpus = min(1, GPUs / workers)``) and FAN runs on it; dlib always runs on CPU.
+
+Only detection is distributed. The encoder (the batched fit) and the writer stay on the driver:
+one process holds the gallery's write lock and commits the shards one by one, so a gallery is
+never written by two machines at once and an interrupted ingest resumes exactly as with
+``engine="local"``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import warnings
+
+from skullsearch.errors import DependencyError
+from skullsearch.index.ingest import (
+    TIMEOUT,
+    WORKER_CRASHED,
+    Source,
+    _init_worker,
+    detect_one,
+    stat_key,
+)
+
+_log = logging.getLogger(__name__)
+
+INSTALL_HINT = (
+    'the ray engine needs Ray Data: pip install "skullsearch[distributed]" (or pip install '
+    '"ray[data]"); without it use --engine local, the default'
+)
+
+
+def _import_ray():
+    try:
+        import ray
+        import ray.data  # noqa: F401 - Ray Data is a separate extra of ray
+    except ImportError as e:
+        raise DependencyError(INSTALL_HINT) from e
+    return ray
+
+
+class DetectActor:
+    """One detector worker of the Ray Data pool: initialised once, then called on batches.
+
+    A batch (pyarrow) has the columns ``index`` and ``path``; the result has ``index`` and
+    ``row`` (the :func:`detect_one` dict as a JSON string, so nested faces and landmarks travel
+    as one plain column).
+    """
+
+    def __init__(self, known: frozenset, detector: str):
+        _init_worker(known, detector)
+
+    def __call__(self, batch):
+        import pyarrow as pa
+
+        index = batch.column("index").to_pylist()
+        paths = batch.column("path").to_pylist()
+        rows = [json.dumps(detect_one(Source(p)), default=str) for p in paths]
+        return pa.table({"index": pa.array(index, pa.int64()), "row": pa.array(rows, pa.large_string())})
+
+
+def _detect_alone(known: frozenset, detector: str, path: str) -> str:
+    """One photo in a fresh Ray worker (the fallback for photos of a failed batch)."""
+    _init_worker(known, detector)
+    return json.dumps(detect_one(Source(path)), default=str)
+
+
+class RayDetectStage:
+    """The detector stage on Ray Data; same calls, rows and order as ``LocalDetectStage``.
+
+    workers: detector actors; known: sha256 already in the gallery; detector: ``dlib``, ``fan``
+    or ``pts``; timeout_s: seconds one photo may take (a batch that makes no progress for
+    ``timeout_s`` x its photos is abandoned and its photos are redone one by one, each with
+    ``timeout_s``); batch_size: photos per actor call (default: about four batches per worker
+    and chunk, at most 32).
+    """
+
+    actor_class = DetectActor
+
+    def __init__(self, workers: int, known: frozenset, detector: str, timeout_s: float = 120.0,
+                 batch_size: int | None = None):
+        self.ray = _import_ray()
+        self.workers = max(1, int(workers))
+        self.known = known
+        self.detector = detector
+        self.timeout_s = float(timeout_s)
+        self.batch_size = batch_size
+        self.started = False
+        self._known_ref = None
+        self._start()
+
+    # ------------------------------------------------------------ ray session
+    def _start(self) -> None:
+        ray = self.ray
+        if ray.is_initialized():
+            return
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        kw = dict(include_dashboard=False, log_to_driver=False, ignore_reinit_error=True,
+                  logging_level=logging.ERROR)
+        if os.environ.get("RAY_ADDRESS"):  # a cluster: connect; its resources are its own
+            ray.init(**kw)
+        else:  # a private local instance (never one that happens to run on this machine)
+            ray.init(address="local", num_cpus=self.workers, **kw)
+        self.started = True
+
+    def _gpus_per_actor(self) -> float:
+        """A share of a GPU per actor for FAN when Ray has GPUs (dlib and pts run on CPU)."""
+        if self.detector.lower() != "fan":
+            return 0.0
+        gpus = float(self.ray.cluster_resources().get("GPU", 0.0))
+        return min(1.0, gpus / self.workers) if gpus > 0 else 0.0
+
+    # ------------------------------------------------------------ the stage
+    def __call__(self, sources: list[Source]) -> list[dict]:
+        if not sources:
+            return []
+        n = len(sources)
+        results: list[dict | None] = [None] * n
+        try:
+            for i, text in self._run_dataset(sources):
+                if 0 <= i < n and results[i] is None:
+                    results[i] = json.loads(text)
+        except Exception as e:  # noqa: BLE001 - an actor died or hung: redo what is missing
+            _log.warning("ray detector stage: %s; redoing the missing photos one by one",
+                         str(e).splitlines()[0] if str(e) else type(e).__name__)
+        for i, s in enumerate(sources):
+            if results[i] is None:
+                results[i] = self._isolated(s)
+            # person and metadata never left the driver: exactly the Source's
+            results[i]["person"], results[i]["metadata"] = s.person, s.metadata
+        return results
+
+    def _run_dataset(self, sources: list[Source]):
+        ray = self.ray
+        n = len(sources)
+        bs = self.batch_size or max(1, min(32, math.ceil(n / (4 * self.workers))))
+        items = [{"index": i, "path": s.path} for i, s in enumerate(sources)]
+        ds = ray.data.from_items(items, override_num_blocks=math.ceil(n / bs))
+        ctx = ds.context  # this dataset's own copy of the DataContext: quiet, and no endless retries
+        for name, value in (("enable_progress_bars", False), ("enable_operator_progress_bars", False),
+                            ("enable_auto_log_stats", False), ("print_on_execution_start", False),
+                            ("max_errored_blocks", -1),  # a crashed batch is dropped, redone here
+                            ("execution_no_progress_timeout_s", self.timeout_s * bs + 60.0)):
+            if hasattr(ctx, name):
+                setattr(ctx, name, value)
+        ctx.execution_options.verbose_progress = False
+        with warnings.catch_warnings():
+            # max_task_retries goes through **ray_remote_args (deprecated in Ray 2.5x, no named
+            # replacement yet); without it Ray Data retries a photo that kills its actor forever
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.filterwarnings("ignore", message=".*deprecated.*")
+            ds = ds.map_batches(
+                self.actor_class, fn_constructor_args=(self.known, self.detector), batch_size=bs,
+                batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=self.workers),
+                num_cpus=1, num_gpus=self._gpus_per_actor(), max_task_retries=0)
+        for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+            yield from zip(batch.column("index").to_pylist(), batch.column("row").to_pylist(), strict=True)
+
+    def _isolated(self, source: Source) -> dict:
+        """One photo alone in a Ray task, as ``LocalDetectStage._isolated``."""
+        ray = self.ray
+        if self._known_ref is None:
+            self._known_ref = ray.put(self.known)
+        fn = ray.remote(num_cpus=1, max_retries=0)(_detect_alone)
+        ref = fn.remote(self._known_ref, self.detector, source.path)
+        try:
+            return json.loads(ray.get(ref, timeout=self.timeout_s))
+        except ray.exceptions.GetTimeoutError:
+            ray.cancel(ref, force=True)
+            reason, detail = TIMEOUT, f"decoding or detection took over {self.timeout_s:.0f} s"
+        except ray.exceptions.RayTaskError as e:  # a Python error (a bug, a missing dependency)
+            raise e.as_instanceof_cause() from None
+        except ray.exceptions.RayError:  # the worker process died (a crashing decoder)
+            reason, detail = WORKER_CRASHED, "the decoder crashed on this file (corrupt image?)"
+        key = stat_key(source.path)
+        return {"path": source.path, "person": source.person, "metadata": source.metadata,
+                "size_bytes": key[0] if key else None, "mtime_ns": key[1] if key else None,
+                "sha256": None, "status": reason, "detail": detail, "faces": []}
+
+    def close(self) -> None:
+        """Shut Ray down if this stage started it (a Ray session begun elsewhere is left running)."""
+        self._known_ref = None
+        if self.started and self.ray.is_initialized():
+            self.ray.shutdown()
+        self.started = False
