@@ -314,6 +314,8 @@ def verify_cmd(
         out.print(f"[yellow]problem:[/] {p}")
     for r in res["repaired"]:
         out.print(f"[green]repaired:[/] {r}")
+    for n in res.get("notes", []):
+        out.print(f"note: {n}")
     if res["ok"]:
         out.print("[green]ok[/]: catalog, shards and indexes agree")
     elif not repair:

@@ -366,7 +366,8 @@ class Gallery:
         }
 
     def verify(self, repair: bool = False) -> dict:
-        """Check catalog ↔ shards ↔ indexes. Returns {"ok": bool, "problems": [...], "repaired": [...]}.
+        """Check catalog ↔ shards ↔ indexes. Returns {"ok": bool, "problems": [...], "repaired": [...],
+        "notes": [...]} (notes: normal states worth knowing, such as an index behind the catalog).
 
         repair: (under the write lock) remove leftovers of interrupted writes, move damaged shards to
         ``quarantine/`` (their photos are ingested again by the next ingest) and rebuild the indexes.
@@ -399,18 +400,19 @@ class Gallery:
                 damaged.append(s)
         state = self._index_state()
         numbers = {s.number for s in shards}
+        notes = []
         for name in ("shortlist", "codes"):
-            st = state.get(name)
-            if st is None:
-                if shards:
-                    problems.append(f"index {name}: not built")
-                continue
+            st = state.get(name) or {"shards": [], "ntotal": 0}
+            behind = numbers - set(st["shards"])
+            if behind:  # normal after an interrupted ingest: readers add them on open
+                notes.append(f"index {name}: {len(behind)} newer shard(s) not saved in it yet (added "
+                             "in memory on open; the next ingest or --repair saves them)")
             if not set(st["shards"]) <= numbers:
                 problems.append(f"index {name}: holds shards that are not in the catalog")
             elif st["ntotal"] != sum(s.faces for s in shards if s.number in st["shards"]):
                 problems.append(f"index {name}: {st['ntotal']} vectors, the catalog says otherwise")
         repaired = []
-        if repair and problems:
+        if repair and (problems or notes):
             with store.WriteLock(self.path):
                 repaired += [f"removed {p.name}" for p in store.remove_uncommitted(self.path)]
                 q = self.path / "quarantine"
@@ -425,7 +427,7 @@ class Gallery:
                 self._indexes.clear()
                 self.save_indexes()
                 repaired.append("rebuilt the indexes")
-        return {"ok": not problems, "problems": problems, "repaired": repaired}
+        return {"ok": not problems, "problems": problems, "repaired": repaired, "notes": notes}
 
     def export(self, out: str | os.PathLike) -> Path:
         """Write the whole face catalog, with codes and soft-tissue points, as one Parquet file."""

@@ -326,12 +326,13 @@ def ingest(
     engine: str = "local",
     progress: Callable[[dict], None] | None = None,
     timeout_s: float = 120.0,
+    index_every_s: float = 120.0,
 ) -> IngestReport:
     """Add photos to a gallery; see the module docstring.
 
     face_model: refused unless it is the gallery's own; workers: detector processes (default:
     CPU count); chunk_images: photos per shard; engine: "local" or "ray"; progress: called with a
-    dict of counters after every shard.
+    dict of counters after every shard; index_every_s: save the FAISS indexes at least this often.
     """
     if face_model is not None:
         gallery.check_model(face_model)
@@ -361,6 +362,7 @@ def ingest(
         cfg = config or FitConfig()
         rig = rig_for(model, cfg.n_shape, cfg.n_expression)
         seen_sha = set(known)
+        saved_at = time.monotonic()
         try:
             for a in range(0, len(sources), chunk_images):
                 rows = stage(sources[a: a + chunk_images])
@@ -386,6 +388,9 @@ def ingest(
                     if r["status"] != "ok":
                         report.failures[r["status"]] = report.failures.get(r["status"], 0) + 1
                 report.seconds = time.perf_counter() - t0
+                if time.monotonic() - saved_at > index_every_s:  # bound what a crash leaves unsaved
+                    gallery.save_indexes()
+                    saved_at = time.monotonic()
                 if progress:
                     progress({"done": a + len(rows), "total": len(sources), **asdict(report)})
         finally:

@@ -90,7 +90,7 @@ class DetectActor:
 
 
 def _detect_alone(known: frozenset, detector: str, path: str) -> str:
-    """One photo in a fresh Ray worker (the fallback for photos of a failed batch)."""
+    """One photo alone in a Ray task (the fallback for the photos of a failed batch)."""
     _init_worker(known, detector)
     return json.dumps(detect_one(Source(path)), default=str)
 
@@ -99,13 +99,18 @@ class RayDetectStage:
     """The detector stage on Ray Data; same calls, rows and order as ``LocalDetectStage``.
 
     workers: detector actors; known: sha256 already in the gallery; detector: ``dlib``, ``fan``
-    or ``pts``; timeout_s: seconds one photo may take (a batch that makes no progress for
-    ``timeout_s`` x its photos is abandoned and its photos are redone one by one, each with
-    ``timeout_s``); batch_size: photos per actor call (default: about four batches per worker
-    and chunk, at most 32).
+    or ``pts``; timeout_s: seconds one photo may take (a dataset that makes no progress for
+    ``timeout_s`` x batch_size + 60 s is abandoned; its first unfinished batch is redone photo by
+    photo, each with ``timeout_s``, the rest on a new dataset); batch_size: photos per actor call
+    (default: about four batches per worker, at most 32).
+
+    ``stage(sources)`` runs one dataset per call (one pool of actors per chunk);
+    ``stage.iter_chunks(sources, chunk_images)`` runs one dataset for all the photos and yields
+    the rows chunk by chunk, in order, while the actors go on detecting (the actors start once).
     """
 
-    actor_class = DetectActor
+    actor_class = DetectActor  # what the Ray Data pool runs (a subclass may wrap it)
+    alone_function = staticmethod(_detect_alone)  # what a photo redone alone runs
 
     def __init__(self, workers: int, known: frozenset, detector: str, timeout_s: float = 120.0,
                  batch_size: int | None = None):
@@ -140,58 +145,97 @@ class RayDetectStage:
         gpus = float(self.ray.cluster_resources().get("GPU", 0.0))
         return min(1.0, gpus / self.workers) if gpus > 0 else 0.0
 
+    def _batch_size(self, n: int) -> int:
+        return self.batch_size or max(1, min(32, math.ceil(n / (4 * self.workers))))
+
     # ------------------------------------------------------------ the stage
     def __call__(self, sources: list[Source]) -> list[dict]:
-        if not sources:
-            return []
-        n = len(sources)
-        results: list[dict | None] = [None] * n
-        try:
-            for i, text in self._run_dataset(sources):
-                if 0 <= i < n and results[i] is None:
-                    results[i] = json.loads(text)
-        except Exception as e:  # noqa: BLE001 - an actor died or hung: redo what is missing
-            _log.warning("ray detector stage: %s; redoing the missing photos one by one",
-                         str(e).splitlines()[0] if str(e) else type(e).__name__)
-        for i, s in enumerate(sources):
-            if results[i] is None:
-                results[i] = self._isolated(s)
-            # person and metadata never left the driver: exactly the Source's
-            results[i]["person"], results[i]["metadata"] = s.person, s.metadata
-        return results
+        """Rows of one chunk of photos, in order (one Ray dataset)."""
+        chunks = list(self.iter_chunks(sources, len(sources)))
+        return chunks[0] if chunks else []
 
-    def _run_dataset(self, sources: list[Source]):
+    def iter_chunks(self, sources: list[Source], chunk_images: int):
+        """Rows of ``sources`` as lists of ``chunk_images`` (the last one shorter), in order,
+        each yielded as soon as it is complete; one Ray dataset for them all."""
+        n, chunk = len(sources), max(1, int(chunk_images))
+        texts: dict[int, str] = {}
+        pending = list(range(n))  # positions still to run through a dataset
+        start = 0  # first position of the next chunk to yield
+        while pending:
+            last = -1
+            try:
+                for i, text in self._run_dataset(sources, pending):
+                    texts[i], last = text, i
+                    # outputs come in order: every chunk ending at or before i is complete
+                    while start + chunk - 1 <= i:
+                        yield self._finish(sources, start, start + chunk, texts)
+                        start += chunk
+                pending = []
+            except Exception as e:  # noqa: BLE001 - a hang (no progress) or Ray failed
+                rest = [j for j in pending if j > last]
+                # the first unfinished batch holds the culprit: redo it alone, the rest anew
+                suspects = 2 * self._batch_size(len(pending))
+                _log.warning("ray detector stage: %s; redoing %d photo(s) one by one",
+                             (str(e).splitlines() or [type(e).__name__])[0], min(suspects, len(rest)))
+                pending = rest[suspects:]
+        while start < n:
+            yield self._finish(sources, start, min(n, start + chunk), texts)
+            start += chunk
+
+    def _finish(self, sources: list[Source], a: int, b: int, texts: dict[int, str]) -> list[dict]:
+        missing = [j for j in range(a, min(b, len(sources))) if j not in texts]
+        if missing:  # dropped batches (a dead actor) and suspects of a hang
+            _log.warning("ray detector stage: %d photo(s) of failed batches are redone one by one",
+                         len(missing))
+        rows = []
+        for j in range(a, min(b, len(sources))):
+            s = sources[j]
+            row = json.loads(texts.pop(j)) if j in texts else self._isolated(s)
+            row["person"], row["metadata"] = s.person, s.metadata  # never left the driver
+            rows.append(row)
+        return rows
+
+    def _run_dataset(self, sources: list[Source], positions: list[int]):
+        """(position, row JSON) of the photos at ``positions``, in order; a batch whose actor
+        died is left out."""
         ray = self.ray
-        n = len(sources)
-        bs = self.batch_size or max(1, min(32, math.ceil(n / (4 * self.workers))))
-        items = [{"index": i, "path": s.path} for i, s in enumerate(sources)]
-        ds = ray.data.from_items(items, override_num_blocks=math.ceil(n / bs))
-        ctx = ds.context  # this dataset's own copy of the DataContext: quiet, and no endless retries
+        bs = self._batch_size(len(positions))
+        items = [{"index": j, "path": sources[j].path} for j in positions]
+        ds = ray.data.from_items(items, override_num_blocks=math.ceil(len(items) / bs))
+        ctx = ds.context  # this dataset's own copy of the DataContext
         for name, value in (("enable_progress_bars", False), ("enable_operator_progress_bars", False),
                             ("enable_auto_log_stats", False), ("print_on_execution_start", False),
-                            ("max_errored_blocks", -1),  # a crashed batch is dropped, redone here
+                            ("max_errored_blocks", -1),  # a dead actor's batch is dropped, redone
                             ("execution_no_progress_timeout_s", self.timeout_s * bs + 60.0)):
             if hasattr(ctx, name):
                 setattr(ctx, name, value)
+        ctx.execution_options.preserve_order = True
         ctx.execution_options.verbose_progress = False
         with warnings.catch_warnings():
-            # max_task_retries goes through **ray_remote_args (deprecated in Ray 2.5x, no named
-            # replacement yet); without it Ray Data retries a photo that kills its actor forever
-            warnings.simplefilter("ignore", DeprecationWarning)
+            # max_restarts=0 goes through **ray_remote_args (deprecated in Ray 2.5x, no named
+            # replacement yet); without it Ray Data restarts the actor and retries a photo that
+            # kills it forever. The pool replaces a dead actor.
             warnings.filterwarnings("ignore", message=".*deprecated.*")
             ds = ds.map_batches(
                 self.actor_class, fn_constructor_args=(self.known, self.detector), batch_size=bs,
                 batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=self.workers),
-                num_cpus=1, num_gpus=self._gpus_per_actor(), max_task_retries=0)
-        for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-            yield from zip(batch.column("index").to_pylist(), batch.column("row").to_pylist(), strict=True)
+                num_cpus=1, num_gpus=self._gpus_per_actor(), max_restarts=0)
+        data_log = logging.getLogger("ray.data")
+        level = data_log.level
+        data_log.setLevel(logging.CRITICAL)  # dropped batches are redone and reported here
+        try:
+            for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+                yield from zip(batch.column("index").to_pylist(), batch.column("row").to_pylist(),
+                               strict=True)
+        finally:
+            data_log.setLevel(level)
 
     def _isolated(self, source: Source) -> dict:
         """One photo alone in a Ray task, as ``LocalDetectStage._isolated``."""
         ray = self.ray
         if self._known_ref is None:
             self._known_ref = ray.put(self.known)
-        fn = ray.remote(num_cpus=1, max_retries=0)(_detect_alone)
+        fn = ray.remote(num_cpus=1, max_retries=0)(self.alone_function)
         ref = fn.remote(self._known_ref, self.detector, source.path)
         try:
             return json.loads(ray.get(ref, timeout=self.timeout_s))
