@@ -9,7 +9,8 @@ import torch
 from PIL import Image
 
 
-def render_faces(model, folder: Path, n: int, seed: int = 0, size: int = 320, prefix: str = "face") -> list[Path]:
+def render_faces(model, folder: Path, n: int, seed: int = 0, size: int = 320,
+                 prefix: str = "face") -> list[Path]:
     """Write n PNG renders of random faces (yaw ±20°) into folder; returns their paths."""
     from skullsearch.encoder.render import face_camera, render_mesh
 

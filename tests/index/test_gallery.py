@@ -81,9 +81,9 @@ def test_same_bytes_under_two_names_is_one_image(default_model, tmp_path):
 
 def test_a_different_face_model_is_refused(ingested, tmp_path):
     g, _ = ingested
-    from flame_writer import make_synthetic_flame, write_flame_pickle
-
     from skullsearch import FaceModel
+
+    from flame_writer import make_synthetic_flame, write_flame_pickle
 
     path = tmp_path / "other.pkl"
     write_flame_pickle(path, make_synthetic_flame(seed=9))
