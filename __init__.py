@@ -25,7 +25,8 @@ from skullsearch.errors import (
     SkullsearchError,
     UnsafePickleError,
 )
-from skullsearch.index import Gallery, GalleryError, IngestReport
+from skullsearch.index import GalleryError, IngestReport
+from skullsearch.retrieval import Candidate, Gallery, QueryResult, ScoreConfig, Skull
 
 try:
     __version__ = version("skullsearch")
@@ -33,6 +34,10 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0+source"
 
 __all__ = [
+    "Candidate",
+    "QueryResult",
+    "ScoreConfig",
+    "Skull",
     "Gallery",
     "GalleryError",
     "IngestReport",

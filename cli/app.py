@@ -6,7 +6,7 @@ import logging
 import os
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -29,7 +29,7 @@ out = Console()
 err = Console(stderr=True)
 
 FaceModelOption = Annotated[
-    Optional[Path],  # noqa: UP045 - typer needs Optional on 3.10
+    Path | None,
     typer.Option(
         "--face-model",
         help="FLAME .pkl or skullsearch .npz; default $SKULLSEARCH_FACE_MODEL, else the open "
@@ -101,7 +101,7 @@ def model_export(
 def model_convert(
     src: Annotated[Path, typer.Argument(help="A FLAME .pkl (or .npz).")],
     dst: Annotated[Path, typer.Argument(help="Output skullsearch .npz.")],
-    landmarks: Annotated[Optional[Path], typer.Option(help="Landmark embedding file.")] = None,  # noqa: UP045
+    landmarks: Annotated[Path | None, typer.Option(help="Landmark embedding file.")] = None,
 ):
     """Convert a FLAME file once to skullsearch's .npz (mm, annotated, no pickle)."""
     from skullsearch import FaceModel
@@ -117,17 +117,17 @@ def encode_cmd(
     face_model: FaceModelOption = None,
     detector: Annotated[str, typer.Option(help="Landmark detector: dlib (offline), fan, pts.")] = "dlib",
     export_mesh: Annotated[
-        Optional[Path], typer.Option(help="Write each face as a mesh (PLY) into this folder.")  # noqa: UP045
+        Path | None, typer.Option(help="Write each face as a mesh (PLY) into this folder.")
     ] = None,
     light: Annotated[bool, typer.Option(help="Also estimate the lighting (SH) of each photo.")] = False,
     json_out: Annotated[
-        Optional[Path], typer.Option("--json", help="Write every face (code, landmarks) as JSON.")  # noqa: UP045
+        Path | None, typer.Option("--json", help="Write every face (code, landmarks) as JSON.")
     ] = None,
     same_person: Annotated[
         bool, typer.Option(help="All photos show one person: fit one shared shape (paper Eq. 2).")
     ] = False,
     cnn: Annotated[
-        Optional[Path], typer.Option(help="A trained CNN encoder checkpoint to seed the fit.")  # noqa: UP045
+        Path | None, typer.Option(help="A trained CNN encoder checkpoint to seed the fit.")
     ] = None,
 ):
     """Photos → 3D faces: detect 68 landmarks and fit a face code to every face."""
@@ -243,7 +243,7 @@ def ingest_cmd(
     chunk: Annotated[int, typer.Option(help="Photos per shard (one commit).")] = 256,
 ):
     """Add photos to a gallery (created if missing): resumable, idempotent, crash-safe."""
-    from skullsearch.index import Gallery
+    from skullsearch import Gallery
 
     model = _load_model(face_model) if face_model or os.environ.get("SKULLSEARCH_FACE_MODEL") else None
     g = Gallery.create(gallery, face_model=model, exist_ok=True)
@@ -271,7 +271,7 @@ def synth_cmd(
     face_model: FaceModelOption = None,
 ):
     """Add synthetic faces (codes from the model's prior, no photos) for tests and benchmarks."""
-    from skullsearch.index import Gallery
+    from skullsearch import Gallery
     from skullsearch.index.synth import synth
 
     model = _load_model(face_model) if face_model or os.environ.get("SKULLSEARCH_FACE_MODEL") else None
@@ -286,7 +286,7 @@ def synth_cmd(
 @app.command("info")
 def info_cmd(gallery: GalleryOption):
     """Describe a gallery: photos, faces, failures by reason, persons, model, indexes, size."""
-    from skullsearch.index import Gallery
+    from skullsearch import Gallery
 
     facts = Gallery.open(gallery).info()
     table = Table(show_header=False, title=str(gallery), title_justify="left")
@@ -307,7 +307,7 @@ def verify_cmd(
     ] = False,
 ):
     """Check catalog ↔ shards ↔ indexes; with --repair, fix them."""
-    from skullsearch.index import Gallery
+    from skullsearch import Gallery
 
     res = Gallery.open(gallery).verify(repair=repair)
     for p in res["problems"]:
@@ -332,7 +332,7 @@ def sql_cmd(
     limit: Annotated[int, typer.Option(help="Rows shown in the table.")] = 50,
 ):
     """Read-only DuckDB SQL over the gallery's catalog."""
-    from skullsearch.index import Gallery
+    from skullsearch import Gallery
 
     result = Gallery.open(gallery).sql(query)
     if csv_out:
@@ -356,7 +356,7 @@ def export_cmd(
     parquet: Annotated[Path, typer.Option("--parquet", help="Output Parquet file.")],
 ):
     """Export the face catalog with codes and soft-tissue points to one Parquet file."""
-    from skullsearch.index import Gallery
+    from skullsearch import Gallery
 
     path = Gallery.open(gallery).export(parquet)
     out.print(f"wrote {path}")
@@ -369,7 +369,7 @@ def similar_cmd(
     top: Annotated[int, typer.Option(help="How many faces to list.")] = 10,
 ):
     """Faces of the gallery most similar in identity (shape code) to the face in a photo."""
-    from skullsearch.index import Gallery
+    from skullsearch import Gallery
 
     rows = Gallery.open(gallery).similar_to_photo(photo, top=top)
     table = Table(title=f"faces like {photo.name}")
@@ -379,6 +379,133 @@ def similar_cmd(
         table.add_row(str(r["rank"]), str(r["face_id"]), f"{r['distance']:.2f}", str(r["person"] or ""),
                       str(r["path"]))
     out.print(table)
+
+
+UnitsOption = Annotated[
+    str | None, typer.Option("--units", help="Units of the skull file: mm, cm or m (default mm, checked).")
+]
+LandmarksOption = Annotated[
+    Path | None,
+    typer.Option("--landmarks", help="Landmark file (JSON, CSV, MeshLab .pp); default: next to the skull."),
+]
+TableOption = Annotated[
+    str | None,
+    typer.Option("--tissue-table", help="Tissue-depth table CSV (default: the 2023 global T-Table)."),
+]
+
+
+@app.command("landmarks")
+def landmarks_cmd(
+    skull_path: Annotated[Path, typer.Argument(metavar="SKULL", help="Skull mesh (PLY, STL, OBJ, OFF), mm.")],
+    landmarks: LandmarksOption = None,
+    units: UnitsOption = None,
+    tissue_table: TableOption = None,
+    sex: Annotated[str | None, typer.Option(help="Select rows of a sex-specific table.")] = None,
+    export: Annotated[
+        Path | None, typer.Option(help="Write the skull with pegs and extended landmarks (PLY).")
+    ] = None,
+):
+    """List a skull's landmarks and their extended (soft-tissue) positions."""
+    from skullsearch import Skull
+    from skullsearch.encoder.soft_tissue import FACE_POINT_NAMES, SOFT_TISSUE_NAMES, base_key
+    from skullsearch.retrieval.extended import export_pegs, extend
+    from skullsearch.retrieval.tissue import load_table
+
+    skull = Skull.load(skull_path, landmarks=landmarks, units=units)
+    table = load_table(tissue_table, sex=sex)
+    ext = extend(skull, table)
+    for w in skull.warnings:
+        err.print(f"[yellow]warning:[/] {w}", highlight=False)
+    t = Table(title=f"{skull_path.name}: {int(ext.present.sum())} of 36 landmarks ({table.name})")
+    for c in ("landmark", "face point", "skull x, y, z (mm)", "depth ± SD", "direction", "extended x, y, z"):
+        t.add_column(c)
+    for i, name in enumerate(SOFT_TISSUE_NAMES):
+        if not ext.present[i]:
+            continue
+        t.add_row(name, FACE_POINT_NAMES[base_key(name)], ", ".join(f"{v:.1f}" for v in ext.skull_points[i]),
+                  f"{ext.depth[i]:.1f} ± {ext.sd[i]:.1f}", ext.direction_source[i],
+                  ", ".join(f"{v:.1f}" for v in ext.points[i]))
+    out.print(t)
+    if export is not None:
+        export_pegs(skull, ext, export)
+        out.print(f"wrote {export}")
+
+
+@app.command("query")
+def query_cmd(
+    skull_path: Annotated[Path, typer.Argument(metavar="SKULL", help="Skull mesh (PLY, STL, OBJ, OFF), mm.")],
+    gallery: GalleryOption,
+    top: Annotated[int, typer.Option(help="Candidates to list.")] = 20,
+    shortlist: Annotated[int, typer.Option(help="Faces scored exactly (0: the default).")] = 0,
+    landmarks: LandmarksOption = None,
+    units: UnitsOption = None,
+    tissue_table: TableOption = None,
+    sex: Annotated[str | None, typer.Option(help="Select rows of a sex-specific table.")] = None,
+    rank_by: Annotated[str, typer.Option(help="s (the paper's score) or likelihood.")] = "s",
+    eta_sd: Annotated[float, typer.Option(help="Match threshold in table SDs.")] = 1.5,
+    eta_mm: Annotated[float | None, typer.Option(help="Global match threshold in mm.")] = None,
+    scale_bound: Annotated[float, typer.Option(help="Allowed scale change (0.1 = ±10 %, 0 = fixed).")] = 0.1,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the result as JSON.")] = None,
+    csv_out: Annotated[Path | None, typer.Option("--csv", help="Write the ranked table as CSV.")] = None,
+    parquet_out: Annotated[Path | None, typer.Option("--parquet", help="Write the table (Parquet).")] = None,
+    export: Annotated[
+        Path | None, typer.Option(help="Write aligned faces and the skull with pegs (PLY) here.")
+    ] = None,
+    export_top: Annotated[int, typer.Option(help="How many candidates --export writes.")] = 5,
+):
+    """Rank the gallery's faces for a skull: shortlist, exact superimposition scores, audit log."""
+    from skullsearch import Gallery, ScoreConfig, Skull
+    from skullsearch.retrieval.query import export_candidates
+
+    g = Gallery.open(gallery)
+    skull = Skull.load(skull_path, landmarks=landmarks, units=units)
+    cfg = ScoreConfig(eta_sd=eta_sd, eta_mm=eta_mm, scale_bound=scale_bound)
+    result = g.query(skull, top=top, shortlist=shortlist or None, tissue_table=tissue_table, sex=sex,
+                     rank_by=rank_by, score_config=cfg)
+    for w in result.warnings:
+        err.print(f"[yellow]warning:[/] {w}", highlight=False)
+    t = Table(title=f"{skull_path.name} — {int(result.present.sum())} landmarks, query {result.query_id}")
+    for c in ("rank", "face id", "person", "photo", "S", "matched", "likelihood", "calibrated", "RMS mm"):
+        t.add_column(c, justify="left" if c in ("person", "photo") else "right")
+    for c in result.candidates:
+        t.add_row(str(c.rank), str(c.face_id), str(c.person or ""), Path(c.path or "").name, f"{c.s:.3f}",
+                  f"{c.matched}/{c.present}", f"{c.likelihood:.1f}", f"{c.calibrated:.2%}", f"{c.rms_mm:.2f}")
+    out.print(t)
+    df = result.to_pandas()
+    if json_out:
+        json_out.write_text(result.to_json(indent=1))
+    if csv_out:
+        df.to_csv(csv_out, index=False)
+    if parquet_out:
+        df.to_parquet(parquet_out, index=False)
+    if export:
+        files = export_candidates(g, skull, result, export, n=export_top)
+        out.print(f"wrote {len(files)} file(s) to {export}")
+
+
+@app.command("history")
+def history_cmd(
+    gallery: GalleryOption,
+    rerun: Annotated[str | None, typer.Option(help="Re-run this recorded query and compare.")] = None,
+):
+    """List the gallery's recorded queries (the audit log); --rerun ID re-runs one."""
+    from skullsearch import Gallery
+
+    g = Gallery.open(gallery)
+    if rerun:
+        result, same = g.rerun(rerun)
+        out.print(f"query {rerun}: {'same answer as recorded' if same else '[red]DIFFERENT answer[/]'} "
+                  f"(top face {result.candidates[0].face_id if result.candidates else None})")
+        if not same:
+            raise SkullsearchError(f"re-running {rerun} gave a different answer than recorded")
+        return
+    t = Table(title=f"queries recorded in {gallery}")
+    for c in ("query id", "time", "skull", "landmarks", "table", "top face", "S"):
+        t.add_column(c)
+    for h in g.history():
+        t.add_row(h["query_id"], h["time"], str(h["skull"]), str(h["landmarks"]), str(h["table"]),
+                  str(h["top_face"]), f"{h['top_s']:.3f}" if h["top_s"] is not None else "")
+    out.print(t)
 
 
 def main(argv: list[str] | None = None) -> int:

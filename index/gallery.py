@@ -289,13 +289,16 @@ class Gallery:
             return np.zeros((q, 0), np.float32), np.zeros((q, 0), np.int64)
         return vectors.search(idx, vectors.shape_vectors(codes), k)
 
-    def search_shortlist(self, canon: np.ndarray, mask: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def search_shortlist(self, canon: np.ndarray, mask: np.ndarray, k: int,
+                         max_shard: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Masked nearest neighbours of canonical query vectors (q, 108) with presence masks
-        (q, 36): (squared masked distances (q, k) mm², ids (q, k))."""
+        (q, 36): (squared masked distances (q, k) mm², ids (q, k)). max_shard: search only shards
+        up to this number (a recorded query's view of the gallery)."""
         idx = self.index("shortlist")
         if idx.ntotal == 0:
             return np.zeros((len(canon), 0), np.float32), np.zeros((len(canon), 0), np.int64)
-        scores, ids = vectors.search(idx, vectors.augment_query(canon, mask), k)
+        max_id = None if max_shard is None else int(store.face_id(max_shard + 1, 0))
+        scores, ids = vectors.search(idx, vectors.augment_query(canon, mask), k, max_id=max_id)
         return vectors.masked_distance(scores, canon, mask), ids
 
     def rows(self, ids, columns=("face_id", "person", "path")) -> list[dict]:
@@ -309,6 +312,19 @@ class Gallery:
         found = {r["face_id"]: r for r in arrow(con.sql(
             f"SELECT {cols} FROM faces WHERE face_id IN (SELECT face_id FROM wanted)")).to_pylist()}
         return [found[i] for i in ids if i in found]
+
+    def sample_ids(self, n: int, seed: int = 0, max_shard: int | None = None) -> np.ndarray:
+        """Up to n face ids drawn uniformly without replacement (reproducible for a seed)."""
+        shards = [s for s in self.shards() if max_shard is None or s.number <= max_shard]
+        counts = np.array([s.faces for s in shards], np.int64)
+        total = int(counts.sum())
+        if total == 0:
+            return np.zeros(0, np.int64)
+        pick = np.sort(np.random.default_rng(seed).choice(total, size=min(n, total), replace=False))
+        starts = np.cumsum(counts) - counts
+        which = np.searchsorted(starts, pick, side="right") - 1
+        numbers = np.array([s.number for s in shards], np.int64)
+        return (numbers[which] << store.ROW_BITS) | (pick - starts[which])
 
     def similar(self, codes: np.ndarray, top: int = 10) -> list[list[dict]]:
         """For each code (q, 228): the ``top`` faces nearest in identity, as rows with rank,

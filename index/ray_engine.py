@@ -3,35 +3,49 @@
 :class:`RayDetectStage` is a drop-in for :class:`~skullsearch.index.ingest.LocalDetectStage`:
 called with one chunk of :class:`~skullsearch.index.ingest.Source` it returns the same rows, in
 the same order, made by the same pure function :func:`~skullsearch.index.ingest.detect_one`.
-The chunk becomes a Ray Dataset (``ray.data.from_items``) of ``(index, path)`` rows, mapped by a
-pool of :class:`DetectActor` (``map_batches(..., concurrency=workers)``); each actor runs the
-worker initializer once (the set of known sha256 and the detector's models) and then detects
-photo after photo. Rows come back as JSON strings and are decoded and put back in order on the
-driver. A photo that cannot be used is a row with a failure status, never an exception; a photo
-that kills or hangs its actor is done again alone and recorded as ``worker-crashed`` or
-``timeout``, as with the process pool.
+The photos become a Ray Dataset (``ray.data.from_items``) of ``(index, path)`` rows, mapped by a
+pool of ``workers`` :class:`DetectActor` (``map_batches(DetectActor, compute=
+ActorPoolStrategy(size=workers))``); each actor runs the worker initializer once (the set of
+known sha256, the detector's models) and then detects batch after batch. Rows travel as JSON
+strings (nested faces and landmarks in one plain column), are decoded on the driver and come out
+in order (an index column, ``preserve_order``); person and metadata never leave the driver.
 
-On one machine (the default) the stage starts a private Ray instance with ``workers`` CPUs,
-offline and quiet (no dashboard, no usage stats, worker logs not forwarded) and shuts it down in
-:meth:`RayDetectStage.close`. If Ray is already initialised in this process, that instance is used
-and left running.
+Failures never raise: a photo that cannot be used is a row with a failure status. A batch whose
+actor dies (a crashing decoder) is dropped by Ray Data (``max_errored_blocks``), the pool gets a
+new actor, and the dropped photos are redone one by one in Ray tasks: ``worker-crashed`` if it
+dies again, ``timeout`` after ``timeout_s``. A hang stops the dataset when it makes no progress
+for ``timeout_s`` x batch size + 60 s (in a Ray whose DataContext has
+``execution_no_progress_timeout_s``: 2.60 has it, 2.40 not); its first unfinished batch is then
+redone photo by photo and the rest on a new dataset.
 
-On a cluster, the same stage runs unchanged:
+Actors start once per dataset (a fresh process importing torch and loading the detector: a few
+seconds). ``stage(chunk)`` is one dataset per chunk; :meth:`RayDetectStage.iter_chunks` is one
+dataset for a whole ingest, yielding each chunk's rows as soon as they are complete while the
+actors go on detecting (what a runner should use when it can).
 
-- start the cluster (``ray start --head`` on one node, ``ray start --address=HEAD:6379`` on the
-  others, or a KubeRay / cloud launcher), with skullsearch, its detector's models and the photos
-  (shared storage: NFS, a bucket mounted at the same path) reachable from every node;
-- connect the driver: ``export RAY_ADDRESS=HEAD:6379`` (or ``ray://HEAD:10001`` for a remote
-  client) before ``skullsearch ingest ... --engine ray``, or call ``ray.init(address=...)``
-  yourself before ingesting; ``workers`` is then the number of detector actors across the
-  cluster;
-- GPU actors: with ``--detector fan`` and GPUs in the cluster, each actor asks for a share of a
-  GPU (``num_gpus = min(1, GPUs / workers)``) and FAN runs on it; dlib always runs on CPU.
+On one machine (the default) the stage starts a private Ray instance (``address="local"``,
+``num_cpus=workers``), offline and quiet (no dashboard, no usage stats, worker logs not
+forwarded), and shuts it down in :meth:`RayDetectStage.close`. If Ray is already initialised in
+this process, that session is used and left running.
 
-Only detection is distributed. The encoder (the batched fit) and the writer stay on the driver:
-one process holds the gallery's write lock and commits the shards one by one, so a gallery is
-never written by two machines at once and an interrupted ingest resumes exactly as with
-``engine="local"``.
+On a cluster the same stage runs unchanged:
+
+- start it (``ray start --head`` on one node, ``ray start --address=HEAD:6379`` on the others,
+  or KubeRay / the cluster launcher), with skullsearch and the detector's models installed on
+  every node, and the photos under the same paths everywhere (NFS, a mounted bucket);
+- run the ingest on a cluster node with ``RAY_ADDRESS=HEAD:6379`` set (or as a Ray job:
+  ``ray job submit -- skullsearch ingest PHOTOS --gallery DIR --engine ray --workers 64``), or
+  call ``ray.init(address=...)`` yourself before ``Gallery.ingest(..., engine="ray")``; then
+  ``workers`` is the number of detector actors across the cluster and the cluster's own
+  resources are used (``num_cpus`` is not set);
+- GPU actors: with ``detector="fan"`` and GPUs in the cluster, each actor asks for a share of a
+  GPU (``num_gpus = min(1, GPUs / workers)``) and FAN runs on it (Ray sets
+  ``CUDA_VISIBLE_DEVICES`` per actor); dlib always runs on CPU and asks for none.
+
+Only detection is distributed. The encoder (the batched fit) and the writer stay single, on the
+driver: one process holds the gallery's write lock and commits the shards one by one, so a
+gallery is never written by two machines at once, and an interrupted ingest resumes exactly as
+with ``engine="local"``.
 """
 
 from __future__ import annotations
@@ -66,6 +80,9 @@ def _import_ray():
         import ray.data  # noqa: F401 - Ray Data is a separate extra of ray
     except ImportError as e:
         raise DependencyError(INSTALL_HINT) from e
+    except Exception as e:  # noqa: BLE001 - an old ray against new numpy / pyarrow fails on import
+        raise DependencyError(f"ray is installed but does not import ({type(e).__name__}: {e}); "
+                              f"{INSTALL_HINT.replace('pip install', 'pip install -U', 1)}") from e
     return ray
 
 
@@ -212,7 +229,7 @@ class RayDetectStage:
         ctx.execution_options.preserve_order = True
         ctx.execution_options.verbose_progress = False
         with warnings.catch_warnings():
-            # max_restarts=0 goes through **ray_remote_args (deprecated in Ray 2.5x, no named
+            # max_restarts=0 goes through **ray_remote_args (deprecated in Ray 2.60, no named
             # replacement yet); without it Ray Data restarts the actor and retries a photo that
             # kills it forever. The pool replaces a dead actor.
             warnings.filterwarnings("ignore", message=".*deprecated.*")
@@ -235,7 +252,8 @@ class RayDetectStage:
         ray = self.ray
         if self._known_ref is None:
             self._known_ref = ray.put(self.known)
-        fn = ray.remote(num_cpus=1, max_retries=0)(self.alone_function)
+        # no CPU asked: the actors may hold them all while the dataset goes on (iter_chunks)
+        fn = ray.remote(num_cpus=0, max_retries=0)(self.alone_function)
         ref = fn.remote(self._known_ref, self.detector, source.path)
         try:
             return json.loads(ray.get(ref, timeout=self.timeout_s))

@@ -99,13 +99,19 @@ def add(index, vectors: np.ndarray, ids: np.ndarray) -> None:
     index.add_with_ids(vectors, np.ascontiguousarray(ids, dtype=np.int64))
 
 
-def search(index, queries: np.ndarray, k: int, nprobe: int = 32) -> tuple[np.ndarray, np.ndarray]:
-    """(q, d) → scores (q, k) and ids (q, k) (−1 where fewer than k exist); GPU when present."""
+def search(index, queries: np.ndarray, k: int, nprobe: int = 32,
+           max_id: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(q, d) → scores (q, k) and ids (q, k) (−1 where fewer than k exist); GPU when present.
+    max_id: only ids below it (e.g. the shards a recorded query saw)."""
     import faiss
 
     if hasattr(index, "nprobe"):
         index.nprobe = nprobe
-    if faiss.get_num_gpus() > 0 and not getattr(index, "_skullsearch_gpu", False):  # pragma: no cover
-        index = faiss.index_cpu_to_all_gpus(index)
     k = max(1, min(k, max(index.ntotal, 1)))
-    return index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    if max_id is not None:
+        params = faiss.SearchParameters(sel=faiss.IDSelectorRange(0, int(max_id)))
+        return index.search(q, k, params=params)
+    if faiss.get_num_gpus() > 0:  # pragma: no cover - no GPU in CI
+        index = faiss.index_cpu_to_all_gpus(index)
+    return index.search(q, k)

@@ -1,1 +1,11 @@
-"""skullsearch.retrieval — see DESIGN.md §3; filled by later issues."""
+"""The skull side: mesh and landmark I/O, tissue-depth tables, extended landmarks, shortlist,
+exact superimposition scores, ranking, the audit log.
+
+Imports :mod:`skullsearch.index` and :mod:`skullsearch.encoder` only (DESIGN.md §3).
+"""
+
+from skullsearch.retrieval.query import Candidate, Gallery, QueryResult, query, query_points
+from skullsearch.retrieval.score import ScoreConfig, score
+from skullsearch.retrieval.skull import Skull
+
+__all__ = ["Candidate", "Gallery", "QueryResult", "ScoreConfig", "Skull", "query", "query_points", "score"]

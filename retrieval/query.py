@@ -1,0 +1,332 @@
+"""Skull → ranked candidates: extended landmarks, FAISS shortlist, exact scores, audit log.
+
+    gallery = skullsearch.Gallery.open("missing_persons")
+    skull = skullsearch.Skull.load("case17.ply")
+    result = gallery.query(skull, top=20)
+    result.to_pandas()
+
+1. The skull's landmarks are pushed out by the tissue table's depths (extended landmarks).
+2. They are aligned (similarity, present landmarks only) to the face model's mean soft-tissue
+   points and searched in the gallery's shortlist index with the absent landmarks masked out:
+   exact masked L2 on flat indexes.
+3. Every shortlisted face is scored exactly (:mod:`skullsearch.retrieval.score`): S, likelihood,
+   per-landmark distances, transform; ranked by S (ties by likelihood) or by likelihood.
+4. A calibrated rank says how extreme each score is against the gallery: the same scores for a
+   fixed random sample of the gallery's faces; ``calibrated`` = share of that sample scoring at
+   least as well (small is good).
+5. The query is written to the gallery's audit log (``audit/*.json``): inputs and their hashes,
+   parameters, tissue table, versions, the gallery's shards at the time, and the results; a
+   recorded query re-runs on the same shards and gives the same answer.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from skullsearch.encoder.soft_tissue import SOFT_TISSUE_NAMES
+from skullsearch.index import vectors
+from skullsearch.index.gallery import Gallery as _IndexGallery
+from skullsearch.index.store import GalleryError, write_json_atomic
+from skullsearch.retrieval.score import ScoreConfig, rank_order, score
+
+#: Default shortlist size; set by benchmarks/query_speed.py (exact top-10 agreement ≥ 99 %).
+DEFAULT_SHORTLIST = 2000
+CALIBRATION_SAMPLE = 2000
+
+
+@dataclass
+class Candidate:
+    """One ranked face: ids, catalog fields, scores, per-landmark detail and the transform."""
+
+    rank: int
+    face_id: int
+    person: str | None
+    path: str | None
+    s: float
+    matched: int
+    present: int
+    likelihood: float
+    calibrated: float
+    rms_mm: float
+    shortlist_distance: float
+    distance_mm: list[float | None]
+    matched_flags: list[bool]
+    scale: float
+    rotation: list[list[float]]
+    translation: list[float]
+
+    def landmark_table(self) -> list[dict]:
+        """Per landmark: name, distance (mm or None where absent), matched."""
+        return [{"landmark": n, "distance_mm": d, "matched": m}
+                for n, d, m in zip(SOFT_TISSUE_NAMES, self.distance_mm, self.matched_flags, strict=True)]
+
+
+@dataclass
+class QueryResult:
+    """A query's answer: ``candidates`` best first, the extended landmarks used, parameters,
+    and the audit record id (None when not recorded)."""
+
+    candidates: list[Candidate]
+    target: np.ndarray
+    present: np.ndarray
+    sd: np.ndarray
+    params: dict
+    query_id: str | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dicts(self) -> list[dict]:
+        return [asdict(c) for c in self.candidates]
+
+    def to_pandas(self):
+        import pandas as pd
+
+        cols = ["rank", "face_id", "person", "path", "s", "matched", "present", "likelihood",
+                "calibrated", "rms_mm", "scale"]
+        return pd.DataFrame([{k: getattr(c, k) for k in cols} for c in self.candidates], columns=cols)
+
+    def to_json(self, indent: int | None = None) -> str:
+        return json.dumps({"query_id": self.query_id, "params": self.params, "warnings": self.warnings,
+                           "present": [n for n, p in zip(SOFT_TISSUE_NAMES, self.present, strict=True) if p],
+                           "candidates": self.to_dicts()}, indent=indent, default=_plain)
+
+
+def _plain(x):
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    raise TypeError(f"not JSON-serializable: {type(x)}")
+
+
+def query_points(
+    gallery: _IndexGallery,
+    target: np.ndarray,
+    present: np.ndarray,
+    sd: np.ndarray,
+    *,
+    top: int = 20,
+    shortlist: int | None = None,
+    rank_by: str = "s",
+    score_config: ScoreConfig | None = None,
+    calibration_sample: int = CALIBRATION_SAMPLE,
+    seed: int = 0,
+    max_shard: int | None = None,
+) -> QueryResult:
+    """The query core on extended landmarks: target (36, 3) mm (skull frame), present (36,) bool,
+    sd (36,) mm. See the module docstring."""
+    cfg = score_config or ScoreConfig()
+    present = np.asarray(present, bool)
+    if present.sum() < 3:
+        raise GalleryError("a query needs at least 3 landmarks with a tissue depth; add landmarks "
+                           "to the skull's landmark file")
+    shortlist = shortlist or DEFAULT_SHORTLIST
+    mean = gallery.mean_soft_tissue
+    canon = vectors.canonical(np.nan_to_num(np.asarray(target, np.float64))[None], mean, mask=present)
+    dist, ids = gallery.search_shortlist(canon, present[None], k=max(shortlist, top), max_shard=max_shard)
+    keep = ids[0] >= 0
+    ids, dist = ids[0][keep], dist[0][keep]
+    if len(ids) == 0:
+        return QueryResult([], target, present, sd, {"top": top, "shortlist": shortlist})
+    sc = score(gallery.soft_tissue(ids), target, present, sd, cfg)
+    order = rank_order(sc, rank_by)[:top]
+    # calibration against a fixed random sample of the gallery
+    sample = gallery.sample_ids(calibration_sample, seed=seed, max_shard=max_shard)
+    ref = score(gallery.soft_tissue(sample), target, present, sd, cfg) if len(sample) else None
+    rows = {r["face_id"]: r for r in gallery.rows(ids[order], columns=("person", "path"))}
+    cands = []
+    for rank, i in enumerate(order, 1):
+        key = sc.likelihood[i] if rank_by == "likelihood" else sc.s[i] + 1e-9 * sc.likelihood[i]
+        if ref is not None:
+            ref_key = ref.likelihood if rank_by == "likelihood" else ref.s + 1e-9 * ref.likelihood
+            calibrated = float((1 + np.sum(ref_key >= key)) / (1 + len(ref_key)))
+        else:
+            calibrated = float("nan")
+        fid = int(ids[i])
+        row = rows.get(fid, {})
+        cands.append(Candidate(
+            rank=rank, face_id=fid, person=row.get("person"), path=row.get("path"),
+            s=float(sc.s[i]), matched=int(sc.matched[i]), present=int(sc.present[i]),
+            likelihood=float(sc.likelihood[i]), calibrated=calibrated, rms_mm=float(sc.rms_mm[i]),
+            shortlist_distance=float(np.sqrt(max(dist[i], 0))),
+            distance_mm=[None if np.isnan(d) else round(float(d), 4) for d in sc.distance_mm[i]],
+            matched_flags=[bool(m) for m in sc.matched_flags[i]], scale=float(sc.scale[i]),
+            rotation=sc.rotation[i].tolist(), translation=sc.translation[i].tolist()))
+    params = {"top": top, "shortlist": shortlist, "rank_by": rank_by, "score": cfg.to_dict(),
+              "calibration_sample": calibration_sample, "seed": seed, "max_shard": max_shard}
+    return QueryResult(cands, np.asarray(target), present, np.asarray(sd), params)
+
+
+def query(
+    gallery: _IndexGallery,
+    skull,
+    *,
+    top: int = 20,
+    shortlist: int | None = None,
+    tissue_table: str | None = None,
+    sex: str | None = None,
+    rank_by: str = "s",
+    score_config: ScoreConfig | None = None,
+    record: bool = True,
+    calibration_sample: int = CALIBRATION_SAMPLE,
+) -> QueryResult:
+    """Rank the gallery's faces for a skull (see the module docstring); records the query."""
+    from skullsearch.retrieval.extended import extend
+    from skullsearch.retrieval.tissue import load_table
+
+    table = load_table(tissue_table, sex=sex)
+    ext = extend(skull, table)
+    shards = gallery.shards()
+    max_shard = max((s.number for s in shards), default=0)
+    result = query_points(gallery, ext.points, ext.present, ext.sd, top=top, shortlist=shortlist,
+                          rank_by=rank_by, score_config=score_config,
+                          calibration_sample=calibration_sample, max_shard=max_shard)
+    result.warnings = list(getattr(skull, "warnings", []))
+    result.params.update({"tissue_table": table.name, "sex": sex})
+    if record:
+        result.query_id = record_query(gallery, skull, table, ext, result)
+    return result
+
+
+# ---------------------------------------------------------------- audit log
+def _versions() -> dict:
+    import importlib.metadata as md
+
+    out = {}
+    for pkg in ("skullsearch", "numpy", "faiss-cpu", "torch", "duckdb", "trimesh"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def record_query(gallery, skull, table, ext, result: QueryResult) -> str:
+    """Write the audit record; returns its id."""
+    now = _dt.datetime.now(_dt.timezone.utc)
+    qid = f"{now.strftime('%Y%m%dT%H%M%SZ')}-{uuid.uuid4().hex[:8]}"
+    record = {
+        "query_id": qid, "time": now.isoformat(timespec="seconds"),
+        "skull": {"path": skull.path, "sha256": skull.sha256, "landmarks_path": skull.landmarks_path,
+                  "landmarks_sha256": skull.landmarks_sha256, "units": skull.units,
+                  "landmarks": {k: np.asarray(v).tolist() for k, v in skull.landmarks.items()},
+                  "warnings": list(skull.warnings)},
+        "extended": {"points": np.where(ext.present[:, None], ext.points, np.nan).tolist(),
+                     "present": ext.present.tolist(), "sd": np.asarray(ext.sd).tolist()},
+        "tissue_table": table.to_dict(),
+        "params": result.params,
+        "gallery": {"face_model": gallery.manifest["face_model"],
+                    "shards": [s.number for s in gallery.shards()]},
+        "versions": _versions(),
+        "results": [{"rank": c.rank, "face_id": c.face_id, "s": c.s, "likelihood": c.likelihood}
+                    for c in result.candidates],
+    }
+    text = json.dumps(record, sort_keys=True, default=_plain)
+    record["sha256"] = hashlib.sha256(text.encode()).hexdigest()
+    folder = gallery.path / "audit"
+    folder.mkdir(exist_ok=True)
+    write_json_atomic(folder / f"{qid}.json", json.loads(json.dumps(record, default=_plain)))
+    return qid
+
+
+def history(gallery) -> list[dict]:
+    """The recorded queries, oldest first: id, time, skull, landmarks, top candidate."""
+    out = []
+    for p in sorted((gallery.path / "audit").glob("*.json")):
+        try:
+            r = json.loads(p.read_text())
+        except (OSError, ValueError):
+            continue
+        top = r["results"][0] if r.get("results") else {}
+        out.append({"query_id": r["query_id"], "time": r["time"], "skull": r["skull"]["path"],
+                    "landmarks": sum(r["extended"]["present"]), "table": r["tissue_table"].get("name"),
+                    "top_face": top.get("face_id"), "top_s": top.get("s")})
+    return out
+
+
+def load_record(gallery, query_id: str) -> dict:
+    path = gallery.path / "audit" / f"{query_id}.json"
+    if not path.exists():
+        known = ", ".join(h["query_id"] for h in history(gallery)[-5:]) or "none"
+        raise GalleryError(f"no recorded query {query_id!r} in {gallery.path}; recent ones: {known}")
+    return json.loads(path.read_text())
+
+
+def rerun(gallery, query_id: str) -> tuple[QueryResult, bool]:
+    """Re-run a recorded query on the shards it saw; returns (result, same answer as recorded)."""
+    r = load_record(gallery, query_id)
+    ext = r["extended"]
+    p = r["params"]
+    target = np.array([[np.nan] * 3 if v is None or v[0] is None else v for v in ext["points"]], float)
+    result = query_points(
+        gallery, target, np.array(ext["present"]), np.array(ext["sd"]), top=p["top"],
+        shortlist=p["shortlist"], rank_by=p["rank_by"], score_config=ScoreConfig(**p["score"]),
+        calibration_sample=p["calibration_sample"], seed=p["seed"], max_shard=p["max_shard"])
+    result.params.update({"tissue_table": p.get("tissue_table"), "sex": p.get("sex")})
+    result.query_id = query_id
+    same = [(c.face_id, round(c.s, 9), round(c.likelihood, 6)) for c in result.candidates] == \
+        [(x["face_id"], round(x["s"], 9), round(x["likelihood"], 6)) for x in r["results"]]
+    return result, same
+
+
+class Gallery(_IndexGallery):
+    """A gallery that answers skull queries (:meth:`query`), with its audit log."""
+
+    def query(self, skull, **kw) -> QueryResult:
+        """Rank this gallery's faces for a skull; see :func:`query`."""
+        return query(self, skull, **kw)
+
+    def history(self) -> list[dict]:
+        return history(self)
+
+    def rerun(self, query_id: str) -> tuple[QueryResult, bool]:
+        return rerun(self, query_id)
+
+    def record(self, query_id: str) -> dict:
+        return load_record(self, query_id)
+
+
+def export_candidates(gallery, skull, result: QueryResult, folder, n: int = 5) -> list[Path]:
+    """For the top n candidates: the face aligned to the skull (PLY; matched landmarks green,
+    unmatched red) and the skull with pegs; returns the files written."""
+    import torch
+    import trimesh
+
+    from skullsearch.encoder import code as code_layout
+    from skullsearch.retrieval.extended import export_pegs, extend
+    from skullsearch.retrieval.tissue import load_table
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model = gallery.face_model
+    written = []
+    ext = extend(skull, load_table(result.params.get("tissue_table"), sex=result.params.get("sex")))
+    written.append(export_pegs(skull, ext, folder / "skull_pegs.ply") or folder / "skull_pegs.ply")
+    for c in result.candidates[:n]:
+        code = gallery.codes([c.face_id])
+        shape = torch.as_tensor(code_layout.split(code).shape[:, : model.n_shape])
+        with torch.no_grad():
+            verts = model.vertices(shape=shape)[0].double().numpy()
+            pts = model.soft_tissue(shape=shape)[0].double().numpy()
+        rot, t = np.asarray(c.rotation), np.asarray(c.translation)
+        verts = c.scale * verts @ rot.T + t
+        pts = c.scale * pts @ rot.T + t
+        parts = [trimesh.Trimesh(verts, model.faces, vertex_colors=[205, 170, 150, 255], process=False)]
+        for i in range(len(SOFT_TISSUE_NAMES)):
+            if c.distance_mm[i] is None:
+                continue
+            color = [40, 190, 60, 255] if c.matched_flags[i] else [220, 40, 40, 255]
+            ball = trimesh.creation.icosphere(subdivisions=1, radius=1.5)
+            ball.apply_translation(pts[i])
+            ball.visual.vertex_colors = color
+            parts.append(ball)
+        path = folder / f"rank{c.rank:02d}_face{c.face_id}.ply"
+        trimesh.util.concatenate(parts).export(path)
+        written.append(path)
+    return written
