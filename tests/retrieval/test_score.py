@@ -1,0 +1,101 @@
+"""Exact superimposition scores: invariances, missing landmarks, robustness, bounds."""
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.spatial.transform import Rotation
+
+from skullsearch.retrieval.score import ScoreConfig, rank_order, score
+
+SD = np.full(36, 3.0)
+
+
+def faces(seed, c=50):
+    rng = np.random.default_rng(seed)
+    base = rng.normal(scale=40.0, size=(36, 3))
+    return base + rng.normal(scale=4.0, size=(c, 36, 3)), rng
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 10_000), st.floats(-300, 300))
+def test_scores_do_not_change_when_the_skull_moves_rigidly(seed, shift):
+    pts, rng = faces(seed)
+    target = pts[7] + rng.normal(scale=2.0, size=(36, 3))
+    present = rng.random(36) > 0.2
+    a = score(pts, target, present, SD)
+    rot = Rotation.random(random_state=seed).as_matrix()
+    b = score(pts, target @ rot.T + shift, present, SD)
+    np.testing.assert_array_equal(a.matched, b.matched)
+    np.testing.assert_allclose(a.likelihood, b.likelihood, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(a.rms_mm, b.rms_mm, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(np.nan_to_num(a.distance_mm), np.nan_to_num(b.distance_mm), atol=1e-6)
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.integers(0, 10_000))
+def test_scores_follow_a_permutation_of_the_landmarks(seed):
+    pts, rng = faces(seed, c=20)
+    target = pts[3] + rng.normal(scale=2.0, size=(36, 3))
+    present = rng.random(36) > 0.3
+    sd = rng.uniform(1, 6, 36)
+    perm = rng.permutation(36)
+    a = score(pts, target, present, sd)
+    b = score(pts[:, perm], target[perm], present[perm], sd[perm])
+    np.testing.assert_array_equal(a.matched, b.matched)
+    np.testing.assert_allclose(a.likelihood, b.likelihood, rtol=1e-6)
+    np.testing.assert_allclose(np.nan_to_num(a.distance_mm[:, perm]), np.nan_to_num(b.distance_mm), atol=1e-6)
+
+
+def test_the_planted_face_wins_and_matches_everything():
+    pts, rng = faces(1, c=200)
+    rot = Rotation.random(random_state=2).as_matrix()
+    target = 1.05 * pts[42] @ rot.T + np.array([10.0, -50.0, 300.0])
+    present = np.ones(36, bool)
+    sc = score(pts, target, present, SD)
+    assert sc.s[42] == 1.0 and sc.rms_mm[42] < 1e-6
+    assert rank_order(sc)[0] == 42 and rank_order(sc, "likelihood")[0] == 42
+    np.testing.assert_allclose(sc.scale[42], 1.05, rtol=1e-9)
+    np.testing.assert_allclose(sc.rotation[42], rot, atol=1e-9)
+
+
+def test_missing_landmarks_are_neither_matched_nor_unmatched():
+    pts, rng = faces(3, c=5)
+    present = np.zeros(36, bool)
+    present[:10] = True
+    target = pts[0].copy()
+    target[10:] = np.nan  # absent: any value, even NaN
+    sc = score(pts, target, present, SD)
+    assert (sc.present == 10).all() and sc.s[0] == 1.0
+    assert np.isnan(sc.distance_mm[:, 10:]).all() and not sc.matched_flags[:, 10:].any()
+
+
+def test_robust_fit_maximizes_matches_despite_outliers():
+    pts, rng = faces(4, c=1)
+    target = pts[0] + rng.normal(scale=0.5, size=(36, 3))
+    target[:6] += rng.normal(scale=60.0, size=(6, 3))  # six landmarks badly off (e.g. damaged bone)
+    present = np.ones(36, bool)
+    sc = score(pts, target, present, SD)
+    assert sc.matched[0] == 30  # every good landmark matched, the six outliers not
+    plain = score(pts, target, present, SD, ScoreConfig(iterations=0))
+    assert sc.matched[0] >= plain.matched[0]
+
+
+def test_scale_is_bounded_or_fixed():
+    pts, _ = faces(5, c=3)
+    target = 1.5 * pts[0]
+    present = np.ones(36, bool)
+    sc = score(pts, target, present, SD)
+    assert np.all(sc.scale <= 1.1 + 1e-12) and np.all(sc.scale >= 0.9 - 1e-12)
+    fixed = score(pts, target, present, SD, ScoreConfig(scale_bound=0.0))
+    np.testing.assert_array_equal(fixed.scale, 1.0)
+
+
+def test_thresholds_from_sd_or_global_or_per_landmark():
+    sd = np.arange(1, 37, dtype=float)
+    np.testing.assert_allclose(ScoreConfig(eta_sd=2.0).thresholds(sd), 2 * sd)
+    np.testing.assert_allclose(ScoreConfig(eta_mm=4.0).thresholds(sd), np.full(36, 4.0))
+    eta = ScoreConfig(eta_per_landmark={"zy": 9.0, "pg": 1.0}).thresholds(sd)
+    from skullsearch import SOFT_TISSUE_NAMES
+
+    assert eta[SOFT_TISSUE_NAMES.index("zy_l")] == 9.0 and eta[SOFT_TISSUE_NAMES.index("zy_r")] == 9.0
+    assert eta[SOFT_TISSUE_NAMES.index("pg")] == 1.0
