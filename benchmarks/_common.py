@@ -40,3 +40,44 @@ def emit(result: dict) -> None:
     """Print the benchmark's JSON object as the last line."""
     sys.stdout.flush()
     print(json.dumps(result, sort_keys=True))
+
+
+#: Table SDs (mm) of the 2023 global T-Table in SOFT_TISSUE_NAMES order (the built-in table).
+def table_sd() -> np.ndarray:
+    from skullsearch.retrieval.tissue import load_table
+
+    return np.asarray(load_table().sd, dtype=np.float64)
+
+
+def face_normals(model) -> np.ndarray:
+    """Unit outward normals (36, 3) of the mean face at its soft-tissue points."""
+    from skullsearch.encoder.render import vertex_normals
+
+    vn = vertex_normals(model.v_template.astype(np.float64), model.faces)
+    pts = model.soft_tissue_points
+    n = (vn[model.faces[pts.faces]] * pts.bary[..., None]).sum(1)
+    n /= np.linalg.norm(n, axis=1, keepdims=True)
+    # outward: away from the head's centre
+    centre = model.v_template.mean(0)
+    p = model.soft_tissue_basis()[0]
+    return n * np.sign(((p - centre) * n).sum(1))[:, None]
+
+
+def synthetic_skull_targets(face_points: np.ndarray, normals: np.ndarray, sd: np.ndarray, rng,
+                            missing: float = 0.0, placement_mm: float = 1.0):
+    """Extended landmarks a skull of each face would give: the true soft-tissue points moved
+    along the face normal by the depth error (true depth − table mean ~ N(0, SD)), plus
+    placement noise, under a random rigid motion; a share ``missing`` of landmarks absent.
+    face_points (q, 36, 3) → targets (q, 36, 3) (NaN where absent), present (q, 36)."""
+    from scipy.spatial.transform import Rotation
+
+    q = len(face_points)
+    depth_err = rng.standard_normal((q, 36)) * sd
+    t = face_points + depth_err[..., None] * normals + rng.normal(scale=placement_mm, size=(q, 36, 3))
+    rot = Rotation.random(q, random_state=int(rng.integers(1 << 31))).as_matrix()
+    t = np.einsum("qij,qkj->qki", rot, t) + rng.normal(scale=200.0, size=(q, 1, 3))
+    present = np.ones((q, 36), bool)
+    if missing > 0:
+        for i in range(q):
+            present[i, rng.choice(36, int(round(missing * 36)), replace=False)] = False
+    return np.where(present[..., None], t, np.nan), present

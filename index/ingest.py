@@ -364,8 +364,11 @@ def ingest(
         seen_sha = set(known)
         saved_at = time.monotonic()
         try:
-            for a in range(0, len(sources), chunk_images):
-                rows = stage(sources[a: a + chunk_images])
+            # a stage that streams (Ray) keeps one pool of workers for all chunks
+            starts = range(0, len(sources), chunk_images)
+            chunks = (stage.iter_chunks(sources, chunk_images) if hasattr(stage, "iter_chunks")
+                      else (stage(sources[a: a + chunk_images]) for a in starts))
+            for a, rows in zip(starts, chunks, strict=True):
                 fresh = []
                 for r in rows:
                     if r["status"] == "known" or (r["sha256"] and r["sha256"] in seen_sha):
@@ -409,5 +412,5 @@ def make_detect_stage(engine: str, workers: int, known: frozenset, detector: str
     if engine == "ray":
         from skullsearch.index.ray_engine import RayDetectStage
 
-        return RayDetectStage(workers, known, detector)
+        return RayDetectStage(workers, known, detector, timeout_s)
     raise SkullsearchError(f"unknown engine {engine!r}: use local or ray")
