@@ -31,3 +31,11 @@ class DependencyError(SkullsearchError):
 
 class EncoderCheckpointError(SkullsearchError):
     """An encoder checkpoint is missing, of another format, or trained for another face model."""
+
+
+class SkullError(SkullsearchError):
+    """A skull mesh or its landmark file is missing, unreadable, in the wrong units or implausible."""
+
+
+class SkullLandmarkError(SkullError, LandmarkError):
+    """A skull landmark file names an unknown or duplicate landmark, or has malformed coordinates."""
