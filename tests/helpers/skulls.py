@@ -47,7 +47,8 @@ def skull_from_face(model, shape: np.ndarray, depths: np.ndarray, rng=None):
     return mesh, dict(zip(SOFT_TISSUE_NAMES, marks, strict=True))
 
 
-def write_skull(folder: Path, mesh, landmarks: dict, name: str = "skull", drop=(), scale: float = 1.0) -> Path:
+def write_skull(folder: Path, mesh, landmarks: dict, name: str = "skull", drop=(),
+                scale: float = 1.0) -> Path:
     """Write skull.ply and its skull.landmarks.json sidecar (landmarks in ``drop`` left out)."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.ply"

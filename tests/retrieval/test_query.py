@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from skulls import skull_from_face, write_skull
 
-from skullsearch import Gallery, GalleryError, SkullsearchError, Skull
+from skullsearch import Gallery, GalleryError, Skull, SkullsearchError
 from skullsearch.encoder import code as code_layout
 from skullsearch.index.synth import synth
 from skullsearch.retrieval.tissue import load_table
