@@ -36,6 +36,7 @@ class Gallery:
         self.manifest = manifest
         self._model = None
         self._indexes: dict = {}
+        self._gpu: dict = {}
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ create / open
@@ -254,8 +255,20 @@ class Gallery:
                     ids = store.face_id(s.number, np.arange(s.faces))
                     vectors.add(idx, self._vectors(name, s), ids)
                 have.add(s.number)
+            if cached is None or sorted(have) != cached[1]:
+                self._gpu.pop(name, None)  # the GPU copy is stale
             self._indexes[name] = (idx, sorted(have))
             return idx
+
+    def _search_index(self, name: str, selector: bool = False):
+        """The index to search: a cached GPU copy when faiss sees a GPU (ID selectors, used by
+        re-runs of recorded queries, stay on the CPU)."""
+        idx = self.index(name)
+        if selector:
+            return idx
+        if name not in self._gpu:
+            self._gpu[name] = vectors.to_gpu(idx)
+        return self._gpu[name]
 
     def _index_spec(self, name: str) -> tuple[int, str]:
         return (vectors.AUG_DIM, "ip") if name == "shortlist" else (90, "l2")
@@ -283,7 +296,7 @@ class Gallery:
 
     def search_codes(self, codes: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
         """Faces most similar in identity to the given codes (q, 228): (L2 distances (q, k), ids (q, k))."""
-        idx = self.index("codes")
+        idx = self._search_index("codes")
         if idx.ntotal == 0:
             q = len(codes)
             return np.zeros((q, 0), np.float32), np.zeros((q, 0), np.int64)
@@ -294,7 +307,7 @@ class Gallery:
         """Masked nearest neighbours of canonical query vectors (q, 108) with presence masks
         (q, 36): (squared masked distances (q, k) mm², ids (q, k)). max_shard: search only shards
         up to this number (a recorded query's view of the gallery)."""
-        idx = self.index("shortlist")
+        idx = self._search_index("shortlist", selector=max_shard is not None)
         if idx.ntotal == 0:
             return np.zeros((len(canon), 0), np.float32), np.zeros((len(canon), 0), np.int64)
         max_id = None if max_shard is None else int(store.face_id(max_shard + 1, 0))
@@ -441,6 +454,7 @@ class Gallery:
                     (self.path / "index" / f"{name}.faiss").unlink(missing_ok=True)
                 (self.path / "index" / "state.json").unlink(missing_ok=True)
                 self._indexes.clear()
+                self._gpu.clear()
                 self.save_indexes()
                 repaired.append("rebuilt the indexes")
         return {"ok": not problems, "problems": problems, "repaired": repaired, "notes": notes}

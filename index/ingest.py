@@ -196,10 +196,38 @@ class LocalDetectStage:
             self.pool = None
 
     def __call__(self, sources: list[Source]) -> list[dict]:
-        results: list[dict | None] = [None] * len(sources)
-        futures = {self._pool().submit(detect_one, s): i for i, s in enumerate(sources)}
+        return self._collect(sources, self._submit(sources))
+
+    def iter_chunks(self, sources: list[Source], chunk: int) -> Iterator[list[dict]]:
+        """Rows chunk by chunk, the next chunk already detecting while the caller fits and
+        writes this one (detection and fitting overlap)."""
+        starts = list(range(0, len(sources), chunk))
+        pending = self._submit(sources[:chunk]) if starts else None
+        for k, a in enumerate(starts):
+            current, batch = pending, sources[a: a + chunk]
+            nxt = sources[starts[k + 1]: starts[k + 1] + chunk] if k + 1 < len(starts) else []
+            pending = None
+            try:
+                pending = self._submit(nxt) if nxt else None
+            except cf.process.BrokenProcessPool:
+                self._kill()
+            rows = self._collect(batch, current)
+            if nxt and pending is None:
+                pending = self._submit(nxt)
+            yield rows
+
+    def _submit(self, sources: list[Source]) -> dict:
         try:
-            for fut in cf.as_completed(futures, timeout=self.timeout_s * max(1, len(sources) / self.workers)):
+            return {self._pool().submit(detect_one, s): i for i, s in enumerate(sources)}
+        except cf.process.BrokenProcessPool:
+            self._kill()
+            return {}
+
+    def _collect(self, sources: list[Source], futures: dict | None) -> list[dict]:
+        results: list[dict | None] = [None] * len(sources)
+        try:
+            for fut in cf.as_completed(futures or {},
+                                       timeout=self.timeout_s * max(1, len(sources) / self.workers)):
                 results[futures[fut]] = fut.result()
         except (cf.process.BrokenProcessPool, cf.TimeoutError):
             self._kill()
@@ -361,6 +389,11 @@ def ingest(
 
         cfg = config or FitConfig()
         rig = rig_for(model, cfg.n_shape, cfg.n_expression)
+        # the fit shares the CPU with the detector processes: leave them their cores
+        import torch
+
+        threads = torch.get_num_threads()
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) - workers) if engine == "local" else threads)
         seen_sha = set(known)
         saved_at = time.monotonic()
         try:
@@ -398,6 +431,7 @@ def ingest(
                     progress({"done": a + len(rows), "total": len(sources), **asdict(report)})
         finally:
             stage.close()
+            torch.set_num_threads(threads)
         if report.shards:
             gallery.save_indexes()
     report.seconds = time.perf_counter() - t0

@@ -13,8 +13,8 @@ so the largest inner products are the smallest masked distances. Code vectors: t
 codes' identity part (shape) for face-to-face similarity (L2).
 
 Index type by size, the autofaiss way: exact flat indexes up to ``FLAT_LIMIT`` faces, IVF-PQ
-beyond (approximate; masked shortlist search is then approximate too); on GPU when faiss sees
-one; read memory-mapped where faiss supports it.
+beyond (approximate; masked shortlist search is then approximate too); searched on GPU when faiss
+sees one. Indexes are held in memory (about 1 KB per face for both).
 """
 
 from __future__ import annotations
@@ -112,6 +112,13 @@ def search(index, queries: np.ndarray, k: int, nprobe: int = 32,
     if max_id is not None:
         params = faiss.SearchParameters(sel=faiss.IDSelectorRange(0, int(max_id)))
         return index.search(q, k, params=params)
-    if faiss.get_num_gpus() > 0:  # pragma: no cover - no GPU in CI
-        index = faiss.index_cpu_to_all_gpus(index)
     return index.search(q, k)
+
+
+def to_gpu(index):
+    """The index on all GPUs faiss sees (once, by the caller, who caches it); as is without one."""
+    import faiss
+
+    if faiss.get_num_gpus() > 0:  # pragma: no cover - no GPU in CI
+        return faiss.index_cpu_to_all_gpus(index)
+    return index

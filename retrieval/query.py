@@ -184,11 +184,13 @@ def query(
     ext = extend(skull, table)
     shards = gallery.shards()
     max_shard = max((s.number for s in shards), default=0)
+    # live queries search every shard (on GPU when there is one); the record keeps the last
+    # shard so that a re-run searches exactly these faces
     result = query_points(gallery, ext.points, ext.present, ext.sd, top=top, shortlist=shortlist,
                           rank_by=rank_by, score_config=score_config,
-                          calibration_sample=calibration_sample, max_shard=max_shard)
+                          calibration_sample=calibration_sample)
     result.warnings = list(getattr(skull, "warnings", []))
-    result.params.update({"tissue_table": table.name, "sex": sex})
+    result.params.update({"tissue_table": table.name, "sex": sex, "max_shard": max_shard})
     if record:
         result.query_id = record_query(gallery, skull, table, ext, result)
     return result
