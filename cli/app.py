@@ -168,7 +168,10 @@ def encode_cmd(
 
 @train_app.command("encoder")
 def train_encoder_cmd(
-    photos: Annotated[list[Path], typer.Argument(help="Training photos or folders.")],
+    photos: Annotated[list[Path] | None, typer.Argument(help="Training photos or folders.")] = None,
+    gallery: Annotated[
+        Path | None, typer.Option("--gallery", "-g", help="Train on a gallery's photos instead.")
+    ] = None,
     checkpoint: Annotated[Path, typer.Option("--out", help="Checkpoint file to write.")] = Path("encoder.pt"),
     face_model: FaceModelOption = None,
     epochs: Annotated[int, typer.Option(help="Passes over the photos.")] = 20,
@@ -178,14 +181,23 @@ def train_encoder_cmd(
     ] = False,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
 ):
-    """Train the CNN encoder self-supervised on photos (dlib landmarks, paper Eq. 1 and 2)."""
-    from skullsearch.encoder.encode import image_paths, train_encoder_on_photos
+    """Train the CNN encoder self-supervised (paper Eq. 1; Eq. 2 over photos of one person)."""
+    if gallery is not None:
+        from skullsearch import Gallery
+        from skullsearch.index.train import train_encoder_on_gallery
 
-    model = _load_model(face_model)
-    paths = image_paths(photos)
-    person = [p.parent.name for p in paths] if person_from_parent_dir else None
-    _, history = train_encoder_on_photos(paths, checkpoint, model=model, person=person, epochs=epochs,
-                                         batch_size=batch_size, device=device, log=err.print)
+        _, history = train_encoder_on_gallery(Gallery.open(gallery), checkpoint, epochs=epochs,
+                                              batch_size=batch_size, device=device, log=err.print)
+    elif photos:
+        from skullsearch.encoder.encode import image_paths, train_encoder_on_photos
+
+        paths = image_paths(photos)
+        person = [p.parent.name for p in paths] if person_from_parent_dir else None
+        _, history = train_encoder_on_photos(paths, checkpoint, model=_load_model(face_model), person=person,
+                                             epochs=epochs, batch_size=batch_size, device=device,
+                                             log=err.print)
+    else:
+        raise SkullsearchError("give training photos, or --gallery DIR to train on a gallery's photos")
     out.print(f"wrote {checkpoint}: loss {history[0]['loss']:.4f} → {history[-1]['loss']:.4f} "
               f"in {len(history)} epochs")
 

@@ -285,25 +285,48 @@ def train_encoder_on_photos(
 
     Returns (net, history). Photos without a usable face are skipped (as in :func:`encode`).
     """
+    decoded = read_images(list(photos))
+    faces, _ = detect_faces(decoded, get_detector("dlib"), all_faces=False)
+    if person is not None:
+        by_path = {str(p): q for p, q in zip(photos, person, strict=True)}
+        for f in faces:
+            f.person = by_path.get(f.image)
+    pixels = {d.path: d.pixels for d in decoded if isinstance(d, DecodedImage)}
+    return train_encoder_on_faces(faces, pixels, out, model=model, use_person=person is not None,
+                                  epochs=epochs, batch_size=batch_size, size=size, device=device,
+                                  seed=seed, log=log)
+
+
+def train_encoder_on_faces(
+    faces: Sequence[EncodedFace],
+    pixels: dict,
+    out: str | os.PathLike,
+    *,
+    model=None,
+    use_person: bool = False,
+    epochs: int = 20,
+    batch_size: int = 32,
+    size: int = 128,
+    device: str = "cpu",
+    seed: int = 0,
+    log=None,
+):
+    """Train the CNN encoder on detected faces (box, landmarks, image size; ``person`` used for
+    stage 2 when ``use_person``); pixels: photo path → (H, W, 3) uint8. Writes ``out``."""
     from skullsearch.encoder.cnn import crop_faces, save_checkpoint, train_encoder
     from skullsearch.encoder.face_model import FaceModel
     from skullsearch.errors import SkullsearchError
 
     model = model or FaceModel.from_env()
-    decoded = read_images(list(photos))
-    faces, _ = detect_faces(decoded, get_detector("dlib"), all_faces=False)
+    faces = [f for f in faces if f.image in pixels]
     if len(faces) < 2:
-        raise SkullsearchError(f"found faces in {len(faces)} photo(s): training needs at least 2")
-    pixels = {d.path: d.pixels for d in decoded if isinstance(d, DecodedImage)}
+        raise SkullsearchError(f"found {len(faces)} usable face(s): training needs at least 2")
     boxes = np.stack([f.box for f in faces])
     crops, transforms = crop_faces([pixels[f.image] for f in faces], boxes, size=size)
-    ids = None
-    if person is not None:
-        by_path = {str(p): q for p, q in zip(photos, person, strict=True)}
-        ids = np.array([str(by_path.get(f.image)) for f in faces])
+    ids = np.array([str(f.person) for f in faces]) if use_person else None
     net, history = train_encoder(
         crops, landmarks_px=np.stack([f.landmarks for f in faces]), transforms=transforms,
         image_sizes=np.array([f.image_size for f in faces], np.float64), person=ids, model=model,
         epochs=epochs, batch_size=batch_size, device=device, seed=seed, log=log)
-    save_checkpoint(out, net, meta={"photos": len(faces), "epochs": epochs, "seed": seed})
+    save_checkpoint(out, net, meta={"faces": len(faces), "epochs": epochs, "seed": seed})
     return net, history

@@ -177,3 +177,14 @@ def test_open_and_create_errors(tmp_path):
     (tmp_path / "x" / "file").write_text("hi")
     with pytest.raises(GalleryError, match="not empty"):
         Gallery.create(tmp_path / "x")
+
+
+def test_train_encoder_on_a_gallery(ingested, tmp_path, capsys):
+    from skullsearch.cli.app import main
+
+    g, _ = ingested
+    ckpt = tmp_path / "enc.pt"
+    assert main(["train", "encoder", "--gallery", str(g.path), "--out", str(ckpt), "--epochs", "2",
+                 "--batch-size", "2"]) == 0
+    assert ckpt.exists() and "wrote" in capsys.readouterr().out
+    assert main(["train", "encoder"]) == 2  # neither photos nor a gallery
