@@ -323,7 +323,9 @@ def train_encoder_on_faces(
         raise SkullsearchError(f"found {len(faces)} usable face(s): training needs at least 2")
     boxes = np.stack([f.box for f in faces])
     crops, transforms = crop_faces([pixels[f.image] for f in faces], boxes, size=size)
-    ids = np.array([str(f.person) for f in faces]) if use_person else None
+    # person names → integer ids (photos without a person each get their own)
+    ids = (np.unique([str(f.person) if f.person is not None else f"\0{i}" for i, f in enumerate(faces)],
+                     return_inverse=True)[1] if use_person else None)
     net, history = train_encoder(
         crops, landmarks_px=np.stack([f.landmarks for f in faces]), transforms=transforms,
         image_sizes=np.array([f.image_size for f in faces], np.float64), person=ids, model=model,
