@@ -81,3 +81,27 @@ def synthetic_skull_targets(face_points: np.ndarray, normals: np.ndarray, sd: np
         for i in range(q):
             present[i, rng.choice(36, int(round(missing * 36)), replace=False)] = False
     return np.where(present[..., None], t, np.nan), present
+
+
+def render_photos(model, folder, shape, expr, pose, rng) -> list:
+    """Synthetic portrait photos (512 px PNG) of the given faces: yaw ±30°, pitch ±10°, random
+    distance, light and skin tone. Returns the paths, ``photo0000.png``…"""
+    from pathlib import Path
+
+    from PIL import Image
+
+    from skullsearch.encoder.render import face_camera, render_mesh
+
+    with torch.no_grad():
+        verts = model.vertices(shape=shape, expression=expr, pose=pose).numpy()
+    paths = []
+    for i, v in enumerate(verts):
+        cam = face_camera(yaw_deg=rng.uniform(-30, 30), pitch_deg=rng.uniform(-10, 10), size=512,
+                          distance=rng.uniform(500, 900), fov_mm=rng.uniform(260, 340),
+                          center=np.array([0.0, -30.0, 0.0]))
+        albedo = np.array([0.8, 0.62, 0.5]) * rng.uniform(0.6, 1.1)
+        light = (rng.uniform(-0.5, 0.5), rng.uniform(0.0, 0.6), 1.0)
+        paths.append(Path(folder) / f"photo{i:04d}.png")
+        image = render_mesh(v, model.faces, cam, albedo=albedo, light_dir=light).image
+        Image.fromarray(image).save(paths[-1])
+    return paths

@@ -16,8 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import emit, random_faces
-from PIL import Image
+from _common import emit, random_faces, render_photos
 
 from skullsearch import FaceModel
 from skullsearch.encoder.align import align
@@ -26,7 +25,6 @@ from skullsearch.encoder.encode import detect_faces, fit_faces
 from skullsearch.encoder.face_model import face_region
 from skullsearch.encoder.fitting import code_vertices
 from skullsearch.encoder.images import read_images
-from skullsearch.encoder.render import face_camera, render_mesh
 
 
 def main(argv=None):
@@ -38,19 +36,8 @@ def main(argv=None):
     model = FaceModel.default()
     mask = face_region(model)
     shape, expr, pose = random_faces(model, args.images, rng, expr_scale=0.1)
-    with torch.no_grad():
-        verts = model.vertices(shape=shape, expression=expr, pose=pose).numpy()
     folder = Path(tempfile.mkdtemp(prefix="skullsearch-bench-"))
-    paths = []
-    for i, v in enumerate(verts):
-        cam = face_camera(yaw_deg=rng.uniform(-30, 30), pitch_deg=rng.uniform(-10, 10), size=512,
-                          distance=rng.uniform(500, 900), fov_mm=rng.uniform(260, 340),
-                          center=np.array([0.0, -30.0, 0.0]))
-        albedo = np.array([0.8, 0.62, 0.5]) * rng.uniform(0.6, 1.1)
-        light = (rng.uniform(-0.5, 0.5), rng.uniform(0.0, 0.6), 1.0)
-        img = render_mesh(v, model.faces, cam, albedo=albedo, light_dir=light).image
-        paths.append(folder / f"photo{i:04d}.png")
-        Image.fromarray(img).save(paths[-1])
+    paths = render_photos(model, folder, shape, expr, pose, rng)
 
     t0 = time.perf_counter()
     decoded = read_images(paths)

@@ -27,13 +27,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import _common  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from _common import emit, random_faces  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from skullsearch import FaceModel, Gallery  # noqa: E402
-from skullsearch.encoder.render import face_camera, render_mesh  # noqa: E402
 
 
 def render_photos(folder: Path, n: int, seed: int) -> list[Path]:
@@ -41,19 +41,7 @@ def render_photos(folder: Path, n: int, seed: int) -> list[Path]:
     rng = np.random.default_rng(seed)
     model = FaceModel.default()
     shape, expr, pose = random_faces(model, n, rng, expr_scale=0.1)
-    with torch.no_grad():
-        verts = model.vertices(shape=shape, expression=expr, pose=pose).numpy()
-    paths = []
-    for i, v in enumerate(verts):
-        cam = face_camera(yaw_deg=rng.uniform(-30, 30), pitch_deg=rng.uniform(-10, 10), size=512,
-                          distance=rng.uniform(500, 900), fov_mm=rng.uniform(260, 340),
-                          center=np.array([0.0, -30.0, 0.0]))
-        albedo = np.array([0.8, 0.62, 0.5]) * rng.uniform(0.6, 1.1)
-        light = (rng.uniform(-0.5, 0.5), rng.uniform(0.0, 0.6), 1.0)
-        img = render_mesh(v, model.faces, cam, albedo=albedo, light_dir=light).image
-        paths.append(folder / f"photo{i:04d}.png")
-        Image.fromarray(img).save(paths[-1])
-    return paths
+    return _common.render_photos(model, folder, shape, expr, pose, rng)
 
 
 # ---------------------------------------------------------------- bare dlib (pool workers)

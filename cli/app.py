@@ -66,6 +66,12 @@ def _load_model(path: Path | None):
         return FaceModel.from_env(path)
 
 
+def _chosen_model(path: Path | None):
+    """The model the user chose (--face-model or the environment), or None: then an existing
+    gallery keeps its own and a new one gets the default."""
+    return _load_model(path) if path or os.environ.get("SKULLSEARCH_FACE_MODEL") else None
+
+
 @model_app.command("info")
 def model_info(face_model: FaceModelOption = None):
     """Describe the face model: size, components, landmark coverage, units, licence."""
@@ -257,7 +263,7 @@ def ingest_cmd(
     """Add photos to a gallery (created if missing): resumable, idempotent, crash-safe."""
     from skullsearch import Gallery
 
-    model = _load_model(face_model) if face_model or os.environ.get("SKULLSEARCH_FACE_MODEL") else None
+    model = _chosen_model(face_model)
     g = Gallery.create(gallery, face_model=model, exist_ok=True)
     prog, update = _progress("ingest")
     with prog:
@@ -286,7 +292,7 @@ def synth_cmd(
     from skullsearch import Gallery
     from skullsearch.index.synth import synth
 
-    model = _load_model(face_model) if face_model or os.environ.get("SKULLSEARCH_FACE_MODEL") else None
+    model = _chosen_model(face_model)
     g = Gallery.create(gallery, face_model=model, exist_ok=True)
     prog, update = _progress("synth")
     with prog:

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from skullsearch.encoder.atomic import write_json_atomic
 from skullsearch.encoder.soft_tissue import BILATERAL, SOFT_TISSUE_NAMES
 from skullsearch.errors import LandmarkError
 
@@ -363,10 +364,7 @@ def write_annotation(path: Path, topology_hash: str, landmarks68, soft_tissue, s
         if landmarks68 is not None else None,
         "soft_tissue": soft_tissue.to_json(),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    tmp.replace(path)
+    write_json_atomic(path, data, sort_keys=False)
     return path
 
 

@@ -71,7 +71,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -83,6 +82,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from skullsearch.encoder import code as code_layout
+from skullsearch.encoder.atomic import atomic_file
 from skullsearch.encoder.fitting import (
     FitConfig,
     LandmarkRig,
@@ -625,17 +625,8 @@ def save_checkpoint(path, net: EncoderCNN, meta: dict | None = None) -> Path:
         "face_model_fingerprint": net.face_model_fingerprint,
         "meta": _plain(meta or {}),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as fh:
+        torch.save(payload, fh)
     return path
 
 

@@ -271,17 +271,12 @@ def train_encoder_on_photos(
     photos: Sequence[str | os.PathLike],
     out: str | os.PathLike,
     *,
-    model=None,
     person: Sequence[str | None] | None = None,
-    epochs: int = 20,
-    batch_size: int = 32,
-    size: int = 128,
-    device: str = "cpu",
-    seed: int = 0,
-    log=None,
+    **kw,
 ):
     """Train the CNN encoder self-supervised on photos (paper Eq. 1; Eq. 2 with ``person``):
-    detect faces with dlib, crop them, train, and write the checkpoint ``out``.
+    detect faces with dlib, crop them, train, and write the checkpoint ``out``. Other keywords
+    (model, epochs, batch_size, size, device, seed, log) as :func:`train_encoder_on_faces`.
 
     Returns (net, history). Photos without a usable face are skipped (as in :func:`encode`).
     """
@@ -292,9 +287,7 @@ def train_encoder_on_photos(
         for f in faces:
             f.person = by_path.get(f.image)
     pixels = {d.path: d.pixels for d in decoded if isinstance(d, DecodedImage)}
-    return train_encoder_on_faces(faces, pixels, out, model=model, use_person=person is not None,
-                                  epochs=epochs, batch_size=batch_size, size=size, device=device,
-                                  seed=seed, log=log)
+    return train_encoder_on_faces(faces, pixels, out, use_person=person is not None, **kw)
 
 
 def train_encoder_on_faces(

@@ -40,12 +40,12 @@ import json
 import os
 import pickle
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from skullsearch.encoder.atomic import atomic_file
 from skullsearch.errors import FaceModelError, LandmarkError, UnsafePickleError
 
 __all__ = [
@@ -621,17 +621,8 @@ def write_face_model_npz(path: str | os.PathLike, arrays: dict) -> Path:
     except TypeError as exc:
         raise FaceModelError(f"cannot write {path.name}: meta is not JSON-serializable: {exc}") \
             from exc
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **out)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as fh:
+        np.savez(fh, **out)
     return path
 
 

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from skullsearch.index import store, vectors
+from skullsearch.encoder.atomic import write_json_atomic
+from skullsearch.index import schema, store, vectors
 from skullsearch.index.store import GalleryError, ShardInfo
 
 FACE_COLUMNS_EXTRA = ("code", "soft_tissue")
@@ -70,7 +71,7 @@ class Gallery:
                            "fingerprint": model.fingerprint,
                            "source": model.meta.get("source", model.meta.get("file", ""))},
         }
-        store.write_json_atomic(path / "gallery.json", manifest)
+        write_json_atomic(path / "gallery.json", manifest)
         g = cls(path, manifest)
         g._model = model
         return g
@@ -174,10 +175,8 @@ class Gallery:
             con.execute(f"CREATE VIEW faces AS SELECT * FROM read_parquet([{faces}])")
             con.execute(f"CREATE VIEW images AS SELECT * FROM read_parquet([{images}])")
         else:
-            from skullsearch.index.schema import empty_faces, empty_images
-
-            con.register("faces", empty_faces())
-            con.register("images", empty_images())
+            con.register("faces", schema.empty_faces())
+            con.register("images", schema.empty_images())
         con.execute("CREATE VIEW failures AS SELECT * FROM images WHERE status <> 'ok'")
         return con
 
@@ -292,7 +291,7 @@ class Gallery:
             faiss.write_index(idx, str(tmp))
             os.replace(tmp, path)
             state[name] = {"shards": held, "ntotal": int(idx.ntotal), "type": type(idx).__name__}
-        store.write_json_atomic(self.path / "index" / "state.json", state)
+        write_json_atomic(self.path / "index" / "state.json", state)
 
     def search_codes(self, codes: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
         """Faces most similar in identity to the given codes (q, 228): (L2 distances (q, k), ids (q, k))."""
@@ -464,7 +463,6 @@ class Gallery:
         import pyarrow.parquet as pq
 
         out = Path(out)
-        table = self.faces(columns=None)
-        table = self.faces(columns=[*table.column_names, "code", "soft_tissue"])
+        table = self.faces(columns=[*schema.FACES.names, "code", "soft_tissue"])
         pq.write_table(table, out)
         return out

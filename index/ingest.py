@@ -201,20 +201,15 @@ class LocalDetectStage:
     def iter_chunks(self, sources: list[Source], chunk: int) -> Iterator[list[dict]]:
         """Rows chunk by chunk, the next chunk already detecting while the caller fits and
         writes this one (detection and fitting overlap)."""
-        starts = list(range(0, len(sources), chunk))
-        pending = self._submit(sources[:chunk]) if starts else None
-        for k, a in enumerate(starts):
-            current, batch = pending, sources[a: a + chunk]
-            nxt = sources[starts[k + 1]: starts[k + 1] + chunk] if k + 1 < len(starts) else []
-            pending = None
-            try:
-                pending = self._submit(nxt) if nxt else None
-            except cf.process.BrokenProcessPool:
-                self._kill()
-            rows = self._collect(batch, current)
-            if nxt and pending is None:
-                pending = self._submit(nxt)
-            yield rows
+        # a crash while collecting one chunk also breaks the next chunk's futures: _collect then
+        # redoes what they left undone, one photo per fresh worker; a chunk whose submission
+        # failed (broken pool) is submitted again to a fresh pool when its turn comes
+        batches = [sources[a: a + chunk] for a in range(0, len(sources), chunk)]
+        pending = self._submit(batches[0]) if batches else {}
+        for k, batch in enumerate(batches):
+            current = pending or self._submit(batch)
+            pending = self._submit(batches[k + 1]) if k + 1 < len(batches) else {}
+            yield self._collect(batch, current)
 
     def _submit(self, sources: list[Source]) -> dict:
         try:

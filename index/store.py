@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from skullsearch.encoder.atomic import write_json_atomic
 from skullsearch.errors import SkullsearchError
 
 FORMAT = "skullsearch-gallery"
@@ -56,15 +57,6 @@ def split_id(ids) -> tuple[np.ndarray, np.ndarray]:
 
 def now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with open(tmp, "w") as fh:
-        json.dump(data, fh, indent=1, sort_keys=True)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def fsync_dir(path: Path) -> None:

@@ -30,10 +30,11 @@ from pathlib import Path
 
 import numpy as np
 
+from skullsearch.encoder.atomic import write_json_atomic
 from skullsearch.encoder.soft_tissue import SOFT_TISSUE_NAMES
 from skullsearch.index import vectors
 from skullsearch.index.gallery import Gallery as _IndexGallery
-from skullsearch.index.store import GalleryError, write_json_atomic
+from skullsearch.index.store import GalleryError
 from skullsearch.retrieval.score import ScoreConfig, rank_order, score
 
 #: Default shortlist size. benchmarks/query_speed.py measures its agreement with exhaustive
