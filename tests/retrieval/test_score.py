@@ -99,3 +99,38 @@ def test_thresholds_from_sd_or_global_or_per_landmark():
 
     assert eta[SOFT_TISSUE_NAMES.index("zy_l")] == 9.0 and eta[SOFT_TISSUE_NAMES.index("zy_r")] == 9.0
     assert eta[SOFT_TISSUE_NAMES.index("pg")] == 1.0
+
+
+def test_closed_form_rotation_equals_the_svd_solution():
+    from skullsearch.encoder.align import similarity_transform
+    from skullsearch.retrieval.score import _horn_rotation
+
+    rng = np.random.default_rng(11)
+    src = rng.normal(scale=40.0, size=(300, 36, 3))
+    rot = Rotation.random(300, random_state=3).as_matrix()
+    dst = np.concatenate([
+        np.einsum("cij,ckj->cki", rot[:150], src[:150]) + rng.normal(scale=3.0, size=(150, 36, 3)),
+        src[150:] * np.array([1.0, 1.0, -1.0]) + rng.normal(scale=5.0, size=(150, 36, 3)),  # mirrored
+    ])
+    s, r, _ = similarity_transform(src, dst)
+    a = src - src.mean(1, keepdims=True)
+    b = dst - dst.mean(1, keepdims=True)
+    lam, r2 = _horn_rotation(np.einsum("cka,ckb->cab", a, b))
+    np.testing.assert_allclose(r2, r, atol=1e-9)
+    np.testing.assert_allclose(np.linalg.det(r2), 1.0, atol=1e-12)
+    np.testing.assert_allclose(lam / (a**2).sum((1, 2)), s, rtol=1e-9)
+
+
+def test_a_face_scores_the_same_whatever_block_it_is_in(monkeypatch):
+    import importlib
+
+    mod = importlib.import_module("skullsearch.retrieval.score")
+    pts, rng = faces(6, c=40)
+    target = pts[5] + rng.normal(scale=2.0, size=(36, 3))
+    present = rng.random(36) > 0.2
+    whole = score(pts, target, present, SD)
+    monkeypatch.setattr(mod, "BLOCK", 7)
+    part = score(pts[3:31], target, present, SD)
+    np.testing.assert_array_equal(part.likelihood, whole.likelihood[3:31])
+    np.testing.assert_array_equal(part.matched, whole.matched[3:31])
+    np.testing.assert_array_equal(part.rotation, whole.rotation[3:31])
