@@ -470,6 +470,9 @@ def query_cmd(
         Path | None, typer.Option(help="Write aligned faces and the skull with pegs (PLY) here.")
     ] = None,
     export_top: Annotated[int, typer.Option(help="How many candidates --export writes.")] = 5,
+    report: Annotated[
+        Path | None, typer.Option("--report", help="Also write the HTML case report here.")
+    ] = None,
 ):
     """Rank the gallery's faces for a skull: shortlist, exact superimposition scores, audit log."""
     from skullsearch import Gallery, ScoreConfig, Skull
@@ -499,6 +502,10 @@ def query_cmd(
     if export:
         files = export_candidates(g, skull, result, export, n=export_top)
         out.print(f"wrote {len(files)} file(s) to {export}")
+    if report:
+        from skullsearch.inpaint.report import report as write_report
+
+        out.print(f"wrote {write_report(g, result.query_id, report, top=export_top, result=result)}")
 
 
 @app.command("history")
@@ -539,3 +546,6 @@ def main(argv: list[str] | None = None) -> int:
         err.print("interrupted")
         return 130
     return 0
+
+
+from skullsearch.cli import report_cmd  # noqa: E402,F401

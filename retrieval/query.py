@@ -297,13 +297,36 @@ class Gallery(_IndexGallery):
         return load_record(self, query_id)
 
 
+def aligned_faces(gallery, candidates) -> tuple[np.ndarray, np.ndarray]:
+    """The candidates' neutral faces (the code's shape; expression and pose at zero, as scored)
+    moved into the skull's frame by their scoring transforms: vertices (n, V, 3) and the stored
+    soft-tissue points (n, 36, 3), float64 mm. Batched over the candidates."""
+    import torch
+
+    from skullsearch.encoder import code as code_layout
+    from skullsearch.encoder.fitting import code_vertices
+
+    model = gallery.face_model
+    ids = [c.face_id for c in candidates]
+    if not ids:
+        return np.zeros((0, model.n_vertices, 3)), np.zeros((0, len(SOFT_TISSUE_NAMES), 3))
+    codes = np.array(gallery.codes(ids), np.float32)
+    codes[:, code_layout.SLICES["expression"]] = 0.0
+    codes[:, code_layout.SLICES["pose"]] = 0.0
+    with torch.no_grad():
+        verts = code_vertices(model, codes).double().numpy()
+    pts = np.asarray(gallery.soft_tissue(ids), np.float64)
+    scale = np.array([c.scale for c in candidates], np.float64)[:, None, None]
+    rot = np.array([c.rotation for c in candidates], np.float64)
+    t = np.array([c.translation for c in candidates], np.float64)[:, None, :]
+    return scale * verts @ rot.transpose(0, 2, 1) + t, scale * pts @ rot.transpose(0, 2, 1) + t
+
+
 def export_candidates(gallery, skull, result: QueryResult, folder, n: int = 5) -> list[Path]:
     """For the top n candidates: the face aligned to the skull (PLY; matched landmarks green,
     unmatched red) and the skull with pegs; returns the files written."""
-    import torch
     import trimesh
 
-    from skullsearch.encoder import code as code_layout
     from skullsearch.retrieval.extended import export_pegs, extend
     from skullsearch.retrieval.tissue import load_table
 
@@ -313,15 +336,8 @@ def export_candidates(gallery, skull, result: QueryResult, folder, n: int = 5) -
     written = []
     ext = extend(skull, load_table(result.params.get("tissue_table"), sex=result.params.get("sex")))
     written.append(export_pegs(skull, ext, folder / "skull_pegs.ply") or folder / "skull_pegs.ply")
-    for c in result.candidates[:n]:
-        code = gallery.codes([c.face_id])
-        shape = torch.as_tensor(code_layout.split(code).shape[:, : model.n_shape])
-        with torch.no_grad():
-            verts = model.vertices(shape=shape)[0].double().numpy()
-            pts = model.soft_tissue(shape=shape)[0].double().numpy()
-        rot, t = np.asarray(c.rotation), np.asarray(c.translation)
-        verts = c.scale * verts @ rot.T + t
-        pts = c.scale * pts @ rot.T + t
+    all_verts, all_pts = aligned_faces(gallery, result.candidates[:n])
+    for c, verts, pts in zip(result.candidates[:n], all_verts, all_pts, strict=True):
         parts = [trimesh.Trimesh(verts, model.faces, vertex_colors=[205, 170, 150, 255], process=False)]
         for i in range(len(SOFT_TISSUE_NAMES)):
             if c.distance_mm[i] is None:
