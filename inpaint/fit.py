@@ -1,0 +1,269 @@
+"""F3DMM-GC, the paper's baseline: fit the face code itself to the constraints, no GAN.
+
+For each candidate (batched), find shape α, expression δ (and optionally the jaw pose) minimizing
+
+    E = w_k · mean_{i kept} ‖v_i − k_i‖²           kept vertices stay where the candidate had them
+      + Σ_{l present} w_l · ‖p_l − n_l‖²            soft-tissue points on the extended landmarks
+      + w_d · mean_{j definite} ‖v_j − d_j‖²        forehead / back of head on the offset skull
+      + w_r · (Σ (α/σ_α)² + Σ (δ/σ_δ)² + Σ θ²)      the Eq. 1 regularizer (coefficients in prior SDs)
+
+everything in the face frame, mm. With the pose at zero the model is linear in (α, δ), so each
+iteration is one exact batched least-squares solve (normal equations, float64). Iterations
+re-weight: a present landmark still farther than ``match_margin`` × η from its target (η the
+score's match threshold) has its weight multiplied by ``boost``, until every landmark is within
+the margin (or ``iterations`` runs out) — so a reachable target ends with S = 1. With
+``jaw=True`` a few L-BFGS steps then refine (α, δ, jaw rotation) on the same energy (LBS).
+
+    res = f3dmm_gc(model, codes, target, present, keep, eta=eta)
+    res.vertices, res.points, res.losses, res.iterations
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from skullsearch.encoder import code as code_layout
+
+
+@dataclass
+class FitWeights:
+    """kept, landmarks, definite, reg: the weights of the four terms (see the module docstring);
+    boost: factor on a landmark's weight per iteration while it is outside the margin."""
+
+    kept: float = 1.0
+    landmarks: float = 1.0
+    definite: float = 1.0
+    reg: float = 1e-3
+    boost: float = 4.0
+
+
+@dataclass
+class FitResult:
+    """codes (C, 228) the fitted codes (shape, expression, jaw pose set; camera and light kept);
+    vertices (C, V, 3) and points (C, 36, 3) mm face frame; losses: per candidate, one dict per
+    iteration (iteration, total, kept, landmarks, definite, reg: the terms at the base weights,
+    and max_ratio: the worst landmark distance / η); iterations (C,) int; within_margin (C,)
+    bool; seconds (C,) wall time shared equally over the batch."""
+
+    codes: np.ndarray
+    vertices: np.ndarray
+    points: np.ndarray
+    losses: list[list[dict]]
+    iterations: np.ndarray
+    within_margin: np.ndarray
+    seconds: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+
+def loss_terms(vertices, points, coeffs, kept_positions, keep, target, present, definite_target,
+               landmark_weights=None) -> dict[str, torch.Tensor]:
+    """The F3DMM-GC terms, each (C,) float, unweighted (see the module docstring):
+
+    kept = mean over kept vertices of ‖v − k‖²; landmarks = Σ_present w_l ‖p − n‖² (w_l = 1
+    unless ``landmark_weights`` (C, 36) is given); definite = mean over definite vertices with a
+    finite target of ‖v − d‖²; reg = Σ coeffs² (coeffs already divided by their prior SDs).
+
+    vertices (C, V, 3), points (C, 36, 3), coeffs (C, P), kept_positions (C, V, 3), keep (C, V)
+    bool, target (C, 36, 3), present (C, 36) bool, definite_target (C, V, 3) (NaN: unknown) or
+    None. Torch tensors or numpy arrays; returns torch tensors.
+    """
+    t = _t
+    v, p, x = t(vertices), t(points), t(coeffs)
+    keep = keep if torch.is_tensor(keep) else torch.as_tensor(np.array(keep, dtype=bool))
+    present = present if torch.is_tensor(present) else torch.as_tensor(np.array(present, dtype=bool))
+    k = keep.to(v.dtype)
+    kept = (((v - t(kept_positions)) ** 2).sum(-1) * k).sum(1) / k.sum(1).clamp_min(1)
+    tgt = torch.nan_to_num(t(target))
+    lw = present.to(v.dtype) * (1.0 if landmark_weights is None else t(landmark_weights))
+    lms = (((p - tgt) ** 2).sum(-1) * lw).sum(1)
+    if definite_target is None:
+        definite = torch.zeros(len(v), dtype=v.dtype)
+    else:
+        d = t(definite_target)
+        known = torch.isfinite(d).all(-1).to(v.dtype)
+        definite = (((v - torch.nan_to_num(d)) ** 2).sum(-1) * known).sum(1) / known.sum(1).clamp_min(1)
+    reg = (x**2).sum(1)
+    return {"kept": kept, "landmarks": lms, "definite": definite, "reg": reg}
+
+
+def f3dmm_gc(model, codes, target, present, keep, kept_positions=None, definite_target=None, *,
+             eta=None, weights: FitWeights | None = None, iterations: int = 8, expression: bool = True,
+             jaw: bool = False, jaw_steps: int = 30, match_margin: float = 0.5) -> FitResult:
+    """Fit codes to kept vertices, extended landmarks and definite targets (F3DMM-GC), batched.
+
+    model: the gallery's :class:`~skullsearch.FaceModel`; codes (C, 228) the candidates' codes
+    (their shape starts the fit); target (C, 36, 3) or (36, 3) mm extended landmarks in each
+    candidate's face frame; present (C, 36) or (36,) bool; keep (C, V) bool vertices that stay;
+    kept_positions (C, V, 3) where they stay (default: the candidates' neutral faces);
+    definite_target (C, V, 3) mm (NaN: unknown) or None; eta (36,) mm match thresholds (default
+    3 mm); iterations: re-weighting rounds (each one exact solve); expression: fit δ too; jaw:
+    also fit the jaw rotation (L-BFGS, ``jaw_steps`` steps). Returns a :class:`FitResult`.
+    """
+    t0 = time.perf_counter()
+    w = weights or FitWeights()
+    codes = np.asarray(codes, np.float32)
+    c = len(codes)
+    n_v = model.n_vertices
+    s_n = min(model.n_shape, code_layout.SLICES["shape"].stop)
+    e_n = min(model.n_expression, 90) if expression else 0
+    target = np.broadcast_to(np.asarray(target, np.float64), (c, 36, 3))
+    present = np.broadcast_to(np.asarray(present, bool), (c, 36))
+    keep = np.broadcast_to(np.asarray(keep, bool), (c, n_v))
+    eta = np.full(36, 3.0) if eta is None else np.asarray(eta, np.float64)
+    parts = code_layout.split(codes)
+    shape0 = np.asarray(parts.shape[:, :s_n], np.float64)
+    with torch.no_grad():
+        base = model.vertices(shape=torch.as_tensor(shape0, dtype=torch.float32)).double().numpy()
+    kept_pos = base if kept_positions is None else np.asarray(kept_positions, np.float64)
+    d_tgt = None if definite_target is None else np.asarray(definite_target, np.float64)
+
+    # the linear model: v = T + A x, x = coefficients in prior SDs
+    sd = np.concatenate([np.asarray(model.shape_std[:s_n], np.float64),
+                         np.asarray(model.expression_std[:e_n], np.float64)])
+    a_v = np.concatenate([model.shapedirs[:, :, :s_n], model.exprdirs[:, :, :e_n]], axis=2)
+    a_v = a_v.astype(np.float64) * sd  # (V, 3, P)
+    tmpl = model.v_template.astype(np.float64)
+    st = model.soft_tissue_points
+    corners = model.faces[st.faces]  # (36, 3)
+    bw = st.bary.astype(np.float64)
+    a_l = (a_v[corners] * bw[..., None, None]).sum(1)  # (36, 3, P)
+    p0 = (tmpl[corners] * bw[..., None]).sum(1)  # (36, 3)
+    n_p = a_v.shape[2]
+    av = torch.as_tensor(a_v.reshape(n_v * 3, n_p))
+    al = torch.as_tensor(a_l.reshape(36 * 3, n_p))
+
+    # per-row weights: kept vertices, definite vertices
+    wk = keep / np.maximum(keep.sum(1, keepdims=True), 1) * w.kept  # (C, V)
+    rhs_v = np.where(keep[..., None], kept_pos, 0.0)  # (C, V, 3) targets of the vertex rows
+    if d_tgt is not None:
+        known = np.isfinite(d_tgt).all(-1)
+        wd = known / np.maximum(known.sum(1, keepdims=True), 1) * w.definite
+        # a vertex both kept and definite: the weighted mean of its two targets
+        tot = wk + wd
+        rhs_v = np.where(tot[..., None] > 0, (wk[..., None] * rhs_v
+                                              + wd[..., None] * np.nan_to_num(d_tgt)) /
+                         np.maximum(tot, 1e-300)[..., None], 0.0)
+        wk = tot
+    wv = torch.as_tensor(np.repeat(wk, 3, axis=1))  # (C, 3V)
+    yv = torch.as_tensor((rhs_v - tmpl).reshape(c, -1))  # (C, 3V)
+    hv = torch.matmul(av.T[None] * wv[:, None, :], av)  # (C, P, P)
+    gv = (wv * yv) @ av
+    yl = torch.as_tensor(np.nan_to_num(target - p0).reshape(c, -1))  # (C, 108)
+    lw = present.astype(np.float64) * w.landmarks  # (C, 36)
+    x0 = np.concatenate([shape0 / sd[:s_n], np.zeros((c, e_n))], axis=1)
+
+    def solve(lw_now: np.ndarray) -> np.ndarray:
+        wl = torch.as_tensor(np.repeat(lw_now, 3, axis=1))
+        h = hv + torch.matmul(al.T[None] * wl[:, None, :], al) + w.reg * torch.eye(n_p, dtype=torch.float64)
+        g = gv + (wl * yl) @ al
+        return torch.linalg.solve(h, g).numpy()
+
+    def evaluate(x: np.ndarray, lw_now: np.ndarray):
+        verts = tmpl + (x @ a_v.reshape(n_v * 3, n_p).T).reshape(c, n_v, 3)
+        pts = p0 + (x @ a_l.reshape(108, n_p).T).reshape(c, 36, 3)
+        return verts, pts
+
+    losses: list[list[dict]] = [[] for _ in range(c)]
+    done = np.zeros(c, bool)
+    iters = np.zeros(c, np.int64)
+    x = x0.copy()
+    lw_now = lw.copy()
+    for it in range(max(int(iterations), 1)):
+        x_new = solve(lw_now)
+        x = np.where(done[:, None], x, x_new)
+        verts, pts = evaluate(x, lw_now)
+        dist = np.linalg.norm(pts - target, axis=-1)
+        ratio = np.where(present, dist / eta, 0.0)
+        _record(losses, done, it, verts, pts, x, kept_pos, keep, target, present, d_tgt, w, ratio)
+        iters = np.where(done, iters, it + 1)
+        ok = (ratio <= match_margin).all(1)
+        done |= ok
+        if done.all():
+            break
+        lw_now = np.where(~done[:, None] & (ratio > match_margin), lw_now * w.boost, lw_now)
+    pose = np.zeros((c, 3 * model.n_joints))
+    if jaw:
+        x, pose, verts, pts, extra = _refine_jaw(model, x, sd, s_n, e_n, kept_pos, keep, target, present,
+                                                 d_tgt, lw_now, w, jaw_steps)
+        dist = np.linalg.norm(pts - target, axis=-1)
+        ratio = np.where(present, dist / eta, 0.0)
+        it0 = iters.copy()
+        _record(losses, np.zeros(c, bool), None, verts, pts, x, kept_pos, keep, target, present, d_tgt,
+                w, ratio, iteration=it0)
+        iters = it0 + extra
+    out_codes = codes.copy()
+    coef = x * sd
+    out_codes[:, code_layout.SLICES["shape"].start: code_layout.SLICES["shape"].start + s_n] = coef[:, :s_n]
+    es = code_layout.SLICES["expression"].start
+    out_codes[:, es: es + 90] = 0.0
+    out_codes[:, es: es + e_n] = coef[:, s_n:]
+    ps = code_layout.SLICES["pose"].start
+    out_codes[:, ps: ps + pose.shape[1]] = pose[:, : min(pose.shape[1], 15)]
+    ratio_final = np.where(present, np.linalg.norm(pts - target, axis=-1) / eta, 0.0)
+    secs = (time.perf_counter() - t0) / c
+    return FitResult(codes=out_codes, vertices=verts.astype(np.float32), points=pts.astype(np.float32),
+                     losses=losses, iterations=iters, within_margin=(ratio_final <= match_margin).all(1),
+                     seconds=np.full(c, secs))
+
+
+def _record(losses, done, it, verts, pts, x, kept_pos, keep, target, present, d_tgt, w, ratio,
+            iteration=None):
+    terms = loss_terms(verts, pts, x, kept_pos, keep, target, present, d_tgt)
+    total = (w.kept * terms["kept"] + w.landmarks * terms["landmarks"] + w.definite * terms["definite"]
+             + w.reg * terms["reg"])
+    for i in range(len(losses)):
+        if done[i]:
+            continue
+        row = {"iteration": int(it if iteration is None else iteration[i]), "total": float(total[i])}
+        row.update({k: float(v[i]) for k, v in terms.items()})
+        row["max_ratio"] = float(ratio[i].max())
+        losses[i].append(row)
+
+
+def _refine_jaw(model, x, sd, s_n, e_n, kept_pos, keep, target, present, d_tgt, lw, w, steps):
+    """L-BFGS on (coefficients, jaw rotation) through the model's LBS; same energy."""
+    c = len(x)
+    sd_t = torch.as_tensor(sd, dtype=torch.float32)
+    xt = torch.tensor(x, dtype=torch.float32, requires_grad=True)
+    jaw = torch.zeros(c, 3, requires_grad=True)
+    opt = torch.optim.LBFGS([xt, jaw], max_iter=steps, line_search_fn="strong_wolfe")
+    kp = torch.as_tensor(kept_pos, dtype=torch.float32)
+    keep_t = torch.as_tensor(np.array(keep, dtype=bool))
+    tg = torch.as_tensor(np.nan_to_num(target), dtype=torch.float32)
+    pr = torch.as_tensor(np.array(present, dtype=bool))
+    lw_t = torch.as_tensor(lw, dtype=torch.float32) / max(w.landmarks, 1e-12)
+    dt = None if d_tgt is None else torch.as_tensor(d_tgt, dtype=torch.float32)
+    n_eval = [0]
+
+    def forward():
+        coef = xt * sd_t
+        pose = torch.zeros(c, 3 * model.n_joints)
+        pose = pose.index_put((torch.arange(c)[:, None], torch.arange(6, 9)[None]), jaw)
+        verts = model.vertices(shape=coef[:, :s_n], expression=coef[:, s_n:] if e_n else None, pose=pose)
+        pts = model.soft_tissue(vertices=verts)
+        return verts, pts, pose
+
+    def closure():
+        opt.zero_grad()
+        verts, pts, _ = forward()
+        t = loss_terms(verts, pts, xt, kp, keep_t, tg, pr, dt, landmark_weights=lw_t)
+        loss = (w.kept * t["kept"] + w.landmarks * t["landmarks"] + w.definite * t["definite"]
+                + w.reg * (t["reg"] + (jaw**2).sum(1))).sum()
+        loss.backward()
+        n_eval[0] += 1
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        verts, pts, pose = forward()
+    return (xt.detach().double().numpy(), pose.numpy(), verts.double().numpy(), pts.double().numpy(),
+            n_eval[0])
+
+
+def _t(x) -> torch.Tensor:
+    if torch.is_tensor(x):
+        return x
+    return torch.as_tensor(np.array(x, dtype=np.float64))
