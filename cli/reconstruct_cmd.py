@@ -1,0 +1,75 @@
+"""``skullsearch reconstruct``: re-synthesize a query's winners through the skull's extended
+landmarks. Parses, calls the library, prints with rich."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from skullsearch.cli.app import GalleryOption, LandmarksOption, TableOption, UnitsOption, app, err, out
+
+
+@app.command("reconstruct")
+def reconstruct_cmd(
+    skull_path: Annotated[Path, typer.Argument(metavar="SKULL", help="Skull mesh (PLY, STL, OBJ, OFF), mm.")],
+    gallery: GalleryOption,
+    candidates: Annotated[int, typer.Option(help="How many of the query's top faces to re-synthesize.")] = 3,
+    method: Annotated[
+        str, typer.Option(help="auto (gan when an inpainter is trained, else fit), gan (GII-GC) or fit "
+                          "(F3DMM-GC).")
+    ] = "auto",
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Folder for the meshes (PLY, skull frame), renders "
+                                  "(PNG) and reconstruction.json.")
+    ] = None,
+    landmarks: LandmarksOption = None,
+    units: UnitsOption = None,
+    tissue_table: TableOption = None,
+    sex: Annotated[str | None, typer.Option(help="Select rows of a sex-specific table.")] = None,
+    inpainter: Annotated[
+        Path | None, typer.Option(help="Inpainter checkpoint for gan (default: the gallery's trained one).")
+    ] = None,
+    iterations: Annotated[
+        int, typer.Option(help="Iterations (0: the method's default: 8 re-weightings for fit, 100 for gan).")
+    ] = 0,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Write reconstruction.json here too.")
+    ] = None,
+):
+    """Re-synthesize the query's best faces so that they pass through the skull's extended landmarks."""
+    from skullsearch import Gallery, Skull
+    from skullsearch.inpaint.reconstruct import reconstruct
+
+    g = Gallery.open(gallery)
+    skull = Skull.load(skull_path, landmarks=landmarks, units=units)
+    with err.status("re-synthesizing…") if err.is_terminal else _null():
+        res = reconstruct(skull, g, candidates=candidates, method=method, inpainter=inpainter, out=out_dir,
+                          tissue_table=tissue_table, sex=sex, iterations=iterations or None)
+    for w in res.warnings:
+        err.print(f"[yellow]warning:[/] {w}", highlight=False)
+    t = Table(title=f"{skull_path.name} — query {res.query_id}, {int(res.present.sum())} landmarks")
+    for c in ("rank", "face id", "method", "S before → after", "matched", "mean mm", "max mm", "iterations",
+              "seconds"):
+        t.add_column(c, justify="left" if c == "method" else "right")
+    for r in res:
+        d = [x for x in r.distance_mm_after if x is not None]
+        t.add_row(str(r.rank), str(r.face_id), r.method, f"{r.s_before:.3f} → {r.s_after:.3f}",
+                  f"{r.matched_after}/{r.present}", f"{sum(d) / max(len(d), 1):.2f}",
+                  f"{max(d, default=0.0):.2f}", str(r.iterations), f"{r.seconds:.2f}")
+    out.print(t)
+    out.print(res.note, highlight=False)
+    if res.out is not None:
+        out.print(f"wrote {len(res)} face(s) to {res.out}", highlight=False)
+    if json_out is not None:
+        json_out.write_text(json.dumps(res.to_dict(), indent=1))
+        out.print(f"wrote {json_out}", highlight=False)
+
+
+def _null():
+    from contextlib import nullcontext
+
+    return nullcontext()
