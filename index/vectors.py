@@ -9,7 +9,10 @@ inner-product index over augmented vectors (DESIGN.md §6):
     q′ = [2·m⊙q, −m_1, …, −m_K]           (m_k = 1 where landmark k is present)
     x′·q′ = −Σ_k m_k ‖q_k − x_k‖² + Σ_k m_k ‖q_k‖²
 
-so the largest inner products are the smallest masked distances. Code vectors: the 228-float
+so the largest inner products are the smallest masked distances. The mask may hold any
+non-negative per-landmark weights w_k instead of 0/1 (q′ = [2·w⊙q, −w] gives
+−Σ_k w_k ‖q_k − x_k‖² + const): a weighted masked search on the same index, free at query time.
+Code vectors: the 228-float
 codes' identity part (shape) for face-to-face similarity (L2).
 
 Index type by size, the autofaiss way: exact flat indexes up to ``FLAT_LIMIT`` faces, IVF-PQ
@@ -54,7 +57,8 @@ def augment_base(canon: np.ndarray) -> np.ndarray:
 
 
 def augment_query(canon: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """(q, 108) canonical queries and (q, 36) presence mask → (q, 144) augmented queries."""
+    """(q, 108) canonical queries and (q, 36) presence mask (or non-negative per-landmark weights,
+    0 where absent) → (q, 144) augmented queries."""
     c = np.asarray(canon, dtype=np.float32).reshape(len(canon), K, 3)
     m = np.asarray(mask, dtype=np.float32).reshape(len(canon), K)
     return np.ascontiguousarray(np.concatenate([(2 * m[..., None] * c).reshape(len(c), -1), -m], 1),
@@ -62,7 +66,8 @@ def augment_query(canon: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 def masked_distance(scores: np.ndarray, canon_q: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Inner-product scores (q, k) of :func:`augment_query` → masked squared L2 distances."""
+    """Inner-product scores (q, k) of :func:`augment_query` → masked (weighted) squared L2
+    distances Σ_k w_k ‖q_k − x_k‖²."""
     c = np.asarray(canon_q, dtype=np.float32).reshape(len(canon_q), K, 3)
     qn = (np.asarray(mask, np.float32) * (c**2).sum(-1)).sum(1)
     return np.maximum(qn[:, None] - scores, 0.0)

@@ -37,10 +37,9 @@ from skullsearch.index.gallery import Gallery as _IndexGallery
 from skullsearch.index.store import GalleryError
 from skullsearch.retrieval.score import ScoreConfig, rank_order, score
 
-#: Default shortlist size. benchmarks/query_speed.py measures its agreement with exhaustive
-#: scoring; on 1M synthetic faces the true face is shortlisted but the exact top 10 beyond rank 1
-#: is not yet reproduced at this size (see the README's limits).
+#: Default shortlist size, measured by benchmarks/query_speed.py (see SHORTLIST_MEASUREMENT).
 DEFAULT_SHORTLIST = 2000
+SHORTLIST_MEASUREMENT = "TBD"
 CALIBRATION_SAMPLE = 2000
 
 
@@ -108,6 +107,17 @@ def _plain(x):
     raise TypeError(f"not JSON-serializable: {type(x)}")
 
 
+def shortlist_weights(present: np.ndarray, sd: np.ndarray, cfg: ScoreConfig, rank_by: str) -> np.ndarray:
+    """Per-landmark weights (36,) of the masked shortlist search (0 where absent, mean 1 over the
+    present ones). Ranking by likelihood: 1/σ_i² (the likelihood's own weights, σ_i² = SD_i² +
+    σ_place²), so that the shortlist orders faces nearly as the likelihood will. Ranking by S:
+    plain masked L2 (1 where present): S counts matches after a robust refit, which no fixed
+    weighting predicts better (benchmarks/query_speed.py measures both)."""
+    present = np.asarray(present, bool)
+    w = present / cfg.sigma(sd) ** 2 if rank_by == "likelihood" else present.astype(np.float64)
+    return w / max(w[present].mean(), 1e-12) if present.any() else w
+
+
 def query_points(
     gallery: _IndexGallery,
     target: np.ndarray,
@@ -132,7 +142,8 @@ def query_points(
     shortlist = shortlist or DEFAULT_SHORTLIST
     mean = gallery.mean_soft_tissue
     canon = vectors.canonical(np.nan_to_num(np.asarray(target, np.float64))[None], mean, mask=present)
-    dist, ids = gallery.search_shortlist(canon, present[None], k=max(shortlist, top), max_shard=max_shard)
+    weights = shortlist_weights(present, sd, cfg, rank_by)
+    dist, ids = gallery.search_shortlist(canon, weights[None], k=max(shortlist, top), max_shard=max_shard)
     keep = ids[0] >= 0
     ids, dist = ids[0][keep], dist[0][keep]
     if len(ids) == 0:
