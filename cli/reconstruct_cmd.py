@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich import box
 from rich.table import Table
 
 from skullsearch.cli.app import GalleryOption, LandmarksOption, TableOption, UnitsOption, app, err, out
@@ -51,15 +52,15 @@ def reconstruct_cmd(
                           tissue_table=tissue_table, sex=sex, iterations=iterations or None)
     for w in res.warnings:
         err.print(f"[yellow]warning:[/] {w}", highlight=False)
-    t = Table(title=f"{skull_path.name} — query {res.query_id}, {int(res.present.sum())} landmarks")
-    for c in ("rank", "face id", "method", "S before → after", "matched", "mean mm", "max mm", "iterations",
-              "seconds"):
-        t.add_column(c, justify="left" if c == "method" else "right")
+    t = Table(title=f"{skull_path.name} — query {res.query_id}, {int(res.present.sum())} landmarks; "
+              "S before→after, distances after (mm)", box=box.SIMPLE_HEAD, pad_edge=False)
+    for c in ("rank", "face id", "method", "S", "matched", "mean", "max", "iter.", "sec"):
+        t.add_column(c, justify="left" if c == "method" else "right", no_wrap=True)
     for r in res:
         d = [x for x in r.distance_mm_after if x is not None]
-        t.add_row(str(r.rank), str(r.face_id), r.method, f"{r.s_before:.3f} → {r.s_after:.3f}",
+        t.add_row(str(r.rank), str(r.face_id), r.method, f"{r.s_before:.2f}→{r.s_after:.2f}",
                   f"{r.matched_after}/{r.present}", f"{sum(d) / max(len(d), 1):.2f}",
-                  f"{max(d, default=0.0):.2f}", str(r.iterations), f"{r.seconds:.2f}")
+                  f"{max(d, default=0.0):.2f}", str(r.iterations), f"{r.seconds:.1f}")
     out.print(t)
     out.print(res.note, highlight=False)
     if res.out is not None:

@@ -281,8 +281,7 @@ def _choose_method(method: str, inpainter, gallery, model):
     except missing_error as e:
         if method == "gan":
             raise
-        return "fit", (f"F3DMM-GC used: no inpainter is trained for this gallery ({e}); GII-GC needs "
-                       "one: skullsearch train inpainter --gallery DIR"), None
+        return "fit", f"F3DMM-GC used (GII-GC needs a trained inpainter): {e}", None
     how = "as requested" if method == "gan" else "an inpainter is trained for this gallery"
     return "gan", f"GII-GC (GAN inpainting) used: {how}", inp
 

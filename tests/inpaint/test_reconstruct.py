@@ -1,0 +1,141 @@
+"""reconstruct() end to end on a small synthetic gallery: the folder, its JSON, the skull-frame
+meshes on the extended landmarks, method choice, the CLI, and clear errors."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import trimesh
+from skulls import skull_from_face, write_skull
+from typer.testing import CliRunner
+
+import skullsearch
+from skullsearch import SOFT_TISSUE_NAMES, Gallery, QueryResult, Skull
+from skullsearch.cli.app import app, main
+from skullsearch.index.synth import synth
+from skullsearch.inpaint.reconstruct import ReconstructionError, reconstruct
+from skullsearch.retrieval.tissue import load_table
+
+CANDIDATE_KEYS = {"rank", "face_id", "person", "method", "mesh", "render", "s_before", "s_after",
+                  "matched_before", "matched_after", "present", "distance_mm_before", "distance_mm_after",
+                  "matched_flags_after", "revised_regions", "losses", "iterations", "seconds"}
+
+
+@pytest.fixture(scope="module")
+def case(default_model, tmp_path_factory):
+    """A 300-face synthetic gallery and the skull of a face NOT in it (3 mm under the face, a 3 mm
+    table with the global SDs: see tests/retrieval/test_query.py)."""
+    root = tmp_path_factory.mktemp("recon")
+    g = Gallery.create(root / "g", face_model=default_model)
+    synth(g, 300, seed=3)
+    shape = np.random.default_rng(42).standard_normal(90).astype(np.float32)
+    mesh, marks = skull_from_face(default_model, shape, np.full(36, 3.0), rng=np.random.default_rng(1))
+    skull_path = write_skull(root / "case", mesh, marks)
+    table = root / "depths_3mm.csv"
+    table.write_text("landmark,mean_mm,sd_mm\n" + "".join(
+        f"{n},3.0,{s}\n" for n, s in zip(SOFT_TISSUE_NAMES, load_table().sd, strict=True)))
+    return {"g": g.path, "skull": skull_path, "table": str(table), "root": root}
+
+
+@pytest.fixture(scope="module")
+def fitted(case):
+    g = Gallery.open(case["g"])
+    out = case["root"] / "out"
+    res = skullsearch.reconstruct(Skull.load(case["skull"]), g, candidates=3, method="fit", out=out,
+                                  tissue_table=case["table"])
+    return g, res, out
+
+
+def test_reconstruct_writes_the_folder(case, fitted):
+    g, res, out = fitted
+    assert len(res) == 3 and [r.rank for r in res] == [1, 2, 3]
+    assert res.query_id and (g.path / "audit" / f"{res.query_id}.json").exists()  # the query is recorded
+    data = json.loads((out / "reconstruction.json").read_text())
+    assert data["query_id"] == res.query_id and data["method_requested"] == "fit"
+    assert data["skull"]["path"] == str(case["skull"]) and len(data["skull"]["sha256"]) == 64
+    assert "F3DMM-GC" in data["note"]
+    assert len(data["candidates"]) == 3
+    for c, r in zip(data["candidates"], res, strict=True):
+        assert CANDIDATE_KEYS <= set(c)
+        assert c["method"] == "fit" and c["face_id"] == r.face_id
+        assert c["mesh"] == f"face_{r.face_id}.ply" and c["render"] == f"face_{r.face_id}.png"
+        assert len(c["distance_mm_before"]) == len(c["distance_mm_after"]) == 36
+        assert len(c["matched_flags_after"]) == 36
+        assert c["present"] == 36 and c["matched_after"] == 36 and c["s_after"] == 1.0
+        assert c["s_before"] < 1.0 and c["revised_regions"]  # something was revised
+        assert c["iterations"] == len(c["losses"]) >= 1 and c["losses"][0]["iteration"] == 0
+        assert {"total", "kept", "landmarks", "definite", "reg"} <= set(c["losses"][-1])
+        assert c["seconds"] > 0
+        mesh = trimesh.load(out / c["mesh"], process=False)
+        assert np.allclose(mesh.vertices, r.vertices_skull, atol=1e-3)
+        from PIL import Image
+
+        img = np.asarray(Image.open(out / c["render"]))
+        assert img.shape == (128, 128) and img.max() > 100
+
+
+def test_skull_frame_meshes_land_on_the_extended_landmarks(default_model, fitted):
+    g, res, out = fitted
+    model = g.face_model
+    eta = skullsearch.ScoreConfig().thresholds(load_table().sd)  # the 3 mm table has the global SDs
+    for r in res:
+        mesh = trimesh.load(out / f"face_{r.face_id}.ply", process=False)
+        with torch.no_grad():
+            pts = model.soft_tissue(vertices=torch.as_tensor(np.asarray(mesh.vertices)[None])).numpy()[0]
+        d = np.linalg.norm(pts - res.target, axis=1)
+        assert np.allclose(d, np.array(r.distance_mm_after, float), atol=2e-3)
+        assert (d < eta).all()
+        # and the face frame mesh is the same face (a similarity apart)
+        vs = r.scale * r.vertices_face.astype(float) @ np.asarray(r.rotation).T + r.translation
+        assert np.abs(vs - r.vertices_skull).max() < 1e-3
+
+
+def test_a_query_result_can_be_given_with_its_gallery(case, fitted):
+    g, res, _ = fitted
+    skull = Skull.load(case["skull"])
+    q = g.query(skull, top=5, tissue_table=case["table"], record=False)
+    again = reconstruct(skull, q, gallery=g, candidates=2, method="fit")
+    assert [r.face_id for r in again] == [r.face_id for r in res][:2]
+    assert again.query_id is None and again.out is None
+    assert np.allclose(again[0].vertices_skull, res[0].vertices_skull, atol=1e-3)
+    with pytest.raises(ReconstructionError, match="gallery="):
+        reconstruct(skull, q, candidates=1)
+
+
+def test_auto_without_an_inpainter_uses_the_fit_and_says_why(case, fitted):
+    g, _, _ = fitted
+    res = reconstruct(case["skull"], g, candidates=1, method="auto", tissue_table=case["table"], record=False)
+    assert res[0].method == "fit" and "F3DMM-GC used" in res.note
+    assert "inpainter" in res.note and ("train" in res.note or "not available" in res.note)
+
+
+def test_bad_input_is_refused_clearly(case, fitted):
+    g, _, _ = fitted
+    skull = Skull.load(case["skull"])
+    with pytest.raises(ReconstructionError, match="candidates must be"):
+        reconstruct(skull, g, candidates=0)
+    with pytest.raises(ReconstructionError, match="method must be"):
+        reconstruct(skull, g, method="magic")
+    empty = QueryResult([], np.zeros((36, 3)), np.ones(36, bool), load_table().sd, {})
+    with pytest.raises(ReconstructionError, match="no candidates"):
+        reconstruct(skull, empty, gallery=g)
+    with pytest.raises(ReconstructionError, match="Gallery"):
+        reconstruct(skull, "not a gallery")
+
+
+def test_cli_reconstruct(case, tmp_path, capsys):
+    out, js = tmp_path / "out", tmp_path / "r.json"
+    res = CliRunner().invoke(app, ["reconstruct", str(case["skull"]), "--gallery", str(case["g"]),
+                                   "--candidates", "2", "--method", "fit", "--out", str(out),
+                                   "--tissue-table", case["table"], "--json", str(js)])
+    assert res.exit_code == 0, res.output
+    assert "F3DMM-GC" in res.output and "→1.00" in res.output and "36/36" in res.output
+    data = json.loads(js.read_text())
+    assert len(data["candidates"]) == 2
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [f"face_{c['face_id']}.{ext}" for c in data["candidates"] for ext in ("ply", "png")]
+        + ["reconstruction.json"])
+    capsys.readouterr()
+    assert main(["reconstruct", str(case["skull"]), "-g", str(case["g"]), "--candidates", "0"]) == 2
+    assert "candidates must be" in capsys.readouterr().err
