@@ -1,5 +1,5 @@
 // skullsearch case report: the 3D view (skullsearch's own code, Apache-2.0; three.js is vendored
-// next to it). Reads the scene from <script id="scene-data">, draws the skull, the selected
+// next to it). Reads the scene from the JSON block "scene-data", draws the skull, the selected
 // candidate's aligned face, the extended landmarks (green: matched, red: unmatched) and, where
 // there is one, the re-synthesized face. Mouse drag rotates, the wheel zooms; no network.
 const blob = (text) => URL.createObjectURL(new Blob([text], { type: "text/javascript" }));
@@ -62,7 +62,7 @@ function lines(pairs, colour) {
 // camera: orbit around the scene's centre in the top candidate's face frame (+y up, +z front)
 let target = new THREE.Vector3(...data.centre);
 let basis = data.basis.map((v) => new THREE.Vector3(...v)); // right, up, front
-let dist = data.radius * 3.2, yaw = 0, pitch = 0;
+let dist = data.radius * 3.8, yaw = 0, pitch = 0;
 function place() {
   const [r, u, f] = basis;
   const c = Math.cos(pitch);
