@@ -139,3 +139,24 @@ def test_cli_reconstruct(case, tmp_path, capsys):
     capsys.readouterr()
     assert main(["reconstruct", str(case["skull"]), "-g", str(case["g"]), "--candidates", "0"]) == 2
     assert "candidates must be" in capsys.readouterr().err
+
+
+def test_gan_path_with_a_tiny_trained_inpainter(case, tmp_path):
+    """GII-GC through reconstruct: "auto" takes it once an inpainter is trained for the gallery."""
+    import shutil
+
+    gan = pytest.importorskip("skullsearch.inpaint.gan")
+    pytest.importorskip("skullsearch.inpaint.gii")
+    shutil.copytree(case["g"], tmp_path / "g")
+    g = Gallery.open(tmp_path / "g")
+    gan.train_inpainter(g, epochs=1, faces=32, size=32, batch_size=16, width=8)
+    res = reconstruct(case["skull"], g, candidates=1, method="auto", tissue_table=case["table"], iterations=3,
+                      starts=1, record=False, out=tmp_path / "out")
+    r = res[0]
+    assert r.method == "gan" and "GII-GC" in res.note and "trained" in res.note
+    assert r.iterations >= 1 and len(r.losses) >= 1
+    assert {"total", "context", "prior", "geometry"} <= set(r.losses[0])
+    assert 0.0 <= r.s_after <= 1.0 and r.vertices_skull.shape == (g.face_model.n_vertices, 3)
+    data = json.loads((tmp_path / "out" / "reconstruction.json").read_text())
+    first = data["candidates"][0]
+    assert first["method"] == "gan" and (tmp_path / "out" / first["mesh"]).exists()
