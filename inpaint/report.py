@@ -441,7 +441,7 @@ def build_report(gallery, query_id: str, out, reconstruction=None, top: int = 5,
     if recon is not None:
         for fid, mesh in recon.meshes.items():
             if mesh is not None and any(c.face_id == fid for c in shown):
-                scene["reconstructions"][str(fid)] = _mesh(*mesh)
+                scene["reconstructions"][str(fid)] = _mesh(*decimate(*mesh, max_skull_faces))
     # camera: centre and size of what is shown; the top candidate's face frame as the view basis
     cloud = [np.asarray([q for q in ext_pts if q], float).reshape(-1, 3)]
     if len(verts):

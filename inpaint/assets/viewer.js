@@ -137,5 +137,7 @@ window.addEventListener("resize", resize);
 resize();
 if (data.candidates.length) show(0);
 const tri = renderer.info.render.triangles;
+const reconTri = layers.recon.children.reduce((n, o) => n + o.geometry.index.count / 3, 0);
 canvas.dataset.rendered = String(tri);
-console.log(`skullsearch-viewer: rendered ${tri} triangles, ${data.candidates.length} candidate(s)`);
+console.log(`skullsearch-viewer: rendered ${tri} triangles, ${data.candidates.length} candidate(s), ` +
+            `re-synthesized face ${reconTri} triangles`);

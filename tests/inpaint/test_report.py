@@ -348,8 +348,8 @@ def test_report_renders_in_headless_chromium(built, artifacts, tmp_path):
     lines = console_lines(log)
     assert any("skullsearch-viewer: rendered" in ln for ln in lines), "\n".join(lines) or log[-3000:]
     assert not console_errors(log), console_errors(log)
-    tri = int(re.search(r"rendered (\d+) triangles", "\n".join(lines)).group(1))
-    assert tri > 10_000  # skull + face + landmark balls
+    drawn = re.search(r"rendered (\d+) triangles, 3 candidate\(s\), re-synthesized face 0", "\n".join(lines))
+    assert drawn and int(drawn.group(1)) > 10_000  # skull + face + landmark balls
     # the canvas is drawn: find it as the large block of the viewer's background colour
     im = np.asarray(Image.open(shot).convert("RGB")).astype(int)
     bg = np.all(np.abs(im - [244, 244, 242]) <= 2, axis=-1)
@@ -376,3 +376,30 @@ def test_browser_check_catches_a_broken_page(tmp_path):
     rc, log = run_chromium(page, tmp_path / "b.png", tmp_path / "profile", size=(400, 300))
     assert rc == 0
     assert any("boom in the viewer" in ln for ln in console_errors(log)), log[-2000:]
+
+
+def test_report_of_a_real_reconstruction_renders(case, tmp_path, artifacts):
+    """skullsearch.reconstruct's folder (the real one, F3DMM-GC) goes into the report, and the
+    browser draws the re-synthesized face too."""
+    from skullsearch.inpaint.reconstruct import reconstruct
+
+    g = Gallery.open(case["g"])
+    folder = tmp_path / "recon"
+    reconstruct(Skull.load(case["skull"]), case["result"], gallery=g, candidates=1, method="fit", out=folder)
+    path = rep.report(g, case["qid"], tmp_path / "recon.html", reconstruction=folder, top=2,
+                      result=case["result"])
+    text = path.read_text()
+    fid = case["result"].candidates[0].face_id
+    assert f'id="recon-{fid}"' in text and "(in the 3D view)" in text
+    scene = json.loads(re.search(r'id="scene-data">(.*?)</script>', text, re.S).group(1))
+    assert list(scene["reconstructions"]) == [str(fid)]
+    if CHROMIUM is None:
+        pytest.skip("Chromium is not installed (apt-get install chromium); CI installs it")
+    rc, log = run_chromium(path, artifacts / "report_reconstruction_chromium.png", tmp_path / "profile")
+    assert rc == 0 and not console_errors(log), console_errors(log) or log[-2000:]
+    import trimesh
+
+    drawn = re.search(r"rendered (\d+) triangles, 2 candidate\(s\), re-synthesized face (\d+) triangles", log)
+    assert drawn, log[-2000:]
+    recon_faces = len(trimesh.load(folder / f"face_{fid}.ply", process=False).faces)
+    assert int(drawn.group(2)) == recon_faces and int(drawn.group(1)) > 2 * recon_faces
