@@ -260,8 +260,10 @@ def _histogram_svg(title: str, ref: np.ndarray, marks: list[tuple[str, float, bo
         out.append(f'<line x1="{xv:.1f}" y1="{pad_t}" x2="{xv:.1f}" y2="{pad_t + h}" stroke="{colour}" '
                    f'stroke-width="{2 if hot else 1}"/>')
         if hot or k < 6:
-            out.append(f'<text x="{xv + 2:.1f}" y="{pad_t + 10 + 10 * (k % 3)}" class="ax" fill="{colour}">'
-                       f'{e(label)}</text>')
+            right = xv > pad_l + w - 30  # near the right edge: label on the line's left
+            anchor = "end" if right else "start"
+            out.append(f'<text x="{xv + (-2 if right else 2):.1f}" y="{pad_t + 10 + 10 * (k % 3)}" '
+                       f'class="ax" fill="{colour}" text-anchor="{anchor}">{e(label)}</text>')
     out.append(f'<text x="{pad_l + w}" y="{height - 2}" class="ax" text-anchor="end">grey: {len(ref)} '
                'gallery faces (calibration sample); lines: candidates</text></svg>')
     return "".join(out)

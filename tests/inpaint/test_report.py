@@ -403,3 +403,22 @@ def test_report_of_a_real_reconstruction_renders(case, tmp_path, artifacts):
     assert drawn, log[-2000:]
     recon_faces = len(trimesh.load(folder / f"face_{fid}.ply", process=False).faces)
     assert int(drawn.group(2)) == recon_faces and int(drawn.group(1)) > 2 * recon_faces
+
+
+def test_distribution_is_the_calibration_sample(case, built):
+    from skullsearch.retrieval.score import ScoreConfig, score
+
+    _, text = built
+    g = Gallery.open(case["g"])
+    res = case["result"]
+    p = res.params
+    sample = g.sample_ids(p["calibration_sample"], seed=p["seed"], max_shard=p["max_shard"])
+    ref = score(g.soft_tissue(sample), res.target, res.present, res.sd, ScoreConfig(**p["score"]))
+    assert len(sample) == g.n_faces == 302  # the whole small gallery
+    assert f"grey: {len(sample)} gallery faces" in text
+    assert f"Median S {np.median(ref.s):.3f}, best S in the sample {ref.s.max():.3f}" in text
+    # the top candidate's calibrated rank is that sample's share scoring at least as well
+    top = res.candidates[0]
+    share = (1 + np.sum(ref.s + 1e-9 * ref.likelihood >= top.s + 1e-9 * top.likelihood)) / (1 + len(sample))
+    assert abs(share - top.calibrated) < 1e-9 and f"{top.calibrated * 100:.2f} %" in text
+    assert text.count('<svg class="plot"') == 2
