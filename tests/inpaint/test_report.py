@@ -313,10 +313,26 @@ def run_chromium(page: Path, screenshot: Path, profile: Path, size=(1200, 2400),
             "--enable-unsafe-swiftshader", "--use-angle=swiftshader", "--hide-scrollbars",
             f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0",
             "--proxy-server=127.0.0.1:9", "--proxy-bypass-list=<-loopback>",  # nothing leaves
+            f"--log-net-log={profile.parent / (profile.name + '-net.json')}",
             f"--window-size={size[0]},{size[1]}", "--virtual-time-budget=20000",
             f"--screenshot={screenshot}", page.resolve().as_uri()]
     p = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
     return p.returncode, p.stderr
+
+
+def page_requests(profile: Path, page: Path) -> list[str]:
+    """URLs the page itself asked for (from Chromium's net log), other than the page: a
+    self-contained report asks for none. The browser's own background requests (its
+    isolation key is not the file:// page's) are left out."""
+    log = json.loads((profile.parent / (profile.name + "-net.json")).read_text())
+    start = log["constants"]["logEventTypes"]["URL_REQUEST_START_JOB"]
+    urls = []
+    for ev in log["events"]:
+        prm = ev.get("params") or {}
+        if ev["type"] == start and str(prm.get("network_isolation_key", "")).startswith("file://"):
+            if prm["url"] != page.resolve().as_uri():
+                urls.append(prm["url"])
+    return urls
 
 
 def console_lines(log: str) -> list[str]:
@@ -348,6 +364,7 @@ def test_report_renders_in_headless_chromium(built, artifacts, tmp_path):
     lines = console_lines(log)
     assert any("skullsearch-viewer: rendered" in ln for ln in lines), "\n".join(lines) or log[-3000:]
     assert not console_errors(log), console_errors(log)
+    assert page_requests(tmp_path / "profile", path) == []  # nothing loaded: no network, no files
     drawn = re.search(r"rendered (\d+) triangles, 3 candidate\(s\), re-synthesized face 0", "\n".join(lines))
     assert drawn and int(drawn.group(1)) > 10_000  # skull + face + landmark balls
     # the canvas is drawn: find it as the large block of the viewer's background colour
@@ -376,6 +393,13 @@ def test_browser_check_catches_a_broken_page(tmp_path):
     rc, log = run_chromium(page, tmp_path / "b.png", tmp_path / "profile", size=(400, 300))
     assert rc == 0
     assert any("boom in the viewer" in ln for ln in console_errors(log)), log[-2000:]
+    # and the network check is real: a page that loads from a CDN is caught
+    cdn = tmp_path / "cdn.html"
+    cdn.write_text('<!doctype html><html><body><img src="http://example.invalid/x.png">'
+                   '<script src="https://cdn.example.invalid/three.js"></script></body></html>')
+    assert run_chromium(cdn, tmp_path / "c.png", tmp_path / "profile2", size=(400, 300))[0] == 0
+    assert sorted(page_requests(tmp_path / "profile2", cdn)) == [
+        "http://example.invalid/x.png", "https://cdn.example.invalid/three.js"]
 
 
 def test_report_of_a_real_reconstruction_renders(case, tmp_path, artifacts):
@@ -397,6 +421,7 @@ def test_report_of_a_real_reconstruction_renders(case, tmp_path, artifacts):
         pytest.skip("Chromium is not installed (apt-get install chromium); CI installs it")
     rc, log = run_chromium(path, artifacts / "report_reconstruction_chromium.png", tmp_path / "profile")
     assert rc == 0 and not console_errors(log), console_errors(log) or log[-2000:]
+    assert page_requests(tmp_path / "profile", path) == []
     import trimesh
 
     drawn = re.search(r"rendered (\d+) triangles, 2 candidate\(s\), re-synthesized face (\d+) triangles", log)
