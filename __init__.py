@@ -28,6 +28,7 @@ from skullsearch.errors import (
     UnsafePickleError,
 )
 from skullsearch.index import GalleryError, IngestReport
+from skullsearch.inpaint.gan import load_inpainter, train_inpainter
 from skullsearch.inpaint.reconstruct import (
     Reconstruction,
     ReconstructionError,
@@ -53,6 +54,8 @@ __all__ = [
     "Reconstruction",
     "ReconstructionResult",
     "ReconstructionError",
+    "train_inpainter",
+    "load_inpainter",
     "Gallery",
     "GalleryError",
     "IngestReport",

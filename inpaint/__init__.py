@@ -6,6 +6,15 @@ of the face code (:mod:`.fit`), GII-GC, the GAN inpainting (:mod:`.gan`, :mod:`.
 """
 
 from skullsearch.inpaint.fit import FitResult, FitWeights, f3dmm_gc
+from skullsearch.inpaint.gan import (
+    Inpainter,
+    InpainterCheckpointError,
+    InpainterMissingError,
+    default_inpainter_path,
+    load_inpainter,
+    train_inpainter,
+)
+from skullsearch.inpaint.gii import GIIResult, GIIWeights, gii_gc
 from skullsearch.inpaint.raster import NormalizedRender, render_normalized
 from skullsearch.inpaint.reconstruct import (
     Reconstruction,
@@ -20,5 +29,7 @@ __all__ = [
     "FaceRegions", "face_regions", "revised_vertices",
     "NormalizedRender", "render_normalized",
     "FitResult", "FitWeights", "f3dmm_gc",
+    "Inpainter", "InpainterCheckpointError", "InpainterMissingError", "default_inpainter_path",
+    "load_inpainter", "train_inpainter", "GIIResult", "GIIWeights", "gii_gc",
     "Reconstruction", "ReconstructionError", "ReconstructionResult", "reconstruct", "write_reconstruction",
 ]

@@ -1,0 +1,283 @@
+"""GII-GC, the paper's constrained inpainting: regenerate the revised regions of a face with the GAN
+so that the face passes through the skull's extended landmarks.
+
+The candidate face (its code, made canonical: :func:`~skullsearch.inpaint.gan.canonical_codes`)
+is rendered with the normalized renderer; the pixels whose visible triangle touches a revised
+vertex are the *hole* M, the others are *kept*. A batch of latent vectors z (one per random
+start) is optimized with Adam for
+
+    L(z) = context + λp · prior + λ2 · geometry + λd · definite
+
+- **context** (paper Eq. 3, :func:`context_loss`): Σ_i W_i · |G(z)_i − y_i| / Σ_i W_i over the
+  pixels, y the candidate's render; W_i = 0 on hole pixels and, on a kept pixel i, the share of
+  hole pixels in the ``window`` × ``window`` box around it (:func:`hole_weights`; the paper's
+  weighting, after Yeh et al.: kept pixels next to the hole count most, far ones not at all).
+  The paper's sum ‖W ⊙ (G(z) − y)‖₁ is divided by Σ W so that λ's do not depend on the image size
+  or the hole's size (a weighted mean intensity error in [0, 1]).
+- **prior** (Eq. 4, :func:`prior_loss`): log(1 − D(G(z))) = −softplus(logit): lower when the
+  discriminator finds the render realistic.
+- **geometry** (Eq. 5, :func:`geometry_loss`): mean over the present landmarks of
+  ‖L_f(M(Ψ_E(G(z))))_i − target_i‖ in mm: the soft-tissue points of the face that Ψ_E reads off
+  the generated render, against the extended landmarks. **In the face frame**: the caller gives
+  the targets already carried into the candidate's face frame (the inverse of the score's
+  best similarity alignment, as :func:`skullsearch.inpaint.reconstruct` does), so no alignment
+  is re-fitted inside the loop (the face's size and placement are part of what is optimized).
+  The paper's sum over landmarks is a mean here (λ2 per mm, independent of how many are present).
+- **definite** (:func:`definite_loss`): mean distance (mm) of the definite-region vertices
+  (forehead, back of the head) of M(Ψ_E(G(z))) to their targets (the skull surface offset by the
+  tissue depth, face frame; NaN = no target).
+
+Each start keeps its best iterate (lowest total); the result is the best start's, its code
+Ψ_E(G(z*)) and mesh M(·) in the face frame (mm). Convergence: the first iteration t ≥ ``patience``
+at which |L(t − patience) − L(t)| ≤ tol · |L(t − patience)| for the start (the run stops when every
+start has converged, or after ``iterations``).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from skullsearch.encoder.fitting import code_vertices
+from skullsearch.errors import SkullsearchError
+from skullsearch.inpaint.gan import Inpainter, canonical_codes
+from skullsearch.inpaint.raster import render_normalized
+
+#: Keys of a per-iteration loss record (weighted terms; total is their sum).
+LOSS_KEYS = ("total", "context", "prior", "geometry", "definite")
+
+
+@dataclass
+class GIIWeights:
+    """Weights and optimizer settings of :func:`gii_gc`.
+
+    context: weight of Eq. 3 (a mean intensity error in [0, 1]); prior: λp of Eq. 4 (Yeh et al.
+    use 0.003); geometry: λ2 per mm of mean landmark distance; definite: per mm of mean
+    definite-region distance; window: side of the W box filter (px, odd); lr: Adam's step on z;
+    tol, patience: convergence test (relative change of the total over ``patience`` iterations);
+    z_clip: after each step z is clipped to ±z_clip per component (keeps z where G was trained;
+    0 = off).
+    """
+
+    context: float = 1.0
+    prior: float = 0.003
+    geometry: float = 0.1
+    definite: float = 0.05
+    window: int = 7
+    lr: float = 0.05
+    tol: float = 5e-3
+    patience: int = 10
+    z_clip: float = 3.0
+
+
+@dataclass
+class GIIResult:
+    """The re-synthesized face (best start).
+
+    code (228,) float32 canonical code Ψ_E(G(z*)); vertices (V, 3) float32 mm face frame;
+    losses: one dict per iteration of the best start (:data:`LOSS_KEYS`, weighted, plus
+    ``geometry_mm`` and ``definite_mm`` the unweighted mean distances); iterations: iteration
+    at which the best start converged (``iterations`` run when it did not); start: index of the
+    best start; converged: whether it did; z (z_dim,) the best latent; image (S, S) the best
+    start's generated render; target_image (S, S) the candidate's render; hole (S, S) bool the
+    revised pixels; weights (S, S) the context weights W; start_totals (starts,) each start's best
+    total; seconds.
+    """
+
+    code: np.ndarray
+    vertices: np.ndarray
+    losses: list[dict]
+    iterations: int
+    start: int
+    converged: bool = False
+    z: np.ndarray | None = None
+    image: np.ndarray | None = None
+    target_image: np.ndarray | None = None
+    hole: np.ndarray | None = None
+    weights: np.ndarray | None = None
+    start_totals: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    seconds: float = 0.0
+
+
+# ---------------------------------------------------------------------------------- the terms
+def hole_weights(hole, window: int = 7) -> torch.Tensor:
+    """The context weights of paper Eq. 3: hole (B, 1, H, W) bool/float (1 = missing pixel) →
+    W (B, 1, H, W) float32: on a kept pixel the share of hole pixels among the pixels of the
+    ``window`` × ``window`` box around it (inside the image), 0 on hole pixels."""
+    h = torch.as_tensor(np.asarray(hole) if not torch.is_tensor(hole) else hole).float()
+    if window < 1 or window % 2 == 0:
+        raise ValueError(f"window must be odd and positive, got {window}")
+    share = F.avg_pool2d(h, window, stride=1, padding=window // 2, count_include_pad=False)
+    return share * (1.0 - h)
+
+
+def context_loss(generated: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Paper Eq. 3 normalized: Σ W·|G − y| / Σ W per image. generated (B, 1, H, W); target and
+    weights (B or 1, 1, H, W). Returns (B,); zero where Σ W = 0 (no hole)."""
+    w = weights.expand_as(generated)
+    num = (w * (generated - target).abs()).flatten(1).sum(1)
+    return num / w.flatten(1).sum(1).clamp(min=1e-8)
+
+
+def prior_loss(logits: torch.Tensor) -> torch.Tensor:
+    """Paper Eq. 4 without λp: log(1 − D) with D = sigmoid(logits), computed stably as
+    −softplus(logits). logits (B,) → (B,); decreasing in D."""
+    return -F.softplus(logits)
+
+
+def geometry_loss(points: torch.Tensor, target, present) -> torch.Tensor:
+    """Paper Eq. 5 without λ2, as a mean: points (B, K, 3) mm (the generated face's soft-tissue
+    points), target (K, 3) mm, present (K,) bool → (B,) mean distance (mm) over present
+    landmarks (0 when none is present)."""
+    t = torch.as_tensor(np.asarray(target, np.float32) if not torch.is_tensor(target) else target,
+                        dtype=points.dtype, device=points.device)
+    m = torch.as_tensor(np.asarray(present, bool) if not torch.is_tensor(present) else present,
+                        device=points.device).bool()
+    if not bool(m.any()):
+        return points.new_zeros(points.shape[0])
+    d = points[:, m] - torch.nan_to_num(t[m])[None]
+    return torch.sqrt((d * d).sum(-1) + 1e-12).mean(1)
+
+
+def definite_loss(vertices: torch.Tensor, definite, definite_target) -> torch.Tensor:
+    """Definite regions pinned: vertices (B, V, 3) mm, definite (V,) bool, definite_target
+    (V, 3) mm (NaN = unknown) → (B,) mean distance (mm) over definite vertices with a target
+    (0 when there are none)."""
+    if definite is None or definite_target is None:
+        return vertices.new_zeros(vertices.shape[0])
+    t = torch.as_tensor(np.asarray(definite_target, np.float32)
+                        if not torch.is_tensor(definite_target) else definite_target,
+                        dtype=vertices.dtype, device=vertices.device)
+    m = torch.as_tensor(np.asarray(definite, bool) if not torch.is_tensor(definite) else definite,
+                        device=vertices.device).bool() & torch.isfinite(t).all(-1)
+    if not bool(m.any()):
+        return vertices.new_zeros(vertices.shape[0])
+    d = vertices[:, m] - t[m][None]
+    return torch.sqrt((d * d).sum(-1) + 1e-12).mean(1)
+
+
+# ---------------------------------------------------------------------------------- GII-GC
+def gii_gc(model, inpainter: Inpainter, code, target, present, revise, definite=None,
+           definite_target=None, *, starts: int = 4, iterations: int = 100, seed: int = 0,
+           weights: GIIWeights | None = None, device=None) -> GIIResult:
+    """Re-synthesize the revised part of a face with the GAN (see the module docstring).
+
+    model: the FaceModel the inpainter was trained for; inpainter: :class:`Inpainter`
+    (:func:`~skullsearch.inpaint.gan.load_inpainter`); code (228,) the candidate's code;
+    target (36, 3) mm extended landmarks in the candidate's face frame; present (36,) bool;
+    revise (V,) bool vertices to regenerate (their pixels are the hole); definite (V,) bool and
+    definite_target (V, 3) mm face frame (NaN where unknown), or None; starts: random starts,
+    optimized together as one batch; iterations: the most Adam steps; seed: the starts' z;
+    weights: :class:`GIIWeights`; device: default the inpainter's.
+    Returns a :class:`GIIResult`.
+    """
+    t0 = time.perf_counter()
+    w = weights or GIIWeights()
+    inpainter.check_model(model)
+    if starts < 1 or iterations < 1:
+        raise ValueError("gii_gc needs starts ≥ 1 and iterations ≥ 1")
+    n_v = model.n_vertices
+    revise = np.asarray(revise, bool).reshape(-1)
+    present = np.asarray(present, bool).reshape(-1)
+    target = np.asarray(target, np.float32).reshape(-1, 3)
+    if revise.shape != (n_v,):
+        raise SkullsearchError(f"revise must be ({n_v},) bool (one flag per vertex), got {revise.shape}")
+    if target.shape != (len(present), 3):
+        raise SkullsearchError(f"target must be ({len(present)}, 3) mm, got {target.shape}")
+    present = present & np.isfinite(target).all(1)
+    dev = torch.device(device) if device is not None else inpainter.device
+    inpainter.to(dev).eval()
+    g, d, e = inpainter.generator, inpainter.discriminator, inpainter.encoder
+    size = inpainter.size
+
+    canon = canonical_codes(code, model, bool(inpainter.config.get("neutral", True)))
+    with torch.no_grad():
+        base = code_vertices(model, canon)
+    r = render_normalized(model, base, size=size, vertex_mask=revise[None])
+    y = torch.as_tensor(np.asarray(r.image, np.float32), device=dev)  # (1, 1, S, S)
+    hole = torch.as_tensor(np.asarray(r.masked), device=dev)
+    wmap = hole_weights(hole, w.window).to(dev)
+    tgt = torch.as_tensor(target, device=dev)
+    pres = torch.as_tensor(present, device=dev)
+    dfn = None if definite is None else torch.as_tensor(np.asarray(definite, bool), device=dev)
+    dtgt = None if definite_target is None else torch.as_tensor(
+        np.asarray(definite_target, np.float32), device=dev)
+
+    gen = torch.Generator().manual_seed(int(seed))
+    z = torch.randn(starts, inpainter.z_dim, generator=gen).to(dev).requires_grad_(True)
+    opt = torch.optim.Adam([z], lr=w.lr)
+    params = [p for net in (g, d, e) for p in net.parameters()]
+    grad_flags = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(False)
+
+    def evaluate(zz):
+        img = g(zz)
+        ctx = context_loss(img, y, wmap)
+        pri = prior_loss(d(img))
+        codes = e.predict_codes(img)
+        verts = code_vertices(model, codes)
+        pts = model.soft_tissue(vertices=verts)
+        geo = geometry_loss(pts, tgt, pres)
+        dl = definite_loss(verts, dfn, dtgt)
+        terms = {"context": w.context * ctx, "prior": w.prior * pri,
+                 "geometry": w.geometry * geo, "definite": w.definite * dl}
+        total = sum(terms.values())
+        return total, terms, geo, dl, img, codes
+
+    history: list[list[dict]] = [[] for _ in range(starts)]
+    best_total = np.full(starts, np.inf)
+    best_z = z.detach().clone()
+    converged_at = np.full(starts, -1)
+    try:
+        for it in range(iterations):
+            total, terms, geo, dl, _, _ = evaluate(z)
+            tot = total.detach().cpu().numpy()
+            parts = {k: v.detach().cpu().numpy() for k, v in terms.items()}
+            geo_np, dl_np = geo.detach().cpu().numpy(), dl.detach().cpu().numpy()
+            for s in range(starts):
+                history[s].append({"total": float(tot[s]), **{k: float(v[s]) for k, v in parts.items()},
+                                   "geometry_mm": float(geo_np[s]), "definite_mm": float(dl_np[s])})
+            better = tot < best_total
+            best_total = np.where(better, tot, best_total)
+            if better.any():
+                best_z[torch.as_tensor(better, device=dev)] = z.detach()[torch.as_tensor(better, device=dev)]
+            if it >= w.patience:
+                for s in np.flatnonzero(converged_at < 0):
+                    old, new = history[s][it - w.patience]["total"], history[s][it]["total"]
+                    if abs(old - new) <= w.tol * max(abs(old), 1e-8):
+                        converged_at[s] = it
+                if (converged_at >= 0).all():
+                    break
+            opt.zero_grad(set_to_none=True)
+            total.sum().backward()
+            opt.step()
+            if w.z_clip > 0:
+                with torch.no_grad():
+                    z.clamp_(-w.z_clip, w.z_clip)
+        with torch.no_grad():
+            total, _, _, _, img, codes = evaluate(best_z)
+    finally:
+        for p, flag in zip(params, grad_flags, strict=True):
+            p.requires_grad_(flag)
+    best = int(np.argmin(best_total))
+    out_code = canonical_codes(codes[best: best + 1], model,
+                               bool(inpainter.config.get("neutral", True)))[0]
+    with torch.no_grad():
+        verts = code_vertices(model, out_code[None])[0].cpu().numpy().astype(np.float32)
+    conv = bool(converged_at[best] >= 0)
+    return GIIResult(
+        code=out_code.astype(np.float32), vertices=verts, losses=history[best],
+        iterations=int(converged_at[best]) if conv else len(history[best]), start=best,
+        converged=conv, z=best_z[best].cpu().numpy(), image=img[best, 0].cpu().numpy(),
+        target_image=y[0, 0].cpu().numpy(), hole=hole[0, 0].cpu().numpy(),
+        weights=wmap[0, 0].cpu().numpy(), start_totals=best_total.astype(np.float32),
+        seconds=time.perf_counter() - t0)
+
+
+__all__ = ["GIIResult", "GIIWeights", "LOSS_KEYS", "context_loss", "definite_loss",
+           "geometry_loss", "gii_gc", "hole_weights", "prior_loss"]
