@@ -35,7 +35,7 @@ def reconstruct_cmd(
         Path | None, typer.Option(help="Inpainter checkpoint for gan (default: the gallery's trained one).")
     ] = None,
     iterations: Annotated[
-        int, typer.Option(help="Iterations (0: the method's default: 8 re-weightings for fit, 100 for gan).")
+        int, typer.Option(help="Iterations (0: the method's default: 12 re-weightings for fit, 100 for gan).")
     ] = 0,
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Write reconstruction.json here too.")

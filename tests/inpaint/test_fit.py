@@ -98,9 +98,19 @@ def test_kept_and_definite_vertices_pull(default_model, reachable):
     with torch.no_grad():
         base = m.vertices(shape=torch.as_tensor(shapes[:1])).double().numpy()
     keep = np.ones((1, m.n_vertices), bool)
-    # its own points as targets, everything kept: the fit stays on the candidate
-    res = f3dmm_gc(m, codes, pts[:1], np.ones(36, bool), keep, eta=np.full(36, 3.0))
-    assert np.abs(res.vertices - base).max() < 0.5 and res.iterations[0] == 1
+    # its own points as targets, everything kept: without the prior the fit stays on the candidate
+    res = f3dmm_gc(m, codes, pts[:1], np.ones(36, bool), keep, eta=np.full(36, 3.0),
+                   weights=FitWeights(reg=1e-6))
+    assert np.abs(res.vertices - base).max() < 0.05 and res.iterations[0] == 1
+    # the Eq. 1 prior pulls towards the mean face; "stay" pulls towards the candidate's code instead
+    prior = f3dmm_gc(m, codes, pts[:1], np.ones(36, bool), keep, eta=np.full(36, 3.0))
+    stay = f3dmm_gc(m, codes, pts[:1], np.ones(36, bool), keep, eta=np.full(36, 3.0),
+                    weights=FitWeights(reg=0.0, stay=1.0))
+    mean_face = m.v_template.astype(float)
+    d_prior = np.linalg.norm(prior.vertices[0] - base[0], axis=1).mean()
+    assert 0.05 < d_prior < np.linalg.norm(mean_face - base[0], axis=1).mean()
+    assert np.abs(stay.vertices - base).max() < 0.05
+    assert prior.losses[0][-1]["reg"] < res.losses[0][-1]["reg"] and stay.losses[0][-1]["stay"] < 1e-6
     # the definite regions pushed 3 mm forward (+z) pull the fitted forehead forward
     definite = face_regions(m).definite
     d_tgt = np.full_like(base, np.nan)
