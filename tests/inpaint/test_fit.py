@@ -121,3 +121,20 @@ def test_kept_and_definite_vertices_pull(default_model, reachable):
     moved = (res2.vertices[0, definite] - base[0, definite])[:, 2].mean()
     assert moved > 1.0
     assert res2.losses[0][-1]["definite"] < 9.0 * 0.5  # from 9 mm² before the fit
+
+
+def test_jaw_refinement_keeps_the_match(default_model, reachable):
+    m = default_model
+    shapes, pts, target = reachable
+    sd = load_table().sd
+    cfg = ScoreConfig()
+    present = np.ones(36, bool)
+    before = score(pts[:1], target, present, sd, cfg)
+    tgt_face = to_face_frame(target, before.scale, before.rotation, before.translation)
+    keep = ~revised_vertices(face_regions(m), before.matched_flags[0], present)[None]
+    res = f3dmm_gc(m, code_layout.pack(shape=shapes[:1]), tgt_face, present, keep, jaw=True, jaw_steps=4,
+                   eta=cfg.thresholds(sd)[None] / before.scale[:, None])
+    jaw = res.codes[0, code_layout.SLICES["pose"]][6:9]
+    assert np.isfinite(jaw).all() and np.abs(jaw).max() < 0.5
+    assert score(res.points, target, present, sd, cfg).s[0] == 1.0
+    assert res.iterations[0] > res.losses[0][-2]["iteration"] + 1  # the L-BFGS evaluations are counted
