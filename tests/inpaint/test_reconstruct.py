@@ -15,6 +15,7 @@ from skullsearch import SOFT_TISSUE_NAMES, Gallery, QueryResult, Skull
 from skullsearch.cli.app import app, main
 from skullsearch.index.synth import synth
 from skullsearch.inpaint.reconstruct import ReconstructionError, reconstruct
+from skullsearch.inpaint.regions import face_regions
 from skullsearch.retrieval.tissue import load_table
 
 CANDIDATE_KEYS = {"rank", "face_id", "person", "method", "mesh", "render", "s_before", "s_after",
@@ -160,3 +161,23 @@ def test_gan_path_with_a_tiny_trained_inpainter(case, tmp_path):
     data = json.loads((tmp_path / "out" / "reconstruction.json").read_text())
     first = data["candidates"][0]
     assert first["method"] == "gan" and (tmp_path / "out" / first["mesh"]).exists()
+
+
+def test_a_partial_skull(case, fitted, default_model):
+    g, _, _ = fitted
+    mesh = trimesh.load(case["skull"], process=False)
+    sidecar = json.loads(case["skull"].with_suffix(".landmarks.json").read_text())
+    marks = {k: np.asarray(v) for k, v in sidecar.items()}
+    drop = {"op", "v", "go_l", "go_r", "mr_l", "zy_r", "me", "gn", "pg"}
+    path = write_skull(case["root"] / "partial", mesh, marks, drop=drop)
+    res = reconstruct(path, g, candidates=2, method="fit", tissue_table=case["table"], record=False)
+    regions = face_regions(g.face_model)
+    for r in res:
+        assert r.present == 27 and r.s_after == 1.0
+        gone = [SOFT_TISSUE_NAMES.index(n) for n in drop]
+        assert all(r.distance_mm_after[i] is None and r.distance_mm_before[i] is None for i in gone)
+        # a region is revised exactly when it holds a present landmark that was unmatched
+        bad = {i for i, (d, m) in enumerate(zip(r.distance_mm_before, r.matched_flags_before, strict=True))
+               if d is not None and not m}
+        want = [n for n, pts in zip(regions.names, regions.points, strict=True) if bad & set(pts)]
+        assert r.revised_regions == want
