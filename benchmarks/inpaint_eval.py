@@ -56,6 +56,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--gan-epochs", type=int, default=5)
     ap.add_argument("--gan-faces", type=int, default=512)
     ap.add_argument("--gan-size", type=int, default=64)
+    ap.add_argument("--gan-width", type=int, default=16, help="G/D base channels (small for a CPU)")
     ap.add_argument("--seed", type=int, default=7)
     args = ap.parse_args(argv)
 
@@ -77,9 +78,10 @@ def main(argv=None) -> dict:
                 gan_note = "GII-GC not run: skullsearch.inpaint.gan / gii are not available"
             else:
                 t0 = time.perf_counter()
-                train_inpainter(g, epochs=args.gan_epochs, faces=args.gan_faces, size=args.gan_size)
+                train_inpainter(g, epochs=args.gan_epochs, faces=args.gan_faces, size=args.gan_size,
+                                width=args.gan_width)
                 gan_note = (f"GII-GC with an inpainter trained here: {args.gan_faces} faces, "
-                            f"{args.gan_epochs} epochs, {args.gan_size} px, "
+                            f"{args.gan_epochs} epochs, {args.gan_size} px, width {args.gan_width}, "
                             f"{time.perf_counter() - t0:.0f} s on this machine")
                 methods.append("gan")
         rng = np.random.default_rng(args.seed)
