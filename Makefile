@@ -26,10 +26,10 @@ test: setup
 lint: setup
 	$(BIN)/ruff check .
 
+# ingest -> query -> reconstruct -> report on the open default model, offline (demo/run.sh says
+# which parts are synthetic); the report is $(DEMO)/report.html
 demo: setup
-	$(BIN)/skullsearch model info
-	$(BIN)/skullsearch model export $(DEMO)/mean_face.ply
-	@echo "open $(DEMO)/mean_face.ply in MeshLab or Blender: blue = 68 landmarks, red = 36 soft-tissue points"
+	PATH="$(abspath $(BIN)):$$PATH" bash demo/run.sh $(DEMO)
 
 clean:
 	rm -rf $(VENV) $(DEMO) test-artifacts .pytest_cache .ruff_cache
