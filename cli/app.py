@@ -56,6 +56,8 @@ def main_callback(
 ):
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    if not verbose:  # the skull reader's warnings come back in Skull.warnings, which commands print
+        logging.getLogger("skullsearch.retrieval.skull_io").setLevel(logging.ERROR)
 
 
 def _load_model(path: Path | None):
