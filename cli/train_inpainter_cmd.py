@@ -65,8 +65,8 @@ def train_inpainter_cmd(
     gallery: GalleryOption,
     epochs: Annotated[int, typer.Option(help="Passes over the renders.")] = 25,
     faces: Annotated[
-        int | None, typer.Option(help="Train on at most this many faces (a random sample; default all).")
-    ] = None,
+        int, typer.Option(help="Train on at most this many faces (a random sample; 0 = all).")
+    ] = 20000,
     batch_size: Annotated[int, typer.Option(help="Renders per step.")] = 64,
     checkpoint: Annotated[
         Path | None, typer.Option("--out", help="Checkpoint file (default <gallery>/models/inpainter.pt).")
@@ -82,7 +82,7 @@ def train_inpainter_cmd(
 
     prog, update = _progress()
     with prog:
-        path = train_inpainter(gallery, checkpoint, epochs=epochs, batch_size=batch_size, faces=faces,
+        path = train_inpainter(gallery, checkpoint, epochs=epochs, batch_size=batch_size, faces=faces or None,
                                size=size, width=width, seed=seed, device=device, progress=update,
                                log=lambda _: None)
     inp = load_inpainter(path)

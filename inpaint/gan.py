@@ -64,6 +64,7 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -494,18 +495,61 @@ def load_inpainter(path_or_gallery, model=None, map_location="cpu") -> Inpainter
 
 
 # ---------------------------------------------------------------------------------- renders
-def render_codes(model, codes, size: int = DEFAULT_SIZE, chunk: int = 64,
+def _render_chunk(model, codes: np.ndarray, size: int) -> np.ndarray:
+    with torch.no_grad():
+        verts = code_vertices(model, codes)
+    img = np.asarray(render_normalized(model, verts, size=size).image)
+    return np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+_WORKER_MODEL = None
+
+
+def _init_render_worker(model) -> None:
+    global _WORKER_MODEL
+    torch.set_num_threads(1)
+    _WORKER_MODEL = model
+
+
+def _render_chunk_worker(codes: np.ndarray, size: int) -> np.ndarray:
+    return _render_chunk(_WORKER_MODEL, codes, size)
+
+
+def render_codes(model, codes, size: int = DEFAULT_SIZE, chunk: int = 64, workers: int | None = None,
                  progress: Callable[[dict], None] | None = None) -> np.ndarray:
-    """Canonical codes (N, 228) → normalized renders (N, 1, S, S) uint8 (0–255), in chunks."""
+    """Canonical codes (N, 228) → normalized renders (N, 1, S, S) uint8 (0–255), in chunks of
+    ``chunk`` faces. workers: processes rendering chunks in parallel (default: the CPU count, at
+    most 8, when there are at least four chunks; 1 = in this process)."""
+    import concurrent.futures as cf
+    import multiprocessing as mp
+
     codes = np.asarray(codes, np.float32).reshape(-1, code_layout.CODE_SIZE)
-    out = np.zeros((len(codes), 1, size, size), np.uint8)
-    for a in range(0, len(codes), chunk):
-        with torch.no_grad():
-            verts = code_vertices(model, codes[a: a + chunk])
-        img = np.asarray(render_normalized(model, verts, size=size).image)
-        out[a: a + chunk] = np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    n = len(codes)
+    out = np.zeros((n, 1, size, size), np.uint8)
+    starts = list(range(0, n, chunk))
+    if workers is None:
+        workers = min(os.cpu_count() or 1, 8) if len(starts) >= 4 else 1
+    done = 0
+
+    def tick(k: int):
+        nonlocal done
+        done += k
         if progress:
-            progress({"stage": "render", "done": min(a + chunk, len(codes)), "total": len(codes)})
+            progress({"stage": "render", "done": done, "total": n})
+
+    if workers <= 1 or "fork" not in mp.get_all_start_methods():
+        for a in starts:
+            out[a: a + chunk] = _render_chunk(model, codes[a: a + chunk], size)
+            tick(len(codes[a: a + chunk]))
+        return out
+    ctx = mp.get_context("fork")  # the workers inherit the model instead of unpickling it
+    with cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_render_worker,
+                                initargs=(model,)) as pool:
+        futures = {pool.submit(_render_chunk_worker, codes[a: a + chunk], size): a for a in starts}
+        for fut in cf.as_completed(futures):
+            a = futures[fut]
+            out[a: a + chunk] = fut.result()
+            tick(len(out[a: a + chunk]))
     return out
 
 
@@ -514,7 +558,7 @@ def train_inpainter(gallery, out=None, *, epochs: int = 25, batch_size: int = 64
                     faces: int | None = None, size: int = DEFAULT_SIZE, z_dim: int = Z_DIM,
                     width: int = DEFAULT_WIDTH, encoder_widths: Sequence[int] | None = None,
                     lr: float = 2e-4, encoder_lr: float = 1e-3, seed: int = 0,
-                    neutral: bool = True,
+                    neutral: bool = True, render_workers: int | None = None,
                     device: str | torch.device = "cpu",
                     progress: Callable[[dict], None] | None = None,
                     log: Callable[[str], None] | None = None) -> Path:
@@ -525,7 +569,8 @@ def train_inpainter(gallery, out=None, *, epochs: int = 25, batch_size: int = 64
     sample for ``seed``; default all). size: render side px (power of two, default 128);
     width: G/D base channels; encoder_widths: Ψ_E's stage widths (default one per halving).
     neutral: train on neutral faces (shape only: the faces the skull query scores; default) or
-    on the codes' expression and jaw too.
+    on the codes' expression and jaw too. render_workers: processes for rendering (see
+    :func:`render_codes`).
     device: ``cpu`` or ``cuda``. progress gets dicts: ``{"stage": "render", "done", "total"}``
     while rendering, ``{"stage": "train", "done", "total", "epoch", "epochs", **losses}`` after
     each batch (done/total count batches over the whole run) and ``{"stage": "epoch", ...}`` with
@@ -557,7 +602,7 @@ def train_inpainter(gallery, out=None, *, epochs: int = 25, batch_size: int = 64
                                "needs at least a few hundred: ingest photos (or `skullsearch synth`) first")
     codes = canonical_codes(gallery.codes(ids), model, neutral)
     t0 = time.perf_counter()
-    images = render_codes(model, codes, size, progress=progress)
+    images = render_codes(model, codes, size, workers=render_workers, progress=progress)
     render_s = time.perf_counter() - t0
     say(f"rendered {len(ids)} faces at {size}×{size} px in {render_s:.1f} s")
 

@@ -17,20 +17,27 @@ start) is optimized with Adam for
 - **prior** (Eq. 4, :func:`prior_loss`): log(1 − D(G(z))) = −softplus(logit): lower when the
   discriminator finds the render realistic.
 - **geometry** (Eq. 5, :func:`geometry_loss`): mean over the present landmarks of
-  ‖L_f(M(Ψ_E(G(z))))_i − target_i‖ in mm: the soft-tissue points of the face that Ψ_E reads off
-  the generated render, against the extended landmarks. **In the face frame**: the caller gives
+  ‖L_f(F(z))_i − target_i‖ in mm: the soft-tissue points of the result face F(z) (below), whose
+  revised part is M(Ψ_E(G(z))), the face Ψ_E reads off the generated render, against the
+  extended landmarks. **In the face frame**: the caller gives
   the targets already carried into the candidate's face frame (the inverse of the score's
   best similarity alignment, as :func:`skullsearch.inpaint.reconstruct` does), so no alignment
   is re-fitted inside the loop (the face's size and placement are part of what is optimized).
   The paper's sum over landmarks is a mean here (λ2 per mm, independent of how many are present).
 - **definite** (:func:`definite_loss`): mean distance (mm) of the definite-region vertices
-  (forehead, back of the head) of M(Ψ_E(G(z))) to their targets (the skull surface offset by the
+  (forehead, back of the head) of F(z) to their targets (the skull surface offset by the
   tissue depth, face frame; NaN = no target).
 
-Each start keeps its best iterate (lowest total); the result is the best start's, its code
-Ψ_E(G(z*)) and mesh M(·) in the face frame (mm). Convergence: the first iteration t ≥ ``patience``
-at which |L(t − patience) − L(t)| ≤ tol · |L(t − patience)| for the start (the run stops when every
-start has converged, or after ``iterations``).
+The result face F(z) = C + b ⊙ (M(Ψ_E(G(z))) − C) is inpainted in 3D as the image is in 2D: C the
+candidate's mesh, b (:func:`blend_weights`) 1 on the revised vertices and falling smoothly to 0
+over ``blend_mm`` (geodesic) outside them, so the kept regions stay exactly the candidate's (and
+keep their matched landmarks) while the hole takes the generated face's shape. With
+``blend_mm = 0`` the whole face is M(Ψ_E(G(z))), the paper's literal output.
+
+Each start keeps its best iterate (lowest total); the result is the best start's: F(z*) in the
+face frame (mm) and the code Ψ_E(G(z*)) of its generated part. Convergence: the first iteration
+t ≥ ``patience`` at which |L(t − patience) − L(t)| ≤ tol · |L(t − patience)| for the start (the
+run stops when every start has converged, or after ``iterations``).
 """
 
 from __future__ import annotations
@@ -60,32 +67,37 @@ class GIIWeights:
     definite-region distance; window: side of the W box filter (px, odd); lr: Adam's step on z;
     tol, patience: convergence test (relative change of the total over ``patience`` iterations);
     z_clip: after each step z is clipped to ±z_clip per component (keeps z where G was trained;
-    0 = off).
+    0 = off); blend_mm: width of the seam between the kept and the regenerated surface
+    (:func:`blend_weights`; 0 = no blending, the whole face is Ψ_E's).
     """
 
     context: float = 1.0
     prior: float = 0.003
-    geometry: float = 0.1
+    geometry: float = 1.0
     definite: float = 0.05
     window: int = 7
     lr: float = 0.05
     tol: float = 5e-3
     patience: int = 10
     z_clip: float = 3.0
+    blend_mm: float = 10.0
 
 
 @dataclass
 class GIIResult:
     """The re-synthesized face (best start).
 
-    code (228,) float32 canonical code Ψ_E(G(z*)); vertices (V, 3) float32 mm face frame;
+    code (228,) float32 canonical code Ψ_E(G(z*)) of the generated face; vertices (V, 3) float32
+    mm face frame: the result, the candidate's surface outside the revised regions and the
+    generated face M(code) inside them, joined over a ``blend_mm`` seam (see ``blend``);
     losses: one dict per iteration of the best start (:data:`LOSS_KEYS`, weighted, plus
     ``geometry_mm`` and ``definite_mm`` the unweighted mean distances); iterations: iteration
     at which the best start converged (``iterations`` run when it did not); start: index of the
     best start; converged: whether it did; z (z_dim,) the best latent; image (S, S) the best
     start's generated render; target_image (S, S) the candidate's render; hole (S, S) bool the
     revised pixels; weights (S, S) the context weights W; start_totals (starts,) each start's best
-    total; seconds.
+    total; seconds; generated_vertices (V, 3) M(code), the whole generated face; blend (V,) the
+    generated face's share per vertex (:func:`blend_weights`).
     """
 
     code: np.ndarray
@@ -101,6 +113,8 @@ class GIIResult:
     weights: np.ndarray | None = None
     start_totals: np.ndarray = field(default_factory=lambda: np.zeros(0))
     seconds: float = 0.0
+    generated_vertices: np.ndarray | None = None
+    blend: np.ndarray | None = None
 
 
 # ---------------------------------------------------------------------------------- the terms
@@ -160,6 +174,36 @@ def definite_loss(vertices: torch.Tensor, definite, definite_target) -> torch.Te
     return torch.sqrt((d * d).sum(-1) + 1e-12).mean(1)
 
 
+def blend_weights(model, revise, band_mm: float = 10.0) -> np.ndarray:
+    """Per-vertex share of the regenerated face in the result: (V,) float32, 1 on the revised
+    vertices, falling smoothly (smoothstep of the geodesic distance along the mesh's edges) to 0
+    at ``band_mm`` from them; all ones when band_mm ≤ 0 (no blending)."""
+    import scipy.sparse as sp
+    from scipy.sparse.csgraph import dijkstra
+
+    revise = np.asarray(revise, bool).reshape(-1)
+    n = model.n_vertices
+    if band_mm <= 0:
+        return np.ones(n, np.float32)
+    if not revise.any():
+        return np.zeros(n, np.float32)
+    f = model.faces
+    e = np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]])
+    v = model.v_template.astype(np.float64)
+    length = np.linalg.norm(v[e[:, 0]] - v[e[:, 1]], axis=1) + 1e-9
+    # one virtual source joined to every revised vertex at zero length: one Dijkstra run
+    src = np.full(int(revise.sum()), n)
+    rows = np.concatenate([e[:, 0], src])
+    cols = np.concatenate([e[:, 1], np.flatnonzero(revise)])
+    vals = np.concatenate([length, np.full(len(src), 1e-9)])
+    graph = sp.coo_matrix((vals, (rows, cols)), shape=(n + 1, n + 1)).tocsr()
+    d = dijkstra(graph, directed=False, indices=n, limit=band_mm * 1.01)[:n]
+    t = np.clip(1.0 - d / band_mm, 0.0, 1.0)
+    w = t * t * (3.0 - 2.0 * t)
+    w[revise] = 1.0
+    return w.astype(np.float32)
+
+
 # ---------------------------------------------------------------------------------- GII-GC
 def gii_gc(model, inpainter: Inpainter, code, target, present, revise, definite=None,
            definite_target=None, *, starts: int = 4, iterations: int = 100, seed: int = 0,
@@ -197,6 +241,8 @@ def gii_gc(model, inpainter: Inpainter, code, target, present, revise, definite=
     canon = canonical_codes(code, model, bool(inpainter.config.get("neutral", True)))
     with torch.no_grad():
         base = code_vertices(model, canon)
+    blend = torch.as_tensor(blend_weights(model, revise, w.blend_mm), device=dev)[None, :, None]
+    base_t = base.to(dev)
     r = render_normalized(model, base, size=size, vertex_mask=revise[None])
     y = torch.as_tensor(np.asarray(r.image, np.float32), device=dev)  # (1, 1, S, S)
     hole = torch.as_tensor(np.asarray(r.masked), device=dev)
@@ -220,7 +266,7 @@ def gii_gc(model, inpainter: Inpainter, code, target, present, revise, definite=
         ctx = context_loss(img, y, wmap)
         pri = prior_loss(d(img))
         codes = e.predict_codes(img)
-        verts = code_vertices(model, codes)
+        verts = base_t + blend * (code_vertices(model, codes) - base_t)  # kept surface stays
         pts = model.soft_tissue(vertices=verts)
         geo = geometry_loss(pts, tgt, pres)
         dl = definite_loss(verts, dfn, dtgt)
@@ -268,10 +314,13 @@ def gii_gc(model, inpainter: Inpainter, code, target, present, revise, definite=
     out_code = canonical_codes(codes[best: best + 1], model,
                                bool(inpainter.config.get("neutral", True)))[0]
     with torch.no_grad():
-        verts = code_vertices(model, out_code[None])[0].cpu().numpy().astype(np.float32)
+        generated = code_vertices(model, out_code[None]).to(dev)
+        verts = (base_t + blend * (generated - base_t))[0].cpu().numpy().astype(np.float32)
     conv = bool(converged_at[best] >= 0)
     return GIIResult(
-        code=out_code.astype(np.float32), vertices=verts, losses=history[best],
+        code=out_code.astype(np.float32), vertices=verts,
+        generated_vertices=generated[0].cpu().numpy().astype(np.float32),
+        blend=blend[0, :, 0].cpu().numpy(), losses=history[best],
         iterations=int(converged_at[best]) if conv else len(history[best]), start=best,
         converged=conv, z=best_z[best].cpu().numpy(), image=img[best, 0].cpu().numpy(),
         target_image=y[0, 0].cpu().numpy(), hole=hole[0, 0].cpu().numpy(),
@@ -279,5 +328,5 @@ def gii_gc(model, inpainter: Inpainter, code, target, present, revise, definite=
         seconds=time.perf_counter() - t0)
 
 
-__all__ = ["GIIResult", "GIIWeights", "LOSS_KEYS", "context_loss", "definite_loss",
+__all__ = ["GIIResult", "GIIWeights", "LOSS_KEYS", "blend_weights", "context_loss", "definite_loss",
            "geometry_loss", "gii_gc", "hole_weights", "prior_loss"]

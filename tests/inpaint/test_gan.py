@@ -106,6 +106,19 @@ def test_code_metric_is_the_mesh_distance(default_model):
     assert torch.allclose(metric(ta, ta)["total"], torch.zeros(3), atol=1e-3)
 
 
+def test_parallel_rendering_matches_serial(default_model):
+    from skullsearch.index.synth import synth_codes
+    from skullsearch.inpaint.gan import render_codes
+
+    codes = canonical_codes(synth_codes(default_model, 20, np.random.default_rng(2)))
+    events = []
+    one = render_codes(default_model, codes, 32, chunk=5, workers=1)
+    two = render_codes(default_model, codes, 32, chunk=5, workers=2, progress=events.append)
+    assert one.dtype == np.uint8 and one.shape == (20, 1, 32, 32) and one.max() > 100
+    assert np.array_equal(one, two)
+    assert [e["done"] for e in events] == [5, 10, 15, 20]
+
+
 # ---------------------------------------------------------------------------------- training
 def test_training_lowers_the_encoder_loss_and_records_it(tiny_inpainter, default_model):
     hist = tiny_inpainter["inpainter"].meta["history"]

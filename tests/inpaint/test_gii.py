@@ -7,7 +7,7 @@ from tiny_gan import one_thread
 
 from skullsearch.encoder import code as code_layout
 from skullsearch.encoder.fitting import code_vertices
-from skullsearch.inpaint.gan import InpainterCheckpointError
+from skullsearch.inpaint.gan import InpainterCheckpointError, canonical_codes
 from skullsearch.inpaint.gii import (
     LOSS_KEYS,
     GIIWeights,
@@ -120,6 +120,23 @@ def test_definite_loss():
     assert float(definite_loss(v, definite, np.full((5, 3), np.nan))[0]) == 0.0
 
 
+def test_blend_weights(default_model):
+    from skullsearch.inpaint.gii import blend_weights
+
+    m = default_model
+    v = m.v_template
+    revise = v[:, 1] > np.percentile(v[:, 1], 80)  # the top of the head
+    w = blend_weights(m, revise, 10.0)
+    assert w.shape == (m.n_vertices,) and w.dtype == np.float32
+    assert np.all(w[revise] == 1) and np.all((w >= 0) & (w <= 1))
+    edge = v[revise, 1].min()
+    assert np.all(w[v[:, 1] < edge - 10.5] == 0)  # farther than the band (geodesic ≥ straight)
+    seam = ~revise & (w > 0)
+    assert seam.any() and np.all(w[seam] < 1)
+    assert not blend_weights(m, np.zeros(m.n_vertices, bool)).any()
+    assert np.all(blend_weights(m, revise, 0.0) == 1)
+
+
 # ---------------------------------------------------------------------------------- GII-GC
 @pytest.fixture(scope="module")
 def case(tiny_inpainter):
@@ -174,8 +191,14 @@ def test_gii_gc_result(result, case, tiny_inpainter):
     assert result.code.shape == (code_layout.CODE_SIZE,) and not result.code[90:].any()
     assert result.vertices.shape == (model.n_vertices, 3) and result.vertices.dtype == np.float32
     with torch.no_grad():
-        again = code_vertices(model, result.code[None])[0].numpy()
-    np.testing.assert_allclose(result.vertices, again, atol=1e-3)
+        generated = code_vertices(model, result.code[None])[0].numpy()
+        candidate = code_vertices(model, canonical_codes(case["code"]))[0].numpy()
+    np.testing.assert_allclose(result.generated_vertices, generated, atol=1e-3)
+    b = result.blend
+    assert np.all(b[case["revise"]] == 1) and (b == 0).any()
+    # the kept surface is the candidate's, the revised one the generated face's
+    np.testing.assert_allclose(result.vertices[b == 0], candidate[b == 0], atol=1e-3)
+    np.testing.assert_allclose(result.vertices[b == 1], generated[b == 1], atol=1e-3)
     assert result.image.shape == result.target_image.shape == (size, size)
     assert result.hole.any() and not result.hole.all()
     assert np.all(result.weights[result.hole] == 0) and result.weights.max() > 0
