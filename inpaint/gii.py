@@ -217,7 +217,7 @@ def gii_gc(model, inpainter: Inpainter, code, target, present, revise, definite=
     definite_target (V, 3) mm face frame (NaN where unknown), or None; starts: random starts,
     optimized together as one batch; iterations: the most Adam steps; seed: the starts' z;
     weights: :class:`GIIWeights`; device: default the inpainter's.
-    Returns a :class:`GIIResult`.
+    Returns a :class:`GIIResult` (with nothing to revise: the candidate itself, 0 iterations).
     """
     t0 = time.perf_counter()
     w = weights or GIIWeights()
@@ -252,6 +252,21 @@ def gii_gc(model, inpainter: Inpainter, code, target, present, revise, definite=
     dfn = None if definite is None else torch.as_tensor(np.asarray(definite, bool), device=dev)
     dtgt = None if definite_target is None else torch.as_tensor(
         np.asarray(definite_target, np.float32), device=dev)
+    if not revise.any():  # nothing to regenerate: the candidate is the answer
+        with torch.no_grad():
+            pts = model.soft_tissue(vertices=base_t)
+            geo = geometry_loss(pts, tgt, pres)
+            dl = definite_loss(base_t, dfn, dtgt)
+        rec = {"total": float(w.geometry * geo[0] + w.definite * dl[0]), "context": 0.0, "prior": 0.0,
+               "geometry": float(w.geometry * geo[0]), "definite": float(w.definite * dl[0]),
+               "geometry_mm": float(geo[0]), "definite_mm": float(dl[0])}
+        v = base_t[0].cpu().numpy().astype(np.float32)
+        return GIIResult(code=canon[0].astype(np.float32), vertices=v, losses=[rec], iterations=0,
+                         start=0, converged=True, image=y[0, 0].cpu().numpy(),
+                         target_image=y[0, 0].cpu().numpy(), hole=hole[0, 0].cpu().numpy(),
+                         weights=wmap[0, 0].cpu().numpy(), start_totals=np.array([rec["total"]], np.float32),
+                         seconds=time.perf_counter() - t0, generated_vertices=v,
+                         blend=np.zeros(n_v, np.float32))
 
     gen = torch.Generator().manual_seed(int(seed))
     z = torch.randn(starts, inpainter.z_dim, generator=gen).to(dev).requires_grad_(True)

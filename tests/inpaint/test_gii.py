@@ -220,3 +220,14 @@ def test_gii_gc_is_reproducible_and_refuses_another_model(tiny_inpainter, case, 
     with pytest.raises(InpainterCheckpointError, match="trained for face model"):
         gii_gc(other, tiny_inpainter["inpainter"], case["code"], case["target"], case["present"],
                np.zeros(other.n_vertices, bool), iterations=1, weights=GIIWeights())
+
+
+def test_gii_gc_with_nothing_to_revise_returns_the_candidate(tiny_inpainter, case):
+    model = case["model"]
+    r = gii_gc(model, tiny_inpainter["inpainter"], case["code"], case["target"], case["present"],
+               np.zeros(model.n_vertices, bool), iterations=50)
+    with torch.no_grad():
+        candidate = code_vertices(model, canonical_codes(case["code"]))[0].numpy()
+    assert r.iterations == 0 and len(r.losses) == 1 and r.converged
+    np.testing.assert_allclose(r.vertices, candidate, atol=1e-4)
+    assert r.losses[0]["geometry_mm"] > 1.0  # the other face's landmarks are still far
