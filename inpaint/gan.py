@@ -589,12 +589,16 @@ def train_inpainter(gallery, out=None, *, epochs: int = 25, batch_size: int = 64
         gallery = Gallery.open(gallery)
     model = gallery.face_model
     if epochs < 1 or batch_size < 2:
-        raise ValueError("train_inpainter needs epochs ≥ 1 and batch_size ≥ 2")
+        raise SkullsearchError(f"training needs at least 1 epoch and 2 renders per batch (got "
+                               f"epochs {epochs}, batch size {batch_size})")
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SkullsearchError("--device cuda was asked for but torch sees no CUDA GPU; use "
                                "--device cpu (slow for large galleries) or install a CUDA build of torch")
-    size = _check_size(size)
+    try:
+        size = _check_size(size)
+    except ValueError as exc:
+        raise SkullsearchError(f"{exc}; the paper uses 128 (--size 128), 64 trains faster") from None
     n_all = gallery.n_faces
     ids = gallery.sample_ids(n_all if faces is None else int(faces), seed=seed)
     if len(ids) < 2:
