@@ -17,7 +17,8 @@ gallery is given):
    point pushed out along the outward normal by the tissue table's glabella (g) depth (normals:
    the triangle's, oriented by :func:`~skullsearch.retrieval.extended.outward_normals` at a
    sample of the points); a vertex farther than :data:`DEFINITE_MAX_MM` from its target (no
-   skull there: a partial skull, the neck) has no target.
+   skull there: a partial skull, the neck), or well off the surface on the side the normal
+   points away from (a rim, a hole), has no target.
 3. **Re-synthesis**, in the candidate's face frame (extended landmarks brought there by the
    inverse of the candidate's transform): ``method="fit"`` is F3DMM-GC (:mod:`.fit`, the
    paper's baseline, no GAN); ``"gan"`` is GII-GC (the paper's method, helper module
@@ -44,7 +45,7 @@ from skullsearch.encoder.soft_tissue import SOFT_TISSUE_NAMES
 from skullsearch.errors import SkullsearchError
 
 #: A definite-region vertex farther than this from its skull target has none (no skull there).
-DEFINITE_MAX_MM = 20.0
+DEFINITE_MAX_MM = 12.0
 #: Points of the definite regions at which the outward normal is estimated robustly.
 NORMAL_SAMPLES = 24
 METHODS = ("auto", "gan", "fit")
@@ -315,8 +316,9 @@ def definite_targets(mesh, vertices_skull: np.ndarray, definite: np.ndarray, dep
     ``depth_mm`` along the outward normal.
 
     mesh: the skull (trimesh, mm); vertices_skull (C, V, 3) the candidates' vertices placed on the
-    skull; definite (V,) bool. Returns (C, V, 3) mm skull frame, NaN where not definite or where
-    the target is farther than ``max_mm`` from the vertex (no skull there).
+    skull; definite (V,) bool. Returns (C, V, 3) mm skull frame, NaN where not definite, where
+    the target is farther than ``max_mm`` from the vertex (no skull there), or where the vertex
+    lies more than half the depth behind the surface point's normal (the wrong side).
     """
     import trimesh
     from scipy.spatial import cKDTree
@@ -339,8 +341,13 @@ def definite_targets(mesh, vertices_skull: np.ndarray, definite: np.ndarray, dep
         _, j = cKDTree(closest[sample][ok]).query(closest)
         fn = fn * np.where((fn * ref[ok][j]).sum(1) < 0, -1.0, 1.0)[:, None]
     tgt = closest + depth_mm * fn
+    # no target where it is far from the vertex, or where the normal points away from a vertex
+    # well off the surface (the wrong side: a rim, a hole, a thin wall)
+    off = pts - closest
+    gap = np.linalg.norm(off, axis=1)
+    wrong_side = ((off * fn).sum(1) < 0) & (gap > 0.5 * depth_mm)
     far = np.linalg.norm(tgt - pts, axis=1) > max_mm
-    tgt[far] = np.nan
+    tgt[far | wrong_side] = np.nan
     out[:, idx] = tgt.reshape(c, len(idx), 3)
     return out
 

@@ -181,3 +181,23 @@ def test_a_partial_skull(case, fitted, default_model):
                if d is not None and not m}
         want = [n for n, pts in zip(regions.names, regions.points, strict=True) if bad & set(pts)]
         assert r.revised_regions == want
+
+
+def test_definite_targets_on_a_known_surface():
+    from skullsearch.inpaint.reconstruct import definite_targets
+
+    sphere = trimesh.creation.icosphere(subdivisions=4, radius=50.0)
+    faces = sphere.faces.copy()
+    faces[::2] = faces[::2, ::-1]  # inconsistent winding must not matter
+    bone = trimesh.Trimesh(sphere.vertices, faces, process=False)
+    rng = np.random.default_rng(0)
+    dirs = rng.normal(size=(40, 3))
+    dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+    verts = np.concatenate([dirs * 57.0, dirs[:5] * 90.0])[None]  # the last 5: no bone near them
+    definite = np.ones(45, bool)
+    definite[0] = False
+    t = definite_targets(bone, verts, definite, depth_mm=5.0)
+    assert np.isnan(t[0, 0]).all() and np.isnan(t[0, 40:]).all()
+    r = np.linalg.norm(t[0, 1:40], axis=1)
+    assert np.allclose(r, 55.0, atol=0.3)  # the surface (within the mesh's facets) + 5 mm outward
+    assert np.allclose(t[0, 1:40] / r[:, None], dirs[1:], atol=0.02)
