@@ -198,14 +198,19 @@ class LocalDetectStage:
     def __call__(self, sources: list[Source]) -> list[dict]:
         return self._collect(sources, self._submit(sources))
 
-    def iter_chunks(self, sources: list[Source], chunk: int) -> Iterator[list[dict]]:
+    def iter_chunks(self, sources: list[Source], chunk: int | list[int]) -> Iterator[list[dict]]:
         """Rows chunk by chunk, the next chunk already detecting while the caller fits and
-        writes this one (detection and fitting overlap)."""
+        writes this one (detection and fitting overlap). chunk: photos per chunk, or the list
+        of chunk sizes. The first chunk is submitted at once, before the first ``next``."""
+        sizes = chunk if isinstance(chunk, list) else [chunk] * -(-len(sources) // max(1, chunk))
+        starts = np.cumsum([0, *sizes])
+        batches = [sources[a:b] for a, b in zip(starts[:-1], starts[1:], strict=True) if b > a]
+        return self._chunks(batches, self._submit(batches[0]) if batches else {})
+
+    def _chunks(self, batches: list[list[Source]], pending: dict) -> Iterator[list[dict]]:
         # a crash while collecting one chunk also breaks the next chunk's futures: _collect then
         # redoes what they left undone, one photo per fresh worker; a chunk whose submission
         # failed (broken pool) is submitted again to a fresh pool when its turn comes
-        batches = [sources[a: a + chunk] for a in range(0, len(sources), chunk)]
-        pending = self._submit(batches[0]) if batches else {}
         for k, batch in enumerate(batches):
             current = pending or self._submit(batch)
             pending = self._submit(batches[k + 1]) if k + 1 < len(batches) else {}
@@ -344,6 +349,7 @@ def ingest(
     detector: str = "dlib",
     workers: int | None = None,
     chunk_images: int = 256,
+    first_chunk: int = 16,
     config=None,
     person_from_parent_dir: bool = False,
     engine: str = "local",
@@ -354,7 +360,8 @@ def ingest(
     """Add photos to a gallery; see the module docstring.
 
     face_model: refused unless it is the gallery's own; workers: detector processes (default:
-    CPU count); chunk_images: photos per shard; engine: "local" or "ray"; progress: called with a
+    CPU count); chunk_images: photos per shard (the local engine starts with ``first_chunk`` and
+    doubles up to it, see :func:`chunk_sizes`); engine: "local" or "ray"; progress: called with a
     dict of counters after every shard; index_every_s: save the FAISS indexes at least this often.
     """
     if face_model is not None:
@@ -366,11 +373,13 @@ def ingest(
     fp = encoder_fingerprint(config, detector)
     with store.WriteLock(gallery.path):
         store.remove_uncommitted(gallery.path)
-        con = gallery.connect()
-        done_stat = {(p, s, m) for p, s, m in con.execute(
-            "SELECT path, size_bytes, mtime_ns FROM images").fetchall()}
-        known = frozenset(h for (h,) in con.execute(
-            "SELECT sha256 FROM images WHERE sha256 IS NOT NULL").fetchall())
+        done_stat, known = set(), frozenset()
+        if gallery.shards():  # (a new gallery: no catalog to read)
+            con = gallery.connect()
+            done_stat = {(p, s, m) for p, s, m in con.execute(
+                "SELECT path, size_bytes, mtime_ns FROM images").fetchall()}
+            known = frozenset(h for (h,) in con.execute(
+                "SELECT sha256 FROM images WHERE sha256 IS NOT NULL").fetchall())
         sources = []
         for src in read_sources(inputs, person_from_parent_dir):
             report.images_seen += 1
@@ -380,22 +389,30 @@ def ingest(
                 continue
             sources.append(src)
         stage = make_detect_stage(engine, workers, known, detector, timeout_s)
-        from skullsearch.encoder.fitting import FitConfig, rig_for
-
-        cfg = config or FitConfig()
-        rig = rig_for(model, cfg.n_shape, cfg.n_expression)
-        # the fit shares the CPU with the detector processes: leave them their cores
         import torch
 
+        from skullsearch.encoder.fitting import FitConfig, rig_for
+
         threads = torch.get_num_threads()
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) - workers) if engine == "local" else threads)
         seen_sha = set(known)
         saved_at = time.monotonic()
         try:
+            # small chunks first, so that fitting starts while the detectors go on (local);
             # a stage that streams (Ray) keeps one pool of workers for all chunks
-            starts = range(0, len(sources), chunk_images)
-            chunks = (stage.iter_chunks(sources, chunk_images) if hasattr(stage, "iter_chunks")
+            sizes = (chunk_sizes(len(sources), chunk_images, first_chunk) if engine == "local"
+                     else [chunk_images] * -(-len(sources) // chunk_images))
+            starts = np.cumsum([0, *sizes])[:-1]
+            chunks = (stage.iter_chunks(sources, sizes if engine == "local" else chunk_images)
+                      if hasattr(stage, "iter_chunks")
                       else (stage(sources[a: a + chunk_images]) for a in starts))
+            # built while the detectors work on the first chunk
+            cfg = config or FitConfig()
+            rig = rig_for(model, cfg.n_shape, cfg.n_expression)
+            # the fit shares the CPU with the detector processes: leave them their cores (torch's
+            # threads spin while they wait: on a busy CPU two threads cost several times the CPU
+            # of one for these small batched ops)
+            if engine == "local":
+                torch.set_num_threads(max(1, (os.cpu_count() or 1) - workers))
             for a, rows in zip(starts, chunks, strict=True):
                 fresh = []
                 for r in rows:
@@ -423,7 +440,7 @@ def ingest(
                     gallery.save_indexes()
                     saved_at = time.monotonic()
                 if progress:
-                    progress({"done": a + len(rows), "total": len(sources), **asdict(report)})
+                    progress({"done": int(a) + len(rows), "total": len(sources), **asdict(report)})
         finally:
             stage.close()
             torch.set_num_threads(threads)
@@ -431,6 +448,18 @@ def ingest(
             gallery.save_indexes()
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def chunk_sizes(n: int, largest: int = 256, first: int = 16) -> list[int]:
+    """Photos per chunk (= per shard) for n photos: ``first``, doubling up to ``largest``, so that
+    the fit of the first chunk overlaps the detection of the next ones instead of waiting for a
+    whole large chunk. Sums to n."""
+    sizes, size, done = [], max(1, min(first, largest)), 0
+    while done < n:
+        sizes.append(min(size, n - done))
+        done += sizes[-1]
+        size = min(2 * size, max(1, largest))
+    return sizes
 
 
 def make_detect_stage(engine: str, workers: int, known: frozenset, detector: str, timeout_s: float):
