@@ -161,7 +161,8 @@ def rasterize_batch(screen: np.ndarray, faces: np.ndarray, width: int, height: i
     screen (B, V, 3): pixel u, v and depth (smaller is nearer); faces (F, 3).
     Returns face_id (B, H, W) int64 (−1 background), bary (B, H, W, 3) float64 (screen-space =
     3D weights under an orthographic camera), depth (B, H, W) (inf background).
-    Both windings are drawn; the nearest surface wins (ties: the lower triangle index).
+    Both windings are drawn; the nearest surface wins (ties: the lower triangle index; depths
+    closer than ~1e-10 of the batch's depth range count as ties).
     """
     bsz, n_f = len(screen), len(faces)
     tri = screen[:, faces].reshape(bsz * n_f, 3, 3)  # batch-major
@@ -174,24 +175,37 @@ def rasterize_batch(screen: np.ndarray, faces: np.ndarray, width: int, height: i
     w = np.where(valid, np.maximum(x1 - x0 + 1, 0), 0)
     h = np.where(valid, np.maximum(y1 - y0 + 1, 0), 0)
     counts = w * h
+    # edge functions, linear in the pixel position: w_k(u, v) = k_k + kx_k·u + ky_k·v per triangle
+    a, b, c = tri[:, 0], tri[:, 1], tri[:, 2]
+    area = (b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (b[:, 1] - a[:, 1]) * (c[:, 0] - a[:, 0])
+    ok = np.abs(area) >= 1e-12
+    counts = np.where(ok, counts, 0)
+    inv = 1.0 / np.where(ok, area, 1.0)
+    k0 = (b[:, 0] * c[:, 1] - b[:, 1] * c[:, 0]) * inv
+    kx0, ky0 = (b[:, 1] - c[:, 1]) * inv, (c[:, 0] - b[:, 0]) * inv
+    k1 = (c[:, 0] * a[:, 1] - c[:, 1] * a[:, 0]) * inv
+    kx1, ky1 = (c[:, 1] - a[:, 1]) * inv, (a[:, 0] - c[:, 0]) * inv
     tid = np.repeat(np.arange(bsz * n_f), counts)
     local = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
-    px = x0[tid] + local % w[tid]
-    py = y0[tid] + local // w[tid]
-    t = tri[tid]
+    wt = w[tid]
+    px = x0[tid] + local % wt
+    py = y0[tid] + local // wt
     pu, pv = px + 0.5, py + 0.5
-    a, b, c = t[:, 0], t[:, 1], t[:, 2]
-    area = (b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (b[:, 1] - a[:, 1]) * (c[:, 0] - a[:, 0])
-    safe = np.where(np.abs(area) < 1e-12, 1.0, area)
-    w0 = ((b[:, 0] - pu) * (c[:, 1] - pv) - (b[:, 1] - pv) * (c[:, 0] - pu)) / safe
-    w1 = ((c[:, 0] - pu) * (a[:, 1] - pv) - (c[:, 1] - pv) * (a[:, 0] - pu)) / safe
+    w0 = k0[tid] + kx0[tid] * pu + ky0[tid] * pv
+    w1 = k1[tid] + kx1[tid] * pu + ky1[tid] * pv
     w2 = 1.0 - w0 - w1
-    inside = (np.abs(area) >= 1e-12) & (w0 >= 0) & (w1 >= 0) & (w2 >= 0)
-    bary = np.stack([w0, w1, w2], 1)[inside]
-    t, tid, px, py = t[inside], tid[inside], px[inside], py[inside]
-    depth = (bary * t[:, :, 2]).sum(1)
+    eps = -1e-9  # a pixel centre on a shared edge belongs to both triangles (no cracks)
+    inside = (w0 >= eps) & (w1 >= eps) & (w2 >= eps)
+    bary = np.clip(np.stack([w0[inside], w1[inside], w2[inside]], 1), 0.0, 1.0)
+    tid, px, py = tid[inside], px[inside], py[inside]
+    depth = (bary * tri[tid, :, 2]).sum(1)
     pix = (tid // n_f) * (height * width) + py * width + px
-    order = np.lexsort((tid, depth, pix))
+    # one float64 sort key: pixel index + depth scaled into [0, 0.5) (nearest first per pixel)
+    if len(depth):
+        lo, span = depth.min(), max(float(np.ptp(depth)), 1e-9)
+        order = np.argsort(pix + 0.5 * (depth - lo) / span, kind="stable")
+    else:
+        order = np.zeros(0, np.int64)
     pix_sorted = pix[order]
     first = order[np.r_[True, pix_sorted[1:] != pix_sorted[:-1]]] if len(order) else order
     n_pix = bsz * height * width
