@@ -183,7 +183,8 @@ def reconstruct(skull, gallery_or_result, *, candidates: int = 3, method: str = 
     """Re-synthesize the top ``candidates`` faces of a query for a skull (module docstring).
 
     skull: a :class:`~skullsearch.Skull` or a mesh path (landmarks found next to it);
-    gallery_or_result: a :class:`~skullsearch.Gallery` (queried first, recorded when ``record``)
+    gallery_or_result: a :class:`~skullsearch.Gallery` or its folder (queried first, recorded
+    when ``record``)
     or a :class:`~skullsearch.QueryResult` of this skull (then give ``gallery=`` too: the codes
     are read from it); method: "auto", "gan" or "fit"; inpainter: an ``Inpainter`` or checkpoint
     path for gan (default: the gallery's trained one); out: folder to write; score_config: the
@@ -206,6 +207,10 @@ def reconstruct(skull, gallery_or_result, *, candidates: int = 3, method: str = 
             skull = Skull.load(skull)
         else:
             raise ReconstructionError("skull must be a skullsearch.Skull or the path of a skull mesh")
+    if isinstance(gallery_or_result, (str, os.PathLike)):
+        from skullsearch.retrieval.query import Gallery
+
+        gallery_or_result = Gallery.open(gallery_or_result)
     if isinstance(gallery_or_result, _IndexGallery):
         gallery = gallery_or_result
         result = query(gallery, skull, top=max(int(candidates), top or 0), shortlist=shortlist,

@@ -106,7 +106,8 @@ def test_a_query_result_can_be_given_with_its_gallery(case, fitted):
 
 def test_auto_without_an_inpainter_uses_the_fit_and_says_why(case, fitted):
     g, _, _ = fitted
-    res = reconstruct(case["skull"], g, candidates=1, method="auto", tissue_table=case["table"], record=False)
+    res = reconstruct(case["skull"], str(g.path), candidates=1, method="auto", tissue_table=case["table"],
+                      record=False)
     assert res[0].method == "fit" and "F3DMM-GC used" in res.note
     assert "inpainter" in res.note and ("train" in res.note or "not available" in res.note)
 
@@ -122,7 +123,9 @@ def test_bad_input_is_refused_clearly(case, fitted):
     with pytest.raises(ReconstructionError, match="no candidates"):
         reconstruct(skull, empty, gallery=g)
     with pytest.raises(ReconstructionError, match="Gallery"):
-        reconstruct(skull, "not a gallery")
+        reconstruct(skull, 42)
+    with pytest.raises(skullsearch.GalleryError):
+        reconstruct(skull, case["root"] / "no-such-gallery")
 
 
 def test_cli_reconstruct(case, tmp_path, capsys):
