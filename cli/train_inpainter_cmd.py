@@ -56,7 +56,8 @@ def _progress():
         elif ev["stage"] == "epoch":
             err.print(f"epoch {ev['epoch']}/{ev['epochs']}: D {ev['d_loss']:.3f}, G {ev['g_loss']:.3f}, "
                       f"Ψ_E {ev['encoder_loss']:.2f} mm² (vertex RMS {ev['vertex_rms_mm']:.2f} mm, "
-                      f"held-out {ev['val_vertex_rms_mm']:.2f} mm), {ev['seconds']:.1f} s", highlight=False)
+                      f"held-out {ev['val_vertex_rms_mm']:.2f} mm), {ev['seconds']:.1f} s", highlight=False,
+                      soft_wrap=True)
     return nullcontext(), log_line
 
 
