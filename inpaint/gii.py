@@ -216,7 +216,8 @@ def gii_gc(model, inpainter: Inpainter, code, target, present, revise, definite=
     revise (V,) bool vertices to regenerate (their pixels are the hole); definite (V,) bool and
     definite_target (V, 3) mm face frame (NaN where unknown), or None; starts: random starts,
     optimized together as one batch; iterations: the most Adam steps; seed: the starts' z;
-    weights: :class:`GIIWeights`; device: default the inpainter's.
+    weights: :class:`GIIWeights`; device: where to optimize (default the GPU when torch sees
+    one, else the inpainter's device; the inpainter is moved there).
     Returns a :class:`GIIResult` (with nothing to revise: the candidate itself, 0 iterations).
     """
     t0 = time.perf_counter()
@@ -233,7 +234,9 @@ def gii_gc(model, inpainter: Inpainter, code, target, present, revise, definite=
     if target.shape != (len(present), 3):
         raise SkullsearchError(f"target must be ({len(present)}, 3) mm, got {target.shape}")
     present = present & np.isfinite(target).all(1)
-    dev = torch.device(device) if device is not None else inpainter.device
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else inpainter.device
+    dev = torch.device(device)
     inpainter.to(dev).eval()
     g, d, e = inpainter.generator, inpainter.discriminator, inpainter.encoder
     size = inpainter.size
