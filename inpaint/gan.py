@@ -7,8 +7,11 @@ Networks
   side up to S (BatchNorm + ReLU between, ``tanh`` mapped to [0, 1] at the end). Channels halve
   per layer from ``width`` × 8 (capped) to ``width`` at S/2 (DCGAN's 512-256-128-64 at 64 px).
 - :class:`Discriminator` D: render (B, 1, S, S) → logit (B,) (D = sigmoid(logit) is the
-  probability the render is real). The mirror image: stride-2 4×4 convolutions (LeakyReLU 0.2,
-  BatchNorm after the first) down to 4×4, then a 4×4 convolution to one number.
+  probability the render is real). The mirror image: stride-2 4×4 convolutions (LeakyReLU 0.2)
+  down to 4×4, then a 4×4 convolution to one number. Every convolution is spectrally normalized
+  instead of DCGAN's BatchNorm: on a few hundred renders a BatchNorm D wins within a few epochs
+  and G learns nothing for many more (seen here: D loss 0.006 for 18 epochs); with spectral norm
+  D and G stay balanced from the start.
 - :class:`RenderEncoder` Ψ_E: render (B, 1, S, S) → face code (B, 228) with the layout of
   :mod:`skullsearch.encoder.code`. It predicts the face's geometry only: shape α (first
   ``n_shape`` ≤ 90 slots, in units of the model's prior std) and, for an inpainter trained with
@@ -16,15 +19,16 @@ Networks
   pose, camera and light stay zero: a normalized render has a canonical camera and light, so the
   code is canonical too (:func:`canonical_codes`). By default the inpainter works on *neutral*
   faces (shape only), the faces whose soft-tissue points the gallery stores and the skull query
-  scores. Backbone as the photo encoder
-  (:class:`~skullsearch.encoder.cnn.EncoderCNN`): per stage a stride-2 and a stride-1 3×3
-  convolution with BatchNorm + ReLU, global average pooling, one linear layer.
+  scores. Backbone as the photo encoder (:class:`~skullsearch.encoder.cnn.EncoderCNN`): per
+  stage a stride-2 and a stride-1 3×3 convolution with BatchNorm + ReLU, global average pooling,
+  one linear layer.
 
 Training (:func:`train_inpainter`)
 ----------------------------------
-The gallery's face codes (``gallery.codes``) are made canonical (neutral by default), turned into meshes
-(:func:`~skullsearch.encoder.fitting.code_vertices`) and rendered with the normalized renderer
-(:func:`skullsearch.inpaint.raster.render_normalized`); the renders are kept as uint8. Per batch:
+The gallery's face codes (``gallery.codes``) are made canonical (neutral by default), turned
+into meshes (:func:`~skullsearch.encoder.fitting.code_vertices`) and rendered with the normalized
+renderer (:func:`skullsearch.inpaint.raster.render_normalized`, in parallel processes:
+:func:`render_codes`); the renders are kept as uint8. Per batch:
 
 - D: ``softplus(−D(x)) + softplus(D(G(z)))`` (the standard GAN discriminator loss),
 - G: ``softplus(−D(G(z)))`` (the non-saturating generator loss),
@@ -36,10 +40,10 @@ The gallery's face codes (``gallery.codes``) are made canonical (neutral by defa
 
 Adam (DCGAN settings lr 2e-4, β = (0.5, 0.999) for G and D; lr 1e-3 for Ψ_E). A tenth of the
 faces (at most 500, none below 20 faces) is held out to report Ψ_E's error on renders it has not
-seen. BatchNorm running statistics are re-estimated in eval-ready form (:func:`recalibrate_batchnorm`):
-Ψ_E's over the training renders after each epoch (before the held-out check), G's over random z
-at the end, so that the networks in eval mode (as the inpainting optimization uses them) behave
-as in training.
+seen. BatchNorm running statistics are re-estimated (:func:`recalibrate_batchnorm`): Ψ_E's over
+the training renders after each epoch (before the held-out check), G's over random z at the end,
+so that the networks in eval mode (as the inpainting optimization uses them) behave as in
+training.
 
 Checkpoint
 ----------
