@@ -22,7 +22,8 @@ app = typer.Typer(
 )
 model_app = typer.Typer(help="Face models: describe, export, convert.", no_args_is_help=True)
 app.add_typer(model_app, name="model")
-train_app = typer.Typer(help="Train the learned parts: the CNN encoder.", no_args_is_help=True)
+train_app = typer.Typer(help="Train the learned parts: the CNN encoder, the GII-GC inpainter.",
+                        no_args_is_help=True)
 app.add_typer(train_app, name="train")
 
 out = Console()
