@@ -179,19 +179,21 @@ def reconstruct(skull, gallery_or_result, *, candidates: int = 3, method: str = 
                 gallery=None, tissue_table: str | None = None, sex: str | None = None,
                 top: int | None = None, shortlist: int | None = None, record: bool = True,
                 fit_weights=None, iterations: int | None = None, jaw: bool = False,
-                render_size: int = 128, starts: int = 4, seed: int = 0) -> ReconstructionResult:
+                expression: bool = True, render_size: int = 128, starts: int = 4,
+                seed: int = 0) -> ReconstructionResult:
     """Re-synthesize the top ``candidates`` faces of a query for a skull (module docstring).
 
     skull: a :class:`~skullsearch.Skull` or a mesh path (landmarks found next to it);
     gallery_or_result: a :class:`~skullsearch.Gallery` or its folder (queried first, recorded
-    when ``record``)
-    or a :class:`~skullsearch.QueryResult` of this skull (then give ``gallery=`` too: the codes
-    are read from it); method: "auto", "gan" or "fit"; inpainter: an ``Inpainter`` or checkpoint
-    path for gan (default: the gallery's trained one); out: folder to write; score_config: the
-    :class:`~skullsearch.ScoreConfig` (default: the query's); tissue_table / sex / top /
-    shortlist: passed to the query (and the table gives the g depth); fit_weights /
-    iterations / jaw: F3DMM-GC options (:func:`.fit.f3dmm_gc`); starts / seed: GII-GC's random
-    starts; render_size: side of the normalized renders (px).
+    when ``record``) or a :class:`~skullsearch.QueryResult` of this skull (then give
+    ``gallery=`` too: the codes are read from it); method: "auto", "gan" or "fit";
+    inpainter: an ``Inpainter`` or checkpoint path for gan (default: the gallery's trained
+    one); out: folder to write; score_config: the :class:`~skullsearch.ScoreConfig` (default:
+    the query's); tissue_table / sex / top / shortlist: passed to the query (and the table
+    gives the g depth); fit_weights / iterations / jaw / expression: F3DMM-GC options
+    (:func:`.fit.f3dmm_gc`; without the expression the landmarks measured to need large shape
+    coefficients); starts / seed: GII-GC's random starts; render_size: side of the normalized
+    renders (px).
     """
     from skullsearch.index.gallery import Gallery as _IndexGallery
     from skullsearch.retrieval.query import QueryResult, query
@@ -251,7 +253,7 @@ def reconstruct(skull, gallery_or_result, *, candidates: int = 3, method: str = 
     sd = np.asarray(result.sd, np.float64)
     recs, warnings = _run(model, skull, codes, gallery.soft_tissue(ids), target, present, sd, score_config,
                           g_depth, chosen, inp, fit_weights=fit_weights, iterations=iterations, jaw=jaw,
-                          starts=starts, seed=seed, render_size=render_size)
+                          expression=expression, starts=starts, seed=seed, render_size=render_size)
     for rec, c in zip(recs, cands, strict=True):
         rec.rank, rec.face_id, rec.person = c.rank, c.face_id, c.person
     res = ReconstructionResult(
@@ -358,7 +360,7 @@ def definite_targets(mesh, vertices_skull: np.ndarray, definite: np.ndarray, dep
 
 
 def _run(model, skull, codes, neutral_points, target, present, sd, cfg, g_depth, method, inp, *,
-         fit_weights, iterations, jaw, starts, seed, render_size):
+         fit_weights, iterations, jaw, expression, starts, seed, render_size):
     from skullsearch.encoder import code as code_layout
     from skullsearch.encoder.align import apply_similarity
     from skullsearch.inpaint.fit import f3dmm_gc
@@ -393,7 +395,7 @@ def _run(model, skull, codes, neutral_points, target, present, sd, cfg, g_depth,
     if method == "fit":
         res = f3dmm_gc(model, codes, tgt_face, present, keep, kept_positions=base, definite_target=d_face,
                        eta=eta[None] / before.scale[:, None], weights=fit_weights,
-                       iterations=iterations or 12, jaw=jaw)
+                       iterations=iterations or 12, jaw=jaw, expression=expression)
         new_codes, verts, pts = res.codes, res.vertices.astype(np.float64), res.points.astype(np.float64)
         losses, iters = res.losses, [int(i) for i in res.iterations]
         secs = [setup / c + float(s) for s in res.seconds]
