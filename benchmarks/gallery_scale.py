@@ -3,7 +3,9 @@
 For each size: a fresh gallery, ``synth(g, n)`` (faces/s), bytes per face on disk (catalog =
 ``shards/``, indexes = ``index/``), the resident memory of opening the gallery and loading both
 FAISS indexes and of one catalog lookup (each measured in a fresh subprocess, so nothing this
-process allocated pollutes it), and the time of one masked shortlist search (k=2000; all 36
+process allocated pollutes it), the same for opening the indexes memory-mapped (the default) and
+read into memory followed by one shortlist and one code search (private memory, file pages,
+identical results), and the time of one masked shortlist search (k=2000; all 36
 landmarks present, and 10 missing), checked against an exact numpy search.
 
     python benchmarks/gallery_scale.py [--sizes 100000,1000000] [--out DIR]
@@ -48,7 +50,7 @@ def status():
     out = {}
     for line in open("/proc/self/status"):
         k, _, v = line.partition(":")
-        if k in ("VmRSS", "VmHWM"):
+        if k in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
             out[k] = int(v.split()[0]) * 1024
     return out
 
@@ -56,11 +58,26 @@ path, what, ids = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 res = {"before": status()}
 t0 = time.perf_counter()
 g = Gallery.open(path)
-if what == "indexes":
+if what.startswith("indexes"):  # indexes[-nommap][-search]
+    g.mmap_indexes = "nommap" not in what
     a = g.index("shortlist")
     b = g.index("codes")
     res["ntotal"] = [int(a.ntotal), int(b.ntotal)]
     res["types"] = [type(a).__name__, type(b).__name__]
+    res["mapped"] = [g._indexes["shortlist"].mapped, g._indexes["codes"].mapped]
+    res["loaded"] = status()
+    res["load_s"] = time.perf_counter() - t0
+    if what.endswith("search"):  # one masked shortlist search (k=2000) and one code search
+        qid = g.sample_ids(1, seed=7)
+        pts = g.soft_tissue(qid)
+        mask = np.ones((1, 36), bool)
+        mask[0, :5] = False
+        t1 = time.perf_counter()
+        d, i = g.search_shortlist(vectors.canonical(pts, g.mean_soft_tissue, mask), mask, 2000)
+        dc, ic = g.search_codes(g.codes(qid), 10)
+        res["search_s"] = time.perf_counter() - t1
+        res["ids"] = i[0].tolist() + ic[0].tolist()
+        res["dist"] = d[0].tolist() + dc[0].tolist()
 else:
     q = f"SELECT face_id, person, path FROM faces WHERE face_id IN ({', '.join(map(str, ids))})"
     t = g.sql(q)
@@ -195,8 +212,10 @@ def run_size(n: int, root: Path, keep: bool, seed: int, k: int, repeats: int) ->
         ids = [int(store.face_id(s.number, r)) for s in g2.shards()
                for r in rng.choice(s.faces, min(s.faces, 20), replace=False)]
         ids = rng.choice(ids, 20, replace=False).tolist()
-        mi = probe(path, "indexes")
+        mi = probe(path, "indexes-nommap")
         mc = probe(path, "catalog", ids)
+        # memory-mapped vs read into memory: open + both indexes + one search, fresh processes
+        mm = {w: probe(path, w) for w in ("indexes-search", "indexes-nommap-search")}
         res = {
             "faces": n, "synth_s": rep.seconds, "synth_wall_s": wall, "shards": rep.shards,
             "synth_faces_per_s": n / rep.seconds,
@@ -209,6 +228,17 @@ def run_size(n: int, root: Path, keep: bool, seed: int, k: int, repeats: int) ->
             "catalog_rows": mc["rows"], "catalog_first_ms": 1e3 * mc["first_s"],
             "catalog_warm_ms": 1e3 * mc["warm_s"], "shortlist": sl,
         }
+        for w, key in (("indexes-search", "mmap"), ("indexes-nommap-search", "inmem")):
+            r, b = mm[w], mm[w]["before"]
+            res[f"{key}_mapped"] = r["mapped"]
+            res[f"{key}_open_s"] = r["load_s"]
+            res[f"{key}_search_s"] = r["search_s"]
+            for phase in ("loaded", "after"):
+                for field in ("VmRSS", "RssAnon", "RssFile"):
+                    res[f"{key}_{phase}_{field}"] = r[phase][field] - b[field]
+            res[f"{key}_peak"] = r["after"]["VmHWM"] - b["VmRSS"]
+        res["mmap_same_results"] = (mm["indexes-search"]["ids"] == mm["indexes-nommap-search"]["ids"]
+                                    and mm["indexes-search"]["dist"] == mm["indexes-nommap-search"]["dist"])
     finally:
         if not keep:
             shutil.rmtree(path, ignore_errors=True)
@@ -220,6 +250,15 @@ def run_size(n: int, root: Path, keep: bool, seed: int, k: int, repeats: int) ->
     print(f"  RAM, open + both indexes ({'/'.join(mi['types'])}): +{res['ram_index'] * mb:,.0f} MiB "
           f"({res['ram_index'] / n:,.0f} B/face; peak +{res['ram_index_peak'] * mb:,.0f} MiB), "
           f"loaded in {mi['seconds']:.2f} s")
+    for key, label in (("mmap", "memory-mapped"), ("inmem", "read into memory")):
+        print(f"  open + both indexes, {label} (mapped: {res[f'{key}_mapped']}): +"
+              f"{res[f'{key}_loaded_RssAnon'] * mb:,.0f} MiB private, "
+              f"+{res[f'{key}_loaded_RssFile'] * mb:,.0f} MiB file pages in {res[f'{key}_open_s']:.2f} s; "
+              f"after one search +{res[f'{key}_after_RssAnon'] * mb:,.0f} MiB private, "
+              f"+{res[f'{key}_after_RssFile'] * mb:,.0f} MiB file pages (RSS "
+              f"+{res[f'{key}_after_VmRSS'] * mb:,.0f} MiB, peak +{res[f'{key}_peak'] * mb:,.0f} MiB), "
+              f"search {1e3 * res[f'{key}_search_s']:.0f} ms")
+    print(f"  same results mapped and in memory: {res['mmap_same_results']}")
     print(f"  catalog lookup of 20 ids: {res['catalog_rows']} rows, first {res['catalog_first_ms']:.0f} ms "
           f"(open + connect + query), then {res['catalog_warm_ms']:.0f} ms; "
           f"RAM +{res['ram_catalog'] * mb:,.0f} MiB (peak +{res['ram_catalog_peak'] * mb:,.0f} MiB)")
@@ -262,6 +301,14 @@ def main(argv=None):
             f"catalog_lookup_ms_{n}": round(res["catalog_first_ms"], 1),
             f"catalog_lookup_warm_ms_{n}": round(res["catalog_warm_ms"], 1),
             f"ram_bytes_catalog_lookup_{n}": res["ram_catalog"],
+            f"mmap_same_results_{n}": res["mmap_same_results"],
+            f"ram_open_search_private_mmap_{n}": res["mmap_after_RssAnon"],
+            f"ram_open_search_private_inmem_{n}": res["inmem_after_RssAnon"],
+            f"ram_open_search_file_mmap_{n}": res["mmap_after_RssFile"],
+            f"ram_open_search_rss_mmap_{n}": res["mmap_after_VmRSS"],
+            f"ram_open_search_rss_inmem_{n}": res["inmem_after_VmRSS"],
+            f"index_open_s_mmap_{n}": round(res["mmap_open_s"], 3),
+            f"index_open_s_inmem_{n}": round(res["inmem_open_s"], 3),
             f"shortlist_ms_{n}": round(sl["all"]["ms"], 2),
             f"shortlist_missing10_ms_{n}": round(sl["missing10"]["ms"], 2),
         })

@@ -85,7 +85,7 @@ def run_bare(paths: list[Path], workers: int) -> tuple[float, float, int]:
 
 
 def run_ingest(folder: Path, workers: int, engine: str, scratch: Path,
-               first_chunk: int = 16) -> tuple[float, float, object]:
+               first_chunk: int = 64) -> tuple[float, float, object]:
     """Seconds and CPU seconds of ``g.ingest`` into a fresh gallery (creation not timed) and its
     report (Ray's actors are not children of this process: their CPU is not counted)."""
     path = Path(tempfile.mkdtemp(prefix=f"ingest-{engine}-", dir=scratch))
@@ -104,7 +104,7 @@ def main(argv=None):
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3, help="interleaved rounds (median ratio reported)")
     ap.add_argument("--no-ray", action="store_true", help="skip the Ray engine")
-    ap.add_argument("--first-chunk", type=int, default=16, help="photos in the first shard (local)")
+    ap.add_argument("--first-chunk", type=int, default=64, help="photos in the first shard (local)")
     ap.add_argument("--photos", default=None, help="render into (and reuse) this folder")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)

@@ -551,4 +551,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-from skullsearch.cli import reconstruct_cmd, report_cmd, train_inpainter_cmd  # noqa: E402,F401
+from skullsearch.cli import (  # noqa: E402,F401
+    duplicates_cmd,
+    reconstruct_cmd,
+    report_cmd,
+    train_inpainter_cmd,
+)

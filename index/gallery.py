@@ -13,6 +13,7 @@ import json
 import os
 import threading
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -29,6 +30,17 @@ def arrow(relation):
     return fetch()
 
 
+class _Held(NamedTuple):
+    """A loaded index: what is searched, the shards it holds, the saved part (maybe mapped) and
+    the part added since in memory (when the saved one is mapped)."""
+
+    searched: object
+    shards: list
+    base: object
+    delta: object
+    mapped: bool
+
+
 class Gallery:
     """A gallery directory. Cheap to open; reads are safe while another process ingests."""
 
@@ -36,7 +48,9 @@ class Gallery:
         self.path = Path(path)
         self.manifest = manifest
         self._model = None
-        self._indexes: dict = {}
+        self._indexes: dict[str, _Held] = {}
+        #: open saved FAISS indexes memory-mapped (see :meth:`index`)
+        self.mmap_indexes = True
         self._gpu: dict = {}
         self._lock = threading.Lock()
 
@@ -172,7 +186,12 @@ class Gallery:
         if shards:
             faces = ", ".join(repr(f) for f in self._files("faces.parquet", shards))
             images = ", ".join(repr(f) for f in self._files("images.parquet", shards))
-            con.execute(f"CREATE VIEW faces AS SELECT * FROM read_parquet([{faces}])")
+            # shards written before a column was added lack it: matched by name, NULL there
+            src = f"read_parquet([{faces}], union_by_name = true)"
+            have = {d[0] for d in con.execute(f"SELECT * FROM {src} LIMIT 0").description}
+            missing = "".join(f", NULL::{t} AS {c}" for c, t in schema.LATER_FACE_COLUMNS.items()
+                              if c not in have)
+            con.execute(f"CREATE VIEW faces AS SELECT *{missing} FROM {src}")
             con.execute(f"CREATE VIEW images AS SELECT * FROM read_parquet([{images}])")
         else:
             con.register("faces", schema.empty_faces())
@@ -229,35 +248,48 @@ class Gallery:
         except (FileNotFoundError, ValueError):
             return {}
 
-    def index(self, name: str):
+    def index(self, name: str, mmap: bool | None = None):
         """The FAISS index ``shortlist`` (augmented canonical vectors, inner product) or ``codes``
-        (shape vectors, L2), holding every committed shard (newer shards added in memory)."""
-        import faiss
+        (shape vectors, L2), holding every committed shard.
 
+        The saved index is memory-mapped where faiss can (mmap, default ``self.mmap_indexes``;
+        :func:`~skullsearch.index.vectors.read_index`): opening copies nothing, and the pages
+        are shared by every process that reads the gallery. Shards committed after the save go
+        to a second index in memory, searched together with it. mmap=False: one in-memory index
+        (what :meth:`save_indexes` writes).
+        """
+        mmap = self.mmap_indexes if mmap is None else mmap
         with self._lock:
             shards = self.shards()
             cached = self._indexes.get(name)
-            have = set(cached[1]) if cached else set()
+            if cached is not None and cached.mapped and not mmap:
+                cached = None  # a writer needs it in memory: read it again
             if cached is None:
                 state = self._index_state().get(name)
                 path = self.path / "index" / f"{name}.faiss"
+                delta = None
                 if state and path.exists() and set(state["shards"]) <= {s.number for s in shards}:
-                    idx = faiss.read_index(str(path))
+                    base, mapped = vectors.read_index(path, mmap=mmap)
                     have = set(state["shards"])
                 else:
-                    idx = vectors.new_index(*self._index_spec(name), n_expected=sum(s.faces for s in shards))
-                    have = set()
+                    base = vectors.new_index(*self._index_spec(name), n_expected=sum(s.faces for s in shards))
+                    mapped, have = False, set()
             else:
-                idx = cached[0]
+                base, delta, mapped, have = cached.base, cached.delta, cached.mapped, set(cached.shards)
             for s in shards:
                 if s.number not in have and s.faces:
+                    if mapped and delta is None:  # a mapped index is never added to
+                        delta = vectors.new_index(*self._index_spec(name), kind="flat")
                     ids = store.face_id(s.number, np.arange(s.faces))
-                    vectors.add(idx, self._vectors(name, s), ids)
+                    vectors.add(delta if mapped else base, self._vectors(name, s), ids)
                 have.add(s.number)
-            if cached is None or sorted(have) != cached[1]:
+            if cached is None or sorted(have) != cached.shards:
                 self._gpu.pop(name, None)  # the GPU copy is stale
-            self._indexes[name] = (idx, sorted(have))
-            return idx
+                searched = base if delta is None else vectors.joined(base, delta)
+            else:
+                searched = cached.searched
+            self._indexes[name] = _Held(searched, sorted(have), base, delta, mapped)
+            return searched
 
     def _search_index(self, name: str, selector: bool = False):
         """The index to search: a cached GPU copy when faiss sees a GPU (ID selectors, used by
@@ -266,7 +298,9 @@ class Gallery:
         if selector:
             return idx
         if name not in self._gpu:
-            self._gpu[name] = vectors.to_gpu(idx)
+            held = self._indexes[name]
+            self._gpu[name] = (vectors.to_gpu(idx) if held.delta is None else
+                               vectors.joined(vectors.to_gpu(held.base), vectors.to_gpu(held.delta)))
         return self._gpu[name]
 
     def _index_spec(self, name: str) -> tuple[int, str]:
@@ -284,8 +318,8 @@ class Gallery:
 
         state = self._index_state()
         for name in ("shortlist", "codes"):
-            idx = self.index(name)
-            held = self._indexes[name][1]
+            idx = self.index(name, mmap=False)
+            held = self._indexes[name].shards
             path = self.path / "index" / f"{name}.faiss"
             tmp = path.with_name(f".{path.name}.tmp")
             faiss.write_index(idx, str(tmp))
@@ -361,6 +395,17 @@ class Gallery:
             raise GalleryError(f"{photo}: {why}")
         return self.similar(result.codes, top)[0]
 
+    def near_duplicates(self, max_distance: float | None = None):
+        """Faces flagged at ingest as near-duplicates of an earlier face (a pyarrow.Table:
+        face_id, path, person, near_duplicate_of, its path and person, distance), closest first.
+        max_distance: keep only pairs at most this far apart (shape-code L2)."""
+        where = "" if max_distance is None else f"AND f.near_duplicate_distance <= {float(max_distance)!r}"
+        return arrow(self.connect().sql(
+            "SELECT f.face_id, f.path, f.person, f.near_duplicate_of, o.path AS duplicate_path, "
+            "o.person AS duplicate_person, f.near_duplicate_distance AS distance "
+            "FROM faces f LEFT JOIN faces o ON o.face_id = f.near_duplicate_of "
+            f"WHERE f.near_duplicate_of IS NOT NULL {where} ORDER BY distance, f.face_id"))
+
     # ------------------------------------------------------------------ ingest & co
     def ingest(self, inputs, **kw):
         """Add photos (folders, files, lists, tables); see :func:`skullsearch.index.ingest.ingest`."""
@@ -375,8 +420,9 @@ class Gallery:
             "SELECT count(*), count(*) FILTER (WHERE status = 'ok') FROM images").fetchone()
         reasons = dict(con.execute(
             "SELECT status, count(*) FROM failures GROUP BY status ORDER BY 2 DESC").fetchall())
-        persons = con.execute(
-            "SELECT count(DISTINCT person) FROM faces WHERE person IS NOT NULL").fetchone()[0]
+        persons, near_dup = con.execute(
+            "SELECT count(DISTINCT person) FILTER (WHERE person IS NOT NULL), "
+            "count(*) FILTER (WHERE near_duplicate_of IS NOT NULL) FROM faces").fetchone()
         state = self._index_state()
         fm = self.manifest["face_model"]
 
@@ -387,6 +433,7 @@ class Gallery:
             "gallery": str(self.path),
             "face model": f"{fm['name']} ({fm['fingerprint'][:12]})",
             "images": n_images, "images with faces": n_ok, "faces": self.n_faces, "persons": persons,
+            "near-duplicate faces": near_dup,
             "failures": reasons, "shards": len(self.shards()),
             "shortlist index": f"{state.get('shortlist', {}).get('type', 'not built')} "
                                f"({state.get('shortlist', {}).get('ntotal', 0)} faces)",

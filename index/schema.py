@@ -25,7 +25,13 @@ FACES = pa.schema([
     ("encoder_fingerprint", pa.string()),
     ("time", pa.string()),
     ("metadata", pa.string()),
+    # added in format 1.1 (older shards lack them; the catalog view reads them as NULL):
+    ("near_duplicate_of", pa.int64()),  # an earlier face this close in identity (code index)
+    ("near_duplicate_distance", pa.float32()),  # its shape-code L2 distance
 ])
+
+#: Face columns that older shards may lack, with their DuckDB types (read as NULL there).
+LATER_FACE_COLUMNS = {"near_duplicate_of": "BIGINT", "near_duplicate_distance": "FLOAT"}
 
 IMAGES = pa.schema([
     ("image_id", pa.int64()),

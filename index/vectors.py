@@ -17,7 +17,8 @@ codes' identity part (shape) for face-to-face similarity (L2).
 
 Index type by size, the autofaiss way: exact flat indexes up to ``FLAT_LIMIT`` faces, IVF-PQ
 beyond (approximate; masked shortlist search is then approximate too); searched on GPU when faiss
-sees one. Indexes are held in memory (about 1 KB per face for both).
+sees one. Saved indexes are memory-mapped when a gallery opens them (:func:`read_index`); what
+is added later lives in memory beside them (:func:`joined`).
 """
 
 from __future__ import annotations
@@ -127,3 +128,35 @@ def to_gpu(index):
     if faiss.get_num_gpus() > 0:  # pragma: no cover - no GPU in CI
         return faiss.index_cpu_to_all_gpus(index)
     return index
+
+
+def read_index(path, mmap: bool = True):
+    """A saved index and whether it is memory-mapped: (index, mapped).
+
+    With mmap, the file is mapped where this faiss can: ``IO_FLAG_MMAP_IFC`` views a flat
+    index's vectors (and IVF lists) in the file itself, so opening costs no copy and the pages
+    are the kernel's page cache, shared by every process that opens the gallery; else
+    ``IO_FLAG_MMAP`` (IVF lists on disk); else an ordinary read. Never add to a mapped index
+    (faiss aborts the process): add to a second, in-memory index and search both (:func:`joined`).
+    """
+    import faiss
+
+    if mmap:
+        for flag in ("IO_FLAG_MMAP_IFC", "IO_FLAG_MMAP"):
+            if hasattr(faiss, flag):
+                try:
+                    return faiss.read_index(str(path), getattr(faiss, flag)), True
+                except RuntimeError:  # this index type cannot be mapped by this faiss
+                    continue
+    return faiss.read_index(str(path)), False
+
+
+def joined(*parts):
+    """Several indexes of one dimension and metric searched as one (faiss.IndexShards keeping
+    each part's ids; results merged by the metric). Search parameters (ID selectors) pass through."""
+    import faiss
+
+    out = faiss.IndexShards(parts[0].d, False, False)
+    for p in parts:
+        out.add_shard(p)  # (faiss's wrapper keeps a reference to each part)
+    return out
