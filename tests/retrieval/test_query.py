@@ -112,3 +112,20 @@ def test_too_few_landmarks_is_a_clear_error(case):
     path = write_skull(root / "two", mesh, marks, drop=set(marks) - keep)
     with pytest.raises(SkullsearchError, match="at least 3 landmarks"):
         Gallery.open(gpath).query(Skull.load(path), record=False)
+
+
+@pytest.mark.parametrize("rank_by", ["s", "likelihood"])
+def test_a_shortlist_as_large_as_the_gallery_is_exhaustive_scoring(case, rank_by):
+    from skullsearch.retrieval.query import query_points
+    from skullsearch.retrieval.score import rank_order, score
+
+    g = Gallery.open(case[0])
+    ids = np.concatenate([(np.int64(s.number) << 24) | np.arange(s.faces) for s in g.shards()])
+    rng = np.random.default_rng(2)
+    target = g.soft_tissue(ids[[7]])[0] + rng.normal(scale=2.0, size=(36, 3))
+    present = rng.random(36) > 0.25
+    sd = load_table().sd
+    res = query_points(g, target, present, sd, top=10, shortlist=len(ids), rank_by=rank_by,
+                       calibration_sample=0)
+    every = score(g.soft_tissue(ids), target, present, sd)
+    assert [c.face_id for c in res.candidates] == list(ids[rank_order(every, rank_by)[:10]])
