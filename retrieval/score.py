@@ -167,17 +167,14 @@ def _fit(px, py, pz, pn2, tx, ty, tz, w, bounds, allow_scale):
     if w is None:
         wsum = np.full(len(px), float(px.shape[1]))
         wx, wy, wz = px, py, pz
-        wt = (tx, ty, tz)
-        sum_w = lambda v: v.sum(1)  # noqa: E731
-        mt = np.stack([np.full(len(px), v.sum()) for v in wt], -1) / wsum[:, None]
+        mt = np.stack([np.full(len(px), v.sum()) for v in (tx, ty, tz)], -1) / wsum[:, None]
         var_raw = pn2.sum(1)
     else:
         wsum = np.maximum(w.sum(1), 1e-12)
         wx, wy, wz = w * px, w * py, w * pz
-        sum_w = lambda v: v.sum(1)  # noqa: E731
         mt = np.stack([(w * v).sum(1) for v in (tx, ty, tz)], -1) / wsum[:, None]
         var_raw = (w * pn2).sum(1)
-    mp = np.stack([sum_w(wx), sum_w(wy), sum_w(wz)], -1) / wsum[:, None]  # (B, 3)
+    mp = np.stack([wx.sum(1), wy.sum(1), wz.sum(1)], -1) / wsum[:, None]  # (B, 3)
     S = np.empty((len(px), 3, 3))
     for a, wa in enumerate((wx, wy, wz)):
         for b, tb in enumerate((tx, ty, tz)):
