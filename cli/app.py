@@ -276,7 +276,8 @@ def ingest_cmd(
     table = Table(title=f"ingest into {gallery}", show_header=False)
     for k, v in (("photos seen", report.images_seen), ("already in the gallery", report.images_skipped),
                  ("new photos", report.images_new), ("faces added", report.faces),
-                 ("duplicates (same bytes)", report.duplicates), ("shards written", report.shards),
+                 ("duplicates (same bytes)", report.duplicates),
+                 ("near-duplicate faces", report.near_duplicates), ("shards written", report.shards),
                  ("photos/s", f"{report.images_per_s:.1f}"), ("seconds", f"{report.seconds:.1f}")):
         table.add_row(k, str(v))
     for reason, n in sorted(report.failures.items()):

@@ -3,8 +3,10 @@
 Stages (each a small unit, clip-retrieval's shape): **reader** (expands the inputs, skips photos
 already in the gallery), **detector** (worker processes: read bytes, hash, decode, detect 68
 landmarks; a corrupt, hanging or crashing photo becomes a recorded failure), **encoder** (the
-batched fit in torch, then the soft-tissue points and shortlist vectors), **writer** (one shard per
-chunk of photos, committed atomically; the FAISS indexes are extended at the end). A runner
+batched fit in torch, then the soft-tissue points and shortlist vectors), **near-duplicates**
+(each new face searched against the code index and the shard's earlier faces; a close one is
+recorded, the face is kept), **writer** (one shard per chunk of photos, committed atomically; the
+FAISS indexes are extended at the end). A runner
 composes them over chunks; ``engine="local"`` uses a process pool, ``engine="ray"`` runs the
 detector stage with Ray Data.
 
