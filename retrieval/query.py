@@ -39,18 +39,19 @@ from skullsearch.retrieval.score import ScoreConfig, rank_order, score
 
 #: Default shortlist size, set by measurement against exhaustive exact scoring (every face scored once per
 #: query, every shortlist size read off that pass, the default re-checked through query_points itself:
-#: 100/100 equal):
-#:   python benchmarks/query_speed.py --gallery G --faces 100000 --queries 10 \
+#: 200/200 equal), on 100k synthetic faces, 200 queries (seeds 0 and 1):
+#:   python benchmarks/query_speed.py --gallery G --faces 100000 --queries 10 --seed 0|1 \
 #:   --exhaustive-queries 100 --shortlists 250,500,1000,2000,10000,50000,100000
-#: On 100k synthetic faces over 100 queries the top 10 ranked by likelihood (1/σ²-weighted shortlist)
-#: equals the exhaustive top 10 in 100 % of queries from 250 up, and the best face by S is the exhaustive
-#: best in 99 % (100 % from 10,000); on 1M faces (4 queries over two runs, 49 s of exhaustive scoring each
-#: on a quiet core) likewise 100 % from 250. The top 10 ranked by S (the default ranking) beyond rank 1 is
-#: NOT reproduced by any shortlist much smaller than the gallery: 0 % at 500, 5 % at 2,000, 35 % at 10,000,
-#: 76 % at 50,000 of 100k faces; 0 % at 50,000 of 1M. S counts matches after a robust refit, so its
-#: runners-up are faces whose luckiest two thirds of the landmarks fit, wherever they lie in any L2. For an
-#: exact S top 10 pass a shortlist as large as the gallery (exhaustive: ~50 s per query at 1M on one core).
-#: 2,000 keeps the median warm query at 393 ms on 1M faces (--queries 30 --exhaustive-queries 1).
+#: 2,000 is the smallest size tried at which the best face by S is the exhaustive best in ≥ 99 % of queries
+#: (98.5 % at 250–1,000, 99 % at 2,000, 100 % at 50,000) and the top 10 ranked by likelihood (1/σ²-weighted
+#: shortlist) equals the exhaustive top 10 in 100 % (99.5 % at 250 and 500). On 1M faces (4 queries over
+#: two runs; 49 s of exhaustive scoring each on a quiet core) both agree in 100 % from 250. The top 10
+#: ranked by S (the default ranking) beyond rank 1 is NOT reproduced by any shortlist much smaller than the
+#: gallery: 0 % at 500, 5 % at 2,000, 33 % at 10,000, 77.5 % at 50,000 of 100k faces; 0 % at 50,000 of 1M.
+#: S counts matches after a robust refit, so its runners-up are faces whose luckiest two thirds of the
+#: landmarks fit, wherever they lie in any L2. For an exact S top 10 pass a shortlist as large as the
+#: gallery (exhaustive: ~50 s per query at 1M on one core). 2,000 keeps the median warm query at 393 ms on
+#: 1M faces (--queries 30 --exhaustive-queries 1).
 DEFAULT_SHORTLIST = 2000
 CALIBRATION_SAMPLE = 2000
 
