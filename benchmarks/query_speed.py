@@ -133,9 +133,10 @@ def main(argv=None):
         direct += got == [int(gids[x]) for x in top10(pos[:DEFAULT_SHORTLIST], s, ll, "s")]
         print(f"  exhaustive query {i + 1}/{n_ex}: {ex_times[-1]:.1f} s; agreeing sizes (S): "
               + ",".join(str(k) for k in sizes if top10(pos[:k], s, ll, "s") == truth["s"]), flush=True)
-    agreement = {r: {str(k): round(v / max(n_ex, 1), 4) for k, v in a.items()} for r, a in agree.items()}
-    chosen = next((k for k in sizes if agreement["s"][str(k)] >= 0.99), None)
-    exhaustive_ms = float(np.median(ex_times) * 1000) if ex_times else float("nan")
+    agreement = {r: {str(k): round(v / n_ex, 4) if n_ex else None for k, v in a.items()}
+                 for r, a in agree.items()}
+    chosen = next((k for k in sizes if n_ex and agreement["s"][str(k)] >= 0.99), None)
+    exhaustive_ms = float(np.median(ex_times) * 1000) if ex_times else None
 
     # batched vs naive per-candidate loop on one shortlist
     cand = g.soft_tissue(g.sample_ids(2000, seed=9))
@@ -146,20 +147,22 @@ def main(argv=None):
     for c in cand[:200]:
         score(c[None], targets[0], present[0], sd)
     naive = (time.perf_counter() - t0) * len(cand) / 200
-    print(f"exhaustive exact scoring {exhaustive_ms:.0f} ms ({exhaustive_ms / latency:.0f}× the query)")
-    for r, name in (("s", "top 10 by S"), ("likelihood", "top 10 by likelihood"), ("top1", "best face")):
-        print(f"{name}: agreement with exhaustive scoring over {n_ex} queries by shortlist size: "
-              + ", ".join(f"{k}: {v:.0%}" for k, v in agreement[r].items()))
-    print(f"default {DEFAULT_SHORTLIST} checked through query_points: {direct}/{n_ex} equal; "
-          f"smallest size reaching 99 %: {chosen}")
+    if n_ex:
+        print(f"exhaustive exact scoring {exhaustive_ms:.0f} ms ({exhaustive_ms / latency:.0f}× the query)")
+        for r, name in (("s", "top 10 by S"), ("likelihood", "top 10 by likelihood"), ("top1", "best face")):
+            print(f"{name}: agreement with exhaustive scoring over {n_ex} queries by shortlist size: "
+                  + ", ".join(f"{k}: {v:.0%}" for k, v in agreement[r].items()))
+        print(f"default {DEFAULT_SHORTLIST} checked through query_points: {direct}/{n_ex} equal; "
+              f"smallest size reaching 99 %: {chosen}")
     print(f"batched scoring {len(cand) / batched:,.0f} candidates/s; "
           f"naive loop {naive / batched:.0f}× slower")
     emit({
         "faces": n_faces, "queries": args.queries, "agreement_queries": n_ex, "missing": args.missing,
         "latency_ms": round(latency, 1), "shortlist": DEFAULT_SHORTLIST,
-        "exhaustive_ms": round(exhaustive_ms, 1), "speedup": round(exhaustive_ms / latency, 1),
+        "exhaustive_ms": round(exhaustive_ms, 1) if n_ex else None,
+        "speedup": round(exhaustive_ms / latency, 1) if n_ex else None,
         "top10_agreement": agreement["s"], "top10_agreement_likelihood": agreement["likelihood"],
-        "top1_agreement": agreement["top1"], "direct_agreement": round(direct / max(n_ex, 1), 4),
+        "top1_agreement": agreement["top1"], "direct_agreement": round(direct / n_ex, 4) if n_ex else None,
         "shortlist_default": chosen,
         "naive_ratio": round(naive / batched, 1), "candidates_per_s": round(len(cand) / batched),
     })
