@@ -6,8 +6,8 @@ import pytest
 from PIL import Image
 
 from skullsearch import Gallery
-from skullsearch.index import ingest as ingest_mod
 from skullsearch.index import store, vectors
+from skullsearch.index.ingest import flag_near_duplicates
 from skullsearch.index.synth import synth
 
 
@@ -168,9 +168,9 @@ def test_flagging_off_and_the_pairwise_rule(default_model, tmp_path):
     g = Gallery.create(tmp_path / "g", face_model=default_model)
     codes = np.zeros((4, 228), np.float32)
     codes[:, 0] = [0.0, 5.0, 0.1, 5.3]
-    of, d = ingest_mod.flag_near_duplicates(g, codes, shard=1, threshold=0.4)
+    of, d = flag_near_duplicates(g, codes, shard=1, threshold=0.4)
     own = store.face_id(1, np.arange(4))
     assert of.tolist() == [-1, -1, own[0], own[1]]
     assert np.allclose(d[2:], [0.1, 0.3], atol=1e-5) and np.isnan(d[:2]).all()
-    of, _ = ingest_mod.flag_near_duplicates(g, codes, shard=1, threshold=0)
+    of, _ = flag_near_duplicates(g, codes, shard=1, threshold=0)
     assert (of == -1).all()
