@@ -467,6 +467,7 @@ def ingest(
             # built while the detectors work on the first chunk
             cfg = config or FitConfig()
             rig = rig_for(model, cfg.n_shape, cfg.n_expression)
+            _warm_up(gallery, near_duplicate_distance)
             # the fit shares the CPU with the detector processes: leave them their cores (torch's
             # threads spin while they wait: on a busy CPU two threads cost several times the CPU
             # of one for these small batched ops)
@@ -509,6 +510,18 @@ def ingest(
             gallery.save_indexes()
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def _warm_up(gallery, near_duplicate_distance: float) -> None:
+    """Pay the fit's and the writer's one-time costs while the detectors work on the first chunk,
+    instead of after it: scipy's Delaunay (~1 s of CPU to import), pyarrow's first conversions
+    (they import pandas), the code index for the near-duplicate search."""
+    import pyarrow.parquet  # noqa: F401
+    import scipy.spatial  # noqa: F401
+
+    schema.faces_table({"face_id": np.zeros(0, np.int64)})
+    if near_duplicate_distance and near_duplicate_distance > 0:
+        gallery.index("codes")
 
 
 def chunk_sizes(n: int, largest: int = 256, first: int = 64) -> list[int]:
