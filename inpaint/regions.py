@@ -142,7 +142,7 @@ def _build(model) -> FaceRegions:
         ids = tuple(pidx[m] for m in members)
         points.append(ids)
         point_region[list(ids)] = r
-    mirror = np.array([name_idx[_mirror_region(n)] for n in names])
+    mirror = np.array([name_idx[mirror_name(n)] for n in names])
     midline_pt = np.array([mirror_name(n) == n for n in SOFT_TISSUE_NAMES])
 
     # left half and midline from the distances; near-midline vertices: midline regions only
@@ -176,10 +176,3 @@ def _build(model) -> FaceRegions:
     return FaceRegions(names=names, labels=labels, points=tuple(points), definite=definite,
                        mirror=mirror, seeds=seeds)
 
-
-def _mirror_region(name: str) -> str:
-    if name.endswith("_l"):
-        return name[:-2] + "_r"
-    if name.endswith("_r"):
-        return name[:-2] + "_l"
-    return name
