@@ -190,10 +190,11 @@ def reconstruct(skull, gallery_or_result, *, candidates: int = 3, method: str = 
     inpainter: an ``Inpainter`` or checkpoint path for gan (default: the gallery's trained
     one); out: folder to write; score_config: the :class:`~skullsearch.ScoreConfig` (default:
     the query's); tissue_table / sex / top / shortlist: passed to the query (and the table
-    gives the g depth); fit_weights / iterations / jaw / expression: F3DMM-GC options
+    gives the g depth); fit_weights / jaw / expression: F3DMM-GC options
     (:func:`.fit.f3dmm_gc`; without the expression the landmarks measured to need large shape
-    coefficients); starts / seed: GII-GC's random starts; render_size: side of the normalized
-    renders (px).
+    coefficients); iterations: F3DMM-GC's re-weighting rounds (default 12) or GII-GC's most
+    Adam steps (default 100); 0 or None: that default; starts / seed: GII-GC's random starts;
+    render_size: side of the normalized renders (px, ≥ 16).
     """
     from skullsearch.index.gallery import Gallery as _IndexGallery
     from skullsearch.retrieval.query import QueryResult, query
@@ -204,6 +205,14 @@ def reconstruct(skull, gallery_or_result, *, candidates: int = 3, method: str = 
         raise ReconstructionError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
     if not isinstance(candidates, (int, np.integer)) or candidates < 1:
         raise ReconstructionError(f"candidates must be a whole number ≥ 1, got {candidates!r}")
+    if iterations is not None and (not isinstance(iterations, (int, np.integer)) or iterations < 0):
+        raise ReconstructionError(f"iterations must be a whole number ≥ 1 (0 or None: the method's "
+                                  f"default), got {iterations!r}")
+    if not isinstance(starts, (int, np.integer)) or starts < 1:
+        raise ReconstructionError(f"starts (GII-GC's random starts) must be a whole number ≥ 1, "
+                                  f"got {starts!r}")
+    if not isinstance(render_size, (int, np.integer)) or render_size < 16:
+        raise ReconstructionError(f"render_size must be a whole number of pixels ≥ 16, got {render_size!r}")
     if not isinstance(skull, Skull):
         if isinstance(skull, (str, os.PathLike)):
             skull = Skull.load(skull)

@@ -119,6 +119,12 @@ def test_bad_input_is_refused_clearly(case, fitted):
         reconstruct(skull, g, candidates=0)
     with pytest.raises(ReconstructionError, match="method must be"):
         reconstruct(skull, g, method="magic")
+    with pytest.raises(ReconstructionError, match="iterations must be"):
+        reconstruct(skull, g, iterations=-1)
+    with pytest.raises(ReconstructionError, match="starts"):
+        reconstruct(skull, g, method="fit", starts=0)
+    with pytest.raises(ReconstructionError, match="render_size"):
+        reconstruct(skull, g, render_size=0)
     empty = QueryResult([], np.zeros((36, 3)), np.ones(36, bool), load_table().sd, {})
     with pytest.raises(ReconstructionError, match="no candidates"):
         reconstruct(skull, empty, gallery=g)
