@@ -595,6 +595,9 @@ def train_inpainter(gallery, out=None, *, epochs: int = 25, batch_size: int = 64
     if epochs < 1 or batch_size < 2:
         raise SkullsearchError(f"training needs at least 1 epoch and 2 renders per batch (got "
                                f"epochs {epochs}, batch size {batch_size})")
+    if faces is not None and int(faces) < 2:
+        raise SkullsearchError(f"faces must be at least 2 (got {faces}); an inpainter needs a few hundred "
+                               "faces or more (leave it out to train on the whole gallery)")
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SkullsearchError("--device cuda was asked for but torch sees no CUDA GPU; use "
