@@ -53,7 +53,8 @@ class FitWeights:
 
 @dataclass
 class FitResult:
-    """codes (C, 228) the fitted codes (shape, expression, jaw pose set; camera and light kept);
+    """codes (C, 228) the fitted codes (shape and expression set; pose zero but for the fitted
+    jaw rotation, the pose the vertices have; camera and light kept);
     vertices (C, V, 3) and points (C, 36, 3) mm face frame; losses: per candidate, one dict per
     iteration (iteration, total, kept, landmarks, definite, reg: the terms at the base weights,
     and max_ratio: the worst landmark distance / η); iterations (C,) int; within_margin (C,)
@@ -110,9 +111,10 @@ def f3dmm_gc(model, codes, target, present, keep, kept_positions=None, definite_
     (their shape starts the fit); target (C, 36, 3) or (36, 3) mm extended landmarks in each
     candidate's face frame; present (C, 36) or (36,) bool; keep (C, V) bool vertices that stay;
     kept_positions (C, V, 3) where they stay (default: the candidates' neutral faces);
-    definite_target (C, V, 3) mm (NaN: unknown) or None; eta (36,) mm match thresholds (default
-    3 mm); iterations: re-weighting rounds (each one exact solve); expression: fit δ too; jaw:
-    also fit the jaw rotation (L-BFGS, ``jaw_steps`` steps). Returns a :class:`FitResult`.
+    definite_target (C, V, 3) mm (NaN: unknown) or None; eta (36,) or (C, 36) mm match
+    thresholds in the face frame (default 3 mm); iterations: re-weighting rounds (each one
+    exact solve); expression: fit δ too; jaw: also fit the jaw rotation (L-BFGS, ``jaw_steps``
+    steps). Returns a :class:`FitResult`.
     """
     t0 = time.perf_counter()
     w = weights or FitWeights()
@@ -175,7 +177,7 @@ def f3dmm_gc(model, codes, target, present, keep, kept_positions=None, definite_
         g = gv + (wl * yl) @ al + w.stay * x0_t
         return torch.linalg.solve(h, g).numpy()
 
-    def evaluate(x: np.ndarray, lw_now: np.ndarray):
+    def evaluate(x: np.ndarray):
         verts = tmpl + (x @ a_v.reshape(n_v * 3, n_p).T).reshape(c, n_v, 3)
         pts = p0 + (x @ a_l.reshape(108, n_p).T).reshape(c, 36, 3)
         return verts, pts
@@ -188,7 +190,7 @@ def f3dmm_gc(model, codes, target, present, keep, kept_positions=None, definite_
     for it in range(max(int(iterations), 1)):
         x_new = solve(lw_now)
         x = np.where(done[:, None], x, x_new)
-        verts, pts = evaluate(x, lw_now)
+        verts, pts = evaluate(x)
         dist = np.linalg.norm(pts - target, axis=-1)
         ratio = np.where(present, dist / eta, 0.0)
         _record(losses, done, it, verts, pts, x, x0, kept_pos, keep, target, present, d_tgt, w, ratio)
@@ -215,7 +217,8 @@ def f3dmm_gc(model, codes, target, present, keep, kept_positions=None, definite_
     out_codes[:, es: es + 90] = 0.0
     out_codes[:, es: es + e_n] = coef[:, s_n:]
     ps = code_layout.SLICES["pose"].start
-    out_codes[:, ps: ps + pose.shape[1]] = pose[:, : min(pose.shape[1], 15)]
+    n_pose = min(pose.shape[1], code_layout.SLICES["pose"].stop - ps)
+    out_codes[:, ps: ps + n_pose] = pose[:, :n_pose]
     ratio_final = np.where(present, np.linalg.norm(pts - target, axis=-1) / eta, 0.0)
     secs = (time.perf_counter() - t0) / c
     return FitResult(codes=out_codes, vertices=verts.astype(np.float32), points=pts.astype(np.float32),
