@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import uuid
 from pathlib import Path
 from typing import NamedTuple
 
@@ -266,12 +267,16 @@ class Gallery:
                 cached = None  # a writer needs it in memory: read it again
             if cached is None:
                 state = self._index_state().get(name)
-                path = self.path / "index" / f"{name}.faiss"
-                delta = None
-                if state and path.exists() and set(state["shards"]) <= {s.number for s in shards}:
-                    base, mapped = vectors.read_index(path, mmap=mmap)
-                    have = set(state["shards"])
-                else:
+                delta, base = None, None
+                if state and set(state["shards"]) <= {s.number for s in shards}:
+                    # the file the state names holds exactly state["shards"] (see save_indexes)
+                    path = self.path / "index" / state.get("file", f"{name}.faiss")
+                    try:
+                        base, mapped = vectors.read_index(path, mmap=mmap)
+                        have = set(state["shards"])
+                    except (FileNotFoundError, RuntimeError):  # replaced meanwhile: rebuild
+                        base = None
+                if base is None:
                     base = vectors.new_index(*self._index_spec(name), n_expected=sum(s.faces for s in shards),
                                              kind=self._index_kind(name))
                     mapped, have = False, set()
@@ -326,16 +331,30 @@ class Gallery:
         """Write both indexes with the shards they hold (atomic). Called by the writer."""
         import faiss
 
-        state = self._index_state()
+        # Each save writes new files (a fresh name per save) and commits them by the one atomic
+        # write of state.json, which names the file and the shards it holds: a kill at any point,
+        # or a reader opening the index meanwhile, never pairs a file with another save's shard
+        # list (which would add shards twice). The files of the previous state are kept (a reader
+        # may be opening them); older ones are removed.
+        folder = self.path / "index"
+        old = self._index_state()
+        state = dict(old)
         for name in ("shortlist", "codes"):
             idx = self.index(name, mmap=False)
             held = self._indexes[name].shards
-            path = self.path / "index" / f"{name}.faiss"
-            tmp = path.with_name(f".{path.name}.tmp")
+            fname = f"{name}.{uuid.uuid4().hex[:12]}.faiss"
+            tmp = folder / f".{fname}.tmp"
             faiss.write_index(idx, str(tmp))
-            os.replace(tmp, path)
-            state[name] = {"shards": held, "ntotal": int(idx.ntotal), "type": type(idx).__name__}
-        write_json_atomic(self.path / "index" / "state.json", state)
+            os.replace(tmp, folder / fname)
+            state[name] = {"shards": held, "ntotal": int(idx.ntotal), "type": type(idx).__name__,
+                           "file": fname}
+        write_json_atomic(folder / "state.json", state)
+        keep = {st.get("file", f"{n}.faiss") for d in (old, state) for n, st in d.items()
+                if isinstance(st, dict)}
+        for name in ("shortlist", "codes"):  # (a killed save's .tmp files too: we hold the lock)
+            for f in [*folder.glob(f"{name}*.faiss"), *folder.glob(f".{name}*.faiss.tmp")]:
+                if f.name not in keep:
+                    f.unlink(missing_ok=True)
 
     def search_codes(self, codes: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
         """Faces most similar in identity to the given codes (q, 228): (L2 distances (q, k), ids (q, k))."""
@@ -507,7 +526,8 @@ class Gallery:
                         os.replace(f, q / f.name)
                     repaired.append(f"quarantined shard {s.number} (its photos will be ingested again)")
                 for name in ("shortlist", "codes"):
-                    (self.path / "index" / f"{name}.faiss").unlink(missing_ok=True)
+                    for f in (self.path / "index").glob(f"{name}*.faiss"):
+                        f.unlink(missing_ok=True)
                 (self.path / "index" / "state.json").unlink(missing_ok=True)
                 self._indexes.clear()
                 self._gpu.clear()

@@ -8,7 +8,7 @@ Layout of a gallery directory::
     shards/00000001.soft.npy         (n, 36, 3) float32 soft-tissue points, mm, model frame
     shards/00000001.codes.npy        (n, 228) float32 face codes
     shards/00000001.json             the commit record, written last
-    index/shortlist.faiss, index/codes.faiss, index/state.json
+    index/shortlist.<id>.faiss, index/codes.<id>.faiss, index/state.json (names them: the commit)
     ingest.lock                      held by the one writing process
 
 A shard is written to temporary names, renamed into place, then committed by atomically writing

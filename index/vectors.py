@@ -111,14 +111,25 @@ def search(index, queries: np.ndarray, k: int, nprobe: int = 32,
     max_id: only ids below it (e.g. the shards a recorded query saw)."""
     import faiss
 
-    if hasattr(index, "nprobe"):
-        index.nprobe = nprobe
+    _set_nprobe(index, nprobe)
     k = max(1, min(k, max(index.ntotal, 1)))
     q = np.ascontiguousarray(queries, dtype=np.float32)
     if max_id is not None:
         params = faiss.SearchParameters(sel=faiss.IDSelectorRange(0, int(max_id)))
         return index.search(q, k, params=params)
     return index.search(q, k)
+
+
+def _set_nprobe(index, nprobe: int) -> None:
+    """nprobe on an IVF index, or on each IVF part of a :func:`joined` index (IndexShards has
+    no nprobe of its own: without this its IVF part would search 1 list)."""
+    import faiss
+
+    if hasattr(index, "nprobe"):
+        index.nprobe = nprobe
+    elif isinstance(index, faiss.IndexShards):
+        for i in range(index.count()):
+            _set_nprobe(faiss.downcast_index(index.at(i)), nprobe)
 
 
 def to_gpu(index):

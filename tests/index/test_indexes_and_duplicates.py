@@ -177,3 +177,53 @@ def test_flagging_off_and_the_pairwise_rule(default_model, tmp_path):
     assert np.allclose(d[2:], [0.1, 0.3], atol=1e-5) and np.isnan(d[:2]).all()
     of, _ = flag_near_duplicates(g, codes, shard=1, threshold=0)
     assert (of == -1).all()
+
+
+def test_a_save_killed_before_its_state_is_written_duplicates_nothing(default_model, tmp_path, monkeypatch):
+    """The state names the file it describes: a kill after the new index files are in place but
+    before state.json is written leaves the previous (file, shards) pair, never a new file read
+    with the old shard list (which added the newer shards a second time)."""
+    import shutil
+
+    from skullsearch.index import gallery as gallery_mod
+
+    g = Gallery.create(tmp_path / "g", face_model=default_model)
+    synth(g, 300, seed=0)
+    shutil.copytree(g.path / "index", tmp_path / "saved")
+    synth(g, 200, seed=1)
+    # an ingest between two saves: 500 faces committed, the saved indexes hold the first 300
+    shutil.rmtree(g.path / "index")
+    shutil.copytree(tmp_path / "saved", g.path / "index")
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(gallery_mod, "write_json_atomic", killed)
+    g = Gallery.open(tmp_path / "g")
+    with pytest.raises(KeyboardInterrupt):
+        g.save_indexes()
+    monkeypatch.undo()
+    for mmap in (True, False):
+        r = Gallery.open(tmp_path / "g")
+        r.mmap_indexes = mmap
+        for name in ("shortlist", "codes"):
+            assert r.index(name).ntotal == 500, (name, mmap)
+    g = Gallery.open(tmp_path / "g")
+    g.save_indexes()  # a later save commits, and removes the killed save's files
+    g.save_indexes()
+    names = sorted(p.name for p in (g.path / "index").glob("*.faiss"))
+    assert len(names) == 4 and Gallery.open(g.path).index("shortlist").ntotal == 500, names
+
+
+def test_a_joined_ivf_index_searches_nprobe_lists():
+    import faiss
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3000, 16)).astype(np.float32)
+    ivf = vectors.new_index(16, "l2", n_expected=3000, kind="ivfpq")
+    vectors.add(ivf, x[:2000], np.arange(2000))
+    delta = vectors.new_index(16, "l2", kind="flat")
+    vectors.add(delta, x[2000:], np.arange(2000, 3000))
+    joined = vectors.joined(ivf, delta)
+    vectors.search(joined, x[:5], 3, nprobe=17)
+    assert faiss.downcast_index(joined.at(0)).nprobe == 17
