@@ -21,6 +21,7 @@ pass for B meshes).
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -77,7 +78,8 @@ def normalized_camera(model, size: int = 128) -> NormalizedCamera:
     """The canonical camera of a model: centred on the mean face's face proper (x, y bounding box
     of :func:`~skullsearch.encoder.face_model.face_region`), which fills :data:`FILL` of the
     image; cached per model and size."""
-    key = (model.topology_hash, np.ascontiguousarray(model.v_template).tobytes()[:4096], int(size))
+    key = (model.topology_hash, hashlib.sha256(np.ascontiguousarray(model.v_template).tobytes()).hexdigest(),
+           int(size))
     if key not in _CAMERAS:
         from skullsearch.encoder.face_model import face_region
 

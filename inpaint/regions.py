@@ -26,6 +26,7 @@ A region is revised (regenerated) when one of its landmarks is unmatched after s
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -91,11 +92,15 @@ def face_regions(model) -> FaceRegions:
     st = model.soft_tissue_points
     if st is None:
         model.soft_tissue(batch_size=1)  # raises the explanatory LandmarkError
-    key = (model.topology_hash, st.faces.tobytes(), st.bary.tobytes(),
-           np.ascontiguousarray(model.v_template).tobytes()[:4096])
+    key = (model.topology_hash, st.faces.tobytes(), st.bary.tobytes(), _template_hash(model))
     if key not in _CACHE:
         _CACHE[key] = _build(model)
     return _CACHE[key]
+
+
+def _template_hash(model) -> str:
+    """sha256 of the whole mean face (a cache key part; cheap: V × 3 float32)."""
+    return hashlib.sha256(np.ascontiguousarray(model.v_template).tobytes()).hexdigest()
 
 
 def revised_vertices(regions: FaceRegions, matched: np.ndarray, present: np.ndarray) -> np.ndarray:

@@ -108,3 +108,19 @@ def regions_nose_mask(default_model):
 
     reg = face_regions(default_model)
     return reg.labels == reg.names.index("nose")
+
+
+def test_caches_are_keyed_by_the_whole_mean_face(default_model):
+    """Two models of one topology whose templates differ only past the first vertices get their
+    own camera and regions (the key once hashed the template's first 4 kB only)."""
+    import copy
+
+    from skullsearch.inpaint.regions import face_regions
+
+    other = copy.copy(default_model)
+    v = default_model.v_template.copy()
+    v[400:] *= 1.1
+    other.v_template = v
+    cam, cam2 = normalized_camera(default_model), normalized_camera(other)
+    assert cam2 != cam  # its own face proper, its own framing
+    assert face_regions(other) is not face_regions(default_model)
