@@ -18,7 +18,7 @@ def near_duplicates_cmd(
         float | None, typer.Option(help="Only pairs at most this far apart (shape-code L2).")
     ] = None,
     csv_out: Annotated[bool, typer.Option("--csv", help="Print CSV instead of a table.")] = False,
-    limit: Annotated[int, typer.Option(help="Rows shown in the table.")] = 50,
+    limit: Annotated[int, typer.Option(min=0, help="Rows shown in the table.")] = 50,
 ):
     """List faces flagged at ingest as near-duplicates of an earlier face (closest first)."""
     from skullsearch import Gallery

@@ -427,8 +427,14 @@ class Gallery:
     def near_duplicates(self, max_distance: float | None = None):
         """Faces flagged at ingest as near-duplicates of an earlier face (a pyarrow.Table:
         face_id, path, person, near_duplicate_of, its path and person, distance), closest first.
-        max_distance: keep only pairs at most this far apart (shape-code L2)."""
-        where = "" if max_distance is None else f"AND f.near_duplicate_distance <= {float(max_distance)!r}"
+        max_distance: keep only pairs at most this far apart (shape-code L2; ≥ 0, inf: all)."""
+        where = ""
+        if max_distance is not None:
+            d = float(max_distance)
+            if not d >= 0:  # (NaN too: it used to reach the SQL as a column name)
+                raise GalleryError(f"max_distance must be a number ≥ 0 (shape-code L2), got {max_distance!r}")
+            if np.isfinite(d):
+                where = f"AND f.near_duplicate_distance <= {d!r}"
         return arrow(self.connect().sql(
             "SELECT f.face_id, f.path, f.person, f.near_duplicate_of, o.path AS duplicate_path, "
             "o.person AS duplicate_person, f.near_duplicate_distance AS distance "

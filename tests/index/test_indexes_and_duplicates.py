@@ -179,6 +179,16 @@ def test_flagging_off_and_the_pairwise_rule(default_model, tmp_path):
     assert (of == -1).all()
 
 
+def test_near_duplicates_max_distance_is_checked(default_model, tmp_path):
+    g = Gallery.create(tmp_path / "g", face_model=default_model)
+    synth(g, 50, seed=0)
+    assert g.near_duplicates(float("inf")).num_rows == g.near_duplicates().num_rows
+    assert g.near_duplicates(0.0).num_rows == 0
+    for bad in (float("nan"), -1.0):
+        with pytest.raises(store.GalleryError, match="max_distance"):
+            g.near_duplicates(bad)
+
+
 def test_a_save_killed_before_its_state_is_written_duplicates_nothing(default_model, tmp_path, monkeypatch):
     """The state names the file it describes: a kill after the new index files are in place but
     before state.json is written leaves the previous (file, shards) pair, never a new file read
