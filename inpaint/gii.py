@@ -224,7 +224,8 @@ def gii_gc(model, inpainter: Inpainter, code, target, present, revise, definite=
     w = weights or GIIWeights()
     inpainter.check_model(model)
     if starts < 1 or iterations < 1:
-        raise ValueError("gii_gc needs starts ≥ 1 and iterations ≥ 1")
+        raise SkullsearchError(f"gii_gc needs starts ≥ 1 and iterations ≥ 1 (got starts {starts}, "
+                               f"iterations {iterations})")
     n_v = model.n_vertices
     revise = np.asarray(revise, bool).reshape(-1)
     present = np.asarray(present, bool).reshape(-1)

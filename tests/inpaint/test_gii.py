@@ -7,6 +7,7 @@ from tiny_gan import one_thread
 
 from skullsearch.encoder import code as code_layout
 from skullsearch.encoder.fitting import code_vertices
+from skullsearch.errors import SkullsearchError
 from skullsearch.inpaint.gan import InpainterCheckpointError, canonical_codes
 from skullsearch.inpaint.gii import (
     LOSS_KEYS,
@@ -220,6 +221,9 @@ def test_gii_gc_is_reproducible_and_refuses_another_model(tiny_inpainter, case, 
     with pytest.raises(InpainterCheckpointError, match="trained for face model"):
         gii_gc(other, tiny_inpainter["inpainter"], case["code"], case["target"], case["present"],
                np.zeros(other.n_vertices, bool), iterations=1, weights=GIIWeights())
+    with pytest.raises(SkullsearchError, match="starts ≥ 1"):
+        gii_gc(case["model"], tiny_inpainter["inpainter"], case["code"], case["target"], case["present"],
+               case["revise"], starts=0)
 
 
 def test_gii_gc_with_nothing_to_revise_returns_the_candidate(tiny_inpainter, case):
