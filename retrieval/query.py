@@ -127,7 +127,10 @@ def shortlist_weights(present: np.ndarray, sd: np.ndarray, cfg: ScoreConfig, ran
     plain masked L2 (1 where present): S counts matches after a robust refit, which no fixed
     weighting predicts better (benchmarks/query_speed.py measures both)."""
     present = np.asarray(present, bool)
-    w = present / cfg.sigma(sd) ** 2 if rank_by == "likelihood" else present.astype(np.float64)
+    if rank_by == "likelihood":  # (an absent landmark may have no SD at all: NaN there, 0 here)
+        w = np.where(present, 1.0 / np.where(present, cfg.sigma(sd), 1.0) ** 2, 0.0)
+    else:
+        w = present.astype(np.float64)
     return w / max(w[present].mean(), 1e-12) if present.any() else w
 
 

@@ -36,3 +36,15 @@ def test_shortlist_weights_follow_the_ranking():
     assert (lik[~present] == 0).all() and np.isclose(lik[present].mean(), 1.0)
     ratio = lik[present] * cfg.sigma(sd)[present] ** 2
     np.testing.assert_allclose(ratio, ratio[0])  # ∝ 1/σ²
+
+
+def test_shortlist_weights_where_an_absent_landmark_has_no_sd():
+    """A table without a depth for a landmark gives it SD NaN (and no presence): its weight is 0,
+    not NaN (a NaN in the query vector made every inner product NaN)."""
+    sd = np.full(36, 2.0)
+    sd[5] = np.nan
+    present = np.ones(36, bool)
+    present[5] = False
+    for rank_by in ("s", "likelihood"):
+        w = shortlist_weights(present, sd, ScoreConfig(), rank_by)
+        assert np.isfinite(w).all() and w[5] == 0 and np.allclose(w[present], 1.0)
