@@ -81,8 +81,8 @@ def skull(gallery: Path, person: str, out: Path, seed: int, depth_noise: float) 
 
 def check(query_json: Path, truth_json: Path) -> bool:
     """Whether the ranked table's first candidate is the person the skull was made under (the
-    face itself, or another photo of the same person: photos of one person share one shape, so
-    they tie)."""
+    face itself, or another photo of the same person: those photos are renders of one head, so
+    their fitted faces are close and either may come first)."""
     res = json.loads(query_json.read_text())
     truth = json.loads(truth_json.read_text())
     cands = res["candidates"]
