@@ -415,7 +415,10 @@ def _run(model, skull, codes, neutral_points, target, present, sd, cfg, g_depth,
             t1 = time.perf_counter()
             g = gii(model, inp, codes[i], tgt_face[i], present, revise[i], regions.definite, d_face[i],
                     starts=starts, iterations=iterations or 100, seed=seed)
-            new_codes.append(np.asarray(g.code, np.float32))
+            new_code = np.array(g.code, np.float32)  # canonical: camera and light back from the candidate
+            for part in ("cam_rot", "cam_trans", "light"):
+                new_code[code_layout.SLICES[part]] = codes[i][code_layout.SLICES[part]]
+            new_codes.append(new_code)
             verts.append(np.asarray(g.vertices, np.float64))
             losses.append([_plain_row(r, k) for k, r in enumerate(g.losses)])
             iters.append(int(g.iterations))

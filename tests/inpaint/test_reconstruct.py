@@ -167,6 +167,11 @@ def test_gan_path_with_a_tiny_trained_inpainter(case, tmp_path):
     assert r.iterations >= 1 and len(r.losses) >= 1
     assert {"total", "context", "prior", "geometry"} <= set(r.losses[0])
     assert 0.0 <= r.s_after <= 1.0 and r.vertices_skull.shape == (g.face_model.n_vertices, 3)
+    from skullsearch.encoder import code as code_layout
+
+    cand = g.codes(np.array([r.face_id]))[0]
+    kept = np.r_[code_layout.SLICES["cam_rot"], code_layout.SLICES["cam_trans"], code_layout.SLICES["light"]]
+    assert np.array_equal(r.code[kept], cand[kept]) and cand[kept].any()  # as F3DMM-GC: camera, light kept
     data = json.loads((tmp_path / "out" / "reconstruction.json").read_text())
     first = data["candidates"][0]
     assert first["method"] == "gan" and (tmp_path / "out" / first["mesh"]).exists()
