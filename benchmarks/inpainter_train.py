@@ -10,7 +10,9 @@ of one GII-GC iteration with it.
 - ``sample_mean_corr``: correlation between the mean of 64 G samples and the mean of 64 real
   renders (1 = G puts the face where the renders have it); ``sample_std_ratio``: per-pixel std of
   the samples over that of the renders (≪ 1: G's samples vary too little, mode collapse);
-- ``gii_s_per_iteration``: one Adam step of GII-GC with ``--starts`` starts.
+- ``gii_s_per_iteration``: a GII-GC call's wall time over its iterations, with ``--starts``
+  starts (the call's setup — candidate render, seam weights, final evaluation — included: an
+  upper bound on one Adam step).
 
     python benchmarks/inpainter_train.py [--faces 1000] [--size 64] [--width 32] [--epochs 3]
         [--batch-size 64] [--device cpu|cuda] [--starts 4]
