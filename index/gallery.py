@@ -266,17 +266,20 @@ class Gallery:
             if cached is not None and cached.mapped and not mmap:
                 cached = None  # a writer needs it in memory: read it again
             if cached is None:
-                state = self._index_state().get(name)
                 delta, base = None, None
-                if state and set(state["shards"]) <= {s.number for s in shards}:
+                for _ in range(3):  # a save may replace the file between reading the state and it
+                    state = self._index_state().get(name)
+                    if not (state and set(state["shards"]) <= {s.number for s in shards}):
+                        break
                     # the file the state names holds exactly state["shards"] (see save_indexes)
                     path = self.path / "index" / state.get("file", f"{name}.faiss")
                     try:
                         base, mapped = vectors.read_index(path, mmap=mmap)
                         have = set(state["shards"])
-                    except (FileNotFoundError, RuntimeError):  # replaced meanwhile: rebuild
+                        break
+                    except (FileNotFoundError, RuntimeError):  # gone (or unreadable): read the state again
                         base = None
-                if base is None:
+                if base is None:  # built from the shards
                     base = vectors.new_index(*self._index_spec(name), n_expected=sum(s.faces for s in shards),
                                              kind=self._index_kind(name))
                     mapped, have = False, set()
@@ -334,11 +337,11 @@ class Gallery:
         # Each save writes new files (a fresh name per save) and commits them by the one atomic
         # write of state.json, which names the file and the shards it holds: a kill at any point,
         # or a reader opening the index meanwhile, never pairs a file with another save's shard
-        # list (which would add shards twice). The files of the previous state are kept (a reader
-        # may be opening them); older ones are removed.
+        # list (which would add shards twice). The previous files are removed once the state names
+        # the new ones (a reader that had mapped them keeps its pages; one about to open them
+        # reads the state again, see index()).
         folder = self.path / "index"
-        old = self._index_state()
-        state = dict(old)
+        state = self._index_state()
         for name in ("shortlist", "codes"):
             idx = self.index(name, mmap=False)
             held = self._indexes[name].shards
@@ -349,8 +352,7 @@ class Gallery:
             state[name] = {"shards": held, "ntotal": int(idx.ntotal), "type": type(idx).__name__,
                            "file": fname}
         write_json_atomic(folder / "state.json", state)
-        keep = {st.get("file", f"{n}.faiss") for d in (old, state) for n, st in d.items()
-                if isinstance(st, dict)}
+        keep = {st["file"] for st in state.values() if isinstance(st, dict) and "file" in st}
         for name in ("shortlist", "codes"):  # (a killed save's .tmp files too: we hold the lock)
             for f in [*folder.glob(f"{name}*.faiss"), *folder.glob(f".{name}*.faiss.tmp")]:
                 if f.name not in keep:

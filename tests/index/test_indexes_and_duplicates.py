@@ -222,7 +222,19 @@ def test_a_save_killed_before_its_state_is_written_duplicates_nothing(default_mo
     g.save_indexes()  # a later save commits, and removes the killed save's files
     g.save_indexes()
     names = sorted(p.name for p in (g.path / "index").glob("*.faiss"))
-    assert len(names) == 4 and Gallery.open(g.path).index("shortlist").ntotal == 500, names
+    assert len(names) == 2 and Gallery.open(g.path).index("shortlist").ntotal == 500, names
+    assert not list((g.path / "index").glob(".*.tmp"))
+    # a reader whose state named files that a save has since removed reads the state again
+    r = Gallery.open(g.path)
+    real = r._index_state
+
+    def stale_once(calls=[]):  # noqa: B006 - counts the calls
+        calls.append(1)
+        st = real()
+        return {k: dict(v, file="gone.faiss") for k, v in st.items()} if len(calls) == 1 else st
+
+    r._index_state = stale_once
+    assert r.index("shortlist").ntotal == 500 and r._indexes["shortlist"].mapped
 
 
 def test_a_joined_ivf_index_searches_nprobe_lists():
