@@ -155,7 +155,7 @@ def thumbnail(path: str | None, gallery_dir: Path | None = None,
             im.thumbnail((px, px))
             buf = io.BytesIO()
             im.save(buf, "JPEG", quality=82)
-    except (OSError, UnidentifiedImageError, ValueError) as exc:
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exc:
         return None, f"photo unreadable ({type(exc).__name__})"
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii"), ""
 

@@ -447,3 +447,14 @@ def test_distribution_is_the_calibration_sample(case, built):
     share = (1 + np.sum(ref.s + 1e-9 * ref.likelihood >= top.s + 1e-9 * top.likelihood)) / (1 + len(sample))
     assert abs(share - top.calibrated) < 1e-9 and f"{top.calibrated * 100:.2f} %" in text
     assert text.count('<svg class="plot"') == 2
+
+
+def test_a_photo_too_large_to_decode_is_a_placeholder(tmp_path, monkeypatch):
+    """Pillow's bomb check raises DecompressionBombError (not an OSError): a placeholder, not a
+    traceback (a gallery photo replaced by a huge one after ingest)."""
+    from PIL import Image
+
+    Image.new("RGB", (100, 100)).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 10,000 px > 2 × the limit
+    url, why = rep.thumbnail(str(tmp_path / "big.png"))
+    assert url is None and why == "photo unreadable (DecompressionBombError)"
