@@ -447,7 +447,7 @@ def load_inpainter(path_or_gallery, model=None, map_location="cpu") -> Inpainter
     model: refuse a checkpoint made for another face model. Loads with
     ``torch.load(weights_only=True)``; returns the :class:`Inpainter` in eval mode.
     Raises :class:`InpainterMissingError` when there is no file, :class:`InpainterCheckpointError`
-    for another format, version or face model, or a damaged file.
+    for another format, version or face model, a damaged file, or a folder that is not a gallery.
     """
     gallery = None
     target = path_or_gallery
@@ -458,6 +458,10 @@ def load_inpainter(path_or_gallery, model=None, map_location="cpu") -> Inpainter
 
         gallery = Gallery.open(target)
     path = default_inpainter_path(gallery) if gallery is not None else Path(target)
+    if gallery is None and path.is_dir():
+        raise InpainterCheckpointError(
+            f"{path} is a folder but not a skullsearch gallery (no gallery.json): give the gallery's "
+            "folder or an inpainter checkpoint file (inpainter.pt)")
     if not path.is_file():
         where = gallery.path if gallery is not None else "DIR"
         raise InpainterMissingError(

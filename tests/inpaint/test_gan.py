@@ -181,6 +181,9 @@ def test_missing_inpainter_names_the_command(default_model, tmp_path):
         load_inpainter(g)
     with pytest.raises(InpainterMissingError):
         load_inpainter(tmp_path / "nothing.pt")
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(InpainterCheckpointError, match="not a skullsearch gallery"):
+        load_inpainter(tmp_path / "plain")
 
 
 class _Evil:
