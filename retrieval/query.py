@@ -283,11 +283,16 @@ def history(gallery) -> list[dict]:
 
 
 def load_record(gallery, query_id: str) -> dict:
+    """The audit record of a recorded query (a file name in ``audit/``: nothing outside it)."""
+    query_id = str(query_id)
     path = gallery.path / "audit" / f"{query_id}.json"
-    if not path.exists():
+    if "/" in query_id or "\\" in query_id or query_id.startswith(".") or not path.is_file():
         known = ", ".join(h["query_id"] for h in history(gallery)[-5:]) or "none"
         raise GalleryError(f"no recorded query {query_id!r} in {gallery.path}; recent ones: {known}")
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise GalleryError(f"the audit record {path} is unreadable ({exc}); run the query again") from None
 
 
 def rerun(gallery, query_id: str) -> tuple[QueryResult, bool]:

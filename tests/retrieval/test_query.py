@@ -129,3 +129,23 @@ def test_a_shortlist_as_large_as_the_gallery_is_exhaustive_scoring(case, rank_by
                        calibration_sample=0)
     every = score(g.soft_tissue(ids), target, present, sd)
     assert [c.face_id for c in res.candidates] == list(ids[rank_order(every, rank_by)[:10]])
+
+
+def test_load_record_reads_only_audit_records(default_model, tmp_path):
+    import json
+
+    import pytest
+
+    from skullsearch import Gallery
+    from skullsearch.index.store import GalleryError
+    from skullsearch.retrieval.query import load_record
+
+    g = Gallery.create(tmp_path / "g", face_model=default_model)
+    (tmp_path / "outside.json").write_text(json.dumps({"query_id": "x"}))
+    (g.path / "audit").mkdir(exist_ok=True)
+    for bad in ("../../outside", "..\\..\\outside", ".hidden"):
+        with pytest.raises(GalleryError, match="no recorded query"):
+            load_record(g, bad)
+    (g.path / "audit" / "broken.json").write_text('{"query_id": ')
+    with pytest.raises(GalleryError, match="unreadable"):
+        load_record(g, "broken")
