@@ -48,4 +48,3 @@ def test_shortlist_weights_where_an_absent_landmark_has_no_sd():
     for rank_by in ("s", "likelihood"):
         w = shortlist_weights(present, sd, ScoreConfig(), rank_by)
         assert np.isfinite(w).all() and w[5] == 0 and np.allclose(w[present], 1.0)
-
