@@ -602,7 +602,10 @@ def train_inpainter(gallery, out=None, *, epochs: int = 25, batch_size: int = 64
     if faces is not None and int(faces) < 2:
         raise SkullsearchError(f"faces must be at least 2 (got {faces}); an inpainter needs a few hundred "
                                "faces or more (leave it out to train on the whole gallery)")
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise SkullsearchError(f"unknown device {device!r}: use cpu or cuda (cuda:N for one GPU)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SkullsearchError("--device cuda was asked for but torch sees no CUDA GPU; use "
                                "--device cpu (slow for large galleries) or install a CUDA build of torch")
