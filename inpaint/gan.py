@@ -599,6 +599,9 @@ def train_inpainter(gallery, out=None, *, epochs: int = 25, batch_size: int = 64
     if epochs < 1 or batch_size < 2:
         raise SkullsearchError(f"training needs at least 1 epoch and 2 renders per batch (got "
                                f"epochs {epochs}, batch size {batch_size})")
+    if int(width) < 1 or int(z_dim) < 1:
+        raise SkullsearchError(f"width and z_dim must be at least 1 (got width {width}, z_dim {z_dim}); "
+                               f"DCGAN uses width {DEFAULT_WIDTH} and z_dim {Z_DIM}")
     if faces is not None and int(faces) < 2:
         raise SkullsearchError(f"faces must be at least 2 (got {faces}); an inpainter needs a few hundred "
                                "faces or more (leave it out to train on the whole gallery)")

@@ -236,7 +236,8 @@ def test_cli_errors_are_one_line(tiny_inpainter, tmp_path, capsys):
     assert code == 2 and "not a skullsearch gallery" in capsys.readouterr().err
     for bad, message in ((["--size", "100"], "power of two"), (["--epochs", "0"], "at least 1 epoch"),
                          (["--faces", "-5"], "faces must be at least 2"),
-                         (["--device", "gpu"], "unknown device 'gpu'")):
+                         (["--device", "gpu"], "unknown device 'gpu'"),
+                         (["--width", "0"], "width and z_dim must be at least 1")):
         code = main(["train", "inpainter", "--gallery", str(tiny_inpainter["gallery"].path), *bad])
         err = capsys.readouterr().err
         assert code == 2 and message in err and "Traceback" not in err
