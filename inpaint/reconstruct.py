@@ -18,7 +18,9 @@ gallery is given):
    the triangle's, oriented by :func:`~skullsearch.retrieval.extended.outward_normals` at a
    sample of the points); a vertex farther than :data:`DEFINITE_MAX_MM` from its target (no
    skull there: a partial skull, the neck), or well off the surface on the side the normal
-   points away from (a rim, a hole), has no target.
+   points away from (a rim, a hole), has no target. F3DMM-GC pulls every definite vertex with a
+   target; GII-GC keeps the surface outside the revised regions and their seam exactly the
+   candidate's, so there only revised (or seam) definite vertices follow their targets.
 3. **Re-synthesis**, in the candidate's face frame (extended landmarks brought there by the
    inverse of the candidate's transform): ``method="fit"`` is F3DMM-GC (:mod:`.fit`, the
    paper's baseline, no GAN); ``"gan"`` is GII-GC (the paper's method, helper module
