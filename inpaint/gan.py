@@ -644,7 +644,8 @@ def train_inpainter(gallery, out=None, *, epochs: int = 25, batch_size: int = 64
     opt_d = torch.optim.Adam(d.parameters(), lr=lr, betas=(0.5, 0.999))
     opt_e = torch.optim.Adam(e.parameters(), lr=encoder_lr)
     n_train = len(train_idx)
-    per_epoch = max(1, math.ceil(n_train / batch_size))
+    # batches per epoch: a last batch of one render is skipped (BatchNorm needs two)
+    per_epoch = max(1, n_train // batch_size + (n_train % batch_size >= 2))
     total_steps = per_epoch * epochs
     history: list[dict] = []
     step = 0

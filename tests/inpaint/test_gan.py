@@ -24,6 +24,7 @@ from skullsearch.inpaint.gan import (
     default_inpainter_path,
     load_inpainter,
     sidecar_path,
+    train_inpainter,
 )
 
 
@@ -209,6 +210,16 @@ def test_damaged_and_malicious_files_are_refused(tmp_path):
     with pytest.raises(InpainterCheckpointError):
         load_inpainter(evil)
     assert not marker.exists()
+
+
+def test_progress_counts_the_batches_that_run(tiny_inpainter, tmp_path):
+    """40 faces: 36 training renders in batches of 7 = five batches and a skipped single render."""
+    events = []
+    with one_thread():
+        train_inpainter(tiny_inpainter["gallery"], tmp_path / "p.pt", epochs=1, faces=40, size=16, width=4,
+                        encoder_widths=(8, 8), batch_size=7, progress=events.append)
+    steps = [e for e in events if e["stage"] == "train"]
+    assert len(steps) == 5 and steps[-1]["done"] == steps[-1]["total"] == 5
 
 
 # ---------------------------------------------------------------------------------- CLI
