@@ -58,7 +58,9 @@ CALIBRATION_SAMPLE = 2000
 
 @dataclass
 class Candidate:
-    """One ranked face: ids, catalog fields, scores, per-landmark detail and the transform."""
+    """One ranked face: ids, catalog fields, scores, per-landmark detail and the transform.
+    shortlist_distance: the shortlist search's masked L2 to the query (mm, canonical frame; when
+    ranking by likelihood, weighted by 1/σ² with weights of mean 1, see :func:`shortlist_weights`)."""
 
     rank: int
     face_id: int
