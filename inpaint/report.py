@@ -208,18 +208,28 @@ def read_reconstruction(folder: str | os.PathLike) -> Reconstruction:
         raise ReportError(f"{meta} is malformed ({exc!r}); write it again with "
                           "`skullsearch reconstruct`") from None
     rec = Reconstruction(folder, data)
+    root = folder.resolve()
+
+    def inside(name: str) -> Path | None:
+        """The folder's own file ``name``; None for a path that leaves the folder."""
+        p = (folder / str(name)).resolve()
+        return p if p.is_relative_to(root) else None
+
     for fid, c in zip(ids, cands, strict=True):
         rec.meshes[fid] = None
         if c.get("mesh"):
-            p = folder / c["mesh"]
+            p = inside(c["mesh"])
             try:
+                if p is None:
+                    raise ValueError("outside the reconstruction folder")
                 m = trimesh.load(p, force="mesh", process=False)
                 rec.meshes[fid] = (np.asarray(m.vertices), np.asarray(m.faces))
-            except (OSError, ValueError) as exc:
-                rec.problems.append(f"face {fid}: mesh {c['mesh']} unreadable ({type(exc).__name__})")
+            except Exception as exc:  # noqa: BLE001 - any unreadable mesh is reported, not fatal
+                rec.problems.append(f"face {fid}: mesh {c['mesh']} unreadable ({type(exc).__name__}: {exc})")
         rec.renders[fid] = None
         if c.get("render"):
-            url = _png_data_url(folder / c["render"])
+            p = inside(c["render"])
+            url = None if p is None else _png_data_url(p)
             if url is None:
                 rec.problems.append(f"face {fid}: render {c['render']} missing or unreadable")
             rec.renders[fid] = url

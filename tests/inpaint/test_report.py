@@ -458,3 +458,18 @@ def test_a_photo_too_large_to_decode_is_a_placeholder(tmp_path, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 10,000 px > 2 × the limit
     url, why = rep.thumbnail(str(tmp_path / "big.png"))
     assert url is None and why == "photo unreadable (DecompressionBombError)"
+
+
+def test_reconstruction_files_outside_the_folder_are_not_embedded(case, default_model, tmp_path):
+    from PIL import Image
+
+    folder = _write_reconstruction(tmp_path / "recon", case, default_model)
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(tmp_path / "secret.png")
+    data = json.loads((folder / "reconstruction.json").read_text())
+    data["candidates"][0]["render"] = "../secret.png"
+    data["candidates"][0]["mesh"] = str(tmp_path / "elsewhere.ply")
+    (folder / "reconstruction.json").write_text(json.dumps(data))
+    rec = rep.read_reconstruction(folder)
+    fid = int(data["candidates"][0]["face_id"])
+    assert rec.renders[fid] is None and rec.meshes[fid] is None
+    assert any("outside the reconstruction folder" in p for p in rec.problems)
