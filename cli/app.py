@@ -214,8 +214,9 @@ def train_encoder_cmd(
 GalleryOption = Annotated[Path, typer.Option("--gallery", "-g", help="The gallery folder.")]
 
 
-def _progress(total_label: str):
-    """A rich progress bar on a terminal; periodic plain log lines otherwise."""
+def rich_progress():
+    """The project's rich progress bar on stderr: description, bar, M/N, a status field, elapsed
+    and remaining time. Commands use it only when stderr is a terminal."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -225,10 +226,15 @@ def _progress(total_label: str):
         TimeRemainingColumn,
     )
 
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                    console=err)
+
+
+def _progress(total_label: str):
+    """A rich progress bar on a terminal; periodic plain log lines otherwise."""
     if err.is_terminal:
-        prog = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                        console=err)
+        prog = rich_progress()
         task = prog.add_task(total_label, total=None, status="")
 
         def update(ev: dict):

@@ -11,25 +11,14 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from skullsearch.cli.app import GalleryOption, err, out, train_app
+from skullsearch.cli.app import GalleryOption, err, out, rich_progress, train_app
 
 
 def _progress():
     """A rich progress bar on a terminal; one plain line per epoch (and every ~10 s of
     rendering) otherwise."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
     if err.is_terminal:
-        prog = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                        console=err)
+        prog = rich_progress()
         tasks: dict = {}
 
         def update(ev: dict):
