@@ -83,6 +83,7 @@ from torch import nn
 
 from skullsearch.encoder import code as code_layout
 from skullsearch.encoder.atomic import atomic_file
+from skullsearch.encoder.checkpoints import read_checkpoint
 from skullsearch.encoder.fitting import (
     FitConfig,
     LandmarkRig,
@@ -643,22 +644,10 @@ def load_checkpoint(path, model=None, map_location="cpu") -> tuple[EncoderCNN, d
     if not path.is_file():
         raise EncoderCheckpointError(f"encoder checkpoint {str(path)!r} does not exist; train one "
                                      "with train_encoder(..., checkpoint_path=...)")
-    try:
-        ck = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:
-        raise EncoderCheckpointError(
-            f"{path.name} is not a skullsearch encoder checkpoint (it could not be read as a "
-            f"plain torch file: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
-            "give a file written by save_checkpoint / train_encoder") from exc
-    if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
-        raise EncoderCheckpointError(
-            f"{path.name} is not a skullsearch encoder checkpoint (format "
-            f"{ck.get('format') if isinstance(ck, dict) else type(ck).__name__!r}, expected "
-            f"{CHECKPOINT_FORMAT!r}); give a file written by save_checkpoint / train_encoder")
-    if ck.get("version") != CHECKPOINT_VERSION:
-        raise EncoderCheckpointError(
-            f"{path.name} is encoder checkpoint version {ck.get('version')!r}; this skullsearch "
-            f"reads version {CHECKPOINT_VERSION}: upgrade skullsearch or retrain the encoder")
+    ck = read_checkpoint(path, fmt=CHECKPOINT_FORMAT, version=CHECKPOINT_VERSION, what="encoder",
+                         error=EncoderCheckpointError,
+                         hint="give a file written by save_checkpoint / train_encoder",
+                         retrain="retrain the encoder", map_location=map_location)
     fp = str(ck.get("face_model_fingerprint", ""))
     if model is not None and fp != model.fingerprint:
         raise EncoderCheckpointError(

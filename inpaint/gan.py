@@ -81,6 +81,7 @@ from torch import nn
 
 from skullsearch.encoder import code as code_layout
 from skullsearch.encoder.atomic import atomic_file, write_json_atomic
+from skullsearch.encoder.checkpoints import read_checkpoint
 from skullsearch.encoder.cnn import _plain
 from skullsearch.encoder.face_model import face_region
 from skullsearch.encoder.fitting import code_vertices
@@ -469,22 +470,10 @@ def load_inpainter(path_or_gallery, model=None, map_location="cpu") -> Inpainter
             f"`skullsearch train inpainter --gallery {where}` (or use --method fit)")
     if model is None and gallery is not None:
         model = gallery.face_model
-    try:
-        ck = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:
-        raise InpainterCheckpointError(
-            f"{path.name} is not a skullsearch inpainter checkpoint (it could not be read as a "
-            f"plain torch file: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
-            "train one with `skullsearch train inpainter --gallery DIR`") from exc
-    if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
-        raise InpainterCheckpointError(
-            f"{path.name} is not a skullsearch inpainter checkpoint (format "
-            f"{ck.get('format') if isinstance(ck, dict) else type(ck).__name__!r}, expected "
-            f"{CHECKPOINT_FORMAT!r}); train one with `skullsearch train inpainter --gallery DIR`")
-    if ck.get("version") != CHECKPOINT_VERSION:
-        raise InpainterCheckpointError(
-            f"{path.name} is inpainter checkpoint version {ck.get('version')!r}; this skullsearch "
-            f"reads version {CHECKPOINT_VERSION}: upgrade skullsearch or retrain the inpainter")
+    ck = read_checkpoint(path, fmt=CHECKPOINT_FORMAT, version=CHECKPOINT_VERSION, what="inpainter",
+                         error=InpainterCheckpointError,
+                         hint="train one with `skullsearch train inpainter --gallery DIR`",
+                         retrain="retrain the inpainter", map_location=map_location)
     try:
         cfg = dict(ck["config"])
         g, d, e = build_networks(cfg)
