@@ -70,12 +70,34 @@ def face_camera(
 
 def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     """Area-weighted unit vertex normals: (V, 3), (F, 3) → (V, 3)."""
-    tri = vertices[faces]
-    fn = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
-    vn = np.zeros_like(vertices, dtype=np.float64)
-    for k in range(3):
-        np.add.at(vn, faces[:, k], fn)
-    return vn / np.maximum(np.linalg.norm(vn, axis=1, keepdims=True), 1e-12)
+    return vertex_normals_batch(np.asarray(vertices)[None], faces)[0]
+
+
+def vertex_normals_batch(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """Area-weighted unit vertex normals of meshes sharing a triangle list: (B, V, 3), (F, 3) →
+    (B, V, 3) float64."""
+    tri = vertices[:, faces]  # (B, F, 3, 3)
+    fn = np.cross(tri[:, :, 1] - tri[:, :, 0], tri[:, :, 2] - tri[:, :, 0])  # (B, F, 3)
+    b, n_v = vertices.shape[:2]
+    out = np.zeros((b * n_v, 3))
+    offs = (np.arange(b) * n_v)[:, None]
+    for k in range(3):  # three scatter-adds over the whole batch
+        np.add.at(out, (faces[None, :, k] + offs).reshape(-1), fn.reshape(-1, 3))
+    out = out.reshape(b, n_v, 3)
+    return out / np.maximum(np.linalg.norm(out, axis=2, keepdims=True), 1e-12)
+
+
+def pixel_boxes(tri: np.ndarray, valid: np.ndarray, width: int, height: int):
+    """Pixel-centre bounding boxes of screen triangles (T, 3, ≥2) (u, v in pixels; ``valid``
+    (T,) bool): x0, y0 (T,) int64 first pixel and w, h (T,) pixel counts (0 for invalid or
+    off-screen triangles)."""
+    x0 = np.clip(np.ceil(tri[:, :, 0].min(1) - 0.5), 0, width).astype(np.int64)
+    x1 = np.clip(np.floor(tri[:, :, 0].max(1) - 0.5), -1, width - 1).astype(np.int64)
+    y0 = np.clip(np.ceil(tri[:, :, 1].min(1) - 0.5), 0, height).astype(np.int64)
+    y1 = np.clip(np.floor(tri[:, :, 1].max(1) - 0.5), -1, height - 1).astype(np.int64)
+    w = np.where(valid, np.maximum(x1 - x0 + 1, 0), 0)
+    h = np.where(valid, np.maximum(y1 - y0 + 1, 0), 0)
+    return x0, y0, w, h
 
 
 def rasterize(
@@ -90,12 +112,7 @@ def rasterize(
     """
     tri = screen[faces]  # (F, 3, 3)
     valid = np.all(tri[:, :, 2] > 0, axis=1) & np.all(np.isfinite(tri), axis=(1, 2))
-    x0 = np.clip(np.ceil(tri[:, :, 0].min(1) - 0.5), 0, width).astype(np.int64)
-    x1 = np.clip(np.floor(tri[:, :, 0].max(1) - 0.5), -1, width - 1).astype(np.int64)
-    y0 = np.clip(np.ceil(tri[:, :, 1].min(1) - 0.5), 0, height).astype(np.int64)
-    y1 = np.clip(np.floor(tri[:, :, 1].max(1) - 0.5), -1, height - 1).astype(np.int64)
-    w = np.where(valid, np.maximum(x1 - x0 + 1, 0), 0)
-    h = np.where(valid, np.maximum(y1 - y0 + 1, 0), 0)
+    x0, y0, w, h = pixel_boxes(tri, valid, width, height)
     counts = w * h
     fid = np.repeat(np.arange(len(faces)), counts)
     local = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)

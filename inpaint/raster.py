@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from skullsearch.encoder.render import pixel_boxes, vertex_normals_batch
+
 LIGHT_DIR = (0.0, 0.35, 1.0)
 AMBIENT = 0.25
 ALBEDO = 0.8
@@ -144,19 +146,6 @@ def render(vertices, faces: np.ndarray, camera: NormalizedCamera, vertex_mask=No
                             depth=depth.astype(np.float32), camera=camera, backend=use)
 
 
-def vertex_normals_batch(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    """Area-weighted unit vertex normals: (B, V, 3), (F, 3) → (B, V, 3)."""
-    tri = vertices[:, faces]  # (B, F, 3, 3)
-    fn = np.cross(tri[:, :, 1] - tri[:, :, 0], tri[:, :, 2] - tri[:, :, 0])  # (B, F, 3)
-    b, n_v = vertices.shape[:2]
-    out = np.zeros((b * n_v, 3))
-    offs = (np.arange(b) * n_v)[:, None]
-    for k in range(3):  # three scatter-adds over the whole batch
-        np.add.at(out, (faces[None, :, k] + offs).reshape(-1), fn.reshape(-1, 3))
-    out = out.reshape(b, n_v, 3)
-    return out / np.maximum(np.linalg.norm(out, axis=2, keepdims=True), 1e-12)
-
-
 def rasterize_batch(screen: np.ndarray, faces: np.ndarray, width: int, height: int):
     """Orthographic z-buffer at pixel centres for a batch of meshes sharing a triangle list.
 
@@ -170,12 +159,7 @@ def rasterize_batch(screen: np.ndarray, faces: np.ndarray, width: int, height: i
     tri = screen[:, faces].reshape(bsz * n_f, 3, 3)  # batch-major
     valid = np.all(np.isfinite(tri), axis=(1, 2))
     tri = np.where(valid[:, None, None], tri, 0.0)
-    x0 = np.clip(np.ceil(tri[:, :, 0].min(1) - 0.5), 0, width).astype(np.int64)
-    x1 = np.clip(np.floor(tri[:, :, 0].max(1) - 0.5), -1, width - 1).astype(np.int64)
-    y0 = np.clip(np.ceil(tri[:, :, 1].min(1) - 0.5), 0, height).astype(np.int64)
-    y1 = np.clip(np.floor(tri[:, :, 1].max(1) - 0.5), -1, height - 1).astype(np.int64)
-    w = np.where(valid, np.maximum(x1 - x0 + 1, 0), 0)
-    h = np.where(valid, np.maximum(y1 - y0 + 1, 0), 0)
+    x0, y0, w, h = pixel_boxes(tri, valid, width, height)
     counts = w * h
     # edge functions, linear in the pixel position: w_k(u, v) = k_k + kx_k·u + ky_k·v per triangle
     a, b, c = tri[:, 0], tri[:, 1], tri[:, 2]
