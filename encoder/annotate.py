@@ -38,17 +38,15 @@ ANNOTATOR_VERSION = 1
 
 
 def _skin(vertices: np.ndarray, faces: np.ndarray):
-    """The skin: the largest connected part of the mesh (drops eyeballs, teeth, tongue)."""
+    """The skin: the largest connected part of the mesh (drops eyeballs, teeth, tongue), as a
+    trimesh over all the vertices and the ids of its triangles (see
+    :func:`~skullsearch.encoder.fitting.largest_component`)."""
     import trimesh
 
-    mesh = trimesh.Trimesh(vertices, faces, process=False)
-    parts = trimesh.graph.connected_components(mesh.face_adjacency, nodes=np.arange(len(faces)))
-    largest = max(parts, key=len)
-    keep = np.zeros(len(faces), bool)
-    keep[largest] = True
-    face_ids = np.nonzero(keep)[0]
-    skin = trimesh.Trimesh(vertices, faces[face_ids], process=False)
-    return skin, face_ids
+    from skullsearch.encoder.fitting import largest_component
+
+    face_ids = largest_component(faces)
+    return trimesh.Trimesh(vertices, faces[face_ids], process=False), face_ids
 
 
 def surface_points(model_vertices, faces, skin, skin_faces, points) -> tuple[np.ndarray, np.ndarray]:
