@@ -205,7 +205,7 @@ class LocalDetectStage:
         """Rows chunk by chunk, the next chunk already detecting while the caller fits and
         writes this one (detection and fitting overlap). chunk: photos per chunk, or the list
         of chunk sizes. The first chunk is submitted at once, before the first ``next``."""
-        sizes = chunk if isinstance(chunk, list) else [chunk] * -(-len(sources) // max(1, chunk))
+        sizes = chunk if isinstance(chunk, list) else chunk_sizes(len(sources), chunk, chunk)
         starts = np.cumsum([0, *sizes])
         batches = [sources[a:b] for a, b in zip(starts[:-1], starts[1:], strict=True) if b > a]
         return self._chunks(batches, self._submit(batches[0]) if batches else {})
@@ -458,8 +458,8 @@ def ingest(
         try:
             # small chunks first, so that fitting starts while the detectors go on (local);
             # a stage that streams (Ray) keeps one pool of workers for all chunks
-            sizes = (chunk_sizes(len(sources), chunk_images, first_chunk) if engine == "local"
-                     else [chunk_images] * -(-len(sources) // chunk_images))
+            first = first_chunk if engine == "local" else chunk_images
+            sizes = chunk_sizes(len(sources), chunk_images, first)
             starts = np.cumsum([0, *sizes])[:-1]
             chunks = (stage.iter_chunks(sources, sizes if engine == "local" else chunk_images)
                       if hasattr(stage, "iter_chunks")
