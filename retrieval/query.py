@@ -338,6 +338,7 @@ def aligned_faces(gallery, candidates) -> tuple[np.ndarray, np.ndarray]:
     import torch
 
     from skullsearch.encoder import code as code_layout
+    from skullsearch.encoder.align import apply_similarity
     from skullsearch.encoder.fitting import code_vertices
 
     model = gallery.face_model
@@ -350,10 +351,10 @@ def aligned_faces(gallery, candidates) -> tuple[np.ndarray, np.ndarray]:
     with torch.no_grad():
         verts = code_vertices(model, codes).double().numpy()
     pts = np.asarray(gallery.soft_tissue(ids), np.float64)
-    scale = np.array([c.scale for c in candidates], np.float64)[:, None, None]
+    scale = np.array([c.scale for c in candidates], np.float64)
     rot = np.array([c.rotation for c in candidates], np.float64)
-    t = np.array([c.translation for c in candidates], np.float64)[:, None, :]
-    return scale * verts @ rot.transpose(0, 2, 1) + t, scale * pts @ rot.transpose(0, 2, 1) + t
+    t = np.array([c.translation for c in candidates], np.float64)
+    return apply_similarity(verts, scale, rot, t), apply_similarity(pts, scale, rot, t)
 
 
 def export_candidates(gallery, skull, result: QueryResult, folder, n: int = 5) -> list[Path]:
