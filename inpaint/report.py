@@ -141,7 +141,7 @@ def thumbnail(path: str | None, gallery_dir: Path | None = None,
     the reason."""
     if not path or str(path).startswith("synth://"):
         return None, "synthetic face: no photo"
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import Image, UnidentifiedImageError
 
     candidates = [Path(path)]
     if gallery_dir is not None and not Path(path).is_absolute():
@@ -150,28 +150,32 @@ def thumbnail(path: str | None, gallery_dir: Path | None = None,
     if found is None:
         return None, "photo file not found"
     try:
-        with Image.open(found) as im:
-            im = ImageOps.exif_transpose(im).convert("RGB")
-            im.thumbnail((px, px))
-            buf = io.BytesIO()
-            im.save(buf, "JPEG", quality=82)
+        return _data_url(found, px, "JPEG"), ""
     except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exc:
         return None, f"photo unreadable ({type(exc).__name__})"
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii"), ""
+
+
+def _data_url(path: Path, px: int, fmt: str) -> str:
+    """A data: URL of the image at ``path`` shrunk to fit px × px: "JPEG" (RGB, EXIF orientation
+    applied: photos) or "PNG" (RGBA: renders). Raises what Pillow raises for a bad file."""
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as im:
+        im = ImageOps.exif_transpose(im).convert("RGB") if fmt == "JPEG" else im.convert("RGBA")
+        im.thumbnail((px, px))
+        buf = io.BytesIO()
+        im.save(buf, fmt, **({"quality": 82} if fmt == "JPEG" else {"optimize": True}))
+    return f"data:image/{fmt.lower()};base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 def _png_data_url(path: Path, px: int = 320) -> str | None:
+    """A render as a PNG data: URL, or None when it cannot be read."""
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:
-            im = im.convert("RGBA")
-            im.thumbnail((px, px))
-            buf = io.BytesIO()
-            im.save(buf, "PNG", optimize=True)
-    except (OSError, UnidentifiedImageError, ValueError):
+        return _data_url(path, px, "PNG")
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError):
         return None
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 # ------------------------------------------------------------------------------ reconstruction
