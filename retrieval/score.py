@@ -82,9 +82,14 @@ class Scores:
 
 
 # ---------------------------------------------------------------- batched Horn / QCP alignment
-def _adjugate4(a):
+def _stack_rows(rows):
+    return np.stack([np.stack(r, -1) for r in rows], 1)
+
+
+def _adjugate4(a, stack=_stack_rows):
     """Adjugate (B, 4, 4) of 4 × 4 matrices given as a nested list a[i][j] of (B,) arrays, and
-    their determinants (B,) (Laplace expansion over 2 × 2 minors)."""
+    their determinants (B,) (Laplace expansion over 2 × 2 minors). stack: nested list of (B,)
+    arrays → (B, 4, 4) (numpy by default; the torch scorer passes its own)."""
     s0 = a[0][0] * a[1][1] - a[1][0] * a[0][1]
     s1 = a[0][0] * a[1][2] - a[1][0] * a[0][2]
     s2 = a[0][0] * a[1][3] - a[1][0] * a[0][3]
@@ -108,7 +113,7 @@ def _adjugate4(a):
         [-a[1][0] * c3 + a[1][1] * c1 - a[1][2] * c0, a[0][0] * c3 - a[0][1] * c1 + a[0][2] * c0,
          -a[3][0] * s3 + a[3][1] * s1 - a[3][2] * s0, a[2][0] * s3 - a[2][1] * s1 + a[2][2] * s0],
     ]
-    return np.stack([np.stack(r, -1) for r in b], 1), det
+    return stack(b), det
 
 
 def _horn_rotation(S: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -254,11 +259,14 @@ def score(
     present: np.ndarray,
     sd: np.ndarray,
     config: ScoreConfig | None = None,
+    device: str | None = None,
 ) -> Scores:
     """Score candidates against a skull's extended landmarks.
 
     face_points (C, 36, 3) mm; target (36, 3) mm extended landmarks (any values where absent);
-    present (36,) bool; sd (36,) mm table SDs. Returns :class:`Scores`.
+    present (36,) bool; sd (36,) mm table SDs. device: None scores in numpy; a torch device
+    ("cuda", "cpu") scores with the torch twin (:mod:`skullsearch.retrieval.score_torch`, the same
+    algorithm in float64, the same matches). Returns :class:`Scores`.
     """
     cfg = config or ScoreConfig()
     mask = np.asarray(present, bool)
@@ -277,10 +285,17 @@ def score(
     scale = np.empty(c)
     rot = np.empty((c, 3, 3))
     trans = np.empty((c, 3))
-    for a in range(0, c, BLOCK):
-        sl = slice(a, min(a + BLOCK, c))
-        p = np.asarray(face_points[sl], np.float64)[:, mask]
-        d[sl], n[sl], rms[sl], scale[sl], rot[sl], trans[sl] = _score_block(p, tgt, eta, cfg)
+    if device is not None:
+        from skullsearch.retrieval.score_torch import score_blocks
+
+        d, n, rms, scale, rot, trans = score_blocks(np.asarray(face_points)[:, mask], tgt, eta,
+                                                    cfg.scale_bound, cfg.iterations, device=device)
+        n = n.astype(np.int64)
+    else:
+        for a in range(0, c, BLOCK):
+            sl = slice(a, min(a + BLOCK, c))
+            p = np.asarray(face_points[sl], np.float64)[:, mask]
+            d[sl], n[sl], rms[sl], scale[sl], rot[sl], trans[sl] = _score_block(p, tgt, eta, cfg)
     trans += centre
     ll = (-0.5 * (d / sigma) ** 2 - np.log(sigma * np.sqrt(2 * np.pi))).sum(1)
     dist = np.full((c, len(mask)), np.nan)

@@ -131,8 +131,11 @@ def test_a_shortlist_as_large_as_the_gallery_is_exhaustive_scoring(case, rank_by
     assert [c.face_id for c in res.candidates] == list(ids[rank_order(every, rank_by)[:10]])
 
 
-@pytest.mark.parametrize("rank_by", ["s", "likelihood"])
-def test_exhaustive_mode_is_every_face_scored_whatever_the_chunks(case, tmp_path, monkeypatch, rank_by):
+@pytest.mark.parametrize("rank_by,device", [("s", None), ("likelihood", None), ("s", "cpu")])
+def test_exhaustive_mode_is_every_face_scored_whatever_the_chunks(case, tmp_path, monkeypatch, rank_by,
+                                                                  device):
+    """Every face scored, chunk by chunk over two shards, in numpy or with the torch scorer (the GPU
+    path, run on the CPU here)."""
     import importlib
     import shutil
 
@@ -152,7 +155,9 @@ def test_exhaustive_mode_is_every_face_scored_whatever_the_chunks(case, tmp_path
     every = score(g.soft_tissue(ids), target, present, sd)
     want = list(ids[rank_order(every, rank_by)[:10]])
     seen = []
-    monkeypatch.setattr(query_mod, "EXHAUSTIVE_CHUNK", 64)  # many chunks, over both shards
+    # many chunks, over both shards (a GPU's chunks are 16× larger)
+    monkeypatch.setattr(query_mod, "EXHAUSTIVE_CHUNK", 64 if device is None else 4)
+    monkeypatch.setattr(query_mod, "_gpu_device", lambda: device)  # "auto" → the torch scorer on the CPU
     res = query_mod.query_points(g, target, present, sd, top=10, rank_by=rank_by, calibration_sample=0,
                                  exhaustive=True, progress=lambda done, total: seen.append((done, total)))
     assert [c.face_id for c in res.candidates] == want

@@ -134,3 +134,26 @@ def test_a_face_scores_the_same_whatever_block_it_is_in(monkeypatch):
     np.testing.assert_array_equal(part.likelihood, whole.likelihood[3:31])
     np.testing.assert_array_equal(part.matched, whole.matched[3:31])
     np.testing.assert_array_equal(part.rotation, whole.rotation[3:31])
+
+
+@settings(max_examples=10, deadline=None)
+@given(st.integers(0, 10_000), st.sampled_from([0.0, 0.1]), st.floats(0.0, 0.5))
+def test_the_torch_scorer_gives_the_numpy_scores(seed, scale_bound, missing):
+    """The torch twin (run here on the CPU; the same code runs on a GPU) finds the same matches,
+    distances and transforms as the numpy scorer, with outliers and missing landmarks."""
+    pts, rng = faces(seed, c=60)
+    target = pts[3] + rng.normal(scale=2.0, size=(36, 3))
+    target[rng.random(36) < 0.15] += rng.normal(scale=30.0, size=3)
+    present = rng.random(36) >= missing
+    present[:3] = True
+    cfg = ScoreConfig(scale_bound=scale_bound)
+    ref = score(pts, target, present, SD, cfg)
+    got = score(pts, target, present, SD, cfg, device="cpu")
+    np.testing.assert_array_equal(got.matched, ref.matched)
+    np.testing.assert_array_equal(got.matched_flags, ref.matched_flags)
+    np.testing.assert_allclose(got.distance_mm, ref.distance_mm, atol=1e-8)
+    np.testing.assert_allclose(got.likelihood, ref.likelihood, atol=1e-7)
+    np.testing.assert_allclose(got.rotation, ref.rotation, atol=1e-9)
+    np.testing.assert_allclose(got.scale, ref.scale, atol=1e-10)
+    np.testing.assert_allclose(got.translation, ref.translation, atol=1e-7)
+    np.testing.assert_array_equal(rank_order(got), rank_order(ref))
