@@ -465,8 +465,10 @@ def query_cmd(
     gallery: GalleryOption,
     top: Annotated[int, typer.Option(help="Candidates to list.")] = 20,
     shortlist: Annotated[int, typer.Option(help="Faces scored exactly (0: the default).")] = 0,
-    exhaustive: Annotated[bool, typer.Option(
-        "--exhaustive", help="Score every face exactly (the exact ranking; ~40 µs/face/core).")] = False,
+    exhaustive: Annotated[bool | None, typer.Option(
+        "--exhaustive/--shortlist-only",
+        help="Score every face exactly (the exact ranking; ~40 µs/face/core), or only the shortlist "
+             "(default: every face for galleries up to 10,000 faces).")] = None,
     landmarks: LandmarksOption = None,
     units: UnitsOption = None,
     tissue_table: TableOption = None,
@@ -493,7 +495,7 @@ def query_cmd(
     g = Gallery.open(gallery)
     skull = Skull.load(skull_path, landmarks=landmarks, units=units)
     cfg = ScoreConfig(eta_sd=eta_sd, eta_mm=eta_mm, scale_bound=scale_bound)
-    prog = rich_progress() if exhaustive and err.is_terminal else None
+    prog = rich_progress() if exhaustive and err.is_terminal else None  # (auto mode: small, fast)
     update = None
     if prog is not None:
         task = prog.add_task("scoring every face", total=g.n_faces, status="")

@@ -185,6 +185,22 @@ def test_an_exhaustive_query_is_recorded_and_reruns_exhaustively(case, tmp_path)
     assert same and again.params["exhaustive"] is True
 
 
+def test_small_galleries_are_scored_exhaustively_unless_told_otherwise(case, monkeypatch):
+    import importlib
+
+    query_mod = importlib.import_module("skullsearch.retrieval.query")
+    gpath, truth, skull_path, *_, table = case
+    g = Gallery.open(gpath)
+    skull = Skull.load(skull_path)
+    auto = g.query(skull, top=3, tissue_table=table, record=False)
+    assert auto.params["exhaustive"] is True and auto.candidates[0].face_id == truth
+    for kw in ({"shortlist": 50}, {"exhaustive": False}):
+        assert g.query(skull, top=3, tissue_table=table, record=False, **kw).params["exhaustive"] is False
+    monkeypatch.setattr(query_mod, "EXHAUSTIVE_AUTO_FACES", g.n_faces - 1)  # one face too many
+    big = g.query(skull, top=3, tissue_table=table, record=False)
+    assert big.params["exhaustive"] is False and big.params["shortlist"] == query_mod.DEFAULT_SHORTLIST
+
+
 def test_query_command_exhaustive(case, tmp_path, capsys, monkeypatch):
     from skullsearch.cli.app import main
 
@@ -195,6 +211,9 @@ def test_query_command_exhaustive(case, tmp_path, capsys, monkeypatch):
                  "--tissue-table", table, "--json", str(out_json)]) == 0
     got = json.loads(out_json.read_text())
     assert got["params"]["exhaustive"] is True and got["candidates"][0]["face_id"] == truth
+    assert main(["query", str(skull_path), "-g", str(gpath), "--top", "3", "--shortlist-only",
+                 "--tissue-table", table, "--json", str(out_json)]) == 0
+    assert json.loads(out_json.read_text())["params"]["exhaustive"] is False
 
 
 def test_load_record_reads_only_audit_records(default_model, tmp_path):
