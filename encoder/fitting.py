@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from skullsearch.encoder import code as code_layout
+from skullsearch.encoder import levenberg as lev
 from skullsearch.encoder.lbs import axis_angle_to_matrix, lbs
 
 #: OpenCV camera axes from the face frame: x right, y down, z away from the camera.
@@ -64,6 +65,10 @@ class FitConfig:
     full_steps: int = 100
     lr_rigid: float = 0.05
     lr_full: float = 0.01
+    method: str = "lm"  # "lm": Levenberg-Marquardt; "adam": the first-order schedule above
+    lm_rigid_iters: int = 6
+    lm_iters: int = 8
+    lm_damping: float = 1e-3  # starting λ of the Marquardt damping λ·diag(H)
     share_expression: bool = False
     device: str | None = None
     dtype: torch.dtype = torch.float32
@@ -427,6 +432,12 @@ def fit_landmarks(
         e0 = parts.expression[:, : rig.n_expression]
         expr += (torch.zeros_like(expr).index_add_(0, pidx, e0) / counts0) if cfg.share_expression else e0
         jaw += parts.pose[:, 6:9]
+    if cfg.method == "lm":
+        return _fit_lm(rig, cfg, lm2d, f, center, scale, edges, emask, obs_len, pidx, n_person,
+                       dict(cam_rot=rot0.clone(), trans=trans0.clone(), jaw=jaw, shape=shape,
+                            expr=expr), rigid=init is None)
+    if cfg.method != "adam":
+        raise ValueError(f"unknown fit method {cfg.method!r}: use 'lm' or 'adam'")
     z0 = trans0[:, 2:3].detach()
     cam_rot = rot0.clone().requires_grad_(True)
     cam_off = torch.zeros(b, 3, dtype=dt, device=device, requires_grad=True)  # trans = trans0 + z0·off
@@ -508,6 +519,143 @@ def fit_landmarks(
         focal=f.cpu().numpy(),
         history=np.asarray(history),
     )
+
+
+def _fit_lm(rig, cfg, lm2d, f, center, scale, edges, emask, obs_len, pidx, n_person, state,
+            rigid: bool) -> FitResult:
+    """The Levenberg-Marquardt schedule: cfg.lm_rigid_iters on the camera alone (mean face)
+    when rigid, then cfg.lm_iters on everything."""
+    prob = _LMProblem(rig, cfg, lm2d, f, center, scale, edges, emask, obs_len, pidx, n_person)
+    history: list[float] = []
+    with torch.no_grad():
+        if rigid and cfg.lm_rigid_iters > 0:
+            state, _ = prob.run(state, cfg.lm_rigid_iters, rigid=True, history=history)
+        state, aux = prob.run(state, cfg.lm_iters, rigid=False, history=history)
+        uv = aux["uv"]
+        residual = (uv - lm2d).norm(dim=-1).mean(1)
+        pose = torch.zeros(prob.b, 3 * rig.n_joints, dtype=lm2d.dtype, device=lm2d.device)
+        pose[:, 3 * JAW: 3 * JAW + 3] = state["jaw"]
+        e = state["expr"][pidx] if cfg.share_expression else state["expr"]
+        codes = code_layout.pack(shape=state["shape"][pidx], expression=e, pose=pose,
+                                 cam_rot=state["cam_rot"], cam_trans=state["trans"])
+    return FitResult(codes=codes.cpu().numpy().astype(np.float32), residual_px=residual.cpu().numpy(),
+                     landmarks_px=uv.cpu().numpy(), focal=f.cpu().numpy(), history=np.asarray(history))
+class _LMProblem:
+    """The fit's energy and its Gauss-Newton pieces for one batch (the Levenberg-Marquardt path
+    of :func:`fit_landmarks`; the linear algebra is in :mod:`skullsearch.encoder.levenberg`)."""
+
+    def __init__(self, rig, cfg, lm2d, focal, center, scale, edges, emask, obs_len, pidx, n_person):
+        self.rig, self.cfg = rig, cfg
+        self.tables = lev.PointTables.of(rig)
+        self.lm2d, self.focal, self.center, self.scale = lm2d, focal, center, scale
+        self.edges, self.emask, self.obs_len = edges, emask, obs_len
+        self.pidx, self.n_person = pidx, n_person
+        self.b = lm2d.shape[0]
+        self.bi = torch.arange(self.b, device=lm2d.device)[:, None]
+        # residual weights: E = Σ r² is the fit's energy
+        self.k_lmk = math.sqrt(cfg.w_landmark / 68) / scale  # (B,)
+        self.k_edge = (cfg.w_edge / emask.sum(1).clamp(min=1)).sqrt() / scale  # (B,)
+        # columns: camera rotation, translation, jaw (9), δ (E), α (S): each photo's own first
+        self.prior = torch.cat([torch.full((3,), cfg.w_pose, dtype=lm2d.dtype, device=lm2d.device),
+                                cfg.w_expression / rig.expr_std**2, cfg.w_shape / rig.shape_std**2])
+        self.n_local = lev.N_RIGID + (0 if cfg.share_expression else rig.n_expression)
+
+    def coeffs(self, st):
+        e = st["expr"][self.pidx] if self.cfg.share_expression else st["expr"]
+        return torch.cat([e, st["shape"][self.pidx]], 1)  # the tables' order [δ, α]
+
+    def energy(self, st):
+        """Per-face energy (B,) and what the Jacobian needs at this state."""
+        cfg, t = self.cfg, self.tables
+        c = self.coeffs(st)
+        pts, parts = t.forward(c, st["jaw"])
+        rot = camera_rotation(st["cam_rot"])
+        uv_all = project(pts, rot, st["trans"], self.focal, self.center)
+        pick = select_silhouette(uv_all[:, 68:].reshape(self.b, len(MARCHING), t.n_cand, 2))
+        rows = lev.effective_rows(t, pick, MARCHING)
+        uv = uv_all[self.bi, rows]
+        reproj = ((uv - self.lm2d) ** 2).sum(-1).mean(1) / self.scale**2
+        fit_len = _edge_lengths(uv, self.edges)
+        edge = (((self.obs_len - fit_len) ** 2) * self.emask).sum(1) / self.emask.sum(1).clamp(min=1)
+        total = cfg.w_landmark * reproj + cfg.w_edge * edge / self.scale**2
+        x = torch.cat([st["jaw"], c], 1)
+        total = total + (self.prior * x**2).sum(1)
+        return total, dict(c=c, pts=pts, parts=parts, rot=rot, rows=rows, uv=uv, fit_len=fit_len, x=x)
+
+    def normal_equations(self, st, aux, rigid: bool):
+        """H (B, N, N) = JᵀJ (+ prior), g (B, N) = Jᵀr (+ prior · x): half the energy's Hessian
+        (Gauss-Newton) and gradient; N = 6 (rigid: camera only) or 9 + S + E."""
+        b, t = self.b, self.tables
+        pe = aux["pts"][self.bi, aux["rows"]]  # (B, 68, 3)
+        m, jcam = lev.projection_jacobian(pe, aux["rot"], st["cam_rot"], st["trans"], self.focal)
+        if rigid:
+            juv = jcam
+        else:
+            jl = lev.landmark_uv_jacobian(t, st["jaw"], aux["parts"], aux["rows"], m, MARCHING)
+            juv = torch.cat([jcam, jl], -1)  # (B, 68, 2, N)
+        juv = juv.reshape(b, 136, -1)
+        m_e, q = lev.edge_metric(aux["uv"], self.edges, self.emask, self.k_lmk, self.k_edge,
+                                 self.obs_len, aux["fit_len"])
+        q = q + (self.k_lmk[:, None] ** 2) * (aux["uv"] - self.lm2d).reshape(b, -1)
+        jt = juv.transpose(1, 2)
+        h = jt @ (m_e @ juv)
+        g = (jt @ q[..., None])[..., 0]
+        if not rigid:
+            h = h + torch.diag_embed(torch.cat([torch.zeros(6, dtype=h.dtype, device=h.device),
+                                                self.prior]).expand(b, -1))
+            g = g + torch.cat([torch.zeros(b, 6, dtype=g.dtype, device=g.device), self.prior * aux["x"]], 1)
+        return h, g
+
+    def step(self, st, dl, dg, rigid: bool):
+        """The state moved by a step from :func:`levenberg.solve_step`."""
+        dt = st["trans"].dtype
+        dl, dg = dl.to(dt), dg.to(dt)
+        new = dict(st)
+        new["cam_rot"] = st["cam_rot"] + dl[:, 0:3]
+        new["trans"] = st["trans"] + dl[:, 3:6]
+        if rigid:
+            return new
+        e = self.rig.n_expression
+        new["jaw"] = st["jaw"] + dl[:, 6:9]
+        if self.cfg.share_expression:
+            new["expr"], new["shape"] = st["expr"] + dg[:, :e], st["shape"] + dg[:, e:]
+        else:
+            new["expr"], new["shape"] = st["expr"] + dl[:, 9: 9 + e], st["shape"] + dg
+        return new
+
+    def run(self, st, iters: int, rigid: bool, history: list):
+        """iters Levenberg-Marquardt iterations from state st (dict of cam_rot, trans, jaw (B, 3),
+        shape (n_person, S), expr (B or n_person, E)). Returns the final state and its energy
+        pieces."""
+        energy, aux = self.energy(st)
+        n_local = 6 if rigid else self.n_local
+        lam = torch.full((self.n_person,), self.cfg.lm_damping, dtype=torch.float64,
+                         device=energy.device)
+        for _ in range(iters):
+            h, g = self.normal_equations(st, aux, rigid)
+            dl, dg = lev.solve_step(h, g, lam, self.pidx, self.n_person, n_local)
+            cand = self.step(st, dl, dg, rigid)
+            e_new, aux_new = self.energy(cand)
+            old_p = lev.person_sum(energy.double(), self.pidx, self.n_person)
+            new_p = lev.person_sum(e_new.double(), self.pidx, self.n_person)
+            better = torch.isfinite(new_p) & (new_p <= old_p)
+            lam = torch.where(better, (lam * 0.3).clamp(min=1e-7), lam * 10.0)
+            if bool(better.all()):
+                st, energy, aux = cand, e_new, aux_new
+            else:
+                keep = better[self.pidx]
+                take = lambda a, b_, k: torch.where(k.reshape(-1, *([1] * (a.dim() - 1))), a, b_)  # noqa: E731
+                st = {
+                    "cam_rot": take(cand["cam_rot"], st["cam_rot"], keep),
+                    "trans": take(cand["trans"], st["trans"], keep),
+                    "jaw": take(cand["jaw"], st["jaw"], keep),
+                    "shape": take(cand["shape"], st["shape"], better),
+                    "expr": take(cand["expr"], st["expr"],
+                                 better if self.cfg.share_expression else keep),
+                }
+                energy, aux = self.energy(st)
+            history.append(float(energy.mean()))
+        return st, aux
 
 
 class Adam:
