@@ -11,19 +11,32 @@ from rich.table import Table
 from skullsearch.cli.app import GalleryOption, app, out
 
 
+def _num(x) -> str:
+    return "" if x is None else f"{x:.3f}"
+
+
 @app.command("near-duplicates")
 def near_duplicates_cmd(
     gallery: GalleryOption,
+    criterion: Annotated[
+        str | None, typer.Option(help="Only flags of this criterion: photo (another file of the same "
+                                      "picture) or identity (close shape codes).")
+    ] = None,
     max_distance: Annotated[
-        float | None, typer.Option(help="Only pairs at most this far apart (shape-code L2).")
+        float | None, typer.Option(help="Only pairs at most this far apart in identity (shape-code L2).")
+    ] = None,
+    max_photo_distance: Annotated[
+        float | None, typer.Option(help="Only pairs at most this far apart by photo fingerprint (L2).")
     ] = None,
     csv_out: Annotated[bool, typer.Option("--csv", help="Print CSV instead of a table.")] = False,
     limit: Annotated[int, typer.Option(min=0, help="Rows shown in the table.")] = 50,
 ):
-    """List faces flagged at ingest as near-duplicates of an earlier face (closest first)."""
+    """List faces flagged at ingest as near-duplicates of an earlier face (photo matches first,
+    closest first), with the criterion that flagged each one."""
     from skullsearch import Gallery
 
-    result = Gallery.open(gallery).near_duplicates(max_distance)
+    result = Gallery.open(gallery).near_duplicates(max_distance, criterion=criterion,
+                                                   max_photo_distance=max_photo_distance)
     if csv_out:
         import io
 
@@ -34,9 +47,13 @@ def near_duplicates_cmd(
         out.file.write(buf.getvalue().decode())
         return
     table = Table(title=f"{result.num_rows} near-duplicate face(s)")
-    for name in ("face_id", "path", "near_duplicate_of", "duplicate_path", "distance"):
-        table.add_column(name, justify="right" if name == "distance" else "left")
+    for name, wide in (("face_id", False), ("path", True), ("near_duplicate_of", False),
+                       ("duplicate_path", True), ("criterion", False), ("photo_distance", False),
+                       ("distance", False)):
+        table.add_column(name, justify="right" if name.endswith("distance") else "left",
+                         overflow="fold" if wide else "ellipsis", no_wrap=not wide)
     for row in result.slice(0, limit).to_pylist():
         table.add_row(str(row["face_id"]), str(row["path"]), str(row["near_duplicate_of"]),
-                      str(row["duplicate_path"]), f"{row['distance']:.3f}")
+                      str(row["duplicate_path"]), str(row["criterion"]), _num(row["photo_distance"]),
+                      _num(row["distance"]))
     out.print(table)

@@ -42,6 +42,16 @@ class _Held(NamedTuple):
     mapped: bool
 
 
+class _Photos(NamedTuple):
+    """The photo fingerprints of the committed faces that have one: the shards read, their face
+    ids (n,) int64 (ascending) and an exact FAISS index over the fingerprints (position = row
+    of ids)."""
+
+    shards: list
+    ids: np.ndarray
+    index: object
+
+
 class Gallery:
     """A gallery directory. Cheap to open; reads are safe while another process ingests."""
 
@@ -53,6 +63,7 @@ class Gallery:
         #: open saved FAISS indexes memory-mapped (see :meth:`index`)
         self.mmap_indexes = True
         self._gpu: dict = {}
+        self._photos: _Photos | None = None
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ create / open
@@ -192,7 +203,11 @@ class Gallery:
             have = {d[0] for d in con.execute(f"SELECT * FROM {src} LIMIT 0").description}
             missing = "".join(f", NULL::{t} AS {c}" for c, t in schema.LATER_FACE_COLUMNS.items()
                               if c not in have)
-            con.execute(f"CREATE VIEW faces AS SELECT *{missing} FROM {src}")
+            # flags written before the criterion was recorded came from the identity criterion
+            criterion = ("coalesce(near_duplicate_criterion, CASE WHEN near_duplicate_of IS NOT NULL "
+                         "THEN 'identity' END) AS near_duplicate_criterion")
+            con.execute(f"CREATE VIEW faces AS SELECT * REPLACE ({criterion}) "
+                        f"FROM (SELECT *{missing} FROM {src})")
             con.execute(f"CREATE VIEW images AS SELECT * FROM read_parquet([{images}])")
         else:
             con.register("faces", schema.empty_faces())
@@ -366,6 +381,77 @@ class Gallery:
             return np.zeros((q, 0), np.float32), np.zeros((q, 0), np.int64)
         return vectors.search(idx, vectors.shape_vectors(codes), k)
 
+    def _photo_index(self) -> _Photos:
+        """The photo-fingerprint index over every committed face that has a fingerprint, read
+        from the catalog's ``photo_fingerprint`` column and kept in memory; shards committed
+        since the last call are added (read once each). Faces of older shards and synthetic faces
+        have none. Memory: 252 bytes per face (252 MB at 1M faces)."""
+        import pyarrow.parquet as pq
+
+        from skullsearch.index import fingerprint
+
+        with self._lock:
+            shards = self.shards()
+            held = self._photos
+            if held is None or not {s.number for s in shards} >= set(held.shards):
+                held = _Photos([], np.zeros(0, np.int64), fingerprint.flat_index())
+            have = set(held.shards)
+            ids = [held.ids]
+            for sh in shards:
+                if sh.number in have:
+                    continue
+                have.add(sh.number)
+                path = sh.file(self.path, "faces.parquet")
+                if not sh.faces or "photo_fingerprint" not in pq.read_schema(path).names:
+                    continue
+                t = pq.read_table(path, columns=["face_id", "photo_fingerprint"])
+                col = t.column("photo_fingerprint").combine_chunks()
+                valid = col.is_valid().to_numpy(zero_copy_only=False)
+                if not valid.any():
+                    continue
+                vals = col.values.to_numpy(zero_copy_only=False).reshape(-1, fingerprint.DIM)
+                vals = vals[col.offset: col.offset + len(col)][valid]
+                held.index.add(np.ascontiguousarray(vals, np.float32))
+                ids.append(t.column("face_id").to_numpy()[valid].astype(np.int64))
+            held = _Photos(sorted(have), np.concatenate(ids), held.index)
+            self._photos = held
+            return held
+
+    def search_photos(self, fingerprints: np.ndarray, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """Faces whose photo fingerprint is nearest to the given ones (q, 63) (exact):
+        (L2 distances (q, k) float32, face ids (q, k) int64, −1 where fewer exist)."""
+        import faiss
+
+        from skullsearch.index import fingerprint
+
+        photos = self._photo_index()
+        q = np.ascontiguousarray(np.asarray(fingerprints, np.float32).reshape(-1, fingerprint.DIM))
+        if photos.index.ntotal == 0 or not len(q):
+            return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
+        searched = photos.index
+        if faiss.get_num_gpus() > 0:  # pragma: no cover - no GPU in CI
+            gpu = self._gpu.get("photos")
+            if gpu is None or gpu[0] != photos.index.ntotal:  # a copy of the grown index
+                gpu = self._gpu["photos"] = (photos.index.ntotal, vectors.to_gpu(photos.index))
+            searched = gpu[1]
+        d2, pos = searched.search(q, max(1, min(k, photos.index.ntotal)))
+        ids = np.where(pos >= 0, photos.ids[np.maximum(pos, 0)], -1)
+        return np.sqrt(np.maximum(d2, 0)), ids
+
+    def photo_fingerprints(self, ids) -> np.ndarray:
+        """Photo fingerprints (n, 63) float32 of face ids; NaN rows for faces without one."""
+        from skullsearch.index import fingerprint
+
+        ids = np.asarray(ids, np.int64).reshape(-1)
+        photos = self._photo_index()
+        out = np.full((len(ids), fingerprint.DIM), np.nan, np.float32)
+        if len(photos.ids):
+            pos = np.minimum(np.searchsorted(photos.ids, ids), len(photos.ids) - 1)
+            hit = photos.ids[pos] == ids
+            if hit.any():
+                out[hit] = photos.index.reconstruct_batch(pos[hit].astype(np.int64))
+        return out
+
     def search_shortlist(self, canon: np.ndarray, mask: np.ndarray, k: int,
                          max_shard: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Masked nearest neighbours of canonical query vectors (q, 108) with presence masks
@@ -426,22 +512,46 @@ class Gallery:
             raise GalleryError(f"{photo}: {why}")
         return self.similar(result.codes, top)[0]
 
-    def near_duplicates(self, max_distance: float | None = None):
+    def near_duplicates(self, max_distance: float | None = None, criterion: str | None = None,
+                        max_photo_distance: float | None = None):
         """Faces flagged at ingest as near-duplicates of an earlier face (a pyarrow.Table:
-        face_id, path, person, near_duplicate_of, its path and person, distance), closest first.
-        max_distance: keep only pairs at most this far apart (shape-code L2; ≥ 0, inf: all)."""
-        where = ""
-        if max_distance is not None:
-            d = float(max_distance)
+        face_id, path, person, near_duplicate_of, its path and person, criterion, distance,
+        photo_distance), closest first (by photo distance for the photo criterion, then by
+        distance).
+
+        criterion: ``"photo"`` (another file of the same picture: the photo fingerprints are
+        close) or ``"identity"`` (the shape codes are close; same-pixel copies and the closest
+        re-shots); None: both. distance: the pair's shape-code L2 distance; photo_distance: their
+        photo-fingerprint L2 distance (NULL where either face has none). max_distance /
+        max_photo_distance: keep only pairs at most this far apart (≥ 0, inf: all)."""
+        from skullsearch.index.ingest import IDENTITY, PHOTO
+
+        where = []
+        for name, col, value in (("max_distance", "f.near_duplicate_distance", max_distance),
+                                 ("max_photo_distance", "f.near_duplicate_photo_distance",
+                                  max_photo_distance)):
+            if value is None:
+                continue
+            try:
+                d = float(value)
+            except (TypeError, ValueError):
+                d = float("nan")
             if not d >= 0:  # (NaN too: it used to reach the SQL as a column name)
-                raise GalleryError(f"max_distance must be a number ≥ 0 (shape-code L2), got {max_distance!r}")
+                raise GalleryError(f"{name} must be a number ≥ 0 (L2 distance), got {value!r}")
             if np.isfinite(d):
-                where = f"AND f.near_duplicate_distance <= {d!r}"
+                where.append(f"AND {col} <= {d!r}")
+        if criterion is not None:
+            if criterion not in (PHOTO, IDENTITY):
+                raise GalleryError(f"criterion must be {PHOTO!r} or {IDENTITY!r}, got {criterion!r}")
+            where.append(f"AND f.near_duplicate_criterion = '{criterion}'")
         return arrow(self.connect().sql(
             "SELECT f.face_id, f.path, f.person, f.near_duplicate_of, o.path AS duplicate_path, "
-            "o.person AS duplicate_person, f.near_duplicate_distance AS distance "
+            "o.person AS duplicate_person, f.near_duplicate_criterion AS criterion, "
+            "f.near_duplicate_distance AS distance, f.near_duplicate_photo_distance AS photo_distance "
             "FROM faces f LEFT JOIN faces o ON o.face_id = f.near_duplicate_of "
-            f"WHERE f.near_duplicate_of IS NOT NULL {where} ORDER BY distance, f.face_id"))
+            f"WHERE f.near_duplicate_of IS NOT NULL {' '.join(where)} "
+            "ORDER BY criterion DESC, CASE WHEN criterion = 'photo' THEN photo_distance END, "
+            "distance, f.face_id"))
 
     # ------------------------------------------------------------------ ingest & co
     def ingest(self, inputs, **kw):
@@ -457,9 +567,13 @@ class Gallery:
             "SELECT count(*), count(*) FILTER (WHERE status = 'ok') FROM images").fetchone()
         reasons = dict(con.execute(
             "SELECT status, count(*) FROM failures GROUP BY status ORDER BY 2 DESC").fetchall())
-        persons, near_dup = con.execute(
+        persons, near_dup, fingerprinted = con.execute(
             "SELECT count(DISTINCT person) FILTER (WHERE person IS NOT NULL), "
-            "count(*) FILTER (WHERE near_duplicate_of IS NOT NULL) FROM faces").fetchone()
+            "count(*) FILTER (WHERE near_duplicate_of IS NOT NULL), "
+            "count(photo_fingerprint) FROM faces").fetchone()
+        by_criterion = dict(con.execute(
+            "SELECT near_duplicate_criterion, count(*) FROM faces WHERE near_duplicate_of IS NOT NULL "
+            "GROUP BY 1 ORDER BY 2 DESC").fetchall())
         state = self._index_state()
         fm = self.manifest["face_model"]
 
@@ -470,7 +584,8 @@ class Gallery:
             "gallery": str(self.path),
             "face model": f"{fm['name']} ({fm['fingerprint'][:12]})",
             "images": n_images, "images with faces": n_ok, "faces": self.n_faces, "persons": persons,
-            "near-duplicate faces": near_dup,
+            "near-duplicate faces": near_dup, "near-duplicates by criterion": by_criterion,
+            "faces with a photo fingerprint": fingerprinted,
             "failures": reasons, "shards": len(self.shards()),
             "shortlist index": f"{state.get('shortlist', {}).get('type', 'not built')} "
                                f"({state.get('shortlist', {}).get('ntotal', 0)} faces)",

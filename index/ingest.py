@@ -2,10 +2,11 @@
 
 Stages (each a small unit, clip-retrieval's shape): **reader** (expands the inputs, skips photos
 already in the gallery), **detector** (worker processes: read bytes, hash, decode, detect 68
-landmarks; a corrupt, hanging or crashing photo becomes a recorded failure), **encoder** (the
-batched fit in torch, then the soft-tissue points and shortlist vectors), **near-duplicates**
-(each new face searched against the code index and the shard's earlier faces; a close one is
-recorded, the face is kept), **writer** (one shard per chunk of photos, committed atomically; the
+landmarks and make each face's photo fingerprint; a corrupt, hanging or crashing photo becomes
+a recorded failure), **encoder** (the batched fit in torch, then the soft-tissue points and
+shortlist vectors), **near-duplicates** (each new face searched against the gallery's photo
+fingerprints and code index and the shard's earlier faces; a close one is recorded with the
+criterion that fired, the face is kept), **writer** (one shard per chunk of photos, committed atomically; the
 FAISS indexes are extended at the end). A runner
 composes them over chunks; ``engine="local"`` uses a process pool, ``engine="ray"`` runs the
 detector stage with Ray Data.
@@ -60,6 +61,7 @@ class IngestReport:
     seconds: float = 0.0
     duplicates: int = 0  # the same bytes twice in this run (kept once)
     near_duplicates: int = 0  # faces flagged near an earlier face (kept, flagged)
+    near_duplicate_photos: int = 0  # of those, flagged by the photo criterion (same picture)
 
     @property
     def images_per_s(self) -> float:
@@ -168,10 +170,26 @@ def detect_one(source: Source, max_pixels: int = 60_000_000) -> dict:
     if not found:
         row.update(status="no-face", detail=f"no face found by the {_DETECTOR.name} detector")
     row["width"], row["height"] = img.size
+    fps = _fingerprints(img, found)
     row["faces"] = [{"box": f.box.tolist(), "score": float(f.score), "landmarks": f.landmarks.tolist(),
-                     "quality": ",".join(f.quality), "yaw_deg": float(f.yaw_deg), "detector": f.detector}
-                    for f in found]
+                     "quality": ",".join(f.quality), "yaw_deg": float(f.yaw_deg), "detector": f.detector,
+                     "fingerprint": None if np.isnan(fp).any() else fp.tolist()}
+                    for f, fp in zip(found, fps, strict=True)]
     return row
+
+
+def _fingerprints(img, found) -> np.ndarray:
+    """Photo fingerprints (n, 63) of the detected faces (:mod:`skullsearch.index.fingerprint`),
+    from the decoded pixels the worker holds; NaN rows where none could be made (never fails
+    the photo)."""
+    from skullsearch.index import fingerprint
+
+    if not found:
+        return np.zeros((0, fingerprint.DIM), np.float32)
+    try:
+        return fingerprint.photo_fingerprints(img.pixels, np.stack([f.landmarks for f in found]))
+    except Exception:  # noqa: BLE001 - a face without a fingerprint is still a face
+        return np.full((len(found), fingerprint.DIM), np.nan, np.float32)
 
 
 class LocalDetectStage:
@@ -297,20 +315,88 @@ def neutral_soft_tissue(model, codes: np.ndarray, batch: int = 262_144) -> np.nd
 
 
 # ---------------------------------------------------------------- near-duplicate stage
-#: Shape-code L2 distance under which a new face is flagged as a near-duplicate of an earlier one.
-#: Measured with benchmarks/near_duplicates.py (24 synthetic faces, real dlib + fit): the nearest
-#: *different* face is 0.81–0.98 away (5th percentile 0.86–1.05), but two photos of one face are
-#: not much closer (4° yaw apart: median 0.79–0.99; a 90 % JPEG re-save: median 0.69–0.79), since
-#: the landmark-only fit's identity noise is about the spread between faces. So the cut is set
-#: well below every different face: it catches copies with the same pixels under other bytes
-#: (re-encoded, metadata stripped: distance ≈ 0) and the closest re-shots (8–17 % of the pairs
-#: above); the distance is recorded, so a stricter or looser cut is one SQL query away.
+#: Shape-code L2 distance under which a new face is flagged as a near-duplicate of an earlier one
+#: (the ``identity`` criterion). Measured with benchmarks/near_duplicates.py (24 synthetic faces,
+#: real dlib + fit): the nearest *different* face is 0.81–0.98 away (5th percentile 0.86–1.05),
+#: but two photos of one face are not much closer (4° yaw apart: median 0.79–0.99; a 90 % JPEG
+#: re-save: median 0.69–0.79), since the landmark-only fit's identity noise is about the spread
+#: between faces. So the cut is set well below every different face: it catches copies with the
+#: same pixels under other bytes (re-encoded, metadata stripped: distance ≈ 0) and the closest
+#: re-shots; re-saved, resized or cropped copies are the photo criterion's job (below).
 NEAR_DUPLICATE_DISTANCE = 0.4
+
+#: Photo-fingerprint L2 distance (:mod:`skullsearch.index.fingerprint`, unit vectors) under which
+#: a new face is flagged as a near-duplicate *photo* of an earlier face (the ``photo`` criterion).
+#: Measured with ``benchmarks/near_duplicates.py --faces 24`` (360 photos: 24 rendered faces,
+#: each with 13 copies — JPEG 95…30, resized 90…50 %, cropped 3/6 %, brightness ±10 %,
+#: PNG→JPEG with EXIF, EXIF stripped — and a re-shot 4° further; real dlib + fit; ingest's rule
+#: replayed in ingest order), seeds 0 / 1: a copy's distance to its original has median
+#: 0.04–0.12 per kind; the nearest *different* face is 0.14 / 0.07 away at the minimum (the 0.07:
+#: two bald renders of near-identical heads, lit alike), 0.15 at the 5th percentile, 0.21 median.
+#: At 0.12: copies flagged 93.9 % / 92.3 % (resized / cropped ones 75–100 %; the misses are copies
+#: on which dlib put the landmarks elsewhere, > 5 % of the eye distance, 10–20 % of them), re-shots
+#: 4 % / 0 %, false flags 0 / 1; at 0.16 re-shots start to be flagged and at 0.18 false flags
+#: rise to 7–8. The identity criterion alone flags 36–45 % of these copies.
+NEAR_DUPLICATE_PHOTO_DISTANCE = 0.12
+
+PHOTO = "photo"
+IDENTITY = "identity"
+
+
+@dataclass
+class NearDuplicates:
+    """The near-duplicate flags of one shard's faces, in row order (n faces).
+
+    of: (n,) int64, the earlier face each is a near-duplicate of, −1 where none; criterion: (n,)
+    object, ``"photo"`` (photo fingerprints within the photo threshold: another file of the same
+    picture), ``"identity"`` (shape codes within the identity threshold, and not a photo
+    match), None where not flagged; distance: (n,) float32, the pair's shape-code L2 distance;
+    photo_distance: (n,) float32, the pair's photo-fingerprint L2 distance (NaN where either
+    face has none). Both distances are given whichever criterion fired; NaN where not flagged.
+    """
+
+    of: np.ndarray
+    criterion: np.ndarray
+    distance: np.ndarray
+    photo_distance: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.of)
+
+    @property
+    def count(self) -> int:
+        return int((self.of >= 0).sum())
+
+    def by(self, criterion: str) -> int:
+        return int(sum(1 for c in self.criterion if c == criterion))
+
+
+def _nearest_earlier(found_d2: np.ndarray, found_ids: np.ndarray, vecs: np.ndarray, shard: int,
+                     valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Combine a gallery search (squared distances (n,), ids (n,), inf / −1 where none) with the
+    faces before each one in this shard (vecs (n, d) float; valid (n,) bool: rows that take
+    part). Returns (squared distances (n,), ids (n,))."""
+    n = len(vecs)
+    best, of = found_d2.astype(np.float64).copy(), found_ids.copy()
+    v = np.where(valid[:, None], np.asarray(vecs, np.float64), 0.0)
+    sq = (v**2).sum(1)
+    pair = sq[:, None] + sq[None, :] - 2 * v @ v.T  # (n, n) squared
+    pair[np.triu_indices(n)] = np.inf  # only faces before it in the shard
+    pair[~valid, :] = np.inf
+    pair[:, ~valid] = np.inf
+    j = pair.argmin(1)
+    dj = pair[np.arange(n), j]
+    closer = dj < best
+    best[closer], of[closer] = dj[closer], store.face_id(shard, j[closer])
+    best[~valid] = np.inf
+    of[~valid] = -1
+    return np.maximum(best, 0.0), of
 
 
 def flag_near_duplicates(gallery, codes: np.ndarray, shard: int,
                          threshold: float = NEAR_DUPLICATE_DISTANCE) -> tuple[np.ndarray, np.ndarray]:
-    """The nearest earlier face of each new face, when closer in identity than ``threshold``.
+    """The identity criterion: the nearest earlier face of each new face, when closer in
+    identity than ``threshold``.
 
     codes (n, 228): the faces of shard ``shard`` (about to be written), in row order. Earlier
     faces are those of the gallery's code index (one batched search) and those before it in
@@ -324,30 +410,106 @@ def flag_near_duplicates(gallery, codes: np.ndarray, shard: int,
     dist = np.full(n, np.nan, np.float32)
     if n == 0 or not threshold or threshold <= 0:
         return of, dist
-    best = np.full(n, np.inf)  # squared distances
-    d2, ids = gallery.search_codes(codes, k=1)
-    if d2.shape[1]:
-        hit = ids[:, 0] >= 0
-        best[hit], of[hit] = d2[hit, 0], ids[hit, 0]
-    v = vectors.shape_vectors(codes).astype(np.float64)
-    sq = (v**2).sum(1)
-    pair = sq[:, None] + sq[None, :] - 2 * v @ v.T  # (n, n) squared
-    pair[np.triu_indices(n)] = np.inf  # only faces before it in the shard
-    j = pair.argmin(1)
-    dj = pair[np.arange(n), j]
-    closer = dj < best
-    best[closer], of[closer] = dj[closer], store.face_id(shard, j[closer])
+    d2 = np.full(n, np.inf)
+    ids = np.full(n, -1, np.int64)
+    found_d2, found_ids = gallery.search_codes(codes, k=1)
+    if found_d2.shape[1]:
+        hit = found_ids[:, 0] >= 0
+        d2[hit], ids[hit] = found_d2[hit, 0], found_ids[hit, 0]
+    best, near = _nearest_earlier(d2, ids, vectors.shape_vectors(codes), shard, np.ones(n, bool))
     keep = best <= threshold**2
-    of[~keep] = -1
-    dist[keep] = np.sqrt(np.maximum(best[keep], 0.0))
+    of[keep] = near[keep]
+    dist[keep] = np.sqrt(best[keep])
     return of, dist
+
+
+def flag_photo_duplicates(gallery, fingerprints: np.ndarray, shard: int,
+                          threshold: float = NEAR_DUPLICATE_PHOTO_DISTANCE) -> tuple[np.ndarray, np.ndarray]:
+    """The photo criterion: the nearest earlier face of each new face by photo fingerprint, when
+    closer than ``threshold``.
+
+    fingerprints (n, 63) float32 (:mod:`~skullsearch.index.fingerprint`; a NaN row: none, never
+    flagged): the faces of shard ``shard`` in row order. Earlier faces: the gallery's faces with
+    a fingerprint (:meth:`Gallery.search_photos`, one batched exact search) and those before it
+    in this shard. Returns (face ids (n,) int64, −1 where none; fingerprint L2 distances (n,)
+    float32, NaN where none). threshold ≤ 0 flags nothing.
+    """
+    fps = np.asarray(fingerprints, np.float32).reshape(-1, 63)
+    n = len(fps)
+    of = np.full(n, -1, np.int64)
+    dist = np.full(n, np.nan, np.float32)
+    valid = ~np.isnan(fps).any(1)
+    if n == 0 or not threshold or threshold <= 0 or not valid.any():
+        return of, dist
+    d2 = np.full(n, np.inf)
+    ids = np.full(n, -1, np.int64)
+    found_d, found_ids = gallery.search_photos(fps[valid], k=1)
+    if found_d.shape[1]:
+        rows = np.flatnonzero(valid)
+        hit = found_ids[:, 0] >= 0
+        d2[rows[hit]], ids[rows[hit]] = found_d[hit, 0].astype(np.float64) ** 2, found_ids[hit, 0]
+    best, near = _nearest_earlier(d2, ids, np.nan_to_num(fps), shard, valid)
+    keep = best <= threshold**2
+    of[keep] = near[keep]
+    dist[keep] = np.sqrt(best[keep])
+    return of, dist
+
+
+def near_duplicate_stage(gallery, codes: np.ndarray, fingerprints: np.ndarray, shard: int,
+                         distance: float = NEAR_DUPLICATE_DISTANCE,
+                         photo_distance: float = NEAR_DUPLICATE_PHOTO_DISTANCE) -> NearDuplicates:
+    """Flag each new face of shard ``shard`` that is a near-duplicate of an earlier face: the
+    photo criterion first (:func:`flag_photo_duplicates`), else the identity criterion
+    (:func:`flag_near_duplicates`); both distances of each flagged pair are recorded.
+
+    codes (n, 228), fingerprints (n, 63) (NaN rows: none): the shard's faces in row order.
+    A threshold ≤ 0 turns its criterion off.
+    """
+    from skullsearch.index import vectors
+
+    n = len(codes)
+    p_of, _ = flag_photo_duplicates(gallery, fingerprints, shard, photo_distance)
+    i_of, _ = flag_near_duplicates(gallery, codes, shard, distance)
+    of = np.where(p_of >= 0, p_of, i_of)
+    criterion = np.array([PHOTO if p >= 0 else IDENTITY if i >= 0 else None
+                          for p, i in zip(p_of, i_of, strict=True)], dtype=object)
+    dist = np.full(n, np.nan, np.float32)
+    pdist = np.full(n, np.nan, np.float32)
+    flagged = np.flatnonzero(of >= 0)
+    if len(flagged):
+        other = of[flagged]
+        own = store.split_id(other)[0] == shard
+        rows = store.split_id(other)[1]
+        fps = np.asarray(fingerprints, np.float32).reshape(n, 63)
+        o_codes = np.zeros((len(flagged), codes.shape[1]), np.float32)
+        o_fps = np.full((len(flagged), 63), np.nan, np.float32)
+        o_codes[own], o_fps[own] = codes[rows[own]], fps[rows[own]]
+        if (~own).any():
+            o_codes[~own] = gallery.codes(other[~own])
+            o_fps[~own] = gallery.photo_fingerprints(other[~own])
+        dist[flagged] = np.linalg.norm(vectors.shape_vectors(codes[flagged]).astype(np.float64)
+                                       - vectors.shape_vectors(o_codes), axis=1)
+        pdist[flagged] = np.linalg.norm(fps[flagged].astype(np.float64) - o_fps, axis=1)
+    return NearDuplicates(of, criterion, dist, pdist)
+
+
+def face_fingerprints(rows: list[dict]) -> np.ndarray:
+    """The photo fingerprints (n, 63) float32 of the faces of detected rows, in the order
+    :func:`encode_stage` lists the faces; NaN rows where a face has none."""
+    out = [f.get("fingerprint") for r in rows for f in r["faces"]]
+    arr = np.full((len(out), 63), np.nan, np.float32)
+    for i, f in enumerate(out):
+        if f is not None and len(f) == 63:
+            arr[i] = f
+    return arr
 
 
 # ---------------------------------------------------------------- writer stage
 def write_shard(gallery, number: int, rows: list[dict], faces, soft, codes, encoder_fp: str,
-                near_duplicates: tuple[np.ndarray, np.ndarray] | None = None):
+                near_duplicates: NearDuplicates | None = None, fingerprints: np.ndarray | None = None):
     """Commit one shard: image rows (all, failures included) and face rows.
-    near_duplicates: (face ids, distances) of :func:`flag_near_duplicates`."""
+    near_duplicates: the flags of :func:`near_duplicate_stage`; fingerprints: (n, 63) photo
+    fingerprints of the faces (NaN rows: none)."""
     t = store.now()
     image_ids = store.face_id(number, np.arange(len(rows)))
     by_path = {r["path"]: i for i, r in enumerate(rows)}
@@ -376,15 +538,28 @@ def write_shard(gallery, number: int, rows: list[dict], faces, soft, codes, enco
         "metadata": [meta[f.image] for f in faces],
     }
     if near_duplicates is not None and n:
-        of, d = near_duplicates
-        cols["near_duplicate_of"] = [int(i) if i >= 0 else None for i in of]
-        cols["near_duplicate_distance"] = [float(x) if i >= 0 else None for i, x in zip(of, d, strict=True)]
+        nd = near_duplicates
+        flagged = nd.of >= 0
+        cols["near_duplicate_of"] = pa_masked(nd.of, ~flagged)
+        cols["near_duplicate_distance"] = pa_masked(nd.distance, ~flagged | np.isnan(nd.distance))
+        cols["near_duplicate_photo_distance"] = pa_masked(nd.photo_distance,
+                                                          ~flagged | np.isnan(nd.photo_distance))
+        cols["near_duplicate_criterion"] = list(nd.criterion)
+    if fingerprints is not None and n:
+        cols["photo_fingerprint"] = np.asarray(fingerprints, np.float32).reshape(n, 63)
     writer = store.ShardWriter(gallery.path, number)
     try:
         return writer.commit(schema.faces_table(cols), schema.images_table(image_rows), soft, codes)
     except BaseException:
         writer.abort()
         raise
+
+
+def pa_masked(values: np.ndarray, null: np.ndarray):
+    """A pyarrow array of values (n,) with nulls where null (n,) bool is set."""
+    import pyarrow as pa
+
+    return pa.array(values, mask=np.asarray(null, bool))
 
 
 def encoder_fingerprint(config, detector: str) -> str:
@@ -413,6 +588,7 @@ def ingest(
     timeout_s: float = 120.0,
     index_every_s: float = 120.0,
     near_duplicate_distance: float = NEAR_DUPLICATE_DISTANCE,
+    near_duplicate_photo_distance: float = NEAR_DUPLICATE_PHOTO_DISTANCE,
 ) -> IngestReport:
     """Add photos to a gallery; see the module docstring.
 
@@ -421,7 +597,9 @@ def ingest(
     doubles up to it, see :func:`chunk_sizes`); engine: "local" or "ray"; progress: called with a
     dict of counters after every shard; index_every_s: save the FAISS indexes at least this often;
     near_duplicate_distance: flag faces this close in identity to an earlier face (shape-code L2,
-    :func:`flag_near_duplicates`; 0 turns it off).
+    :func:`flag_near_duplicates`; 0 turns it off); near_duplicate_photo_distance: flag faces whose
+    photo fingerprint is this close to an earlier face's (another file of the same picture,
+    :func:`flag_photo_duplicates`; 0 turns it off). See :func:`near_duplicate_stage`.
     """
     if face_model is not None:
         gallery.check_model(face_model)
@@ -467,7 +645,7 @@ def ingest(
             # built while the detectors work on the first chunk
             cfg = config or FitConfig()
             rig = rig_for(model, cfg.n_shape, cfg.n_expression)
-            _warm_up(gallery, near_duplicate_distance)
+            _warm_up(gallery, near_duplicate_distance, near_duplicate_photo_distance)
             # the fit shares the CPU with the detector processes: leave them their cores (torch's
             # threads spin while they wait: on a busy CPU two threads cost several times the CPU
             # of one for these small batched ops)
@@ -488,9 +666,13 @@ def ingest(
                 ok = [r for r in fresh if r["status"] == "ok"]
                 faces, soft, codes = encode_stage(model, ok, cfg, rig)
                 number = store.next_shard_number(gallery.path)
-                dup = flag_near_duplicates(gallery, codes, number, near_duplicate_distance)
-                write_shard(gallery, number, fresh, faces, soft, codes, fp, near_duplicates=dup)
-                report.near_duplicates += int((dup[0] >= 0).sum())
+                fps = face_fingerprints(ok)
+                dup = near_duplicate_stage(gallery, codes, fps, number, near_duplicate_distance,
+                                           near_duplicate_photo_distance)
+                write_shard(gallery, number, fresh, faces, soft, codes, fp, near_duplicates=dup,
+                            fingerprints=fps)
+                report.near_duplicates += dup.count
+                report.near_duplicate_photos += dup.by(PHOTO)
                 report.shards += 1
                 report.images_new += len(fresh)
                 report.faces += len(faces)
@@ -512,16 +694,18 @@ def ingest(
     return report
 
 
-def _warm_up(gallery, near_duplicate_distance: float) -> None:
+def _warm_up(gallery, near_duplicate_distance: float, near_duplicate_photo_distance: float = 0) -> None:
     """Pay the fit's and the writer's one-time costs while the detectors work on the first chunk,
     instead of after it: scipy's Delaunay (~1 s of CPU to import), pyarrow's first conversions
-    (they import pandas), the code index for the near-duplicate search."""
+    (they import pandas), the code index and the photo fingerprints for the near-duplicate search."""
     import pyarrow.parquet  # noqa: F401
     import scipy.spatial  # noqa: F401
 
     schema.faces_table({"face_id": np.zeros(0, np.int64)})
     if near_duplicate_distance and near_duplicate_distance > 0:
         gallery.index("codes")
+    if near_duplicate_photo_distance and near_duplicate_photo_distance > 0:
+        gallery.search_photos(np.zeros((0, 63), np.float32))
 
 
 def chunk_sizes(n: int, largest: int = 256, first: int = 64) -> list[int]:

@@ -26,12 +26,18 @@ FACES = pa.schema([
     ("time", pa.string()),
     ("metadata", pa.string()),
     # added in format 1.1 (older shards lack them; the catalog view reads them as NULL):
-    ("near_duplicate_of", pa.int64()),  # an earlier face this close in identity (code index)
-    ("near_duplicate_distance", pa.float32()),  # its shape-code L2 distance
+    ("near_duplicate_of", pa.int64()),  # an earlier face flagged as this one's near-duplicate
+    ("near_duplicate_distance", pa.float32()),  # their shape-code L2 distance (identity)
+    # added in format 1.2:
+    ("photo_fingerprint", pa.list_(pa.float32(), 63)),  # index.fingerprint: the aligned face crop
+    ("near_duplicate_criterion", pa.string()),  # what flagged it: "photo" or "identity"
+    ("near_duplicate_photo_distance", pa.float32()),  # their photo-fingerprint L2 distance
 ])
 
 #: Face columns that older shards may lack, with their DuckDB types (read as NULL there).
-LATER_FACE_COLUMNS = {"near_duplicate_of": "BIGINT", "near_duplicate_distance": "FLOAT"}
+LATER_FACE_COLUMNS = {"near_duplicate_of": "BIGINT", "near_duplicate_distance": "FLOAT",
+                      "photo_fingerprint": "FLOAT[63]", "near_duplicate_criterion": "VARCHAR",
+                      "near_duplicate_photo_distance": "FLOAT"}
 
 IMAGES = pa.schema([
     ("image_id", pa.int64()),
@@ -72,6 +78,12 @@ def faces_table(cols: dict) -> pa.Table:
             arrays.append(fixed(v, 4))
         elif f.name == "landmarks":
             arrays.append(fixed(np.asarray(v).reshape(n, 136), 136))
+        elif f.name == "photo_fingerprint":  # (n, 63), a row of NaN: no fingerprint (null)
+            v = np.asarray(v, np.float32).reshape(n, 63)
+            arrays.append(pa.FixedSizeListArray.from_arrays(
+                pa.array(v.reshape(-1), pa.float32()), 63, mask=pa.array(np.isnan(v).any(1))))
+        elif isinstance(v, pa.Array):
+            arrays.append(v.cast(f.type))
         else:
             arrays.append(pa.array(v, f.type))
     return pa.Table.from_arrays(arrays, schema=FACES)
