@@ -9,7 +9,12 @@ region, after a similarity alignment (the NoW non-metrical protocol). ``mean_mm`
 over faces of the per-face mean; ``max_mm`` the mean over faces of the per-face maximum.
 Multi-image: 3 photos per person share the shape (paper Eq. 2).
 
-    python benchmarks/encoder_accuracy.py [--faces 96] [--seed 0]
+    python benchmarks/encoder_accuracy.py [--faces 96] [--seed 0] [--compare adam]
+
+``--compare METHOD`` also fits the same photos with ``FitConfig(method=METHOD)`` (e.g. the
+first-order ``adam`` schedule against the default Levenberg-Marquardt) and reports both; the
+fit's CPU time per face is measured on one thread, with the fit's energy (lower is better: the
+same objective for every method).
 
 Paper (Liu & Li, Table 1): 2.2 mm mean / 9.7 mm max.
 """
@@ -25,12 +30,14 @@ from _common import emit, random_cameras, random_faces
 
 from skullsearch import FaceModel
 from skullsearch.encoder.align import align
+from skullsearch.encoder.code import CODE_SIZE
 from skullsearch.encoder.face_model import face_region
 from skullsearch.encoder.fitting import (
     FitConfig,
     LandmarkRig,
     camera_rotation,
     code_vertices,
+    fit_energy,
     fit_landmarks,
     model_landmarks_px,
 )
@@ -56,11 +63,35 @@ def errors(model, mask, true_shape, codes):
     return d.mean(1), d.max(1)
 
 
+def run(model, rig, mask, cfg, data):
+    """Fit the single-photo and the 3-photos-per-person sets with cfg → dict of figures."""
+    (shape, lm, sizes, focal), (pshape, person, lm3, sizes3, focal3) = data
+    fit_landmarks(model, lm[:4], sizes[:4], focal=focal[:4], config=cfg, rig=rig)  # warm-up
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # CPU time per face on one thread: comparable on a shared machine
+    try:
+        t0 = time.process_time()
+        single = fit_landmarks(model, lm, sizes, focal=focal, config=cfg, rig=rig)
+        t_single = time.process_time() - t0
+    finally:
+        torch.set_num_threads(threads)
+    mean1, max1 = errors(model, mask, shape, single.codes)
+    multi = fit_landmarks(model, lm3, sizes3, person=person, focal=focal3, config=cfg, rig=rig)
+    mean3, max3 = errors(model, mask, pshape[person], multi.codes)
+    return {"mean_mm": float(mean1.mean()), "max_mm": float(max1.mean()),
+            "multi_mean_mm": float(mean3.mean()), "multi_max_mm": float(max3.mean()),
+            "residual_px": float(single.residual_px.mean()),
+            "fit_ms_per_face": 1000 * t_single / len(lm),
+            "energy": float(fit_energy(model, lm, sizes, single.codes, focal=focal, config=cfg,
+                                       rig=rig).mean())}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--faces", type=int, default=96)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--noise", type=float, default=0.015)
+    ap.add_argument("--compare", default=None, help="also fit with FitConfig(method=COMPARE)")
     args = ap.parse_args(argv)
     rng = np.random.default_rng(args.seed)
     model = FaceModel.default()
@@ -70,36 +101,33 @@ def main(argv=None):
 
     shape, expr, pose = random_faces(model, args.faces, rng)
     lm, sizes, focal = observe(model, rig, shape, expr, pose, rng, args.noise)
-    t0 = time.perf_counter()
-    single = fit_landmarks(model, lm, sizes, focal=focal, config=cfg, rig=rig)
-    t_single = time.perf_counter() - t0
-    mean1, max1 = errors(model, mask, shape, single.codes)
-
     n_person = max(args.faces // 3, 1)
     pshape, _, _ = random_faces(model, n_person, rng)
     person = np.repeat(np.arange(n_person), 3)
     _, pexpr, ppose = random_faces(model, len(person), rng)
     lm3, sizes3, focal3 = observe(model, rig, pshape[person], pexpr, ppose, rng, args.noise)
-    multi = fit_landmarks(model, lm3, sizes3, person=person, focal=focal3, config=cfg, rig=rig)
-    mean3, max3 = errors(model, mask, pshape[person], multi.codes)
+    data = (shape, lm, sizes, focal), (pshape, person, lm3, sizes3, focal3)
+    res = run(model, rig, mask, cfg, data)
+    other = run(model, rig, mask, FitConfig(method=args.compare), data) if args.compare else None
 
     # the mean face as the "fit": what knowing nothing about the face gives
-    zero = np.zeros_like(single.codes)
-    mean0, max0 = errors(model, mask, shape, zero)
-    print(f"single image: {mean1.mean():.2f} mm mean, {max1.mean():.2f} mm max "
-          f"(residual {single.residual_px.mean():.2f} px, {args.faces / t_single:.1f} faces/s)")
-    print(f"3 images / person: {mean3.mean():.2f} mm mean, {max3.mean():.2f} mm max")
+    mean0, max0 = errors(model, mask, shape, np.zeros((args.faces, CODE_SIZE), np.float32))
+    for name, r in [(cfg.method, res)] + ([(args.compare, other)] if other else []):
+        print(f"[{name}] single image: {r['mean_mm']:.3f} mm mean, {r['max_mm']:.2f} mm max "
+              f"(residual {r['residual_px']:.2f} px, energy {r['energy']:.5f}, "
+              f"{r['fit_ms_per_face']:.1f} ms CPU/face on 1 thread)")
+        print(f"[{name}] 3 images / person: {r['multi_mean_mm']:.3f} mm mean, {r['multi_max_mm']:.2f} mm max")
     print(f"mean face (no fit): {mean0.mean():.2f} mm mean, {max0.mean():.2f} mm max")
     print("paper (Table 1): 2.2 mm mean, 9.7 mm max")
-    emit({
-        "mean_mm": round(float(mean1.mean()), 3), "max_mm": round(float(max1.mean()), 3),
-        "multi_mean_mm": round(float(mean3.mean()), 3), "multi_max_mm": round(float(max3.mean()), 3),
-        "mean_face_mean_mm": round(float(mean0.mean()), 3),
-        "mean_face_max_mm": round(float(max0.mean()), 3),
-        "residual_px": round(float(single.residual_px.mean()), 3),
-        "faces": args.faces, "noise_iod": args.noise, "face_region_vertices": int(mask.sum()),
-        "paper_mean_mm": 2.2, "paper_max_mm": 9.7,
-    })
+    out = {k: round(v, 3 if k != "energy" else 6) for k, v in res.items()}
+    out.update({"method": cfg.method, "mean_face_mean_mm": round(float(mean0.mean()), 3),
+                "mean_face_max_mm": round(float(max0.mean()), 3), "faces": args.faces,
+                "noise_iod": args.noise, "face_region_vertices": int(mask.sum()),
+                "paper_mean_mm": 2.2, "paper_max_mm": 9.7})
+    if other:
+        out.update({f"compare_{k}": round(v, 3 if k != "energy" else 6) for k, v in other.items()})
+        out["compare_method"] = args.compare
+    emit(out)
 
 
 if __name__ == "__main__":

@@ -378,6 +378,42 @@ def _init_camera(lm2d: torch.Tensor, rig: LandmarkRig, focal, center):
     return torch.zeros(b, 3, dtype=lm2d.dtype, device=lm2d.device), trans
 
 
+def _observations(landmarks, image_sizes, focal, cfg):
+    """The fit's fixed inputs as tensors: landmarks (B, 68, 2), focal (B,), image centre (B, 2),
+    inter-ocular scale (B,) px, Delaunay edges (B, E, 2) with their mask (B, E) and lengths
+    (B, E) px."""
+    device, dt = cfg.device or "cpu", cfg.dtype
+    lm2d = torch.as_tensor(np.asarray(landmarks, np.float64), dtype=dt, device=device)
+    sizes = torch.as_tensor(np.asarray(image_sizes, np.float64), dtype=dt, device=device)
+    f = (torch.as_tensor(np.asarray(focal, np.float64), dtype=dt, device=device) if focal is not None
+         else cfg.focal_factor * sizes.max(dim=1).values)
+    scale = (lm2d[:, 36:42].mean(1) - lm2d[:, 42:48].mean(1)).norm(dim=-1).clamp(min=1.0)  # IOD px
+    edges_np, mask_np = delaunay_edges(np.asarray(landmarks, np.float64))
+    edges = torch.as_tensor(edges_np, device=device)
+    emask = torch.as_tensor(mask_np, dtype=dt, device=device)
+    return lm2d, f, sizes / 2, scale, edges, emask, _edge_lengths(lm2d, edges)
+
+
+def fit_energy(model, landmarks: np.ndarray, image_sizes: np.ndarray, codes: np.ndarray,
+               focal: np.ndarray | None = None, config: FitConfig | None = None,
+               rig: LandmarkRig | None = None) -> np.ndarray:
+    """The fit's objective E (module docstring) per face (B,) at given codes (B, 228): the
+    number :func:`fit_landmarks` minimizes, whichever method found the codes. Arguments as there."""
+    cfg = config or FitConfig()
+    device = cfg.device or "cpu"
+    rig = rig or rig_for(model, cfg.n_shape, cfg.n_expression, device=device, dtype=cfg.dtype)
+    obs = _observations(landmarks, image_sizes, focal, cfg)
+    b = obs[0].shape[0]
+    p = code_layout.split(torch.as_tensor(np.asarray(codes), dtype=cfg.dtype, device=device))
+    prob = _LMProblem(rig, cfg, *obs, torch.arange(b, device=device), b)
+    with torch.no_grad():
+        energy, _ = prob.energy(dict(cam_rot=p.cam_rot, trans=p.cam_trans,
+                                     jaw=p.pose[:, 3 * JAW: 3 * JAW + 3],
+                                     shape=p.shape[:, : rig.n_shape],
+                                     expr=p.expression[:, : rig.n_expression]))
+    return energy.cpu().numpy()
+
+
 def fit_landmarks(
     model,
     landmarks: np.ndarray,
@@ -398,25 +434,19 @@ def fit_landmarks(
     Returns a :class:`FitResult`.
     """
     cfg = config or FitConfig()
+    if cfg.method not in ("lm", "adam"):
+        from skullsearch.errors import SkullsearchError
+
+        raise SkullsearchError(f"unknown fit method {cfg.method!r} in FitConfig: use 'lm' or 'adam'")
     device = cfg.device or "cpu"
     dt = cfg.dtype
     rig = rig or rig_for(model, cfg.n_shape, cfg.n_expression, device=device, dtype=dt)
-    lm2d = torch.as_tensor(np.asarray(landmarks, np.float64), dtype=dt, device=device)
+    lm2d, f, center, scale, edges, emask, obs_len = _observations(landmarks, image_sizes, focal, cfg)
     b = lm2d.shape[0]
-    sizes = torch.as_tensor(np.asarray(image_sizes, np.float64), dtype=dt, device=device)
-    center = sizes / 2
-    f = (torch.as_tensor(np.asarray(focal, np.float64), dtype=dt, device=device) if focal is not None
-         else cfg.focal_factor * sizes.max(dim=1).values)
     person = np.arange(b) if person is None else np.asarray(person)
     _, person_idx = np.unique(person, return_inverse=True)
     n_person = int(person_idx.max()) + 1 if b else 0
     pidx = torch.as_tensor(person_idx, device=device)
-
-    scale = (lm2d[:, 36:42].mean(1) - lm2d[:, 42:48].mean(1)).norm(dim=-1).clamp(min=1.0)  # IOD px
-    edges_np, mask_np = delaunay_edges(np.asarray(landmarks, np.float64))
-    edges = torch.as_tensor(edges_np, device=device)
-    emask = torch.as_tensor(mask_np, dtype=dt, device=device)
-    obs_len = _edge_lengths(lm2d, edges)
 
     rot0, trans0 = _init_camera(lm2d, rig, f, center)
     n_expr_rows = n_person if cfg.share_expression else b
@@ -436,8 +466,6 @@ def fit_landmarks(
         return _fit_lm(rig, cfg, lm2d, f, center, scale, edges, emask, obs_len, pidx, n_person,
                        dict(cam_rot=rot0.clone(), trans=trans0.clone(), jaw=jaw, shape=shape,
                             expr=expr), rigid=init is None)
-    if cfg.method != "adam":
-        raise ValueError(f"unknown fit method {cfg.method!r}: use 'lm' or 'adam'")
     z0 = trans0[:, 2:3].detach()
     cam_rot = rot0.clone().requires_grad_(True)
     cam_off = torch.zeros(b, 3, dtype=dt, device=device, requires_grad=True)  # trans = trans0 + z0·off
@@ -721,5 +749,5 @@ def camera_from_code(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return camera_rotation(p.cam_rot).numpy(), p.cam_trans.numpy()
 
 
-__all__ = ["FitConfig", "FitResult", "LandmarkRig", "fit_landmarks", "code_vertices",
+__all__ = ["FitConfig", "FitResult", "LandmarkRig", "fit_landmarks", "fit_energy", "code_vertices",
            "camera_from_code", "delaunay_edges", "project"]

@@ -1,0 +1,242 @@
+"""The Levenberg-Marquardt fit: analytic Jacobians against autograd, the shared-shape solve
+against the dense joint system, and the fit against the Adam schedule it replaces."""
+
+import numpy as np
+import pytest
+import torch
+
+from skullsearch.encoder import code as code_layout
+from skullsearch.encoder import levenberg as lev
+from skullsearch.encoder.fitting import (
+    JAW,
+    MARCHING,
+    FitConfig,
+    LandmarkRig,
+    _edge_lengths,
+    camera_rotation,
+    delaunay_edges,
+    fit_energy,
+    fit_landmarks,
+    model_landmarks_px,
+    project,
+)
+from skullsearch.errors import SkullsearchError
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """The fits here are small: one thread, as ingest runs them (two threads on a loaded 2-core
+    machine spend most of their time waiting for each other)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def rig64(default_model):
+    return LandmarkRig(default_model, 90, 90, dtype=torch.float64)
+
+
+def _state(rig, b, seed):
+    g = torch.Generator().manual_seed(seed)
+    std = torch.cat([rig.expr_std, rig.shape_std])  # the tables' coefficient order [δ, α]
+    c = torch.randn(b, len(std), generator=g, dtype=rig.v0.dtype) * std * 0.5
+    jaw = torch.randn(b, 3, generator=g, dtype=rig.v0.dtype) * 0.2
+    pick = torch.randint(0, rig.cand_local.shape[1], (b, len(MARCHING)), generator=g)
+    return c, jaw, pick
+
+
+def _per_face(jac, b):
+    """autograd's (out..., b, in) Jacobian of a sum over faces → (b, out..., in)."""
+    return torch.stack([jac[..., i, :] for i in range(b)])
+
+
+@pytest.mark.parametrize("posedirs", [False, True])
+def test_landmark_jacobians_equal_autograd(rig64, posedirs):
+    rig = rig64
+    if posedirs:  # FLAME files have pose-corrective blend shapes, the open model does not
+        rig = LandmarkRig(rig64.model, 90, 90, dtype=torch.float64)
+        g = torch.Generator().manual_seed(5)
+        rig.posedirs = torch.randn(9 * (rig.n_joints - 1), 3 * len(rig.v0), generator=g,
+                                   dtype=torch.float64)
+        rig.jaw_posedirs = rig.posedirs[9 * (JAW - 1): 9 * JAW].contiguous()
+    t = lev.PointTables.of(rig)
+    b, e = 3, rig.n_expression
+    c, jaw, pick = _state(rig, b, 0)
+    pts, parts = t.forward(c, jaw)
+    # the tables' points are the rig's jaw-skinned points
+    lm, cand = rig.points_jaw(c[:, e:], c[:, :e], jaw)
+    assert torch.allclose(pts[:, :68], lm, atol=1e-9)
+    assert torch.allclose(pts[:, 68:].reshape(cand.shape), cand, atol=1e-9)
+    rows = lev.effective_rows(t, pick, MARCHING)
+    bi = torch.arange(b)[:, None]
+
+    def landmarks(x):  # x = [jaw, c] → (b, 68, 3) summed over faces
+        return t.forward(x[:, 3:], x[:, :3])[0][bi, rows].sum(0)
+
+    want = _per_face(torch.autograd.functional.jacobian(landmarks, torch.cat([jaw, c], 1)), b)
+    got = lev.landmark_jacobian(t, c, jaw, parts, rows)
+    assert got.shape == (b, 68, 3, 3 + c.shape[1])
+    assert (got - want).abs().max() < 1e-9 * want.abs().max()
+
+    # the camera: rotation (right Jacobian of SO(3)), translation, and the moving point
+    g = torch.Generator().manual_seed(1)
+    rotvec = torch.randn(b, 3, generator=g, dtype=torch.float64) * 0.4
+    trans = torch.tensor([[5.0, -20.0, 600.0]], dtype=torch.float64).expand(b, 3)
+    focal = torch.full((b,), 600.0, dtype=torch.float64)
+    center = torch.full((b, 2), 256.0, dtype=torch.float64)
+    pe = pts[bi, rows]
+    m, jcam = lev.projection_jacobian(pe, camera_rotation(rotvec), rotvec, trans, focal)
+    cam = _per_face(torch.autograd.functional.jacobian(
+        lambda y: project(pe, camera_rotation(y[:, :3]), y[:, 3:], focal, center).sum(0),
+        torch.cat([rotvec, trans], 1)), b)
+    assert (jcam - cam).abs().max() < 1e-9 * cam.abs().max()
+    # the chained projection Jacobian of the fit equals m · dL
+    juv = lev.landmark_uv_jacobian(t, jaw, parts, rows, m, MARCHING)
+    assert (juv - m @ got).abs().max() < 1e-9 * juv.abs().max()
+    chained = _per_face(torch.autograd.functional.jacobian(
+        lambda x: project(t.forward(x[:, 3:], x[:, :3])[0][bi, rows], camera_rotation(rotvec), trans,
+                          focal, center).sum(0), torch.cat([jaw, c], 1)), b)
+    assert (juv - chained).abs().max() < 1e-8 * chained.abs().max()
+
+
+def test_edge_metric_gives_the_normal_equations_of_the_residuals():
+    """H = J_uvᵀ M J_uv and g = J_uvᵀ q equal JᵀJ and Jᵀr of the stacked residual rows."""
+    g = torch.Generator().manual_seed(0)
+    b, n = 2, 7
+    lm = torch.rand(b, 68, 2, generator=g, dtype=torch.float64) * 100
+    uv = lm + torch.randn(b, 68, 2, generator=g, dtype=torch.float64)
+    e_np, m_np = delaunay_edges(lm.numpy())
+    m_np[1, -5:] = False  # padded edges do not count
+    edges, emask = torch.as_tensor(e_np), torch.as_tensor(m_np, dtype=torch.float64)
+    obs, fit = _edge_lengths(lm, edges), _edge_lengths(uv, edges)
+    k_lmk = torch.tensor([0.3, 0.2], dtype=torch.float64)
+    k_edge = torch.tensor([0.5, 0.7], dtype=torch.float64)
+    juv = torch.randn(b, 136, n, generator=g, dtype=torch.float64)
+    metric, q = lev.edge_metric(uv, edges, emask, k_lmk, k_edge, obs, fit)
+    q = q + k_lmk[:, None] ** 2 * (uv - lm).reshape(b, -1)
+
+    def residuals(x):  # uv moving along juv
+        u = uv + (juv @ x[..., None])[..., 0].reshape(b, 68, 2)
+        r_l = k_lmk[:, None] * (u - lm).reshape(b, -1)
+        r_e = k_edge[:, None] * emask * (obs - _edge_lengths(u, edges))
+        return torch.cat([r_l, r_e], 1)
+
+    x0 = torch.zeros(b, n, dtype=torch.float64)
+    jac = _per_face(torch.autograd.functional.jacobian(lambda x: residuals(x).sum(0), x0), b)
+    r = residuals(x0)
+    assert torch.allclose(juv.transpose(1, 2) @ metric @ juv, jac.transpose(1, 2) @ jac, atol=1e-9)
+    assert torch.allclose(juv.transpose(1, 2) @ q[..., None], jac.transpose(1, 2) @ r[..., None], atol=1e-9)
+
+
+def test_shared_shape_step_is_the_joint_solve():
+    """Faces 0-2 one person, 3 alone, 4-5 another: the Schur-complement step equals the damped
+    solve of the whole joint system (shared columns counted once per person)."""
+    g = torch.Generator().manual_seed(0)
+    b, n_local, n_shared = 6, 4, 3
+    n = n_local + n_shared
+    x = torch.randn(b, 20, n, generator=g, dtype=torch.float64)
+    h = x.transpose(1, 2) @ x + torch.eye(n, dtype=torch.float64)
+    grad = torch.randn(b, n, generator=g, dtype=torch.float64)
+    pidx = torch.tensor([0, 0, 0, 1, 2, 2])
+    lam = torch.tensor([1e-3, 0.1, 1.0], dtype=torch.float64)
+    dl, dg = lev.solve_step(h, grad, lam, pidx, 3, n_local)
+    # the joint system: each face's own columns, then each person's shared ones
+    size = b * n_local + 3 * n_shared
+    big, rhs = torch.zeros(size, size, dtype=torch.float64), torch.zeros(size, dtype=torch.float64)
+    for i in range(b):
+        cols = list(range(i * n_local, (i + 1) * n_local)) + [
+            b * n_local + int(pidx[i]) * n_shared + k for k in range(n_shared)]
+        big[np.ix_(cols, cols)] += h[i]
+        rhs[cols] += grad[i]
+    lam_col = torch.cat([lam[pidx].repeat_interleave(n_local), lam.repeat_interleave(n_shared)])
+    big += torch.diag(lam_col * big.diagonal())
+    want = -torch.linalg.solve(big, rhs)
+    assert torch.allclose(dl.reshape(-1), want[: b * n_local], atol=1e-8)
+    assert torch.allclose(dg.reshape(-1), want[b * n_local:], atol=1e-8)
+    # every face its own person: the same as one damped solve per face
+    dl1, dg1 = lev.solve_step(h, grad, lam[[0, 0, 0, 1, 2, 2]], torch.arange(b), b, n_local)
+    damped = h + torch.diag_embed(lam[[0, 0, 0, 1, 2, 2], None] * h.diagonal(dim1=1, dim2=2))
+    direct = -torch.linalg.solve(damped, grad[..., None])[..., 0]
+    assert torch.allclose(torch.cat([dl1, dg1], 1), direct, atol=1e-8)
+
+
+def _photos(model, rig, n, seed, noise_px=1.0, same=None):
+    """n noisy photos of random faces; same (n,) index: photos with equal values show one face
+    (shape and expression) through different cameras."""
+    rng = np.random.default_rng(seed)
+    shape = torch.tensor(rng.standard_normal((n, 90)) * model.shape_std[:90], dtype=torch.float32)
+    expr = torch.tensor(np.clip(rng.standard_normal((n, model.n_expression)) * 0.15, 0, None)
+                        * (rng.random((n, model.n_expression)) < 0.2), dtype=torch.float32)
+    if same is not None:
+        shape, expr = shape[same], expr[same]
+    pose = torch.zeros(n, 3 * model.n_joints)
+    pose[:, 3 * JAW] = torch.tensor(rng.uniform(0, 0.12, n), dtype=torch.float32)
+    rot = torch.tensor(np.deg2rad(np.stack([rng.uniform(-10, 10, n), rng.uniform(-30, 30, n),
+                                            rng.uniform(-5, 5, n)], 1)), dtype=torch.float32)
+    trans = torch.tensor(np.stack([rng.uniform(-20, 20, n), rng.uniform(-50, -10, n),
+                                   rng.uniform(450, 900, n)], 1), dtype=torch.float32)
+    with torch.no_grad():
+        uv = model_landmarks_px(rig, shape, expr, pose, camera_rotation(rot), trans,
+                                torch.full((n,), 614.4), torch.full((n, 2), 256.0)).numpy()
+    return shape, uv + rng.normal(scale=noise_px, size=uv.shape), np.full((n, 2), 512.0)
+
+
+def test_fit_energy_is_the_objective_on_the_general_skinning(default_model):
+    """fit_energy (the LM's energy on the jaw-only tables) equals the objective written out on
+    the general LBS path of the rig."""
+    rig = LandmarkRig(default_model, 90, 90)
+    shape, uv, size = _photos(default_model, rig, 4, seed=1)
+    res = fit_landmarks(default_model, uv, size, rig=rig)
+    p = code_layout.split(torch.as_tensor(res.codes))
+    cfg = FitConfig()
+    with torch.no_grad():
+        fit = model_landmarks_px(rig, p.shape, p.expression[:, : rig.n_expression],
+                                 p.pose[:, : 3 * rig.n_joints], camera_rotation(p.cam_rot),
+                                 p.cam_trans, torch.full((4,), 614.4), torch.full((4, 2), 256.0))
+    lm = torch.as_tensor(uv, dtype=torch.float32)
+    s2 = (lm[:, 36:42].mean(1) - lm[:, 42:48].mean(1)).norm(dim=-1) ** 2
+    e_np, m_np = delaunay_edges(uv)
+    edges, emask = torch.as_tensor(e_np), torch.as_tensor(m_np, dtype=torch.float32)
+    edge = (((_edge_lengths(lm, edges) - _edge_lengths(fit, edges)) ** 2) * emask).sum(1) / emask.sum(1)
+    want = (cfg.w_landmark * ((fit - lm) ** 2).sum(-1).mean(1) / s2 + cfg.w_edge * edge / s2
+            + cfg.w_shape * ((p.shape / rig.shape_std) ** 2).sum(1)
+            + cfg.w_expression * ((p.expression[:, : rig.n_expression] / rig.expr_std) ** 2).sum(1)
+            + cfg.w_pose * (p.pose[:, 3 * JAW: 3 * JAW + 3] ** 2).sum(1))
+    got = fit_energy(default_model, uv, size, res.codes, rig=rig)
+    np.testing.assert_allclose(got, want.numpy(), rtol=1e-4)
+    assert abs(res.history[-1] - got.mean()) < 1e-6 * got.mean() + 1e-9  # the fit's own record
+
+
+def test_lm_reaches_a_lower_energy_than_the_adam_schedule(default_model):
+    rig = LandmarkRig(default_model, 90, 90)
+    _, uv, size = _photos(default_model, rig, 8, seed=2)
+    lm = fit_landmarks(default_model, uv, size, rig=rig)
+    adam = fit_landmarks(default_model, uv, size, rig=rig, config=FitConfig(method="adam"))
+    e_lm = fit_energy(default_model, uv, size, lm.codes, rig=rig)
+    e_adam = fit_energy(default_model, uv, size, adam.codes, rig=rig)
+    assert (e_lm <= e_adam * 1.001).all(), (e_lm, e_adam)
+    assert e_lm.mean() < 0.99 * e_adam.mean()
+    # the energy only ever went down (steps that raise it are rejected)
+    assert np.all(np.diff(lm.history) <= 1e-9)
+
+
+def test_shared_expression_and_shape_per_person(default_model):
+    rig = LandmarkRig(default_model, 90, 90)
+    person = np.array([7, 3, 7, 3])
+    _, uv, size = _photos(default_model, rig, 4, seed=3, same=person % 2)
+    res = fit_landmarks(default_model, uv, size, person=person, rig=rig,
+                        config=FitConfig(share_expression=True))
+    p = code_layout.split(res.codes)
+    np.testing.assert_array_equal(p.shape[0], p.shape[2])
+    np.testing.assert_array_equal(p.expression[1], p.expression[3])
+    assert not np.allclose(p.shape[0], p.shape[1])
+    assert res.residual_px.max() < 2.0  # px: 1 px noise per coordinate
+
+
+def test_unknown_method_says_what_to_use(default_model):
+    rig = LandmarkRig(default_model, 90, 90)
+    _, uv, size = _photos(default_model, rig, 1, seed=4)
+    with pytest.raises(SkullsearchError, match="'lm' or 'adam'"):
+        fit_landmarks(default_model, uv, size, rig=rig, config=FitConfig(method="sgd"))
