@@ -495,13 +495,15 @@ def near_duplicate_stage(gallery, codes: np.ndarray, fingerprints: np.ndarray, s
 
 def face_fingerprints(rows: list[dict]) -> np.ndarray:
     """The photo fingerprints (n, 63) float32 of the faces of detected rows, in the order
-    :func:`encode_stage` lists the faces; NaN rows where a face has none."""
+    :func:`encode_stage` lists the faces; NaN rows where a face has none. Rounded to float16,
+    as the catalog stores them (a face is compared alike with this shard's faces and with
+    the gallery's)."""
     out = [f.get("fingerprint") for r in rows for f in r["faces"]]
     arr = np.full((len(out), 63), np.nan, np.float32)
     for i, f in enumerate(out):
         if f is not None and len(f) == 63:
             arr[i] = f
-    return arr
+    return arr.astype(np.float16).astype(np.float32)
 
 
 # ---------------------------------------------------------------- writer stage

@@ -29,7 +29,7 @@ FACES = pa.schema([
     ("near_duplicate_of", pa.int64()),  # an earlier face flagged as this one's near-duplicate
     ("near_duplicate_distance", pa.float32()),  # their shape-code L2 distance (identity)
     # added in format 1.2:
-    ("photo_fingerprint", pa.list_(pa.float32(), 63)),  # index.fingerprint: the aligned face crop
+    ("photo_fingerprint", pa.list_(pa.float16(), 63)),  # index.fingerprint of the face crop (fp16)
     ("near_duplicate_criterion", pa.string()),  # what flagged it: "photo" or "identity"
     ("near_duplicate_photo_distance", pa.float32()),  # their photo-fingerprint L2 distance
 ])
@@ -57,6 +57,15 @@ def empty_faces() -> pa.Table:
     return FACES.empty_table()
 
 
+def without_float16(table: pa.Table) -> pa.Table:
+    """The table with float16 list columns as float32 (what DuckDB reads them as from Parquet;
+    it does not take float16 from Arrow)."""
+    fields = [pa.field(f.name, pa.list_(pa.float32(), f.type.list_size))
+              if pa.types.is_fixed_size_list(f.type) and pa.types.is_float16(f.type.value_type) else f
+              for f in table.schema]
+    return table.cast(pa.schema(fields))
+
+
 def empty_images() -> pa.Table:
     return IMAGES.empty_table()
 
@@ -81,7 +90,8 @@ def faces_table(cols: dict) -> pa.Table:
         elif f.name == "photo_fingerprint":  # (n, 63), a row of NaN: no fingerprint (null)
             v = np.asarray(v, np.float32).reshape(n, 63)
             arrays.append(pa.FixedSizeListArray.from_arrays(
-                pa.array(v.reshape(-1), pa.float32()), 63, mask=pa.array(np.isnan(v).any(1))))
+                pa.array(v.reshape(-1).astype(np.float16), pa.float16()), 63,
+                mask=pa.array(np.isnan(v).any(1))))
         elif isinstance(v, pa.Array):
             arrays.append(v.cast(f.type))
         else:
