@@ -9,10 +9,15 @@ translation t) minimizing
       + w_shape · Σ (α/σ_α)² + w_expr · Σ (δ/σ_δ)² + w_pose · Σ θ²          (regularizer)
 
 with s the face's inter-ocular distance in pixels, Del(l) the Delaunay triangulation of the
-detected landmarks, π the camera projection. A rigid stage (camera only, mean face) comes first,
-then the full stage; Adam on the whole batch at once (faces are independent, so one step
-advances every face). Multi-image fitting (Eq. 2): faces with the same person index share α
-(and δ if asked), each photo keeps its camera and light.
+detected landmarks, π the camera projection. E is a sum of squares, so the default solver is
+Levenberg-Marquardt (:mod:`skullsearch.encoder.levenberg`: analytic Jacobians, one damped
+Gauss-Newton system per face, all faces of the batch at once): a rigid stage (camera only, mean
+face) from a closed-form depth, then all parameters together. It reaches a lower E than the
+first-order schedule it replaced (``method="adam"``: rigid Adam steps, linear shape solves
+alternating with camera steps, then Adam on everything; kept for comparison) in a fifth of the
+CPU time. Multi-image fitting (Eq. 2): faces with the same person index share α (and δ if
+asked), each photo keeps its camera and light; the solver eliminates each photo's own
+parameters and takes the joint step of the person's shared ones.
 
 Jaw-line landmarks 0–16 follow the silhouette ("landmark marching"): for each, a row of candidate
 vertices across the cheek is projected and the outermost in the image is used, as 2D detectors
@@ -35,8 +40,8 @@ from skullsearch.encoder.lbs import axis_angle_to_matrix, lbs
 
 #: OpenCV camera axes from the face frame: x right, y down, z away from the camera.
 _FLIP = torch.tensor([[1.0, 0.0, 0.0], [0.0, -1.0, 0.0], [0.0, 0.0, -1.0]])
-#: Translation parameter unit, as a fraction of the starting depth (Adam steps ≈ lr in
-#: parameter units: 0.1 makes a step of lr = 0.01 about 0.6 mm at 60 cm).
+#: Translation parameter unit of the Adam path, as a fraction of the starting depth (Adam
+#: steps ≈ lr in parameter units: 0.1 makes a step of lr = 0.01 about 0.6 mm at 60 cm).
 TRANS_STEP = 0.1
 #: Contour landmarks that march along the silhouette (iBUG indices; subject's right first).
 MARCHING = (0, 1, 2, 3, 4, 5, 6, 10, 11, 12, 13, 14, 15, 16)
@@ -57,18 +62,23 @@ class FitConfig:
     w_shape: float = 2e-4
     w_expression: float = 2e-4
     w_pose: float = 1e-3
-    # schedule: 40 rigid + 5 × 10 camera + 100 full Adam steps (was 80 + 3 × 30 + 100: the same
-    # identity error within 0.01 mm on benchmarks/encoder_accuracy.py, 30 % less CPU)
+    # solver: "lm" Levenberg-Marquardt (lm_* below) or "adam" (the first-order schedule below)
+    method: str = "lm"
+    # LM schedule: 6 camera-only + 8 full iterations. benchmarks/encoder_accuracy.py --faces 96
+    # --compare adam: 1.771 mm vs 1.838 mm (Adam), fit energy 0.00384 vs 0.00398, ~7 vs ~30 ms
+    # CPU per face on one thread; 3 full iterations already give 1.769 mm, 8 leave every face
+    # within 1.5 % of its converged energy (30 iterations)
+    lm_rigid_iters: int = 6
+    lm_iters: int = 8
+    lm_damping: float = 1e-3  # starting λ of the Marquardt damping λ·diag(H), per person
+    # Adam schedule (method="adam"): 40 rigid + 5 × (linear shape solve + 10 camera steps) + 100
+    # full steps (was 80 + 3 × 30 + 100: the same identity error within 0.01 mm, 30 % less CPU)
     rigid_steps: int = 40
     alternations: int = 5  # linear (Gauss-Newton) shape solves, each followed by camera steps
     camera_steps: int = 10
     full_steps: int = 100
     lr_rigid: float = 0.05
     lr_full: float = 0.01
-    method: str = "lm"  # "lm": Levenberg-Marquardt; "adam": the first-order schedule above
-    lm_rigid_iters: int = 6
-    lm_iters: int = 8
-    lm_damping: float = 1e-3  # starting λ of the Marquardt damping λ·diag(H)
     share_expression: bool = False
     device: str | None = None
     dtype: torch.dtype = torch.float32
@@ -78,7 +88,8 @@ class FitConfig:
 class FitResult:
     """Per face: codes (B, 228) (layout in :mod:`skullsearch.encoder.code`), residual_px (B,)
     mean landmark reprojection error in pixels, landmarks_px (B, 68, 2) the fitted landmarks,
-    focal (B,) px, loss history (steps,) of the batch's mean total loss."""
+    focal (B,) px, history (iterations,) the batch's mean energy after each step (LM) or its loss
+    before each step (Adam)."""
 
     codes: np.ndarray
     residual_px: np.ndarray

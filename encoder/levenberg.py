@@ -77,6 +77,14 @@ class PointTables:
     pd1: torch.Tensor | None
     n_cand: int
 
+    def __post_init__(self):
+        # (P, 3Q) and (9, 3Q) matrices for the batched forward pass
+        p = self.d0.shape[-1]
+        self._d0m = self.d0.permute(2, 0, 1).reshape(p, -1).contiguous()
+        self._d1m = self.d1.permute(2, 0, 1).reshape(p, -1).contiguous()
+        self._pd0m = None if self.pd0 is None else self.pd0.permute(2, 0, 1).reshape(9, -1).contiguous()
+        self._pd1m = None if self.pd1 is None else self.pd1.permute(2, 0, 1).reshape(9, -1).contiguous()
+
     @classmethod
     def of(cls, rig) -> PointTables:
         cached = getattr(rig, "_point_tables", None)
@@ -84,14 +92,15 @@ class PointTables:
             return cached
         n, p = len(rig.v0), rig.dirs_t.shape[0]
         # coefficient order [δ, α]: a photo's own parameters before its person's shared ones
-        perm = torch.cat([torch.arange(rig.n_shape, p), torch.arange(rig.n_shape)])
+        dev = rig.v0.device
+        perm = torch.cat([torch.arange(rig.n_shape, p, device=dev), torch.arange(rig.n_shape, device=dev)])
         dirs = rig.dirs_t[perm].T.reshape(n, 3, p)
         w = rig.w_jaw if rig.w_jaw is not None else torch.zeros_like(rig.v0[:, 0])
         pd = None
         if getattr(rig, "jaw_posedirs", None) is not None:
             pd = rig.jaw_posedirs.T.reshape(n, 3, 9)
-        lm, bary = torch.as_tensor(rig.lm_local), rig.bary  # (68, 3) corners
-        cand = torch.as_tensor(rig.cand_local).reshape(-1)  # (14 C,)
+        lm, bary = torch.as_tensor(rig.lm_local, device=dev), rig.bary  # (68, 3) corners
+        cand = torch.as_tensor(rig.cand_local, device=dev).reshape(-1)  # (14 C,)
 
         def blend(x, weights):  # x (n, ...) → landmarks (68, ...) and candidates (14 C, ...)
             ones = [1] * (x.dim() - 1)
@@ -110,12 +119,7 @@ class PointTables:
             pd1=None if pd is None else blend(pd, w).contiguous(),
             n_cand=rig.cand_local.shape[1],
         )
-        # (P, 3Q) matrices for the batched forward pass
-        tables._d0m = tables.d0.permute(2, 0, 1).reshape(p, -1).contiguous()
-        tables._d1m = tables.d1.permute(2, 0, 1).reshape(p, -1).contiguous()
-        tables._pd0m = None if pd is None else tables.pd0.permute(2, 0, 1).reshape(9, -1).contiguous()
-        tables._pd1m = None if pd is None else tables.pd1.permute(2, 0, 1).reshape(9, -1).contiguous()
-        rig._point_tables = tables
+        rig._point_tables = tables  # built once per rig (like rig_for's cache per model)
         return tables
 
     def forward(self, c: torch.Tensor, jaw: torch.Tensor):

@@ -110,11 +110,14 @@ def test_delaunay_edges_are_padded_per_face():
     assert (e0[:, 0] != e0[:, 1]).all() and e0.max() < 68
 
 
-def test_starting_from_codes_skips_the_rigid_stage(default_model, rig):
+@pytest.mark.parametrize("cfg", [FitConfig(lm_iters=2),
+                                 FitConfig(method="adam", alternations=1, camera_steps=5, full_steps=10)],
+                         ids=["lm", "adam"])
+def test_starting_from_codes_skips_the_rigid_stage(default_model, rig, cfg):
     shape, rot, trans, uv, size = synth(default_model, rig, 4, seed=4)
     init = code_layout.pack(shape=shape.numpy(), cam_rot=rot.numpy(), cam_trans=trans.numpy())
-    cfg = FitConfig(alternations=1, camera_steps=5, full_steps=10)
     res = fit_landmarks(default_model, uv, size, config=cfg, rig=rig, init=init)
+    assert len(res.history) == (cfg.lm_iters if cfg.method == "lm" else 15)  # no rigid stage
     # started at the answer: only the prior's pull moves it, and the camera stays put
     assert res.residual_px.max() < 1.5
     yaw = code_layout.split(res.codes).cam_rot[:, 1]
