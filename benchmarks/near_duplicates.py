@@ -290,9 +290,13 @@ def main(argv=None):
                                                    for i in np.flatnonzero(wrong)]
                 for a_, b_, x_ in res["default_false_flag_pairs"]:
                     print(f"    false flag: {a_} flagged against {b_} (photo distance {x_:.3f})")
-                for k in COPIES:
+                right = (flag >= 0) & same[np.arange(len(flag)), np.maximum(flag, 0)]
+                per_kind = []
+                for k in (*COPIES, RESHOT):
                     sel = kind == k
-                    res[f"{k}_flagged"] = round(float(np.mean(flag[sel] >= 0)), 4)
+                    res[f"{k}_flagged"] = round(float(np.mean(right[sel])), 4)
+                    per_kind.append(f"{k} {np.mean(right[sel]):.0%}")
+                print("    flagged per kind (against a photo of the same face): " + ", ".join(per_kind))
         res["sweep"] = sweep
         res["identity_only_copies_flagged"] = round(float(np.mean(id_flag[is_copy] >= 0)), 4)
         res["identity_only_false_flags"] = int(((id_flag >= 0) & ~same[np.arange(len(id_flag)),

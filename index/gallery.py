@@ -64,6 +64,9 @@ class Gallery:
         self.mmap_indexes = True
         self._gpu: dict = {}
         self._photos: _Photos | None = None
+        #: guards the photo index: its build, its growth and searches in it (faiss indexes are
+        #: not safe to search while they are added to)
+        self._photo_lock = threading.RLock()
         self._lock = threading.Lock()
         self._catalog = None  # (shard key, duckdb connection): see connect()
         self._catalog_lock = threading.Lock()
@@ -440,7 +443,7 @@ class Gallery:
 
         from skullsearch.index import fingerprint
 
-        with self._lock:
+        with self._photo_lock:
             shards = self.shards()
             held = self._photos
             if held is None or not {s.number for s in shards} >= set(held.shards):
@@ -474,17 +477,19 @@ class Gallery:
 
         from skullsearch.index import fingerprint
 
-        photos = self._photo_index()
         q = np.ascontiguousarray(np.asarray(fingerprints, np.float32).reshape(-1, fingerprint.DIM))
-        if photos.index.ntotal == 0 or not len(q):
-            return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
-        searched = photos.index
-        if faiss.get_num_gpus() > 0:  # pragma: no cover - no GPU in CI
-            gpu = self._gpu.get("photos")
-            if gpu is None or gpu[0] != photos.index.ntotal:  # a copy of the grown index
-                gpu = self._gpu["photos"] = (photos.index.ntotal, vectors.to_gpu(photos.index))
-            searched = gpu[1]
-        d2, pos = searched.search(q, max(1, min(k, photos.index.ntotal)))
+        with self._photo_lock:  # (the index and its ids as one: no other thread adds meanwhile)
+            photos = self._photo_index()
+            if photos.index.ntotal == 0 or not len(q):
+                return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
+            searched = photos.index
+            if faiss.get_num_gpus() > 0:  # pragma: no cover - no GPU in CI
+                key = (id(photos.index), photos.index.ntotal)
+                gpu = self._gpu.get("photos")
+                if gpu is None or gpu[0] != key:  # a copy of the index as it is now
+                    gpu = self._gpu["photos"] = (key, vectors.to_gpu(photos.index))
+                searched = gpu[1]
+            d2, pos = searched.search(q, max(1, min(k, photos.index.ntotal)))
         ids = np.where(pos >= 0, photos.ids[np.maximum(pos, 0)], -1)
         return np.sqrt(np.maximum(d2, 0)), ids
 
@@ -493,13 +498,14 @@ class Gallery:
         from skullsearch.index import fingerprint
 
         ids = np.asarray(ids, np.int64).reshape(-1)
-        photos = self._photo_index()
         out = np.full((len(ids), fingerprint.DIM), np.nan, np.float32)
-        if len(photos.ids):
-            pos = np.minimum(np.searchsorted(photos.ids, ids), len(photos.ids) - 1)
-            hit = photos.ids[pos] == ids
-            if hit.any():
-                out[hit] = photos.index.reconstruct_batch(pos[hit].astype(np.int64))
+        with self._photo_lock:
+            photos = self._photo_index()
+            if len(photos.ids):
+                pos = np.minimum(np.searchsorted(photos.ids, ids), len(photos.ids) - 1)
+                hit = photos.ids[pos] == ids
+                if hit.any():
+                    out[hit] = photos.index.reconstruct_batch(pos[hit].astype(np.int64))
         return out
 
     def search_shortlist(self, canon: np.ndarray, mask: np.ndarray, k: int,
