@@ -333,10 +333,13 @@ NEAR_DUPLICATE_DISTANCE = 0.4
 #: replayed in ingest order), seeds 0 / 1: a copy's distance to its original has median
 #: 0.04–0.12 per kind; the nearest *different* face is 0.14 / 0.07 away at the minimum (the 0.07:
 #: two bald renders of near-identical heads, lit alike), 0.15 at the 5th percentile, 0.21 median.
-#: At 0.12: copies flagged 93.9 % / 92.3 % (resized / cropped ones 75–100 %; the misses are copies
-#: on which dlib put the landmarks elsewhere, > 5 % of the eye distance, 10–20 % of them), re-shots
-#: 4 % / 0 %, false flags 0 / 1; at 0.16 re-shots start to be flagged and at 0.18 false flags
-#: rise to 7–8. The identity criterion alone flags 36–45 % of these copies.
+#: At 0.12: copies flagged 93.9 % / 92.3 % (JPEG re-saves 96–100 %, resized 88–100 %, cropped
+#: 75–83 %, brightness ±10 % 75–100 %, PNG→JPEG and EXIF-stripped 96–100 %), re-shots 4 % / 0 %,
+#: false flags 0 / 1. Most misses are copies on which dlib put the landmarks elsewhere (for
+#: 10–20 % of the copies the alignment points moved > 5 % of the eye distance; 25–36 % of those
+#: are within the threshold of their original, 86–88 % of the others). At 0.16 re-shots start
+#: to be flagged, at 0.18 false flags rise to 7–8. The identity criterion alone flags 36–45 % of
+#: these copies.
 NEAR_DUPLICATE_PHOTO_DISTANCE = 0.12
 
 PHOTO = "photo"
