@@ -38,20 +38,20 @@ from skullsearch.index.store import GalleryError
 from skullsearch.retrieval.score import ScoreConfig, rank_order, score
 
 #: Default shortlist size, set by measurement against exhaustive exact scoring (every face scored once per
-#: query, every shortlist size read off that pass, the default re-checked through query_points itself:
-#: 200/200 equal), on 100k synthetic faces, 200 queries (seeds 0 and 1):
-#:   python benchmarks/query_speed.py --gallery G --faces 100000 --queries 10 --seed 0|1 \
-#:   --exhaustive-queries 100 --shortlists 250,500,1000,2000,10000,50000,100000
-#: 2,000 is the smallest size tried at which the best face by S is the exhaustive best in ≥ 99 % of queries
-#: (98.5 % at 250–1,000, 99 % at 2,000, 100 % at 50,000) and the top 10 ranked by likelihood (1/σ²-weighted
-#: shortlist) equals the exhaustive top 10 in 100 % (99.5 % at 250 and 500). On 1M faces (4 queries over
-#: two runs; 49 s of exhaustive scoring each on a quiet core) both agree in 100 % from 250. The top 10
-#: ranked by S (the default ranking) beyond rank 1 is NOT reproduced by any shortlist much smaller than the
-#: gallery: 0 % at 500, 5 % at 2,000, 33 % at 10,000, 77.5 % at 50,000 of 100k faces; 0 % at 50,000 of 1M.
-#: S counts matches after a robust refit, so its runners-up are faces whose luckiest two thirds of the
-#: landmarks fit, wherever they lie in any L2. For an exact S top 10 pass a shortlist as large as the
-#: gallery (exhaustive: ~50 s per query at 1M on one core). 2,000 keeps the median warm query at 393 ms on
-#: 1M faces (--queries 30 --exhaustive-queries 1).
+#: query, every shortlist size read off that pass, the default re-checked through query_points itself):
+#:   python benchmarks/query_speed.py --gallery G1M --faces 1000000 --queries 10 --exhaustive-queries 30 \
+#:   --shortlists 250,500,1000,2000,10000,50000
+#: On 1M synthetic faces (30 queries; the default re-checked 30/30) the top 10 ranked by likelihood
+#: (1/σ²-weighted shortlist) equals the exhaustive top 10 in 100 % from 250, and the best face by S is the
+#: exhaustive best in 97 % at 250 and 100 % from 500; on 100k faces (200 queries, --seed 0 and 1, sizes up to
+#: 100,000) the best face by S in 98.5 % at 250–1,000 and 99 % at 2,000, the likelihood top 10 in 100 % from
+#: 1,000. 2,000 is the smallest size meeting both at both scales, and keeps the median warm query at
+#: 383–393 ms on 1M faces. The top 10 ranked by S (the default ranking) beyond rank 1 is NOT reproduced by
+#: any shortlist much smaller than the gallery: 0 % at 2,000 and 17 % at 50,000 of 1M; 5 % at 2,000, 77.5 %
+#: at 50,000 of 100k. Those runners-up are chance: two measurements of one skull share 0.4 of their 9 S
+#: runners-up on average (benchmarks/score_stability.py, 100k faces, 40 skulls; likelihood 2.7 of 9), so no
+#: geometric shortlist can predict them. For the exact S top 10 score every face (exhaustive=True, ~60 s
+#: per query at 1M on this CPU; galleries up to EXHAUSTIVE_AUTO_FACES faces are scored so by default).
 DEFAULT_SHORTLIST = 2000
 CALIBRATION_SAMPLE = 2000
 
