@@ -268,17 +268,26 @@ def ingest_cmd(
     person_from_parent_dir: Annotated[bool, typer.Option(help="The parent folder names the person.")] = False,
     engine: Annotated[str, typer.Option(help="local (process pool) or ray (Ray Data).")] = "local",
     chunk: Annotated[int, typer.Option(help="Photos per shard (one commit).")] = 256,
+    near_duplicate_distance: Annotated[float | None, typer.Option(
+        help="Flag faces this close in identity (shape-code L2) to an earlier face (0: off; default 0.4).")
+    ] = None,
+    near_duplicate_photo_distance: Annotated[float | None, typer.Option(
+        help="Flag faces whose photo fingerprint is this close to an earlier face's (0: off; default 0.12).")
+    ] = None,
 ):
     """Add photos to a gallery (created if missing): resumable, idempotent, crash-safe."""
     from skullsearch import Gallery
 
     model = _chosen_model(face_model)
     g = Gallery.create(gallery, face_model=model, exist_ok=True)
+    cuts = {"near_duplicate_distance": near_duplicate_distance,
+            "near_duplicate_photo_distance": near_duplicate_photo_distance}
+    cuts = {k: v for k, v in cuts.items() if v is not None}
     prog, update = _progress("ingest")
     with prog:
         report = g.ingest(inputs, face_model=model, detector=detector, workers=workers or None,
                           person_from_parent_dir=person_from_parent_dir, engine=engine,
-                          chunk_images=chunk, progress=update)
+                          chunk_images=chunk, progress=update, **cuts)
     table = Table(title=f"ingest into {gallery}", show_header=False)
     for k, v in (("photos seen", report.images_seen), ("already in the gallery", report.images_skipped),
                  ("new photos", report.images_new), ("faces added", report.faces),

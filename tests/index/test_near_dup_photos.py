@@ -211,3 +211,19 @@ def test_shards_without_the_photo_columns_still_open(default_model, copies, tmp_
     (more / "face002_copy.jpg").write_bytes(_jpeg(a, 80))
     rep = g.ingest([more], workers=1)
     assert rep.faces == 1 and rep.near_duplicate_photos == 0  # its original has no fingerprint
+
+
+def test_ingest_command_sets_both_cuts(default_model, copies, tmp_path, capsys):
+    """`skullsearch ingest --near-duplicate-photo-distance 0 --near-duplicate-distance 0` flags
+    nothing; the defaults flag the re-saved copy."""
+    from skullsearch.cli.app import main
+
+    first, _ = copies
+    off, on = tmp_path / "off", tmp_path / "on"
+    assert main(["ingest", str(first), "--gallery", str(off), "--workers", "1",
+                 "--near-duplicate-photo-distance", "0", "--near-duplicate-distance", "0"]) == 0
+    assert Gallery.open(off).near_duplicates().num_rows == 0
+    assert main(["ingest", str(first), "--gallery", str(on), "--workers", "1"]) == 0
+    listed = Gallery.open(on).near_duplicates(criterion=PHOTO).to_pylist()
+    assert [r["path"].rsplit("/", 1)[1] for r in listed] == ["face000_small.jpg"]
+    assert "near-duplicate faces" in capsys.readouterr().out
