@@ -6,7 +6,11 @@ objective (paper Eq. 1 + reprojection + regularizer, same weights) and the same 
 The speed-up only counts at equal accuracy, so both report their landmark residual and their
 vertex error against the truth (face region, similarity-aligned).
 
-    python benchmarks/encoder_speed.py [--faces 256] [--baseline-faces 24]
+    python benchmarks/encoder_speed.py [--faces 256] [--baseline-faces 24] [--threads 1] [--compare adam]
+
+``--threads`` sets torch's threads (default: torch's own); the batched fit's CPU time is
+reported next to its wall time (on a shared machine the CPU time is the steadier figure).
+``--compare METHOD`` also times ``FitConfig(method=METHOD)`` on the same faces.
 """
 
 from __future__ import annotations
@@ -65,7 +69,7 @@ def scipy_fit_one(rig, cfg, lm, size, focal):
                * ((expr / expr_std) ** 2).sum() + cfg.w_pose * (jaw**2).sum())
         loss = (cfg.w_landmark * reproj + cfg.w_edge * edge + reg).sum()
         loss.backward()
-        return float(loss), xt.grad.numpy().copy()
+        return float(loss.detach()), xt.grad.numpy().copy()
 
     res = scipy.optimize.minimize(objective, x0, jac=True, method="L-BFGS-B",
                                   options={"maxiter": 500, "gtol": 1e-9, "ftol": 1e-12})
@@ -87,7 +91,11 @@ def main(argv=None):
     ap.add_argument("--faces", type=int, default=256)
     ap.add_argument("--baseline-faces", type=int, default=24)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--compare", default=None, help="also time FitConfig(method=COMPARE)")
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     model = FaceModel.default()
@@ -97,11 +105,21 @@ def main(argv=None):
     shape, expr, pose = random_faces(model, args.faces, rng)
     lm, sizes, focal = observe(model, rig, shape, expr, pose, rng, 0.015)
 
-    fit_landmarks(model, lm[:8], sizes[:8], focal=focal[:8], config=cfg, rig=rig)  # warm-up
-    t0 = time.perf_counter()
-    batched = fit_landmarks(model, lm, sizes, focal=focal, config=cfg, rig=rig)
-    t_batched = time.perf_counter() - t0
+    def timed(config):
+        fit_landmarks(model, lm[:8], sizes[:8], focal=focal[:8], config=config, rig=rig)  # warm-up
+        t0, c0 = time.perf_counter(), time.process_time()
+        res = fit_landmarks(model, lm, sizes, focal=focal, config=config, rig=rig)
+        return res, time.perf_counter() - t0, time.process_time() - c0
+
+    batched, t_batched, cpu_batched = timed(cfg)
     mean_b, _ = errors(model, mask, shape, batched.codes)
+    other = None
+    if args.compare:
+        o_res, o_t, o_cpu = timed(FitConfig(method=args.compare))
+        other = {"faces_per_s": round(args.faces / o_t, 2),
+                 "cpu_ms_per_face": round(1000 * o_cpu / args.faces, 2),
+                 "residual_px": round(float(o_res.residual_px.mean()), 3),
+                 "vertex_error_mm": round(float(errors(model, mask, shape, o_res.codes)[0].mean()), 3)}
 
     n = min(args.baseline_faces, args.faces)
     t0 = time.perf_counter()
@@ -110,18 +128,27 @@ def main(argv=None):
     codes_base = np.stack([c for c, _ in base])
     mean_s, _ = errors(model, mask, shape[:n], codes_base)
     fps, bfps = args.faces / t_batched, n / t_base
-    print(f"batched: {fps:.1f} faces/s, residual {batched.residual_px.mean():.2f} px, "
-          f"vertex error {mean_b.mean():.2f} mm ({args.faces} faces, {torch.get_num_threads()} threads)")
+    print(f"batched ({cfg.method}): {fps:.1f} faces/s, {1000 * cpu_batched / args.faces:.2f} ms CPU/face, "
+          f"residual {batched.residual_px.mean():.2f} px, vertex error {mean_b.mean():.2f} mm "
+          f"({args.faces} faces, {torch.get_num_threads()} threads)")
+    if other:
+        print(f"batched ({args.compare}): {other['faces_per_s']:.1f} faces/s, "
+              f"{other['cpu_ms_per_face']:.2f} ms CPU/face, residual {other['residual_px']:.2f} px, "
+              f"vertex error {other['vertex_error_mm']:.2f} mm")
     print(f"scipy L-BFGS per face: {bfps:.2f} faces/s, residual {np.mean([r for _, r in base]):.2f} px, "
           f"vertex error {mean_s.mean():.2f} mm ({n} faces)")
     emit({
-        "faces_per_s": round(fps, 2), "baseline_faces_per_s": round(bfps, 3),
+        "method": cfg.method, "faces_per_s": round(fps, 2),
+        "cpu_ms_per_face": round(1000 * cpu_batched / args.faces, 2),
+        "baseline_faces_per_s": round(bfps, 3),
         "speedup": round(fps / bfps, 1),
         "residual_px": round(float(batched.residual_px.mean()), 3),
         "baseline_residual_px": round(float(np.mean([r for _, r in base])), 3),
         "vertex_error_mm": round(float(mean_b.mean()), 3),
         "baseline_vertex_error_mm": round(float(mean_s.mean()), 3),
         "faces": args.faces, "baseline_faces": n, "threads": torch.get_num_threads(),
+        **({f"compare_{k}": v for k, v in other.items()} | {"compare_method": args.compare}
+           if other else {}),
     })
 
 
