@@ -65,9 +65,10 @@ class FitConfig:
     # solver: "lm" Levenberg-Marquardt (lm_* below) or "adam" (the first-order schedule below)
     method: str = "lm"
     # LM schedule: 5 camera-only + 5 full iterations. benchmarks/encoder_accuracy.py --faces 96
-    # --compare adam: 1.771 mm vs 1.838 mm (Adam), fit energy 0.00384 vs 0.00398; 5 full
-    # iterations leave every face within 0.05 % of its energy after 30 (4 seeds, also at 4 %
-    # noise and ±50° yaw), at a fraction of Adam's CPU time (figures in the README)
+    # --compare adam: 1.771 mm vs 1.838 mm (Adam), fit energy 0.00384 vs 0.00398, 7.2 vs 26.2 ms
+    # CPU per face on one thread (encoder_speed.py --faces 256 --threads 1 --compare adam: 6.5
+    # vs 25.3 ms); 5 full iterations leave every face within 0.05 % of its energy after 30 (4
+    # seeds, also at 4 % noise and ±50° yaw)
     lm_rigid_iters: int = 5
     lm_iters: int = 5
     lm_damping: float = 1e-3  # starting λ of the Marquardt damping λ·diag(H), per person
@@ -579,6 +580,8 @@ def _fit_lm(rig, cfg, lm2d, f, center, scale, edges, emask, obs_len, pidx, n_per
                                  cam_rot=state["cam_rot"], cam_trans=state["trans"])
     return FitResult(codes=codes.cpu().numpy().astype(np.float32), residual_px=residual.cpu().numpy(),
                      landmarks_px=uv.cpu().numpy(), focal=f.cpu().numpy(), history=np.asarray(history))
+
+
 class _LMProblem:
     """The fit's energy and its Gauss-Newton pieces for one batch (the Levenberg-Marquardt path
     of :func:`fit_landmarks`; the linear algebra is in :mod:`skullsearch.encoder.levenberg`)."""
@@ -642,10 +645,9 @@ class _LMProblem:
         jt = juv.transpose(1, 2)
         h = jt @ (m_e @ juv)
         g = (jt @ q[..., None])[..., 0]
-        if not rigid:
-            h = h + torch.diag_embed(torch.cat([torch.zeros(6, dtype=h.dtype, device=h.device),
-                                                self.prior]).expand(b, -1))
-            g = g + torch.cat([torch.zeros(b, 6, dtype=g.dtype, device=g.device), self.prior * aux["x"]], 1)
+        if not rigid:  # the prior's rows: jaw, δ, α (not the camera's 6)
+            h.diagonal(dim1=1, dim2=2)[:, 6:].add_(self.prior)
+            g[:, 6:] += self.prior * aux["x"]
         return h, g
 
     def step(self, st, dl, dg, rigid: bool):

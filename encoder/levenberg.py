@@ -9,16 +9,17 @@ The energy of :mod:`skullsearch.encoder.fitting` is a sum of squares per face:
 
 over the parameters x = [camera rotation (3, axis-angle), translation (3, mm), jaw (3,
 axis-angle), α (S), δ (E)]. With the jaw-only skinning of :meth:`LandmarkRig.points_jaw` each
-landmark is L = A(c) + R_jaw U(c) + W p(c): A and U affine in the coefficients c = [α, δ], p the
+landmark is L = A(c) + R_jaw U(c) + W p(c): A and U affine in the coefficients c = [δ, α], p the
 jaw joint, W the point's jaw weight, so dL/dc is exact and cheap, and rotations enter through the
-right Jacobian of SO(3) (R(θ + dθ) ≈ R(θ) exp([J_r(θ) dθ]×)). The silhouette choice of the jaw-line
-landmarks is held for one iteration (as the gradient does).
+right Jacobian of SO(3) (R(θ + dθ) ≈ R(θ) exp([J_r(θ) dθ]×)). The residuals' 136 × 136 metric
+(:func:`edge_metric`) folds the edge rows into the landmarks' Jacobian: H = J_uvᵀ M J_uv.
 
 Faces of one person share α (paper Eq. 2): the normal equations are solved by eliminating each
 photo's own parameters (Schur complement), which gives the joint step of all of a person's photos
 at the cost of per-photo solves. The damping λ·diag(H) (Marquardt) is per person: a step that
 lowers the person's energy is taken and λ shrinks, else λ grows and the step is retried next
-iteration. Everything runs on the whole batch at once.
+iteration (the driver, with the silhouette choice of the jaw-line landmarks, is
+``fitting._LMProblem.run``). Everything runs on the whole batch at once.
 """
 
 from __future__ import annotations
@@ -29,8 +30,7 @@ import torch
 
 from skullsearch.encoder.lbs import axis_angle_to_matrix
 
-#: Parameter blocks in the columns of the Jacobian, in order.
-CAM_ROT, CAM_TRANS, JAW_ROT = slice(0, 3), slice(3, 6), slice(6, 9)
+#: Jacobian columns before the coefficients: camera rotation (3), translation (3), jaw (3).
 N_RIGID = 9
 
 
