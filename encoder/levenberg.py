@@ -8,10 +8,11 @@ The energy of :mod:`skullsearch.encoder.fitting` is a sum of squares per face:
     prior  = √w_shape · α/σ_α, √w_expr · δ/σ_δ, √w_pose · θ_jaw
 
 over the parameters x = [camera rotation (3, axis-angle), translation (3, mm), jaw (3,
-axis-angle), α (S), δ (E)]. With the jaw-only skinning of :meth:`LandmarkRig.points_jaw` each
-landmark is L = A(c) + R_jaw U(c) + W p(c): A and U affine in the coefficients c = [δ, α], p the
-jaw joint, W the point's jaw weight, so dL/dc is exact and cheap, and rotations enter through the
-right Jacobian of SO(3) (R(θ + dθ) ≈ R(θ) exp([J_r(θ) dθ]×)). The residuals' 136 × 136 metric
+axis-angle), δ (E), α (S)] (each photo's own parameters before its person's shared α).
+With the jaw-only skinning of :meth:`LandmarkRig.points_jaw` each landmark is
+L = A(c) + R_jaw U(c) + W p(c): A and U affine in the coefficients c = [δ, α], p the jaw joint,
+W the point's jaw weight, so dL/dc is exact and cheap, and rotations enter through the right
+Jacobian of SO(3) (R(θ + dθ) ≈ R(θ) exp([J_r(θ) dθ]×)). The residuals' 136 × 136 metric
 (:func:`edge_metric`) folds the edge rows into the landmarks' Jacobian: H = J_uvᵀ M J_uv.
 
 Faces of one person share α (paper Eq. 2): the normal equations are solved by eliminating each
@@ -60,10 +61,10 @@ class PointTables:
 
     Q = 68 landmarks followed by the 14 × C silhouette candidates (row-major). base0, base1
     (Q, 3) mm; d0, d1 (Q, 3, P) their derivatives by the coefficients c = [δ, α] (expression
-    first; P = E + S); w (Q,); pivot0 (3,),
-    pivot_d (3, P) the jaw joint; pd0, pd1 (Q, 3, 9) or None: the pose-corrective blend shapes
-    by vec(R_jaw − I). A landmark blends its triangle's corners with their own jaw weights:
-    A = Σ b(1 − w)v, U = Σ b·w·(v − p), W = Σ b·w.
+    first; P = E + S); w (Q,); pivot0 (3,), pivot_d (3, P) the jaw joint; pd0, pd1 (Q, 3, 9) or
+    None: the pose-corrective blend shapes by vec(R_jaw − I). A landmark blends its triangle's
+    corners with their own jaw weights: A = Σ b(1 − w)v, U = Σ b·w·(v − p), W = Σ b·w (base0,
+    base1 and d0, d1 are those sums for the rest vertices and the bases).
     """
 
     base0: torch.Tensor
