@@ -52,6 +52,18 @@ class _Photos(NamedTuple):
     index: object
 
 
+class _Near(NamedTuple):
+    """A near-duplicate IVF index (:func:`~skullsearch.index.vectors.near_index`, ids = face
+    ids) and the shard numbers it holds."""
+
+    shards: list
+    index: object
+
+
+#: the near-duplicate criteria with an index of their own, and the state.json key of each
+NEAR_KEYS = {"codes": "near_codes", "photos": "near_photos"}
+
+
 class Gallery:
     """A gallery directory. Cheap to open; reads are safe while another process ingests."""
 
@@ -67,6 +79,8 @@ class Gallery:
         #: guards the photo index: its build, its growth and searches in it (faiss indexes are
         #: not safe to search while they are added to)
         self._photo_lock = threading.RLock()
+        #: near-duplicate IVF indexes by criterion (see :meth:`near_search`), under _photo_lock
+        self._near: dict[str, _Near] = {}
         self._lock = threading.Lock()
         self._catalog = None  # (shard key, duckdb connection): see connect()
         self._catalog_lock = threading.Lock()
@@ -418,9 +432,11 @@ class Gallery:
             os.replace(tmp, folder / fname)
             state[name] = {"shards": held, "ntotal": int(idx.ntotal), "type": type(idx).__name__,
                            "file": fname}
+        self._save_near(folder, state)
         write_json_atomic(folder / "state.json", state)
         keep = {st["file"] for st in state.values() if isinstance(st, dict) and "file" in st}
-        for name in ("shortlist", "codes"):  # (a killed save's .tmp files too: we hold the lock)
+        # (a killed save's .tmp files too: we hold the lock)
+        for name in ("shortlist", "codes", *NEAR_KEYS.values()):
             for f in [*folder.glob(f"{name}*.faiss"), *folder.glob(f".{name}*.faiss.tmp")]:
                 if f.name not in keep:
                     f.unlink(missing_ok=True)
@@ -439,8 +455,6 @@ class Gallery:
         since the last call are added (read once each). Faces of older shards and synthetic faces
         have none. Memory: 252 bytes per face (252 MB at 1M faces; 123 bytes on disk, float16);
         reading 1M faces' fingerprints takes about 3 s."""
-        import pyarrow.parquet as pq
-
         from skullsearch.index import fingerprint
 
         with self._photo_lock:
@@ -454,21 +468,36 @@ class Gallery:
                 if sh.number in have:
                     continue
                 have.add(sh.number)
-                path = sh.file(self.path, "faces.parquet")
-                if not sh.faces or "photo_fingerprint" not in pq.read_schema(path).names:
+                sid, vals = self._shard_fingerprints(sh)
+                if not len(sid):
                     continue
-                t = pq.read_table(path, columns=["face_id", "photo_fingerprint"])
-                col = t.column("photo_fingerprint").combine_chunks()
-                valid = col.is_valid().to_numpy(zero_copy_only=False)
-                if not valid.any():
-                    continue
-                vals = col.values.to_numpy(zero_copy_only=False).reshape(-1, fingerprint.DIM)
-                vals = vals[col.offset: col.offset + len(col)][valid]
-                held.index.add(np.ascontiguousarray(vals, np.float32))  # (stored as float16)
-                ids.append(t.column("face_id").to_numpy()[valid].astype(np.int64))
+                held.index.add(vals)  # (stored as float16)
+                ids.append(sid)
             held = _Photos(sorted(have), np.concatenate(ids), held.index)
             self._photos = held
             return held
+
+    def _shard_fingerprints(self, sh: ShardInfo) -> tuple[np.ndarray, np.ndarray]:
+        """The faces of one shard that have a photo fingerprint: (face ids (m,) int64 ascending,
+        fingerprints (m, 63) float32); empty for old and synthetic shards."""
+        import pyarrow.parquet as pq
+
+        from skullsearch.index import fingerprint
+
+        none = np.zeros(0, np.int64), np.zeros((0, fingerprint.DIM), np.float32)
+        path = sh.file(self.path, "faces.parquet")
+        if not sh.faces or "photo_fingerprint" not in pq.read_schema(path).names:
+            return none
+        t = pq.read_table(path, columns=["face_id", "photo_fingerprint"])
+        col = t.column("photo_fingerprint").combine_chunks()
+        valid = col.is_valid().to_numpy(zero_copy_only=False)
+        if not valid.any():
+            return none
+        vals = col.values.to_numpy(zero_copy_only=False).reshape(-1, fingerprint.DIM)
+        vals = vals[col.offset: col.offset + len(col)][valid]
+        sid = t.column("face_id").to_numpy()[valid].astype(np.int64)
+        order = np.argsort(sid, kind="stable")
+        return sid[order], np.ascontiguousarray(vals[order], np.float32)
 
     def search_photos(self, fingerprints: np.ndarray, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """Faces whose photo fingerprint is nearest to the given ones (q, 63) (exact):
@@ -493,6 +522,140 @@ class Gallery:
         ids = np.where(pos >= 0, photos.ids[np.maximum(pos, 0)], -1)
         return np.sqrt(np.maximum(d2, 0)), ids
 
+    # ------------------------------------------------------------------ near-duplicate search
+    def near_search(self, name: str, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The nearest committed face (k=1) of each query for the near-duplicate test at ingest:
+        name ``"codes"`` (queries (q, 228) codes, their shape vectors against the code index) or
+        ``"photos"`` (queries (q, 63) photo fingerprints). Returns (squared L2 distances (q, k)
+        float64, face ids (q, k) int64), k = 1, or k = 0 when nothing is there to search.
+
+        Up to ``vectors.NEAR_EXACT_LIMIT`` vectors: the exact searches (:meth:`search_codes`,
+        :meth:`search_photos`). Beyond: an IVF-Flat index of its own (:meth:`near_index`),
+        approximate in which face it finds (nprobe ``NEAR_NPROBE`` of ``NEAR_NLIST`` lists), exact
+        in the distance it returns. :meth:`search_codes` (what ``similar`` returns) is unchanged.
+        """
+        if name not in NEAR_KEYS:
+            raise ValueError(f"unknown near-duplicate index {name!r}: codes or photos")
+        q = np.asarray(queries, np.float32)
+        q = vectors.shape_vectors(q) if name == "codes" else q.reshape(-1, 63)
+        with self._photo_lock:
+            near = self.near_index(name)
+            if near is not None and near.ntotal:
+                d2, ids = vectors.near_search(near, q)
+                return d2.astype(np.float64), ids
+        if not len(q):  # (a warm-up: the exact index is read)
+            if name == "codes":
+                self.index("codes")
+            else:
+                self._photo_index()
+            return np.zeros((0, 0), np.float64), np.zeros((0, 0), np.int64)
+        if name == "codes":
+            d2, ids = self.search_codes(np.asarray(queries, np.float32), k=1)
+            return d2.astype(np.float64), ids
+        d, ids = self.search_photos(q, k=1)
+        return d.astype(np.float64) ** 2, ids
+
+    def near_index(self, name: str):
+        """The near-duplicate IVF index of criterion ``name`` (codes | photos) holding every
+        committed shard, or None while the criterion has at most ``vectors.NEAR_EXACT_LIMIT``
+        vectors (the exact searches serve then).
+
+        Read from the file ``state.json`` names (written by :meth:`save_indexes`, so an ingest
+        into a large gallery starts without rebuilding it) and extended with newer shards; built
+        from the shards when there is none (trained on the first ``near_train_size()`` vectors in
+        face-id order: the same quantizer whichever run builds it). Memory: 4·d bytes per face
+        (360 MB for the codes, 252 MB for the fingerprints at 1M faces); the exact photo index is
+        dropped once this one exists.
+        """
+        with self._photo_lock:
+            shards = self.shards()
+            numbers = {s.number for s in shards}
+            held = self._near.get(name)
+            if held is not None and not set(held.shards) <= numbers:
+                held = None  # shards went away (verify --repair): start again
+            if held is None:
+                held = self._near_load(name, numbers)
+            if held is None:
+                if self._near_count(name, shards) <= vectors.NEAR_EXACT_LIMIT:
+                    self._near.pop(name, None)
+                    return None
+                held = self._near_build(name, shards)
+            have = set(held.shards)
+            for sh in shards:
+                if sh.number not in have:
+                    ids, vecs = self._near_vectors(name, sh)
+                    if len(ids):
+                        held.index.add_with_ids(vecs, ids)
+                    have.add(sh.number)
+            self._near[name] = _Near(sorted(have), held.index)
+            if name == "photos":
+                self._photos = None  # the exact photo index is not needed any more
+                self._gpu.pop("photos", None)
+            return held.index
+
+    def _near_vectors(self, name: str, sh: ShardInfo) -> tuple[np.ndarray, np.ndarray]:
+        """One shard's (face ids (m,) int64, vectors (m, d) float32) for a near-duplicate index."""
+        if name == "photos":
+            return self._shard_fingerprints(sh)
+        if not sh.faces:
+            return np.zeros(0, np.int64), np.zeros((0, 90), np.float32)
+        return store.face_id(sh.number, np.arange(sh.faces)), self._vectors("codes", sh)
+
+    def _near_count(self, name: str, shards: list[ShardInfo]) -> int:
+        if name == "codes":
+            return sum(s.faces for s in shards)
+        return int(self._photo_index().index.ntotal)
+
+    def _near_build(self, name: str, shards: list[ShardInfo]) -> _Near:
+        """Train on the first ``near_train_size()`` vectors (face-id order), add them all."""
+        m = vectors.near_train_size()
+        train, got = [], 0
+        for sh in sorted(shards, key=lambda s: s.number):
+            if got >= m:
+                break
+            _, vecs = self._near_vectors(name, sh)
+            train.append(vecs[: m - got])
+            got += len(train[-1])
+        index = vectors.near_index(np.concatenate(train))
+        return _Near([], index)  # (near_index adds every shard)
+
+    def _near_load(self, name: str, numbers: set) -> _Near | None:
+        """The saved near-duplicate index, when state.json names one of the current settings
+        whose shards are all committed; else None."""
+        import faiss
+
+        for _ in range(3):  # a save may replace the file between reading the state and it
+            st = self._index_state().get(NEAR_KEYS[name])
+            if not (st and set(st["shards"]) <= numbers and st.get("train") == vectors.near_train_size()
+                    and st.get("nlist_max") == vectors.NEAR_NLIST):
+                return None
+            try:
+                index = faiss.read_index(str(self.path / "index" / st["file"]))
+            except (FileNotFoundError, RuntimeError):
+                continue
+            return _Near(sorted(st["shards"]), index)
+        return None
+
+    def _save_near(self, folder: Path, state: dict) -> None:
+        """Write each near-duplicate index this gallery holds (up to date) under a fresh name
+        into ``state`` (committed by the caller's state.json write)."""
+        import faiss
+
+        with self._photo_lock:
+            for name in list(self._near):
+                index = self.near_index(name)
+                held = self._near.get(name)
+                if index is None or held is None:
+                    continue
+                key = NEAR_KEYS[name]
+                fname = f"{key}.{uuid.uuid4().hex[:12]}.faiss"
+                tmp = folder / f".{fname}.tmp"
+                faiss.write_index(index, str(tmp))
+                os.replace(tmp, folder / fname)
+                state[key] = {"shards": held.shards, "ntotal": int(index.ntotal),
+                              "type": type(index).__name__, "file": fname, "train": vectors.near_train_size(),
+                              "nlist_max": vectors.NEAR_NLIST}
+
     def photo_fingerprints(self, ids) -> np.ndarray:
         """Photo fingerprints (n, 63) float32 of face ids; NaN rows for faces without one."""
         from skullsearch.index import fingerprint
@@ -500,6 +663,17 @@ class Gallery:
         ids = np.asarray(ids, np.int64).reshape(-1)
         out = np.full((len(ids), fingerprint.DIM), np.nan, np.float32)
         with self._photo_lock:
+            if self._photos is None and "photos" in self._near:  # large: read the shards concerned
+                known = {s.number: s for s in self.shards()}
+                shard_no = store.split_id(ids)[0]
+                for sn in np.unique(shard_no):
+                    if int(sn) not in known:
+                        continue
+                    sid, vals = self._shard_fingerprints(known[int(sn)])
+                    pos = np.minimum(np.searchsorted(sid, ids), max(len(sid) - 1, 0))
+                    hit = (shard_no == sn) & (sid[pos] == ids) if len(sid) else np.zeros(len(ids), bool)
+                    out[hit] = vals[pos[hit]]
+                return out
             photos = self._photo_index()
             if len(photos.ids):
                 pos = np.minimum(np.searchsorted(photos.ids, ids), len(photos.ids) - 1)

@@ -402,8 +402,9 @@ def flag_near_duplicates(gallery, codes: np.ndarray, shard: int,
     identity than ``threshold``.
 
     codes (n, 228): the faces of shard ``shard`` (about to be written), in row order. Earlier
-    faces are those of the gallery's code index (one batched search) and those before it in
-    this shard. Returns (face ids (n,) int64, −1 where none; shape-code L2 distances (n,)
+    faces are those of the gallery (one batched search, :meth:`Gallery.near_search`: the exact
+    code index, or an IVF index beyond ``vectors.NEAR_EXACT_LIMIT`` faces) and those before it
+    in this shard. Returns (face ids (n,) int64, −1 where none; shape-code L2 distances (n,)
     float32, NaN where none). threshold ≤ 0 flags nothing.
     """
     from skullsearch.index import vectors
@@ -415,7 +416,7 @@ def flag_near_duplicates(gallery, codes: np.ndarray, shard: int,
         return of, dist
     d2 = np.full(n, np.inf)
     ids = np.full(n, -1, np.int64)
-    found_d2, found_ids = gallery.search_codes(codes, k=1)
+    found_d2, found_ids = gallery.near_search("codes", codes)
     if found_d2.shape[1]:
         hit = found_ids[:, 0] >= 0
         d2[hit], ids[hit] = found_d2[hit, 0], found_ids[hit, 0]
@@ -433,8 +434,9 @@ def flag_photo_duplicates(gallery, fingerprints: np.ndarray, shard: int,
 
     fingerprints (n, 63) float32 (:mod:`~skullsearch.index.fingerprint`; a NaN row: none, never
     flagged): the faces of shard ``shard`` in row order. Earlier faces: the gallery's faces with
-    a fingerprint (:meth:`Gallery.search_photos`, one batched exact search) and those before it
-    in this shard. Returns (face ids (n,) int64, −1 where none; fingerprint L2 distances (n,)
+    a fingerprint (:meth:`Gallery.near_search`, one batched search: exact, or an IVF index beyond
+    ``vectors.NEAR_EXACT_LIMIT`` fingerprints) and those before it in this shard.
+    Returns (face ids (n,) int64, −1 where none; fingerprint L2 distances (n,)
     float32, NaN where none). threshold ≤ 0 flags nothing.
     """
     fps = np.asarray(fingerprints, np.float32).reshape(-1, 63)
@@ -446,11 +448,11 @@ def flag_photo_duplicates(gallery, fingerprints: np.ndarray, shard: int,
         return of, dist
     d2 = np.full(n, np.inf)
     ids = np.full(n, -1, np.int64)
-    found_d, found_ids = gallery.search_photos(fps[valid], k=1)
-    if found_d.shape[1]:
+    found_d2, found_ids = gallery.near_search("photos", fps[valid])
+    if found_d2.shape[1]:
         rows = np.flatnonzero(valid)
         hit = found_ids[:, 0] >= 0
-        d2[rows[hit]], ids[rows[hit]] = found_d[hit, 0].astype(np.float64) ** 2, found_ids[hit, 0]
+        d2[rows[hit]], ids[rows[hit]] = found_d2[hit, 0], found_ids[hit, 0]
     best, near = _nearest_earlier(d2, ids, np.nan_to_num(fps), shard, valid)
     keep = best <= threshold**2
     of[keep] = near[keep]
@@ -702,15 +704,15 @@ def ingest(
 def _warm_up(gallery, near_duplicate_distance: float, near_duplicate_photo_distance: float = 0) -> None:
     """Pay the fit's and the writer's one-time costs while the detectors work on the first chunk,
     instead of after it: scipy's Delaunay (~1 s of CPU to import), pyarrow's first conversions
-    (they import pandas), the code index and the photo fingerprints for the near-duplicate search."""
+    (they import pandas), the indexes of the near-duplicate searches (:meth:`Gallery.near_search`)."""
     import pyarrow.parquet  # noqa: F401
     import scipy.spatial  # noqa: F401
 
     schema.faces_table({"face_id": np.zeros(0, np.int64)})
     if near_duplicate_distance and near_duplicate_distance > 0:
-        gallery.index("codes")
+        gallery.near_search("codes", np.zeros((0, 228), np.float32))
     if near_duplicate_photo_distance and near_duplicate_photo_distance > 0:
-        gallery.search_photos(np.zeros((0, 63), np.float32))
+        gallery.near_search("photos", np.zeros((0, 63), np.float32))
 
 
 def chunk_sizes(n: int, largest: int = 256, first: int = 64) -> list[int]:

@@ -171,3 +171,53 @@ def joined(*parts):
     for p in parts:
         out.add_shard(p)  # (faiss's wrapper keeps a reference to each part)
     return out
+
+
+# ---------------------------------------------------------------- near-duplicate search
+#: The near-duplicate searches at ingest (code index and photo fingerprints, k=1) are exact up to
+#: this many vectors, then go to an IVF-Flat index (:func:`near_index`): only a neighbour within a
+#: small radius matters there, and an exact search costs ~16 ms per photo at 1M faces on 2 cores.
+NEAR_EXACT_LIMIT = 100_000
+#: IVF lists of the near-duplicate index (fixed, so that every run trains the same index).
+NEAR_NLIST = 1024
+#: Lists searched per query (benchmarks/near_duplicate_scale.py: recall and cost).
+NEAR_NPROBE = 16
+#: The near-duplicate index is trained on the first this many vectors in face-id order (at most
+#: ``NEAR_EXACT_LIMIT``): the same for every run that crosses the limit, so a killed ingest run
+#: again trains the same quantizer and gives the same flags.
+NEAR_TRAIN = 65_536
+
+
+def near_train_size() -> int:
+    """How many leading vectors (face-id order) the near-duplicate index is trained on."""
+    return max(1, min(NEAR_TRAIN, NEAR_EXACT_LIMIT))
+
+
+def near_index(train: np.ndarray):
+    """An empty IVF-Flat L2 index (int64 ids: ``add_with_ids``) trained on ``train`` (m, d)
+    float32: min(``NEAR_NLIST``, m // 39) lists (faiss's minimum points per centroid), 10 k-means
+    iterations, a fixed seed; nprobe ``NEAR_NPROBE``. Vectors are stored as they are, so the
+    distances it returns are exact squared L2 (only the candidates are approximate)."""
+    import faiss
+
+    train = np.ascontiguousarray(train, dtype=np.float32)
+    m, d = train.shape
+    nlist = max(1, min(NEAR_NLIST, m // 39))
+    index = faiss.IndexIVFFlat(faiss.IndexFlatL2(d), d, nlist, faiss.METRIC_L2)
+    index.cp.niter = 10
+    index.cp.seed = 1234
+    index.train(train)
+    index.nprobe = min(NEAR_NPROBE, nlist)
+    return index
+
+
+def near_search(index, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest neighbour (k=1) of queries (q, d) in a :func:`near_index`: (squared L2 (q, 1)
+    float32, ids (q, 1) int64; inf / −1 where the probed lists hold none)."""
+    index.nprobe = min(NEAR_NPROBE, index.nlist)
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    if not len(q):
+        return np.zeros((0, 1), np.float32), np.zeros((0, 1), np.int64)
+    d2, ids = index.search(q, 1)
+    d2 = np.where(ids >= 0, d2, np.inf).astype(np.float32)
+    return d2, ids
