@@ -116,14 +116,10 @@ def _adjugate4(a, stack=_stack_rows):
     return stack(b), det
 
 
-def _horn_rotation(S: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Optimal rotations for blocks of 3 × 3 correlation matrices, in closed form.
-
-    S (B, 3, 3) with S[a, b] = Σ w (src_a − μ_src)(dst_b − μ_dst). Returns (λ (B,), R (B, 3, 3)):
-    the proper rotation R maximizing Σ w dstᵀ R src and λ that maximum (the Umeyama solution's
-    Σ d_i σ_i). λ is the largest eigenvalue of Horn's 4 × 4 quaternion matrix N: Newton on its
-    characteristic quartic from an upper bound (QCP, Theobald 2005); the quaternion is the
-    longest row of adj(N − λI)."""
+def _horn_quartic(S):
+    """Horn's 4 × 4 quaternion matrix N of correlation matrices S (B, 3, 3) as a nested list of
+    (B,) arrays, and the coefficients (c2, c1) of its characteristic quartic λ⁴ + c2 λ² + c1 λ + c0
+    (c0 = det N) and ‖S‖²_F (B,). Plain arithmetic: numpy arrays and torch tensors alike."""
     xx, xy, xz = S[:, 0, 0], S[:, 0, 1], S[:, 0, 2]
     yx, yy, yz = S[:, 1, 0], S[:, 1, 1], S[:, 1, 2]
     zx, zy, zz = S[:, 2, 0], S[:, 2, 1], S[:, 2, 2]
@@ -135,8 +131,29 @@ def _horn_rotation(S: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         for j in range(i):
             n[i][j] = n[j][i]
     f2 = (S * S).sum((1, 2))
-    c2 = -2.0 * f2
     c1 = -8.0 * (xx * (yy * zz - yz * zy) - xy * (yx * zz - yz * zx) + xz * (yx * zy - yy * zx))
+    return n, -2.0 * f2, c1, f2
+
+
+def _quaternion_rotation(q, stack=_stack_rows):
+    """Rotation matrices (B, 3, 3) of unit quaternions q (B, 4) (w, x, y, z)."""
+    w, x, y, z = q[:, 0], q[:, 1], q[:, 2], q[:, 3]
+    return stack([
+        [w * w + x * x - y * y - z * z, 2 * (x * y - w * z), 2 * (x * z + w * y)],
+        [2 * (x * y + w * z), w * w - x * x + y * y - z * z, 2 * (y * z - w * x)],
+        [2 * (x * z - w * y), 2 * (y * z + w * x), w * w - x * x - y * y + z * z],
+    ])
+
+
+def _horn_rotation(S: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Optimal rotations for blocks of 3 × 3 correlation matrices, in closed form.
+
+    S (B, 3, 3) with S[a, b] = Σ w (src_a − μ_src)(dst_b − μ_dst). Returns (λ (B,), R (B, 3, 3)):
+    the proper rotation R maximizing Σ w dstᵀ R src and λ that maximum (the Umeyama solution's
+    Σ d_i σ_i). λ is the largest eigenvalue of Horn's 4 × 4 quaternion matrix N: Newton on its
+    characteristic quartic from an upper bound (QCP, Theobald 2005); the quaternion is the
+    longest row of adj(N − λI)."""
+    n, c2, c1, f2 = _horn_quartic(S)
     _, c0 = _adjugate4(n)
     # λ_max ≤ nuclear norm of S ≤ √3 · Frobenius norm: Newton from above falls monotonically
     # (each matrix stops on its own, so that a result does not depend on the rest of the block)
@@ -156,13 +173,7 @@ def _horn_rotation(S: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     diag = np.abs(np.stack([adj[:, i, i] for i in range(4)], -1))
     q = np.take_along_axis(adj, diag.argmax(1)[:, None, None], 1)[:, 0]
     q = q / np.sqrt(np.maximum((q * q).sum(-1, keepdims=True), 1e-300))
-    w, x, y, z = q[:, 0], q[:, 1], q[:, 2], q[:, 3]
-    R = np.stack([
-        np.stack([w * w + x * x - y * y - z * z, 2 * (x * y - w * z), 2 * (x * z + w * y)], -1),
-        np.stack([2 * (x * y + w * z), w * w - x * x + y * y - z * z, 2 * (y * z - w * x)], -1),
-        np.stack([2 * (x * z - w * y), 2 * (y * z + w * x), w * w - x * x - y * y + z * z], -1),
-    ], 1)
-    return lam, R
+    return lam, _quaternion_rotation(q)
 
 
 def _fit(px, py, pz, pn2, tx, ty, tz, w, bounds, allow_scale):

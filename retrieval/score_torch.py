@@ -10,34 +10,21 @@ from __future__ import annotations
 
 import numpy as np
 
+from skullsearch.retrieval.score import _adjugate4, _horn_quartic, _quaternion_rotation
 
-def _adjugate4(a, stack):
-    from skullsearch.retrieval.score import _adjugate4 as ref  # the same expansion, any array type
 
-    return ref(a, stack=stack)
+def _stack(rows):
+    import torch
+
+    return torch.stack([torch.stack(r, -1) for r in rows], 1)
 
 
 def _horn_rotation(S):
     """Torch twin of ``score._horn_rotation``: S (B, 3, 3) → (λ (B,), R (B, 3, 3))."""
     import torch
 
-    def stack(rows):
-        return torch.stack([torch.stack(r, -1) for r in rows], 1)
-
-    xx, xy, xz = S[:, 0, 0], S[:, 0, 1], S[:, 0, 2]
-    yx, yy, yz = S[:, 1, 0], S[:, 1, 1], S[:, 1, 2]
-    zx, zy, zz = S[:, 2, 0], S[:, 2, 1], S[:, 2, 2]
-    n = [[xx + yy + zz, yz - zy, zx - xz, xy - yx],
-         [None, xx - yy - zz, xy + yx, zx + xz],
-         [None, None, -xx + yy - zz, yz + zy],
-         [None, None, None, -xx - yy + zz]]
-    for i in range(4):
-        for j in range(i):
-            n[i][j] = n[j][i]
-    f2 = (S * S).sum((1, 2))
-    c2 = -2.0 * f2
-    c1 = -8.0 * (xx * (yy * zz - yz * zy) - xy * (yx * zz - yz * zx) + xz * (yx * zy - yy * zx))
-    _, c0 = _adjugate4(n, stack)
+    n, c2, c1, f2 = _horn_quartic(S)
+    _, c0 = _adjugate4(n, stack=_stack)
     lam = torch.sqrt(3.0 * f2)
     active = torch.ones_like(lam, dtype=torch.bool)
     inf = torch.tensor(float("inf"), dtype=lam.dtype, device=lam.device)
@@ -51,17 +38,11 @@ def _horn_rotation(S):
         if it % 8 == 7 and not bool(active.any()):  # (a device sync: checked now and then)
             break
     m = [[n[i][j] - lam if i == j else n[i][j] for j in range(4)] for i in range(4)]
-    adj, _ = _adjugate4(m, stack)
+    adj, _ = _adjugate4(m, stack=_stack)
     diag = torch.stack([adj[:, i, i] for i in range(4)], -1).abs()
     q = torch.take_along_dim(adj, diag.argmax(1)[:, None, None], 1)[:, 0]
     q = q / torch.sqrt((q * q).sum(-1, keepdim=True).clamp(min=1e-300))
-    w, x, y, z = q[:, 0], q[:, 1], q[:, 2], q[:, 3]
-    R = stack([
-        [w * w + x * x - y * y - z * z, 2 * (x * y - w * z), 2 * (x * z + w * y)],
-        [2 * (x * y + w * z), w * w - x * x + y * y - z * z, 2 * (y * z - w * x)],
-        [2 * (x * z - w * y), 2 * (y * z + w * x), w * w - x * x - y * y + z * z],
-    ])
-    return lam, R
+    return lam, _quaternion_rotation(q, stack=_stack)
 
 
 def _fit(p, pn2, tgt, w, bounds):
