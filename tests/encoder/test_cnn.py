@@ -9,6 +9,7 @@ import copy
 import numpy as np
 import pytest
 import torch
+from torch_threads import one_thread
 
 from skullsearch.encoder import cnn
 from skullsearch.encoder import code as code_layout
@@ -22,13 +23,11 @@ WIDTHS = (8, 16, 32, 64)
 PERSONS, PER_PERSON = 8, 4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
     """Small convolutions on a shared 2-core machine: one thread is faster and steadier."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with one_thread():
+        yield
 
 
 @pytest.fixture(scope="module")

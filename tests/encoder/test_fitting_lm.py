@@ -4,6 +4,7 @@ against the dense joint system, and the fit against the Adam schedule it replace
 import numpy as np
 import pytest
 import torch
+from torch_threads import one_thread
 
 from skullsearch.encoder import code as code_layout
 from skullsearch.encoder import levenberg as lev
@@ -24,13 +25,11 @@ from skullsearch.errors import SkullsearchError
 
 
 @pytest.fixture(autouse=True, scope="module")
-def one_thread():
+def _one_thread():
     """The fits here are small: one thread, as ingest runs them (two threads on a loaded 2-core
     machine spend most of their time waiting for each other)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with one_thread():
+        yield
 
 
 @pytest.fixture(scope="module")
