@@ -153,6 +153,16 @@ def _gpu_device() -> str | None:
     return "cuda" if torch.cuda.is_available() else None
 
 
+def auto_exhaustive(gallery: _IndexGallery, shortlist: int | None, max_shard: int | None = None) -> bool:
+    """Whether a query without an explicit choice scores every face: when no shortlist size is
+    given and the gallery (shards up to ``max_shard``) has at most :data:`EXHAUSTIVE_AUTO_FACES`
+    faces."""
+    if shortlist:
+        return False
+    return sum(s.faces for s in gallery.shards()
+               if max_shard is None or s.number <= max_shard) <= EXHAUSTIVE_AUTO_FACES
+
+
 def exhaustive_candidates(gallery: _IndexGallery, target: np.ndarray, present: np.ndarray, sd: np.ndarray,
                           cfg: ScoreConfig, rank_by: str, keep: int, max_shard: int | None = None,
                           workers: int | None = None, progress=None,
@@ -164,7 +174,7 @@ def exhaustive_candidates(gallery: _IndexGallery, target: np.ndarray, present: n
     face's scores do not depend on its chunk, so the answer does not depend on chunking or threads.
     progress(done, total) is called after each chunk. device: "auto" scores on the GPU when torch
     sees one (the torch twin of the scorer, same matches; one thread then), else in numpy; None:
-    numpy; or a torch device. Cost on a CPU: about 40 µs per face per core."""
+    numpy; or a torch device. Cost on a CPU: about 40–60 µs per face (~60 s for 1M faces here)."""
     import os
     from concurrent.futures import ThreadPoolExecutor
 
@@ -231,9 +241,12 @@ def query_points(
                            "to the skull's landmark file")
     if rank_by not in ("s", "likelihood"):
         raise GalleryError(f"rank_by must be 's' or 'likelihood', not {rank_by!r}")
+    if int(top) < 1:
+        raise GalleryError(f"top must be at least 1 (got {top}): how many candidates to list")
+    if shortlist is not None and int(shortlist) < 0:
+        raise GalleryError(f"shortlist must be a positive number of faces (got {shortlist})")
     if exhaustive is None:
-        faces = sum(s.faces for s in gallery.shards() if max_shard is None or s.number <= max_shard)
-        exhaustive = not shortlist and faces <= EXHAUSTIVE_AUTO_FACES
+        exhaustive = auto_exhaustive(gallery, shortlist, max_shard)
     shortlist = shortlist or DEFAULT_SHORTLIST
     mean = gallery.mean_soft_tissue
     canon = vectors.canonical(np.nan_to_num(np.asarray(target, np.float64))[None], mean, mask=present)
@@ -241,8 +254,10 @@ def query_points(
     if exhaustive:
         ids = exhaustive_candidates(gallery, target, present, sd, cfg, rank_by, top, max_shard=max_shard,
                                     progress=progress)
-        diff = (gallery.canonical(ids).reshape(len(ids), -1, 3) - canon.reshape(1, -1, 3)) ** 2
-        dist = (diff.sum(-1) * weights[None]).sum(1)
+        dist = np.zeros(0)
+        if len(ids):
+            diff = (gallery.canonical(ids).reshape(len(ids), -1, 3) - canon.reshape(1, -1, 3)) ** 2
+            dist = (diff.sum(-1) * weights[None]).sum(1)
     else:
         dist, ids = gallery.search_shortlist(canon, weights[None], k=max(shortlist, top), max_shard=max_shard)
         keep = ids[0] >= 0
@@ -296,8 +311,8 @@ def query(
     progress=None,
 ) -> QueryResult:
     """Rank the gallery's faces for a skull (see the module docstring); records the query.
-    exhaustive: score every face exactly instead of a shortlist (the exact ranking; about 40 µs per
-    face per core on a CPU, ~40 s for 1M faces); None: when the gallery has at most
+    exhaustive: score every face exactly instead of a shortlist (the exact ranking; about 40–60 µs
+    per face on this CPU, ~60 s for 1M faces); None: when the gallery has at most
     :data:`EXHAUSTIVE_AUTO_FACES` faces and no shortlist size is given. progress(done, total)
     reports it."""
     from skullsearch.retrieval.extended import extend
@@ -307,12 +322,14 @@ def query(
     ext = extend(skull, table)
     shards = gallery.shards()
     max_shard = max((s.number for s in shards), default=0)
+    if exhaustive is None:
+        exhaustive = auto_exhaustive(gallery, shortlist, max_shard)
     # live queries search every shard (on GPU when there is one); the record keeps the last
     # shard so that a re-run searches exactly these faces
     result = query_points(gallery, ext.points, ext.present, ext.sd, top=top, shortlist=shortlist,
                           rank_by=rank_by, score_config=score_config,
                           calibration_sample=calibration_sample, exhaustive=exhaustive, progress=progress,
-                          max_shard=max_shard if exhaustive is not False else None)
+                          max_shard=max_shard if exhaustive else None)
     result.warnings = list(getattr(skull, "warnings", []))
     result.params.update({"tissue_table": table.name, "sex": sex, "max_shard": max_shard})
     if record:

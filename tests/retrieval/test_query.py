@@ -201,6 +201,29 @@ def test_small_galleries_are_scored_exhaustively_unless_told_otherwise(case, mon
     assert big.params["exhaustive"] is False and big.params["shortlist"] == query_mod.DEFAULT_SHORTLIST
 
 
+@pytest.mark.parametrize("exhaustive", [None, True, False])
+def test_an_empty_gallery_answers_with_no_candidates(default_model, tmp_path, exhaustive):
+    from skullsearch.retrieval.query import query_points
+
+    g = Gallery.create(tmp_path / "g", face_model=default_model)
+    res = query_points(g, np.zeros((36, 3)), np.ones(36, bool), np.full(36, 2.0), exhaustive=exhaustive)
+    assert res.candidates == []
+
+
+def test_top_must_be_positive(case, capsys):
+    from skullsearch.cli.app import main
+    from skullsearch.retrieval.query import query_points
+
+    g = Gallery.open(case[0])
+    args = (g, np.zeros((36, 3)), np.ones(36, bool), np.full(36, 2.0))
+    with pytest.raises(SkullsearchError, match="top must be at least 1"):
+        query_points(*args, top=0)
+    with pytest.raises(SkullsearchError, match="shortlist must be"):
+        query_points(*args, shortlist=-5)
+    assert main(["query", str(case[2]), "-g", str(case[0]), "--top", "-2"]) == 2
+    assert "top must be at least 1" in capsys.readouterr().err
+
+
 def test_query_command_exhaustive(case, tmp_path, capsys, monkeypatch):
     from skullsearch.cli.app import main
 
