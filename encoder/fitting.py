@@ -89,8 +89,8 @@ class FitConfig:
 class FitResult:
     """Per face: codes (B, 228) (layout in :mod:`skullsearch.encoder.code`), residual_px (B,)
     mean landmark reprojection error in pixels, landmarks_px (B, 68, 2) the fitted landmarks,
-    focal (B,) px, history (iterations,) the batch's mean energy after each step (LM) or its loss
-    before each step (Adam)."""
+    focal (B,) px, history (iterations,) the batch's mean energy of the best state after each
+    step (LM) or its loss before each step (Adam)."""
 
     codes: np.ndarray
     residual_px: np.ndarray
@@ -445,11 +445,21 @@ def fit_landmarks(
     expression and jaw are taken from them, and the rigid stage is skipped).
     Returns a :class:`FitResult`.
     """
+    from skullsearch.errors import SkullsearchError
+
     cfg = config or FitConfig()
     if cfg.method not in ("lm", "adam"):
-        from skullsearch.errors import SkullsearchError
-
         raise SkullsearchError(f"unknown fit method {cfg.method!r} in FitConfig: use 'lm' or 'adam'")
+    landmarks = np.asarray(landmarks, np.float64)
+    if landmarks.ndim != 3 or landmarks.shape[1:] != (68, 2):
+        raise SkullsearchError(f"landmarks must be (faces, 68, 2) pixel positions, not {landmarks.shape}")
+    if len(landmarks) == 0:
+        return FitResult(codes=np.zeros((0, code_layout.CODE_SIZE), np.float32), residual_px=np.zeros(0),
+                         landmarks_px=np.zeros((0, 68, 2)), focal=np.zeros(0))
+    bad = np.flatnonzero(~np.isfinite(landmarks).all((1, 2)))
+    if len(bad):
+        raise SkullsearchError(f"faces {bad[:10].tolist()} have NaN or infinite landmarks: leave them out "
+                               "of the batch (the detectors never give such landmarks)")
     device = cfg.device or "cpu"
     dt = cfg.dtype
     rig = rig or rig_for(model, cfg.n_shape, cfg.n_expression, device=device, dtype=dt)

@@ -252,3 +252,14 @@ def test_unknown_method_says_what_to_use(default_model):
     _, uv, size = _photos(default_model, rig, 1, seed=4)
     with pytest.raises(SkullsearchError, match="'lm' or 'adam'"):
         fit_landmarks(default_model, uv, size, rig=rig, config=FitConfig(method="sgd"))
+
+
+def test_bad_landmark_batches_are_clear_errors_and_an_empty_batch_is_empty(default_model):
+    empty = fit_landmarks(default_model, np.zeros((0, 68, 2)), np.zeros((0, 2)))
+    assert empty.codes.shape == (0, 228) and empty.residual_px.shape == (0,)
+    lm = np.random.default_rng(0).uniform(100, 300, size=(3, 68, 2))
+    lm[1, 5, 0] = np.nan
+    with pytest.raises(SkullsearchError, match=r"faces \[1\] have NaN"):
+        fit_landmarks(default_model, lm, np.full((3, 2), 400.0))
+    with pytest.raises(SkullsearchError, match="68, 2"):
+        fit_landmarks(default_model, lm[:, :60], np.full((3, 2), 400.0))
