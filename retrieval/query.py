@@ -165,27 +165,20 @@ def auto_exhaustive(gallery: _IndexGallery, shortlist: int | None, max_shard: in
 
 def exhaustive_candidates(gallery: _IndexGallery, target: np.ndarray, present: np.ndarray, sd: np.ndarray,
                           cfg: ScoreConfig, rank_by: str, keep: int, max_shard: int | None = None,
-                          workers: int | None = None, progress=None,
-                          device: str | None = "auto") -> np.ndarray:
+                          progress=None, device: str | None = "auto") -> np.ndarray:
     """Score every face of the gallery (shards up to ``max_shard``) exactly and return the ids
     (≤ keep,) int64 of the best ``keep`` by the ranking, best first: the exhaustive answer, which a
-    shortlist only approximates. Chunks of :data:`EXHAUSTIVE_CHUNK` faces are scored on ``workers``
-    threads (default: the CPU count; numpy releases the GIL in the scorer's array arithmetic); a
-    face's scores do not depend on its chunk, so the answer does not depend on chunking or threads.
-    progress(done, total) is called after each chunk. device: "auto" scores on the GPU when torch
-    sees one (the torch twin of the scorer, same matches; one thread then), else in numpy; None:
-    numpy; or a torch device. Cost on a CPU: about 40–60 µs per face (~60 s for 1M faces here)."""
-    import os
-    from concurrent.futures import ThreadPoolExecutor
-
+    shortlist only approximates. Chunks of :data:`EXHAUSTIVE_CHUNK` faces are read from their shard
+    and scored one after the other (a face's scores do not depend on its chunk, so neither does the
+    answer); progress(done, total) is called after each. device: "auto" scores on the GPU when
+    torch sees one (the torch twin of the scorer, same matches), else in numpy; None: numpy; or a
+    torch device. Cost on a CPU: about 40–60 µs per face on one core (~60 s for 1M faces here;
+    threads were measured not to help: the scorer holds the GIL between its small array steps)."""
     from skullsearch.index import store
 
     if device == "auto":
         device = _gpu_device()
-    chunk = EXHAUSTIVE_CHUNK
-    if device is not None:
-        workers = 1
-        chunk = EXHAUSTIVE_CHUNK * 16  # a GPU wants large batches
+    chunk = EXHAUSTIVE_CHUNK if device is None else EXHAUSTIVE_CHUNK * 16  # a GPU wants large batches
 
     shards = [s for s in gallery.shards() if max_shard is None or s.number <= max_shard]
     jobs = [(s, a, min(a + chunk, s.faces)) for s in shards for a in range(0, s.faces, chunk)]
@@ -200,12 +193,11 @@ def exhaustive_candidates(gallery: _IndexGallery, target: np.ndarray, present: n
         return ids, sc.s[best], sc.likelihood[best]
 
     parts, done = [], 0
-    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
-        for (_, a, b), part in zip(jobs, pool.map(run, jobs), strict=True):
-            parts.append(part)
-            done += b - a
-            if progress is not None:
-                progress(done, total)
+    for job in jobs:
+        parts.append(run(job))
+        done += job[2] - job[1]
+        if progress is not None:
+            progress(done, total)
     if not parts:
         return np.zeros(0, np.int64)
     ids, s, ll = (np.concatenate(x) for x in zip(*parts, strict=True))
