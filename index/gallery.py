@@ -581,13 +581,14 @@ class Gallery:
                     return None
                 held = self._near_build(name, shards)
             have = set(held.shards)
+            self._near[name] = held
             for sh in shards:
                 if sh.number not in have:
                     ids, vecs = self._near_vectors(name, sh)
                     if len(ids):
                         held.index.add_with_ids(vecs, ids)
-                    have.add(sh.number)
-            self._near[name] = _Near(sorted(have), held.index)
+                    have.add(sh.number)  # (recorded shard by shard: an error never adds one twice)
+                    self._near[name] = _Near(sorted(have), held.index)
             if name == "photos":
                 self._photos = None  # the exact photo index is not needed any more
                 self._gpu.pop("photos", None)

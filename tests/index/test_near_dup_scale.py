@@ -175,3 +175,38 @@ def test_a_quarantined_shard_rebuilds_the_index(big, monkeypatch):
     assert g.near_index("codes").ntotal == 600
     monkeypatch.setattr(gallery_mod.Gallery, "shards", lambda self: store.committed_shards(self.path)[:1])
     assert g.near_index("codes") is None and "codes" not in g._near  # 300 faces: exact again
+
+
+def test_an_ingest_into_a_large_gallery_flags_through_the_saved_ivf_index(default_model, tmp_path,
+                                                                          monkeypatch):
+    """Real dlib + fit: a photo, then (a later run) a JPEG copy of it, into a gallery beyond the
+    (lowered) limit: the first run builds and saves the IVF indexes, the second reads them and
+    flags the copy by the photo criterion."""
+    from photos import render_faces
+    from PIL import Image
+
+    monkeypatch.setattr(vectors, "NEAR_EXACT_LIMIT", 500)
+    monkeypatch.setattr(vectors, "NEAR_TRAIN", 400)
+    g = Gallery.create(tmp_path / "g", face_model=default_model)
+    rng = np.random.default_rng(2)
+    add_shard(g, synth_codes(default_model, 600, rng), _fingerprints(rng, 600))
+    first, second = tmp_path / "a", tmp_path / "b"
+    second.mkdir()
+    (path,) = render_faces(default_model, first, 1, seed=21, size=400, prefix="face")
+    Image.open(path).convert("RGB").save(second / "copy.jpg", quality=85)
+    assert g.ingest([first], workers=1).faces == 1
+    state = json.loads((g.path / "index" / "state.json").read_text())
+    assert state["near_codes"]["ntotal"] == 601 and state["near_photos"]["ntotal"] == 601
+    g = Gallery.open(g.path)
+
+    def no_build(*a, **k):
+        raise AssertionError("rebuilt instead of read")
+
+    monkeypatch.setattr(gallery_mod.Gallery, "_near_build", no_build)
+    monkeypatch.setattr(gallery_mod.Gallery, "_photo_index", no_build)  # the exact one: not needed
+    rep = g.ingest([second], workers=1)
+    assert rep.faces == 1 and rep.near_duplicate_photos == 1
+    assert g._near["photos"].index.ntotal == 602 and g._near["codes"].index.ntotal == 602
+    (row,) = g.near_duplicates().to_pylist()
+    assert row["path"].endswith("copy.jpg") and row["duplicate_path"] == str(path)
+    assert row["criterion"] == "photo" and row["photo_distance"] < NEAR_DUPLICATE_PHOTO_DISTANCE
