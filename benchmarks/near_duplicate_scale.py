@@ -33,16 +33,15 @@ import numpy as np
 from _common import emit
 
 from skullsearch import Gallery
-from skullsearch.index import schema, store, vectors
+from skullsearch.index import store, vectors
 from skullsearch.index.ingest import (
     NEAR_DUPLICATE_DISTANCE,
     NEAR_DUPLICATE_PHOTO_DISTANCE,
     flag_near_duplicates,
     flag_photo_duplicates,
     near_duplicate_stage,
-    neutral_soft_tissue,
 )
-from skullsearch.index.synth import synth_codes
+from skullsearch.index.synth import add_synthetic_faces, synth_codes
 
 #: the real cuts and the median nearest different face among 24 (benchmarks/near_duplicates.py)
 REAL = {"codes": (NEAR_DUPLICATE_DISTANCE, 0.9), "photos": (NEAR_DUPLICATE_PHOTO_DISTANCE, 0.21)}
@@ -58,30 +57,8 @@ def fingerprints(rng, n, spread=0.036):
 
 
 def add_shard(g, codes, fps):
-    """Commit one shard of synthetic faces with photo fingerprints (the faces table ingest writes)."""
-    n = len(codes)
-    number = store.next_shard_number(g.path)
-    ids = store.face_id(number, np.arange(n))
-    paths = [f"bench://{number}/{i}.jpg" for i in range(n)]
-    t = store.now()
-    faces = schema.faces_table({
-        "face_id": ids, "image_id": ids, "path": paths, "sha256": paths, "person": paths,
-        "face_index": np.zeros(n, np.int16), "box": None, "score": np.ones(n, np.float32),
-        "landmarks": None, "residual_px": np.zeros(n, np.float32), "quality": [""] * n,
-        "yaw_deg": np.zeros(n, np.float32), "detector": ["synth"] * n,
-        "image_width": np.zeros(n, np.int32), "image_height": np.zeros(n, np.int32),
-        "model_fingerprint": [g.manifest["face_model"]["fingerprint"]] * n,
-        "encoder_fingerprint": ["synth"] * n, "time": [t] * n, "metadata": None,
-        "photo_fingerprint": fps,
-    })
-    pa = schema.pa
-    images = pa.Table.from_arrays([
-        pa.array(ids), pa.array(paths), pa.array(paths), pa.nulls(n, pa.int64()), pa.nulls(n, pa.int64()),
-        pa.array(["ok"] * n), pa.array([""] * n), pa.array(np.ones(n, np.int32)), pa.array(paths),
-        pa.array([t] * n)], schema=schema.IMAGES)
-    with store.WriteLock(g.path):
-        soft = neutral_soft_tissue(g.face_model, codes)
-        store.ShardWriter(g.path, number).commit(faces, images, soft, codes)
+    """Commit one shard of synthetic faces that have photo fingerprints (as ingest writes them)."""
+    return add_synthetic_faces(g, codes, fps, tag="bench")
 
 
 def nearest_different(vecs: np.ndarray) -> float:

@@ -220,9 +220,9 @@ class Gallery:
         (``con.register``) the others do not see.
         :meth:`close` closes the database.
         """
-        shards = self.shards()
-        key = tuple((s.number, s.faces, s.images, s.created) for s in shards)
-        with self._catalog_lock:
+        with self._catalog_lock:  # (the shard list read under the lock: views never go back in time)
+            shards = self.shards()
+            key = tuple((s.number, s.faces, s.images, s.created) for s in shards)
             if self._catalog is None:
                 import duckdb
 
@@ -241,7 +241,8 @@ class Gallery:
 
     def _define_views(self, con, shards: list[ShardInfo]) -> None:
         """(Re)define the catalog views over these shards, in one transaction (a query running on
-        another cursor sees the old views or the new ones, never a mix)."""
+        another cursor sees the old views or the new ones, never a mix; a cursor follows the
+        latest views from one statement to the next)."""
         if shards:
             faces = ", ".join(repr(f) for f in self._files("faces.parquet", shards))
             images = ", ".join(repr(f) for f in self._files("images.parquet", shards))
@@ -366,13 +367,18 @@ class Gallery:
                     mapped, have = False, set()
             else:
                 base, delta, mapped, have = cached.base, cached.delta, cached.mapped, set(cached.shards)
-            for s in shards:
-                if s.number not in have and s.faces:
-                    if mapped and delta is None:  # a mapped index is never added to
-                        delta = vectors.new_index(*self._index_spec(name), kind="flat")
-                    ids = store.face_id(s.number, np.arange(s.faces))
-                    vectors.add(delta if mapped else base, self._vectors(name, s), ids)
-                have.add(s.number)
+            try:
+                for s in shards:
+                    if s.number not in have and s.faces:
+                        if mapped and delta is None:  # a mapped index is never added to
+                            delta = vectors.new_index(*self._index_spec(name), kind="flat")
+                        ids = store.face_id(s.number, np.arange(s.faces))
+                        vectors.add(delta if mapped else base, self._vectors(name, s), ids)
+                    have.add(s.number)
+            except BaseException:  # a shard read failed midway: the held index has some shards
+                self._indexes.pop(name, None)  # added that it does not list; build it afresh
+                self._gpu.pop(name, None)
+                raise
             if cached is None or sorted(have) != cached.shards:
                 self._gpu.pop(name, None)  # the GPU copy is stale
                 searched = base if delta is None else vectors.joined(base, delta)
@@ -463,16 +469,17 @@ class Gallery:
             if held is None or not {s.number for s in shards} >= set(held.shards):
                 held = _Photos([], np.zeros(0, np.int64), fingerprint.flat_index())
             have = set(held.shards)
-            ids = [held.ids]
-            for sh in shards:
+            ids, new = [held.ids], []
+            for sh in shards:  # read every new shard first: a failed read adds nothing
                 if sh.number in have:
                     continue
                 have.add(sh.number)
                 sid, vals = self._shard_fingerprints(sh)
-                if not len(sid):
-                    continue
-                held.index.add(vals)  # (stored as float16)
-                ids.append(sid)
+                if len(sid):
+                    ids.append(sid)
+                    new.append(vals)
+            if new:  # (the index and its ids grow together, or not at all)
+                held.index.add(np.concatenate(new))  # (stored as float16)
             held = _Photos(sorted(have), np.concatenate(ids), held.index)
             self._photos = held
             return held

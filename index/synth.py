@@ -28,6 +28,54 @@ def synth_codes(model, n: int, rng: np.random.Generator) -> np.ndarray:
     return code_layout.pack(shape=shape, cam_rot=rot, cam_trans=trans)
 
 
+def write_synthetic_shard(gallery, number: int, codes: np.ndarray, paths: list[str], persons: list[str],
+                          fingerprints: np.ndarray | None = None) -> np.ndarray:
+    """Commit shard ``number`` of photo-less faces (the caller holds the gallery's write lock):
+    codes (n, 228), one path and person per face, optional photo fingerprints (n, 63) (stored as
+    ingest stores them). Returns the face ids (n,) int64."""
+    n = len(codes)
+    model_fp = gallery.manifest["face_model"]["fingerprint"]
+    soft = neutral_soft_tissue(gallery.face_model, codes)
+    ids = store.face_id(number, np.arange(n))
+    sha = [hashlib.sha256(p.encode()).hexdigest() for p in paths]
+    t = store.now()
+    cols = {
+        "face_id": ids, "image_id": ids, "path": paths, "sha256": sha, "person": persons,
+        "face_index": np.zeros(n, np.int16), "box": None,
+        "score": np.ones(n, np.float32), "landmarks": None,
+        "residual_px": np.zeros(n, np.float32), "quality": [""] * n,
+        "yaw_deg": np.rad2deg(codes[:, code_layout.SLICES["cam_rot"]][:, 1]),
+        "detector": ["synth"] * n, "image_width": np.zeros(n, np.int32),
+        "image_height": np.zeros(n, np.int32), "model_fingerprint": [model_fp] * n,
+        "encoder_fingerprint": ["synth"] * n, "time": [t] * n, "metadata": None,
+    }
+    if fingerprints is not None:
+        cols["photo_fingerprint"] = np.asarray(fingerprints, np.float32)
+    faces = schema.faces_table(cols)
+    pa = schema.pa
+    images = pa.Table.from_arrays([
+        pa.array(ids), pa.array(paths), pa.array(sha), pa.nulls(n, pa.int64()), pa.nulls(n, pa.int64()),
+        pa.array(["ok"] * n), pa.array([""] * n), pa.array(np.ones(n, np.int32)), pa.array(persons),
+        pa.array([t] * n)], schema=schema.IMAGES)
+    writer = store.ShardWriter(gallery.path, number)
+    try:
+        writer.commit(faces, images, soft, codes)
+    except BaseException:
+        writer.abort()
+        raise
+    return ids
+
+
+def add_synthetic_faces(gallery, codes: np.ndarray, fingerprints: np.ndarray | None = None,
+                        tag: str = "synth") -> np.ndarray:
+    """Add one shard of the given photo-less faces (codes (n, 228), optional photo fingerprints
+    (n, 63)); paths ``TAG://SHARD/I.jpg``, one person per face. Returns their face ids (n,)."""
+    with store.WriteLock(gallery.path):
+        number = store.next_shard_number(gallery.path)
+        paths = [f"{tag}://{number}/{i}.jpg" for i in range(len(codes))]
+        return write_synthetic_shard(gallery, number, codes, paths, paths, fingerprints)
+
+
 def synth(gallery, n_faces: int, seed: int = 0, shard_faces: int = 250_000,
           progress=None) -> IngestReport:
     """Add ``n_faces`` synthetic faces to a gallery; returns an :class:`IngestReport`."""
@@ -35,7 +83,6 @@ def synth(gallery, n_faces: int, seed: int = 0, shard_faces: int = 250_000,
     rng = np.random.default_rng(seed)
     report = IngestReport()
     t0 = time.perf_counter()
-    fp = gallery.manifest["face_model"]["fingerprint"]
     with store.WriteLock(gallery.path):
         store.remove_uncommitted(gallery.path)
         done = 0
@@ -43,38 +90,12 @@ def synth(gallery, n_faces: int, seed: int = 0, shard_faces: int = 250_000,
             n = min(shard_faces, n_faces - done, store.MAX_ROWS)
             number = store.next_shard_number(gallery.path)
             codes = synth_codes(model, n, rng)
-            soft = neutral_soft_tissue(model, codes)
-            ids = store.face_id(number, np.arange(n))
             tag = f"synth://{seed}/{number:08d}/"
             paths = [f"{tag}{i:08d}.jpg" for i in range(n)]
-            sha = [hashlib.sha256(p.encode()).hexdigest() for p in paths]
             sizes = rng.integers(1, 4, n)  # faces per person
             person = np.repeat(np.arange(n), sizes)[:n]
             persons = [f"synth-{seed}-{number}-{p}" for p in person]
-            t = store.now()
-            faces = schema.faces_table({
-                "face_id": ids, "image_id": ids, "path": paths, "sha256": sha, "person": persons,
-                "face_index": np.zeros(n, np.int16), "box": None,
-                "score": np.ones(n, np.float32), "landmarks": None,
-                "residual_px": np.zeros(n, np.float32), "quality": [""] * n,
-                "yaw_deg": np.rad2deg(codes[:, code_layout.SLICES["cam_rot"]][:, 1]),
-                "detector": ["synth"] * n, "image_width": np.zeros(n, np.int32),
-                "image_height": np.zeros(n, np.int32), "model_fingerprint": [fp] * n,
-                "encoder_fingerprint": ["synth"] * n, "time": [t] * n, "metadata": None,
-            })
-            images = schema.images_table([])
-            images = schema.pa.Table.from_arrays([
-                schema.pa.array(ids), schema.pa.array(paths), schema.pa.array(sha),
-                schema.pa.nulls(n, schema.pa.int64()), schema.pa.nulls(n, schema.pa.int64()),
-                schema.pa.array(["ok"] * n), schema.pa.array([""] * n),
-                schema.pa.array(np.ones(n, np.int32)), schema.pa.array(persons), schema.pa.array([t] * n),
-            ], schema=schema.IMAGES)
-            writer = store.ShardWriter(gallery.path, number)
-            try:
-                writer.commit(faces, images, soft, codes)
-            except BaseException:
-                writer.abort()
-                raise
+            write_synthetic_shard(gallery, number, codes, paths, persons)
             done += n
             report.shards += 1
             report.faces += n

@@ -9,14 +9,13 @@ import pytest
 
 from skullsearch import Gallery
 from skullsearch.index import gallery as gallery_mod
-from skullsearch.index import schema, store, vectors
+from skullsearch.index import store, vectors
 from skullsearch.index.ingest import (
     NEAR_DUPLICATE_DISTANCE,
     NEAR_DUPLICATE_PHOTO_DISTANCE,
     near_duplicate_stage,
-    neutral_soft_tissue,
 )
-from skullsearch.index.synth import synth_codes
+from skullsearch.index.synth import add_synthetic_faces, synth_codes
 
 
 def _unit(x):
@@ -30,30 +29,7 @@ def _fingerprints(rng, n):
 
 def add_shard(g, codes, fps):
     """Commit one shard of synthetic faces that have photo fingerprints (as ingest writes them)."""
-    n = len(codes)
-    number = store.next_shard_number(g.path)
-    ids = store.face_id(number, np.arange(n))
-    paths = [f"fake://{number}/{i}.jpg" for i in range(n)]
-    t = store.now()
-    faces = schema.faces_table({
-        "face_id": ids, "image_id": ids, "path": paths, "sha256": paths, "person": paths,
-        "face_index": np.zeros(n, np.int16), "box": None, "score": np.ones(n, np.float32),
-        "landmarks": None, "residual_px": np.zeros(n, np.float32), "quality": [""] * n,
-        "yaw_deg": np.zeros(n, np.float32), "detector": ["synth"] * n,
-        "image_width": np.zeros(n, np.int32), "image_height": np.zeros(n, np.int32),
-        "model_fingerprint": [g.manifest["face_model"]["fingerprint"]] * n,
-        "encoder_fingerprint": ["synth"] * n, "time": [t] * n, "metadata": None,
-        "photo_fingerprint": fps,
-    })
-    pa = schema.pa
-    images = pa.Table.from_arrays([
-        pa.array(ids), pa.array(paths), pa.array(paths), pa.nulls(n, pa.int64()), pa.nulls(n, pa.int64()),
-        pa.array(["ok"] * n), pa.array([""] * n), pa.array(np.ones(n, np.int32)), pa.array(paths),
-        pa.array([t] * n)], schema=schema.IMAGES)
-    with store.WriteLock(g.path):
-        soft = neutral_soft_tissue(g.face_model, codes)
-        store.ShardWriter(g.path, number).commit(faces, images, soft, codes)
-    return ids
+    return add_synthetic_faces(g, codes, fps, tag="fake")
 
 
 @pytest.fixture()
