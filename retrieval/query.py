@@ -50,8 +50,9 @@ from skullsearch.retrieval.score import ScoreConfig, rank_order, score
 #: any shortlist much smaller than the gallery: 0 % at 2,000 and 17 % at 50,000 of 1M; 5 % at 2,000, 77.5 %
 #: at 50,000 of 100k. Those runners-up are chance: two measurements of one skull share 0.4 of their 9 S
 #: runners-up on average (benchmarks/score_stability.py, 100k faces, 40 skulls; likelihood 2.7 of 9), so no
-#: geometric shortlist can predict them. For the exact S top 10 score every face (exhaustive=True, ~60 s
-#: per query at 1M on this CPU; galleries up to EXHAUSTIVE_AUTO_FACES faces are scored so by default).
+#: geometric shortlist can predict them. For the exact S top 10 score every face (exhaustive=True: 24 s
+#: per query at 1M on this 2-core CPU, 48 s on one core; galleries up to EXHAUSTIVE_AUTO_FACES faces are
+#: scored so by default).
 DEFAULT_SHORTLIST = 2000
 CALIBRATION_SAMPLE = 2000
 
@@ -142,6 +143,21 @@ def shortlist_weights(present: np.ndarray, sd: np.ndarray, cfg: ScoreConfig, ran
 EXHAUSTIVE_AUTO_FACES = 10_000
 #: Faces per chunk of exhaustive scoring (each chunk is read from its shard and scored on its own).
 EXHAUSTIVE_CHUNK = 65536
+#: Exhaustive passes over more faces than this run on one process per core (CPU scoring; each
+#: process starts in a few seconds, as it imports skullsearch), smaller ones in this process.
+EXHAUSTIVE_PROCESS_FACES = 200_000
+
+
+def _score_chunk(path: str, a: int, b: int, number: int, target, present, sd, cfg: ScoreConfig,
+                 rank_by: str, keep: int, device: str | None = None):
+    """One chunk of an exhaustive pass: faces a..b of the shard whose soft-tissue array is
+    ``path``. Returns (face ids, S, likelihood) of its best ``keep`` (also run in worker processes)."""
+    from skullsearch.index import store
+
+    pts = np.asarray(np.load(path, mmap_mode="r")[a:b])
+    sc = score(pts, target, present, sd, cfg, device=device)
+    best = rank_order(sc, rank_by)[:keep]
+    return store.face_id(number, np.arange(a, b, dtype=np.int64)[best]), sc.s[best], sc.likelihood[best]
 
 
 def _gpu_device() -> str | None:
@@ -165,36 +181,45 @@ def auto_exhaustive(gallery: _IndexGallery, shortlist: int | None, max_shard: in
 
 def exhaustive_candidates(gallery: _IndexGallery, target: np.ndarray, present: np.ndarray, sd: np.ndarray,
                           cfg: ScoreConfig, rank_by: str, keep: int, max_shard: int | None = None,
-                          progress=None, device: str | None = "auto") -> np.ndarray:
+                          progress=None, device: str | None = "auto",
+                          workers: int | None = None) -> np.ndarray:
     """Score every face of the gallery (shards up to ``max_shard``) exactly and return the ids
     (≤ keep,) int64 of the best ``keep`` by the ranking, best first: the exhaustive answer, which a
     shortlist only approximates. Chunks of :data:`EXHAUSTIVE_CHUNK` faces are read from their shard
-    and scored one after the other (a face's scores do not depend on its chunk, so neither does the
-    answer); progress(done, total) is called after each. device: "auto" scores on the GPU when
-    torch sees one (the torch twin of the scorer, same matches), else in numpy; None: numpy; or a
-    torch device. Cost on a CPU: about 40–60 µs per face on one core (~60 s for 1M faces here;
-    threads were measured not to help: the scorer holds the GIL between its small array steps)."""
-    from skullsearch.index import store
+    and scored (a face's scores do not depend on its chunk, so neither does the answer); progress(done,
+    total) is called after each. device: "auto" scores on the GPU when torch sees one (the torch
+    twin of the scorer, same matches), else in numpy; None: numpy; or a torch device. On a CPU,
+    passes over more than :data:`EXHAUSTIVE_PROCESS_FACES` faces run on ``workers`` processes
+    (default: the CPU count; threads were measured not to help, the scorer holds the GIL between
+    its small array steps). Cost on a CPU: about 40–60 µs per face per core."""
+    import os
 
     if device == "auto":
         device = _gpu_device()
     chunk = EXHAUSTIVE_CHUNK if device is None else EXHAUSTIVE_CHUNK * 16  # a GPU wants large batches
-
     shards = [s for s in gallery.shards() if max_shard is None or s.number <= max_shard]
-    jobs = [(s, a, min(a + chunk, s.faces)) for s in shards for a in range(0, s.faces, chunk)]
+    jobs = [(str(s.file(gallery.path, "soft.npy")), a, min(a + chunk, s.faces), s.number)
+            for s in shards for a in range(0, s.faces, chunk)]
     total = sum(s.faces for s in shards)
+    workers = workers or os.cpu_count() or 1
+    rest = (target, present, sd, cfg, rank_by, keep)
+    if device is None and total > EXHAUSTIVE_PROCESS_FACES and workers > 1 and len(jobs) > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
 
-    def run(job):
-        shard, a, b = job
-        pts = np.asarray(gallery._npy(shard, "soft")[a:b])
-        sc = score(pts, target, present, sd, cfg, device=device)
-        best = rank_order(sc, rank_by)[:keep]
-        ids = store.face_id(shard.number, np.arange(a, b, dtype=np.int64)[best])
-        return ids, sc.s[best], sc.likelihood[best]
+        pool = ProcessPoolExecutor(min(workers, len(jobs)), mp_context=multiprocessing.get_context("spawn"))
+
+        def results():
+            with pool:  # (in job order: the answer does not depend on which process ends first)
+                yield from pool.map(_score_chunk, *zip(*[(*job, *rest) for job in jobs], strict=True))
+    else:
+        def results():
+            for job in jobs:
+                yield _score_chunk(*job, *rest, device=device)
 
     parts, done = [], 0
-    for job in jobs:
-        parts.append(run(job))
+    for job, part in zip(jobs, results(), strict=True):
+        parts.append(part)
         done += job[2] - job[1]
         if progress is not None:
             progress(done, total)
@@ -303,8 +328,8 @@ def query(
     progress=None,
 ) -> QueryResult:
     """Rank the gallery's faces for a skull (see the module docstring); records the query.
-    exhaustive: score every face exactly instead of a shortlist (the exact ranking; about 40–60 µs
-    per face on this CPU, ~60 s for 1M faces); None: when the gallery has at most
+    exhaustive: score every face exactly instead of a shortlist (the exact ranking; about 50 µs per
+    face per core: 24 s for 1M faces on 2 cores); None: when the gallery has at most
     :data:`EXHAUSTIVE_AUTO_FACES` faces and no shortlist size is given. progress(done, total)
     reports it."""
     from skullsearch.retrieval.extended import extend

@@ -171,6 +171,28 @@ def test_exhaustive_mode_is_every_face_scored_whatever_the_chunks(case, tmp_path
     assert c0.shortlist_distance == pytest.approx(np.sqrt((d2 * w).sum()), rel=1e-4)
 
 
+def test_large_exhaustive_passes_run_on_worker_processes_with_the_same_answer(case, monkeypatch):
+    import importlib
+
+    from skullsearch.retrieval.score import ScoreConfig, rank_order, score
+
+    query_mod = importlib.import_module("skullsearch.retrieval.query")
+    g = Gallery.open(case[0])
+    ids = np.concatenate([(np.int64(s.number) << 24) | np.arange(s.faces) for s in g.shards()])
+    rng = np.random.default_rng(6)
+    target = g.soft_tissue(ids[[99]])[0] + rng.normal(scale=2.0, size=(36, 3))
+    present = rng.random(36) > 0.2
+    sd = load_table().sd
+    every = score(g.soft_tissue(ids), target, present, sd)
+    monkeypatch.setattr(query_mod, "EXHAUSTIVE_PROCESS_FACES", 0)  # every pass is "large"
+    monkeypatch.setattr(query_mod, "EXHAUSTIVE_CHUNK", 64)
+    seen = []
+    got = query_mod.exhaustive_candidates(g, target, present, sd, ScoreConfig(), "s", 10, device=None,
+                                          workers=2, progress=lambda d, t: seen.append(d))
+    assert list(got) == list(ids[rank_order(every, "s")[:10]])
+    assert seen[-1] == len(ids) and seen == sorted(seen)
+
+
 def test_an_exhaustive_query_is_recorded_and_reruns_exhaustively(case, tmp_path):
     import shutil
 
