@@ -476,8 +476,8 @@ def query_cmd(
     shortlist: Annotated[int, typer.Option(help="Faces scored exactly (0: the default).")] = 0,
     exhaustive: Annotated[bool | None, typer.Option(
         "--exhaustive/--shortlist-only",
-        help="Score every face exactly (the exact ranking; ~40 µs/face/core), or only the shortlist "
-             "(default: every face for galleries up to 10,000 faces).")] = None,
+        help="Score every face exactly (the exact ranking; ~25 s per 1M faces on 2 cores), or only the "
+             "shortlist (default: every face for galleries up to 10,000 faces).")] = None,
     landmarks: LandmarksOption = None,
     units: UnitsOption = None,
     tissue_table: TableOption = None,

@@ -204,14 +204,25 @@ def exhaustive_candidates(gallery: _IndexGallery, target: np.ndarray, present: n
     workers = workers or os.cpu_count() or 1
     rest = (target, present, sd, cfg, rank_by, keep)
     if device is None and total > EXHAUSTIVE_PROCESS_FACES and workers > 1 and len(jobs) > 1:
+        import concurrent.futures as cf
         import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        pool = ProcessPoolExecutor(min(workers, len(jobs)), mp_context=multiprocessing.get_context("spawn"))
+        import warnings
 
         def results():
-            with pool:  # (in job order: the answer does not depend on which process ends first)
-                yield from pool.map(_score_chunk, *zip(*[(*job, *rest) for job in jobs], strict=True))
+            started = 0
+            try:
+                with cf.ProcessPoolExecutor(min(workers, len(jobs)),
+                                            mp_context=multiprocessing.get_context("spawn")) as pool:
+                    # (in job order: the answer does not depend on which process ends first)
+                    for part in pool.map(_score_chunk, *zip(*[(*job, *rest) for job in jobs], strict=True)):
+                        started += 1
+                        yield part
+            except cf.process.BrokenProcessPool:
+                warnings.warn("skullsearch: the scoring processes stopped (a script that queries must "
+                              "guard its entry point with `if __name__ == \"__main__\":`); scoring the "
+                              "remaining faces in this process", RuntimeWarning, stacklevel=2)
+                for job in jobs[started:]:
+                    yield _score_chunk(*job, *rest)
     else:
         def results():
             for job in jobs:

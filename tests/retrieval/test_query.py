@@ -193,6 +193,35 @@ def test_large_exhaustive_passes_run_on_worker_processes_with_the_same_answer(ca
     assert seen[-1] == len(ids) and seen == sorted(seen)
 
 
+def test_an_exhaustive_pass_whose_processes_die_finishes_in_this_process(case, monkeypatch):
+    import concurrent.futures as cf
+    import importlib
+
+    from skullsearch.retrieval.score import ScoreConfig, rank_order, score
+
+    query_mod = importlib.import_module("skullsearch.retrieval.query")
+    g = Gallery.open(case[0])
+    ids = np.concatenate([(np.int64(s.number) << 24) | np.arange(s.faces) for s in g.shards()])
+    target = g.soft_tissue(ids[[5]])[0]
+    present, sd = np.ones(36, bool), load_table().sd
+
+    class DyingPool(cf.ThreadPoolExecutor):  # the first chunk comes back, then the pool breaks
+        def __init__(self, n, mp_context=None):
+            super().__init__(n)
+
+        def map(self, fn, *args):
+            yield fn(*[a[0] for a in args])
+            raise cf.process.BrokenProcessPool("a worker died")
+
+    monkeypatch.setattr(cf, "ProcessPoolExecutor", DyingPool)
+    monkeypatch.setattr(query_mod, "EXHAUSTIVE_PROCESS_FACES", 0)
+    monkeypatch.setattr(query_mod, "EXHAUSTIVE_CHUNK", 100)
+    with pytest.warns(RuntimeWarning, match="__main__"):
+        got = query_mod.exhaustive_candidates(g, target, present, sd, ScoreConfig(), "s", 10, device=None,
+                                              workers=2)
+    assert list(got) == list(ids[rank_order(score(g.soft_tissue(ids), target, present, sd), "s")[:10]])
+
+
 def test_an_exhaustive_query_is_recorded_and_reruns_exhaustively(case, tmp_path):
     import shutil
 
