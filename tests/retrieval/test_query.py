@@ -31,6 +31,15 @@ def case(default_model, tmp_path_factory):
     return g.path, truth, skull_path, mesh, marks, root, str(table)
 
 
+def noisy_query(g, face_index: int, seed: int, keep: float = 0.75):
+    """Every face id of the gallery, in shard order, and a query near one of them: (ids, target
+    (36, 3) with 2 mm noise, present (36,) with about ``keep`` of the landmarks, table SDs)."""
+    ids = np.concatenate([(np.int64(s.number) << 24) | np.arange(s.faces) for s in g.shards()])
+    rng = np.random.default_rng(seed)
+    target = g.soft_tissue(ids[[face_index]])[0] + rng.normal(scale=2.0, size=(36, 3))
+    return ids, target, rng.random(36) > 1 - keep, load_table().sd
+
+
 def test_the_planted_face_ranks_first(case):
     gpath, truth, skull_path, *_, table = case
     g = Gallery.open(gpath)
@@ -120,11 +129,7 @@ def test_a_shortlist_as_large_as_the_gallery_is_exhaustive_scoring(case, rank_by
     from skullsearch.retrieval.score import rank_order, score
 
     g = Gallery.open(case[0])
-    ids = np.concatenate([(np.int64(s.number) << 24) | np.arange(s.faces) for s in g.shards()])
-    rng = np.random.default_rng(2)
-    target = g.soft_tissue(ids[[7]])[0] + rng.normal(scale=2.0, size=(36, 3))
-    present = rng.random(36) > 0.25
-    sd = load_table().sd
+    ids, target, present, sd = noisy_query(g, 7, seed=2, keep=0.75)
     res = query_points(g, target, present, sd, top=10, shortlist=len(ids), rank_by=rank_by,
                        calibration_sample=0)
     every = score(g.soft_tissue(ids), target, present, sd)
@@ -147,11 +152,7 @@ def test_exhaustive_mode_is_every_face_scored_whatever_the_chunks(case, tmp_path
     shutil.copytree(case[0], tmp_path / "g")
     g = Gallery.open(tmp_path / "g")
     synth(g, 150, seed=5)  # a second shard
-    ids = np.concatenate([(np.int64(s.number) << 24) | np.arange(s.faces) for s in g.shards()])
-    rng = np.random.default_rng(4)
-    target = g.soft_tissue(ids[[420]])[0] + rng.normal(scale=2.0, size=(36, 3))
-    present = rng.random(36) > 0.25
-    sd = load_table().sd
+    ids, target, present, sd = noisy_query(g, 420, seed=4, keep=0.75)
     every = score(g.soft_tissue(ids), target, present, sd)
     want = list(ids[rank_order(every, rank_by)[:10]])
     seen = []
@@ -178,11 +179,7 @@ def test_large_exhaustive_passes_run_on_worker_processes_with_the_same_answer(ca
 
     query_mod = importlib.import_module("skullsearch.retrieval.query")
     g = Gallery.open(case[0])
-    ids = np.concatenate([(np.int64(s.number) << 24) | np.arange(s.faces) for s in g.shards()])
-    rng = np.random.default_rng(6)
-    target = g.soft_tissue(ids[[99]])[0] + rng.normal(scale=2.0, size=(36, 3))
-    present = rng.random(36) > 0.2
-    sd = load_table().sd
+    ids, target, present, sd = noisy_query(g, 99, seed=6, keep=0.8)
     every = score(g.soft_tissue(ids), target, present, sd)
     monkeypatch.setattr(query_mod, "EXHAUSTIVE_PROCESS_FACES", 0)  # every pass is "large"
     monkeypatch.setattr(query_mod, "EXHAUSTIVE_CHUNK", 64)
