@@ -13,10 +13,12 @@ from photos import render_faces
 from skullsearch import Gallery, GalleryError
 from skullsearch.index import store
 
-# One photo per shard and a short fit: these tests are about storage, not fit quality.
+# One photo per shard and a short fit: these tests are about storage, not fit quality. Enough
+# photos that four interrupted runs do not finish the folder between them (the fit is fast).
+N_PHOTOS = 16
 INGEST = (
     "import sys; from skullsearch import Gallery, FitConfig; "
-    "cfg = FitConfig(rigid_steps=20, alternations=1, camera_steps=5, full_steps=10); "
+    "cfg = FitConfig(lm_rigid_iters=3, lm_iters=3); "
     "g = Gallery.open(sys.argv[1]); r = g.ingest([sys.argv[2]], workers=1, chunk_images=1, config=cfg); "
     "print('DONE', r.images_new, r.faces, flush=True)"
 )
@@ -31,7 +33,7 @@ def start_ingest(gallery, folder):
 @pytest.fixture(scope="module")
 def photos(default_model, tmp_path_factory):
     folder = tmp_path_factory.mktemp("crash-photos")
-    render_faces(default_model, folder, 8, seed=11, size=256)
+    render_faces(default_model, folder, N_PHOTOS, seed=11, size=256)
     return folder
 
 
@@ -77,8 +79,8 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(default_model, ph
     assert proc.returncode == 0, err
     assert kills >= 2  # the trials really interrupted ingests
     final = Gallery.open(g.path)
-    check_consistent(final, n_photos=8)
-    assert final.n_faces == 8
+    check_consistent(final, n_photos=N_PHOTOS)
+    assert final.n_faces == N_PHOTOS
     assert not list((g.path / "shards").glob(".tmp-*"))
 
 
@@ -108,7 +110,7 @@ def test_reads_work_while_another_process_ingests(default_model, photos, tmp_pat
         out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err
     assert reads >= 3 and len(seen) >= 2, (reads, seen)  # reads saw the gallery grow
-    check_consistent(Gallery.open(g.path), n_photos=8)
+    check_consistent(Gallery.open(g.path), n_photos=N_PHOTOS)
 
 
 def test_face_ids_are_stable_and_decodable():
