@@ -60,6 +60,15 @@ class _Near(NamedTuple):
     index: object
 
 
+def _positions(sorted_ids: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where each of ``ids`` (n,) sits in the ascending ``sorted_ids`` (m,): (positions (n,),
+    found (n,) bool; a position is meaningless where not found)."""
+    if not len(sorted_ids):
+        return np.zeros(len(ids), np.int64), np.zeros(len(ids), bool)
+    pos = np.minimum(np.searchsorted(sorted_ids, ids), len(sorted_ids) - 1)
+    return pos, sorted_ids[pos] == ids
+
+
 #: the near-duplicate criteria with an index of their own, and the state.json key of each
 NEAR_KEYS = {"codes": "near_codes", "photos": "near_photos"}
 
@@ -348,20 +357,11 @@ class Gallery:
             if cached is not None and cached.mapped and not mmap:
                 cached = None  # a writer needs it in memory: read it again
             if cached is None:
-                delta, base = None, None
-                for _ in range(3):  # a save may replace the file between reading the state and it
-                    state = self._index_state().get(name)
-                    if not (state and set(state["shards"]) <= {s.number for s in shards}):
-                        break
-                    # the file the state names holds exactly state["shards"] (see save_indexes)
-                    path = self.path / "index" / state.get("file", f"{name}.faiss")
-                    try:
-                        base, mapped = vectors.read_index(path, mmap=mmap)
-                        have = set(state["shards"])
-                        break
-                    except (FileNotFoundError, RuntimeError):  # gone (or unreadable): read the state again
-                        base = None
-                if base is None:  # built from the shards
+                delta = None
+                saved = self._read_saved(name, {s.number for s in shards}, mmap=mmap)
+                if saved is not None:
+                    base, mapped, have = saved[0], saved[1], set(saved[2])
+                else:  # built from the shards
                     base = vectors.new_index(*self._index_spec(name), n_expected=sum(s.faces for s in shards),
                                              kind=self._index_kind(name))
                     mapped, have = False, set()
@@ -399,6 +399,38 @@ class Gallery:
                                vectors.joined(vectors.to_gpu(held.base), vectors.to_gpu(held.delta)))
         return self._gpu[name]
 
+    def _read_saved(self, key: str, numbers: set, mmap: bool = False, accept=None):
+        """The index that ``state.json`` names under ``key``, when every shard it holds is among
+        ``numbers`` and ``accept(state entry)`` (if given) holds: (index, mapped, its shards);
+        else None. The file a state names holds exactly its shards (see :meth:`save_indexes`);
+        a save may replace it between reading the state and opening it, so a missing or
+        unreadable file sends us back to the state (three tries)."""
+        for _ in range(3):
+            st = self._index_state().get(key)
+            if not (st and set(st["shards"]) <= numbers and (accept is None or accept(st))):
+                return None
+            try:
+                index, mapped = vectors.read_index(self.path / "index" / st.get("file", f"{key}.faiss"),
+                                                   mmap=mmap)
+            except (FileNotFoundError, RuntimeError):
+                continue
+            return index, mapped, sorted(st["shards"])
+        return None
+
+    @staticmethod
+    def _write_index_file(folder: Path, key: str, index, shards: list, **extra) -> dict:
+        """Write ``index`` under a fresh name (``KEY.<random>.faiss``, via a temporary file) and
+        return its ``state.json`` entry (shards, ntotal, type, file and ``extra``); the caller
+        commits it by writing the state."""
+        import faiss
+
+        fname = f"{key}.{uuid.uuid4().hex[:12]}.faiss"
+        tmp = folder / f".{fname}.tmp"
+        faiss.write_index(index, str(tmp))
+        os.replace(tmp, folder / fname)
+        return {"shards": shards, "ntotal": int(index.ntotal), "type": type(index).__name__, "file": fname,
+                **extra}
+
     def _index_spec(self, name: str) -> tuple[int, str]:
         return (vectors.AUG_DIM, "ip") if name == "shortlist" else (90, "l2")
 
@@ -419,7 +451,6 @@ class Gallery:
 
     def save_indexes(self) -> None:
         """Write both indexes with the shards they hold (atomic). Called by the writer."""
-        import faiss
 
         # Each save writes new files (a fresh name per save) and commits them by the one atomic
         # write of state.json, which names the file and the shards it holds: a kill at any point,
@@ -431,13 +462,7 @@ class Gallery:
         state = self._index_state()
         for name in ("shortlist", "codes"):
             idx = self.index(name, mmap=False)
-            held = self._indexes[name].shards
-            fname = f"{name}.{uuid.uuid4().hex[:12]}.faiss"
-            tmp = folder / f".{fname}.tmp"
-            faiss.write_index(idx, str(tmp))
-            os.replace(tmp, folder / fname)
-            state[name] = {"shards": held, "ntotal": int(idx.ntotal), "type": type(idx).__name__,
-                           "file": fname}
+            state[name] = self._write_index_file(folder, name, idx, self._indexes[name].shards)
         self._save_near(folder, state)
         write_json_atomic(folder / "state.json", state)
         keep = {st["file"] for st in state.values() if isinstance(st, dict) and "file" in st}
@@ -630,39 +655,22 @@ class Gallery:
     def _near_load(self, name: str, numbers: set) -> _Near | None:
         """The saved near-duplicate index, when state.json names one of the current settings
         whose shards are all committed; else None."""
-        import faiss
-
-        for _ in range(3):  # a save may replace the file between reading the state and it
-            st = self._index_state().get(NEAR_KEYS[name])
-            if not (st and set(st["shards"]) <= numbers and st.get("train") == vectors.near_train_size()
-                    and st.get("nlist_max") == vectors.NEAR_NLIST):
-                return None
-            try:
-                index = faiss.read_index(str(self.path / "index" / st["file"]))
-            except (FileNotFoundError, RuntimeError):
-                continue
-            return _Near(sorted(st["shards"]), index)
-        return None
+        saved = self._read_saved(NEAR_KEYS[name], numbers, accept=lambda st: (
+            st.get("train") == vectors.near_train_size() and st.get("nlist_max") == vectors.NEAR_NLIST))
+        return None if saved is None else _Near(saved[2], saved[0])
 
     def _save_near(self, folder: Path, state: dict) -> None:
         """Write each near-duplicate index this gallery holds (up to date) under a fresh name
         into ``state`` (committed by the caller's state.json write)."""
-        import faiss
-
         with self._photo_lock:
             for name in list(self._near):
                 index = self.near_index(name)
                 held = self._near.get(name)
                 if index is None or held is None:
                     continue
-                key = NEAR_KEYS[name]
-                fname = f"{key}.{uuid.uuid4().hex[:12]}.faiss"
-                tmp = folder / f".{fname}.tmp"
-                faiss.write_index(index, str(tmp))
-                os.replace(tmp, folder / fname)
-                state[key] = {"shards": held.shards, "ntotal": int(index.ntotal),
-                              "type": type(index).__name__, "file": fname, "train": vectors.near_train_size(),
-                              "nlist_max": vectors.NEAR_NLIST}
+                state[NEAR_KEYS[name]] = self._write_index_file(
+                    folder, NEAR_KEYS[name], index, held.shards, train=vectors.near_train_size(),
+                    nlist_max=vectors.NEAR_NLIST)
 
     def photo_fingerprints(self, ids) -> np.ndarray:
         """Photo fingerprints (n, 63) float32 of face ids; NaN rows for faces without one."""
@@ -678,16 +686,14 @@ class Gallery:
                     if int(sn) not in known:
                         continue
                     sid, vals = self._shard_fingerprints(known[int(sn)])
-                    pos = np.minimum(np.searchsorted(sid, ids), max(len(sid) - 1, 0))
-                    hit = (shard_no == sn) & (sid[pos] == ids) if len(sid) else np.zeros(len(ids), bool)
+                    pos, hit = _positions(sid, ids)
+                    hit &= shard_no == sn
                     out[hit] = vals[pos[hit]]
                 return out
             photos = self._photo_index()
-            if len(photos.ids):
-                pos = np.minimum(np.searchsorted(photos.ids, ids), len(photos.ids) - 1)
-                hit = photos.ids[pos] == ids
-                if hit.any():
-                    out[hit] = photos.index.reconstruct_batch(pos[hit].astype(np.int64))
+            pos, hit = _positions(photos.ids, ids)
+            if hit.any():
+                out[hit] = photos.index.reconstruct_batch(pos[hit].astype(np.int64))
         return out
 
     def search_shortlist(self, canon: np.ndarray, mask: np.ndarray, k: int,
