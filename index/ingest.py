@@ -396,6 +396,32 @@ def _nearest_earlier(found_d2: np.ndarray, found_ids: np.ndarray, vecs: np.ndarr
     return np.maximum(best, 0.0), of
 
 
+def _flag_nearest(gallery, name: str, queries: np.ndarray, vecs: np.ndarray, valid: np.ndarray,
+                  shard: int, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """The nearest earlier face of each new face under one criterion, when closer than
+    ``threshold``: the gallery's (one batched :meth:`Gallery.near_search` of ``name`` with the
+    valid rows of ``queries``) and those before it in this shard (``vecs`` (n, d), the vectors
+    that search compares). Rows not ``valid`` are never flagged. Returns (face ids (n,) int64, −1
+    where none; L2 distances (n,) float32, NaN where none); threshold ≤ 0 flags nothing."""
+    n = len(vecs)
+    of = np.full(n, -1, np.int64)
+    dist = np.full(n, np.nan, np.float32)
+    if n == 0 or not threshold or threshold <= 0 or not valid.any():
+        return of, dist
+    d2 = np.full(n, np.inf)
+    ids = np.full(n, -1, np.int64)
+    found_d2, found_ids = gallery.near_search(name, queries[valid])
+    if found_d2.shape[1]:
+        rows = np.flatnonzero(valid)
+        hit = found_ids[:, 0] >= 0
+        d2[rows[hit]], ids[rows[hit]] = found_d2[hit, 0], found_ids[hit, 0]
+    best, near = _nearest_earlier(d2, ids, vecs, shard, valid)
+    keep = best <= threshold**2
+    of[keep] = near[keep]
+    dist[keep] = np.sqrt(best[keep])
+    return of, dist
+
+
 def flag_near_duplicates(gallery, codes: np.ndarray, shard: int,
                          threshold: float = NEAR_DUPLICATE_DISTANCE) -> tuple[np.ndarray, np.ndarray]:
     """The identity criterion: the nearest earlier face of each new face, when closer in
@@ -409,22 +435,9 @@ def flag_near_duplicates(gallery, codes: np.ndarray, shard: int,
     """
     from skullsearch.index import vectors
 
-    n = len(codes)
-    of = np.full(n, -1, np.int64)
-    dist = np.full(n, np.nan, np.float32)
-    if n == 0 or not threshold or threshold <= 0:
-        return of, dist
-    d2 = np.full(n, np.inf)
-    ids = np.full(n, -1, np.int64)
-    found_d2, found_ids = gallery.near_search("codes", codes)
-    if found_d2.shape[1]:
-        hit = found_ids[:, 0] >= 0
-        d2[hit], ids[hit] = found_d2[hit, 0], found_ids[hit, 0]
-    best, near = _nearest_earlier(d2, ids, vectors.shape_vectors(codes), shard, np.ones(n, bool))
-    keep = best <= threshold**2
-    of[keep] = near[keep]
-    dist[keep] = np.sqrt(best[keep])
-    return of, dist
+    codes = np.asarray(codes)
+    return _flag_nearest(gallery, "codes", codes, vectors.shape_vectors(codes), np.ones(len(codes), bool),
+                         shard, threshold)
 
 
 def flag_photo_duplicates(gallery, fingerprints: np.ndarray, shard: int,
@@ -440,24 +453,7 @@ def flag_photo_duplicates(gallery, fingerprints: np.ndarray, shard: int,
     float32, NaN where none). threshold ≤ 0 flags nothing.
     """
     fps = np.asarray(fingerprints, np.float32).reshape(-1, 63)
-    n = len(fps)
-    of = np.full(n, -1, np.int64)
-    dist = np.full(n, np.nan, np.float32)
-    valid = ~np.isnan(fps).any(1)
-    if n == 0 or not threshold or threshold <= 0 or not valid.any():
-        return of, dist
-    d2 = np.full(n, np.inf)
-    ids = np.full(n, -1, np.int64)
-    found_d2, found_ids = gallery.near_search("photos", fps[valid])
-    if found_d2.shape[1]:
-        rows = np.flatnonzero(valid)
-        hit = found_ids[:, 0] >= 0
-        d2[rows[hit]], ids[rows[hit]] = found_d2[hit, 0], found_ids[hit, 0]
-    best, near = _nearest_earlier(d2, ids, np.nan_to_num(fps), shard, valid)
-    keep = best <= threshold**2
-    of[keep] = near[keep]
-    dist[keep] = np.sqrt(best[keep])
-    return of, dist
+    return _flag_nearest(gallery, "photos", fps, np.nan_to_num(fps), ~np.isnan(fps).any(1), shard, threshold)
 
 
 def near_duplicate_stage(gallery, codes: np.ndarray, fingerprints: np.ndarray, shard: int,
@@ -483,8 +479,8 @@ def near_duplicate_stage(gallery, codes: np.ndarray, fingerprints: np.ndarray, s
     flagged = np.flatnonzero(of >= 0)
     if len(flagged):
         other = of[flagged]
-        own = store.split_id(other)[0] == shard
-        rows = store.split_id(other)[1]
+        other_shard, rows = store.split_id(other)
+        own = other_shard == shard
         fps = np.asarray(fingerprints, np.float32).reshape(n, 63)
         o_codes = np.zeros((len(flagged), codes.shape[1]), np.float32)
         o_fps = np.full((len(flagged), 63), np.nan, np.float32)
