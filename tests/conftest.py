@@ -1,8 +1,9 @@
 """Shared test set-up.
 
 - ``tests/helpers`` is importable (pytest runs with --import-mode=importlib).
-- Every test session uses its own cache directory, so the open default model is built from
-  anny here, exactly as on a user's first run (anny's compiled kernels are cached by warp).
+- Every test session uses its own cache directory, so the anny model (``anny_model``) is built
+  from anny here, exactly as on a user's first run (anny's compiled kernels are cached by warp);
+  the default model (``default_model``) is the ICT export shipped in the package.
 """
 
 import os
@@ -29,6 +30,14 @@ def default_model():
     from skullsearch import FaceModel
 
     return FaceModel.default()
+
+
+@pytest.fixture(scope="session")
+def anny_model():
+    """The open anny head (``--face-model anny``), built from anny once per session."""
+    from skullsearch import FaceModel
+
+    return FaceModel.builtin("anny")
 
 
 @pytest.fixture(scope="session")

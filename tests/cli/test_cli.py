@@ -34,7 +34,14 @@ def test_help_lists_the_commands(capsys):
 def test_model_info_default(default_model, capsys):
     assert main(["model", "info"]) == 0
     text = capsys.readouterr().out
-    assert "4538" in text and "millimetres" in text and "36 / 36" in text
+    assert "14388" in text and "millimetres" in text and "36 / 36" in text
+    assert "ICT Face Model Light" in text and "MIT" in text  # the licence and attribution
+
+
+def test_model_info_builtin_anny(capsys):
+    assert main(["model", "info", "--face-model", "anny"]) == 0
+    text = capsys.readouterr().out
+    assert "4538" in text and "CC0" in text
 
 
 def test_model_export_writes_a_mesh_with_coloured_landmarks(default_model, tmp_path):

@@ -121,7 +121,7 @@ def test_crop_pads_with_zeros_and_maps_points_back():
 # ---------------------------------------------------------------------------------- network
 def test_forward_shapes_finite_and_differentiable(default_model):
     net = cnn.EncoderCNN.for_model(default_model, widths=(8, 16), input_size=32)
-    assert net.n_shape == 90 and net.n_expression == default_model.n_expression == 52
+    assert net.n_shape == 90 and net.n_expression == default_model.n_expression == 53
     photo = torch.rand(80, 80, 3, requires_grad=True)
     imgs, tr = cnn.crop_faces([photo, photo, photo], np.array([[10, 10, 60, 60], [0, 5, 40, 45],
                                                               [30, 30, 70, 75]], float), size=32)

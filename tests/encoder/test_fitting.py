@@ -55,7 +55,7 @@ def test_recovers_a_known_face_and_camera_from_noiseless_landmarks(default_model
     shape, rot, trans, uv, size = synth(default_model, rig, 8, seed=0)
     res = fit_landmarks(default_model, uv, size, config=FitConfig(), rig=rig)
     assert res.codes.shape == (8, code_layout.CODE_SIZE)
-    assert res.residual_px.max() < 0.6  # px, on a 512 px photo (IOD ≈ 60 px)
+    assert res.residual_px.max() < 0.75  # px, on a 512 px photo (IOD ≈ 60 px)
     parts = code_layout.split(res.codes)
     np.testing.assert_allclose(np.rad2deg(parts.cam_rot[:, 1]), np.rad2deg(rot[:, 1].numpy()), atol=2.0)
     # a photo fixes size/distance only up to scale: compare distance per mm of face width

@@ -106,9 +106,11 @@ def test_masked_shortlist_search_is_exact(default_model, tmp_path):
     dist, got = g.search_shortlist(q, mask, k=20)
     for i in range(5):
         d = ((q[i].reshape(36, 3) - base) ** 2).sum(-1) @ mask[i]  # brute-force masked L2
-        want = ids[np.argsort(d)[:20]]
-        assert list(got[i]) == list(want)
+        # the 20 nearest, in order; faces whose distances tie to float32 precision may swap
         np.testing.assert_allclose(dist[i], np.sort(d)[:20], rtol=1e-3, atol=1e-2)
+        got_d = d[np.searchsorted(ids, got[i])]
+        np.testing.assert_allclose(got_d, np.sort(d)[:20], rtol=1e-4, atol=1e-3)
+        assert len(set(got[i])) == 20
 
 
 def test_canonical_vectors_ignore_rigid_motion_and_absent_landmarks(default_model):

