@@ -153,7 +153,7 @@ def test_a_quarantined_shard_rebuilds_the_index(big, monkeypatch):
     assert g.near_index("codes") is None and "codes" not in g._near  # 300 faces: exact again
 
 
-def test_an_ingest_into_a_large_gallery_flags_through_the_saved_ivf_index(default_model, tmp_path,
+def test_an_ingest_into_a_large_gallery_flags_through_the_saved_ivf_index(anny_model, tmp_path,
                                                                           monkeypatch):
     """Real dlib + fit: a photo, then (a later run) a JPEG copy of it, into a gallery beyond the
     (lowered) limit: the first run builds and saves the IVF indexes, the second reads them and
@@ -163,12 +163,12 @@ def test_an_ingest_into_a_large_gallery_flags_through_the_saved_ivf_index(defaul
 
     monkeypatch.setattr(vectors, "NEAR_EXACT_LIMIT", 500)
     monkeypatch.setattr(vectors, "NEAR_TRAIN", 400)
-    g = Gallery.create(tmp_path / "g", face_model=default_model)
+    g = Gallery.create(tmp_path / "g", face_model=anny_model)
     rng = np.random.default_rng(2)
-    add_shard(g, synth_codes(default_model, 600, rng), _fingerprints(rng, 600))
+    add_shard(g, synth_codes(anny_model, 600, rng), _fingerprints(rng, 600))
     first, second = tmp_path / "a", tmp_path / "b"
     second.mkdir()
-    (path,) = render_faces(default_model, first, 1, seed=21, size=400, prefix="face")
+    (path,) = render_faces(anny_model, first, 1, seed=21, size=400, prefix="face")
     Image.open(path).convert("RGB").save(second / "copy.jpg", quality=85)
     assert g.ingest([first], workers=1).faces == 1
     state = json.loads((g.path / "index" / "state.json").read_text())

