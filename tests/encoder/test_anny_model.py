@@ -3,8 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from anatomy import check_anatomy
-from PIL import Image, ImageDraw
+from anatomy import check_anatomy, render_annotation
 
 from skullsearch import SOFT_TISSUE_NAMES, FaceModel
 from skullsearch.encoder.anny_head import JOINT_NAMES, default_model_path
@@ -116,29 +115,4 @@ def test_packaged_annotation_matches_the_annotator(default_model):
 
 def test_render_with_points(default_model, mean_points, artifacts):
     """A render of the mean face with the points drawn, saved for a person to look at."""
-    from skullsearch.encoder.render import face_camera, render_mesh
-
-    lm = default_model.landmarks68(batch_size=1)[0].numpy()
-    panels = []
-    for yaw in (0, 60):
-        cam = face_camera(yaw_deg=yaw, size=500, orthographic=True, fov_mm=300,
-                          center=np.array([0, -30, -40]))
-        r = render_mesh(default_model.v_template, default_model.faces, cam)
-        assert (r.face_id >= 0).mean() > 0.3
-        im = Image.fromarray(r.image)
-        draw = ImageDraw.Draw(im)
-        for pts, col in ((lm, (30, 80, 230)), (mean_points, (220, 30, 30))):
-            uvz = cam.project(pts)
-            # draw only the points visible from this camera (z-buffer test)
-            for k, (u, v_, z) in enumerate(uvz):
-                row, colm = int(v_), int(u)
-                if r.depth[row, colm] + 2.0 < z:
-                    continue
-                draw.ellipse([u - 3, v_ - 3, u + 3, v_ + 3], fill=col)
-                if col[0] == 220:
-                    draw.text((u + 4, v_ - 5), SOFT_TISSUE_NAMES[k], fill=(0, 0, 0))
-        panels.append(im)
-    sheet = Image.new("RGB", (1000, 500), "white")
-    sheet.paste(panels[0], (0, 0))
-    sheet.paste(panels[1], (500, 0))
-    sheet.save(artifacts / "anny_model_annotation.png")
+    render_annotation(default_model, mean_points, artifacts / "anny_model_annotation.png")

@@ -6,13 +6,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from anatomy import check_anatomy
+from anatomy import check_anatomy, render_annotation
 
 from skullsearch import SOFT_TISSUE_NAMES, FaceModel, FaceModelError
 from skullsearch.encoder import ict_head
 from skullsearch.encoder.annotate import _skin
 
-SHARED_SOURCE = Path(__file__).resolve().parents[3] / "shared/models/ict-face-model-light/ict_face_model_light.npz"
+SHARED_SOURCE = (Path(__file__).resolve().parents[3]
+                 / "shared/models/ict-face-model-light/ict_face_model_light.npz")
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +89,11 @@ def test_the_neck_turns_the_head_rigidly(default_model):
 
 def test_annotation_anatomy(mean_points):
     check_anatomy(mean_points)
+
+
+def test_render_with_points(default_model, mean_points, artifacts):
+    """The README's picture (docs/default_model_annotation.png), regenerated for a person to see."""
+    render_annotation(default_model, mean_points, artifacts / "default_model_annotation.png")
 
 
 def test_annotation_is_the_annotators_from_the_source_landmarks(default_model):

@@ -41,3 +41,36 @@ def check_anatomy(mean_points):
     assert p["mso_l"][1] > p["mio_l"][1]  # above and below the eye
     assert 90 < np.linalg.norm(p["n"] - p["me"]) < 145  # face height
     assert 160 < np.linalg.norm(p["g"] - p["op"]) < 210  # head length
+
+
+def render_annotation(model, mean_points, path):
+    """Front and 60° renders of the mean face with its 68 landmarks (blue) and 36 soft-tissue
+    points (red), saved to ``path`` for a person to look at."""
+    from PIL import Image, ImageDraw
+
+    from skullsearch.encoder.render import face_camera, render_mesh
+
+    lm = model.landmarks68(batch_size=1)[0].numpy()
+    panels = []
+    for yaw in (0, 60):
+        cam = face_camera(yaw_deg=yaw, size=500, orthographic=True, fov_mm=300,
+                          center=np.array([0, -30, -40]))
+        r = render_mesh(model.v_template, model.faces, cam)
+        assert (r.face_id >= 0).mean() > 0.3
+        im = Image.fromarray(r.image)
+        draw = ImageDraw.Draw(im)
+        for pts, col in ((lm, (30, 80, 230)), (mean_points, (220, 30, 30))):
+            uvz = cam.project(pts)
+            # draw only the points visible from this camera (z-buffer test)
+            for k, (u, v_, z) in enumerate(uvz):
+                row, colm = int(v_), int(u)
+                if r.depth[row, colm] + 2.0 < z:
+                    continue
+                draw.ellipse([u - 3, v_ - 3, u + 3, v_ + 3], fill=col)
+                if col[0] == 220:
+                    draw.text((u + 4, v_ - 5), SOFT_TISSUE_NAMES[k], fill=(0, 0, 0))
+        panels.append(im)
+    sheet = Image.new("RGB", (1000, 500), "white")
+    sheet.paste(panels[0], (0, 0))
+    sheet.paste(panels[1], (500, 0))
+    sheet.save(path)
