@@ -392,7 +392,16 @@ def annotation_for(model):
         with torch.no_grad():
             lm68 = model.landmarks68(batch_size=1)[0].numpy().astype(np.float64)
     log.info("annotating the face model's soft-tissue points (topology %s)", h[:16])
-    lm, st = annotate(model.v_template, model.faces, lm68)
+    try:
+        lm, st = annotate(model.v_template, model.faces, lm68)
+    except LandmarkError:
+        raise
+    except (ValueError, IndexError, FloatingPointError, np.linalg.LinAlgError) as e:
+        raise LandmarkError(
+            f"the automatic annotator could not place the soft-tissue points ({e}): the mesh does "
+            "not look like a head in the face frame (millimetres, +y up, +z out of the face) "
+            "with its 68 landmarks on the face; check the file, or give the 36 points as "
+            "soft_tissue=FILE.json (--soft-tissue FILE.json)") from None
     if model.landmarks is None:
         model.landmarks = lm
     write_annotation(cached, h, lm, st, source=model.meta.get("name", "user model"))

@@ -217,3 +217,22 @@ def test_user_flame_file_is_annotated_automatically(tmp_path, anny_model):
     # the annotation is cached per topology: a second load does not annotate again
     again = FaceModel.load(path)
     np.testing.assert_array_equal(again.soft_tissue_points.faces, user.soft_tissue_points.faces)
+
+
+def test_a_model_the_annotator_cannot_read_says_what_to_pass(tmp_path, default_model):
+    """A FLAME-layout file whose geometry is not a head (random points, with a landmark
+    embedding): it loads, and asking for its soft-tissue points names the fix."""
+    from skullsearch.encoder import flame_io
+
+    m = default_model
+    rng = np.random.default_rng(0)
+    flame_io.write_face_model_npz(tmp_path / "blob.npz", {
+        "v_template": rng.normal(size=m.v_template.shape).astype(np.float32) * 80,
+        "faces": m.faces, "shapedirs": m.shapedirs[:, :, :5], "exprdirs": m.exprdirs[:, :, :0],
+        "posedirs": m.posedirs, "J_regressor": m.j_regressor, "weights": m.weights,
+        "parents": m.parents, "landmarks": m.landmarks})
+    blob = FaceModel.load(tmp_path / "blob.npz")
+    assert blob.soft_tissue_points is None
+    assert "does not look like a head" in blob.meta["annotation_error"]
+    with pytest.raises(LandmarkError, match="soft_tissue=FILE.json"):
+        blob.soft_tissue(batch_size=1)
