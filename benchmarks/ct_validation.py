@@ -18,6 +18,8 @@ For every head (``--ct``, default the shared Stanford/UNC CThead) and every face
    skin over the model's face region (NoW-style: brow to chin, between the zygia): distance of
    every face-region vertex to the skin surface, mean / p90 / max, for
    - ``reconstruction``: the F3DMM-GC face as placed on the skull;
+   - ``reconstruction_map``: F3DMM-GC as a MAP fit (``FitWeights(landmark_sigma=True)``:
+     landmarks weighted by 1/σ², no boosting towards S = 1);
    - ``mean_face``: the model's mean face placed by the same superimposition (the scorer's
      bounded-scale similarity fit to the extended landmarks);
    - ``candidate``: the best retrieved face as is, placed by its scoring transform.
@@ -100,6 +102,7 @@ def pipeline_report(model, skull, skin, faces: int, seed: int, folder: Path) -> 
     """(b): query a synthetic gallery, reconstruct the best face, compare three faces to the skin."""
     from skullsearch.encoder.face_model import face_region
     from skullsearch.index.synth import synth
+    from skullsearch.inpaint.fit import FitWeights
     from skullsearch.inpaint.reconstruct import reconstruct
     from skullsearch.retrieval.query import Gallery, aligned_faces, query
     from skullsearch.retrieval.score import ScoreConfig, score
@@ -115,6 +118,8 @@ def pipeline_report(model, skull, skin, faces: int, seed: int, folder: Path) -> 
     t = time.time()
     rec = reconstruct(skull, result, gallery=g, method="fit", candidates=1, record=False)[0]
     t_rec = time.time() - t
+    rec_map = reconstruct(skull, result, gallery=g, method="fit", candidates=1, record=False,
+                          fit_weights=FitWeights(landmark_sigma=True))[0]
     region = face_region(model)
 
     target = np.asarray(result.target, np.float64)
@@ -127,11 +132,13 @@ def pipeline_report(model, skull, skin, faces: int, seed: int, folder: Path) -> 
     cand_v, _ = aligned_faces(g, [best])
     faces_out = {
         "reconstruction": _stats(skin_distance(skin, np.asarray(rec.vertices_skull)[region])),
+        "reconstruction_map": _stats(skin_distance(skin, np.asarray(rec_map.vertices_skull)[region])),
         "mean_face": _stats(skin_distance(skin, mean_v[region])),
         "candidate": _stats(skin_distance(skin, cand_v[0][region])),
     }
     faces_out["reconstruction"].update(s=round(rec.s_after, 3), matched=rec.matched_after,
                                        present=rec.present)
+    faces_out["reconstruction_map"].update(s=round(rec_map.s_after, 3), matched=rec_map.matched_after)
     faces_out["mean_face"].update(s=round(float(sc.s[0]), 3), matched=int(sc.matched[0]))
     faces_out["candidate"].update(s=round(best.s, 3), matched=int(best.matched))
     return {"faces": faces_out, "gallery_faces": faces,
@@ -182,6 +189,7 @@ def main() -> None:
                 rep["models"][name] = r
                 f = r["faces"]
                 print(f"  {name}: reconstruction {f['reconstruction']['mean_mm']:.2f} mm "
+                      f"(MAP {f['reconstruction_map']['mean_mm']:.2f}) "
                       f"(p90 {f['reconstruction']['p90_mm']:.2f}), mean face "
                       f"{f['mean_face']['mean_mm']:.2f}, candidate {f['candidate']['mean_mm']:.2f}",
                       file=sys.stderr)

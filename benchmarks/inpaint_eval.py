@@ -58,11 +58,20 @@ def main(argv=None) -> dict:
     ap.add_argument("--gan-size", type=int, default=64)
     ap.add_argument("--gan-width", type=int, default=16, help="G/D base channels (small for a CPU)")
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--prior-quantile", default="0.999",
+                    help="F3DMM-GC's prior bound (FitWeights.prior_quantile); 'none' disables it")
+    ap.add_argument("--face-model", default="ict", help="a built-in model: ict (default) or anny")
+    ap.add_argument("--landmark-sigma", action="store_true",
+                    help="F3DMM-GC as a MAP fit: landmarks weighted by 1/σ², no boosting")
     args = ap.parse_args(argv)
+    from skullsearch.inpaint.fit import FitWeights
+
+    fit_weights = FitWeights(prior_quantile=None if args.prior_quantile == "none"
+                             else float(args.prior_quantile), landmark_sigma=args.landmark_sigma)
 
     from skullsearch.retrieval.synthetic import synthetic_skull
 
-    model = FaceModel.default()
+    model = FaceModel.builtin(args.face_model)
     face = face_region(model)
     tmp = Path(tempfile.mkdtemp(prefix="inpaint-eval-"))
     try:
@@ -96,7 +105,8 @@ def main(argv=None) -> dict:
             skull = Skull.load(path)
             truth = np.asarray(sk.face_vertices, np.float64)[face]
             for m in methods:
-                res = reconstruct(skull, g, candidates=args.candidates, method=m, record=False)
+                res = reconstruct(skull, g, candidates=args.candidates, method=m, record=False,
+                                  fit_weights=fit_weights if m == "fit" else None)
                 placed = _candidates_placed(g, res)
                 for r, before in zip(res, placed, strict=True):
                     d = np.linalg.norm(r.vertices_skull.astype(np.float64)[face] - truth, axis=1)
@@ -145,6 +155,9 @@ def main(argv=None) -> dict:
                   f"mutual {o['mutual_mean_mm']} / {o['mutual_max_mm']} mm; "
                   f"{o['iterations']:.1f} iterations, {o['seconds']:.2f} s per reconstruction")
         print(gan_note)
+        out.update(face_model=args.face_model, prior_quantile=args.prior_quantile,
+                   landmark_sigma=args.landmark_sigma,
+                   depth_noise_sd=args.depth_noise)
         emit(out)
         return out
     finally:

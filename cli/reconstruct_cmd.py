@@ -40,16 +40,25 @@ def reconstruct_cmd(
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Write reconstruction.json here too.")
     ] = None,
+    fit: Annotated[
+        str, typer.Option(help="F3DMM-GC: map (landmarks weighted by their table SDs, one "
+                               "solve: the most probable face) or paper (re-weighted towards S = 1).")
+    ] = "map",
 ):
     """Re-synthesize the query's best faces so that they pass through the skull's extended landmarks."""
     from skullsearch import Gallery, Skull
+    from skullsearch.inpaint.fit import FitWeights
     from skullsearch.inpaint.reconstruct import reconstruct
+
+    if fit not in ("map", "paper"):
+        raise typer.BadParameter("--fit must be map or paper")
 
     g = Gallery.open(gallery)
     skull = Skull.load(skull_path, landmarks=landmarks, units=units)
     with err.status("re-synthesizing…") if err.is_terminal else _null():
         res = reconstruct(skull, g, candidates=candidates, method=method, inpainter=inpainter, out=out_dir,
-                          tissue_table=tissue_table, sex=sex, iterations=iterations or None)
+                          tissue_table=tissue_table, sex=sex, iterations=iterations or None,
+                          fit_weights=FitWeights(landmark_sigma=fit == "map"))
     for w in res.warnings:
         err.print(f"[yellow]warning:[/] {w}", highlight=False)
     t = Table(title=f"{skull_path.name} — query {res.query_id}, {int(res.present.sum())} landmarks; "

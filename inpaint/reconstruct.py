@@ -405,7 +405,8 @@ def _run(model, skull, codes, neutral_points, target, present, sd, cfg, g_depth,
     setup = time.perf_counter() - t0
     if method == "fit":
         res = f3dmm_gc(model, codes, tgt_face, present, keep, kept_positions=base, definite_target=d_face,
-                       eta=eta[None] / before.scale[:, None], weights=fit_weights,
+                       eta=eta[None] / before.scale[:, None],
+                       sigma=cfg.sigma(sd)[None] / before.scale[:, None], weights=fit_weights,
                        iterations=iterations or 12, jaw=jaw, expression=expression)
         new_codes, verts, pts = res.codes, res.vertices.astype(np.float64), res.points.astype(np.float64)
         losses, iters = res.losses, [int(i) for i in res.iterations]

@@ -76,7 +76,8 @@ def test_f3dmm_gc_reaches_s_1_on_a_reachable_target(default_model, reachable):
     # the inverse of the score's transform brings the target back next to each candidate
     assert np.allclose(np.linalg.norm(tgt_face - pts, axis=-1) * before.scale[:, None], before.distance_mm)
     res = f3dmm_gc(m, code_layout.pack(shape=shapes), tgt_face, present, ~revise,
-                   eta=cfg.thresholds(sd)[None] / before.scale[:, None])
+                   eta=cfg.thresholds(sd)[None] / before.scale[:, None],
+                   weights=FitWeights(landmark_sigma=False))  # the paper's re-weighting
     after = score(res.points, target, present, sd, cfg)
     assert (after.s == 1.0).all() and res.within_margin.all()
     assert (res.iterations >= 1).all() and all(len(h) == it for h, it in zip(res.losses, res.iterations,
@@ -89,6 +90,42 @@ def test_f3dmm_gc_reaches_s_1_on_a_reachable_target(default_model, reachable):
                            expression=torch.as_tensor(parts.expression[:, : m.n_expression])).numpy()
     assert np.abs(again - res.vertices).max() < 1e-2
     assert np.abs(res.codes[:, code_layout.SLICES["light"]] - 0).max() == 0  # untouched parts stay
+
+
+def test_the_default_map_fit_weighs_landmarks_by_their_sds(default_model, reachable):
+    """The default F3DMM-GC (FitWeights().landmark_sigma): one solve with each landmark weighted by
+    1/σ²; it moves the candidates towards the landmarks, less far than the paper's re-weighting
+    and with smaller coefficients, and a landmark with a large σ pulls less."""
+    m = default_model
+    shapes, pts, target = reachable
+    sd = load_table().sd
+    cfg = ScoreConfig()
+    present = np.ones(36, bool)
+    before = score(pts, target, present, sd, cfg)
+    regions = face_regions(m)
+    revise = np.stack([revised_vertices(regions, f, present) for f in before.matched_flags])
+    tgt_face = to_face_frame(target, before.scale, before.rotation, before.translation)
+    args = (m, code_layout.pack(shape=shapes), tgt_face, present, ~revise)
+    eta = cfg.thresholds(sd)[None] / before.scale[:, None]
+    sigma = cfg.sigma(sd)[None] / before.scale[:, None]
+    assert FitWeights().landmark_sigma
+    fit = f3dmm_gc(*args, eta=eta, sigma=sigma)
+    paper = f3dmm_gc(*args, eta=eta, sigma=sigma, weights=FitWeights(landmark_sigma=False))
+    after = score(fit.points, target, present, sd, cfg)
+    assert (fit.iterations == 1).all()
+    assert after.s.mean() > before.s.mean()
+    d_before = np.linalg.norm(pts - tgt_face, axis=-1).mean()
+    assert np.linalg.norm(fit.points - tgt_face, axis=-1).mean() < d_before
+    n_fit = np.linalg.norm(code_layout.split(fit.codes).shape, axis=1)
+    n_paper = np.linalg.norm(code_layout.split(paper.codes).shape, axis=1)
+    assert (n_fit <= n_paper + 1e-6).all()
+    # a landmark 100× less certain pulls less
+    loose = sigma.copy()
+    loose[:, 0] *= 100
+    fit_loose = f3dmm_gc(*args, eta=eta, sigma=loose)
+    d0 = np.linalg.norm(fit.points[:, 0] - tgt_face[:, 0], axis=-1)
+    d1 = np.linalg.norm(fit_loose.points[:, 0] - tgt_face[:, 0], axis=-1)
+    assert (d1 >= d0 - 1e-6).all() and d1.mean() > d0.mean()
 
 
 def test_kept_and_definite_vertices_pull(default_model, reachable):

@@ -14,6 +14,7 @@ import skullsearch
 from skullsearch import SOFT_TISSUE_NAMES, Gallery, QueryResult, Skull
 from skullsearch.cli.app import app, main
 from skullsearch.index.synth import synth
+from skullsearch.inpaint.fit import FitWeights
 from skullsearch.inpaint.reconstruct import ReconstructionError, reconstruct
 from skullsearch.inpaint.regions import face_regions
 from skullsearch.retrieval.tissue import load_table
@@ -43,8 +44,10 @@ def case(default_model, tmp_path_factory):
 def fitted(case):
     g = Gallery.open(case["g"])
     out = case["root"] / "out"
+    # the paper's re-weighting towards S = 1 (FitWeights(landmark_sigma=False)): these tests check
+    # that the meshes pass through the extended landmarks
     res = skullsearch.reconstruct(Skull.load(case["skull"]), g, candidates=3, method="fit", out=out,
-                                  tissue_table=case["table"])
+                                  tissue_table=case["table"], fit_weights=FitWeights(landmark_sigma=False))
     return g, res, out
 
 
@@ -96,7 +99,8 @@ def test_a_query_result_can_be_given_with_its_gallery(case, fitted):
     g, res, _ = fitted
     skull = Skull.load(case["skull"])
     q = g.query(skull, top=5, tissue_table=case["table"], record=False)
-    again = reconstruct(skull, q, gallery=g, candidates=2, method="fit")
+    again = reconstruct(skull, q, gallery=g, candidates=2, method="fit",
+                        fit_weights=FitWeights(landmark_sigma=False))
     assert [r.face_id for r in again] == [r.face_id for r in res][:2]
     assert again.query_id is None and again.out is None
     # the same fit in a batch of another size: equal to float32 rounding (10 µm)
@@ -139,7 +143,7 @@ def test_cli_reconstruct(case, tmp_path, capsys):
     out, js = tmp_path / "out", tmp_path / "r.json"
     res = CliRunner().invoke(app, ["reconstruct", str(case["skull"]), "--gallery", str(case["g"]),
                                    "--candidates", "2", "--method", "fit", "--out", str(out),
-                                   "--tissue-table", case["table"], "--json", str(js)])
+                                   "--tissue-table", case["table"], "--json", str(js), "--fit", "paper"])
     assert res.exit_code == 0, res.output
     assert "F3DMM-GC" in res.output and "→1.00" in res.output and "36/36" in res.output
     data = json.loads(js.read_text())
@@ -216,3 +220,16 @@ def test_definite_targets_on_a_known_surface():
     r = np.linalg.norm(t[0, 1:40], axis=1)
     assert np.allclose(r, 55.0, atol=0.3)  # the surface (within the mesh's facets) + 5 mm outward
     assert np.allclose(t[0, 1:40] / r[:, None], dirs[1:], atol=0.02)
+
+
+def test_cli_reconstruct_default_is_the_map_fit(case, tmp_path):
+    js = tmp_path / "r.json"
+    res = CliRunner().invoke(app, ["reconstruct", str(case["skull"]), "--gallery", str(case["g"]),
+                                   "--candidates", "1", "--method", "fit", "--tissue-table", case["table"],
+                                   "--json", str(js)])
+    assert res.exit_code == 0, res.output
+    (c,) = json.loads(js.read_text())["candidates"]
+    assert c["iterations"] == 1 and c["s_after"] >= c["s_before"]
+    bad = CliRunner().invoke(app, ["reconstruct", str(case["skull"]), "--gallery", str(case["g"]),
+                                   "--fit", "exact"])
+    assert bad.exit_code != 0 and "map or paper" in bad.output
