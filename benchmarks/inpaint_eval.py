@@ -61,13 +61,14 @@ def main(argv=None) -> dict:
     ap.add_argument("--prior-quantile", default="0.999",
                     help="F3DMM-GC's prior bound (FitWeights.prior_quantile); 'none' disables it")
     ap.add_argument("--face-model", default="ict", help="a built-in model: ict (default) or anny")
-    ap.add_argument("--landmark-sigma", action="store_true",
-                    help="F3DMM-GC as a MAP fit: landmarks weighted by 1/σ², no boosting")
+    ap.add_argument("--fit", choices=("map", "paper"), default="map",
+                    help="F3DMM-GC: map (the default: landmarks weighted by 1/σ², one solve) or "
+                         "paper (re-weighted towards S = 1)")
     args = ap.parse_args(argv)
     from skullsearch.inpaint.fit import FitWeights
 
     fit_weights = FitWeights(prior_quantile=None if args.prior_quantile == "none"
-                             else float(args.prior_quantile), landmark_sigma=args.landmark_sigma)
+                             else float(args.prior_quantile), landmark_sigma=args.fit == "map")
 
     from skullsearch.retrieval.synthetic import synthetic_skull
 
@@ -156,7 +157,7 @@ def main(argv=None) -> dict:
                   f"{o['iterations']:.1f} iterations, {o['seconds']:.2f} s per reconstruction")
         print(gan_note)
         out.update(face_model=args.face_model, prior_quantile=args.prior_quantile,
-                   landmark_sigma=args.landmark_sigma,
+                   fit_mode=args.fit,
                    depth_noise_sd=args.depth_noise)
         emit(out)
         return out
