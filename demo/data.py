@@ -1,11 +1,11 @@
-"""Demo data on the open default face model: synthetic portrait photos and a query skull.
+"""Demo data on the default face model (ICT): synthetic portrait photos and a query skull.
 
     python demo/data.py photos OUT/photos [--persons 12] [--per-person 2] [--seed 0]
     python demo/data.py skull --gallery OUT/gallery --person person_05 --out OUT/case
     python demo/data.py check OUT/query.json --truth OUT/case/truth.json
 
 **What is synthetic here.** The photos are renders (Lambertian, one light, 512 px) of random
-heads of the open model (anny); they go through the real dlib detector and the real encoder in
+heads of the default model (ICT); they go through the real dlib detector and the real encoder in
 ``skullsearch ingest`` like any photo. The skull is made *under a face of the gallery* — the face
 the encoder recovered from that person's first photo — by
 :func:`skullsearch.retrieval.synthetic.synthetic_skull` (the inner offset surface of the face at

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# The end-to-end demo on the open default face model, offline: photos → gallery → skull query →
+# The end-to-end demo on the default face model (ICT), offline: photos → gallery → skull query →
 # re-synthesis → HTML case report. `make demo` runs it; sizes can be changed:
 #   PERSONS=12 PER_PERSON=2 SYNTH=3000 bash demo/run.sh demo-out
 # What is synthetic (said again in the output): the photos are renders of random heads of the
-# open model (they go through the real dlib detector and encoder), the extra SYNTH faces have no
+# default model (they go through the real dlib detector and encoder), the extra SYNTH faces have no
 # photos (codes from the model's prior), and the skull is made under one gallery face.
 set -euo pipefail
 OUT=${1:-demo-out}
@@ -20,7 +20,7 @@ run() { printf '$ %s\n' "$*"; "$@"; }
 rm -rf "$OUT/photos" "$OUT/gallery" "$OUT/case" "$OUT/reconstruction" "$OUT/report.html" "$OUT/query.json"
 mkdir -p "$OUT"
 
-step "1. photos: $PERSONS persons × $PER_PERSON synthetic portraits (renders of the open model)"
+step "1. photos: $PERSONS persons × $PER_PERSON synthetic portraits (renders of the default model)"
 run "$PY" "$here/data.py" photos "$OUT/photos" --persons "$PERSONS" --per-person "$PER_PERSON"
 
 step "2. gallery: the photos through the real detector and encoder, plus $SYNTH photo-less synthetic faces"
@@ -46,7 +46,7 @@ run "$SS" report "$qid" --gallery "$OUT/gallery" --reconstruction "$OUT/reconstr
 cat <<MSG
 
 Done. Open $OUT/report.html in a browser (it needs no network).
-Synthetic parts: the photos (renders of the open model's random heads; real detector and
+Synthetic parts: the photos (renders of the default model's random heads; real detector and
 encoder), the $SYNTH extra faces (no photos) and the skull (made under a gallery face).
 On real data: skullsearch ingest /your/photos --gallery G [--face-model FLAME.pkl], then
 skullsearch query skull.ply --gallery G --report report.html with the skull's landmarks in

@@ -203,3 +203,14 @@ def test_truncated_packaged_style_file_is_a_clear_error(tmp_path, default_model)
     (tmp_path / "cut.npz").write_bytes(data[: len(data) // 2])
     with pytest.raises(FaceModelError, match="cannot read cut.npz"):
         FaceModel.load(tmp_path / "cut.npz")
+
+
+def test_a_gallery_of_the_anny_model_refuses_the_new_default(tmp_path, default_model, anny_model):
+    """Galleries built before the ICT default hold anny's faces: opening one with the default
+    says why it refuses and what to do."""
+    from skullsearch import Gallery, GalleryError
+
+    Gallery.create(tmp_path / "g", face_model=anny_model)
+    with pytest.raises(GalleryError, match="cannot be mixed: use a new gallery for this model"):
+        Gallery.create(tmp_path / "g", face_model=default_model, exist_ok=True)
+    assert Gallery.open(tmp_path / "g").face_model.fingerprint == anny_model.fingerprint

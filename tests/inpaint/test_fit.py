@@ -62,17 +62,24 @@ def reachable(default_model):
     return shapes[1:], pts[1:], target
 
 
-def test_f3dmm_gc_reaches_s_1_on_a_reachable_target(default_model, reachable):
-    m = default_model
+def _placed(model, reachable):
+    """The reachable case scored and brought into each candidate's face frame: (shapes, pts,
+    target, sd, cfg, present, before, revise, tgt_face)."""
     shapes, pts, target = reachable
     sd = load_table().sd
     cfg = ScoreConfig()
     present = np.ones(36, bool)
     before = score(pts, target, present, sd, cfg)
-    assert (before.s < 0.9).all()
-    regions = face_regions(m)
+    regions = face_regions(model)
     revise = np.stack([revised_vertices(regions, f, present) for f in before.matched_flags])
     tgt_face = to_face_frame(target, before.scale, before.rotation, before.translation)
+    return shapes, pts, target, sd, cfg, present, before, revise, tgt_face
+
+
+def test_f3dmm_gc_reaches_s_1_on_a_reachable_target(default_model, reachable):
+    m = default_model
+    shapes, pts, target, sd, cfg, present, before, revise, tgt_face = _placed(m, reachable)
+    assert (before.s < 0.9).all()
     # the inverse of the score's transform brings the target back next to each candidate
     assert np.allclose(np.linalg.norm(tgt_face - pts, axis=-1) * before.scale[:, None], before.distance_mm)
     res = f3dmm_gc(m, code_layout.pack(shape=shapes), tgt_face, present, ~revise,
@@ -97,14 +104,7 @@ def test_the_default_map_fit_weighs_landmarks_by_their_sds(default_model, reacha
     1/σ²; it moves the candidates towards the landmarks, less far than the paper's re-weighting
     and with smaller coefficients, and a landmark with a large σ pulls less."""
     m = default_model
-    shapes, pts, target = reachable
-    sd = load_table().sd
-    cfg = ScoreConfig()
-    present = np.ones(36, bool)
-    before = score(pts, target, present, sd, cfg)
-    regions = face_regions(m)
-    revise = np.stack([revised_vertices(regions, f, present) for f in before.matched_flags])
-    tgt_face = to_face_frame(target, before.scale, before.rotation, before.translation)
+    shapes, pts, target, sd, cfg, present, before, revise, tgt_face = _placed(m, reachable)
     args = (m, code_layout.pack(shape=shapes), tgt_face, present, ~revise)
     eta = cfg.thresholds(sd)[None] / before.scale[:, None]
     sigma = cfg.sigma(sd)[None] / before.scale[:, None]
