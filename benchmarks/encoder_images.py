@@ -31,9 +31,10 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=48)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--face-model", default=None, help="a built-in name (ict, anny) or a model file")
     args = ap.parse_args(argv)
     rng = np.random.default_rng(args.seed)
-    model = FaceModel.default()
+    model = FaceModel.from_env(args.face_model)
     mask = face_region(model)
     shape, expr, pose = random_faces(model, args.images, rng, expr_scale=0.1)
     folder = Path(tempfile.mkdtemp(prefix="skullsearch-bench-"))
@@ -54,15 +55,21 @@ def main(argv=None):
         truth = model.vertices(shape=shape[idx]).numpy()[:, mask]
         fit = code_vertices(model, codes).numpy()[:, mask]
     err = np.linalg.norm(align(fit, truth) - truth, axis=-1)
+    mean_face = np.broadcast_to(model.v_template[mask], truth.shape)
+    err0 = np.linalg.norm(align(mean_face, truth) - truth, axis=-1)
     found = len(faces)
     print(f"found {found}/{args.images} faces; residual {np.mean([f.residual_px for f in faces]):.2f} px; "
-          f"identity error {err.mean():.2f} mm mean, {err.max(1).mean():.2f} mm max")
+          f"identity error {err.mean():.2f} mm mean, {err.max(1).mean():.2f} mm max "
+          f"(the mean face: {err0.mean():.2f} / {err0.max(1).mean():.2f}; "
+          f"ratio {err.mean() / err0.mean():.2f})")
     print(f"decode {args.images / (t1 - t0):.0f} img/s, detect {args.images / (t2 - t1):.1f} img/s, "
           f"fit {found / (t3 - t2):.1f} faces/s (one process)")
     emit({
         "images": args.images, "faces_found": found,
         "residual_px": round(float(np.mean([f.residual_px for f in faces])), 3),
         "mean_mm": round(float(err.mean()), 3), "max_mm": round(float(err.max(1).mean()), 3),
+        "mean_face_mean_mm": round(float(err0.mean()), 3),
+        "ratio_to_mean_face": round(float(err.mean() / err0.mean()), 3),
         "decode_images_per_s": round(args.images / (t1 - t0), 1),
         "detect_images_per_s": round(args.images / (t2 - t1), 2),
         "fit_faces_per_s": round(found / (t3 - t2), 2),

@@ -477,7 +477,7 @@ class FaceModel:
             "expression components": self.n_expression,
             "joints": self.n_joints,
             "pose-corrective blend shapes": bool(np.any(self.posedirs)),
-            "landmarks (68 iBUG)": "yes" if lm is not None else "no",
+            "landmarks (68 iBUG)": (self.meta.get("landmarks68", "yes") if lm is not None else "no"),
             "dynamic contour": "yes" if getattr(self.landmarks, "dynamic_faces", None) is not None
             else "no",
             "soft-tissue points": f"{len(self.soft_tissue_points)} / {len(SOFT_TISSUE_NAMES)}"

@@ -88,3 +88,14 @@ def test_malicious_model_file_is_refused(tmp_path):
     code, _, stderr = run_cli("model", "info", "--face-model", bad)
     assert code == 2 and "Traceback" not in stderr and "refus" in stderr
     assert not marker.exists()
+
+
+def test_model_calibrate_writes_a_calibrated_model(tmp_path, capsys):
+    from skullsearch import FaceModel
+
+    out = tmp_path / "cal.npz"
+    assert main(["model", "calibrate", str(out), "--photos", "3", "--seed", "2"]) == 0
+    assert "dlib found" in capsys.readouterr().out
+    cal = FaceModel.load(out, annotate=False)
+    assert "calibrated to dlib on" in cal.meta["landmarks68"] and cal.soft_tissue_points is not None
+    assert main(["model", "calibrate", str(out), "--photos", "0"]) != 0

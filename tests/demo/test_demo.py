@@ -33,4 +33,4 @@ def test_demo_runs_end_to_end_and_finds_the_true_person(tmp_path, default_model)
     html = (out / "report.html").read_text(encoding="utf-8")
     assert recon["query_id"] in html and "<script src" not in html
     # it says plainly what is synthetic
-    assert "Synthetic parts" in log and "renders of the open model" in log
+    assert "Synthetic parts" in log and "renders of the default model" in log

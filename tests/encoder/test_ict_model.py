@@ -8,7 +8,7 @@ import pytest
 import torch
 from anatomy import check_anatomy, render_annotation
 
-from skullsearch import SOFT_TISSUE_NAMES, FaceModel, FaceModelError
+from skullsearch import SOFT_TISSUE_NAMES, FaceModel, FaceModelError, LandmarkError
 from skullsearch.encoder import ict_head
 from skullsearch.encoder.annotate import _skin
 
@@ -101,8 +101,8 @@ def test_annotation_is_the_annotators_from_the_source_landmarks(default_model):
     landmarks (re-run the export if the annotator changes)."""
     from skullsearch.encoder.annotate import annotate
 
+    lm = default_model.v_template[default_model.meta["source_landmarks68"]].astype(np.float64)
     with torch.no_grad():
-        lm = default_model.landmarks68(batch_size=1)[0].double().numpy()
         shipped = default_model.soft_tissue(batch_size=1)[0].numpy()
     _, st = annotate(default_model.v_template, default_model.faces, lm)
     verts = torch.as_tensor(default_model.v_template)[None]
@@ -150,7 +150,7 @@ def _source_from(model: FaceModel, path: Path, n_identity: int = 92) -> Path:
     n_eye = (len(v) - n_skin) // 2
     ranges = [[0, 9000], [9000, n_skin], [n_skin, n_skin + 4], [n_skin + 4, n_skin + 4 + n_eye],
               [n_skin + 4 + n_eye, len(verts)]]
-    lm_ids = model.faces[model.landmarks.static_faces, np.argmax(model.landmarks.static_bary, 1)]
+    lm_ids = np.asarray(model.meta["source_landmarks68"])
     np.savez(path, neutral=verts + 7.0, identity=grow(model.shapedirs, n_identity),
              expression=grow(model.exprdirs, model.n_expression),
              expression_names=np.array(model.meta["expression_names"]), faces=polys,
@@ -161,7 +161,7 @@ def _source_from(model: FaceModel, path: Path, n_identity: int = 92) -> Path:
 
 def test_exporter_rebuilds_the_shipped_model_from_a_source_file(default_model, tmp_path):
     src = _source_from(default_model, tmp_path / "ict.npz")
-    built = ict_head.build_model(src)
+    built = ict_head.build_model(src, calibrate=False)
     m = default_model
     assert built.n_vertices == m.n_vertices and built.n_shape == 90  # teeth dropped, 90 of 92
     np.testing.assert_allclose(built.v_template, m.v_template, atol=1e-3)  # origin between the eyes
@@ -181,9 +181,44 @@ def test_exporter_rebuilds_the_shipped_model_from_a_source_file(default_model, t
 
 @pytest.mark.skipif(not SHARED_SOURCE.exists(), reason="the ICT source file is not on this machine")
 def test_shipped_export_is_the_exporter_applied_to_the_source(default_model):
-    built = ict_head.build_model(SHARED_SOURCE)
+    built = ict_head.build_model(SHARED_SOURCE, calibrate=False)
     np.testing.assert_allclose(built.v_template, default_model.v_template, atol=1e-4)
     np.testing.assert_allclose(built.shapedirs, default_model.shapedirs, atol=0.01)
+
+
+def test_the_shipped_embedding_is_calibrated_to_dlib(default_model):
+    """Inner 51 points measured on renders through dlib; the jaw line is the source's vertices."""
+    m = default_model
+    assert "calibrated to dlib" in m.meta["landmarks68"]
+    src = np.asarray(m.meta["source_landmarks68"])
+    with torch.no_grad():
+        lm = m.landmarks68(batch_size=1)[0].numpy()
+    shift = np.linalg.norm(lm - m.v_template[src], axis=1)
+    assert shift[:17].max() < 1e-3  # the jaw line: the source's vertices
+    assert 0.5 < np.median(shift[17:]) < 10  # the inner points moved, by millimetres
+
+
+def test_calibration_is_deterministic_for_a_seed(default_model):
+    """Two runs with one seed give the same embedding; the report counts what was measured."""
+    from skullsearch.encoder.calibrate import INNER, calibrate_embedding
+
+    a, rep = calibrate_embedding(default_model, photos=4, seed=5, min_samples=2)
+    b, _ = calibrate_embedding(default_model, photos=4, seed=5, min_samples=2)
+    np.testing.assert_array_equal(a.static_faces, b.static_faces)
+    np.testing.assert_array_equal(a.static_bary, b.static_bary)
+    assert rep.photos == 4 and rep.found >= 3
+    # eye points that land on the eyeball (not skin) are not counted
+    assert (rep.samples[list(INNER)] >= 2).mean() > 0.8 and (rep.samples[:17] == 0).all()
+    assert (rep.shift_mm[:17] < 1e-4).all() and np.isfinite(rep.spread_mm).all()
+    c, _ = calibrate_embedding(default_model, photos=4, seed=6, min_samples=2)
+    assert not np.array_equal(a.static_bary, c.static_bary)  # another seed: other renders
+
+
+def test_calibration_needs_a_face_on_some_render(default_model):
+    from skullsearch.encoder.calibrate import calibrate_embedding
+
+    with pytest.raises(LandmarkError, match="found no face on any calibration render"):
+        calibrate_embedding(default_model, photos=2, seed=0, detect=lambda image: [])
 
 
 def test_bad_source_files_say_what_to_pass(tmp_path):
