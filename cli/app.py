@@ -56,6 +56,8 @@ def main_callback(
     ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False,
 ):
+    if not out.is_terminal:  # piped or redirected: plain lines, never folded to 80 columns
+        out.width = 100_000
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     if not verbose:  # the skull reader's warnings come back in Skull.warnings, which commands print
@@ -257,17 +259,42 @@ def rich_progress():
                     console=err)
 
 
-def _progress(total_label: str):
-    """A rich progress bar on a terminal; periodic plain log lines otherwise."""
+def write_csv(result) -> None:
+    """Print an Arrow table as CSV on stdout; list and struct columns (a face's box, its photo
+    fingerprint) as JSON text, which CSV cannot hold otherwise."""
+    import io
+    import json
+
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    cols = []
+    for col in result.columns:
+        t = col.type
+        if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t) \
+                or pa.types.is_struct(t) or pa.types.is_map(t):
+            col = pa.array([None if v is None else json.dumps(v) for v in col.to_pylist()], pa.string())
+        cols.append(col)
+    buf = io.BytesIO()
+    pacsv.write_csv(pa.table(cols, names=result.column_names), buf)
+    out.file.write(buf.getvalue().decode())
+
+
+def _progress(total_label: str, unit: str = "photos"):
+    """A rich progress bar on a terminal; periodic plain log lines otherwise. unit: what the
+    events count — "photos" (ingest: faces found and failures beside them) or "faces" (synth)."""
+    photos = unit == "photos"
     if err.is_terminal:
         prog = rich_progress()
         task = prog.add_task(total_label, total=None, status="")
 
         def update(ev: dict):
-            rate = ev.get("images_new", 0) / max(ev.get("seconds", 0) or 1e-9, 1e-9)
-            fails = sum(ev.get("failures", {}).values())
-            prog.update(task, completed=ev["done"], total=ev["total"],
-                        status=f"{ev.get('faces', 0)} faces · {fails} failed · {rate:.1f} img/s")
+            status = ""
+            if photos:
+                rate = ev.get("images_new", 0) / max(ev.get("seconds", 0) or 1e-9, 1e-9)
+                fails = sum(ev.get("failures", {}).values())
+                status = f"{ev.get('faces', 0)} faces · {fails} failed · {rate:.1f} img/s"
+            prog.update(task, completed=ev["done"], total=ev["total"], status=status)
         return prog, update
 
     last = [0.0]
@@ -277,8 +304,10 @@ def _progress(total_label: str):
 
         if time.monotonic() - last[0] > 10 or ev["done"] == ev["total"]:
             last[0] = time.monotonic()
-            err.print(f"{total_label}: {ev['done']}/{ev['total']} photos, {ev.get('faces', 0)} faces, "
-                      f"failures {ev.get('failures', {})}", highlight=False)
+            line = f"{total_label}: {ev['done']}/{ev['total']} {unit}"
+            if photos:
+                line += f", {ev.get('faces', 0)} faces, failures {ev.get('failures', {})}"
+            err.print(line, highlight=False)
     return nullcontext(), log_line
 
 
@@ -339,7 +368,7 @@ def synth_cmd(
 
     model = _chosen_model(face_model)
     g = Gallery.create(gallery, face_model=model, exist_ok=True)
-    prog, update = _progress("synth")
+    prog, update = _progress("synth", unit="faces")
     with prog:
         report = synth(g, faces, seed=seed, progress=update)
     out.print(f"added {report.faces} synthetic faces to {gallery} in {report.seconds:.1f} s "
@@ -399,11 +428,7 @@ def sql_cmd(
 
     result = Gallery.open(gallery).sql(query)
     if csv_out:
-        import pyarrow.csv as pacsv
-
-        buf = __import__("io").BytesIO()
-        pacsv.write_csv(result, buf)
-        out.file.write(buf.getvalue().decode())
+        write_csv(result)
         return
     table = Table(title=f"{result.num_rows} row(s)")
     for name in result.column_names:
@@ -545,8 +570,11 @@ def query_cmd(
     for w in result.warnings:
         err.print(f"[yellow]warning:[/] {w}", highlight=False)
     t = Table(title=f"{skull_path.name} — {int(result.present.sum())} landmarks, query {result.query_id}")
+    id_width = max([len(str(c.face_id)) for c in result.candidates] + [7])
     for c in ("rank", "face id", "person", "photo", "S", "matched", "likelihood", "calibrated", "RMS mm"):
-        t.add_column(c, justify="left" if c in ("person", "photo") else "right")
+        wide = c in ("person", "photo")  # wrap, never cut: rows must stay tellable apart
+        t.add_column(c, justify="left" if wide else "right", overflow="fold" if wide else "ellipsis",
+                     no_wrap=not wide, min_width=id_width if c == "face id" else None)
     for c in result.candidates:
         t.add_row(str(c.rank), str(c.face_id), str(c.person or ""), Path(c.path or "").name, f"{c.s:.3f}",
                   f"{c.matched}/{c.present}", f"{c.likelihood:.1f}", f"{c.calibrated:.2%}", f"{c.rms_mm:.2f}")

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from skullsearch.cli.app import GalleryOption, app, out
+from skullsearch.cli.app import GalleryOption, app, out, write_csv
 
 
 def _num(x) -> str:
@@ -38,21 +38,18 @@ def near_duplicates_cmd(
     result = Gallery.open(gallery).near_duplicates(max_distance, criterion=criterion,
                                                    max_photo_distance=max_photo_distance)
     if csv_out:
-        import io
-
-        import pyarrow.csv as pacsv
-
-        buf = io.BytesIO()
-        pacsv.write_csv(result, buf)
-        out.file.write(buf.getvalue().decode())
+        write_csv(result)
         return
     table = Table(title=f"{result.num_rows} near-duplicate face(s)")
+    shown = result.slice(0, limit).to_pylist()
+    id_width = max([len(str(r[k])) for r in shown for k in ("face_id", "near_duplicate_of")] + [7])
     for name, wide in (("face_id", False), ("path", True), ("near_duplicate_of", False),
                        ("duplicate_path", True), ("criterion", False), ("photo_distance", False),
                        ("distance", False)):
         table.add_column(name, justify="right" if name.endswith("distance") else "left",
-                         overflow="fold" if wide else "ellipsis", no_wrap=not wide)
-    for row in result.slice(0, limit).to_pylist():
+                         overflow="fold" if wide else "ellipsis", no_wrap=not wide,
+                         min_width=id_width if name in ("face_id", "near_duplicate_of") else None)
+    for row in shown:
         table.add_row(str(row["face_id"]), str(row["path"]), str(row["near_duplicate_of"]),
                       str(row["duplicate_path"]), str(row["criterion"]), _num(row["photo_distance"]),
                       _num(row["distance"]))

@@ -660,15 +660,18 @@ def _resolve(entries: list, src: str) -> dict[str, np.ndarray]:
                 f"{src}: landmark {key!r} is given twice (as {found[key][0]!r} and {name!r}); "
                 "keep one")
         found[key] = (str(name), point)
+    problems = []  # every bad name in one error
     if sideless:
-        raise SkullLandmarkError(
-            f"{src}: bilateral landmark(s) {', '.join(map(repr, sideless))} need a side: add _l or "
+        problems.append(
+            f"bilateral landmark(s) {', '.join(map(repr, sideless))} need a side: add _l or "
             "_r (the subject's left or right), e.g. zy_l, 'zygion left'")
     if unknown:
-        raise SkullLandmarkError(
-            f"{src}: unknown skull landmark(s) {', '.join(map(repr, unknown))}; valid names are: "
+        problems.append(
+            f"unknown skull landmark(s) {', '.join(map(repr, unknown))}; valid names are: "
             f"{' '.join(SOFT_TISSUE_NAMES)} (or anatomical names such as 'pogonion', 'nasion', "
             "'zygion left')")
+    if problems:
+        raise SkullLandmarkError(f"{src}: " + "; and ".join(problems))
     return {k: found[k][1] for k in SOFT_TISSUE_NAMES if k in found}
 
 

@@ -99,3 +99,10 @@ def test_model_calibrate_writes_a_calibrated_model(tmp_path, capsys):
     cal = FaceModel.load(out, annotate=False)
     assert "calibrated to dlib on" in cal.meta["landmarks68"] and cal.soft_tissue_points is not None
     assert main(["model", "calibrate", str(out), "--photos", "0"]) != 0
+
+
+def test_synth_says_what_it_did(tmp_path, capsys):
+    assert main(["synth", "--gallery", str(tmp_path / "g"), "--faces", "40"]) == 0
+    captured = capsys.readouterr()
+    assert "synth: 40/40 faces" in captured.err and "photos" not in captured.err
+    assert "added 40 synthetic faces" in captured.out

@@ -231,3 +231,16 @@ def test_ingest_command_sets_both_cuts(anny_model, copies, tmp_path, capsys):
     listed = Gallery.open(on).near_duplicates(criterion=PHOTO).to_pylist()
     assert [r["path"].rsplit("/", 1)[1] for r in listed] == ["face000_small.jpg"]
     assert "near-duplicate faces" in capsys.readouterr().out
+    # listed in full when piped (not folded to 80 columns), and as CSV; list columns as JSON
+    assert main(["near-duplicates", "--gallery", str(on)]) == 0
+    text = capsys.readouterr().out
+    copy_path = listed[0]["path"]
+    assert any(copy_path in line and str(listed[0]["face_id"]) in line for line in text.splitlines())
+    assert main(["sql", "SELECT face_id, path, box, photo_fingerprint FROM faces ORDER BY face_id",
+                 "--gallery", str(on), "--csv"]) == 0
+    import csv
+    import json
+
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert len(rows) == 4 and len(json.loads(rows[0]["box"])) == 4
+    assert len(json.loads(rows[0]["photo_fingerprint"])) == 63

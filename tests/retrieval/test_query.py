@@ -305,3 +305,21 @@ def test_load_record_reads_only_audit_records(default_model, tmp_path):
     (g.path / "audit" / "broken.json").write_text('{"query_id": ')
     with pytest.raises(GalleryError, match="unreadable"):
         load_record(g, "broken")
+
+
+def test_the_query_table_keeps_whole_face_ids_on_an_80_column_terminal(case, monkeypatch):
+    """On a narrow terminal the table wraps the photo and person columns; the face ids (which the
+    other commands take) are never cut."""
+    import io
+
+    from rich.console import Console
+
+    import skullsearch.cli.app as cli
+
+    gpath, truth, skull_path, *_, table = case
+    screen = io.StringIO()
+    monkeypatch.setattr(cli, "out", Console(file=screen, width=80, force_terminal=True, color_system=None))
+    assert cli.main(["query", str(skull_path), "-g", str(gpath), "--top", "5", "--tissue-table", table]) == 0
+    text = screen.getvalue()
+    assert str(truth) in text and "…" not in text.split("likelihood")[1].split("\n", 2)[2]
+    assert max(len(line) for line in text.splitlines()) <= 80

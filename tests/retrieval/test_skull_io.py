@@ -365,6 +365,15 @@ def test_bilateral_without_side(tmp_path):
         read_landmarks(write(tmp_path / "lm.csv", "zygion,1,2,3\n"))
 
 
+def test_every_bad_name_is_reported_at_once(tmp_path):
+    """A sideless bilateral name and an unknown name in one file: one error names both."""
+    with pytest.raises(SkullError) as info:
+        read_landmarks(write(tmp_path / "lm.csv", "zygion,1,2,3\nnasion_tip,4,5,6\npg,0,0,1\n"))
+    message = str(info.value)
+    assert "'zygion'" in message and "need a side" in message
+    assert "'nasion_tip'" in message and "unknown skull landmark" in message
+
+
 def test_duplicate_name(tmp_path):
     with pytest.raises(SkullError, match="'pg' is given twice.*'pg'.*'Pogonion'"):
         read_landmarks(write(tmp_path / "lm.csv", "pg,1,2,3\nPogonion,1,2,3\n"))
