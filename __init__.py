@@ -14,12 +14,9 @@ The public API::
     skullsearch.report(gallery, query_id, "case.html")  # the HTML case report of a recorded query
 """
 
+import importlib
 from importlib.metadata import PackageNotFoundError, version
 
-from skullsearch.encoder.encode import EncodedFace, EncodeResult, encode
-from skullsearch.encoder.face_model import FaceModel, SurfacePoints
-from skullsearch.encoder.fitting import FitConfig
-from skullsearch.encoder.soft_tissue import FACE_POINT_NAMES, LONG_NAMES, SOFT_TISSUE_NAMES
 from skullsearch.errors import (
     DependencyError,
     FaceModelError,
@@ -27,21 +24,43 @@ from skullsearch.errors import (
     SkullsearchError,
     UnsafePickleError,
 )
-from skullsearch.index import GalleryError, IngestReport
-from skullsearch.inpaint.gan import load_inpainter, train_inpainter
-from skullsearch.inpaint.reconstruct import (
-    Reconstruction,
-    ReconstructionError,
-    ReconstructionResult,
-    reconstruct,
-)
-from skullsearch.inpaint.report import ReportError, report
-from skullsearch.retrieval import Candidate, Gallery, QueryResult, ScoreConfig, Skull
 
 try:
     __version__ = version("skullsearch")
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0+source"
+
+#: The public names and the module each comes from. They are imported on first use (PEP 562), so
+#: ``import skullsearch`` — and the command line's ``--help`` — do not pay for torch, FAISS and
+#: the rest until a name that needs them is touched.
+_EXPORTS: dict[str, str] = {
+    **dict.fromkeys(("encode", "EncodeResult", "EncodedFace"), "skullsearch.encoder.encode"),
+    **dict.fromkeys(("FaceModel", "SurfacePoints"), "skullsearch.encoder.face_model"),
+    "FitConfig": "skullsearch.encoder.fitting",
+    **dict.fromkeys(("FACE_POINT_NAMES", "LONG_NAMES", "SOFT_TISSUE_NAMES"),
+                    "skullsearch.encoder.soft_tissue"),
+    **dict.fromkeys(("GalleryError", "IngestReport"), "skullsearch.index"),
+    **dict.fromkeys(("load_inpainter", "train_inpainter"), "skullsearch.inpaint.gan"),
+    **dict.fromkeys(("Reconstruction", "ReconstructionError", "ReconstructionResult", "reconstruct"),
+                    "skullsearch.inpaint.reconstruct"),
+    **dict.fromkeys(("ReportError", "report"), "skullsearch.inpaint.report"),
+    **dict.fromkeys(("Candidate", "Gallery", "QueryResult", "ScoreConfig", "Skull"),
+                    "skullsearch.retrieval"),
+}
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'skullsearch' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
 
 __all__ = [
     "Candidate",
