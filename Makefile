@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.skullsearch-installed
 TORCH  ?= torch==2.13.0
 DEMO   ?= demo-out
 
-.PHONY: setup test demo lint clean
+.PHONY: setup test test-fast demo lint clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ setup: $(STAMP)
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+# everything but the end-to-end tests marked slow
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: setup
 	$(BIN)/ruff check .

@@ -85,6 +85,25 @@ class ShardInfo:
 SHARD_FILES = ("faces.parquet", "images.parquet", "soft.npy", "codes.npy")
 
 
+#: Tests of crash safety set this to ``"STEP:K"`` to SIGKILL the writing process (and its
+#: process group when it leads one) at a fixed point of its K-th shard commit (K from 1):
+#: ``written`` (data in the temporary folder, nothing renamed), ``renamed`` (data files in place,
+#: no commit record), ``recorded`` (record written, temporary folder not yet removed).
+CRASH_ENV = "SKULLSEARCH_CRASH_AT"
+_commits = [0]
+
+
+def _crash_point(step: str) -> None:
+    want = os.environ.get(CRASH_ENV)
+    if not want or want != f"{step}:{_commits[0]}":
+        return
+    import signal
+
+    if os.getpgid(0) == os.getpid():
+        os.killpg(os.getpid(), signal.SIGKILL)  # the ingest and its detector workers
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 class ShardWriter:
     """Writes one shard: data files under temporary names, renamed, then the commit record."""
 
@@ -108,15 +127,19 @@ class ShardWriter:
         for name in SHARD_FILES:
             with open(self.tmp / name, "rb") as fh:
                 os.fsync(fh.fileno())
+        _commits[0] += 1
+        _crash_point("written")
         shards = self.root / "shards"
         for name in SHARD_FILES:
             os.replace(self.tmp / name, shards / f"{self.number:08d}.{name}")
         fsync_dir(shards)
+        _crash_point("renamed")
         status = images_table.column("status").to_pylist() if images_table.num_rows else []
         info = ShardInfo(self.number, n, images_table.num_rows,
                          sum(1 for s in status if s != "ok"), now())
         write_json_atomic(shards / f"{self.number:08d}.json", info.__dict__)
         fsync_dir(shards)
+        _crash_point("recorded")
         shutil.rmtree(self.tmp, ignore_errors=True)
         return info
 

@@ -54,6 +54,7 @@ def test_model_export_writes_a_mesh_with_coloured_landmarks(default_model, tmp_p
     assert ((colors == (40, 90, 230)).all(1)).sum() > 68  # blue landmark markers
 
 
+@pytest.mark.slow
 def test_face_model_from_environment(tmp_path, capsys):
     raw = make_synthetic_flame(seed=1)
     path = tmp_path / "generic_model.pkl"
@@ -69,6 +70,7 @@ def test_face_model_from_environment(tmp_path, capsys):
     assert "no face" in stdout  # the annotator's reason, in the soft-tissue row
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, message", [
     (["model", "info", "--face-model", "nope.pkl"], "does not exist"),
     (["model", "export", "out.xyz"], "extension"),
@@ -81,6 +83,7 @@ def test_user_errors_are_one_line_without_traceback(args, message, tmp_path, def
     assert len(stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_malicious_model_file_is_refused(tmp_path):
     marker = tmp_path / "pwned"
     bad = tmp_path / "generic_model.pkl"
@@ -90,6 +93,7 @@ def test_malicious_model_file_is_refused(tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_model_calibrate_writes_a_calibrated_model(tmp_path, capsys):
     from skullsearch import FaceModel
 

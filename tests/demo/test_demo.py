@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # the whole demo, end to end, in a subprocess
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -80,6 +80,7 @@ def test_encode_command(default_model, photos, tmp_path, capsys):
     assert len(data["faces"]) == 3 and len(data["faces"][0]["code"]) == 228
 
 
+@pytest.mark.slow
 def test_train_encoder_command_and_seeded_encode(default_model, photos, tmp_path, capsys):
     from skullsearch.cli.app import main
 

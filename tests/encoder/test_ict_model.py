@@ -198,6 +198,7 @@ def test_the_shipped_embedding_is_calibrated_to_dlib(default_model):
     assert 0.5 < np.median(shift[17:]) < 10  # the inner points moved, by millimetres
 
 
+@pytest.mark.slow
 def test_calibration_is_deterministic_for_a_seed(default_model):
     """Two runs with one seed give the same embedding; the report counts what was measured."""
     from skullsearch.encoder.calibrate import INNER, calibrate_embedding

@@ -1,4 +1,5 @@
-"""Kill -9 an ingest at random moments; read while another process ingests; one writer at a time."""
+"""Kill -9 an ingest at fixed points of its shard commits; read while another process ingests; one
+writer at a time."""
 
 import os
 import signal
@@ -13,6 +14,8 @@ from photos import render_faces
 from skullsearch import Gallery, GalleryError
 from skullsearch.index import store
 
+pytestmark = pytest.mark.slow  # ingest subprocesses, kill -9
+
 # One photo per shard and a short fit: these tests are about storage, not fit quality. Enough
 # photos that four interrupted runs do not finish the folder between them (the fit is fast).
 N_PHOTOS = 16
@@ -24,10 +27,14 @@ INGEST = (
 )
 
 
-def start_ingest(gallery, folder):
+def start_ingest(gallery, folder, crash: str | None = None):
+    env = dict(os.environ)
+    env.pop(store.CRASH_ENV, None)
+    if crash:
+        env[store.CRASH_ENV] = crash
     return subprocess.Popen([sys.executable, "-c", INGEST, str(gallery), str(folder)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -58,26 +65,26 @@ def check_consistent(g: Gallery, n_photos: int | None = None, killed: bool = Fal
         assert np.isfinite(g.soft_tissue(faces)).all()
 
 
-def test_kill_9_at_random_moments_loses_and_duplicates_nothing(default_model, photos, tmp_path):
+@pytest.mark.slow
+@pytest.mark.parametrize("step", ["written", "renamed", "recorded"])
+def test_kill_9_inside_a_shard_commit_loses_and_duplicates_nothing(default_model, photos, tmp_path, step):
+    """SIGKILL (the ingest and its detector workers) at a fixed point of the 2nd, then the 3rd
+    shard commit of a run (store.CRASH_ENV): what is there is whole, and the next run completes
+    the folder with every photo once."""
     g = Gallery.create(tmp_path / "g", face_model=default_model)
-    rng = np.random.default_rng(0)
-    kills = 0
-    for _ in range(4):
-        proc = start_ingest(g.path, photos)
-        # wait for one or two more commits, then kill at a random moment of the next one
-        target = len(store.committed_shards(g.path)) + int(rng.integers(1, 3))
-        while proc.poll() is None and len(store.committed_shards(g.path)) < target:
-            time.sleep(0.05)
-        time.sleep(rng.uniform(0.0, 0.6))
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)  # the ingest and its detector workers
-            kills += 1
-        proc.wait()
-        check_consistent(Gallery.open(g.path), killed=True)  # what is there is whole, even mid-way
+    committed = []
+    for k in (2, 3):
+        proc = start_ingest(g.path, photos, crash=f"{step}:{k}")
+        proc.communicate(timeout=600)
+        assert proc.returncode == -signal.SIGKILL  # it died where it was told to
+        check_consistent(Gallery.open(g.path), killed=True)
+        committed.append(len(store.committed_shards(g.path)))
+    # the shard being committed counts only once its record is written
+    done_before = 1 if step == "recorded" else 0
+    assert committed == [1 + done_before, 1 + done_before + 2 + done_before]
     proc = start_ingest(g.path, photos)
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err
-    assert kills >= 2  # the trials really interrupted ingests
     final = Gallery.open(g.path)
     check_consistent(final, n_photos=N_PHOTOS)
     assert final.n_faces == N_PHOTOS
@@ -87,7 +94,7 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(default_model, ph
 def test_reads_work_while_another_process_ingests(default_model, photos, tmp_path):
     g = Gallery.create(tmp_path / "g", face_model=default_model)
     proc = start_ingest(g.path, photos)
-    reads, seen = 0, set()
+    reads, seen, refused = 0, set(), 0
     try:
         deadline = time.time() + 300
         while proc.poll() is None and time.time() < deadline:
@@ -101,15 +108,20 @@ def test_reads_work_while_another_process_ingests(default_model, photos, tmp_pat
             # a second writer is refused with a clear message while the first holds the lock
             if faces.num_rows and proc.poll() is None:
                 try:
-                    reader.ingest([photos], workers=1)
+                    rep = reader.ingest([photos], workers=1)
                 except GalleryError as e:
                     assert "another process is writing" in str(e)
+                    refused += 1
+                else:  # accepted: only right once the first writer's ingest had finished (its
+                    # process may still be exiting), so that nothing was left to add
+                    assert rep.images_new == 0, "a second writer was not refused"
             reads += 1
             time.sleep(0.3)
     finally:
         out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err
     assert reads >= 3 and len(seen) >= 2, (reads, seen)  # reads saw the gallery grow
+    assert refused >= 1  # the second writer was tried while the first held the lock, and refused
     check_consistent(Gallery.open(g.path), n_photos=N_PHOTOS)
 
 

@@ -67,6 +67,7 @@ def ivf_gallery(default_model, tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_ivfpq_path_builds_saves_maps_and_searches_codes(ivf_gallery):
     import faiss
 

@@ -121,6 +121,7 @@ def test_parallel_rendering_matches_serial(default_model):
 
 
 # ---------------------------------------------------------------------------------- training
+@pytest.mark.slow
 def test_training_lowers_the_encoder_loss_and_records_it(tiny_inpainter, default_model):
     hist = tiny_inpainter["inpainter"].meta["history"]
     assert len(hist) == TINY["epochs"]
@@ -140,6 +141,7 @@ def test_training_lowers_the_encoder_loss_and_records_it(tiny_inpainter, default
     assert steps[-1]["done"] == steps[-1]["total"] and len([e for e in ev if e["stage"] == "epoch"]) == 3
 
 
+@pytest.mark.slow
 def test_checkpoint_files(tiny_inpainter, default_model):
     path = tiny_inpainter["checkpoint"]
     g = tiny_inpainter["gallery"]
@@ -157,6 +159,7 @@ def test_checkpoint_files(tiny_inpainter, default_model):
     assert not [p for p in path.parent.iterdir() if p.name.startswith(".")]  # no temp files left
 
 
+@pytest.mark.slow
 def test_load_by_gallery_folder_or_file_gives_the_same_networks(tiny_inpainter):
     a = tiny_inpainter["inpainter"]
     b = load_inpainter(str(tiny_inpainter["gallery"].path))
@@ -167,6 +170,7 @@ def test_load_by_gallery_folder_or_file_gives_the_same_networks(tiny_inpainter):
     assert np.array_equal(a.codes_of(imgs[0]), c.codes_of(imgs[0]))
 
 
+@pytest.mark.slow
 def test_another_face_model_is_refused(tiny_inpainter, other_model):
     with pytest.raises(InpainterCheckpointError, match="trained for face model"):
         load_inpainter(tiny_inpainter["checkpoint"], model=other_model)
@@ -212,6 +216,7 @@ def test_damaged_and_malicious_files_are_refused(tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_progress_counts_the_batches_that_run(tiny_inpainter, tmp_path):
     """40 faces: 36 training renders in batches of 7 = five batches and a skipped single render."""
     events = []
@@ -223,6 +228,7 @@ def test_progress_counts_the_batches_that_run(tiny_inpainter, tmp_path):
 
 
 # ---------------------------------------------------------------------------------- CLI
+@pytest.mark.slow
 def test_cli_trains_and_reports(tiny_inpainter, tmp_path):
     out = tmp_path / "small.pt"
     with one_thread():
@@ -236,6 +242,7 @@ def test_cli_trains_and_reports(tiny_inpainter, tmp_path):
     assert sidecar_path(out).exists()
 
 
+@pytest.mark.slow
 def test_cli_errors_are_one_line(tiny_inpainter, tmp_path, capsys):
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is present")

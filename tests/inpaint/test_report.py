@@ -352,6 +352,7 @@ def console_errors(log: str) -> list[str]:
     return bad
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium); "
                     "CI installs it")
 def test_report_renders_in_headless_chromium(built, artifacts, tmp_path):
@@ -384,6 +385,7 @@ def test_report_renders_in_headless_chromium(built, artifacts, tmp_path):
     assert green.sum() > 20, "no matched (green) landmarks visible"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium)")
 def test_browser_check_catches_a_broken_page(tmp_path):
     """The console check is real: a page whose script throws fails it."""
@@ -402,6 +404,7 @@ def test_browser_check_catches_a_broken_page(tmp_path):
         "http://example.invalid/x.png", "https://cdn.example.invalid/three.js"]
 
 
+@pytest.mark.slow
 def test_report_of_a_real_reconstruction_renders(case, tmp_path, artifacts):
     """skullsearch.reconstruct's folder (the real one, F3DMM-GC) goes into the report, and the
     browser draws the re-synthesized face too."""

@@ -8,6 +8,8 @@ from skullsearch.encoder import code as code_layout
 from skullsearch.retrieval.extended import extend
 from skullsearch.retrieval.synthetic import synthetic_skull
 
+pytestmark = pytest.mark.slow  # marching-cubes skulls at a fine voxel size
+
 
 @pytest.fixture(scope="module")
 def made(default_model):
