@@ -1,6 +1,6 @@
 """The gallery on disk: DuckDB catalog over Parquet shards, FAISS indexes, the ingest pipeline.
 
-Imports only :mod:`skullsearch.encoder` (DESIGN.md §3).
+Imports only :mod:`skullsearch.encoder` (README, Layout: imports run one way).
 """
 
 from skullsearch.index.gallery import Gallery

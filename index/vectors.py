@@ -3,7 +3,7 @@
 Shortlist vectors: each face's 36 soft-tissue points, similarity-aligned to the face model's mean
 face, flattened to 108 numbers (the *canonical* vector). A skull usually lacks some landmarks;
 FAISS cannot restrict a search to some dimensions, but a masked L2 search is exact on a flat
-inner-product index over augmented vectors (DESIGN.md §6):
+inner-product index over augmented vectors (README, How it works: gallery and query):
 
     x′ = [x, ‖x_1‖², …, ‖x_K‖²]          (108 + 36 = 144 numbers per face)
     q′ = [2·m⊙q, −m_1, …, −m_K]           (m_k = 1 where landmark k is present)

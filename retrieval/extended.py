@@ -5,8 +5,8 @@
     ext.points, ext.present                    # (36, 3) mm (NaN where absent), (36,) bool
     export_pegs(skull, ext, "pegs.ply")        # the skull with a peg per landmark, to look at
 
-The direction is the skull's outward surface normal at the landmark (the paper's choice, DESIGN.md
-§1 step 3 and §5) unless the table gives one for that landmark (``me`` pushed straight down, a
+The direction is the skull's outward surface normal at the landmark (the paper's choice; README,
+How it works: query) unless the table gives one for that landmark (``me`` pushed straight down, a
 Frankfurt-horizontal study...). Normals come from :func:`outward_normals`, which does not trust the
 mesh's triangle winding (scans and segmentations often get it wrong in places) nor assume a frame.
 """
@@ -514,7 +514,7 @@ class ExtendedLandmarks:
 
 
 def extend(skull, table: TissueTable | str | None = None, radius_mm: float = 4.0) -> ExtendedLandmarks:
-    """Extended landmarks of a skull: n_i = m_i + d_i · dir_i (DESIGN.md §1 step 3, §5).
+    """Extended landmarks of a skull: n_i = m_i + d_i · dir_i (README, How it works: query).
 
     skull: a :class:`~skullsearch.retrieval.skull.Skull` (mesh in mm, landmarks by pair key);
     table: a :class:`TissueTable` or anything :func:`load_table` takes (None: the 2023 global

@@ -6,7 +6,7 @@
     table.direction                                       # (36, 3); NaN rows = outward surface normal
 
 The built-in table is the 2023 global T-Table (Hona & Stephan 2024, Int J Legal Med
-138(2):519-535; DESIGN.md §5), stored in ``data/tissue_tables/global_2023.csv`` with its citation.
+138(2):519-535; README, How it works), stored in ``data/tissue_tables/global_2023.csv`` with its citation.
 It pools sexes, ages and populations; a sex-, age-, BMI- or population-specific table comes from
 the user as CSV:
 
