@@ -2,8 +2,8 @@
 
 A point is named by the *pair key* of its skull landmark (README, How it works: soft-tissue
 points): the face point over nasion (soft-tissue sellion, se′) is ``"n"``, the one over
-prosthion (labrale superius, ls′) is ``"pr"``. Bilateral points carry ``_l`` / ``_r`` for the subject's left / right; in the face
-frame (+y up, +z out of the face) the subject's left is +x.
+prosthion (labrale superius, ls′) is ``"pr"``. Bilateral points carry ``_l`` / ``_r`` for the
+subject's left / right; in the face frame (+y up, +z out of the face) the subject's left is +x.
 
 The order of :data:`SOFT_TISSUE_NAMES` is fixed: every ``(n, 36, 3)`` array in skullsearch uses it.
 """
