@@ -15,7 +15,6 @@ The public API::
 """
 
 import importlib
-from importlib.metadata import PackageNotFoundError, version
 
 from skullsearch.errors import (
     DependencyError,
@@ -24,11 +23,7 @@ from skullsearch.errors import (
     SkullsearchError,
     UnsafePickleError,
 )
-
-try:
-    __version__ = version("skullsearch")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
-    __version__ = "0.0.0+source"
+from skullsearch.meta import __version__
 
 #: The public names and the module each comes from. They are imported on first use (PEP 562), so
 #: ``import skullsearch`` — and the command line's ``--help`` — do not pay for torch, FAISS and

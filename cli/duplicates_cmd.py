@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from skullsearch.cli.app import GalleryOption, app, out, write_csv
+from skullsearch.cli.common import GalleryOption, app, out, write_csv
 
 
 def _num(x) -> str:

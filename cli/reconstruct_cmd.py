@@ -11,7 +11,7 @@ import typer
 from rich import box
 from rich.table import Table
 
-from skullsearch.cli.app import GalleryOption, LandmarksOption, TableOption, UnitsOption, app, err, out
+from skullsearch.cli.common import GalleryOption, LandmarksOption, TableOption, UnitsOption, app, err, out
 
 
 @app.command("reconstruct")

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from skullsearch.cli.app import GalleryOption, app, out
+from skullsearch.cli.common import GalleryOption, app, out
 
 
 @app.command("report")

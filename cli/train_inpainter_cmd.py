@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from skullsearch.cli.app import GalleryOption, err, out, rich_progress, train_app
+from skullsearch.cli.common import GalleryOption, err, out, rich_progress, train_app
 
 
 def _progress():

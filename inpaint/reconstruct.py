@@ -158,7 +158,7 @@ class ReconstructionResult:
 
     def to_dict(self) -> dict:
         """The content of ``reconstruction.json``."""
-        from skullsearch import __version__
+        from skullsearch.meta import __version__
 
         return {
             "format": "skullsearch-reconstruction", "version": 1, "skullsearch": __version__,

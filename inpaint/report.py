@@ -528,7 +528,7 @@ def _thumb_cell(c, gallery_dir: Path) -> str:
 
 def _render(g, record, result, shown, cands, ref, eta, recon, notes, reproduced, skull_file_state,
             skull_faces_info, scene) -> str:
-    from skullsearch import __version__
+    from skullsearch.meta import __version__
 
     qid = record["query_id"]
     sk = record["skull"]
