@@ -229,7 +229,7 @@ class EncoderCNN(nn.Module):
         if not widths or convs_per_stage < 1:
             raise ValueError("EncoderCNN needs at least one stage and one conv per stage")
         n_shape = min(int(n_shape), code_layout.SLICES["shape"].stop)
-        n_expression = min(int(n_expression), 90)
+        n_expression = min(int(n_expression), code_layout.N_EXPRESSION)
         self.config = {
             "widths": [int(w) for w in widths], "convs_per_stage": int(convs_per_stage),
             "input_size": int(input_size), "enlarge": float(enlarge),

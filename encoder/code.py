@@ -25,6 +25,11 @@ LAYOUT: tuple[tuple[str, int], ...] = (
     ("light", 27),
 )
 CODE_SIZE = sum(n for _, n in LAYOUT)  # 228
+#: Shape and expression coefficients a code holds (a model with more uses the leading ones).
+N_SHAPE = 90
+N_EXPRESSION = 90
+#: The jaw's axis-angle within the pose part (joints: global, neck, jaw, left eye, right eye).
+JAW_POSE = slice(6, 9)
 
 
 def _slices() -> dict[str, slice]:

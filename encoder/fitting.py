@@ -483,7 +483,7 @@ def fit_landmarks(
         shape += torch.zeros_like(shape).index_add_(0, pidx, parts.shape[:, : rig.n_shape]) / counts0
         e0 = parts.expression[:, : rig.n_expression]
         expr += (torch.zeros_like(expr).index_add_(0, pidx, e0) / counts0) if cfg.share_expression else e0
-        jaw += parts.pose[:, 6:9]
+        jaw += parts.pose[:, code_layout.JAW_POSE]
     if cfg.method == "lm":
         return _fit_lm(rig, cfg, lm2d, f, center, scale, edges, emask, obs_len, pidx, n_person,
                        dict(cam_rot=rot0.clone(), trans=trans0.clone(), jaw=jaw, shape=shape,
@@ -784,7 +784,7 @@ def code_vertices(model, codes: np.ndarray | torch.Tensor, n_shape: int | None =
     codes = torch.as_tensor(codes, dtype=torch.float32)
     p = code_layout.split(codes)
     s = p.shape[:, : min(model.n_shape, code_layout.SLICES["shape"].stop)]
-    e = p.expression[:, : min(model.n_expression, 90)]
+    e = p.expression[:, : min(model.n_expression, code_layout.N_EXPRESSION)]
     pose = p.pose[:, : 3 * model.n_joints]
     return model.vertices(shape=s, expression=e, pose=pose)
 

@@ -18,8 +18,9 @@ from typing import NamedTuple
 
 import numpy as np
 
+from skullsearch.encoder import code as code_layout
 from skullsearch.encoder.atomic import write_json_atomic
-from skullsearch.index import schema, store, vectors
+from skullsearch.index import fingerprint, schema, store, vectors
 from skullsearch.index.store import GalleryError, ShardInfo
 
 FACE_COLUMNS_EXTRA = ("code", "soft_tissue")
@@ -204,7 +205,7 @@ class Gallery:
 
     def codes(self, ids) -> np.ndarray:
         """Face codes (n, 228) of face ids."""
-        return self._gather(np.asarray(ids, dtype=np.int64), "codes", (228,))
+        return self._gather(np.asarray(ids, dtype=np.int64), "codes", (code_layout.CODE_SIZE,))
 
     def canonical(self, ids) -> np.ndarray:
         """Canonical shortlist vectors (n, 108) of face ids."""
@@ -569,7 +570,7 @@ class Gallery:
         if name not in NEAR_KEYS:
             raise ValueError(f"unknown near-duplicate index {name!r}: codes or photos")
         q = np.asarray(queries, np.float32)
-        q = vectors.shape_vectors(q) if name == "codes" else q.reshape(-1, 63)
+        q = vectors.shape_vectors(q) if name == "codes" else q.reshape(-1, fingerprint.DIM)
         with self._photo_lock:
             near = self.near_index(name)
             if near is not None and near.ntotal:
@@ -631,7 +632,7 @@ class Gallery:
         if name == "photos":
             return self._shard_fingerprints(sh)
         if not sh.faces:
-            return np.zeros(0, np.int64), np.zeros((0, 90), np.float32)
+            return np.zeros(0, np.int64), np.zeros((0, code_layout.N_SHAPE), np.float32)
         return store.face_id(sh.number, np.arange(sh.faces)), self._vectors("codes", sh)
 
     def _near_count(self, name: str, shards: list[ShardInfo]) -> int:

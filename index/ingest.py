@@ -30,7 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
+from skullsearch.encoder import code as code_layout
 from skullsearch.index import schema, store
+from skullsearch.index.fingerprint import DIM as FP_DIM
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 TABLE_EXTS = {".parquet", ".csv"}
@@ -296,14 +298,15 @@ def encode_stage(model, rows: list[dict], config=None, rig=None):
                 detector=f["detector"], image_size=(r["width"], r["height"]),
                 person=r["person"] if k == 0 else None))
     fit_faces(model, faces, config, rig=rig)
-    codes = np.stack([f.code for f in faces]) if faces else np.zeros((0, 228), np.float32)
+    codes = (np.stack([f.code for f in faces]) if faces
+             else np.zeros((0, code_layout.CODE_SIZE), np.float32))
     return faces, neutral_soft_tissue(model, codes), codes
 
 
 def neutral_soft_tissue(model, codes: np.ndarray, batch: int = 262_144) -> np.ndarray:
     """Neutral-face soft-tissue points (n, 36, 3) mm of codes (n, 228): the identity's points,
     expression and pose removed (what a skull constrains)."""
-    s = min(model.n_shape, 90)
+    s = min(model.n_shape, code_layout.N_SHAPE)
     p0, basis = model.soft_tissue_basis(s)
     flat = basis.reshape(-1, s)  # (108, S)
     n = len(codes)
@@ -452,7 +455,7 @@ def flag_photo_duplicates(gallery, fingerprints: np.ndarray, shard: int,
     Returns (face ids (n,) int64, −1 where none; fingerprint L2 distances (n,)
     float32, NaN where none). threshold ≤ 0 flags nothing.
     """
-    fps = np.asarray(fingerprints, np.float32).reshape(-1, 63)
+    fps = np.asarray(fingerprints, np.float32).reshape(-1, FP_DIM)
     return _flag_nearest(gallery, "photos", fps, np.nan_to_num(fps), ~np.isnan(fps).any(1), shard, threshold)
 
 
@@ -481,9 +484,9 @@ def near_duplicate_stage(gallery, codes: np.ndarray, fingerprints: np.ndarray, s
         other = of[flagged]
         other_shard, rows = store.split_id(other)
         own = other_shard == shard
-        fps = np.asarray(fingerprints, np.float32).reshape(n, 63)
+        fps = np.asarray(fingerprints, np.float32).reshape(n, FP_DIM)
         o_codes = np.zeros((len(flagged), codes.shape[1]), np.float32)
-        o_fps = np.full((len(flagged), 63), np.nan, np.float32)
+        o_fps = np.full((len(flagged), FP_DIM), np.nan, np.float32)
         o_codes[own], o_fps[own] = codes[rows[own]], fps[rows[own]]
         if (~own).any():
             o_codes[~own] = gallery.codes(other[~own])
@@ -500,7 +503,7 @@ def face_fingerprints(rows: list[dict]) -> np.ndarray:
     as the catalog stores them (a face is compared alike with this shard's faces and with
     the gallery's)."""
     out = [f.get("fingerprint") for r in rows for f in r["faces"]]
-    arr = np.full((len(out), 63), np.nan, np.float32)
+    arr = np.full((len(out), FP_DIM), np.nan, np.float32)
     for i, f in enumerate(out):
         if f is not None and len(f) == 63:
             arr[i] = f
@@ -549,7 +552,7 @@ def write_shard(gallery, number: int, rows: list[dict], faces, soft, codes, enco
                                                           ~flagged | np.isnan(nd.photo_distance))
         cols["near_duplicate_criterion"] = list(nd.criterion)
     if fingerprints is not None and n:
-        cols["photo_fingerprint"] = np.asarray(fingerprints, np.float32).reshape(n, 63)
+        cols["photo_fingerprint"] = np.asarray(fingerprints, np.float32).reshape(n, FP_DIM)
     writer = store.ShardWriter(gallery.path, number)
     try:
         return writer.commit(schema.faces_table(cols), schema.images_table(image_rows), soft, codes)
@@ -706,9 +709,9 @@ def _warm_up(gallery, near_duplicate_distance: float, near_duplicate_photo_dista
 
     schema.faces_table({"face_id": np.zeros(0, np.int64)})
     if near_duplicate_distance and near_duplicate_distance > 0:
-        gallery.near_search("codes", np.zeros((0, 228), np.float32))
+        gallery.near_search("codes", np.zeros((0, code_layout.CODE_SIZE), np.float32))
     if near_duplicate_photo_distance and near_duplicate_photo_distance > 0:
-        gallery.near_search("photos", np.zeros((0, 63), np.float32))
+        gallery.near_search("photos", np.zeros((0, FP_DIM), np.float32))
 
 
 def chunk_sizes(n: int, largest: int = 256, first: int = 64) -> list[int]:

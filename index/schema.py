@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
+from skullsearch.index.fingerprint import DIM as FP_DIM
+
 FACES = pa.schema([
     ("face_id", pa.int64()),
     ("image_id", pa.int64()),
@@ -29,7 +31,7 @@ FACES = pa.schema([
     ("near_duplicate_of", pa.int64()),  # an earlier face flagged as this one's near-duplicate
     ("near_duplicate_distance", pa.float32()),  # their shape-code L2 distance (identity)
     # added in format 1.2:
-    ("photo_fingerprint", pa.list_(pa.float16(), 63)),  # index.fingerprint of the face crop (fp16)
+    ("photo_fingerprint", pa.list_(pa.float16(), FP_DIM)),  # index.fingerprint of the face crop (fp16)
     ("near_duplicate_criterion", pa.string()),  # what flagged it: "photo" or "identity"
     ("near_duplicate_photo_distance", pa.float32()),  # their photo-fingerprint L2 distance
 ])
@@ -88,7 +90,7 @@ def faces_table(cols: dict) -> pa.Table:
         elif f.name == "landmarks":
             arrays.append(fixed(np.asarray(v).reshape(n, 136), 136))
         elif f.name == "photo_fingerprint":  # (n, 63), a row of NaN: no fingerprint (null)
-            v = np.asarray(v, np.float32).reshape(n, 63)
+            v = np.asarray(v, np.float32).reshape(n, FP_DIM)
             arrays.append(pa.FixedSizeListArray.from_arrays(
                 pa.array(v.reshape(-1).astype(np.float16), pa.float16()), 63,
                 mask=pa.array(np.isnan(v).any(1))))

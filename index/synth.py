@@ -20,7 +20,7 @@ from skullsearch.index.ingest import IngestReport, neutral_soft_tissue
 
 def synth_codes(model, n: int, rng: np.random.Generator) -> np.ndarray:
     """(n, 228) codes from the prior: identity only, cameras 0.5–0.9 m in front, yaw ±30°."""
-    s = min(model.n_shape, 90)
+    s = min(model.n_shape, code_layout.N_SHAPE)
     shape = rng.standard_normal((n, s), dtype=np.float32) * model.shape_std[:s]
     rot = np.zeros((n, 3), np.float32)
     rot[:, 1] = np.deg2rad(rng.uniform(-30, 30, n)).astype(np.float32)

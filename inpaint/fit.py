@@ -137,7 +137,7 @@ def f3dmm_gc(model, codes, target, present, keep, kept_positions=None, definite_
     c = len(codes)
     n_v = model.n_vertices
     s_n = min(model.n_shape, code_layout.SLICES["shape"].stop)
-    e_n = min(model.n_expression, 90) if expression else 0
+    e_n = min(model.n_expression, code_layout.N_EXPRESSION) if expression else 0
     target = np.broadcast_to(np.asarray(target, np.float64), (c, 36, 3))
     present = np.broadcast_to(np.asarray(present, bool), (c, 36))
     keep = np.broadcast_to(np.asarray(keep, bool), (c, n_v))
@@ -287,7 +287,8 @@ def _refine_jaw(model, x, x0, sd, s_n, e_n, kept_pos, keep, target, present, d_t
     def forward():
         coef = xt * sd_t
         pose = torch.zeros(c, 3 * model.n_joints)
-        pose = pose.index_put((torch.arange(c)[:, None], torch.arange(6, 9)[None]), jaw)
+        jaw_idx = torch.arange(code_layout.JAW_POSE.start, code_layout.JAW_POSE.stop)
+        pose = pose.index_put((torch.arange(c)[:, None], jaw_idx[None]), jaw)
         verts = model.vertices(shape=coef[:, :s_n], expression=coef[:, s_n:] if e_n else None, pose=pose)
         pts = model.soft_tissue(vertices=verts)
         return verts, pts, pose

@@ -205,7 +205,7 @@ class RenderEncoder(nn.Module):
         super().__init__()
         self.size = _check_size(size)
         self.n_shape = min(int(n_shape), code_layout.SLICES["shape"].stop)
-        self.n_expression = min(int(n_expression), 90)
+        self.n_expression = min(int(n_expression), code_layout.N_EXPRESSION)
         self.jaw = bool(jaw)
         self.widths = [int(w) for w in (widths or default_encoder_widths(self.size))]
         layers: list[nn.Module] = []

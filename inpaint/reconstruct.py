@@ -384,7 +384,7 @@ def _run(model, skull, codes, neutral_points, target, present, sd, cfg, g_depth,
     regions = face_regions(model)
     before = score(neutral_points, target, present, sd, cfg)
     eta = cfg.thresholds(sd)
-    shape = code_layout.split(codes).shape[:, : min(model.n_shape, 90)]
+    shape = code_layout.split(codes).shape[:, : min(model.n_shape, code_layout.N_SHAPE)]
     with torch.no_grad():
         base = model.vertices(shape=torch.as_tensor(np.ascontiguousarray(shape))).double().numpy()
     revise = np.stack([revised_vertices(regions, before.matched_flags[i], present) for i in range(c)])
