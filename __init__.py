@@ -14,8 +14,6 @@ The public API::
     skullsearch.report(gallery, query_id, "case.html")  # the HTML case report of a recorded query
 """
 
-import importlib
-
 from skullsearch.errors import (
     DependencyError,
     FaceModelError,
@@ -23,7 +21,7 @@ from skullsearch.errors import (
     SkullsearchError,
     UnsafePickleError,
 )
-from skullsearch.meta import __version__
+from skullsearch.meta import __version__, lazy_getattr
 
 #: The public names and the module each comes from. They are imported on first use (PEP 562), so
 #: ``import skullsearch`` — and the command line's ``--help`` — do not pay for torch, FAISS and
@@ -44,13 +42,7 @@ _EXPORTS: dict[str, str] = {
 }
 
 
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'skullsearch' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr("skullsearch", _EXPORTS, globals())
 
 
 def __dir__() -> list[str]:
