@@ -83,9 +83,9 @@ def synthetic_skull_targets(face_points: np.ndarray, normals: np.ndarray, sd: np
     return np.where(present[..., None], t, np.nan), present
 
 
-def render_photos(model, folder, shape, expr, pose, rng) -> list:
-    """Synthetic portrait photos (512 px PNG) of the given faces: yaw ±30°, pitch ±10°, random
-    distance, light and skin tone. Returns the paths, ``photo0000.png``…"""
+def render_photos(model, folder, shape, expr, pose, rng, max_yaw: float = 30.0) -> list:
+    """Synthetic portrait photos (512 px PNG) of the given faces: yaw ±max_yaw°, pitch ±10°,
+    random distance, light and skin tone. Returns the paths, ``photo0000.png``…"""
     from pathlib import Path
 
     from PIL import Image
@@ -96,7 +96,7 @@ def render_photos(model, folder, shape, expr, pose, rng) -> list:
         verts = model.vertices(shape=shape, expression=expr, pose=pose).numpy()
     paths = []
     for i, v in enumerate(verts):
-        cam = face_camera(yaw_deg=rng.uniform(-30, 30), pitch_deg=rng.uniform(-10, 10), size=512,
+        cam = face_camera(yaw_deg=rng.uniform(-max_yaw, max_yaw), pitch_deg=rng.uniform(-10, 10), size=512,
                           distance=rng.uniform(500, 900), fov_mm=rng.uniform(260, 340),
                           center=np.array([0.0, -30.0, 0.0]))
         albedo = np.array([0.8, 0.62, 0.5]) * rng.uniform(0.6, 1.1)

@@ -1,0 +1,40 @@
+"""benchmarks/identity.py: its AUC, and one small end-to-end run through the real detector."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def identity():
+    sys.path.insert(0, str(ROOT / "benchmarks"))  # the benchmark imports its _common helpers
+    spec = importlib.util.spec_from_file_location("skullsearch_bench_identity",
+                                                  ROOT / "benchmarks" / "identity.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_auc(identity):
+    assert identity.auc(np.array([1.0, 2.0]), np.array([3.0, 4.0, 5.0])) == 1.0
+    assert identity.auc(np.array([6.0, 7.0]), np.array([3.0, 4.0, 5.0])) == 0.0
+    rng = np.random.default_rng(0)
+    assert abs(identity.auc(rng.random(2000), rng.random(3000)) - 0.5) < 0.03
+
+
+@pytest.mark.slow
+def test_a_small_run_reports_every_figure(identity, capsys):
+    out = identity.main(["--persons", "4", "--photos", "2", "--gallery", "40", "--seed", "3"])
+    assert out["faces_found"] >= 6 and out["gallery"] == 40
+    assert 0 < out["identity_error_mm"] < 10 and 0 <= out["reshot_auc_shape_codes"] <= 1
+    for label in ("1_photo", "2_photos"):
+        for rank_by in ("s", "likelihood"):
+            assert 0 <= out[f"{label}_{rank_by}_rank1"] <= out[f"{label}_{rank_by}_rank10"] <= 1
+    assert '"identity_ratio_to_mean_face"' in capsys.readouterr().out.splitlines()[-1]
