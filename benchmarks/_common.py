@@ -90,18 +90,26 @@ def render_photos(model, folder, shape, expr, pose, rng, max_yaw: float = 30.0) 
 
     from PIL import Image
 
-    from skullsearch.encoder.render import face_camera, render_mesh
+    from skullsearch.encoder.render import random_portrait
 
     with torch.no_grad():
         verts = model.vertices(shape=shape, expression=expr, pose=pose).numpy()
     paths = []
     for i, v in enumerate(verts):
-        cam = face_camera(yaw_deg=rng.uniform(-max_yaw, max_yaw), pitch_deg=rng.uniform(-10, 10), size=512,
-                          distance=rng.uniform(500, 900), fov_mm=rng.uniform(260, 340),
-                          center=np.array([0.0, -30.0, 0.0]))
-        albedo = np.array([0.8, 0.62, 0.5]) * rng.uniform(0.6, 1.1)
-        light = (rng.uniform(-0.5, 0.5), rng.uniform(0.0, 0.6), 1.0)
         paths.append(Path(folder) / f"photo{i:04d}.png")
-        image = render_mesh(v, model.faces, cam, albedo=albedo, light_dir=light).image
-        Image.fromarray(image).save(paths[-1])
+        Image.fromarray(random_portrait(v, model.faces, rng, max_yaw)[0].image).save(paths[-1])
     return paths
+
+
+def identity_errors(model, mask: np.ndarray, fitted_shape, true_shape) -> tuple[np.ndarray, np.ndarray]:
+    """Per-vertex identity errors (n, m) mm over the face region ``mask`` (V,) of the fitted
+    neutral faces against the true ones, similarity-aligned (the NoW non-metrical protocol), and
+    the same for the model's mean face in place of each fit. fitted_shape, true_shape (n, ≤S)."""
+    from skullsearch.encoder.align import align
+
+    with torch.no_grad():
+        truth = model.vertices(shape=torch.as_tensor(true_shape, dtype=torch.float32)).numpy()[:, mask]
+        fit = model.vertices(shape=torch.as_tensor(fitted_shape, dtype=torch.float32)).numpy()[:, mask]
+    err = np.linalg.norm(align(fit, truth) - truth, axis=-1)
+    mean_face = np.broadcast_to(model.v_template[mask], truth.shape)
+    return err, np.linalg.norm(align(mean_face, truth) - truth, axis=-1)

@@ -101,6 +101,7 @@ def landmark_report(ext, skin, eta: np.ndarray) -> dict:
 
 def pipeline_report(model, skull, skin, faces: int, seed: int, folder: Path) -> dict:
     """(b): query a synthetic gallery, reconstruct the best face, compare three faces to the skin."""
+    from skullsearch.encoder.align import apply_similarity
     from skullsearch.encoder.face_model import face_region
     from skullsearch.index.synth import synth
     from skullsearch.inpaint.fit import FitWeights
@@ -129,7 +130,8 @@ def pipeline_report(model, skull, skin, faces: int, seed: int, folder: Path) -> 
     with torch.no_grad():
         mean_pts = model.soft_tissue(batch_size=1).double().numpy()
     sc = score(mean_pts, target, present, sd, ScoreConfig(**(result.params or {}).get("score", {})))
-    mean_v = sc.scale[0] * model.v_template.astype(np.float64) @ sc.rotation[0].T + sc.translation[0]
+    mean_v = apply_similarity(model.v_template.astype(np.float64), sc.scale[0], sc.rotation[0],
+                              sc.translation[0])
     cand_v, _ = aligned_faces(g, [best])
     faces_out = {
         "reconstruction": _stats(skin_distance(skin, np.asarray(rec.vertices_skull)[region])),

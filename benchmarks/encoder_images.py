@@ -15,15 +15,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
-from _common import emit, random_faces, render_photos
+from _common import emit, identity_errors, random_faces, render_photos
 
 from skullsearch import FaceModel
-from skullsearch.encoder.align import align
+from skullsearch.encoder import code as code_layout
 from skullsearch.encoder.detectors import DlibDetector
 from skullsearch.encoder.encode import detect_faces, fit_faces
 from skullsearch.encoder.face_model import face_region
-from skullsearch.encoder.fitting import code_vertices
 from skullsearch.encoder.images import read_images
 
 
@@ -49,14 +47,8 @@ def main(argv=None):
     t3 = time.perf_counter()
 
     idx = [int(Path(f.image).stem[5:]) for f in faces]
-    codes = torch.as_tensor(np.stack([f.code for f in faces]))
-    codes[:, 90:] = 0
-    with torch.no_grad():
-        truth = model.vertices(shape=shape[idx]).numpy()[:, mask]
-        fit = code_vertices(model, codes).numpy()[:, mask]
-    err = np.linalg.norm(align(fit, truth) - truth, axis=-1)
-    mean_face = np.broadcast_to(model.v_template[mask], truth.shape)
-    err0 = np.linalg.norm(align(mean_face, truth) - truth, axis=-1)
+    fitted = code_layout.split(np.stack([f.code for f in faces])).shape
+    err, err0 = identity_errors(model, mask, fitted, shape[idx].numpy())
     found = len(faces)
     print(f"found {found}/{args.images} faces; residual {np.mean([f.residual_px for f in faces]):.2f} px; "
           f"identity error {err.mean():.2f} mm mean, {err.max(1).mean():.2f} mm max "

@@ -26,12 +26,18 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
-from _common import emit, face_normals, random_faces, render_photos, synthetic_skull_targets, table_sd
+from _common import (
+    emit,
+    face_normals,
+    identity_errors,
+    random_faces,
+    render_photos,
+    synthetic_skull_targets,
+    table_sd,
+)
 
 from skullsearch import FaceModel
 from skullsearch.encoder import code as code_layout
-from skullsearch.encoder.align import align
 from skullsearch.encoder.detectors import DlibDetector
 from skullsearch.encoder.encode import detect_faces, fit_faces
 from skullsearch.encoder.face_model import face_region
@@ -83,12 +89,7 @@ def main(argv=None):
 
     # identity error, single photo
     true_shape = shape.numpy()
-    with torch.no_grad():
-        truth = model.vertices(shape=torch.as_tensor(true_shape[idx1])).numpy()[:, mask]
-        fit = model.vertices(shape=torch.as_tensor(code_layout.split(codes1).shape[:, :n_s])).numpy()[:, mask]
-    err = np.linalg.norm(align(fit, truth) - truth, axis=-1).mean(1)
-    mean_face = np.broadcast_to(model.v_template[mask], truth.shape)
-    err0 = np.linalg.norm(align(mean_face, truth) - truth, axis=-1).mean(1)
+    err, err0 = identity_errors(model, mask, code_layout.split(codes1).shape[:, :n_s], true_shape[idx1])
 
     # re-shot verification from shape codes
     s1 = code_layout.split(codes1).shape[:, :n_s] / model.shape_std[:n_s]

@@ -49,19 +49,14 @@ def _render_set(model, photos: int, rng, max_yaw: float, size: int):
     """Yield (render, camera) for ``photos`` faces drawn from the prior at random poses."""
     import torch
 
-    from skullsearch.encoder.render import face_camera, render_mesh
+    from skullsearch.encoder.render import random_portrait
 
     s = model.n_shape
     shape = torch.as_tensor(rng.standard_normal((photos, s)) * model.shape_std, dtype=torch.float32)
     with torch.no_grad():
         verts = model.vertices(shape=shape).numpy()
     for v in verts:
-        cam = face_camera(yaw_deg=rng.uniform(-max_yaw, max_yaw), pitch_deg=rng.uniform(-10, 10),
-                          size=size, distance=rng.uniform(500, 900), fov_mm=rng.uniform(260, 340),
-                          center=np.array([0.0, -30.0, 0.0]))
-        albedo = np.array([0.8, 0.62, 0.5]) * rng.uniform(0.6, 1.1)
-        light = (rng.uniform(-0.5, 0.5), rng.uniform(0.0, 0.6), 1.0)
-        yield render_mesh(v, model.faces, cam, albedo=albedo, light_dir=light), cam
+        yield random_portrait(v, model.faces, rng, max_yaw, size)
 
 
 def calibrate_embedding(model, photos: int = 96, seed: int = 0, max_yaw: float = 30.0,

@@ -192,3 +192,16 @@ def render_mesh(
     img[:] = np.asarray(background, dtype=np.float64) / 255.0
     img[hit] = np.clip(col * shade[:, None], 0, 1)
     return Render((img * 255 + 0.5).astype(np.uint8), face_id, bary, depth)
+
+
+def random_portrait(vertices: np.ndarray, faces: np.ndarray, rng: np.random.Generator,
+                    max_yaw: float = 30.0, size: int = 512) -> tuple[Render, Camera]:
+    """A synthetic portrait photo of a posed face (V, 3) mm: a perspective camera at yaw
+    ±max_yaw°, pitch ±10°, 0.5–0.9 m away, a 260–340 mm field; random skin tone and light.
+    Returns the :class:`Render` (image and triangle/barycentric buffers) and its camera."""
+    cam = face_camera(yaw_deg=rng.uniform(-max_yaw, max_yaw), pitch_deg=rng.uniform(-10, 10),
+                      size=size, distance=rng.uniform(500, 900), fov_mm=rng.uniform(260, 340),
+                      center=np.array([0.0, -30.0, 0.0]))
+    albedo = np.array([0.8, 0.62, 0.5]) * rng.uniform(0.6, 1.1)
+    light = (rng.uniform(-0.5, 0.5), rng.uniform(0.0, 0.6), 1.0)
+    return render_mesh(vertices, faces, cam, albedo=albedo, light_dir=light), cam
