@@ -68,6 +68,21 @@ class SurfacePoints:
     def __len__(self) -> int:
         return len(self.faces)
 
+    @classmethod
+    def at_vertices(cls, triangles: np.ndarray, vertex_ids, names=()) -> SurfacePoints:
+        """Points exactly at mesh vertices: for each id (K,), the first triangle of ``triangles``
+        (F, 3) that uses it, with all the weight on that corner. An id no triangle uses raises
+        :class:`LandmarkError` naming it."""
+        tri = np.asarray(triangles, np.int64)
+        ids = np.asarray(vertex_ids, np.int64).reshape(-1)
+        flat = tri.reshape(-1)
+        first = np.full(max(int(flat.max(initial=-1)), int(ids.max(initial=-1))) + 1, -1, np.int64)
+        first[flat[::-1]] = np.arange(flat.size)[::-1]  # the smallest position wins
+        pos = np.where(ids >= 0, first[np.maximum(ids, 0)], -1)
+        if (pos < 0).any():
+            raise LandmarkError(f"vertex {int(ids[np.argmax(pos < 0)])} is not on the mesh")
+        return cls(pos // 3, np.eye(3, dtype=np.float32)[pos % 3], names)
+
     def evaluate(self, vertices: torch.Tensor, triangles: torch.Tensor) -> torch.Tensor:
         """vertices (B, V, 3), triangles (F, 3) int64 → points (B, K, 3)."""
         corner_ids = triangles[torch.as_tensor(self.faces, device=vertices.device)]  # (K, 3)
@@ -236,13 +251,20 @@ class FaceModel:
             return cls.builtin(str(path))
         return cls.load(path)
 
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write the model as a skullsearch ``.npz`` (mm; annotation and prior included)."""
+    def save(self, path: str | os.PathLike, *, half_bases: bool = False, compress: bool = False) -> Path:
+        """Write the model as a skullsearch ``.npz`` (mm; annotation and prior included).
+
+        half_bases: round the shape and expression bases to float16 (under 0.01 mm for bases of
+        a few cm), which the file then stores at half the size; compress: zip-deflate the members
+        (both for a model shipped in the package)."""
         from skullsearch.encoder import flame_io
 
+        def bases(b):
+            return b.astype(np.float16).astype(np.float32) if half_bases else b
+
         arrays = {
-            "v_template": self.v_template, "faces": self.faces, "shapedirs": self.shapedirs,
-            "exprdirs": self.exprdirs, "posedirs": self.posedirs,
+            "v_template": self.v_template, "faces": self.faces, "shapedirs": bases(self.shapedirs),
+            "exprdirs": bases(self.exprdirs), "posedirs": self.posedirs,
             "J_regressor": self.j_regressor, "weights": self.weights, "parents": self.parents,
             "shape_std": self.shape_std, "expression_std": self.expression_std,
         }
@@ -253,7 +275,7 @@ class FaceModel:
         meta = {k: v for k, v in self.meta.items()
                 if k not in ("file", "file_sha256", "annotation_error", "loaded_from")}
         arrays["meta"] = meta
-        flame_io.write_face_model_npz(path, arrays)
+        flame_io.write_face_model_npz(path, arrays, compress=compress)
         return Path(path)
 
     # ------------------------------------------------------------------ properties
@@ -550,10 +572,11 @@ def read_soft_tissue_json(path: str | os.PathLike, model: FaceModel) -> SurfaceP
     bary = base.bary.copy() if base is not None else np.zeros((36, 3), np.float32)
     for i, (name, value) in zip(idx, data.items(), strict=True):
         if isinstance(value, int):  # a vertex id: a triangle using it, all weight on it
-            rows, cols = np.nonzero(model.faces == value)
-            if len(rows) == 0:
-                raise LandmarkError(f"{path}: {name}: vertex {value} is not on the mesh")
-            faces[i], bary[i] = rows[0], np.eye(3, dtype=np.float32)[cols[0]]
+            try:
+                at = SurfacePoints.at_vertices(model.faces, [value])
+            except LandmarkError as e:
+                raise LandmarkError(f"{path}: {name}: {e}") from None
+            faces[i], bary[i] = at.faces[0], at.bary[0]
         else:
             try:
                 f, b = int(value[0]), np.asarray(value[1], dtype=np.float32)

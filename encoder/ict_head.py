@@ -284,15 +284,9 @@ def build_model(source: str | Path | dict, n_shape: int = N_SHAPE, calibrate: bo
         exprdirs=d["exprdirs"], posedirs=d["posedirs"], j_regressor=d["J_regressor"],
         weights=d["weights"], parents=d["parents"], shape_std=d["shape_std"],
         expression_std=d["expression_std"], meta=meta))
-    # a vertex landmark: a triangle that uses the vertex, all weight on it
-    tri = np.full(len(lm_ids), -1, np.int64)
-    bary = np.zeros((len(lm_ids), 3), np.float32)
-    for k, vid in enumerate(lm_ids):
-        rows, cols = np.nonzero(model.faces == vid)
-        tri[k], bary[k, cols[0]] = rows[0], 1.0
     from skullsearch.encoder.annotate import landmark_embedding
 
-    model.landmarks = landmark_embedding(SurfacePoints(tri, bary))
+    model.landmarks = landmark_embedding(SurfacePoints.at_vertices(model.faces, lm_ids))
     with torch.no_grad():
         lm3 = model.landmarks68(batch_size=1)[0].numpy().astype(np.float64)
     _, st = annotate(model.v_template, model.faces, lm3)
@@ -310,22 +304,8 @@ def build_model(source: str | Path | dict, n_shape: int = N_SHAPE, calibrate: bo
 
 
 def save_packaged(model, path: str | Path = PACKAGED) -> Path:
-    """Write the export with its bases as float16 (under 0.01 mm of rounding)."""
-    from skullsearch.encoder import flame_io
-
-    arrays = {
-        "v_template": model.v_template, "faces": model.faces,
-        "shapedirs": model.shapedirs.astype(np.float16),
-        "exprdirs": model.exprdirs.astype(np.float16),
-        "posedirs": np.zeros((model.n_vertices, 3, 9 * (model.n_joints - 1)), np.float16),
-        "J_regressor": model.j_regressor, "weights": model.weights, "parents": model.parents,
-        "shape_std": model.shape_std, "expression_std": model.expression_std,
-        "landmarks": model.landmarks,
-        "soft_tissue_faces": model.soft_tissue_points.faces,
-        "soft_tissue_bary": model.soft_tissue_points.bary,
-        "meta": model.meta,
-    }
-    return flame_io.write_face_model_npz(path, arrays, compress=True)
+    """Write the export with its bases as float16 (under 0.01 mm of rounding), compressed."""
+    return model.save(path, half_bases=True, compress=True)
 
 
 def load_packaged():

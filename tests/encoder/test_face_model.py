@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from skullsearch import FaceModel, FaceModelError, LandmarkError
+from skullsearch import SOFT_TISSUE_NAMES, FaceModel, FaceModelError, LandmarkError
 from skullsearch.encoder.face_model import yaw_bin
 
 from flame_writer import (
@@ -236,3 +236,22 @@ def test_a_model_the_annotator_cannot_read_says_what_to_pass(tmp_path, default_m
     assert "does not look like a head" in blob.meta["annotation_error"]
     with pytest.raises(LandmarkError, match="soft_tissue=FILE.json"):
         blob.soft_tissue(batch_size=1)
+
+
+def test_a_vertex_id_override_puts_the_point_on_that_vertex(tmp_path, default_model):
+    """``{"pg": vertex_id}`` in a soft-tissue JSON: the point sits exactly on the vertex; a vertex
+    no triangle uses is named in the error."""
+    import json
+
+    from skullsearch.encoder.face_model import read_soft_tissue_json
+
+    m = default_model
+    vid = int(m.faces[123, 1])
+    (tmp_path / "st.json").write_text(json.dumps({"pg": vid}))
+    pts = read_soft_tissue_json(tmp_path / "st.json", m)
+    k = SOFT_TISSUE_NAMES.index("pg")
+    corners = m.v_template[m.faces[pts.faces[k]]]
+    np.testing.assert_allclose((corners * pts.bary[k][:, None]).sum(0), m.v_template[vid], atol=1e-5)
+    (tmp_path / "bad.json").write_text(json.dumps({"pg": m.n_vertices + 5}))
+    with pytest.raises(LandmarkError, match=f"pg: vertex {m.n_vertices + 5} is not on the mesh"):
+        read_soft_tissue_json(tmp_path / "bad.json", m)
