@@ -505,7 +505,7 @@ def face_fingerprints(rows: list[dict]) -> np.ndarray:
     out = [f.get("fingerprint") for r in rows for f in r["faces"]]
     arr = np.full((len(out), FP_DIM), np.nan, np.float32)
     for i, f in enumerate(out):
-        if f is not None and len(f) == 63:
+        if f is not None and len(f) == FP_DIM:
             arr[i] = f
     return arr.astype(np.float16).astype(np.float32)
 

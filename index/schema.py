@@ -38,7 +38,7 @@ FACES = pa.schema([
 
 #: Face columns that older shards may lack, with their DuckDB types (read as NULL there).
 LATER_FACE_COLUMNS = {"near_duplicate_of": "BIGINT", "near_duplicate_distance": "FLOAT",
-                      "photo_fingerprint": "FLOAT[63]", "near_duplicate_criterion": "VARCHAR",
+                      "photo_fingerprint": f"FLOAT[{FP_DIM}]", "near_duplicate_criterion": "VARCHAR",
                       "near_duplicate_photo_distance": "FLOAT"}
 
 IMAGES = pa.schema([
@@ -92,7 +92,7 @@ def faces_table(cols: dict) -> pa.Table:
         elif f.name == "photo_fingerprint":  # (n, 63), a row of NaN: no fingerprint (null)
             v = np.asarray(v, np.float32).reshape(n, FP_DIM)
             arrays.append(pa.FixedSizeListArray.from_arrays(
-                pa.array(v.reshape(-1).astype(np.float16), pa.float16()), 63,
+                pa.array(v.reshape(-1).astype(np.float16), pa.float16()), FP_DIM,
                 mask=pa.array(np.isnan(v).any(1))))
         elif isinstance(v, pa.Array):
             arrays.append(v.cast(f.type))

@@ -206,11 +206,11 @@ def f3dmm_gc(model, codes, target, present, keep, kept_positions=None, definite_
     iters = np.zeros(c, np.int64)
     x = x0.copy()
     lw_now = lw.copy()
-    bound = np.inf
+    bound = np.full(c, np.inf)  # per candidate: never below where the candidate itself starts
     if w.prior_quantile is not None:
         from scipy.stats import chi2
 
-        bound = max(float(chi2.ppf(w.prior_quantile, n_p)), float((x0 ** 2).sum(1).max()))
+        bound = np.maximum(float(chi2.ppf(w.prior_quantile, n_p)), (x0 ** 2).sum(1))
     for it in range(max(int(iterations), 1)):
         x_new = solve(lw_now)
         # past the prior bound: keep the last plausible solution and stop boosting (the first
