@@ -83,20 +83,15 @@ def landmark_report(ext, skin, eta: np.ndarray) -> dict:
                "within": bool(d[i] < eta[i])}
            for i, n in enumerate(SOFT_TISSUE_NAMES) if present[i]}
 
-    def share(names):
-        names = [n for n in names if n in per]
-        return (round(sum(per[n]["within"] for n in names) / len(names), 3) if names else None,
-                len(names))
-
     mid = [n for n in MIDLINE if n in per]
-    return {
-        "landmarks": per,
-        "within_eta_all": share(list(per))[0], "n_all": share(list(per))[1],
-        "within_eta_midline": share(mid)[0], "n_midline": share(mid)[1],
-        "within_eta_midline_no_streak": share([n for n in mid if n not in STREAK])[0],
-        "n_midline_no_streak": share([n for n in mid if n not in STREAK])[1],
-        "mean_distance_mm": round(float(np.nanmean(d)), 3),
-    }
+    out = {"landmarks": per}
+    for label, names in (("all", list(per)), ("midline", mid),
+                         ("midline_no_streak", [n for n in mid if n not in STREAK])):
+        out[f"within_eta_{label}"] = (round(sum(per[n]["within"] for n in names) / len(names), 3)
+                                      if names else None)
+        out[f"n_{label}"] = len(names)
+    out["mean_distance_mm"] = round(float(np.nanmean(d)), 3)
+    return out
 
 
 def pipeline_report(model, skull, skin, faces: int, seed: int, folder: Path) -> dict:

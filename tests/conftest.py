@@ -40,6 +40,16 @@ def anny_model():
     return FaceModel.builtin("anny")
 
 
+@pytest.fixture(scope="module")
+def mean_points(default_model):
+    """The 36 soft-tissue points (36, 3) float64 mm of the mean face of the module's
+    ``default_model`` (a model test module may override that fixture)."""
+    import torch
+
+    with torch.no_grad():
+        return default_model.soft_tissue(batch_size=1)[0].double().numpy()
+
+
 @pytest.fixture(scope="session")
 def artifacts() -> Path:
     """A folder for files a person may want to look at after the run (renders, meshes)."""

