@@ -19,8 +19,10 @@ from typing import NamedTuple
 import numpy as np
 
 from skullsearch.encoder import code as code_layout
+from skullsearch.encoder import descriptors
 from skullsearch.encoder.atomic import write_json_atomic
 from skullsearch.index import fingerprint, schema, store, vectors
+from skullsearch.index.columns import VectorColumn
 from skullsearch.index.store import GalleryError, ShardInfo
 
 FACE_COLUMNS_EXTRA = ("code", "soft_tissue")
@@ -43,16 +45,6 @@ class _Held(NamedTuple):
     mapped: bool
 
 
-class _Photos(NamedTuple):
-    """The photo fingerprints of the committed faces that have one: the shards read, their face
-    ids (n,) int64 (ascending) and an exact FAISS index over the fingerprints (position = row
-    of ids)."""
-
-    shards: list
-    ids: np.ndarray
-    index: object
-
-
 class _Near(NamedTuple):
     """A near-duplicate IVF index (:func:`~skullsearch.index.vectors.near_index`, ids = face
     ids) and the shard numbers it holds."""
@@ -61,17 +53,11 @@ class _Near(NamedTuple):
     index: object
 
 
-def _positions(sorted_ids: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Where each of ``ids`` (n,) sits in the ascending ``sorted_ids`` (m,): (positions (n,),
-    found (n,) bool; a position is meaningless where not found)."""
-    if not len(sorted_ids):
-        return np.zeros(len(ids), np.int64), np.zeros(len(ids), bool)
-    pos = np.minimum(np.searchsorted(sorted_ids, ids), len(sorted_ids) - 1)
-    return pos, sorted_ids[pos] == ids
-
-
 #: the near-duplicate criteria with an index of their own, and the state.json key of each
-NEAR_KEYS = {"codes": "near_codes", "photos": "near_photos"}
+NEAR_KEYS = {"codes": "near_codes", "photos": "near_photos", "persons": "near_persons"}
+
+#: the vector columns of the faces table with an exact index each (:mod:`~skullsearch.index.columns`)
+COLUMNS = {"photos": ("photo_fingerprint", fingerprint.DIM), "persons": ("descriptor", descriptors.DIM)}
 
 
 class Gallery:
@@ -85,10 +71,12 @@ class Gallery:
         #: open saved FAISS indexes memory-mapped (see :meth:`index`)
         self.mmap_indexes = True
         self._gpu: dict = {}
-        self._photos: _Photos | None = None
-        #: guards the photo index: its build, its growth and searches in it (faiss indexes are
-        #: not safe to search while they are added to)
+        #: guards the vector-column indexes (photo fingerprints, person descriptors) and the
+        #: near-duplicate indexes: their build, their growth and searches in them (faiss indexes
+        #: are not safe to search while they are added to)
         self._photo_lock = threading.RLock()
+        self._columns = {name: VectorColumn(name, col, dim, self._photo_lock)
+                         for name, (col, dim) in COLUMNS.items()}
         #: near-duplicate IVF indexes by criterion (see :meth:`near_search`), under _photo_lock
         self._near: dict[str, _Near] = {}
         self._lock = threading.Lock()
@@ -481,96 +469,41 @@ class Gallery:
             return np.zeros((q, 0), np.float32), np.zeros((q, 0), np.int64)
         return vectors.search(idx, vectors.shape_vectors(codes), k)
 
-    def _photo_index(self) -> _Photos:
-        """The photo-fingerprint index over every committed face that has a fingerprint, read
-        from the catalog's ``photo_fingerprint`` column and kept in memory; shards committed
-        since the last call are added (read once each). Faces of older shards and synthetic faces
-        have none. Memory: 252 bytes per face (252 MB at 1M faces; 123 bytes on disk, float16);
-        reading 1M faces' fingerprints takes about 3 s."""
-        from skullsearch.index import fingerprint
-
-        with self._photo_lock:
-            shards = self.shards()
-            held = self._photos
-            if held is None or not {s.number for s in shards} >= set(held.shards):
-                held = _Photos([], np.zeros(0, np.int64), fingerprint.flat_index())
-            have = set(held.shards)
-            ids, new = [held.ids], []
-            for sh in shards:  # read every new shard first: a failed read adds nothing
-                if sh.number in have:
-                    continue
-                have.add(sh.number)
-                sid, vals = self._shard_fingerprints(sh)
-                if len(sid):
-                    ids.append(sid)
-                    new.append(vals)
-            if new:  # (the index and its ids grow together, or not at all)
-                held.index.add(np.concatenate(new))  # (stored as float16)
-            held = _Photos(sorted(have), np.concatenate(ids), held.index)
-            self._photos = held
-            return held
-
-    def _shard_fingerprints(self, sh: ShardInfo) -> tuple[np.ndarray, np.ndarray]:
-        """The faces of one shard that have a photo fingerprint: (face ids (m,) int64 ascending,
-        fingerprints (m, 63) float32); empty for old and synthetic shards."""
-        import pyarrow.parquet as pq
-
-        from skullsearch.index import fingerprint
-
-        none = np.zeros(0, np.int64), np.zeros((0, fingerprint.DIM), np.float32)
-        path = sh.file(self.path, "faces.parquet")
-        if not sh.faces or "photo_fingerprint" not in pq.read_schema(path).names:
-            return none
-        t = pq.read_table(path, columns=["face_id", "photo_fingerprint"])
-        col = t.column("photo_fingerprint").combine_chunks()
-        valid = col.is_valid().to_numpy(zero_copy_only=False)
-        if not valid.any():
-            return none
-        vals = col.values.to_numpy(zero_copy_only=False).reshape(-1, fingerprint.DIM)
-        vals = vals[col.offset: col.offset + len(col)][valid]
-        sid = t.column("face_id").to_numpy()[valid].astype(np.int64)
-        order = np.argsort(sid, kind="stable")
-        return sid[order], np.ascontiguousarray(vals[order], np.float32)
+    def column_index(self, name: str):
+        """The exact index of a vector column (``photos``: photo fingerprints, ``persons``: person
+        descriptors) over every committed face that has one (:class:`~skullsearch.index.columns.
+        VectorColumn`; faces of older shards and synthetic faces have none). Memory: 4 × dim
+        bytes per face."""
+        return self._columns[name].index(self.path, self.shards())
 
     def search_photos(self, fingerprints: np.ndarray, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """Faces whose photo fingerprint is nearest to the given ones (q, 63) (exact):
         (L2 distances (q, k) float32, face ids (q, k) int64, −1 where fewer exist)."""
-        import faiss
+        return self._columns["photos"].search(self.path, self.shards(), fingerprints, k, self._gpu)
 
-        from skullsearch.index import fingerprint
-
-        q = np.ascontiguousarray(np.asarray(fingerprints, np.float32).reshape(-1, fingerprint.DIM))
-        with self._photo_lock:  # (the index and its ids as one: no other thread adds meanwhile)
-            photos = self._photo_index()
-            if photos.index.ntotal == 0 or not len(q):
-                return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
-            searched = photos.index
-            if faiss.get_num_gpus() > 0:  # pragma: no cover - no GPU in CI
-                key = (id(photos.index), photos.index.ntotal)
-                gpu = self._gpu.get("photos")
-                if gpu is None or gpu[0] != key:  # a copy of the index as it is now
-                    gpu = self._gpu["photos"] = (key, vectors.to_gpu(photos.index))
-                searched = gpu[1]
-            d2, pos = searched.search(q, max(1, min(k, photos.index.ntotal)))
-        ids = np.where(pos >= 0, photos.ids[np.maximum(pos, 0)], -1)
-        return np.sqrt(np.maximum(d2, 0)), ids
+    def search_descriptors(self, descs: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+        """Faces whose person descriptor is nearest to the given ones (q, 128) (exact):
+        (L2 distances (q, k) float32, face ids (q, k) int64, −1 where fewer exist)."""
+        return self._columns["persons"].search(self.path, self.shards(), descs, k, self._gpu)
 
     # ------------------------------------------------------------------ near-duplicate search
     def near_search(self, name: str, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The nearest committed face (k=1) of each query for the near-duplicate test at ingest:
-        name ``"codes"`` (queries (q, 228) codes, their shape vectors against the code index) or
-        ``"photos"`` (queries (q, 63) photo fingerprints). Returns (squared L2 distances (q, k)
+        name ``"codes"`` (queries (q, 228) codes, their shape vectors against the code index),
+        ``"photos"`` (queries (q, 63) photo fingerprints) or ``"persons"`` (queries (q, 128)
+        person descriptors). Returns (squared L2 distances (q, k)
         float64, face ids (q, k) int64), k = 1, or k = 0 when nothing is there to search.
 
         Up to ``vectors.NEAR_EXACT_LIMIT`` vectors: the exact searches (:meth:`search_codes`,
-        :meth:`search_photos`). Beyond: an IVF-Flat index of its own (:meth:`near_index`),
-        approximate in which face it finds (nprobe ``NEAR_NPROBE`` of ``NEAR_NLIST`` lists), exact
-        in the distance it returns. :meth:`search_codes` (what ``similar`` returns) is unchanged.
+        :meth:`search_photos`, :meth:`search_descriptors`). Beyond: an IVF-Flat index of its own
+        (:meth:`near_index`), approximate in which face it finds (nprobe ``NEAR_NPROBE`` of
+        ``NEAR_NLIST`` lists), exact in the distance it returns. :meth:`search_codes` (what
+        ``similar`` returns) is unchanged.
         """
         if name not in NEAR_KEYS:
-            raise ValueError(f"unknown near-duplicate index {name!r}: codes or photos")
+            raise ValueError(f"unknown near-duplicate index {name!r}: {', '.join(NEAR_KEYS)}")
         q = np.asarray(queries, np.float32)
-        q = vectors.shape_vectors(q) if name == "codes" else q.reshape(-1, fingerprint.DIM)
+        q = vectors.shape_vectors(q) if name == "codes" else q.reshape(-1, COLUMNS[name][1])
         with self._photo_lock:
             near = self.near_index(name)
             if near is not None and near.ntotal:
@@ -580,16 +513,16 @@ class Gallery:
             if name == "codes":
                 self.index("codes")
             else:
-                self._photo_index()
+                self.column_index(name)
             return np.zeros((0, 0), np.float64), np.zeros((0, 0), np.int64)
         if name == "codes":
             d2, ids = self.search_codes(np.asarray(queries, np.float32), k=1)
             return d2.astype(np.float64), ids
-        d, ids = self.search_photos(q, k=1)
+        d, ids = self._columns[name].search(self.path, self.shards(), q, 1, self._gpu)
         return d.astype(np.float64) ** 2, ids
 
     def near_index(self, name: str):
-        """The near-duplicate IVF index of criterion ``name`` (codes | photos) holding every
+        """The near-duplicate IVF index of criterion ``name`` (codes | photos | persons) holding every
         committed shard, or None while the criterion has at most ``vectors.NEAR_EXACT_LIMIT``
         vectors (the exact searches serve then).
 
@@ -597,8 +530,8 @@ class Gallery:
         into a large gallery starts without rebuilding it) and extended with newer shards; built
         from the shards when there is none (trained on the first ``near_train_size()`` vectors in
         face-id order: the same quantizer whichever run builds it). Memory: 4·d bytes per face
-        (360 MB for the codes, 252 MB for the fingerprints at 1M faces); the exact photo index is
-        dropped once this one exists.
+        (360 MB for the codes, 252 MB for the fingerprints, 512 MB for the descriptors at 1M
+        faces); the exact column index is dropped once this one exists.
         """
         with self._photo_lock:
             shards = self.shards()
@@ -622,15 +555,15 @@ class Gallery:
                         held.index.add_with_ids(vecs, ids)
                     have.add(sh.number)  # (recorded shard by shard: an error never adds one twice)
                     self._near[name] = _Near(sorted(have), held.index)
-            if name == "photos":
-                self._photos = None  # the exact photo index is not needed any more
-                self._gpu.pop("photos", None)
+            if name in self._columns:
+                self._columns[name].drop()  # the exact column index is not needed any more
+                self._gpu.pop(name, None)
             return held.index
 
     def _near_vectors(self, name: str, sh: ShardInfo) -> tuple[np.ndarray, np.ndarray]:
         """One shard's (face ids (m,) int64, vectors (m, d) float32) for a near-duplicate index."""
-        if name == "photos":
-            return self._shard_fingerprints(sh)
+        if name in self._columns:
+            return self._columns[name].shard_vectors(self.path, sh)
         if not sh.faces:
             return np.zeros(0, np.int64), np.zeros((0, code_layout.N_SHAPE), np.float32)
         return store.face_id(sh.number, np.arange(sh.faces)), self._vectors("codes", sh)
@@ -638,7 +571,7 @@ class Gallery:
     def _near_count(self, name: str, shards: list[ShardInfo]) -> int:
         if name == "codes":
             return sum(s.faces for s in shards)
-        return int(self._photo_index().index.ntotal)
+        return int(self.column_index(name).index.ntotal)
 
     def _near_build(self, name: str, shards: list[ShardInfo]) -> _Near:
         """Train on the first ``near_train_size()`` vectors (face-id order), add them all."""
@@ -675,27 +608,18 @@ class Gallery:
 
     def photo_fingerprints(self, ids) -> np.ndarray:
         """Photo fingerprints (n, 63) float32 of face ids; NaN rows for faces without one."""
-        from skullsearch.index import fingerprint
+        return self.column_values("photos", ids)
 
-        ids = np.asarray(ids, np.int64).reshape(-1)
-        out = np.full((len(ids), fingerprint.DIM), np.nan, np.float32)
-        with self._photo_lock:
-            if self._photos is None and "photos" in self._near:  # large: read the shards concerned
-                known = {s.number: s for s in self.shards()}
-                shard_no = store.split_id(ids)[0]
-                for sn in np.unique(shard_no):
-                    if int(sn) not in known:
-                        continue
-                    sid, vals = self._shard_fingerprints(known[int(sn)])
-                    pos, hit = _positions(sid, ids)
-                    hit &= shard_no == sn
-                    out[hit] = vals[pos[hit]]
-                return out
-            photos = self._photo_index()
-            pos, hit = _positions(photos.ids, ids)
-            if hit.any():
-                out[hit] = photos.index.reconstruct_batch(pos[hit].astype(np.int64))
-        return out
+    def descriptors(self, ids) -> np.ndarray:
+        """Person descriptors (n, 128) float32 of face ids; NaN rows for faces without one."""
+        return self.column_values("persons", ids)
+
+    def column_values(self, name: str, ids) -> np.ndarray:
+        """Vectors (n, d) float32 of face ids in a vector column (``photos`` | ``persons``); NaN
+        rows for faces without one."""
+        with self._photo_lock:  # large galleries (an IVF index serves): read the shards concerned
+            return self._columns[name].values(self.path, self.shards(), ids,
+                                              from_shards=name in self._near)
 
     def search_shortlist(self, canon: np.ndarray, mask: np.ndarray, k: int,
                          max_shard: int | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -2,14 +2,14 @@
 
 Stages (each a small unit, clip-retrieval's shape): **reader** (expands the inputs, skips photos
 already in the gallery), **detector** (worker processes: read bytes, hash, decode, detect 68
-landmarks and make each face's photo fingerprint; a corrupt, hanging or crashing photo becomes
-a recorded failure), **encoder** (the batched fit in torch, then the soft-tissue points and
-shortlist vectors), **near-duplicates** (each new face searched against the gallery's photo
-fingerprints and code index and the shard's earlier faces; a close one is recorded with the
-criterion that fired, the face is kept), **writer** (one shard per chunk of photos, committed atomically; the
-FAISS indexes are extended at the end). A runner
-composes them over chunks; ``engine="local"`` uses a process pool, ``engine="ray"`` runs the
-detector stage with Ray Data.
+landmarks and make each face's photo fingerprint and person descriptor; a corrupt, hanging or
+crashing photo becomes a recorded failure), **encoder** (the batched fit in torch, then the
+soft-tissue points and shortlist vectors), **near-duplicates** (each new face searched against
+the gallery's photo fingerprints, person descriptors and code index and the shard's earlier
+faces; a close one is recorded with the criterion that fired, the face is kept), **writer** (one
+shard per chunk of photos, committed atomically; the FAISS indexes are extended at the end). A
+runner composes them over chunks; ``engine="local"`` uses a process pool, ``engine="ray"`` runs
+the detector stage with Ray Data.
 
 Kill it at any moment and run it again: committed shards are kept, the chunk that was being
 written is done again, nothing twice (photos are keyed by the sha256 of their bytes).
@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from skullsearch.encoder import code as code_layout
+from skullsearch.encoder.descriptors import DIM as DESCRIPTOR_DIM
 from skullsearch.index import schema, store
 from skullsearch.index.fingerprint import DIM as FP_DIM
 
@@ -64,6 +65,7 @@ class IngestReport:
     duplicates: int = 0  # the same bytes twice in this run (kept once)
     near_duplicates: int = 0  # faces flagged near an earlier face (kept, flagged)
     near_duplicate_photos: int = 0  # of those, flagged by the photo criterion (same picture)
+    near_duplicate_persons: int = 0  # of those, flagged by the person criterion (a re-shot)
 
     @property
     def images_per_s(self) -> float:
@@ -130,21 +132,26 @@ def stat_key(path: str) -> tuple[int, int] | None:
 # ---------------------------------------------------------------- detector stage (workers)
 _KNOWN: frozenset = frozenset()
 _DETECTOR = None
+_DESCRIBE = True
 
 
-def _init_worker(known: frozenset, detector: str) -> None:
-    global _KNOWN, _DETECTOR
+def init_worker(known: frozenset, detector: str, descriptors: bool = True) -> None:
+    """Set up a detector worker process (local pool or Ray actor): the sha256 of the photos the
+    gallery holds, the detector by name, whether to compute person descriptors."""
+    global _KNOWN, _DETECTOR, _DESCRIBE
     import torch
 
     torch.set_num_threads(1)
     _KNOWN = known
+    _DESCRIBE = descriptors
     from skullsearch.encoder.detectors import get_detector
 
     _DETECTOR = get_detector(detector)
 
 
 def detect_one(source: Source, max_pixels: int = 60_000_000) -> dict:
-    """Worker stage: read, hash, decode, detect. Returns a plain dict (image row + faces)."""
+    """Worker stage: read, hash, decode, detect, and per face its photo fingerprint and person
+    descriptor. Returns a plain dict (image row + faces)."""
     from skullsearch.encoder.images import ImageFailure, read_image
 
     key = stat_key(source.path)
@@ -173,11 +180,27 @@ def detect_one(source: Source, max_pixels: int = 60_000_000) -> dict:
         row.update(status="no-face", detail=f"no face found by the {_DETECTOR.name} detector")
     row["width"], row["height"] = img.size
     fps = _fingerprints(img, found)
+    descs = _descriptors(img, found) if _DESCRIBE else np.full((len(found), 1), np.nan)
     row["faces"] = [{"box": f.box.tolist(), "score": float(f.score), "landmarks": f.landmarks.tolist(),
                      "quality": ",".join(f.quality), "yaw_deg": float(f.yaw_deg), "detector": f.detector,
-                     "fingerprint": None if np.isnan(fp).any() else fp.tolist()}
-                    for f, fp in zip(found, fps, strict=True)]
+                     "fingerprint": None if np.isnan(fp).any() else fp.tolist(),
+                     "descriptor": None if np.isnan(d).any() else d.tolist()}
+                    for f, fp, d in zip(found, fps, descs, strict=True)]
     return row
+
+
+def _descriptors(img, found) -> np.ndarray:
+    """Person descriptors (n, 128) of the detected faces (:mod:`skullsearch.encoder.descriptors`),
+    one batched pass over the photo; NaN rows where none could be made (never fails the photo)."""
+    from skullsearch.encoder import descriptors
+
+    if not found:
+        return np.zeros((0, descriptors.DIM), np.float32)
+    try:
+        return descriptors.face_descriptors(img.pixels, np.stack([f.box for f in found]),
+                                            np.stack([f.landmarks for f in found]))
+    except Exception:  # noqa: BLE001 - a face without a descriptor is still a face
+        return np.full((len(found), descriptors.DIM), np.nan, np.float32)
 
 
 def _fingerprints(img, found) -> np.ndarray:
@@ -197,18 +220,20 @@ def _fingerprints(img, found) -> np.ndarray:
 class LocalDetectStage:
     """The detector stage on a local process pool; survives crashing and hanging photos."""
 
-    def __init__(self, workers: int, known: frozenset, detector: str, timeout_s: float = 120.0):
+    def __init__(self, workers: int, known: frozenset, detector: str, timeout_s: float = 120.0,
+                 descriptors: bool = True):
         self.workers = max(1, workers)
         self.known = known
         self.detector = detector
         self.timeout_s = timeout_s
+        self.descriptors = descriptors
         self.pool = None
 
     def _pool(self):
         if self.pool is None:
             ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-            self.pool = cf.ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_worker,
-                                               initargs=(self.known, self.detector))
+            self.pool = cf.ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=init_worker,
+                                               initargs=(self.known, self.detector, self.descriptors))
         return self.pool
 
     def _kill(self):
@@ -345,8 +370,15 @@ NEAR_DUPLICATE_DISTANCE = 0.4
 #: these copies.
 NEAR_DUPLICATE_PHOTO_DISTANCE = 0.12
 
+#: Person-descriptor L2 distance under which a new face is flagged as a re-shot of an earlier
+#: face's person (the ``person`` criterion; :data:`skullsearch.encoder.descriptors.PERSON_DISTANCE`).
+NEAR_DUPLICATE_PERSON_DISTANCE = 0.5
+
 PHOTO = "photo"
+PERSON = "person"
 IDENTITY = "identity"
+#: the criteria in the order they are tried: the first that fires names the flag
+CRITERIA = (PHOTO, PERSON, IDENTITY)
 
 
 @dataclass
@@ -355,16 +387,19 @@ class NearDuplicates:
 
     of: (n,) int64, the earlier face each is a near-duplicate of, −1 where none; criterion: (n,)
     object, ``"photo"`` (photo fingerprints within the photo threshold: another file of the same
-    picture), ``"identity"`` (shape codes within the identity threshold, and not a photo
-    match), None where not flagged; distance: (n,) float32, the pair's shape-code L2 distance;
-    photo_distance: (n,) float32, the pair's photo-fingerprint L2 distance (NaN where either
-    face has none). Both distances are given whichever criterion fired; NaN where not flagged.
+    picture), ``"person"`` (person descriptors within the person threshold: a re-shot of the same
+    person, and not a photo match), ``"identity"`` (shape codes within the identity threshold,
+    and neither of the others), None where not flagged; distance: (n,) float32, the pair's
+    shape-code L2 distance; photo_distance / person_distance: (n,) float32, the pair's
+    photo-fingerprint / person-descriptor L2 distance (NaN where either face has none). All
+    distances are given whichever criterion fired; NaN where not flagged.
     """
 
     of: np.ndarray
     criterion: np.ndarray
     distance: np.ndarray
     photo_distance: np.ndarray
+    person_distance: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.of)
@@ -459,63 +494,97 @@ def flag_photo_duplicates(gallery, fingerprints: np.ndarray, shard: int,
     return _flag_nearest(gallery, "photos", fps, np.nan_to_num(fps), ~np.isnan(fps).any(1), shard, threshold)
 
 
+def flag_person_duplicates(gallery, descs: np.ndarray, shard: int,
+                           threshold: float = NEAR_DUPLICATE_PERSON_DISTANCE
+                           ) -> tuple[np.ndarray, np.ndarray]:
+    """The person criterion: the nearest earlier face of each new face by person descriptor, when
+    closer than ``threshold`` (a re-shot of the same person).
+
+    descs (n, 128) float32 (:mod:`~skullsearch.encoder.descriptors`; a NaN row: none, never
+    flagged): the faces of shard ``shard`` in row order; earlier faces as for
+    :func:`flag_photo_duplicates`. Returns (face ids (n,) int64, −1 where none; descriptor L2
+    distances (n,) float32, NaN where none). threshold ≤ 0 flags nothing.
+    """
+    d = np.asarray(descs, np.float32).reshape(-1, DESCRIPTOR_DIM)
+    return _flag_nearest(gallery, "persons", d, np.nan_to_num(d), ~np.isnan(d).any(1), shard, threshold)
+
+
+def _pair_distance(gallery, name: str, vecs: np.ndarray, flagged: np.ndarray, other: np.ndarray,
+                   shard: int) -> np.ndarray:
+    """L2 distances (m,) between the flagged faces' vectors (rows ``flagged`` of this shard's
+    ``vecs`` (n, d)) and those of the faces they were flagged against (``other`` (m,) face ids,
+    in this shard or the gallery's): NaN where either has none."""
+    other_shard, rows = store.split_id(other)
+    own = other_shard == shard
+    o = np.full((len(other), vecs.shape[1]), np.nan, np.float32)
+    o[own] = vecs[rows[own]]
+    if (~own).any():
+        o[~own] = (gallery.codes(other[~own]) if name == "codes"
+                   else gallery.column_values(name, other[~own]))
+    if name == "codes":
+        from skullsearch.index import vectors
+
+        return np.linalg.norm(vectors.shape_vectors(vecs[flagged]).astype(np.float64)
+                              - vectors.shape_vectors(o), axis=1)
+    return np.linalg.norm(vecs[flagged].astype(np.float64) - o, axis=1)
+
+
 def near_duplicate_stage(gallery, codes: np.ndarray, fingerprints: np.ndarray, shard: int,
                          distance: float = NEAR_DUPLICATE_DISTANCE,
-                         photo_distance: float = NEAR_DUPLICATE_PHOTO_DISTANCE) -> NearDuplicates:
+                         photo_distance: float = NEAR_DUPLICATE_PHOTO_DISTANCE,
+                         descs: np.ndarray | None = None,
+                         person_distance: float = NEAR_DUPLICATE_PERSON_DISTANCE) -> NearDuplicates:
     """Flag each new face of shard ``shard`` that is a near-duplicate of an earlier face: the
-    photo criterion first (:func:`flag_photo_duplicates`), else the identity criterion
-    (:func:`flag_near_duplicates`); both distances of each flagged pair are recorded.
+    photo criterion first (:func:`flag_photo_duplicates`), then the person criterion
+    (:func:`flag_person_duplicates`), else the identity criterion (:func:`flag_near_duplicates`);
+    every distance of each flagged pair is recorded.
 
-    codes (n, 228), fingerprints (n, 63) (NaN rows: none): the shard's faces in row order.
-    A threshold ≤ 0 turns its criterion off.
+    codes (n, 228), fingerprints (n, 63), descs (n, 128) (NaN rows: none; None: no face has one):
+    the shard's faces in row order. A threshold ≤ 0 turns its criterion off.
     """
-    from skullsearch.index import vectors
-
     n = len(codes)
-    p_of, _ = flag_photo_duplicates(gallery, fingerprints, shard, photo_distance)
+    fps = np.asarray(fingerprints, np.float32).reshape(n, FP_DIM)
+    descs = (np.full((n, DESCRIPTOR_DIM), np.nan, np.float32) if descs is None
+             else np.asarray(descs, np.float32).reshape(n, DESCRIPTOR_DIM))
+    p_of, _ = flag_photo_duplicates(gallery, fps, shard, photo_distance)
+    s_of, _ = flag_person_duplicates(gallery, descs, shard, person_distance)
     i_of, _ = flag_near_duplicates(gallery, codes, shard, distance)
-    of = np.where(p_of >= 0, p_of, i_of)
-    criterion = np.array([PHOTO if p >= 0 else IDENTITY if i >= 0 else None
-                          for p, i in zip(p_of, i_of, strict=True)], dtype=object)
-    dist = np.full(n, np.nan, np.float32)
-    pdist = np.full(n, np.nan, np.float32)
+    of = np.where(p_of >= 0, p_of, np.where(s_of >= 0, s_of, i_of))
+    criterion = np.array([PHOTO if p >= 0 else PERSON if s >= 0 else IDENTITY if i >= 0 else None
+                          for p, s, i in zip(p_of, s_of, i_of, strict=True)], dtype=object)
+    out = {name: np.full(n, np.nan, np.float32) for name in ("codes", "photos", "persons")}
     flagged = np.flatnonzero(of >= 0)
     if len(flagged):
-        other = of[flagged]
-        other_shard, rows = store.split_id(other)
-        own = other_shard == shard
-        fps = np.asarray(fingerprints, np.float32).reshape(n, FP_DIM)
-        o_codes = np.zeros((len(flagged), codes.shape[1]), np.float32)
-        o_fps = np.full((len(flagged), FP_DIM), np.nan, np.float32)
-        o_codes[own], o_fps[own] = codes[rows[own]], fps[rows[own]]
-        if (~own).any():
-            o_codes[~own] = gallery.codes(other[~own])
-            o_fps[~own] = gallery.photo_fingerprints(other[~own])
-        dist[flagged] = np.linalg.norm(vectors.shape_vectors(codes[flagged]).astype(np.float64)
-                                       - vectors.shape_vectors(o_codes), axis=1)
-        pdist[flagged] = np.linalg.norm(fps[flagged].astype(np.float64) - o_fps, axis=1)
-    return NearDuplicates(of, criterion, dist, pdist)
+        for name, vecs in (("codes", np.asarray(codes, np.float32)), ("photos", fps), ("persons", descs)):
+            out[name][flagged] = _pair_distance(gallery, name, vecs, flagged, of[flagged], shard)
+    return NearDuplicates(of, criterion, out["codes"], out["photos"], out["persons"])
 
 
-def face_fingerprints(rows: list[dict]) -> np.ndarray:
-    """The photo fingerprints (n, 63) float32 of the faces of detected rows, in the order
-    :func:`encode_stage` lists the faces; NaN rows where a face has none. Rounded to float16,
-    as the catalog stores them (a face is compared alike with this shard's faces and with
-    the gallery's)."""
-    out = [f.get("fingerprint") for r in rows for f in r["faces"]]
-    arr = np.full((len(out), FP_DIM), np.nan, np.float32)
+def face_vectors(rows: list[dict], key: str, dim: int) -> np.ndarray:
+    """One per-face vector of detected rows (``fingerprint``: (n, 63); ``descriptor``: (n, 128))
+    as float32, in the order :func:`encode_stage` lists the faces; NaN rows where a face has
+    none. Rounded to float16, as the catalog stores them (a face is compared alike with this
+    shard's faces and with the gallery's)."""
+    out = [f.get(key) for r in rows for f in r["faces"]]
+    arr = np.full((len(out), dim), np.nan, np.float32)
     for i, f in enumerate(out):
-        if f is not None and len(f) == FP_DIM:
+        if f is not None and len(f) == dim:
             arr[i] = f
     return arr.astype(np.float16).astype(np.float32)
 
 
+def face_fingerprints(rows: list[dict]) -> np.ndarray:
+    """The photo fingerprints (n, 63) of the faces of detected rows (:func:`face_vectors`)."""
+    return face_vectors(rows, "fingerprint", FP_DIM)
+
+
 # ---------------------------------------------------------------- writer stage
 def write_shard(gallery, number: int, rows: list[dict], faces, soft, codes, encoder_fp: str,
-                near_duplicates: NearDuplicates | None = None, fingerprints: np.ndarray | None = None):
+                near_duplicates: NearDuplicates | None = None, fingerprints: np.ndarray | None = None,
+                descs: np.ndarray | None = None):
     """Commit one shard: image rows (all, failures included) and face rows.
     near_duplicates: the flags of :func:`near_duplicate_stage`; fingerprints: (n, 63) photo
-    fingerprints of the faces (NaN rows: none)."""
+    fingerprints of the faces, descs: (n, 128) person descriptors (NaN rows: none)."""
     t = store.now()
     image_ids = store.face_id(number, np.arange(len(rows)))
     by_path = {r["path"]: i for i, r in enumerate(rows)}
@@ -550,9 +619,14 @@ def write_shard(gallery, number: int, rows: list[dict], faces, soft, codes, enco
         cols["near_duplicate_distance"] = pa_masked(nd.distance, ~flagged | np.isnan(nd.distance))
         cols["near_duplicate_photo_distance"] = pa_masked(nd.photo_distance,
                                                           ~flagged | np.isnan(nd.photo_distance))
+        if nd.person_distance is not None:
+            cols["near_duplicate_person_distance"] = pa_masked(
+                nd.person_distance, ~flagged | np.isnan(nd.person_distance))
         cols["near_duplicate_criterion"] = list(nd.criterion)
     if fingerprints is not None and n:
         cols["photo_fingerprint"] = np.asarray(fingerprints, np.float32).reshape(n, FP_DIM)
+    if descs is not None and n:
+        cols["descriptor"] = np.asarray(descs, np.float32).reshape(n, DESCRIPTOR_DIM)
     writer = store.ShardWriter(gallery.path, number)
     try:
         return writer.commit(schema.faces_table(cols), schema.images_table(image_rows), soft, codes)
@@ -595,6 +669,8 @@ def ingest(
     index_every_s: float = 120.0,
     near_duplicate_distance: float = NEAR_DUPLICATE_DISTANCE,
     near_duplicate_photo_distance: float = NEAR_DUPLICATE_PHOTO_DISTANCE,
+    near_duplicate_person_distance: float = NEAR_DUPLICATE_PERSON_DISTANCE,
+    descriptors: bool = True,
 ) -> IngestReport:
     """Add photos to a gallery; see the module docstring.
 
@@ -605,7 +681,11 @@ def ingest(
     near_duplicate_distance: flag faces this close in identity to an earlier face (shape-code L2,
     :func:`flag_near_duplicates`; 0 turns it off); near_duplicate_photo_distance: flag faces whose
     photo fingerprint is this close to an earlier face's (another file of the same picture,
-    :func:`flag_photo_duplicates`; 0 turns it off). See :func:`near_duplicate_stage`.
+    :func:`flag_photo_duplicates`; 0 turns it off); near_duplicate_person_distance: flag faces
+    whose person descriptor is this close to an earlier face's (a re-shot of the person,
+    :func:`flag_person_duplicates`; 0 turns it off). See :func:`near_duplicate_stage`.
+    descriptors: compute each face's person descriptor in the detector workers (dlib's
+    128-d face recognition vector; ``similar`` and ``persons`` use it; False saves its time).
     """
     if face_model is not None:
         gallery.check_model(face_model)
@@ -631,7 +711,7 @@ def ingest(
                 report.images_skipped += 1
                 continue
             sources.append(src)
-        stage = make_detect_stage(engine, workers, known, detector, timeout_s)
+        stage = make_detect_stage(engine, workers, known, detector, timeout_s, descriptors)
         import torch
 
         from skullsearch.encoder.fitting import FitConfig, rig_for
@@ -651,7 +731,8 @@ def ingest(
             # built while the detectors work on the first chunk
             cfg = config or FitConfig()
             rig = rig_for(model, cfg.n_shape, cfg.n_expression)
-            _warm_up(gallery, near_duplicate_distance, near_duplicate_photo_distance)
+            _warm_up(gallery, near_duplicate_distance, near_duplicate_photo_distance,
+                     near_duplicate_person_distance if descriptors else 0)
             # the fit shares the CPU with the detector processes: leave them their cores (torch's
             # threads spin while they wait: on a busy CPU two threads cost several times the CPU
             # of one for these small batched ops)
@@ -673,12 +754,15 @@ def ingest(
                 faces, soft, codes = encode_stage(model, ok, cfg, rig)
                 number = store.next_shard_number(gallery.path)
                 fps = face_fingerprints(ok)
+                descs = face_vectors(ok, "descriptor", DESCRIPTOR_DIM)
                 dup = near_duplicate_stage(gallery, codes, fps, number, near_duplicate_distance,
-                                           near_duplicate_photo_distance)
+                                           near_duplicate_photo_distance, descs,
+                                           near_duplicate_person_distance)
                 write_shard(gallery, number, fresh, faces, soft, codes, fp, near_duplicates=dup,
-                            fingerprints=fps)
+                            fingerprints=fps, descs=descs)
                 report.near_duplicates += dup.count
                 report.near_duplicate_photos += dup.by(PHOTO)
+                report.near_duplicate_persons += dup.by(PERSON)
                 report.shards += 1
                 report.images_new += len(fresh)
                 report.faces += len(faces)
@@ -700,7 +784,8 @@ def ingest(
     return report
 
 
-def _warm_up(gallery, near_duplicate_distance: float, near_duplicate_photo_distance: float = 0) -> None:
+def _warm_up(gallery, near_duplicate_distance: float, near_duplicate_photo_distance: float = 0,
+             near_duplicate_person_distance: float = 0) -> None:
     """Pay the fit's and the writer's one-time costs while the detectors work on the first chunk,
     instead of after it: scipy's Delaunay (~1 s of CPU to import), pyarrow's first conversions
     (they import pandas), the indexes of the near-duplicate searches (:meth:`Gallery.near_search`)."""
@@ -712,6 +797,8 @@ def _warm_up(gallery, near_duplicate_distance: float, near_duplicate_photo_dista
         gallery.near_search("codes", np.zeros((0, code_layout.CODE_SIZE), np.float32))
     if near_duplicate_photo_distance and near_duplicate_photo_distance > 0:
         gallery.near_search("photos", np.zeros((0, FP_DIM), np.float32))
+    if near_duplicate_person_distance and near_duplicate_person_distance > 0:
+        gallery.near_search("persons", np.zeros((0, DESCRIPTOR_DIM), np.float32))
 
 
 def chunk_sizes(n: int, largest: int = 256, first: int = 64) -> list[int]:
@@ -726,13 +813,14 @@ def chunk_sizes(n: int, largest: int = 256, first: int = 64) -> list[int]:
     return sizes
 
 
-def make_detect_stage(engine: str, workers: int, known: frozenset, detector: str, timeout_s: float):
+def make_detect_stage(engine: str, workers: int, known: frozenset, detector: str, timeout_s: float,
+                      descriptors: bool = True):
     from skullsearch.errors import SkullsearchError
 
     if engine == "local":
-        return LocalDetectStage(workers, known, detector, timeout_s)
+        return LocalDetectStage(workers, known, detector, timeout_s, descriptors)
     if engine == "ray":
         from skullsearch.index.ray_engine import RayDetectStage
 
-        return RayDetectStage(workers, known, detector, timeout_s)
+        return RayDetectStage(workers, known, detector, timeout_s, descriptors=descriptors)
     raise SkullsearchError(f"unknown engine {engine!r}: use local or ray")

@@ -61,8 +61,8 @@ from skullsearch.index.ingest import (
     TIMEOUT,
     WORKER_CRASHED,
     Source,
-    _init_worker,
     detect_one,
+    init_worker,
     stat_key,
 )
 
@@ -94,8 +94,8 @@ class DetectActor:
     as one plain column).
     """
 
-    def __init__(self, known: frozenset, detector: str):
-        _init_worker(known, detector)
+    def __init__(self, known: frozenset, detector: str, descriptors: bool = True):
+        init_worker(known, detector, descriptors)
 
     def __call__(self, batch):
         import pyarrow as pa
@@ -106,9 +106,9 @@ class DetectActor:
         return pa.table({"index": pa.array(index, pa.int64()), "row": pa.array(rows, pa.large_string())})
 
 
-def _detect_alone(known: frozenset, detector: str, path: str) -> str:
+def _detect_alone(known: frozenset, detector: str, path: str, descriptors: bool = True) -> str:
     """One photo alone in a Ray task (the fallback for the photos of a failed batch)."""
-    _init_worker(known, detector)
+    init_worker(known, detector, descriptors)
     return json.dumps(detect_one(Source(path)), default=str)
 
 
@@ -130,11 +130,12 @@ class RayDetectStage:
     alone_function = staticmethod(_detect_alone)  # what a photo redone alone runs
 
     def __init__(self, workers: int, known: frozenset, detector: str, timeout_s: float = 120.0,
-                 batch_size: int | None = None):
+                 batch_size: int | None = None, descriptors: bool = True):
         self.ray = _import_ray()
         self.workers = max(1, int(workers))
         self.known = known
         self.detector = detector
+        self.descriptors = descriptors
         self.timeout_s = float(timeout_s)
         self.batch_size = batch_size
         self.started = False
@@ -234,7 +235,8 @@ class RayDetectStage:
             # kills it forever. The pool replaces a dead actor.
             warnings.filterwarnings("ignore", message=".*deprecated.*")
             ds = ds.map_batches(
-                self.actor_class, fn_constructor_args=(self.known, self.detector), batch_size=bs,
+                self.actor_class, fn_constructor_args=(self.known, self.detector, self.descriptors),
+                batch_size=bs,
                 batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=self.workers),
                 num_cpus=1, num_gpus=self._gpus_per_actor(), max_restarts=0)
         data_log = logging.getLogger("ray.data")
@@ -254,7 +256,7 @@ class RayDetectStage:
             self._known_ref = ray.put(self.known)
         # no CPU asked: the actors may hold them all while the dataset goes on (iter_chunks)
         fn = ray.remote(num_cpus=0, max_retries=0)(self.alone_function)
-        ref = fn.remote(self._known_ref, self.detector, source.path)
+        ref = fn.remote(self._known_ref, self.detector, source.path, self.descriptors)
         try:
             return json.loads(ray.get(ref, timeout=self.timeout_s))
         except ray.exceptions.GetTimeoutError:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
+from skullsearch.encoder.descriptors import DIM as DESCRIPTOR_DIM
 from skullsearch.index.fingerprint import DIM as FP_DIM
 
 FACES = pa.schema([
@@ -34,12 +35,16 @@ FACES = pa.schema([
     ("photo_fingerprint", pa.list_(pa.float16(), FP_DIM)),  # index.fingerprint of the face crop (fp16)
     ("near_duplicate_criterion", pa.string()),  # what flagged it: "photo" or "identity"
     ("near_duplicate_photo_distance", pa.float32()),  # their photo-fingerprint L2 distance
+    # added in format 1.3:
+    ("descriptor", pa.list_(pa.float16(), DESCRIPTOR_DIM)),  # dlib's person descriptor (fp16)
+    ("near_duplicate_person_distance", pa.float32()),  # their person-descriptor L2 distance
 ])
 
 #: Face columns that older shards may lack, with their DuckDB types (read as NULL there).
 LATER_FACE_COLUMNS = {"near_duplicate_of": "BIGINT", "near_duplicate_distance": "FLOAT",
                       "photo_fingerprint": f"FLOAT[{FP_DIM}]", "near_duplicate_criterion": "VARCHAR",
-                      "near_duplicate_photo_distance": "FLOAT"}
+                      "near_duplicate_photo_distance": "FLOAT", "descriptor": f"FLOAT[{DESCRIPTOR_DIM}]",
+                      "near_duplicate_person_distance": "FLOAT"}
 
 IMAGES = pa.schema([
     ("image_id", pa.int64()),
@@ -89,10 +94,11 @@ def faces_table(cols: dict) -> pa.Table:
             arrays.append(fixed(v, 4))
         elif f.name == "landmarks":
             arrays.append(fixed(np.asarray(v).reshape(n, 136), 136))
-        elif f.name == "photo_fingerprint":  # (n, 63), a row of NaN: no fingerprint (null)
-            v = np.asarray(v, np.float32).reshape(n, FP_DIM)
+        elif f.name in ("photo_fingerprint", "descriptor"):  # (n, d), a row of NaN: none (null)
+            width = f.type.list_size
+            v = np.asarray(v, np.float32).reshape(n, width)
             arrays.append(pa.FixedSizeListArray.from_arrays(
-                pa.array(v.reshape(-1).astype(np.float16), pa.float16()), FP_DIM,
+                pa.array(v.reshape(-1).astype(np.float16), pa.float16()), width,
                 mask=pa.array(np.isnan(v).any(1))))
         elif isinstance(v, pa.Array):
             arrays.append(v.cast(f.type))
