@@ -208,6 +208,14 @@ def ingest_cmd(
     near_duplicate_photo_distance: Annotated[float | None, typer.Option(
         help="Flag faces whose photo fingerprint is this close to an earlier face's (0: off; default 0.12).")
     ] = None,
+    near_duplicate_person_distance: Annotated[float | None, typer.Option(
+        help="Flag faces whose person descriptor is this close to an earlier face's: a re-shot of the "
+             "person (0: off; default 0.5).")
+    ] = None,
+    descriptors: Annotated[bool, typer.Option(
+        help="Compute each face's person descriptor (dlib's 128-d face recognition vector) for "
+             "similar, persons and the person criterion; --no-descriptors saves its time.")
+    ] = True,
 ):
     """Add photos to a gallery (created if missing): resumable, idempotent, crash-safe."""
     from skullsearch import Gallery
@@ -215,18 +223,21 @@ def ingest_cmd(
     model = _chosen_model(face_model)
     g = Gallery.create(gallery, face_model=model, exist_ok=True)
     cuts = {"near_duplicate_distance": near_duplicate_distance,
-            "near_duplicate_photo_distance": near_duplicate_photo_distance}
+            "near_duplicate_photo_distance": near_duplicate_photo_distance,
+            "near_duplicate_person_distance": near_duplicate_person_distance}
     cuts = {k: v for k, v in cuts.items() if v is not None}
     prog, update = _progress("ingest")
     with prog:
         report = g.ingest(inputs, face_model=model, detector=detector, workers=workers or None,
                           person_from_parent_dir=person_from_parent_dir, engine=engine,
-                          chunk_images=chunk, progress=update, **cuts)
+                          chunk_images=chunk, progress=update, descriptors=descriptors, **cuts)
     table = Table(title=f"ingest into {gallery}", show_header=False)
     for k, v in (("photos seen", report.images_seen), ("already in the gallery", report.images_skipped),
                  ("new photos", report.images_new), ("faces added", report.faces),
                  ("duplicates (same bytes)", report.duplicates),
-                 ("near-duplicate faces", report.near_duplicates), ("shards written", report.shards),
+                 ("near-duplicate faces", report.near_duplicates),
+                 ("  of them same photo", report.near_duplicate_photos),
+                 ("  of them same person", report.near_duplicate_persons), ("shards written", report.shards),
                  ("photos/s", f"{report.images_per_s:.1f}"), ("seconds", f"{report.seconds:.1f}")):
         table.add_row(k, str(v))
     for reason, n in sorted(report.failures.items()):
@@ -327,25 +338,6 @@ def export_cmd(
 
     path = Gallery.open(gallery).export(parquet)
     out.print(f"wrote {path}")
-
-
-@app.command("similar")
-def similar_cmd(
-    photo: Annotated[Path, typer.Argument(help="A photo of a face.")],
-    gallery: GalleryOption,
-    top: Annotated[int, typer.Option(help="How many faces to list.")] = 10,
-):
-    """Faces of the gallery most similar in identity (shape code) to the face in a photo."""
-    from skullsearch import Gallery
-
-    rows = Gallery.open(gallery).similar_to_photo(photo, top=top)
-    table = Table(title=f"faces like {photo.name}")
-    for c in ("rank", "face id", "distance", "person", "photo"):
-        table.add_column(c)
-    for r in rows:
-        table.add_row(str(r["rank"]), str(r["face_id"]), f"{r['distance']:.2f}", str(r["person"] or ""),
-                      str(r["path"]))
-    out.print(table)
 
 
 @app.command("landmarks")
@@ -503,6 +495,7 @@ def main(argv: list[str] | None = None) -> int:
 
 from skullsearch.cli import (  # noqa: E402,F401
     duplicates_cmd,
+    persons_cmd,
     reconstruct_cmd,
     report_cmd,
     train_inpainter_cmd,

@@ -20,7 +20,8 @@ def near_duplicates_cmd(
     gallery: GalleryOption,
     criterion: Annotated[
         str | None, typer.Option(help="Only flags of this criterion: photo (another file of the same "
-                                      "picture) or identity (close shape codes).")
+                                      "picture), person (a re-shot of the same person: close person "
+                                      "descriptors) or identity (close shape codes).")
     ] = None,
     max_distance: Annotated[
         float | None, typer.Option(help="Only pairs at most this far apart in identity (shape-code L2).")
@@ -32,7 +33,8 @@ def near_duplicates_cmd(
     limit: Annotated[int, typer.Option(min=0, help="Rows shown in the table.")] = 50,
 ):
     """List faces flagged at ingest as near-duplicates of an earlier face (photo matches first,
-    closest first), with the criterion that flagged each one."""
+    then re-shots of a person, then close shape codes; closest first), with the criterion that
+    flagged each one."""
     from skullsearch import Gallery
 
     result = Gallery.open(gallery).near_duplicates(max_distance, criterion=criterion,
@@ -45,12 +47,12 @@ def near_duplicates_cmd(
     id_width = max([len(str(r[k])) for r in shown for k in ("face_id", "near_duplicate_of")] + [7])
     for name, wide in (("face_id", False), ("path", True), ("near_duplicate_of", False),
                        ("duplicate_path", True), ("criterion", False), ("photo_distance", False),
-                       ("distance", False)):
+                       ("person_distance", False), ("distance", False)):
         table.add_column(name, justify="right" if name.endswith("distance") else "left",
                          overflow="fold" if wide else "ellipsis", no_wrap=not wide,
                          min_width=id_width if name in ("face_id", "near_duplicate_of") else None)
     for row in shown:
         table.add_row(str(row["face_id"]), str(row["path"]), str(row["near_duplicate_of"]),
                       str(row["duplicate_path"]), str(row["criterion"]), _num(row["photo_distance"]),
-                      _num(row["distance"]))
+                      _num(row["person_distance"]), _num(row["distance"]))
     out.print(table)

@@ -38,7 +38,8 @@ class EncodedFace:
     """One face of one photo.
 
     box (4,) px; landmarks (68, 2) px; code (228,); residual_px: mean landmark reprojection
-    error of the fit; image_size (width, height); focal px; quality: detector flags.
+    error of the fit; image_size (width, height); focal px; quality: detector flags;
+    descriptor: (128,) dlib person descriptor when asked for (:mod:`.descriptors`), else None.
     """
 
     image: str
@@ -55,11 +56,12 @@ class EncodedFace:
     residual_px: float = float("nan")
     focal: float = float("nan")
     person: str | None = None
+    descriptor: np.ndarray | None = None
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        for k in ("box", "landmarks", "code"):
-            d[k] = np.asarray(d[k]).tolist()
+        for k in ("box", "landmarks", "code", "descriptor"):
+            d[k] = None if d[k] is None else np.asarray(d[k]).tolist()
         d["quality"] = list(self.quality)
         return d
 
@@ -77,6 +79,18 @@ class EncodeResult:
         if not self.faces:
             return np.zeros((0, code_layout.CODE_SIZE), np.float32)
         return np.stack([f.code for f in self.faces]).astype(np.float32)
+
+    @property
+    def descriptors(self) -> np.ndarray:
+        """(n, 128) float32 person descriptors; NaN rows for faces without one (not asked for,
+        or none could be made)."""
+        from skullsearch.encoder.descriptors import DIM
+
+        out = np.full((len(self.faces), DIM), np.nan, np.float32)
+        for i, f in enumerate(self.faces):
+            if f.descriptor is not None:
+                out[i] = f.descriptor
+        return out
 
     def failures_by_reason(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -158,6 +172,7 @@ def encode(
     workers: int = 0,
     light: bool = False,
     cnn: str | os.PathLike | None = None,
+    descriptors: bool = False,
 ) -> EncodeResult:
     """Encode photos: every face found gets a 228-float code.
 
@@ -166,7 +181,8 @@ def encode(
     person: one id per image — the largest face of images with the same id shares its shape
     (paper Eq. 2); workers: decoding processes; light: also estimate the 27 SH lighting
     coefficients from the photo's colours (slower); cnn: a trained CNN encoder checkpoint whose
-    predictions seed the fit.
+    predictions seed the fit; descriptors: also compute each face's person descriptor (dlib's
+    128-d face recognition vector, :mod:`.descriptors`; ~75 ms per face on one core).
     """
     from skullsearch.encoder.face_model import FaceModel
 
@@ -193,11 +209,28 @@ def encode(
         init = encode_faces(net, [pixels[f.image] for f in faces], np.stack([f.box for f in faces]),
                             image_sizes=np.array([f.image_size for f in faces], np.float64))
     fit_faces(model, faces, config, init=init)
+    if descriptors and faces:
+        describe_faces(faces, {img.path: img.pixels for img in decoded if isinstance(img, DecodedImage)})
     if light:
         pixels = {img.path: img.pixels for img in decoded if isinstance(img, DecodedImage)}
         for f in faces:
             f.code[code_layout.SLICES["light"]] = estimate_light(model, f.code, pixels[f.image], f.focal)
     return EncodeResult(faces, failures)
+
+
+def describe_faces(faces: Sequence[EncodedFace], pixels: dict[str, np.ndarray]) -> None:
+    """Set each face's person descriptor in place (one batched pass per photo); pixels: the
+    decoded (H, W, 3) uint8 photo of each face's ``image``."""
+    from skullsearch.encoder.descriptors import face_descriptors
+
+    by_image: dict[str, list[EncodedFace]] = {}
+    for f in faces:
+        by_image.setdefault(f.image, []).append(f)
+    for image, group in by_image.items():
+        d = face_descriptors(pixels[image], np.stack([f.box for f in group]),
+                             np.stack([f.landmarks for f in group]))
+        for f, v in zip(group, d, strict=True):
+            f.descriptor = None if np.isnan(v).any() else v
 
 
 # ---------------------------------------------------------------- lighting

@@ -19,9 +19,9 @@ from typing import NamedTuple
 import numpy as np
 
 from skullsearch.encoder import code as code_layout
-from skullsearch.encoder import descriptors
+from skullsearch.encoder import descriptors as descriptors_mod
 from skullsearch.encoder.atomic import write_json_atomic
-from skullsearch.index import fingerprint, schema, store, vectors
+from skullsearch.index import fingerprint, persons, schema, store, vectors
 from skullsearch.index.columns import VectorColumn
 from skullsearch.index.store import GalleryError, ShardInfo
 
@@ -57,7 +57,7 @@ class _Near(NamedTuple):
 NEAR_KEYS = {"codes": "near_codes", "photos": "near_photos", "persons": "near_persons"}
 
 #: the vector columns of the faces table with an exact index each (:mod:`~skullsearch.index.columns`)
-COLUMNS = {"photos": ("photo_fingerprint", fingerprint.DIM), "persons": ("descriptor", descriptors.DIM)}
+COLUMNS = {"photos": ("photo_fingerprint", fingerprint.DIM), "persons": ("descriptor", descriptors_mod.DIM)}
 
 
 class Gallery:
@@ -220,7 +220,9 @@ class Gallery:
         """
         with self._catalog_lock:  # (the shard list read under the lock: views never go back in time)
             shards = self.shards()
-            key = tuple((s.number, s.faces, s.images, s.created) for s in shards)
+            groups = self.path / persons.FILE
+            key = (tuple((s.number, s.faces, s.images, s.created) for s in shards),
+                   groups.stat().st_mtime_ns if groups.exists() else None)
             if self._catalog is None:
                 import duckdb
 
@@ -233,14 +235,15 @@ class Gallery:
                 self._catalog = (None, con)
             held, con = self._catalog
             if held != key:
-                self._define_views(con, shards)
+                self._define_views(con, shards, key[1] is not None)
                 self._catalog = (key, con)
             return con.cursor()
 
-    def _define_views(self, con, shards: list[ShardInfo]) -> None:
+    def _define_views(self, con, shards: list[ShardInfo], groups: bool = False) -> None:
         """(Re)define the catalog views over these shards, in one transaction (a query running on
         another cursor sees the old views or the new ones, never a mix; a cursor follows the
-        latest views from one statement to the next)."""
+        latest views from one statement to the next). groups: the saved person groups exist
+        (:mod:`~skullsearch.index.persons`; else the view ``person_groups`` is empty)."""
         if shards:
             faces = ", ".join(repr(f) for f in self._files("faces.parquet", shards))
             images = ", ".join(repr(f) for f in self._files("images.parquet", shards))
@@ -261,6 +264,10 @@ class Gallery:
             con.execute(f"CREATE OR REPLACE VIEW faces AS {faces_sql}")
             con.execute(f"CREATE OR REPLACE VIEW images AS {images_sql}")
             con.execute("CREATE OR REPLACE VIEW failures AS SELECT * FROM images WHERE status <> 'ok'")
+            con.execute("CREATE OR REPLACE VIEW person_groups AS " + (
+                f"SELECT * FROM read_parquet({str(self.path / persons.FILE)!r})" if groups else
+                "SELECT NULL::BIGINT AS face_id, NULL::BIGINT AS person_group, NULL::INTEGER AS group_size "
+                "WHERE false"))
             con.execute("COMMIT")
         except BaseException:
             con.execute("ROLLBACK")
@@ -658,42 +665,78 @@ class Gallery:
         numbers = np.array([s.number for s in shards], np.int64)
         return (numbers[which] << store.ROW_BITS) | (pick - starts[which])
 
-    def similar(self, codes: np.ndarray, top: int = 10) -> list[list[dict]]:
-        """For each code (q, 228): the ``top`` faces nearest in identity, as rows with rank,
-        face_id, distance (shape-code L2), person, path."""
-        dist, ids = self.search_codes(codes, k=top)
+    def similar(self, codes: np.ndarray, top: int = 10, descriptors: np.ndarray | None = None,
+                by: str = "auto") -> list[list[dict]]:
+        """For each query face (codes (q, 228); descriptors (q, 128) person descriptors or None,
+        NaN rows: none): the ``top`` gallery faces nearest to it, as rows with rank, face_id,
+        person_distance (descriptor L2; None where either face has none), distance (shape-code
+        L2), person, path and by (what ranked them).
+
+        by: ``"person"`` — by person descriptor (who it is; dlib's network, 0.6 ≈ same person),
+        among the faces that have one; ``"shape"`` — by shape code (what the fitted 3D face looks
+        like); ``"auto"`` — person where the query face has a descriptor and the gallery holds
+        any, else shape. The other distance is given beside.
+        """
+        if by not in ("auto", "person", "shape"):
+            raise GalleryError(f"by must be auto, person or shape, got {by!r}")
+        codes = np.asarray(codes, np.float32).reshape(-1, code_layout.CODE_SIZE)
+        q = len(codes)
+        descs = (np.full((q, descriptors_mod.DIM), np.nan, np.float32) if descriptors is None
+                 else np.asarray(descriptors, np.float32).reshape(q, descriptors_mod.DIM))
+        has = ~np.isnan(descs).any(1)
+        if by == "person" and not has.all():
+            raise GalleryError("ranking by person needs a person descriptor of every query face "
+                               "(encode with descriptors=True), or use by='shape'")
+        described = by != "shape" and has.any() and self.column_index("persons").index.ntotal > 0
+        if by == "person" and not described:
+            raise GalleryError("this gallery holds no person descriptors (ingested before they were "
+                               "made, or with descriptors off): use by='shape', or ingest again "
+                               "into a new gallery")
         out = []
-        for d, i in zip(dist, ids, strict=True):
-            info = {r["face_id"]: r for r in self.rows(i)}
-            out.append([{"rank": k + 1, "face_id": int(f), "distance": float(np.sqrt(max(x, 0))),
+        for i in range(q):
+            if described and has[i]:
+                _, ids = self.search_descriptors(descs[i: i + 1], k=top)
+                ranked_by = "person"
+            else:
+                _, ids = self.search_codes(codes[i: i + 1], k=top)
+                ranked_by = "shape"
+            ids = ids[0][ids[0] >= 0]
+            shape_d = np.linalg.norm(vectors.shape_vectors(self.codes(ids)).astype(np.float64)
+                                     - vectors.shape_vectors(codes[i: i + 1]), axis=1)
+            person_d = np.linalg.norm(self.descriptors(ids).astype(np.float64) - descs[i], axis=1)
+            info = {r["face_id"]: r for r in self.rows(ids)}
+            out.append([{"rank": k + 1, "face_id": int(f),
+                         "person_distance": None if np.isnan(pd) else float(pd), "distance": float(sd),
                          "person": info.get(int(f), {}).get("person"),
-                         "path": info.get(int(f), {}).get("path")}
-                        for k, (x, f) in enumerate(zip(d, i, strict=True)) if f >= 0])
+                         "path": info.get(int(f), {}).get("path"), "by": ranked_by}
+                        for k, (f, sd, pd) in enumerate(zip(ids, shape_d, person_d, strict=True))])
         return out
 
-    def similar_to_photo(self, photo, top: int = 10) -> list[dict]:
+    def similar_to_photo(self, photo, top: int = 10, by: str = "auto") -> list[dict]:
         """The gallery's faces most similar to the largest face in a photo (see :meth:`similar`)."""
         from skullsearch.encoder.encode import encode
 
-        result = encode([photo], model=self.face_model, all_faces=False)
+        result = encode([photo], model=self.face_model, all_faces=False, descriptors=True)
         if not result.faces:
             why = result.failures[0].detail if result.failures else "no face found"
             raise GalleryError(f"{photo}: {why}")
-        return self.similar(result.codes, top)[0]
+        return self.similar(result.codes, top, descriptors=result.descriptors, by=by)[0]
 
     def near_duplicates(self, max_distance: float | None = None, criterion: str | None = None,
                         max_photo_distance: float | None = None):
         """Faces flagged at ingest as near-duplicates of an earlier face (a pyarrow.Table:
         face_id, path, person, near_duplicate_of, its path and person, criterion, distance,
-        photo_distance), closest first (by photo distance for the photo criterion, then by
-        distance).
+        photo_distance, person_distance), closest first (photo pairs by photo distance, then
+        person pairs by person distance, then identity pairs by distance).
 
         criterion: ``"photo"`` (another file of the same picture: the photo fingerprints are
-        close) or ``"identity"`` (the shape codes are close; same-pixel copies and the closest
-        re-shots); None: both. distance: the pair's shape-code L2 distance; photo_distance: their
-        photo-fingerprint L2 distance (NULL where either face has none). max_distance /
-        max_photo_distance: keep only pairs at most this far apart (≥ 0, inf: all)."""
-        from skullsearch.index.ingest import IDENTITY, PHOTO
+        close), ``"person"`` (a re-shot of the same person: the person descriptors are close) or
+        ``"identity"`` (the shape codes are close; same-pixel copies and the closest re-shots);
+        None: all. distance: the pair's shape-code L2 distance; photo_distance / person_distance:
+        their photo-fingerprint / person-descriptor L2 distance (NULL where either face has
+        none). max_distance / max_photo_distance: keep only pairs at most this far apart (≥ 0,
+        inf: all)."""
+        from skullsearch.index.ingest import CRITERIA
 
         where = []
         for name, col, value in (("max_distance", "f.near_duplicate_distance", max_distance),
@@ -710,17 +753,36 @@ class Gallery:
             if np.isfinite(d):
                 where.append(f"AND {col} <= {d!r}")
         if criterion is not None:
-            if criterion not in (PHOTO, IDENTITY):
-                raise GalleryError(f"criterion must be {PHOTO!r} or {IDENTITY!r}, got {criterion!r}")
+            if criterion not in CRITERIA:
+                raise GalleryError(f"criterion must be one of {', '.join(CRITERIA)}, got {criterion!r}")
             where.append(f"AND f.near_duplicate_criterion = '{criterion}'")
         return arrow(self.connect().sql(
             "SELECT f.face_id, f.path, f.person, f.near_duplicate_of, o.path AS duplicate_path, "
             "o.person AS duplicate_person, f.near_duplicate_criterion AS criterion, "
-            "f.near_duplicate_distance AS distance, f.near_duplicate_photo_distance AS photo_distance "
+            "f.near_duplicate_distance AS distance, f.near_duplicate_photo_distance AS photo_distance, "
+            "f.near_duplicate_person_distance AS person_distance "
             "FROM faces f LEFT JOIN faces o ON o.face_id = f.near_duplicate_of "
             f"WHERE f.near_duplicate_of IS NOT NULL {' '.join(where)} "
-            "ORDER BY criterion DESC, CASE WHEN criterion = 'photo' THEN photo_distance END, "
+            "ORDER BY CASE criterion WHEN 'photo' THEN 0 WHEN 'person' THEN 1 ELSE 2 END, "
+            "CASE criterion WHEN 'photo' THEN photo_distance WHEN 'person' THEN person_distance END, "
             "distance, f.face_id"))
+
+    # ------------------------------------------------------------------ persons
+    def group_persons(self, threshold: float | None = None, k: int = 20):
+        """Group the faces by person from their descriptors and save the groups (a
+        pyarrow.Table face_id, person_group, group_size); see :mod:`skullsearch.index.persons`."""
+        return persons.group_persons(self, persons.PERSON_DISTANCE if threshold is None else threshold, k)
+
+    def person_groups(self, min_size: int = 1):
+        """The saved person groups with each face's path and label (pyarrow.Table: person_group,
+        group_size, face_id, person, path), largest groups first; None when
+        :meth:`group_persons` has not run."""
+        if persons.saved_groups(self) is None:
+            return None
+        return arrow(self.connect().sql(
+            "SELECT g.person_group, g.group_size, g.face_id, f.person, f.path FROM person_groups g "
+            f"JOIN faces f USING (face_id) WHERE g.group_size >= {int(min_size)} "
+            "ORDER BY g.group_size DESC, g.person_group, g.face_id"))
 
     # ------------------------------------------------------------------ ingest & co
     def ingest(self, inputs, **kw):
@@ -736,10 +798,10 @@ class Gallery:
             "SELECT count(*), count(*) FILTER (WHERE status = 'ok') FROM images").fetchone()
         reasons = dict(con.execute(
             "SELECT status, count(*) FROM failures GROUP BY status ORDER BY 2 DESC").fetchall())
-        persons, near_dup, fingerprinted = con.execute(
+        persons, near_dup, fingerprinted, described = con.execute(
             "SELECT count(DISTINCT person) FILTER (WHERE person IS NOT NULL), "
             "count(*) FILTER (WHERE near_duplicate_of IS NOT NULL), "
-            "count(photo_fingerprint) FROM faces").fetchone()
+            "count(photo_fingerprint), count(descriptor) FROM faces").fetchone()
         by_criterion = dict(con.execute(
             "SELECT near_duplicate_criterion, count(*) FROM faces WHERE near_duplicate_of IS NOT NULL "
             "GROUP BY 1 ORDER BY 2 DESC").fetchall())
@@ -755,6 +817,7 @@ class Gallery:
             "images": n_images, "images with faces": n_ok, "faces": self.n_faces, "persons": persons,
             "near-duplicate faces": near_dup, "near-duplicates by criterion": by_criterion,
             "faces with a photo fingerprint": fingerprinted,
+            "faces with a person descriptor": described,
             "failures": reasons, "shards": len(self.shards()),
             "shortlist index": f"{state.get('shortlist', {}).get('type', 'not built')} "
                                f"({state.get('shortlist', {}).get('ntotal', 0)} faces)",
