@@ -97,7 +97,7 @@ def run_size(model, n: int, queries: int, repeats: int, seed: int, root: Path, n
     exact.index("codes")
     t_code_index = time.perf_counter() - t
     t = time.perf_counter()
-    exact._photo_index()
+    exact.column_index("photos")
     t_photo_read = time.perf_counter() - t
     one_time = {}
     for name in ("codes", "photos"):

@@ -29,10 +29,11 @@ def synth_codes(model, n: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def write_synthetic_shard(gallery, number: int, codes: np.ndarray, paths: list[str], persons: list[str],
-                          fingerprints: np.ndarray | None = None) -> np.ndarray:
+                          fingerprints: np.ndarray | None = None,
+                          descriptors: np.ndarray | None = None) -> np.ndarray:
     """Commit shard ``number`` of photo-less faces (the caller holds the gallery's write lock):
-    codes (n, 228), one path and person per face, optional photo fingerprints (n, 63) (stored as
-    ingest stores them). Returns the face ids (n,) int64."""
+    codes (n, 228), one path and person per face, optional photo fingerprints (n, 63) and person
+    descriptors (n, 128) (stored as ingest stores them). Returns the face ids (n,) int64."""
     n = len(codes)
     model_fp = gallery.manifest["face_model"]["fingerprint"]
     soft = neutral_soft_tissue(gallery.face_model, codes)
@@ -51,6 +52,8 @@ def write_synthetic_shard(gallery, number: int, codes: np.ndarray, paths: list[s
     }
     if fingerprints is not None:
         cols["photo_fingerprint"] = np.asarray(fingerprints, np.float32)
+    if descriptors is not None:
+        cols["descriptor"] = np.asarray(descriptors, np.float32)
     faces = schema.faces_table(cols)
     pa = schema.pa
     images = pa.Table.from_arrays([
@@ -67,13 +70,16 @@ def write_synthetic_shard(gallery, number: int, codes: np.ndarray, paths: list[s
 
 
 def add_synthetic_faces(gallery, codes: np.ndarray, fingerprints: np.ndarray | None = None,
-                        tag: str = "synth") -> np.ndarray:
+                        tag: str = "synth", descriptors: np.ndarray | None = None,
+                        persons: list[str] | None = None) -> np.ndarray:
     """Add one shard of the given photo-less faces (codes (n, 228), optional photo fingerprints
-    (n, 63)); paths ``TAG://SHARD/I.jpg``, one person per face. Returns their face ids (n,)."""
+    (n, 63) and person descriptors (n, 128)); paths ``TAG://SHARD/I.jpg``; persons: one label per
+    face (default: its path). Returns their face ids (n,)."""
     with store.WriteLock(gallery.path):
         number = store.next_shard_number(gallery.path)
         paths = [f"{tag}://{number}/{i}.jpg" for i in range(len(codes))]
-        return write_synthetic_shard(gallery, number, codes, paths, paths, fingerprints)
+        return write_synthetic_shard(gallery, number, codes, paths, persons or paths, fingerprints,
+                                     descriptors)
 
 
 def synth(gallery, n_faces: int, seed: int = 0, shard_faces: int = 250_000,

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from skullsearch import Gallery
+from skullsearch.index.columns import VectorColumn
 from skullsearch.index.synth import add_synthetic_faces, synth_codes
 
 
@@ -29,7 +30,7 @@ def _fail_once(monkeypatch, obj, name, shard_number):
     state = {"failed": False}
 
     def flaky(self, *a):
-        sh = a[-1] if name == "_vectors" else a[0]
+        sh = a[-1] if name in ("_vectors", "shard_vectors") else a[0]
         if sh.number == shard_number and not state["failed"]:
             state["failed"] = True
             raise OSError("disk hiccup")
@@ -63,7 +64,7 @@ def test_a_failed_fingerprint_read_keeps_the_photo_index_and_its_ids_together(th
     monkeypatch.setattr(Gallery, "shards", lambda self, _real=Gallery.shards: _real(self)[:1])
     g.search_photos(fps[:1])  # holds shard 1's fingerprints
     monkeypatch.undo()
-    _fail_once(monkeypatch, Gallery, "_shard_fingerprints", g.shards()[2].number)
+    _fail_once(monkeypatch, VectorColumn, "shard_vectors", g.shards()[2].number)
     with pytest.raises(OSError):
         g.search_photos(fps[:1])
     d, found = g.search_photos(fps, k=1)

@@ -217,15 +217,16 @@ def test_shards_without_the_photo_columns_still_open(anny_model, copies, tmp_pat
     assert rep.faces == 1 and rep.near_duplicate_photos == 0  # its original has no fingerprint
 
 
-def test_ingest_command_sets_both_cuts(anny_model, copies, tmp_path, capsys):
-    """`skullsearch ingest --near-duplicate-photo-distance 0 --near-duplicate-distance 0` flags
-    nothing; the defaults flag the re-saved copy."""
+def test_ingest_command_sets_every_cut(anny_model, copies, tmp_path, capsys):
+    """`skullsearch ingest --near-duplicate-photo-distance 0 --near-duplicate-person-distance 0
+    --near-duplicate-distance 0` flags nothing; the defaults flag the re-saved copy."""
     from skullsearch.cli.app import main
 
     first, _ = copies
     off, on = tmp_path / "off", tmp_path / "on"
     assert main(["ingest", str(first), "--gallery", str(off), "--workers", "1",
-                 "--near-duplicate-photo-distance", "0", "--near-duplicate-distance", "0"]) == 0
+                 "--near-duplicate-photo-distance", "0", "--near-duplicate-distance", "0",
+                 "--near-duplicate-person-distance", "0"]) == 0
     assert Gallery.open(off).near_duplicates().num_rows == 0
     assert main(["ingest", str(first), "--gallery", str(on), "--workers", "1"]) == 0
     listed = Gallery.open(on).near_duplicates(criterion=PHOTO).to_pylist()

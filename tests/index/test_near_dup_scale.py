@@ -78,7 +78,7 @@ def test_the_ivf_path_flags_what_the_exact_search_flags(big, monkeypatch):
     for name in ("codes", "photos"):
         idx = g._near[name].index
         assert idx.nlist == 10 and idx.nprobe == 4 and idx.ntotal == 900, name
-    assert g._photos is None  # the exact photo index is dropped
+    assert g._columns["photos"].held is None  # the exact photo index is dropped
     assert exact.count > 40 and exact.by("photo") > 20 and exact.by("identity") > 10
     # the same flagged face and criterion for (nearly) every flag, and never a flag the exact
     # search lacks; distances are exact
@@ -179,7 +179,7 @@ def test_an_ingest_into_a_large_gallery_flags_through_the_saved_ivf_index(anny_m
         raise AssertionError("rebuilt instead of read")
 
     monkeypatch.setattr(gallery_mod.Gallery, "_near_build", no_build)
-    monkeypatch.setattr(gallery_mod.Gallery, "_photo_index", no_build)  # the exact one: not needed
+    monkeypatch.setattr(g._columns["photos"], "index", no_build)  # the exact one: not needed
     rep = g.ingest([second], workers=1)
     assert rep.faces == 1 and rep.near_duplicate_photos == 1
     assert g._near["photos"].index.ntotal == 602 and g._near["codes"].index.ntotal == 602
