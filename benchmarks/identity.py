@@ -7,7 +7,8 @@ expression) and every photo goes through the real decoder, dlib detector and bat
 - **identity error**: fitted neutral face against the true one over the face region
   (similarity-aligned), as a ratio to the mean face's error on the same persons;
 - **re-shot verification**: AUC of same-person vs different-person pairs of photos, from the
-  distance between their fitted shape codes (chance 0.5);
+  distance between their fitted shape codes, and from their person descriptors (dlib's face
+  recognition network) (chance 0.5);
 - **identification**: a skull's extended landmarks made from each person's *true* face
   (depth error ~ N(0, table SD), 1 mm placement, a random rigid motion); gallery = the persons'
   photo-encoded faces (one photo each, or all ``--photos`` fitted with one shared shape, paper
@@ -39,7 +40,7 @@ from _common import (
 from skullsearch import FaceModel
 from skullsearch.encoder import code as code_layout
 from skullsearch.encoder.detectors import DlibDetector
-from skullsearch.encoder.encode import detect_faces, fit_faces
+from skullsearch.encoder.encode import describe_faces, detect_faces, fit_faces
 from skullsearch.encoder.face_model import face_region
 from skullsearch.encoder.images import read_images
 from skullsearch.index.ingest import neutral_soft_tissue
@@ -54,15 +55,22 @@ def auc(same: np.ndarray, different: np.ndarray) -> float:
     return float(1.0 - (r_same - len(same) * (len(same) + 1) / 2) / (len(same) * len(different)))
 
 
-def encode(model, paths, persons=None):
-    """Fitted codes (n, 228) and the photo index of each face (photos without a face dropped)."""
-    faces, _ = detect_faces(read_images(paths), DlibDetector(), all_faces=False)
+def encode(model, paths, persons=None, descriptors=False):
+    """Fitted codes (n, 228), the photo index of each face (photos without a face dropped) and,
+    when asked, the person descriptors (n, 128) (else None)."""
+    images = read_images(paths)
+    faces, _ = detect_faces(images, DlibDetector(), all_faces=False)
     if persons is not None:
         for f in faces:
             f.person = str(persons[int(Path(f.image).stem[5:])])
     fit_faces(model, faces)
     idx = np.array([int(Path(f.image).stem[5:]) for f in faces])
-    return np.stack([f.code for f in faces]), idx
+    descs = None
+    if descriptors:
+        describe_faces(faces, {im.path: im.pixels for im in images if hasattr(im, "pixels")})
+        descs = np.stack([f.descriptor if f.descriptor is not None else np.full(128, np.nan, np.float32)
+                          for f in faces])
+    return np.stack([f.code for f in faces]), idx, descs
 
 
 def main(argv=None):
@@ -83,8 +91,8 @@ def main(argv=None):
     t0 = time.perf_counter()
     paths = render_photos(model, folder, shape, expr, pose, rng, max_yaw=40.0)
     t1 = time.perf_counter()
-    codes1, idx1 = encode(model, paths)
-    codes3, idx3 = encode(model, paths, persons=person)
+    codes1, idx1, descs1 = encode(model, paths, descriptors=True)
+    codes3, idx3, _ = encode(model, paths, persons=person)
     t2 = time.perf_counter()
 
     # identity error, single photo
@@ -98,6 +106,10 @@ def main(argv=None):
     iu = np.triu_indices(len(s1), 1)
     same = p1[iu[0]] == p1[iu[1]]
     code_auc = auc(d[iu][same], d[iu][~same])
+    # ... and from the person descriptors (dlib's network on the same photos)
+    dd = np.linalg.norm(descs1[:, None] - descs1[None], axis=-1)[iu]
+    ok = np.isfinite(dd)
+    desc_auc = auc(dd[same & ok], dd[~same & ok])
 
     # identification: skulls from the true faces; gallery of photo-encoded faces + distractors
     sd = table_sd()
@@ -113,6 +125,7 @@ def main(argv=None):
            "mean_face_error_mm": round(float(err0.mean()), 3),
            "identity_ratio_to_mean_face": round(float(err.mean() / err0.mean()), 3),
            "reshot_auc_shape_codes": round(code_auc, 3),
+           "reshot_auc_person_descriptor": round(desc_auc, 3),
            "seconds": {"render": round(t1 - t0, 1), "detect_and_fit_twice": round(t2 - t1, 1)}}
     cfg = ScoreConfig()
     for label, codes, idx in (("1_photo", codes1, idx1), (f"{a.photos}_photos", codes3, idx3)):
@@ -135,7 +148,7 @@ def main(argv=None):
             out[f"{label}_{rank_by}_rank10"] = round(h10 / len(members), 3)
     print(f"{out['faces_found']}/{out['photos']} faces; identity error {out['identity_error_mm']} mm = "
           f"{out['identity_ratio_to_mean_face']}× the mean face's; re-shot AUC from shape codes "
-          f"{out['reshot_auc_shape_codes']}")
+          f"{out['reshot_auc_shape_codes']}, from person descriptors {out['reshot_auc_person_descriptor']}")
     for label in ("1_photo", f"{a.photos}_photos"):
         print(f"{label}: rank-1 / rank-10 among {out['gallery']} faces: S {out[f'{label}_s_rank1']:.1%} / "
               f"{out[f'{label}_s_rank10']:.1%}, likelihood {out[f'{label}_likelihood_rank1']:.1%} / "
