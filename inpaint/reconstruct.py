@@ -246,31 +246,33 @@ def reconstruct(skull, gallery_or_result, *, candidates: int = 3, method: str = 
     params = result.params or {}
     if score_config is None:
         score_config = ScoreConfig(**params["score"]) if params.get("score") else ScoreConfig()
-    from skullsearch.retrieval.tissue import load_table
+    ext = result.extended
+    if not np.isfinite(ext.g_depth):  # points given without a table: the table named, or the default
+        from dataclasses import replace
 
-    table = load_table(tissue_table if tissue_table is not None else params.get("tissue_table"),
-                       sex=sex if sex is not None else params.get("sex"))
-    g_depth = table.row("g")[0]
-    if not np.isfinite(g_depth):
-        g_depth = load_table().row("g")[0]
+        from skullsearch.retrieval.tissue import load_table
+
+        table = load_table(tissue_table if tissue_table is not None else params.get("tissue_table"),
+                           sex=sex if sex is not None else params.get("sex"))
+        g = table.row("g")[0]
+        ext = replace(ext, g_depth=float(g if np.isfinite(g) else load_table().row("g")[0]),
+                      table_name=ext.table_name or table.name)
     model = gallery.face_model
     chosen, note, inp = _choose_method(method, inpainter, gallery, model)
 
     cands = result.candidates[: int(candidates)]
     ids = np.array([c.face_id for c in cands], np.int64)
     codes = np.asarray(gallery.codes(ids), np.float32)
-    target = np.asarray(result.target, np.float64)
-    present = np.asarray(result.present, bool)
-    sd = np.asarray(result.sd, np.float64)
-    recs, warnings = _run(model, skull, codes, gallery.soft_tissue(ids), target, present, sd, score_config,
-                          g_depth, chosen, inp, fit_weights=fit_weights, iterations=iterations, jaw=jaw,
-                          expression=expression, starts=starts, seed=seed, render_size=render_size)
+    opts = _Options(fit_weights=fit_weights, iterations=iterations, jaw=jaw, expression=expression,
+                    starts=starts, seed=seed, render_size=render_size)
+    recs, warnings = _run(model, skull, codes, gallery.soft_tissue(ids), ext, score_config, chosen, inp, opts)
     for rec, c in zip(recs, cands, strict=True):
         rec.rank, rec.face_id, rec.person = c.rank, c.face_id, c.person
     res = ReconstructionResult(
         candidates=recs, method_requested=method, note=note, query_id=result.query_id,
-        skull_path=skull.path, skull_sha256=skull.sha256, target=np.where(present[:, None], target, np.nan),
-        present=present, g_depth_mm=float(g_depth), tissue_table=table.name, faces=model.faces,
+        skull_path=skull.path, skull_sha256=skull.sha256,
+        target=np.where(ext.present[:, None], ext.points, np.nan), present=np.asarray(ext.present, bool),
+        g_depth_mm=float(ext.g_depth), tissue_table=ext.table_name, faces=model.faces,
         warnings=list(result.warnings) + warnings)
     if out is not None:
         write_reconstruction(res, out)
@@ -370,29 +372,55 @@ def definite_targets(mesh, vertices_skull: np.ndarray, definite: np.ndarray, dep
     return out
 
 
-def _run(model, skull, codes, neutral_points, target, present, sd, cfg, g_depth, method, inp, *,
-         fit_weights, iterations, jaw, expression, starts, seed, render_size):
+@dataclass
+class _Options:
+    """The re-synthesis settings of :func:`reconstruct` (see there)."""
+
+    fit_weights: object = None
+    iterations: int | None = None
+    jaw: bool = False
+    expression: bool = True
+    starts: int = 4
+    seed: int = 0
+    render_size: int = 128
+
+
+@dataclass
+class _Case:
+    """What both methods start from, per candidate (C): the score before, the revised vertices
+    (C, V) and their region names, the targets in each face's frame (C, 36, 3), the definite
+    regions' targets in the face frame (C, V, 3, NaN where none), the vertices to keep (C, V),
+    the neutral vertices (C, V, 3), setup seconds, warnings."""
+
+    before: object
+    revise: np.ndarray
+    revised_names: list
+    tgt_face: np.ndarray
+    d_face: np.ndarray
+    keep: np.ndarray
+    base: np.ndarray
+    setup_s: float
+    warnings: list
+
+
+def _prepare(model, skull, codes, neutral_points, ext, cfg, regions, seed: int) -> _Case:
     from skullsearch.encoder import code as code_layout
     from skullsearch.encoder.align import apply_similarity
-    from skullsearch.inpaint.fit import f3dmm_gc
-    from skullsearch.inpaint.raster import render_normalized
-    from skullsearch.inpaint.regions import face_regions, revised_vertices
+    from skullsearch.inpaint.regions import revised_vertices
     from skullsearch.retrieval.score import score
 
     t0 = time.perf_counter()
     c = len(codes)
-    regions = face_regions(model)
-    before = score(neutral_points, target, present, sd, cfg)
-    eta = cfg.thresholds(sd)
+    before = score(neutral_points, ext.points, ext.present, ext.sd, cfg)
     shape = code_layout.split(codes).shape[:, : min(model.n_shape, code_layout.N_SHAPE)]
     with torch.no_grad():
         base = model.vertices(shape=torch.as_tensor(np.ascontiguousarray(shape))).double().numpy()
-    revise = np.stack([revised_vertices(regions, before.matched_flags[i], present) for i in range(c)])
-    revised_names = [regions.revised_names(before.matched_flags[i], present) for i in range(c)]
-    tgt_face = to_face_frame(np.nan_to_num(target), before.scale, before.rotation, before.translation)
+    revise = np.stack([revised_vertices(regions, before.matched_flags[i], ext.present) for i in range(c)])
+    revised_names = [regions.revised_names(before.matched_flags[i], ext.present) for i in range(c)]
+    tgt_face = to_face_frame(np.nan_to_num(ext.points), before.scale, before.rotation, before.translation)
     base_skull = apply_similarity(base, before.scale, before.rotation, before.translation)
     warnings = []
-    d_skull = definite_targets(skull.mesh, base_skull, regions.definite, g_depth, seed=seed)
+    d_skull = definite_targets(skull.mesh, base_skull, regions.definite, ext.g_depth, seed=seed)
     n_known = np.isfinite(d_skull[..., 0]).sum(1)
     if regions.definite.any() and (n_known == 0).any():
         warnings.append("no skull surface near the definite regions (forehead, back of head) for "
@@ -400,44 +428,68 @@ def _run(model, skull, codes, neutral_points, target, present, sd, cfg, g_depth,
     d_face = to_face_frame(d_skull.reshape(c, -1, 3), before.scale, before.rotation,
                            before.translation).reshape(d_skull.shape)
     d_face[~np.isfinite(d_skull)] = np.nan
-    known = np.isfinite(d_face).all(-1)
-    keep = ~revise & ~known
-    setup = time.perf_counter() - t0
+    keep = ~revise & ~np.isfinite(d_face).all(-1)
+    return _Case(before, revise, revised_names, tgt_face, d_face, keep, base, time.perf_counter() - t0,
+                 warnings)
+
+
+def _resynthesize(model, codes, ext, cfg, case: _Case, regions, method: str, inp, opts: _Options):
+    """(new codes (C, 228), vertices (C, V, 3) face frame, soft-tissue points (C, 36, 3), losses,
+    iterations, seconds) by F3DMM-GC (``fit``) or GII-GC (``gan``)."""
+    from skullsearch.encoder import code as code_layout
+    from skullsearch.inpaint.fit import f3dmm_gc
+
+    c = len(codes)
+    before = case.before
     if method == "fit":
-        res = f3dmm_gc(model, codes, tgt_face, present, keep, kept_positions=base, definite_target=d_face,
-                       eta=eta[None] / before.scale[:, None],
-                       sigma=cfg.sigma(sd)[None] / before.scale[:, None], weights=fit_weights,
-                       iterations=iterations or 12, jaw=jaw, expression=expression)
-        new_codes, verts, pts = res.codes, res.vertices.astype(np.float64), res.points.astype(np.float64)
-        losses, iters = res.losses, [int(i) for i in res.iterations]
-        secs = [setup / c + float(s) for s in res.seconds]
-    else:
-        gii = _gan_api()["gii_gc"]
-        new_codes, verts, losses, iters, secs = [], [], [], [], []
-        for i in range(c):
-            t1 = time.perf_counter()
-            g = gii(model, inp, codes[i], tgt_face[i], present, revise[i], regions.definite, d_face[i],
-                    starts=starts, iterations=iterations or 100, seed=seed)
-            new_code = np.array(g.code, np.float32)  # canonical: camera and light back from the candidate
-            for part in ("cam_rot", "cam_trans", "light"):
-                new_code[code_layout.SLICES[part]] = codes[i][code_layout.SLICES[part]]
-            new_codes.append(new_code)
-            verts.append(np.asarray(g.vertices, np.float64))
-            losses.append([_plain_row(r, k) for k, r in enumerate(g.losses)])
-            iters.append(int(g.iterations))
-            secs.append(setup / c + time.perf_counter() - t1)
-        new_codes, verts = np.stack(new_codes), np.stack(verts)
-        with torch.no_grad():
-            pts = model.soft_tissue(vertices=torch.as_tensor(verts)).numpy()
-    after = score(pts, target, present, sd, cfg)
+        res = f3dmm_gc(model, codes, case.tgt_face, ext.present, case.keep, kept_positions=case.base,
+                       definite_target=case.d_face, eta=cfg.thresholds(ext.sd)[None] / before.scale[:, None],
+                       sigma=cfg.sigma(ext.sd)[None] / before.scale[:, None], weights=opts.fit_weights,
+                       iterations=opts.iterations or 12, jaw=opts.jaw, expression=opts.expression)
+        return (res.codes, res.vertices.astype(np.float64), res.points.astype(np.float64), res.losses,
+                [int(i) for i in res.iterations], [case.setup_s / c + float(s) for s in res.seconds])
+    gii = _gan_api()["gii_gc"]
+    new_codes, verts, losses, iters, secs = [], [], [], [], []
+    for i in range(c):
+        t1 = time.perf_counter()
+        g = gii(model, inp, codes[i], case.tgt_face[i], ext.present, case.revise[i], regions.definite,
+                case.d_face[i], starts=opts.starts, iterations=opts.iterations or 100, seed=opts.seed)
+        new_code = np.array(g.code, np.float32)  # canonical: camera and light back from the candidate
+        for part in ("cam_rot", "cam_trans", "light"):
+            new_code[code_layout.SLICES[part]] = codes[i][code_layout.SLICES[part]]
+        new_codes.append(new_code)
+        verts.append(np.asarray(g.vertices, np.float64))
+        losses.append([_plain_row(r, k) for k, r in enumerate(g.losses)])
+        iters.append(int(g.iterations))
+        secs.append(case.setup_s / c + time.perf_counter() - t1)
+    verts = np.stack(verts)
+    with torch.no_grad():
+        pts = model.soft_tissue(vertices=torch.as_tensor(verts)).numpy()
+    return np.stack(new_codes), verts, pts, losses, iters, secs
+
+
+def _run(model, skull, codes, neutral_points, ext, cfg, method: str, inp, opts: _Options):
+    """Re-synthesize candidates (codes (C, 228), neutral soft-tissue points (C, 36, 3)) through the
+    skull's extended landmarks ``ext``; returns (Reconstruction list, warnings)."""
+    from skullsearch.encoder.align import apply_similarity
+    from skullsearch.inpaint.raster import render_normalized
+    from skullsearch.inpaint.regions import face_regions
+    from skullsearch.retrieval.score import score
+
+    regions = face_regions(model)
+    case = _prepare(model, skull, codes, neutral_points, ext, cfg, regions, opts.seed)
+    new_codes, verts, pts, losses, iters, secs = _resynthesize(model, codes, ext, cfg, case, regions,
+                                                               method, inp, opts)
+    before = case.before
+    after = score(pts, ext.points, ext.present, ext.sd, cfg)
     v_skull = apply_similarity(verts, after.scale, after.rotation, after.translation)
-    renders = render_normalized(model, verts, size=render_size, vertex_mask=revise).image
+    renders = render_normalized(model, verts, size=opts.render_size, vertex_mask=case.revise).image
 
     def dl(d):
         return [None if not np.isfinite(x) else round(float(x), 4) for x in d]
 
     recs = []
-    for i in range(c):
+    for i in range(len(codes)):
         recs.append(Reconstruction(
             rank=0, face_id=0, person=None, method=method, code=np.asarray(new_codes[i], np.float32),
             vertices_face=verts[i].astype(np.float32), vertices_skull=v_skull[i].astype(np.float32),
@@ -447,10 +499,10 @@ def _run(model, skull, codes, neutral_points, target, present, sd, cfg, g_depth,
             distance_mm_before=dl(before.distance_mm[i]), distance_mm_after=dl(after.distance_mm[i]),
             matched_flags_before=[bool(m) for m in before.matched_flags[i]],
             matched_flags_after=[bool(m) for m in after.matched_flags[i]],
-            revised_regions=revised_names[i], revised=revise[i], losses=losses[i], iterations=iters[i],
-            seconds=float(secs[i]), scale=float(after.scale[i]), rotation=after.rotation[i],
-            translation=after.translation[i], render=renders[i]))
-    return recs, warnings
+            revised_regions=case.revised_names[i], revised=case.revise[i], losses=losses[i],
+            iterations=iters[i], seconds=float(secs[i]), scale=float(after.scale[i]),
+            rotation=after.rotation[i], translation=after.translation[i], render=renders[i]))
+    return recs, case.warnings
 
 
 def _plain_row(row, k: int) -> dict:

@@ -473,6 +473,12 @@ def outward_normals(mesh, points, radius_mm: float = 4.0, return_info: bool = Fa
 
 
 # ------------------------------------------------------------------------------ extension
+def _json(a) -> list:
+    """An array as nested lists of floats, NaN → None."""
+    a = np.asarray(a, np.float64)
+    return [_json(v) for v in a] if a.ndim > 1 else [float(v) if np.isfinite(v) else None for v in a]
+
+
 @dataclass
 class ExtendedLandmarks:
     """The skull's extended landmarks, all arrays in SOFT_TISSUE_NAMES order, mm, skull frame.
@@ -488,7 +494,14 @@ class ExtendedLandmarks:
     "vote 31/32" (voters of the landmark's orientation patch for the side chosen / all with an
     opinion) or "centroid"; "" where absent;
     surface_distance (36,): distance of m_i from the mesh (mm; the normal is taken there);
-    table_name / table_sha256: the tissue table used.
+    table_name / table_sha256: the tissue table used; g_depth: the glabella's tissue depth (mm)
+    that places the face's definite regions in a reconstruction (the table's, or the 2023 global
+    T-Table's where the table has none; NaN for points given without a table).
+
+    It travels whole: in a :class:`~skullsearch.QueryResult`, its audit record (:meth:`to_dict` /
+    :meth:`from_dict`), reconstruction, report and export — nothing extends the skull again or
+    reloads the table. :meth:`from_points` wraps extended landmarks made elsewhere (synthetic
+    targets).
     """
 
     points: np.ndarray
@@ -503,10 +516,64 @@ class ExtendedLandmarks:
     surface_distance: np.ndarray
     table_name: str = ""
     table_sha256: str = ""
+    g_depth: float = float("nan")
 
     @property
     def names(self) -> tuple[str, ...]:
         return SOFT_TISSUE_NAMES
+
+    @property
+    def units(self) -> str:
+        return "mm"
+
+    @classmethod
+    def from_points(cls, points, present, sd, table_name: str = "") -> ExtendedLandmarks:
+        """Extended landmarks given as points (36, 3) mm, present (36,) bool and SDs (36,) mm,
+        without a skull (the skull points, normals and directions are unknown: NaN)."""
+        present = np.asarray(present, bool).reshape(_N)
+        points = np.where(present[:, None], np.asarray(points, np.float64).reshape(_N, 3), np.nan)
+        nan3 = np.full((_N, 3), np.nan)
+        return cls(points=points, skull_points=nan3.copy(), present=present, normals=nan3.copy(),
+                   directions=nan3.copy(), depth=np.full(_N, np.nan),
+                   sd=np.asarray(sd, np.float64).reshape(_N), direction_source=[""] * _N,
+                   orientation=[""] * _N, surface_distance=np.full(_N, np.nan), table_name=table_name)
+
+    def to_dict(self) -> dict:
+        """Plain JSON values (NaN → None), the audit record's ``extended`` entry."""
+        return {"names": list(SOFT_TISSUE_NAMES), "units": "mm", "points": _json(self.points),
+                "present": [bool(p) for p in self.present], "sd": _json(self.sd),
+                "skull_points": _json(self.skull_points), "normals": _json(self.normals),
+                "directions": _json(self.directions), "depth": _json(self.depth),
+                "direction_source": list(self.direction_source), "orientation": list(self.orientation),
+                "surface_distance": _json(self.surface_distance), "table_name": self.table_name,
+                "table_sha256": self.table_sha256,
+                "g_depth": float(self.g_depth) if np.isfinite(self.g_depth) else None}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ExtendedLandmarks:
+        """Read back :meth:`to_dict`; records written before it held only points, present and sd
+        (the rest is NaN there)."""
+        def arr(key, shape):
+            v = d.get(key)
+            if v is None:
+                return np.full(shape, np.nan)
+            if len(shape) == 2:
+                v = [[None] * 3 if r is None else r for r in v]
+            return np.array(v, dtype=float).reshape(shape)  # (None → NaN)
+
+        names = d.get("names")
+        if names is not None and tuple(names) != SOFT_TISSUE_NAMES:
+            raise ExtendedLandmarkError("the recorded extended landmarks list other landmarks than this "
+                                        "version of skullsearch; re-run the query from the skull")
+        present = np.asarray(d["present"], bool)
+        g = d.get("g_depth")
+        return cls(points=arr("points", (_N, 3)), skull_points=arr("skull_points", (_N, 3)), present=present,
+                   normals=arr("normals", (_N, 3)), directions=arr("directions", (_N, 3)),
+                   depth=arr("depth", (_N,)), sd=arr("sd", (_N,)),
+                   direction_source=list(d.get("direction_source") or [""] * _N),
+                   orientation=list(d.get("orientation") or [""] * _N),
+                   surface_distance=arr("surface_distance", (_N,)), table_name=d.get("table_name", ""),
+                   table_sha256=d.get("table_sha256", ""), g_depth=float("nan") if g is None else float(g))
 
     @property
     def n_present(self) -> int:
@@ -541,11 +608,15 @@ def extend(skull, table: TissueTable | str | None = None, radius_mm: float = 4.0
     directions = np.where(from_table[:, None], table.direction, normals)
     directions[~present] = np.nan
     points = np.where(present[:, None], m + table.mean[:, None] * directions, np.nan)
+    g_depth = table.row("g")[0]
+    if not np.isfinite(g_depth):  # the definite regions need one: the default table's
+        g_depth = load_table().row("g")[0]
     return ExtendedLandmarks(
         points=points, skull_points=m, present=present, normals=normals, directions=directions,
         depth=table.mean.copy(), sd=table.sd.copy(),
         direction_source=["table" if t else "normal" for t in from_table], orientation=orientation,
-        surface_distance=distance, table_name=table.name, table_sha256=table.sha256 or "")
+        surface_distance=distance, table_name=table.name, table_sha256=table.sha256 or "",
+        g_depth=float(g_depth))
 
 
 # -------------------------------------------------------------------------------- export

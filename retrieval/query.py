@@ -35,6 +35,7 @@ from skullsearch.encoder.soft_tissue import SOFT_TISSUE_NAMES
 from skullsearch.index import vectors
 from skullsearch.index.gallery import Gallery as _IndexGallery
 from skullsearch.index.store import GalleryError
+from skullsearch.retrieval.extended import ExtendedLandmarks, export_pegs, extend
 from skullsearch.retrieval.score import ScoreConfig, rank_order, score
 
 #: Default shortlist size, set by measurement against exhaustive exact scoring (every face scored once per
@@ -88,16 +89,28 @@ class Candidate:
 
 @dataclass
 class QueryResult:
-    """A query's answer: ``candidates`` best first, the extended landmarks used, parameters,
-    and the audit record id (None when not recorded)."""
+    """A query's answer: ``candidates`` best first, the skull's extended landmarks used (whole:
+    :class:`~skullsearch.retrieval.extended.ExtendedLandmarks`, with their table), parameters,
+    and the audit record id (None when not recorded). ``target`` (36, 3) mm, ``present`` (36,)
+    and ``sd`` (36,) mm are the extended landmarks' points, mask and SDs."""
 
     candidates: list[Candidate]
-    target: np.ndarray
-    present: np.ndarray
-    sd: np.ndarray
+    extended: ExtendedLandmarks
     params: dict
     query_id: str | None = None
     warnings: list[str] = field(default_factory=list)
+
+    @property
+    def target(self) -> np.ndarray:
+        return self.extended.points
+
+    @property
+    def present(self) -> np.ndarray:
+        return self.extended.present
+
+    @property
+    def sd(self) -> np.ndarray:
+        return self.extended.sd
 
     def to_dicts(self) -> list[dict]:
         return [asdict(c) for c in self.candidates]
@@ -290,9 +303,9 @@ def query_points(
         dist, ids = gallery.search_shortlist(canon, weights[None], k=max(shortlist, top), max_shard=max_shard)
         keep = ids[0] >= 0
         ids, dist = ids[0][keep], dist[0][keep]
+    ext = ExtendedLandmarks.from_points(target, present, sd)
     if len(ids) == 0:
-        return QueryResult([], target, present, sd,
-                           {"top": top, "shortlist": shortlist, "exhaustive": exhaustive})
+        return QueryResult([], ext, {"top": top, "shortlist": shortlist, "exhaustive": exhaustive})
     sc = score(gallery.soft_tissue(ids), target, present, sd, cfg)
     order = rank_order(sc, rank_by)[:top]
     # calibration against a fixed random sample of the gallery
@@ -320,7 +333,7 @@ def query_points(
     params = {"top": top, "shortlist": None if exhaustive else shortlist, "exhaustive": exhaustive,
               "rank_by": rank_by, "score": cfg.to_dict(),
               "calibration_sample": calibration_sample, "seed": seed, "max_shard": max_shard}
-    return QueryResult(cands, np.asarray(target), present, np.asarray(sd), params)
+    return QueryResult(cands, ext, params)
 
 
 def query(
@@ -343,7 +356,6 @@ def query(
     face per core: 24 s for 1M faces on 2 cores); None: when the gallery has at most
     :data:`EXHAUSTIVE_AUTO_FACES` faces and no shortlist size is given. progress(done, total)
     reports it."""
-    from skullsearch.retrieval.extended import extend
     from skullsearch.retrieval.tissue import load_table
 
     table = load_table(tissue_table, sex=sex)
@@ -358,6 +370,7 @@ def query(
                           rank_by=rank_by, score_config=score_config,
                           calibration_sample=calibration_sample, exhaustive=exhaustive, progress=progress,
                           max_shard=max_shard if exhaustive else None)
+    result.extended = ext
     result.warnings = list(getattr(skull, "warnings", []))
     result.params.update({"tissue_table": table.name, "sex": sex, "max_shard": max_shard})
     if record:
@@ -388,8 +401,7 @@ def record_query(gallery, skull, table, ext, result: QueryResult) -> str:
                   "landmarks_sha256": skull.landmarks_sha256, "units": skull.units,
                   "landmarks": {k: np.asarray(v).tolist() for k, v in skull.landmarks.items()},
                   "warnings": list(skull.warnings)},
-        "extended": {"points": np.where(ext.present[:, None], ext.points, np.nan).tolist(),
-                     "present": ext.present.tolist(), "sd": np.asarray(ext.sd).tolist()},
+        "extended": ext.to_dict(),
         "tissue_table": table.to_dict(),
         "params": result.params,
         "gallery": {"face_model": gallery.manifest["face_model"],
@@ -437,15 +449,15 @@ def load_record(gallery, query_id: str) -> dict:
 def rerun(gallery, query_id: str) -> tuple[QueryResult, bool]:
     """Re-run a recorded query on the shards it saw; returns (result, same answer as recorded)."""
     r = load_record(gallery, query_id)
-    ext = r["extended"]
+    ext = ExtendedLandmarks.from_dict(r["extended"])
     p = r["params"]
-    target = np.array([[np.nan] * 3 if v is None or v[0] is None else v for v in ext["points"]], float)
     result = query_points(
-        gallery, target, np.array(ext["present"]), np.array(ext["sd"]), top=p["top"],
+        gallery, ext.points, ext.present, ext.sd, top=p["top"],
         shortlist=p["shortlist"], rank_by=p["rank_by"], score_config=ScoreConfig(**p["score"]),
         calibration_sample=p["calibration_sample"], seed=p["seed"], max_shard=p["max_shard"],
         exhaustive=bool(p.get("exhaustive", False)))
     result.params.update({"tissue_table": p.get("tissue_table"), "sex": p.get("sex")})
+    result.extended = ext
     result.query_id = query_id
     same = [(c.face_id, round(c.s, 9), round(c.likelihood, 6)) for c in result.candidates] == \
         [(x["face_id"], round(x["s"], 9), round(x["likelihood"], 6)) for x in r["results"]]
@@ -500,15 +512,16 @@ def export_candidates(gallery, skull, result: QueryResult, folder, n: int = 5) -
     unmatched red) and the skull with pegs; returns the files written."""
     import trimesh
 
-    from skullsearch.retrieval.extended import export_pegs, extend
-    from skullsearch.retrieval.tissue import load_table
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     model = gallery.face_model
     written = []
-    ext = extend(skull, load_table(result.params.get("tissue_table"), sex=result.params.get("sex")))
-    written.append(export_pegs(skull, ext, folder / "skull_pegs.ply") or folder / "skull_pegs.ply")
+    ext = result.extended
+    if not np.isfinite(ext.skull_points[ext.present]).all():  # recorded before they were kept whole
+        from skullsearch.retrieval.tissue import load_table
+
+        ext = extend(skull, load_table(result.params.get("tissue_table"), sex=result.params.get("sex")))
+    written.append(export_pegs(skull, ext, folder / "skull_pegs.ply"))
     all_verts, all_pts = aligned_faces(gallery, result.candidates[:n])
     for c, verts, pts in zip(result.candidates[:n], all_verts, all_pts, strict=True):
         parts = [trimesh.Trimesh(verts, model.faces, vertex_colors=[205, 170, 150, 255], process=False)]

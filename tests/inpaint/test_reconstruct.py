@@ -17,6 +17,7 @@ from skullsearch.index.synth import synth
 from skullsearch.inpaint.fit import FitWeights
 from skullsearch.inpaint.reconstruct import ReconstructionError, reconstruct
 from skullsearch.inpaint.regions import face_regions
+from skullsearch.retrieval.extended import ExtendedLandmarks
 from skullsearch.retrieval.tissue import load_table
 
 CANDIDATE_KEYS = {"rank", "face_id", "person", "method", "mesh", "render", "s_before", "s_after",
@@ -130,7 +131,8 @@ def test_bad_input_is_refused_clearly(case, fitted):
         reconstruct(skull, g, method="fit", starts=0)
     with pytest.raises(ReconstructionError, match="render_size"):
         reconstruct(skull, g, render_size=0)
-    empty = QueryResult([], np.zeros((36, 3)), np.ones(36, bool), load_table().sd, {})
+    ext = ExtendedLandmarks.from_points(np.zeros((36, 3)), np.ones(36, bool), load_table().sd)
+    empty = QueryResult([], ext, {})
     with pytest.raises(ReconstructionError, match="no candidates"):
         reconstruct(skull, empty, gallery=g)
     with pytest.raises(ReconstructionError, match="Gallery"):

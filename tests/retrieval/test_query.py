@@ -323,3 +323,49 @@ def test_the_query_table_keeps_whole_face_ids_on_an_80_column_terminal(case, mon
     text = screen.getvalue()
     assert str(truth) in text and "…" not in text.split("likelihood")[1].split("\n", 2)[2]
     assert max(len(line) for line in text.splitlines()) <= 80
+
+
+def test_the_extended_landmarks_travel_whole(case, tmp_path, monkeypatch):
+    """The result holds the skull's extended landmarks with their table; the audit record keeps
+    them whole; a re-run, the export and a reconstruction use them without extending the skull
+    again or reloading the table."""
+    import importlib
+
+    from skullsearch import reconstruct
+
+    extended_mod, query_mod, tissue_mod = (importlib.import_module(f"skullsearch.retrieval.{m}")
+                                           for m in ("extended", "query", "tissue"))
+    from skullsearch.retrieval.extended import ExtendedLandmarks, extend
+
+    gpath, truth, skull_path, *_, table = case
+    g = Gallery.open(gpath)
+    skull = Skull.load(skull_path)
+    res = g.query(skull, top=3, tissue_table=table)
+    ext = res.extended
+    assert ext.table_name == load_table(table).name and ext.g_depth == 3.0 and ext.units == "mm"
+    fresh = extend(skull, load_table(table))
+    np.testing.assert_array_equal(ext.points, fresh.points)
+    np.testing.assert_array_equal(res.target, ext.points)
+    back = ExtendedLandmarks.from_dict(json.loads(json.dumps(ext.to_dict())))
+    for name in ("points", "skull_points", "normals", "directions", "depth", "sd", "surface_distance"):
+        np.testing.assert_array_equal(getattr(back, name), getattr(ext, name), err_msg=name)
+    assert (back.present == ext.present).all() and back.orientation == ext.orientation
+    assert back.table_sha256 == ext.table_sha256 and back.g_depth == ext.g_depth
+    # an audit record of the old form (points, present, sd) still reads
+    old = ExtendedLandmarks.from_dict({"points": np.where(ext.present[:, None], ext.points, np.nan).tolist(),
+                                       "present": ext.present.tolist(), "sd": ext.sd.tolist()})
+    np.testing.assert_array_equal(old.points, ext.points)
+    assert np.isnan(old.g_depth) and np.isnan(old.skull_points).all()
+
+    def refused(*a, **k):
+        raise AssertionError("the skull was extended again or the table reloaded")
+
+    monkeypatch.setattr(extended_mod, "extend", refused)
+    monkeypatch.setattr(query_mod, "extend", refused)
+    monkeypatch.setattr(tissue_mod, "load_table", refused)
+    rerun, same = g.rerun(res.query_id)
+    assert same and rerun.extended.table_name == ext.table_name
+    np.testing.assert_array_equal(rerun.extended.skull_points, ext.skull_points)
+    query_mod.export_candidates(g, skull, rerun, tmp_path / "export", n=1)
+    rec = reconstruct(skull, res, gallery=g, candidates=1, method="fit", record=False)
+    assert rec.g_depth_mm == 3.0 and rec.tissue_table == ext.table_name
