@@ -36,6 +36,17 @@ def random_cameras(n: int, rng, max_yaw: float = 30.0, size: int = 512, focal_fa
             torch.tensor(focal, dtype=torch.float32), sizes)
 
 
+def auc(same: np.ndarray, different: np.ndarray) -> float:
+    """P(a same-person distance < a different-person distance) (ties count half); NaN when
+    either set is empty."""
+    if not len(same) or not len(different):
+        return float("nan")
+    d = np.concatenate([same, different])
+    ranks = np.argsort(np.argsort(d, kind="stable"), kind="stable") + 1.0
+    r_same = ranks[: len(same)].sum()
+    return float(1.0 - (r_same - len(same) * (len(same) + 1) / 2) / (len(same) * len(different)))
+
+
 def emit(result: dict) -> None:
     """Print the benchmark's JSON object as the last line."""
     sys.stdout.flush()

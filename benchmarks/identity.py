@@ -17,6 +17,11 @@ expression) and every photo goes through the real decoder, dlib detector and bat
   exactly; rank-1 / rank-10 of the true person by S and by likelihood.
 
     python benchmarks/identity.py [--persons 100] [--photos 3] [--gallery 3000] [--seed 0]
+                                  [--identity-prior]
+
+``--identity-prior`` fits with the shape predicted from each photo's person descriptor
+(:mod:`skullsearch.encoder.identity_prior`, learned on other renders of the same model: a
+synthetic figure; real photos lie outside its domain).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 from _common import (
+    auc,
     emit,
     face_normals,
     identity_errors,
@@ -47,29 +53,22 @@ from skullsearch.index.ingest import neutral_soft_tissue
 from skullsearch.retrieval.score import ScoreConfig, rank_order, score
 
 
-def auc(same: np.ndarray, different: np.ndarray) -> float:
-    """P(a same-person distance < a different-person distance) (ties count half)."""
-    d = np.concatenate([same, different])
-    ranks = np.argsort(np.argsort(d, kind="stable"), kind="stable") + 1.0
-    r_same = ranks[: len(same)].sum()
-    return float(1.0 - (r_same - len(same) * (len(same) + 1) / 2) / (len(same) * len(different)))
-
-
-def encode(model, paths, persons=None, descriptors=False):
+def encode(model, paths, persons=None, descriptors=False, prior=None):
     """Fitted codes (n, 228), the photo index of each face (photos without a face dropped) and,
-    when asked, the person descriptors (n, 128) (else None)."""
+    when asked, the person descriptors (n, 128) (else None). prior: an IdentityPrior for the fit
+    (computes the descriptors)."""
     images = read_images(paths)
     faces, _ = detect_faces(images, DlibDetector(), all_faces=False)
     if persons is not None:
         for f in faces:
             f.person = str(persons[int(Path(f.image).stem[5:])])
-    fit_faces(model, faces)
-    idx = np.array([int(Path(f.image).stem[5:]) for f in faces])
     descs = None
-    if descriptors:
+    if descriptors or prior is not None:
         describe_faces(faces, {im.path: im.pixels for im in images if hasattr(im, "pixels")})
         descs = np.stack([f.descriptor if f.descriptor is not None else np.full(128, np.nan, np.float32)
                           for f in faces])
+    fit_faces(model, faces, identity_prior=prior)
+    idx = np.array([int(Path(f.image).stem[5:]) for f in faces])
     return np.stack([f.code for f in faces]), idx, descs
 
 
@@ -79,6 +78,8 @@ def main(argv=None):
     ap.add_argument("--photos", type=int, default=3)
     ap.add_argument("--gallery", type=int, default=3000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--identity-prior", action="store_true",
+                    help="fit with the identity prior (shape predicted from the person descriptor)")
     a = ap.parse_args(argv)
     rng = np.random.default_rng(a.seed)
     model = FaceModel.default()
@@ -91,8 +92,13 @@ def main(argv=None):
     t0 = time.perf_counter()
     paths = render_photos(model, folder, shape, expr, pose, rng, max_yaw=40.0)
     t1 = time.perf_counter()
-    codes1, idx1, descs1 = encode(model, paths, descriptors=True)
-    codes3, idx3, _ = encode(model, paths, persons=person)
+    prior = None
+    if a.identity_prior:
+        from skullsearch.encoder.identity_prior import for_model
+
+        prior = for_model(model)
+    codes1, idx1, descs1 = encode(model, paths, descriptors=True, prior=prior)
+    codes3, idx3, _ = encode(model, paths, persons=person, prior=prior)
     t2 = time.perf_counter()
 
     # identity error, single photo
@@ -120,6 +126,7 @@ def main(argv=None):
     dis_true = rng.standard_normal((n_dis, n_s)).astype(np.float32) * model.shape_std[:n_s]
     dis = dis_true + resid[rng.integers(0, len(resid), n_dis)]
     out = {"persons": a.persons, "photos_per_person": a.photos, "gallery": a.persons + n_dis,
+           "identity_prior": bool(a.identity_prior),
            "photos": len(paths), "faces_found": int(len(idx1)),
            "identity_error_mm": round(float(err.mean()), 3),
            "mean_face_error_mm": round(float(err0.mean()), 3),

@@ -99,6 +99,33 @@ def model_calibrate(
               f"{np.median(inner):.1f} mm (median, max {inner.max():.1f})", highlight=False)
 
 
+@model_app.command("train-identity-prior")
+def model_train_identity_prior(
+    face_model: FaceModelOption = None,
+    out_path: Annotated[Path | None, typer.Option(
+        "--out", help="Output .npz (default: the file packaged for the model, in the installation).")] = None,
+    renders: Annotated[int, typer.Option(min=200, help="Renders of faces from the model's prior.")] = 4000,
+    seed: Annotated[int, typer.Option(
+        help="Seed of the renders (deterministic for a seed and --workers).")] = 0,
+    workers: Annotated[int, typer.Option(min=1, help="Rendering processes.")] = 1,
+):
+    """Learn the identity prior (person descriptor → shape) from renders of the model's faces
+    through the real dlib detector; see the README's identity section for its domain limit."""
+    from skullsearch.encoder.identity_prior import packaged_path, train_identity_prior
+
+    model = _load_model(face_model)
+    prog, update = _progress("train-identity-prior", unit="faces")
+    with prog:
+        prior = train_identity_prior(model, renders=renders, seed=seed, workers=workers,
+                                     model_path=face_model,
+                                     progress=lambda d, t: update({"done": d, "total": t}))
+    path = prior.save(out_path or packaged_path(model))
+    m = prior.meta
+    out.print(f"wrote {path}: {m['found']}/{m['renders']} renders found by dlib; held-out R² of the first "
+              f"shape components {m['held_out_r2_first5']}; domain limit {prior.domain_limit:.1f}",
+              highlight=False)
+
+
 @app.command("encode")
 def encode_cmd(
     photos: Annotated[list[Path], typer.Argument(help="Photos or folders (searched recursively).")],
@@ -117,6 +144,14 @@ def encode_cmd(
     cnn: Annotated[
         Path | None, typer.Option(help="A trained CNN encoder checkpoint to seed the fit.")
     ] = None,
+    descriptors: Annotated[bool, typer.Option(
+        help="Also compute each face's person descriptor (dlib's 128-d face recognition vector).")] = False,
+    identity_prior: Annotated[bool, typer.Option(
+        help="Fit with the shape predicted from the person descriptor (the model's packaged identity "
+             "prior; learned on renders: real photos are usually outside its domain, see README).")] = False,
+    identity_prior_file: Annotated[Path | None, typer.Option(
+        help="An identity prior file (skullsearch model train-identity-prior) instead of the packaged one.")
+    ] = None,
 ):
     """Photos → 3D faces: detect 68 landmarks and fit a face code to every face."""
     import json
@@ -128,8 +163,10 @@ def encode_cmd(
     if not paths:
         raise SkullsearchError("no photos given (folders are searched for .jpg .png .bmp .tif .webp)")
     with err.status(f"encoding {len(paths)} photo(s)…") if err.is_terminal else nullcontext():
+        prior = identity_prior_file or (True if identity_prior else None)
         result = encode(paths, model=model, detector=detector, light=light, cnn=cnn,
-                        person=["one"] * len(paths) if same_person else None)
+                        person=["one"] * len(paths) if same_person else None, descriptors=descriptors,
+                        identity_prior=prior)
     table = Table(title=f"{len(result.faces)} face(s) in {len(paths)} photo(s)")
     for col in ("photo", "face", "score", "residual px", "yaw°", "quality"):
         table.add_column(col, justify="right" if col not in ("photo", "quality") else "left")

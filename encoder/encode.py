@@ -31,6 +31,8 @@ from skullsearch.encoder.fitting import (
 from skullsearch.encoder.images import DecodedImage, ImageFailure, read_images
 
 NO_FACE = "no-face"
+#: quality flag: an identity prior was asked for, but this face has no descriptor in its domain
+IDENTITY_PRIOR_OUT = "identity-prior-out-of-domain"
 
 
 @dataclass
@@ -128,11 +130,15 @@ def detect_faces(
 
 
 def fit_faces(model, faces: Sequence[EncodedFace], config: FitConfig | None = None,
-              rig: LandmarkRig | None = None, batch_size: int = 512, init: np.ndarray | None = None) -> None:
+              rig: LandmarkRig | None = None, batch_size: int = 512, init: np.ndarray | None = None,
+              identity_prior=None) -> None:
     """Fit codes for detected faces in place, ``batch_size`` faces per optimization.
 
     Faces with the same ``person`` share their shape when they fall in one batch (the batches
-    keep a person's faces together).
+    keep a person's faces together). identity_prior: an
+    :class:`~skullsearch.encoder.identity_prior.IdentityPrior`: each face's shape prior is
+    predicted from its person descriptor (faces without one, or out of its domain, keep the
+    plain prior and get the quality flag ``identity-prior-out-of-domain``).
     """
     if not faces:
         return
@@ -153,8 +159,18 @@ def fit_faces(model, faces: Sequence[EncodedFace], config: FitConfig | None = No
         lm = np.stack([faces[i].landmarks for i in idx])
         sizes = np.array([faces[i].image_size for i in idx], np.float64)
         person = np.array([faces[i].person if faces[i].person is not None else f"\0{i}" for i in idx])
+        prior = None
+        if identity_prior is not None:
+            descs = np.stack([faces[i].descriptor if faces[i].descriptor is not None
+                              else np.full(identity_prior.desc_mean.shape, np.nan) for i in idx])
+            mean, std, applied = identity_prior.shape_prior(descs, np.asarray(model.shape_std, np.float64))
+            k = min(mean.shape[1], rig.n_shape)
+            prior = (mean[:, :k], std[:, :k])
+            for j, i in enumerate(idx):
+                if not applied[j]:
+                    faces[i].quality = (*faces[i].quality, IDENTITY_PRIOR_OUT)
         res = fit_landmarks(model, lm, sizes, person=person, config=cfg, rig=rig,
-                            init=None if init is None else init[idx])
+                            init=None if init is None else init[idx], shape_prior=prior)
         for j, i in enumerate(idx):
             faces[i].code = res.codes[j]
             faces[i].residual_px = float(res.residual_px[j])
@@ -173,6 +189,7 @@ def encode(
     light: bool = False,
     cnn: str | os.PathLike | None = None,
     descriptors: bool = False,
+    identity_prior=None,
 ) -> EncodeResult:
     """Encode photos: every face found gets a 228-float code.
 
@@ -182,7 +199,10 @@ def encode(
     (paper Eq. 2); workers: decoding processes; light: also estimate the 27 SH lighting
     coefficients from the photo's colours (slower); cnn: a trained CNN encoder checkpoint whose
     predictions seed the fit; descriptors: also compute each face's person descriptor (dlib's
-    128-d face recognition vector, :mod:`.descriptors`; ~75 ms per face on one core).
+    128-d face recognition vector, :mod:`.descriptors`; ~75 ms per face on one core);
+    identity_prior: ``True`` (the one packaged for the model), a file, or an
+    :class:`~skullsearch.encoder.identity_prior.IdentityPrior`: predict each face's shape prior
+    from its descriptor (:mod:`.identity_prior`; computes the descriptors).
     """
     from skullsearch.encoder.face_model import FaceModel
 
@@ -208,9 +228,16 @@ def encode(
         pixels = {img.path: img.pixels for img in decoded if isinstance(img, DecodedImage)}
         init = encode_faces(net, [pixels[f.image] for f in faces], np.stack([f.box for f in faces]),
                             image_sizes=np.array([f.image_size for f in faces], np.float64))
-    fit_faces(model, faces, config, init=init)
+    prior = None
+    if identity_prior is not None and identity_prior is not False:
+        from skullsearch.encoder import identity_prior as ip
+
+        prior = identity_prior if isinstance(identity_prior, ip.IdentityPrior) else \
+            ip.for_model(model, None if identity_prior is True else identity_prior)
+        descriptors = True
     if descriptors and faces:
         describe_faces(faces, {img.path: img.pixels for img in decoded if isinstance(img, DecodedImage)})
+    fit_faces(model, faces, config, init=init, identity_prior=prior)
     if light:
         pixels = {img.path: img.pixels for img in decoded if isinstance(img, DecodedImage)}
         for f in faces:

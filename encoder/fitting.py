@@ -435,6 +435,7 @@ def fit_landmarks(
     focal: np.ndarray | None = None,
     rig: LandmarkRig | None = None,
     init: np.ndarray | None = None,
+    shape_prior: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> FitResult:
     """Fit face codes to 2D landmarks, all faces at once.
 
@@ -442,7 +443,11 @@ def fit_landmarks(
     image_sizes (B, 2) width, height px; person (B,) int: faces with the same value share their
     shape (paper Eq. 2), default all different; focal (B,) px, default from the image size;
     init (B, 228) codes to start from (e.g. the CNN encoder's predictions: camera, shape,
-    expression and jaw are taken from them, and the rigid stage is skipped).
+    expression and jaw are taken from them, and the rigid stage is skipped);
+    shape_prior: (mean (B, S'), std (B, S') or (S',)) in shape-coefficient units for the first
+    S' ≤ S components: each face's shape prior N(mean, std²) instead of N(0, σ_α²) (a prediction
+    of the face's shape from other evidence, e.g. :mod:`.identity_prior`); the fit starts there.
+    Levenberg-Marquardt path only.
     Returns a :class:`FitResult`.
     """
     from skullsearch.errors import SkullsearchError
@@ -484,10 +489,24 @@ def fit_landmarks(
         e0 = parts.expression[:, : rig.n_expression]
         expr += (torch.zeros_like(expr).index_add_(0, pidx, e0) / counts0) if cfg.share_expression else e0
         jaw += parts.pose[:, code_layout.JAW_POSE]
+    prior = None
+    if shape_prior is not None:
+        if cfg.method != "lm":
+            raise SkullsearchError("a shape prior needs the Levenberg-Marquardt fit (FitConfig.method='lm')")
+        mean, std = (torch.as_tensor(np.asarray(v, np.float64), dtype=dt, device=device) for v in shape_prior)
+        k = mean.shape[1]
+        if mean.shape[0] != b or k > rig.n_shape or not bool((std > 0).all()):
+            raise SkullsearchError(f"shape_prior must be (mean ({b}, ≤{rig.n_shape}), std > 0), got "
+                                   f"mean {tuple(mean.shape)}")
+        prior = (mean, std.expand_as(mean))
+        if init is None:  # start at the person's mean prediction
+            counts0 = torch.bincount(pidx, minlength=n_person).clamp(min=1).to(dt)[:, None]
+            sums = torch.zeros(n_person, k, dtype=dt, device=device).index_add_(0, pidx, mean)
+            shape[:, :k] = sums / counts0
     if cfg.method == "lm":
         return _fit_lm(rig, cfg, lm2d, f, center, scale, edges, emask, obs_len, pidx, n_person,
                        dict(cam_rot=rot0.clone(), trans=trans0.clone(), jaw=jaw, shape=shape,
-                            expr=expr), rigid=init is None)
+                            expr=expr), rigid=init is None, shape_prior=prior)
     z0 = trans0[:, 2:3].detach()
     cam_rot = rot0.clone().requires_grad_(True)
     cam_off = torch.zeros(b, 3, dtype=dt, device=device, requires_grad=True)  # trans = trans0 + z0·off
@@ -572,10 +591,11 @@ def fit_landmarks(
 
 
 def _fit_lm(rig, cfg, lm2d, f, center, scale, edges, emask, obs_len, pidx, n_person, state,
-            rigid: bool) -> FitResult:
+            rigid: bool, shape_prior=None) -> FitResult:
     """The Levenberg-Marquardt schedule: cfg.lm_rigid_iters on the camera alone (mean face)
     when rigid, then cfg.lm_iters on everything."""
-    prob = _LMProblem(rig, cfg, lm2d, f, center, scale, edges, emask, obs_len, pidx, n_person)
+    prob = _LMProblem(rig, cfg, lm2d, f, center, scale, edges, emask, obs_len, pidx, n_person,
+                      shape_prior)
     history: list[float] = []
     with torch.no_grad():
         if rigid and cfg.lm_rigid_iters > 0:
@@ -596,7 +616,8 @@ class _LMProblem:
     """The fit's energy and its Gauss-Newton pieces for one batch (the Levenberg-Marquardt path
     of :func:`fit_landmarks`; the linear algebra is in :mod:`skullsearch.encoder.levenberg`)."""
 
-    def __init__(self, rig, cfg, lm2d, focal, center, scale, edges, emask, obs_len, pidx, n_person):
+    def __init__(self, rig, cfg, lm2d, focal, center, scale, edges, emask, obs_len, pidx, n_person,
+                 shape_prior=None):
         self.rig, self.cfg = rig, cfg
         self.tables = lev.PointTables.of(rig)
         self.lm2d, self.focal, self.center, self.scale = lm2d, focal, center, scale
@@ -608,8 +629,16 @@ class _LMProblem:
         self.k_lmk = math.sqrt(cfg.w_landmark / 68) / scale  # (B,)
         self.k_edge = (cfg.w_edge / emask.sum(1).clamp(min=1)).sqrt() / scale  # (B,)
         # columns: camera rotation, translation, jaw (9), δ (E), α (S): each photo's own first
-        self.prior = torch.cat([torch.full((3,), cfg.w_pose, dtype=lm2d.dtype, device=lm2d.device),
-                                cfg.w_expression / rig.expr_std**2, cfg.w_shape / rig.shape_std**2])
+        prior = torch.cat([torch.full((3,), cfg.w_pose, dtype=lm2d.dtype, device=lm2d.device),
+                           cfg.w_expression / rig.expr_std**2, cfg.w_shape / rig.shape_std**2])
+        # per face (B, 3 + E + S): the prior's weights and its centre (zero, or a shape prior's mean)
+        self.prior = prior.expand(self.b, -1).clone()
+        self.prior_mean = torch.zeros_like(self.prior)
+        if shape_prior is not None:
+            mean, std = shape_prior
+            a0 = 3 + rig.n_expression
+            self.prior[:, a0: a0 + mean.shape[1]] = cfg.w_shape / std**2
+            self.prior_mean[:, a0: a0 + mean.shape[1]] = mean
         self.n_local = lev.N_RIGID + (0 if cfg.share_expression else rig.n_expression)
 
     def coeffs(self, st):
@@ -634,7 +663,7 @@ class _LMProblem:
         edge = (((self.obs_len - fit_len) ** 2) * self.emask).sum(1) / self.emask.sum(1).clamp(min=1)
         total = cfg.w_landmark * reproj + cfg.w_edge * edge / self.scale**2
         x = torch.cat([st["jaw"], c], 1)
-        total = total + (self.prior * x**2).sum(1)
+        total = total + (self.prior * (x - self.prior_mean) ** 2).sum(1)
         return total, dict(c=c, pts=pts, parts=parts, rot=rot, rows=rows, uv=uv, fit_len=fit_len, x=x)
 
     def normal_equations(self, st, aux, rigid: bool):
@@ -657,7 +686,7 @@ class _LMProblem:
         g = (jt @ q[..., None])[..., 0]
         if not rigid:  # the prior's rows: jaw, δ, α (not the camera's 6)
             h.diagonal(dim1=1, dim2=2)[:, 6:].add_(self.prior)
-            g[:, 6:] += self.prior * aux["x"]
+            g[:, 6:] += self.prior * (aux["x"] - self.prior_mean)
         return h, g
 
     def step(self, st, dl, dg, rigid: bool):
