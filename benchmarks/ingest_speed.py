@@ -5,8 +5,9 @@ once, then measures, in interleaved rounds (bare, ingest, [ray]; the order alter
 
 (a) bare dlib: a ``multiprocessing.Pool(workers)`` mapping read-with-PIL → dlib's frontal face
     detector (upsample 1) → the 68-point predictor, pool start-up included;
-(b) ``Gallery.ingest([folder], workers=W)`` into a fresh gallery (detector workers, the batched fit,
-    the shard write and the index update): ``overhead_ratio`` = (a) ÷ (b) images/s, goal ≤ 1.3;
+(b) ``Gallery.ingest([folder], workers=W)`` into a fresh gallery (detector workers with the photo
+    fingerprint and person descriptor — ``--no-descriptors`` leaves the descriptor out —, the
+    batched fit, the shard write and the index update): ``overhead_ratio`` = (a) ÷ (b) images/s, goal ≤ 1.3;
 (c) the same with ``engine="ray"`` when Ray is installed (else null).
 
 Each round gives its own ratio (bare and ingest run back to back, so a shared machine's load
@@ -85,14 +86,15 @@ def run_bare(paths: list[Path], workers: int) -> tuple[float, float, int]:
 
 
 def run_ingest(folder: Path, workers: int, engine: str, scratch: Path,
-               first_chunk: int = 64) -> tuple[float, float, object]:
+               first_chunk: int = 64, descriptors: bool = True) -> tuple[float, float, object]:
     """Seconds and CPU seconds of ``g.ingest`` into a fresh gallery (creation not timed) and its
     report (Ray's actors are not children of this process: their CPU is not counted)."""
     path = Path(tempfile.mkdtemp(prefix=f"ingest-{engine}-", dir=scratch))
     try:
         g = Gallery.create(path)
         c0, t0 = cpu_seconds(), time.perf_counter()
-        rep = g.ingest([folder], workers=workers, engine=engine, first_chunk=first_chunk)
+        rep = g.ingest([folder], workers=workers, engine=engine, first_chunk=first_chunk,
+                       descriptors=descriptors)
         return time.perf_counter() - t0, cpu_seconds() - c0, rep
     finally:
         shutil.rmtree(path, ignore_errors=True)
@@ -107,6 +109,8 @@ def main(argv=None):
     ap.add_argument("--first-chunk", type=int, default=64, help="photos in the first shard (local)")
     ap.add_argument("--photos", default=None, help="render into (and reuse) this folder")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-descriptors", action="store_true",
+                    help="ingest without person descriptors (the detector workers' extra ~75 ms per face)")
     args = ap.parse_args(argv)
     n, w = args.images, args.workers
     scratch = Path(tempfile.mkdtemp(prefix="skullsearch-ingest-bench-"))
@@ -143,7 +147,7 @@ def main(argv=None):
                 else:
                     try:
                         s, c, rep = run_ingest(folder, w, "ray" if what == "ray" else "local", scratch,
-                                               args.first_chunk)
+                                               args.first_chunk, not args.no_descriptors)
                     except Exception as e:  # noqa: BLE001 - report a broken engine, keep the rest
                         if what != "ray":
                             raise
@@ -188,7 +192,7 @@ def main(argv=None):
             "first_chunk": args.first_chunk,
             "load_average_1min": round(load, 2) if load is not None else None,
             "bare_dlib_images_per_s": round(bare, 3), "ingest_images_per_s": round(ing, 3),
-            "overhead_ratio": round(ratio, 3),
+            "descriptors": not args.no_descriptors, "overhead_ratio": round(ratio, 3),
             "overhead_ratio_min": round(float(ratios.min()), 3),
             "overhead_ratio_max": round(float(ratios.max()), 3),
             "cpu_ratio": round(float(np.median(cpu_ratios)), 3),
