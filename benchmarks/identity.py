@@ -16,7 +16,7 @@ expression) and every photo goes through the real decoder, dlib detector and bat
   the measured fit errors (the persons' own shape-code residuals, resampled); every face scored
   exactly; rank-1 / rank-10 of the true person by S and by likelihood.
 
-    python benchmarks/identity.py [--persons 100] [--photos 3] [--gallery 3000] [--seed 0]
+    python benchmarks/identity.py [--persons 100] [--photos 3] [--gallery 3000 [10000 ...]] [--seed 0]
                                   [--identity-prior]
 
 ``--identity-prior`` fits with the shape predicted from each photo's person descriptor
@@ -72,11 +72,40 @@ def encode(model, paths, persons=None, descriptors=False, prior=None):
     return np.stack([f.code for f in faces]), idx, descs
 
 
+def identification(model, codes1, idx1, codes3, idx3, person, photos: int, dis: np.ndarray, targets,
+                   present, sd) -> dict:
+    """Rank-1 / rank-10 by S and by likelihood of each person's skull among the persons'
+    photo-encoded faces (one photo, or all photos with one shared shape) plus distractors
+    (shape codes (m, S))."""
+    cfg = ScoreConfig()
+    out = {}
+    for label, codes, idx in (("1_photo", codes1, idx1), (f"{photos}_photos", codes3, idx3)):
+        first = {}
+        for c, i in zip(codes, idx, strict=True):  # one gallery face per person
+            first.setdefault(int(person[i]), c)
+        members = np.array(sorted(first))
+        gal = np.concatenate([np.stack([first[p] for p in members]),
+                              code_layout.pack(shape=dis).astype(np.float32)])
+        pts = neutral_soft_tissue(model, gal)
+        hits = {"s": [0, 0], "likelihood": [0, 0]}
+        for row, p in enumerate(members):
+            sc = score(pts, targets[p], present[p], sd, cfg)
+            for rank_by in hits:
+                r = int(np.flatnonzero(rank_order(sc, rank_by) == row)[0])
+                hits[rank_by][0] += r == 0
+                hits[rank_by][1] += r < 10
+        for rank_by, (h1, h10) in hits.items():
+            out[f"{label}_{rank_by}_rank1"] = round(h1 / len(members), 3)
+            out[f"{label}_{rank_by}_rank10"] = round(h10 / len(members), 3)
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--persons", type=int, default=100)
     ap.add_argument("--photos", type=int, default=3)
-    ap.add_argument("--gallery", type=int, default=3000)
+    ap.add_argument("--gallery", type=int, nargs="+", default=[3000],
+                    help="gallery sizes (nested: each holds the smaller one's distractors)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--identity-prior", action="store_true",
                     help="fit with the identity prior (shape predicted from the person descriptor)")
@@ -122,10 +151,11 @@ def main(argv=None):
     true_pts = neutral_soft_tissue(model, code_layout.pack(shape=true_shape[::a.photos]))
     targets, present = synthetic_skull_targets(true_pts, face_normals(model), sd, rng)
     resid = (code_layout.split(codes1).shape[:, :n_s] - true_shape[idx1][:, :n_s])
-    n_dis = max(a.gallery - a.persons, 0)
+    sizes = sorted(a.gallery)
+    n_dis = max(sizes[-1] - a.persons, 0)
     dis_true = rng.standard_normal((n_dis, n_s)).astype(np.float32) * model.shape_std[:n_s]
     dis = dis_true + resid[rng.integers(0, len(resid), n_dis)]
-    out = {"persons": a.persons, "photos_per_person": a.photos, "gallery": a.persons + n_dis,
+    out = {"persons": a.persons, "photos_per_person": a.photos, "gallery": max(sizes[0], a.persons),
            "identity_prior": bool(a.identity_prior),
            "photos": len(paths), "faces_found": int(len(idx1)),
            "identity_error_mm": round(float(err.mean()), 3),
@@ -134,32 +164,21 @@ def main(argv=None):
            "reshot_auc_shape_codes": round(code_auc, 3),
            "reshot_auc_person_descriptor": round(desc_auc, 3),
            "seconds": {"render": round(t1 - t0, 1), "detect_and_fit_twice": round(t2 - t1, 1)}}
-    cfg = ScoreConfig()
-    for label, codes, idx in (("1_photo", codes1, idx1), (f"{a.photos}_photos", codes3, idx3)):
-        first = {}
-        for c, i in zip(codes, idx, strict=True):  # one gallery face per person
-            first.setdefault(int(person[i]), c)
-        members = np.array(sorted(first))
-        gal = np.concatenate([np.stack([first[p] for p in members]),
-                              code_layout.pack(shape=dis).astype(np.float32)])
-        pts = neutral_soft_tissue(model, gal)
-        hits = {"s": [0, 0], "likelihood": [0, 0]}
-        for row, p in enumerate(members):
-            sc = score(pts, targets[p], present[p], sd, cfg)
-            for rank_by in hits:
-                r = int(np.flatnonzero(rank_order(sc, rank_by) == row)[0])
-                hits[rank_by][0] += r == 0
-                hits[rank_by][1] += r < 10
-        for rank_by, (h1, h10) in hits.items():
-            out[f"{label}_{rank_by}_rank1"] = round(h1 / len(members), 3)
-            out[f"{label}_{rank_by}_rank10"] = round(h10 / len(members), 3)
+    out["by_gallery_size"] = {}
+    for size in sizes:
+        ranks = identification(model, codes1, idx1, codes3, idx3, person, a.photos,
+                               dis[: max(size - a.persons, 0)], targets, present, sd)
+        out["by_gallery_size"][str(max(size, a.persons))] = ranks
+        if size == sizes[0]:
+            out.update(ranks)
     print(f"{out['faces_found']}/{out['photos']} faces; identity error {out['identity_error_mm']} mm = "
           f"{out['identity_ratio_to_mean_face']}× the mean face's; re-shot AUC from shape codes "
           f"{out['reshot_auc_shape_codes']}, from person descriptors {out['reshot_auc_person_descriptor']}")
-    for label in ("1_photo", f"{a.photos}_photos"):
-        print(f"{label}: rank-1 / rank-10 among {out['gallery']} faces: S {out[f'{label}_s_rank1']:.1%} / "
-              f"{out[f'{label}_s_rank10']:.1%}, likelihood {out[f'{label}_likelihood_rank1']:.1%} / "
-              f"{out[f'{label}_likelihood_rank10']:.1%}")
+    for size, r in out["by_gallery_size"].items():
+        for label in ("1_photo", f"{a.photos}_photos"):
+            print(f"{label}: rank-1 / rank-10 among {size} faces: S {r[f'{label}_s_rank1']:.1%} / "
+                  f"{r[f'{label}_s_rank10']:.1%}, likelihood {r[f'{label}_likelihood_rank1']:.1%} / "
+                  f"{r[f'{label}_likelihood_rank10']:.1%}")
     emit(out)
     return out
 

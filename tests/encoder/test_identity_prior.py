@@ -83,3 +83,40 @@ def test_training_on_renders_is_deterministic_and_predicts_shape(default_model):
     assert a.meta["found"] > 150 and a.model_fingerprint == default_model.fingerprint
     # even from 170 renders, the first shape components are predicted better than by the prior mean
     assert np.mean(a.meta["held_out_r2_first5"]) > 0.1
+
+
+def test_encode_with_the_packaged_prior_applies_it_in_domain_only(default_model, tmp_path):
+    """On a render of the default model the packaged prior applies (no flag) and moves the shape
+    towards its prediction; a face whose descriptor is out of its domain keeps the plain fit and
+    is flagged."""
+    import torch
+    from PIL import Image
+
+    from skullsearch.encoder import code as code_layout
+    from skullsearch.encoder.encode import IDENTITY_PRIOR_OUT, encode, fit_faces
+    from skullsearch.encoder.render import random_portrait
+
+    prior = ip.for_model(default_model)
+    assert prior.meta["found"] > 3000 and prior.domain_limit > 5
+    rng = np.random.default_rng(4)
+    with torch.no_grad():
+        betas = torch.as_tensor(rng.standard_normal((1, 90)), dtype=torch.float32)
+        v = default_model.vertices(shape=betas)[0]
+    render, _ = random_portrait(v.numpy(), default_model.faces, rng, max_yaw=15, size=360)
+    Image.fromarray(render.image).save(tmp_path / "head.png")
+    plain = encode([tmp_path / "head.png"], model=default_model, descriptors=True)
+    with_prior = encode([tmp_path / "head.png"], model=default_model, identity_prior=True)
+    (f,) = with_prior.faces
+    assert IDENTITY_PRIOR_OUT not in f.quality and f.descriptor is not None
+    pred = prior.predict(f.descriptor[None])[0]
+
+    s_plain = code_layout.split(plain.codes).shape[0, :90]
+    s_prior = code_layout.split(with_prior.codes).shape[0, :90]
+    assert np.linalg.norm(s_prior - pred) < 0.5 * np.linalg.norm(s_plain - pred)
+    # out of domain: the plain fit, flagged
+    far = plain.faces[0]
+    far.descriptor = far.descriptor + 1.0
+    far.quality = ()
+    fit_faces(default_model, [far], identity_prior=prior)
+    assert IDENTITY_PRIOR_OUT in far.quality
+    np.testing.assert_allclose(code_layout.split(far.code[None]).shape[0, :90], s_plain, atol=1e-3)
