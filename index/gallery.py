@@ -23,6 +23,7 @@ from skullsearch.encoder import descriptors as descriptors_mod
 from skullsearch.encoder.atomic import write_json_atomic
 from skullsearch.index import fingerprint, persons, schema, store, vectors
 from skullsearch.index.columns import VectorColumn
+from skullsearch.index.indexes import KINDS
 from skullsearch.index.store import GalleryError, ShardInfo
 
 FACE_COLUMNS_EXTRA = ("code", "soft_tissue")
@@ -428,22 +429,16 @@ class Gallery:
                 **extra}
 
     def _index_spec(self, name: str) -> tuple[int, str]:
-        return (vectors.AUG_DIM, "ip") if name == "shortlist" else (90, "l2")
+        kind = KINDS[name]
+        return kind.dim, kind.metric
 
     @staticmethod
     def _index_kind(name: str) -> str:
-        """The shortlist index is flat (memory-mapped) at every size: the masked search is exact
-        only there, and IVF clustering by inner product on the augmented vectors (norm columns
-        ~1e4 mm²) sent masked queries to the wrong lists (the source face in the top 20 for ~5 %
-        of queries on 20k faces). The code index follows the gallery's size (IVF-PQ beyond
-        ``FLAT_LIMIT``)."""
-        return "flat" if name == "shortlist" else "auto"
+        """How the index is built (:mod:`~skullsearch.index.indexes`): "flat" or "auto"."""
+        return KINDS[name].build
 
     def _vectors(self, name: str, shard: ShardInfo) -> np.ndarray:
-        if name == "shortlist":
-            soft = np.asarray(self._npy(shard, "soft"))
-            return vectors.augment_base(vectors.canonical(soft, self.mean_soft_tissue))
-        return vectors.shape_vectors(np.asarray(self._npy(shard, "codes")))
+        return KINDS[name].shard_vectors(self, shard)
 
     def save_indexes(self) -> None:
         """Write both indexes with the shards they hold (atomic). Called by the writer."""
@@ -456,14 +451,14 @@ class Gallery:
         # reads the state again, see index()).
         folder = self.path / "index"
         state = self._index_state()
-        for name in ("shortlist", "codes"):
+        for name in KINDS:
             idx = self.index(name, mmap=False)
             state[name] = self._write_index_file(folder, name, idx, self._indexes[name].shards)
         self._save_near(folder, state)
         write_json_atomic(folder / "state.json", state)
         keep = {st["file"] for st in state.values() if isinstance(st, dict) and "file" in st}
         # (a killed save's .tmp files too: we hold the lock)
-        for name in ("shortlist", "codes", *NEAR_KEYS.values()):
+        for name in (*KINDS, *NEAR_KEYS.values()):
             for f in [*folder.glob(f"{name}*.faiss"), *folder.glob(f".{name}*.faiss.tmp")]:
                 if f.name not in keep:
                     f.unlink(missing_ok=True)
@@ -860,7 +855,7 @@ class Gallery:
         state = self._index_state()
         numbers = {s.number for s in shards}
         notes = []
-        for name in ("shortlist", "codes"):
+        for name in KINDS:
             st = state.get(name) or {"shards": [], "ntotal": 0}
             behind = numbers - set(st["shards"])
             if behind:  # normal after an interrupted ingest: readers add them on open
@@ -880,7 +875,7 @@ class Gallery:
                     for f in (self.path / "shards").glob(f"{s.number:08d}.*"):
                         os.replace(f, q / f.name)
                     repaired.append(f"quarantined shard {s.number} (its photos will be ingested again)")
-                for name in ("shortlist", "codes"):
+                for name in KINDS:
                     for f in (self.path / "index").glob(f"{name}*.faiss"):
                         f.unlink(missing_ok=True)
                 (self.path / "index" / "state.json").unlink(missing_ok=True)
