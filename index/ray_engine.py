@@ -57,7 +57,7 @@ import os
 import warnings
 
 from skullsearch.errors import DependencyError
-from skullsearch.index.ingest import (
+from skullsearch.index.detect_stage import (
     TIMEOUT,
     WORKER_CRASHED,
     Source,
