@@ -3,13 +3,13 @@
 Stages (each a small unit, clip-retrieval's shape): **reader** (expands the inputs, skips photos
 already in the gallery), **detector** (:mod:`~skullsearch.index.detect_stage`; worker processes:
 read bytes, hash, decode, detect 68 landmarks and make each face's photo fingerprint and person
-descriptor; a corrupt, hanging or crashing photo becomes a recorded failure), **encoder** (the batched fit in torch, then the
-soft-tissue points and shortlist vectors), **near-duplicates** (each new face searched against
-the gallery's photo fingerprints, person descriptors and code index and the shard's earlier
-faces; a close one is recorded with the criterion that fired, the face is kept), **writer** (one
-shard per chunk of photos, committed atomically; the FAISS indexes are extended at the end). A
-runner composes them over chunks; ``engine="local"`` uses a process pool, ``engine="ray"`` runs
-the detector stage with Ray Data.
+descriptor; a corrupt, hanging or crashing photo becomes a recorded failure), **encoder** (the
+batched fit in torch, then the soft-tissue points and shortlist vectors), **near-duplicates**
+(each new face searched against the gallery's photo fingerprints, person descriptors and code
+index and the shard's earlier faces; a close one is recorded with the criterion that fired, the
+face is kept), **writer** (one shard per chunk of photos, committed atomically; the FAISS
+indexes are extended at the end). A runner composes them over chunks; ``engine="local"`` uses a
+process pool, ``engine="ray"`` runs the detector stage with Ray Data.
 
 Kill it at any moment and run it again: committed shards are kept, the chunk that was being
 written is done again, nothing twice (photos are keyed by the sha256 of their bytes).
