@@ -2,34 +2,21 @@
 
 import numpy as np
 import pytest
-import torch
 
 from skullsearch.encoder import descriptors
 from skullsearch.encoder.detectors import DlibDetector
 from skullsearch.encoder.encode import encode
 from skullsearch.encoder.images import read_image
-from skullsearch.encoder.render import random_portrait
 
 
 @pytest.fixture(scope="module")
 def portraits(default_model, tmp_path_factory):
     """Two PNG portraits each (other pose, light, skin tone) of three default-model heads."""
-    from PIL import Image
+    from photos import render_heads
 
-    folder = tmp_path_factory.mktemp("desc")
-    rng = np.random.default_rng(3)
-    betas = torch.tensor(rng.standard_normal((3, default_model.n_shape)), dtype=torch.float32)
-    with torch.no_grad():
-        verts = default_model.vertices(shape=betas).numpy()
-    paths, person = [], []
-    for i, v in enumerate(verts):
-        for k in range(2):
-            render, _ = random_portrait(v, default_model.faces, rng, max_yaw=20, size=360)
-            p = folder / f"head{i}_{k}.png"
-            Image.fromarray(render.image).save(p)
-            paths.append(p)
-            person.append(i)
-    return paths, np.array(person)
+    heads = [(f"head{i}_{k}", i) for i in range(3) for k in range(2)]
+    paths = render_heads(default_model, tmp_path_factory.mktemp("desc"), heads, seed=3)
+    return paths, np.array([h for _, h in heads])
 
 
 def _describe(paths):

@@ -55,3 +55,24 @@ def bad_files(folder: Path) -> dict[str, str]:
     Image.new("RGB", (240, 240), (90, 140, 200)).save(folder / "ñandú 写真 sky.jpg")  # no face
     return {"zero.jpg": "empty", "notes.png": "not-an-image", "truncated.jpg": "truncated",
             "huge.png": "too-large", "gone.jpg": "unreadable", "ñandú 写真 sky.jpg": "no-face"}
+
+
+def render_heads(model, folder: Path, heads: list[tuple[str, int]], seed: int, size: int = 360,
+                 max_yaw: float = 20.0) -> list[Path]:
+    """PNG portraits (``random_portrait``: pose, light, skin tone drawn per photo) of random heads
+    of ``model``: heads = [(file stem, head number), ...]; photos of one head number show the same
+    head. Returns the paths, in that order."""
+    from skullsearch.encoder.render import random_portrait
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    n = max(h for _, h in heads) + 1
+    betas = torch.tensor(rng.standard_normal((n, model.n_shape)), dtype=torch.float32)
+    with torch.no_grad():
+        verts = model.vertices(shape=betas).numpy()
+    paths = []
+    for stem, h in heads:
+        render, _ = random_portrait(verts[h], model.faces, rng, max_yaw=max_yaw, size=size)
+        paths.append(folder / f"{stem}.png")
+        Image.fromarray(render.image).save(paths[-1])
+    return paths

@@ -134,22 +134,10 @@ def test_the_person_criterion_flags_a_reshot_after_the_photo_criterion(known, de
 @pytest.fixture(scope="module")
 def two_heads(default_model, tmp_path_factory):
     """Three PNG portraits: two of one default-model head (other pose and light), one of another."""
-    import torch
-    from PIL import Image
-
-    from skullsearch.encoder.render import random_portrait
+    from photos import render_heads
 
     folder = tmp_path_factory.mktemp("heads")
-    rng = np.random.default_rng(11)
-    betas = torch.tensor(rng.standard_normal((2, default_model.n_shape)), dtype=torch.float32)
-    with torch.no_grad():
-        verts = default_model.vertices(shape=betas).numpy()
-    paths = []
-    for name, v in (("a1", verts[0]), ("a2", verts[0]), ("b1", verts[1])):
-        render, _ = random_portrait(v, default_model.faces, rng, max_yaw=20, size=360)
-        paths.append(folder / f"{name}.png")
-        Image.fromarray(render.image).save(paths[-1])
-    return folder, paths
+    return folder, render_heads(default_model, folder, [("a1", 0), ("a2", 0), ("b1", 1)], seed=11)
 
 
 def test_ingest_stores_descriptors_and_the_cli_uses_them(default_model, two_heads, tmp_path, capsys):
