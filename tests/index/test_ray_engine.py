@@ -61,6 +61,7 @@ def test_without_ray_the_error_says_what_to_install(monkeypatch):
         RayDetectStage(2, frozenset(), "dlib")
 
 
+@pytest.mark.slow  # a Ray session: end to end
 def test_rows_are_the_local_stage_rows(stage, photos):
     """Same rows, same order (stage(chunk) itself runs in the ingest test below)."""
     sources = list(read_sources([photos]))
@@ -83,6 +84,7 @@ def test_rows_are_the_local_stage_rows(stage, photos):
             np.testing.assert_allclose(fg["box"], fw["box"], atol=1e-3)
 
 
+@pytest.mark.slow  # a Ray session: end to end
 def test_ingest_with_the_ray_engine(stage, photos, tmp_path):
     import ray
 

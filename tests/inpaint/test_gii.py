@@ -173,6 +173,7 @@ def result(tiny_inpainter, case):
                       starts=3, iterations=40, seed=0)
 
 
+@pytest.mark.slow  # trains a tiny inpainter first
 def test_gii_gc_lowers_the_total_loss(result):
     first = result.losses[0]["total"]
     best = min(r["total"] for r in result.losses)
@@ -181,6 +182,7 @@ def test_gii_gc_lowers_the_total_loss(result):
     assert result.start_totals[result.start] == pytest.approx(min(result.start_totals))
 
 
+@pytest.mark.slow  # trains a tiny inpainter first
 def test_gii_gc_result(result, case, tiny_inpainter):
     model, size = case["model"], tiny_inpainter["inpainter"].size
     assert 1 <= len(result.losses) <= 40 and 1 <= result.iterations <= len(result.losses)
@@ -205,6 +207,7 @@ def test_gii_gc_result(result, case, tiny_inpainter):
     assert np.all(result.weights[result.hole] == 0) and result.weights.max() > 0
 
 
+@pytest.mark.slow  # trains a tiny inpainter first
 def test_gii_gc_is_reproducible_and_refuses_another_model(tiny_inpainter, case, result, tmp_path):
     from skullsearch import FaceModel
 
@@ -226,6 +229,7 @@ def test_gii_gc_is_reproducible_and_refuses_another_model(tiny_inpainter, case, 
                case["revise"], starts=0)
 
 
+@pytest.mark.slow  # trains a tiny inpainter first
 def test_gii_gc_with_nothing_to_revise_returns_the_candidate(tiny_inpainter, case):
     model = case["model"]
     r = gii_gc(model, tiny_inpainter["inpainter"], case["code"], case["target"], case["present"],
