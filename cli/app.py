@@ -253,6 +253,10 @@ def ingest_cmd(
         help="Compute each face's person descriptor (dlib's 128-d face recognition vector) for "
              "similar, persons and the person criterion; --no-descriptors saves its time.")
     ] = True,
+    identity_prior: Annotated[bool, typer.Option(
+        help="Fit each face with the shape predicted from its person descriptor (learned on renders; "
+             "not applied to real photos' descriptors, which lie outside its domain; see README).")
+    ] = False,
 ):
     """Add photos to a gallery (created if missing): resumable, idempotent, crash-safe."""
     from skullsearch import Gallery
@@ -267,7 +271,8 @@ def ingest_cmd(
     with prog:
         report = g.ingest(inputs, face_model=model, detector=detector, workers=workers or None,
                           person_from_parent_dir=person_from_parent_dir, engine=engine,
-                          chunk_images=chunk, progress=update, descriptors=descriptors, **cuts)
+                          chunk_images=chunk, progress=update, descriptors=descriptors,
+                          identity_prior=identity_prior or None, **cuts)
     table = Table(title=f"ingest into {gallery}", show_header=False)
     for k, v in (("photos seen", report.images_seen), ("already in the gallery", report.images_skipped),
                  ("new photos", report.images_new), ("faces added", report.faces),

@@ -116,9 +116,10 @@ def _table_rows(p: Path) -> list[dict]:
 
 
 # ---------------------------------------------------------------- encoder stage
-def encode_stage(model, rows: list[dict], config=None, rig=None):
+def encode_stage(model, rows: list[dict], config=None, rig=None, identity_prior=None):
     """Fit the faces of detected rows; returns (faces as EncodedFace list, soft (n, 36, 3),
-    codes (n, 228))."""
+    codes (n, 228)). identity_prior: fit each face with the shape predicted from its person
+    descriptor (:mod:`skullsearch.encoder.identity_prior`)."""
 
     from skullsearch.encoder.encode import EncodedFace, fit_faces
 
@@ -130,8 +131,9 @@ def encode_stage(model, rows: list[dict], config=None, rig=None):
                 score=f["score"], landmarks=np.asarray(f["landmarks"]),
                 quality=tuple(q for q in f["quality"].split(",") if q), yaw_deg=f["yaw_deg"],
                 detector=f["detector"], image_size=(r["width"], r["height"]),
-                person=r["person"] if k == 0 else None))
-    fit_faces(model, faces, config, rig=rig)
+                person=r["person"] if k == 0 else None,
+                descriptor=None if f.get("descriptor") is None else np.asarray(f["descriptor"], np.float32)))
+    fit_faces(model, faces, config, rig=rig, identity_prior=identity_prior)
     codes = (np.stack([f.code for f in faces]) if faces
              else np.zeros((0, code_layout.CODE_SIZE), np.float32))
     return faces, neutral_soft_tissue(model, codes), codes
@@ -451,13 +453,18 @@ def pa_masked(values: np.ndarray, null: np.ndarray):
     return pa.array(values, mask=np.asarray(null, bool))
 
 
-def encoder_fingerprint(config, detector: str) -> str:
+def encoder_fingerprint(config, detector: str, identity_prior=None) -> str:
+    """What made a face's code: the fit's settings, the detector and the identity prior (the
+    hash of its weights; none: the fingerprint of earlier versions)."""
     from skullsearch.encoder.fitting import FitConfig
 
     cfg = asdict(config or FitConfig())
     cfg["dtype"] = str(cfg["dtype"])
-    return hashlib.sha256(json.dumps({"fit": cfg, "detector": detector}, sort_keys=True,
-                                     default=str).encode()).hexdigest()[:16]
+    what = {"fit": cfg, "detector": detector}
+    if identity_prior is not None:
+        weights = np.ascontiguousarray(identity_prior.weights).tobytes()
+        what["identity_prior"] = hashlib.sha256(weights).hexdigest()
+    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 # ---------------------------------------------------------------- runner
@@ -480,6 +487,7 @@ def ingest(
     near_duplicate_photo_distance: float = NEAR_DUPLICATE_PHOTO_DISTANCE,
     near_duplicate_person_distance: float = NEAR_DUPLICATE_PERSON_DISTANCE,
     descriptors: bool = True,
+    identity_prior=None,
 ) -> IngestReport:
     """Add photos to a gallery; see the module docstring.
 
@@ -495,6 +503,10 @@ def ingest(
     :func:`flag_person_duplicates`; 0 turns it off). See :func:`near_duplicate_stage`.
     descriptors: compute each face's person descriptor in the detector workers (dlib's
     128-d face recognition vector; ``similar`` and ``persons`` use it; False saves its time).
+    identity_prior: True (the model's packaged one), a file or an IdentityPrior: fit each face
+    with the shape predicted from its descriptor (:mod:`skullsearch.encoder.identity_prior`;
+    learned on renders, not applied to descriptors outside its domain, such as real photos'),
+    recorded in the faces' ``encoder_fingerprint``.
     """
     if face_model is not None:
         gallery.check_model(face_model)
@@ -502,7 +514,18 @@ def ingest(
     t0 = time.perf_counter()
     report = IngestReport()
     workers = workers or os.cpu_count() or 1
-    fp = encoder_fingerprint(config, detector)
+    prior = None
+    if identity_prior:
+        from skullsearch.encoder import identity_prior as ip
+
+        if not descriptors:
+            from skullsearch.errors import SkullsearchError
+
+            raise SkullsearchError("the identity prior predicts each face's shape from its person "
+                                   "descriptor: ingest with descriptors (drop --no-descriptors)")
+        prior = identity_prior if isinstance(identity_prior, ip.IdentityPrior) else \
+            ip.for_model(model, None if identity_prior is True else identity_prior)
+    fp = encoder_fingerprint(config, detector, prior)
     with store.WriteLock(gallery.path):
         store.remove_uncommitted(gallery.path)
         done_stat, known = set(), frozenset()
@@ -560,7 +583,7 @@ def ingest(
                 if not fresh:
                     continue
                 ok = [r for r in fresh if r["status"] == "ok"]
-                faces, soft, codes = encode_stage(model, ok, cfg, rig)
+                faces, soft, codes = encode_stage(model, ok, cfg, rig, prior)
                 number = store.next_shard_number(gallery.path)
                 fps = face_fingerprints(ok)
                 descs = face_vectors(ok, "descriptor", DESCRIPTOR_DIM)

@@ -168,3 +168,22 @@ def test_ingest_stores_descriptors_and_the_cli_uses_them(default_model, two_head
     assert g.info()["faces with a person descriptor"] == 0
     assert PERSON not in g.info()["near-duplicates by criterion"]
     assert g.similar_to_photo(paths[0], top=1)[0]["by"] == "shape"
+
+
+def test_ingest_with_the_identity_prior(default_model, two_heads, tmp_path):
+    """Renders of the default model are in the prior's domain: fitted with it (no flag), their
+    faces' encoder fingerprint says so; without descriptors it is refused with what to do."""
+    folder, _ = two_heads
+    plain = Gallery.create(tmp_path / "plain", face_model=default_model)
+    plain.ingest([folder], workers=1)
+    g = Gallery.create(tmp_path / "prior", face_model=default_model)
+    g.ingest([folder], workers=1, identity_prior=True)
+    rows = g.faces(columns=["path", "quality", "encoder_fingerprint"]).to_pylist()
+    assert all("identity-prior-out-of-domain" not in r["quality"] for r in rows)
+    (fp,) = {r["encoder_fingerprint"] for r in rows}
+    (plain_fp,) = {r["encoder_fingerprint"] for r in plain.faces(columns=["encoder_fingerprint"]).to_pylist()}
+    assert fp != plain_fp
+    assert not np.allclose(g.codes(g.sample_ids(3)), plain.codes(plain.sample_ids(3)))
+    with pytest.raises(SkullsearchError, match="descriptor"):
+        Gallery.create(tmp_path / "off", face_model=default_model).ingest(
+            [folder], workers=1, identity_prior=True, descriptors=False)
