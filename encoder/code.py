@@ -10,10 +10,14 @@ extra slots at zero; one with more uses the leading ones.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # (torch is imported only where a tensor is given: numpy callers never need it)
+    import torch
 
 #: (name, size) in order.
 LAYOUT: tuple[tuple[str, int], ...] = (
@@ -76,7 +80,8 @@ def pack(shape=None, expression=None, pose=None, cam_rot=None, cam_trans=None, l
     parts = dict(shape=shape, expression=expression, pose=pose, cam_rot=cam_rot,
                  cam_trans=cam_trans, light=light)
     given = [p for p in parts.values() if p is not None]
-    use_torch = any(torch.is_tensor(p) for p in given)
+    torch = sys.modules.get("torch")  # a tensor can only exist once torch is imported
+    use_torch = torch is not None and any(torch.is_tensor(p) for p in given)
     bsz = batch_size or (len(given[0]) if given else 1)
     if use_torch:
         ref = next(p for p in given if torch.is_tensor(p))

@@ -104,3 +104,15 @@ def test_the_checker_sees_an_upward_import(tmp_path):
     assert "skullsearch.retrieval.query" in targets
     assert _rank("skullsearch.retrieval.query") > _rank("skullsearch.encoder.bad")
     assert [t for t, _ in _imports(p, module_level_only=True)] == []
+
+
+def test_opening_a_gallery_imports_no_torch():
+    """`skullsearch info` and the catalog need no torch (about 1.5 s of start-up): the gallery,
+    its catalog and the code layout import without it (benchmarks/cli_speed.py times it)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, skullsearch.index.gallery, skullsearch.index.persons, skullsearch.encoder.code\n"
+            "print(','.join(m for m in ('torch', 'faiss', 'dlib') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
