@@ -11,9 +11,9 @@ face's descriptor into the fit's prior N(prediction, (scale · residual SD)²)
 (:func:`~skullsearch.encoder.fitting.fit_landmarks`'s ``shape_prior``).
 
 **Domain.** It is learned on untextured renders. A descriptor far from the training descriptors
-(Mahalanobis distance above the training set's 99.9th percentile, :attr:`domain_limit`) is *out of
+(Mahalanobis distance above 1.05 × the training set's 99.9th percentile, :attr:`domain_limit`) is *out of
 domain*: the prior is not applied to it (the plain N(0, σ²) prior is) and the caller is told.
-Real photos measured so far lie far outside it (distance ~20 against ≤ 11 for renders), so on
+Real photos measured so far lie far outside it (distance 21–24 against a limit of 13.8), so on
 real photos this prior is normally not applied: it needs textured renders, or photo + 3D scan
 pairs, to cross that gap. It is therefore off by default (``--identity-prior`` turns it on).
 """
