@@ -52,9 +52,9 @@ def similar_cmd(
 @app.command("persons")
 def persons_cmd(
     gallery: GalleryOption,
-    threshold: Annotated[float, typer.Option(
+    threshold: Annotated[float | None, typer.Option(
         min=0.0, help="Person-descriptor distance under which two faces may be one person "
-                      "(dlib's network: 0.6 ≈ same person; default 0.5, stricter).")] = 0.5,
+                      "(dlib's network: 0.6 ≈ same person; default 0.5, stricter).")] = None,
     neighbours: Annotated[int, typer.Option(min=1, help="Neighbours linked per face.")] = 20,
     min_size: Annotated[int, typer.Option(min=1, help="List groups of at least this many faces.")] = 2,
     csv_out: Annotated[bool, typer.Option("--csv", help="Print every face's group as CSV.")] = False,

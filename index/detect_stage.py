@@ -107,8 +107,14 @@ def detect_one(source: Source, max_pixels: int = 60_000_000) -> dict:
     if not found:
         row.update(status="no-face", detail=f"no face found by the {_DETECTOR.name} detector")
     row["width"], row["height"] = img.size
-    fps = _fingerprints(img, found)
-    descs = _descriptors(img, found) if _DESCRIBE else np.full((len(found), 1), np.nan)
+    from skullsearch.encoder import descriptors
+    from skullsearch.index import fingerprint
+
+    boxes = np.stack([f.box for f in found]) if found else None
+    lms = np.stack([f.landmarks for f in found]) if found else None
+    fps = _per_face(found, fingerprint.DIM, lambda: fingerprint.photo_fingerprints(img.pixels, lms))
+    descs = (_per_face(found, descriptors.DIM, lambda: descriptors.face_descriptors(img.pixels, boxes, lms))
+             if _DESCRIBE else np.full((len(found), descriptors.DIM), np.nan, np.float32))
     row["faces"] = [{"box": f.box.tolist(), "score": float(f.score), "landmarks": f.landmarks.tolist(),
                      "quality": ",".join(f.quality), "yaw_deg": float(f.yaw_deg), "detector": f.detector,
                      "fingerprint": None if np.isnan(fp).any() else fp.tolist(),
@@ -117,32 +123,16 @@ def detect_one(source: Source, max_pixels: int = 60_000_000) -> dict:
     return row
 
 
-def _descriptors(img, found) -> np.ndarray:
-    """Person descriptors (n, 128) of the detected faces (:mod:`skullsearch.encoder.descriptors`),
-    one batched pass over the photo; NaN rows where none could be made (never fails the photo)."""
-    from skullsearch.encoder import descriptors
-
+def _per_face(found, dim: int, make) -> np.ndarray:
+    """make() (n, dim) for the n detected faces (a photo fingerprint, a person descriptor), from
+    the decoded pixels the worker holds; NaN rows where it fails — a face without one is still a
+    face, and never fails the photo."""
     if not found:
-        return np.zeros((0, descriptors.DIM), np.float32)
+        return np.zeros((0, dim), np.float32)
     try:
-        return descriptors.face_descriptors(img.pixels, np.stack([f.box for f in found]),
-                                            np.stack([f.landmarks for f in found]))
-    except Exception:  # noqa: BLE001 - a face without a descriptor is still a face
-        return np.full((len(found), descriptors.DIM), np.nan, np.float32)
-
-
-def _fingerprints(img, found) -> np.ndarray:
-    """Photo fingerprints (n, 63) of the detected faces (:mod:`skullsearch.index.fingerprint`),
-    from the decoded pixels the worker holds; NaN rows where none could be made (never fails
-    the photo)."""
-    from skullsearch.index import fingerprint
-
-    if not found:
-        return np.zeros((0, fingerprint.DIM), np.float32)
-    try:
-        return fingerprint.photo_fingerprints(img.pixels, np.stack([f.landmarks for f in found]))
-    except Exception:  # noqa: BLE001 - a face without a fingerprint is still a face
-        return np.full((len(found), fingerprint.DIM), np.nan, np.float32)
+        return make()
+    except Exception:  # noqa: BLE001 - see the docstring
+        return np.full((len(found), dim), np.nan, np.float32)
 
 
 class LocalDetectStage:

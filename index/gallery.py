@@ -698,7 +698,8 @@ class Gallery:
             ids = ids[0][ids[0] >= 0]
             shape_d = np.linalg.norm(vectors.shape_vectors(self.codes(ids)).astype(np.float64)
                                      - vectors.shape_vectors(codes[i: i + 1]), axis=1)
-            person_d = np.linalg.norm(self.descriptors(ids).astype(np.float64) - descs[i], axis=1)
+            person_d = (np.linalg.norm(self.descriptors(ids).astype(np.float64) - descs[i], axis=1)
+                        if has[i] else np.full(len(ids), np.nan))
             info = {r["face_id"]: r for r in self.rows(ids)}
             out.append([{"rank": k + 1, "face_id": int(f),
                          "person_distance": None if np.isnan(pd) else float(pd), "distance": float(sd),
@@ -766,13 +767,13 @@ class Gallery:
     def group_persons(self, threshold: float | None = None, k: int = 20):
         """Group the faces by person from their descriptors and save the groups (a
         pyarrow.Table face_id, person_group, group_size); see :mod:`skullsearch.index.persons`."""
-        return persons.group_persons(self, persons.PERSON_DISTANCE if threshold is None else threshold, k)
+        return persons.group_persons(self, k=k, **({} if threshold is None else {"threshold": threshold}))
 
     def person_groups(self, min_size: int = 1):
         """The saved person groups with each face's path and label (pyarrow.Table: person_group,
         group_size, face_id, person, path), largest groups first; None when
         :meth:`group_persons` has not run."""
-        if persons.saved_groups(self) is None:
+        if not (self.path / persons.FILE).exists():
             return None
         return arrow(self.connect().sql(
             "SELECT g.person_group, g.group_size, g.face_id, f.person, f.path FROM person_groups g "

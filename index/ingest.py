@@ -30,6 +30,7 @@ import numpy as np
 
 from skullsearch.encoder import code as code_layout
 from skullsearch.encoder.descriptors import DIM as DESCRIPTOR_DIM
+from skullsearch.encoder.descriptors import PERSON_DISTANCE
 from skullsearch.index import schema, store
 from skullsearch.index.detect_stage import (  # noqa: F401 - the detector stage's names, re-exported
     TIMEOUT,
@@ -182,8 +183,9 @@ NEAR_DUPLICATE_DISTANCE = 0.4
 NEAR_DUPLICATE_PHOTO_DISTANCE = 0.12
 
 #: Person-descriptor L2 distance under which a new face is flagged as a re-shot of an earlier
-#: face's person (the ``person`` criterion; :data:`skullsearch.encoder.descriptors.PERSON_DISTANCE`).
-NEAR_DUPLICATE_PERSON_DISTANCE = 0.5
+#: face's person (the ``person`` criterion): the one cut for persons,
+#: :data:`skullsearch.encoder.descriptors.PERSON_DISTANCE`.
+NEAR_DUPLICATE_PERSON_DISTANCE = PERSON_DISTANCE
 
 PHOTO = "photo"
 PERSON = "person"
@@ -324,7 +326,10 @@ def _pair_distance(gallery, name: str, vecs: np.ndarray, flagged: np.ndarray, ot
                    shard: int) -> np.ndarray:
     """L2 distances (m,) between the flagged faces' vectors (rows ``flagged`` of this shard's
     ``vecs`` (n, d)) and those of the faces they were flagged against (``other`` (m,) face ids,
-    in this shard or the gallery's): NaN where either has none."""
+    in this shard or the gallery's): NaN where either has none (then nothing is looked up: a
+    shard ingested without descriptors reads no gallery descriptors)."""
+    if np.isnan(vecs[flagged]).all():
+        return np.full(len(flagged), np.nan)
     other_shard, rows = store.split_id(other)
     own = other_shard == shard
     o = np.full((len(other), vecs.shape[1]), np.nan, np.float32)

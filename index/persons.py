@@ -109,11 +109,3 @@ def group_persons(gallery, threshold: float = PERSON_DISTANCE, k: int = 20):
         pq.write_table(table, tmp)
         os.replace(tmp, path)
     return table
-
-
-def saved_groups(gallery):
-    """The saved person groups (pyarrow.Table, see :func:`group_persons`) or None."""
-    import pyarrow.parquet as pq
-
-    path = Path(gallery.path) / FILE
-    return pq.read_table(path) if path.exists() else None
