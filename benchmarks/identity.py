@@ -17,7 +17,13 @@ expression) and every photo goes through the real decoder, dlib detector and bat
   exactly; rank-1 / rank-10 of the true person by S and by likelihood.
 
     python benchmarks/identity.py [--persons 100] [--photos 3] [--gallery 3000 [10000 ...]] [--seed 0]
-                                  [--identity-prior]
+                                  [--identity-prior] [--uncertainty] [--landmark-noise 0.05]
+
+``--uncertainty`` fits with the posterior covariance (``FitConfig(posterior=True)``) and adds
+``likelihood_cov`` ranks: the likelihood with each face's own soft-tissue covariance
+(Σ_tissue + Σ_face; distractors carry the covariance of the person photo whose residual they
+borrow), and its calibration: the median Mahalanobis distance² per point of the true soft-tissue
+error under Σ_face (2.37, χ²₃'s, if calibrated) and the share of points inside the 95 % ellipsoid.
 
 ``--identity-prior`` fits with the shape predicted from each photo's person descriptor
 (:mod:`skullsearch.encoder.identity_prior`, learned on other renders of the same model: a
@@ -48,15 +54,17 @@ from skullsearch.encoder import code as code_layout
 from skullsearch.encoder.detectors import DlibDetector
 from skullsearch.encoder.encode import describe_faces, detect_faces, fit_faces
 from skullsearch.encoder.face_model import face_region
+from skullsearch.encoder.fitting import FitConfig
 from skullsearch.encoder.images import read_images
 from skullsearch.index.ingest import neutral_soft_tissue
 from skullsearch.retrieval.score import ScoreConfig, rank_order, score
 
 
-def encode(model, paths, persons=None, descriptors=False, prior=None):
-    """Fitted codes (n, 228), the photo index of each face (photos without a face dropped) and,
-    when asked, the person descriptors (n, 128) (else None). prior: an IdentityPrior for the fit
-    (computes the descriptors)."""
+def encode(model, paths, persons=None, descriptors=False, prior=None, config=None):
+    """Fitted codes (n, 228), the photo index of each face (photos without a face dropped),
+    when asked the person descriptors (n, 128) (else None), and the soft-tissue covariances
+    (n, 36, 3, 3) when the config asks for the posterior (else None). prior: an IdentityPrior for
+    the fit (computes the descriptors)."""
     images = read_images(paths)
     faces, _ = detect_faces(images, DlibDetector(), all_faces=False)
     if persons is not None:
@@ -67,31 +75,40 @@ def encode(model, paths, persons=None, descriptors=False, prior=None):
         describe_faces(faces, {im.path: im.pixels for im in images if hasattr(im, "pixels")})
         descs = np.stack([f.descriptor if f.descriptor is not None else np.full(128, np.nan, np.float32)
                           for f in faces])
-    fit_faces(model, faces, identity_prior=prior)
+    fit_faces(model, faces, config=config, identity_prior=prior)
     idx = np.array([int(Path(f.image).stem[5:]) for f in faces])
-    return np.stack([f.code for f in faces]), idx, descs
+    covs = np.stack([f.tissue_cov for f in faces]) if config is not None and config.posterior else None
+    return np.stack([f.code for f in faces]), idx, descs, covs
 
 
-def identification(model, codes1, idx1, codes3, idx3, person, photos: int, dis: np.ndarray, targets,
-                   present, sd) -> dict:
+def identification(model, fits, person, photos: int, dis: np.ndarray, targets, present, sd,
+                   dis_cov=None) -> dict:
     """Rank-1 / rank-10 by S and by likelihood of each person's skull among the persons'
     photo-encoded faces (one photo, or all photos with one shared shape) plus distractors
-    (shape codes (m, S))."""
+    (shape codes (m, S)). fits: {label: (codes, photo index, covariances or None)}; with
+    covariances (and dis_cov (m, 36, 3, 3)) also by the likelihood with them."""
     cfg = ScoreConfig()
     out = {}
-    for label, codes, idx in (("1_photo", codes1, idx1), (f"{photos}_photos", codes3, idx3)):
+    for label, (codes, idx, covs) in fits.items():
         first = {}
-        for c, i in zip(codes, idx, strict=True):  # one gallery face per person
-            first.setdefault(int(person[i]), c)
+        for row, i in enumerate(idx):  # one gallery face per person
+            first.setdefault(int(person[i]), row)
         members = np.array(sorted(first))
-        gal = np.concatenate([np.stack([first[p] for p in members]),
-                              code_layout.pack(shape=dis).astype(np.float32)])
+        rows = np.array([first[p] for p in members])
+        gal = np.concatenate([codes[rows], code_layout.pack(shape=dis).astype(np.float32)])
         pts = neutral_soft_tissue(model, gal)
+        cov = None if covs is None else np.concatenate([covs[rows], dis_cov])
         hits = {"s": [0, 0], "likelihood": [0, 0]}
+        if cov is not None:
+            hits["likelihood_cov"] = [0, 0]
         for row, p in enumerate(members):
             sc = score(pts, targets[p], present[p], sd, cfg)
+            orders = {k: rank_order(sc, k) for k in ("s", "likelihood")}
+            if cov is not None:
+                sc.likelihood = score(pts, targets[p], present[p], sd, cfg, face_cov=cov).likelihood
+                orders["likelihood_cov"] = rank_order(sc, "likelihood")
             for rank_by in hits:
-                r = int(np.flatnonzero(rank_order(sc, rank_by) == row)[0])
+                r = int(np.flatnonzero(orders[rank_by] == row)[0])
                 hits[rank_by][0] += r == 0
                 hits[rank_by][1] += r < 10
         for rank_by, (h1, h10) in hits.items():
@@ -109,6 +126,10 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--identity-prior", action="store_true",
                     help="fit with the identity prior (shape predicted from the person descriptor)")
+    ap.add_argument("--uncertainty", action="store_true",
+                    help="fit with the posterior covariance and rank also by the likelihood with it")
+    ap.add_argument("--landmark-noise", type=float, default=FitConfig.landmark_noise,
+                    help="the posterior's landmark noise (fraction of the inter-ocular distance)")
     a = ap.parse_args(argv)
     rng = np.random.default_rng(a.seed)
     model = FaceModel.default()
@@ -126,8 +147,9 @@ def main(argv=None):
         from skullsearch.encoder.identity_prior import for_model
 
         prior = for_model(model)
-    codes1, idx1, descs1 = encode(model, paths, descriptors=True, prior=prior)
-    codes3, idx3, _ = encode(model, paths, persons=person, prior=prior)
+    cfg = FitConfig(posterior=a.uncertainty, landmark_noise=a.landmark_noise)
+    codes1, idx1, descs1, cov1 = encode(model, paths, descriptors=True, prior=prior, config=cfg)
+    codes3, idx3, _, cov3 = encode(model, paths, persons=person, prior=prior, config=cfg)
     t2 = time.perf_counter()
 
     # identity error, single photo
@@ -154,7 +176,9 @@ def main(argv=None):
     sizes = sorted(a.gallery)
     n_dis = max(sizes[-1] - a.persons, 0)
     dis_true = rng.standard_normal((n_dis, n_s)).astype(np.float32) * model.shape_std[:n_s]
-    dis = dis_true + resid[rng.integers(0, len(resid), n_dis)]
+    borrow = rng.integers(0, len(resid), n_dis)
+    dis = dis_true + resid[borrow]
+    dis_cov = None if cov1 is None else cov1[borrow]
     out = {"persons": a.persons, "photos_per_person": a.photos, "gallery": max(sizes[0], a.persons),
            "identity_prior": bool(a.identity_prior),
            "photos": len(paths), "faces_found": int(len(idx1)),
@@ -163,22 +187,37 @@ def main(argv=None):
            "identity_ratio_to_mean_face": round(float(err.mean() / err0.mean()), 3),
            "reshot_auc_shape_codes": round(code_auc, 3),
            "reshot_auc_person_descriptor": round(desc_auc, 3),
+           "uncertainty": bool(a.uncertainty),
            "seconds": {"render": round(t1 - t0, 1), "detect_and_fit_twice": round(t2 - t1, 1)}}
+    if cov1 is not None:  # calibration: the true soft-tissue error under each face's Σ_face
+        fit_pts = neutral_soft_tissue(model, codes1)
+        err_pts = (fit_pts - true_pts[person[idx1]]).astype(np.float64)
+        m2 = np.einsum("nki,nkij,nkj->nk", err_pts, np.linalg.inv(cov1.astype(np.float64)), err_pts)
+        out["uncertainty_median_mahalanobis2"] = round(float(np.median(m2)), 2)  # χ²₃: 2.37
+        out["uncertainty_inside_95pct"] = round(float((m2 < 7.815).mean()), 3)
+        out["landmark_noise"] = a.landmark_noise
+    fits = {"1_photo": (codes1, idx1, cov1), f"{a.photos}_photos": (codes3, idx3, cov3)}
     out["by_gallery_size"] = {}
     for size in sizes:
-        ranks = identification(model, codes1, idx1, codes3, idx3, person, a.photos,
-                               dis[: max(size - a.persons, 0)], targets, present, sd)
+        ranks = identification(model, fits, person, a.photos, dis[: max(size - a.persons, 0)], targets,
+                               present, sd, None if dis_cov is None else dis_cov[: max(size - a.persons, 0)])
         out["by_gallery_size"][str(max(size, a.persons))] = ranks
         if size == sizes[0]:
             out.update(ranks)
     print(f"{out['faces_found']}/{out['photos']} faces; identity error {out['identity_error_mm']} mm = "
           f"{out['identity_ratio_to_mean_face']}× the mean face's; re-shot AUC from shape codes "
           f"{out['reshot_auc_shape_codes']}, from person descriptors {out['reshot_auc_person_descriptor']}")
+    if "uncertainty_median_mahalanobis2" in out:
+        print(f"fit uncertainty (landmark noise {a.landmark_noise:g} IOD): true soft-tissue error's median "
+              f"Mahalanobis² {out['uncertainty_median_mahalanobis2']} (2.37 if calibrated), "
+              f"{out['uncertainty_inside_95pct']:.1%} of points inside the 95 % ellipsoid")
     for size, r in out["by_gallery_size"].items():
         for label in ("1_photo", f"{a.photos}_photos"):
             print(f"{label}: rank-1 / rank-10 among {size} faces: S {r[f'{label}_s_rank1']:.1%} / "
                   f"{r[f'{label}_s_rank10']:.1%}, likelihood {r[f'{label}_likelihood_rank1']:.1%} / "
-                  f"{r[f'{label}_likelihood_rank10']:.1%}")
+                  f"{r[f'{label}_likelihood_rank10']:.1%}"
+                  + (f", likelihood with Σ_face {r[f'{label}_likelihood_cov_rank1']:.1%} / "
+                     f"{r[f'{label}_likelihood_cov_rank10']:.1%}" if a.uncertainty else ""))
     emit(out)
     return out
 

@@ -152,6 +152,9 @@ def encode_cmd(
     identity_prior_file: Annotated[Path | None, typer.Option(
         help="An identity prior file (skullsearch model train-identity-prior) instead of the packaged one.")
     ] = None,
+    uncertainty: Annotated[bool, typer.Option(
+        help="Also give each face's fit uncertainty (the posterior covariance of its 36 soft-tissue "
+             "points, mm², in --json as tissue_cov).")] = False,
 ):
     """Photos → 3D faces: detect 68 landmarks and fit a face code to every face."""
     import json
@@ -166,7 +169,7 @@ def encode_cmd(
         prior = identity_prior_file or (True if identity_prior else None)
         result = encode(paths, model=model, detector=detector, light=light, cnn=cnn,
                         person=["one"] * len(paths) if same_person else None, descriptors=descriptors,
-                        identity_prior=prior)
+                        identity_prior=prior, uncertainty=uncertainty)
     table = Table(title=f"{len(result.faces)} face(s) in {len(paths)} photo(s)")
     for col in ("photo", "face", "score", "residual px", "yaw°", "quality"):
         table.add_column(col, justify="right" if col not in ("photo", "quality") else "left")
@@ -257,6 +260,10 @@ def ingest_cmd(
         help="Fit each face with the shape predicted from its person descriptor (learned on renders; "
              "not applied to real photos' descriptors, which lie outside its domain; see README).")
     ] = False,
+    uncertainty: Annotated[bool, typer.Option(
+        help="Keep each face's fit uncertainty (posterior covariance of its soft-tissue points, 432 "
+             "bytes a face) for `query --uncertainty`.")
+    ] = False,
 ):
     """Add photos to a gallery (created if missing): resumable, idempotent, crash-safe."""
     from skullsearch import Gallery
@@ -272,7 +279,7 @@ def ingest_cmd(
         report = g.ingest(inputs, face_model=model, detector=detector, workers=workers or None,
                           person_from_parent_dir=person_from_parent_dir, engine=engine,
                           chunk_images=chunk, progress=update, descriptors=descriptors,
-                          identity_prior=identity_prior or None, **cuts)
+                          identity_prior=identity_prior or None, uncertainty=uncertainty, **cuts)
     table = Table(title=f"ingest into {gallery}", show_header=False)
     for k, v in (("photos seen", report.images_seen), ("already in the gallery", report.images_skipped),
                  ("new photos", report.images_new), ("faces added", report.faces),
@@ -434,6 +441,9 @@ def query_cmd(
     tissue_table: TableOption = None,
     sex: Annotated[str | None, typer.Option(help="Select rows of a sex-specific table.")] = None,
     rank_by: Annotated[str, typer.Option(help="s (the paper's score) or likelihood.")] = "s",
+    uncertainty: Annotated[bool, typer.Option(
+        help="The likelihood also counts each face's fit uncertainty (faces ingested with "
+             "--uncertainty; others keep the plain term).")] = False,
     eta_sd: Annotated[float, typer.Option(help="Match threshold in table SDs.")] = 1.5,
     eta_mm: Annotated[float | None, typer.Option(help="Global match threshold in mm.")] = None,
     scale_bound: Annotated[float, typer.Option(help="Allowed scale change (0.1 = ±10 %, 0 = fixed).")] = 0.1,
@@ -463,7 +473,8 @@ def query_cmd(
         prog.start()
     try:
         result = g.query(skull, top=top, shortlist=shortlist or None, tissue_table=tissue_table, sex=sex,
-                         rank_by=rank_by, score_config=cfg, exhaustive=exhaustive, progress=update)
+                         rank_by=rank_by, score_config=cfg, exhaustive=exhaustive, progress=update,
+                         uncertainty=uncertainty)
     finally:
         if prog is not None:
             prog.stop()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +41,9 @@ class EncodedFace:
 
     box (4,) px; landmarks (68, 2) px; code (228,); residual_px: mean landmark reprojection
     error of the fit; image_size (width, height); focal px; quality: detector flags;
-    descriptor: (128,) dlib person descriptor when asked for (:mod:`.descriptors`), else None.
+    descriptor: (128,) dlib person descriptor when asked for (:mod:`.descriptors`), else None;
+    tissue_cov: (36, 3, 3) mm² the fit's posterior covariance of the face's neutral soft-tissue
+    points when fitted with ``FitConfig(posterior=True)``, else None.
     """
 
     image: str
@@ -59,10 +61,11 @@ class EncodedFace:
     focal: float = float("nan")
     person: str | None = None
     descriptor: np.ndarray | None = None
+    tissue_cov: np.ndarray | None = None
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        for k in ("box", "landmarks", "code", "descriptor"):
+        for k in ("box", "landmarks", "code", "descriptor", "tissue_cov"):
             d[k] = None if d[k] is None else np.asarray(d[k]).tolist()
         d["quality"] = list(self.quality)
         return d
@@ -171,10 +174,13 @@ def fit_faces(model, faces: Sequence[EncodedFace], config: FitConfig | None = No
                     faces[i].quality = (*faces[i].quality, IDENTITY_PRIOR_OUT)
         res = fit_landmarks(model, lm, sizes, person=person, config=cfg, rig=rig,
                             init=None if init is None else init[idx], shape_prior=prior)
+        tissue_cov = None if res.shape_cov is None else model.soft_tissue_covariance(res.shape_cov)
         for j, i in enumerate(idx):
             faces[i].code = res.codes[j]
             faces[i].residual_px = float(res.residual_px[j])
             faces[i].focal = float(res.focal[j])
+            if tissue_cov is not None:
+                faces[i].tissue_cov = tissue_cov[j]
 
 
 def encode(
@@ -190,6 +196,7 @@ def encode(
     cnn: str | os.PathLike | None = None,
     descriptors: bool = False,
     identity_prior=None,
+    uncertainty: bool = False,
 ) -> EncodeResult:
     """Encode photos: every face found gets a 228-float code.
 
@@ -202,7 +209,8 @@ def encode(
     128-d face recognition vector, :mod:`.descriptors`; ~75 ms per face on one core);
     identity_prior: ``True`` (the one packaged for the model), a file, or an
     :class:`~skullsearch.encoder.identity_prior.IdentityPrior`: predict each face's shape prior
-    from its descriptor (:mod:`.identity_prior`; computes the descriptors).
+    from its descriptor (:mod:`.identity_prior`; computes the descriptors); uncertainty: also
+    each face's fit uncertainty, ``EncodedFace.tissue_cov`` (``FitConfig(posterior=True)``).
     """
     from skullsearch.encoder.face_model import FaceModel
 
@@ -237,6 +245,8 @@ def encode(
         descriptors = True
     if descriptors and faces:
         describe_faces(faces, {img.path: img.pixels for img in decoded if isinstance(img, DecodedImage)})
+    if uncertainty:
+        config = replace(config or FitConfig(), posterior=True)
     fit_faces(model, faces, config, init=init, identity_prior=prior)
     if light:
         pixels = {img.path: img.pixels for img in decoded if isinstance(img, DecodedImage)}

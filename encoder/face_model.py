@@ -480,6 +480,18 @@ class FaceModel:
         basis = (self.shapedirs[corners, :, :s] * w[..., None]).sum(1)
         return p0.astype(np.float32), basis.astype(np.float32)
 
+    def soft_tissue_covariance(self, shape_cov: np.ndarray) -> np.ndarray:
+        """Covariance (B, 36, 3, 3) mm² of the neutral soft-tissue points of faces whose shape
+        coefficients have covariance shape_cov (B, S, S) (e.g. ``FitResult.shape_cov``): B_k Σ B_kᵀ
+        per point with B from :meth:`soft_tissue_basis` (the points are linear in the shape)."""
+        shape_cov = np.asarray(shape_cov)
+        _, basis = self.soft_tissue_basis(shape_cov.shape[-1])
+        basis = basis.astype(np.float64)
+        s = basis.shape[2]
+        cov = np.einsum("kis,bst,kjt->bkij", basis, shape_cov[:, :s, :s].astype(np.float64), basis,
+                        optimize=True)
+        return (0.5 * (cov + cov.transpose(0, 1, 3, 2))).astype(np.float32)
+
     def mean_vertices(self) -> np.ndarray:
         """The template (mean face) (V, 3) float32 mm."""
         return self.v_template.copy()

@@ -81,6 +81,11 @@ class FitConfig:
     lr_rigid: float = 0.05
     lr_full: float = 0.01
     share_expression: bool = False
+    # fit uncertainty (posterior=True): each face's shape posterior from the final Gauss-Newton
+    # system, with the model's own prior N(0, σ_α²) (or an identity prior's) and landmark noise
+    # of landmark_noise × the inter-ocular distance per image coordinate (see shape_posterior)
+    posterior: bool = False
+    landmark_noise: float = 0.03
     device: str | None = None
     dtype: torch.dtype = torch.float32
 
@@ -90,13 +95,16 @@ class FitResult:
     """Per face: codes (B, 228) (layout in :mod:`skullsearch.encoder.code`), residual_px (B,)
     mean landmark reprojection error in pixels, landmarks_px (B, 68, 2) the fitted landmarks,
     focal (B,) px, history (iterations,) the batch's mean energy of the best state after each
-    step (LM) or its loss before each step (Adam)."""
+    step (LM) or its loss before each step (Adam); shape_cov (B, S, S) float32 the posterior
+    covariance of each face's shape coefficients (its person's, shared) when
+    ``FitConfig.posterior`` (LM path), else None."""
 
     codes: np.ndarray
     residual_px: np.ndarray
     landmarks_px: np.ndarray
     focal: np.ndarray
     history: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    shape_cov: np.ndarray | None = None
 
 
 class LandmarkRig:
@@ -608,8 +616,10 @@ def _fit_lm(rig, cfg, lm2d, f, center, scale, edges, emask, obs_len, pidx, n_per
         e = state["expr"][pidx] if cfg.share_expression else state["expr"]
         codes = code_layout.pack(shape=state["shape"][pidx], expression=e, pose=pose,
                                  cam_rot=state["cam_rot"], cam_trans=state["trans"])
+        cov = prob.shape_posterior(state, aux, cfg.landmark_noise) if cfg.posterior else None
     return FitResult(codes=codes.cpu().numpy().astype(np.float32), residual_px=residual.cpu().numpy(),
-                     landmarks_px=uv.cpu().numpy(), focal=f.cpu().numpy(), history=np.asarray(history))
+                     landmarks_px=uv.cpu().numpy(), focal=f.cpu().numpy(), history=np.asarray(history),
+                     shape_cov=None if cov is None else cov.cpu().numpy().astype(np.float32))
 
 
 class _LMProblem:
@@ -634,11 +644,14 @@ class _LMProblem:
         # per face (B, 3 + E + S): the prior's weights and its centre (zero, or a shape prior's mean)
         self.prior = prior.expand(self.b, -1).clone()
         self.prior_mean = torch.zeros_like(self.prior)
+        # the shape prior's scale per face (B, S): the model's σ_α, or a shape prior's std
+        self.shape_sd = rig.shape_std.expand(self.b, -1).clone()
         if shape_prior is not None:
             mean, std = shape_prior
             a0 = 3 + rig.n_expression
             self.prior[:, a0: a0 + mean.shape[1]] = cfg.w_shape / std**2
             self.prior_mean[:, a0: a0 + mean.shape[1]] = mean
+            self.shape_sd[:, : mean.shape[1]] = std
         self.n_local = lev.N_RIGID + (0 if cfg.share_expression else rig.n_expression)
 
     def coeffs(self, st):
@@ -688,6 +701,47 @@ class _LMProblem:
             h.diagonal(dim1=1, dim2=2)[:, 6:].add_(self.prior)
             g[:, 6:] += self.prior * (aux["x"] - self.prior_mean)
         return h, g
+
+    def shape_posterior(self, st, aux, noise: float) -> torch.Tensor:
+        """Posterior covariance (B, S, S) of each face's shape coefficients at state st (its
+        person's shared α; float64): the Laplace approximation (J_uvᵀ J_uv / σ² + P)⁻¹ around the
+        fit, marginalized over the camera, jaw and expression.
+
+        J_uv: the 136 landmark coordinates' Jacobian (the Delaunay edge terms are left out: they
+        restate the same detections); σ = noise × the face's inter-ocular distance (px) per image
+        coordinate; P: the model's own prior 1/σ_α² on shape (a shape prior's 1/std² where one was
+        given) and 1/σ_δ² on expression, counted once per person, and the fit's jaw prior in the
+        same noise units. Not the fit's own regularizer, which is stronger than the model's
+        statistics. Each face's own parameters are eliminated (Schur complement), the person's
+        information summed over its photos, then inverted.
+        """
+        b, t, rig = self.b, self.tables, self.rig
+        pe = aux["pts"][self.bi, aux["rows"]]
+        m, jcam = lev.projection_jacobian(pe, aux["rot"], st["cam_rot"], st["trans"], self.focal)
+        jl = lev.landmark_uv_jacobian(t, st["jaw"], aux["parts"], aux["rows"], m, MARCHING)
+        sigma = (noise * self.scale).double()  # (B,) px
+        j = torch.cat([jcam, jl], -1).reshape(b, 136, -1).double() / sigma[:, None, None]
+        h = j.transpose(1, 2) @ j  # (B, N, N): [camera 6, jaw 3, δ E, α S]
+        n_s = rig.n_shape
+        w_noise = self.cfg.w_landmark / 68 * noise**2  # the fit's energy units per σ²
+        jaw_p = torch.full((b, 3), self.cfg.w_pose / w_noise, dtype=h.dtype, device=h.device)
+        expr_p = (1.0 / rig.expr_std.double() ** 2).expand(b, -1)
+        shape_p = 1.0 / self.shape_sd.double() ** 2
+        n_local = self.n_local
+        # per-face prior on the face's own parameters; the shared ones' prior once per person
+        own = torch.cat([jaw_p, expr_p], 1)[:, : n_local - 6]
+        h.diagonal(dim1=1, dim2=2)[:, 6:n_local].add_(own)
+        h.diagonal(dim1=1, dim2=2)[:, :6].add_(1e-9)
+        a, bm, cm = h[:, :n_local, :n_local], h[:, :n_local, n_local:], h[:, n_local:, n_local:]
+        info = cm - bm.transpose(1, 2) @ torch.linalg.solve(a, bm)  # (B, G, G)
+        g = info.shape[1]
+        person_info = info.new_zeros(self.n_person, g, g).index_add_(0, self.pidx, info)
+        counts = torch.bincount(self.pidx, minlength=self.n_person).clamp(min=1).to(h.dtype)
+        shared_p = h.new_zeros(self.n_person, g).index_add_(
+            0, self.pidx, torch.cat([expr_p, shape_p], 1)[:, -g:]) / counts[:, None]  # the photos' mean
+        person_info.diagonal(dim1=1, dim2=2).add_(shared_p)
+        cov = torch.linalg.inv(person_info)[:, -n_s:, -n_s:]
+        return 0.5 * (cov + cov.transpose(1, 2))[self.pidx]
 
     def step(self, st, dl, dg, rigid: bool):
         """The state moved by a step from :func:`levenberg.solve_step`."""

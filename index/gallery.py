@@ -192,6 +192,20 @@ class Gallery:
         """The 36 soft-tissue points (n, 36, 3) mm (model frame, neutral face) of face ids."""
         return self._gather(np.asarray(ids, dtype=np.int64), "soft", (36, 3))
 
+    def tissue_covariance(self, ids) -> np.ndarray:
+        """The fit's posterior covariance (n, 36, 3, 3) mm² of each soft-tissue point of face ids
+        (ingested with ``uncertainty=True``); NaN for faces of shards ingested without it."""
+        ids = np.asarray(ids, dtype=np.int64)
+        shard_no, row = store.split_id(ids)
+        known = {s.number: s for s in self.shards()}
+        out = np.full((len(ids), 36, 3, 3), np.nan, np.float32)
+        for sn in np.unique(shard_no):
+            f = known[int(sn)].file(self.path, "tissue_cov.npy") if int(sn) in known else None
+            if f is not None and f.exists():
+                sel = shard_no == sn
+                out[sel] = store.unpack_covariance(np.load(f, mmap_mode="r")[row[sel]])
+        return out
+
     def codes(self, ids) -> np.ndarray:
         """Face codes (n, 228) of face ids."""
         return self._gather(np.asarray(ids, dtype=np.int64), "codes", (code_layout.CODE_SIZE,))
@@ -842,6 +856,8 @@ class Gallery:
                 images = pq.read_metadata(s.file(self.path, "images.parquet")).num_rows
                 soft = self._npy(s, "soft").shape
                 codes = self._npy(s, "codes").shape
+                optional = [np.load(f, mmap_mode="r").shape[0]
+                            for f in (s.file(self.path, n) for n in store.OPTIONAL_SHARD_FILES) if f.exists()]
                 ids = pq.read_table(s.file(self.path, "faces.parquet"),
                                     columns=["face_id"]).column(0).to_numpy()
             except Exception as e:  # noqa: BLE001 - any unreadable file is damage
@@ -850,6 +866,7 @@ class Gallery:
                 continue
             expect = store.face_id(s.number, np.arange(s.faces))
             if (faces, images, soft[0], codes[0]) != (s.faces, s.images, s.faces, s.faces) or \
+                    any(rows != s.faces for rows in optional) or \
                     not np.array_equal(np.sort(ids), expect):
                 problems.append(f"shard {s.number}: row counts or face ids disagree with its record")
                 damaged.append(s)

@@ -23,7 +23,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -443,9 +443,13 @@ def write_shard(gallery, number: int, rows: list[dict], faces, soft, codes, enco
         cols["photo_fingerprint"] = np.asarray(fingerprints, np.float32).reshape(n, FP_DIM)
     if descs is not None and n:
         cols["descriptor"] = np.asarray(descs, np.float32).reshape(n, DESCRIPTOR_DIM)
+    extra = {}
+    if n and all(f.tissue_cov is not None for f in faces):  # the fit's uncertainty
+        extra["tissue_cov.npy"] = store.pack_covariance(np.stack([f.tissue_cov for f in faces]))
     writer = store.ShardWriter(gallery.path, number)
     try:
-        return writer.commit(schema.faces_table(cols), schema.images_table(image_rows), soft, codes)
+        return writer.commit(schema.faces_table(cols), schema.images_table(image_rows), soft, codes,
+                             extra=extra)
     except BaseException:
         writer.abort()
         raise
@@ -465,6 +469,8 @@ def encoder_fingerprint(config, detector: str, identity_prior=None) -> str:
 
     cfg = asdict(config or FitConfig())
     cfg["dtype"] = str(cfg["dtype"])
+    for k in ("posterior", "landmark_noise"):  # the codes do not depend on them
+        cfg.pop(k)
     what = {"fit": cfg, "detector": detector}
     if identity_prior is not None:
         weights = np.ascontiguousarray(identity_prior.weights).tobytes()
@@ -493,6 +499,7 @@ def ingest(
     near_duplicate_person_distance: float = NEAR_DUPLICATE_PERSON_DISTANCE,
     descriptors: bool = True,
     identity_prior=None,
+    uncertainty: bool = False,
 ) -> IngestReport:
     """Add photos to a gallery; see the module docstring.
 
@@ -512,6 +519,9 @@ def ingest(
     with the shape predicted from its descriptor (:mod:`skullsearch.encoder.identity_prior`;
     learned on renders, not applied to descriptors outside its domain, such as real photos'),
     recorded in the faces' ``encoder_fingerprint``.
+    uncertainty: keep each face's posterior covariance of its soft-tissue points
+    (``FitConfig(posterior=True)``; 432 bytes a face in ``tissue_cov.npy``) for queries with
+    ``uncertainty=True``.
     """
     if face_model is not None:
         gallery.check_model(face_model)
@@ -567,6 +577,8 @@ def ingest(
                       else (stage(sources[a: a + chunk_images]) for a in starts))
             # built while the detectors work on the first chunk
             cfg = config or FitConfig()
+            if uncertainty and not cfg.posterior:
+                cfg = replace(cfg, posterior=True)
             rig = rig_for(model, cfg.n_shape, cfg.n_expression)
             _warm_up(gallery, near_duplicate_distance, near_duplicate_photo_distance,
                      near_duplicate_person_distance if descriptors else 0)

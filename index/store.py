@@ -7,6 +7,8 @@ Layout of a gallery directory::
     shards/00000001.images.parquet   one row per photo seen (ok or failed, with the reason)
     shards/00000001.soft.npy         (n, 36, 3) float32 soft-tissue points, mm, model frame
     shards/00000001.codes.npy        (n, 228) float32 face codes
+    shards/00000001.tissue_cov.npy   (n, 36, 6) float16 optional: the fit's posterior covariance
+                                     of each soft-tissue point, mm² (xx, xy, xz, yy, yz, zz)
     shards/00000001.json             the commit record, written last
     index/shortlist.<id>.faiss, index/codes.<id>.faiss, index/state.json (names them: the commit)
     ingest.lock                      held by the one writing process
@@ -83,6 +85,24 @@ class ShardInfo:
 
 
 SHARD_FILES = ("faces.parquet", "images.parquet", "soft.npy", "codes.npy")
+#: Shard files that a shard may lack (ingested without them, or by an older version).
+OPTIONAL_SHARD_FILES = ("tissue_cov.npy",)
+#: The upper triangle of a 3 × 3 covariance, the order it is stored in.
+_TRIU = np.triu_indices(3)
+
+
+def pack_covariance(cov: np.ndarray) -> np.ndarray:
+    """(..., 3, 3) symmetric → (..., 6) float16 (xx, xy, xz, yy, yz, zz): 12 bytes a point."""
+    return np.asarray(cov, np.float32)[..., _TRIU[0], _TRIU[1]].astype(np.float16)
+
+
+def unpack_covariance(packed: np.ndarray) -> np.ndarray:
+    """(..., 6) → (..., 3, 3) float32, the inverse of :func:`pack_covariance`."""
+    packed = np.asarray(packed, np.float32)
+    out = np.empty((*packed.shape[:-1], 3, 3), np.float32)
+    out[..., _TRIU[0], _TRIU[1]] = packed
+    out[..., _TRIU[1], _TRIU[0]] = packed
+    return out
 
 
 #: Tests of crash safety set this to ``"STEP:K"`` to SIGKILL the writing process (and its
@@ -113,24 +133,33 @@ class ShardWriter:
         self.tmp = root / "shards" / f".tmp-{number:08d}-{uuid.uuid4().hex}"
         self.tmp.mkdir(parents=True)
 
-    def commit(self, faces_table, images_table, soft: np.ndarray, codes: np.ndarray) -> ShardInfo:
+    def commit(self, faces_table, images_table, soft: np.ndarray, codes: np.ndarray,
+               extra: dict[str, np.ndarray] | None = None) -> ShardInfo:
+        """extra: optional arrays by file name (:data:`OPTIONAL_SHARD_FILES`), one row per face,
+        written with their own dtype."""
         import pyarrow.parquet as pq
 
         n = faces_table.num_rows
-        if not (len(soft) == len(codes) == n):
+        extra = dict(extra or {})
+        if not (len(soft) == len(codes) == n) or any(len(v) != n for v in extra.values()):
             raise ValueError("shard arrays and face rows disagree")
+        if set(extra) - set(OPTIONAL_SHARD_FILES):
+            raise ValueError(f"unknown shard files {sorted(set(extra) - set(OPTIONAL_SHARD_FILES))}")
         # row groups of 64k rows: a lookup by face id reads only the groups that hold it
         pq.write_table(faces_table, self.tmp / "faces.parquet", compression="zstd", row_group_size=65536)
         pq.write_table(images_table, self.tmp / "images.parquet", compression="zstd", row_group_size=65536)
         for name, arr in (("soft.npy", soft), ("codes.npy", codes)):
             np.save(self.tmp / name, np.ascontiguousarray(arr, dtype=np.float32))
-        for name in SHARD_FILES:
+        for name, arr in extra.items():
+            np.save(self.tmp / name, np.ascontiguousarray(arr))
+        files = (*SHARD_FILES, *extra)
+        for name in files:
             with open(self.tmp / name, "rb") as fh:
                 os.fsync(fh.fileno())
         _commits[0] += 1
         _crash_point("written")
         shards = self.root / "shards"
-        for name in SHARD_FILES:
+        for name in files:
             os.replace(self.tmp / name, shards / f"{self.number:08d}.{name}")
         fsync_dir(shards)
         _crash_point("renamed")

@@ -258,12 +258,17 @@ def query_points(
     max_shard: int | None = None,
     exhaustive: bool | None = None,
     progress=None,
+    uncertainty: bool = False,
 ) -> QueryResult:
     """The query core on extended landmarks: target (36, 3) mm (skull frame), present (36,) bool,
     sd (36,) mm. See the module docstring. exhaustive: score every face instead of a shortlist
     (:func:`exhaustive_candidates`; the exact ranking, slow on large galleries; progress(done,
     total) is called as faces are scored); None: only when no shortlist size is given and the
-    gallery has at most :data:`EXHAUSTIVE_AUTO_FACES` faces."""
+    gallery has at most :data:`EXHAUSTIVE_AUTO_FACES` faces. uncertainty: the shortlist's and the
+    calibration sample's likelihoods use each face's own soft-tissue covariance
+    (:meth:`Gallery.tissue_covariance`, faces ingested with ``uncertainty=True``; others keep the
+    isotropic term): Σ_tissue + Σ_face (:func:`~skullsearch.retrieval.score.score`). S, the
+    matches and the exhaustive pass are unchanged."""
     cfg = score_config or ScoreConfig()
     present = np.asarray(present, bool)
     if present.sum() < 3:
@@ -295,11 +300,15 @@ def query_points(
     ext = ExtendedLandmarks.from_points(target, present, sd)
     if len(ids) == 0:
         return QueryResult([], ext, {"top": top, "shortlist": shortlist, "exhaustive": exhaustive})
-    sc = score(gallery.soft_tissue(ids), target, present, sd, cfg)
+    def scores(face_ids):
+        cov = gallery.tissue_covariance(face_ids) if uncertainty else None
+        return score(gallery.soft_tissue(face_ids), target, present, sd, cfg, face_cov=cov)
+
+    sc = scores(ids)
     order = rank_order(sc, rank_by)[:top]
     # calibration against a fixed random sample of the gallery
     sample = gallery.sample_ids(calibration_sample, seed=seed, max_shard=max_shard)
-    ref = score(gallery.soft_tissue(sample), target, present, sd, cfg) if len(sample) else None
+    ref = scores(sample) if len(sample) else None
     rows = {r["face_id"]: r for r in gallery.rows(ids[order], columns=("person", "path"))}
     cands = []
     for rank, i in enumerate(order, 1):
@@ -321,7 +330,8 @@ def query_points(
             rotation=sc.rotation[i].tolist(), translation=sc.translation[i].tolist()))
     params = {"top": top, "shortlist": None if exhaustive else shortlist, "exhaustive": exhaustive,
               "rank_by": rank_by, "score": cfg.to_dict(),
-              "calibration_sample": calibration_sample, "seed": seed, "max_shard": max_shard}
+              "calibration_sample": calibration_sample, "seed": seed, "max_shard": max_shard,
+              "uncertainty": bool(uncertainty)}
     return QueryResult(cands, ext, params)
 
 
@@ -339,8 +349,10 @@ def query(
     calibration_sample: int = CALIBRATION_SAMPLE,
     exhaustive: bool | None = None,
     progress=None,
+    uncertainty: bool = False,
 ) -> QueryResult:
     """Rank the gallery's faces for a skull (see the module docstring); records the query.
+    uncertainty: the likelihood with each face's fit uncertainty (see :func:`query_points`).
     exhaustive: score every face exactly instead of a shortlist (the exact ranking; about 50 µs per
     face per core: 24 s for 1M faces on 2 cores); None: when the gallery has at most
     :data:`EXHAUSTIVE_AUTO_FACES` faces and no shortlist size is given. progress(done, total)
@@ -358,7 +370,7 @@ def query(
     result = query_points(gallery, ext.points, ext.present, ext.sd, top=top, shortlist=shortlist,
                           rank_by=rank_by, score_config=score_config,
                           calibration_sample=calibration_sample, exhaustive=exhaustive, progress=progress,
-                          max_shard=max_shard if exhaustive else None)
+                          max_shard=max_shard if exhaustive else None, uncertainty=uncertainty)
     result.extended = ext
     result.warnings = list(getattr(skull, "warnings", []))
     result.params.update({"tissue_table": table.name, "sex": sex, "max_shard": max_shard})
@@ -377,7 +389,7 @@ def rerun(gallery, query_id: str) -> tuple[QueryResult, bool]:
         gallery, ext.points, ext.present, ext.sd, top=p["top"],
         shortlist=p["shortlist"], rank_by=p["rank_by"], score_config=ScoreConfig(**p["score"]),
         calibration_sample=p["calibration_sample"], seed=p["seed"], max_shard=p["max_shard"],
-        exhaustive=bool(p.get("exhaustive", False)))
+        exhaustive=bool(p.get("exhaustive", False)), uncertainty=bool(p.get("uncertainty", False)))
     result.params.update({"tissue_table": p.get("tissue_table"), "sex": p.get("sex")})
     result.extended = ext
     result.query_id = query_id

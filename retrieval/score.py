@@ -9,7 +9,10 @@ transform with the most matches (ties: the lower RMS). Then
 
 - S = M / (M + U), the paper's score (M matched, U unmatched among present landmarks);
 - a Gaussian log-likelihood Σ_i log N(d_i; 0, σ_i) with σ_i² = SD_i² + σ_place² (table SD and
-  landmark placement noise), comparable between candidates of one query;
+  landmark placement noise), comparable between candidates of one query; given the faces' own
+  uncertainty (``face_cov``: the fit's posterior covariance of each soft-tissue point), the 3D
+  Gaussian Σ_i log N(r_i; 0, σ_i² I + s² R Σ_face,i Rᵀ) of the residual vectors r_i instead (the
+  same transform and matches; with Σ_face = 0 it ranks exactly as the isotropic form);
 - per-landmark distances, matched flags and the transform.
 
 Everything is numpy over blocks of candidates: no Python loop over candidates. Each fit is a
@@ -271,11 +274,14 @@ def score(
     sd: np.ndarray,
     config: ScoreConfig | None = None,
     device: str | None = None,
+    face_cov: np.ndarray | None = None,
 ) -> Scores:
     """Score candidates against a skull's extended landmarks.
 
     face_points (C, 36, 3) mm; target (36, 3) mm extended landmarks (any values where absent);
-    present (36,) bool; sd (36,) mm table SDs. device: None scores in numpy; a torch device
+    present (36,) bool; sd (36,) mm table SDs; face_cov (C, 36, 3, 3) mm² each face point's
+    covariance (model frame; changes only the likelihood, see the module docstring), rows of
+    NaN where a face has none (the isotropic term alone). device: None scores in numpy; a torch device
     ("cuda", "cpu") scores with the torch twin (:mod:`skullsearch.retrieval.score_torch`, the same
     algorithm in float64, the same matches). Returns :class:`Scores`.
     """
@@ -308,7 +314,11 @@ def score(
             p = np.asarray(face_points[sl], np.float64)[:, mask]
             d[sl], n[sl], rms[sl], scale[sl], rot[sl], trans[sl] = _score_block(p, tgt, eta, cfg)
     trans += centre
-    ll = (-0.5 * (d / sigma) ** 2 - np.log(sigma * np.sqrt(2 * np.pi))).sum(1)
+    if face_cov is None:
+        ll = (-0.5 * (d / sigma) ** 2 - np.log(sigma * np.sqrt(2 * np.pi))).sum(1)
+    else:
+        ll = _likelihood_3d(np.asarray(face_points)[:, mask], np.asarray(face_cov)[:, mask],
+                            np.asarray(target, np.float64)[mask], sigma, scale, rot, trans)
     dist = np.full((c, len(mask)), np.nan)
     dist[:, mask] = d
     flags = np.zeros((c, len(mask)), bool)
@@ -318,6 +328,22 @@ def score(
         likelihood=ll, rms_mm=rms, distance_mm=dist, matched_flags=flags,
         scale=scale, rotation=rot, translation=trans,
     )
+
+
+def _likelihood_3d(p, cov, target, sigma, scale, rot, trans) -> np.ndarray:
+    """(C,) Σ_i log N(r_i; 0, σ_i² I + s² R Σ_i Rᵀ), r_i = s R p_i + t − n_i. p (C, k, 3), cov
+    (C, k, 3, 3) model frame (NaN: none), target (k, 3), sigma (k,), the transforms (C,), (C, 3, 3),
+    (C, 3)."""
+    p = np.asarray(p, np.float64)
+    r = scale[:, None, None] * np.einsum("cij,ckj->cki", rot, p) + trans[:, None] - target
+    cov = np.nan_to_num(np.asarray(cov, np.float64), nan=0.0)
+    sr = scale[:, None, None] * rot  # (C, 3, 3)
+    tot = np.einsum("cij,ckjl,cml->ckim", sr, cov, sr, optimize=True)
+    tot += (sigma**2)[None, :, None, None] * np.eye(3)
+    chol = np.linalg.cholesky(tot)
+    z = np.linalg.solve(chol, r[..., None])[..., 0]
+    logdet = 2 * np.log(np.diagonal(chol, axis1=-2, axis2=-1)).sum(-1)
+    return (-0.5 * (z**2).sum(-1) - 0.5 * logdet - 1.5 * np.log(2 * np.pi)).sum(1)
 
 
 def rank_order(scores: Scores, rank_by: str = "s") -> np.ndarray:

@@ -157,3 +157,57 @@ def test_the_torch_scorer_gives_the_numpy_scores(seed, scale_bound, missing):
     np.testing.assert_allclose(got.scale, ref.scale, atol=1e-10)
     np.testing.assert_allclose(got.translation, ref.translation, atol=1e-7)
     np.testing.assert_array_equal(rank_order(got), rank_order(ref))
+
+
+def random_covariances(rng, c, scale=2.0):
+    a = rng.normal(scale=scale, size=(c, 36, 3, 3))
+    return a @ a.transpose(0, 1, 3, 2) + 0.1 * np.eye(3)
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.integers(0, 10_000), st.floats(-300, 300))
+def test_the_likelihood_with_face_covariances_moves_with_the_skull(seed, shift):
+    """Σ_face lives in the face's frame: a rigid motion of the skull changes nothing."""
+    pts, rng = faces(seed, c=20)
+    cov = random_covariances(rng, 20)
+    target = pts[5] + rng.normal(scale=2.0, size=(36, 3))
+    present = rng.random(36) > 0.2
+    rot = Rotation.random(random_state=seed).as_matrix()
+    a = score(pts, target, present, SD, face_cov=cov)
+    b = score(pts, target @ rot.T + shift, present, SD, face_cov=cov)
+    np.testing.assert_allclose(a.likelihood, b.likelihood, rtol=1e-6, atol=1e-6)
+    # and a rotation of the faces (with their covariances) neither
+    c = score(pts @ rot.T, target, present, SD, face_cov=rot @ cov @ rot.T)
+    np.testing.assert_allclose(a.likelihood, c.likelihood, rtol=1e-6, atol=1e-6)
+
+
+def test_face_covariances_change_only_the_likelihood_and_zero_ranks_as_without():
+    pts, rng = faces(3, c=60)
+    target = pts[9] + rng.normal(scale=3.0, size=(36, 3))
+    present = rng.random(36) > 0.25
+    plain = score(pts, target, present, SD)
+    zero = score(pts, target, present, SD, face_cov=np.zeros((60, 36, 3, 3)))
+    none = score(pts, target, present, SD, face_cov=np.full((60, 36, 3, 3), np.nan))  # no covariance
+    np.testing.assert_array_equal(zero.matched, plain.matched)
+    np.testing.assert_allclose(zero.distance_mm, plain.distance_mm)
+    diff = zero.likelihood - plain.likelihood  # 3D vs 1D Gaussian: a constant per query
+    np.testing.assert_allclose(diff, diff[0], atol=1e-9)
+    np.testing.assert_array_equal(rank_order(zero, "likelihood"), rank_order(plain, "likelihood"))
+    np.testing.assert_allclose(none.likelihood, zero.likelihood)
+
+
+def test_an_error_along_a_faces_uncertain_direction_costs_less_than_across_it():
+    """Two faces off the skull by 4 mm at every landmark (signs at random: no rigid motion takes
+    it away), one along x, one along z; both are uncertain in z (σ 4 mm) and sure in x: the
+    z-displaced face is the likelier, though without covariances the two score alike."""
+    rng = np.random.default_rng(4)
+    base = rng.normal(scale=40.0, size=(36, 3))
+    sign = rng.choice([-1.0, 1.0], size=(36, 1))
+    pts = np.stack([base + sign * [4.0, 0, 0], base + sign * [0, 0, 4.0]])
+    cov = np.zeros((2, 36, 3, 3))
+    cov[..., 2, 2] = 16.0
+    present = np.ones(36, bool)
+    sc = score(pts, base, present, SD, face_cov=cov)
+    plain = score(pts, base, present, SD)
+    assert sc.likelihood[1] - sc.likelihood[0] > 10.0
+    assert abs(plain.likelihood[1] - plain.likelihood[0]) < 2.0
