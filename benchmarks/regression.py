@@ -55,7 +55,7 @@ def run(faces: int, seed: int, folder: Path) -> dict:
     truth_code = g.codes(ids)[0]
     sk = synthetic_skull(model, truth_code, rng=np.random.default_rng(seed), rigid_motion=True)
     skull_path = sk.save(folder / "case")
-    result = g.query(skullsearch.Skull.load(skull_path), top=10, shortlist=None)
+    result = skullsearch.query(g, skullsearch.Skull.load(skull_path), top=10, shortlist=None)
     rec = skullsearch.reconstruct(skull_path, result, gallery=g, candidates=3, method="fit",
                                   out=folder / "recon", record=False)
     report = skullsearch.report(g, result.query_id, folder / "report.html", reconstruction=folder / "recon")

@@ -459,7 +459,7 @@ def query_cmd(
     ] = None,
 ):
     """Rank the gallery's faces for a skull: shortlist, exact superimposition scores, audit log."""
-    from skullsearch import Gallery, ScoreConfig, Skull
+    from skullsearch import Gallery, ScoreConfig, Skull, query
     from skullsearch.retrieval.query import export_candidates
 
     g = Gallery.open(gallery)
@@ -472,9 +472,9 @@ def query_cmd(
         update = lambda done, total: prog.update(task, completed=done, total=total)  # noqa: E731
         prog.start()
     try:
-        result = g.query(skull, top=top, shortlist=shortlist or None, tissue_table=tissue_table, sex=sex,
-                         rank_by=rank_by, score_config=cfg, exhaustive=exhaustive, progress=update,
-                         uncertainty=uncertainty)
+        result = query(g, skull, top=top, shortlist=shortlist or None, tissue_table=tissue_table, sex=sex,
+                       rank_by=rank_by, score_config=cfg, exhaustive=exhaustive, progress=update,
+                       uncertainty=uncertainty)
     finally:
         if prog is not None:
             prog.stop()
@@ -512,11 +512,11 @@ def history_cmd(
     rerun: Annotated[str | None, typer.Option(help="Re-run this recorded query and compare.")] = None,
 ):
     """List the gallery's recorded queries (the audit log); --rerun ID re-runs one."""
-    from skullsearch import Gallery
+    import skullsearch
 
-    g = Gallery.open(gallery)
+    g = skullsearch.Gallery.open(gallery)
     if rerun:
-        result, same = g.rerun(rerun)
+        result, same = skullsearch.rerun(g, rerun)
         out.print(f"query {rerun}: {'same answer as recorded' if same else '[red]DIFFERENT answer[/]'} "
                   f"(top face {result.candidates[0].face_id if result.candidates else None})")
         if not same:
@@ -525,7 +525,7 @@ def history_cmd(
     t = Table(title=f"queries recorded in {gallery}")
     for c in ("query id", "time", "skull", "landmarks", "table", "top face", "S"):
         t.add_column(c)
-    for h in g.history():
+    for h in skullsearch.history(g):
         t.add_row(h["query_id"], h["time"], str(h["skull"]), str(h["landmarks"]), str(h["table"]),
                   str(h["top_face"]), f"{h['top_s']:.3f}" if h["top_s"] is not None else "")
     out.print(t)

@@ -61,8 +61,23 @@ NEAR_KEYS = {"codes": "near_codes", "photos": "near_photos", "persons": "near_pe
 COLUMNS = {"photos": ("photo_fingerprint", fingerprint.DIM), "persons": ("descriptor", descriptors_mod.DIM)}
 
 
+#: Query methods of earlier versions' query-side subclass → the functions that replaced them.
+_MOVED = {"query": "skullsearch.query(gallery, skull, ...)", "rerun": "skullsearch.rerun(gallery, query_id)",
+          "history": "skullsearch.history(gallery)", "record": "skullsearch.query_record(gallery, query_id)"}
+
+
 class Gallery:
-    """A gallery directory. Cheap to open; reads are safe while another process ingests."""
+    """A gallery directory. Cheap to open; reads are safe while another process ingests.
+
+    Skull queries are functions of a gallery (the skull side sits above this layer):
+    ``skullsearch.query(gallery, skull)``, ``skullsearch.history(gallery)``,
+    ``skullsearch.rerun(gallery, query_id)``, ``skullsearch.query_record(gallery, query_id)``.
+    """
+
+    def __getattr__(self, name: str):
+        if name in _MOVED:
+            raise AttributeError(f"Gallery.{name} is now a function: {_MOVED[name]}")
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def __init__(self, path: Path, manifest: dict):
         self.path = Path(path)

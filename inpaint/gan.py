@@ -455,7 +455,7 @@ def load_inpainter(path_or_gallery, model=None, map_location="cpu") -> Inpainter
     if hasattr(target, "face_model") and hasattr(target, "path"):
         gallery = target
     elif Path(target).is_dir() and (Path(target) / "gallery.json").exists():
-        from skullsearch.retrieval import Gallery
+        from skullsearch.index import Gallery
 
         gallery = Gallery.open(target)
     path = default_inpainter_path(gallery) if gallery is not None else Path(target)
@@ -581,7 +581,7 @@ def train_inpainter(gallery, out=None, *, epochs: int = 25, batch_size: int = 64
     say = log or _logger.info
     t_start = time.perf_counter()
     if not hasattr(gallery, "codes"):
-        from skullsearch.retrieval import Gallery
+        from skullsearch.index import Gallery
 
         gallery = Gallery.open(gallery)
     model = gallery.face_model

@@ -198,7 +198,7 @@ def reconstruct(skull, gallery_or_result, *, candidates: int = 3, method: str = 
     Adam steps (default 100); 0 or None: that default; starts / seed: GII-GC's random starts;
     render_size: side of the normalized renders (px, ≥ 16).
     """
-    from skullsearch.index.gallery import Gallery as _IndexGallery
+    from skullsearch.index.gallery import Gallery
     from skullsearch.retrieval.query import QueryResult, query
     from skullsearch.retrieval.score import ScoreConfig
     from skullsearch.retrieval.skull import Skull
@@ -221,10 +221,8 @@ def reconstruct(skull, gallery_or_result, *, candidates: int = 3, method: str = 
         else:
             raise ReconstructionError("skull must be a skullsearch.Skull or the path of a skull mesh")
     if isinstance(gallery_or_result, (str, os.PathLike)):
-        from skullsearch.retrieval.query import Gallery
-
         gallery_or_result = Gallery.open(gallery_or_result)
-    if isinstance(gallery_or_result, _IndexGallery):
+    if isinstance(gallery_or_result, Gallery):
         gallery = gallery_or_result
         result = query(gallery, skull, top=max(int(candidates), top or 0), shortlist=shortlist,
                        tissue_table=tissue_table, sex=sex, score_config=score_config, record=record)
@@ -234,8 +232,6 @@ def reconstruct(skull, gallery_or_result, *, candidates: int = 3, method: str = 
             raise ReconstructionError("a QueryResult does not hold the faces' codes: pass the gallery it "
                                       "came from as gallery=... (or pass the gallery instead of the result)")
         if isinstance(gallery, (str, os.PathLike)):
-            from skullsearch.retrieval.query import Gallery
-
             gallery = Gallery.open(gallery)
     else:
         raise ReconstructionError("reconstruct needs a Gallery (it is queried first) or a QueryResult "

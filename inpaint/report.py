@@ -384,8 +384,9 @@ def build_report(gallery, query_id: str, out, reconstruction=None, top: int = 5,
     skip the re-run (``query --report``). Raises :class:`ReportError` /
     :class:`~skullsearch.GalleryError` with the fix for an unknown query or a bad folder.
     """
+    from skullsearch.index.gallery import Gallery
     from skullsearch.retrieval.audit import load_record
-    from skullsearch.retrieval.query import Gallery, aligned_faces, rerun
+    from skullsearch.retrieval.query import aligned_faces, rerun
     from skullsearch.retrieval.score import ScoreConfig, score
     from skullsearch.retrieval.skull_io import read_mesh
 

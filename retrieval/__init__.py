@@ -5,8 +5,10 @@ Imports :mod:`skullsearch.index` and :mod:`skullsearch.encoder` only (README, La
 run cli → inpaint → retrieval → index → encoder).
 """
 
-from skullsearch.retrieval.query import Candidate, Gallery, QueryResult, query, query_points
+from skullsearch.retrieval.audit import history, load_record
+from skullsearch.retrieval.query import Candidate, QueryResult, query, query_points, rerun
 from skullsearch.retrieval.score import ScoreConfig, score
 from skullsearch.retrieval.skull import Skull
 
-__all__ = ["Candidate", "Gallery", "QueryResult", "ScoreConfig", "Skull", "query", "query_points", "score"]
+__all__ = ["Candidate", "QueryResult", "ScoreConfig", "Skull", "history", "load_record", "query",
+           "query_points", "rerun", "score"]

@@ -90,3 +90,7 @@ def load_record(gallery, query_id: str) -> dict:
         return json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise GalleryError(f"the audit record {path} is unreadable ({exc}); run the query again") from None
+
+
+#: The public name (``skullsearch.query_record``) of :func:`load_record`.
+query_record = load_record

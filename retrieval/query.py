@@ -2,8 +2,9 @@
 
     gallery = skullsearch.Gallery.open("missing_persons")
     skull = skullsearch.Skull.load("case17.ply")
-    result = gallery.query(skull, top=20)
+    result = skullsearch.query(gallery, skull, top=20)
     result.to_pandas()
+    skullsearch.history(gallery); skullsearch.rerun(gallery, result.query_id)
 
 1. The skull's landmarks are pushed out by the tissue table's depths (extended landmarks).
 2. They are aligned (similarity, present landmarks only) to the face model's mean soft-tissue
@@ -29,9 +30,9 @@ import numpy as np
 
 from skullsearch.encoder.soft_tissue import SOFT_TISSUE_NAMES
 from skullsearch.index import vectors
-from skullsearch.index.gallery import Gallery as _IndexGallery
+from skullsearch.index.gallery import Gallery
 from skullsearch.index.store import GalleryError
-from skullsearch.retrieval.audit import history, json_plain, load_record, record_query
+from skullsearch.retrieval.audit import json_plain, load_record, record_query
 from skullsearch.retrieval.extended import ExtendedLandmarks, export_pegs, extend
 from skullsearch.retrieval.score import ScoreConfig, rank_order, score
 
@@ -171,7 +172,7 @@ def _gpu_device() -> str | None:
     return "cuda" if torch.cuda.is_available() else None
 
 
-def auto_exhaustive(gallery: _IndexGallery, shortlist: int | None, max_shard: int | None = None) -> bool:
+def auto_exhaustive(gallery: Gallery, shortlist: int | None, max_shard: int | None = None) -> bool:
     """Whether a query without an explicit choice scores every face: when no shortlist size is
     given and the gallery (shards up to ``max_shard``) has at most :data:`EXHAUSTIVE_AUTO_FACES`
     faces."""
@@ -181,7 +182,7 @@ def auto_exhaustive(gallery: _IndexGallery, shortlist: int | None, max_shard: in
                if max_shard is None or s.number <= max_shard) <= EXHAUSTIVE_AUTO_FACES
 
 
-def exhaustive_candidates(gallery: _IndexGallery, target: np.ndarray, present: np.ndarray, sd: np.ndarray,
+def exhaustive_candidates(gallery: Gallery, target: np.ndarray, present: np.ndarray, sd: np.ndarray,
                           cfg: ScoreConfig, rank_by: str, keep: int, max_shard: int | None = None,
                           progress=None, device: str | None = "auto",
                           workers: int | None = None) -> np.ndarray:
@@ -244,7 +245,7 @@ def exhaustive_candidates(gallery: _IndexGallery, target: np.ndarray, present: n
 
 
 def query_points(
-    gallery: _IndexGallery,
+    gallery: Gallery,
     target: np.ndarray,
     present: np.ndarray,
     sd: np.ndarray,
@@ -336,7 +337,7 @@ def query_points(
 
 
 def query(
-    gallery: _IndexGallery,
+    gallery: Gallery,
     skull,
     *,
     top: int = 20,
@@ -396,23 +397,6 @@ def rerun(gallery, query_id: str) -> tuple[QueryResult, bool]:
     same = [(c.face_id, round(c.s, 9), round(c.likelihood, 6)) for c in result.candidates] == \
         [(x["face_id"], round(x["s"], 9), round(x["likelihood"], 6)) for x in r["results"]]
     return result, same
-
-
-class Gallery(_IndexGallery):
-    """A gallery that answers skull queries (:meth:`query`), with its audit log."""
-
-    def query(self, skull, **kw) -> QueryResult:
-        """Rank this gallery's faces for a skull; see :func:`query`."""
-        return query(self, skull, **kw)
-
-    def history(self) -> list[dict]:
-        return history(self)
-
-    def rerun(self, query_id: str) -> tuple[QueryResult, bool]:
-        return rerun(self, query_id)
-
-    def record(self, query_id: str) -> dict:
-        return load_record(self, query_id)
 
 
 def aligned_faces(gallery, candidates) -> tuple[np.ndarray, np.ndarray]:

@@ -99,7 +99,7 @@ def test_skull_frame_meshes_land_on_the_extended_landmarks(default_model, fitted
 def test_a_query_result_can_be_given_with_its_gallery(case, fitted):
     g, res, _ = fitted
     skull = Skull.load(case["skull"])
-    q = g.query(skull, top=5, tissue_table=case["table"], record=False)
+    q = skullsearch.query(g, skull, top=5, tissue_table=case["table"], record=False)
     again = reconstruct(skull, q, gallery=g, candidates=2, method="fit",
                         fit_weights=FitWeights(landmark_sigma=False))
     assert [r.face_id for r in again] == [r.face_id for r in res][:2]

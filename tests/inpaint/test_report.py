@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from photos import render_faces
 
+import skullsearch
 from skullsearch import SOFT_TISSUE_NAMES, Gallery, GalleryError, Skull
 from skullsearch.encoder import code as code_layout
 from skullsearch.index.synth import synth
@@ -58,7 +59,7 @@ def case(default_model, tmp_path_factory):
     table = root / "depths_3mm.csv"
     table.write_text("landmark,mean_mm,sd_mm\n" + "".join(
         f"{n},3.0,{sd}\n" for n, sd in zip(SOFT_TISSUE_NAMES, load_table().sd, strict=True)))
-    res = g.query(Skull.load(skull_path), top=8, tissue_table=str(table))
+    res = skullsearch.query(g, Skull.load(skull_path), top=8, tissue_table=str(table))
     return {"root": root, "g": g.path, "truth": truth, "skull": skull_path, "result": res,
             "qid": res.query_id, "table": str(table),
             "person_ids": person_ids}

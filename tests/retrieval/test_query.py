@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from skulls import skull_from_face, write_skull
 
+import skullsearch
 from skullsearch import SOFT_TISSUE_NAMES, Gallery, GalleryError, Skull, SkullsearchError
 from skullsearch.encoder import code as code_layout
 from skullsearch.index.synth import synth
@@ -43,7 +44,7 @@ def noisy_query(g, face_index: int, seed: int, keep: float = 0.75):
 def test_the_planted_face_ranks_first(case):
     gpath, truth, skull_path, *_, table = case
     g = Gallery.open(gpath)
-    res = g.query(Skull.load(skull_path), top=10, tissue_table=table)
+    res = skullsearch.query(g, Skull.load(skull_path), top=10, tissue_table=table)
     assert res.candidates[0].face_id == truth
     top = res.candidates[0]
     assert top.s >= 0.9 and top.present == 36 and top.rms_mm < 3.0
@@ -60,7 +61,7 @@ def test_a_partial_skull_still_finds_its_face(case):
     rng = np.random.default_rng(5)
     drop = set(rng.choice(sorted(marks), 9, replace=False))  # 25 % missing
     path = write_skull(root / "partial", mesh, marks, drop=drop)
-    res = Gallery.open(gpath).query(Skull.load(path), top=10, record=False, tissue_table=table)
+    res = skullsearch.query(Gallery.open(gpath), Skull.load(path), top=10, record=False, tissue_table=table)
     assert res.candidates[0].face_id == truth
     assert res.candidates[0].present == 27
     assert res.query_id is None
@@ -71,7 +72,8 @@ def test_a_skull_in_metres_is_refused_then_accepted_with_units(case):
     path = write_skull(root / "metres", mesh, marks, scale=0.001)
     with pytest.raises(SkullsearchError, match="--units m"):
         Skull.load(path)
-    res = Gallery.open(gpath).query(Skull.load(path, units="m"), top=5, record=False, tissue_table=table)
+    res = skullsearch.query(Gallery.open(gpath), Skull.load(path, units="m"), top=5, record=False,
+                            tissue_table=table)
     assert res.candidates[0].face_id == truth
 
 
@@ -81,16 +83,16 @@ def test_audit_log_lists_and_reruns_queries(case, tmp_path):
     gpath, truth, skull_path, *_, table = case
     shutil.copytree(gpath, tmp_path / "g")
     g = Gallery.open(tmp_path / "g")
-    res = g.query(Skull.load(skull_path), top=5, tissue_table=table)
-    record = g.record(res.query_id)
+    res = skullsearch.query(g, Skull.load(skull_path), top=5, tissue_table=table)
+    record = skullsearch.query_record(g, res.query_id)
     assert record["skull"]["sha256"] and record["tissue_table"]["name"]
     assert record["versions"]["numpy"] and record["results"][0]["face_id"] == truth
-    assert any(h["query_id"] == res.query_id for h in g.history())
+    assert any(h["query_id"] == res.query_id for h in skullsearch.history(g))
     synth(g, 200, seed=99)  # the gallery grows after the query
-    again, same = Gallery.open(g.path).rerun(res.query_id)
+    again, same = skullsearch.rerun(Gallery.open(g.path), res.query_id)
     assert same and again.candidates[0].face_id == truth
     with pytest.raises(GalleryError, match="no recorded query"):
-        g.rerun("nope")
+        skullsearch.rerun(g, "nope")
 
 
 def test_query_and_history_commands(case, tmp_path, capsys, monkeypatch):
@@ -120,7 +122,7 @@ def test_too_few_landmarks_is_a_clear_error(case):
     keep = {"n", "pg"}
     path = write_skull(root / "two", mesh, marks, drop=set(marks) - keep)
     with pytest.raises(SkullsearchError, match="at least 3 landmarks"):
-        Gallery.open(gpath).query(Skull.load(path), record=False)
+        skullsearch.query(Gallery.open(gpath), Skull.load(path), record=False)
 
 
 @pytest.mark.parametrize("rank_by", ["s", "likelihood"])
@@ -225,11 +227,11 @@ def test_an_exhaustive_query_is_recorded_and_reruns_exhaustively(case, tmp_path)
     gpath, truth, skull_path, *_, table = case
     shutil.copytree(gpath, tmp_path / "g")
     g = Gallery.open(tmp_path / "g")
-    res = g.query(Skull.load(skull_path), top=5, tissue_table=table, exhaustive=True)
+    res = skullsearch.query(g, Skull.load(skull_path), top=5, tissue_table=table, exhaustive=True)
     assert res.candidates[0].face_id == truth
-    assert g.record(res.query_id)["params"]["exhaustive"] is True
+    assert skullsearch.query_record(g, res.query_id)["params"]["exhaustive"] is True
     synth(g, 100, seed=8)  # faces added later are not scored by the re-run
-    again, same = Gallery.open(g.path).rerun(res.query_id)
+    again, same = skullsearch.rerun(Gallery.open(g.path), res.query_id)
     assert same and again.params["exhaustive"] is True
 
 
@@ -240,12 +242,13 @@ def test_small_galleries_are_scored_exhaustively_unless_told_otherwise(case, mon
     gpath, truth, skull_path, *_, table = case
     g = Gallery.open(gpath)
     skull = Skull.load(skull_path)
-    auto = g.query(skull, top=3, tissue_table=table, record=False)
+    auto = skullsearch.query(g, skull, top=3, tissue_table=table, record=False)
     assert auto.params["exhaustive"] is True and auto.candidates[0].face_id == truth
     for kw in ({"shortlist": 50}, {"exhaustive": False}):
-        assert g.query(skull, top=3, tissue_table=table, record=False, **kw).params["exhaustive"] is False
+        res = skullsearch.query(g, skull, top=3, tissue_table=table, record=False, **kw)
+        assert res.params["exhaustive"] is False
     monkeypatch.setattr(query_mod, "EXHAUSTIVE_AUTO_FACES", g.n_faces - 1)  # one face too many
-    big = g.query(skull, top=3, tissue_table=table, record=False)
+    big = skullsearch.query(g, skull, top=3, tissue_table=table, record=False)
     assert big.params["exhaustive"] is False and big.params["shortlist"] == query_mod.DEFAULT_SHORTLIST
 
 
@@ -340,7 +343,7 @@ def test_the_extended_landmarks_travel_whole(case, tmp_path, monkeypatch):
     gpath, truth, skull_path, *_, table = case
     g = Gallery.open(gpath)
     skull = Skull.load(skull_path)
-    res = g.query(skull, top=3, tissue_table=table)
+    res = skullsearch.query(g, skull, top=3, tissue_table=table)
     ext = res.extended
     assert ext.table_name == load_table(table).name and ext.g_depth == 3.0 and ext.units == "mm"
     fresh = extend(skull, load_table(table))
@@ -363,9 +366,26 @@ def test_the_extended_landmarks_travel_whole(case, tmp_path, monkeypatch):
     monkeypatch.setattr(extended_mod, "extend", refused)
     monkeypatch.setattr(query_mod, "extend", refused)
     monkeypatch.setattr(tissue_mod, "load_table", refused)
-    rerun, same = g.rerun(res.query_id)
+    rerun, same = skullsearch.rerun(g, res.query_id)
     assert same and rerun.extended.table_name == ext.table_name
     np.testing.assert_array_equal(rerun.extended.skull_points, ext.skull_points)
     query_mod.export_candidates(g, skull, rerun, tmp_path / "export", n=1)
     rec = reconstruct(skull, res, gallery=g, candidates=1, method="fit", record=False)
     assert rec.g_depth_mm == 3.0 and rec.tissue_table == ext.table_name
+
+
+def test_there_is_one_gallery_class_and_queries_are_functions_of_it(case):
+    """No query-side Gallery subclass: skullsearch.Gallery is the index's, and the old methods say
+    which function replaced them."""
+    import skullsearch.retrieval as retrieval
+    from skullsearch.index.gallery import Gallery as IndexGallery
+
+    assert skullsearch.Gallery is IndexGallery and not hasattr(retrieval, "Gallery")
+    g = Gallery.open(case[0])
+    for name, fn in (("query", "skullsearch.query"), ("rerun", "skullsearch.rerun"),
+                     ("history", "skullsearch.history"), ("record", "skullsearch.query_record")):
+        with pytest.raises(AttributeError, match=fn.replace(".", r"\.")):
+            getattr(g, name)
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        g.nope  # noqa: B018
+    assert skullsearch.query_record is skullsearch.retrieval.audit.load_record
