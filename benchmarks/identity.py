@@ -51,6 +51,7 @@ from _common import (
 
 from skullsearch import FaceModel
 from skullsearch.encoder import code as code_layout
+from skullsearch.encoder.align import align
 from skullsearch.encoder.detectors import DlibDetector
 from skullsearch.encoder.encode import describe_faces, detect_faces, fit_faces
 from skullsearch.encoder.face_model import face_region
@@ -190,8 +191,9 @@ def main(argv=None):
            "uncertainty": bool(a.uncertainty),
            "seconds": {"render": round(t1 - t0, 1), "detect_and_fit_twice": round(t2 - t1, 1)}}
     if cov1 is not None:  # calibration: the true soft-tissue error under each face's Σ_face
-        fit_pts = neutral_soft_tissue(model, codes1)
-        err_pts = (fit_pts - true_pts[person[idx1]]).astype(np.float64)
+        fit_pts = neutral_soft_tissue(model, codes1).astype(np.float64)
+        truth = true_pts[person[idx1]].astype(np.float64)
+        err_pts = align(fit_pts, truth) - truth  # (similarity-aligned, as a score aligns a face)
         m2 = np.einsum("nki,nkij,nkj->nk", err_pts, np.linalg.inv(cov1.astype(np.float64)), err_pts)
         out["uncertainty_median_mahalanobis2"] = round(float(np.median(m2)), 2)  # χ²₃: 2.37
         out["uncertainty_inside_95pct"] = round(float((m2 < 7.815).mean()), 3)

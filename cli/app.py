@@ -76,21 +76,40 @@ def model_convert(
 
 @model_app.command("calibrate")
 def model_calibrate(
-    dst: Annotated[Path, typer.Argument(help="Output skullsearch .npz with the calibrated embedding.")],
+    dst: Annotated[Path | None, typer.Argument(
+        help="dlib: the output skullsearch .npz (the model with its calibrated embedding). Another "
+             "detector: the embedding file (default: the cache folder, where fits find it).")] = None,
     face_model: FaceModelOption = None,
     photos: Annotated[int, typer.Option(help="Renders of faces from the model's prior.")] = 300,
     seed: Annotated[int, typer.Option(help="Seed of the renders (the result is deterministic).")] = 0,
+    detector: Annotated[str, typer.Option(help="The detector to calibrate for: dlib or mesh.")] = "dlib",
 ):
-    """Calibrate the model's 68-point embedding to the dlib detector: the inner 51 points where
-    dlib puts them on renders of the model's faces (the default model ships calibrated)."""
+    """Calibrate the model's 68-point embedding to a detector: the inner 51 points where it puts
+    them on renders of the model's faces (the default model ships calibrated to dlib and mesh)."""
     import numpy as np
 
-    from skullsearch.encoder.calibrate import calibrate_embedding
+    from skullsearch.encoder import calibrate as cal
 
     if photos < 1:
         raise typer.BadParameter("--photos must be at least 1")
+    if detector not in ("dlib", "mesh"):
+        raise typer.BadParameter("--detector must be dlib or mesh")
     model = _load_model(face_model)
-    emb, rep = calibrate_embedding(model, photos=photos, seed=seed)
+    if detector == "mesh":
+        from skullsearch.encoder.mesh import MeshDetector, landmarks68
+
+        MeshDetector()  # (says how to install MediaPipe when it is missing)
+        emb, rep = cal.calibrate_embedding(model, photos=photos, seed=seed, detect=landmarks68)
+        dst = dst or cal.embedding_paths(model, detector)[1]
+        cal.save_detector_embedding(dst, model, detector, emb, rep)
+        inner = rep.shift_mm[17:]
+        out.print(f"wrote {dst}: the mesh found {rep.found}/{rep.photos} renders; inner points "
+                  f"{np.median(inner):.1f} mm from the model's embedding (median, max {inner.max():.1f})",
+                  highlight=False)
+        return
+    if dst is None:
+        raise typer.BadParameter("give the output .npz for the dlib-calibrated model")
+    emb, rep = cal.calibrate_embedding(model, photos=photos, seed=seed)
     model.landmarks = emb
     model.meta["landmarks68"] = f"inner 51 calibrated to dlib on {rep.found} renders (seed {seed})"
     model.save(dst)
@@ -130,7 +149,8 @@ def model_train_identity_prior(
 def encode_cmd(
     photos: Annotated[list[Path], typer.Argument(help="Photos or folders (searched recursively).")],
     face_model: FaceModelOption = None,
-    detector: Annotated[str, typer.Option(help="Landmark detector: dlib (offline), fan, pts.")] = "dlib",
+    detector: Annotated[str, typer.Option(
+        help="Landmark detector: dlib (offline), mesh (MediaPipe, optional install), fan, pts.")] = "dlib",
     export_mesh: Annotated[
         Path | None, typer.Option(help="Write each face as a mesh (PLY) into this folder.")
     ] = None,
@@ -237,7 +257,8 @@ def ingest_cmd(
     ],
     gallery: GalleryOption,
     face_model: FaceModelOption = None,
-    detector: Annotated[str, typer.Option(help="Landmark detector: dlib, fan, pts.")] = "dlib",
+    detector: Annotated[str, typer.Option(
+        help="Landmark detector: dlib, mesh (MediaPipe), fan, pts.")] = "dlib",
     workers: Annotated[int, typer.Option(help="Detector processes (default: CPU count).")] = 0,
     person_from_parent_dir: Annotated[bool, typer.Option(help="The parent folder names the person.")] = False,
     engine: Annotated[str, typer.Option(help="local (process pool) or ray (Ray Data).")] = "local",

@@ -84,7 +84,8 @@ class Face:
     """One detected face. box: (4,) x0, y0, x1, y1 px; landmarks: (68, 2) px, iBUG order, 0-based
     (x right, y down); quality: flags among ``landmarks-outside``, ``tiny``, ``extreme-yaw``;
     yaw_deg: estimated from the landmarks, positive when the head turns to the subject's left
-    (nose towards the image's right), as in :func:`skullsearch.encoder.render.face_camera`."""
+    (nose towards the image's right), as in :func:`skullsearch.encoder.render.face_camera`;
+    dense: (478, 3) the mesh detector's points (:mod:`skullsearch.encoder.mesh`), else None."""
 
     box: np.ndarray
     score: float
@@ -92,6 +93,7 @@ class Face:
     quality: tuple[str, ...] = ()
     yaw_deg: float = 0.0
     detector: str = ""
+    dense: np.ndarray | None = None
 
     @property
     def area(self) -> float:
@@ -161,14 +163,14 @@ class Detector(ABC):
         return [self.detect(im) for im in images]
 
     def _faces(self, image: DecodedImage, found) -> list[Face]:
-        """(box (4,), score, landmarks (68, 2)) triples → sorted :class:`Face` list."""
+        """(box (4,), score, landmarks (68, 2)[, dense points]) tuples → sorted :class:`Face` list."""
         faces = []
-        for box, score, lm in found:
+        for box, score, lm, *dense in found:
             lm = np.asarray(lm, dtype=np.float64)
             flags, yaw = quality_flags(lm, image.size, min_iod_px=self.min_iod_px,
                                        max_yaw_deg=self.max_yaw_deg)
             faces.append(Face(np.asarray(box, dtype=np.float64), float(score), lm, flags, yaw,
-                              self.name))
+                              self.name, dense[0] if dense else None))
         faces.sort(key=lambda f: -f.area)
         return faces
 
@@ -366,14 +368,27 @@ class PtsDetector(Detector):
 
 
 DETECTORS: dict[str, type[Detector]] = {"dlib": DlibDetector, "fan": FanDetector, "pts": PtsDetector}
+#: Detectors in their own modules (imported when asked for): name → module.
+LAZY_DETECTORS = {"mesh": ("skullsearch.encoder.mesh", "MeshDetector")}
+
+
+def detector_names() -> tuple[str, ...]:
+    return (*DETECTORS, *LAZY_DETECTORS)
 
 
 def get_detector(name: str, **kw) -> Detector:
-    """A detector by name: ``dlib`` (default, offline), ``fan`` or ``pts``; ``kw`` go to its class."""
+    """A detector by name: ``dlib`` (default, offline), ``mesh`` (MediaPipe, optional install),
+    ``fan`` or ``pts``; ``kw`` go to its class."""
+    key = name.lower()
+    if key in LAZY_DETECTORS:
+        import importlib
+
+        module, cls_name = LAZY_DETECTORS[key]
+        return getattr(importlib.import_module(module), cls_name)(**kw)
     try:
-        cls = DETECTORS[name.lower()]
+        cls = DETECTORS[key]
     except KeyError:
         raise SkullsearchError(
-            f"unknown detector {name!r}; choose one of: {', '.join(DETECTORS)}"
+            f"unknown detector {name!r}; choose one of: {', '.join(detector_names())}"
         ) from None
     return cls(**kw)

@@ -137,8 +137,10 @@ def fit_faces(model, faces: Sequence[EncodedFace], config: FitConfig | None = No
               identity_prior=None) -> None:
     """Fit codes for detected faces in place, ``batch_size`` faces per optimization.
 
-    Faces with the same ``person`` share their shape when they fall in one batch (the batches
-    keep a person's faces together). identity_prior: an
+    Faces with the same ``person`` (and detector) share their shape when they fall in one batch
+    (the batches keep a person's faces together). rig: one for every face (default: each
+    detector's, :func:`~skullsearch.encoder.fitting.rig_for` with its calibrated embedding).
+    identity_prior: an
     :class:`~skullsearch.encoder.identity_prior.IdentityPrior`: each face's shape prior is
     predicted from its person descriptor (faces without one, or out of its domain, keep the
     plain prior and get the quality flag ``identity-prior-out-of-domain``).
@@ -146,12 +148,24 @@ def fit_faces(model, faces: Sequence[EncodedFace], config: FitConfig | None = No
     if not faces:
         return
     cfg = config or FitConfig()
-    rig = rig or rig_for(model, cfg.n_shape, cfg.n_expression, device=cfg.device or "cpu", dtype=cfg.dtype)
-    order = sorted(range(len(faces)), key=lambda i: (faces[i].person is None, str(faces[i].person)))
+    rigs = {}
+
+    def rig_of(detector: str):
+        if rig is not None:
+            return rig
+        if detector not in rigs:
+            rigs[detector] = rig_for(model, cfg.n_shape, cfg.n_expression, device=cfg.device or "cpu",
+                                     dtype=cfg.dtype, detector=detector)
+        return rigs[detector]
+
+    # one detector per batch (each has its own embedding); batches cut only between persons
+    order = sorted(range(len(faces)), key=lambda i: (str(faces[i].detector), faces[i].person is None,
+                                                     str(faces[i].person)))
     batches, current, last = [], [], object()
-    for i in order:  # cut batches only between persons
-        p = faces[i].person
-        if len(current) >= batch_size and (p is None or p != last):
+    for i in order:
+        p = (faces[i].detector, faces[i].person)
+        if current and (p[0] != faces[current[-1]].detector
+                        or (len(current) >= batch_size and (p[1] is None or p != last))):
             batches.append(current)
             current = []
         current.append(i)
@@ -159,6 +173,7 @@ def fit_faces(model, faces: Sequence[EncodedFace], config: FitConfig | None = No
     if current:
         batches.append(current)
     for idx in batches:
+        rig_b = rig_of(faces[idx[0]].detector)
         lm = np.stack([faces[i].landmarks for i in idx])
         sizes = np.array([faces[i].image_size for i in idx], np.float64)
         person = np.array([faces[i].person if faces[i].person is not None else f"\0{i}" for i in idx])
@@ -167,12 +182,12 @@ def fit_faces(model, faces: Sequence[EncodedFace], config: FitConfig | None = No
             descs = np.stack([faces[i].descriptor if faces[i].descriptor is not None
                               else np.full(identity_prior.desc_mean.shape, np.nan) for i in idx])
             mean, std, applied = identity_prior.shape_prior(descs, np.asarray(model.shape_std, np.float64))
-            k = min(mean.shape[1], rig.n_shape)
+            k = min(mean.shape[1], rig_b.n_shape)
             prior = (mean[:, :k], std[:, :k])
             for j, i in enumerate(idx):
                 if not applied[j]:
                     faces[i].quality = (*faces[i].quality, IDENTITY_PRIOR_OUT)
-        res = fit_landmarks(model, lm, sizes, person=person, config=cfg, rig=rig,
+        res = fit_landmarks(model, lm, sizes, person=person, config=cfg, rig=rig_b,
                             init=None if init is None else init[idx], shape_prior=prior)
         tissue_cov = None if res.shape_cov is None else model.soft_tissue_covariance(res.shape_cov)
         for j, i in enumerate(idx):

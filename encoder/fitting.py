@@ -112,11 +112,13 @@ class LandmarkRig:
 
     Holds only the vertices under the landmarks and the silhouette candidates, with their shape,
     expression and pose bases, and the joints as a linear function of the coefficients.
+    points: the 68 surface points (a detector's calibrated embedding, :mod:`.calibrate`);
+    default the model's own.
     """
 
     def __init__(self, model, n_shape: int, n_expression: int, device="cpu",
-                 dtype=torch.float32, band_mm: float = 4.0, max_candidates: int = 16):
-        pts = model._landmarks68_points()
+                 dtype=torch.float32, band_mm: float = 4.0, max_candidates: int = 16, points=None):
+        pts = points if points is not None else model._landmarks68_points()
         if pts is None:
             raise ValueError("the face model has no 68-point landmarks")
         self.model = model
@@ -224,13 +226,17 @@ class LandmarkRig:
 
 
 def rig_for(model, n_shape: int = 90, n_expression: int = 90, device="cpu",
-            dtype=torch.float32) -> LandmarkRig:
-    """A :class:`LandmarkRig` for the model, built once per (sizes, device, dtype) and cached
-    on the model."""
+            dtype=torch.float32, detector: str | None = None) -> LandmarkRig:
+    """A :class:`LandmarkRig` for the model and a detector's landmarks (its calibrated embedding
+    where there is one, :func:`.calibrate.detector_points`; else the model's own), built once
+    per (sizes, device, dtype, embedding) and cached on the model."""
+    from skullsearch.encoder.calibrate import detector_points
+
+    points = detector_points(model, detector)
     cache = model.__dict__.setdefault("_rig_cache", {})
-    key = (n_shape, n_expression, str(device), dtype)
+    key = (n_shape, n_expression, str(device), dtype, None if points is None else detector)
     if key not in cache:
-        cache[key] = LandmarkRig(model, n_shape, n_expression, device=device, dtype=dtype)
+        cache[key] = LandmarkRig(model, n_shape, n_expression, device=device, dtype=dtype, points=points)
     return cache[key]
 
 

@@ -23,6 +23,11 @@ import numpy as np
 WORKER_CRASHED = "worker-crashed"
 TIMEOUT = "timeout"
 
+#: Detectors whose worker processes are spawned, not forked: MediaPipe's graphs hold threads
+#: that a forked child inherits in an unusable state (a child of a process that has run one
+#: hangs at its first photo).
+SPAWN_DETECTORS = frozenset({"mesh"})
+
 
 @dataclass
 class Source:
@@ -149,7 +154,8 @@ class LocalDetectStage:
 
     def _pool(self):
         if self.pool is None:
-            ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+            fork = "fork" in mp.get_all_start_methods() and self.detector not in SPAWN_DETECTORS
+            ctx = mp.get_context("fork" if fork else "spawn")
             self.pool = cf.ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=init_worker,
                                                initargs=(self.known, self.detector, self.descriptors))
         return self.pool

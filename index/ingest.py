@@ -579,7 +579,7 @@ def ingest(
             cfg = config or FitConfig()
             if uncertainty and not cfg.posterior:
                 cfg = replace(cfg, posterior=True)
-            rig = rig_for(model, cfg.n_shape, cfg.n_expression)
+            rig = rig_for(model, cfg.n_shape, cfg.n_expression, detector=detector)
             _warm_up(gallery, near_duplicate_distance, near_duplicate_photo_distance,
                      near_duplicate_person_distance if descriptors else 0)
             # the fit shares the CPU with the detector processes: leave them their cores (torch's

