@@ -7,10 +7,12 @@ The speed-up only counts at equal accuracy, so both report their landmark residu
 vertex error against the truth (face region, similarity-aligned).
 
     python benchmarks/encoder_speed.py [--faces 256] [--baseline-faces 24] [--threads 1] [--compare adam]
+                                       [--posterior]
 
 ``--threads`` sets torch's threads (default: torch's own); the batched fit's CPU time is
 reported next to its wall time (on a shared machine the CPU time is the steadier figure).
-``--compare METHOD`` also times ``FitConfig(method=METHOD)`` on the same faces.
+``--compare METHOD`` also times ``FitConfig(method=METHOD)`` on the same faces; ``--posterior``
+the fit with its uncertainty (posterior covariance and soft-tissue covariances).
 """
 
 from __future__ import annotations
@@ -93,6 +95,9 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--compare", default=None, help="also time FitConfig(method=COMPARE)")
+    ap.add_argument("--posterior", action="store_true",
+                    help="also time the fit with its uncertainty (FitConfig(posterior=True) and the "
+                         "soft-tissue covariances)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -120,6 +125,18 @@ def main(argv=None):
                  "cpu_ms_per_face": round(1000 * o_cpu / args.faces, 2),
                  "residual_px": round(float(o_res.residual_px.mean()), 3),
                  "vertex_error_mm": round(float(errors(model, mask, shape, o_res.codes)[0].mean()), 3)}
+
+    post = None
+    if args.posterior:
+        p_res, p_t, _ = timed(FitConfig(posterior=True))
+        t1 = time.perf_counter()
+        model.soft_tissue_covariance(p_res.shape_cov)
+        t_cov = time.perf_counter() - t1
+        post = {"posterior_faces_per_s": round(args.faces / (p_t + t_cov), 2),
+                "posterior_time_ratio": round((p_t + t_cov) / t_batched, 3)}
+        print(f"batched with the posterior: {post['posterior_faces_per_s']:.1f} faces/s "
+              f"({post['posterior_time_ratio']:.2f}× the plain fit's time, soft-tissue covariances "
+              "included)")
 
     n = min(args.baseline_faces, args.faces)
     t0 = time.perf_counter()
@@ -149,6 +166,7 @@ def main(argv=None):
         "faces": args.faces, "baseline_faces": n, "threads": torch.get_num_threads(),
         **({f"compare_{k}": v for k, v in other.items()} | {"compare_method": args.compare}
            if other else {}),
+        **(post or {}),
     })
 
 

@@ -17,7 +17,8 @@ expression) and every photo goes through the real decoder, dlib detector and bat
   exactly; rank-1 / rank-10 of the true person by S and by likelihood.
 
     python benchmarks/identity.py [--persons 100] [--photos 3] [--gallery 3000 [10000 ...]] [--seed 0]
-                                  [--identity-prior] [--uncertainty] [--landmark-noise 0.05]
+                                  [--identity-prior] [--uncertainty] [--landmark-noise 0.03]
+                                  [--detector dlib|mesh]
 
 ``--uncertainty`` fits with the posterior covariance (``FitConfig(posterior=True)``) and adds
 ``likelihood_cov`` ranks: the likelihood with each face's own soft-tissue covariance
@@ -52,7 +53,7 @@ from _common import (
 from skullsearch import FaceModel
 from skullsearch.encoder import code as code_layout
 from skullsearch.encoder.align import align
-from skullsearch.encoder.detectors import DlibDetector
+from skullsearch.encoder.detectors import get_detector
 from skullsearch.encoder.encode import describe_faces, detect_faces, fit_faces
 from skullsearch.encoder.face_model import face_region
 from skullsearch.encoder.fitting import FitConfig
@@ -61,13 +62,13 @@ from skullsearch.index.ingest import neutral_soft_tissue
 from skullsearch.retrieval.score import ScoreConfig, rank_order, score
 
 
-def encode(model, paths, persons=None, descriptors=False, prior=None, config=None):
+def encode(model, paths, persons=None, descriptors=False, prior=None, config=None, detector="dlib"):
     """Fitted codes (n, 228), the photo index of each face (photos without a face dropped),
     when asked the person descriptors (n, 128) (else None), and the soft-tissue covariances
     (n, 36, 3, 3) when the config asks for the posterior (else None). prior: an IdentityPrior for
     the fit (computes the descriptors)."""
     images = read_images(paths)
-    faces, _ = detect_faces(images, DlibDetector(), all_faces=False)
+    faces, _ = detect_faces(images, get_detector(detector), all_faces=False)
     if persons is not None:
         for f in faces:
             f.person = str(persons[int(Path(f.image).stem[5:])])
@@ -127,6 +128,7 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--identity-prior", action="store_true",
                     help="fit with the identity prior (shape predicted from the person descriptor)")
+    ap.add_argument("--detector", default="dlib", help="dlib or mesh (MediaPipe's face mesh)")
     ap.add_argument("--uncertainty", action="store_true",
                     help="fit with the posterior covariance and rank also by the likelihood with it")
     ap.add_argument("--landmark-noise", type=float, default=FitConfig.landmark_noise,
@@ -149,8 +151,9 @@ def main(argv=None):
 
         prior = for_model(model)
     cfg = FitConfig(posterior=a.uncertainty, landmark_noise=a.landmark_noise)
-    codes1, idx1, descs1, cov1 = encode(model, paths, descriptors=True, prior=prior, config=cfg)
-    codes3, idx3, _, cov3 = encode(model, paths, persons=person, prior=prior, config=cfg)
+    codes1, idx1, descs1, cov1 = encode(model, paths, descriptors=True, prior=prior, config=cfg,
+                                        detector=a.detector)
+    codes3, idx3, _, cov3 = encode(model, paths, persons=person, prior=prior, config=cfg, detector=a.detector)
     t2 = time.perf_counter()
 
     # identity error, single photo
@@ -181,7 +184,7 @@ def main(argv=None):
     dis = dis_true + resid[borrow]
     dis_cov = None if cov1 is None else cov1[borrow]
     out = {"persons": a.persons, "photos_per_person": a.photos, "gallery": max(sizes[0], a.persons),
-           "identity_prior": bool(a.identity_prior),
+           "identity_prior": bool(a.identity_prior), "detector": a.detector,
            "photos": len(paths), "faces_found": int(len(idx1)),
            "identity_error_mm": round(float(err.mean()), 3),
            "mean_face_error_mm": round(float(err0.mean()), 3),

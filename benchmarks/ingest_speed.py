@@ -1,4 +1,4 @@
-"""Ingest throughput against the bare detector: how much does the pipeline add to dlib?
+"""Ingest throughput against the bare detector: how much does the pipeline add to dlib (or the mesh)?
 
 Renders N synthetic photos (512 px, perspective renders of random faces of the default model)
 once, then measures, in interleaved rounds (bare, ingest, [ray]; the order alternates):
@@ -16,7 +16,7 @@ CPU seconds (this process and its reaped children: the worker pools) are counted
 ``cpu_ratio`` = ingest CPU ÷ bare CPU is the extra work, which load does not change much; on a
 machine whose cores the detectors fill, the wall ratio cannot go below it.
 
-    python benchmarks/ingest_speed.py [--images 64] [--workers 2] [--repeats 3]
+    python benchmarks/ingest_speed.py [--images 64] [--workers 2] [--repeats 3] [--detector dlib|mesh]
 """
 
 from __future__ import annotations
@@ -50,19 +50,32 @@ def render_photos(folder: Path, n: int, seed: int) -> list[Path]:
     return _common.render_photos(model, folder, shape, expr, pose, rng)
 
 
-# ---------------------------------------------------------------- bare dlib (pool workers)
-def _bare_init():
+# ---------------------------------------------------------------- bare detector (pool workers)
+_BARE = {"detector": "dlib"}
+
+
+def _bare_init(detector: str = "dlib"):
+    _BARE["detector"] = detector
+    if detector == "mesh":
+        from skullsearch.encoder.mesh import mesh_points
+
+        mesh_points(np.zeros((64, 64, 3), np.uint8))  # build the graph once per worker
+        return
     from skullsearch.encoder.detectors import dlib_models
 
     dlib_models()  # load the detector and the 68-point predictor once per worker
 
 
 def _bare_detect(path: str) -> int:
+    with Image.open(path) as im:
+        img = np.ascontiguousarray(np.asarray(im.convert("RGB")))
+    if _BARE["detector"] == "mesh":
+        from skullsearch.encoder.mesh import mesh_points
+
+        return len(mesh_points(img))
     from skullsearch.encoder.detectors import dlib_models
 
     detector, predictor = dlib_models()
-    with Image.open(path) as im:
-        img = np.ascontiguousarray(np.asarray(im.convert("RGB")))
     boxes = detector(img, 1)
     for b in boxes:
         predictor(img, b)
@@ -75,18 +88,23 @@ def cpu_seconds() -> float:
     return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime
 
 
-def run_bare(paths: list[Path], workers: int) -> tuple[float, float, int]:
-    """Seconds and CPU seconds (pool start-up and model loading included) and faces found."""
-    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+def run_bare(paths: list[Path], workers: int, detector: str = "dlib") -> tuple[float, float, int]:
+    """Seconds and CPU seconds (pool start-up and model loading included) and faces found. The
+    pool starts as ingest's does for the detector (spawned for the mesh)."""
+    from skullsearch.index.detect_stage import SPAWN_DETECTORS
+
+    fork = "fork" in mp.get_all_start_methods() and detector not in SPAWN_DETECTORS
+    ctx = mp.get_context("fork" if fork else "spawn")
     c0, t0 = cpu_seconds(), time.perf_counter()
-    with ctx.Pool(workers, initializer=_bare_init) as pool:
+    with ctx.Pool(workers, initializer=_bare_init, initargs=(detector,)) as pool:
         found = pool.map(_bare_detect, [str(p) for p in paths], chunksize=1)
     pool.join()  # reaped: their CPU time is counted
     return time.perf_counter() - t0, cpu_seconds() - c0, int(sum(found))
 
 
 def run_ingest(folder: Path, workers: int, engine: str, scratch: Path,
-               first_chunk: int = 64, descriptors: bool = True) -> tuple[float, float, object]:
+               first_chunk: int = 64, descriptors: bool = True,
+               detector: str = "dlib") -> tuple[float, float, object]:
     """Seconds and CPU seconds of ``g.ingest`` into a fresh gallery (creation not timed) and its
     report (Ray's actors are not children of this process: their CPU is not counted)."""
     path = Path(tempfile.mkdtemp(prefix=f"ingest-{engine}-", dir=scratch))
@@ -94,7 +112,7 @@ def run_ingest(folder: Path, workers: int, engine: str, scratch: Path,
         g = Gallery.create(path)
         c0, t0 = cpu_seconds(), time.perf_counter()
         rep = g.ingest([folder], workers=workers, engine=engine, first_chunk=first_chunk,
-                       descriptors=descriptors)
+                       descriptors=descriptors, detector=detector)
         return time.perf_counter() - t0, cpu_seconds() - c0, rep
     finally:
         shutil.rmtree(path, ignore_errors=True)
@@ -111,6 +129,8 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-descriptors", action="store_true",
                     help="ingest without person descriptors (the detector workers' extra ~75 ms per face)")
+    ap.add_argument("--detector", default="dlib", help="dlib or mesh (MediaPipe's face mesh): the bare "
+                    "pool runs that detector alone, ingest uses it")
     args = ap.parse_args(argv)
     n, w = args.images, args.workers
     scratch = Path(tempfile.mkdtemp(prefix="skullsearch-ingest-bench-"))
@@ -142,12 +162,12 @@ def main(argv=None):
                 order.append("ray")
             for what in order:
                 if what == "bare":
-                    s, c, found = run_bare(paths, w)
+                    s, c, found = run_bare(paths, w, args.detector)
                     faces["bare"] = found
                 else:
                     try:
                         s, c, rep = run_ingest(folder, w, "ray" if what == "ray" else "local", scratch,
-                                               args.first_chunk, not args.no_descriptors)
+                                               args.first_chunk, not args.no_descriptors, args.detector)
                     except Exception as e:  # noqa: BLE001 - report a broken engine, keep the rest
                         if what != "ray":
                             raise
@@ -171,7 +191,7 @@ def main(argv=None):
         cpu_ratios = np.array(cpu["ingest"]) / np.array(cpu["bare"])
         ratio = float(np.median(ratios))
         bare, ing, ray_ips = best("bare"), best("ingest"), best("ray")
-        print(f"bare dlib   {bare:.2f} images/s best ({faces['bare']} faces), "
+        print(f"bare {args.detector:6s} {bare:.2f} images/s best ({faces['bare']} faces), "
               f"{np.median(cpu['bare']) / n * 1e3:.0f} ms CPU per photo")
         print(f"ingest      {ing:.2f} images/s best ({faces['ingest']} faces), "
               f"{np.median(cpu['ingest']) / n * 1e3:.0f} ms CPU per photo")
@@ -191,8 +211,9 @@ def main(argv=None):
             "images": n, "workers": w, "repeats": args.repeats, "cpus": os.cpu_count(),
             "first_chunk": args.first_chunk,
             "load_average_1min": round(load, 2) if load is not None else None,
-            "bare_dlib_images_per_s": round(bare, 3), "ingest_images_per_s": round(ing, 3),
-            "descriptors": not args.no_descriptors, "overhead_ratio": round(ratio, 3),
+            "bare_images_per_s": round(bare, 3), "ingest_images_per_s": round(ing, 3),
+            "descriptors": not args.no_descriptors, "detector": args.detector,
+            "overhead_ratio": round(ratio, 3),
             "overhead_ratio_min": round(float(ratios.min()), 3),
             "overhead_ratio_max": round(float(ratios.max()), 3),
             "cpu_ratio": round(float(np.median(cpu_ratios)), 3),

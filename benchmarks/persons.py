@@ -17,6 +17,7 @@ dlib, fit, descriptor), each fitted alone. Reported:
 
     python benchmarks/persons.py --photos /path/to/person_folders
     python benchmarks/persons.py --render 40 --per-person 3
+    python benchmarks/persons.py --photos DIR --detector mesh     # MediaPipe's face mesh instead of dlib
 """
 
 from __future__ import annotations
@@ -96,6 +97,7 @@ def main(argv=None):
     ap.add_argument("--per-person", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--detector", default="dlib", help="dlib or mesh (MediaPipe)")
     a = ap.parse_args(argv)
     if (a.photos is None) == (a.render == 0):
         ap.error("give --photos DIR or --render N")
@@ -107,11 +109,12 @@ def main(argv=None):
         g = Gallery.create(Path(tmp) / "g", face_model=FaceModel.default())
         t0 = time.perf_counter()
         # without person labels: each photo fitted alone (labels would share one shape per person)
-        rep = g.ingest([folder], workers=a.workers)
+        rep = g.ingest([folder], workers=a.workers, detector=a.detector)
         scores, label = pair_scores(g)
         flags = g.near_duplicates(criterion="person").to_pylist()
         wrong = sum(1 for f in flags if Path(f["path"]).parent.name != Path(f["duplicate_path"]).parent.name)
         out = {"truth": "real (labelled photos)" if a.photos else "synthetic (renders)",
+               "detector": a.detector,
                "photos": rep.images_seen, **scores,
                "person_flags": len(flags), "person_flags_joining_different_persons": wrong,
                "grouping": [grouping(g, label, th) for th in (0.4, 0.5, 0.6)],

@@ -38,3 +38,28 @@ def test_a_small_run_reports_every_figure(identity, capsys):
         for rank_by in ("s", "likelihood"):
             assert 0 <= out[f"{label}_{rank_by}_rank1"] <= out[f"{label}_{rank_by}_rank10"] <= 1
     assert '"identity_ratio_to_mean_face"' in capsys.readouterr().out.splitlines()[-1]
+
+
+@pytest.mark.slow
+def test_a_small_run_with_the_mesh_and_the_fit_uncertainty(identity):
+    out = identity.main(["--persons", "4", "--photos", "2", "--gallery", "40", "--seed", "3",
+                         "--detector", "mesh", "--uncertainty"])
+    assert out["detector"] == "mesh" and out["uncertainty"] is True and out["faces_found"] >= 6
+    for label in ("1_photo", "2_photos"):
+        assert 0 <= out[f"{label}_likelihood_cov_rank1"] <= out[f"{label}_likelihood_cov_rank10"] <= 1
+    assert out["uncertainty_median_mahalanobis2"] > 0 and 0 <= out["uncertainty_inside_95pct"] <= 1
+
+
+def test_the_uncertainty_calibration_benchmark(capsys):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    spec = importlib.util.spec_from_file_location("skullsearch_bench_fit_uncertainty",
+                                                  ROOT / "benchmarks" / "fit_uncertainty.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = bench.main(["--faces", "6", "--noise", "0.02", "0.2", "--seed", "2"])
+    assert out["faces"] >= 5 and out["synthetic"] is True
+    low, high = out["by_noise"]
+    # more landmark noise: a wider posterior, so the same errors are fewer standard deviations
+    assert all(h > lo for h, lo in zip(high["predicted_sd_mm_xyz"], low["predicted_sd_mm_xyz"], strict=True))
+    assert high["median_mahalanobis2"] < low["median_mahalanobis2"]
+    assert out["best_noise"] in (0.02, 0.2) and '"by_noise"' in capsys.readouterr().out.splitlines()[-1]
