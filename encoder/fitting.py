@@ -467,28 +467,51 @@ def fit_landmarks(
     from skullsearch.errors import SkullsearchError
 
     cfg = config or FitConfig()
+    landmarks = _checked_landmarks(landmarks, cfg)
+    if len(landmarks) == 0:
+        return FitResult(codes=np.zeros((0, code_layout.CODE_SIZE), np.float32), residual_px=np.zeros(0),
+                         landmarks_px=np.zeros((0, 68, 2)), focal=np.zeros(0))
+    device = cfg.device or "cpu"
+    rig = rig or rig_for(model, cfg.n_shape, cfg.n_expression, device=device, dtype=cfg.dtype)
+    obs = _observations(landmarks, image_sizes, focal, cfg)
+    b = obs[0].shape[0]
+    person = np.arange(b) if person is None else np.asarray(person)
+    _, person_idx = np.unique(person, return_inverse=True)
+    n_person = int(person_idx.max()) + 1 if b else 0
+    pidx = torch.as_tensor(person_idx, device=device)
+    state = _initial_state(rig, cfg, obs, pidx, n_person, init)
+    prior = None
+    if shape_prior is not None:
+        if cfg.method != "lm":
+            raise SkullsearchError("a shape prior needs the Levenberg-Marquardt fit (FitConfig.method='lm')")
+        prior = _shape_prior(shape_prior, state, pidx, n_person, b, rig, cfg, start=init is None)
+    if cfg.method == "lm":
+        return _fit_lm(rig, cfg, *obs, pidx, n_person, state, rigid=init is None, shape_prior=prior)
+    return _fit_adam(model, rig, cfg, obs, pidx, n_person, state, rigid=init is None)
+
+
+def _checked_landmarks(landmarks, cfg: FitConfig) -> np.ndarray:
+    """landmarks (B, 68, 2) as float64, or the error that says what is wrong."""
+    from skullsearch.errors import SkullsearchError
+
     if cfg.method not in ("lm", "adam"):
         raise SkullsearchError(f"unknown fit method {cfg.method!r} in FitConfig: use 'lm' or 'adam'")
     landmarks = np.asarray(landmarks, np.float64)
     if landmarks.ndim != 3 or landmarks.shape[1:] != (68, 2):
         raise SkullsearchError(f"landmarks must be (faces, 68, 2) pixel positions, not {landmarks.shape}")
-    if len(landmarks) == 0:
-        return FitResult(codes=np.zeros((0, code_layout.CODE_SIZE), np.float32), residual_px=np.zeros(0),
-                         landmarks_px=np.zeros((0, 68, 2)), focal=np.zeros(0))
     bad = np.flatnonzero(~np.isfinite(landmarks).all((1, 2)))
     if len(bad):
         raise SkullsearchError(f"faces {bad[:10].tolist()} have NaN or infinite landmarks: leave them out "
                                "of the batch (the detectors never give such landmarks)")
-    device = cfg.device or "cpu"
-    dt = cfg.dtype
-    rig = rig or rig_for(model, cfg.n_shape, cfg.n_expression, device=device, dtype=dt)
-    lm2d, f, center, scale, edges, emask, obs_len = _observations(landmarks, image_sizes, focal, cfg)
-    b = lm2d.shape[0]
-    person = np.arange(b) if person is None else np.asarray(person)
-    _, person_idx = np.unique(person, return_inverse=True)
-    n_person = int(person_idx.max()) + 1 if b else 0
-    pidx = torch.as_tensor(person_idx, device=device)
+    return landmarks
 
+
+def _initial_state(rig, cfg: FitConfig, obs, pidx, n_person: int, init) -> dict:
+    """The fit's starting state: the camera from the landmarks' spread (or ``init``'s codes,
+    with their shape, expression and jaw), the mean face, closed jaw. Keys cam_rot, trans, jaw
+    (B, 3), shape (n_person, S), expr (B or n_person, E)."""
+    lm2d, f, center = obs[0], obs[1], obs[2]
+    b, dt, device = lm2d.shape[0], lm2d.dtype, lm2d.device
     rot0, trans0 = _init_camera(lm2d, rig, f, center)
     n_expr_rows = n_person if cfg.share_expression else b
     shape = torch.zeros(n_person, rig.n_shape, dtype=dt, device=device)
@@ -503,105 +526,130 @@ def fit_landmarks(
         e0 = parts.expression[:, : rig.n_expression]
         expr += (torch.zeros_like(expr).index_add_(0, pidx, e0) / counts0) if cfg.share_expression else e0
         jaw += parts.pose[:, code_layout.JAW_POSE]
-    prior = None
-    if shape_prior is not None:
-        if cfg.method != "lm":
-            raise SkullsearchError("a shape prior needs the Levenberg-Marquardt fit (FitConfig.method='lm')")
-        mean, std = (torch.as_tensor(np.asarray(v, np.float64), dtype=dt, device=device) for v in shape_prior)
-        k = mean.shape[1]
-        if mean.shape[0] != b or k > rig.n_shape or not bool((std > 0).all()):
-            raise SkullsearchError(f"shape_prior must be (mean ({b}, ≤{rig.n_shape}), std > 0), got "
-                                   f"mean {tuple(mean.shape)}")
-        prior = (mean, std.expand_as(mean))
-        if init is None:  # start at the person's mean prediction
-            counts0 = torch.bincount(pidx, minlength=n_person).clamp(min=1).to(dt)[:, None]
-            sums = torch.zeros(n_person, k, dtype=dt, device=device).index_add_(0, pidx, mean)
-            shape[:, :k] = sums / counts0
-    if cfg.method == "lm":
-        return _fit_lm(rig, cfg, lm2d, f, center, scale, edges, emask, obs_len, pidx, n_person,
-                       dict(cam_rot=rot0.clone(), trans=trans0.clone(), jaw=jaw, shape=shape,
-                            expr=expr), rigid=init is None, shape_prior=prior)
-    z0 = trans0[:, 2:3].detach()
-    cam_rot = rot0.clone().requires_grad_(True)
-    cam_off = torch.zeros(b, 3, dtype=dt, device=device, requires_grad=True)  # trans = trans0 + z0·off
-    shape.requires_grad_(True)
-    expr.requires_grad_(True)
-    jaw.requires_grad_(True)
+    return dict(cam_rot=rot0, trans=trans0, jaw=jaw, shape=shape, expr=expr)
 
-    def full_pose():
-        pose = torch.zeros(b, 3 * rig.n_joints, dtype=dt, device=device)
-        pose[:, 3 * JAW: 3 * JAW + 3] = jaw
+
+def _shape_prior(shape_prior, state: dict, pidx, n_person: int, b: int, rig, cfg: FitConfig, start: bool):
+    """(mean (B, S'), std (B, S')) as tensors, checked; with start, the state's shape set to each
+    person's mean prediction."""
+    from skullsearch.errors import SkullsearchError
+
+    dt, device = state["trans"].dtype, state["trans"].device
+    mean, std = (torch.as_tensor(np.asarray(v, np.float64), dtype=dt, device=device) for v in shape_prior)
+    k = mean.shape[1]
+    if mean.shape[0] != b or k > rig.n_shape or not bool((std > 0).all()):
+        raise SkullsearchError(f"shape_prior must be (mean ({b}, ≤{rig.n_shape}), std > 0), got "
+                               f"mean {tuple(mean.shape)}")
+    if start:  # start at the person's mean prediction
+        counts0 = torch.bincount(pidx, minlength=n_person).clamp(min=1).to(dt)[:, None]
+        sums = torch.zeros(n_person, k, dtype=dt, device=device).index_add_(0, pidx, mean)
+        state["shape"][:, :k] = sums / counts0
+    return mean, std.expand_as(mean)
+
+
+def _fit_adam(model, rig, cfg: FitConfig, obs, pidx, n_person: int, state: dict, rigid: bool) -> FitResult:
+    """The first-order schedule (``method="adam"``, kept for comparison): rigid Adam steps (when
+    rigid), alternations of a linear shape solve and camera steps, then Adam on everything."""
+    fit = _AdamFit(rig, cfg, obs, pidx, n_person, state)
+    if rigid:
+        fit.run([fit.cam_rot, fit.cam_off], cfg.rigid_steps, cfg.lr_rigid, rigid=True)
+    for _ in range(cfg.alternations):
+        fit.linear_shape_step()
+        fit.run([fit.cam_rot, fit.cam_off, fit.jaw], cfg.camera_steps, cfg.lr_rigid * 0.5, rigid=False)
+    fit.run([fit.cam_rot, fit.cam_off, fit.shape, fit.expr, fit.jaw], cfg.full_steps, cfg.lr_full,
+            rigid=False, decay=True)
+    return fit.result()
+
+
+class _AdamFit:
+    """The Adam path's parameters (leaf tensors) and energy. The translation is trans0 + z0 · off ·
+    :data:`TRANS_STEP`, so that a step of lr moves the face by a fraction of its depth."""
+
+    def __init__(self, rig, cfg: FitConfig, obs, pidx, n_person: int, state: dict):
+        self.rig, self.cfg, self.pidx, self.n_person = rig, cfg, pidx, n_person
+        self.lm2d, self.f, self.center, self.scale, self.edges, self.emask, self.obs_len = obs
+        b, dt, device = self.lm2d.shape[0], self.lm2d.dtype, self.lm2d.device
+        self.b, self.dt, self.device = b, dt, device
+        self.trans0 = state["trans"]
+        self.z0 = self.trans0[:, 2:3].detach()
+        self.cam_rot = state["cam_rot"].clone().requires_grad_(True)
+        self.cam_off = torch.zeros(b, 3, dtype=dt, device=device, requires_grad=True)
+        self.shape = state["shape"].requires_grad_(True)
+        self.expr = state["expr"].requires_grad_(True)
+        self.jaw = state["jaw"].requires_grad_(True)
+        self.mean_points = None  # the rigid stage's face (mean shape, closed jaw): posed once
+        self.history: list[float] = []
+
+    def full_pose(self):
+        pose = torch.zeros(self.b, 3 * self.rig.n_joints, dtype=self.dt, device=self.device)
+        pose[:, 3 * JAW: 3 * JAW + 3] = self.jaw
         return pose
 
-    mean_points = []  # the rigid stage's face (mean shape, closed jaw) does not move: posed once
+    def trans(self):
+        return self.trans0 + TRANS_STEP * self.z0 * self.cam_off
 
-    def losses(rigid: bool):
-        s = shape[pidx]
-        e = expr[pidx] if cfg.share_expression else expr
-        rot = camera_rotation(cam_rot)
-        trans = trans0 + TRANS_STEP * z0 * cam_off
+    def face_expr(self):
+        return self.expr[self.pidx] if self.cfg.share_expression else self.expr
+
+    def losses(self, rigid: bool):
+        """Per-face energy (B,) (the LM's, without the prior in the rigid stage) and uv (B, 68, 2)."""
+        cfg, rig = self.cfg, self.rig
+        s, e = self.shape[self.pidx], self.face_expr()
+        rot = camera_rotation(self.cam_rot)
         if rigid:
-            if not mean_points:
+            if self.mean_points is None:
                 with torch.no_grad():
-                    mean_points.append(rig.points(s * 0, e * 0, full_pose() * 0))
-            uv = model_landmarks_px(rig, None, None, None, rot, trans, f, center, points=mean_points[0])
+                    self.mean_points = rig.points(s * 0, e * 0, self.full_pose() * 0)
+            points = self.mean_points
         else:
-            uv = model_landmarks_px(rig, None, None, None, rot, trans, f, center,
-                                    points=rig.points_jaw(s, e, jaw))
-        reproj = ((uv - lm2d) ** 2).sum(-1).mean(1) / scale**2
-        fit_len = _edge_lengths(uv, edges)
-        edge = (((obs_len - fit_len) ** 2) * emask).sum(1) / emask.sum(1).clamp(min=1) / scale**2
+            points = rig.points_jaw(s, e, self.jaw)
+        uv = model_landmarks_px(rig, None, None, None, rot, self.trans(), self.f, self.center, points=points)
+        reproj = ((uv - self.lm2d) ** 2).sum(-1).mean(1) / self.scale**2
+        fit_len = _edge_lengths(uv, self.edges)
+        edge = ((((self.obs_len - fit_len) ** 2) * self.emask).sum(1) / self.emask.sum(1).clamp(min=1)
+                / self.scale**2)
         total = cfg.w_landmark * reproj + cfg.w_edge * edge
         if not rigid:
             total = total + (cfg.w_shape * ((s / rig.shape_std) ** 2).sum(1)
                              + cfg.w_expression * ((e / rig.expr_std) ** 2).sum(1)
-                             + cfg.w_pose * (jaw**2).sum(1))
+                             + cfg.w_pose * (self.jaw**2).sum(1))
         return total, uv
 
-    history = []
-
-    def run(params, steps, lr, rigid, decay=False):
+    def run(self, params, steps: int, lr: float, rigid: bool, decay: bool = False) -> None:
         if steps <= 0:
             return
         opt = Adam(params, lr=lr, cosine_steps=steps if decay else 0, eta_min=lr * 0.05)
         for _ in range(steps):
             opt.zero_grad()
-            total, _ = losses(rigid=rigid)
+            total, _ = self.losses(rigid=rigid)
             total.sum().backward()
             opt.step()
-            history.append(float(total.detach().mean()))
+            self.history.append(float(total.detach().mean()))
 
-    if init is None:
-        run([cam_rot, cam_off], cfg.rigid_steps, cfg.lr_rigid, rigid=True)
-    counts = torch.bincount(pidx, minlength=n_person).clamp(min=1).to(dt)[:, None]
-    for _ in range(cfg.alternations):
+    def linear_shape_step(self) -> None:
+        """One Gauss-Newton solve of [α, δ] (:func:`linear_shape_step`); faces of one person share
+        α (and δ when asked): their estimates are averaged."""
+        pidx = self.pidx
+        counts = torch.bincount(pidx, minlength=self.n_person).clamp(min=1).to(self.dt)[:, None]
         with torch.no_grad():
-            e_now = expr[pidx] if cfg.share_expression else expr
             new_s, new_e = linear_shape_step(
-                rig, lm2d, shape[pidx], e_now, full_pose(), camera_rotation(cam_rot),
-                trans0 + TRANS_STEP * z0 * cam_off, f, center, scale, cfg)
-            # faces of one person share α (and δ when asked): average their estimates
-            shape.copy_(torch.zeros_like(shape).index_add_(0, pidx, new_s) / counts)
-            if cfg.share_expression:
-                expr.copy_(torch.zeros_like(expr).index_add_(0, pidx, new_e) / counts)
+                self.rig, self.lm2d, self.shape[pidx], self.face_expr(), self.full_pose(),
+                camera_rotation(self.cam_rot), self.trans(), self.f, self.center, self.scale, self.cfg)
+            self.shape.copy_(torch.zeros_like(self.shape).index_add_(0, pidx, new_s) / counts)
+            if self.cfg.share_expression:
+                self.expr.copy_(torch.zeros_like(self.expr).index_add_(0, pidx, new_e) / counts)
             else:
-                expr.copy_(new_e)
-        run([cam_rot, cam_off, jaw], cfg.camera_steps, cfg.lr_rigid * 0.5, rigid=False)
-    run([cam_rot, cam_off, shape, expr, jaw], cfg.full_steps, cfg.lr_full, rigid=False, decay=True)
+                self.expr.copy_(new_e)
 
-    with torch.no_grad():
-        _, uv = losses(rigid=False)
-        residual = (uv - lm2d).norm(dim=-1).mean(1)
-        e = expr[pidx] if cfg.share_expression else expr
-        codes = code_layout.pack(shape=shape[pidx], expression=e, pose=full_pose(), cam_rot=cam_rot,
-                                 cam_trans=trans0 + TRANS_STEP * z0 * cam_off)
-    return FitResult(
-        codes=codes.cpu().numpy().astype(np.float32),
-        residual_px=residual.cpu().numpy(),
-        landmarks_px=uv.cpu().numpy(),
-        focal=f.cpu().numpy(),
-        history=np.asarray(history),
-    )
+    def result(self) -> FitResult:
+        with torch.no_grad():
+            _, uv = self.losses(rigid=False)
+            residual = (uv - self.lm2d).norm(dim=-1).mean(1)
+            codes = code_layout.pack(shape=self.shape[self.pidx], expression=self.face_expr(),
+                                     pose=self.full_pose(), cam_rot=self.cam_rot, cam_trans=self.trans())
+        return FitResult(codes=codes.cpu().numpy().astype(np.float32), residual_px=residual.cpu().numpy(),
+                         landmarks_px=uv.cpu().numpy(), focal=self.f.cpu().numpy(),
+                         history=np.asarray(self.history))
 
 
 def _fit_lm(rig, cfg, lm2d, f, center, scale, edges, emask, obs_len, pidx, n_person, state,
