@@ -529,35 +529,12 @@ def ingest(
     t0 = time.perf_counter()
     report = IngestReport()
     workers = workers or os.cpu_count() or 1
-    prior = None
-    if identity_prior:
-        from skullsearch.encoder import identity_prior as ip
-
-        if not descriptors:
-            from skullsearch.errors import SkullsearchError
-
-            raise SkullsearchError("the identity prior predicts each face's shape from its person "
-                                   "descriptor: ingest with descriptors (drop --no-descriptors)")
-        prior = identity_prior if isinstance(identity_prior, ip.IdentityPrior) else \
-            ip.for_model(model, None if identity_prior is True else identity_prior)
-    fp = encoder_fingerprint(config, detector, prior)
+    prior = _identity_prior(model, identity_prior, descriptors)
+    cuts = _Cuts(near_duplicate_distance, near_duplicate_photo_distance,
+                 near_duplicate_person_distance if descriptors else 0)
     with store.WriteLock(gallery.path):
         store.remove_uncommitted(gallery.path)
-        done_stat, known = set(), frozenset()
-        if gallery.shards():  # (a new gallery: no catalog to read)
-            con = gallery.connect()
-            done_stat = {(p, s, m) for p, s, m in con.execute(
-                "SELECT path, size_bytes, mtime_ns FROM images").fetchall()}
-            known = frozenset(h for (h,) in con.execute(
-                "SELECT sha256 FROM images WHERE sha256 IS NOT NULL").fetchall())
-        sources = []
-        for src in read_sources(inputs, person_from_parent_dir):
-            report.images_seen += 1
-            key = stat_key(src.path)
-            if key is not None and (src.path, *key) in done_stat:
-                report.images_skipped += 1
-                continue
-            sources.append(src)
+        sources, known = _pending_sources(gallery, inputs, person_from_parent_dir, report)
         stage = make_detect_stage(engine, workers, known, detector, timeout_s, descriptors)
         import torch
 
@@ -579,45 +556,19 @@ def ingest(
             cfg = config or FitConfig()
             if uncertainty and not cfg.posterior:
                 cfg = replace(cfg, posterior=True)
-            rig = rig_for(model, cfg.n_shape, cfg.n_expression, detector=detector)
-            _warm_up(gallery, near_duplicate_distance, near_duplicate_photo_distance,
-                     near_duplicate_person_distance if descriptors else 0)
+            fitter = _Fitter(model, cfg, rig_for(model, cfg.n_shape, cfg.n_expression, detector=detector),
+                             prior, encoder_fingerprint(config, detector, prior))
+            _warm_up(gallery, *cuts)
             # the fit shares the CPU with the detector processes: leave them their cores (torch's
             # threads spin while they wait: on a busy CPU two threads cost several times the CPU
             # of one for these small batched ops)
             if engine == "local":
                 torch.set_num_threads(max(1, (os.cpu_count() or 1) - workers))
             for a, rows in zip(starts, chunks, strict=True):
-                fresh = []
-                for r in rows:
-                    if r["status"] == "known" or (r["sha256"] and r["sha256"] in seen_sha):
-                        report.duplicates += r["status"] != "known"
-                        report.images_skipped += r["status"] == "known"
-                        continue
-                    if r["sha256"]:
-                        seen_sha.add(r["sha256"])
-                    fresh.append(r)
+                fresh = _fresh_rows(rows, seen_sha, report)
                 if not fresh:
                     continue
-                ok = [r for r in fresh if r["status"] == "ok"]
-                faces, soft, codes = encode_stage(model, ok, cfg, rig, prior)
-                number = store.next_shard_number(gallery.path)
-                fps = face_fingerprints(ok)
-                descs = face_vectors(ok, "descriptor", DESCRIPTOR_DIM)
-                dup = near_duplicate_stage(gallery, codes, fps, number, near_duplicate_distance,
-                                           near_duplicate_photo_distance, descs,
-                                           near_duplicate_person_distance)
-                write_shard(gallery, number, fresh, faces, soft, codes, fp, near_duplicates=dup,
-                            fingerprints=fps, descs=descs)
-                report.near_duplicates += dup.count
-                report.near_duplicate_photos += dup.by(PHOTO)
-                report.near_duplicate_persons += dup.by(PERSON)
-                report.shards += 1
-                report.images_new += len(fresh)
-                report.faces += len(faces)
-                for r in fresh:
-                    if r["status"] != "ok":
-                        report.failures[r["status"]] = report.failures.get(r["status"], 0) + 1
+                _write_chunk(gallery, fresh, fitter, cuts, report)
                 report.seconds = time.perf_counter() - t0
                 if time.monotonic() - saved_at > index_every_s:  # bound what a crash leaves unsaved
                     gallery.save_indexes()
@@ -631,6 +582,104 @@ def ingest(
             gallery.save_indexes()
     report.seconds = time.perf_counter() - t0
     return report
+
+
+@dataclass
+class _Cuts:
+    """The near-duplicate criteria's thresholds (0: off)."""
+
+    identity: float
+    photo: float
+    person: float
+
+    def __iter__(self):
+        return iter((self.identity, self.photo, self.person))
+
+
+@dataclass
+class _Fitter:
+    """What the encoder stage needs for every chunk: the model, the fit's settings and rig, the
+    identity prior (or None) and the encoder fingerprint the faces record."""
+
+    model: object
+    config: object
+    rig: object
+    prior: object
+    fingerprint: str
+
+
+def _identity_prior(model, identity_prior, descriptors: bool):
+    """The identity prior to fit with (None when not asked for): True → the model's packaged one,
+    a file, or an IdentityPrior. Refused without descriptors."""
+    if not identity_prior:
+        return None
+    from skullsearch.encoder import identity_prior as ip
+
+    if not descriptors:
+        from skullsearch.errors import SkullsearchError
+
+        raise SkullsearchError("the identity prior predicts each face's shape from its person "
+                               "descriptor: ingest with descriptors (drop --no-descriptors)")
+    if isinstance(identity_prior, ip.IdentityPrior):
+        return identity_prior
+    return ip.for_model(model, None if identity_prior is True else identity_prior)
+
+
+def _pending_sources(gallery, inputs, person_from_parent_dir: bool, report: IngestReport):
+    """(the sources not yet ingested — by path, size and mtime —, the sha256 of every photo the
+    gallery has seen). Counts what was seen and skipped in ``report``."""
+    done_stat, known = set(), frozenset()
+    if gallery.shards():  # (a new gallery: no catalog to read)
+        con = gallery.connect()
+        done_stat = {(p, s, m) for p, s, m in con.execute(
+            "SELECT path, size_bytes, mtime_ns FROM images").fetchall()}
+        known = frozenset(h for (h,) in con.execute(
+            "SELECT sha256 FROM images WHERE sha256 IS NOT NULL").fetchall())
+    sources = []
+    for src in read_sources(inputs, person_from_parent_dir):
+        report.images_seen += 1
+        key = stat_key(src.path)
+        if key is not None and (src.path, *key) in done_stat:
+            report.images_skipped += 1
+            continue
+        sources.append(src)
+    return sources, known
+
+
+def _fresh_rows(rows: list[dict], seen_sha: set, report: IngestReport) -> list[dict]:
+    """The detected rows of photos not seen before (by content): known photos are skipped, copies
+    within this run counted as duplicates; ``seen_sha`` grows."""
+    fresh = []
+    for r in rows:
+        if r["status"] == "known" or (r["sha256"] and r["sha256"] in seen_sha):
+            report.duplicates += r["status"] != "known"
+            report.images_skipped += r["status"] == "known"
+            continue
+        if r["sha256"]:
+            seen_sha.add(r["sha256"])
+        fresh.append(r)
+    return fresh
+
+
+def _write_chunk(gallery, fresh: list[dict], fitter: _Fitter, cuts: _Cuts, report: IngestReport) -> None:
+    """Encoder, near-duplicate and writer stages for one chunk of fresh rows: one shard."""
+    ok = [r for r in fresh if r["status"] == "ok"]
+    faces, soft, codes = encode_stage(fitter.model, ok, fitter.config, fitter.rig, fitter.prior)
+    number = store.next_shard_number(gallery.path)
+    fps = face_fingerprints(ok)
+    descs = face_vectors(ok, "descriptor", DESCRIPTOR_DIM)
+    dup = near_duplicate_stage(gallery, codes, fps, number, cuts.identity, cuts.photo, descs, cuts.person)
+    write_shard(gallery, number, fresh, faces, soft, codes, fitter.fingerprint, near_duplicates=dup,
+                fingerprints=fps, descs=descs)
+    report.near_duplicates += dup.count
+    report.near_duplicate_photos += dup.by(PHOTO)
+    report.near_duplicate_persons += dup.by(PERSON)
+    report.shards += 1
+    report.images_new += len(fresh)
+    report.faces += len(faces)
+    for r in fresh:
+        if r["status"] != "ok":
+            report.failures[r["status"]] = report.failures.get(r["status"], 0) + 1
 
 
 def _warm_up(gallery, near_duplicate_distance: float, near_duplicate_photo_distance: float = 0,
