@@ -142,116 +142,152 @@ def f3dmm_gc(model, codes, target, present, keep, kept_positions=None, definite_
     present = np.broadcast_to(np.asarray(present, bool), (c, 36))
     keep = np.broadcast_to(np.asarray(keep, bool), (c, n_v))
     eta = np.full(36, 3.0) if eta is None else np.asarray(eta, np.float64)
-    parts = code_layout.split(codes)
-    shape0 = np.asarray(parts.shape[:, :s_n], np.float64)
+    shape0 = np.asarray(code_layout.split(codes).shape[:, :s_n], np.float64)
     with torch.no_grad():
         base = model.vertices(shape=torch.as_tensor(shape0, dtype=torch.float32)).double().numpy()
     kept_pos = base if kept_positions is None else np.asarray(kept_positions, np.float64)
     d_tgt = None if definite_target is None else np.asarray(definite_target, np.float64)
-
-    # the linear model: v = T + A x, x = coefficients in prior SDs
-    sd = np.concatenate([np.asarray(model.shape_std[:s_n], np.float64),
-                         np.asarray(model.expression_std[:e_n], np.float64)])
-    a_v = np.concatenate([model.shapedirs[:, :, :s_n], model.exprdirs[:, :, :e_n]], axis=2)
-    a_v = a_v.astype(np.float64) * sd  # (V, 3, P)
-    tmpl = model.v_template.astype(np.float64)
-    st = model.soft_tissue_points
-    corners = model.faces[st.faces]  # (36, 3)
-    bw = st.bary.astype(np.float64)
-    a_l = (a_v[corners] * bw[..., None, None]).sum(1)  # (36, 3, P)
-    p0 = (tmpl[corners] * bw[..., None]).sum(1)  # (36, 3)
-    n_p = a_v.shape[2]
-    av = torch.as_tensor(a_v.reshape(n_v * 3, n_p))
-    al = torch.as_tensor(a_l.reshape(36 * 3, n_p))
-
-    # per-row weights: kept vertices, definite vertices
-    wk = keep / np.maximum(keep.sum(1, keepdims=True), 1) * w.kept  # (C, V)
-    rhs_v = np.where(keep[..., None], kept_pos, 0.0)  # (C, V, 3) targets of the vertex rows
-    if d_tgt is not None:
-        known = np.isfinite(d_tgt).all(-1)
-        wd = known / np.maximum(known.sum(1, keepdims=True), 1) * w.definite
-        # a vertex both kept and definite: the weighted mean of its two targets
-        tot = wk + wd
-        rhs_v = np.where(tot[..., None] > 0, (wk[..., None] * rhs_v
-                                              + wd[..., None] * np.nan_to_num(d_tgt)) /
-                         np.maximum(tot, 1e-300)[..., None], 0.0)
-        wk = tot
-    wv = torch.as_tensor(np.repeat(wk, 3, axis=1))  # (C, 3V)
-    yv = torch.as_tensor((rhs_v - tmpl).reshape(c, -1))  # (C, 3V)
-    hv = torch.matmul(av.T[None] * wv[:, None, :], av)  # (C, P, P)
-    gv = (wv * yv) @ av
-    yl = torch.as_tensor(np.nan_to_num(target - p0).reshape(c, -1))  # (C, 108)
+    lin = _LinearFace(model, s_n, e_n)
+    hv, gv = lin.vertex_normal_equations(keep, kept_pos, d_tgt, w)
     lw = present.astype(np.float64) * w.landmarks  # (C, 36)
     if w.landmark_sigma:
         sig = eta / 1.5 if sigma is None else np.asarray(sigma, np.float64)
         lw = lw / np.broadcast_to(sig, (c, 36)) ** 2
         iterations = 1
-    x0 = np.concatenate([shape0 / sd[:s_n], np.zeros((c, e_n))], axis=1)
-    x0_t = torch.as_tensor(x0)
-
-    def solve(lw_now: np.ndarray) -> np.ndarray:
-        wl = torch.as_tensor(np.repeat(lw_now, 3, axis=1))
-        eye = torch.eye(n_p, dtype=torch.float64)
-        h = hv + torch.matmul(al.T[None] * wl[:, None, :], al) + (w.reg + w.stay) * eye
-        g = gv + (wl * yl) @ al + w.stay * x0_t
-        return torch.linalg.solve(h, g).numpy()
-
-    def evaluate(x: np.ndarray):
-        verts = tmpl + (x @ a_v.reshape(n_v * 3, n_p).T).reshape(c, n_v, 3)
-        pts = p0 + (x @ a_l.reshape(108, n_p).T).reshape(c, 36, 3)
-        return verts, pts
-
-    losses: list[list[dict]] = [[] for _ in range(c)]
-    done = np.zeros(c, bool)
-    iters = np.zeros(c, np.int64)
-    x = x0.copy()
-    lw_now = lw.copy()
-    bound = np.full(c, np.inf)  # per candidate: never below where the candidate itself starts
-    if w.prior_quantile is not None:
-        from scipy.stats import chi2
-
-        bound = np.maximum(float(chi2.ppf(w.prior_quantile, n_p)), (x0 ** 2).sum(1))
-    for it in range(max(int(iterations), 1)):
-        x_new = solve(lw_now)
-        # past the prior bound: keep the last plausible solution and stop boosting (the first
-        # solve, at the base weights, is always taken)
-        beyond = ((x_new ** 2).sum(1) > bound) & (it > 0) & ~done
-        done |= beyond
-        x = np.where(done[:, None], x, x_new)
-        verts, pts = evaluate(x)
-        dist = np.linalg.norm(pts - target, axis=-1)
-        ratio = np.where(present, dist / eta, 0.0)
-        _record(losses, done, it, verts, pts, x, x0, kept_pos, keep, target, present, d_tgt, w, ratio)
-        iters = np.where(done, iters, it + 1)
-        ok = (ratio <= match_margin).all(1)
-        done |= ok
-        if done.all():
-            break
-        lw_now = np.where(~done[:, None] & (ratio > match_margin), lw_now * w.boost, lw_now)
+    x0 = np.concatenate([shape0 / lin.sd[:s_n], np.zeros((c, e_n))], axis=1)
+    problem = _Problem(lin, hv, gv, x0, target, present, eta, kept_pos, keep, d_tgt, w, match_margin)
+    x, verts, pts, lw_now, losses, iters = problem.reweight(lw, iterations)
     pose = np.zeros((c, 3 * model.n_joints))
     if jaw:
-        x, pose, verts, pts, extra = _refine_jaw(model, x, x0, sd, s_n, e_n, kept_pos, keep, target,
+        x, pose, verts, pts, extra = _refine_jaw(model, x, x0, lin.sd, s_n, e_n, kept_pos, keep, target,
                                                  present, d_tgt, lw_now, w, jaw_steps)
-        dist = np.linalg.norm(pts - target, axis=-1)
-        ratio = np.where(present, dist / eta, 0.0)
-        it0 = iters.copy()
+        ratio = np.where(present, np.linalg.norm(pts - target, axis=-1) / eta, 0.0)
         _record(losses, np.zeros(c, bool), None, verts, pts, x, x0, kept_pos, keep, target, present, d_tgt,
-                w, ratio, iteration=it0)
-        iters = it0 + extra
-    out_codes = codes.copy()
-    coef = x * sd
-    out_codes[:, code_layout.SLICES["shape"].start: code_layout.SLICES["shape"].start + s_n] = coef[:, :s_n]
-    es = code_layout.SLICES["expression"].start
-    out_codes[:, es: es + 90] = 0.0
-    out_codes[:, es: es + e_n] = coef[:, s_n:]
-    ps = code_layout.SLICES["pose"].start
-    n_pose = min(pose.shape[1], code_layout.SLICES["pose"].stop - ps)
-    out_codes[:, ps: ps + n_pose] = pose[:, :n_pose]
+                w, ratio, iteration=iters.copy())
+        iters = iters + extra
     ratio_final = np.where(present, np.linalg.norm(pts - target, axis=-1) / eta, 0.0)
     secs = (time.perf_counter() - t0) / c
-    return FitResult(codes=out_codes, vertices=verts.astype(np.float32), points=pts.astype(np.float32),
+    return FitResult(codes=_with_coefficients(codes, x * lin.sd, s_n, e_n, pose),
+                     vertices=verts.astype(np.float32), points=pts.astype(np.float32),
                      losses=losses, iterations=iters, within_margin=(ratio_final <= match_margin).all(1),
                      seconds=np.full(c, secs))
+
+
+class _LinearFace:
+    """The neutral face as a linear function of x, its coefficients in prior SDs: vertices
+    v = T + A_v x (V, 3), soft-tissue points p = P0 + A_l x (36, 3), for the first s_n shape and
+    e_n expression components."""
+
+    def __init__(self, model, s_n: int, e_n: int):
+        self.sd = np.concatenate([np.asarray(model.shape_std[:s_n], np.float64),
+                                  np.asarray(model.expression_std[:e_n], np.float64)])
+        a_v = np.concatenate([model.shapedirs[:, :, :s_n], model.exprdirs[:, :, :e_n]], axis=2)
+        self.a_v = a_v.astype(np.float64) * self.sd  # (V, 3, P)
+        self.tmpl = model.v_template.astype(np.float64)
+        st = model.soft_tissue_points
+        corners = model.faces[st.faces]  # (36, 3)
+        bw = st.bary.astype(np.float64)
+        self.a_l = (self.a_v[corners] * bw[..., None, None]).sum(1)  # (36, 3, P)
+        self.p0 = (self.tmpl[corners] * bw[..., None]).sum(1)  # (36, 3)
+        self.n_v, self.n_p = self.a_v.shape[0], self.a_v.shape[2]
+        self.av = torch.as_tensor(self.a_v.reshape(self.n_v * 3, self.n_p))
+        self.al = torch.as_tensor(self.a_l.reshape(36 * 3, self.n_p))
+
+    def vertex_normal_equations(self, keep, kept_pos, d_tgt, w: FitWeights):
+        """(H (C, P, P), g (C, P)) of the vertex rows: kept vertices where they stay, definite
+        vertices at their targets (a vertex both kept and definite: the weighted mean)."""
+        c = len(keep)
+        wk = keep / np.maximum(keep.sum(1, keepdims=True), 1) * w.kept  # (C, V)
+        rhs_v = np.where(keep[..., None], kept_pos, 0.0)  # (C, V, 3) targets of the vertex rows
+        if d_tgt is not None:
+            known = np.isfinite(d_tgt).all(-1)
+            wd = known / np.maximum(known.sum(1, keepdims=True), 1) * w.definite
+            tot = wk + wd
+            rhs_v = np.where(tot[..., None] > 0, (wk[..., None] * rhs_v
+                                                  + wd[..., None] * np.nan_to_num(d_tgt)) /
+                             np.maximum(tot, 1e-300)[..., None], 0.0)
+            wk = tot
+        wv = torch.as_tensor(np.repeat(wk, 3, axis=1))  # (C, 3V)
+        yv = torch.as_tensor((rhs_v - self.tmpl).reshape(c, -1))  # (C, 3V)
+        hv = torch.matmul(self.av.T[None] * wv[:, None, :], self.av)  # (C, P, P)
+        return hv, (wv * yv) @ self.av
+
+    def evaluate(self, x: np.ndarray):
+        """Vertices (C, V, 3) and soft-tissue points (C, 36, 3) of coefficients x (C, P)."""
+        c = len(x)
+        verts = self.tmpl + (x @ self.a_v.reshape(self.n_v * 3, self.n_p).T).reshape(c, self.n_v, 3)
+        pts = self.p0 + (x @ self.a_l.reshape(108, self.n_p).T).reshape(c, 36, 3)
+        return verts, pts
+
+
+class _Problem:
+    """F3DMM-GC's weighted least squares for a batch, and its re-weighting towards S = 1."""
+
+    def __init__(self, lin: _LinearFace, hv, gv, x0, target, present, eta, kept_pos, keep, d_tgt,
+                 w: FitWeights, match_margin: float):
+        self.lin, self.hv, self.gv, self.x0 = lin, hv, gv, x0
+        self.target, self.present, self.eta = target, present, eta
+        self.kept_pos, self.keep, self.d_tgt, self.w, self.margin = kept_pos, keep, d_tgt, w, match_margin
+        self.yl = torch.as_tensor(np.nan_to_num(target - lin.p0).reshape(len(x0), -1))  # (C, 108)
+
+    def solve(self, lw_now: np.ndarray) -> np.ndarray:
+        """The exact minimizer x (C, P) at landmark weights lw_now (C, 36)."""
+        lin, w = self.lin, self.w
+        wl = torch.as_tensor(np.repeat(lw_now, 3, axis=1))
+        eye = torch.eye(lin.n_p, dtype=torch.float64)
+        h = self.hv + torch.matmul(lin.al.T[None] * wl[:, None, :], lin.al) + (w.reg + w.stay) * eye
+        g = self.gv + (wl * self.yl) @ lin.al + w.stay * torch.as_tensor(self.x0)
+        return torch.linalg.solve(h, g).numpy()
+
+    def reweight(self, lw: np.ndarray, iterations: int):
+        """Solve, then boost the weights of landmarks still beyond match_margin × η, up to
+        ``iterations`` solves or the prior bound. Returns (x, vertices, points, final weights,
+        losses per candidate, iterations per candidate)."""
+        c, w, x0 = len(self.x0), self.w, self.x0
+        losses: list[list[dict]] = [[] for _ in range(c)]
+        done = np.zeros(c, bool)
+        iters = np.zeros(c, np.int64)
+        x = x0.copy()
+        lw_now = lw.copy()
+        bound = np.full(c, np.inf)  # per candidate: never below where the candidate itself starts
+        if w.prior_quantile is not None:
+            from scipy.stats import chi2
+
+            bound = np.maximum(float(chi2.ppf(w.prior_quantile, self.lin.n_p)), (x0 ** 2).sum(1))
+        for it in range(max(int(iterations), 1)):
+            x_new = self.solve(lw_now)
+            # past the prior bound: keep the last plausible solution and stop boosting (the first
+            # solve, at the base weights, is always taken)
+            beyond = ((x_new ** 2).sum(1) > bound) & (it > 0) & ~done
+            done |= beyond
+            x = np.where(done[:, None], x, x_new)
+            verts, pts = self.lin.evaluate(x)
+            dist = np.linalg.norm(pts - self.target, axis=-1)
+            ratio = np.where(self.present, dist / self.eta, 0.0)
+            _record(losses, done, it, verts, pts, x, x0, self.kept_pos, self.keep, self.target,
+                    self.present, self.d_tgt, w, ratio)
+            iters = np.where(done, iters, it + 1)
+            ok = (ratio <= self.margin).all(1)
+            done |= ok
+            if done.all():
+                break
+            lw_now = np.where(~done[:, None] & (ratio > self.margin), lw_now * w.boost, lw_now)
+        return x, verts, pts, lw_now, losses, iters
+
+
+def _with_coefficients(codes: np.ndarray, coef: np.ndarray, s_n: int, e_n: int,
+                       pose: np.ndarray) -> np.ndarray:
+    """The codes with shape, expression (the rest zero) and pose replaced by the fit's."""
+    out = codes.copy()
+    sh = code_layout.SLICES["shape"].start
+    out[:, sh: sh + s_n] = coef[:, :s_n]
+    es = code_layout.SLICES["expression"].start
+    out[:, es: es + code_layout.N_EXPRESSION] = 0.0
+    out[:, es: es + e_n] = coef[:, s_n:]
+    ps = code_layout.SLICES["pose"].start
+    n_pose = min(pose.shape[1], code_layout.SLICES["pose"].stop - ps)
+    out[:, ps: ps + n_pose] = pose[:, :n_pose]
+    return out
 
 
 def _record(losses, done, it, verts, pts, x, x0, kept_pos, keep, target, present, d_tgt, w, ratio,
