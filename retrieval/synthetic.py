@@ -92,21 +92,46 @@ def synthetic_skull(model, code=None, *, vertices=None, table=None, depth_noise:
     sigma_mm: reach of each landmark's depth over the skin; crop_mm: how far below the plane
     through menton and the gonia the bone is kept (the neck is cut off).
     """
-    import trimesh
-    from scipy.spatial import Delaunay, cKDTree
-
     try:
-        from skimage.measure import marching_cubes
+        from skimage.measure import marching_cubes  # noqa: F401 - checked here, used in _bone_surface
     except ImportError:  # pragma: no cover - dev extra installed in tests
         raise DependencyError("synthetic skulls need scikit-image (marching cubes): "
                               "pip install scikit-image, or pip install 'skullsearch[dev]'") from None
-    import torch
-
-    from skullsearch.encoder.annotate import _skin
-    from skullsearch.encoder.render import vertex_normals
     from skullsearch.retrieval.tissue import load_table
 
     rng = rng if rng is not None else np.random.default_rng()
+    v, pts = _face_and_points(model, code, vertices)
+    table = load_table(table)
+    mean = np.where(np.isfinite(table.mean), table.mean, np.nanmean(table.mean))
+    sd = np.where(np.isfinite(table.sd), table.sd, 0.0)
+    depths = np.maximum(mean + depth_noise * sd * rng.standard_normal(len(mean)), 1.0)
+    skin = _OuterSkin(model, v, pts, crop_mm, voxel_mm)
+    depth_v = _depth_field(skin.sv, pts, depths, sigma_mm)
+    g, lo = _signed_offset_field(v, skin, depth_v, voxel_mm)
+    bone = _bone_surface(g, lo, voxel_mm, skin.cut_point, skin.cut_normal, crop_mm)
+    marks, reachable = _bone_landmarks(bone, pts)
+    transform = np.eye(4)
+    face_v = v
+    soft = pts
+    if rigid_motion:
+        from scipy.spatial.transform import Rotation
+
+        transform[:3, :3] = Rotation.random(random_state=int(rng.integers(1 << 30))).as_matrix()
+        transform[:3, 3] = rng.normal(scale=100.0, size=3)
+        bone.apply_transform(transform)
+        marks = marks @ transform[:3, :3].T + transform[:3, 3]
+        face_v = v @ transform[:3, :3].T + transform[:3, 3]
+        soft = pts @ transform[:3, :3].T + transform[:3, 3]
+    landmarks = {k: x for k, x, ok in zip(SOFT_TISSUE_NAMES, marks, reachable, strict=True) if ok}
+    return SyntheticSkull(mesh=bone, landmarks=landmarks,
+                          face_vertices=face_v.astype(np.float32), soft_tissue=soft,
+                          depths=depths, transform=transform)
+
+
+def _face_and_points(model, code, vertices) -> tuple[np.ndarray, np.ndarray]:
+    """The face's vertices (V, 3) (given, or posed from the code) and its soft-tissue points (36, 3)."""
+    import torch
+
     if vertices is None:
         if code is None:
             raise ValueError("synthetic_skull needs a code or vertices")
@@ -117,43 +142,58 @@ def synthetic_skull(model, code=None, *, vertices=None, table=None, depth_noise:
     v = np.asarray(vertices, np.float64)
     if v.shape != (model.n_vertices, 3):
         raise ValueError(f"vertices must be ({model.n_vertices}, 3), got {v.shape}")
-    table = load_table(table)
-    sp = model.soft_tissue_points
     with torch.no_grad():
-        pts = sp.evaluate(torch.as_tensor(v[None], dtype=torch.float64),
-                          torch.as_tensor(model.faces)).numpy()[0]
-    mean = np.where(np.isfinite(table.mean), table.mean, np.nanmean(table.mean))
-    sd = np.where(np.isfinite(table.sd), table.sd, 0.0)
-    depths = np.maximum(mean + depth_noise * sd * rng.standard_normal(len(mean)), 1.0)
+        pts = model.soft_tissue_points.evaluate(torch.as_tensor(v[None], dtype=torch.float64),
+                                                torch.as_tensor(model.faces)).numpy()[0]
+    return v, pts
 
-    skin, skin_faces = _skin(v, model.faces)
-    faces = model.faces[skin_faces]
-    centre = v.mean(0)
-    vn = vertex_normals(v, faces)
-    vn *= np.sign(((v - centre) * vn).sum())  # one sign for the whole (consistently wound) skin
-    # the outer skin only: drop the inside of the mouth, nostrils, the back of the ears (a ray
-    # along the normal hits the skin again), which would otherwise put "outside" under the lips
-    used = np.unique(faces)
-    hit = np.zeros(len(v), bool)
-    hit[used] = skin.ray.intersects_any(v[used] + 0.5 * vn[used], vn[used])
-    # no neck: the plane through menton and both gonia (the mandible's lower border); the neck's
-    # skin below it is left out of the distance field and the bone is cut there
-    ids = [SOFT_TISSUE_NAMES.index(k) for k in ("me", "go_l", "go_r")]
-    a, b, c = pts[ids]
-    normal = np.cross(b - a, c - a)
-    normal /= np.linalg.norm(normal)
-    if np.dot(pts[SOFT_TISSUE_NAMES.index("v")] - a, normal) < 0:
-        normal = -normal  # towards the vertex (top of the head)
-    outer = faces[~hit[faces].any(1)]
-    outer = outer[((v[outer].mean(1) - a) @ normal) > -crop_mm]
-    # a denser skin for accurate distances: subdivide until edges are ~ voxel size
-    sv, sf = trimesh.remesh.subdivide_to_size(v, outer, max_edge=max(voxel_mm, 1.0), max_iter=6)
-    ref = np.unique(sf)  # subdividing keeps every input vertex: drop those no face uses
-    sn = vertex_normals(sv, sf)[ref]
-    sv = sv[ref]
-    sn *= np.sign(((sv - centre) * sn).sum())
-    depth_v = _depth_field(sv, pts, depths, sigma_mm)
 
+class _OuterSkin:
+    """The face's outer skin above the neck cut, subdivided to about the voxel size: vertices sv
+    (n, 3) with outward normals sn; used: the ids of the face's skin vertices; the cut plane
+    (cut_point, cut_normal: through menton and both gonia, the normal towards the vertex)."""
+
+    def __init__(self, model, v: np.ndarray, pts: np.ndarray, crop_mm: float, voxel_mm: float):
+        import trimesh
+
+        from skullsearch.encoder.annotate import _skin
+        from skullsearch.encoder.render import vertex_normals
+
+        skin, skin_faces = _skin(v, model.faces)
+        faces = model.faces[skin_faces]
+        centre = v.mean(0)
+        vn = vertex_normals(v, faces)
+        vn *= np.sign(((v - centre) * vn).sum())  # one sign for the whole (consistently wound) skin
+        # the outer skin only: drop the inside of the mouth, nostrils, the back of the ears (a ray
+        # along the normal hits the skin again), which would otherwise put "outside" under the lips
+        self.used = np.unique(faces)
+        hit = np.zeros(len(v), bool)
+        hit[self.used] = skin.ray.intersects_any(v[self.used] + 0.5 * vn[self.used], vn[self.used])
+        # no neck: the plane through menton and both gonia (the mandible's lower border); the
+        # neck's skin below it is left out of the distance field and the bone is cut there
+        ids = [SOFT_TISSUE_NAMES.index(k) for k in ("me", "go_l", "go_r")]
+        a, b, c = pts[ids]
+        normal = np.cross(b - a, c - a)
+        normal /= np.linalg.norm(normal)
+        if np.dot(pts[SOFT_TISSUE_NAMES.index("v")] - a, normal) < 0:
+            normal = -normal  # towards the vertex (top of the head)
+        self.cut_point, self.cut_normal = a, normal
+        outer = faces[~hit[faces].any(1)]
+        outer = outer[((v[outer].mean(1) - a) @ normal) > -crop_mm]
+        # a denser skin for accurate distances: subdivide until edges are ~ voxel size
+        sv, sf = trimesh.remesh.subdivide_to_size(v, outer, max_edge=max(voxel_mm, 1.0), max_iter=6)
+        ref = np.unique(sf)  # subdividing keeps every input vertex: drop those no face uses
+        sn = vertex_normals(sv, sf)[ref]
+        self.sv = sv[ref]
+        self.sn = sn * np.sign(((self.sv - centre) * sn).sum())
+
+
+def _signed_offset_field(v: np.ndarray, skin: _OuterSkin, depth_v: np.ndarray, voxel_mm: float):
+    """The grid (its values, and its lowest corner (3,)) of signed distance to the skin plus the
+    local depth: negative inside the bone. Far from the skin: the convex hull decides."""
+    from scipy.spatial import Delaunay, cKDTree
+
+    sv, sn, used = skin.sv, skin.sn, skin.used
     lo = sv.min(0) - 2 * voxel_mm
     hi = sv.max(0) + 2 * voxel_mm
     axes = [np.arange(a, b + voxel_mm, voxel_mm) for a, b in zip(lo, hi, strict=True)]
@@ -173,14 +213,22 @@ def synthetic_skull(model, code=None, *, vertices=None, table=None, depth_noise:
     far = np.nonzero(~near)[0]
     inside = Delaunay(v[used]).find_simplex(grid[far]) >= 0
     g[far[inside]] = -band
-    g = g.reshape([len(a) for a in axes])
+    return g.reshape([len(a) for a in axes]), lo
+
+
+def _bone_surface(g: np.ndarray, lo: np.ndarray, voxel_mm: float, cut_point, cut_normal, crop_mm: float):
+    """The zero level set of the field as a smoothed, outward-wound trimesh, cut crop_mm below the
+    neck plane, its largest part kept."""
+    import trimesh
+    from skimage.measure import marching_cubes
+
     try:
         verts, tris, _, _ = marching_cubes(g.astype(np.float32), level=0.0, spacing=(voxel_mm,) * 3)
     except (ValueError, RuntimeError) as exc:  # pragma: no cover - degenerate input
         raise ValueError(f"could not extract a skull surface under this face: {exc}") from None
     verts = verts + lo
     bone = trimesh.Trimesh(verts, tris[:, ::-1], process=True)
-    keep = ((bone.triangles_center - a) @ normal) > -crop_mm
+    keep = ((bone.triangles_center - cut_point) @ cut_normal) > -crop_mm
     bone.update_faces(keep)
     bone.remove_unreferenced_vertices()
     parts = bone.split(only_watertight=False)
@@ -188,30 +236,20 @@ def synthetic_skull(model, code=None, *, vertices=None, table=None, depth_noise:
     trimesh.smoothing.filter_taubin(bone, iterations=6)
     if bone.volume < 0:
         bone.invert()
+    return bone
 
-    # landmarks: the bone point closest to each soft-tissue point (so that the face point lies
-    # along the bone's normal there, at about the landmark's depth: the level set's property)
-    marks, _, _ = trimesh.proximity.closest_point(bone, pts)
-    # a face point on the inner side of the bone (a skin crease where the offset surfaces of two
-    # skin sheets meet, e.g. under the jaw) cannot be reached along the bone's outward normal:
-    # that landmark is left out, as on a partial skull
+
+def _bone_landmarks(bone, pts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(landmarks (36, 3): the bone point closest to each soft-tissue point — so that the face
+    point lies along the bone's normal there, at about the landmark's depth, the level set's
+    property —, reachable (36,) bool). A face point on the inner side of the bone (a skin crease
+    where the offset surfaces of two skin sheets meet, e.g. under the jaw) cannot be reached along
+    the bone's outward normal: that landmark is left out, as on a partial skull."""
+    import trimesh
+
     from skullsearch.retrieval.extended import outward_normals
 
+    marks, _, _ = trimesh.proximity.closest_point(bone, pts)
     out_n = outward_normals(bone, marks)
     reachable = ((pts - marks) * out_n).sum(1) > 0.5 * np.linalg.norm(pts - marks, axis=1)
-    transform = np.eye(4)
-    face_v = v
-    soft = pts
-    if rigid_motion:
-        from scipy.spatial.transform import Rotation
-
-        transform[:3, :3] = Rotation.random(random_state=int(rng.integers(1 << 30))).as_matrix()
-        transform[:3, 3] = rng.normal(scale=100.0, size=3)
-        bone.apply_transform(transform)
-        marks = marks @ transform[:3, :3].T + transform[:3, 3]
-        face_v = v @ transform[:3, :3].T + transform[:3, 3]
-        soft = pts @ transform[:3, :3].T + transform[:3, 3]
-    landmarks = {k: x for k, x, ok in zip(SOFT_TISSUE_NAMES, marks, reachable, strict=True) if ok}
-    return SyntheticSkull(mesh=bone, landmarks=landmarks,
-                          face_vertices=face_v.astype(np.float32), soft_tissue=soft,
-                          depths=depths, transform=transform)
+    return marks, reachable
