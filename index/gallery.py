@@ -843,6 +843,8 @@ class Gallery:
             "near-duplicate faces": near_dup, "near-duplicates by criterion": by_criterion,
             "faces with a photo fingerprint": fingerprinted,
             "faces with a person descriptor": described,
+            "faces with a fit uncertainty": sum(s.faces for s in self.shards()
+                                                if s.file(self.path, "tissue_cov.npy").exists()),
             "failures": reasons, "shards": len(self.shards()),
             "shortlist index": f"{state.get('shortlist', {}).get('type', 'not built')} "
                                f"({state.get('shortlist', {}).get('ntotal', 0)} faces)",

@@ -57,6 +57,7 @@ def test_ingest_with_uncertainty_keeps_each_faces_covariance(case):
     sd = np.sqrt(np.diagonal(cov[2:], axis1=-2, axis2=-1))
     assert 0.1 < np.median(sd) < 10.0  # mm: a posterior, not the prior's spread nor a point
     assert g.verify()["ok"]
+    assert g.info()["faces with a fit uncertainty"] == 3
     # the codes' encoder fingerprint does not change with the uncertainty (the codes do not)
     fps = {r["encoder_fingerprint"] for r in g.faces(columns=["encoder_fingerprint"]).to_pylist()}
     from skullsearch.index.ingest import encoder_fingerprint
