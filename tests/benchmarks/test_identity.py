@@ -63,3 +63,17 @@ def test_the_uncertainty_calibration_benchmark(capsys):
     assert all(h > lo for h, lo in zip(high["predicted_sd_mm_xyz"], low["predicted_sd_mm_xyz"], strict=True))
     assert high["median_mahalanobis2"] < low["median_mahalanobis2"]
     assert out["best_noise"] in (0.02, 0.2) and '"by_noise"' in capsys.readouterr().out.splitlines()[-1]
+
+
+def test_the_mesh_depth_benchmark(capsys):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    spec = importlib.util.spec_from_file_location("skullsearch_bench_mesh_depth",
+                                                  ROOT / "benchmarks" / "mesh_depth.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = bench.main(["--photos", "3", "--seed", "1"])
+    assert out["found"] == 3 and out["synthetic"] is True
+    for key in ("mesh_z", "mean_face_depth"):
+        assert 0 < out[key]["corr"] <= 1 and out[key]["median_abs_residual_mm"] > 0
+    # the mean face's own depths, through the same map, follow the true depths closely
+    assert out["mean_face_depth"]["median_abs_residual_mm"] < 3.0
