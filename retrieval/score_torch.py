@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from skullsearch.retrieval.score import _adjugate4, _horn_quartic, _quaternion_rotation
+from skullsearch.retrieval.horn import adjugate4, horn_quartic, quaternion_rotation
 
 
 def _stack(rows):
@@ -23,8 +23,8 @@ def _horn_rotation(S):
     """Torch twin of ``score._horn_rotation``: S (B, 3, 3) → (λ (B,), R (B, 3, 3))."""
     import torch
 
-    n, c2, c1, f2 = _horn_quartic(S)
-    _, c0 = _adjugate4(n, stack=_stack)
+    n, c2, c1, f2 = horn_quartic(S)
+    _, c0 = adjugate4(n, stack=_stack)
     lam = torch.sqrt(3.0 * f2)
     active = torch.ones_like(lam, dtype=torch.bool)
     inf = torch.tensor(float("inf"), dtype=lam.dtype, device=lam.device)
@@ -38,11 +38,11 @@ def _horn_rotation(S):
         if it % 8 == 7 and not bool(active.any()):  # (a device sync: checked now and then)
             break
     m = [[n[i][j] - lam if i == j else n[i][j] for j in range(4)] for i in range(4)]
-    adj, _ = _adjugate4(m, stack=_stack)
+    adj, _ = adjugate4(m, stack=_stack)
     diag = torch.stack([adj[:, i, i] for i in range(4)], -1).abs()
     q = torch.take_along_dim(adj, diag.argmax(1)[:, None, None], 1)[:, 0]
     q = q / torch.sqrt((q * q).sum(-1, keepdim=True).clamp(min=1e-300))
-    return lam, _quaternion_rotation(q, stack=_stack)
+    return lam, quaternion_rotation(q, stack=_stack)
 
 
 def _fit(p, pn2, tgt, w, bounds):
