@@ -99,12 +99,13 @@ def model_calibrate(
         from skullsearch.encoder.mesh import MeshDetector, landmarks68
 
         MeshDetector()  # (says how to install MediaPipe when it is missing)
-        emb, rep = cal.calibrate_embedding(model, photos=photos, seed=seed, detect=landmarks68)
+        emb, rep = cal.calibrate_embedding(model, photos=photos, seed=seed, detect=landmarks68,
+                                           points=range(68))  # (its contour is on the surface)
         dst = dst or cal.embedding_paths(model, detector)[1]
         cal.save_detector_embedding(dst, model, detector, emb, rep)
-        inner = rep.shift_mm[17:]
-        out.print(f"wrote {dst}: the mesh found {rep.found}/{rep.photos} renders; inner points "
-                  f"{np.median(inner):.1f} mm from the model's embedding (median, max {inner.max():.1f})",
+        out.print(f"wrote {dst}: the mesh found {rep.found}/{rep.photos} renders; its 68 points "
+                  f"{np.median(rep.shift_mm):.1f} mm from the model's embedding (median; inner "
+                  f"{np.median(rep.shift_mm[17:]):.1f}, contour {np.median(rep.shift_mm[:17]):.1f})",
                   highlight=False)
         return
     if dst is None:

@@ -10,9 +10,11 @@ barycentric buffers. The same (triangle, barycentric) location evaluated on the 
 one 3D sample per detection; the per-landmark median of the samples, snapped to the mean face's
 skin, is the calibrated point.
 
-Only the inner 51 points (brows, eyes, nose, mouth: iBUG 17–67) are calibrated: the jaw line
-(0–16) lies on the face's silhouette, which moves with the pose, and the fit already lets those
-points march along it (:mod:`skullsearch.encoder.fitting`).
+For dlib only the inner 51 points (brows, eyes, nose, mouth: iBUG 17–67) are calibrated: its jaw
+line (0–16) lies on the face's silhouette, which moves with the pose, and the fit lets those
+points march along it (:mod:`skullsearch.encoder.fitting`). A detector that fits a 3D face mesh
+(:data:`SURFACE_CONTOUR`: MediaPipe's) puts its contour points at fixed places on the surface:
+all 68 are calibrated, and its fit does not march them.
 
     emb, report = calibrate_embedding(model, photos=96, seed=0)   # deterministic for a seed
     model.landmarks = emb
@@ -28,6 +30,10 @@ from skullsearch.errors import LandmarkError
 
 #: iBUG indices that are calibrated (the jaw line 0–16 follows the silhouette instead).
 INNER = tuple(range(17, 68))
+#: Detectors whose contour points (iBUG 0–16) are fixed on the face's surface, as a 3D face mesh
+#: fit places them, not on the visible silhouette as dlib's (trained on 300-W) are: all 68 of
+#: their points are calibrated, and the fit does not march their jaw line.
+SURFACE_CONTOUR = frozenset({"mesh"})
 
 
 @dataclass
@@ -60,13 +66,16 @@ def _render_set(model, photos: int, rng, max_yaw: float, size: int):
 
 
 def calibrate_embedding(model, photos: int = 96, seed: int = 0, max_yaw: float = 30.0,
-                        size: int = 512, detect=None, min_samples: int = 5):
-    """Measure where the detector's inner 51 points land on ``model`` (module docstring).
+                        size: int = 512, detect=None, min_samples: int = 5, points=INNER):
+    """Measure where the detector's points land on ``model`` (module docstring).
 
     detect: image (H, W, 3) uint8 → list of (box, (68, 2) points) (default: dlib's 68-point
-    predictor). Returns (a static 68-point :class:`~skullsearch.encoder.flame_io.LandmarkEmbedding`,
-    :class:`CalibrationReport`). Deterministic for a seed.
+    predictor); points: the iBUG indices to calibrate (default the inner 51; all 68 for a
+    detector in :data:`SURFACE_CONTOUR`). Returns (a static 68-point
+    :class:`~skullsearch.encoder.flame_io.LandmarkEmbedding`, :class:`CalibrationReport`).
+    Deterministic for a seed.
     """
+    points = tuple(points)
     import torch
 
     from skullsearch.encoder.annotate import _skin, landmark_embedding, surface_points
@@ -92,7 +101,7 @@ def calibrate_embedding(model, photos: int = 96, seed: int = 0, max_yaw: float =
         rows = np.clip(np.round(pts2d[:, 1]).astype(int), 0, cam.height - 1)
         cols = np.clip(np.round(pts2d[:, 0]).astype(int), 0, cam.width - 1)
         tri = r.face_id[rows, cols]
-        for k in INNER:
+        for k in points:
             f = tri[k]
             if f < 0 or not on_skin[f]:
                 continue
@@ -103,7 +112,7 @@ def calibrate_embedding(model, photos: int = 96, seed: int = 0, max_yaw: float =
     new = old.copy()
     counts = np.array([len(s) for s in samples])
     spread = np.zeros(68)
-    for k in INNER:
+    for k in points:
         if counts[k] < min_samples:
             continue
         s = np.asarray(samples[k])
@@ -113,9 +122,9 @@ def calibrate_embedding(model, photos: int = 96, seed: int = 0, max_yaw: float =
     if found == 0:
         raise LandmarkError("the detector found no face on any calibration render")
     tri, bary = surface_points(tmpl, model.faces, skin, skin_faces, new)
-    # the jaw line keeps the model's own points (exactly)
+    # points not calibrated (the jaw line, by default) keep the model's own (exactly)
     base = model._landmarks68_points()
-    keep = np.array([k not in INNER or counts[k] < min_samples for k in range(68)])
+    keep = np.array([k not in points or counts[k] < min_samples for k in range(68)])
     tri[keep], bary[keep] = base.faces[keep], base.bary[keep]
     emb = landmark_embedding(SurfacePoints(tri, bary))
     emb.source = f"calibrated on {found} renders (seed {seed}, yaw ±{max_yaw:g}°)"

@@ -113,12 +113,17 @@ class LandmarkRig:
     Holds only the vertices under the landmarks and the silhouette candidates, with their shape,
     expression and pose bases, and the joints as a linear function of the coefficients.
     points: the 68 surface points (a detector's calibrated embedding, :mod:`.calibrate`);
-    default the model's own.
+    default the model's own. marching: the jaw line follows the silhouette (dlib's, trained on
+    300-W, marks the visible face boundary); False: every landmark is a fixed surface point.
     """
 
     def __init__(self, model, n_shape: int, n_expression: int, device="cpu",
-                 dtype=torch.float32, band_mm: float = 4.0, max_candidates: int = 16, points=None):
+                 dtype=torch.float32, band_mm: float = 4.0, max_candidates: int = 16, points=None,
+                 marching: bool = True):
         pts = points if points is not None else model._landmarks68_points()
+        #: the jaw-line landmarks that follow the silhouette (:data:`MARCHING`), or none: a
+        #: detector whose contour points are fixed on the face's surface (a 3D mesh fit)
+        self.marching = MARCHING if marching else ()
         if pts is None:
             raise ValueError("the face model has no 68-point landmarks")
         self.model = model
@@ -207,6 +212,8 @@ class LandmarkRig:
         d_lm = (dirs[self.lm_local] * self.bary[:, :, None, None]).sum(1)  # (68, 3, P)
         p = (posed[:, self.lm_local] * self.bary[None, :, :, None]).sum(2)
         jac = r_lm @ d_lm[None]  # (B, 68, 3, P)
+        if not self.marching:
+            return p, jac
         cand = torch.as_tensor(self.cand_local, device=pick.device)[
             torch.arange(len(MARCHING), device=pick.device)[None], pick]  # (B, 14) vertex rows
         marching = list(MARCHING)
@@ -228,15 +235,20 @@ class LandmarkRig:
 def rig_for(model, n_shape: int = 90, n_expression: int = 90, device="cpu",
             dtype=torch.float32, detector: str | None = None) -> LandmarkRig:
     """A :class:`LandmarkRig` for the model and a detector's landmarks (its calibrated embedding
-    where there is one, :func:`.calibrate.detector_points`; else the model's own), built once
-    per (sizes, device, dtype, embedding) and cached on the model."""
-    from skullsearch.encoder.calibrate import detector_points
+    where there is one, :func:`.calibrate.detector_points`, else the model's own; a jaw line that
+    marches along the silhouette unless the detector's contour is fixed on the surface,
+    :data:`.calibrate.SURFACE_CONTOUR`), built once per (sizes, device, dtype, embedding) and
+    cached on the model."""
+    from skullsearch.encoder.calibrate import SURFACE_CONTOUR, detector_points
 
     points = detector_points(model, detector)
+    marching = detector not in SURFACE_CONTOUR
     cache = model.__dict__.setdefault("_rig_cache", {})
-    key = (n_shape, n_expression, str(device), dtype, None if points is None else detector)
+    key = (n_shape, n_expression, str(device), dtype,
+           None if points is None and marching else detector)
     if key not in cache:
-        cache[key] = LandmarkRig(model, n_shape, n_expression, device=device, dtype=dtype, points=points)
+        cache[key] = LandmarkRig(model, n_shape, n_expression, device=device, dtype=dtype, points=points,
+                                 marching=marching)
     return cache[key]
 
 
@@ -324,6 +336,8 @@ def model_landmarks_px(rig: LandmarkRig, shape, expression, pose, rot, trans, fo
     posed (landmarks, candidates) of :meth:`LandmarkRig.points` when already known."""
     lm, cand = points if points is not None else rig.points(shape, expression, pose)
     uv = project(lm, rot, trans, focal, center)
+    if not rig.marching:
+        return uv
     cuv = project(cand, rot, trans, focal, center)  # (B, 14, C, 2)
     pick = select_silhouette(cuv.detach())
     chosen = torch.gather(cuv, 2, pick[..., None, None].expand(-1, -1, 1, 2))[:, :, 0]
@@ -723,7 +737,7 @@ class _LMProblem:
         uv_all = project(pts, rot, st["trans"], self.focal, self.center)
         if rows is None:
             pick = select_silhouette(uv_all[:, 68:].reshape(self.b, len(MARCHING), t.n_cand, 2))
-            rows = lev.effective_rows(t, pick, MARCHING)
+            rows = lev.effective_rows(t, pick, self.rig.marching)
         uv = uv_all[self.bi, rows]
         reproj = ((uv - self.lm2d) ** 2).sum(-1).mean(1) / self.scale**2
         fit_len = _edge_lengths(uv, self.edges)
@@ -742,7 +756,7 @@ class _LMProblem:
         if rigid:
             juv = jcam
         else:
-            jl = lev.landmark_uv_jacobian(t, st["jaw"], aux["parts"], aux["rows"], m, MARCHING)
+            jl = lev.landmark_uv_jacobian(t, st["jaw"], aux["parts"], aux["rows"], m, self.rig.marching)
             juv = torch.cat([jcam, jl], -1)  # (B, 68, 2, N)
         juv = juv.reshape(b, 136, -1)
         m_e, q = lev.edge_metric(aux["uv"], self.edges, self.emask, self.k_lmk, self.k_edge,
@@ -772,7 +786,7 @@ class _LMProblem:
         b, t, rig = self.b, self.tables, self.rig
         pe = aux["pts"][self.bi, aux["rows"]]
         m, jcam = lev.projection_jacobian(pe, aux["rot"], st["cam_rot"], st["trans"], self.focal)
-        jl = lev.landmark_uv_jacobian(t, st["jaw"], aux["parts"], aux["rows"], m, MARCHING)
+        jl = lev.landmark_uv_jacobian(t, st["jaw"], aux["parts"], aux["rows"], m, rig.marching)
         sigma = (noise * self.scale).double()  # (B,) px
         j = torch.cat([jcam, jl], -1).reshape(b, 136, -1).double() / sigma[:, None, None]
         h = j.transpose(1, 2) @ j  # (B, N, N): [camera 6, jaw 3, δ E, α S]

@@ -145,6 +145,8 @@ def effective_rows(tables: PointTables, pick: torch.Tensor, marching) -> torch.T
     jaw line the chosen silhouette candidates pick (B, 14)."""
     b = pick.shape[0]
     rows = torch.arange(68, device=pick.device).expand(b, 68).clone()
+    if not len(marching):  # a contour fixed on the surface: every landmark is static
+        return rows
     m = torch.arange(len(marching), device=pick.device)
     rows[:, list(marching)] = 68 + m[None] * tables.n_cand + pick
     return rows
@@ -195,8 +197,9 @@ def landmark_uv_jacobian(tables: PointTables, jaw, parts, rows, m, marching):
 
     out = torch.empty(b, 68, 2, p, dtype=m.dtype, device=m.device)
     out[:, static] = shared(m[:, static], tables.d0[static]) + shared(mr[:, static], tables.d1[static])
-    mrows = rows[:, march]  # (B, 14) candidate rows
-    out[:, march] = m[:, march] @ tables.d0[mrows] + mr[:, march] @ tables.d1[mrows]
+    if march:
+        mrows = rows[:, march]  # (B, 14) candidate rows
+        out[:, march] = m[:, march] @ tables.d0[mrows] + mr[:, march] @ tables.d1[mrows]
     w = tables.w[rows][..., None, None]
     out += ((w * (m - mr)).reshape(-1, 3) @ tables.pivot_d).reshape(b, 68, 2, p)
     return torch.cat([_jaw_jacobian(tables, jaw, u[bi, rows], rot, rows, m), out], -1)

@@ -263,3 +263,28 @@ def test_bad_landmark_batches_are_clear_errors_and_an_empty_batch_is_empty(defau
         fit_landmarks(default_model, lm, np.full((3, 2), 400.0))
     with pytest.raises(SkullsearchError, match="68, 2"):
         fit_landmarks(default_model, lm[:, :60], np.full((3, 2), 400.0))
+
+
+def test_a_surface_contour_rig_fits_its_jaw_line_as_fixed_points(default_model):
+    """With marching off (a detector whose contour is fixed on the surface) the fit's landmarks
+    are the static embedding's, jaw line included, and landmarks made that way are fitted back."""
+    rig = LandmarkRig(default_model, 90, 90, marching=False)
+    assert rig.marching == ()
+    rng = np.random.default_rng(4)
+    n = 3
+    shape = torch.tensor(rng.standard_normal((n, 90)) * default_model.shape_std * 0.5, dtype=torch.float32)
+    rot = torch.tensor(np.deg2rad([[0.0, y, 0.0] for y in (-25.0, 0.0, 25.0)]), dtype=torch.float32)
+    trans = torch.tensor([[0.0, -30.0, 600.0]] * n)
+    with torch.no_grad():
+        expr = torch.zeros(n, rig.n_expression)
+        uv = model_landmarks_px(rig, shape, expr, torch.zeros(n, 3 * default_model.n_joints),
+                                camera_rotation(rot), trans, torch.full((n,), 614.4),
+                                torch.full((n, 2), 256.0)).numpy()
+        static = project(rig.points(shape, expr, torch.zeros(n, 3 * default_model.n_joints))[0],
+                         camera_rotation(rot), trans, torch.full((n,), 614.4), torch.full((n, 2), 256.0))
+    np.testing.assert_allclose(uv, static.numpy())  # no silhouette choice
+    res = fit_landmarks(default_model, uv, np.full((n, 2), 512.0), rig=rig)
+    assert res.residual_px.max() < 0.5
+    marching = fit_landmarks(default_model, uv, np.full((n, 2), 512.0),
+                             rig=LandmarkRig(default_model, 90, 90))
+    assert res.residual_px.mean() < marching.residual_px.mean()
