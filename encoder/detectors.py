@@ -368,7 +368,7 @@ class PtsDetector(Detector):
 
 
 DETECTORS: dict[str, type[Detector]] = {"dlib": DlibDetector, "fan": FanDetector, "pts": PtsDetector}
-#: Detectors in their own modules (imported when asked for): name → module.
+#: Detectors in their own modules (imported when asked for): name → (module, class name).
 LAZY_DETECTORS = {"mesh": ("skullsearch.encoder.mesh", "MeshDetector")}
 
 

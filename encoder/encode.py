@@ -148,16 +148,6 @@ def fit_faces(model, faces: Sequence[EncodedFace], config: FitConfig | None = No
     if not faces:
         return
     cfg = config or FitConfig()
-    rigs = {}
-
-    def rig_of(detector: str):
-        if rig is not None:
-            return rig
-        if detector not in rigs:
-            rigs[detector] = rig_for(model, cfg.n_shape, cfg.n_expression, device=cfg.device or "cpu",
-                                     dtype=cfg.dtype, detector=detector)
-        return rigs[detector]
-
     # one detector per batch (each has its own embedding); batches cut only between persons
     order = sorted(range(len(faces)), key=lambda i: (str(faces[i].detector), faces[i].person is None,
                                                      str(faces[i].person)))
@@ -173,7 +163,8 @@ def fit_faces(model, faces: Sequence[EncodedFace], config: FitConfig | None = No
     if current:
         batches.append(current)
     for idx in batches:
-        rig_b = rig_of(faces[idx[0]].detector)
+        rig_b = rig or rig_for(model, cfg.n_shape, cfg.n_expression, device=cfg.device or "cpu",
+                               dtype=cfg.dtype, detector=faces[idx[0]].detector)  # (cached on the model)
         lm = np.stack([faces[i].landmarks for i in idx])
         sizes = np.array([faces[i].image_size for i in idx], np.float64)
         person = np.array([faces[i].person if faces[i].person is not None else f"\0{i}" for i in idx])
