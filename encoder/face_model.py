@@ -486,10 +486,11 @@ class FaceModel:
         per point with B from :meth:`soft_tissue_basis` (the points are linear in the shape)."""
         shape_cov = np.asarray(shape_cov)
         _, basis = self.soft_tissue_basis(shape_cov.shape[-1])
-        basis = basis.astype(np.float64)
+        basis = basis.astype(np.float64)  # (36, 3, S)
         s = basis.shape[2]
-        cov = np.einsum("kis,bst,kjt->bkij", basis, shape_cov[:, :s, :s].astype(np.float64), basis,
-                        optimize=True)
+        flat = basis.reshape(-1, s)  # (108, S)
+        right = (shape_cov[:, :s, :s].astype(np.float64) @ flat.T).reshape(len(shape_cov), s, 36, 3)
+        cov = np.einsum("kis,bskj->bkij", basis, right)  # only the 3 × 3 blocks of B Σ Bᵀ
         return (0.5 * (cov + cov.transpose(0, 1, 3, 2))).astype(np.float32)
 
     def mean_vertices(self) -> np.ndarray:
