@@ -525,6 +525,9 @@ def ingest(
     """
     if face_model is not None:
         gallery.check_model(face_model)
+    from skullsearch.encoder.detectors import get_detector
+
+    get_detector(detector)  # an unknown name or a missing install says so here, not per photo
     model = gallery.face_model
     t0 = time.perf_counter()
     report = IngestReport()

@@ -97,3 +97,21 @@ def test_the_mesh_calibration_is_deterministic_for_a_seed(default_model):
     np.testing.assert_array_equal(a.static_faces, b.static_faces)
     np.testing.assert_array_equal(a.static_bary, b.static_bary)
     assert rep.found == 4
+
+
+def test_ingest_refuses_an_unknown_or_missing_detector_before_any_photo(default_model, tmp_path, monkeypatch):
+    from skullsearch import Gallery
+    from skullsearch.errors import SkullsearchError
+
+    g = Gallery.create(tmp_path / "g", face_model=default_model)
+    with pytest.raises(SkullsearchError, match="unknown detector 'nope'.*mesh"):
+        g.ingest([tmp_path], detector="nope", workers=1)
+    mesh._face_mesh_module.cache_clear()
+    for name in ("mediapipe", "mediapipe.python", "mediapipe.python.solutions"):
+        monkeypatch.setitem(sys.modules, name, None)
+    try:
+        with pytest.raises(DependencyError, match="pip install"):
+            g.ingest([tmp_path], detector="mesh", workers=1)
+    finally:
+        mesh._face_mesh_module.cache_clear()
+    assert g.n_faces == 0 and not g.shards()
