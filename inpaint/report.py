@@ -528,17 +528,54 @@ def _thumb_cell(c, gallery_dir: Path) -> str:
     return f'<div class="ph" title="{e(c.path or "")}">{e(why)}</div>'
 
 
+@dataclass
+class _Report:
+    """What the report's sections are written from (see :func:`build_report`)."""
+
+    g: object
+    record: dict
+    result: object
+    shown: list
+    cands: list
+    ref: object
+    eta: np.ndarray
+    recon: object
+    notes: list
+    reproduced: str
+    skull_file_state: str
+    skull_faces_info: str
+    scene: dict
+
+    def __post_init__(self):
+        from skullsearch.meta import __version__
+
+        self.version = __version__
+        self.qid = self.record["query_id"]
+        self.sk = self.record["skull"]
+        self.p = self.record["params"]
+        self.rank_by = self.p.get("rank_by", "s")
+        self.present = np.asarray(self.result.present, bool)
+        self.tt = self.record["tissue_table"]
+
+
 def _render(g, record, result, shown, cands, ref, eta, recon, notes, reproduced, skull_file_state,
             skull_faces_info, scene) -> str:
-    from skullsearch.meta import __version__
-
-    qid = record["query_id"]
-    sk = record["skull"]
-    p = record["params"]
-    rank_by = p.get("rank_by", "s")
-    present = np.asarray(result.present, bool)
+    r = _Report(g, record, result, shown, cands, ref, eta, recon, notes, reproduced, skull_file_state,
+                skull_faces_info, scene)
     parts: list[str] = []
     add = parts.append
+    for section in (_head_section, _ranked_section, _view_section, _distribution_section,
+                    _reconstruction_section, _inputs_section, _parameters_section, _tissue_section,
+                    _versions_section, _scripts_section):
+        section(r, add)
+    add('</body></html>\n')
+    return "".join(parts)
+
+
+def _head_section(r: _Report, add) -> None:
+    """The report's title, summary, notes and contents."""
+    g, record, cands, recon, notes, reproduced, qid, sk, present, __version__ = (
+        r.g, r.record, r.cands, r.recon, r.notes, r.reproduced, r.qid, r.sk, r.present, r.version)
     add(f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>skullsearch case report — '
         f'{e(qid)}</title><meta name="viewport" content="width=device-width,initial-scale=1">'
         f'<meta name="generator" content="skullsearch {e(__version__)}"><style>{_CSS}</style></head><body>')
@@ -566,7 +603,10 @@ def _render(g, record, result, shown, cands, ref, eta, recon, notes, reproduced,
         + ' · <a href="#inputs">inputs and hashes</a> · <a href="#parameters">parameters</a> · '
         '<a href="#tissue">tissue table</a> · <a href="#versions">versions</a></p>')
 
-    # ---- ranked table
+
+def _ranked_section(r: _Report, add) -> None:
+    """The report's ranked table."""
+    g, cands, rank_by = r.g, r.cands, r.rank_by
     by = "likelihood" if rank_by == "likelihood" else "S"
     add(f'<h2 id="ranked">Ranked candidates ({len(cands)}; ranked by {by})</h2>'
         '<table><tr><th class="num">rank</th><th>photo</th><th class="num">face id</th><th>person</th>'
@@ -585,7 +625,10 @@ def _render(g, record, result, shown, cands, ref, eta, recon, notes, reproduced,
         '(σ from the table); calibrated = share of the gallery\'s calibration sample scoring at least as '
         'well (small is good).</p>')
 
-    # ---- 3D view
+
+def _view_section(r: _Report, add) -> None:
+    """The report's 3D view."""
+    shown, eta = r.shown, r.eta
     add(f'<h2 id="view">3D superimposition (top {len(shown)})</h2>')
     add('<p class="legend">'
         '<span><i class="dot" style="background:#1fa83a"></i>extended landmark, matched</span>'
@@ -620,7 +663,10 @@ def _render(g, record, result, shown, cands, ref, eta, recon, notes, reproduced,
                 f'<td>{"<span class=m>matched</span>" if m else "<span class=u>unmatched</span>"}</td></tr>')
         add('</table></div>')
 
-    # ---- distributions
+
+def _distribution_section(r: _Report, add) -> None:
+    """The report's score distributions against the calibration sample."""
+    shown, ref, p = r.shown, r.ref, r.p
     add('<h2 id="distribution">Scores against the gallery</h2>')
     if ref is None:
         add('<p>No calibration sample (empty gallery).</p>')
@@ -638,7 +684,10 @@ def _render(g, record, result, shown, cands, ref, eta, recon, notes, reproduced,
             f'with seed {e(p["seed"])}, scored exactly like the candidates. Median S {np.median(ref.s):.3f}, '
             f'best S in the sample {ref.s.max():.3f}.</p>')
 
-    # ---- reconstructions
+
+def _reconstruction_section(r: _Report, add) -> None:
+    """The report's re-synthesized faces (a reconstruct folder), when given."""
+    recon, scene, qid = r.recon, r.scene, r.qid
     if recon is not None:
         rd = recon.data
         add(f'<h2 id="reconstruction">Re-synthesized faces</h2><p>Folder <code>{e(recon.folder)}</code>; '
@@ -683,7 +732,11 @@ def _render(g, record, result, shown, cands, ref, eta, recon, notes, reproduced,
                 add('</table>')
             add('</div></div>')
 
-    # ---- inputs
+
+def _inputs_section(r: _Report, add) -> None:
+    """The report's inputs and their hashes."""
+    g, record, skull_file_state, skull_faces_info, qid, sk = (
+        r.g, r.record, r.skull_file_state, r.skull_faces_info, r.qid, r.sk)
     tt = record["tissue_table"]
     add('<h2 id="inputs">Inputs and their hashes</h2>')
     add(_kv_table([
@@ -701,11 +754,17 @@ def _render(g, record, result, shown, cands, ref, eta, recon, notes, reproduced,
         ("audit record sha256", f'<code>{e(record.get("sha256"))}</code>'),
     ], raw=True))
 
-    # ---- parameters
+
+def _parameters_section(r: _Report, add) -> None:
+    """The report's parameters."""
+    p = r.p
     add('<h2 id="parameters">Parameters</h2>')
     add(_kv_table(_flatten(p)))
 
-    # ---- tissue table
+
+def _tissue_section(r: _Report, add) -> None:
+    """The report's tissue table."""
+    record, eta, scene, present, tt = r.record, r.eta, r.scene, r.present, r.tt
     add(f'<h2 id="tissue">Tissue table: {e(tt.get("name"))}</h2><p>{e(tt.get("source"))}'
         f'{" — filters " + e(json.dumps(tt.get("filters"))) if tt.get("filters") else ""}</p>')
     add('<table><tr><th>landmark</th><th>face point</th><th class="num">depth mm</th>'
@@ -727,7 +786,10 @@ def _render(g, record, result, shown, cands, ref, eta, recon, notes, reproduced,
             f'<td class="mono">{_xyz(lm)}</td><td class="mono">{_xyz(scene["extended"][i])}</td></tr>')
     add('</table>')
 
-    # ---- versions
+
+def _versions_section(r: _Report, add) -> None:
+    """The report's versions."""
+    record, __version__ = r.record, r.version
     add('<h2 id="versions">Versions</h2>')
     add(_kv_table([(f"{k} (at query time)", v) for k, v in sorted(record.get("versions", {}).items())]
                   + [("skullsearch (this report)", __version__), ("three.js (3D view)", THREE_VERSION)]))
@@ -735,13 +797,14 @@ def _render(g, record, result, shown, cands, ref, eta, recon, notes, reproduced,
         f'The 3D view uses three.js {THREE_VERSION} (MIT licence, below), inlined.'
         f'<details><summary>three.js licence</summary><pre>{e(_vendored_licence())}</pre></details></footer>')
 
-    # ---- scripts: data, vendored three.js, viewer
+
+def _scripts_section(r: _Report, add) -> None:
+    """The report's scripts: data, vendored three.js, viewer."""
+    scene = r.scene
     add(f'<script type="application/json" id="scene-data">{_json_for_script(scene)}</script>')
     add(f'<script type="text/plain" id="three-core">{_vendored("three.core.min.js")}</script>')
     add(f'<script type="text/plain" id="three-module">{_vendored("three.module.min.js")}</script>')
     add(f'<script type="module">{_vendored("viewer.js")}</script>')
-    add('</body></html>\n')
-    return "".join(parts)
 
 
 def _vendored_licence() -> str:
