@@ -386,9 +386,8 @@ def build_report(gallery, query_id: str, out, reconstruction=None, top: int = 5,
     """
     from skullsearch.index.gallery import Gallery
     from skullsearch.retrieval.audit import load_record
-    from skullsearch.retrieval.query import aligned_faces, rerun
-    from skullsearch.retrieval.score import ScoreConfig, score
-    from skullsearch.retrieval.skull_io import read_mesh
+    from skullsearch.retrieval.query import rerun
+    from skullsearch.retrieval.score import ScoreConfig
 
     if top < 1:
         raise ReportError(f"--top must be at least 1, got {top}")
@@ -413,32 +412,53 @@ def build_report(gallery, query_id: str, out, reconstruction=None, top: int = 5,
     sd = np.asarray(result.sd, np.float64)
     eta = cfg.thresholds(np.nan_to_num(sd, nan=0.0))
 
-    # skull mesh from the recorded path, hashed again
-    sk = record["skull"]
     notes: list[str] = []
-    skull_mesh = None
-    skull_file_state = "not found"
-    if sk.get("path") and Path(sk["path"]).is_file():
-        now_sha = _sha256_file(Path(sk["path"]))
-        skull_file_state = "unchanged (sha256 matches)" if now_sha == sk.get("sha256") else \
-            f"CHANGED since the query (sha256 now {now_sha})"
-        if now_sha == sk.get("sha256"):
-            try:
-                skull_mesh, _, _ = read_mesh(sk["path"], units=sk.get("units"))
-            except SkullsearchError as exc:
-                notes.append(f"the skull mesh could not be read again: {exc}")
-        else:
-            notes.append("the skull file changed after the query: the 3D view shows the landmarks only")
-    else:
-        notes.append("the skull file is no longer at its recorded path: the 3D view shows the landmarks only")
+    skull_mesh, skull_file_state = _skull_again(record["skull"], notes)
     if not same:
         notes.append(reproduced)
+    scene, skull_faces_info = _scene(g, record, shown, skull_mesh, recon, max_skull_faces)
+    ref = _calibration_scores(g, p, result, cfg)
 
-    # geometry for the viewer
+    html_text = _render(g, record, result, shown, cands, ref, eta, recon, notes, reproduced,
+                        skull_file_state, skull_faces_info, scene)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    try:
+        tmp.write_text(html_text, encoding="utf-8")
+        os.replace(tmp, out)
+    except OSError as exc:
+        raise ReportError(f"cannot write {out}: {exc}") from None
+    return out
+
+
+def _skull_again(sk: dict, notes: list) -> tuple[object, str]:
+    """(the skull mesh read again from its recorded path when its sha256 still matches, else None;
+    what the file is now). What the 3D view has to leave out goes into ``notes``."""
+    from skullsearch.retrieval.skull_io import read_mesh
+
+    if not (sk.get("path") and Path(sk["path"]).is_file()):
+        notes.append("the skull file is no longer at its recorded path: the 3D view shows the landmarks only")
+        return None, "not found"
+    now_sha = _sha256_file(Path(sk["path"]))
+    if now_sha != sk.get("sha256"):
+        notes.append("the skull file changed after the query: the 3D view shows the landmarks only")
+        return None, f"CHANGED since the query (sha256 now {now_sha})"
+    try:
+        mesh, _, _ = read_mesh(sk["path"], units=sk.get("units"))
+    except SkullsearchError as exc:
+        notes.append(f"the skull mesh could not be read again: {exc}")
+        mesh = None
+    return mesh, "unchanged (sha256 matches)"
+
+
+def _scene(g, record: dict, shown: list, skull_mesh, recon, max_skull_faces: int) -> tuple[dict, str]:
+    """The 3D view's data (extended and skull landmarks, pegs, the decimated skull, the shown
+    candidates' aligned faces, re-synthesized faces, the camera) and a line on the skull mesh."""
+    from skullsearch.retrieval.query import aligned_faces
+
     verts, pts = aligned_faces(g, shown)
     model = g.face_model
-    ext = record["extended"]
-    ext_pts = _points(ext["points"])
+    ext_pts = _points(record["extended"]["points"])
     skull_lm = [record["skull"]["landmarks"].get(n) for n in SOFT_TISSUE_NAMES]
     skull_pts = _points([x if x is not None else [None] * 3 for x in skull_lm])
     scene: dict = {"names": list(SOFT_TISSUE_NAMES), "extended": ext_pts,
@@ -472,21 +492,19 @@ def build_report(gallery, query_id: str, out, reconstruction=None, top: int = 5,
     scene["radius"] = float(max(np.linalg.norm(cloud - centre, axis=1).max(), 1.0))
     rot = np.asarray(shown[0].rotation) if shown else np.eye(3)
     scene["basis"] = [rot[:, 0].tolist(), rot[:, 1].tolist(), rot[:, 2].tolist()]
+    return scene, skull_faces_info
 
-    # calibration sample: the same faces and scores the query's calibrated rank used
+
+def _calibration_scores(g, p: dict, result, cfg):
+    """The scores of the query's calibration sample (the same faces and scores its calibrated
+    rank used: with the faces' fit uncertainty when the query used it), or None."""
+    from skullsearch.retrieval.score import score
+
     sample = g.sample_ids(p["calibration_sample"], seed=p["seed"], max_shard=p["max_shard"])
-    ref = score(g.soft_tissue(sample), result.target, result.present, result.sd, cfg) if len(sample) else None
-
-    html_text = _render(g, record, result, shown, cands, ref, eta, recon, notes, reproduced,
-                        skull_file_state, skull_faces_info, scene)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    try:
-        tmp.write_text(html_text, encoding="utf-8")
-        os.replace(tmp, out)
-    except OSError as exc:
-        raise ReportError(f"cannot write {out}: {exc}") from None
-    return out
+    if not len(sample):
+        return None
+    cov = g.tissue_covariance(sample) if p.get("uncertainty") else None
+    return score(g.soft_tissue(sample), result.target, result.present, result.sd, cfg, face_cov=cov)
 
 
 _CSS = """

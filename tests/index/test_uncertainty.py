@@ -125,3 +125,23 @@ def test_the_commands_pass_the_uncertainty_through(case, tmp_path, capsys):
     assert main(["encode", str(photo), "--uncertainty", "--json", str(tmp_path / "e.json")]) == 0
     face = json.loads((tmp_path / "e.json").read_text())["faces"][0]
     assert np.asarray(face["tissue_cov"]).shape == (36, 3, 3)
+
+
+def test_the_case_report_scores_its_calibration_sample_as_the_query_did(case, tmp_path):
+    """A query with uncertainty: the report's calibration sample is scored with the faces' own
+    covariances too (its distribution is then comparable with the candidates' likelihoods)."""
+    from skullsearch.inpaint.report import _calibration_scores
+    from skullsearch.retrieval.score import ScoreConfig
+
+    g, root = case
+    skull = Skull.load(root / "case" / "skull.ply")
+    res = query(g, skull, tissue_table=str(root / "depths_3mm.csv"), top=3, uncertainty=True)
+    p = dict(res.params)
+    with_cov = _calibration_scores(g, p, res, ScoreConfig(**p["score"]))
+    without = _calibration_scores(g, {**p, "uncertainty": False}, res, ScoreConfig(**p["score"]))
+    np.testing.assert_array_equal(with_cov.s, without.s)
+    assert not np.allclose(with_cov.likelihood, without.likelihood)
+    import skullsearch
+
+    out = skullsearch.report(g, res.query_id, tmp_path / "case.html", top=2)
+    assert out.exists() and "uncertainty" in out.read_text()  # (its parameters table)
