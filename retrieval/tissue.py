@@ -237,9 +237,40 @@ def _builtin_name(name_or_path) -> str | None:
 
 
 def _table_from_text(text: str, origin: str, selection: dict, name: str, path: str | None) -> TissueTable:
-    lines = text.splitlines()
+    sources, body = _comments_and_body(text, origin)
+    # one CSV record per line (quoted cells may hold commas, not line breaks)
+    rows = [next(csv.reader([line], skipinitialspace=True), []) for _, line in body]
+    header_line, header = body[0][0], [h.strip() for h in rows[0]]
+    columns, filter_cols = _header_columns(header, f"{origin} line {header_line}")
+    wanted = {str(k).lower(): v for k, v in selection.items()}
+    unknown = [k for k in wanted if k not in filter_cols]
+    if unknown:
+        raise TissueTableError(
+            f"{origin} has no {', '.join(map(repr, unknown))} column to select rows by (its filter "
+            f"columns: {', '.join(filter_cols) or 'none'}); drop that option or give a table with "
+            f"such a column")
+    chosen = _selected_rows(body[1:], rows[1:], header, columns, filter_cols, wanted, selection, origin)
+    mean = np.full(_N, np.nan)
+    sd = np.full(_N, np.nan)
+    direction = np.full((_N, 3), np.nan)
+    resolved = {key: _one_row(key, candidates, origin) for key, candidates in chosen.items()}
+    # base keys first, then side keys override their side
+    is_side_key = lambda kv: kv[0] not in MIDLINE and kv[0] not in BILATERAL  # noqa: E731
+    for key, (_, _, m, s, d, _) in sorted(resolved.items(), key=is_side_key):
+        targets = [f"{key}_l", f"{key}_r"] if key in BILATERAL else [key]
+        for t in targets:
+            i = _INDEX[t]
+            mean[i], sd[i], direction[i] = m, s, d
+    source = " ".join(sources) if sources else f"user table {origin}"
+    return TissueTable(name=name, source=source, mean=mean, sd=sd, direction=direction,
+                       filters={k: str(v) for k, v in selection.items()}, path=path)
+
+
+def _comments_and_body(text: str, origin: str) -> tuple[list[str], list[tuple[int, str]]]:
+    """The ``# source:`` comments and the (line number, line) pairs of a table's non-blank,
+    non-comment lines (the first is the header)."""
     sources, body = [], []
-    for lineno, line in enumerate(lines, 1):
+    for lineno, line in enumerate(text.splitlines(), 1):
         stripped = line.strip()
         if stripped.startswith("#"):
             m = re.match(r"#\s*source\s*:\s*(.*)$", stripped, flags=re.IGNORECASE)
@@ -250,9 +281,11 @@ def _table_from_text(text: str, origin: str, selection: dict, name: str, path: s
             body.append((lineno, line))
     if not body:
         raise TissueTableError(f"{origin}: no header line; expected columns landmark, mean_mm, sd_mm")
-    # one CSV record per line (quoted cells may hold commas, not line breaks)
-    rows = [next(csv.reader([line], skipinitialspace=True), []) for _, line in body]
-    header_line, header = body[0][0], [h.strip() for h in rows[0]]
+    return sources, body
+
+
+def _header_columns(header: list[str], where: str) -> tuple[dict[str, int], dict[str, int]]:
+    """(the known columns by their canonical name, the filter columns by lower-case name) → index."""
     columns: dict[str, int] = {}
     filter_cols: dict[str, int] = {}
     for j, h in enumerate(header):
@@ -260,31 +293,28 @@ def _table_from_text(text: str, origin: str, selection: dict, name: str, path: s
         if key in _COLUMN_SYNONYMS:
             canon = _COLUMN_SYNONYMS[key]
             if canon in columns:
-                raise TissueTableError(f"{origin} line {header_line}: column {canon!r} appears twice")
+                raise TissueTableError(f"{where}: column {canon!r} appears twice")
             columns[canon] = j
         elif key:
             if key in filter_cols:
-                raise TissueTableError(f"{origin} line {header_line}: column {h!r} appears twice")
+                raise TissueTableError(f"{where}: column {h!r} appears twice")
             filter_cols[key] = j
     missing = [c for c in ("landmark", "mean_mm", "sd_mm") if c not in columns]
     if missing:
         raise TissueTableError(
-            f"{origin} line {header_line}: missing column(s) {', '.join(missing)}; the header must "
+            f"{where}: missing column(s) {', '.join(missing)}; the header must "
             f"name landmark, mean_mm, sd_mm (optional: direction, and filter columns like sex, age, "
             f"bmi, population); found {', '.join(header) or 'nothing'}")
-    wanted = {str(k).lower(): v for k, v in selection.items()}
-    unknown = [k for k in wanted if k not in filter_cols]
-    if unknown:
-        raise TissueTableError(
-            f"{origin} has no {', '.join(map(repr, unknown))} column to select rows by (its filter "
-            f"columns: {', '.join(filter_cols) or 'none'}); drop that option or give a table with "
-            f"such a column")
+    return columns, filter_cols
 
-    # parse and select rows: key → list of (specificity, lineno, mean, sd, direction)
+
+def _selected_rows(body, rows, header, columns, filter_cols, wanted, selection, origin) -> dict[str, list]:
+    """Parse the data rows and keep those the selection matches: landmark key → list of
+    (specificity, line number, mean, sd, direction, the other filter cells)."""
     chosen: dict[str, list] = {}
     n_rows = 0
     seen_values: dict[str, set] = {k: set() for k in wanted}
-    for (lineno, _), cells in zip(body[1:], rows[1:], strict=True):
+    for (lineno, _), cells in zip(body, rows, strict=True):
         if not any(c.strip() for c in cells):
             continue
         n_rows += 1
@@ -303,17 +333,7 @@ def _table_from_text(text: str, origin: str, selection: dict, name: str, path: s
         if not ok:
             continue
         key = _landmark_key(cells[columns["landmark"]], where)
-        mean_cell, sd_cell = cells[columns["mean_mm"]], cells[columns["sd_mm"]]
-        if mean_cell.lower() in _NA:
-            mean, sd = np.nan, np.nan
-        else:
-            mean = _number(mean_cell, "mean_mm", where)
-            sd = _number(sd_cell, "sd_mm", where)
-            if mean > MAX_PLAUSIBLE_MM:
-                raise TissueTableError(f"{where}: mean_mm {mean:g} is not a plausible soft-tissue depth; "
-                                       f"the table must be in millimetres")
-            if sd <= 0:
-                raise TissueTableError(f"{where}: sd_mm must be positive, got {sd_cell!r}")
+        mean, sd = _depth_cells(cells[columns["mean_mm"]], cells[columns["sd_mm"]], where)
         direction = _direction(cells[columns["direction"]] if "direction" in columns else "", where)
         others = {k: cells[j] for k, j in filter_cols.items() if k not in wanted}
         chosen.setdefault(key, []).append((specificity, lineno, mean, sd, direction, others))
@@ -323,33 +343,37 @@ def _table_from_text(text: str, origin: str, selection: dict, name: str, path: s
         what = ", ".join(f"{k}={v!r}" for k, v in selection.items())
         present = "; ".join(f"{k}: {', '.join(sorted(v))}" for k, v in seen_values.items())
         raise TissueTableError(f"{origin}: no row matches {what} (values in the table: {present})")
+    return chosen
 
-    mean = np.full(_N, np.nan)
-    sd = np.full(_N, np.nan)
-    direction = np.full((_N, 3), np.nan)
-    resolved: dict[str, tuple] = {}
-    for key, candidates in chosen.items():
-        candidates.sort(key=lambda c: -c[0])
-        best = [c for c in candidates if c[0] == candidates[0][0]]
-        if len(best) > 1:
-            lines_ = ", ".join(str(c[1]) for c in best)
-            differing = sorted({k for c in best for k in c[5] if c[5][k] != best[0][5][k]})
-            hint = (f"they differ in {', '.join(differing)}: select with "
-                    f"{', '.join(f'{k}=...' for k in differing)}" if differing
-                    else "remove the duplicate or add a filter column")
-            raise TissueTableError(f"{origin}: {len(best)} rows for landmark {key!r} (lines {lines_}); "
-                                   f"{hint}")
-        resolved[key] = best[0]
-    # base keys first, then side keys override their side
-    is_side_key = lambda kv: kv[0] not in MIDLINE and kv[0] not in BILATERAL  # noqa: E731
-    for key, (_, _, m, s, d, _) in sorted(resolved.items(), key=is_side_key):
-        targets = [f"{key}_l", f"{key}_r"] if key in BILATERAL else [key]
-        for t in targets:
-            i = _INDEX[t]
-            mean[i], sd[i], direction[i] = m, s, d
-    source = " ".join(sources) if sources else f"user table {origin}"
-    return TissueTable(name=name, source=source, mean=mean, sd=sd, direction=direction,
-                       filters={k: str(v) for k, v in selection.items()}, path=path)
+
+def _depth_cells(mean_cell: str, sd_cell: str, where: str) -> tuple[float, float]:
+    """A row's (mean, sd) mm: NaN for a "not available" mean; checked to be millimetres and positive."""
+    if mean_cell.lower() in _NA:
+        return np.nan, np.nan
+    mean = _number(mean_cell, "mean_mm", where)
+    sd = _number(sd_cell, "sd_mm", where)
+    if mean > MAX_PLAUSIBLE_MM:
+        raise TissueTableError(f"{where}: mean_mm {mean:g} is not a plausible soft-tissue depth; "
+                               f"the table must be in millimetres")
+    if sd <= 0:
+        raise TissueTableError(f"{where}: sd_mm must be positive, got {sd_cell!r}")
+    return mean, sd
+
+
+def _one_row(key: str, candidates: list, origin: str) -> tuple:
+    """The most specific matching row of a landmark; two equally specific ones are an error that
+    says how to tell them apart."""
+    candidates.sort(key=lambda c: -c[0])
+    best = [c for c in candidates if c[0] == candidates[0][0]]
+    if len(best) > 1:
+        lines_ = ", ".join(str(c[1]) for c in best)
+        differing = sorted({k for c in best for k in c[5] if c[5][k] != best[0][5][k]})
+        hint = (f"they differ in {', '.join(differing)}: select with "
+                f"{', '.join(f'{k}=...' for k in differing)}" if differing
+                else "remove the duplicate or add a filter column")
+        raise TissueTableError(f"{origin}: {len(best)} rows for landmark {key!r} (lines {lines_}); "
+                               f"{hint}")
+    return best[0]
 
 
 def _landmark_key(cell: str, where: str) -> str:
