@@ -12,12 +12,14 @@ Each face gives:
 
 - ``Face.dense`` (478, 3): x, y in pixels (image evidence) and z, MediaPipe's *learned* relative
   depth, in pixels at the same scale as x (smaller = nearer the camera; centred on the face).
-  The fit does not use z: how far to trust it has not been measured (see the README's limits);
+  The fit does not use z: on renders it knows less about a face's depths than the mean face
+  does (``benchmarks/mesh_depth.py``: median error 3.5 mm against 1.2 mm);
 - ``Face.landmarks`` (68, 2): the iBUG-68 layout read off the mesh at the mesh vertices that
   match each iBUG point (:data:`IBUG68_FROM_MESH`), so every 68-point consumer (the fit, the
   person descriptor, the quality flags) takes mesh faces as they are. Where on the face model
   these points land is *measured* for this detector (:mod:`.calibrate`, a packaged embedding
-  for the default model), not assumed from dlib's.
+  for the default model), not assumed from dlib's; its contour points are fixed on the surface
+  (a 3D mesh fit), so all 68 are calibrated and the fit does not march its jaw line.
 
 The mesh's face detector reports no score: ``Face.score`` is 1.0.
 """
@@ -38,8 +40,8 @@ from skullsearch.errors import DependencyError
 
 #: MediaPipe Face Mesh vertex for each iBUG-68 point (jaw 0–16, brows 17–26, nose 27–35, eyes
 #: 36–47, outer lips 48–59, inner lips 60–67): the correspondence in common use between the two
-#: layouts (e.g. LatentSync, Apache-2.0). The inner points are re-measured on the face model by
-#: calibration; the jaw line follows the silhouette in the fit.
+#: layouts (e.g. LatentSync, Apache-2.0). Where each lands on the face model is measured by
+#: calibration, contour included.
 IBUG68_FROM_MESH = (
     162, 234, 93, 58, 172, 136, 149, 148, 152, 377, 378, 365, 397, 288, 323, 454, 389,
     71, 63, 105, 66, 107, 336, 296, 334, 293, 301,
