@@ -928,7 +928,7 @@ ACKNOWLEDGEMENT = (
 def write_case(out_dir, ct_path=CT_HEAD, images=False, depths=False) -> dict:
     """Write one validation case to ``out_dir``: skull.ply, skin.ply (mm, :func:`head_frame`),
     skull.landmarks.json ({pair key: [x, y, z]} mm, readable by
-    ``skullsearch.retrieval.skull_io.load_skull``) and ACKNOWLEDGEMENT.txt (the data's terms).
+    ``skullsearch.Skull.load``) and ACKNOWLEDGEMENT.txt (the data's terms).
     ``images``: also profile.png / profile_face.png (midsagittal CT, bone, skin, landmarks);
     ``depths``: add the soft-tissue depths at the landmarks to the summary. Returns the summary
     (counts, timings in s, the skull frame's tilt and horizontal)."""

@@ -37,11 +37,12 @@ class Skull:
 
     @classmethod
     def load(cls, path: str | os.PathLike, landmarks: str | os.PathLike | dict | None = None,
-             units: str | None = None, snap_mm: float = 2.0) -> Skull:
-        """Read a skull mesh and its landmarks; see :func:`skullsearch.retrieval.skull_io.load_skull`."""
-        from skullsearch.retrieval.skull_io import load_skull
+             units: str | None = None, snap_mm: float = 2.0, **kw) -> Skull:
+        """Read a skull mesh and its landmarks; see :func:`skullsearch.retrieval.skull_io.read_skull`
+        (``kw``: its ``max_snap_mm``)."""
+        from skullsearch.retrieval.skull_io import read_skull
 
-        return load_skull(path, landmarks=landmarks, units=units, snap_mm=snap_mm)
+        return cls(**read_skull(path, landmarks=landmarks, units=units, snap_mm=snap_mm, **kw))
 
     def landmark_array(self) -> tuple[np.ndarray, np.ndarray]:
         """(36, 3) float64 landmark positions in SOFT_TISSUE_NAMES order (NaN where absent) and the
@@ -55,3 +56,9 @@ class Skull:
     @property
     def n_present(self) -> int:
         return int(self.landmark_array()[1].sum())
+
+
+def load_skull(path: str | os.PathLike, landmarks=None, units: str | None = None, snap_mm: float = 2.0,
+               **kw) -> Skull:
+    """:meth:`Skull.load` as a function."""
+    return Skull.load(path, landmarks=landmarks, units=units, snap_mm=snap_mm, **kw)

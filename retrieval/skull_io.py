@@ -2,7 +2,7 @@
 
     mesh, units, warnings = read_mesh("case17.off")              # PLY, STL, OBJ, OFF (ASCII or binary)
     landmarks, sha = read_landmarks("case17.landmarks.json")     # {pair key: (3,) float}
-    skull = load_skull("case17.ply", units="cm")                 # -> Skull, landmarks snapped
+    fields = read_skull("case17.ply", units="cm")     # Skull's fields, landmarks snapped (Skull.load)
 
 A skull arrives in any frame: nothing here moves, rotates or re-orients it. Only its *scale* is
 checked: an adult skull is about 180–200 mm long (bounding-box diagonal ~200–350 mm), so a file
@@ -39,7 +39,6 @@ import trimesh
 
 from skullsearch.encoder.soft_tissue import BILATERAL, LONG_NAMES, MIDLINE, SOFT_TISSUE_NAMES
 from skullsearch.errors import DependencyError, SkullError, SkullLandmarkError
-from skullsearch.retrieval.skull import Skull
 
 logger = logging.getLogger(__name__)
 
@@ -771,10 +770,11 @@ def _snap(mesh: trimesh.Trimesh, landmarks: dict[str, np.ndarray], snap_mm: floa
     return out
 
 
-def load_skull(path: str | os.PathLike, landmarks: str | os.PathLike | Mapping | None = None,
+def read_skull(path: str | os.PathLike, landmarks: str | os.PathLike | Mapping | None = None,
                units: str | None = None, snap_mm: float = 2.0,
-               max_snap_mm: float = MAX_LANDMARK_DISTANCE_MM) -> Skull:
-    """Read a skull mesh (see :func:`read_mesh`) and its landmarks (see :func:`read_landmarks`).
+               max_snap_mm: float = MAX_LANDMARK_DISTANCE_MM) -> dict:
+    """Read a skull mesh (see :func:`read_mesh`) and its landmarks (see :func:`read_landmarks`):
+    the fields of a :class:`~skullsearch.retrieval.skull.Skull` (``Skull.load`` builds one).
 
     ``landmarks``: a file, a dict, or ``None`` to use the sidecar found by
     :func:`find_landmark_file`. Landmark coordinates are in the mesh's units and converted with
@@ -815,6 +815,6 @@ def load_skull(path: str | os.PathLike, landmarks: str | os.PathLike | Mapping |
     factor = UNITS_MM[units_used]
     points = {k: v * factor for k, v in raw.items()}
     points = _snap(mesh, points, snap_mm, max_snap_mm, src, p.name, warnings)
-    return Skull(mesh=mesh, landmarks=points, path=os.fspath(path), sha256=hashlib.sha256(data).hexdigest(),
-                 landmarks_path=os.fspath(lm_path) if lm_path is not None else None,
-                 landmarks_sha256=lm_sha, units=units_used, warnings=warnings)
+    return dict(mesh=mesh, landmarks=points, path=os.fspath(path), sha256=hashlib.sha256(data).hexdigest(),
+                landmarks_path=os.fspath(lm_path) if lm_path is not None else None,
+                landmarks_sha256=lm_sha, units=units_used, warnings=warnings)

@@ -20,12 +20,11 @@ from hypothesis import strategies as st
 
 from skullsearch.encoder.soft_tissue import BILATERAL, LONG_NAMES, MIDLINE, SOFT_TISSUE_NAMES
 from skullsearch.errors import LandmarkError, SkullError, SkullsearchError
-from skullsearch.retrieval.skull import Skull
+from skullsearch.retrieval.skull import Skull, load_skull
 from skullsearch.retrieval.skull_io import (
     LANDMARK_ALIASES,
     find_landmark_file,
     landmark_key,
-    load_skull,
     read_landmarks,
     read_mesh,
 )
