@@ -1,4 +1,5 @@
-"""benchmarks/identity.py: its AUC, and one small end-to-end run through the real detector."""
+"""benchmarks/identity.py (its AUC; small end-to-end runs through the real detectors),
+fit_uncertainty.py and mesh_depth.py: small runs that keep them working."""
 
 from __future__ import annotations
 
@@ -12,14 +13,19 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def identity():
-    sys.path.insert(0, str(ROOT / "benchmarks"))  # the benchmark imports its _common helpers
-    spec = importlib.util.spec_from_file_location("skullsearch_bench_identity",
-                                                  ROOT / "benchmarks" / "identity.py")
+def benchmark(name: str):
+    """benchmarks/NAME.py as a module (the benchmarks import their _common helpers)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    spec = importlib.util.spec_from_file_location(f"skullsearch_bench_{name}",
+                                                  ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="module")
+def identity():
+    return benchmark("identity")
 
 
 def test_auc(identity):
@@ -51,12 +57,7 @@ def test_a_small_run_with_the_mesh_and_the_fit_uncertainty(identity):
 
 
 def test_the_uncertainty_calibration_benchmark(capsys):
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    spec = importlib.util.spec_from_file_location("skullsearch_bench_fit_uncertainty",
-                                                  ROOT / "benchmarks" / "fit_uncertainty.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    out = bench.main(["--faces", "6", "--noise", "0.02", "0.2", "--seed", "2"])
+    out = benchmark("fit_uncertainty").main(["--faces", "6", "--noise", "0.02", "0.2", "--seed", "2"])
     assert out["faces"] >= 5 and out["synthetic"] is True
     low, high = out["by_noise"]
     # more landmark noise: a wider posterior, so the same errors are fewer standard deviations
@@ -65,13 +66,8 @@ def test_the_uncertainty_calibration_benchmark(capsys):
     assert out["best_noise"] in (0.02, 0.2) and '"by_noise"' in capsys.readouterr().out.splitlines()[-1]
 
 
-def test_the_mesh_depth_benchmark(capsys):
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    spec = importlib.util.spec_from_file_location("skullsearch_bench_mesh_depth",
-                                                  ROOT / "benchmarks" / "mesh_depth.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    out = bench.main(["--photos", "3", "--seed", "1"])
+def test_the_mesh_depth_benchmark():
+    out = benchmark("mesh_depth").main(["--photos", "3", "--seed", "1"])
     assert out["found"] == 3 and out["synthetic"] is True
     for key in ("mesh_z", "mean_face_depth"):
         assert 0 < out[key]["corr"] <= 1 and out[key]["median_abs_residual_mm"] > 0
