@@ -101,8 +101,10 @@ def model_calibrate(
         MeshDetector()  # (says how to install MediaPipe when it is missing)
         emb, rep = cal.calibrate_embedding(model, photos=photos, seed=seed, detect=landmarks68,
                                            points=range(68))  # (its contour is on the surface)
-        dst = dst or cal.embedding_paths(model, detector)[1]
-        cal.save_detector_embedding(dst, model, detector, emb, rep)
+        from skullsearch.encoder.embeddings import embedding_paths, save_detector_embedding
+
+        dst = dst or embedding_paths(model, detector)[1]
+        save_detector_embedding(dst, model, detector, emb, rep)
         out.print(f"wrote {dst}: the mesh found {rep.found}/{rep.photos} renders; its 68 points "
                   f"{np.median(rep.shift_mm):.1f} mm from the model's embedding (median; inner "
                   f"{np.median(rep.shift_mm[17:]):.1f}, contour {np.median(rep.shift_mm[:17]):.1f})",

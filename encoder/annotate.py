@@ -373,7 +373,7 @@ def annotation_for(model):
 
     A model without a 68-point embedding also gets one (set on ``model.landmarks``).
     """
-    from skullsearch.encoder.anny_head import cache_dir
+    from skullsearch.encoder.cache import cache_dir
 
     h = model.topology_hash
     found = packaged_annotation(h)

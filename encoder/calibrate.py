@@ -26,14 +26,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from skullsearch.encoder.embeddings import SURFACE_CONTOUR  # noqa: F401 - named in the docstrings
 from skullsearch.errors import LandmarkError
 
 #: iBUG indices that are calibrated (the jaw line 0–16 follows the silhouette instead).
 INNER = tuple(range(17, 68))
-#: Detectors whose contour points (iBUG 0–16) are fixed on the face's surface, as a 3D face mesh
-#: fit places them, not on the visible silhouette as dlib's (trained on 300-W) are: all 68 of
-#: their points are calibrated, and the fit does not march their jaw line.
-SURFACE_CONTOUR = frozenset({"mesh"})
 
 
 @dataclass
@@ -131,49 +128,3 @@ def calibrate_embedding(model, photos: int = 96, seed: int = 0, max_yaw: float =
     snapped = (tmpl[model.faces[tri]] * bary[..., None]).sum(1)
     return emb, CalibrationReport(photos=photos, found=found, samples=counts,
                                   shift_mm=np.linalg.norm(snapped - old, axis=1), spread_mm=spread)
-
-
-# ---------------------------------------------------------------- per-detector embeddings
-def embedding_file_name(model, detector: str) -> str:
-    return f"landmarks-{detector}-{model.fingerprint[:16]}.npz"
-
-
-def embedding_paths(model, detector: str) -> list:
-    """Where a detector's calibrated embedding for ``model`` is looked for: the package's data
-    (the default model's), then the cache folder (``skullsearch model calibrate --detector``)."""
-    from pathlib import Path
-
-    from skullsearch.encoder.anny_head import cache_dir
-
-    name = embedding_file_name(model, detector)
-    return [Path(__file__).parent / "data" / name, cache_dir() / name]
-
-
-def save_detector_embedding(path, model, detector: str, emb, report: CalibrationReport) -> None:
-    """Write a detector's calibrated 68-point embedding (from :func:`calibrate_embedding`)."""
-    from skullsearch.encoder.atomic import atomic_file
-
-    with atomic_file(path) as fh:
-        np.savez(fh, faces=np.asarray(emb.static_faces, np.int64),
-                 bary=np.asarray(emb.static_bary, np.float32), detector=detector,
-                 model_fingerprint=model.fingerprint, source=emb.source, found=report.found,
-                 photos=report.photos, spread_mm=report.spread_mm)
-
-
-def detector_points(model, detector: str | None):
-    """The 68 surface points (:class:`~skullsearch.encoder.face_model.SurfacePoints`) to fit
-    ``detector``'s landmarks with on ``model``: its calibrated embedding where one exists
-    (:func:`embedding_paths`), else None — the model's own embedding (calibrated to dlib for the
-    default model)."""
-    if not detector or detector == "dlib":
-        return None
-    from skullsearch.encoder.face_model import SurfacePoints
-
-    for p in embedding_paths(model, detector):
-        if p.exists():
-            with np.load(p) as z:
-                if str(z["model_fingerprint"]) != model.fingerprint:
-                    raise LandmarkError(f"{p} was calibrated for another face model: calibrate again "
-                                        f"(skullsearch model calibrate --detector {detector})")
-                return SurfacePoints(z["faces"].astype(np.int64), z["bary"].astype(np.float32))
-    return None

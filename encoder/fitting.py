@@ -235,11 +235,11 @@ class LandmarkRig:
 def rig_for(model, n_shape: int = 90, n_expression: int = 90, device="cpu",
             dtype=torch.float32, detector: str | None = None) -> LandmarkRig:
     """A :class:`LandmarkRig` for the model and a detector's landmarks (its calibrated embedding
-    where there is one, :func:`.calibrate.detector_points`, else the model's own; a jaw line that
+    where there is one, :func:`.embeddings.detector_points`, else the model's own; a jaw line that
     marches along the silhouette unless the detector's contour is fixed on the surface,
-    :data:`.calibrate.SURFACE_CONTOUR`), built once per (sizes, device, dtype, embedding) and
+    :data:`.embeddings.SURFACE_CONTOUR`), built once per (sizes, device, dtype, embedding) and
     cached on the model."""
-    from skullsearch.encoder.calibrate import SURFACE_CONTOUR, detector_points
+    from skullsearch.encoder.embeddings import SURFACE_CONTOUR, detector_points
 
     points = detector_points(model, detector)
     marching = detector not in SURFACE_CONTOUR

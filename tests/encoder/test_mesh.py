@@ -60,7 +60,7 @@ def test_a_missing_mediapipe_says_how_to_install_it(monkeypatch):
 
 
 def test_the_default_model_ships_a_mesh_embedding_the_fit_uses(default_model):
-    from skullsearch.encoder.calibrate import detector_points, embedding_paths
+    from skullsearch.encoder.embeddings import detector_points, embedding_paths
     from skullsearch.encoder.fitting import rig_for
 
     packaged = embedding_paths(default_model, "mesh")[0]

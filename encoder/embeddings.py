@@ -1,0 +1,70 @@
+"""Per-detector 68-point embeddings: where on a face model each detector's landmarks land, as
+measured by :func:`skullsearch.encoder.calibrate.calibrate_embedding`, stored per model and
+detector, and found by the fit (:func:`skullsearch.encoder.fitting.rig_for`).
+
+Kept apart from the calibration (which renders and detects) so that the fit can look an
+embedding up without importing the face model's building and annotation code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from skullsearch.errors import LandmarkError
+
+#: Detectors whose contour points (iBUG 0–16) are fixed on the face's surface, as a 3D face mesh
+#: fit places them, not on the visible silhouette as dlib's (trained on 300-W) are: all 68 of
+#: their points are calibrated, and the fit does not march their jaw line.
+SURFACE_CONTOUR = frozenset({"mesh"})
+
+
+class DetectorPoints(NamedTuple):
+    """A detector's 68 points on a model: triangle indices (68,) int64, barycentric weights (68, 3)
+    float32 (what :class:`~skullsearch.encoder.fitting.LandmarkRig` reads of surface points)."""
+
+    faces: np.ndarray
+    bary: np.ndarray
+
+
+def embedding_file_name(model, detector: str) -> str:
+    return f"landmarks-{detector}-{model.fingerprint[:16]}.npz"
+
+
+def embedding_paths(model, detector: str) -> list[Path]:
+    """Where a detector's calibrated embedding for ``model`` is looked for: the package's data
+    (the default model's), then the cache folder (``skullsearch model calibrate --detector``)."""
+    from skullsearch.encoder.cache import cache_dir
+
+    name = embedding_file_name(model, detector)
+    return [Path(__file__).parent / "data" / name, cache_dir() / name]
+
+
+def save_detector_embedding(path, model, detector: str, emb, report) -> None:
+    """Write a detector's calibrated 68-point embedding (``emb`` and ``report`` from
+    :func:`~skullsearch.encoder.calibrate.calibrate_embedding`)."""
+    from skullsearch.encoder.atomic import atomic_file
+
+    with atomic_file(path) as fh:
+        np.savez(fh, faces=np.asarray(emb.static_faces, np.int64),
+                 bary=np.asarray(emb.static_bary, np.float32), detector=detector,
+                 model_fingerprint=model.fingerprint, source=emb.source, found=report.found,
+                 photos=report.photos, spread_mm=report.spread_mm)
+
+
+def detector_points(model, detector: str | None) -> DetectorPoints | None:
+    """The 68 surface points to fit ``detector``'s landmarks with on ``model``: its calibrated
+    embedding where one exists (:func:`embedding_paths`), else None — the model's own embedding
+    (calibrated to dlib for the default model)."""
+    if not detector or detector == "dlib":
+        return None
+    for p in embedding_paths(model, detector):
+        if p.exists():
+            with np.load(p) as z:
+                if str(z["model_fingerprint"]) != model.fingerprint:
+                    raise LandmarkError(f"{p} was calibrated for another face model: calibrate again "
+                                        f"(skullsearch model calibrate --detector {detector})")
+                return DetectorPoints(z["faces"].astype(np.int64), z["bary"].astype(np.float32))
+    return None
