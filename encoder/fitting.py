@@ -241,7 +241,10 @@ def rig_for(model, n_shape: int = 90, n_expression: int = 90, device="cpu",
     cached on the model."""
     from skullsearch.encoder.embeddings import SURFACE_CONTOUR, detector_points
 
-    points = detector_points(model, detector)
+    looked_up = model.__dict__.setdefault("_detector_points", {})  # (read from disk once)
+    if detector not in looked_up:
+        looked_up[detector] = detector_points(model, detector)
+    points = looked_up[detector]
     marching = detector not in SURFACE_CONTOUR
     cache = model.__dict__.setdefault("_rig_cache", {})
     key = (n_shape, n_expression, str(device), dtype,
@@ -736,7 +739,8 @@ class _LMProblem:
         rot = camera_rotation(st["cam_rot"])
         uv_all = project(pts, rot, st["trans"], self.focal, self.center)
         if rows is None:
-            pick = select_silhouette(uv_all[:, 68:].reshape(self.b, len(MARCHING), t.n_cand, 2))
+            pick = (select_silhouette(uv_all[:, 68:].reshape(self.b, len(MARCHING), t.n_cand, 2))
+                    if self.rig.marching else uv_all.new_zeros(self.b, 0, dtype=torch.long))
             rows = lev.effective_rows(t, pick, self.rig.marching)
         uv = uv_all[self.bi, rows]
         reproj = ((uv - self.lm2d) ** 2).sum(-1).mean(1) / self.scale**2
@@ -747,18 +751,24 @@ class _LMProblem:
         total = total + (self.prior * (x - self.prior_mean) ** 2).sum(1)
         return total, dict(c=c, pts=pts, parts=parts, rot=rot, rows=rows, uv=uv, fit_len=fit_len, x=x)
 
-    def normal_equations(self, st, aux, rigid: bool):
-        """H (B, N, N) = JᵀJ (+ prior), g (B, N) = Jᵀr (+ prior · x): half the energy's Hessian
-        (Gauss-Newton) and gradient; N = 6 (rigid: camera only) or 9 + S + E."""
-        b, t = self.b, self.tables
+    def uv_jacobian(self, st, aux, rigid: bool) -> torch.Tensor:
+        """d(landmark pixels)/d(parameters) (B, 136, N) at state st: N = 6 (rigid: camera only) or
+        [camera 6, jaw 3, δ E, α S]."""
         pe = aux["pts"][self.bi, aux["rows"]]  # (B, 68, 3)
         m, jcam = lev.projection_jacobian(pe, aux["rot"], st["cam_rot"], st["trans"], self.focal)
         if rigid:
             juv = jcam
         else:
-            jl = lev.landmark_uv_jacobian(t, st["jaw"], aux["parts"], aux["rows"], m, self.rig.marching)
+            jl = lev.landmark_uv_jacobian(self.tables, st["jaw"], aux["parts"], aux["rows"], m,
+                                          self.rig.marching)
             juv = torch.cat([jcam, jl], -1)  # (B, 68, 2, N)
-        juv = juv.reshape(b, 136, -1)
+        return juv.reshape(self.b, 136, -1)
+
+    def normal_equations(self, st, aux, rigid: bool):
+        """H (B, N, N) = JᵀJ (+ prior), g (B, N) = Jᵀr (+ prior · x): half the energy's Hessian
+        (Gauss-Newton) and gradient; N = 6 (rigid: camera only) or 9 + S + E."""
+        b = self.b
+        juv = self.uv_jacobian(st, aux, rigid)
         m_e, q = lev.edge_metric(aux["uv"], self.edges, self.emask, self.k_lmk, self.k_edge,
                                  self.obs_len, aux["fit_len"])
         q = q + (self.k_lmk[:, None] ** 2) * (aux["uv"] - self.lm2d).reshape(b, -1)
@@ -783,12 +793,9 @@ class _LMProblem:
         statistics. Each face's own parameters are eliminated (Schur complement), the person's
         information summed over its photos, then inverted.
         """
-        b, t, rig = self.b, self.tables, self.rig
-        pe = aux["pts"][self.bi, aux["rows"]]
-        m, jcam = lev.projection_jacobian(pe, aux["rot"], st["cam_rot"], st["trans"], self.focal)
-        jl = lev.landmark_uv_jacobian(t, st["jaw"], aux["parts"], aux["rows"], m, rig.marching)
+        b, rig = self.b, self.rig
         sigma = (noise * self.scale).double()  # (B,) px
-        j = torch.cat([jcam, jl], -1).reshape(b, 136, -1).double() / sigma[:, None, None]
+        j = self.uv_jacobian(st, aux, rigid=False).double() / sigma[:, None, None]
         h = j.transpose(1, 2) @ j  # (B, N, N): [camera 6, jaw 3, δ E, α S]
         n_s = rig.n_shape
         w_noise = self.cfg.w_landmark / 68 * noise**2  # the fit's energy units per σ²
