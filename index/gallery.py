@@ -189,7 +189,9 @@ class Gallery:
     def _npy(self, shard: ShardInfo, kind: str) -> np.ndarray:
         return np.load(shard.file(self.path, f"{kind}.npy"), mmap_mode="r")
 
-    def _gather(self, ids, kind: str, width: tuple[int, ...]) -> np.ndarray:
+    def _gather(self, ids, kind: str, width: tuple[int, ...], missing: float | None = None) -> np.ndarray:
+        """Rows (n, *width) float32 of a per-face shard array for face ids. missing: the value of
+        the rows of shards without that (optional) file; None: every shard must have it."""
         shard_no, row = store.split_id(ids)
         known = {s.number: s for s in self.shards()}
         out = np.zeros((len(shard_no), *width), np.float32)
@@ -197,6 +199,9 @@ class Gallery:
             if int(sn) not in known:
                 raise GalleryError(f"face ids of shard {int(sn)} are not in this gallery")
             sel = shard_no == sn
+            if missing is not None and not known[int(sn)].file(self.path, f"{kind}.npy").exists():
+                out[sel] = missing
+                continue
             arr = self._npy(known[int(sn)], kind)
             if row[sel].max() >= len(arr):
                 raise GalleryError(f"face id beyond shard {int(sn)}'s {len(arr)} faces")
@@ -210,16 +215,8 @@ class Gallery:
     def tissue_covariance(self, ids) -> np.ndarray:
         """The fit's posterior covariance (n, 36, 3, 3) mm² of each soft-tissue point of face ids
         (ingested with ``uncertainty=True``); NaN for faces of shards ingested without it."""
-        ids = np.asarray(ids, dtype=np.int64)
-        shard_no, row = store.split_id(ids)
-        known = {s.number: s for s in self.shards()}
-        out = np.full((len(ids), 36, 3, 3), np.nan, np.float32)
-        for sn in np.unique(shard_no):
-            f = known[int(sn)].file(self.path, "tissue_cov.npy") if int(sn) in known else None
-            if f is not None and f.exists():
-                sel = shard_no == sn
-                out[sel] = store.unpack_covariance(np.load(f, mmap_mode="r")[row[sel]])
-        return out
+        packed = self._gather(np.asarray(ids, dtype=np.int64), "tissue_cov", (36, 6), missing=np.nan)
+        return store.unpack_covariance(packed)
 
     def codes(self, ids) -> np.ndarray:
         """Face codes (n, 228) of face ids."""
