@@ -32,6 +32,7 @@ import torch
 from _common import emit
 
 from skullsearch import FaceModel
+from skullsearch.encoder.calibrate import read_back, skin_triangles
 from skullsearch.encoder.mesh import IBUG68_FROM_MESH, mesh_points
 from skullsearch.encoder.render import random_portrait
 
@@ -65,10 +66,7 @@ def main(argv=None):
     with torch.no_grad():
         verts = model.vertices(shape=shape).numpy().astype(np.float64)
     tmpl = model.v_template.astype(np.float64)
-    from skullsearch.encoder.annotate import _skin
-
-    on_skin = np.zeros(len(model.faces), bool)
-    on_skin[_skin(tmpl, model.faces)[1]] = True
+    on_skin = skin_triangles(model)
     inner = np.zeros(478, bool)
     inner[list(IBUG68_FROM_MESH[17:])] = True
     oval = np.zeros(478, bool)
@@ -82,13 +80,10 @@ def main(argv=None):
             continue
         found += 1
         d = dense[0]
-        r = np.clip(np.round(d[:, 1]).astype(int), 0, cam.height - 1)
-        c = np.clip(np.round(d[:, 0]).astype(int), 0, cam.width - 1)
-        tri = render.face_id[r, c]
         # read back onto the outer skin only (not the background, nor the mouth's or the eyes'
         # inside, where a lip or eyelid point's pixel can land)
-        ok = (tri >= 0) & on_skin[np.maximum(tri, 0)]
-        bary = render.bary[r[ok], c[ok]]
+        ok, tri, bary = read_back(render, d[:, :2], on_skin)
+        bary = bary[ok]
         corners = model.faces[tri[ok]]
         true_pts = (v[corners] * bary[..., None]).sum(1)
         depth = cam.to_camera(true_pts)[:, 2]

@@ -62,6 +62,31 @@ def _render_set(model, photos: int, rng, max_yaw: float, size: int):
         yield random_portrait(v, model.faces, rng, max_yaw, size)
 
 
+def skin_triangles(model, skin_faces=None) -> np.ndarray:
+    """(F,) bool: the model's triangles on its outer skin (not the eyes, mouth or other parts);
+    skin_faces: their indices when already known (:func:`~skullsearch.encoder.annotate._skin`)."""
+    if skin_faces is None:
+        from skullsearch.encoder.annotate import _skin
+
+        skin_faces = _skin(model.v_template.astype(np.float64), model.faces)[1]
+    on_skin = np.zeros(len(model.faces), bool)
+    on_skin[skin_faces] = True
+    return on_skin
+
+
+def read_back(render, points_px, on_skin: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Detected points (n, 2) px of a render back onto the rendered mesh through its triangle and
+    barycentric buffers: (ok (n,) bool — the point's pixel shows a triangle of ``on_skin`` —,
+    triangle (n,), barycentric weights (n, 3))."""
+    pts = np.asarray(points_px, np.float64)
+    h, w = render.face_id.shape
+    rows = np.clip(np.round(pts[:, 1]).astype(int), 0, h - 1)
+    cols = np.clip(np.round(pts[:, 0]).astype(int), 0, w - 1)
+    tri = render.face_id[rows, cols]
+    ok = (tri >= 0) & on_skin[np.maximum(tri, 0)]
+    return ok, tri, render.bary[rows, cols]
+
+
 def calibrate_embedding(model, photos: int = 96, seed: int = 0, max_yaw: float = 30.0,
                         size: int = 512, detect=None, min_samples: int = 5, points=INNER):
     """Measure where the detector's points land on ``model`` (module docstring).
@@ -85,25 +110,18 @@ def calibrate_embedding(model, photos: int = 96, seed: int = 0, max_yaw: float =
     rng = np.random.default_rng(seed)
     tmpl = model.v_template.astype(np.float64)
     skin, skin_faces = _skin(tmpl, model.faces)
-    on_skin = np.zeros(len(model.faces), bool)
-    on_skin[skin_faces] = True
+    on_skin = skin_triangles(model, skin_faces)
     samples: list[list[np.ndarray]] = [[] for _ in range(68)]
     found = 0
-    for r, cam in _render_set(model, photos, rng, max_yaw, size):
+    for r, _ in _render_set(model, photos, rng, max_yaw, size):
         dets = detect(r.image)
         if not dets:
             continue
         found += 1
-        pts2d = np.asarray(dets[0][1], np.float64)
-        rows = np.clip(np.round(pts2d[:, 1]).astype(int), 0, cam.height - 1)
-        cols = np.clip(np.round(pts2d[:, 0]).astype(int), 0, cam.width - 1)
-        tri = r.face_id[rows, cols]
+        ok, tri, bary = read_back(r, dets[0][1], on_skin)
         for k in points:
-            f = tri[k]
-            if f < 0 or not on_skin[f]:
-                continue
-            b = r.bary[rows[k], cols[k]]
-            samples[k].append((tmpl[model.faces[f]] * b[:, None]).sum(0))
+            if ok[k]:
+                samples[k].append((tmpl[model.faces[tri[k]]] * bary[k][:, None]).sum(0))
     with torch.no_grad():
         old = model.landmarks68(batch_size=1)[0].double().numpy()
     new = old.copy()

@@ -130,14 +130,17 @@ def mesh_points(pixels: np.ndarray, max_faces: int = 4, min_confidence: float = 
     return out
 
 
+def box_and_landmarks68(dense: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A face's box (4,) x0, y0, x1, y1 (its points' extent) and iBUG-68 landmarks (68, 2) px from
+    its dense points (478, 3)."""
+    xy = dense[:, :2]
+    return np.concatenate([xy.min(0), xy.max(0)]), xy[list(IBUG68_FROM_MESH)]
+
+
 def landmarks68(pixels: np.ndarray, **kw) -> list[tuple[np.ndarray, np.ndarray]]:
     """(box (4,), iBUG-68 landmarks (68, 2)) per face, the shape :func:`.calibrate.calibrate_embedding`
     takes as its ``detect``."""
-    out = []
-    for dense in mesh_points(pixels, **kw):
-        xy = dense[:, :2]
-        out.append((np.concatenate([xy.min(0), xy.max(0)]), xy[list(IBUG68_FROM_MESH)]))
-    return out
+    return [box_and_landmarks68(dense) for dense in mesh_points(pixels, **kw)]
 
 
 @dataclass
@@ -155,6 +158,6 @@ class MeshDetector(Detector):
     def detect(self, image: DecodedImage) -> list[Face]:
         found = []
         for d in mesh_points(image.pixels, self.max_faces, self.min_confidence):
-            xy = d[:, :2]
-            found.append((np.concatenate([xy.min(0), xy.max(0)]), 1.0, xy[list(IBUG68_FROM_MESH)], d))
+            box, lm = box_and_landmarks68(d)
+            found.append((box, 1.0, lm, d))  # (the mesh reports no score)
         return self._faces(image, found)
