@@ -84,8 +84,9 @@ def model_calibrate(
     seed: Annotated[int, typer.Option(help="Seed of the renders (the result is deterministic).")] = 0,
     detector: Annotated[str, typer.Option(help="The detector to calibrate for: dlib or mesh.")] = "dlib",
 ):
-    """Calibrate the model's 68-point embedding to a detector: the inner 51 points where it puts
-    them on renders of the model's faces (the default model ships calibrated to dlib and mesh)."""
+    """Calibrate the model's 68-point embedding to a detector: where it puts its points on renders
+    of the model's faces — dlib's inner 51 (its jaw line follows the silhouette), all 68 of the
+    mesh's (its contour is on the surface). The default model ships calibrated to both."""
     import numpy as np
 
     from skullsearch.encoder import calibrate as cal
