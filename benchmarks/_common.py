@@ -124,3 +124,21 @@ def identity_errors(model, mask: np.ndarray, fitted_shape, true_shape) -> tuple[
     err = np.linalg.norm(align(fit, truth) - truth, axis=-1)
     mean_face = np.broadcast_to(model.v_template[mask], truth.shape)
     return err, np.linalg.norm(align(mean_face, truth) - truth, axis=-1)
+
+
+#: χ²₃'s median and 95th percentile: a calibrated 3D Gaussian's squared Mahalanobis distances.
+CHI2_3_MEDIAN = 2.366
+CHI2_3_95 = 7.815
+
+
+def tissue_errors_under_cov(fit_pts: np.ndarray, true_pts: np.ndarray, cov: np.ndarray):
+    """The fitted soft-tissue points' errors (n, 36, 3) mm, similarity-aligned to the truth as a
+    score aligns a face, and their squared Mahalanobis distances (n, 36) under each point's
+    covariance cov (n, 36, 3, 3) mm²."""
+    from skullsearch.encoder.align import align
+
+    fit_pts, true_pts = np.asarray(fit_pts, np.float64), np.asarray(true_pts, np.float64)
+    err = align(fit_pts, true_pts) - true_pts
+    m2 = np.einsum("nki,nkij,nkj->nk", err, np.linalg.inv(np.asarray(cov, np.float64)), err)
+    return err, m2
+

@@ -25,19 +25,15 @@ import tempfile
 import time
 
 import numpy as np
-from _common import emit, random_faces, render_photos
+from _common import CHI2_3_95, CHI2_3_MEDIAN, emit, random_faces, render_photos, tissue_errors_under_cov
 
 from skullsearch import FaceModel
 from skullsearch.encoder import code as code_layout
-from skullsearch.encoder.align import align
 from skullsearch.encoder.detectors import DlibDetector
 from skullsearch.encoder.encode import detect_faces, fit_faces
 from skullsearch.encoder.fitting import FitConfig
 from skullsearch.encoder.images import read_images
 from skullsearch.index.ingest import neutral_soft_tissue
-
-CHI2_3_MEDIAN = 2.366
-CHI2_3_95 = 7.815
 
 
 def calibration(model, faces, true_pts: np.ndarray, noise: float) -> dict:
@@ -45,10 +41,7 @@ def calibration(model, faces, true_pts: np.ndarray, noise: float) -> dict:
     fit_faces(model, faces, config=FitConfig(posterior=True, landmark_noise=noise))
     codes = np.stack([f.code for f in faces])
     cov = np.stack([f.tissue_cov for f in faces]).astype(np.float64)  # (n, 36, 3, 3)
-    fit_pts = neutral_soft_tissue(model, codes).astype(np.float64)
-    fit_pts = align(fit_pts, true_pts)
-    err = fit_pts - true_pts
-    m2 = np.einsum("nki,nkij,nkj->nk", err, np.linalg.inv(cov), err)
+    err, m2 = tissue_errors_under_cov(neutral_soft_tissue(model, codes), true_pts, cov)
     var = np.diagonal(cov, axis1=-2, axis2=-1)  # (n, 36, 3)
     ratio = (err**2).mean((0, 1)) / var.mean((0, 1))
     return {"noise": noise,

@@ -40,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 from _common import (
+    CHI2_3_95,
     auc,
     emit,
     face_normals,
@@ -48,11 +49,11 @@ from _common import (
     render_photos,
     synthetic_skull_targets,
     table_sd,
+    tissue_errors_under_cov,
 )
 
 from skullsearch import FaceModel
 from skullsearch.encoder import code as code_layout
-from skullsearch.encoder.align import align
 from skullsearch.encoder.detectors import get_detector
 from skullsearch.encoder.encode import describe_faces, detect_faces, fit_faces
 from skullsearch.encoder.face_model import face_region
@@ -194,12 +195,9 @@ def main(argv=None):
            "uncertainty": bool(a.uncertainty),
            "seconds": {"render": round(t1 - t0, 1), "detect_and_fit_twice": round(t2 - t1, 1)}}
     if cov1 is not None:  # calibration: the true soft-tissue error under each face's Σ_face
-        fit_pts = neutral_soft_tissue(model, codes1).astype(np.float64)
-        truth = true_pts[person[idx1]].astype(np.float64)
-        err_pts = align(fit_pts, truth) - truth  # (similarity-aligned, as a score aligns a face)
-        m2 = np.einsum("nki,nkij,nkj->nk", err_pts, np.linalg.inv(cov1.astype(np.float64)), err_pts)
+        _, m2 = tissue_errors_under_cov(neutral_soft_tissue(model, codes1), true_pts[person[idx1]], cov1)
         out["uncertainty_median_mahalanobis2"] = round(float(np.median(m2)), 2)  # χ²₃: 2.37
-        out["uncertainty_inside_95pct"] = round(float((m2 < 7.815).mean()), 3)
+        out["uncertainty_inside_95pct"] = round(float((m2 < CHI2_3_95).mean()), 3)
         out["landmark_noise"] = a.landmark_noise
     fits = {"1_photo": (codes1, idx1, cov1), f"{a.photos}_photos": (codes3, idx3, cov3)}
     out["by_gallery_size"] = {}
