@@ -496,15 +496,12 @@ def _scene(g, record: dict, shown: list, skull_mesh, recon, max_skull_faces: int
 
 
 def _calibration_scores(g, p: dict, result, cfg):
-    """The scores of the query's calibration sample (the same faces and scores its calibrated
-    rank used: with the faces' fit uncertainty when the query used it), or None."""
-    from skullsearch.retrieval.score import score
+    """The scores of the query's calibration sample, as its calibrated rank used them
+    (:func:`~skullsearch.retrieval.query.calibration_scores` with the recorded parameters)."""
+    from skullsearch.retrieval.query import calibration_scores
 
-    sample = g.sample_ids(p["calibration_sample"], seed=p["seed"], max_shard=p["max_shard"])
-    if not len(sample):
-        return None
-    cov = g.tissue_covariance(sample) if p.get("uncertainty") else None
-    return score(g.soft_tissue(sample), result.target, result.present, result.sd, cfg, face_cov=cov)
+    return calibration_scores(g, result.target, result.present, result.sd, cfg, p["calibration_sample"],
+                              p["seed"], p["max_shard"], bool(p.get("uncertainty")))
 
 
 _CSS = """

@@ -244,6 +244,24 @@ def exhaustive_candidates(gallery: Gallery, target: np.ndarray, present: np.ndar
     return ids[order[:keep]]
 
 
+def face_scores(gallery: Gallery, face_ids, target, present, sd, cfg: ScoreConfig,
+                uncertainty: bool = False):
+    """Exact :class:`~skullsearch.retrieval.score.Scores` of gallery faces against extended
+    landmarks; with uncertainty, the likelihood counts each face's fit uncertainty
+    (:meth:`Gallery.tissue_covariance`)."""
+    cov = gallery.tissue_covariance(face_ids) if uncertainty else None
+    return score(gallery.soft_tissue(face_ids), target, present, sd, cfg, face_cov=cov)
+
+
+def calibration_scores(gallery: Gallery, target, present, sd, cfg: ScoreConfig, sample_size: int,
+                       seed: int, max_shard: int | None, uncertainty: bool = False):
+    """The scores of a query's calibration sample — a fixed random sample of the gallery's faces
+    (``sample_size``, ``seed``, shards up to ``max_shard``), scored as the candidates are — or
+    None for an empty gallery. A calibrated rank compares a candidate's score with these."""
+    sample = gallery.sample_ids(sample_size, seed=seed, max_shard=max_shard)
+    return face_scores(gallery, sample, target, present, sd, cfg, uncertainty) if len(sample) else None
+
+
 def query_points(
     gallery: Gallery,
     target: np.ndarray,
@@ -301,15 +319,10 @@ def query_points(
     ext = ExtendedLandmarks.from_points(target, present, sd)
     if len(ids) == 0:
         return QueryResult([], ext, {"top": top, "shortlist": shortlist, "exhaustive": exhaustive})
-    def scores(face_ids):
-        cov = gallery.tissue_covariance(face_ids) if uncertainty else None
-        return score(gallery.soft_tissue(face_ids), target, present, sd, cfg, face_cov=cov)
-
-    sc = scores(ids)
+    sc = face_scores(gallery, ids, target, present, sd, cfg, uncertainty)
     order = rank_order(sc, rank_by)[:top]
-    # calibration against a fixed random sample of the gallery
-    sample = gallery.sample_ids(calibration_sample, seed=seed, max_shard=max_shard)
-    ref = scores(sample) if len(sample) else None
+    ref = calibration_scores(gallery, target, present, sd, cfg, calibration_sample, seed, max_shard,
+                             uncertainty)
     rows = {r["face_id"]: r for r in gallery.rows(ids[order], columns=("person", "path"))}
     cands = []
     for rank, i in enumerate(order, 1):
