@@ -36,10 +36,6 @@ from skullsearch.encoder.calibrate import read_back, skin_triangles
 from skullsearch.encoder.mesh import IBUG68_FROM_MESH, mesh_points
 from skullsearch.encoder.render import random_portrait
 
-#: The mesh's outline points (MediaPipe's FACEMESH_FACE_OVAL vertices, in order around the face).
-FACE_OVAL = (10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377,
-             152, 148, 176, 149, 150, 136, 172, 58, 132, 93, 234, 127, 162, 21, 54, 103, 67, 109)
-
 
 def affine_residual(z: np.ndarray, depth: np.ndarray) -> tuple[float, float, np.ndarray]:
     """(scale, correlation, residuals (n,)) of depth ≈ scale · z + offset: least squares, then
@@ -69,8 +65,10 @@ def main(argv=None):
     on_skin = skin_triangles(model)
     inner = np.zeros(478, bool)
     inner[list(IBUG68_FROM_MESH[17:])] = True
+    from mediapipe.python.solutions.face_mesh_connections import FACEMESH_FACE_OVAL  # (edges)
+
     oval = np.zeros(478, bool)
-    oval[list(FACE_OVAL)] = True
+    oval[sorted({v for edge in FACEMESH_FACE_OVAL for v in edge})] = True  # the face's outline
     rows = {"mesh": [], "mean_face": []}
     found = 0
     for v in verts:
