@@ -134,6 +134,8 @@ def main(argv=None):
                     help="fit with the posterior covariance and rank also by the likelihood with it")
     ap.add_argument("--landmark-noise", type=float, default=FitConfig.landmark_noise,
                     help="the posterior's landmark noise (fraction of the inter-ocular distance)")
+    ap.add_argument("--w-dense", type=float, default=FitConfig.w_dense,
+                    help="weight of the dense detector's points in the fit (mesh; 0 leaves them out)")
     a = ap.parse_args(argv)
     rng = np.random.default_rng(a.seed)
     model = FaceModel.default()
@@ -151,7 +153,7 @@ def main(argv=None):
         from skullsearch.encoder.identity_prior import for_model
 
         prior = for_model(model)
-    cfg = FitConfig(posterior=a.uncertainty, landmark_noise=a.landmark_noise)
+    cfg = FitConfig(posterior=a.uncertainty, landmark_noise=a.landmark_noise, w_dense=a.w_dense)
     codes1, idx1, descs1, cov1 = encode(model, paths, descriptors=True, prior=prior, config=cfg,
                                         detector=a.detector)
     codes3, idx3, _, cov3 = encode(model, paths, persons=person, prior=prior, config=cfg, detector=a.detector)
@@ -185,7 +187,7 @@ def main(argv=None):
     dis = dis_true + resid[borrow]
     dis_cov = None if cov1 is None else cov1[borrow]
     out = {"persons": a.persons, "photos_per_person": a.photos, "gallery": max(sizes[0], a.persons),
-           "identity_prior": bool(a.identity_prior), "detector": a.detector,
+           "identity_prior": bool(a.identity_prior), "detector": a.detector, "w_dense": a.w_dense,
            "photos": len(paths), "faces_found": int(len(idx1)),
            "identity_error_mm": round(float(err.mean()), 3),
            "mean_face_error_mm": round(float(err0.mean()), 3),

@@ -77,8 +77,9 @@ def model_convert(
 @model_app.command("calibrate")
 def model_calibrate(
     dst: Annotated[Path | None, typer.Argument(
-        help="dlib: the output skullsearch .npz (the model with its calibrated embedding). Another "
-             "detector: the embedding file (default: the cache folder, where fits find it).")] = None,
+        help="dlib: the output skullsearch .npz (the model with its calibrated embedding). mesh: "
+             "the 68-point embedding file, its dense calibration written beside it (default: the "
+             "cache folder, where fits find them).")] = None,
     face_model: FaceModelOption = None,
     photos: Annotated[int, typer.Option(help="Renders of faces from the model's prior.")] = 300,
     seed: Annotated[int, typer.Option(help="Seed of the renders (the result is deterministic).")] = 0,
@@ -86,7 +87,8 @@ def model_calibrate(
 ):
     """Calibrate the model's 68-point embedding to a detector: where it puts its points on renders
     of the model's faces — dlib's inner 51 (its jaw line follows the silhouette), all 68 of the
-    mesh's (its contour is on the surface). The default model ships calibrated to both."""
+    mesh's (its contour is on the surface), and for the mesh also where its 468 face points land
+    (the fit's dense term, FitConfig.w_dense). The default model ships calibrated to both."""
     import numpy as np
 
     from skullsearch.encoder import calibrate as cal
@@ -97,18 +99,13 @@ def model_calibrate(
         raise typer.BadParameter("--detector must be dlib or mesh")
     model = _load_model(face_model)
     if detector == "mesh":
-        from skullsearch.encoder.mesh import MeshDetector, landmarks68
-
-        MeshDetector()  # (says how to install MediaPipe when it is missing)
-        emb, rep = cal.calibrate_embedding(model, photos=photos, seed=seed, detect=landmarks68,
-                                           points=range(68))  # (its contour is on the surface)
-        from skullsearch.encoder.embeddings import embedding_paths, save_detector_embedding
-
-        dst = dst or embedding_paths(model, detector)[1]
-        save_detector_embedding(dst, model, detector, emb, rep)
+        dst, dense_dst, rep, dense = cal.calibrate_mesh(model, photos=photos, seed=seed, dst=dst)
         out.print(f"wrote {dst}: the mesh found {rep.found}/{rep.photos} renders; its 68 points "
                   f"{np.median(rep.shift_mm):.1f} mm from the model's embedding (median; inner "
                   f"{np.median(rep.shift_mm[17:]):.1f}, contour {np.median(rep.shift_mm[:17]):.1f})",
+                  highlight=False)
+        out.print(f"wrote {dense_dst}: {len(dense.index)} of its 468 face points land on the skin "
+                  f"consistently (median spread {np.median(dense.spread_mm[dense.index]):.1f} mm)",
                   highlight=False)
         return
     if dst is None:

@@ -146,3 +146,114 @@ def calibrate_embedding(model, photos: int = 96, seed: int = 0, max_yaw: float =
     snapped = (tmpl[model.faces[tri]] * bary[..., None]).sum(1)
     return emb, CalibrationReport(photos=photos, found=found, samples=counts,
                                   shift_mm=np.linalg.norm(snapped - old, axis=1), spread_mm=spread)
+
+
+@dataclass
+class DenseCalibration:
+    """Where a dense detector's K points land on a face model (:func:`calibrate_dense`).
+
+    index (K',) int64: the detector's points kept (those read back onto the skin on at least
+    ``min_share`` of the renders that found a face — the eyeballs' and the mouth's inside drop
+    out); faces (K',) int64, bary (K', 3) float32: their surface points on the model;
+    samples (K,) int and spread_mm (K,): every point's read-back count and the median distance of
+    its samples from their median on the mean face (how consistently the detector places it);
+    photos, found: renders made and renders with a face.
+    """
+
+    index: np.ndarray
+    faces: np.ndarray
+    bary: np.ndarray
+    samples: np.ndarray
+    spread_mm: np.ndarray
+    photos: int
+    found: int
+    source: str
+
+
+def calibrate_dense(model, photos: int = 96, seed: int = 0, max_yaw: float = 30.0, size: int = 512,
+                    detect=None, min_share: float = 0.6, max_spread_mm: float = 4.0,
+                    points=None) -> DenseCalibration:
+    """Measure where every point of a dense detector lands on ``model``: the 68-point
+    calibration (:func:`calibrate_embedding`) for all of its points, with no starting embedding.
+
+    detect: image (H, W, 3) uint8 → list of (K, ≥2) point arrays px, one per face (default
+    MediaPipe's face mesh, :func:`~skullsearch.encoder.mesh.mesh_points`: K = 478). A point is
+    kept when it was read back onto the skin on ≥ ``min_share`` of the renders with a face and
+    its samples' spread is ≤ ``max_spread_mm``; points: the detector's point indices to consider
+    (default: all; for the mesh its 468 face points, not the irises, which follow the gaze).
+    Deterministic for a seed.
+    """
+    from skullsearch.encoder.annotate import _skin, surface_points
+
+    if detect is None:
+        from skullsearch.encoder.mesh import mesh_points
+
+        def detect(img):
+            return mesh_points(img, max_faces=1)
+    rng = np.random.default_rng(seed)
+    tmpl = model.v_template.astype(np.float64)
+    skin, skin_faces = _skin(tmpl, model.faces)
+    on_skin = skin_triangles(model, skin_faces)
+    samples: list[list[np.ndarray]] | None = None
+    found = 0
+    for r, _ in _render_set(model, photos, rng, max_yaw, size):
+        dets = detect(r.image)
+        if not dets:
+            continue
+        pts = np.asarray(dets[0], np.float64)[:, :2]
+        if samples is None:
+            samples = [[] for _ in range(len(pts))]
+        found += 1
+        ok, tri, bary = read_back(r, pts, on_skin)
+        where = (tmpl[model.faces[tri]] * bary[..., None]).sum(1)  # (K, 3) on the mean face
+        for k in np.flatnonzero(ok):
+            samples[k].append(where[k])
+    if samples is None:
+        raise LandmarkError("the detector found no face on any calibration render")
+    k_all = len(samples)
+    counts = np.array([len(s) for s in samples])
+    spread = np.full(k_all, np.inf)
+    med = np.zeros((k_all, 3))
+    for k in range(k_all):
+        if counts[k]:
+            s = np.asarray(samples[k])
+            med[k] = np.median(s, axis=0)
+            spread[k] = float(np.median(np.linalg.norm(s - med[k], axis=1)))
+    considered = np.zeros(k_all, bool)
+    considered[list(range(k_all)) if points is None else list(points)] = True
+    keep = np.flatnonzero(considered & (counts >= max(1, min_share * found)) & (spread <= max_spread_mm))
+    if len(keep) == 0:
+        raise LandmarkError("no detector point landed on the skin consistently: nothing to calibrate")
+    tri, bary = surface_points(tmpl, model.faces, skin, skin_faces, med[keep])
+    return DenseCalibration(index=keep.astype(np.int64), faces=np.asarray(tri, np.int64),
+                            bary=np.asarray(bary, np.float32), samples=counts, spread_mm=spread,
+                            photos=photos, found=found,
+                            source=f"calibrated on {found} renders (seed {seed}, yaw ±{max_yaw:g}°)")
+
+
+def calibrate_mesh(model, photos: int = 300, seed: int = 0, dst=None):
+    """Calibrate MediaPipe's face mesh on ``model`` and write both files the fit looks for:
+    its 68 points (all calibrated: its contour is on the surface) to ``dst`` (default the cache
+    folder, :func:`~skullsearch.encoder.embeddings.embedding_paths`) and its dense calibration
+    (:func:`calibrate_dense` over the 468 face points, the irises left out) beside it.
+    Returns (68-point file, dense file, :class:`CalibrationReport`, :class:`DenseCalibration`)."""
+    from pathlib import Path
+
+    from skullsearch.encoder.embeddings import (
+        dense_file_name,
+        embedding_paths,
+        save_dense_embedding,
+        save_detector_embedding,
+    )
+    from skullsearch.encoder.mesh import MeshDetector, landmarks68, mesh_points
+
+    MeshDetector()  # (says how to install MediaPipe when it is missing)
+    emb, rep = calibrate_embedding(model, photos=photos, seed=seed, detect=landmarks68,
+                                   points=range(68))
+    dst = Path(dst) if dst is not None else embedding_paths(model, "mesh")[1]
+    save_detector_embedding(dst, model, "mesh", emb, rep)
+    dense = calibrate_dense(model, photos=photos, seed=seed, points=range(468),
+                            detect=lambda img: mesh_points(img, max_faces=1))
+    dense_dst = dst.parent / dense_file_name(model, "mesh")
+    save_dense_embedding(dense_dst, model, "mesh", dense)
+    return dst, dense_dst, rep, dense

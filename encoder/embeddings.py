@@ -1,6 +1,7 @@
-"""Per-detector 68-point embeddings: where on a face model each detector's landmarks land, as
-measured by :func:`skullsearch.encoder.calibrate.calibrate_embedding`, stored per model and
-detector, and found by the fit (:func:`skullsearch.encoder.fitting.rig_for`).
+"""Per-detector embeddings: where on a face model each detector's 68 landmarks (and a dense
+detector's K points) land, as measured by :func:`skullsearch.encoder.calibrate.calibrate_embedding`
+(:func:`~skullsearch.encoder.calibrate.calibrate_dense`), stored per model and detector, and
+found by the fit (:func:`skullsearch.encoder.fitting.rig_for`, ``dense_rig_for``).
 
 Kept apart from the calibration (which renders and detects) so that the fit can look an
 embedding up without importing the face model's building and annotation code.
@@ -67,4 +68,53 @@ def detector_points(model, detector: str | None) -> DetectorPoints | None:
                     raise LandmarkError(f"{p} was calibrated for another face model: calibrate again "
                                         f"(skullsearch model calibrate --detector {detector})")
                 return DetectorPoints(z["faces"].astype(np.int64), z["bary"].astype(np.float32))
+    return None
+
+
+class DensePoints(NamedTuple):
+    """A dense detector's calibrated points on a model: index (K,) int64 the detector's points
+    kept (of its 478 for MediaPipe's mesh), points their surface points (K triangles, weights)."""
+
+    index: np.ndarray
+    points: DetectorPoints
+
+
+def dense_file_name(model, detector: str) -> str:
+    return f"dense-{detector}-{model.fingerprint[:16]}.npz"
+
+
+def dense_paths(model, detector: str) -> list[Path]:
+    """Where a dense detector's calibration for ``model`` is looked for: the package's data (the
+    default model's), then the cache folder (``skullsearch model calibrate --detector mesh``)."""
+    from skullsearch.encoder.cache import cache_dir
+
+    name = dense_file_name(model, detector)
+    return [Path(__file__).parent / "data" / name, cache_dir() / name]
+
+
+def save_dense_embedding(path, model, detector: str, cal) -> None:
+    """Write a dense detector's calibration (``cal``: a
+    :class:`~skullsearch.encoder.calibrate.DenseCalibration`)."""
+    from skullsearch.encoder.atomic import atomic_file
+
+    with atomic_file(path) as fh:
+        np.savez(fh, index=np.asarray(cal.index, np.int64), faces=np.asarray(cal.faces, np.int64),
+                 bary=np.asarray(cal.bary, np.float32), detector=detector,
+                 model_fingerprint=model.fingerprint, source=cal.source, found=cal.found,
+                 photos=cal.photos, samples=cal.samples, spread_mm=cal.spread_mm)
+
+
+def dense_points(model, detector: str | None) -> DensePoints | None:
+    """A dense detector's calibrated points on ``model`` (:func:`dense_paths`), or None where the
+    detector has none (dlib) or the model has not been calibrated for it."""
+    if not detector or detector == "dlib":
+        return None
+    for p in dense_paths(model, detector):
+        if p.exists():
+            with np.load(p) as z:
+                if str(z["model_fingerprint"]) != model.fingerprint:
+                    raise LandmarkError(f"{p} was calibrated for another face model: calibrate again "
+                                        f"(skullsearch model calibrate --detector {detector})")
+                return DensePoints(z["index"].astype(np.int64),
+                                   DetectorPoints(z["faces"].astype(np.int64), z["bary"].astype(np.float32)))
     return None

@@ -25,6 +25,7 @@ from skullsearch.encoder.fitting import (
     LandmarkRig,
     camera_rotation,
     code_vertices,
+    dense_rig_for,
     fit_landmarks,
     rig_for,
 )
@@ -43,7 +44,9 @@ class EncodedFace:
     error of the fit; image_size (width, height); focal px; quality: detector flags;
     descriptor: (128,) dlib person descriptor when asked for (:mod:`.descriptors`), else None;
     tissue_cov: (36, 3, 3) mm² the fit's posterior covariance of the face's neutral soft-tissue
-    points when fitted with ``FitConfig(posterior=True)``, else None.
+    points when fitted with ``FitConfig(posterior=True)``, else None;
+    dense: (K, 2) px a dense detector's points (MediaPipe's mesh: 478), which the fit uses where the
+    face model has a dense calibration for the detector, else None (not in :meth:`to_dict`).
     """
 
     image: str
@@ -62,9 +65,11 @@ class EncodedFace:
     person: str | None = None
     descriptor: np.ndarray | None = None
     tissue_cov: np.ndarray | None = None
+    dense: np.ndarray | None = None
 
     def to_dict(self) -> dict:
         d = asdict(self)
+        d.pop("dense")
         for k in ("box", "landmarks", "code", "descriptor", "tissue_cov"):
             d[k] = None if d[k] is None else np.asarray(d[k]).tolist()
         d["quality"] = list(self.quality)
@@ -128,7 +133,8 @@ def detect_faces(
             faces.append(EncodedFace(
                 image=img.path, sha256=img.sha256, face_index=i, box=f.box, score=float(f.score),
                 landmarks=f.landmarks, quality=tuple(f.quality), yaw_deg=float(f.yaw_deg),
-                detector=f.detector, image_size=tuple(int(s) for s in img.size)))
+                detector=f.detector, image_size=tuple(int(s) for s in img.size),
+                dense=None if f.dense is None else np.asarray(f.dense)[:, :2]))
     return faces, failures
 
 
@@ -178,8 +184,10 @@ def fit_faces(model, faces: Sequence[EncodedFace], config: FitConfig | None = No
             for j, i in enumerate(idx):
                 if not applied[j]:
                     faces[i].quality = (*faces[i].quality, IDENTITY_PRIOR_OUT)
+        dense, dense_rig = _dense_inputs(model, [faces[i] for i in idx], cfg)
         res = fit_landmarks(model, lm, sizes, person=person, config=cfg, rig=rig_b,
-                            init=None if init is None else init[idx], shape_prior=prior)
+                            init=None if init is None else init[idx], shape_prior=prior,
+                            dense=dense, dense_rig=dense_rig)
         tissue_cov = None if res.shape_cov is None else model.soft_tissue_covariance(res.shape_cov)
         for j, i in enumerate(idx):
             faces[i].code = res.codes[j]
@@ -187,6 +195,19 @@ def fit_faces(model, faces: Sequence[EncodedFace], config: FitConfig | None = No
             faces[i].focal = float(res.focal[j])
             if tissue_cov is not None:
                 faces[i].tissue_cov = tissue_cov[j]
+
+
+def _dense_inputs(model, faces: Sequence[EncodedFace], cfg: FitConfig):
+    """(dense points (B, K, 2) px, their rig) for one batch of one detector's faces, or
+    (None, None): the detector gives none, the model has no dense calibration for it
+    (:func:`~skullsearch.encoder.fitting.dense_rig_for`), a face lacks them, or w_dense is 0."""
+    if cfg.w_dense <= 0 or cfg.method != "lm" or any(f.dense is None for f in faces):
+        return None, None
+    rig, index = dense_rig_for(model, faces[0].detector, cfg.n_shape, cfg.n_expression,
+                               device=cfg.device or "cpu", dtype=cfg.dtype)
+    if rig is None or any(len(f.dense) <= index.max() for f in faces):
+        return None, None
+    return np.stack([f.dense[index] for f in faces]), rig
 
 
 def encode(

@@ -62,6 +62,12 @@ class FitConfig:
     w_shape: float = 2e-4
     w_expression: float = 2e-4
     w_pose: float = 1e-3
+    # a dense detector's points (fit_landmarks' dense=): their mean squared reprojection error
+    # in IOD units, weighed like the 68 landmarks' (w_landmark = 1); 0 (the default) leaves them
+    # out. Measured (benchmarks/dense_fit.py, renders): perfect dense points take the identity
+    # error from 0.72x to 0.61x the mean face's at w 5, MediaPipe's own points change nothing
+    # (0.98x at 0, 0.99x at 1 and 5): they do not follow a face's identity, so they are off
+    w_dense: float = 0.0
     # solver: "lm" Levenberg-Marquardt (lm_* below) or "adam" (the first-order schedule below)
     method: str = "lm"
     # LM schedule: 5 camera-only + 5 full iterations. benchmarks/encoder_accuracy.py --faces 96
@@ -130,11 +136,19 @@ class LandmarkRig:
         self.n_shape = min(n_shape, model.n_shape)
         self.n_expression = min(n_expression, model.n_expression)
         faces = model.faces
-        lm_corners = faces[pts.faces]  # (68, 3) vertex ids
-        cand = contour_candidates(model, band_mm=band_mm, max_candidates=max_candidates)
+        lm_corners = faces[pts.faces]  # (K, 3) vertex ids
+        #: K: 68 (iBUG), or a dense detector's points (:func:`dense_rig_for`: fixed surface
+        #: points, no silhouette candidates)
+        self.n_points = len(lm_corners)
+        if self.n_points == 68:
+            cand = contour_candidates(model, band_mm=band_mm, max_candidates=max_candidates)
+        else:
+            if marching:
+                raise ValueError("only the 68 iBUG landmarks march along the silhouette")
+            cand = np.zeros((0, 1), np.int64)
         ids, inverse = np.unique(np.concatenate([lm_corners.ravel(), cand.ravel()]),
                                  return_inverse=True)
-        self.lm_local = inverse[: lm_corners.size].reshape(68, 3)
+        self.lm_local = inverse[: lm_corners.size].reshape(-1, 3)
         self.cand_local = inverse[lm_corners.size:].reshape(cand.shape)  # (M, C)
         s, e = self.n_shape, self.n_expression
         t = lambda x: torch.as_tensor(np.ascontiguousarray(x), dtype=dtype, device=device)  # noqa: E731
@@ -253,6 +267,27 @@ def rig_for(model, n_shape: int = 90, n_expression: int = 90, device="cpu",
         cache[key] = LandmarkRig(model, n_shape, n_expression, device=device, dtype=dtype, points=points,
                                  marching=marching)
     return cache[key]
+
+
+def dense_rig_for(model, detector: str, n_shape: int = 90, n_expression: int = 90, device="cpu",
+                  dtype=torch.float32):
+    """(rig, index): a :class:`LandmarkRig` over a dense detector's calibrated surface points
+    and the indices (K,) of the detector's points it holds (:func:`.embeddings.dense_points`),
+    or (None, None) when the model has no dense calibration for ``detector``. Cached on the model."""
+    from skullsearch.encoder.embeddings import dense_points
+
+    looked_up = model.__dict__.setdefault("_dense_points", {})
+    if detector not in looked_up:
+        looked_up[detector] = dense_points(model, detector)
+    found = looked_up[detector]
+    if found is None:
+        return None, None
+    cache = model.__dict__.setdefault("_rig_cache", {})
+    key = ("dense", detector, n_shape, n_expression, str(device), dtype)
+    if key not in cache:
+        cache[key] = LandmarkRig(model, n_shape, n_expression, device=device, dtype=dtype,
+                                 points=found.points, marching=False)
+    return cache[key], found.index
 
 
 def contour_candidates(model, band_mm: float = 4.0, max_candidates: int = 16) -> np.ndarray:
@@ -467,6 +502,8 @@ def fit_landmarks(
     rig: LandmarkRig | None = None,
     init: np.ndarray | None = None,
     shape_prior: tuple[np.ndarray, np.ndarray] | None = None,
+    dense: np.ndarray | None = None,
+    dense_rig: LandmarkRig | None = None,
 ) -> FitResult:
     """Fit face codes to 2D landmarks, all faces at once.
 
@@ -479,6 +516,9 @@ def fit_landmarks(
     S' ≤ S components: each face's shape prior N(mean, std²) instead of N(0, σ_α²) (a prediction
     of the face's shape from other evidence, e.g. :mod:`.identity_prior`); the fit starts there.
     Levenberg-Marquardt path only.
+    dense: (B, K, 2) px a dense detector's points (x, y only) with dense_rig, the rig of their
+    calibrated surface points (:func:`dense_rig_for`): one more term of the energy, weighed by
+    ``FitConfig.w_dense`` (Levenberg-Marquardt path only; the posterior counts the 68 only).
     Returns a :class:`FitResult`.
     """
     from skullsearch.errors import SkullsearchError
@@ -497,14 +537,36 @@ def fit_landmarks(
     n_person = int(person_idx.max()) + 1 if b else 0
     pidx = torch.as_tensor(person_idx, device=device)
     state = _initial_state(rig, cfg, obs, pidx, n_person, init)
+    dense_obs = _dense_observations(dense, dense_rig, b, cfg)
     prior = None
     if shape_prior is not None:
         if cfg.method != "lm":
             raise SkullsearchError("a shape prior needs the Levenberg-Marquardt fit (FitConfig.method='lm')")
         prior = _shape_prior(shape_prior, state, pidx, n_person, b, rig, cfg, start=init is None)
     if cfg.method == "lm":
-        return _fit_lm(rig, cfg, *obs, pidx, n_person, state, rigid=init is None, shape_prior=prior)
+        return _fit_lm(rig, cfg, *obs, pidx, n_person, state, rigid=init is None, shape_prior=prior,
+                       dense=dense_obs)
+    if dense_obs is not None:
+        raise SkullsearchError("dense points need the Levenberg-Marquardt fit (FitConfig.method='lm')")
     return _fit_adam(model, rig, cfg, obs, pidx, n_person, state, rigid=init is None)
+
+
+def _dense_observations(dense, dense_rig, b: int, cfg: FitConfig):
+    """(dense rig, (B, K, 2) tensor) for the fit, None without dense points (or with w_dense 0),
+    or the error that says what is wrong."""
+    from skullsearch.errors import SkullsearchError
+
+    if dense is None or cfg.w_dense <= 0:
+        return None
+    if dense_rig is None:
+        raise SkullsearchError("dense points need the rig of their surface points (dense_rig_for)")
+    dense = np.asarray(dense, np.float64)
+    if dense.shape != (b, dense_rig.n_points, 2):
+        raise SkullsearchError(f"dense points must be (faces={b}, {dense_rig.n_points}, 2) pixel "
+                               f"positions for this rig, not {dense.shape}")
+    if not np.isfinite(dense).all():
+        raise SkullsearchError("dense points hold NaN or infinite values")
+    return dense_rig, torch.as_tensor(dense, dtype=cfg.dtype, device=cfg.device or "cpu")
 
 
 def _checked_landmarks(landmarks, cfg: FitConfig) -> np.ndarray:
@@ -670,11 +732,11 @@ class _AdamFit:
 
 
 def _fit_lm(rig, cfg, lm2d, f, center, scale, edges, emask, obs_len, pidx, n_person, state,
-            rigid: bool, shape_prior=None) -> FitResult:
+            rigid: bool, shape_prior=None, dense=None) -> FitResult:
     """The Levenberg-Marquardt schedule: cfg.lm_rigid_iters on the camera alone (mean face)
     when rigid, then cfg.lm_iters on everything."""
     prob = _LMProblem(rig, cfg, lm2d, f, center, scale, edges, emask, obs_len, pidx, n_person,
-                      shape_prior)
+                      shape_prior, dense)
     history: list[float] = []
     with torch.no_grad():
         if rigid and cfg.lm_rigid_iters > 0:
@@ -698,9 +760,16 @@ class _LMProblem:
     of :func:`fit_landmarks`; the linear algebra is in :mod:`skullsearch.encoder.levenberg`)."""
 
     def __init__(self, rig, cfg, lm2d, focal, center, scale, edges, emask, obs_len, pidx, n_person,
-                 shape_prior=None):
+                 shape_prior=None, dense=None):
         self.rig, self.cfg = rig, cfg
         self.tables = lev.PointTables.of(rig)
+        # a dense detector's points (dense rig, (B, K, 2) px), weighed as one term like the 68's
+        self.dense = None
+        if dense is not None:
+            d_rig, d2d = dense
+            self.dense = (lev.PointTables.of(d_rig), d2d)
+            self.k_dense = math.sqrt(cfg.w_dense / d2d.shape[1]) / scale  # (B,)
+            self.dense_rows = torch.arange(d2d.shape[1], device=d2d.device).expand(d2d.shape[0], -1)
         self.lm2d, self.focal, self.center, self.scale = lm2d, focal, center, scale
         self.edges, self.emask, self.obs_len = edges, emask, obs_len
         self.pidx, self.n_person = pidx, n_person
@@ -749,20 +818,30 @@ class _LMProblem:
         total = cfg.w_landmark * reproj + cfg.w_edge * edge / self.scale**2
         x = torch.cat([st["jaw"], c], 1)
         total = total + (self.prior * (x - self.prior_mean) ** 2).sum(1)
-        return total, dict(c=c, pts=pts, parts=parts, rot=rot, rows=rows, uv=uv, fit_len=fit_len, x=x)
+        aux = dict(c=c, pts=pts, parts=parts, rot=rot, rows=rows, uv=uv, fit_len=fit_len, x=x)
+        if self.dense is not None:
+            d_tables, d2d = self.dense
+            aux["pts_d"], aux["parts_d"] = d_tables.forward(c, st["jaw"])
+            aux["uv_d"] = project(aux["pts_d"], rot, st["trans"], self.focal, self.center)
+            total = total + cfg.w_dense * ((aux["uv_d"] - d2d) ** 2).sum(-1).mean(1) / self.scale**2
+        return total, aux
 
-    def uv_jacobian(self, st, aux, rigid: bool) -> torch.Tensor:
+    def uv_jacobian(self, st, aux, rigid: bool, dense: bool = False) -> torch.Tensor:
         """d(landmark pixels)/d(parameters) (B, 136, N) at state st: N = 6 (rigid: camera only) or
-        [camera 6, jaw 3, δ E, α S]."""
-        pe = aux["pts"][self.bi, aux["rows"]]  # (B, 68, 3)
+        [camera 6, jaw 3, δ E, α S]; dense: the dense points' instead (B, 2K, N)."""
+        if dense:
+            tables, pe, parts, rows, marching = (self.dense[0], aux["pts_d"], aux["parts_d"],
+                                                 self.dense_rows, ())
+        else:
+            tables, parts, rows, marching = self.tables, aux["parts"], aux["rows"], self.rig.marching
+            pe = aux["pts"][self.bi, rows]  # (B, 68, 3)
         m, jcam = lev.projection_jacobian(pe, aux["rot"], st["cam_rot"], st["trans"], self.focal)
         if rigid:
             juv = jcam
         else:
-            jl = lev.landmark_uv_jacobian(self.tables, st["jaw"], aux["parts"], aux["rows"], m,
-                                          self.rig.marching)
-            juv = torch.cat([jcam, jl], -1)  # (B, 68, 2, N)
-        return juv.reshape(self.b, 136, -1)
+            jl = lev.landmark_uv_jacobian(tables, st["jaw"], parts, rows, m, marching)
+            juv = torch.cat([jcam, jl], -1)  # (B, K, 2, N)
+        return juv.reshape(self.b, -1, juv.shape[-1])
 
     def normal_equations(self, st, aux, rigid: bool):
         """H (B, N, N) = JᵀJ (+ prior), g (B, N) = Jᵀr (+ prior · x): half the energy's Hessian
@@ -775,6 +854,12 @@ class _LMProblem:
         jt = juv.transpose(1, 2)
         h = jt @ (m_e @ juv)
         g = (jt @ q[..., None])[..., 0]
+        if self.dense is not None:  # a diagonal metric: k_dense² per coordinate
+            jd = self.uv_jacobian(st, aux, rigid, dense=True) * self.k_dense[:, None, None]
+            rd = (aux["uv_d"] - self.dense[1]).reshape(b, -1, 1) * self.k_dense[:, None, None]
+            jdt = jd.transpose(1, 2)
+            h = h + jdt @ jd
+            g = g + (jdt @ rd)[..., 0]
         if not rigid:  # the prior's rows: jaw, δ, α (not the camera's 6)
             h.diagonal(dim1=1, dim2=2)[:, 6:].add_(self.prior)
             g[:, 6:] += self.prior * (aux["x"] - self.prior_mean)

@@ -59,7 +59,8 @@ def right_jacobian(rotvec: torch.Tensor) -> torch.Tensor:
 class PointTables:
     """The landmark-relevant points of a :class:`LandmarkRig` in the form L = A + R_jaw U + W p.
 
-    Q = 68 landmarks followed by the 14 × C silhouette candidates (row-major). base0, base1
+    Q = K landmarks (68, or a dense detector's K) followed by the 14 × C silhouette candidates
+    (row-major; none for a rig without them). base0, base1
     (Q, 3) mm; d0, d1 (Q, 3, P) their derivatives by the coefficients c = [δ, α] (expression
     first; P = E + S); w (Q,); pivot0 (3,), pivot_d (3, P) the jaw joint; pd0, pd1 (Q, 3, 9) or
     None: the pose-corrective blend shapes by vec(R_jaw − I). A landmark blends its triangle's
@@ -100,12 +101,13 @@ class PointTables:
         pd = None
         if getattr(rig, "jaw_posedirs", None) is not None:
             pd = rig.jaw_posedirs.T.reshape(n, 3, 9)
-        lm, bary = torch.as_tensor(rig.lm_local, device=dev), rig.bary  # (68, 3) corners
-        cand = torch.as_tensor(rig.cand_local, device=dev).reshape(-1)  # (14 C,)
+        lm, bary = torch.as_tensor(rig.lm_local, device=dev), rig.bary  # (K, 3) corners
+        cand = torch.as_tensor(rig.cand_local, device=dev).reshape(-1)  # (14 C,) or none
+        k = len(lm)
 
-        def blend(x, weights):  # x (n, ...) → landmarks (68, ...) and candidates (14 C, ...)
+        def blend(x, weights):  # x (n, ...) → landmarks (K, ...) and candidates (14 C, ...)
             ones = [1] * (x.dim() - 1)
-            wl = (bary * weights[lm]).reshape(68, 3, *ones)
+            wl = (bary * weights[lm]).reshape(k, 3, *ones)
             return torch.cat([(x[lm] * wl).sum(1), x[cand] * weights[cand].reshape(-1, *ones)])
 
         one = torch.ones_like(w)
@@ -181,27 +183,28 @@ def _jaw_jacobian(tables, jaw, ue, rot, rows, m):
 
 
 def landmark_uv_jacobian(tables: PointTables, jaw, parts, rows, m, marching):
-    """d(projected landmark)/d[jaw, c] (B, 68, 2, 3 + P): :func:`landmark_jacobian` chained with
-    the projection's m (B, 68, 2, 3) from :func:`projection_jacobian`, without gathering the
-    static landmarks' derivative tables per face (m·dL = m·d0 + (m R)·d1 + w (m − m R)·dp)."""
+    """d(projected landmark)/d[jaw, c] (B, K, 2, 3 + P): :func:`landmark_jacobian` chained with
+    the projection's m (B, K, 2, 3) from :func:`projection_jacobian`, without gathering the
+    static landmarks' derivative tables per face (m·dL = m·d0 + (m R)·d1 + w (m − m R)·dp).
+    rows (B, K): :func:`effective_rows` (K = 68), or every face's 0 … K − 1 (a dense rig)."""
     _, u, rot, _ = parts
-    b, p = jaw.shape[0], tables.d0.shape[-1]
+    b, p, n = jaw.shape[0], tables.d0.shape[-1], rows.shape[1]
     bi = torch.arange(b, device=jaw.device)[:, None]
-    mr = m @ rot[:, None]  # (B, 68, 2, 3)
+    mr = m @ rot[:, None]  # (B, K, 2, 3)
     march = list(marching)
-    static = [k for k in range(68) if k not in set(march)]
+    static = [k for k in range(n) if k not in set(march)] if march else slice(None, n)
 
     def shared(mm, d):  # mm (B, K, 2, 3), d (K, 3, P) the same for every face → (B, K, 2, P)
         k = d.shape[0]
         return (mm.transpose(0, 1).reshape(k, 2 * b, 3) @ d).reshape(k, b, 2, p).transpose(0, 1)
 
-    out = torch.empty(b, 68, 2, p, dtype=m.dtype, device=m.device)
+    out = torch.empty(b, n, 2, p, dtype=m.dtype, device=m.device)
     out[:, static] = shared(m[:, static], tables.d0[static]) + shared(mr[:, static], tables.d1[static])
     if march:
         mrows = rows[:, march]  # (B, 14) candidate rows
         out[:, march] = m[:, march] @ tables.d0[mrows] + mr[:, march] @ tables.d1[mrows]
     w = tables.w[rows][..., None, None]
-    out += ((w * (m - mr)).reshape(-1, 3) @ tables.pivot_d).reshape(b, 68, 2, p)
+    out += ((w * (m - mr)).reshape(-1, 3) @ tables.pivot_d).reshape(b, n, 2, p)
     return torch.cat([_jaw_jacobian(tables, jaw, u[bi, rows], rot, rows, m), out], -1)
 
 

@@ -5,7 +5,7 @@ the photo), on a local process pool that survives crashing and hanging photos
 :func:`detect_one` on Ray Data. Rows are plain dicts (they cross process boundaries as JSON on
 Ray): the image row (path, person, metadata, size_bytes, mtime_ns, sha256, status, detail, width,
 height) and its ``faces`` (box, score, landmarks, quality, yaw_deg, detector, fingerprint,
-descriptor).
+descriptor, and a dense detector's points).
 """
 
 from __future__ import annotations
@@ -123,7 +123,9 @@ def detect_one(source: Source, max_pixels: int = 60_000_000) -> dict:
     row["faces"] = [{"box": f.box.tolist(), "score": float(f.score), "landmarks": f.landmarks.tolist(),
                      "quality": ",".join(f.quality), "yaw_deg": float(f.yaw_deg), "detector": f.detector,
                      "fingerprint": None if np.isnan(fp).any() else fp.tolist(),
-                     "descriptor": None if np.isnan(d).any() else d.tolist()}
+                     "descriptor": None if np.isnan(d).any() else d.tolist(),
+                     # a dense detector's points (x, y px) for the fit's dense term
+                     "dense": None if f.dense is None else np.asarray(f.dense, np.float32)[:, :2].tolist()}
                     for f, fp, d in zip(found, fps, descs, strict=True)]
     return row
 

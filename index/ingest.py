@@ -133,7 +133,8 @@ def encode_stage(model, rows: list[dict], config=None, rig=None, identity_prior=
                 quality=tuple(q for q in f["quality"].split(",") if q), yaw_deg=f["yaw_deg"],
                 detector=f["detector"], image_size=(r["width"], r["height"]),
                 person=r["person"] if k == 0 else None,
-                descriptor=None if f.get("descriptor") is None else np.asarray(f["descriptor"], np.float32)))
+                descriptor=None if f.get("descriptor") is None else np.asarray(f["descriptor"], np.float32),
+                dense=None if f.get("dense") is None else np.asarray(f["dense"], np.float64)))
     fit_faces(model, faces, config, rig=rig, identity_prior=identity_prior)
     codes = (np.stack([f.code for f in faces]) if faces
              else np.zeros((0, code_layout.CODE_SIZE), np.float32))
@@ -471,6 +472,8 @@ def encoder_fingerprint(config, detector: str, identity_prior=None) -> str:
     cfg["dtype"] = str(cfg["dtype"])
     for k in ("posterior", "landmark_noise"):  # the codes do not depend on them
         cfg.pop(k)
+    if not cfg.get("w_dense"):  # no dense term: the codes of the versions before it
+        cfg.pop("w_dense", None)
     what = {"fit": cfg, "detector": detector}
     if identity_prior is not None:
         weights = np.ascontiguousarray(identity_prior.weights).tobytes()

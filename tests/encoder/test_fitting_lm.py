@@ -288,3 +288,140 @@ def test_a_surface_contour_rig_fits_its_jaw_line_as_fixed_points(default_model):
     marching = fit_landmarks(default_model, uv, np.full((n, 2), 512.0),
                              rig=LandmarkRig(default_model, 90, 90))
     assert res.residual_px.mean() < marching.residual_px.mean()
+
+
+# ---------------------------------------------------------------- a dense detector's points
+@pytest.fixture(scope="module")
+def dense_points(default_model):
+    """K = 40 surface points spread over the front of the skin (as a dense calibration gives)."""
+    from skullsearch.encoder.calibrate import skin_triangles
+    from skullsearch.encoder.embeddings import DetectorPoints
+
+    rng = np.random.default_rng(2)
+    skin = np.flatnonzero(skin_triangles(default_model))
+    front = skin[default_model.v_template[default_model.faces[skin]].mean(1)[:, 2]
+                 > np.quantile(default_model.v_template[:, 2], 0.8)]
+    tri = rng.choice(front, 40, replace=False)
+    bary = rng.dirichlet(np.ones(3), 40).astype(np.float32)
+    return DetectorPoints(tri, bary)
+
+
+@pytest.fixture(scope="module")
+def dense_rig(default_model, dense_points):
+    return LandmarkRig(default_model, 90, 90, points=dense_points, marching=False)
+
+
+def test_a_dense_rig_has_k_points_and_jacobians_equal_autograd(default_model, dense_points):
+    rig = LandmarkRig(default_model, 90, 90, dtype=torch.float64, marching=False, points=dense_points)
+    assert rig.n_points == 40 and rig.cand_local.size == 0
+    t = lev.PointTables.of(rig)
+    b, e = 2, rig.n_expression
+    c, jaw, _ = _state(rig, b, 3)
+    pts, parts = t.forward(c, jaw)
+    assert pts.shape == (b, 40, 3)
+    lm, _ = rig.points_jaw(c[:, e:], c[:, :e], jaw)
+    assert torch.allclose(pts, lm, atol=1e-9)
+    rows = torch.arange(40).expand(b, 40)
+    g = torch.Generator().manual_seed(1)
+    rotvec = torch.randn(b, 3, generator=g, dtype=torch.float64) * 0.4
+    trans = torch.tensor([[5.0, -20.0, 600.0]], dtype=torch.float64).expand(b, 3)
+    focal = torch.full((b,), 600.0, dtype=torch.float64)
+    center = torch.full((b, 2), 256.0, dtype=torch.float64)
+    m, _ = lev.projection_jacobian(pts, camera_rotation(rotvec), rotvec, trans, focal)
+    juv = lev.landmark_uv_jacobian(t, jaw, parts, rows, m, ())
+    assert juv.shape == (b, 40, 2, 3 + c.shape[1])
+    chained = _per_face(torch.autograd.functional.jacobian(
+        lambda x: project(t.forward(x[:, 3:], x[:, :3])[0], camera_rotation(rotvec), trans,
+                          focal, center).sum(0), torch.cat([jaw, c], 1)), b)
+    assert (juv - chained).abs().max() < 1e-8 * chained.abs().max()
+    with pytest.raises(ValueError, match="68 iBUG"):
+        LandmarkRig(default_model, 90, 90, points=dense_points, marching=True)
+
+
+def _project_faces(model, rig, dense_rig, n, seed):
+    """Exact 68 and dense points (px) of n faces from the prior under known cameras, and the
+    true shapes."""
+    rng = np.random.default_rng(seed)
+    shape = torch.tensor(rng.standard_normal((n, 90)) * model.shape_std * 0.8, dtype=torch.float32)
+    rest, zero_e = torch.zeros(n, 3 * model.n_joints), torch.zeros(n, rig.n_expression)
+    rot = camera_rotation(torch.tensor(rng.uniform(-1, 1, (n, 3)) * np.radians([10.0, 35.0, 5.0]),
+                                       dtype=torch.float32))
+    trans = torch.tensor(np.c_[rng.normal(0, 10, (n, 2)), rng.uniform(500, 700, n)], dtype=torch.float32)
+    focal, center = torch.full((n,), 614.4), torch.full((n, 2), 256.0)
+    with torch.no_grad():
+        lm = project(rig.points(shape, zero_e, rest)[0], rot, trans, focal, center).numpy()
+        dd = project(dense_rig.points(shape, zero_e, rest)[0], rot, trans, focal, center).numpy()
+    return lm, dd, shape.numpy()
+
+
+def test_dense_points_that_follow_the_face_make_the_fit_closer(default_model, dense_rig):
+    """Points that follow the face's shape carry identity the 68 do not: with them the fitted
+    shape is nearer the truth, and more so with more weight; w_dense = 0 is the 68-point fit
+    exactly (the default path)."""
+    rig = LandmarkRig(default_model, 90, 90, marching=False)
+    lm, dd, truth = _project_faces(default_model, rig, dense_rig, 8, 7)
+    sizes = np.full((8, 2), 512.0)
+
+    from skullsearch.encoder.face_model import face_region
+
+    region = face_region(default_model)
+    with torch.no_grad():
+        true_v = default_model.vertices(shape=torch.as_tensor(truth))[:, region]
+
+    def shape_error(w):  # mean distance (mm) of the fitted neutral face's vertices from the truth
+        res = fit_landmarks(default_model, lm, sizes, rig=rig, config=FitConfig(w_dense=w),
+                            dense=dd, dense_rig=dense_rig)
+        with torch.no_grad():
+            fitted = default_model.vertices(shape=torch.as_tensor(code_layout.split(res.codes).shape[:, :90]))
+        return float((fitted[:, region] - true_v).norm(dim=-1).mean()), res
+
+    e0, r0 = shape_error(0.0)
+    e1, _ = shape_error(1.0)
+    e5, r5 = shape_error(5.0)
+    assert e5 < e1 < e0
+    assert e5 < 0.9 * e0, (e0, e1, e5)
+    plain = fit_landmarks(default_model, lm, sizes, rig=rig)
+    np.testing.assert_array_equal(r0.codes, plain.codes)
+    assert r5.landmarks_px.shape == (8, 68, 2)
+
+
+def test_dense_points_energy_is_the_objective(default_model, dense_rig):
+    """The LM's energy with the dense term is what it minimizes: its fit lowers it below the
+    68-point fit's codes evaluated with the dense term."""
+    from skullsearch.encoder.fitting import _dense_observations, _LMProblem, _observations
+
+    rig = LandmarkRig(default_model, 90, 90, marching=False)
+    lm, dd, _ = _project_faces(default_model, rig, dense_rig, 3, 8)
+    dd = dd + np.random.default_rng(0).normal(0, 2.0, dd.shape)
+    sizes = np.full((3, 2), 512.0)
+    cfg = FitConfig(w_dense=3.0)
+    with_dense = fit_landmarks(default_model, lm, sizes, rig=rig, config=cfg, dense=dd, dense_rig=dense_rig)
+    without = fit_landmarks(default_model, lm, sizes, rig=rig)
+    obs = _observations(lm, sizes, None, cfg)
+    prob = _LMProblem(rig, cfg, *obs, torch.arange(3), 3, None, _dense_observations(dd, dense_rig, 3, cfg))
+
+    def energy(codes):
+        p = code_layout.split(torch.as_tensor(codes))
+        with torch.no_grad():
+            return prob.energy(dict(cam_rot=p.cam_rot, trans=p.cam_trans, jaw=p.pose[:, 3 * JAW: 3 * JAW + 3],
+                                    shape=p.shape[:, :90], expr=p.expression[:, : rig.n_expression]))[0]
+
+    assert (energy(with_dense.codes) < energy(without.codes)).all()
+
+
+def test_bad_dense_points_are_clear_errors(default_model, dense_rig):
+    lm = np.random.default_rng(0).uniform(100, 300, size=(2, 68, 2))
+    sizes = np.full((2, 2), 400.0)
+    cfg = FitConfig(w_dense=1.0)
+    dd = np.random.default_rng(1).uniform(100, 300, size=(2, 40, 2))
+    with pytest.raises(SkullsearchError, match="dense_rig_for"):
+        fit_landmarks(default_model, lm, sizes, config=cfg, dense=dd)
+    with pytest.raises(SkullsearchError, match=r"\(faces=2, 40, 2\)"):
+        fit_landmarks(default_model, lm, sizes, config=cfg, dense=dd[:, :30], dense_rig=dense_rig)
+    bad = dd.copy()
+    bad[1, 3, 0] = np.inf
+    with pytest.raises(SkullsearchError, match="NaN or infinite"):
+        fit_landmarks(default_model, lm, sizes, config=cfg, dense=bad, dense_rig=dense_rig)
+    with pytest.raises(SkullsearchError, match="Levenberg-Marquardt"):
+        fit_landmarks(default_model, lm, sizes, config=FitConfig(w_dense=1.0, method="adam"), dense=dd,
+                      dense_rig=dense_rig)

@@ -115,3 +115,87 @@ def test_ingest_refuses_an_unknown_or_missing_detector_before_any_photo(default_
     finally:
         mesh._face_mesh_module.cache_clear()
     assert g.n_faces == 0 and not g.shards()
+
+
+def test_the_default_model_ships_a_dense_mesh_calibration(default_model, tmp_path, monkeypatch):
+    from skullsearch.encoder.calibrate import skin_triangles
+    from skullsearch.encoder.embeddings import dense_paths, dense_points
+    from skullsearch.encoder.fitting import dense_rig_for
+    from skullsearch.errors import LandmarkError
+
+    assert dense_paths(default_model, "mesh")[0].exists()
+    found = dense_points(default_model, "mesh")
+    assert dense_points(default_model, "dlib") is None
+    # face points only (the irises follow the gaze), most of them, each on the skin
+    assert 300 <= len(found.index) < 468 and found.index.max() < 468
+    assert np.all(np.diff(found.index) > 0)
+    assert skin_triangles(default_model)[found.points.faces].all()
+    np.testing.assert_allclose(found.points.bary.sum(1), 1.0, atol=1e-5)
+    rig, index = dense_rig_for(default_model, "mesh")
+    assert rig.n_points == len(index) and rig.marching == ()
+    assert dense_rig_for(default_model, "mesh")[0] is rig
+    # a calibration made for another model is refused, with what to do
+    other = tmp_path / dense_paths(default_model, "mesh")[0].name
+    with np.load(dense_paths(default_model, "mesh")[0]) as z:
+        np.savez(other, **{**dict(z), "model_fingerprint": "f" * 64})
+    import skullsearch.encoder.embeddings as emb
+
+    monkeypatch.setattr(emb, "dense_paths", lambda model, detector: [other])
+    with pytest.raises(LandmarkError, match="calibrate again"):
+        emb.dense_points(default_model, "mesh")
+
+
+def test_the_fit_uses_the_mesh_points_only_when_asked(default_model, renders):
+    from skullsearch.encoder.detectors import get_detector
+    from skullsearch.encoder.encode import _dense_inputs, detect_faces, fit_faces
+    from skullsearch.encoder.fitting import FitConfig
+    from skullsearch.encoder.images import read_images
+
+    faces, _ = detect_faces(read_images(renders[:2]), get_detector("mesh"))
+    assert all(f.dense.shape == (mesh.N_POINTS, 2) for f in faces)
+    assert "dense" not in faces[0].to_dict()
+    dense, rig = _dense_inputs(default_model, faces, FitConfig(w_dense=1.0))
+    assert dense.shape == (2, rig.n_points, 2)
+    assert _dense_inputs(default_model, faces, FitConfig())[0] is None  # off by default
+    import copy
+
+    plain, with_dense = faces, copy.deepcopy(faces)
+    fit_faces(default_model, plain, FitConfig())
+    fit_faces(default_model, with_dense, FitConfig(w_dense=1.0))
+    assert not np.array_equal(plain[0].code, with_dense[0].code)
+    assert all(f.residual_px < 5.0 for f in with_dense)
+    dlib_faces, _ = detect_faces(read_images(renders[:1]), get_detector("dlib"))
+    assert dlib_faces[0].dense is None
+    assert _dense_inputs(default_model, dlib_faces, FitConfig(w_dense=1.0)) == (None, None)
+
+
+def test_the_encoder_fingerprint_without_a_dense_term_is_the_earlier_one():
+    import hashlib
+    import json
+    from dataclasses import asdict
+
+    from skullsearch.encoder.fitting import FitConfig
+    from skullsearch.index.ingest import encoder_fingerprint
+
+    cfg = asdict(FitConfig())
+    cfg["dtype"] = str(cfg["dtype"])
+    for k in ("posterior", "landmark_noise", "w_dense"):
+        cfg.pop(k)
+    before = hashlib.sha256(json.dumps({"fit": cfg, "detector": "mesh"}, sort_keys=True,
+                                       default=str).encode()).hexdigest()[:16]
+    assert encoder_fingerprint(FitConfig(), "mesh") == before
+    assert encoder_fingerprint(FitConfig(w_dense=1.0), "mesh") != before
+
+
+@pytest.mark.slow
+def test_the_dense_calibration_is_deterministic_for_a_seed(default_model):
+    from skullsearch.encoder.calibrate import calibrate_dense
+
+    a = calibrate_dense(default_model, photos=4, seed=5, points=range(468))
+    b = calibrate_dense(default_model, photos=4, seed=5, points=range(468))
+    np.testing.assert_array_equal(a.index, b.index)
+    np.testing.assert_array_equal(a.faces, b.faces)
+    np.testing.assert_array_equal(a.bary, b.bary)
+    assert a.found == 4 and a.index.max() < 468 and len(a.samples) == mesh.N_POINTS
+    # the irises were not considered; a point kept was on the skin in ≥ 60 % of the renders
+    assert (a.samples[a.index] >= 0.6 * a.found).all()
