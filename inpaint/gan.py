@@ -551,6 +551,170 @@ def render_codes(model, codes, size: int = DEFAULT_SIZE, chunk: int = 64, worker
 
 
 # ---------------------------------------------------------------------------------- training
+def _checked_settings(epochs: int, batch_size: int, width: int, z_dim: int, faces: int | None,
+                      device, size: int) -> tuple[torch.device, int]:
+    """Refuse training settings that cannot work, each with what to give instead.
+
+    Returns the torch device and the render side (px, a power of two).
+    """
+    if epochs < 1 or batch_size < 2:
+        raise SkullsearchError(f"training needs at least 1 epoch and 2 renders per batch (got "
+                               f"epochs {epochs}, batch size {batch_size})")
+    if int(width) < 1 or int(z_dim) < 1:
+        raise SkullsearchError(f"width and z_dim must be at least 1 (got width {width}, z_dim {z_dim}); "
+                               f"DCGAN uses width {DEFAULT_WIDTH} and z_dim {Z_DIM}")
+    if faces is not None and int(faces) < 2:
+        raise SkullsearchError(f"faces must be at least 2 (got {faces}); an inpainter needs a few hundred "
+                               "faces or more (leave it out to train on the whole gallery)")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise SkullsearchError(f"unknown device {device!r}: use cpu or cuda (cuda:N for one GPU)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SkullsearchError("--device cuda was asked for but torch sees no CUDA GPU; use "
+                               "--device cpu (slow for large galleries) or install a CUDA build of torch")
+    try:
+        size = _check_size(size)
+    except ValueError as exc:
+        raise SkullsearchError(f"{exc}; the paper uses 128 (--size 128), 64 trains faster") from None
+    return device, size
+
+
+def _training_renders(gallery, model, faces: int | None, seed: int, size: int, neutral: bool,
+                      render_workers: int | None, progress,
+                      say) -> tuple[np.ndarray, np.ndarray, float]:
+    """The faces to train on (all, or a reproducible sample of ``faces`` for ``seed``), made
+    canonical and rendered: codes (N, 228) float32, renders (N, 1, S, S) uint8 and the seconds
+    rendering took."""
+    n_all = gallery.n_faces
+    ids = gallery.sample_ids(n_all if faces is None else int(faces), seed=seed)
+    if len(ids) < 2:
+        raise SkullsearchError(f"the gallery {gallery.path} has {len(ids)} face(s); an inpainter "
+                               "needs at least a few hundred: ingest photos (or `skullsearch synth`) first")
+    codes = canonical_codes(gallery.codes(ids), model, neutral)
+    t0 = time.perf_counter()
+    images = render_codes(model, codes, size, workers=render_workers, progress=progress)
+    render_s = time.perf_counter() - t0
+    say(f"rendered {len(ids)} faces at {size}×{size} px in {render_s:.1f} s")
+    return codes, images, render_s
+
+
+@dataclass
+class _Training:
+    """One training run: the networks G, D, Ψ_E (``g``, ``d``, ``e``), Ψ_E's loss ``metric``,
+    the three optimizers, the renders ``imgs`` (N, 1, S, S) uint8 and their codes ``true``
+    (N, 228) on ``device``, the held-out and training rows ``val_idx``, ``train_idx``, ``gen``
+    (the generator that orders the batches), and the run's settings; ``step`` counts the
+    batches run so far, of ``total_steps``."""
+
+    g: Generator
+    d: Discriminator
+    e: RenderEncoder
+    metric: CodeMetric
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    opt_e: torch.optim.Optimizer
+    imgs: torch.Tensor
+    true: torch.Tensor
+    val_idx: torch.Tensor
+    train_idx: torch.Tensor
+    gen: torch.Generator
+    z_dim: int
+    batch_size: int
+    seed: int
+    device: torch.device
+    total_steps: int = 0
+    step: int = 0
+
+    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """One step of D, G and Ψ_E on the renders ``idx`` (b,): (d_loss, g_loss, Ψ_E's terms)."""
+        real = self.imgs[idx].float() / 255.0
+        z = torch.randn(len(idx), self.z_dim, device=self.device)
+        fake = self.g(z)
+        d_loss = F.softplus(-self.d(real)).mean() + F.softplus(self.d(fake.detach())).mean()
+        self.opt_d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        self.opt_d.step()
+        g_loss = F.softplus(-self.d(fake)).mean()
+        self.opt_g.zero_grad(set_to_none=True)
+        g_loss.backward()
+        self.opt_g.step()
+        terms = self.metric(self.e.predict_codes(real), self.true[idx])
+        self.opt_e.zero_grad(set_to_none=True)
+        terms["total"].mean().backward()
+        self.opt_e.step()
+        return d_loss, g_loss, terms
+
+
+def _start_training(model, codes: np.ndarray, images: np.ndarray, *, seed: int, z_dim: int,
+                    size: int, width: int, encoder_widths, neutral: bool, lr: float,
+                    encoder_lr: float, batch_size: int, epochs: int, device) -> _Training:
+    """Seed torch, hold out a tenth of the faces (at most 500, none below 20 faces), and build
+    the networks and their Adam optimizers on ``device`` (see the module docstring)."""
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    n = len(codes)
+    n_val = min(n // 10, 500) if n >= 20 else 0
+    order = torch.randperm(n, generator=gen)
+    val_idx, train_idx = order[:n_val], order[n_val:]
+    imgs = torch.from_numpy(images).to(device)
+    true = torch.from_numpy(codes).to(device)
+    g = Generator(z_dim, size, width).to(device)
+    d = Discriminator(size, width).to(device)
+    e = RenderEncoder.for_model(model, size, encoder_widths, neutral).to(device)
+    metric = CodeMetric(model, e.n_shape, e.n_expression, device)
+    opt_g = torch.optim.Adam(g.parameters(), lr=lr, betas=(0.5, 0.999))
+    opt_d = torch.optim.Adam(d.parameters(), lr=lr, betas=(0.5, 0.999))
+    opt_e = torch.optim.Adam(e.parameters(), lr=encoder_lr)
+    n_train = len(train_idx)
+    # batches per epoch: a last batch of one render is skipped (BatchNorm needs two)
+    per_epoch = max(1, n_train // batch_size + (n_train % batch_size >= 2))
+    return _Training(g, d, e, metric, opt_g, opt_d, opt_e, imgs, true, val_idx, train_idx, gen,
+                     z_dim, batch_size, seed, device, total_steps=per_epoch * epochs)
+
+
+def _train_epoch(t: _Training, epoch: int, epochs: int, progress) -> dict:
+    """One pass over the training renders in a random order, then Ψ_E's BatchNorm statistics
+    re-estimated and its held-out error measured. Returns the epoch's record (see
+    :func:`train_inpainter`)."""
+    t_ep = time.perf_counter()
+    for net in (t.g, t.d, t.e):
+        net.train()
+    sums = dict.fromkeys(("d_loss", "g_loss", "encoder_loss", "vertex", "soft_tissue", "face",
+                          "jaw"), 0.0)
+    n_train = len(t.train_idx)
+    perm = t.train_idx[torch.randperm(n_train, generator=t.gen)]
+    seen = 0
+    for a in range(0, n_train, t.batch_size):
+        idx = perm[a: a + t.batch_size].to(t.device)
+        if len(idx) < 2:  # BatchNorm needs two samples
+            continue
+        d_loss, g_loss, terms = t.batch(idx)
+        b = len(idx)
+        seen += b
+        sums["d_loss"] += d_loss.item() * b
+        sums["g_loss"] += g_loss.item() * b
+        sums["encoder_loss"] += float(terms["total"].detach().sum())
+        for k in ("vertex", "soft_tissue", "face", "jaw"):
+            sums[k] += float(terms[k].detach().sum())
+        t.step += 1
+        if progress:
+            progress({"stage": "train", "done": t.step, "total": t.total_steps, "epoch": epoch,
+                      "epochs": epochs, "d_loss": d_loss.item(), "g_loss": g_loss.item(),
+                      "encoder_loss": float(terms["total"].detach().mean())})
+    seen = max(seen, 1)
+    rec = {"epoch": epoch, "d_loss": sums["d_loss"] / seen, "g_loss": sums["g_loss"] / seen,
+           "encoder_loss": sums["encoder_loss"] / seen,
+           "vertex_rms_mm": math.sqrt(sums["vertex"] / seen),
+           "soft_tissue_rms_mm": math.sqrt(sums["soft_tissue"] / seen),
+           "face_rms_mm": math.sqrt(sums["face"] / seen),
+           "jaw_rms_rad": math.sqrt(sums["jaw"] / seen)}
+    recalibrate_batchnorm(t.e, t.imgs, t.train_idx, t.batch_size, seed=t.seed + epoch)
+    rec.update(_validate(t.e, t.metric, t.imgs, t.true, t.val_idx, t.batch_size))
+    rec["seconds"] = time.perf_counter() - t_ep
+    return rec
+
+
 def train_inpainter(gallery, out=None, *, epochs: int = 25, batch_size: int = 64,
                     faces: int | None = None, size: int = DEFAULT_SIZE, z_dim: int = Z_DIM,
                     width: int = DEFAULT_WIDTH, encoder_widths: Sequence[int] | None = None,
@@ -585,128 +749,35 @@ def train_inpainter(gallery, out=None, *, epochs: int = 25, batch_size: int = 64
 
         gallery = Gallery.open(gallery)
     model = gallery.face_model
-    if epochs < 1 or batch_size < 2:
-        raise SkullsearchError(f"training needs at least 1 epoch and 2 renders per batch (got "
-                               f"epochs {epochs}, batch size {batch_size})")
-    if int(width) < 1 or int(z_dim) < 1:
-        raise SkullsearchError(f"width and z_dim must be at least 1 (got width {width}, z_dim {z_dim}); "
-                               f"DCGAN uses width {DEFAULT_WIDTH} and z_dim {Z_DIM}")
-    if faces is not None and int(faces) < 2:
-        raise SkullsearchError(f"faces must be at least 2 (got {faces}); an inpainter needs a few hundred "
-                               "faces or more (leave it out to train on the whole gallery)")
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise SkullsearchError(f"unknown device {device!r}: use cpu or cuda (cuda:N for one GPU)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SkullsearchError("--device cuda was asked for but torch sees no CUDA GPU; use "
-                               "--device cpu (slow for large galleries) or install a CUDA build of torch")
-    try:
-        size = _check_size(size)
-    except ValueError as exc:
-        raise SkullsearchError(f"{exc}; the paper uses 128 (--size 128), 64 trains faster") from None
-    n_all = gallery.n_faces
-    ids = gallery.sample_ids(n_all if faces is None else int(faces), seed=seed)
-    if len(ids) < 2:
-        raise SkullsearchError(f"the gallery {gallery.path} has {len(ids)} face(s); an inpainter "
-                               "needs at least a few hundred: ingest photos (or `skullsearch synth`) first")
-    codes = canonical_codes(gallery.codes(ids), model, neutral)
-    t0 = time.perf_counter()
-    images = render_codes(model, codes, size, workers=render_workers, progress=progress)
-    render_s = time.perf_counter() - t0
-    say(f"rendered {len(ids)} faces at {size}×{size} px in {render_s:.1f} s")
-
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    n = len(ids)
-    n_val = min(n // 10, 500) if n >= 20 else 0
-    order = torch.randperm(n, generator=gen)
-    val_idx, train_idx = order[:n_val], order[n_val:]
-    imgs = torch.from_numpy(images).to(device)
-    true = torch.from_numpy(codes).to(device)
-
-    g = Generator(z_dim, size, width).to(device)
-    d = Discriminator(size, width).to(device)
-    e = RenderEncoder.for_model(model, size, encoder_widths, neutral).to(device)
-    metric = CodeMetric(model, e.n_shape, e.n_expression, device)
-    opt_g = torch.optim.Adam(g.parameters(), lr=lr, betas=(0.5, 0.999))
-    opt_d = torch.optim.Adam(d.parameters(), lr=lr, betas=(0.5, 0.999))
-    opt_e = torch.optim.Adam(e.parameters(), lr=encoder_lr)
-    n_train = len(train_idx)
-    # batches per epoch: a last batch of one render is skipped (BatchNorm needs two)
-    per_epoch = max(1, n_train // batch_size + (n_train % batch_size >= 2))
-    total_steps = per_epoch * epochs
+    device, size = _checked_settings(epochs, batch_size, width, z_dim, faces, device, size)
+    codes, images, render_s = _training_renders(gallery, model, faces, seed, size, neutral,
+                                                render_workers, progress, say)
+    t = _start_training(model, codes, images, seed=seed, z_dim=z_dim, size=size, width=width,
+                        encoder_widths=encoder_widths, neutral=neutral, lr=lr,
+                        encoder_lr=encoder_lr, batch_size=batch_size, epochs=epochs, device=device)
     history: list[dict] = []
-    step = 0
     for epoch in range(1, epochs + 1):
-        t_ep = time.perf_counter()
-        for net in (g, d, e):
-            net.train()
-        sums = dict.fromkeys(("d_loss", "g_loss", "encoder_loss", "vertex", "soft_tissue", "face",
-                              "jaw"), 0.0)
-        perm = train_idx[torch.randperm(n_train, generator=gen)]
-        seen = 0
-        for a in range(0, n_train, batch_size):
-            idx = perm[a: a + batch_size].to(device)
-            if len(idx) < 2:  # BatchNorm needs two samples
-                continue
-            real = imgs[idx].float() / 255.0
-            b = len(idx)
-            z = torch.randn(b, z_dim, device=device)
-            fake = g(z)
-            d_loss = F.softplus(-d(real)).mean() + F.softplus(d(fake.detach())).mean()
-            opt_d.zero_grad(set_to_none=True)
-            d_loss.backward()
-            opt_d.step()
-            g_loss = F.softplus(-d(fake)).mean()
-            opt_g.zero_grad(set_to_none=True)
-            g_loss.backward()
-            opt_g.step()
-            terms = metric(e.predict_codes(real), true[idx])
-            opt_e.zero_grad(set_to_none=True)
-            terms["total"].mean().backward()
-            opt_e.step()
-            seen += b
-            sums["d_loss"] += d_loss.item() * b
-            sums["g_loss"] += g_loss.item() * b
-            sums["encoder_loss"] += float(terms["total"].detach().sum())
-            for k in ("vertex", "soft_tissue", "face", "jaw"):
-                sums[k] += float(terms[k].detach().sum())
-            step += 1
-            if progress:
-                progress({"stage": "train", "done": step, "total": total_steps, "epoch": epoch,
-                          "epochs": epochs, "d_loss": d_loss.item(), "g_loss": g_loss.item(),
-                          "encoder_loss": float(terms["total"].detach().mean())})
-        seen = max(seen, 1)
-        rec = {"epoch": epoch, "d_loss": sums["d_loss"] / seen, "g_loss": sums["g_loss"] / seen,
-               "encoder_loss": sums["encoder_loss"] / seen,
-               "vertex_rms_mm": math.sqrt(sums["vertex"] / seen),
-               "soft_tissue_rms_mm": math.sqrt(sums["soft_tissue"] / seen),
-               "face_rms_mm": math.sqrt(sums["face"] / seen),
-               "jaw_rms_rad": math.sqrt(sums["jaw"] / seen)}
-        recalibrate_batchnorm(e, imgs, train_idx, batch_size, seed=seed + epoch)
-        rec.update(_validate(e, metric, imgs, true, val_idx, batch_size))
-        rec["seconds"] = time.perf_counter() - t_ep
+        rec = _train_epoch(t, epoch, epochs, progress)
         history.append(rec)
         say(f"epoch {epoch}/{epochs}: D {rec['d_loss']:.3f} G {rec['g_loss']:.3f} Ψ_E "
             f"{rec['encoder_loss']:.2f} mm² (vertex RMS {rec['vertex_rms_mm']:.2f} mm, held-out "
             f"{rec['val_vertex_rms_mm']:.2f} mm) {rec['seconds']:.1f} s")
         if progress:
-            progress({"stage": "epoch", "done": step, "total": total_steps, "epochs": epochs, **rec})
-    recalibrate_batchnorm(g, int(z_dim), seed=seed)
-    for net in (g, d, e):
+            progress({"stage": "epoch", "done": t.step, "total": t.total_steps, "epochs": epochs, **rec})
+    recalibrate_batchnorm(t.g, int(z_dim), seed=seed)
+    for net in (t.g, t.d, t.e):
         net.eval()
-    config = {"size": size, "z_dim": int(z_dim), "width": int(width), "encoder_widths": e.widths,
-              "n_shape": e.n_shape, "n_expression": e.n_expression, "jaw": e.jaw,
+    config = {"size": size, "z_dim": int(z_dim), "width": int(width), "encoder_widths": t.e.widths,
+              "n_shape": t.e.n_shape, "n_expression": t.e.n_expression, "jaw": t.e.jaw,
               "neutral": bool(neutral), "renderer": "skullsearch.inpaint.raster.render_normalized"}
     meta = {"gallery": str(gallery.path), "face_model_name": model.meta.get("name", ""),
-            "faces": n, "train_faces": n_train, "val_faces": n_val, "epochs": epochs,
-            "batch_size": batch_size, "lr": lr, "encoder_lr": encoder_lr, "seed": seed,
-            "device": str(device), "history": history, "render_seconds": render_s,
+            "faces": len(codes), "train_faces": len(t.train_idx), "val_faces": len(t.val_idx),
+            "epochs": epochs, "batch_size": batch_size, "lr": lr, "encoder_lr": encoder_lr,
+            "seed": seed, "device": str(device), "history": history, "render_seconds": render_s,
             "seconds": time.perf_counter() - t_start,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "torch": str(torch.__version__)}
-    inp = Inpainter(g.cpu(), d.cpu(), e.cpu(), config, model.fingerprint, meta)
+    inp = Inpainter(t.g.cpu(), t.d.cpu(), t.e.cpu(), config, model.fingerprint, meta)
     path = Path(out) if out is not None else default_inpainter_path(gallery)
     return save_inpainter(path, inp)
 

@@ -42,6 +42,7 @@ run stops when every start has converged, or after ``iterations``).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 
@@ -205,6 +206,222 @@ def blend_weights(model, revise, band_mm: float = 10.0) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------- GII-GC
+def _checked_inputs(model, inpainter: Inpainter, target, present, revise, starts: int,
+                    iterations: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Refuse another face model, no start or iteration, and misshapen inputs.
+
+    Returns revise (V,) bool, present (K,) bool (false where the target is not finite) and
+    target (K, 3) float32 mm.
+    """
+    inpainter.check_model(model)
+    if starts < 1 or iterations < 1:
+        raise SkullsearchError(f"gii_gc needs starts ≥ 1 and iterations ≥ 1 (got starts {starts}, "
+                               f"iterations {iterations})")
+    n_v = model.n_vertices
+    revise = np.asarray(revise, bool).reshape(-1)
+    present = np.asarray(present, bool).reshape(-1)
+    target = np.asarray(target, np.float32).reshape(-1, 3)
+    if revise.shape != (n_v,):
+        raise SkullsearchError(f"revise must be ({n_v},) bool (one flag per vertex), got {revise.shape}")
+    if target.shape != (len(present), 3):
+        raise SkullsearchError(f"target must be ({len(present)}, 3) mm, got {target.shape}")
+    present = present & np.isfinite(target).all(1)
+    return revise, present, target
+
+
+@dataclass
+class _Problem:
+    """The fixed inputs of one GII-GC run, on the device ``dev`` it runs on.
+
+    model: the FaceModel; inpainter (its G, D and Ψ_E in eval mode on ``dev``); w: the weights;
+    canon (1, 228) the candidate's canonical code; base (1, V, 3) mm its mesh (face frame);
+    blend (1, V, 1) the generated face's share per vertex; y (1, 1, S, S) the candidate's
+    render; hole (1, 1, S, S) bool the revised pixels; wmap (1, 1, S, S) the context weights W;
+    tgt (K, 3) mm the extended landmarks and pres (K,) bool the present ones; dfn (V,) bool the
+    definite vertices and dtgt (V, 3) mm their targets (NaN unknown), or None.
+    """
+
+    model: object
+    inpainter: Inpainter
+    w: GIIWeights
+    dev: torch.device
+    canon: np.ndarray
+    base: torch.Tensor
+    blend: torch.Tensor
+    y: torch.Tensor
+    hole: torch.Tensor
+    wmap: torch.Tensor
+    tgt: torch.Tensor
+    pres: torch.Tensor
+    dfn: torch.Tensor | None
+    dtgt: torch.Tensor | None
+
+    @property
+    def neutral(self) -> bool:
+        return bool(self.inpainter.config.get("neutral", True))
+
+    def evaluate(self, zz: torch.Tensor):
+        """L(z) for latents zz (B, z_dim): total (B,), the weighted terms {name: (B,)}, the
+        unweighted geometry and definite distances (B,) mm, the renders G(z) (B, 1, S, S) and the
+        codes Ψ_E(G(z)) (B, 228)."""
+        w, inp, base = self.w, self.inpainter, self.base
+        img = inp.generator(zz)
+        ctx = context_loss(img, self.y, self.wmap)
+        pri = prior_loss(inp.discriminator(img))
+        codes = inp.encoder.predict_codes(img)
+        verts = base + self.blend * (code_vertices(self.model, codes) - base)  # kept surface stays
+        pts = self.model.soft_tissue(vertices=verts)
+        geo = geometry_loss(pts, self.tgt, self.pres)
+        dl = definite_loss(verts, self.dfn, self.dtgt)
+        terms = {"context": w.context * ctx, "prior": w.prior * pri,
+                 "geometry": w.geometry * geo, "definite": w.definite * dl}
+        total = sum(terms.values())
+        return total, terms, geo, dl, img, codes
+
+
+def _problem(model, inpainter: Inpainter, code, target, present, revise, definite, definite_target,
+             w: GIIWeights, device) -> _Problem:
+    """Move the inpainter to the device, render the candidate and its hole, and put the targets
+    on the device (see :class:`_Problem`)."""
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else inpainter.device
+    dev = torch.device(device)
+    inpainter.to(dev).eval()
+    canon = canonical_codes(code, model, bool(inpainter.config.get("neutral", True)))
+    with torch.no_grad():
+        base = code_vertices(model, canon)
+    blend = torch.as_tensor(blend_weights(model, revise, w.blend_mm), device=dev)[None, :, None]
+    base_t = base.to(dev)
+    r = render_normalized(model, base, size=inpainter.size, vertex_mask=revise[None])
+    y = torch.as_tensor(np.asarray(r.image, np.float32), device=dev)  # (1, 1, S, S)
+    hole = torch.as_tensor(np.asarray(r.masked), device=dev)
+    wmap = hole_weights(hole, w.window).to(dev)
+    dfn = None if definite is None else torch.as_tensor(np.asarray(definite, bool), device=dev)
+    dtgt = None if definite_target is None else torch.as_tensor(
+        np.asarray(definite_target, np.float32), device=dev)
+    return _Problem(model=model, inpainter=inpainter, w=w, dev=dev, canon=canon, base=base_t,
+                    blend=blend, y=y, hole=hole, wmap=wmap, tgt=torch.as_tensor(target, device=dev),
+                    pres=torch.as_tensor(present, device=dev), dfn=dfn, dtgt=dtgt)
+
+
+def _images(pb: _Problem) -> dict:
+    """The result's images (S, S) numpy: the candidate's render, its hole and the weights W."""
+    return {"target_image": pb.y[0, 0].cpu().numpy(), "hole": pb.hole[0, 0].cpu().numpy(),
+            "weights": pb.wmap[0, 0].cpu().numpy()}
+
+
+def _candidate_result(pb: _Problem, t0: float) -> GIIResult:
+    """Nothing to regenerate: the candidate itself is the answer (0 iterations, one loss record)."""
+    w, base = pb.w, pb.base
+    with torch.no_grad():
+        pts = pb.model.soft_tissue(vertices=base)
+        geo = geometry_loss(pts, pb.tgt, pb.pres)
+        dl = definite_loss(base, pb.dfn, pb.dtgt)
+    rec = {"total": float(w.geometry * geo[0] + w.definite * dl[0]), "context": 0.0, "prior": 0.0,
+           "geometry": float(w.geometry * geo[0]), "definite": float(w.definite * dl[0]),
+           "geometry_mm": float(geo[0]), "definite_mm": float(dl[0])}
+    v = base[0].cpu().numpy().astype(np.float32)
+    return GIIResult(code=pb.canon[0].astype(np.float32), vertices=v, losses=[rec], iterations=0,
+                     start=0, converged=True, image=pb.y[0, 0].cpu().numpy(), **_images(pb),
+                     start_totals=np.array([rec["total"]], np.float32),
+                     seconds=time.perf_counter() - t0, generated_vertices=v,
+                     blend=np.zeros(pb.model.n_vertices, np.float32))
+
+
+@dataclass
+class _Run:
+    """The state of the optimization, per start: history (one list of loss records per start),
+    best_total (starts,) the lowest total so far, best_z (starts, z_dim) the latent that gave
+    it, converged_at (starts,) the iteration each start converged at (−1: not yet)."""
+
+    history: list[list[dict]]
+    best_total: np.ndarray
+    best_z: torch.Tensor
+    converged_at: np.ndarray
+
+    def record(self, total, terms, geo, dl, z: torch.Tensor) -> None:
+        """Append each start's loss record and keep its best latent."""
+        tot = total.detach().cpu().numpy()
+        parts = {k: v.detach().cpu().numpy() for k, v in terms.items()}
+        geo_np, dl_np = geo.detach().cpu().numpy(), dl.detach().cpu().numpy()
+        for s in range(len(self.history)):
+            self.history[s].append({"total": float(tot[s]), **{k: float(v[s]) for k, v in parts.items()},
+                                    "geometry_mm": float(geo_np[s]), "definite_mm": float(dl_np[s])})
+        better = tot < self.best_total
+        self.best_total = np.where(better, tot, self.best_total)
+        if better.any():
+            mask = torch.as_tensor(better, device=z.device)
+            self.best_z[mask] = z.detach()[mask]
+
+    def all_converged(self, it: int, w: GIIWeights) -> bool:
+        """Mark the starts whose total changed by at most ``tol`` (relative) over the last
+        ``patience`` iterations as converged at ``it``; whether every start now has."""
+        if it < w.patience:
+            return False
+        for s in np.flatnonzero(self.converged_at < 0):
+            old, new = self.history[s][it - w.patience]["total"], self.history[s][it]["total"]
+            if abs(old - new) <= w.tol * max(abs(old), 1e-8):
+                self.converged_at[s] = it
+        return bool((self.converged_at >= 0).all())
+
+
+@contextlib.contextmanager
+def _frozen(nets):
+    """Turn off the gradients of the networks' parameters for the block (only z is optimized),
+    then restore each parameter's flag."""
+    params = [p for net in nets for p in net.parameters()]
+    grad_flags = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in zip(params, grad_flags, strict=True):
+            p.requires_grad_(flag)
+
+
+def _optimize(pb: _Problem, z: torch.Tensor, iterations: int) -> _Run:
+    """Adam on the latents z (starts, z_dim) (in place) for at most ``iterations`` steps, until
+    every start has converged; each step clips z to ±z_clip."""
+    w, starts = pb.w, len(z)
+    opt = torch.optim.Adam([z], lr=w.lr)
+    run = _Run(history=[[] for _ in range(starts)], best_total=np.full(starts, np.inf),
+               best_z=z.detach().clone(), converged_at=np.full(starts, -1))
+    for it in range(iterations):
+        total, terms, geo, dl, _, _ = pb.evaluate(z)
+        run.record(total, terms, geo, dl, z)
+        if run.all_converged(it, w):
+            break
+        opt.zero_grad(set_to_none=True)
+        total.sum().backward()
+        opt.step()
+        if w.z_clip > 0:
+            with torch.no_grad():
+                z.clamp_(-w.z_clip, w.z_clip)
+    return run
+
+
+def _best_result(pb: _Problem, run: _Run, img: torch.Tensor, codes: torch.Tensor,
+                 t0: float) -> GIIResult:
+    """The best start's result: img (starts, 1, S, S) and codes (starts, 228) of G and Ψ_E at
+    each start's best latent."""
+    best = int(np.argmin(run.best_total))
+    out_code = canonical_codes(codes[best: best + 1], pb.model, pb.neutral)[0]
+    with torch.no_grad():
+        generated = code_vertices(pb.model, out_code[None]).to(pb.dev)
+        verts = (pb.base + pb.blend * (generated - pb.base))[0].cpu().numpy().astype(np.float32)
+    conv = bool(run.converged_at[best] >= 0)
+    history = run.history[best]
+    return GIIResult(
+        code=out_code.astype(np.float32), vertices=verts,
+        generated_vertices=generated[0].cpu().numpy().astype(np.float32),
+        blend=pb.blend[0, :, 0].cpu().numpy(), losses=history,
+        iterations=int(run.converged_at[best]) if conv else len(history), start=best,
+        converged=conv, z=run.best_z[best].cpu().numpy(), image=img[best, 0].cpu().numpy(),
+        **_images(pb), start_totals=run.best_total.astype(np.float32),
+        seconds=time.perf_counter() - t0)
+
+
 def gii_gc(model, inpainter: Inpainter, code, target, present, revise, definite=None,
            definite_target=None, *, starts: int = 4, iterations: int = 100, seed: int = 0,
            weights: GIIWeights | None = None, device=None) -> GIIResult:
@@ -222,129 +439,20 @@ def gii_gc(model, inpainter: Inpainter, code, target, present, revise, definite=
     """
     t0 = time.perf_counter()
     w = weights or GIIWeights()
-    inpainter.check_model(model)
-    if starts < 1 or iterations < 1:
-        raise SkullsearchError(f"gii_gc needs starts ≥ 1 and iterations ≥ 1 (got starts {starts}, "
-                               f"iterations {iterations})")
-    n_v = model.n_vertices
-    revise = np.asarray(revise, bool).reshape(-1)
-    present = np.asarray(present, bool).reshape(-1)
-    target = np.asarray(target, np.float32).reshape(-1, 3)
-    if revise.shape != (n_v,):
-        raise SkullsearchError(f"revise must be ({n_v},) bool (one flag per vertex), got {revise.shape}")
-    if target.shape != (len(present), 3):
-        raise SkullsearchError(f"target must be ({len(present)}, 3) mm, got {target.shape}")
-    present = present & np.isfinite(target).all(1)
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else inpainter.device
-    dev = torch.device(device)
-    inpainter.to(dev).eval()
-    g, d, e = inpainter.generator, inpainter.discriminator, inpainter.encoder
-    size = inpainter.size
-
-    canon = canonical_codes(code, model, bool(inpainter.config.get("neutral", True)))
-    with torch.no_grad():
-        base = code_vertices(model, canon)
-    blend = torch.as_tensor(blend_weights(model, revise, w.blend_mm), device=dev)[None, :, None]
-    base_t = base.to(dev)
-    r = render_normalized(model, base, size=size, vertex_mask=revise[None])
-    y = torch.as_tensor(np.asarray(r.image, np.float32), device=dev)  # (1, 1, S, S)
-    hole = torch.as_tensor(np.asarray(r.masked), device=dev)
-    wmap = hole_weights(hole, w.window).to(dev)
-    tgt = torch.as_tensor(target, device=dev)
-    pres = torch.as_tensor(present, device=dev)
-    dfn = None if definite is None else torch.as_tensor(np.asarray(definite, bool), device=dev)
-    dtgt = None if definite_target is None else torch.as_tensor(
-        np.asarray(definite_target, np.float32), device=dev)
+    revise, present, target = _checked_inputs(model, inpainter, target, present, revise, starts,
+                                              iterations)
+    pb = _problem(model, inpainter, code, target, present, revise, definite, definite_target, w,
+                  device)
     if not revise.any():  # nothing to regenerate: the candidate is the answer
-        with torch.no_grad():
-            pts = model.soft_tissue(vertices=base_t)
-            geo = geometry_loss(pts, tgt, pres)
-            dl = definite_loss(base_t, dfn, dtgt)
-        rec = {"total": float(w.geometry * geo[0] + w.definite * dl[0]), "context": 0.0, "prior": 0.0,
-               "geometry": float(w.geometry * geo[0]), "definite": float(w.definite * dl[0]),
-               "geometry_mm": float(geo[0]), "definite_mm": float(dl[0])}
-        v = base_t[0].cpu().numpy().astype(np.float32)
-        return GIIResult(code=canon[0].astype(np.float32), vertices=v, losses=[rec], iterations=0,
-                         start=0, converged=True, image=y[0, 0].cpu().numpy(),
-                         target_image=y[0, 0].cpu().numpy(), hole=hole[0, 0].cpu().numpy(),
-                         weights=wmap[0, 0].cpu().numpy(), start_totals=np.array([rec["total"]], np.float32),
-                         seconds=time.perf_counter() - t0, generated_vertices=v,
-                         blend=np.zeros(n_v, np.float32))
-
+        return _candidate_result(pb, t0)
     gen = torch.Generator().manual_seed(int(seed))
-    z = torch.randn(starts, inpainter.z_dim, generator=gen).to(dev).requires_grad_(True)
-    opt = torch.optim.Adam([z], lr=w.lr)
-    params = [p for net in (g, d, e) for p in net.parameters()]
-    grad_flags = [p.requires_grad for p in params]
-    for p in params:
-        p.requires_grad_(False)
-
-    def evaluate(zz):
-        img = g(zz)
-        ctx = context_loss(img, y, wmap)
-        pri = prior_loss(d(img))
-        codes = e.predict_codes(img)
-        verts = base_t + blend * (code_vertices(model, codes) - base_t)  # kept surface stays
-        pts = model.soft_tissue(vertices=verts)
-        geo = geometry_loss(pts, tgt, pres)
-        dl = definite_loss(verts, dfn, dtgt)
-        terms = {"context": w.context * ctx, "prior": w.prior * pri,
-                 "geometry": w.geometry * geo, "definite": w.definite * dl}
-        total = sum(terms.values())
-        return total, terms, geo, dl, img, codes
-
-    history: list[list[dict]] = [[] for _ in range(starts)]
-    best_total = np.full(starts, np.inf)
-    best_z = z.detach().clone()
-    converged_at = np.full(starts, -1)
-    try:
-        for it in range(iterations):
-            total, terms, geo, dl, _, _ = evaluate(z)
-            tot = total.detach().cpu().numpy()
-            parts = {k: v.detach().cpu().numpy() for k, v in terms.items()}
-            geo_np, dl_np = geo.detach().cpu().numpy(), dl.detach().cpu().numpy()
-            for s in range(starts):
-                history[s].append({"total": float(tot[s]), **{k: float(v[s]) for k, v in parts.items()},
-                                   "geometry_mm": float(geo_np[s]), "definite_mm": float(dl_np[s])})
-            better = tot < best_total
-            best_total = np.where(better, tot, best_total)
-            if better.any():
-                best_z[torch.as_tensor(better, device=dev)] = z.detach()[torch.as_tensor(better, device=dev)]
-            if it >= w.patience:
-                for s in np.flatnonzero(converged_at < 0):
-                    old, new = history[s][it - w.patience]["total"], history[s][it]["total"]
-                    if abs(old - new) <= w.tol * max(abs(old), 1e-8):
-                        converged_at[s] = it
-                if (converged_at >= 0).all():
-                    break
-            opt.zero_grad(set_to_none=True)
-            total.sum().backward()
-            opt.step()
-            if w.z_clip > 0:
-                with torch.no_grad():
-                    z.clamp_(-w.z_clip, w.z_clip)
+    z = torch.randn(starts, inpainter.z_dim, generator=gen).to(pb.dev).requires_grad_(True)
+    inp = pb.inpainter
+    with _frozen((inp.generator, inp.discriminator, inp.encoder)):
+        run = _optimize(pb, z, iterations)
         with torch.no_grad():
-            total, _, _, _, img, codes = evaluate(best_z)
-    finally:
-        for p, flag in zip(params, grad_flags, strict=True):
-            p.requires_grad_(flag)
-    best = int(np.argmin(best_total))
-    out_code = canonical_codes(codes[best: best + 1], model,
-                               bool(inpainter.config.get("neutral", True)))[0]
-    with torch.no_grad():
-        generated = code_vertices(model, out_code[None]).to(dev)
-        verts = (base_t + blend * (generated - base_t))[0].cpu().numpy().astype(np.float32)
-    conv = bool(converged_at[best] >= 0)
-    return GIIResult(
-        code=out_code.astype(np.float32), vertices=verts,
-        generated_vertices=generated[0].cpu().numpy().astype(np.float32),
-        blend=blend[0, :, 0].cpu().numpy(), losses=history[best],
-        iterations=int(converged_at[best]) if conv else len(history[best]), start=best,
-        converged=conv, z=best_z[best].cpu().numpy(), image=img[best, 0].cpu().numpy(),
-        target_image=y[0, 0].cpu().numpy(), hole=hole[0, 0].cpu().numpy(),
-        weights=wmap[0, 0].cpu().numpy(), start_totals=best_total.astype(np.float32),
-        seconds=time.perf_counter() - t0)
+            _, _, _, _, img, codes = pb.evaluate(run.best_z)
+    return _best_result(pb, run, img, codes, t0)
 
 
 __all__ = ["GIIResult", "GIIWeights", "LOSS_KEYS", "blend_weights", "context_loss", "definite_loss",
