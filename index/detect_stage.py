@@ -2,20 +2,21 @@
 make each face's photo fingerprint and person descriptor (:func:`detect_one`, a pure function of
 the photo), on a local process pool that survives crashing and hanging photos
 (:class:`LocalDetectStage`); the Ray engine (:mod:`skullsearch.index.ray_engine`) runs the same
-:func:`detect_one` on Ray Data. Rows are plain dicts (they cross process boundaries as JSON on
-Ray): the image row (path, person, metadata, size_bytes, mtime_ns, sha256, status, detail, width,
-height) and its ``faces`` (box, score, landmarks, quality, yaw_deg, detector, fingerprint,
-descriptor, and a dense detector's points).
+:func:`detect_one` on Ray Data. Both stages are called alike: ``stage.iter_chunks(sources,
+sizes)`` yields each chunk's records in order, ``stage.close()`` ends it. A photo's record is a
+:class:`PhotoRecord` (the image row and its :class:`FaceRecord` list); it crosses the Ray
+boundary as JSON (:meth:`PhotoRecord.to_json`, :meth:`PhotoRecord.from_json`).
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
 import hashlib
+import json
 import multiprocessing as mp
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,91 @@ class Source:
     path: str
     person: str | None = None
     metadata: dict | None = None
+
+
+@dataclass
+class FaceRecord:
+    """One detected face of a photo, as the detector stage gives it to the fit and the writer.
+
+    box (4,) x0, y0, x1, y1 px; score; landmarks (68, 2) px (iBUG); quality: the detector's flags;
+    yaw_deg; detector: its name; fingerprint (63,) float32 photo fingerprint
+    (:mod:`~skullsearch.index.fingerprint`) and descriptor (128,) float32 person descriptor
+    (:mod:`~skullsearch.encoder.descriptors`), None where none could be made; dense (K, 2) px a
+    dense detector's points (MediaPipe's mesh), else None.
+    """
+
+    box: np.ndarray
+    score: float
+    landmarks: np.ndarray
+    quality: tuple[str, ...]
+    yaw_deg: float
+    detector: str
+    fingerprint: np.ndarray | None = None
+    descriptor: np.ndarray | None = None
+    dense: np.ndarray | None = None
+
+    _ARRAYS = {"box": np.float64, "landmarks": np.float64, "fingerprint": np.float32,
+               "descriptor": np.float32, "dense": np.float32}
+
+    def to_dict(self) -> dict:
+        """Plain JSON-able values (arrays as lists)."""
+        d = asdict(self)
+        for k in self._ARRAYS:
+            d[k] = None if d[k] is None else np.asarray(d[k]).tolist()
+        d["quality"] = list(self.quality)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> FaceRecord:
+        d = dict(d)
+        for k, dtype in cls._ARRAYS.items():
+            d[k] = None if d.get(k) is None else np.asarray(d[k], dtype)
+        d["quality"] = tuple(d["quality"])
+        return cls(**d)
+
+
+@dataclass
+class PhotoRecord:
+    """One photo through the detector stage: path, person and metadata (from its
+    :class:`Source`), size_bytes and mtime_ns (its stat, None when unreadable), sha256 (of its
+    bytes, None when unread), status (``ok``, ``known`` — already in the gallery —, or the
+    failure's reason), detail (what went wrong, for a person), width and height px (when
+    decoded), faces (:class:`FaceRecord`, largest first; none unless ``ok``)."""
+
+    path: str
+    person: str | None = None
+    metadata: dict | None = None
+    size_bytes: int | None = None
+    mtime_ns: int | None = None
+    sha256: str | None = None
+    status: str = "ok"
+    detail: str = ""
+    width: int | None = None
+    height: int | None = None
+    faces: list[FaceRecord] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, source: Source, status: str = "ok", detail: str = "") -> PhotoRecord:
+        """A record of ``source`` with its stat (size, mtime) and no faces yet."""
+        key = stat_key(source.path)
+        return cls(source.path, source.person, source.metadata, key[0] if key else None,
+                   key[1] if key else None, status=status, detail=detail)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def to_json(self) -> str:
+        """The record as JSON text (how it crosses the Ray boundary)."""
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "faces"}
+        d["faces"] = [f.to_dict() for f in self.faces]
+        return json.dumps(d, default=str)
+
+    @classmethod
+    def from_json(cls, text: str) -> PhotoRecord:
+        d = json.loads(text)
+        d["faces"] = [FaceRecord.from_dict(f) for f in d["faces"]]
+        return cls(**d)
 
 
 def stat_key(path: str) -> tuple[int, int] | None:
@@ -82,36 +168,33 @@ def init_worker(known: frozenset, detector: str, descriptors: bool = True) -> No
     _DETECTOR = get_detector(detector)
 
 
-def detect_one(source: Source, max_pixels: int = 60_000_000) -> dict:
+def detect_one(source: Source, max_pixels: int = 60_000_000) -> PhotoRecord:
     """Worker stage: read, hash, decode, detect, and per face its photo fingerprint and person
-    descriptor. Returns a plain dict (image row + faces)."""
+    descriptor. Returns the photo's :class:`PhotoRecord`."""
     from skullsearch.encoder.images import ImageFailure, read_image
 
-    key = stat_key(source.path)
-    row = {"path": source.path, "person": source.person, "metadata": source.metadata,
-           "size_bytes": key[0] if key else None, "mtime_ns": key[1] if key else None,
-           "sha256": None, "status": "ok", "detail": "", "faces": []}
+    row = PhotoRecord.of(source)
     try:
         data = Path(source.path).read_bytes()
     except OSError as e:
-        row.update(status="unreadable", detail=f"cannot read the file ({e.strerror or e}); check permissions")
+        row.status, row.detail = "unreadable", f"cannot read the file ({e.strerror or e}); check permissions"
         return row
-    row["sha256"] = hashlib.sha256(data).hexdigest()
-    if row["sha256"] in _KNOWN:
-        row["status"] = "known"
+    row.sha256 = hashlib.sha256(data).hexdigest()
+    if row.sha256 in _KNOWN:
+        row.status = "known"
         return row
     img = read_image(data, max_pixels=max_pixels, name=source.path)
     if isinstance(img, ImageFailure):
-        row.update(status=img.reason, detail=img.detail)
+        row.status, row.detail = img.reason, img.detail
         return row
     try:
         found = _DETECTOR.detect(img)
     except Exception as e:  # noqa: BLE001 - a detector failure is this photo's failure
-        row.update(status="detector-error", detail=str(e))
+        row.status, row.detail = "detector-error", str(e)
         return row
     if not found:
-        row.update(status="no-face", detail=f"no face found by the {_DETECTOR.name} detector")
-    row["width"], row["height"] = img.size
+        row.status, row.detail = "no-face", f"no face found by the {_DETECTOR.name} detector"
+    row.width, row.height = img.size
     from skullsearch.encoder import descriptors
     from skullsearch.index import fingerprint
 
@@ -120,13 +203,15 @@ def detect_one(source: Source, max_pixels: int = 60_000_000) -> dict:
     fps = _per_face(found, fingerprint.DIM, lambda: fingerprint.photo_fingerprints(img.pixels, lms))
     descs = (_per_face(found, descriptors.DIM, lambda: descriptors.face_descriptors(img.pixels, boxes, lms))
              if _DESCRIBE else np.full((len(found), descriptors.DIM), np.nan, np.float32))
-    row["faces"] = [{"box": f.box.tolist(), "score": float(f.score), "landmarks": f.landmarks.tolist(),
-                     "quality": ",".join(f.quality), "yaw_deg": float(f.yaw_deg), "detector": f.detector,
-                     "fingerprint": None if np.isnan(fp).any() else fp.tolist(),
-                     "descriptor": None if np.isnan(d).any() else d.tolist(),
-                     # a dense detector's points (x, y px) for the fit's dense term
-                     "dense": None if f.dense is None else np.asarray(f.dense, np.float32)[:, :2].tolist()}
-                    for f, fp, d in zip(found, fps, descs, strict=True)]
+    row.faces = [FaceRecord(
+        box=np.asarray(f.box, np.float64), score=float(f.score),
+        landmarks=np.asarray(f.landmarks, np.float64), quality=tuple(q for q in f.quality if q),
+        yaw_deg=float(f.yaw_deg), detector=f.detector,
+        fingerprint=None if np.isnan(fp).any() else np.asarray(fp, np.float32),
+        descriptor=None if np.isnan(d).any() else np.asarray(d, np.float32),
+        # a dense detector's points (x, y px) for the fit's dense term
+        dense=None if f.dense is None else np.asarray(f.dense, np.float32)[:, :2].copy())
+        for f, fp, d in zip(found, fps, descs, strict=True)]
     return row
 
 
@@ -143,7 +228,9 @@ def _per_face(found, dim: int, make) -> np.ndarray:
 
 
 class LocalDetectStage:
-    """The detector stage on a local process pool; survives crashing and hanging photos."""
+    """The detector stage on a local process pool; survives crashing and hanging photos.
+
+    cpu_share: the CPUs of this machine its workers keep busy (the fit leaves them theirs)."""
 
     def __init__(self, workers: int, known: frozenset, detector: str, timeout_s: float = 120.0,
                  descriptors: bool = True):
@@ -153,6 +240,7 @@ class LocalDetectStage:
         self.timeout_s = timeout_s
         self.descriptors = descriptors
         self.pool = None
+        self.cpu_share = self.workers
 
     def _pool(self):
         if self.pool is None:
@@ -169,11 +257,11 @@ class LocalDetectStage:
             self.pool.shutdown(wait=False, cancel_futures=True)
             self.pool = None
 
-    def __call__(self, sources: list[Source]) -> list[dict]:
+    def __call__(self, sources: list[Source]) -> list[PhotoRecord]:
         return self._collect(sources, self._submit(sources))
 
-    def iter_chunks(self, sources: list[Source], chunk: int | list[int]) -> Iterator[list[dict]]:
-        """Rows chunk by chunk, the next chunk already detecting while the caller fits and
+    def iter_chunks(self, sources: list[Source], chunk: int | list[int]) -> Iterator[list[PhotoRecord]]:
+        """Records chunk by chunk, the next chunk already detecting while the caller fits and
         writes this one (detection and fitting overlap). chunk: photos per chunk, or the list
         of chunk sizes. The first chunk is submitted at once, before the first ``next``."""
         sizes = chunk if isinstance(chunk, list) else chunk_sizes(len(sources), chunk, chunk)
@@ -181,7 +269,7 @@ class LocalDetectStage:
         batches = [sources[a:b] for a, b in zip(starts[:-1], starts[1:], strict=True) if b > a]
         return self._chunks(batches, self._submit(batches[0]) if batches else {})
 
-    def _chunks(self, batches: list[list[Source]], pending: dict) -> Iterator[list[dict]]:
+    def _chunks(self, batches: list[list[Source]], pending: dict) -> Iterator[list[PhotoRecord]]:
         # a crash while collecting one chunk also breaks the next chunk's futures: _collect then
         # redoes what they left undone, one photo per fresh worker; a chunk whose submission
         # failed (broken pool) is submitted again to a fresh pool when its turn comes
@@ -197,8 +285,8 @@ class LocalDetectStage:
             self._kill()
             return {}
 
-    def _collect(self, sources: list[Source], futures: dict | None) -> list[dict]:
-        results: list[dict | None] = [None] * len(sources)
+    def _collect(self, sources: list[Source], futures: dict | None) -> list[PhotoRecord]:
+        results: list[PhotoRecord | None] = [None] * len(sources)
         try:
             for fut in cf.as_completed(futures or {},
                                        timeout=self.timeout_s * max(1, len(sources) / self.workers)):
@@ -211,7 +299,7 @@ class LocalDetectStage:
                 results[i] = self._isolated(s)
         return results
 
-    def _isolated(self, source: Source) -> dict:
+    def _isolated(self, source: Source) -> PhotoRecord:
         try:
             fut = self._pool().submit(detect_one, source)
             return fut.result(timeout=self.timeout_s)
@@ -221,10 +309,7 @@ class LocalDetectStage:
         except cf.process.BrokenProcessPool:
             self._kill()
             reason, detail = WORKER_CRASHED, "the decoder crashed on this file (corrupt image?)"
-        key = stat_key(source.path)
-        return {"path": source.path, "person": source.person, "metadata": source.metadata,
-                "size_bytes": key[0] if key else None, "mtime_ns": key[1] if key else None,
-                "sha256": None, "status": reason, "detail": detail, "faces": []}
+        return PhotoRecord.of(source, reason, detail)
 
     def close(self):
         if self.pool is not None:

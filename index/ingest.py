@@ -35,7 +35,9 @@ from skullsearch.index import schema, store
 from skullsearch.index.detect_stage import (  # noqa: F401 - the detector stage's names, re-exported
     TIMEOUT,
     WORKER_CRASHED,
+    FaceRecord,
     LocalDetectStage,
+    PhotoRecord,
     Source,
     chunk_sizes,
     detect_one,
@@ -117,8 +119,8 @@ def _table_rows(p: Path) -> list[dict]:
 
 
 # ---------------------------------------------------------------- encoder stage
-def encode_stage(model, rows: list[dict], config=None, rig=None, identity_prior=None):
-    """Fit the faces of detected rows; returns (faces as EncodedFace list, soft (n, 36, 3),
+def encode_stage(model, rows: list[PhotoRecord], config=None, rig=None, identity_prior=None):
+    """Fit the faces of detected photos; returns (faces as EncodedFace list, soft (n, 36, 3),
     codes (n, 228)). identity_prior: fit each face with the shape predicted from its person
     descriptor (:mod:`skullsearch.encoder.identity_prior`)."""
 
@@ -126,15 +128,13 @@ def encode_stage(model, rows: list[dict], config=None, rig=None, identity_prior=
 
     faces = []
     for r in rows:
-        for k, f in enumerate(r["faces"]):
+        for k, f in enumerate(r.faces):
             faces.append(EncodedFace(
-                image=r["path"], sha256=r["sha256"], face_index=k, box=np.asarray(f["box"]),
-                score=f["score"], landmarks=np.asarray(f["landmarks"]),
-                quality=tuple(q for q in f["quality"].split(",") if q), yaw_deg=f["yaw_deg"],
-                detector=f["detector"], image_size=(r["width"], r["height"]),
-                person=r["person"] if k == 0 else None,
-                descriptor=None if f.get("descriptor") is None else np.asarray(f["descriptor"], np.float32),
-                dense=None if f.get("dense") is None else np.asarray(f["dense"], np.float64)))
+                image=r.path, sha256=r.sha256, face_index=k, box=f.box, score=f.score,
+                landmarks=f.landmarks, quality=f.quality, yaw_deg=f.yaw_deg, detector=f.detector,
+                image_size=(r.width, r.height), person=r.person if k == 0 else None,
+                descriptor=f.descriptor,
+                dense=None if f.dense is None else np.asarray(f.dense, np.float64)))
     fit_faces(model, faces, config, rig=rig, identity_prior=identity_prior)
     codes = (np.stack([f.code for f in faces]) if faces
              else np.zeros((0, code_layout.CODE_SIZE), np.float32))
@@ -377,12 +377,12 @@ def near_duplicate_stage(gallery, codes: np.ndarray, fingerprints: np.ndarray, s
     return NearDuplicates(of, criterion, out["codes"], out["photos"], out["persons"])
 
 
-def face_vectors(rows: list[dict], key: str, dim: int) -> np.ndarray:
-    """One per-face vector of detected rows (``fingerprint``: (n, 63); ``descriptor``: (n, 128))
+def face_vectors(rows: list[PhotoRecord], key: str, dim: int) -> np.ndarray:
+    """One per-face vector of detected photos (``fingerprint``: (n, 63); ``descriptor``: (n, 128))
     as float32, in the order :func:`encode_stage` lists the faces; NaN rows where a face has
     none. Rounded to float16, as the catalog stores them (a face is compared alike with this
     shard's faces and with the gallery's)."""
-    out = [f.get(key) for r in rows for f in r["faces"]]
+    out = [getattr(f, key) for r in rows for f in r.faces]
     arr = np.full((len(out), dim), np.nan, np.float32)
     for i, f in enumerate(out):
         if f is not None and len(f) == dim:
@@ -390,13 +390,13 @@ def face_vectors(rows: list[dict], key: str, dim: int) -> np.ndarray:
     return arr.astype(np.float16).astype(np.float32)
 
 
-def face_fingerprints(rows: list[dict]) -> np.ndarray:
-    """The photo fingerprints (n, 63) of the faces of detected rows (:func:`face_vectors`)."""
+def face_fingerprints(rows: list[PhotoRecord]) -> np.ndarray:
+    """The photo fingerprints (n, 63) of the faces of detected photos (:func:`face_vectors`)."""
     return face_vectors(rows, "fingerprint", FP_DIM)
 
 
 # ---------------------------------------------------------------- writer stage
-def write_shard(gallery, number: int, rows: list[dict], faces, soft, codes, encoder_fp: str,
+def write_shard(gallery, number: int, rows: list[PhotoRecord], faces, soft, codes, encoder_fp: str,
                 near_duplicates: NearDuplicates | None = None, fingerprints: np.ndarray | None = None,
                 descs: np.ndarray | None = None):
     """Commit one shard: image rows (all, failures included) and face rows.
@@ -404,14 +404,14 @@ def write_shard(gallery, number: int, rows: list[dict], faces, soft, codes, enco
     fingerprints of the faces, descs: (n, 128) person descriptors (NaN rows: none)."""
     t = store.now()
     image_ids = store.face_id(number, np.arange(len(rows)))
-    by_path = {r["path"]: i for i, r in enumerate(rows)}
+    by_path = {r.path: i for i, r in enumerate(rows)}
     image_rows = [{
-        "image_id": int(image_ids[i]), "path": r["path"], "sha256": r["sha256"],
-        "size_bytes": r["size_bytes"], "mtime_ns": r["mtime_ns"], "status": r["status"],
-        "detail": r["detail"], "faces": len(r["faces"]) if r["status"] == "ok" else 0,
-        "person": r["person"], "time": t} for i, r in enumerate(rows)]
+        "image_id": int(image_ids[i]), "path": r.path, "sha256": r.sha256,
+        "size_bytes": r.size_bytes, "mtime_ns": r.mtime_ns, "status": r.status,
+        "detail": r.detail, "faces": len(r.faces) if r.ok else 0,
+        "person": r.person, "time": t} for i, r in enumerate(rows)]
     n = len(faces)
-    meta = {r["path"]: json.dumps(r["metadata"], default=str) if r.get("metadata") else None for r in rows}
+    meta = {r.path: json.dumps(r.metadata, default=str) if r.metadata else None for r in rows}
     cols = {
         "face_id": store.face_id(number, np.arange(n)),
         "image_id": [int(image_ids[by_path[f.image]]) for f in faces],
@@ -550,14 +550,10 @@ def ingest(
         seen_sha = set(known)
         saved_at = time.monotonic()
         try:
-            # small chunks first, so that fitting starts while the detectors go on (local);
-            # a stage that streams (Ray) keeps one pool of workers for all chunks
-            first = first_chunk if engine == "local" else chunk_images
-            sizes = chunk_sizes(len(sources), chunk_images, first)
+            # small chunks first, so that fitting starts while the detectors go on
+            sizes = chunk_sizes(len(sources), chunk_images, first_chunk)
             starts = np.cumsum([0, *sizes])[:-1]
-            chunks = (stage.iter_chunks(sources, sizes if engine == "local" else chunk_images)
-                      if hasattr(stage, "iter_chunks")
-                      else (stage(sources[a: a + chunk_images]) for a in starts))
+            chunks = stage.iter_chunks(sources, sizes)
             # built while the detectors work on the first chunk
             cfg = config or FitConfig()
             if uncertainty and not cfg.posterior:
@@ -568,8 +564,8 @@ def ingest(
             # the fit shares the CPU with the detector processes: leave them their cores (torch's
             # threads spin while they wait: on a busy CPU two threads cost several times the CPU
             # of one for these small batched ops)
-            if engine == "local":
-                torch.set_num_threads(max(1, (os.cpu_count() or 1) - workers))
+            if stage.cpu_share:
+                torch.set_num_threads(max(1, (os.cpu_count() or 1) - stage.cpu_share))
             for a, rows in zip(starts, chunks, strict=True):
                 fresh = _fresh_rows(rows, seen_sha, report)
                 if not fresh:
@@ -652,24 +648,25 @@ def _pending_sources(gallery, inputs, person_from_parent_dir: bool, report: Inge
     return sources, known
 
 
-def _fresh_rows(rows: list[dict], seen_sha: set, report: IngestReport) -> list[dict]:
-    """The detected rows of photos not seen before (by content): known photos are skipped, copies
+def _fresh_rows(rows: list[PhotoRecord], seen_sha: set, report: IngestReport) -> list[PhotoRecord]:
+    """The detected photos not seen before (by content): known photos are skipped, copies
     within this run counted as duplicates; ``seen_sha`` grows."""
     fresh = []
     for r in rows:
-        if r["status"] == "known" or (r["sha256"] and r["sha256"] in seen_sha):
-            report.duplicates += r["status"] != "known"
-            report.images_skipped += r["status"] == "known"
+        if r.status == "known" or (r.sha256 and r.sha256 in seen_sha):
+            report.duplicates += r.status != "known"
+            report.images_skipped += r.status == "known"
             continue
-        if r["sha256"]:
-            seen_sha.add(r["sha256"])
+        if r.sha256:
+            seen_sha.add(r.sha256)
         fresh.append(r)
     return fresh
 
 
-def _write_chunk(gallery, fresh: list[dict], fitter: _Fitter, cuts: _Cuts, report: IngestReport) -> None:
-    """Encoder, near-duplicate and writer stages for one chunk of fresh rows: one shard."""
-    ok = [r for r in fresh if r["status"] == "ok"]
+def _write_chunk(gallery, fresh: list[PhotoRecord], fitter: _Fitter, cuts: _Cuts,
+                 report: IngestReport) -> None:
+    """Encoder, near-duplicate and writer stages for one chunk of fresh photos: one shard."""
+    ok = [r for r in fresh if r.ok]
     faces, soft, codes = encode_stage(fitter.model, ok, fitter.config, fitter.rig, fitter.prior)
     number = store.next_shard_number(gallery.path)
     fps = face_fingerprints(ok)
@@ -684,8 +681,8 @@ def _write_chunk(gallery, fresh: list[dict], fitter: _Fitter, cuts: _Cuts, repor
     report.images_new += len(fresh)
     report.faces += len(faces)
     for r in fresh:
-        if r["status"] != "ok":
-            report.failures[r["status"]] = report.failures.get(r["status"], 0) + 1
+        if not r.ok:
+            report.failures[r.status] = report.failures.get(r.status, 0) + 1
 
 
 def _warm_up(gallery, near_duplicate_distance: float, near_duplicate_photo_distance: float = 0,

@@ -50,20 +50,22 @@ with ``engine="local"``.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 import warnings
 
+import numpy as np
+
 from skullsearch.errors import DependencyError
 from skullsearch.index.detect_stage import (
     TIMEOUT,
     WORKER_CRASHED,
+    PhotoRecord,
     Source,
+    chunk_sizes,
     detect_one,
     init_worker,
-    stat_key,
 )
 
 _log = logging.getLogger(__name__)
@@ -90,8 +92,8 @@ class DetectActor:
     """One detector worker of the Ray Data pool: initialised once, then called on batches.
 
     A batch (pyarrow) has the columns ``index`` and ``path``; the result has ``index`` and
-    ``row`` (the :func:`detect_one` dict as a JSON string, so nested faces and landmarks travel
-    as one plain column).
+    ``row`` (the :func:`detect_one` record as JSON text, :meth:`PhotoRecord.to_json`, so nested
+    faces and landmarks travel as one plain column).
     """
 
     def __init__(self, known: frozenset, detector: str, descriptors: bool = True):
@@ -102,14 +104,14 @@ class DetectActor:
 
         index = batch.column("index").to_pylist()
         paths = batch.column("path").to_pylist()
-        rows = [json.dumps(detect_one(Source(p)), default=str) for p in paths]
+        rows = [detect_one(Source(p)).to_json() for p in paths]
         return pa.table({"index": pa.array(index, pa.int64()), "row": pa.array(rows, pa.large_string())})
 
 
 def _detect_alone(known: frozenset, detector: str, path: str, descriptors: bool = True) -> str:
     """One photo alone in a Ray task (the fallback for the photos of a failed batch)."""
     init_worker(known, detector, descriptors)
-    return json.dumps(detect_one(Source(path)), default=str)
+    return detect_one(Source(path)).to_json()
 
 
 class RayDetectStage:
@@ -141,6 +143,9 @@ class RayDetectStage:
         self.started = False
         self._known_ref = None
         self._start()
+        #: the CPUs of this machine the stage keeps busy, which the fit leaves it: none counted —
+        #: the actors' CPUs are Ray's to schedule (on a cluster they are not this machine's)
+        self.cpu_share = 0
 
     # ------------------------------------------------------------ ray session
     def _start(self) -> None:
@@ -167,15 +172,18 @@ class RayDetectStage:
         return self.batch_size or max(1, min(32, math.ceil(n / (4 * self.workers))))
 
     # ------------------------------------------------------------ the stage
-    def __call__(self, sources: list[Source]) -> list[dict]:
-        """Rows of one chunk of photos, in order (one Ray dataset)."""
+    def __call__(self, sources: list[Source]) -> list[PhotoRecord]:
+        """Records of one chunk of photos, in order (one Ray dataset)."""
         chunks = list(self.iter_chunks(sources, len(sources)))
         return chunks[0] if chunks else []
 
-    def iter_chunks(self, sources: list[Source], chunk_images: int):
-        """Rows of ``sources`` as lists of ``chunk_images`` (the last one shorter), in order,
-        each yielded as soon as it is complete; one Ray dataset for them all."""
-        n, chunk = len(sources), max(1, int(chunk_images))
+    def iter_chunks(self, sources: list[Source], chunk: int | list[int]):
+        """Records of ``sources`` chunk by chunk, in order, each chunk yielded as soon as it is
+        complete; one Ray dataset for them all. chunk: photos per chunk (the last one shorter),
+        or the list of chunk sizes (as :class:`LocalDetectStage`)."""
+        n = len(sources)
+        sizes = chunk if isinstance(chunk, list) else chunk_sizes(n, max(1, int(chunk)), max(1, int(chunk)))
+        ends = list(np.cumsum(sizes))  # the chunks' ends, in order
         texts: dict[int, str] = {}
         pending = list(range(n))  # positions still to run through a dataset
         start = 0  # first position of the next chunk to yield
@@ -185,9 +193,9 @@ class RayDetectStage:
                 for i, text in self._run_dataset(sources, pending):
                     texts[i], last = text, i
                     # outputs come in order: every chunk ending at or before i is complete
-                    while start + chunk - 1 <= i:
-                        yield self._finish(sources, start, start + chunk, texts)
-                        start += chunk
+                    while ends and ends[0] - 1 <= i:
+                        yield self._finish(sources, start, int(ends[0]), texts)
+                        start = int(ends.pop(0))
                 pending = []
             except Exception as e:  # noqa: BLE001 - a hang (no progress) or Ray failed
                 rest = [j for j in pending if j > last]
@@ -196,11 +204,11 @@ class RayDetectStage:
                 _log.warning("ray detector stage: %s; redoing %d photo(s) one by one",
                              (str(e).splitlines() or [type(e).__name__])[0], min(suspects, len(rest)))
                 pending = rest[suspects:]
-        while start < n:
-            yield self._finish(sources, start, min(n, start + chunk), texts)
-            start += chunk
+        for end in ends:
+            yield self._finish(sources, start, int(end), texts)
+            start = int(end)
 
-    def _finish(self, sources: list[Source], a: int, b: int, texts: dict[int, str]) -> list[dict]:
+    def _finish(self, sources: list[Source], a: int, b: int, texts: dict[int, str]) -> list[PhotoRecord]:
         missing = [j for j in range(a, min(b, len(sources))) if j not in texts]
         if missing:  # dropped batches (a dead actor) and suspects of a hang
             _log.warning("ray detector stage: %d photo(s) of failed batches are redone one by one",
@@ -208,8 +216,8 @@ class RayDetectStage:
         rows = []
         for j in range(a, min(b, len(sources))):
             s = sources[j]
-            row = json.loads(texts.pop(j)) if j in texts else self._isolated(s)
-            row["person"], row["metadata"] = s.person, s.metadata  # never left the driver
+            row = PhotoRecord.from_json(texts.pop(j)) if j in texts else self._isolated(s)
+            row.person, row.metadata = s.person, s.metadata  # never left the driver
             rows.append(row)
         return rows
 
@@ -249,7 +257,7 @@ class RayDetectStage:
         finally:
             data_log.setLevel(level)
 
-    def _isolated(self, source: Source) -> dict:
+    def _isolated(self, source: Source) -> PhotoRecord:
         """One photo alone in a Ray task, as ``LocalDetectStage._isolated``."""
         ray = self.ray
         if self._known_ref is None:
@@ -258,7 +266,7 @@ class RayDetectStage:
         fn = ray.remote(num_cpus=0, max_retries=0)(self.alone_function)
         ref = fn.remote(self._known_ref, self.detector, source.path, self.descriptors)
         try:
-            return json.loads(ray.get(ref, timeout=self.timeout_s))
+            return PhotoRecord.from_json(ray.get(ref, timeout=self.timeout_s))
         except ray.exceptions.GetTimeoutError:
             ray.cancel(ref, force=True)
             reason, detail = TIMEOUT, f"decoding or detection took over {self.timeout_s:.0f} s"
@@ -266,10 +274,7 @@ class RayDetectStage:
             raise e.as_instanceof_cause() from None
         except ray.exceptions.RayError:  # the worker process died (a crashing decoder)
             reason, detail = WORKER_CRASHED, "the decoder crashed on this file (corrupt image?)"
-        key = stat_key(source.path)
-        return {"path": source.path, "person": source.person, "metadata": source.metadata,
-                "size_bytes": key[0] if key else None, "mtime_ns": key[1] if key else None,
-                "sha256": None, "status": reason, "detail": detail, "faces": []}
+        return PhotoRecord.of(source, reason, detail)
 
     def close(self) -> None:
         """Shut Ray down if this stage started it (a Ray session begun elsewhere is left running)."""

@@ -74,14 +74,18 @@ def test_rows_are_the_local_stage_rows(stage, photos):
     chunks = list(stage.iter_chunks(sources, 2))
     assert [len(c) for c in chunks] == [2, 2, 1]
     got = [r for c in chunks for r in c]
-    assert [r["path"] for r in got] == [s.path for s in sources]
-    assert {Path(r["path"]).name: r["status"] for r in got} == EXPECTED
+    assert [r.path for r in got] == [s.path for s in sources]
+    assert {Path(r.path).name: r.status for r in got} == EXPECTED
+    # chunk sizes as the local stage takes them (a list: small first chunks)
+    assert [len(c) for c in stage.iter_chunks(sources, [1, 2, 2])] == [1, 2, 2]
     for w, g in zip(want, got, strict=True):
-        assert g["status"] == w["status"] and g["sha256"] == w["sha256"]
-        assert set(g) == set(w) and len(g["faces"]) == len(w["faces"])
-        for fw, fg in zip(w["faces"], g["faces"], strict=True):
-            np.testing.assert_allclose(fg["landmarks"], fw["landmarks"], atol=1e-3)
-            np.testing.assert_allclose(fg["box"], fw["box"], atol=1e-3)
+        assert type(g) is type(w) and g.status == w.status and g.sha256 == w.sha256
+        assert (g.width, g.height, g.size_bytes) == (w.width, w.height, w.size_bytes)
+        assert len(g.faces) == len(w.faces)
+        for fw, fg in zip(w.faces, g.faces, strict=True):
+            np.testing.assert_allclose(fg.landmarks, fw.landmarks, atol=1e-3)
+            np.testing.assert_allclose(fg.box, fw.box, atol=1e-3)
+            assert fg.quality == fw.quality and fg.detector == fw.detector
 
 
 @pytest.mark.slow  # a Ray session: end to end
