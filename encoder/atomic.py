@@ -12,6 +12,11 @@ import os
 import tempfile
 from pathlib import Path
 
+#: the process's umask (read once: setting it is the only way to read it): an atomic write gets
+#: the permissions an ordinary open() would give, not mkstemp's private 0600
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
 
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike, mode: str = "wb"):
@@ -21,6 +26,7 @@ def atomic_file(path: str | os.PathLike, mode: str = "wb"):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, mode) as fh:
             yield fh
             fh.flush()

@@ -42,8 +42,9 @@ FACES = pa.schema([
 
 #: Face columns that older shards may lack, with their DuckDB types (read as NULL there).
 LATER_FACE_COLUMNS = {"near_duplicate_of": "BIGINT", "near_duplicate_distance": "FLOAT",
-                      "photo_fingerprint": f"FLOAT[{FP_DIM}]", "near_duplicate_criterion": "VARCHAR",
-                      "near_duplicate_photo_distance": "FLOAT", "descriptor": f"FLOAT[{DESCRIPTOR_DIM}]",
+                      # (63 and 128 values; DuckDB reads a shard's fixed-size lists as FLOAT[])
+                      "photo_fingerprint": "FLOAT[]", "near_duplicate_criterion": "VARCHAR",
+                      "near_duplicate_photo_distance": "FLOAT", "descriptor": "FLOAT[]",
                       "near_duplicate_person_distance": "FLOAT"}
 
 IMAGES = pa.schema([

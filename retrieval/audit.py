@@ -70,12 +70,12 @@ def history(gallery) -> list[dict]:
     for p in sorted((gallery.path / "audit").glob("*.json")):
         try:
             r = json.loads(p.read_text())
-        except (OSError, ValueError):
-            continue
-        top = r["results"][0] if r.get("results") else {}
-        out.append({"query_id": r["query_id"], "time": r["time"], "skull": r["skull"]["path"],
-                    "landmarks": sum(r["extended"]["present"]), "table": r["tissue_table"].get("name"),
-                    "top_face": top.get("face_id"), "top_s": top.get("s")})
+            top = r["results"][0] if r.get("results") else {}
+            out.append({"query_id": r["query_id"], "time": r["time"], "skull": r["skull"]["path"],
+                        "landmarks": sum(r["extended"]["present"]), "table": r["tissue_table"].get("name"),
+                        "top_face": top.get("face_id"), "top_s": top.get("s")})
+        except (OSError, ValueError, LookupError, TypeError, AttributeError):
+            continue  # unreadable, or a JSON file that is not a query record
     return out
 
 

@@ -83,9 +83,6 @@ def test_unserializable_json_keeps_the_old_file(tmp_path):
     assert leftovers(tmp_path) == []
 
 
-@pytest.mark.xfail(strict=True, reason="atomic_file keeps mkstemp's 0600 mode: gallery.json, shard "
-                                       "records and audit records are unreadable to the group/others, "
-                                       "unlike the Parquet/npy files written with the umask")
 def test_an_atomic_write_gets_the_permissions_of_an_ordinary_write(tmp_path):
     old = os.umask(0o022)
     try:

@@ -104,11 +104,6 @@ def test_later_scalar_columns_have_the_duckdb_types_a_shard_reads_as(tmp_path):
             assert types[column] == declared, column
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="LATER_FACE_COLUMNS declares FLOAT[63] / FLOAT[128] (fixed arrays), but "
-                          "DuckDB reads the shards' fixed-size lists as FLOAT[] (lists): the catalog's "
-                          "faces view types these columns FLOAT[63] on a gallery of old shards only "
-                          "(and on an empty one) and FLOAT[] otherwise")
 def test_later_vector_columns_have_the_duckdb_types_a_shard_reads_as(tmp_path):
     pq.write_table(schema.faces_table({"face_id": [1], "photo_fingerprint": np.ones((1, 63)),
                                        "descriptor": np.ones((1, 128))}), tmp_path / "f.parquet")
