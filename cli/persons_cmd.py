@@ -59,13 +59,25 @@ def persons_cmd(
     min_size: Annotated[int, typer.Option(min=1, help="List groups of at least this many faces.")] = 2,
     csv_out: Annotated[bool, typer.Option("--csv", help="Print every face's group as CSV.")] = False,
     limit: Annotated[int, typer.Option(min=0, help="Faces shown in the table.")] = 50,
+    refit: Annotated[Path | None, typer.Option(
+        help="Also write a person gallery here: each group of ≥ 2 faces refitted with one shared "
+             "shape from its photos (the paper's Eq. 2 without labels), the other faces as they "
+             "are; query it like any gallery.")] = None,
+    uncertainty: Annotated[bool, typer.Option(
+        help="With --refit: keep each person's fit uncertainty (for query --uncertainty).")] = False,
 ):
     """Group the gallery's faces by person from their person descriptors (no labels needed), save
-    the groups (SQL view person_groups) and list them, largest first."""
+    the groups (SQL view person_groups) and list them, largest first; --refit writes the person
+    gallery."""
     from skullsearch import Gallery
 
     g = Gallery.open(gallery)
     groups = g.group_persons(threshold, neighbours)
+    if refit is not None:
+        rep = g.refit_persons(refit, min_size=max(2, min_size), uncertainty=uncertainty)
+        out.print(f"wrote the person gallery {refit}: {rep.persons} persons — {rep.groups_refit} "
+                  f"groups ({rep.faces_refit} faces) refitted with one shape each, {rep.carried} "
+                  f"faces carried over ({rep.seconds:.1f} s)", highlight=False)
     listed = g.person_groups(min_size)
     if csv_out:
         write_csv(listed)

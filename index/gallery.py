@@ -806,6 +806,14 @@ class Gallery:
             f"JOIN faces f USING (face_id) WHERE g.group_size >= {int(min_size)} "
             "ORDER BY g.group_size DESC, g.person_group, g.face_id"))
 
+    def refit_persons(self, out, **kw):
+        """Write this gallery's person gallery at ``out``: each person group of ≥ 2 faces
+        refitted with one shared shape (label-free Eq. 2), the other faces carried over; see
+        :func:`skullsearch.index.refit.refit_persons`. Returns its RefitReport."""
+        from skullsearch.index.refit import refit_persons
+
+        return refit_persons(self, out, **kw)
+
     # ------------------------------------------------------------------ ingest & co
     def ingest(self, inputs, **kw):
         """Add photos (folders, files, lists, tables); see :func:`skullsearch.index.ingest.ingest`."""

@@ -34,6 +34,21 @@ def write_synthetic_shard(gallery, number: int, codes: np.ndarray, paths: list[s
     """Commit shard ``number`` of photo-less faces (the caller holds the gallery's write lock):
     codes (n, 228), one path and person per face, optional photo fingerprints (n, 63) and person
     descriptors (n, 128) (stored as ingest stores them). Returns the face ids (n,) int64."""
+    return write_code_shard(gallery, number, codes, paths, persons, fingerprints=fingerprints,
+                            descriptors=descriptors)
+
+
+def write_code_shard(gallery, number: int, codes: np.ndarray, paths: list[str], persons: list,
+                     *, detector: str = "synth", encoder_fingerprint: str = "synth",
+                     metadata: list[str | None] | None = None, residual_px: np.ndarray | None = None,
+                     fingerprints: np.ndarray | None = None, descriptors: np.ndarray | None = None,
+                     tissue_cov: np.ndarray | None = None) -> np.ndarray:
+    """Commit shard ``number`` of faces given by their codes, not fitted here (synthetic faces,
+    person refits; the caller holds the gallery's write lock): codes (n, 228), one path and
+    person per face; detector and encoder_fingerprint: what made the codes; metadata: one JSON
+    text (or None) per face; residual_px (n,); photo fingerprints (n, 63), person descriptors
+    (n, 128) (NaN rows: none) and soft-tissue covariances (n, 36, 3, 3) mm² where known.
+    Returns the face ids (n,) int64."""
     n = len(codes)
     model_fp = gallery.manifest["face_model"]["fingerprint"]
     soft = neutral_soft_tissue(gallery.face_model, codes)
@@ -44,11 +59,12 @@ def write_synthetic_shard(gallery, number: int, codes: np.ndarray, paths: list[s
         "face_id": ids, "image_id": ids, "path": paths, "sha256": sha, "person": persons,
         "face_index": np.zeros(n, np.int16), "box": None,
         "score": np.ones(n, np.float32), "landmarks": None,
-        "residual_px": np.zeros(n, np.float32), "quality": [""] * n,
+        "residual_px": np.asarray(np.zeros(n) if residual_px is None else residual_px, np.float32),
+        "quality": [""] * n,
         "yaw_deg": np.rad2deg(codes[:, code_layout.SLICES["cam_rot"]][:, 1]),
-        "detector": ["synth"] * n, "image_width": np.zeros(n, np.int32),
+        "detector": [detector] * n, "image_width": np.zeros(n, np.int32),
         "image_height": np.zeros(n, np.int32), "model_fingerprint": [model_fp] * n,
-        "encoder_fingerprint": ["synth"] * n, "time": [t] * n, "metadata": None,
+        "encoder_fingerprint": [encoder_fingerprint] * n, "time": [t] * n, "metadata": metadata,
     }
     if fingerprints is not None:
         cols["photo_fingerprint"] = np.asarray(fingerprints, np.float32)
@@ -60,9 +76,10 @@ def write_synthetic_shard(gallery, number: int, codes: np.ndarray, paths: list[s
         pa.array(ids), pa.array(paths), pa.array(sha), pa.nulls(n, pa.int64()), pa.nulls(n, pa.int64()),
         pa.array(["ok"] * n), pa.array([""] * n), pa.array(np.ones(n, np.int32)), pa.array(persons),
         pa.array([t] * n)], schema=schema.IMAGES)
+    extra = {} if tissue_cov is None else {"tissue_cov.npy": store.pack_covariance(tissue_cov)}
     writer = store.ShardWriter(gallery.path, number)
     try:
-        writer.commit(faces, images, soft, codes)
+        writer.commit(faces, images, soft, codes, extra=extra)
     except BaseException:
         writer.abort()
         raise

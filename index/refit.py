@@ -1,0 +1,203 @@
+"""Label-free Eq. 2: one shared shape per person group, refitted from the group's photos.
+
+The paper fits one shape to all the photos of a person (Eq. 2). A gallery rarely says who is
+who, but its person groups (:mod:`skullsearch.index.persons`, from the person descriptors) do:
+:func:`refit_persons` fits every group of at least ``min_size`` faces again from the landmarks
+its faces were fitted from (stored in the catalog), with one shape shared by the group's photos
+(each keeps its own camera, expression and jaw; a group whose photos came through different
+detectors shares it within each detector's photos, and keeps its first face's), and writes a
+**person gallery**: a new gallery at ``out``, one face per person — a refitted group, or a face
+in no such group as it was — queried like any gallery (``skullsearch query --gallery OUT``).
+The source gallery is not changed (its shards are immutable); a row of the person gallery names
+its member faces and photos in ``metadata`` (``source``, ``faces``, ``photos``), its ``person``
+is the members' label where they all share one, else ``group:<id>``, and its photo the group's
+first. Codes of faces without stored landmarks (synthetic, refitted) are carried over as they
+are. Soft-tissue covariances (``uncertainty=True``) are kept only when every person has one.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from skullsearch.errors import SkullsearchError
+
+#: the person gallery's faces of a refitted group record this encoder (before the source's own)
+REFIT = "person-refit"
+
+
+@dataclass
+class RefitReport:
+    """persons: faces of the person gallery; groups_refit: groups fitted with one shared shape;
+    faces_refit: source faces in those groups; carried: persons carried over as they were
+    (faces in no group of ``min_size``, or without landmarks); seconds."""
+
+    persons: int = 0
+    groups_refit: int = 0
+    faces_refit: int = 0
+    carried: int = 0
+    seconds: float = 0.0
+
+
+def _groups(gallery, regroup: bool):
+    """face_id → person_group of the gallery's saved grouping (made now when there is none,
+    when it predates the gallery's shards, or when asked)."""
+    import pyarrow.parquet as pq
+
+    from skullsearch.index import persons
+
+    path = Path(gallery.path) / persons.FILE
+    current = [s.number for s in gallery.shards()]
+    if not regroup and path.exists():
+        table = pq.read_table(path)
+        meta = json.loads((table.schema.metadata or {}).get(b"skullsearch", b"{}"))
+        if meta.get("shards") == current:
+            return table
+    return persons.group_persons(gallery)
+
+
+def _members(gallery, min_size: int, regroup: bool):
+    """The catalog's faces (pyarrow rows as dicts, face-id order) and, per face, its group id
+    when it will be refitted with its group (−1: carried over)."""
+    cols = ["face_id", "path", "person", "detector", "landmarks", "image_width", "image_height",
+            "descriptor", "encoder_fingerprint", "residual_px"]
+    rows = gallery.faces(columns=cols).to_pylist()
+    groups = _groups(gallery, regroup)
+    group_of = dict(zip(groups.column("face_id").to_pylist(), groups.column("person_group").to_pylist(),
+                        strict=True))
+    group = np.array([group_of.get(r["face_id"], -1) if r["landmarks"] is not None else -1 for r in rows],
+                     np.int64)
+    ids, counts = np.unique(group[group >= 0], return_counts=True)
+    small = set(ids[counts < max(2, min_size)].tolist())
+    group[np.isin(group, list(small))] = -1
+    return rows, group
+
+
+def _fit_groups(model, rows, group, config):
+    """Refit the grouped faces: one shared shape per group. Returns {group: (code (228,),
+    mean residual px, tissue covariance (36, 3, 3) or None)}."""
+    from skullsearch.encoder.encode import EncodedFace, fit_faces
+
+    faces, idx = [], np.flatnonzero(group >= 0)
+    for i in idx:
+        r = rows[i]
+        faces.append(EncodedFace(
+            image=r["path"], sha256="", face_index=0, box=np.zeros(4), score=1.0,
+            landmarks=np.asarray(r["landmarks"], np.float64).reshape(68, 2), quality=(),
+            yaw_deg=0.0, detector=r["detector"], image_size=(r["image_width"], r["image_height"]),
+            person=f"group:{group[i]}"))
+    fit_faces(model, faces, config)
+    out: dict[int, tuple] = {}
+    for i, f in zip(idx, faces, strict=True):
+        g = int(group[i])
+        code, res, cov = out.get(g, (f.code, [], f.tissue_cov))
+        res.append(f.residual_px)
+        out[g] = (code, res, cov)
+    return {g: (code, float(np.mean(res)), cov) for g, (code, res, cov) in out.items()}
+
+
+def refit_persons(gallery, out, *, min_size: int = 2, config=None, regroup: bool = False,
+                  uncertainty: bool = False) -> RefitReport:
+    """Write the person gallery of ``gallery`` at ``out`` (module docstring).
+
+    min_size: groups of at least this many faces (≥ 2) are refitted with one shape; regroup:
+    group the faces again first (otherwise the saved grouping is used when it covers every
+    shard, :meth:`Gallery.group_persons`); config: the fit's :class:`FitConfig` (default the
+    ingest's); uncertainty: keep each person's soft-tissue covariance (the group's photos'
+    information summed, ``query --uncertainty``). Returns a :class:`RefitReport`.
+    """
+    from dataclasses import replace
+
+    from skullsearch.encoder.fitting import FitConfig
+    from skullsearch.index.gallery import Gallery
+
+    t0 = time.perf_counter()
+    if min_size < 2:
+        raise SkullsearchError(f"min_size must be at least 2 (a group of one has nothing to share), "
+                               f"got {min_size}")
+    if Path(out).resolve() == Path(gallery.path).resolve():
+        raise SkullsearchError("the person gallery is a new gallery: give another folder than the source's")
+    if gallery.n_faces == 0:
+        raise SkullsearchError(f"{gallery.path} has no faces to refit")
+    cfg = config or FitConfig()
+    if uncertainty and not cfg.posterior:
+        cfg = replace(cfg, posterior=True)
+    dest = Gallery.create(out, face_model=gallery.face_model)  # (refuses a folder with a gallery)
+    try:
+        rep = _write_persons(gallery, dest, cfg, config, min_size, regroup, uncertainty)
+    except BaseException:
+        dest.close()
+        shutil.rmtree(dest.path, ignore_errors=True)  # (made just now: nothing else is in it)
+        raise
+    rep.seconds = time.perf_counter() - t0
+    return rep
+
+
+def _write_persons(gallery, dest, cfg, config, min_size: int, regroup: bool, uncertainty: bool):
+    """Group, refit and write the person gallery ``dest`` (:func:`refit_persons`)."""
+    from skullsearch.index import store
+    from skullsearch.index.ingest import encoder_fingerprint
+    from skullsearch.index.synth import write_code_shard
+
+    rows, group = _members(gallery, min_size, regroup)
+    fitted = _fit_groups(gallery.face_model, rows, group, cfg)
+    persons = _persons(gallery, rows, group, fitted)
+    codes = np.stack([p["code"] for p in persons]).astype(np.float32)
+    descs = np.stack([p["descriptor"] for p in persons]).astype(np.float32)
+    covs = [p["cov"] for p in persons]
+    tissue_cov = np.stack(covs) if uncertainty and all(c is not None for c in covs) else None
+    fp = f"{REFIT}:{encoder_fingerprint(config, 'refit')[:8]}"
+    with store.WriteLock(dest.path):
+        for a in range(0, len(persons), store.MAX_ROWS):
+            part = slice(a, a + store.MAX_ROWS)
+            write_code_shard(dest, store.next_shard_number(dest.path), codes[part],
+                             [p["path"] for p in persons[part]], [p["person"] for p in persons[part]],
+                             detector="refit", encoder_fingerprint=fp,
+                             metadata=[p["metadata"] for p in persons[part]],
+                             residual_px=np.array([p["residual"] for p in persons[part]]),
+                             descriptors=descs[part],
+                             tissue_cov=None if tissue_cov is None else tissue_cov[part])
+        dest.save_indexes()
+    dest.close()
+    return RefitReport(persons=len(persons), groups_refit=len(fitted), faces_refit=int((group >= 0).sum()),
+                       carried=int((group < 0).sum()))
+
+
+def _persons(gallery, rows, group, fitted) -> list[dict]:
+    """The person gallery's rows: one per refitted group (its first face's photo), one per face
+    carried over (its own code, covariance and descriptor), in source face-id order."""
+    ids = np.array([r["face_id"] for r in rows], np.int64)
+    own_codes = gallery.codes(ids)
+    own_cov = gallery.tissue_covariance(ids)
+    members: dict[int, list[int]] = {}
+    for i, g in enumerate(group):
+        if g >= 0:
+            members.setdefault(int(g), []).append(i)
+    out, done = [], set()
+    for i, r in enumerate(rows):
+        g = int(group[i])
+        if g in done:
+            continue
+        take = members[g] if g >= 0 else [i]
+        if g >= 0:
+            done.add(g)
+        labels = {rows[j]["person"] for j in take}
+        descs = [rows[j]["descriptor"] for j in take if rows[j]["descriptor"] is not None]
+        desc = np.mean(descs, axis=0) if descs else np.full(128, np.nan)
+        if g >= 0:
+            code, residual, cov = fitted[g]
+        else:
+            code, residual = own_codes[i], r["residual_px"] or 0.0
+            cov = None if np.isnan(own_cov[i]).any() else own_cov[i]
+        person = labels.pop() if len(labels) == 1 and None not in labels else (
+            f"group:{g}" if g >= 0 else r["person"])
+        out.append({"code": code, "residual": residual, "cov": cov, "descriptor": desc,
+                    "path": r["path"], "person": person, "metadata": json.dumps({
+                        "source": str(gallery.path), "faces": [int(ids[j]) for j in take],
+                        "photos": [rows[j]["path"] for j in take]})})
+    return out
