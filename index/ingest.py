@@ -3,13 +3,14 @@
 Stages (each a small unit, clip-retrieval's shape): **reader** (expands the inputs, skips photos
 already in the gallery), **detector** (:mod:`~skullsearch.index.detect_stage`; worker processes:
 read bytes, hash, decode, detect 68 landmarks and make each face's photo fingerprint and person
-descriptor; a corrupt, hanging or crashing photo becomes a recorded failure), **encoder** (the
-batched fit in torch, then the soft-tissue points and shortlist vectors), **near-duplicates**
-(each new face searched against the gallery's photo fingerprints, person descriptors and code
-index and the shard's earlier faces; a close one is recorded with the criterion that fired, the
-face is kept), **writer** (one shard per chunk of photos, committed atomically; the FAISS
-indexes are extended at the end). A runner composes them over chunks; ``engine="local"`` uses a
-process pool, ``engine="ray"`` runs the detector stage with Ray Data.
+descriptor, each photo a typed ``PhotoRecord``; a corrupt, hanging or crashing photo becomes a
+recorded failure), **encoder** (:class:`Fitter`: the batched fit in torch, then the soft-tissue
+points; a :class:`FittedChunk`), **near-duplicates** and **writer** (:class:`Writer`: each new
+face searched against the gallery's photo fingerprints, person descriptors and code index and
+the shard's earlier faces, a close one recorded with the criterion that fired, the face kept;
+then one shard per chunk of photos, committed atomically; the FAISS indexes are extended at the
+end). One runner (:func:`ingest`) composes them over chunks; ``engine="local"`` runs the detector
+stage on a process pool, ``engine="ray"`` on Ray Data, both called alike.
 
 Kill it at any moment and run it again: committed shards are kept, the chunk that was being
 written is done again, nothing twice (photos are keyed by the sha256 of their bytes).
@@ -558,8 +559,9 @@ def ingest(
             cfg = config or FitConfig()
             if uncertainty and not cfg.posterior:
                 cfg = replace(cfg, posterior=True)
-            fitter = _Fitter(model, cfg, rig_for(model, cfg.n_shape, cfg.n_expression, detector=detector),
-                             prior, encoder_fingerprint(config, detector, prior))
+            fitter = Fitter(model, cfg, rig_for(model, cfg.n_shape, cfg.n_expression, detector=detector),
+                            prior, encoder_fingerprint(config, detector, prior))
+            writer = Writer(gallery, cuts, report)
             _warm_up(gallery, *cuts)
             # the fit shares the CPU with the detector processes: leave them their cores (torch's
             # threads spin while they wait: on a busy CPU two threads cost several times the CPU
@@ -570,7 +572,7 @@ def ingest(
                 fresh = _fresh_rows(rows, seen_sha, report)
                 if not fresh:
                     continue
-                _write_chunk(gallery, fresh, fitter, cuts, report)
+                writer(fitter(fresh), fitter.fingerprint)
                 report.seconds = time.perf_counter() - t0
                 if time.monotonic() - saved_at > index_every_s:  # bound what a crash leaves unsaved
                     gallery.save_indexes()
@@ -599,15 +601,65 @@ class _Cuts:
 
 
 @dataclass
-class _Fitter:
-    """What the encoder stage needs for every chunk: the model, the fit's settings and rig, the
-    identity prior (or None) and the encoder fingerprint the faces record."""
+class FittedChunk:
+    """One chunk after the encoder stage, what the writer commits as one shard: rows — every
+    fresh photo's record, failures included; faces — the fitted faces of its ``ok`` photos
+    (EncodedFace, in photo order); soft (n, 36, 3) mm and codes (n, 228); fingerprints (n, 63)
+    and descriptors (n, 128) float32 (NaN rows: none)."""
+
+    rows: list[PhotoRecord]
+    faces: list
+    soft: np.ndarray
+    codes: np.ndarray
+    fingerprints: np.ndarray
+    descriptors: np.ndarray
+
+
+@dataclass
+class Fitter:
+    """The encoder stage: the model, the fit's settings and rig, the identity prior (or None) and
+    the encoder fingerprint the faces record; called on a chunk's fresh photo records."""
 
     model: object
     config: object
     rig: object
     prior: object
     fingerprint: str
+
+    def __call__(self, fresh: list[PhotoRecord]) -> FittedChunk:
+        ok = [r for r in fresh if r.ok]
+        faces, soft, codes = encode_stage(self.model, ok, self.config, self.rig, self.prior)
+        return FittedChunk(fresh, faces, soft, codes, face_fingerprints(ok),
+                           face_vectors(ok, "descriptor", DESCRIPTOR_DIM))
+
+
+@dataclass
+class Writer:
+    """The near-duplicate and writer stages: each chunk flagged against the gallery
+    (:func:`near_duplicate_stage`, thresholds ``cuts``) and committed as the next shard
+    (:func:`write_shard`); counts go to ``report``."""
+
+    gallery: object
+    cuts: _Cuts
+    report: IngestReport
+
+    def __call__(self, chunk: FittedChunk, encoder_fp: str) -> int:
+        gallery, cuts, report = self.gallery, self.cuts, self.report
+        number = store.next_shard_number(gallery.path)
+        dup = near_duplicate_stage(gallery, chunk.codes, chunk.fingerprints, number, cuts.identity,
+                                   cuts.photo, chunk.descriptors, cuts.person)
+        write_shard(gallery, number, chunk.rows, chunk.faces, chunk.soft, chunk.codes, encoder_fp,
+                    near_duplicates=dup, fingerprints=chunk.fingerprints, descs=chunk.descriptors)
+        report.near_duplicates += dup.count
+        report.near_duplicate_photos += dup.by(PHOTO)
+        report.near_duplicate_persons += dup.by(PERSON)
+        report.shards += 1
+        report.images_new += len(chunk.rows)
+        report.faces += len(chunk.faces)
+        for r in chunk.rows:
+            if not r.ok:
+                report.failures[r.status] = report.failures.get(r.status, 0) + 1
+        return number
 
 
 def _identity_prior(model, identity_prior, descriptors: bool):
@@ -661,28 +713,6 @@ def _fresh_rows(rows: list[PhotoRecord], seen_sha: set, report: IngestReport) ->
             seen_sha.add(r.sha256)
         fresh.append(r)
     return fresh
-
-
-def _write_chunk(gallery, fresh: list[PhotoRecord], fitter: _Fitter, cuts: _Cuts,
-                 report: IngestReport) -> None:
-    """Encoder, near-duplicate and writer stages for one chunk of fresh photos: one shard."""
-    ok = [r for r in fresh if r.ok]
-    faces, soft, codes = encode_stage(fitter.model, ok, fitter.config, fitter.rig, fitter.prior)
-    number = store.next_shard_number(gallery.path)
-    fps = face_fingerprints(ok)
-    descs = face_vectors(ok, "descriptor", DESCRIPTOR_DIM)
-    dup = near_duplicate_stage(gallery, codes, fps, number, cuts.identity, cuts.photo, descs, cuts.person)
-    write_shard(gallery, number, fresh, faces, soft, codes, fitter.fingerprint, near_duplicates=dup,
-                fingerprints=fps, descs=descs)
-    report.near_duplicates += dup.count
-    report.near_duplicate_photos += dup.by(PHOTO)
-    report.near_duplicate_persons += dup.by(PERSON)
-    report.shards += 1
-    report.images_new += len(fresh)
-    report.faces += len(faces)
-    for r in fresh:
-        if not r.ok:
-            report.failures[r.status] = report.failures.get(r.status, 0) + 1
 
 
 def _warm_up(gallery, near_duplicate_distance: float, near_duplicate_photo_distance: float = 0,
