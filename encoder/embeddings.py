@@ -34,13 +34,36 @@ def embedding_file_name(model, detector: str) -> str:
     return f"landmarks-{detector}-{model.fingerprint[:16]}.npz"
 
 
-def embedding_paths(model, detector: str) -> list[Path]:
-    """Where a detector's calibrated embedding for ``model`` is looked for: the package's data
-    (the default model's), then the cache folder (``skullsearch model calibrate --detector``)."""
+def _paths(name: str) -> list[Path]:
+    """Where a calibration file is looked for: the package's data (the default model's), then
+    the cache folder (``skullsearch model calibrate --detector``)."""
     from skullsearch.encoder.cache import cache_dir
 
-    name = embedding_file_name(model, detector)
     return [Path(__file__).parent / "data" / name, cache_dir() / name]
+
+
+def _read(model, detector: str | None, paths: list[Path]) -> dict | None:
+    """The arrays of the first calibration file of ``paths`` that exists, checked to be
+    ``model``'s; None for dlib (the model's own embedding) or when none exists."""
+    if not detector or detector == "dlib":
+        return None
+    for p in paths:
+        if p.exists():
+            with np.load(p) as z:
+                if str(z["model_fingerprint"]) != model.fingerprint:
+                    raise LandmarkError(f"{p} was calibrated for another face model: calibrate again "
+                                        f"(skullsearch model calibrate --detector {detector})")
+                return {k: z[k] for k in z.files}
+    return None
+
+
+def _points(z: dict) -> DetectorPoints:
+    return DetectorPoints(z["faces"].astype(np.int64), z["bary"].astype(np.float32))
+
+
+def embedding_paths(model, detector: str) -> list[Path]:
+    """Where a detector's calibrated embedding for ``model`` is looked for (:func:`_paths`)."""
+    return _paths(embedding_file_name(model, detector))
 
 
 def save_detector_embedding(path, model, detector: str, emb, report) -> None:
@@ -59,16 +82,8 @@ def detector_points(model, detector: str | None) -> DetectorPoints | None:
     """The 68 surface points to fit ``detector``'s landmarks with on ``model``: its calibrated
     embedding where one exists (:func:`embedding_paths`), else None — the model's own embedding
     (calibrated to dlib for the default model)."""
-    if not detector or detector == "dlib":
-        return None
-    for p in embedding_paths(model, detector):
-        if p.exists():
-            with np.load(p) as z:
-                if str(z["model_fingerprint"]) != model.fingerprint:
-                    raise LandmarkError(f"{p} was calibrated for another face model: calibrate again "
-                                        f"(skullsearch model calibrate --detector {detector})")
-                return DetectorPoints(z["faces"].astype(np.int64), z["bary"].astype(np.float32))
-    return None
+    z = _read(model, detector, embedding_paths(model, detector) if detector else [])
+    return None if z is None else _points(z)
 
 
 class DensePoints(NamedTuple):
@@ -84,12 +99,8 @@ def dense_file_name(model, detector: str) -> str:
 
 
 def dense_paths(model, detector: str) -> list[Path]:
-    """Where a dense detector's calibration for ``model`` is looked for: the package's data (the
-    default model's), then the cache folder (``skullsearch model calibrate --detector mesh``)."""
-    from skullsearch.encoder.cache import cache_dir
-
-    name = dense_file_name(model, detector)
-    return [Path(__file__).parent / "data" / name, cache_dir() / name]
+    """Where a dense detector's calibration for ``model`` is looked for (:func:`_paths`)."""
+    return _paths(dense_file_name(model, detector))
 
 
 def save_dense_embedding(path, model, detector: str, cal) -> None:
@@ -107,14 +118,5 @@ def save_dense_embedding(path, model, detector: str, cal) -> None:
 def dense_points(model, detector: str | None) -> DensePoints | None:
     """A dense detector's calibrated points on ``model`` (:func:`dense_paths`), or None where the
     detector has none (dlib) or the model has not been calibrated for it."""
-    if not detector or detector == "dlib":
-        return None
-    for p in dense_paths(model, detector):
-        if p.exists():
-            with np.load(p) as z:
-                if str(z["model_fingerprint"]) != model.fingerprint:
-                    raise LandmarkError(f"{p} was calibrated for another face model: calibrate again "
-                                        f"(skullsearch model calibrate --detector {detector})")
-                return DensePoints(z["index"].astype(np.int64),
-                                   DetectorPoints(z["faces"].astype(np.int64), z["bary"].astype(np.float32)))
-    return None
+    z = _read(model, detector, dense_paths(model, detector) if detector else [])
+    return None if z is None else DensePoints(z["index"].astype(np.int64), _points(z))

@@ -146,12 +146,17 @@ def test_the_fit_is_the_best_proper_rotation(seed):
         assert ((apply(s, r2[None], t2, src) - dst) ** 2).sum() >= best - 1e-9
 
 
+def _noisy_pair(seed):
+    """(rng, source points (2, K, 3) mm, their image under a random similarity plus 4 mm noise)."""
+    rng = np.random.default_rng(seed)
+    src = face_points(rng, b=2)
+    return rng, src, apply(*similarity(rng, 2), src) + rng.normal(scale=4.0, size=src.shape)
+
+
 @settings(max_examples=25, deadline=None)
 @given(seeds)
 def test_moving_the_target_rigidly_moves_the_fit_with_it(seed):
-    rng = np.random.default_rng(seed)
-    src = face_points(rng, b=2)
-    dst = apply(*similarity(rng, 2), src) + rng.normal(scale=4.0, size=src.shape)
+    rng, src, dst = _noisy_pair(seed)
     s, rot, t = horn_fit(src, dst)
     _, move, shift = similarity(rng, 2)
     s2, rot2, t2 = horn_fit(src, np.einsum("bij,bkj->bki", move, dst) + shift[:, None])
@@ -167,9 +172,7 @@ def test_moving_the_target_rigidly_moves_the_fit_with_it(seed):
 @settings(max_examples=25, deadline=None)
 @given(seeds)
 def test_the_order_of_the_corresponding_points_does_not_matter(seed):
-    rng = np.random.default_rng(seed)
-    src = face_points(rng, b=2)
-    dst = apply(*similarity(rng, 2), src) + rng.normal(scale=4.0, size=src.shape)
+    rng, src, dst = _noisy_pair(seed)
     perm = rng.permutation(src.shape[1])
     for a, b in zip(horn_fit(src, dst), horn_fit(src[:, perm], dst[:, perm]), strict=True):
         np.testing.assert_allclose(b, a, atol=1e-8)
@@ -178,9 +181,7 @@ def test_the_order_of_the_corresponding_points_does_not_matter(seed):
 @settings(max_examples=25, deadline=None)
 @given(seeds)
 def test_millimetres_or_metres_give_the_same_rotation_and_scale(seed):
-    rng = np.random.default_rng(seed)
-    src = face_points(rng, b=2)
-    dst = apply(*similarity(rng, 2), src) + rng.normal(scale=4.0, size=src.shape)
+    rng, src, dst = _noisy_pair(seed)
     s, rot, t = horn_fit(src, dst)
     s_m, rot_m, t_m = horn_fit(src / 1000.0, dst / 1000.0)  # both in metres
     np.testing.assert_allclose(s_m, s, rtol=1e-9)
