@@ -136,7 +136,8 @@ def rasterize(
     pix = py * width + px
     order = np.lexsort((depth, pix))
     pix_sorted = pix[order]
-    first = order[np.r_[True, pix_sorted[1:] != pix_sorted[:-1]]]
+    # the nearest surface of each covered pixel (none: a mesh out of view renders as background)
+    first = order[np.r_[True, pix_sorted[1:] != pix_sorted[:-1]]] if len(pix) else order
     face_id = np.full(height * width, -1, np.int64)
     bary_img = np.zeros((height * width, 3))
     depth_img = np.full(height * width, np.inf)

@@ -1,0 +1,249 @@
+"""The package's rasterizer and renderer (:mod:`skullsearch.encoder.render`): triangles cover the
+pixel centres they should, the nearest surface wins, the triangle/barycentric/depth buffers
+locate each pixel's 3D point exactly, the cameras follow the documented convention, and the
+synthetic portraits are deterministic for a seed."""
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from skullsearch.encoder.render import (
+    Camera,
+    face_camera,
+    pixel_boxes,
+    random_portrait,
+    rasterize,
+    render_mesh,
+    vertex_normals,
+    vertex_normals_batch,
+)
+
+SETTINGS = settings(max_examples=25, deadline=None)
+
+
+def _centres(h, w):
+    """Pixel centres (h, w, 2): pixel (col, row) is sampled at (col + 0.5, row + 0.5)."""
+    v, u = np.mgrid[0:h, 0:w]
+    return np.stack([u + 0.5, v + 0.5], -1)
+
+
+# ---------------------------------------------------------------- rasterize
+
+
+def test_a_triangle_covers_exactly_the_pixel_centres_inside_it():
+    # legs along u and v from (2.2, 2.2), length 10: inside ⇔ u ≥ 2.2, v ≥ 2.2, u + v ≤ 14.4
+    screen = np.array([[2.2, 2.2, 5.0], [12.2, 2.2, 5.0], [2.2, 12.2, 5.0]])
+    face_id, bary, depth = rasterize(screen, np.array([[0, 1, 2]]), 16, 16)
+    c = _centres(16, 16)
+    inside = (c[..., 0] >= 2.2) & (c[..., 1] >= 2.2) & (c.sum(-1) <= 14.4)
+    assert inside.sum() == 55  # 10 + 9 + … + 1
+    np.testing.assert_array_equal(face_id >= 0, inside)
+    assert (face_id[inside] == 0).all() and (face_id[~inside] == -1).all()
+    assert np.isinf(depth[~inside]).all() and (bary[~inside] == 0).all()
+    np.testing.assert_allclose(depth[inside], 5.0)
+
+
+def test_both_windings_are_drawn():
+    a = np.array([[1.0, 1.0, 3.0], [9.0, 1.0, 3.0], [1.0, 9.0, 3.0]])
+    ccw, _, _ = rasterize(a, np.array([[0, 1, 2]]), 10, 10)
+    cw, _, _ = rasterize(a, np.array([[0, 2, 1]]), 10, 10)
+    assert (ccw >= 0).sum() > 20
+    np.testing.assert_array_equal(ccw >= 0, cw >= 0)
+
+
+def test_the_nearest_surface_wins_whatever_the_order():
+    far = [[0.0, 0.0, 9.0], [20.0, 0.0, 9.0], [0.0, 20.0, 9.0]]
+    near = [[4.0, 4.0, 2.0], [14.0, 4.0, 2.0], [4.0, 14.0, 2.0]]
+    for order in ([far, near], [near, far]):
+        screen = np.array(order[0] + order[1])
+        face_id, _, depth = rasterize(screen, np.array([[0, 1, 2], [3, 4, 5]]), 20, 20)
+        near_id = 1 if order[1] is near else 0
+        assert face_id[6, 6] == near_id and depth[6, 6] == pytest.approx(2.0)
+        assert face_id[1, 1] == 1 - near_id and depth[1, 1] == pytest.approx(9.0)
+
+
+#: a screen-space triangle far behind everything that covers a whole image of up to 100 px
+BACKDROP = np.array([[-100.0, -100.0, 1e5], [400.0, -100.0, 1e5], [-100.0, 400.0, 1e5]])
+
+
+def test_triangles_behind_the_camera_or_not_finite_are_not_drawn():
+    screen = np.array([[0.0, 0.0, -1.0], [10.0, 0.0, 2.0], [0.0, 10.0, 2.0],
+                       [0.0, 0.0, np.nan], [10.0, 0.0, 2.0], [0.0, 10.0, 2.0], *BACKDROP])
+    face_id, _, _ = rasterize(screen, np.array([[0, 1, 2], [3, 4, 5], [6, 7, 8]]), 10, 10)
+    assert (face_id == 2).all()  # only the backdrop
+
+
+def test_a_mesh_that_covers_no_pixel_renders_as_background():
+    off_screen = np.array([[100.0, 100.0, 1.0], [110.0, 100.0, 1.0], [100.0, 110.0, 1.0]])
+    face_id, _, depth = rasterize(off_screen, np.array([[0, 1, 2]]), 10, 10)
+    assert (face_id == -1).all() and np.isinf(depth).all()
+
+
+def test_pixel_boxes_of_invalid_and_off_screen_triangles_are_empty():
+    tri = np.array([[[1.0, 1.0], [5.0, 1.0], [1.0, 4.0]],
+                    [[1.0, 1.0], [5.0, 1.0], [1.0, 4.0]],
+                    [[50.0, 50.0], [60.0, 50.0], [50.0, 60.0]]])
+    x0, y0, w, h = pixel_boxes(tri, np.array([True, False, True]), 20, 20)
+    # centres 1.5 … 4.5 in u (cols 1–4), 1.5 … 3.5 in v (rows 1–3)
+    assert (x0[0], y0[0], w[0], h[0]) == (1, 1, 4, 3)
+    assert w[1] * h[1] == 0 and w[2] * h[2] == 0
+
+
+@st.composite
+def _triangles(draw):
+    """A random 3D triangle 400–800 mm in front of a 64 × 48 camera, and the camera."""
+    pts = np.array(draw(st.lists(st.tuples(st.floats(-60, 60), st.floats(-45, 45), st.floats(-150, 150)),
+                                 min_size=3, max_size=3)))
+    yaw = draw(st.floats(-40, 40))
+    cam = face_camera(yaw_deg=yaw, distance=draw(st.floats(400, 800)), size=(64, 48), fov_mm=200)
+    return pts, cam
+
+
+@SETTINGS
+@given(_triangles())
+def test_the_buffers_locate_each_pixels_3d_point(tri_cam):
+    """Barycentrics sum to 1, and the 3D point they make (perspective-correct) projects onto the
+    pixel's centre at the depth buffer's depth."""
+    pts, cam = tri_cam
+    screen = np.concatenate([cam.project(pts), BACKDROP])  # (the backdrop: see the xfail above)
+    face_id, bary, depth = rasterize(screen, np.array([[0, 1, 2], [3, 4, 5]]), cam.width, cam.height)
+    assert (face_id >= 0).all()
+    hit = face_id == 0
+    b = bary[hit]
+    assert (b >= -1e-9).all()
+    np.testing.assert_allclose(b.sum(1), 1.0, atol=1e-9)
+    p3 = b @ pts  # (n, 3) face frame
+    back = cam.project(p3)
+    np.testing.assert_allclose(back[:, :2], _centres(cam.height, cam.width)[hit], atol=1e-6)
+    np.testing.assert_allclose(back[:, 2], depth[hit], rtol=1e-9)
+
+
+def test_orthographic_barycentrics_are_screen_space():
+    screen = np.array([[1.0, 1.0, 2.0], [15.0, 2.0, 40.0], [3.0, 14.0, 9.0]])
+    face_id, bary, depth = rasterize(screen, np.array([[0, 1, 2]]), 16, 16, perspective=False)
+    hit = face_id >= 0
+    np.testing.assert_allclose(bary[hit] @ screen[:, :2], _centres(16, 16)[hit], atol=1e-9)
+    np.testing.assert_allclose(depth[hit], bary[hit] @ screen[:, 2], atol=1e-9)
+
+
+# ---------------------------------------------------------------- cameras
+
+
+def test_face_camera_frames_the_scene_as_documented():
+    cam = face_camera(distance=600.0, size=(400, 300), fov_mm=260.0, center=np.array([0.0, -30.0, 0.0]))
+    assert (cam.width, cam.height) == (400, 300) and cam.focal == pytest.approx(400 * 600 / 260)
+    c = np.array([0.0, -30.0, 0.0])
+    # the centre at the image centre, ``distance`` mm in front; fov_mm wide at the centre's depth
+    pts = cam.project(np.array([c, c + (-130, 0, 0), c + (130, 0, 0), c + (0, 20, 0), c + (0, 0, 20)]))
+    np.testing.assert_allclose(pts[0], [200, 150, 600], atol=1e-9)
+    assert pts[1, 0] == pytest.approx(0.0) and pts[2, 0] == pytest.approx(400.0)
+    assert pts[3, 1] < 150  # face frame y up → image v down
+    assert pts[4, 2] == pytest.approx(580.0)  # +z faces the camera
+    ortho = face_camera(size=400, orthographic=True, fov_mm=200.0)
+    assert ortho.orthographic and ortho.focal == pytest.approx(2.0)
+    np.testing.assert_allclose(ortho.project(np.array([[50.0, 0.0, 0.0], [50.0, 0.0, 90.0]]))[:, 0], 300.0)
+
+
+def test_positive_yaw_shows_the_right_cheek():
+    """yaw turns the head to the subject's left: the subject's right cheek (−x) comes nearer."""
+    cam = face_camera(yaw_deg=30.0)
+    right, left = cam.project(np.array([[-60.0, 0.0, 0.0], [60.0, 0.0, 0.0]]))[:, 2]
+    assert right < left
+    r, lft = face_camera(yaw_deg=-30.0).project(np.array([[-60.0, 0.0, 0.0], [60.0, 0.0, 0.0]]))[:, 2]
+    assert r > lft
+
+
+@SETTINGS
+@given(st.floats(-60, 60), st.floats(-30, 30))
+def test_face_camera_rotation_is_a_rotation(yaw, pitch):
+    r = face_camera(yaw_deg=yaw, pitch_deg=pitch).rotation
+    np.testing.assert_allclose(r @ r.T, np.eye(3), atol=1e-12)
+    assert np.linalg.det(r) == pytest.approx(1.0)
+
+
+# ---------------------------------------------------------------- normals and shading
+
+
+def _square(z=0.0):
+    v = np.array([[-50.0, -50.0, z], [50.0, -50.0, z], [50.0, 50.0, z], [-50.0, 50.0, z]])
+    return v, np.array([[0, 1, 2], [0, 2, 3]])
+
+
+def test_vertex_normals_are_unit_and_batched_alike():
+    v, f = _square()
+    np.testing.assert_allclose(vertex_normals(v, f), np.tile([0, 0, 1.0], (4, 1)), atol=1e-12)
+    rng = np.random.default_rng(0)
+    vb = rng.normal(size=(3, 4, 3)) * 10
+    nb = vertex_normals_batch(vb, f)
+    np.testing.assert_allclose(np.linalg.norm(nb, axis=2), 1.0, atol=1e-12)
+    for i in range(3):
+        np.testing.assert_allclose(nb[i], vertex_normals(vb[i], f), atol=1e-12)
+
+
+def test_lambertian_shading_and_background():
+    v, f = _square()
+    cam = face_camera(size=32, distance=500.0, fov_mm=200.0)
+    lit = render_mesh(v, f, cam, albedo=(0.5, 0.25, 1.0), light_dir=(0, 0, 1), ambient=0.3)
+    hit = lit.face_id >= 0
+    assert hit.sum() == 16 * 16  # 100 mm of the 200 mm field: the middle half
+    np.testing.assert_array_equal(lit.image[hit], np.tile([128, 64, 255], (hit.sum(), 1)))
+    np.testing.assert_array_equal(lit.image[~hit], 255)
+    grazing = render_mesh(v, f, cam, albedo=(1.0, 1.0, 1.0), light_dir=(1, 0, 0), ambient=0.3,
+                          background=(0, 0, 0))
+    np.testing.assert_array_equal(grazing.image[hit], 77)  # only the ambient part: 0.3 · 255
+    np.testing.assert_array_equal(grazing.image[~hit], 0)
+    # per-vertex albedo is interpolated; a normal facing away from the camera is flipped
+    back = render_mesh(v, f[:, ::-1], cam, albedo=np.tile([0.5, 0.25, 1.0], (4, 1)), light_dir=(0, 0, 1))
+    np.testing.assert_array_equal(back.image, lit.image)
+
+
+# ---------------------------------------------------------------- the face model's renders
+
+
+def test_the_nose_tip_renders_where_it_projects(default_model):
+    with torch.no_grad():
+        lm = default_model.landmarks68(batch_size=1)[0].double().numpy()
+    verts = default_model.v_template.astype(np.float64)
+    cam = face_camera(yaw_deg=10.0, size=256, distance=600.0, fov_mm=300.0,
+                      center=np.array([0.0, -30.0, 0.0]))
+    r = render_mesh(verts, default_model.faces, cam)
+    u, v, z = cam.project(lm[30:31])[0]  # iBUG 30: the nose tip
+    col, row = int(u), int(v)
+    tri = r.face_id[row, col]
+    assert tri >= 0
+    p = r.bary[row, col] @ verts[default_model.faces[tri]]
+    assert np.linalg.norm(p - lm[30]) < 3.0  # one pixel is ~1.2 mm here
+    assert r.depth[row, col] == pytest.approx(z, abs=3.0)
+    assert (r.face_id[0] == -1).all() and (r.image[0] == 255).all()  # the top row: background
+
+
+def test_random_portrait_is_deterministic_for_a_seed(default_model):
+    verts = default_model.v_template.astype(np.float64)
+    a, cam_a = random_portrait(verts, default_model.faces, np.random.default_rng(4), size=96)
+    b, cam_b = random_portrait(verts, default_model.faces, np.random.default_rng(4), size=96)
+    c, cam_c = random_portrait(verts, default_model.faces, np.random.default_rng(5), size=96)
+    np.testing.assert_array_equal(a.image, b.image)
+    np.testing.assert_array_equal(a.face_id, b.face_id)
+    np.testing.assert_array_equal(a.bary, b.bary)
+    np.testing.assert_array_equal(cam_a.rotation, cam_b.rotation)
+    assert cam_a.focal == cam_b.focal and isinstance(cam_a, Camera)
+    assert not np.array_equal(a.image, c.image) and cam_a.focal != cam_c.focal
+    assert a.image.shape == (96, 96, 3) and a.image.dtype == np.uint8
+    # the documented ranges: 0.5–0.9 m to the face's centre, a 260–340 mm field there
+    for cam in (cam_a, cam_c):
+        d = cam.to_camera(np.array([[0.0, -30.0, 0.0]]))[0, 2]
+        assert 500 <= d <= 900 and 260 <= 96 * d / cam.focal <= 340
+        assert not cam.orthographic
+
+
+def test_random_portrait_images_show_the_mesh_they_buffer(default_model):
+    verts = default_model.v_template.astype(np.float64)
+    r, cam = random_portrait(verts, default_model.faces, np.random.default_rng(0), size=128)
+    hit = r.face_id >= 0
+    assert 0.1 < hit.mean() < 0.9
+    assert (r.image[~hit] == 255).all() and not (r.image[hit] == 255).all(-1).any()
+    np.testing.assert_allclose(r.bary[hit].sum(1), 1.0, atol=1e-9)
+    p3 = (r.bary[hit][..., None] * verts[default_model.faces[r.face_id[hit]]]).sum(1)
+    np.testing.assert_allclose(cam.project(p3)[:, :2], _centres(128, 128)[hit], atol=1e-6)
