@@ -121,18 +121,19 @@ def identification(model, fits, person, photos: int, dis: np.ndarray, targets, p
 
 
 def label_free(model, paths, person, idx1, descs1, prior, cfg, a, fits, mask, true_shape, err0) -> dict:
-    """Person groups from the descriptors alone (the gallery's grouping: k-NN links under
-    PERSON_DISTANCE, Chinese whispers), each group fitted with one shape; adds the codes to
+    """Person groups from the descriptors alone (the person gallery's: k-NN links under the
+    threshold, Chinese whispers, split into cliques), each group fitted with one shape; adds the codes to
     ``fits`` and returns the grouping's pairwise precision / recall and the identity ratio."""
     from skullsearch.encoder.descriptors import PERSON_DISTANCE
-    from skullsearch.index.persons import cluster, knn_edges
+    from skullsearch.index.persons import cliques, cluster, knn_edges
 
     ok = np.isfinite(descs1).all(1)
     labels = np.full(len(paths), -1, np.int64)
     rows = np.flatnonzero(ok)
     threshold = a.group_threshold or PERSON_DISTANCE
     pairs, _ = knn_edges(descs1[rows], 20, threshold)
-    labels[idx1[rows]] = cluster(len(rows), pairs)
+    # the person gallery's rule: groups split into cliques within the threshold
+    labels[idx1[rows]] = cliques(descs1[rows], cluster(len(rows), pairs), threshold)
     alone = np.flatnonzero(labels < 0)
     labels[alone] = labels.max() + 1 + np.arange(len(alone))  # (no descriptor: its own person)
     codes, idx, _, cov = encode(model, paths, persons=labels, prior=prior, config=cfg, detector=a.detector)

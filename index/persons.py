@@ -109,3 +109,28 @@ def group_persons(gallery, threshold: float = PERSON_DISTANCE, k: int = 20):
         pq.write_table(table, tmp)
         os.replace(tmp, path)
     return table
+
+
+def cliques(vecs: np.ndarray, labels: np.ndarray, threshold: float) -> np.ndarray:
+    """Split each group of ``labels`` (n,) into cliques whose members are all pairwise closer than
+    ``threshold`` (vecs (n, d), L2): from the group's medoid outwards, a member joins while it is
+    within ``threshold`` of every member taken, the rest split the same way again. Chinese whispers
+    links chains of look-alikes; a clique cannot hold two faces farther apart than the cut, so
+    what is merged on it (one shape fitted to all the photos, :mod:`~skullsearch.index.refit`)
+    mixes fewer persons. Returns new labels (n,) int64, ≥ 0 (each clique its own)."""
+    x = np.asarray(vecs, np.float64)
+    out = np.empty(len(labels), np.int64)
+    nxt = 0
+    for g in np.unique(labels):
+        members = np.flatnonzero(labels == g)
+        while len(members):
+            d = np.linalg.norm(x[members][:, None] - x[members][None], axis=-1)
+            order = np.argsort(d[d.sum(1).argmin()], kind="stable")  # from the medoid outwards
+            taken = [order[0]]
+            for i in order[1:]:
+                if (d[i, taken] < threshold).all():
+                    taken.append(i)
+            out[members[taken]] = nxt
+            nxt += 1
+            members = np.delete(members, taken)
+    return out

@@ -6,7 +6,9 @@ who, but its person groups (:mod:`skullsearch.index.persons`, from the person de
 its faces were fitted from (stored in the catalog), with one shape shared by the group's photos
 (each keeps its own camera, expression and jaw; a group whose photos came through different
 detectors shares it within each detector's photos, and keeps its first face's), and writes a
-**person gallery**: a new gallery at ``out``, one face per person — a refitted group, or a face
+**person gallery**: a new gallery at ``out``, one face per person — a refitted group (a person
+group's faces whose descriptors are all pairwise within the grouping's threshold: look-alikes
+that Chinese whispers chains together are not fitted as one face), or a face
 in no such group as it was — queried like any gallery (``skullsearch query --gallery OUT``).
 The source gallery is not changed (its shards are immutable); a row of the person gallery names
 its member faces and photos in ``metadata`` (``source``, ``faces``, ``photos``), its ``person``
@@ -25,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from skullsearch.encoder.descriptors import PERSON_DISTANCE
 from skullsearch.errors import SkullsearchError
 
 #: the person gallery's faces of a refitted group record this encoder (before the source's own)
@@ -63,15 +66,31 @@ def _groups(gallery, regroup: bool):
 
 def _members(gallery, min_size: int, regroup: bool):
     """The catalog's faces (pyarrow rows as dicts, face-id order) and, per face, its group id
-    when it will be refitted with its group (−1: carried over)."""
+    when it will be refitted with its group (−1: carried over). The groups are the saved person
+    groups split into cliques (:func:`~skullsearch.index.persons.cliques`, at the grouping's
+    threshold): one shape is fitted only to faces whose descriptors are all pairwise that close.
+    A clique is named by its smallest face id."""
+    from skullsearch.index.persons import cliques
+
     cols = ["face_id", "path", "person", "detector", "landmarks", "image_width", "image_height",
             "descriptor", "encoder_fingerprint", "residual_px"]
     rows = gallery.faces(columns=cols).to_pylist()
     groups = _groups(gallery, regroup)
+    meta = json.loads((groups.schema.metadata or {}).get(b"skullsearch", b"{}"))
     group_of = dict(zip(groups.column("face_id").to_pylist(), groups.column("person_group").to_pylist(),
                         strict=True))
-    group = np.array([group_of.get(r["face_id"], -1) if r["landmarks"] is not None else -1 for r in rows],
-                     np.int64)
+    group = np.full(len(rows), -1, np.int64)
+    take = np.array([r["face_id"] in group_of and r["landmarks"] is not None and r["descriptor"] is not None
+                     for r in rows], bool)
+    if take.any():
+        ids = np.array([r["face_id"] for r in rows], np.int64)[take]
+        split = cliques(np.array([rows[i]["descriptor"] for i in np.flatnonzero(take)], np.float32),
+                        np.array([group_of[i] for i in ids]), meta.get("threshold", PERSON_DISTANCE))
+        order = np.lexsort((ids, split))
+        first = np.r_[True, split[order][1:] != split[order][:-1]]
+        name = np.empty(len(ids), np.int64)
+        name[order] = ids[order][np.maximum.accumulate(np.where(first, np.arange(len(ids)), 0))]
+        group[take] = name
     ids, counts = np.unique(group[group >= 0], return_counts=True)
     small = set(ids[counts < max(2, min_size)].tolist())
     group[np.isin(group, list(small))] = -1

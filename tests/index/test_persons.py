@@ -187,3 +187,17 @@ def test_ingest_with_the_identity_prior(default_model, two_heads, tmp_path):
     with pytest.raises(SkullsearchError, match="descriptor"):
         Gallery.create(tmp_path / "off", face_model=default_model).ingest(
             [folder], workers=1, identity_prior=True, descriptors=False)
+
+
+def test_cliques_split_a_chain_of_look_alikes():
+    """a–b and b–c are within the cut, a–c is not: Chinese whispers may link all three; cliques
+    keep only faces all pairwise within it together."""
+    x = np.array([[0.0, 0], [0.35, 0], [0.7, 0], [5.0, 5.0], [5.1, 5.0]])
+    labels = np.array([0, 0, 0, 1, 1])
+    out = persons.cliques(x, labels, 0.5)
+    assert out[3] == out[4] and len({out[0], out[1], out[2]}) == 2 and out[3] not in out[:3]
+    assert out[1] in (out[0], out[2])  # the medoid b takes one neighbour, the other stands alone
+    # a group whose members are all close stays whole; labels are the groups' own otherwise
+    np.testing.assert_array_equal(persons.cliques(x, labels, 10.0) == persons.cliques(x, labels, 10.0)[0],
+                                  [True, True, True, False, False])
+    assert (persons.cliques(x, np.arange(5), 0.5) == np.arange(5)).all()
