@@ -64,9 +64,9 @@ class FitConfig:
     w_pose: float = 1e-3
     # a dense detector's points (fit_landmarks' dense=): their mean squared reprojection error
     # in IOD units, weighed like the 68 landmarks' (w_landmark = 1); 0 (the default) leaves them
-    # out. Measured (benchmarks/dense_fit.py, renders): perfect dense points take the identity
-    # error from 0.72x to 0.61x the mean face's at w 5, MediaPipe's own points change nothing
-    # (0.98x at 0, 0.99x at 1 and 5): they do not follow a face's identity, so they are off
+    # out. Measured (benchmarks/dense_fit.py --faces 300, renders): points that follow the face
+    # exactly take the identity error from 0.72x to 0.59x the mean face's at w 5, MediaPipe's
+    # own change nothing (0.96x at 0, 0.97x at 1, 0.99x at 5): they do not follow identity
     w_dense: float = 0.0
     # solver: "lm" Levenberg-Marquardt (lm_* below) or "adam" (the first-order schedule below)
     method: str = "lm"
