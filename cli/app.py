@@ -22,9 +22,11 @@ from skullsearch.cli.common import (
     err,
     model_app,
     out,
+    output_file,
     rich_progress,
     train_app,
     write_csv,
+    write_text,
 )
 from skullsearch.errors import SkullsearchError
 
@@ -182,6 +184,7 @@ def encode_cmd(
 
     from skullsearch.encoder.encode import encode, export_faces, image_paths
 
+    output_file(json_out, "--json")
     model = _load_model(face_model)
     paths = image_paths(photos)
     if not paths:
@@ -210,7 +213,7 @@ def encode_cmd(
         written = export_faces(model, result.faces, export_mesh)
         out.print(f"wrote {len(written)} mesh(es) to {export_mesh}")
     if json_out is not None:
-        json_out.write_text(json.dumps({"faces": [f.to_dict() for f in result.faces],
+        write_text(json_out, json.dumps({"faces": [f.to_dict() for f in result.faces],
                                         "failures": [vars(f) for f in result.failures]}, indent=1))
         out.print(f"wrote {json_out}")
 
@@ -484,6 +487,9 @@ def query_cmd(
     from skullsearch import Gallery, ScoreConfig, Skull, query
     from skullsearch.retrieval.query import export_candidates
 
+    for path, option in ((json_out, "--json"), (csv_out, "--csv"), (parquet_out, "--parquet"),
+                         (report, "--report")):
+        output_file(path, option)
     g = Gallery.open(gallery)
     skull = Skull.load(skull_path, landmarks=landmarks, units=units)
     cfg = ScoreConfig(eta_sd=eta_sd, eta_mm=eta_mm, scale_bound=scale_bound)
@@ -514,7 +520,7 @@ def query_cmd(
     out.print(t)
     df = result.to_pandas()
     if json_out:
-        json_out.write_text(result.to_json(indent=1))
+        write_text(json_out, result.to_json(indent=1))
     if csv_out:
         df.to_csv(csv_out, index=False)
     if parquet_out:

@@ -97,6 +97,26 @@ def rich_progress():
                     console=err)
 
 
+def output_file(path: Path | None, option: str) -> Path | None:
+    """An output file named on the command line, checked before the work that fills it: its folder
+    must exist (a missing one is an error line now, not a traceback after a long run)."""
+    from skullsearch.errors import SkullsearchError
+
+    if path is not None and not path.parent.is_dir():
+        raise SkullsearchError(f"{option} {path}: the folder {path.parent} does not exist; create it first")
+    return path
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write an output file; a failure is an error line (``cannot write …``)."""
+    from skullsearch.errors import SkullsearchError
+
+    try:
+        path.write_text(text)
+    except OSError as exc:
+        raise SkullsearchError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
 def write_csv(result) -> None:
     """Print an Arrow table as CSV on stdout; list and struct columns (a face's box, its photo
     fingerprint) as JSON text, which CSV cannot hold otherwise."""

@@ -11,7 +11,17 @@ import typer
 from rich import box
 from rich.table import Table
 
-from skullsearch.cli.common import GalleryOption, LandmarksOption, TableOption, UnitsOption, app, err, out
+from skullsearch.cli.common import (
+    GalleryOption,
+    LandmarksOption,
+    TableOption,
+    UnitsOption,
+    app,
+    err,
+    out,
+    output_file,
+    write_text,
+)
 
 
 @app.command("reconstruct")
@@ -53,6 +63,7 @@ def reconstruct_cmd(
     if fit not in ("map", "paper"):
         raise typer.BadParameter("--fit must be map or paper")
 
+    output_file(json_out, "--json")
     g = Gallery.open(gallery)
     skull = Skull.load(skull_path, landmarks=landmarks, units=units)
     with err.status("re-synthesizing…") if err.is_terminal else _null():
@@ -75,7 +86,7 @@ def reconstruct_cmd(
     if res.out is not None:
         out.print(f"wrote {len(res)} face(s) to {res.out}", highlight=False)
     if json_out is not None:
-        json_out.write_text(json.dumps(res.to_dict(), indent=1))
+        write_text(json_out, json.dumps(res.to_dict(), indent=1))
         out.print(f"wrote {json_out}", highlight=False)
 
 

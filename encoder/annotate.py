@@ -336,7 +336,8 @@ def _zygia_and_mandible(f: _Face, pts: dict[str, np.ndarray]) -> None:
         band = vl[(vl[:, 1] > f.y_eye - 25 * s) & (vl[:, 1] < f.y_eye - 5 * s)
                   & (vl[:, 2] > ex[2] - 45 * s) & (vl[:, 2] < ex[2] - 5 * s) & (sign * vl[:, 0] > 0)]
         pts[f"zy_{side}"] = band[np.argmax(sign * band[:, 0])]
-        # mid-mandibular border: the skin nearest the mid-point of gonion and menton
+        # mid-mandibular border: the mid-point of gonion and menton (inside the head; annotate()
+        # snaps every point to the skin nearest it)
         mid = (pts[f"go_{side}"] + pts["me"]) / 2
         pts[f"mmb_{side}"] = mid
 
@@ -351,7 +352,9 @@ def _mirror_average(pts: dict[str, np.ndarray]) -> None:
 
 
 def soft_tissue_positions(vertices: np.ndarray, faces: np.ndarray, lm: np.ndarray) -> np.ndarray:
-    """The 36 soft-tissue points (36, 3) mm, in :data:`SOFT_TISSUE_NAMES` order, on the skin.
+    """The 36 soft-tissue points (36, 3) mm, in :data:`SOFT_TISSUE_NAMES` order: on the skin but
+    the two mid-mandibular points (``mmb``, the mid-points of gonion and menton, inside the
+    head); :func:`annotate` snaps all 36 to the skin.
 
     vertices (V, 3) mm of the mean face; faces (F, 3); lm (68, 3) mm its iBUG landmarks.
     """

@@ -421,9 +421,9 @@ def build_report(gallery, query_id: str, out, reconstruction=None, top: int = 5,
 
     html_text = _render(g, record, result, shown, cands, ref, eta, recon, notes, reproduced,
                         skull_file_state, skull_faces_info, scene)
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
         tmp.write_text(html_text, encoding="utf-8")
         os.replace(tmp, out)
     except OSError as exc:
