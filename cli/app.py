@@ -487,9 +487,8 @@ def query_cmd(
     from skullsearch import Gallery, ScoreConfig, Skull, query
     from skullsearch.retrieval.query import export_candidates
 
-    for path, option in ((json_out, "--json"), (csv_out, "--csv"), (parquet_out, "--parquet"),
-                         (report, "--report")):
-        output_file(path, option)
+    for path, option in ((json_out, "--json"), (csv_out, "--csv"), (parquet_out, "--parquet")):
+        output_file(path, option)  # (--report makes its folder)
     g = Gallery.open(gallery)
     skull = Skull.load(skull_path, landmarks=landmarks, units=units)
     cfg = ScoreConfig(eta_sd=eta_sd, eta_mm=eta_mm, scale_bound=scale_bound)
