@@ -133,7 +133,6 @@ def refit_persons(gallery, out, *, min_size: int = 2, config=None, regroup: bool
     from dataclasses import replace
 
     from skullsearch.encoder.fitting import FitConfig
-    from skullsearch.index.gallery import Gallery
 
     t0 = time.perf_counter()
     if min_size < 2:
@@ -146,7 +145,8 @@ def refit_persons(gallery, out, *, min_size: int = 2, config=None, regroup: bool
     cfg = config or FitConfig()
     if uncertainty and not cfg.posterior:
         cfg = replace(cfg, posterior=True)
-    dest = Gallery.create(out, face_model=gallery.face_model)  # (refuses a folder with a gallery)
+    # (the source's own class: refit sits below the gallery module; refuses a folder with a gallery)
+    dest = type(gallery).create(out, face_model=gallery.face_model)
     try:
         rep = _write_persons(gallery, dest, cfg, config, min_size, regroup, uncertainty)
     except BaseException:
