@@ -56,6 +56,7 @@ def test_a_small_run_with_the_mesh_and_the_fit_uncertainty(identity):
     assert out["uncertainty_median_mahalanobis2"] > 0 and 0 <= out["uncertainty_inside_95pct"] <= 1
 
 
+@pytest.mark.slow
 def test_the_uncertainty_calibration_benchmark(capsys):
     out = benchmark("fit_uncertainty").main(["--faces", "6", "--noise", "0.02", "0.2", "--seed", "2"])
     assert out["faces"] >= 5 and out["synthetic"] is True
@@ -66,6 +67,7 @@ def test_the_uncertainty_calibration_benchmark(capsys):
     assert out["best_noise"] in (0.02, 0.2) and '"by_noise"' in capsys.readouterr().out.splitlines()[-1]
 
 
+@pytest.mark.slow
 def test_the_mesh_depth_benchmark():
     out = benchmark("mesh_depth").main(["--photos", "3", "--seed", "1"])
     assert out["found"] == 3 and out["synthetic"] is True

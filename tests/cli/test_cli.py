@@ -38,6 +38,7 @@ def test_model_info_default(default_model, capsys):
     assert "ICT Face Model Light" in text and "MIT" in text  # the licence and attribution
 
 
+@pytest.mark.slow
 def test_model_info_builtin_anny(capsys):
     assert main(["model", "info", "--face-model", "anny"]) == 0
     text = capsys.readouterr().out

@@ -33,6 +33,7 @@ def _run(capsys, *args):
     return code, captured.out, captured.err
 
 
+@pytest.mark.slow
 def test_json_without_out_records_the_query_and_warns_of_the_open_skull(case, tmp_path, capsys):
     js = tmp_path / "r.json"
     code, out, err = _run(capsys, case["skull"], "-g", case["g"], "--candidates", "1", "--method", "fit",

@@ -92,6 +92,7 @@ def test_an_output_under_a_file_is_an_error_line(case, tmp_path, capsys):
     assert "cannot write" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_reconstruct_folder_goes_into_the_report(case, tmp_path, capsys):
     """The two commands together: reconstruct writes a folder, report --reconstruction shows it
     (and says when it was made for another query)."""

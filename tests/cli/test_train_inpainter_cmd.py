@@ -39,6 +39,7 @@ def _rows(out: str) -> dict[str, str]:
     return rows
 
 
+@pytest.mark.slow
 def test_a_tiny_run_writes_the_gallerys_inpainter_and_summarizes_it(gallery, capsys):
     with one_thread():
         assert main(["train", "inpainter", "-g", str(gallery), "--faces", "0", *TINY]) == 0

@@ -185,6 +185,7 @@ def test_wrong_inputs_are_clear_errors(flame, tmp_path):
         bare.soft_tissue(batch_size=1)
 
 
+@pytest.mark.slow
 def test_user_flame_file_is_annotated_automatically(tmp_path, anny_model):
     """A user's FLAME-format head with no annotation gets its 68 landmarks and 36 soft-tissue
     points from its geometry. Here: the anny head (annotated by the same annotator from
@@ -219,6 +220,7 @@ def test_user_flame_file_is_annotated_automatically(tmp_path, anny_model):
     np.testing.assert_array_equal(again.soft_tissue_points.faces, user.soft_tissue_points.faces)
 
 
+@pytest.mark.slow
 def test_a_model_the_annotator_cannot_read_says_what_to_pass(tmp_path, default_model):
     """A FLAME-layout file whose geometry is not a head (random points, with a landmark
     embedding): it loads, and asking for its soft-tissue points names the fix."""

@@ -75,6 +75,7 @@ def test_the_default_model_ships_a_mesh_embedding_the_fit_uses(default_model):
     assert rig_mesh.marching == () and len(rig_dlib.marching) == 14
 
 
+@pytest.mark.slow
 def test_encode_and_ingest_with_the_mesh(default_model, renders, tmp_path):
     from skullsearch import Gallery, encode
 

@@ -81,6 +81,7 @@ def test_ivfpq_path_builds_saves_maps_and_searches_codes(ivf_gallery):
     assert np.mean(found[:, 0] == ids) >= 0.7
 
 
+@pytest.mark.slow
 def test_the_shortlist_index_stays_flat_and_exact_beyond_the_flat_limit(ivf_gallery):
     """IVF clustering by inner product on the augmented vectors sent masked queries to the wrong
     lists (~5 % recall): the shortlist index is flat (mapped) at every size."""

@@ -107,6 +107,7 @@ def copies(renders, tmp_path_factory):
     return first, second
 
 
+@pytest.mark.slow
 def test_a_resaved_resized_copy_is_flagged_by_the_photo_criterion(anny_model, copies, tmp_path, capsys):
     first, second = copies
     g = Gallery.create(tmp_path / "g", face_model=anny_model)
@@ -217,6 +218,7 @@ def test_shards_without_the_photo_columns_still_open(anny_model, copies, tmp_pat
     assert rep.faces == 1 and rep.near_duplicate_photos == 0  # its original has no fingerprint
 
 
+@pytest.mark.slow
 def test_ingest_command_sets_every_cut(anny_model, copies, tmp_path, capsys):
     """`skullsearch ingest --near-duplicate-photo-distance 0 --near-duplicate-person-distance 0
     --near-duplicate-distance 0` flags nothing; the defaults flag the re-saved copy."""

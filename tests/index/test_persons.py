@@ -140,6 +140,7 @@ def two_heads(default_model, tmp_path_factory):
     return folder, render_heads(default_model, folder, [("a1", 0), ("a2", 0), ("b1", 1)], seed=11)
 
 
+@pytest.mark.slow
 def test_ingest_stores_descriptors_and_the_cli_uses_them(default_model, two_heads, tmp_path, capsys):
     from skullsearch.cli.app import main
 
@@ -170,6 +171,7 @@ def test_ingest_stores_descriptors_and_the_cli_uses_them(default_model, two_head
     assert g.similar_to_photo(paths[0], top=1)[0]["by"] == "shape"
 
 
+@pytest.mark.slow
 def test_ingest_with_the_identity_prior(default_model, two_heads, tmp_path):
     """Renders of the default model are in the prior's domain: fitted with it (no flag), their
     faces' encoder fingerprint says so; without descriptors it is refused with what to do."""

@@ -105,6 +105,7 @@ def test_queries_with_uncertainty_use_it_record_it_and_rerun_the_same(case):
     assert same and again.params["uncertainty"] is True
 
 
+@pytest.mark.slow
 def test_the_commands_pass_the_uncertainty_through(case, tmp_path, capsys):
     import json
 

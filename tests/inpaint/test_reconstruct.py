@@ -141,6 +141,7 @@ def test_bad_input_is_refused_clearly(case, fitted):
         reconstruct(skull, case["root"] / "no-such-gallery")
 
 
+@pytest.mark.slow
 def test_cli_reconstruct(case, tmp_path, capsys):
     out, js = tmp_path / "out", tmp_path / "r.json"
     res = CliRunner().invoke(app, ["reconstruct", str(case["skull"]), "--gallery", str(case["g"]),
@@ -224,6 +225,7 @@ def test_definite_targets_on_a_known_surface():
     assert np.allclose(t[0, 1:40] / r[:, None], dirs[1:], atol=0.02)
 
 
+@pytest.mark.slow
 def test_cli_reconstruct_default_is_the_map_fit(case, tmp_path):
     js = tmp_path / "r.json"
     res = CliRunner().invoke(app, ["reconstruct", str(case["skull"]), "--gallery", str(case["g"]),

@@ -264,6 +264,7 @@ def test_a_moved_skull_file_still_gives_a_report(case, tmp_path):
 
 
 # ------------------------------------------------------------------------------ CLI
+@pytest.mark.slow
 def test_cli_report_and_query_report(case, tmp_path):
     from typer.testing import CliRunner
 

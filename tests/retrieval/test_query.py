@@ -95,6 +95,7 @@ def test_audit_log_lists_and_reruns_queries(case, tmp_path):
         skullsearch.rerun(g, "nope")
 
 
+@pytest.mark.slow
 def test_query_and_history_commands(case, tmp_path, capsys, monkeypatch):
     from skullsearch.cli.app import main
 
@@ -275,6 +276,7 @@ def test_top_must_be_positive(case, capsys):
     assert "top must be at least 1" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_query_command_exhaustive(case, tmp_path, capsys, monkeypatch):
     from skullsearch.cli.app import main
 
