@@ -5,7 +5,7 @@ checked against it). Points in millimetres."""
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from scipy.spatial.transform import Rotation
 
@@ -60,6 +60,7 @@ def test_stack_rows_puts_entry_ij_of_each_matrix_at_ij():
 
 @settings(max_examples=25, deadline=None)
 @given(seeds)
+@example(6216073)  # (its adjugate has a 4e-15 singular value that numpy's default rank counts)
 def test_adjugate_times_the_matrix_is_its_determinant(seed):
     rng = np.random.default_rng(seed)
     m = rng.normal(size=(6, 4, 4))
@@ -71,7 +72,8 @@ def test_adjugate_times_the_matrix_is_its_determinant(seed):
     cof = np.array([[(-1) ** (i + j) * np.linalg.det(np.delete(np.delete(m[0], j, 0), i, 1))
                      for j in range(4)] for i in range(4)])
     np.testing.assert_allclose(adj[0], cof, atol=1e-10)
-    assert np.linalg.matrix_rank(adj[0]) == 1
+    # rank 1 up to rounding (numpy's default tolerance counts a 1e-15 singular value)
+    assert np.linalg.matrix_rank(adj[0], tol=1e-9 * np.abs(adj[0]).max()) == 1
 
 
 @settings(max_examples=25, deadline=None)
