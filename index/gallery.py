@@ -24,6 +24,7 @@ from skullsearch.encoder.atomic import write_json_atomic
 from skullsearch.index import fingerprint, persons, schema, store, vectors
 from skullsearch.index.columns import VectorColumn
 from skullsearch.index.indexes import KINDS
+from skullsearch.index.near_duplicates import NEAR_KEYS, NearIndexes
 from skullsearch.index.store import GalleryError, ShardInfo
 
 FACE_COLUMNS_EXTRA = ("code", "soft_tissue")
@@ -46,16 +47,6 @@ class _Held(NamedTuple):
     mapped: bool
 
 
-class _Near(NamedTuple):
-    """A near-duplicate IVF index (:func:`~skullsearch.index.vectors.near_index`, ids = face
-    ids) and the shard numbers it holds."""
-
-    shards: list
-    index: object
-
-
-#: the near-duplicate criteria with an index of their own, and the state.json key of each
-NEAR_KEYS = {"codes": "near_codes", "photos": "near_photos", "persons": "near_persons"}
 
 #: the vector columns of the faces table with an exact index each (:mod:`~skullsearch.index.columns`)
 COLUMNS = {"photos": ("photo_fingerprint", fingerprint.DIM), "persons": ("descriptor", descriptors_mod.DIM)}
@@ -93,8 +84,8 @@ class Gallery:
         self._photo_lock = threading.RLock()
         self._columns = {name: VectorColumn(name, col, dim, self._photo_lock)
                          for name, (col, dim) in COLUMNS.items()}
-        #: near-duplicate IVF indexes by criterion (see :meth:`near_search`), under _photo_lock
-        self._near: dict[str, _Near] = {}
+        #: the near-duplicate indexes ingest searches (:mod:`~skullsearch.index.near_duplicates`)
+        self.near = NearIndexes(self, self._photo_lock)
         self._lock = threading.Lock()
         self._catalog = None  # (shard key, duckdb connection): see connect()
         self._catalog_lock = threading.Lock()
@@ -480,7 +471,7 @@ class Gallery:
         for name in KINDS:
             idx = self.index(name, mmap=False)
             state[name] = self._write_index_file(folder, name, idx, self._indexes[name].shards)
-        self._save_near(folder, state)
+        self.near.save(folder, state)
         write_json_atomic(folder / "state.json", state)
         keep = {st["file"] for st in state.values() if isinstance(st, dict) and "file" in st}
         # (a killed save's .tmp files too: we hold the lock)
@@ -516,123 +507,16 @@ class Gallery:
 
     # ------------------------------------------------------------------ near-duplicate search
     def near_search(self, name: str, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The nearest committed face (k=1) of each query for the near-duplicate test at ingest:
-        name ``"codes"`` (queries (q, 228) codes, their shape vectors against the code index),
-        ``"photos"`` (queries (q, 63) photo fingerprints) or ``"persons"`` (queries (q, 128)
-        person descriptors). Returns (squared L2 distances (q, k)
-        float64, face ids (q, k) int64), k = 1, or k = 0 when nothing is there to search.
-
-        Up to ``vectors.NEAR_EXACT_LIMIT`` vectors: the exact searches (:meth:`search_codes`,
-        :meth:`search_photos`, :meth:`search_descriptors`). Beyond: an IVF-Flat index of its own
-        (:meth:`near_index`), approximate in which face it finds (nprobe ``NEAR_NPROBE`` of
-        ``NEAR_NLIST`` lists), exact in the distance it returns. :meth:`search_codes` (what
-        ``similar`` returns) is unchanged.
-        """
-        if name not in NEAR_KEYS:
-            raise ValueError(f"unknown near-duplicate index {name!r}: {', '.join(NEAR_KEYS)}")
-        q = np.asarray(queries, np.float32)
-        q = vectors.shape_vectors(q) if name == "codes" else q.reshape(-1, COLUMNS[name][1])
-        with self._photo_lock:
-            near = self.near_index(name)
-            if near is not None and near.ntotal:
-                d2, ids = vectors.near_search(near, q)
-                return d2.astype(np.float64), ids
-        if not len(q):  # (a warm-up: the exact index is read)
-            if name == "codes":
-                self.index("codes")
-            else:
-                self.column_index(name)
-            return np.zeros((0, 0), np.float64), np.zeros((0, 0), np.int64)
-        if name == "codes":
-            d2, ids = self.search_codes(np.asarray(queries, np.float32), k=1)
-            return d2.astype(np.float64), ids
-        d, ids = self._columns[name].search(self.path, self.shards(), q, 1, self._gpu)
-        return d.astype(np.float64) ** 2, ids
+        """The nearest committed face (k=1) of each query for ingest's near-duplicate test, by
+        criterion ``name`` (codes | photos | persons): (squared L2 distances (q, k) float64, face
+        ids (q, k) int64), k = 1, or 0 when nothing is there; see
+        :meth:`skullsearch.index.near_duplicates.NearIndexes.search`."""
+        return self.near.search(name, queries)
 
     def near_index(self, name: str):
-        """The near-duplicate IVF index of criterion ``name`` (codes | photos | persons) holding every
-        committed shard, or None while the criterion has at most ``vectors.NEAR_EXACT_LIMIT``
-        vectors (the exact searches serve then).
-
-        Read from the file ``state.json`` names (written by :meth:`save_indexes`, so an ingest
-        into a large gallery starts without rebuilding it) and extended with newer shards; built
-        from the shards when there is none (trained on the first ``near_train_size()`` vectors in
-        face-id order: the same quantizer whichever run builds it). Memory: 4·d bytes per face
-        (360 MB for the codes, 252 MB for the fingerprints, 512 MB for the descriptors at 1M
-        faces); the exact column index is dropped once this one exists.
-        """
-        with self._photo_lock:
-            shards = self.shards()
-            numbers = {s.number for s in shards}
-            held = self._near.get(name)
-            if held is not None and not set(held.shards) <= numbers:
-                held = None  # shards went away (verify --repair): start again
-            if held is None:
-                held = self._near_load(name, numbers)
-            if held is None:
-                if self._near_count(name, shards) <= vectors.NEAR_EXACT_LIMIT:
-                    self._near.pop(name, None)
-                    return None
-                held = self._near_build(name, shards)
-            have = set(held.shards)
-            self._near[name] = held
-            for sh in shards:
-                if sh.number not in have:
-                    ids, vecs = self._near_vectors(name, sh)
-                    if len(ids):
-                        held.index.add_with_ids(vecs, ids)
-                    have.add(sh.number)  # (recorded shard by shard: an error never adds one twice)
-                    self._near[name] = _Near(sorted(have), held.index)
-            if name in self._columns:
-                self._columns[name].drop()  # the exact column index is not needed any more
-                self._gpu.pop(name, None)
-            return held.index
-
-    def _near_vectors(self, name: str, sh: ShardInfo) -> tuple[np.ndarray, np.ndarray]:
-        """One shard's (face ids (m,) int64, vectors (m, d) float32) for a near-duplicate index."""
-        if name in self._columns:
-            return self._columns[name].shard_vectors(self.path, sh)
-        if not sh.faces:
-            return np.zeros(0, np.int64), np.zeros((0, code_layout.N_SHAPE), np.float32)
-        return store.face_id(sh.number, np.arange(sh.faces)), self._vectors("codes", sh)
-
-    def _near_count(self, name: str, shards: list[ShardInfo]) -> int:
-        if name == "codes":
-            return sum(s.faces for s in shards)
-        return int(self.column_index(name).index.ntotal)
-
-    def _near_build(self, name: str, shards: list[ShardInfo]) -> _Near:
-        """Train on the first ``near_train_size()`` vectors (face-id order), add them all."""
-        m = vectors.near_train_size()
-        train, got = [], 0
-        for sh in sorted(shards, key=lambda s: s.number):
-            if got >= m:
-                break
-            _, vecs = self._near_vectors(name, sh)
-            train.append(vecs[: m - got])
-            got += len(train[-1])
-        index = vectors.near_index(np.concatenate(train))
-        return _Near([], index)  # (near_index adds every shard)
-
-    def _near_load(self, name: str, numbers: set) -> _Near | None:
-        """The saved near-duplicate index, when state.json names one of the current settings
-        whose shards are all committed; else None."""
-        saved = self._read_saved(NEAR_KEYS[name], numbers, accept=lambda st: (
-            st.get("train") == vectors.near_train_size() and st.get("nlist_max") == vectors.NEAR_NLIST))
-        return None if saved is None else _Near(saved[2], saved[0])
-
-    def _save_near(self, folder: Path, state: dict) -> None:
-        """Write each near-duplicate index this gallery holds (up to date) under a fresh name
-        into ``state`` (committed by the caller's state.json write)."""
-        with self._photo_lock:
-            for name in list(self._near):
-                index = self.near_index(name)
-                held = self._near.get(name)
-                if index is None or held is None:
-                    continue
-                state[NEAR_KEYS[name]] = self._write_index_file(
-                    folder, NEAR_KEYS[name], index, held.shards, train=vectors.near_train_size(),
-                    nlist_max=vectors.NEAR_NLIST)
+        """The near-duplicate IVF index of criterion ``name``, or None while the exact searches
+        serve (:meth:`skullsearch.index.near_duplicates.NearIndexes.index`)."""
+        return self.near.index(name)
 
     def photo_fingerprints(self, ids) -> np.ndarray:
         """Photo fingerprints (n, 63) float32 of face ids; NaN rows for faces without one."""
@@ -647,7 +531,7 @@ class Gallery:
         rows for faces without one."""
         with self._photo_lock:  # large galleries (an IVF index serves): read the shards concerned
             return self._columns[name].values(self.path, self.shards(), ids,
-                                              from_shards=name in self._near)
+                                              from_shards=name in self.near.held)
 
     def search_shortlist(self, canon: np.ndarray, mask: np.ndarray, k: int,
                          max_shard: int | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -15,6 +15,7 @@ from skullsearch.index.ingest import (
     NEAR_DUPLICATE_PHOTO_DISTANCE,
     near_duplicate_stage,
 )
+from skullsearch.index.near_duplicates import NearIndexes
 from skullsearch.index.synth import add_synthetic_faces, synth_codes
 
 
@@ -61,7 +62,7 @@ def test_below_the_limit_the_searches_stay_exact(big):
     g, _, q_codes, q_fps = big
     assert g.near_index("codes") is None and g.near_index("photos") is None
     nd = _flags(g, q_codes, q_fps)
-    assert nd.count > 40 and "photos" not in g._near
+    assert nd.count > 40 and "photos" not in g.near.held
     g.save_indexes()
     state = json.loads((g.path / "index" / "state.json").read_text())
     assert not ({"near_codes", "near_photos"} & set(state))
@@ -76,7 +77,7 @@ def test_the_ivf_path_flags_what_the_exact_search_flags(big, monkeypatch):
     g = Gallery.open(g.path)
     approx = _flags(g, q_codes, q_fps)
     for name in ("codes", "photos"):
-        idx = g._near[name].index
+        idx = g.near.held[name].index
         assert idx.nlist == 10 and idx.nprobe == 4 and idx.ntotal == 900, name
     assert g._columns["photos"].held is None  # the exact photo index is dropped
     assert exact.count > 40 and exact.by("photo") > 20 and exact.by("identity") > 10
@@ -116,7 +117,7 @@ def test_the_index_is_saved_reloaded_extended_and_rebuilt_identically(big, defau
         raise AssertionError("rebuilt instead of read")
 
     r = Gallery.open(g.path)
-    monkeypatch.setattr(r, "_near_build", no_build)
+    monkeypatch.setattr(r.near, "build", no_build)
     for name in ("codes", "photos"):
         assert r.near_index(name).ntotal == 950
     assert (r.photo_fingerprints(more[:3]) == g.photo_fingerprints(more[:3])).all()
@@ -150,7 +151,7 @@ def test_a_quarantined_shard_rebuilds_the_index(big, monkeypatch):
     monkeypatch.setattr(gallery_mod.Gallery, "shards", lambda self: store.committed_shards(self.path)[:2])
     assert g.near_index("codes").ntotal == 600
     monkeypatch.setattr(gallery_mod.Gallery, "shards", lambda self: store.committed_shards(self.path)[:1])
-    assert g.near_index("codes") is None and "codes" not in g._near  # 300 faces: exact again
+    assert g.near_index("codes") is None and "codes" not in g.near.held  # 300 faces: exact again
 
 
 def test_an_ingest_into_a_large_gallery_flags_through_the_saved_ivf_index(anny_model, tmp_path,
@@ -178,11 +179,11 @@ def test_an_ingest_into_a_large_gallery_flags_through_the_saved_ivf_index(anny_m
     def no_build(*a, **k):
         raise AssertionError("rebuilt instead of read")
 
-    monkeypatch.setattr(gallery_mod.Gallery, "_near_build", no_build)
+    monkeypatch.setattr(NearIndexes, "build", no_build)
     monkeypatch.setattr(g._columns["photos"], "index", no_build)  # the exact one: not needed
     rep = g.ingest([second], workers=1)
     assert rep.faces == 1 and rep.near_duplicate_photos == 1
-    assert g._near["photos"].index.ntotal == 602 and g._near["codes"].index.ntotal == 602
+    assert g.near.held["photos"].index.ntotal == 602 and g.near.held["codes"].index.ntotal == 602
     (row,) = g.near_duplicates().to_pylist()
     assert row["path"].endswith("copy.jpg") and row["duplicate_path"] == str(path)
     assert row["criterion"] == "photo" and row["photo_distance"] < NEAR_DUPLICATE_PHOTO_DISTANCE

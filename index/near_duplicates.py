@@ -1,0 +1,169 @@
+"""The near-duplicate indexes of a gallery: what ingest searches each new face against.
+
+For each criterion (``codes``: shape vectors, ``photos``: photo fingerprints, ``persons``: person
+descriptors) the nearest committed face of a query: the gallery's exact searches up to
+``vectors.NEAR_EXACT_LIMIT`` vectors, an IVF-Flat index of its own beyond (approximate in which
+face it finds, exact in the distance it returns), saved beside the gallery's indexes
+(``state.json`` keys :data:`NEAR_KEYS`) so that an ingest into a large gallery starts without
+rebuilding it. :class:`NearIndexes` holds them for one :class:`~skullsearch.index.gallery.Gallery`
+(``gallery.near``); ``Gallery.near_search`` / ``near_index`` are its public face.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from skullsearch.encoder import code as code_layout
+from skullsearch.index import store, vectors
+from skullsearch.index.store import ShardInfo
+
+#: the near-duplicate criteria with an index of their own, and the state.json key of each
+NEAR_KEYS = {"codes": "near_codes", "photos": "near_photos", "persons": "near_persons"}
+
+
+class _Near(NamedTuple):
+    """A near-duplicate IVF index (:func:`~skullsearch.index.vectors.near_index`, ids = face
+    ids) and the shard numbers it holds."""
+
+    shards: list
+    index: object
+
+
+class NearIndexes:
+    """A gallery's near-duplicate indexes (module docstring). lock: the gallery's lock over its
+    vector-column and near-duplicate indexes (faiss indexes are not safe to search while they are
+    added to); held: the IVF indexes loaded, by criterion."""
+
+    def __init__(self, gallery, lock):
+        self.gallery = gallery
+        self.lock = lock
+        self.held: dict[str, _Near] = {}
+
+    def search(self, name: str, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The nearest committed face (k=1) of each query for the near-duplicate test at ingest:
+        name ``"codes"`` (queries (q, 228) codes, their shape vectors against the code index),
+        ``"photos"`` (queries (q, 63) photo fingerprints) or ``"persons"`` (queries (q, 128)
+        person descriptors). Returns (squared L2 distances (q, k)
+        float64, face ids (q, k) int64), k = 1, or k = 0 when nothing is there to search.
+
+        Up to ``vectors.NEAR_EXACT_LIMIT`` vectors: the gallery's exact searches
+        (``search_codes``, ``search_photos``, ``search_descriptors``). Beyond: an IVF-Flat index
+        of its own (:meth:`index`), approximate in which face it finds (nprobe ``NEAR_NPROBE`` of
+        ``NEAR_NLIST`` lists), exact in the distance it returns. ``search_codes`` (what
+        ``similar`` returns) is unchanged.
+        """
+        g = self.gallery
+        if name not in NEAR_KEYS:
+            raise ValueError(f"unknown near-duplicate index {name!r}: {', '.join(NEAR_KEYS)}")
+        q = np.asarray(queries, np.float32)
+        q = vectors.shape_vectors(q) if name == "codes" else q.reshape(-1, g._columns[name].dim)
+        with self.lock:
+            near = self.index(name)
+            if near is not None and near.ntotal:
+                d2, ids = vectors.near_search(near, q)
+                return d2.astype(np.float64), ids
+        if not len(q):  # (a warm-up: the exact index is read)
+            if name == "codes":
+                g.index("codes")
+            else:
+                g.column_index(name)
+            return np.zeros((0, 0), np.float64), np.zeros((0, 0), np.int64)
+        if name == "codes":
+            d2, ids = g.search_codes(np.asarray(queries, np.float32), k=1)
+            return d2.astype(np.float64), ids
+        d, ids = g._columns[name].search(g.path, g.shards(), q, 1, g._gpu)
+        return d.astype(np.float64) ** 2, ids
+
+    def index(self, name: str):
+        """The near-duplicate IVF index of criterion ``name`` (codes | photos | persons) holding every
+        committed shard, or None while the criterion has at most ``vectors.NEAR_EXACT_LIMIT``
+        vectors (the exact searches serve then).
+
+        Read from the file ``state.json`` names (written by :meth:`save_indexes`, so an ingest
+        into a large gallery starts without rebuilding it) and extended with newer shards; built
+        from the shards when there is none (trained on the first ``near_train_size()`` vectors in
+        face-id order: the same quantizer whichever run builds it). Memory: 4·d bytes per face
+        (360 MB for the codes, 252 MB for the fingerprints, 512 MB for the descriptors at 1M
+        faces); the exact column index is dropped once this one exists.
+        """
+        g = self.gallery
+        with self.lock:
+            shards = g.shards()
+            numbers = {s.number for s in shards}
+            held = self.held.get(name)
+            if held is not None and not set(held.shards) <= numbers:
+                held = None  # shards went away (verify --repair): start again
+            if held is None:
+                held = self._load(name, numbers)
+            if held is None:
+                if self._count(name, shards) <= vectors.NEAR_EXACT_LIMIT:
+                    self.held.pop(name, None)
+                    return None
+                held = self.build(name, shards)
+            have = set(held.shards)
+            self.held[name] = held
+            for sh in shards:
+                if sh.number not in have:
+                    ids, vecs = self._vectors(name, sh)
+                    if len(ids):
+                        held.index.add_with_ids(vecs, ids)
+                    have.add(sh.number)  # (recorded shard by shard: an error never adds one twice)
+                    self.held[name] = _Near(sorted(have), held.index)
+            if name in g._columns:
+                g._columns[name].drop()  # the exact column index is not needed any more
+                g._gpu.pop(name, None)
+            return held.index
+
+    def _vectors(self, name: str, sh: ShardInfo) -> tuple[np.ndarray, np.ndarray]:
+        """One shard's (face ids (m,) int64, vectors (m, d) float32) for a near-duplicate index."""
+        g = self.gallery
+        if name in g._columns:
+            return g._columns[name].shard_vectors(g.path, sh)
+        if not sh.faces:
+            return np.zeros(0, np.int64), np.zeros((0, code_layout.N_SHAPE), np.float32)
+        return store.face_id(sh.number, np.arange(sh.faces)), g._vectors("codes", sh)
+
+    def _count(self, name: str, shards: list[ShardInfo]) -> int:
+        g = self.gallery
+        if name == "codes":
+            return sum(s.faces for s in shards)
+        return int(g.column_index(name).index.ntotal)
+
+    def build(self, name: str, shards: list[ShardInfo]) -> _Near:
+        """Train on the first ``near_train_size()`` vectors (face-id order), add them all."""
+        m = vectors.near_train_size()
+        train, got = [], 0
+        for sh in sorted(shards, key=lambda s: s.number):
+            if got >= m:
+                break
+            _, vecs = self._vectors(name, sh)
+            train.append(vecs[: m - got])
+            got += len(train[-1])
+        index = vectors.near_index(np.concatenate(train))
+        return _Near([], index)  # (near_index adds every shard)
+
+    def _load(self, name: str, numbers: set) -> _Near | None:
+        """The saved near-duplicate index, when state.json names one of the current settings
+        whose shards are all committed; else None."""
+        g = self.gallery
+        saved = g._read_saved(NEAR_KEYS[name], numbers, accept=lambda st: (
+            st.get("train") == vectors.near_train_size() and st.get("nlist_max") == vectors.NEAR_NLIST))
+        return None if saved is None else _Near(saved[2], saved[0])
+
+    def save(self, folder: Path, state: dict) -> None:
+        """Write each near-duplicate index this gallery holds (up to date) under a fresh name
+        into ``state`` (committed by the caller's state.json write)."""
+        g = self.gallery
+        with self.lock:
+            for name in list(self.held):
+                index = self.index(name)
+                held = self.held.get(name)
+                if index is None or held is None:
+                    continue
+                state[NEAR_KEYS[name]] = g._write_index_file(
+                    folder, NEAR_KEYS[name], index, held.shards, train=vectors.near_train_size(),
+                    nlist_max=vectors.NEAR_NLIST)
+
