@@ -9,6 +9,7 @@ import pyarrow as pa
 import pytest
 
 from skullsearch import Gallery
+from skullsearch.index.catalog import Catalog
 from skullsearch.index.synth import synth
 
 
@@ -16,13 +17,13 @@ def test_the_views_are_built_once_per_shard_list_and_follow_new_shards(default_m
     g = Gallery.create(tmp_path / "g", face_model=default_model)
     assert g.faces().num_rows == 0 and g.info()["faces"] == 0  # empty gallery: typed empty views
     built = []
-    real = Gallery._define_views
+    real = Catalog._define_views
 
     def counted(self, con, shards, *rest):
         built.append(len(shards))
         return real(self, con, shards, *rest)
 
-    monkeypatch.setattr(Gallery, "_define_views", counted)
+    monkeypatch.setattr(Catalog, "_define_views", counted)
     reader = Gallery.open(g.path)
     assert reader.sql("SELECT count(*) AS n FROM faces").to_pylist() == [{"n": 0}]
     synth(g, 300, seed=0, shard_faces=100)  # three shards committed by a writer
