@@ -10,7 +10,7 @@ import shutil
 
 import numpy as np
 import pytest
-from skulls import skull_from_face, write_skull
+from skulls import skull_under
 
 from skullsearch import Gallery
 from skullsearch.cli.app import main
@@ -23,8 +23,8 @@ def case(default_model, tmp_path_factory):
     g = Gallery.create(root / "g", face_model=default_model)
     synth(g, 60, seed=4)
     shape = np.random.default_rng(6).standard_normal(90).astype(np.float32)
-    mesh, marks = skull_from_face(default_model, shape, np.full(36, 3.0), rng=np.random.default_rng(3))
-    return {"g": g.path, "skull": write_skull(root / "case", mesh, marks), "marks": marks, "root": root}
+    skull, _, marks = skull_under(default_model, shape, root / "case", seed=3)
+    return {"g": g.path, "skull": skull, "marks": marks, "root": root}
 
 
 def _run(capsys, *args):

@@ -8,7 +8,7 @@ import re
 
 import numpy as np
 import pytest
-from skulls import skull_from_face, write_skull
+from skulls import skull_under
 
 import skullsearch
 from skullsearch import Gallery, Skull
@@ -22,8 +22,7 @@ def case(default_model, tmp_path_factory):
     g = Gallery.create(root / "g", face_model=default_model)
     synth(g, 60, seed=5)
     shape = np.random.default_rng(8).standard_normal(90).astype(np.float32)
-    mesh, marks = skull_from_face(default_model, shape, np.full(36, 3.0), rng=np.random.default_rng(2))
-    skull = write_skull(root / "case", mesh, marks)
+    skull, _, _ = skull_under(default_model, shape, root / "case", seed=2)
     res = skullsearch.query(g, Skull.load(skull), top=5)
     assert res.query_id
     return {"g": g.path, "qid": res.query_id, "skull": skull, "root": root}

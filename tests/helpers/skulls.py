@@ -58,3 +58,22 @@ def write_skull(folder: Path, mesh, landmarks: dict, name: str = "skull", drop=(
     marks = {k: (np.asarray(v) * scale).tolist() for k, v in landmarks.items() if k not in drop}
     (folder / f"{name}.landmarks.json").write_text(json.dumps(marks))
     return path
+
+
+def skull_under(model, shape: np.ndarray, folder: Path, seed: int):
+    """A test skull 3 mm under the neutral face of ``shape`` (a face pushed in by the real depths,
+    up to 26 mm, folds where they exceed its curvature, which no real skull does), written to
+    ``folder`` (:func:`write_skull`): (skull path, mesh, landmarks)."""
+    mesh, marks = skull_from_face(model, shape, np.full(36, 3.0), rng=np.random.default_rng(seed))
+    return write_skull(folder, mesh, marks), mesh, marks
+
+
+def table_3mm(path: Path) -> Path:
+    """A tissue table of 3 mm depths with the built-in table's SDs (CSV), for skulls from
+    :func:`skull_under`."""
+    from skullsearch.encoder.soft_tissue import SOFT_TISSUE_NAMES
+    from skullsearch.retrieval.tissue import load_table
+
+    path.write_text("landmark,mean_mm,sd_mm\n" + "".join(
+        f"{n},3.0,{s}\n" for n, s in zip(SOFT_TISSUE_NAMES, load_table().sd, strict=True)))
+    return path

@@ -4,9 +4,9 @@ likelihood, record it, and re-run the same."""
 
 import numpy as np
 import pytest
-from skulls import skull_from_face, write_skull
+from skulls import skull_under, table_3mm
 
-from skullsearch import SOFT_TISSUE_NAMES, Gallery, Skull
+from skullsearch import Gallery, Skull
 from skullsearch.encoder import code as code_layout
 from skullsearch.index import store
 from skullsearch.index.synth import synth
@@ -27,10 +27,8 @@ def case(default_model, tmp_path_factory):
     # a skull under the first photo's fitted face (3 mm under it: see tests/retrieval/test_query.py)
     first = store.face_id(g.shards()[-1].number, np.arange(1))
     shape = code_layout.split(g.codes(first)).shape[0, : default_model.n_shape]
-    mesh, marks = skull_from_face(default_model, shape, np.full(36, 3.0), rng=np.random.default_rng(1))
-    write_skull(root / "case", mesh, marks)
-    (root / "depths_3mm.csv").write_text("landmark,mean_mm,sd_mm\n" + "".join(
-        f"{n},3.0,{s}\n" for n, s in zip(SOFT_TISSUE_NAMES, load_table().sd, strict=True)))
+    skull_under(default_model, shape, root / "case", seed=1)
+    table_3mm(root / "depths_3mm.csv")
     return g, root
 
 

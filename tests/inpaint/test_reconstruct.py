@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 import trimesh
-from skulls import skull_from_face, write_skull
+from skulls import skull_under, table_3mm, write_skull
 from typer.testing import CliRunner
 
 import skullsearch
@@ -33,11 +33,8 @@ def case(default_model, tmp_path_factory):
     g = Gallery.create(root / "g", face_model=default_model)
     synth(g, 300, seed=3)
     shape = np.random.default_rng(42).standard_normal(90).astype(np.float32)
-    mesh, marks = skull_from_face(default_model, shape, np.full(36, 3.0), rng=np.random.default_rng(1))
-    skull_path = write_skull(root / "case", mesh, marks)
-    table = root / "depths_3mm.csv"
-    table.write_text("landmark,mean_mm,sd_mm\n" + "".join(
-        f"{n},3.0,{s}\n" for n, s in zip(SOFT_TISSUE_NAMES, load_table().sd, strict=True)))
+    skull_path, mesh, marks = skull_under(default_model, shape, root / "case", seed=1)
+    table = table_3mm(root / "depths_3mm.csv")
     return {"g": g.path, "skull": skull_path, "table": str(table), "root": root}
 
 

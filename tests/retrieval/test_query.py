@@ -4,10 +4,10 @@ import json
 
 import numpy as np
 import pytest
-from skulls import skull_from_face, write_skull
+from skulls import skull_under, table_3mm, write_skull
 
 import skullsearch
-from skullsearch import SOFT_TISSUE_NAMES, Gallery, GalleryError, Skull, SkullsearchError
+from skullsearch import Gallery, GalleryError, Skull, SkullsearchError
 from skullsearch.encoder import code as code_layout
 from skullsearch.index.synth import synth
 from skullsearch.retrieval.tissue import load_table
@@ -23,12 +23,8 @@ def case(default_model, tmp_path_factory):
     # A face pushed inward by the real depths (up to 26 mm) folds over where the depth exceeds
     # the face's curvature, which no real skull does; so the test skull sits 3 mm under the
     # face and the query uses a user table of 3 mm depths (with the global table's SDs).
-    mesh, marks = skull_from_face(default_model, shape, np.full(36, 3.0), rng=np.random.default_rng(1))
-    skull_path = write_skull(root / "case", mesh, marks)
-    table = root / "depths_3mm.csv"
-    sd = load_table().sd
-    table.write_text("landmark,mean_mm,sd_mm\n" + "".join(
-        f"{n},3.0,{s}\n" for n, s in zip(SOFT_TISSUE_NAMES, sd, strict=True)))
+    skull_path, mesh, marks = skull_under(default_model, shape, root / "case", seed=1)
+    table = table_3mm(root / "depths_3mm.csv")
     return g.path, truth, skull_path, mesh, marks, root, str(table)
 
 
