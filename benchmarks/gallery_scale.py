@@ -61,10 +61,10 @@ g = Gallery.open(path)
 if what.startswith("indexes"):  # indexes[-nommap][-search]
     g.mmap_indexes = "nommap" not in what
     a = g.index("shortlist")
-    b = g.index("codes")
+    b = g.index("shape")
     res["ntotal"] = [int(a.ntotal), int(b.ntotal)]
     res["types"] = [type(a).__name__, type(b).__name__]
-    res["mapped"] = [g._indexes["shortlist"].mapped, g._indexes["codes"].mapped]
+    res["mapped"] = [g.indexes.held["shortlist"].mapped, g.indexes.held["shape"].mapped]
     res["loaded"] = status()
     res["load_s"] = time.perf_counter() - t0
     if what.endswith("search"):  # one masked shortlist search (k=2000) and one code search

@@ -94,7 +94,7 @@ def run_size(model, n: int, queries: int, repeats: int, seed: int, root: Path, n
     exact.near_index = lambda name: None  # today's path: the exact searches at every size
     approx = Gallery.open(g.path)
     t = time.perf_counter()
-    exact.index("codes")
+    exact.index("shape")
     t_code_index = time.perf_counter() - t
     t = time.perf_counter()
     exact.column_index("photos")
@@ -110,7 +110,7 @@ def run_size(model, n: int, queries: int, repeats: int, seed: int, root: Path, n
     approx.save_indexes()  # (all indexes: the near ones are timed on their own below)
     one_time["save_all_indexes_s"] = time.perf_counter() - t
     if n > vectors.NEAR_EXACT_LIMIT:
-        st = approx._index_state()
+        st = approx.indexes.state()
         one_time["ivf_file_mb"] = sum((g.path / "index" / st[k]["file"]).stat().st_size
                                       for k in ("near_codes", "near_photos")) / 2**20
         t = time.perf_counter()

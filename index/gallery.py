@@ -12,9 +12,7 @@ from __future__ import annotations
 import json
 import os
 import threading
-import uuid
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 
@@ -22,9 +20,10 @@ from skullsearch.encoder import code as code_layout
 from skullsearch.encoder import descriptors as descriptors_mod
 from skullsearch.encoder.atomic import write_json_atomic
 from skullsearch.index import fingerprint, persons, schema, store, vectors
+from skullsearch.index import indexes as index_kinds
 from skullsearch.index.catalog import Catalog
 from skullsearch.index.columns import VectorColumn
-from skullsearch.index.indexes import KINDS
+from skullsearch.index.indexes import SHAPE, SHORTLIST, SavedIndexes
 from skullsearch.index.near_duplicates import NEAR_KEYS, NearIndexes
 from skullsearch.index.store import GalleryError, ShardInfo
 
@@ -35,18 +34,6 @@ def arrow(relation):
     """A DuckDB relation as a pyarrow.Table (the method's name changed across DuckDB releases)."""
     fetch = getattr(relation, "to_arrow_table", None) or relation.arrow
     return fetch()
-
-
-class _Held(NamedTuple):
-    """A loaded index: what is searched, the shards it holds, the saved part (maybe mapped) and
-    the part added since in memory (when the saved one is mapped)."""
-
-    searched: object
-    shards: list
-    base: object
-    delta: object
-    mapped: bool
-
 
 
 #: the vector columns of the faces table with an exact index each (:mod:`~skullsearch.index.columns`)
@@ -75,9 +62,9 @@ class Gallery:
         self.path = Path(path)
         self.manifest = manifest
         self._model = None
-        self._indexes: dict[str, _Held] = {}
-        #: open saved FAISS indexes memory-mapped (see :meth:`index`)
-        self.mmap_indexes = True
+        #: the saved FAISS indexes: shortlist and shape (:class:`~skullsearch.index.indexes.SavedIndexes`)
+        self.indexes = SavedIndexes(self)
+        #: GPU copies of the vector-column indexes (when faiss sees a GPU)
         self._gpu: dict = {}
         #: guards the vector-column indexes (photo fingerprints, person descriptors) and the
         #: near-duplicate indexes: their build, their growth and searches in them (faiss indexes
@@ -87,7 +74,6 @@ class Gallery:
                          for name, (col, dim) in COLUMNS.items()}
         #: the near-duplicate indexes ingest searches (:mod:`~skullsearch.index.near_duplicates`)
         self.near = NearIndexes(self, self._photo_lock)
-        self._lock = threading.Lock()
         #: the DuckDB views over the committed shards (:mod:`~skullsearch.index.catalog`)
         self.catalog = Catalog(self.path, lambda: self.shards())
 
@@ -285,141 +271,35 @@ class Gallery:
         return table.to_pandas() if as_pandas else table
 
     # ------------------------------------------------------------------ FAISS indexes
-    def _index_state(self) -> dict:
-        try:
-            return json.loads((self.path / "index" / "state.json").read_text())
-        except (FileNotFoundError, ValueError):
-            return {}
+    @property
+    def mmap_indexes(self) -> bool:
+        """Open saved FAISS indexes memory-mapped (default True; see :meth:`index`)."""
+        return self.indexes.mmap
+
+    @mmap_indexes.setter
+    def mmap_indexes(self, value: bool) -> None:
+        self.indexes.mmap = bool(value)
 
     def index(self, name: str, mmap: bool | None = None):
-        """The FAISS index ``shortlist`` (augmented canonical vectors, inner product) or ``codes``
-        (shape vectors, L2), holding every committed shard.
+        """The FAISS index ``shortlist`` (augmented canonical vectors, inner product) or ``shape``
+        (shape vectors, L2; also by its earlier name ``codes``), holding every committed shard.
 
-        The saved index is memory-mapped where faiss can (mmap, default ``self.mmap_indexes``;
-        :func:`~skullsearch.index.vectors.read_index`): opening copies nothing, and the pages
-        are shared by every process that reads the gallery. Shards committed after the save go
-        to a second index in memory, searched together with it. mmap=False: one in-memory index
-        (what :meth:`save_indexes` writes).
+        The saved index is memory-mapped where faiss can (mmap, default :attr:`mmap_indexes`);
+        shards committed after the save go to a second index in memory, searched together with
+        it. mmap=False: one in-memory index (what :meth:`save_indexes` writes). See
+        :meth:`skullsearch.index.indexes.SavedIndexes.get`.
         """
-        mmap = self.mmap_indexes if mmap is None else mmap
-        with self._lock:
-            shards = self.shards()
-            cached = self._indexes.get(name)
-            if cached is not None and cached.mapped and not mmap:
-                cached = None  # a writer needs it in memory: read it again
-            if cached is None:
-                delta = None
-                saved = self._read_saved(name, {s.number for s in shards}, mmap=mmap)
-                if saved is not None:
-                    base, mapped, have = saved[0], saved[1], set(saved[2])
-                else:  # built from the shards
-                    base = vectors.new_index(*self._index_spec(name), n_expected=sum(s.faces for s in shards),
-                                             kind=self._index_kind(name))
-                    mapped, have = False, set()
-            else:
-                base, delta, mapped, have = cached.base, cached.delta, cached.mapped, set(cached.shards)
-            try:
-                for s in shards:
-                    if s.number not in have and s.faces:
-                        if mapped and delta is None:  # a mapped index is never added to
-                            delta = vectors.new_index(*self._index_spec(name), kind="flat")
-                        ids = store.face_id(s.number, np.arange(s.faces))
-                        vectors.add(delta if mapped else base, self._vectors(name, s), ids)
-                    have.add(s.number)
-            except BaseException:  # a shard read failed midway: the held index has some shards
-                self._indexes.pop(name, None)  # added that it does not list; build it afresh
-                self._gpu.pop(name, None)
-                raise
-            if cached is None or sorted(have) != cached.shards:
-                self._gpu.pop(name, None)  # the GPU copy is stale
-                searched = base if delta is None else vectors.joined(base, delta)
-            else:
-                searched = cached.searched
-            self._indexes[name] = _Held(searched, sorted(have), base, delta, mapped)
-            return searched
-
-    def _search_index(self, name: str, selector: bool = False):
-        """The index to search: a cached GPU copy when faiss sees a GPU (ID selectors, used by
-        re-runs of recorded queries, stay on the CPU)."""
-        idx = self.index(name)
-        if selector:
-            return idx
-        if name not in self._gpu:
-            held = self._indexes[name]
-            self._gpu[name] = (vectors.to_gpu(idx) if held.delta is None else
-                               vectors.joined(vectors.to_gpu(held.base), vectors.to_gpu(held.delta)))
-        return self._gpu[name]
-
-    def _read_saved(self, key: str, numbers: set, mmap: bool = False, accept=None):
-        """The index that ``state.json`` names under ``key``, when every shard it holds is among
-        ``numbers`` and ``accept(state entry)`` (if given) holds: (index, mapped, its shards);
-        else None. The file a state names holds exactly its shards (see :meth:`save_indexes`);
-        a save may replace it between reading the state and opening it, so a missing or
-        unreadable file sends us back to the state (three tries)."""
-        for _ in range(3):
-            st = self._index_state().get(key)
-            if not (st and set(st["shards"]) <= numbers and (accept is None or accept(st))):
-                return None
-            try:
-                index, mapped = vectors.read_index(self.path / "index" / st.get("file", f"{key}.faiss"),
-                                                   mmap=mmap)
-            except (FileNotFoundError, RuntimeError):
-                continue
-            return index, mapped, sorted(st["shards"])
-        return None
-
-    @staticmethod
-    def _write_index_file(folder: Path, key: str, index, shards: list, **extra) -> dict:
-        """Write ``index`` under a fresh name (``KEY.<random>.faiss``, via a temporary file) and
-        return its ``state.json`` entry (shards, ntotal, type, file and ``extra``); the caller
-        commits it by writing the state."""
-        import faiss
-
-        fname = f"{key}.{uuid.uuid4().hex[:12]}.faiss"
-        tmp = folder / f".{fname}.tmp"
-        faiss.write_index(index, str(tmp))
-        os.replace(tmp, folder / fname)
-        return {"shards": shards, "ntotal": int(index.ntotal), "type": type(index).__name__, "file": fname,
-                **extra}
-
-    def _index_spec(self, name: str) -> tuple[int, str]:
-        kind = KINDS[name]
-        return kind.dim, kind.metric
-
-    @staticmethod
-    def _index_kind(name: str) -> str:
-        """How the index is built (:mod:`~skullsearch.index.indexes`): "flat" or "auto"."""
-        return KINDS[name].build
-
-    def _vectors(self, name: str, shard: ShardInfo) -> np.ndarray:
-        return KINDS[name].shard_vectors(self, shard)
+        return self.indexes.get(index_kinds.kind(name), mmap)
 
     def save_indexes(self) -> None:
-        """Write both indexes with the shards they hold (atomic). Called by the writer."""
-
-        # Each save writes new files (a fresh name per save) and commits them by the one atomic
-        # write of state.json, which names the file and the shards it holds: a kill at any point,
-        # or a reader opening the index meanwhile, never pairs a file with another save's shard
-        # list (which would add shards twice). The previous files are removed once the state names
-        # the new ones (a reader that had mapped them keeps its pages; one about to open them
-        # reads the state again, see index()).
-        folder = self.path / "index"
-        state = self._index_state()
-        for name in KINDS:
-            idx = self.index(name, mmap=False)
-            state[name] = self._write_index_file(folder, name, idx, self._indexes[name].shards)
-        self.near.save(folder, state)
-        write_json_atomic(folder / "state.json", state)
-        keep = {st["file"] for st in state.values() if isinstance(st, dict) and "file" in st}
-        # (a killed save's .tmp files too: we hold the lock)
-        for name in (*KINDS, *NEAR_KEYS.values()):
-            for f in [*folder.glob(f"{name}*.faiss"), *folder.glob(f".{name}*.faiss.tmp")]:
-                if f.name not in keep:
-                    f.unlink(missing_ok=True)
+        """Write the saved indexes and the near-duplicate indexes with the shards they hold, in
+        one atomic commit (:meth:`skullsearch.index.indexes.SavedIndexes.save`). Called by the
+        writer, under the gallery's write lock."""
+        self.indexes.save(self.near.save, tuple(NEAR_KEYS.values()))
 
     def search_codes(self, codes: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
         """Faces most similar in identity to the given codes (q, 228): (L2 distances (q, k), ids (q, k))."""
-        idx = self._search_index("codes")
+        idx = self.indexes.searched(SHAPE)
         if idx.ntotal == 0:
             q = len(codes)
             return np.zeros((q, 0), np.float32), np.zeros((q, 0), np.int64)
@@ -475,7 +355,7 @@ class Gallery:
         """Masked nearest neighbours of canonical query vectors (q, 108) with presence masks
         (q, 36): (squared masked distances (q, k) mm², ids (q, k)). max_shard: search only shards
         up to this number (a recorded query's view of the gallery)."""
-        idx = self._search_index("shortlist", selector=max_shard is not None)
+        idx = self.indexes.searched(SHORTLIST, selector=max_shard is not None)
         if idx.ntotal == 0:
             return np.zeros((len(canon), 0), np.float32), np.zeros((len(canon), 0), np.int64)
         max_id = None if max_shard is None else int(store.face_id(max_shard + 1, 0))
@@ -656,7 +536,7 @@ class Gallery:
         by_criterion = dict(con.execute(
             "SELECT near_duplicate_criterion, count(*) FROM faces WHERE near_duplicate_of IS NOT NULL "
             "GROUP BY 1 ORDER BY 2 DESC").fetchall())
-        state = self._index_state()
+        state = self.indexes.state()
         fm = self.manifest["face_model"]
 
         def size(p: Path) -> int:
@@ -678,73 +558,11 @@ class Gallery:
         }
 
     def verify(self, repair: bool = False) -> dict:
-        """Check catalog ↔ shards ↔ indexes. Returns {"ok": bool, "problems": [...], "repaired": [...],
-        "notes": [...]} (notes: normal states worth knowing, such as an index behind the catalog).
+        """Check catalog ↔ shards ↔ indexes; with repair, mend what is found. See
+        :func:`skullsearch.index.verify.verify`."""
+        from skullsearch.index.verify import verify
 
-        repair: (under the write lock) remove leftovers of interrupted writes, move damaged shards to
-        ``quarantine/`` (their photos are ingested again by the next ingest) and rebuild the indexes.
-        """
-        import pyarrow.parquet as pq
-
-        problems, damaged = [], []
-        leftovers = [p for p in (self.path / "shards").iterdir()
-                     if p.name.startswith(".") or (p.name[:8].isdigit() and not
-                                                   (self.path / "shards" / f"{p.name[:8]}.json").exists())]
-        if leftovers:
-            problems.append(f"{len(leftovers)} leftover file(s) of an interrupted write")
-        shards = self.shards()
-        for s in shards:
-            try:
-                faces = pq.read_metadata(s.file(self.path, "faces.parquet")).num_rows
-                images = pq.read_metadata(s.file(self.path, "images.parquet")).num_rows
-                soft = self._npy(s, "soft").shape
-                codes = self._npy(s, "codes").shape
-                optional = [np.load(f, mmap_mode="r").shape[0]
-                            for f in (s.file(self.path, n) for n in store.OPTIONAL_SHARD_FILES) if f.exists()]
-                ids = pq.read_table(s.file(self.path, "faces.parquet"),
-                                    columns=["face_id"]).column(0).to_numpy()
-            except Exception as e:  # noqa: BLE001 - any unreadable file is damage
-                problems.append(f"shard {s.number}: unreadable ({e})")
-                damaged.append(s)
-                continue
-            expect = store.face_id(s.number, np.arange(s.faces))
-            if (faces, images, soft[0], codes[0]) != (s.faces, s.images, s.faces, s.faces) or \
-                    any(rows != s.faces for rows in optional) or \
-                    not np.array_equal(np.sort(ids), expect):
-                problems.append(f"shard {s.number}: row counts or face ids disagree with its record")
-                damaged.append(s)
-        state = self._index_state()
-        numbers = {s.number for s in shards}
-        notes = []
-        for name in KINDS:
-            st = state.get(name) or {"shards": [], "ntotal": 0}
-            behind = numbers - set(st["shards"])
-            if behind:  # normal after an interrupted ingest: readers add them on open
-                notes.append(f"index {name}: {len(behind)} newer shard(s) not saved in it yet (added "
-                             "in memory on open; the next ingest or --repair saves them)")
-            if not set(st["shards"]) <= numbers:
-                problems.append(f"index {name}: holds shards that are not in the catalog")
-            elif st["ntotal"] != sum(s.faces for s in shards if s.number in st["shards"]):
-                problems.append(f"index {name}: {st['ntotal']} vectors, the catalog says otherwise")
-        repaired = []
-        if repair and (problems or notes):
-            with store.WriteLock(self.path):
-                repaired += [f"removed {p.name}" for p in store.remove_uncommitted(self.path)]
-                q = self.path / "quarantine"
-                for s in damaged:
-                    q.mkdir(exist_ok=True)
-                    for f in (self.path / "shards").glob(f"{s.number:08d}.*"):
-                        os.replace(f, q / f.name)
-                    repaired.append(f"quarantined shard {s.number} (its photos will be ingested again)")
-                for name in KINDS:
-                    for f in (self.path / "index").glob(f"{name}*.faiss"):
-                        f.unlink(missing_ok=True)
-                (self.path / "index" / "state.json").unlink(missing_ok=True)
-                self._indexes.clear()
-                self._gpu.clear()
-                self.save_indexes()
-                repaired.append("rebuilt the indexes")
-        return {"ok": not problems, "problems": problems, "repaired": repaired, "notes": notes}
+        return verify(self, repair)
 
     def export(self, out: str | os.PathLike) -> Path:
         """Write the whole face catalog, with codes and soft-tissue points, as one Parquet file."""

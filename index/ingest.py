@@ -332,19 +332,15 @@ def _pair_distance(gallery, name: str, vecs: np.ndarray, flagged: np.ndarray, ot
     shard ingested without descriptors reads no gallery descriptors)."""
     if np.isnan(vecs[flagged]).all():
         return np.full(len(flagged), np.nan)
+    crit = gallery.near.criterion(name)
+    own_vecs = crit.prepare(vecs)  # (n, d): the criterion's vectors (shape vectors of codes)
     other_shard, rows = store.split_id(other)
     own = other_shard == shard
-    o = np.full((len(other), vecs.shape[1]), np.nan, np.float32)
-    o[own] = vecs[rows[own]]
+    o = np.full((len(other), own_vecs.shape[1]), np.nan, np.float32)
+    o[own] = own_vecs[rows[own]]
     if (~own).any():
-        o[~own] = (gallery.codes(other[~own]) if name == "codes"
-                   else gallery.column_values(name, other[~own]))
-    if name == "codes":
-        from skullsearch.index import vectors
-
-        return np.linalg.norm(vectors.shape_vectors(vecs[flagged]).astype(np.float64)
-                              - vectors.shape_vectors(o), axis=1)
-    return np.linalg.norm(vecs[flagged].astype(np.float64) - o, axis=1)
+        o[~own] = crit.values(other[~own])
+    return np.linalg.norm(own_vecs[flagged].astype(np.float64) - o, axis=1)
 
 
 def near_duplicate_stage(gallery, codes: np.ndarray, fingerprints: np.ndarray, shard: int,

@@ -18,6 +18,7 @@ import numpy as np
 
 from skullsearch.encoder import code as code_layout
 from skullsearch.index import store, vectors
+from skullsearch.index.indexes import SHAPE, write_index_file
 from skullsearch.index.store import ShardInfo
 
 #: the near-duplicate criteria with an index of their own, and the state.json key of each
@@ -32,6 +33,77 @@ class _Near(NamedTuple):
     index: object
 
 
+class _ShapeCriterion:
+    """The identity criterion's vectors: shape vectors of face codes, exactly searched in the
+    gallery's shape index."""
+
+    def __init__(self, gallery):
+        self.gallery = gallery
+        self.dim = code_layout.N_SHAPE
+
+    def prepare(self, queries: np.ndarray) -> np.ndarray:
+        """(q, 228) codes → (q, dim) float32 shape vectors."""
+        return vectors.shape_vectors(np.asarray(queries, np.float32))
+
+    def warm(self) -> None:
+        self.gallery.index(SHAPE.name)
+
+    def exact_search(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Prepared queries (q, dim) → (squared L2 distances (q, 1) float64, face ids (q, 1))."""
+        d2, ids = self.gallery.search_codes(q, k=1)  # (shape_vectors of shape vectors: the same)
+        return d2.astype(np.float64), ids
+
+    def count(self, shards: list[ShardInfo]) -> int:
+        return sum(s.faces for s in shards)
+
+    def shard_vectors(self, sh: ShardInfo) -> tuple[np.ndarray, np.ndarray]:
+        if not sh.faces:
+            return np.zeros(0, np.int64), np.zeros((0, self.dim), np.float32)
+        return store.face_id(sh.number, np.arange(sh.faces)), SHAPE.shard_vectors(self.gallery, sh)
+
+    def values(self, ids) -> np.ndarray:
+        """Prepared vectors (n, dim) float32 of committed face ids."""
+        return self.prepare(self.gallery.codes(ids))
+
+    def drop_exact(self) -> None:
+        """(the shape index serves search_codes too: it stays)"""
+
+
+class _ColumnCriterion:
+    """A vector column's criterion (``photos``: photo fingerprints, ``persons``: person
+    descriptors; NaN rows: none), exactly searched in the column's in-memory index."""
+
+    def __init__(self, gallery, name: str):
+        self.gallery = gallery
+        self.name = name
+        self.dim = gallery._columns[name].dim
+
+    def prepare(self, queries: np.ndarray) -> np.ndarray:
+        return np.asarray(queries, np.float32).reshape(-1, self.dim)
+
+    def warm(self) -> None:
+        self.gallery.column_index(self.name)
+
+    def exact_search(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        g = self.gallery
+        d, ids = g._columns[self.name].search(g.path, g.shards(), q, 1, g._gpu)
+        return d.astype(np.float64) ** 2, ids
+
+    def count(self, shards: list[ShardInfo]) -> int:
+        return int(self.gallery.column_index(self.name).index.ntotal)
+
+    def shard_vectors(self, sh: ShardInfo) -> tuple[np.ndarray, np.ndarray]:
+        return self.gallery._columns[self.name].shard_vectors(self.gallery.path, sh)
+
+    def values(self, ids) -> np.ndarray:
+        return self.gallery.column_values(self.name, ids)
+
+    def drop_exact(self) -> None:
+        """The exact column index is not needed once the IVF index exists."""
+        self.gallery._columns[self.name].drop()
+        self.gallery._gpu.pop(self.name, None)
+
+
 class NearIndexes:
     """A gallery's near-duplicate indexes (module docstring). lock: the gallery's lock over its
     vector-column and near-duplicate indexes (faiss indexes are not safe to search while they are
@@ -41,6 +113,16 @@ class NearIndexes:
         self.gallery = gallery
         self.lock = lock
         self.held: dict[str, _Near] = {}
+        self.criteria = {"codes": _ShapeCriterion(gallery), "photos": _ColumnCriterion(gallery, "photos"),
+                         "persons": _ColumnCriterion(gallery, "persons")}
+
+    def criterion(self, name: str):
+        """The criterion ``name`` (codes | photos | persons): how its queries are prepared, searched
+        exactly, and its committed vectors read (``prepare``, ``exact_search``, ``values``)."""
+        try:
+            return self.criteria[name]
+        except KeyError:
+            raise ValueError(f"unknown near-duplicate index {name!r}: {', '.join(NEAR_KEYS)}") from None
 
     def search(self, name: str, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The nearest committed face (k=1) of each query for the near-duplicate test at ingest:
@@ -55,27 +137,17 @@ class NearIndexes:
         ``NEAR_NLIST`` lists), exact in the distance it returns. ``search_codes`` (what
         ``similar`` returns) is unchanged.
         """
-        g = self.gallery
-        if name not in NEAR_KEYS:
-            raise ValueError(f"unknown near-duplicate index {name!r}: {', '.join(NEAR_KEYS)}")
-        q = np.asarray(queries, np.float32)
-        q = vectors.shape_vectors(q) if name == "codes" else q.reshape(-1, g._columns[name].dim)
+        crit = self.criterion(name)
+        q = crit.prepare(queries)
         with self.lock:
             near = self.index(name)
             if near is not None and near.ntotal:
                 d2, ids = vectors.near_search(near, q)
                 return d2.astype(np.float64), ids
         if not len(q):  # (a warm-up: the exact index is read)
-            if name == "codes":
-                g.index("codes")
-            else:
-                g.column_index(name)
+            crit.warm()
             return np.zeros((0, 0), np.float64), np.zeros((0, 0), np.int64)
-        if name == "codes":
-            d2, ids = g.search_codes(np.asarray(queries, np.float32), k=1)
-            return d2.astype(np.float64), ids
-        d, ids = g._columns[name].search(g.path, g.shards(), q, 1, g._gpu)
-        return d.astype(np.float64) ** 2, ids
+        return crit.exact_search(q)
 
     def index(self, name: str):
         """The near-duplicate IVF index of criterion ``name`` (codes | photos | persons) holding every
@@ -90,6 +162,7 @@ class NearIndexes:
         faces); the exact column index is dropped once this one exists.
         """
         g = self.gallery
+        crit = self.criterion(name)
         with self.lock:
             shards = g.shards()
             numbers = {s.number for s in shards}
@@ -99,7 +172,7 @@ class NearIndexes:
             if held is None:
                 held = self._load(name, numbers)
             if held is None:
-                if self._count(name, shards) <= vectors.NEAR_EXACT_LIMIT:
+                if crit.count(shards) <= vectors.NEAR_EXACT_LIMIT:
                     self.held.pop(name, None)
                     return None
                 held = self.build(name, shards)
@@ -107,30 +180,13 @@ class NearIndexes:
             self.held[name] = held
             for sh in shards:
                 if sh.number not in have:
-                    ids, vecs = self._vectors(name, sh)
+                    ids, vecs = crit.shard_vectors(sh)
                     if len(ids):
                         held.index.add_with_ids(vecs, ids)
                     have.add(sh.number)  # (recorded shard by shard: an error never adds one twice)
                     self.held[name] = _Near(sorted(have), held.index)
-            if name in g._columns:
-                g._columns[name].drop()  # the exact column index is not needed any more
-                g._gpu.pop(name, None)
+            crit.drop_exact()
             return held.index
-
-    def _vectors(self, name: str, sh: ShardInfo) -> tuple[np.ndarray, np.ndarray]:
-        """One shard's (face ids (m,) int64, vectors (m, d) float32) for a near-duplicate index."""
-        g = self.gallery
-        if name in g._columns:
-            return g._columns[name].shard_vectors(g.path, sh)
-        if not sh.faces:
-            return np.zeros(0, np.int64), np.zeros((0, code_layout.N_SHAPE), np.float32)
-        return store.face_id(sh.number, np.arange(sh.faces)), g._vectors("codes", sh)
-
-    def _count(self, name: str, shards: list[ShardInfo]) -> int:
-        g = self.gallery
-        if name == "codes":
-            return sum(s.faces for s in shards)
-        return int(g.column_index(name).index.ntotal)
 
     def build(self, name: str, shards: list[ShardInfo]) -> _Near:
         """Train on the first ``near_train_size()`` vectors (face-id order), add them all."""
@@ -139,7 +195,7 @@ class NearIndexes:
         for sh in sorted(shards, key=lambda s: s.number):
             if got >= m:
                 break
-            _, vecs = self._vectors(name, sh)
+            _, vecs = self.criterion(name).shard_vectors(sh)
             train.append(vecs[: m - got])
             got += len(train[-1])
         index = vectors.near_index(np.concatenate(train))
@@ -148,22 +204,20 @@ class NearIndexes:
     def _load(self, name: str, numbers: set) -> _Near | None:
         """The saved near-duplicate index, when state.json names one of the current settings
         whose shards are all committed; else None."""
-        g = self.gallery
-        saved = g._read_saved(NEAR_KEYS[name], numbers, accept=lambda st: (
+        saved = self.gallery.indexes.read_saved(NEAR_KEYS[name], numbers, accept=lambda st: (
             st.get("train") == vectors.near_train_size() and st.get("nlist_max") == vectors.NEAR_NLIST))
         return None if saved is None else _Near(saved[2], saved[0])
 
     def save(self, folder: Path, state: dict) -> None:
         """Write each near-duplicate index this gallery holds (up to date) under a fresh name
         into ``state`` (committed by the caller's state.json write)."""
-        g = self.gallery
         with self.lock:
             for name in list(self.held):
                 index = self.index(name)
                 held = self.held.get(name)
                 if index is None or held is None:
                     continue
-                state[NEAR_KEYS[name]] = g._write_index_file(
+                state[NEAR_KEYS[name]] = write_index_file(
                     folder, NEAR_KEYS[name], index, held.shards, train=vectors.near_train_size(),
                     nlist_max=vectors.NEAR_NLIST)
 

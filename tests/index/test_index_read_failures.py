@@ -6,6 +6,7 @@ import pytest
 
 from skullsearch import Gallery
 from skullsearch.index.columns import VectorColumn
+from skullsearch.index.indexes import IndexKind
 from skullsearch.index.synth import add_synthetic_faces, synth_codes
 
 
@@ -30,7 +31,7 @@ def _fail_once(monkeypatch, obj, name, shard_number):
     state = {"failed": False}
 
     def flaky(self, *a):
-        sh = a[-1] if name in ("_vectors", "shard_vectors") else a[0]
+        sh = a[-1] if name == "shard_vectors" else a[0]
         if sh.number == shard_number and not state["failed"]:
             state["failed"] = True
             raise OSError("disk hiccup")
@@ -39,7 +40,7 @@ def _fail_once(monkeypatch, obj, name, shard_number):
     monkeypatch.setattr(obj, name, flaky)
 
 
-@pytest.mark.parametrize("name", ["shortlist", "codes"])
+@pytest.mark.parametrize("name", ["shortlist", "shape", "codes"])  # ("codes": the shape index's old name)
 def test_a_failed_shard_read_does_not_duplicate_index_vectors(three_shards, monkeypatch, name):
     gpath, ids, _ = three_shards
     g = Gallery.open(gpath)
@@ -49,11 +50,11 @@ def test_a_failed_shard_read_does_not_duplicate_index_vectors(three_shards, monk
     monkeypatch.setattr(Gallery, "shards", lambda self, _real=Gallery.shards: _real(self)[:1])
     assert g.index(name).ntotal == 10
     monkeypatch.undo()
-    _fail_once(monkeypatch, Gallery, "_vectors", first + 2)
+    _fail_once(monkeypatch, IndexKind, "shard_vectors", first + 2)
     with pytest.raises(OSError):
         g.index(name)
     assert g.index(name).ntotal == 30  # built afresh, not 40
-    if name == "codes":
+    if name != "shortlist":
         d, found = g.search_codes(g.codes(ids[-3:]), k=1)
         assert list(found[:, 0]) == list(ids[-3:])
 

@@ -26,11 +26,11 @@ def test_saved_indexes_are_memory_mapped_and_search_the_same(default_model, tmp_
     synth(g, 3000, seed=0)
     reader = Gallery.open(tmp_path / "g")
     idx = reader.index("shortlist")
-    assert reader._indexes["shortlist"].mapped  # this faiss maps flat indexes (IO_FLAG_MMAP_IFC)
+    assert reader.indexes.held["shortlist"].mapped  # this faiss maps flat indexes (IO_FLAG_MMAP_IFC)
     assert idx.ntotal == 3000
     plain = Gallery.open(tmp_path / "g")
     plain.mmap_indexes = False
-    assert not (plain.index("shortlist") and plain._indexes["shortlist"].mapped)
+    assert not (plain.index("shortlist") and plain.indexes.held["shortlist"].mapped)
     _, canon, mask = _queries(g, 8, 1, missing=5)
     codes = g.codes(g.sample_ids(5, seed=2))
     for a, b in ((reader.search_shortlist(canon, mask, 50), plain.search_shortlist(canon, mask, 50)),
@@ -39,7 +39,7 @@ def test_saved_indexes_are_memory_mapped_and_search_the_same(default_model, tmp_
     # the gallery grows while the reader has it mapped: new shards go to an in-memory part
     synth(g, 700, seed=5)
     after = reader.search_shortlist(canon, mask, 50)
-    held = reader._indexes["shortlist"]
+    held = reader.indexes.held["shortlist"]
     assert held.mapped and held.base.ntotal == 3000 and held.delta.ntotal == 700
     fresh = Gallery.open(tmp_path / "g")
     fresh.mmap_indexes = False
@@ -51,7 +51,7 @@ def test_saved_indexes_are_memory_mapped_and_search_the_same(default_model, tmp_
     assert (store.split_id(ids[ids >= 0])[0] <= first).all()
     # the writer's save reads the index into memory (a mapped one is never added to)
     g.save_indexes()
-    assert not g._indexes["shortlist"].mapped and g.index("shortlist").ntotal == 3700
+    assert not g.indexes.held["shortlist"].mapped and g.index("shortlist").ntotal == 3700
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,7 @@ def test_ivfpq_path_builds_saves_maps_and_searches_codes(ivf_gallery):
     reader = Gallery.open(ivf_gallery)
     idx = reader.index("codes")
     assert isinstance(faiss.downcast_index(idx), faiss.IndexIVFPQ) and idx.ntotal == 20_000
-    assert reader._indexes["codes"].mapped  # IVF lists are mapped too
+    assert reader.indexes.held["shape"].mapped  # IVF lists are mapped too
     ids = reader.sample_ids(40, seed=4)
     _, found = reader.search_codes(reader.codes(ids), 5)
     # approximate (PQ codes, 32 of 565 lists probed): the face itself comes first for most
@@ -90,7 +90,7 @@ def test_the_shortlist_index_stays_flat_and_exact_beyond_the_flat_limit(ivf_gall
     reader = Gallery.open(ivf_gallery)
     idx = reader.index("shortlist")
     assert isinstance(faiss.downcast_index(idx), faiss.IndexIDMap2) and idx.ntotal == 20_000
-    assert reader._indexes["shortlist"].mapped
+    assert reader.indexes.held["shortlist"].mapped
     ids, canon, mask = _queries(reader, 40, 4)
     _, found = reader.search_shortlist(canon, mask, 20)
     hit = np.mean([t in row for t, row in zip(ids, found, strict=True)])
@@ -198,7 +198,7 @@ def test_a_save_killed_before_its_state_is_written_duplicates_nothing(default_mo
     with the old shard list (which added the newer shards a second time)."""
     import shutil
 
-    from skullsearch.index import gallery as gallery_mod
+    from skullsearch.index import indexes as indexes_mod
 
     g = Gallery.create(tmp_path / "g", face_model=default_model)
     synth(g, 300, seed=0)
@@ -211,7 +211,7 @@ def test_a_save_killed_before_its_state_is_written_duplicates_nothing(default_mo
     def killed(*a, **k):
         raise KeyboardInterrupt("killed")
 
-    monkeypatch.setattr(gallery_mod, "write_json_atomic", killed)
+    monkeypatch.setattr(indexes_mod, "write_json_atomic", killed)
     g = Gallery.open(tmp_path / "g")
     with pytest.raises(KeyboardInterrupt):
         g.save_indexes()
@@ -229,15 +229,15 @@ def test_a_save_killed_before_its_state_is_written_duplicates_nothing(default_mo
     assert not list((g.path / "index").glob(".*.tmp"))
     # a reader whose state named files that a save has since removed reads the state again
     r = Gallery.open(g.path)
-    real = r._index_state
+    real = r.indexes.state
 
     def stale_once(calls=[]):  # noqa: B006 - counts the calls
         calls.append(1)
         st = real()
         return {k: dict(v, file="gone.faiss") for k, v in st.items()} if len(calls) == 1 else st
 
-    r._index_state = stale_once
-    assert r.index("shortlist").ntotal == 500 and r._indexes["shortlist"].mapped
+    r.indexes.state = stale_once
+    assert r.index("shortlist").ntotal == 500 and r.indexes.held["shortlist"].mapped
 
 
 def test_a_joined_ivf_index_searches_nprobe_lists():
