@@ -15,6 +15,12 @@ from skullsearch.index import persons, schema
 from skullsearch.index.store import ShardInfo
 
 
+def arrow(relation):
+    """A DuckDB relation as a pyarrow.Table (the method's name changed across DuckDB releases)."""
+    fetch = getattr(relation, "to_arrow_table", None) or relation.arrow
+    return fetch()
+
+
 class Catalog:
     """The catalog of the gallery at ``path`` (module docstring); ``shards()``: its committed
     shards now (the gallery's list, read under the catalog's lock)."""

@@ -21,19 +21,13 @@ from skullsearch.encoder import descriptors as descriptors_mod
 from skullsearch.encoder.atomic import write_json_atomic
 from skullsearch.index import fingerprint, persons, schema, store, vectors
 from skullsearch.index import indexes as index_kinds
-from skullsearch.index.catalog import Catalog
+from skullsearch.index.catalog import Catalog, arrow
 from skullsearch.index.columns import VectorColumn
 from skullsearch.index.indexes import SHAPE, SHORTLIST, SavedIndexes
 from skullsearch.index.near_duplicates import NEAR_KEYS, NearIndexes
 from skullsearch.index.store import GalleryError, ShardInfo
 
 FACE_COLUMNS_EXTRA = ("code", "soft_tissue")
-
-
-def arrow(relation):
-    """A DuckDB relation as a pyarrow.Table (the method's name changed across DuckDB releases)."""
-    fetch = getattr(relation, "to_arrow_table", None) or relation.arrow
-    return fetch()
 
 
 #: the vector columns of the faces table with an exact index each (:mod:`~skullsearch.index.columns`)
@@ -389,106 +383,28 @@ class Gallery:
 
     def similar(self, codes: np.ndarray, top: int = 10, descriptors: np.ndarray | None = None,
                 by: str = "auto") -> list[list[dict]]:
-        """For each query face (codes (q, 228); descriptors (q, 128) person descriptors or None,
-        NaN rows: none): the ``top`` gallery faces nearest to it, as rows with rank, face_id,
-        person_distance (descriptor L2; None where either face has none), distance (shape-code
-        L2), person, path and by (what ranked them).
+        """For each query face (codes (q, 228), descriptors (q, 128) or None) the ``top`` gallery
+        faces nearest to it, by person descriptor or shape code (``by``: auto | person | shape);
+        see :func:`skullsearch.index.similar.similar`."""
+        from skullsearch.index.similar import similar
 
-        by: ``"person"`` — by person descriptor (who it is; dlib's network, 0.6 ≈ same person),
-        among the faces that have one; ``"shape"`` — by shape code (what the fitted 3D face looks
-        like); ``"auto"`` — person where the query face has a descriptor and the gallery holds
-        any, else shape. The other distance is given beside.
-        """
-        if by not in ("auto", "person", "shape"):
-            raise GalleryError(f"by must be auto, person or shape, got {by!r}")
-        codes = np.asarray(codes, np.float32).reshape(-1, code_layout.CODE_SIZE)
-        q = len(codes)
-        descs = (np.full((q, descriptors_mod.DIM), np.nan, np.float32) if descriptors is None
-                 else np.asarray(descriptors, np.float32).reshape(q, descriptors_mod.DIM))
-        has = ~np.isnan(descs).any(1)
-        if by == "person" and not has.all():
-            raise GalleryError("ranking by person needs a person descriptor of every query face "
-                               "(encode with descriptors=True), or use by='shape'")
-        described = by != "shape" and has.any() and self.column_index("persons").index.ntotal > 0
-        if by == "person" and not described:
-            raise GalleryError("this gallery holds no person descriptors (ingested before they were "
-                               "made, or with descriptors off): use by='shape', or ingest again "
-                               "into a new gallery")
-        out = []
-        for i in range(q):
-            if described and has[i]:
-                _, ids = self.search_descriptors(descs[i: i + 1], k=top)
-                ranked_by = "person"
-            else:
-                _, ids = self.search_codes(codes[i: i + 1], k=top)
-                ranked_by = "shape"
-            ids = ids[0][ids[0] >= 0]
-            shape_d = np.linalg.norm(vectors.shape_vectors(self.codes(ids)).astype(np.float64)
-                                     - vectors.shape_vectors(codes[i: i + 1]), axis=1)
-            person_d = (np.linalg.norm(self.descriptors(ids).astype(np.float64) - descs[i], axis=1)
-                        if has[i] else np.full(len(ids), np.nan))
-            info = {r["face_id"]: r for r in self.rows(ids)}
-            out.append([{"rank": k + 1, "face_id": int(f),
-                         "person_distance": None if np.isnan(pd) else float(pd), "distance": float(sd),
-                         "person": info.get(int(f), {}).get("person"),
-                         "path": info.get(int(f), {}).get("path"), "by": ranked_by}
-                        for k, (f, sd, pd) in enumerate(zip(ids, shape_d, person_d, strict=True))])
-        return out
+        return similar(self, codes, top, descriptors, by)
 
     def similar_to_photo(self, photo, top: int = 10, by: str = "auto") -> list[dict]:
-        """The gallery's faces most similar to the largest face in a photo (see :meth:`similar`)."""
-        from skullsearch.encoder.encode import encode
+        """The gallery's faces most similar to the largest face in a photo; see
+        :func:`skullsearch.index.similar.similar_to_photo`."""
+        from skullsearch.index.similar import similar_to_photo
 
-        result = encode([photo], model=self.face_model, all_faces=False, descriptors=True)
-        if not result.faces:
-            why = result.failures[0].detail if result.failures else "no face found"
-            raise GalleryError(f"{photo}: {why}")
-        return self.similar(result.codes, top, descriptors=result.descriptors, by=by)[0]
+        return similar_to_photo(self, photo, top, by)
 
     def near_duplicates(self, max_distance: float | None = None, criterion: str | None = None,
                         max_photo_distance: float | None = None):
-        """Faces flagged at ingest as near-duplicates of an earlier face (a pyarrow.Table:
-        face_id, path, person, near_duplicate_of, its path and person, criterion, distance,
-        photo_distance, person_distance), closest first (photo pairs by photo distance, then
-        person pairs by person distance, then identity pairs by distance).
+        """Faces flagged at ingest as near-duplicates of an earlier face (a pyarrow.Table), closest
+        first; criterion photo | person | identity | None (all); see
+        :func:`skullsearch.index.near_duplicates.flagged_pairs`."""
+        from skullsearch.index.near_duplicates import flagged_pairs
 
-        criterion: ``"photo"`` (another file of the same picture: the photo fingerprints are
-        close), ``"person"`` (a re-shot of the same person: the person descriptors are close) or
-        ``"identity"`` (the shape codes are close; same-pixel copies and the closest re-shots);
-        None: all. distance: the pair's shape-code L2 distance; photo_distance / person_distance:
-        their photo-fingerprint / person-descriptor L2 distance (NULL where either face has
-        none). max_distance / max_photo_distance: keep only pairs at most this far apart (≥ 0,
-        inf: all)."""
-        from skullsearch.index.ingest import CRITERIA
-
-        where = []
-        for name, col, value in (("max_distance", "f.near_duplicate_distance", max_distance),
-                                 ("max_photo_distance", "f.near_duplicate_photo_distance",
-                                  max_photo_distance)):
-            if value is None:
-                continue
-            try:
-                d = float(value)
-            except (TypeError, ValueError):
-                d = float("nan")
-            if not d >= 0:  # (NaN too: it used to reach the SQL as a column name)
-                raise GalleryError(f"{name} must be a number ≥ 0 (L2 distance), got {value!r}")
-            if np.isfinite(d):
-                where.append(f"AND {col} <= {d!r}")
-        if criterion is not None:
-            if criterion not in CRITERIA:
-                raise GalleryError(f"criterion must be one of {', '.join(CRITERIA)}, got {criterion!r}")
-            where.append(f"AND f.near_duplicate_criterion = '{criterion}'")
-        return arrow(self.connect().sql(
-            "SELECT f.face_id, f.path, f.person, f.near_duplicate_of, o.path AS duplicate_path, "
-            "o.person AS duplicate_person, f.near_duplicate_criterion AS criterion, "
-            "f.near_duplicate_distance AS distance, f.near_duplicate_photo_distance AS photo_distance, "
-            "f.near_duplicate_person_distance AS person_distance "
-            "FROM faces f LEFT JOIN faces o ON o.face_id = f.near_duplicate_of "
-            f"WHERE f.near_duplicate_of IS NOT NULL {' '.join(where)} "
-            "ORDER BY CASE criterion WHEN 'photo' THEN 0 WHEN 'person' THEN 1 ELSE 2 END, "
-            "CASE criterion WHEN 'photo' THEN photo_distance WHEN 'person' THEN person_distance END, "
-            "distance, f.face_id"))
+        return flagged_pairs(self, max_distance, criterion, max_photo_distance)
 
     # ------------------------------------------------------------------ persons
     def group_persons(self, threshold: float | None = None, k: int = 20):

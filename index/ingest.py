@@ -46,6 +46,7 @@ from skullsearch.index.detect_stage import (  # noqa: F401 - the detector stage'
     stat_key,
 )
 from skullsearch.index.fingerprint import DIM as FP_DIM
+from skullsearch.index.near_duplicates import CRITERIA, IDENTITY, PERSON, PHOTO  # noqa: F401 - re-exported
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 TABLE_EXTS = {".parquet", ".csv"}
@@ -189,11 +190,6 @@ NEAR_DUPLICATE_PHOTO_DISTANCE = 0.12
 #: :data:`skullsearch.encoder.descriptors.PERSON_DISTANCE`.
 NEAR_DUPLICATE_PERSON_DISTANCE = PERSON_DISTANCE
 
-PHOTO = "photo"
-PERSON = "person"
-IDENTITY = "identity"
-#: the criteria in the order they are tried: the first that fires names the flag
-CRITERIA = (PHOTO, PERSON, IDENTITY)
 
 
 @dataclass

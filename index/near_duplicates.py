@@ -7,6 +7,7 @@ face it finds, exact in the distance it returns), saved beside the gallery's ind
 (``state.json`` keys :data:`NEAR_KEYS`) so that an ingest into a large gallery starts without
 rebuilding it. :class:`NearIndexes` holds them for one :class:`~skullsearch.index.gallery.Gallery`
 (``gallery.near``); ``Gallery.near_search`` / ``near_index`` are its public face.
+:func:`flagged_pairs` lists the faces ingest flagged (``Gallery.near_duplicates``).
 """
 
 from __future__ import annotations
@@ -18,8 +19,16 @@ import numpy as np
 
 from skullsearch.encoder import code as code_layout
 from skullsearch.index import store, vectors
+from skullsearch.index.catalog import arrow
 from skullsearch.index.indexes import SHAPE, write_index_file
-from skullsearch.index.store import ShardInfo
+from skullsearch.index.store import GalleryError, ShardInfo
+
+PHOTO = "photo"
+PERSON = "person"
+IDENTITY = "identity"
+#: the criteria of a flag (``near_duplicate_criterion``) in the order ingest tries them: the first
+#: that fires names the flag (:func:`skullsearch.index.ingest.near_duplicate_stage`)
+CRITERIA = (PHOTO, PERSON, IDENTITY)
 
 #: the near-duplicate criteria with an index of their own, and the state.json key of each
 NEAR_KEYS = {"codes": "near_codes", "photos": "near_photos", "persons": "near_persons"}
@@ -221,3 +230,46 @@ class NearIndexes:
                     folder, NEAR_KEYS[name], index, held.shards, train=vectors.near_train_size(),
                     nlist_max=vectors.NEAR_NLIST)
 
+
+def flagged_pairs(gallery, max_distance: float | None = None, criterion: str | None = None,
+                    max_photo_distance: float | None = None):
+    """Faces flagged at ingest as near-duplicates of an earlier face (a pyarrow.Table:
+    face_id, path, person, near_duplicate_of, its path and person, criterion, distance,
+    photo_distance, person_distance), closest first (photo pairs by photo distance, then
+    person pairs by person distance, then identity pairs by distance).
+
+    criterion: ``"photo"`` (another file of the same picture: the photo fingerprints are
+    close), ``"person"`` (a re-shot of the same person: the person descriptors are close) or
+    ``"identity"`` (the shape codes are close; same-pixel copies and the closest re-shots);
+    None: all. distance: the pair's shape-code L2 distance; photo_distance / person_distance:
+    their photo-fingerprint / person-descriptor L2 distance (NULL where either face has
+    none). max_distance / max_photo_distance: keep only pairs at most this far apart (≥ 0,
+    inf: all)."""
+    where = []
+    for name, col, value in (("max_distance", "f.near_duplicate_distance", max_distance),
+                             ("max_photo_distance", "f.near_duplicate_photo_distance",
+                              max_photo_distance)):
+        if value is None:
+            continue
+        try:
+            d = float(value)
+        except (TypeError, ValueError):
+            d = float("nan")
+        if not d >= 0:  # (NaN too: it used to reach the SQL as a column name)
+            raise GalleryError(f"{name} must be a number ≥ 0 (L2 distance), got {value!r}")
+        if np.isfinite(d):
+            where.append(f"AND {col} <= {d!r}")
+    if criterion is not None:
+        if criterion not in CRITERIA:
+            raise GalleryError(f"criterion must be one of {', '.join(CRITERIA)}, got {criterion!r}")
+        where.append(f"AND f.near_duplicate_criterion = '{criterion}'")
+    return arrow(gallery.connect().sql(
+        "SELECT f.face_id, f.path, f.person, f.near_duplicate_of, o.path AS duplicate_path, "
+        "o.person AS duplicate_person, f.near_duplicate_criterion AS criterion, "
+        "f.near_duplicate_distance AS distance, f.near_duplicate_photo_distance AS photo_distance, "
+        "f.near_duplicate_person_distance AS person_distance "
+        "FROM faces f LEFT JOIN faces o ON o.face_id = f.near_duplicate_of "
+        f"WHERE f.near_duplicate_of IS NOT NULL {' '.join(where)} "
+        "ORDER BY CASE criterion WHEN 'photo' THEN 0 WHEN 'person' THEN 1 ELSE 2 END, "
+        "CASE criterion WHEN 'photo' THEN photo_distance WHEN 'person' THEN person_distance END, "
+        "distance, f.face_id"))

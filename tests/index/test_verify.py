@@ -44,8 +44,8 @@ def test_an_unreadable_file_is_damage_and_repair_quarantines_the_shard(two_shard
     res = verify(g)
     assert not res["ok"] and res["problems"][0].startswith(f"shard {second.number}: unreadable (")
     fixed = verify(Gallery.open(two_shards), repair=True)
-    assert fixed["repaired"][-2:] == [f"quarantined shard {second.number} (its photos will be ingested again)",
-                                      "rebuilt the indexes"]
+    quarantined = f"quarantined shard {second.number} (its photos will be ingested again)"
+    assert fixed["repaired"][-2:] == [quarantined, "rebuilt the indexes"]
     assert (g.path / "quarantine" / path.name).exists()
     after = Gallery.open(two_shards)
     assert [s.number for s in after.shards()] == [first.number]
