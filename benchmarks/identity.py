@@ -18,7 +18,7 @@ expression) and every photo goes through the real decoder, dlib detector and bat
 
     python benchmarks/identity.py [--persons 100] [--photos 3] [--gallery 3000 [10000 ...]] [--seed 0]
                                   [--identity-prior] [--uncertainty] [--landmark-noise 0.03]
-                                  [--detector dlib|mesh]
+                                  [--detector dlib|mesh] [--pose-embedding]
 
 ``--uncertainty`` fits with the posterior covariance (``FitConfig(posterior=True)``) and adds
 ``likelihood_cov`` ranks: the likelihood with each face's own soft-tissue covariance
@@ -169,6 +169,8 @@ def main(argv=None):
                          "(the person gallery's label-free Eq. 2) and rank with those codes")
     ap.add_argument("--group-threshold", type=float, default=None,
                     help="--label-free: the grouping's descriptor distance (default PERSON_DISTANCE, 0.5)")
+    ap.add_argument("--pose-embedding", action="store_true",
+                    help="fit dlib's points with its per-yaw-bin embedding (FitConfig.pose_embedding)")
     ap.add_argument("--w-dense", type=float, default=FitConfig.w_dense,
                     help="weight of the dense detector's points in the fit (mesh; 0 leaves them out)")
     a = ap.parse_args(argv)
@@ -188,7 +190,8 @@ def main(argv=None):
         from skullsearch.encoder.identity_prior import for_model
 
         prior = for_model(model)
-    cfg = FitConfig(posterior=a.uncertainty, landmark_noise=a.landmark_noise, w_dense=a.w_dense)
+    cfg = FitConfig(posterior=a.uncertainty, landmark_noise=a.landmark_noise, w_dense=a.w_dense,
+                    pose_embedding=a.pose_embedding)
     codes1, idx1, descs1, cov1 = encode(model, paths, descriptors=True, prior=prior, config=cfg,
                                         detector=a.detector)
     codes3, idx3, _, cov3 = encode(model, paths, persons=person, prior=prior, config=cfg, detector=a.detector)
@@ -223,6 +226,7 @@ def main(argv=None):
     dis_cov = None if cov1 is None else cov1[borrow]
     out = {"persons": a.persons, "photos_per_person": a.photos, "gallery": max(sizes[0], a.persons),
            "identity_prior": bool(a.identity_prior), "detector": a.detector, "w_dense": a.w_dense,
+           "pose_embedding": a.pose_embedding,
            "photos": len(paths), "faces_found": int(len(idx1)),
            "identity_error_mm": round(float(err.mean()), 3),
            "mean_face_error_mm": round(float(err0.mean()), 3),

@@ -86,11 +86,15 @@ def model_calibrate(
     photos: Annotated[int, typer.Option(help="Renders of faces from the model's prior.")] = 300,
     seed: Annotated[int, typer.Option(help="Seed of the renders (the result is deterministic).")] = 0,
     detector: Annotated[str, typer.Option(help="The detector to calibrate for: dlib or mesh.")] = "dlib",
+    pose: Annotated[bool, typer.Option(
+        "--pose", help="dlib's embedding per yaw bin (FitConfig.pose_embedding), written to DST "
+                       "(default: the cache folder).")] = False,
 ):
     """Calibrate the model's 68-point embedding to a detector: where it puts its points on renders
     of the model's faces — dlib's inner 51 (its jaw line follows the silhouette), all 68 of the
     mesh's (its contour is on the surface), and for the mesh also where its 468 face points land
-    (the fit's dense term, FitConfig.w_dense). The default model ships calibrated to both."""
+    (the fit's dense term, FitConfig.w_dense). The default model ships calibrated to both, and with
+    dlib's per-yaw-bin embedding (--pose)."""
     import numpy as np
 
     from skullsearch.encoder import calibrate as cal
@@ -100,6 +104,16 @@ def model_calibrate(
     if detector not in ("dlib", "mesh"):
         raise typer.BadParameter("--detector must be dlib or mesh")
     model = _load_model(face_model)
+    if pose:
+        if detector != "dlib":
+            raise typer.BadParameter("--pose calibrates dlib's points (the mesh's are fixed on the surface)")
+        dst, pe = cal.calibrate_pose(model, photos=photos, seed=seed, dst=dst)
+        shifts = ", ".join(f"{lo:g}…{hi:g}°: {np.median(s[17:]):.1f}" for lo, hi, s in
+                           zip(pe.yaw_edges[:-1], pe.yaw_edges[1:], pe.shift_mm, strict=True))
+        out.print(f"wrote {dst}: dlib found {int(pe.found.sum())}/{photos} renders (per bin "
+                  f"{pe.found.tolist()}); inner points per bin from the all-pose ones, median mm: {shifts}",
+                  highlight=False)
+        return
     if detector == "mesh":
         dst, dense_dst, rep, dense = cal.calibrate_mesh(model, photos=photos, seed=seed, dst=dst)
         out.print(f"wrote {dst}: the mesh found {rep.found}/{rep.photos} renders; its 68 points "

@@ -98,54 +98,129 @@ def calibrate_embedding(model, photos: int = 96, seed: int = 0, max_yaw: float =
     Deterministic for a seed.
     """
     points = tuple(points)
-    import torch
-
-    from skullsearch.encoder.annotate import _skin, landmark_embedding, surface_points
+    from skullsearch.encoder.annotate import landmark_embedding
     from skullsearch.encoder.face_model import SurfacePoints
 
+    pts, _ = detected_points(model, photos, seed, max_yaw, size, detect, points)
+    (tri, bary), counts, spread, snapped, old = _medians_on_skin(model, pts, points, min_samples)
+    emb = landmark_embedding(SurfacePoints(tri, bary))
+    emb.source = f"calibrated on {len(pts)} renders (seed {seed}, yaw ±{max_yaw:g}°)"
+    return emb, CalibrationReport(photos=photos, found=len(pts), samples=counts,
+                                  shift_mm=np.linalg.norm(snapped - old, axis=1), spread_mm=spread)
+
+
+def detected_points(model, photos: int, seed: int, max_yaw: float, size: int, detect, points=INNER
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """The detector's points read back onto the mean face: (P, 68, 3) mm (NaN where a point was
+    not calibrated or fell off the skin; P: the renders it found a face on) and each render's
+    camera yaw (P,) degrees (positive shows the right cheek). Deterministic for a seed."""
     if detect is None:
         from skullsearch.encoder.detectors import dlib_landmarks68 as detect
     if model.landmarks is None:
         raise LandmarkError("calibration starts from the model's 68-point embedding; it has none")
+    from skullsearch.encoder.annotate import _skin
+
     rng = np.random.default_rng(seed)
     tmpl = model.v_template.astype(np.float64)
-    skin, skin_faces = _skin(tmpl, model.faces)
-    on_skin = skin_triangles(model, skin_faces)
-    samples: list[list[np.ndarray]] = [[] for _ in range(68)]
-    found = 0
-    for r, _ in _render_set(model, photos, rng, max_yaw, size):
+    on_skin = skin_triangles(model, _skin(tmpl, model.faces)[1])
+    idx = np.asarray(tuple(points), np.int64)
+    out, yaws = [], []
+    for r, cam in _render_set(model, photos, rng, max_yaw, size):
         dets = detect(r.image)
         if not dets:
             continue
-        found += 1
         ok, tri, bary = read_back(r, dets[0][1], on_skin)
-        for k in points:
-            if ok[k]:
-                samples[k].append((tmpl[model.faces[tri[k]]] * bary[k][:, None]).sum(0))
+        pts = np.full((68, 3), np.nan)
+        sel = idx[ok[idx]]
+        pts[sel] = (tmpl[model.faces[tri[sel]]] * bary[sel][..., None]).sum(1)
+        out.append(pts)
+        rot = np.asarray(cam.rotation)
+        yaws.append(float(np.degrees(np.arctan2(rot[0, 2], rot[0, 0]))))
+    if not out:
+        raise LandmarkError("the detector found no face on any calibration render")
+    return np.asarray(out), np.asarray(yaws)
+
+
+def _medians_on_skin(model, pts: np.ndarray, points, min_samples: int):
+    """Per landmark the median of its samples pts (P, 68, 3) (NaN: none), snapped to the mean
+    face's skin; points not calibrated or with fewer than min_samples samples keep the model's
+    own embedding (exactly). Returns ((triangles (68,), barycentrics (68, 3)), samples (68,),
+    spread (68,) mm, the snapped points (68, 3), the model's own points (68, 3))."""
+    import torch
+
+    from skullsearch.encoder.annotate import _skin, surface_points
+
+    tmpl = model.v_template.astype(np.float64)
+    skin, skin_faces = _skin(tmpl, model.faces)
     with torch.no_grad():
         old = model.landmarks68(batch_size=1)[0].double().numpy()
     new = old.copy()
-    counts = np.array([len(s) for s in samples])
+    have = ~np.isnan(pts[..., 0])  # (P, 68)
+    counts = have.sum(0)
     spread = np.zeros(68)
     for k in points:
         if counts[k] < min_samples:
             continue
-        s = np.asarray(samples[k])
+        s = pts[have[:, k], k]
         med = np.median(s, axis=0)
         new[k] = med
         spread[k] = float(np.median(np.linalg.norm(s - med, axis=1)))
-    if found == 0:
-        raise LandmarkError("the detector found no face on any calibration render")
     tri, bary = surface_points(tmpl, model.faces, skin, skin_faces, new)
-    # points not calibrated (the jaw line, by default) keep the model's own (exactly)
     base = model._landmarks68_points()
     keep = np.array([k not in points or counts[k] < min_samples for k in range(68)])
     tri[keep], bary[keep] = base.faces[keep], base.bary[keep]
-    emb = landmark_embedding(SurfacePoints(tri, bary))
-    emb.source = f"calibrated on {found} renders (seed {seed}, yaw ±{max_yaw:g}°)"
     snapped = (tmpl[model.faces[tri]] * bary[..., None]).sum(1)
-    return emb, CalibrationReport(photos=photos, found=found, samples=counts,
-                                  shift_mm=np.linalg.norm(snapped - old, axis=1), spread_mm=spread)
+    return (tri, bary), counts, spread, snapped, old
+
+
+#: the default yaw bins of a pose-conditioned embedding, degrees (the outer ones open-ended)
+YAW_EDGES = (-90.0, -25.0, -10.0, 10.0, 25.0, 90.0)
+
+
+@dataclass
+class PoseEmbedding:
+    """A pose-conditioned 68-point embedding: yaw_edges (n + 1,) degrees; faces (n, 68) int64 and
+    bary (n, 68, 3) float32 the surface points of each yaw bin; found (n,) renders per bin;
+    shift_mm (n, 68) each bin's point from the all-pose calibrated one; source: how it was made.
+    A bin's point with fewer than min_samples samples is the all-pose one."""
+
+    yaw_edges: np.ndarray
+    faces: np.ndarray
+    bary: np.ndarray
+    found: np.ndarray
+    shift_mm: np.ndarray
+    source: str
+
+
+def calibrate_pose_embedding(model, photos: int = 600, seed: int = 0, max_yaw: float = 40.0,
+                             size: int = 512, detect=None, min_samples: int = 8, points=INNER,
+                             yaw_edges=YAW_EDGES) -> PoseEmbedding:
+    """Where the detector's points land on ``model`` per yaw bin (module docstring): dlib puts
+    a landmark at a different place on the face at 30° than frontally (its inner points move by
+    a median 2 mm between the frontal and the ±25–40° bins on renders of the default model), and
+    one static embedding makes that difference a shape error in every turned photo. Each bin's
+    points: the median of the renders whose camera yaw falls in it; the all-pose median where a
+    bin has too few samples. Deterministic for a seed."""
+    points = tuple(points)
+    edges = np.asarray(yaw_edges, np.float64)
+    if edges.ndim != 1 or len(edges) < 3 or np.any(np.diff(edges) <= 0) or not edges[0] < 0 < edges[-1]:
+        raise ValueError(f"yaw_edges must rise through 0 with at least two bins, got {yaw_edges}")
+    pts, yaw = detected_points(model, photos, seed, max_yaw, size, detect, points)
+    (tri_all, bary_all), _, _, snapped_all, _ = _medians_on_skin(model, pts, points, min_samples)
+    which = np.searchsorted(edges[1:-1], yaw, side="right")
+    faces, barys, shifts, found = [], [], [], []
+    for i in range(len(edges) - 1):
+        sub = pts[which == i]
+        (tri, bary), counts, _, snapped, _ = _medians_on_skin(model, sub, points, min_samples)
+        few = counts < min_samples  # too few in this bin: the all-pose point
+        tri[few], bary[few], snapped[few] = tri_all[few], bary_all[few], snapped_all[few]
+        faces.append(tri)
+        barys.append(bary)
+        shifts.append(np.linalg.norm(snapped - snapped_all, axis=1))
+        found.append(len(sub))
+    return PoseEmbedding(edges, np.asarray(faces, np.int64), np.asarray(barys, np.float32),
+                         np.asarray(found), np.asarray(shifts),
+                         f"calibrated per yaw bin on {len(pts)} renders (seed {seed}, yaw ±{max_yaw:g}°)")
 
 
 @dataclass
@@ -257,3 +332,18 @@ def calibrate_mesh(model, photos: int = 300, seed: int = 0, dst=None):
     dense_dst = dst.parent / dense_file_name(model, "mesh")
     save_dense_embedding(dense_dst, model, "mesh", dense)
     return dst, dense_dst, rep, dense
+
+
+def calibrate_pose(model, photos: int = 800, seed: int = 0, dst=None) -> tuple:
+    """Calibrate dlib's pose-conditioned embedding on ``model`` (:func:`calibrate_pose_embedding`,
+    yaw ±40°) and write it where the fit looks for it with ``FitConfig.pose_embedding`` (``dst``,
+    default the cache folder, :func:`~skullsearch.encoder.embeddings.pose_paths`). Returns (the
+    file, :class:`PoseEmbedding`)."""
+    from pathlib import Path
+
+    from skullsearch.encoder.embeddings import pose_paths, save_pose_embedding
+
+    pe = calibrate_pose_embedding(model, photos=photos, seed=seed)
+    dst = Path(dst) if dst is not None else pose_paths(model, "dlib")[1]
+    save_pose_embedding(dst, model, "dlib", pe)
+    return dst, pe

@@ -42,10 +42,11 @@ def _paths(name: str) -> list[Path]:
     return [Path(__file__).parent / "data" / name, cache_dir() / name]
 
 
-def _read(model, detector: str | None, paths: list[Path]) -> dict | None:
+def _read(model, detector: str | None, paths: list[Path], dlib_too: bool = False) -> dict | None:
     """The arrays of the first calibration file of ``paths`` that exists, checked to be
-    ``model``'s; None for dlib (the model's own embedding) or when none exists."""
-    if not detector or detector == "dlib":
+    ``model``'s; None when none exists, and for dlib unless dlib_too (its static embedding is
+    the model's own)."""
+    if not detector or (detector == "dlib" and not dlib_too):
         return None
     for p in paths:
         if p.exists():
@@ -120,3 +121,48 @@ def dense_points(model, detector: str | None) -> DensePoints | None:
     detector has none (dlib) or the model has not been calibrated for it."""
     z = _read(model, detector, dense_paths(model, detector) if detector else [])
     return None if z is None else DensePoints(z["index"].astype(np.int64), _points(z))
+
+
+class PosePoints(NamedTuple):
+    """A detector's pose-conditioned embedding on a model: yaw_edges (n + 1,) degrees, and the
+    68 surface points of each yaw bin stacked bin after bin: faces (68 n,) int64, bary (68 n, 3)
+    float32 (what a pose-conditioned :class:`~skullsearch.encoder.fitting.LandmarkRig` reads)."""
+
+    yaw_edges: np.ndarray
+    faces: np.ndarray
+    bary: np.ndarray
+
+
+def pose_file_name(model, detector: str) -> str:
+    return f"landmarks-{detector}-pose-{model.fingerprint[:16]}.npz"
+
+
+def pose_paths(model, detector: str) -> list[Path]:
+    """Where a detector's pose-conditioned embedding for ``model`` is looked for (:func:`_paths`)."""
+    return _paths(pose_file_name(model, detector))
+
+
+def save_pose_embedding(path, model, detector: str, pe) -> None:
+    """Write a pose-conditioned embedding (``pe``: a
+    :class:`~skullsearch.encoder.calibrate.PoseEmbedding`)."""
+    from skullsearch.encoder.atomic import atomic_file
+
+    with atomic_file(path) as fh:
+        np.savez(fh, yaw_edges=np.asarray(pe.yaw_edges, np.float64), faces=np.asarray(pe.faces, np.int64),
+                 bary=np.asarray(pe.bary, np.float32), detector=detector, model_fingerprint=model.fingerprint,
+                 source=pe.source, found=np.asarray(pe.found), shift_mm=np.asarray(pe.shift_mm, np.float32))
+
+
+def pose_points(model, detector: str | None) -> PosePoints | None:
+    """``detector``'s pose-conditioned embedding on ``model`` (None: dlib's, the model's own
+    detector), or None where there is none (:func:`pose_paths`)."""
+    detector = detector or "dlib"
+    z = _read(model, detector, pose_paths(model, detector), dlib_too=True)
+    if z is None:
+        return None
+    n = len(z["yaw_edges"]) - 1
+    if z["faces"].shape != (n, 68) or z["bary"].shape != (n, 68, 3):
+        raise LandmarkError(f"{pose_paths(model, detector)[0].name}: a pose-conditioned embedding holds "
+                            f"68 points per yaw bin; calibrate again (skullsearch model calibrate --pose)")
+    return PosePoints(z["yaw_edges"], z["faces"].reshape(-1).astype(np.int64),
+                      z["bary"].reshape(-1, 3).astype(np.float32))

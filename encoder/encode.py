@@ -170,7 +170,8 @@ def fit_faces(model, faces: Sequence[EncodedFace], config: FitConfig | None = No
         batches.append(current)
     for idx in batches:
         rig_b = rig or rig_for(model, cfg.n_shape, cfg.n_expression, device=cfg.device or "cpu",
-                               dtype=cfg.dtype, detector=faces[idx[0]].detector)  # (cached on the model)
+                               dtype=cfg.dtype, detector=faces[idx[0]].detector,
+                               pose=cfg.pose_embedding)  # (cached on the model)
         lm = np.stack([faces[i].landmarks for i in idx])
         sizes = np.array([faces[i].image_size for i in idx], np.float64)
         person = np.array([faces[i].person if faces[i].person is not None else f"\0{i}" for i in idx])

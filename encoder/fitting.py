@@ -68,6 +68,10 @@ class FitConfig:
     # exactly take the identity error from 0.72x to 0.59x the mean face's at w 5, MediaPipe's
     # own change nothing (0.96x at 0, 0.97x at 1, 0.99x at 5): they do not follow identity
     w_dense: float = 0.0
+    # dlib's points per yaw bin (calibrate.calibrate_pose_embedding; the LM path reads each photo's
+    # from the bin of its camera's yaw after the rigid stage) instead of one static embedding.
+    # Off by default: see the README's figures (benchmarks/identity.py --pose-embedding)
+    pose_embedding: bool = False
     # solver: "lm" Levenberg-Marquardt (lm_* below) or "adam" (the first-order schedule below)
     method: str = "lm"
     # LM schedule: 5 camera-only + 5 full iterations. benchmarks/encoder_accuracy.py --faces 96
@@ -121,12 +125,21 @@ class LandmarkRig:
     points: the 68 surface points (a detector's calibrated embedding, :mod:`.calibrate`);
     default the model's own. marching: the jaw line follows the silhouette (dlib's, trained on
     300-W, marks the visible face boundary); False: every landmark is a fixed surface point.
+    yaw_edges: a pose-conditioned rig (:func:`.calibrate.calibrate_pose_embedding`): points holds
+    68 per yaw bin (bin i: yaw_edges[i] ≤ yaw < yaw_edges[i + 1], degrees, positive showing the
+    right cheek), and the Levenberg-Marquardt fit reads each photo's 68 from the bin of its
+    camera's yaw after the rigid stage (the bin holding 0° before).
     """
 
     def __init__(self, model, n_shape: int, n_expression: int, device="cpu",
                  dtype=torch.float32, band_mm: float = 4.0, max_candidates: int = 16, points=None,
-                 marching: bool = True):
+                 marching: bool = True, yaw_edges=None):
         pts = points if points is not None else model._landmarks68_points()
+        #: yaw bins of a pose-conditioned rig: edges (n_bins + 1,) degrees, or None (one bin)
+        self.yaw_edges = None if yaw_edges is None else np.asarray(yaw_edges, np.float64)
+        self.n_bins = 1 if yaw_edges is None else len(self.yaw_edges) - 1
+        #: the bin holding yaw 0 (the rigid stage's, and the one :meth:`points` callers read)
+        self.center_bin = 0 if yaw_edges is None else int(np.searchsorted(self.yaw_edges, 0.0, "right") - 1)
         #: the jaw-line landmarks that follow the silhouette (:data:`MARCHING`), or none: a
         #: detector whose contour points are fixed on the face's surface (a 3D mesh fit)
         self.marching = MARCHING if marching else ()
@@ -140,7 +153,10 @@ class LandmarkRig:
         #: K: 68 (iBUG), or a dense detector's points (:func:`dense_rig_for`: fixed surface
         #: points, no silhouette candidates)
         self.n_points = len(lm_corners)
-        if self.n_points == 68:
+        if self.n_bins > 1 and (self.n_points != 68 * self.n_bins or not marching):
+            raise ValueError(f"a pose-conditioned rig holds 68 marching landmarks per yaw bin "
+                             f"({68 * self.n_bins}), not {self.n_points}")
+        if self.n_points == 68 * self.n_bins:
             cand = contour_candidates(model, band_mm=band_mm, max_candidates=max_candidates)
         else:
             if marching:
@@ -163,7 +179,7 @@ class LandmarkRig:
         self.posedirs = t(pd.reshape(-1, pd.shape[2]).T) if np.any(pd) else None
         self.weights = t(model.weights[ids])
         self.parents = torch.as_tensor(model.parents, device=device)
-        self.bary = t(pts.bary)  # (68, 3)
+        self.bary = t(pts.bary)  # (K, 3)
         self.shape_std = t(model.shape_std[:s])
         self.expr_std = t(model.expression_std[:e])
         self.n_joints = model.n_joints
@@ -180,6 +196,15 @@ class LandmarkRig:
             self.jaw_dirs_t = jd.T.contiguous()  # (S+E, 3)
             self.jaw_posedirs = (None if self.posedirs is None
                                  else self.posedirs[9 * (JAW - 1): 9 * JAW].contiguous())  # (9, 3n)
+
+    def bins_of(self, rot: torch.Tensor) -> torch.Tensor | None:
+        """Each photo's yaw bin (B,) int64 from its camera rotations rot (B, 3, 3)
+        (:func:`camera_rotation`); None for a rig of one bin."""
+        if self.n_bins == 1:
+            return None
+        yaw = torch.rad2deg(torch.atan2(rot[:, 0, 2], rot[:, 0, 0]))
+        inner = torch.as_tensor(self.yaw_edges[1:-1], dtype=yaw.dtype, device=yaw.device)
+        return torch.bucketize(yaw, inner, right=True)
 
     def points_jaw(self, shape, expression, jaw) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`points` for a pose that turns only the jaw (the fit's: the head's rotation is
@@ -247,20 +272,33 @@ class LandmarkRig:
 
 
 def rig_for(model, n_shape: int = 90, n_expression: int = 90, device="cpu",
-            dtype=torch.float32, detector: str | None = None) -> LandmarkRig:
+            dtype=torch.float32, detector: str | None = None, pose: bool = False) -> LandmarkRig:
     """A :class:`LandmarkRig` for the model and a detector's landmarks (its calibrated embedding
     where there is one, :func:`.embeddings.detector_points`, else the model's own; a jaw line that
     marches along the silhouette unless the detector's contour is fixed on the surface,
     :data:`.embeddings.SURFACE_CONTOUR`), built once per (sizes, device, dtype, embedding) and
-    cached on the model."""
-    from skullsearch.encoder.embeddings import SURFACE_CONTOUR, detector_points
+    cached on the model. pose: the detector's pose-conditioned embedding
+    (:func:`.embeddings.pose_points`, ``FitConfig.pose_embedding``) where the model has one."""
+    from skullsearch.encoder.embeddings import SURFACE_CONTOUR, detector_points, pose_points
 
+    cache = model.__dict__.setdefault("_rig_cache", {})
+    if pose and detector not in SURFACE_CONTOUR:
+        det = detector or "dlib"  # (the model's own detector)
+        found = model.__dict__.setdefault("_pose_points", {})
+        if det not in found:
+            found[det] = pose_points(model, det)
+        if found[det] is not None:
+            key = ("pose", det, n_shape, n_expression, str(device), dtype)
+            if key not in cache:
+                pp = found[det]
+                cache[key] = LandmarkRig(model, n_shape, n_expression, device=device, dtype=dtype,
+                                         points=pp, yaw_edges=pp.yaw_edges)
+            return cache[key]
     looked_up = model.__dict__.setdefault("_detector_points", {})  # (read from disk once)
     if detector not in looked_up:
         looked_up[detector] = detector_points(model, detector)
     points = looked_up[detector]
     marching = detector not in SURFACE_CONTOUR
-    cache = model.__dict__.setdefault("_rig_cache", {})
     key = (n_shape, n_expression, str(device), dtype,
            None if points is None and marching else detector)
     if key not in cache:
@@ -445,6 +483,7 @@ def _init_camera(lm2d: torch.Tensor, rig: LandmarkRig, focal, center):
     zeros_e = torch.zeros(1, rig.n_expression, dtype=lm2d.dtype, device=lm2d.device)
     lm3, _ = rig.points(zeros_s, zeros_e, torch.zeros(1, 3 * rig.n_joints, dtype=lm2d.dtype,
                                                       device=lm2d.device))
+    lm3 = lm3[:, 68 * rig.center_bin: 68 * rig.center_bin + 68]  # (a pose-conditioned rig: yaw 0's)
     inner = list(range(17, 68))
     spread3 = (lm3[0, inner, :2] - lm3[0, inner, :2].mean(0)).norm(dim=-1).mean()
     c2 = lm2d[:, inner].mean(1)
@@ -479,11 +518,13 @@ def fit_energy(model, landmarks: np.ndarray, image_sizes: np.ndarray, codes: np.
     number :func:`fit_landmarks` minimizes, whichever method found the codes. Arguments as there."""
     cfg = config or FitConfig()
     device = cfg.device or "cpu"
-    rig = rig or rig_for(model, cfg.n_shape, cfg.n_expression, device=device, dtype=cfg.dtype)
+    rig = rig or rig_for(model, cfg.n_shape, cfg.n_expression, device=device, dtype=cfg.dtype,
+                         pose=cfg.pose_embedding)
     obs = _observations(landmarks, image_sizes, focal, cfg)
     b = obs[0].shape[0]
     p = code_layout.split(torch.as_tensor(np.asarray(codes), dtype=cfg.dtype, device=device))
     prob = _LMProblem(rig, cfg, *obs, torch.arange(b, device=device), b)
+    prob.bins = rig.bins_of(camera_rotation(p.cam_rot))  # (a pose-conditioned rig: each photo's bin)
     with torch.no_grad():
         energy, _ = prob.energy(dict(cam_rot=p.cam_rot, trans=p.cam_trans,
                                      jaw=p.pose[:, 3 * JAW: 3 * JAW + 3],
@@ -529,7 +570,8 @@ def fit_landmarks(
         return FitResult(codes=np.zeros((0, code_layout.CODE_SIZE), np.float32), residual_px=np.zeros(0),
                          landmarks_px=np.zeros((0, 68, 2)), focal=np.zeros(0))
     device = cfg.device or "cpu"
-    rig = rig or rig_for(model, cfg.n_shape, cfg.n_expression, device=device, dtype=cfg.dtype)
+    rig = rig or rig_for(model, cfg.n_shape, cfg.n_expression, device=device, dtype=cfg.dtype,
+                         pose=cfg.pose_embedding)
     obs = _observations(landmarks, image_sizes, focal, cfg)
     b = obs[0].shape[0]
     person = np.arange(b) if person is None else np.asarray(person)
@@ -548,6 +590,9 @@ def fit_landmarks(
                        dense=dense_obs)
     if dense_obs is not None:
         raise SkullsearchError("dense points need the Levenberg-Marquardt fit (FitConfig.method='lm')")
+    if rig.n_bins > 1:
+        raise SkullsearchError("a pose-conditioned rig needs the Levenberg-Marquardt fit "
+                               "(FitConfig.method='lm')")
     return _fit_adam(model, rig, cfg, obs, pidx, n_person, state, rigid=init is None)
 
 
@@ -741,6 +786,8 @@ def _fit_lm(rig, cfg, lm2d, f, center, scale, edges, emask, obs_len, pidx, n_per
     with torch.no_grad():
         if rigid and cfg.lm_rigid_iters > 0:
             state, _ = prob.run(state, cfg.lm_rigid_iters, rigid=True, history=history)
+        # a pose-conditioned rig: each photo's landmarks from the bin of its camera's yaw now
+        prob.bins = rig.bins_of(camera_rotation(state["cam_rot"]))
         state, aux = prob.run(state, cfg.lm_iters, rigid=False, history=history)
         uv = aux["uv"]
         residual = (uv - lm2d).norm(dim=-1).mean(1)
@@ -763,6 +810,10 @@ class _LMProblem:
                  shape_prior=None, dense=None):
         self.rig, self.cfg = rig, cfg
         self.tables = lev.PointTables.of(rig)
+        #: each photo's yaw bin (B,) in a pose-conditioned rig (:meth:`LandmarkRig.bins_of`; the
+        #: bin of yaw 0 until the rigid stage has placed the camera), None otherwise
+        self.bins = (None if rig.n_bins == 1 else
+                     torch.full((lm2d.shape[0],), rig.center_bin, dtype=torch.long, device=lm2d.device))
         # a dense detector's points (dense rig, (B, K, 2) px), weighed as one term like the 68's
         self.dense = None
         if dense is not None:
@@ -808,9 +859,9 @@ class _LMProblem:
         rot = camera_rotation(st["cam_rot"])
         uv_all = project(pts, rot, st["trans"], self.focal, self.center)
         if rows is None:
-            pick = (select_silhouette(uv_all[:, 68:].reshape(self.b, len(MARCHING), t.n_cand, 2))
+            pick = (select_silhouette(uv_all[:, t.n_static:].reshape(self.b, len(MARCHING), t.n_cand, 2))
                     if self.rig.marching else uv_all.new_zeros(self.b, 0, dtype=torch.long))
-            rows = lev.effective_rows(t, pick, self.rig.marching)
+            rows = lev.effective_rows(t, pick, self.rig.marching, self.bins)
         uv = uv_all[self.bi, rows]
         reproj = ((uv - self.lm2d) ** 2).sum(-1).mean(1) / self.scale**2
         fit_len = _edge_lengths(uv, self.edges)

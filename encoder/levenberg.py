@@ -59,8 +59,9 @@ def right_jacobian(rotvec: torch.Tensor) -> torch.Tensor:
 class PointTables:
     """The landmark-relevant points of a :class:`LandmarkRig` in the form L = A + R_jaw U + W p.
 
-    Q = K landmarks (68, or a dense detector's K) followed by the 14 × C silhouette candidates
-    (row-major; none for a rig without them). base0, base1
+    Q = K landmarks (68, 68 per yaw bin of a pose-conditioned rig, or a dense detector's K;
+    ``n_static`` = K) followed by the 14 × C silhouette candidates (row-major; none for a rig
+    without them). base0, base1
     (Q, 3) mm; d0, d1 (Q, 3, P) their derivatives by the coefficients c = [δ, α] (expression
     first; P = E + S); w (Q,); pivot0 (3,), pivot_d (3, P) the jaw joint; pd0, pd1 (Q, 3, 9) or
     None: the pose-corrective blend shapes by vec(R_jaw − I). A landmark blends its triangle's
@@ -78,6 +79,7 @@ class PointTables:
     pd0: torch.Tensor | None
     pd1: torch.Tensor | None
     n_cand: int
+    n_static: int = 68
 
     def __post_init__(self):
         # (P, 3Q) and (9, 3Q) matrices for the batched forward pass
@@ -120,7 +122,7 @@ class PointTables:
                      else torch.zeros(3, p, dtype=rig.v0.dtype, device=rig.v0.device)),
             pd0=None if pd is None else blend(pd, one - w).contiguous(),
             pd1=None if pd is None else blend(pd, w).contiguous(),
-            n_cand=rig.cand_local.shape[1],
+            n_cand=rig.cand_local.shape[1], n_static=k,
         )
         rig._point_tables = tables  # built once per rig (like rig_for's cache per model)
         return tables
@@ -142,15 +144,19 @@ class PointTables:
         return pts, (a, u, rot, piv)
 
 
-def effective_rows(tables: PointTables, pick: torch.Tensor, marching) -> torch.Tensor:
-    """Rows (B, 68) into the Q points of each face's 68 landmarks: the static ones, and for the
+def effective_rows(tables: PointTables, pick: torch.Tensor, marching,
+                   bins: torch.Tensor | None = None) -> torch.Tensor:
+    """Rows (B, 68) into the Q points of each face's 68 landmarks: the static ones (of each
+    face's yaw bin, bins (B,) int, in a pose-conditioned rig; None: the first 68), and for the
     jaw line the chosen silhouette candidates pick (B, 14)."""
     b = pick.shape[0]
     rows = torch.arange(68, device=pick.device).expand(b, 68).clone()
+    if bins is not None:
+        rows = rows + 68 * bins.to(rows)[:, None]
     if not len(marching):  # a contour fixed on the surface: every landmark is static
         return rows
     m = torch.arange(len(marching), device=pick.device)
-    rows[:, list(marching)] = 68 + m[None] * tables.n_cand + pick
+    rows[:, list(marching)] = tables.n_static + m[None] * tables.n_cand + pick
     return rows
 
 

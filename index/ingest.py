@@ -465,8 +465,9 @@ def encoder_fingerprint(config, detector: str, identity_prior=None) -> str:
     cfg["dtype"] = str(cfg["dtype"])
     for k in ("posterior", "landmark_noise"):  # the codes do not depend on them
         cfg.pop(k)
-    if not cfg.get("w_dense"):  # no dense term: the codes of the versions before it
-        cfg.pop("w_dense", None)
+    for k in ("w_dense", "pose_embedding"):  # off: the codes of the versions before them
+        if not cfg.get(k):
+            cfg.pop(k, None)
     what = {"fit": cfg, "detector": detector}
     if identity_prior is not None:
         weights = np.ascontiguousarray(identity_prior.weights).tobytes()
@@ -551,7 +552,8 @@ def ingest(
             cfg = config or FitConfig()
             if uncertainty and not cfg.posterior:
                 cfg = replace(cfg, posterior=True)
-            fitter = Fitter(model, cfg, rig_for(model, cfg.n_shape, cfg.n_expression, detector=detector),
+            fitter = Fitter(model, cfg, rig_for(model, cfg.n_shape, cfg.n_expression, detector=detector,
+                                                pose=cfg.pose_embedding),
                             prior, encoder_fingerprint(config, detector, prior))
             writer = Writer(gallery, cuts, report)
             _warm_up(gallery, *cuts)
