@@ -32,6 +32,7 @@ from _common import auc, emit
 
 from skullsearch import FaceModel, Gallery
 from skullsearch.encoder import code as code_layout
+from skullsearch.encoder.fitting import FitConfig
 
 
 def render_people(folder: Path, n: int, per: int, seed: int) -> None:
@@ -98,6 +99,8 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--detector", default="dlib", help="dlib or mesh (MediaPipe)")
+    ap.add_argument("--pose-embedding", action="store_true",
+                    help="fit dlib's points with its per-yaw-bin embedding (FitConfig.pose_embedding)")
     a = ap.parse_args(argv)
     if (a.photos is None) == (a.render == 0):
         ap.error("give --photos DIR or --render N")
@@ -109,12 +112,13 @@ def main(argv=None):
         g = Gallery.create(Path(tmp) / "g", face_model=FaceModel.default())
         t0 = time.perf_counter()
         # without person labels: each photo fitted alone (labels would share one shape per person)
-        rep = g.ingest([folder], workers=a.workers, detector=a.detector)
+        rep = g.ingest([folder], workers=a.workers, detector=a.detector,
+                       config=FitConfig(pose_embedding=a.pose_embedding))
         scores, label = pair_scores(g)
         flags = g.near_duplicates(criterion="person").to_pylist()
         wrong = sum(1 for f in flags if Path(f["path"]).parent.name != Path(f["duplicate_path"]).parent.name)
         out = {"truth": "real (labelled photos)" if a.photos else "synthetic (renders)",
-               "detector": a.detector,
+               "detector": a.detector, "pose_embedding": a.pose_embedding,
                "photos": rep.images_seen, **scores,
                "person_flags": len(flags), "person_flags_joining_different_persons": wrong,
                "grouping": [grouping(g, label, th) for th in (0.4, 0.5, 0.6)],

@@ -410,6 +410,9 @@ def model_landmarks_px(rig: LandmarkRig, shape, expression, pose, rot, trans, fo
                        points=None):
     """The model's 68 landmarks in pixels (B, 68, 2), jaw line on the silhouette. points: the
     posed (landmarks, candidates) of :meth:`LandmarkRig.points` when already known."""
+    if rig.n_bins > 1:
+        raise ValueError("a pose-conditioned rig holds 68 landmarks per yaw bin: project one bin's "
+                         "rig, or read the fit's landmarks_px")
     lm, cand = points if points is not None else rig.points(shape, expression, pose)
     uv = project(lm, rot, trans, focal, center)
     if not rig.marching:

@@ -106,6 +106,24 @@ def test_model_calibrate_writes_a_calibrated_model(tmp_path, capsys):
     assert main(["model", "calibrate", str(out), "--photos", "0"]) != 0
 
 
+def test_model_calibrate_pose_writes_the_per_bin_embedding_the_fit_finds(tmp_path, capsys, monkeypatch):
+    import numpy as np
+
+    from skullsearch import FaceModel
+    from skullsearch.encoder.embeddings import pose_file_name
+
+    monkeypatch.setenv("SKULLSEARCH_CACHE", str(tmp_path))
+    assert main(["model", "calibrate", "--pose", "--photos", "4", "--seed", "1"]) == 0
+    said = capsys.readouterr().out
+    model = FaceModel.default()
+    written = tmp_path / pose_file_name(model, "dlib")
+    assert written.exists() and said.startswith("wrote ") and "per bin" in said
+    with np.load(written) as z:
+        assert z["faces"].shape == (5, 68) and str(z["model_fingerprint"]) == model.fingerprint
+    assert main(["model", "calibrate", "--pose", "--detector", "mesh"]) != 0
+    assert "--pose calibrates dlib" in capsys.readouterr().err
+
+
 def test_synth_says_what_it_did(tmp_path, capsys):
     assert main(["synth", "--gallery", str(tmp_path / "g"), "--faces", "40"]) == 0
     captured = capsys.readouterr()

@@ -73,11 +73,12 @@ def _bin_rig(model, bins3, i):
 
 def test_a_pose_rig_has_its_bins_and_the_frontal_one(pose_rig):
     assert (pose_rig.n_bins, pose_rig.center_bin, pose_rig.n_points) == (3, 1, 204)
-    rot = camera_rotation(torch.tensor(np.radians([[0.0, y, 0.0] for y in (-40, -12.5, -11, 0, 11.9, 12, 40)]),
-                                       dtype=torch.float32))
+    yaws = (-40, -12.5, -11, 0, 11.9, 12, 40)
+    rot = camera_rotation(torch.tensor(np.radians([[0.0, y, 0.0] for y in yaws]), dtype=torch.float32))
     assert pose_rig.bins_of(rot).tolist() == [0, 0, 1, 1, 1, 2, 2]
     # a pitched or rolled camera: the yaw alone decides
-    tilted = camera_rotation(torch.tensor(np.radians([[15.0, 30.0, 0.0], [0.0, -30.0, 8.0]]), dtype=torch.float32))
+    tilted = camera_rotation(torch.tensor(np.radians([[15.0, 30.0, 0.0], [0.0, -30.0, 8.0]]),
+                                          dtype=torch.float32))
     assert pose_rig.bins_of(tilted).tolist() == [2, 0]
 
 
@@ -99,7 +100,8 @@ def test_effective_rows_read_each_faces_bin_and_the_candidates_after_every_bin(p
     assert t.n_static == 204
     pick = torch.tensor([[0] * 14, [3] * 14])
     rows = lev.effective_rows(t, pick, MARCHING, torch.tensor([2, 0]))
-    assert rows[0, 17:].tolist() == list(range(136 + 17, 204)) and rows[1, 17:].tolist() == list(range(17, 68))
+    assert rows[0, 17:].tolist() == list(range(136 + 17, 204))
+    assert rows[1, 17:].tolist() == list(range(17, 68))
     m = np.arange(len(MARCHING))
     assert rows[0, list(MARCHING)].tolist() == (204 + m * t.n_cand).tolist()
     assert rows[1, list(MARCHING)].tolist() == (204 + m * t.n_cand + 3).tolist()
@@ -185,8 +187,11 @@ def _save(path, model, bins3, n=3):
 
 
 def test_rig_for_uses_the_pose_file_when_asked_and_there_is_one(default_model, bins3, tmp_path, monkeypatch):
+    from skullsearch.encoder import embeddings
+
     m = default_model
-    monkeypatch.setenv("SKULLSEARCH_CACHE", str(tmp_path))
+    # (the package ships one for the default model: look in this test's folder only)
+    monkeypatch.setattr(embeddings, "pose_paths", lambda model, det: [tmp_path / pose_file_name(model, det)])
     for k in ("_pose_points", "_rig_cache"):
         monkeypatch.setitem(m.__dict__, k, {})
     assert rig_for(m, pose=True).n_bins == 1  # no file: the static embedding
@@ -201,9 +206,12 @@ def test_rig_for_uses_the_pose_file_when_asked_and_there_is_one(default_model, b
     assert rig_for(m, detector="mesh", pose=True).marching == ()  # the mesh's points are fixed
 
 
-def test_a_pose_file_of_another_model_or_shape_says_calibrate_again(default_model, bins3, tmp_path, monkeypatch):
+def test_a_pose_file_of_another_model_or_shape_says_calibrate_again(default_model, bins3, tmp_path,
+                                                                     monkeypatch):
+    from skullsearch.encoder import embeddings
+
     m = default_model
-    monkeypatch.setenv("SKULLSEARCH_CACHE", str(tmp_path))
+    monkeypatch.setattr(embeddings, "pose_paths", lambda model, det: [tmp_path / pose_file_name(model, det)])
     path = tmp_path / pose_file_name(m, "dlib")
     _save(path, m, bins3)
     with np.load(path) as z:
@@ -243,3 +251,22 @@ def test_calibration_per_bin_on_real_renders_through_dlib(default_model):
     np.testing.assert_array_equal(huge.shift_mm, 0)  # every bin: the all-pose embedding
     with pytest.raises(ValueError, match="rise through 0"):
         calibrate_pose_embedding(default_model, photos=1, yaw_edges=(5.0, 10.0, 20.0))
+
+
+def test_projecting_a_pose_rig_directly_is_refused(pose_rig):
+    z = torch.zeros(1, 90)
+    with pytest.raises(ValueError, match="68 landmarks per yaw bin"):
+        model_landmarks_px(pose_rig, z, z, torch.zeros(1, 3 * pose_rig.n_joints), torch.eye(3)[None],
+                           torch.tensor([[0.0, 0.0, 600.0]]), torch.full((1,), 600.0), torch.zeros(1, 2))
+
+
+def test_the_default_model_ships_dlibs_pose_embedding(default_model):
+    from skullsearch.encoder.embeddings import pose_paths
+
+    assert pose_paths(default_model, "dlib")[0].exists()  # in the package, not the cache
+    pp = pose_points(default_model, "dlib")
+    assert pp is not None and pp.faces.shape == (5 * 68,)
+    assert list(pp.yaw_edges) == [-90.0, -25.0, -10.0, 10.0, 25.0, 90.0]
+    own = default_model._landmarks68_points()
+    for i in range(5):  # the jaw line is the model's own in every bin (it marches)
+        np.testing.assert_array_equal(pp.faces[68 * i: 68 * i + 17], own.faces[:17])
