@@ -98,10 +98,14 @@ def read_sources(inputs: Iterable[str | os.PathLike],
                     q = Path(line) if Path(line).is_absolute() else p.parent / line
                     yield Source(str(q), person_of(q))
         elif p.suffix.lower() in TABLE_EXTS:
-            rows = _table_rows(p)
-            for row in rows:
-                if "path" not in row:
-                    raise SkullsearchError(f"{p}: the table needs a 'path' column")
+            columns, rows = _table_rows(p)
+            if "path" not in columns:
+                raise SkullsearchError(f"{p}: the table needs a 'path' column (it has: "
+                                       f"{', '.join(columns) or 'none'})")
+            for n, row in enumerate(rows, start=1):
+                if row.get("path") is None:
+                    raise SkullsearchError(f"{p}: row {n} has no path; give each photo's path, or "
+                                           "remove the row")
                 q = Path(str(row.pop("path")))
                 q = q if q.is_absolute() else p.parent / q
                 person = row.pop("person", None) or row.pop("person_id", None)
@@ -111,13 +115,18 @@ def read_sources(inputs: Iterable[str | os.PathLike],
             yield Source(str(p), person_of(p))
 
 
-def _table_rows(p: Path) -> list[dict]:
+def _table_rows(p: Path) -> tuple[list[str], list[dict]]:
+    """(column names, rows) of a CSV or Parquet table; an empty CSV cell is None (no value),
+    as a null is in Parquet."""
     if p.suffix.lower() == ".csv":
         with open(p, newline="") as fh:
-            return [dict(r) for r in csv.DictReader(fh)]
+            reader = csv.DictReader(fh)
+            rows = [{k: (v if v != "" else None) for k, v in r.items()} for r in reader]
+            return list(reader.fieldnames or []), rows
     import pyarrow.parquet as pq
 
-    return pq.read_table(p).to_pylist()
+    table = pq.read_table(p)
+    return table.column_names, table.to_pylist()
 
 
 # ---------------------------------------------------------------- encoder stage
@@ -465,6 +474,7 @@ def encoder_fingerprint(config, detector: str, identity_prior=None) -> str:
     cfg["dtype"] = str(cfg["dtype"])
     for k in ("posterior", "landmark_noise"):  # the codes do not depend on them
         cfg.pop(k)
+    cfg["device"] = None  # the same fit on a GPU or the CPU (as in the versions before it said so)
     for k in ("w_dense", "pose_embedding"):  # off: the codes of the versions before them
         if not cfg.get(k):
             cfg.pop(k, None)

@@ -112,7 +112,27 @@ def test_a_parquet_table_drops_nulls_and_names_persons_as_text(tmp_path):
 def test_a_table_without_a_path_column_says_so(tmp_path):
     table = tmp_path / "bad.csv"
     table.write_text("file,person\na.jpg,P-1\n")
-    with pytest.raises(SkullsearchError, match=r"bad\.csv: the table needs a 'path' column"):
+    want = r"bad\.csv: the table needs a 'path' column \(it has: file, person\)"
+    with pytest.raises(SkullsearchError, match=want):
+        list(ingest.read_sources([table]))
+    # a table with no rows is checked by its header too (it used to pass silently)
+    table.write_text("file,person\n")
+    with pytest.raises(SkullsearchError, match="needs a 'path' column"):
+        list(ingest.read_sources([table]))
+    empty = tmp_path / "empty.parquet"
+    pq.write_table(pa.table({"name": pa.array([], pa.string())}), empty)
+    with pytest.raises(SkullsearchError, match="needs a 'path' column"):
+        list(ingest.read_sources([empty]))
+
+
+def test_empty_csv_cells_are_no_value_and_a_row_without_a_path_is_named(tmp_path):
+    table = tmp_path / "t.csv"
+    table.write_text("path,person,age,note\na.jpg,,34,\nb.jpg,P-2,,\n")
+    a, b = ingest.read_sources([table])
+    assert (a.person, a.metadata) == (None, {"age": "34"})  # not "" as a person or a note
+    assert (b.person, b.metadata) == ("P-2", None)
+    table.write_text("path,person\na.jpg,P-1\n,P-2\n")
+    with pytest.raises(SkullsearchError, match=r"t\.csv: row 2 has no path"):
         list(ingest.read_sources([table]))
 
 
@@ -180,6 +200,9 @@ def test_settings_the_codes_do_not_depend_on_leave_it_alone():
     assert ingest.encoder_fingerprint(FitConfig(posterior=True), "dlib") == base
     assert ingest.encoder_fingerprint(FitConfig(landmark_noise=0.1), "dlib") == base
     assert ingest.encoder_fingerprint(FitConfig(posterior=True, landmark_noise=0.2), "dlib") == base
+    # the same fit on a GPU: a gallery re-ingested there does not encode its photos again
+    assert ingest.encoder_fingerprint(FitConfig(device="cuda"), "dlib") == base
+    assert ingest.encoder_fingerprint(FitConfig(device="cpu"), "dlib") == base
 
 
 # ------------------------------------------------------------------ neutral soft tissue
