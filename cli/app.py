@@ -7,12 +7,12 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from skullsearch.cli.common import (
     FaceModelOption,
     GalleryOption,
     LandmarksOption,
+    Table,
     TableOption,
     UnitsOption,
     _chosen_model,

@@ -10,6 +10,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated
 
+import rich.table
 import typer
 from rich.console import Console
 
@@ -27,6 +28,17 @@ app.add_typer(train_app, name="train")
 
 out = Console()
 err = Console(stderr=True)
+
+
+class Table(rich.table.Table):
+    """rich's table; piped or redirected, at least as wide as its title (rich folds a title to
+    its table's width: a narrow table's title came out one word a line)."""
+
+    def __init__(self, *args, **kw):
+        title = kw.get("title")
+        if title is not None and not out.is_terminal:
+            kw.setdefault("min_width", len(str(title)))
+        super().__init__(*args, **kw)
 
 FaceModelOption = Annotated[
     Path | None,

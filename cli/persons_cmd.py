@@ -7,9 +7,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
-from skullsearch.cli.common import GalleryOption, app, out, write_csv
+from skullsearch.cli.common import GalleryOption, Table, app, out, write_csv
 
 
 def _num(x) -> str:

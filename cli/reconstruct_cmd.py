@@ -9,11 +9,11 @@ from typing import Annotated
 
 import typer
 from rich import box
-from rich.table import Table
 
 from skullsearch.cli.common import (
     GalleryOption,
     LandmarksOption,
+    Table,
     TableOption,
     UnitsOption,
     app,

@@ -9,9 +9,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
-from skullsearch.cli.common import GalleryOption, err, out, rich_progress, train_app
+from skullsearch.cli.common import GalleryOption, Table, err, out, rich_progress, train_app
 
 
 def _progress():

@@ -10,6 +10,7 @@ import time
 
 import pyarrow as pa
 import pytest
+import rich.table
 import typer
 
 from skullsearch.cli import common
@@ -75,6 +76,22 @@ def test_output_is_plain_and_unwrapped_when_not_a_terminal(plain_console, capsys
     common.out.print(line)
     assert capsys.readouterr().out == line + "\n"  # one line, never folded to 80 columns
     assert plain_console.level == logging.ERROR  # the skull reader's warnings: in Skull.warnings
+
+
+def test_a_narrow_tables_title_stays_on_one_line_when_piped(plain_console, capsys):
+    common.main_callback(version=False, verbose=False)
+    title = "queries recorded in /a/rather/long/gallery/folder/of/the/lab"
+    t = common.Table(title=title)
+    t.add_column("S")
+    t.add_row("0.9")
+    common.out.print(t)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].strip() == title  # rich folded it to the table's width, one word a line
+    plain = rich.table.Table(title=title)  # rich's own, for contrast
+    plain.add_column("S")
+    plain.add_row("0.9")
+    common.out.print(plain)
+    assert capsys.readouterr().out.splitlines()[0].strip() != title
 
 
 def test_version_prints_the_package_version(capsys):
