@@ -19,24 +19,36 @@ def _stack(rows):
     return torch.stack([torch.stack(r, -1) for r in rows], 1)
 
 
+def _largest_root(lam, c2, c1, c0, max_iter: int = 100):
+    """Newton's method on λ⁴ + c2 λ² + c1 λ + c0 from above (lam (B,), the bound √(3 f2)):
+    (the largest root (B,), the iterations run). A face stops when its step falls under the
+    dtype's resolution of λ (1e-15 λ in float64, as the numpy scorer; 4 eps λ in float32, where
+    1e-15 is never reached and every face ran all max_iter iterations)."""
+    import torch
+
+    tol = max(1e-15, 4.0 * torch.finfo(lam.dtype).eps)
+    active = torch.ones_like(lam, dtype=torch.bool)
+    inf = torch.tensor(float("inf"), dtype=lam.dtype, device=lam.device)
+    it = 0
+    for it in range(1, max_iter + 1):
+        l2 = lam * lam
+        p = (l2 + c2) * l2 + c1 * lam + c0
+        dp = (4.0 * l2 + 2.0 * c2) * lam + c1
+        step = torch.where(active, p / torch.where(dp > 0, dp, inf), torch.zeros_like(lam))
+        lam = lam - step
+        active &= step.abs() > tol * lam.clamp(min=1e-30)
+        if it % 8 == 0 and not bool(active.any()):  # (a device sync: checked now and then)
+            break
+    return lam, it
+
+
 def _horn_rotation(S):
     """Torch twin of ``score._horn_rotation``: S (B, 3, 3) → (λ (B,), R (B, 3, 3))."""
     import torch
 
     n, c2, c1, f2 = horn_quartic(S)
     _, c0 = adjugate4(n, stack=_stack)
-    lam = torch.sqrt(3.0 * f2)
-    active = torch.ones_like(lam, dtype=torch.bool)
-    inf = torch.tensor(float("inf"), dtype=lam.dtype, device=lam.device)
-    for it in range(100):
-        l2 = lam * lam
-        p = (l2 + c2) * l2 + c1 * lam + c0
-        dp = (4.0 * l2 + 2.0 * c2) * lam + c1
-        step = torch.where(active, p / torch.where(dp > 0, dp, inf), torch.zeros_like(lam))
-        lam = lam - step
-        active &= step.abs() > 1e-15 * lam.clamp(min=1e-30)
-        if it % 8 == 7 and not bool(active.any()):  # (a device sync: checked now and then)
-            break
+    lam, _ = _largest_root(torch.sqrt(3.0 * f2), c2, c1, c0)
     m = [[n[i][j] - lam if i == j else n[i][j] for j in range(4)] for i in range(4)]
     adj, _ = adjugate4(m, stack=_stack)
     diag = torch.stack([adj[:, i, i] for i in range(4)], -1).abs()

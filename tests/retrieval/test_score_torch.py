@@ -130,6 +130,27 @@ def test_float32_input_and_a_float32_run():
     assert (np.abs(single[1] - ref[1]) <= 1).all()  # a landmark on its threshold may flip
 
 
+def test_newton_stops_at_the_dtypes_resolution_in_float32_too():
+    """The largest root of Horn's quartic: float32 used to run all 100 Newton iterations (its
+    stop test asked for 1e-15 λ, below float32's resolution); it now stops as float64 does, at the
+    same root to float32 precision."""
+    from skullsearch.retrieval.horn import adjugate4, horn_quartic
+
+    rng = np.random.default_rng(3)
+    S = torch.as_tensor(rng.normal(scale=1e4, size=(64, 3, 3)))
+
+    def root(dtype, max_iter=100):
+        n, c2, c1, f2 = horn_quartic(S.to(dtype))
+        _, c0 = adjugate4(n, stack=score_torch._stack)
+        return score_torch._largest_root(torch.sqrt(3.0 * f2), c2, c1, c0, max_iter)
+
+    lam64, it64 = root(torch.float64)
+    lam32, it32 = root(torch.float32)
+    assert it64 < 100 and it32 < 100, (it64, it32)
+    np.testing.assert_allclose(lam32.double().numpy(), lam64.numpy(), rtol=1e-5)
+    assert root(torch.float64, max_iter=3)[1] == 3  # (bounded)
+
+
 def test_no_candidates_gives_empty_results_of_the_right_shapes():
     _, tgt, eta = case(0, k=9)
     d, n, rms, s, r, t = score_torch.score_blocks(np.zeros((0, 9, 3)), tgt, eta, 0.1, 6)
