@@ -64,55 +64,104 @@ def _groups(gallery, regroup: bool):
     return persons.group_persons(gallery)
 
 
-def _members(gallery, min_size: int, regroup: bool):
-    """The catalog's faces (pyarrow rows as dicts, face-id order) and, per face, its group id
-    when it will be refitted with its group (−1: carried over). The groups are the saved person
-    groups split into cliques (:func:`~skullsearch.index.persons.cliques`, at the grouping's
-    threshold): one shape is fitted only to faces whose descriptors are all pairwise that close.
-    A clique is named by its smallest face id."""
+@dataclass
+class _Faces:
+    """The catalog's faces as columns (face-id order): ids (n,) int64; path, person, detector
+    (n,) lists; landmarks (n, 68, 2) float32 px and descriptor (n, 128) float32 (NaN rows: none);
+    size (n, 2) image width and height px; residual (n,) px (NaN: none). About 2 KB a face (the
+    rows as Python dicts took several times that)."""
+
+    ids: np.ndarray
+    path: list
+    person: list
+    detector: list
+    landmarks: np.ndarray
+    descriptor: np.ndarray
+    size: np.ndarray
+    residual: np.ndarray
+
+    @classmethod
+    def read(cls, gallery) -> _Faces:
+        cols = ["face_id", "path", "person", "detector", "landmarks", "image_width", "image_height",
+                "descriptor", "residual_px"]
+        import pyarrow as pa
+
+        t = gallery.faces(columns=cols)
+
+        def num(c):  # (nulls: NaN)
+            return t.column(c).cast(pa.float64()).to_numpy(zero_copy_only=False)
+
+        return cls(t.column("face_id").to_numpy().astype(np.int64), t.column("path").to_pylist(),
+                   t.column("person").to_pylist(), t.column("detector").to_pylist(),
+                   _matrix(t.column("landmarks"), 136).reshape(-1, 68, 2),
+                   _matrix(t.column("descriptor"), 128),
+                   np.stack([num("image_width"), num("image_height")], 1), num("residual_px"))
+
+
+def _matrix(column, width: int) -> np.ndarray:
+    """A list column of ``width`` floats per row → (n, width) float32, NaN rows for nulls."""
+    import pyarrow.compute as pc
+
+    col = column.combine_chunks()
+    out = np.full((len(col), width), np.nan, np.float32)
+    valid = col.is_valid().to_numpy(zero_copy_only=False)
+    if valid.any():
+        values = pc.list_flatten(col.filter(col.is_valid())).to_numpy(zero_copy_only=False)
+        out[valid] = values.reshape(-1, width)
+    return out
+
+
+def _members(gallery, min_size: int, regroup: bool) -> tuple[_Faces, np.ndarray]:
+    """The catalog's faces (:class:`_Faces`) and, per face, its group id when it will be refitted
+    with its group (−1: carried over). The groups are the saved person groups split into cliques
+    (:func:`~skullsearch.index.persons.cliques`, at the grouping's threshold): one shape is fitted
+    only to faces whose descriptors are all pairwise that close. A clique is named by its smallest
+    face id."""
     from skullsearch.index.persons import cliques
 
-    cols = ["face_id", "path", "person", "detector", "landmarks", "image_width", "image_height",
-            "descriptor", "encoder_fingerprint", "residual_px"]
-    rows = gallery.faces(columns=cols).to_pylist()
+    faces = _Faces.read(gallery)
     groups = _groups(gallery, regroup)
     meta = json.loads((groups.schema.metadata or {}).get(b"skullsearch", b"{}"))
-    group_of = dict(zip(groups.column("face_id").to_pylist(), groups.column("person_group").to_pylist(),
-                        strict=True))
-    group = np.full(len(rows), -1, np.int64)
-    take = np.array([r["face_id"] in group_of and r["landmarks"] is not None and r["descriptor"] is not None
-                     for r in rows], bool)
+    gid = groups.column("face_id").to_numpy().astype(np.int64)
+    grouped = np.zeros(len(faces.ids), bool)
+    group_of = np.full(len(faces.ids), -1, np.int64)
+    if len(gid):  # each face's saved group (the grouping may leave faces out)
+        order = np.argsort(gid)
+        pos = np.minimum(np.searchsorted(gid[order], faces.ids), len(gid) - 1)
+        grouped = gid[order][pos] == faces.ids
+        group_of = groups.column("person_group").to_numpy().astype(np.int64)[order][pos]
+    group = np.full(len(faces.ids), -1, np.int64)
+    take = grouped & ~np.isnan(faces.landmarks[:, 0, 0]) & ~np.isnan(faces.descriptor[:, 0])
     if take.any():
-        ids = np.array([r["face_id"] for r in rows], np.int64)[take]
-        split = cliques(np.array([rows[i]["descriptor"] for i in np.flatnonzero(take)], np.float32),
-                        np.array([group_of[i] for i in ids]), meta.get("threshold", PERSON_DISTANCE))
+        ids = faces.ids[take]
+        split = cliques(faces.descriptor[take], group_of[take], meta.get("threshold", PERSON_DISTANCE))
         order = np.lexsort((ids, split))
         first = np.r_[True, split[order][1:] != split[order][:-1]]
         name = np.empty(len(ids), np.int64)
         name[order] = ids[order][np.maximum.accumulate(np.where(first, np.arange(len(ids)), 0))]
         group[take] = name
     ids, counts = np.unique(group[group >= 0], return_counts=True)
-    small = set(ids[counts < max(2, min_size)].tolist())
-    group[np.isin(group, list(small))] = -1
-    return rows, group
+    small = ids[counts < max(2, min_size)]
+    group[np.isin(group, small)] = -1
+    return faces, group
 
 
-def _fit_groups(model, rows, group, config):
+def _fit_groups(model, faces: _Faces, group, config):
     """Refit the grouped faces: one shared shape per group. Returns {group: (code (228,),
     mean residual px, tissue covariance (36, 3, 3) or None)}."""
     from skullsearch.encoder.encode import EncodedFace, fit_faces
 
-    faces, idx = [], np.flatnonzero(group >= 0)
+    todo, idx = [], np.flatnonzero(group >= 0)
     for i in idx:
-        r = rows[i]
-        faces.append(EncodedFace(
-            image=r["path"], sha256="", face_index=0, box=np.zeros(4), score=1.0,
-            landmarks=np.asarray(r["landmarks"], np.float64).reshape(68, 2), quality=(),
-            yaw_deg=0.0, detector=r["detector"], image_size=(r["image_width"], r["image_height"]),
+        todo.append(EncodedFace(
+            image=faces.path[i], sha256="", face_index=0, box=np.zeros(4), score=1.0,
+            landmarks=faces.landmarks[i].astype(np.float64), quality=(),
+            yaw_deg=0.0, detector=faces.detector[i],
+            image_size=(int(faces.size[i, 0]), int(faces.size[i, 1])),
             person=f"group:{group[i]}"))
-    fit_faces(model, faces, config)
+    fit_faces(model, todo, config)
     out: dict[int, tuple] = {}
-    for i, f in zip(idx, faces, strict=True):
+    for i, f in zip(idx, todo, strict=True):
         g = int(group[i])
         code, res, cov = out.get(g, (f.code, [], f.tissue_cov))
         res.append(f.residual_px)
@@ -163,9 +212,9 @@ def _write_persons(gallery, dest, cfg, config, min_size: int, regroup: bool, unc
     from skullsearch.index.ingest import encoder_fingerprint
     from skullsearch.index.synth import write_code_shard
 
-    rows, group = _members(gallery, min_size, regroup)
-    fitted = _fit_groups(gallery.face_model, rows, group, cfg)
-    persons = _persons(gallery, rows, group, fitted)
+    faces, group = _members(gallery, min_size, regroup)
+    fitted = _fit_groups(gallery.face_model, faces, group, cfg)
+    persons = _persons(gallery, faces, group, fitted)
     codes = np.stack([p["code"] for p in persons]).astype(np.float32)
     descs = np.stack([p["descriptor"] for p in persons]).astype(np.float32)
     covs = [p["cov"] for p in persons]
@@ -187,10 +236,10 @@ def _write_persons(gallery, dest, cfg, config, min_size: int, regroup: bool, unc
                        carried=int((group < 0).sum()))
 
 
-def _persons(gallery, rows, group, fitted) -> list[dict]:
+def _persons(gallery, faces: _Faces, group, fitted) -> list[dict]:
     """The person gallery's rows: one per refitted group (its first face's photo), one per face
     carried over (its own code, covariance and descriptor), in source face-id order."""
-    ids = np.array([r["face_id"] for r in rows], np.int64)
+    ids = faces.ids
     own_codes = gallery.codes(ids)
     own_cov = gallery.tissue_covariance(ids)
     members: dict[int, list[int]] = {}
@@ -198,25 +247,27 @@ def _persons(gallery, rows, group, fitted) -> list[dict]:
         if g >= 0:
             members.setdefault(int(g), []).append(i)
     out, done = [], set()
-    for i, r in enumerate(rows):
+    for i in range(len(ids)):
         g = int(group[i])
         if g in done:
             continue
         take = members[g] if g >= 0 else [i]
         if g >= 0:
             done.add(g)
-        labels = {rows[j]["person"] for j in take}
-        descs = [rows[j]["descriptor"] for j in take if rows[j]["descriptor"] is not None]
-        desc = np.mean(descs, axis=0) if descs else np.full(128, np.nan)
+        labels = {faces.person[j] for j in take}
+        descs = faces.descriptor[take]
+        descs = descs[~np.isnan(descs[:, 0])]
+        desc = descs.astype(np.float64).mean(0) if len(descs) else np.full(128, np.nan)
         if g >= 0:
             code, residual, cov = fitted[g]
         else:
-            code, residual = own_codes[i], r["residual_px"] or 0.0
+            code = own_codes[i]
+            residual = 0.0 if np.isnan(faces.residual[i]) else float(faces.residual[i])
             cov = None if np.isnan(own_cov[i]).any() else own_cov[i]
         person = labels.pop() if len(labels) == 1 and None not in labels else (
-            f"group:{g}" if g >= 0 else r["person"])
+            f"group:{g}" if g >= 0 else faces.person[i])
         out.append({"code": code, "residual": residual, "cov": cov, "descriptor": desc,
-                    "path": r["path"], "person": person, "metadata": json.dumps({
+                    "path": faces.path[i], "person": person, "metadata": json.dumps({
                         "source": str(gallery.path), "faces": [int(ids[j]) for j in take],
-                        "photos": [rows[j]["path"] for j in take]})})
+                        "photos": [faces.path[j] for j in take]})})
     return out
