@@ -70,13 +70,18 @@ def embedding_paths(model, detector: str) -> list[Path]:
 def save_detector_embedding(path, model, detector: str, emb, report) -> None:
     """Write a detector's calibrated 68-point embedding (``emb`` and ``report`` from
     :func:`~skullsearch.encoder.calibrate.calibrate_embedding`)."""
+    _save(path, model, detector, dict(faces=np.asarray(emb.static_faces, np.int64),
+                                      bary=np.asarray(emb.static_bary, np.float32)),
+          dict(source=emb.source, found=report.found, photos=report.photos, spread_mm=report.spread_mm))
+
+
+def _save(path, model, detector: str, points: dict, about: dict) -> None:
+    """Write a calibration file (atomic): its point arrays, the detector and the model's
+    fingerprint (checked on reading, :func:`_read`), then what it was made from."""
     from skullsearch.encoder.atomic import atomic_file
 
     with atomic_file(path) as fh:
-        np.savez(fh, faces=np.asarray(emb.static_faces, np.int64),
-                 bary=np.asarray(emb.static_bary, np.float32), detector=detector,
-                 model_fingerprint=model.fingerprint, source=emb.source, found=report.found,
-                 photos=report.photos, spread_mm=report.spread_mm)
+        np.savez(fh, **points, detector=detector, model_fingerprint=model.fingerprint, **about)
 
 
 def detector_points(model, detector: str | None) -> DetectorPoints | None:
@@ -107,13 +112,11 @@ def dense_paths(model, detector: str) -> list[Path]:
 def save_dense_embedding(path, model, detector: str, cal) -> None:
     """Write a dense detector's calibration (``cal``: a
     :class:`~skullsearch.encoder.calibrate.DenseCalibration`)."""
-    from skullsearch.encoder.atomic import atomic_file
-
-    with atomic_file(path) as fh:
-        np.savez(fh, index=np.asarray(cal.index, np.int64), faces=np.asarray(cal.faces, np.int64),
-                 bary=np.asarray(cal.bary, np.float32), detector=detector,
-                 model_fingerprint=model.fingerprint, source=cal.source, found=cal.found,
-                 photos=cal.photos, samples=cal.samples, spread_mm=cal.spread_mm)
+    _save(path, model, detector, dict(index=np.asarray(cal.index, np.int64),
+                                      faces=np.asarray(cal.faces, np.int64),
+                                      bary=np.asarray(cal.bary, np.float32)),
+          dict(source=cal.source, found=cal.found, photos=cal.photos, samples=cal.samples,
+               spread_mm=cal.spread_mm))
 
 
 def dense_points(model, detector: str | None) -> DensePoints | None:
@@ -145,12 +148,10 @@ def pose_paths(model, detector: str) -> list[Path]:
 def save_pose_embedding(path, model, detector: str, pe) -> None:
     """Write a pose-conditioned embedding (``pe``: a
     :class:`~skullsearch.encoder.calibrate.PoseEmbedding`)."""
-    from skullsearch.encoder.atomic import atomic_file
-
-    with atomic_file(path) as fh:
-        np.savez(fh, yaw_edges=np.asarray(pe.yaw_edges, np.float64), faces=np.asarray(pe.faces, np.int64),
-                 bary=np.asarray(pe.bary, np.float32), detector=detector, model_fingerprint=model.fingerprint,
-                 source=pe.source, found=np.asarray(pe.found), shift_mm=np.asarray(pe.shift_mm, np.float32))
+    _save(path, model, detector, dict(yaw_edges=np.asarray(pe.yaw_edges, np.float64),
+                                      faces=np.asarray(pe.faces, np.int64),
+                                      bary=np.asarray(pe.bary, np.float32)),
+          dict(source=pe.source, found=np.asarray(pe.found), shift_mm=np.asarray(pe.shift_mm, np.float32)))
 
 
 def pose_points(model, detector: str | None) -> PosePoints | None:
