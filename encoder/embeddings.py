@@ -9,6 +9,7 @@ embedding up without importing the face model's building and annotation code.
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import NamedTuple
 
@@ -30,8 +31,23 @@ class DetectorPoints(NamedTuple):
     bary: np.ndarray
 
 
-def embedding_file_name(model, detector: str) -> str:
-    return f"landmarks-{detector}-{model.fingerprint[:16]}.npz"
+#: the calibration files by kind: a detector's 68 points, a dense detector's points, dlib's 68 per
+#: yaw bin (named per model by its fingerprint)
+FILE_NAMES = {"landmarks": "landmarks-{detector}-{fp}.npz", "dense": "dense-{detector}-{fp}.npz",
+              "pose": "landmarks-{detector}-pose-{fp}.npz"}
+
+
+def file_name(kind: str, model, detector: str) -> str:
+    """The name of ``model``'s calibration file of ``kind`` (:data:`FILE_NAMES`) for a detector."""
+    return FILE_NAMES[kind].format(detector=detector, fp=model.fingerprint[:16])
+
+
+def file_paths(kind: str, model, detector: str) -> list[Path]:
+    """Where that file is looked for (:func:`_paths`)."""
+    return _paths(file_name(kind, model, detector))
+
+
+embedding_file_name = partial(file_name, "landmarks")  # (model, detector) → its file's name
 
 
 def _paths(name: str) -> list[Path]:
@@ -62,9 +78,7 @@ def _points(z: dict) -> DetectorPoints:
     return DetectorPoints(z["faces"].astype(np.int64), z["bary"].astype(np.float32))
 
 
-def embedding_paths(model, detector: str) -> list[Path]:
-    """Where a detector's calibrated embedding for ``model`` is looked for (:func:`_paths`)."""
-    return _paths(embedding_file_name(model, detector))
+embedding_paths = partial(file_paths, "landmarks")  # (model, detector) → where it is looked for
 
 
 def save_detector_embedding(path, model, detector: str, emb, report) -> None:
@@ -73,6 +87,16 @@ def save_detector_embedding(path, model, detector: str, emb, report) -> None:
     _save(path, model, detector, dict(faces=np.asarray(emb.static_faces, np.int64),
                                       bary=np.asarray(emb.static_bary, np.float32)),
           dict(source=emb.source, found=report.found, photos=report.photos, spread_mm=report.spread_mm))
+
+
+#: the stored dtype of a calibration file's arrays (others: as numpy makes them)
+_DTYPES = {"index": np.int64, "faces": np.int64, "bary": np.float32, "yaw_edges": np.float64,
+           "shift_mm": np.float32}
+
+
+def _fields(obj, *names) -> dict:
+    """A calibration result's attributes by name, as the arrays a file stores (:data:`_DTYPES`)."""
+    return {n: np.asarray(getattr(obj, n), _DTYPES.get(n)) for n in names}
 
 
 def _save(path, model, detector: str, points: dict, about: dict) -> None:
@@ -100,23 +124,17 @@ class DensePoints(NamedTuple):
     points: DetectorPoints
 
 
-def dense_file_name(model, detector: str) -> str:
-    return f"dense-{detector}-{model.fingerprint[:16]}.npz"
+dense_file_name = partial(file_name, "dense")  # (model, detector) → its file's name
 
 
-def dense_paths(model, detector: str) -> list[Path]:
-    """Where a dense detector's calibration for ``model`` is looked for (:func:`_paths`)."""
-    return _paths(dense_file_name(model, detector))
+dense_paths = partial(file_paths, "dense")  # (model, detector) → where it is looked for
 
 
 def save_dense_embedding(path, model, detector: str, cal) -> None:
     """Write a dense detector's calibration (``cal``: a
     :class:`~skullsearch.encoder.calibrate.DenseCalibration`)."""
-    _save(path, model, detector, dict(index=np.asarray(cal.index, np.int64),
-                                      faces=np.asarray(cal.faces, np.int64),
-                                      bary=np.asarray(cal.bary, np.float32)),
-          dict(source=cal.source, found=cal.found, photos=cal.photos, samples=cal.samples,
-               spread_mm=cal.spread_mm))
+    _save(path, model, detector, _fields(cal, "index", "faces", "bary"),
+          _fields(cal, "source", "found", "photos", "samples", "spread_mm"))
 
 
 def dense_points(model, detector: str | None) -> DensePoints | None:
@@ -136,22 +154,17 @@ class PosePoints(NamedTuple):
     bary: np.ndarray
 
 
-def pose_file_name(model, detector: str) -> str:
-    return f"landmarks-{detector}-pose-{model.fingerprint[:16]}.npz"
+pose_file_name = partial(file_name, "pose")  # (model, detector) → its file's name
 
 
-def pose_paths(model, detector: str) -> list[Path]:
-    """Where a detector's pose-conditioned embedding for ``model`` is looked for (:func:`_paths`)."""
-    return _paths(pose_file_name(model, detector))
+pose_paths = partial(file_paths, "pose")  # (model, detector) → where it is looked for
 
 
 def save_pose_embedding(path, model, detector: str, pe) -> None:
     """Write a pose-conditioned embedding (``pe``: a
     :class:`~skullsearch.encoder.calibrate.PoseEmbedding`)."""
-    _save(path, model, detector, dict(yaw_edges=np.asarray(pe.yaw_edges, np.float64),
-                                      faces=np.asarray(pe.faces, np.int64),
-                                      bary=np.asarray(pe.bary, np.float32)),
-          dict(source=pe.source, found=np.asarray(pe.found), shift_mm=np.asarray(pe.shift_mm, np.float32)))
+    _save(path, model, detector, _fields(pe, "yaw_edges", "faces", "bary"),
+          _fields(pe, "source", "found", "shift_mm"))
 
 
 def pose_points(model, detector: str | None) -> PosePoints | None:
