@@ -20,7 +20,8 @@ expression) and every photo goes through the real decoder, dlib detector and bat
                                   [--identity-prior] [--uncertainty] [--landmark-noise 0.03]
                                   [--detector dlib|mesh] [--pose-embedding]
 
-``--uncertainty`` fits with the posterior covariance (``FitConfig(posterior=True)``) and adds
+``--uncertainty`` fits with the posterior covariance (``FitConfig(posterior=True)``), adds the
+re-shot AUC from the soft-tissue points (L2, and Mahalanobis under both faces' Σ_face) and
 ``likelihood_cov`` ranks: the likelihood with each face's own soft-tissue covariance
 (Σ_tissue + Σ_face; distractors carry the covariance of the person photo whose residual they
 borrow), and its calibration: the median Mahalanobis distance² per point of the true soft-tissue
@@ -82,6 +83,24 @@ def encode(model, paths, persons=None, descriptors=False, prior=None, config=Non
     idx = np.array([int(Path(f.image).stem[5:]) for f in faces])
     covs = np.stack([f.tissue_cov for f in faces]) if config is not None and config.posterior else None
     return np.stack([f.code for f in faces]), idx, descs, covs
+
+
+def reshot_auc_tissue(pts: np.ndarray, cov: np.ndarray, person: np.ndarray) -> dict:
+    """Re-shot AUC from the faces' 36 soft-tissue points (n, 36, 3) mm: by their L2 distance, and
+    by the Mahalanobis distance under both faces' fit covariances (n, 36, 3, 3) summed per point,
+    Σ_k Δ_kᵀ (Σ_a,k + Σ_b,k)⁻¹ Δ_k: a frontal photo fixes widths and heights, not depths, so a
+    depth difference counts for less than a width difference of the same size."""
+    n = len(pts)
+    l2, mah, same = [], [], []
+    for i in range(n - 1):
+        delta = pts[i + 1:] - pts[i]  # (m, 36, 3)
+        s = cov[i + 1:] + cov[i]
+        l2.append(np.linalg.norm(delta.reshape(len(delta), -1), axis=1))
+        mah.append(np.einsum("mka,mka->m", delta, np.linalg.solve(s, delta[..., None])[..., 0]))
+        same.append(person[i + 1:] == person[i])
+    l2, mah, same = np.concatenate(l2), np.concatenate(mah), np.concatenate(same)
+    return {"reshot_auc_tissue_l2": round(auc(l2[same], l2[~same]), 3),
+            "reshot_auc_tissue_mahalanobis": round(auc(mah[same], mah[~same]), 3)}
 
 
 def identification(model, fits, person, photos: int, dis: np.ndarray, targets, present, sd,
@@ -235,6 +254,8 @@ def main(argv=None):
            "reshot_auc_person_descriptor": round(desc_auc, 3),
            "uncertainty": bool(a.uncertainty),
            "seconds": {"render": round(t1 - t0, 1), "detect_and_fit_twice": round(t2 - t1, 1)}}
+    if cov1 is not None:  # re-shot verification from the soft-tissue points, Euclidean and under Σ_face
+        out.update(reshot_auc_tissue(neutral_soft_tissue(model, codes1), cov1, p1))
     if cov1 is not None:  # calibration: the true soft-tissue error under each face's Σ_face
         _, m2 = tissue_errors_under_cov(neutral_soft_tissue(model, codes1), true_pts[person[idx1]], cov1)
         out["uncertainty_median_mahalanobis2"] = round(float(np.median(m2)), 2)  # χ²₃: 2.37
