@@ -106,6 +106,7 @@ def test_model_calibrate_writes_a_calibrated_model(tmp_path, capsys):
     assert main(["model", "calibrate", str(out), "--photos", "0"]) != 0
 
 
+@pytest.mark.slow
 def test_model_calibrate_pose_writes_the_per_bin_embedding_the_fit_finds(tmp_path, capsys, monkeypatch):
     import numpy as np
 

@@ -233,6 +233,7 @@ def test_the_encoder_fingerprint_changes_only_when_the_pose_embedding_is_on():
 
 
 # ---------------------------------------------------------------- the calibration
+@pytest.mark.slow
 def test_calibration_per_bin_on_real_renders_through_dlib(default_model):
     """A handful of real renders through dlib: each bin's points are medians of its renders,
     a bin with too few samples keeps the all-pose point (shift 0), and the result is
