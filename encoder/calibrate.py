@@ -101,28 +101,55 @@ def calibrate_embedding(model, photos: int = 96, seed: int = 0, max_yaw: float =
     from skullsearch.encoder.annotate import landmark_embedding
     from skullsearch.encoder.face_model import SurfacePoints
 
-    pts, _ = detected_points(model, photos, seed, max_yaw, size, detect, points)
-    (tri, bary), counts, spread, snapped, old = _medians_on_skin(model, pts, points, min_samples)
+    skin = _MeanSkin.of(model)
+    pts, _ = detected_points(model, photos, seed, max_yaw, size, detect, points, skin)
+    (tri, bary), counts, spread, snapped, old = _medians_on_skin(model, pts, points, min_samples, skin)
     emb = landmark_embedding(SurfacePoints(tri, bary))
     emb.source = f"calibrated on {len(pts)} renders (seed {seed}, yaw ±{max_yaw:g}°)"
     return emb, CalibrationReport(photos=photos, found=len(pts), samples=counts,
                                   shift_mm=np.linalg.norm(snapped - old, axis=1), spread_mm=spread)
 
 
-def detected_points(model, photos: int, seed: int, max_yaw: float, size: int, detect, points=INNER
-                    ) -> tuple[np.ndarray, np.ndarray]:
+@dataclass
+class _MeanSkin:
+    """The mean face's skin, found once per calibration: the template (V, 3) float64, the skin
+    vertices and triangles (:func:`~skullsearch.encoder.annotate._skin`), the skin-triangle mask
+    (F,) and the model's own 68 points (68, 3) mm."""
+
+    tmpl: np.ndarray
+    skin: np.ndarray
+    skin_faces: np.ndarray
+    on_skin: np.ndarray
+    own: np.ndarray
+
+    @classmethod
+    def of(cls, model) -> _MeanSkin:
+        import torch
+
+        from skullsearch.encoder.annotate import _skin
+
+        if model.landmarks is None:
+            raise LandmarkError("calibration starts from the model's 68-point embedding; it has none")
+        tmpl = model.v_template.astype(np.float64)
+        skin, skin_faces = _skin(tmpl, model.faces)
+        with torch.no_grad():
+            own = model.landmarks68(batch_size=1)[0].double().numpy()
+        return cls(tmpl, skin, skin_faces, skin_triangles(model, skin_faces), own)
+
+
+def detected_points(model, photos: int, seed: int, max_yaw: float, size: int, detect, points=INNER,
+                    skin: _MeanSkin | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The detector's points read back onto the mean face: (P, 68, 3) mm (NaN where a point was
     not calibrated or fell off the skin; P: the renders it found a face on) and each render's
-    camera yaw (P,) degrees (positive shows the right cheek). Deterministic for a seed."""
+    camera yaw (P,) degrees (:func:`~skullsearch.encoder.render.camera_yaw`). Deterministic for
+    a seed."""
+    from skullsearch.encoder.render import camera_yaw
+
     if detect is None:
         from skullsearch.encoder.detectors import dlib_landmarks68 as detect
-    if model.landmarks is None:
-        raise LandmarkError("calibration starts from the model's 68-point embedding; it has none")
-    from skullsearch.encoder.annotate import _skin
-
+    skin = skin or _MeanSkin.of(model)
     rng = np.random.default_rng(seed)
-    tmpl = model.v_template.astype(np.float64)
-    on_skin = skin_triangles(model, _skin(tmpl, model.faces)[1])
+    tmpl, on_skin = skin.tmpl, skin.on_skin
     idx = np.asarray(tuple(points), np.int64)
     out, yaws = [], []
     for r, cam in _render_set(model, photos, rng, max_yaw, size):
@@ -134,26 +161,20 @@ def detected_points(model, photos: int, seed: int, max_yaw: float, size: int, de
         sel = idx[ok[idx]]
         pts[sel] = (tmpl[model.faces[tri[sel]]] * bary[sel][..., None]).sum(1)
         out.append(pts)
-        rot = np.asarray(cam.rotation)
-        yaws.append(float(np.degrees(np.arctan2(rot[0, 2], rot[0, 0]))))
+        yaws.append(float(camera_yaw(cam.rotation)))
     if not out:
         raise LandmarkError("the detector found no face on any calibration render")
     return np.asarray(out), np.asarray(yaws)
 
 
-def _medians_on_skin(model, pts: np.ndarray, points, min_samples: int):
+def _medians_on_skin(model, pts: np.ndarray, points, min_samples: int, skin: _MeanSkin):
     """Per landmark the median of its samples pts (P, 68, 3) (NaN: none), snapped to the mean
     face's skin; points not calibrated or with fewer than min_samples samples keep the model's
     own embedding (exactly). Returns ((triangles (68,), barycentrics (68, 3)), samples (68,),
     spread (68,) mm, the snapped points (68, 3), the model's own points (68, 3))."""
-    import torch
+    from skullsearch.encoder.annotate import surface_points
 
-    from skullsearch.encoder.annotate import _skin, surface_points
-
-    tmpl = model.v_template.astype(np.float64)
-    skin, skin_faces = _skin(tmpl, model.faces)
-    with torch.no_grad():
-        old = model.landmarks68(batch_size=1)[0].double().numpy()
+    tmpl, old = skin.tmpl, skin.own
     new = old.copy()
     have = ~np.isnan(pts[..., 0])  # (P, 68)
     counts = have.sum(0)
@@ -165,7 +186,7 @@ def _medians_on_skin(model, pts: np.ndarray, points, min_samples: int):
         med = np.median(s, axis=0)
         new[k] = med
         spread[k] = float(np.median(np.linalg.norm(s - med, axis=1)))
-    tri, bary = surface_points(tmpl, model.faces, skin, skin_faces, new)
+    tri, bary = surface_points(tmpl, model.faces, skin.skin, skin.skin_faces, new)
     base = model._landmarks68_points()
     keep = np.array([k not in points or counts[k] < min_samples for k in range(68)])
     tri[keep], bary[keep] = base.faces[keep], base.bary[keep]
@@ -201,17 +222,20 @@ def calibrate_pose_embedding(model, photos: int = 600, seed: int = 0, max_yaw: f
     one static embedding makes that difference a shape error in every turned photo. Each bin's
     points: the median of the renders whose camera yaw falls in it; the all-pose median where a
     bin has too few samples. Deterministic for a seed."""
+    from skullsearch.encoder.render import yaw_bins
+
     points = tuple(points)
     edges = np.asarray(yaw_edges, np.float64)
     if edges.ndim != 1 or len(edges) < 3 or np.any(np.diff(edges) <= 0) or not edges[0] < 0 < edges[-1]:
         raise ValueError(f"yaw_edges must rise through 0 with at least two bins, got {yaw_edges}")
-    pts, yaw = detected_points(model, photos, seed, max_yaw, size, detect, points)
-    (tri_all, bary_all), _, _, snapped_all, _ = _medians_on_skin(model, pts, points, min_samples)
-    which = np.searchsorted(edges[1:-1], yaw, side="right")
+    skin = _MeanSkin.of(model)
+    pts, yaw = detected_points(model, photos, seed, max_yaw, size, detect, points, skin)
+    (tri_all, bary_all), _, _, snapped_all, _ = _medians_on_skin(model, pts, points, min_samples, skin)
+    which = yaw_bins(yaw, edges)
     faces, barys, shifts, found = [], [], [], []
     for i in range(len(edges) - 1):
         sub = pts[which == i]
-        (tri, bary), counts, _, snapped, _ = _medians_on_skin(model, sub, points, min_samples)
+        (tri, bary), counts, _, snapped, _ = _medians_on_skin(model, sub, points, min_samples, skin)
         few = counts < min_samples  # too few in this bin: the all-pose point
         tri[few], bary[few], snapped[few] = tri_all[few], bary_all[few], snapped_all[few]
         faces.append(tri)

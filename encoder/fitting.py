@@ -37,6 +37,7 @@ import torch
 from skullsearch.encoder import code as code_layout
 from skullsearch.encoder import levenberg as lev
 from skullsearch.encoder.lbs import axis_angle_to_matrix, lbs
+from skullsearch.encoder.render import camera_yaw, yaw_bins
 
 #: OpenCV camera axes from the face frame: x right, y down, z away from the camera.
 _FLIP = torch.tensor([[1.0, 0.0, 0.0], [0.0, -1.0, 0.0], [0.0, 0.0, -1.0]])
@@ -139,7 +140,7 @@ class LandmarkRig:
         self.yaw_edges = None if yaw_edges is None else np.asarray(yaw_edges, np.float64)
         self.n_bins = 1 if yaw_edges is None else len(self.yaw_edges) - 1
         #: the bin holding yaw 0 (the rigid stage's, and the one :meth:`points` callers read)
-        self.center_bin = 0 if yaw_edges is None else int(np.searchsorted(self.yaw_edges, 0.0, "right") - 1)
+        self.center_bin = 0 if yaw_edges is None else int(yaw_bins(0.0, self.yaw_edges))
         #: the jaw-line landmarks that follow the silhouette (:data:`MARCHING`), or none: a
         #: detector whose contour points are fixed on the face's surface (a 3D mesh fit)
         self.marching = MARCHING if marching else ()
@@ -202,9 +203,8 @@ class LandmarkRig:
         (:func:`camera_rotation`); None for a rig of one bin."""
         if self.n_bins == 1:
             return None
-        yaw = torch.rad2deg(torch.atan2(rot[:, 0, 2], rot[:, 0, 0]))
-        inner = torch.as_tensor(self.yaw_edges[1:-1], dtype=yaw.dtype, device=yaw.device)
-        return torch.bucketize(yaw, inner, right=True)
+        yaw = camera_yaw(rot.detach().cpu().numpy())  # (once per fit: the calibration's convention)
+        return torch.as_tensor(yaw_bins(yaw, self.yaw_edges), device=rot.device)
 
     def points_jaw(self, shape, expression, jaw) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`points` for a pose that turns only the jaw (the fit's: the head's rotation is

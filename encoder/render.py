@@ -68,6 +68,19 @@ def face_camera(
     return Camera(rot, trans, float(focal), width, height, orthographic)
 
 
+def camera_yaw(rotation) -> np.ndarray:
+    """The yaw in degrees of face → camera rotations (..., 3, 3) as :func:`face_camera` makes them
+    (and the fit's ``camera_rotation``): positive shows the right cheek; pitch and roll aside."""
+    r = np.asarray(rotation, np.float64)
+    return np.degrees(np.arctan2(r[..., 0, 2], r[..., 0, 0]))
+
+
+def yaw_bins(yaw_deg, edges) -> np.ndarray:
+    """The bin of each yaw (degrees) among ``edges`` (n + 1,) rising: bin i holds
+    edges[i] ≤ yaw < edges[i + 1], the outer bins open-ended. int64, yaw's shape."""
+    return np.searchsorted(np.asarray(edges, np.float64)[1:-1], yaw_deg, side="right")
+
+
 def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     """Area-weighted unit vertex normals: (V, 3), (F, 3) → (V, 3)."""
     return vertex_normals_batch(np.asarray(vertices)[None], faces)[0]

@@ -247,3 +247,22 @@ def test_random_portrait_images_show_the_mesh_they_buffer(default_model):
     np.testing.assert_allclose(r.bary[hit].sum(1), 1.0, atol=1e-9)
     p3 = (r.bary[hit][..., None] * verts[default_model.faces[r.face_id[hit]]]).sum(1)
     np.testing.assert_allclose(cam.project(p3)[:, :2], _centres(128, 128)[hit], atol=1e-6)
+
+
+def test_camera_yaw_reads_back_the_yaw_a_face_camera_was_made_with():
+    from skullsearch.encoder.render import camera_yaw, face_camera
+
+    for yaw, pitch in ((-35.0, 0.0), (0.0, 8.0), (12.5, -10.0), (40.0, 5.0)):
+        rot = face_camera(yaw_deg=yaw, pitch_deg=pitch).rotation
+        assert float(camera_yaw(rot)) == pytest.approx(yaw, abs=1e-9)
+    rots = np.stack([face_camera(yaw_deg=y).rotation for y in (-20.0, 30.0)])
+    np.testing.assert_allclose(camera_yaw(rots), [-20.0, 30.0], atol=1e-9)  # batched
+
+
+def test_yaw_bins_hold_their_lower_edge_and_the_outer_bins_are_open():
+    from skullsearch.encoder.render import yaw_bins
+
+    edges = (-90.0, -25.0, -10.0, 10.0, 25.0, 90.0)
+    got = yaw_bins(np.array([-120.0, -25.0, -10.0001, -10.0, 0.0, 9.99, 10.0, 25.0, 170.0]), edges)
+    assert got.tolist() == [0, 1, 1, 2, 2, 2, 3, 4, 4]
+    assert int(yaw_bins(0.0, edges)) == 2
