@@ -31,6 +31,20 @@ class Held(NamedTuple):
     index: object
 
 
+def list_matrix(column, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """A pyarrow list column of ``width`` values per row (fixed-size or not, float16 or 32,
+    chunked or not) → ((n, width) float32 with NaN rows for nulls, valid (n,) bool)."""
+    import pyarrow.compute as pc
+
+    col = column.combine_chunks() if hasattr(column, "combine_chunks") else column
+    valid = col.is_valid().to_numpy(zero_copy_only=False)
+    out = np.full((len(col), width), np.nan, np.float32)
+    if valid.any():
+        values = pc.list_flatten(col.filter(col.is_valid())).to_numpy(zero_copy_only=False)
+        out[valid] = values.reshape(-1, width)
+    return out, valid
+
+
 def positions(sorted_ids: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Where each of ``ids`` sits in ``sorted_ids`` (ascending): (positions (n,), found (n,) bool)."""
     pos = np.searchsorted(sorted_ids, ids)
@@ -67,15 +81,12 @@ class VectorColumn:
         if not sh.faces or self.column not in pq.read_schema(path).names:
             return self.empty()
         t = pq.read_table(path, columns=["face_id", self.column])
-        col = t.column(self.column).combine_chunks()
-        valid = col.is_valid().to_numpy(zero_copy_only=False)
+        vals, valid = list_matrix(t.column(self.column), self.dim)
         if not valid.any():
             return self.empty()
-        vals = col.values.to_numpy(zero_copy_only=False).reshape(-1, self.dim)
-        vals = vals[col.offset: col.offset + len(col)][valid]
         sid = t.column("face_id").to_numpy()[valid].astype(np.int64)
         order = np.argsort(sid, kind="stable")
-        return sid[order], np.ascontiguousarray(vals[order], np.float32)
+        return sid[order], np.ascontiguousarray(vals[valid][order], np.float32)
 
     def index(self, root: Path, shards: list[ShardInfo]) -> Held:
         """The index over every given shard's vectors (shards added since the last call are read

@@ -29,6 +29,7 @@ import numpy as np
 
 from skullsearch.encoder.descriptors import PERSON_DISTANCE
 from skullsearch.errors import SkullsearchError
+from skullsearch.index.columns import list_matrix
 
 #: the person gallery's faces of a refitted group record this encoder (before the source's own)
 REFIT = "person-refit"
@@ -93,22 +94,9 @@ class _Faces:
 
         return cls(t.column("face_id").to_numpy().astype(np.int64), t.column("path").to_pylist(),
                    t.column("person").to_pylist(), t.column("detector").to_pylist(),
-                   _matrix(t.column("landmarks"), 136).reshape(-1, 68, 2),
-                   _matrix(t.column("descriptor"), 128),
+                   list_matrix(t.column("landmarks"), 136)[0].reshape(-1, 68, 2),
+                   list_matrix(t.column("descriptor"), 128)[0],
                    np.stack([num("image_width"), num("image_height")], 1), num("residual_px"))
-
-
-def _matrix(column, width: int) -> np.ndarray:
-    """A list column of ``width`` floats per row → (n, width) float32, NaN rows for nulls."""
-    import pyarrow.compute as pc
-
-    col = column.combine_chunks()
-    out = np.full((len(col), width), np.nan, np.float32)
-    valid = col.is_valid().to_numpy(zero_copy_only=False)
-    if valid.any():
-        values = pc.list_flatten(col.filter(col.is_valid())).to_numpy(zero_copy_only=False)
-        out[valid] = values.reshape(-1, width)
-    return out
 
 
 def _members(gallery, min_size: int, regroup: bool) -> tuple[_Faces, np.ndarray]:

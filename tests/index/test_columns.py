@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from skullsearch.index import schema, store
-from skullsearch.index.columns import VectorColumn, positions
+from skullsearch.index.columns import VectorColumn, list_matrix, positions
 
 
 def unit(x):
@@ -122,3 +122,21 @@ def test_values_of_face_ids_with_nan_for_faces_without_one(root, column, from_sh
     np.testing.assert_array_equal(out[2], a[0].astype(np.float16))
     assert np.isnan(out[[1, 3, 4]]).all()  # no fingerprint, an unknown shard, an unknown row
     assert (column.held is None) is from_shards  # read from the shards: no index held
+
+
+def test_list_matrix_reads_fixed_and_variable_lists_with_nulls_as_nan_rows():
+    import pyarrow as pa
+
+    rows = [[1.0, 2.0, 3.0], None, [4.0, 5.0, 6.5]]
+    fixed = pa.array(rows, pa.list_(pa.float16(), 3))  # (the shards' layout: float16, fixed size)
+    variable = pa.chunked_array([pa.array(rows[:2], pa.list_(pa.float32())),
+                                 pa.array(rows[2:], pa.list_(pa.float32()))])  # (DuckDB's FLOAT[])
+    for col in (fixed, variable, fixed.slice(1)):
+        got, valid = list_matrix(col, 3)
+        want = np.array(rows[len(rows) - len(col):], dtype=object)
+        assert got.dtype == np.float32 and got.shape == (len(col), 3)
+        assert valid.tolist() == [r is not None for r in want]
+        for g, w in zip(got, want, strict=True):
+            np.testing.assert_array_equal(g, np.full(3, np.nan) if w is None else w)
+    got, valid = list_matrix(pa.array([None, None], pa.list_(pa.float32(), 3)), 3)
+    assert np.isnan(got).all() and not valid.any()
