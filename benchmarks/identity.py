@@ -18,7 +18,7 @@ expression) and every photo goes through the real decoder, dlib detector and bat
 
     python benchmarks/identity.py [--persons 100] [--photos 3] [--gallery 3000 [10000 ...]] [--seed 0]
                                   [--identity-prior] [--uncertainty] [--landmark-noise 0.03]
-                                  [--detector dlib|mesh] [--pose-embedding]
+                                  [--detector dlib|mesh] [--pose-embedding] [--photometric]
 
 ``--uncertainty`` fits with the posterior covariance (``FitConfig(posterior=True)``), adds the
 re-shot AUC from the soft-tissue points (L2, and Mahalanobis under both faces' Σ_face) and
@@ -64,11 +64,13 @@ from skullsearch.index.ingest import neutral_soft_tissue
 from skullsearch.retrieval.score import ScoreConfig, rank_order, score
 
 
-def encode(model, paths, persons=None, descriptors=False, prior=None, config=None, detector="dlib"):
+def encode(model, paths, persons=None, descriptors=False, prior=None, config=None, detector="dlib",
+           photometric=None):
     """Fitted codes (n, 228), the photo index of each face (photos without a face dropped),
     when asked the person descriptors (n, 128) (else None), and the soft-tissue covariances
     (n, 36, 3, 3) when the config asks for the posterior (else None). prior: an IdentityPrior for
-    the fit (computes the descriptors)."""
+    the fit (computes the descriptors); photometric: a PhotometricConfig to refine the fits with
+    the photos' shading (the covariances stay the landmark fit's)."""
     images = read_images(paths)
     faces, _ = detect_faces(images, get_detector(detector), all_faces=False)
     if persons is not None:
@@ -80,6 +82,11 @@ def encode(model, paths, persons=None, descriptors=False, prior=None, config=Non
         descs = np.stack([f.descriptor if f.descriptor is not None else np.full(128, np.nan, np.float32)
                           for f in faces])
     fit_faces(model, faces, config=config, identity_prior=prior)
+    if photometric is not None:
+        from skullsearch.encoder.photometric import refine_faces
+
+        refine_faces(model, faces, {im.path: im.pixels for im in images if hasattr(im, "pixels")},
+                     config, photometric)
     idx = np.array([int(Path(f.image).stem[5:]) for f in faces])
     covs = np.stack([f.tissue_cov for f in faces]) if config is not None and config.posterior else None
     return np.stack([f.code for f in faces]), idx, descs, covs
@@ -192,7 +199,14 @@ def main(argv=None):
                     help="fit dlib's points with its per-yaw-bin embedding (FitConfig.pose_embedding)")
     ap.add_argument("--w-dense", type=float, default=FitConfig.w_dense,
                     help="weight of the dense detector's points in the fit (mesh; 0 leaves them out)")
+    ap.add_argument("--photometric", action="store_true",
+                    help="refine every fit with the photo's shading (encoder.photometric, default settings)")
     a = ap.parse_args(argv)
+    photometric = None
+    if a.photometric:
+        from skullsearch.encoder.photometric import PhotometricConfig
+
+        photometric = PhotometricConfig()
     rng = np.random.default_rng(a.seed)
     model = FaceModel.default()
     mask = face_region(model)
@@ -212,8 +226,9 @@ def main(argv=None):
     cfg = FitConfig(posterior=a.uncertainty, landmark_noise=a.landmark_noise, w_dense=a.w_dense,
                     pose_embedding=a.pose_embedding)
     codes1, idx1, descs1, cov1 = encode(model, paths, descriptors=True, prior=prior, config=cfg,
-                                        detector=a.detector)
-    codes3, idx3, _, cov3 = encode(model, paths, persons=person, prior=prior, config=cfg, detector=a.detector)
+                                        detector=a.detector, photometric=photometric)
+    codes3, idx3, _, cov3 = encode(model, paths, persons=person, prior=prior, config=cfg, detector=a.detector,
+                                   photometric=photometric)
     t2 = time.perf_counter()
 
     # identity error, single photo
@@ -245,7 +260,7 @@ def main(argv=None):
     dis_cov = None if cov1 is None else cov1[borrow]
     out = {"persons": a.persons, "photos_per_person": a.photos, "gallery": max(sizes[0], a.persons),
            "identity_prior": bool(a.identity_prior), "detector": a.detector, "w_dense": a.w_dense,
-           "pose_embedding": a.pose_embedding,
+           "pose_embedding": a.pose_embedding, "photometric": bool(a.photometric),
            "photos": len(paths), "faces_found": int(len(idx1)),
            "identity_error_mm": round(float(err.mean()), 3),
            "mean_face_error_mm": round(float(err0.mean()), 3),

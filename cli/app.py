@@ -192,6 +192,9 @@ def encode_cmd(
     uncertainty: Annotated[bool, typer.Option(
         help="Also give each face's fit uncertainty (the posterior covariance of its 36 soft-tissue "
              "points, mm², in --json as tissue_cov).")] = False,
+    photometric: Annotated[bool, typer.Option(
+        help="Refine each fit with the photo's shading (a dense cue to the face's depths; about 1 s "
+             "per face; assumes one skin colour under a smooth light, see README).")] = False,
 ):
     """Photos → 3D faces: detect 68 landmarks and fit a face code to every face."""
     import json
@@ -207,7 +210,7 @@ def encode_cmd(
         prior = identity_prior_file or (True if identity_prior else None)
         result = encode(paths, model=model, detector=detector, light=light, cnn=cnn,
                         person=["one"] * len(paths) if same_person else None, descriptors=descriptors,
-                        identity_prior=prior, uncertainty=uncertainty)
+                        identity_prior=prior, uncertainty=uncertainty, photometric=photometric)
     table = Table(title=f"{len(result.faces)} face(s) in {len(paths)} photo(s)")
     for col in ("photo", "face", "score", "residual px", "yaw°", "quality"):
         table.add_column(col, justify="right" if col not in ("photo", "quality") else "left")

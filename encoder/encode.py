@@ -225,6 +225,7 @@ def encode(
     descriptors: bool = False,
     identity_prior=None,
     uncertainty: bool = False,
+    photometric=False,
 ) -> EncodeResult:
     """Encode photos: every face found gets a 228-float code.
 
@@ -238,7 +239,10 @@ def encode(
     identity_prior: ``True`` (the one packaged for the model), a file, or an
     :class:`~skullsearch.encoder.identity_prior.IdentityPrior`: predict each face's shape prior
     from its descriptor (:mod:`.identity_prior`; computes the descriptors); uncertainty: also
-    each face's fit uncertainty, ``EncodedFace.tissue_cov`` (``FitConfig(posterior=True)``).
+    each face's fit uncertainty, ``EncodedFace.tissue_cov`` (``FitConfig(posterior=True)``; from
+    the landmark fit); photometric: ``True`` or a
+    :class:`~skullsearch.encoder.photometric.PhotometricConfig`: refine each fit with the photo's
+    shading (:mod:`.photometric`; about 1 s per face on one core).
     """
     from skullsearch.encoder.face_model import FaceModel
 
@@ -276,6 +280,11 @@ def encode(
     if uncertainty:
         config = replace(config or FitConfig(), posterior=True)
     fit_faces(model, faces, config, init=init, identity_prior=prior)
+    if photometric is not None and photometric is not False and faces:
+        from skullsearch.encoder.photometric import PhotometricConfig, refine_faces
+
+        refine_faces(model, faces, {img.path: img.pixels for img in decoded if isinstance(img, DecodedImage)},
+                     config, photometric if isinstance(photometric, PhotometricConfig) else None)
     if light:
         pixels = {img.path: img.pixels for img in decoded if isinstance(img, DecodedImage)}
         for f in faces:

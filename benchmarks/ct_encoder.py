@@ -1,0 +1,360 @@
+"""The encoder against real anatomy: photos of a real face (a CT head's skin) through the real
+detector and fit, each fitted face compared with that skin.
+
+Every other identity figure of skullsearch is synthetic: renders of faces drawn from the face
+model, so the truth comes from the model the fit searches (DESIGN.md §9). Here the face is real:
+the skin surface of a CT head (``benchmarks/_ct.py``; the shared Stanford/UNC CThead, a cadaver,
+eyes closed, no hair in CT). It is placed in the face model's frame once (a rigid ICP of the mean
+face; nothing else looks at it before the scoring), then rendered as portraits — yaw
+``--yaws``, two lights each, the Lambertian renderer of the synthetic benchmarks, so the photos
+are as photo-like as the renders the identity prior and the calibrated embeddings were learned
+on, and no more — and every portrait goes through the real decode → detect → fit path:
+
+- ``dlib``: the default fit, each photo alone;
+- ``dlib_pose``: with the pose-conditioned embedding (``FitConfig(pose_embedding=True)``);
+- ``mesh``: MediaPipe's face mesh with its own embedding (when mediapipe is installed);
+- ``dlib_prior``: with the identity prior (shape predicted from the photo's person descriptor;
+  its domain distance is reported: applied only within its limit);
+- ``dlib_photo``: the dlib fit refined by the photos' shading (:mod:`skullsearch.encoder.photometric`);
+- ``*_shared``: all photos of the head fitted with one shared shape (paper Eq. 2).
+
+**Identity error**: each fitted *neutral* face (shape only; the gallery's soft-tissue points are
+read off the neutral face), over the model's face region (NoW-style, brow to chin between the
+zygia), aligned to the real skin by ICP (rigid, and similarity: NoW's non-metrical protocol),
+then the distance of every region vertex to the skin (mean mm), against:
+
+- ``mean_face``: the model's mean face, aligned the same way (the baseline of every ratio);
+- ``oracle``: the model's best neutral face for this skin — its shape coefficients fitted to
+  the skin in 3D (non-rigid ICP under the model's prior): the floor the model itself sets.
+
+Vertices whose place on the head falls in the CT's dental streak (slices 74–82: the lips and the
+skin along the mouth line are metal-artefact spikes) are left out of every alignment and
+distance (``streak_vertices``). No default is tuned to this head: it reports. One cadaver head
+under untextured renders is a first real-anatomy check, not a validation set.
+
+    python benchmarks/ct_encoder.py [--ct /work/shared/ct/cthead/cthead.npz]
+        [--yaws -30 -20 -10 0 10 20 30] [--detectors dlib mesh] [--no-prior] [--no-photometric] [--save DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from _common import emit
+
+HERE = Path(__file__).resolve().parent
+#: CT slices of the dental streak (fillings; see ../shared/ct/README.md), with a slice of margin.
+STREAK_SLICES = (74.0, 82.0)
+LIGHTS = ((0.3, 0.4, 1.0), (-0.4, 0.2, 1.0))
+
+
+def _ct_module():
+    spec = importlib.util.spec_from_file_location("_ct", HERE / "_ct.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _rigid(src: np.ndarray, dst: np.ndarray, scale: bool) -> np.ndarray:
+    """The (4, 4) rigid (or similarity) transform taking src (n, 3) onto dst (n, 3)."""
+    import trimesh
+
+    m, _, _ = trimesh.registration.procrustes(src, dst, reflection=False, scale=scale,
+                                              return_cost=True)
+    return m
+
+
+def _apply(m: np.ndarray, p: np.ndarray) -> np.ndarray:
+    return p @ m[:3, :3].T + m[:3, 3]
+
+
+_SAMPLES: dict[int, tuple] = {}
+
+
+def _samples(skin, spacing_mm: float = 0.4):
+    """Points on the skin about ``spacing_mm`` apart and their KD-tree (cached per mesh): the ICP's
+    correspondences (the final distances are to the surface itself)."""
+    from scipy.spatial import cKDTree
+
+    key = id(skin)
+    if key not in _SAMPLES:
+        import trimesh
+
+        n = int(skin.area / spacing_mm**2)
+        pts, _ = trimesh.sample.sample_surface(skin, n, seed=0)
+        pts = np.concatenate([pts, skin.vertices])
+        _SAMPLES[key] = (pts, cKDTree(pts))
+    return _SAMPLES[key]
+
+
+def icp(points: np.ndarray, skin, use: np.ndarray, scale: bool = False, init: np.ndarray | None = None,
+        iters: int = 40, tol: float = 1e-5) -> tuple[np.ndarray, np.ndarray]:
+    """Align points (n, 3) to the skin mesh by ICP (point to closest surface point), using the
+    points ``use`` (n,) bool. Returns the transform (4, 4) and every point's distance (n,) to the
+    skin after it."""
+    import trimesh
+
+    m = np.eye(4) if init is None else np.asarray(init, np.float64)
+    samples, tree = _samples(skin)
+    last = np.inf
+    for _ in range(iters):
+        cur = _apply(m, points[use])
+        d, j = tree.query(cur)
+        closest = samples[j]
+        cost = float(np.mean(d**2))
+        m = _rigid(cur, closest, scale) @ m
+        if last - cost < tol * max(cost, 1e-9):
+            break
+        last = cost
+    _, d, _ = trimesh.proximity.closest_point(skin, _apply(m, points))
+    return m, d
+
+
+def place_skin(model, skin, region: np.ndarray):
+    """The skin (trimesh, CT frame) in the model's face frame: the mean face's region aligned to
+    it by rigid ICP from pitches −20…20° (the head lies tilted), nose tip on the skin's most
+    anterior point. Returns (skin in the model frame, the (4, 4) model → CT transform, the RMS mm
+    of that fit)."""
+    src = model.v_template.astype(np.float64)[region]
+    front = skin.vertices[np.argmax(skin.vertices[:, 2])]
+    best = None
+    for pitch in (-20.0, -10.0, 0.0, 10.0, 20.0):
+        a = np.deg2rad(pitch)
+        r = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
+        init = np.eye(4)
+        init[:3, :3] = r
+        init[:3, 3] = front - r @ src[np.argmax(src[:, 2])]
+        m, d = icp(src, skin, np.ones(len(src), bool), init=init, iters=60)
+        rms = float(np.sqrt(np.mean(d**2)))
+        if best is None or rms < best[2]:
+            best = (m, d, rms)
+    m = best[0]
+    placed = skin.copy()
+    placed.apply_transform(np.linalg.inv(m))
+    return placed, m, best[2]
+
+
+def crop(skin, points: np.ndarray, margin: float = 30.0):
+    """The part of the skin (trimesh) within ``margin`` mm of the box around points (n, 3): the
+    face, without the back of the head (closest-point queries on it are ~5× faster)."""
+    lo, hi = points.min(0) - margin, points.max(0) + margin
+    inside = np.all((skin.vertices >= lo) & (skin.vertices <= hi), axis=1)
+    part = skin.copy()
+    part.update_faces(inside[skin.faces].all(1))
+    part.remove_unreferenced_vertices()
+    return part
+
+
+def streak_vertices(model, to_ct: np.ndarray, spacing_mm: float, shape) -> np.ndarray:
+    """(V,) bool: model vertices (mean face) whose place on the CT head lies in the dental
+    streak's slices. to_ct: model → CT-frame transform; the CT frame's y is −slice × spacing
+    about the volume's centre (``_ct.head_frame``)."""
+    y = _apply(to_ct, model.v_template.astype(np.float64))[:, 1]
+    s = -y / spacing_mm + (shape[0] - 1) / 2
+    return (s >= STREAK_SLICES[0]) & (s <= STREAK_SLICES[1])
+
+
+def neutral_faces(model, shapes: np.ndarray) -> np.ndarray:
+    """Neutral faces (n, V, 3) mm of shape codes (n, ≤S)."""
+    s = np.zeros((len(shapes), model.n_shape), np.float32)
+    s[:, : shapes.shape[1]] = shapes[:, : model.n_shape]
+    with torch.no_grad():
+        return model.rest_vertices(shape=torch.as_tensor(s)).double().numpy()
+
+
+def oracle_shape(model, skin, region: np.ndarray, use: np.ndarray, iters: int = 12,
+                 noise_mm: float = 1.0) -> np.ndarray:
+    """The model's best neutral face for the skin: shape coefficients (S,) fitted in 3D by
+    non-rigid ICP — closest skin points of the region's vertices, rigid re-alignment, then the
+    MAP shape under the model's prior N(0, σ²) with ``noise_mm`` per coordinate."""
+    idx = np.flatnonzero(region & use)
+    basis = model.shapedirs[idx].astype(np.float64).reshape(-1, model.n_shape)  # (3n, S)
+    base = model.v_template[idx].astype(np.float64).reshape(-1)
+    reg = np.diag((noise_mm / np.asarray(model.shape_std, np.float64)) ** 2)
+    alpha = np.zeros(model.n_shape)
+    m = np.eye(4)
+    for _ in range(iters):
+        face = (base + basis @ alpha).reshape(-1, 3)
+        m, _ = icp(face, skin, np.ones(len(face), bool), init=m, iters=10)
+        samples, tree = _samples(skin)
+        closest = samples[tree.query(_apply(m, face))[1]]
+        target = _apply(np.linalg.inv(m), closest).reshape(-1)
+        alpha = np.linalg.solve(basis.T @ basis + reg, basis.T @ (target - base))
+    return alpha
+
+
+def render_photos(skin, folder: Path, yaws) -> list[Path]:
+    """Portraits (512 px PNG) of the placed skin: each yaw under each of :data:`LIGHTS`."""
+    from PIL import Image
+
+    from skullsearch.encoder.render import face_camera, render_mesh
+
+    paths = []
+    for yaw in yaws:
+        cam = face_camera(yaw_deg=float(yaw), size=512, distance=700.0, fov_mm=300.0,
+                          center=np.array([0.0, -30.0, 0.0]))
+        for k, light in enumerate(LIGHTS):
+            img = render_mesh(skin.vertices, skin.faces, cam, light_dir=light).image
+            paths.append(folder / f"ct_yaw{int(yaw):+03d}_light{k}.png")
+            Image.fromarray(img).save(paths[-1])
+    return paths
+
+
+def fit_codes(model, paths, detector: str, config, prior=None, shared: bool = False, photometric=None):
+    """Fitted shape codes (n, S) of the photos the detector finds, their names, the person
+    descriptors' domain distances under the prior (n,) (None without one) and the mean residual px.
+    photometric: a PhotometricConfig to refine the landmark fits with the photos' shading."""
+    from skullsearch.encoder import code as code_layout
+    from skullsearch.encoder.detectors import get_detector
+    from skullsearch.encoder.encode import describe_faces, detect_faces, fit_faces
+    from skullsearch.encoder.images import read_images
+
+    images = read_images(paths)
+    faces, _ = detect_faces(images, get_detector(detector), all_faces=False)
+    if not faces:
+        return np.zeros((0, model.n_shape)), [], None, float("nan")
+    dist = None
+    if prior is not None:
+        describe_faces(faces, {im.path: im.pixels for im in images if hasattr(im, "pixels")})
+        descs = np.stack([f.descriptor if f.descriptor is not None else np.full(128, np.nan)
+                          for f in faces])
+        dist = prior.domain_distance(descs)
+    if shared:
+        for f in faces:
+            f.person = "ct"
+    fit_faces(model, faces, config=config, identity_prior=prior)
+    codes = np.stack([f.code for f in faces])
+    if photometric is not None:
+        from skullsearch.encoder.photometric import refine_photometric
+
+        pixels = {im.path: im.pixels for im in images if hasattr(im, "pixels")}
+        res = refine_photometric(model, codes, np.stack([f.landmarks for f in faces]),
+                                 [pixels[f.image] for f in faces],
+                                 person=np.array([f.person or f"\0{i}" for i, f in enumerate(faces)]),
+                                 config=config, photometric=photometric)
+        codes = res.codes
+        for f, r in zip(faces, res.residual_px, strict=True):
+            f.residual_px = float(r)
+    shape = codes[:, code_layout.SLICES["shape"]]
+    return shape, [Path(f.image).name for f in faces], dist, float(np.mean([f.residual_px for f in faces]))
+
+
+def _stats(d: np.ndarray) -> dict:
+    return {"mean_mm": round(float(np.mean(d)), 3), "p90_mm": round(float(np.percentile(d, 90)), 3)}
+
+
+def face_errors(model, skin, shapes: np.ndarray, keep: np.ndarray) -> dict:
+    """Distances of neutral faces of shapes (n, S) to the skin over ``keep`` (V,) after rigid and
+    after similarity ICP: per face mean mm (n,) each."""
+    faces = neutral_faces(model, shapes)
+    out = {"rigid": [], "similarity": []}
+    for v in faces:
+        pts = v[keep]
+        m, d = icp(pts, skin, np.ones(len(pts), bool))
+        out["rigid"].append(float(np.mean(d)))
+        _, d = icp(pts, skin, np.ones(len(pts), bool), scale=True, init=m)
+        out["similarity"].append(float(np.mean(d)))
+    return {k: np.asarray(v) for k, v in out.items()}
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--ct", default=None, help="CT head npz (default: the shared CThead)")
+    p.add_argument("--yaws", type=float, nargs="+", default=[-30, -20, -10, 0, 10, 20, 30])
+    p.add_argument("--detectors", nargs="+", default=["dlib", "mesh"])
+    p.add_argument("--no-prior", action="store_true", help="skip the identity prior's fits")
+    p.add_argument("--no-photometric", action="store_true", help="skip the photometric refinement's fits")
+    p.add_argument("--save", default=None, help="keep the renders and the placed skin in this folder")
+    a = p.parse_args(argv)
+    ct = _ct_module()
+    from skullsearch import FaceModel
+    from skullsearch.encoder.face_model import face_region
+    from skullsearch.encoder.fitting import FitConfig
+    from skullsearch.encoder.photometric import PhotometricConfig
+
+    model = FaceModel.builtin("ict")
+    region = face_region(model)
+    t = time.time()
+    volume, spacing = ct.load_ct(a.ct or ct.CT_HEAD)
+    _, skin_ct = ct.extract_surfaces(volume, spacing)
+    skin, to_ct, rms = place_skin(model, crop(skin_ct, skin_ct.vertices[skin_ct.vertices[:, 2] > 0], 0.0),
+                                  region)
+    full = skin_ct.copy()
+    full.apply_transform(np.linalg.inv(to_ct))  # the whole head, for the renders
+    skin = crop(skin, model.v_template[region].astype(np.float64))
+    streak = streak_vertices(model, to_ct, float(spacing[0]), volume.shape)
+    keep = region & ~streak
+    print(f"skin placed in the model's frame ({time.time() - t:.0f} s; mean face RMS {rms:.2f} mm); "
+          f"{keep.sum()} of {region.sum()} face-region vertices outside the dental streak", file=sys.stderr)
+    out = {"ct": str(Path(a.ct or ct.CT_HEAD).name), "yaws": a.yaws, "lights": len(LIGHTS),
+           "region_vertices": int(region.sum()), "scored_vertices": int(keep.sum()),
+           "placement_rms_mm": round(rms, 3), "faces": {}}
+
+    def record(name, shapes, **extra):
+        e = face_errors(model, skin, shapes, keep)
+        row = {k: _stats(v) | {"per_photo_mean_mm": [round(float(x), 3) for x in v]} if len(v) > 1
+               else _stats(v) for k, v in e.items()}
+        out["faces"][name] = row | {"n": len(shapes)} | extra
+        print(f"  {name}: {len(shapes)} faces, rigid {np.mean(e['rigid']):.3f} mm, similarity "
+              f"{np.mean(e['similarity']):.3f} mm", file=sys.stderr)
+
+    record("mean_face", np.zeros((1, model.n_shape)))
+    t = time.time()
+    record("oracle", oracle_shape(model, skin, region, ~streak)[None], seconds=round(time.time() - t, 1))
+
+    prior = None
+    if not a.no_prior:
+        from skullsearch.encoder.identity_prior import for_model
+        prior = for_model(model)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(a.save or tmp)
+        folder.mkdir(parents=True, exist_ok=True)
+        if a.save:
+            full.export(folder / "skin_model_frame.ply")
+        paths = render_photos(full, folder, a.yaws)
+        runs = []
+        for det in a.detectors:
+            if det == "mesh" and importlib.util.find_spec("mediapipe") is None:
+                print("  mesh: mediapipe is not installed, skipped", file=sys.stderr)
+                continue
+            runs += [(det, FitConfig(), None), (f"{det}_shared", FitConfig(), None)]
+            if det == "dlib":
+                runs.insert(len(runs) - 1, ("dlib_pose", FitConfig(pose_embedding=True), None))
+                runs.append(("dlib_pose_shared", FitConfig(pose_embedding=True), None))
+                if prior is not None:
+                    runs += [("dlib_prior", FitConfig(), prior), ("dlib_prior_shared", FitConfig(), prior)]
+        if "dlib" in a.detectors and not a.no_photometric:
+            runs += [("dlib_photo", FitConfig(), None), ("dlib_photo_shared", FitConfig(), None)]
+        for name, cfg, pr in runs:
+            det = name.split("_")[0]
+            t = time.time()
+            shapes, names, dist, res_px = fit_codes(
+                model, paths, det, cfg, prior=pr, shared=name.endswith("_shared"),
+                photometric=PhotometricConfig() if "_photo" in name else None)
+            extra = {"photos": len(paths), "found": len(names), "residual_px": round(res_px, 2),
+                     "fit_seconds": round(time.time() - t, 1)}
+            if dist is not None:
+                extra["prior_domain_distance"] = [round(float(x), 1) for x in dist]
+                extra["prior_domain_limit"] = round(float(pr.domain_limit), 1)
+                extra["prior_applied"] = int((dist <= pr.domain_limit).sum())
+            if name.endswith("_shared") and len(shapes):
+                shapes = shapes[:1]
+            if len(shapes):
+                record(name, shapes, **extra)
+    base = out["faces"]["mean_face"]
+    for row in out["faces"].values():
+        for k in ("rigid", "similarity"):
+            row[k]["ratio_to_mean_face"] = round(row[k]["mean_mm"] / base[k]["mean_mm"], 3)
+    emit(json.loads(json.dumps(out)))
+
+
+if __name__ == "__main__":
+    main()

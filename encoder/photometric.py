@@ -1,0 +1,271 @@
+"""Photometric refinement: the photo's shading as a dense cue to the face's shape.
+
+68 landmarks say little about a face's depths (the nose's projection, the cheeks' curvature);
+the shading of the skin says much (shape from shading; Blanz & Vetter's analysis by synthesis).
+After the landmark fit, :func:`refine_photometric` moves each face's shape, expression, jaw and
+camera to minimize
+
+    E = E_landmarks (the fit's: reprojection + Delaunay edges + prior; :class:`FitConfig`)
+        + w_photo · mean_v ρ(‖I(π(v)) − L · Y(n_v)‖)
+
+over the visible vertices v of the face region: I the photo (RGB in [0, 1], lightly blurred),
+π the camera, n_v the vertex normal, Y the 9 real spherical harmonics of n (order 2), L (3, 9)
+the light × a uniform albedo, solved in closed form at each step (least squares over the
+visible vertices; the gradient of E at the optimal L is E's with L held: it is detached), ρ a
+Cauchy loss (scale ``PhotometricConfig.cauchy``: eyebrows, lips, hair, specular spots and closed
+eyes are outliers to a uniform albedo). Visibility (z-buffer of the current face and normals
+turned towards the camera) is recomputed every ``visibility_every`` steps. Adam with a cosine
+schedule; faces of one person share their shape (their photometric terms add up).
+
+The model has no albedo: a face is assumed one colour under one smooth light. That holds for
+renders and roughly for skin; a photo's texture (brows, lips, make-up, beard) and cast shadows
+break it, and the robust loss only bounds their pull. Measured in ``benchmarks/photometric.py``
+(renders: synthetic) and ``benchmarks/ct_encoder.py`` (renders of a real CT head's skin).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from skullsearch.encoder import code as code_layout
+from skullsearch.encoder.face_data import SurfacePoints
+from skullsearch.encoder.fitting import (
+    FitConfig,
+    FitResult,
+    LandmarkRig,
+    _AdamFit,
+    _initial_state,
+    _observations,
+    camera_rotation,
+    project,
+    rig_for,
+)
+
+#: The visibility z-buffer's size (px, longer side): a vertex is visible when within 1 mm of it.
+VISIBILITY_PX = 160
+
+
+@dataclass(frozen=True)
+class PhotometricConfig:
+    """Settings of :func:`refine_photometric`. weight: w_photo (the landmark term's scale: a
+    face's mean squared landmark error in inter-ocular units is ~0.002); steps, lr: Adam;
+    cauchy: the robust loss's scale (colour units); blur_px: Gaussian σ of the photo per 512 px of
+    its longer side; vertices: the face region's vertices used (evenly subsampled) per face."""
+
+    weight: float = 10.0
+    steps: int = 200
+    lr: float = 0.01
+    cauchy: float = 0.1
+    blur_px: float = 1.5
+    visibility_every: int = 15
+    vertices: int = 2500
+    min_visible: int = 200
+
+
+def sh9(normals: torch.Tensor) -> torch.Tensor:
+    """Order-2 real spherical harmonics (constants folded in): (..., 3) unit normals, y up and z
+    towards the viewer → (..., 9)."""
+    x, y, z = normals.unbind(-1)
+    return torch.stack([torch.ones_like(x), y, z, x, x * y, y * z, 3 * z**2 - 1, x * z, x**2 - y**2], -1)
+
+
+def _blurred(images: list[np.ndarray], sigma_per_512: float) -> tuple[torch.Tensor, np.ndarray]:
+    """Photos (H, W, 3) uint8 → one padded (B, 3, Hmax, Wmax) float tensor in [0, 1], each blurred
+    by a Gaussian of σ = sigma_per_512 × its longer side / 512 px; and the padded size (2,) (W, H)."""
+    from scipy.ndimage import gaussian_filter
+
+    hmax = max(im.shape[0] for im in images)
+    wmax = max(im.shape[1] for im in images)
+    out = np.zeros((len(images), 3, hmax, wmax), np.float32)
+    for i, im in enumerate(images):
+        a = np.asarray(im, np.float32)[..., :3] / 255.0
+        s = sigma_per_512 * max(a.shape[:2]) / 512.0
+        if s > 0:
+            a = gaussian_filter(a, sigma=(s, s, 0))
+        out[i, :, : a.shape[0], : a.shape[1]] = a.transpose(2, 0, 1)
+    return torch.from_numpy(out), np.array([wmax, hmax], np.float64)
+
+
+def _vertex_rig(model, ids: np.ndarray, n_shape: int, n_expression: int, dtype) -> LandmarkRig:
+    """A :class:`~.fitting.LandmarkRig` whose points are the model's vertices ``ids`` (K,): their
+    posed positions at the cost of K vertices, not the whole mesh."""
+    flat = model.faces.reshape(-1)
+    order = np.argsort(flat, kind="stable")
+    first = order[np.searchsorted(flat[order], ids)]  # a corner of each vertex
+    bary = np.zeros((len(ids), 3), np.float32)
+    bary[np.arange(len(ids)), first % 3] = 1.0
+    return LandmarkRig(model, n_shape, n_expression, dtype=dtype,
+                       points=SurfacePoints(first // 3, bary), marching=False)
+
+
+class _PhotoFit(_AdamFit):
+    """The landmark fit's Adam problem (:class:`~.fitting._AdamFit`) plus the photometric term."""
+
+    def __init__(self, model, rig, cfg: FitConfig, pcfg: PhotometricConfig, obs, pidx, n_person, state,
+                 images: list[np.ndarray]):
+        super().__init__(rig, cfg, obs, pidx, n_person, state)
+        from skullsearch.encoder.face_model import face_region
+
+        self.model, self.pcfg = model, pcfg
+        self.img, self.padded = _blurred(images, pcfg.blur_px)
+        self.img = self.img.to(self.dt)
+        self.sizes = torch.as_tensor(np.array([[im.shape[1], im.shape[0]] for im in images], np.float64),
+                                     dtype=self.dt)
+        region = np.flatnonzero(face_region(model))
+        step = max(1, len(region) // pcfg.vertices)
+        use = region[::step]
+        faces = model.faces
+        near = np.zeros(model.n_vertices, bool)
+        near[use] = True
+        tri = faces[near[faces].any(1)]  # the triangles around the used vertices
+        local = np.unique(tri)  # the vertices their normals need
+        self.surface = _vertex_rig(model, local, rig.n_shape, rig.n_expression, self.dt)
+        self.surface_ids = local
+        lookup = np.full(model.n_vertices, -1)
+        lookup[local] = np.arange(len(local))
+        self.tri = torch.as_tensor(lookup[tri])  # (T, 3) into the local vertices
+        self.use = torch.as_tensor(lookup[use])  # (n,) into the local vertices
+        self.visible = torch.zeros(self.b, len(use), dtype=torch.bool)
+
+    def posed(self) -> torch.Tensor:
+        """The local vertices, posed (B, K, 3) mm (the head's rotation is the camera's)."""
+        return self.surface.points_jaw(self.shape[self.pidx], self.face_expr(), self.jaw)[0]
+
+    def normals(self, verts: torch.Tensor) -> torch.Tensor:
+        """Unit normals (B, n, 3) of the used vertices from local vertices (B, K, 3),
+        area-weighted over their triangles."""
+        t = verts[:, self.tri]  # (B, T, 3, 3)
+        fn = torch.cross(t[:, :, 1] - t[:, :, 0], t[:, :, 2] - t[:, :, 0], dim=-1)
+        acc = torch.zeros_like(verts)
+        for k in range(3):
+            acc = acc.index_add(1, self.tri[:, k], fn)
+        n = acc[:, self.use]
+        return n / n.norm(dim=-1, keepdim=True).clamp(min=1e-9)
+
+    def update_visibility(self) -> None:
+        """Which used vertices each photo shows: in the image, nearest in the z-buffer of the
+        current face, and facing the camera."""
+        from skullsearch.encoder.render import rasterize
+
+        with torch.no_grad():
+            full = self.model.vertices(shape=self.shape[self.pidx], expression=self.face_expr(),
+                                       pose=self.full_pose())
+            rot = camera_rotation(self.cam_rot)
+            cam = full @ rot.transpose(1, 2) + self.trans()[:, None]
+            uv = project(full, rot, self.trans(), self.f, self.center)
+            n = self.normals(self.posed()) @ rot.transpose(1, 2)  # camera frame (z away from the viewer)
+            used = torch.as_tensor(self.surface_ids)[self.use]
+        faces = self.model.faces
+        for i in range(self.b):  # a z-buffer of at most VISIBILITY_PX on its longer side
+            k = min(1.0, VISIBILITY_PX / float(self.sizes[i].max()))
+            w, h = (max(1, int(x * k)) for x in self.sizes[i])
+            screen = torch.cat([uv[i] * k, cam[i, :, 2:3]], 1).double().numpy()
+            _, _, depth = rasterize(screen, faces, w, h)
+            p = screen[used.numpy()]
+            col, row = np.floor(p[:, 0]).astype(int), np.floor(p[:, 1]).astype(int)
+            inside = (col >= 1) & (col < w - 1) & (row >= 1) & (row < h - 1)
+            vis = np.zeros(len(p), bool)
+            vis[inside] = p[inside, 2] <= depth[row[inside], col[inside]] + 1.0
+            facing = (n[i, :, 2] < -0.2).numpy()  # towards the camera, not grazing
+            self.visible[i] = torch.as_tensor(vis & facing)
+
+    def photometric(self) -> torch.Tensor:
+        """The photometric energy per face (B,) (0 for a face with too few visible vertices)."""
+        pcfg = self.pcfg
+        verts = self.posed()
+        rot = camera_rotation(self.cam_rot)
+        uv = project(verts[:, self.use], rot, self.trans(), self.f, self.center)  # (B, n, 2)
+        grid = (uv / torch.as_tensor(self.padded, dtype=self.dt)) * 2 - 1
+        colour = torch.nn.functional.grid_sample(self.img, grid[:, None], mode="bilinear",
+                                                 padding_mode="border", align_corners=False)
+        colour = colour[:, :, 0].transpose(1, 2)  # (B, n, 3)
+        n = self.normals(verts) @ rot.transpose(1, 2)
+        basis = sh9(n * torch.tensor([1.0, -1.0, -1.0], dtype=self.dt))  # y up, z to the viewer
+        w = self.visible.to(self.dt)  # (B, n)
+        with torch.no_grad():  # the optimal light for the current shape (least squares)
+            a = basis * w[..., None]
+            gram = a.transpose(1, 2) @ basis + 1e-4 * torch.eye(9, dtype=self.dt)
+            light = torch.linalg.solve(gram, a.transpose(1, 2) @ colour)  # (B, 9, 3)
+        r2 = ((basis @ light - colour) ** 2).sum(-1)
+        rho = pcfg.cauchy**2 * torch.log1p(r2 / pcfg.cauchy**2)
+        count = w.sum(1)
+        ok = (count >= pcfg.min_visible).to(self.dt)
+        return ok * (rho * w).sum(1) / count.clamp(min=1)
+
+    def refine(self) -> None:
+        pcfg = self.pcfg
+        from skullsearch.encoder.fitting import Adam
+
+        params = [self.cam_rot, self.cam_off, self.shape, self.expr, self.jaw]
+        opt = Adam(params, lr=pcfg.lr, cosine_steps=pcfg.steps, eta_min=pcfg.lr * 0.05)
+        for step in range(pcfg.steps):
+            if step % pcfg.visibility_every == 0:
+                self.update_visibility()
+            opt.zero_grad()
+            lmk, _ = self.losses(rigid=False)
+            total = lmk + pcfg.weight * self.photometric()
+            total.sum().backward()
+            opt.step()
+            self.history.append(float(total.detach().mean()))
+
+
+def refine_photometric(model, codes: np.ndarray, landmarks: np.ndarray, images: list[np.ndarray],
+                       person: np.ndarray | None = None, config: FitConfig | None = None,
+                       photometric: PhotometricConfig | None = None, focal: np.ndarray | None = None,
+                       detector: str | None = None) -> FitResult:
+    """Refine landmark-fitted codes (B, 228) with the photos' shading (module docstring).
+
+    landmarks (B, 68, 2) px the codes were fitted to; images: the B photos (H, W, 3) uint8;
+    person (B,): faces with the same value share their shape (as in the fit); detector: whose
+    landmarks they are (its calibrated embedding, as in the fit; the static one, not the
+    pose-conditioned). Returns a :class:`~.fitting.FitResult` (residual and landmarks from the
+    landmark term; no posterior)."""
+    from skullsearch.errors import SkullsearchError
+
+    cfg = config or FitConfig()
+    pcfg = photometric or PhotometricConfig()
+    codes = np.asarray(codes, np.float32)
+    if len(codes) != len(images) or len(codes) != len(landmarks):
+        raise SkullsearchError(f"refine_photometric needs one photo and one set of landmarks per code: "
+                               f"{len(codes)} codes, {len(images)} photos, {len(landmarks)} landmark sets")
+    if len(codes) == 0:
+        return FitResult(codes=codes.reshape(0, code_layout.CODE_SIZE), residual_px=np.zeros(0),
+                         landmarks_px=np.zeros((0, 68, 2)), focal=np.zeros(0))
+    rig = rig_for(model, cfg.n_shape, cfg.n_expression, device="cpu", dtype=cfg.dtype, detector=detector)
+    sizes = np.array([[im.shape[1], im.shape[0]] for im in images], np.float64)
+    obs = _observations(landmarks, sizes, focal, cfg)
+    b = len(codes)
+    person = np.arange(b) if person is None else np.asarray(person)
+    _, pidx_np = np.unique(person, return_inverse=True)
+    pidx = torch.as_tensor(pidx_np)
+    n_person = int(pidx_np.max()) + 1
+    state = _initial_state(rig, cfg, obs, pidx, n_person, codes)
+    fit = _PhotoFit(model, rig, cfg, pcfg, obs, pidx, n_person, state, images)
+    fit.refine()
+    return fit.result()
+
+
+def refine_faces(model, faces, pixels: dict[str, np.ndarray], config: FitConfig | None = None,
+                 photometric: PhotometricConfig | None = None) -> None:
+    """:func:`refine_photometric` for fitted :class:`~.encode.EncodedFace` s, in place (code,
+    residual_px), one pass per detector; faces with the same ``person`` share their shape.
+    pixels: the decoded (H, W, 3) uint8 photo of each face's ``image``."""
+    by_detector: dict[str | None, list[int]] = {}
+    for i, f in enumerate(faces):
+        if f.code is not None:
+            by_detector.setdefault(f.detector, []).append(i)
+    for detector, idx in by_detector.items():
+        group = [faces[i] for i in idx]
+        person = [f.person if f.person is not None else f"\0{i}" for i, f in zip(idx, group, strict=True)]
+        res = refine_photometric(
+            model, np.stack([f.code for f in group]), np.stack([f.landmarks for f in group]),
+            [pixels[f.image] for f in group],
+            person=np.array(person),
+            config=config, photometric=photometric, focal=np.array([f.focal for f in group]),
+            detector=detector)
+        for f, code, r in zip(group, res.codes, res.residual_px, strict=True):
+            f.code = code
+            f.residual_px = float(r)

@@ -1,0 +1,139 @@
+"""Photometric refinement: a photo's shading moves the fitted face towards the true one.
+
+Photos are real renders (the package's rasterizer, decoded back from PNG), landmarks are the true
+faces' own projected points, so the landmark fit is as good as 68 points allow and what the
+refinement adds is the shading's."""
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch_threads import one_thread
+
+from skullsearch.encoder import code as code_layout
+from skullsearch.encoder.fitting import fit_landmarks, model_landmarks_px, rig_for
+from skullsearch.encoder.photometric import PhotometricConfig, refine_photometric, sh9
+from skullsearch.encoder.render import face_camera, render_mesh
+from skullsearch.errors import SkullsearchError
+
+SIZE = 320
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    with one_thread():
+        yield
+
+
+def _png_roundtrip(img: np.ndarray) -> np.ndarray:
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")
+    return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+
+
+@pytest.fixture(scope="module")
+def photos(default_model):
+    """Three faces from the prior, each rendered at yaw −25, 5 and 20° under its own light: photos
+    (9,) uint8, true shapes (9, 90), exact landmarks (9, 68, 2) px."""
+    m = default_model
+    rng = np.random.default_rng(11)
+    shape = np.repeat(rng.standard_normal((3, 90)) * m.shape_std[:90], 3, axis=0)
+    yaws = np.tile([-25.0, 5.0, 20.0], 3)
+    rig = rig_for(m, 90, m.n_expression)
+    images, lms = [], []
+    with torch.no_grad():
+        verts = m.vertices(shape=torch.as_tensor(shape, dtype=torch.float32)).numpy()
+    for i, v in enumerate(verts):
+        cam = face_camera(yaw_deg=yaws[i], pitch_deg=rng.uniform(-5, 5), size=SIZE, distance=700.0,
+                          fov_mm=300.0, center=np.array([0.0, -30.0, 0.0]))
+        light = (rng.uniform(-0.5, 0.5), rng.uniform(0.0, 0.5), 1.0)
+        images.append(_png_roundtrip(render_mesh(v, m.faces, cam, light_dir=light).image))
+        with torch.no_grad():
+            rot = torch.as_tensor(cam.rotation, dtype=torch.float32)[None]
+            trans = torch.as_tensor(cam.translation, dtype=torch.float32)[None]
+            uv = model_landmarks_px(rig, torch.as_tensor(shape[i:i + 1], dtype=torch.float32),
+                                    torch.zeros(1, m.n_expression), torch.zeros(1, 3 * m.n_joints), rot,
+                                    trans, torch.tensor([cam.focal], dtype=torch.float32),
+                                    torch.tensor([[SIZE / 2, SIZE / 2]]))
+        lms.append(uv[0].numpy())
+    return images, shape, np.stack(lms)
+
+
+def _errors(model, codes, shape) -> np.ndarray:
+    """Mean vertex error (n,) mm of fitted neutral faces over the face region, similarity-aligned."""
+    from skullsearch.encoder.align import align
+    from skullsearch.encoder.face_model import face_region
+
+    region = face_region(model)
+    with torch.no_grad():
+        fit = model.vertices(shape=torch.as_tensor(codes[:, code_layout.SLICES["shape"]])).numpy()[:, region]
+        true = model.vertices(shape=torch.as_tensor(shape, dtype=torch.float32)).numpy()[:, region]
+    return np.linalg.norm(align(fit, true) - true, axis=-1).mean(1)
+
+
+def test_sh9_is_the_order_two_basis():
+    n = torch.tensor([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    b = sh9(n)
+    assert b.shape == (3, 9)
+    assert torch.allclose(b[:, 0], torch.ones(3))
+    assert torch.allclose(b[0], torch.tensor([1.0, 0, 1, 0, 0, 0, 2, 0, 0]))
+    assert torch.allclose(b[1, 8], torch.tensor(1.0)) and torch.allclose(b[2, 8], torch.tensor(-1.0))
+
+
+def test_shading_moves_each_face_towards_the_truth(default_model, photos):
+    """Each photo alone: the landmark fit leaves the depths open, the shading closes part of the gap."""
+    m = default_model
+    images, shape, lms = photos
+    sizes = np.full((len(images), 2), float(SIZE))
+    lm = fit_landmarks(m, lms, sizes)
+    ref = refine_photometric(m, lm.codes, lms, images, photometric=PhotometricConfig(steps=120))
+    before, after = _errors(m, lm.codes, shape), _errors(m, ref.codes, shape)
+    assert after.mean() < 0.85 * before.mean(), (before, after)
+    assert (after < before).sum() >= 6, (before, after)
+    assert ref.history[-1] < ref.history[0]  # the refinement's own energy falls
+    assert ref.codes.shape == lm.codes.shape and np.isfinite(ref.codes).all()
+    # the landmarks still hold the face (a few pixels, not a drift)
+    assert ref.residual_px.max() < 8.0, ref.residual_px
+
+
+def test_photos_of_one_person_share_the_refined_shape(default_model, photos):
+    m = default_model
+    images, shape, lms = photos
+    person = np.repeat(["a", "b", "c"], 3)
+    sizes = np.full((len(images), 2), float(SIZE))
+    lm = fit_landmarks(m, lms, sizes, person=person)
+    ref = refine_photometric(m, lm.codes, lms, images, person=person, photometric=PhotometricConfig(steps=40))
+    s = ref.codes[:, code_layout.SLICES["shape"]].reshape(3, 3, -1)
+    assert np.allclose(s, s[:, :1]), "faces of one person must keep one shape"
+    assert not np.allclose(s[0, 0], s[1, 0])
+    rot = code_layout.SLICES["cam_rot"]
+    assert not np.allclose(ref.codes[:, rot], lm.codes[:, rot])
+
+
+def test_a_photo_that_shows_too_little_face_keeps_its_landmark_fit(default_model, photos):
+    """Below min_visible vertices there is no shading term: the refinement is the landmark fit's
+    own Adam polish, and the shape stays near the landmark fit's."""
+    m = default_model
+    images, _, lms = photos
+    sizes = np.full((1, 2), float(SIZE))
+    lm = fit_landmarks(m, lms[:1], sizes)
+    big = PhotometricConfig(steps=20, min_visible=10**6)
+    ref = refine_photometric(m, lm.codes, lms[:1], images[:1], photometric=big)
+    zero = PhotometricConfig(steps=20, weight=0.0)
+    ref0 = refine_photometric(m, lm.codes, lms[:1], images[:1], photometric=zero)
+    assert np.allclose(ref.codes, ref0.codes, atol=1e-5)
+
+
+def test_mismatched_inputs_are_refused(default_model, photos):
+    images, _, lms = photos
+    with pytest.raises(SkullsearchError, match="one photo and one set of landmarks per code"):
+        refine_photometric(default_model, np.zeros((2, code_layout.CODE_SIZE), np.float32), lms[:2],
+                           images[:1])
+
+
+def test_no_faces_is_no_work(default_model):
+    out = refine_photometric(default_model, np.zeros((0, code_layout.CODE_SIZE), np.float32),
+                             np.zeros((0, 68, 2)), [])
+    assert out.codes.shape == (0, code_layout.CODE_SIZE)
