@@ -18,6 +18,7 @@ dlib, fit, descriptor), each fitted alone. Reported:
     python benchmarks/persons.py --photos /path/to/person_folders
     python benchmarks/persons.py --render 40 --per-person 3
     python benchmarks/persons.py --photos DIR --detector mesh     # MediaPipe's face mesh instead of dlib
+    python benchmarks/persons.py --photos DIR --photometric       # fits refined by the photo's shading
 """
 
 from __future__ import annotations
@@ -101,6 +102,8 @@ def main(argv=None):
     ap.add_argument("--detector", default="dlib", help="dlib or mesh (MediaPipe)")
     ap.add_argument("--pose-embedding", action="store_true",
                     help="fit dlib's points with its per-yaw-bin embedding (FitConfig.pose_embedding)")
+    ap.add_argument("--photometric", action="store_true",
+                    help="ingest with the photometric refinement (FitConfig.photometric)")
     a = ap.parse_args(argv)
     if (a.photos is None) == (a.render == 0):
         ap.error("give --photos DIR or --render N")
@@ -113,12 +116,12 @@ def main(argv=None):
         t0 = time.perf_counter()
         # without person labels: each photo fitted alone (labels would share one shape per person)
         rep = g.ingest([folder], workers=a.workers, detector=a.detector,
-                       config=FitConfig(pose_embedding=a.pose_embedding))
+                       config=FitConfig(pose_embedding=a.pose_embedding, photometric=a.photometric))
         scores, label = pair_scores(g)
         flags = g.near_duplicates(criterion="person").to_pylist()
         wrong = sum(1 for f in flags if Path(f["path"]).parent.name != Path(f["duplicate_path"]).parent.name)
         out = {"truth": "real (labelled photos)" if a.photos else "synthetic (renders)",
-               "detector": a.detector, "pose_embedding": a.pose_embedding,
+               "detector": a.detector, "pose_embedding": a.pose_embedding, "photometric": a.photometric,
                "photos": rep.images_seen, **scores,
                "person_flags": len(flags), "person_flags_joining_different_persons": wrong,
                "grouping": [grouping(g, label, th) for th in (0.4, 0.5, 0.6)],

@@ -306,6 +306,10 @@ def ingest_cmd(
         help="Keep each face's fit uncertainty (posterior covariance of its soft-tissue points, 432 "
              "bytes a face) for `query --uncertainty`.")
     ] = False,
+    photometric: Annotated[bool, typer.Option(
+        help="Refine each fit with the photo's shading (about 1 s a face on one core; assumes one skin "
+             "colour under a smooth light, see README).")
+    ] = False,
 ):
     """Add photos to a gallery (created if missing): resumable, idempotent, crash-safe."""
     from skullsearch import Gallery
@@ -321,7 +325,8 @@ def ingest_cmd(
         report = g.ingest(inputs, face_model=model, detector=detector, workers=workers or None,
                           person_from_parent_dir=person_from_parent_dir, engine=engine,
                           chunk_images=chunk, progress=update, descriptors=descriptors,
-                          identity_prior=identity_prior or None, uncertainty=uncertainty, **cuts)
+                          identity_prior=identity_prior or None, uncertainty=uncertainty,
+                          photometric=photometric, **cuts)
     table = Table(title=f"ingest into {gallery}", show_header=False)
     for k, v in (("photos seen", report.images_seen), ("already in the gallery", report.images_skipped),
                  ("new photos", report.images_new), ("faces added", report.faces),

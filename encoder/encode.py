@@ -46,7 +46,9 @@ class EncodedFace:
     tissue_cov: (36, 3, 3) mm² the fit's posterior covariance of the face's neutral soft-tissue
     points when fitted with ``FitConfig(posterior=True)``, else None;
     dense: (K, 2) px a dense detector's points (MediaPipe's mesh: 478), which the fit uses where the
-    face model has a dense calibration for the detector, else None (not in :meth:`to_dict`).
+    face model has a dense calibration for the detector, else None (not in :meth:`to_dict`);
+    crop: the :class:`~.photometric.FaceCrop` of the photo around the face that a photometric fit
+    (``FitConfig(photometric=True)``) reads, else None (not in :meth:`to_dict`).
     """
 
     image: str
@@ -66,10 +68,12 @@ class EncodedFace:
     descriptor: np.ndarray | None = None
     tissue_cov: np.ndarray | None = None
     dense: np.ndarray | None = None
+    crop: object | None = None
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d.pop("dense")
+        d.pop("crop")
         for k in ("box", "landmarks", "code", "descriptor", "tissue_cov"):
             d[k] = None if d[k] is None else np.asarray(d[k]).tolist()
         d["quality"] = list(self.quality)
@@ -196,6 +200,10 @@ def fit_faces(model, faces: Sequence[EncodedFace], config: FitConfig | None = No
             faces[i].focal = float(res.focal[j])
             if tissue_cov is not None:
                 faces[i].tissue_cov = tissue_cov[j]
+    if cfg.photometric:
+        from skullsearch.encoder.photometric import refine_faces
+
+        refine_faces(model, faces, None, cfg)  # the faces with a crop
 
 
 def _dense_inputs(model, faces: Sequence[EncodedFace], cfg: FitConfig):

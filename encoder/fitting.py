@@ -73,6 +73,10 @@ class FitConfig:
     # from the bin of its camera's yaw after the rigid stage) instead of one static embedding.
     # Off by default: see the README's figures (benchmarks/identity.py --pose-embedding)
     pose_embedding: bool = False
+    # refine each fit with the photo's shading (encoder/photometric.py, PhotometricConfig's
+    # defaults) where fit_faces has the face's crop (EncodedFace.crop: an ingest keeps one when
+    # this is on). Off by default: about 1 s per face on one core, 100x the landmark fit
+    photometric: bool = False
     # solver: "lm" Levenberg-Marquardt (lm_* below) or "adam" (the first-order schedule below)
     method: str = "lm"
     # LM schedule: 5 camera-only + 5 full iterations. benchmarks/encoder_accuracy.py --faces 96

@@ -44,6 +44,8 @@ from skullsearch.encoder.fitting import (
     rig_for,
 )
 
+#: The longer side (px) of the face crop an ingest keeps for the refinement (:func:`face_crop`).
+CROP_PX = 320
 #: The visibility z-buffer's size (px, longer side): a vertex is visible when within 1 mm of it.
 VISIBILITY_PX = 160
 
@@ -52,14 +54,17 @@ VISIBILITY_PX = 160
 class PhotometricConfig:
     """Settings of :func:`refine_photometric`. weight: w_photo (the landmark term's scale: a
     face's mean squared landmark error in inter-ocular units is ~0.002); steps, lr: Adam;
-    cauchy: the robust loss's scale (colour units); blur_px: Gaussian σ of the photo per 512 px of
-    its longer side; vertices: the face region's vertices used (evenly subsampled) per face."""
+    cauchy: the robust loss's scale (colour units); blur: Gaussian σ of the photo as a fraction of
+    the face's inter-ocular distance (1.5 px at 57 px); vertices: the face region's vertices used
+    (evenly subsampled) per face. Set on renders (``/benchmarks/identity.py --photometric``; 200
+    steps: 0.66x the mean face's error, 400: 0.63x at twice the time; weight 30: 0.63x, the
+    landmarks given up further)."""
 
     weight: float = 10.0
     steps: int = 200
     lr: float = 0.01
     cauchy: float = 0.1
-    blur_px: float = 1.5
+    blur: float = 0.026
     visibility_every: int = 15
     vertices: int = 2500
     min_visible: int = 200
@@ -72,9 +77,9 @@ def sh9(normals: torch.Tensor) -> torch.Tensor:
     return torch.stack([torch.ones_like(x), y, z, x, x * y, y * z, 3 * z**2 - 1, x * z, x**2 - y**2], -1)
 
 
-def _blurred(images: list[np.ndarray], sigma_per_512: float) -> tuple[torch.Tensor, np.ndarray]:
+def _blurred(images: list[np.ndarray], sigma_px: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
     """Photos (H, W, 3) uint8 → one padded (B, 3, Hmax, Wmax) float tensor in [0, 1], each blurred
-    by a Gaussian of σ = sigma_per_512 × its longer side / 512 px; and the padded size (2,) (W, H)."""
+    by a Gaussian of σ = sigma_px[i] px; and the padded size (2,) (W, H)."""
     from scipy.ndimage import gaussian_filter
 
     hmax = max(im.shape[0] for im in images)
@@ -82,11 +87,61 @@ def _blurred(images: list[np.ndarray], sigma_per_512: float) -> tuple[torch.Tens
     out = np.zeros((len(images), 3, hmax, wmax), np.float32)
     for i, im in enumerate(images):
         a = np.asarray(im, np.float32)[..., :3] / 255.0
-        s = sigma_per_512 * max(a.shape[:2]) / 512.0
+        s = float(sigma_px[i])
         if s > 0:
             a = gaussian_filter(a, sigma=(s, s, 0))
         out[i, :, : a.shape[0], : a.shape[1]] = a.transpose(2, 0, 1)
     return torch.from_numpy(out), np.array([wmax, hmax], np.float64)
+
+
+@dataclass(frozen=True)
+class FaceCrop:
+    """The part of a photo around a face that the refinement reads, kept small: pixels (h, w, 3)
+    uint8 of the photo's window from ``origin`` (2,) px (x, y), resized by ``scale`` (crop px per
+    photo px). A photo pixel u is crop pixel (u − origin) · scale."""
+
+    pixels: np.ndarray
+    origin: np.ndarray
+    scale: float
+
+    def png(self) -> bytes:
+        import io
+
+        from PIL import Image
+
+        buf = io.BytesIO()
+        Image.fromarray(self.pixels).save(buf, format="PNG", compress_level=1)
+        return buf.getvalue()
+
+    @classmethod
+    def from_png(cls, data: bytes, origin, scale: float) -> FaceCrop:
+        import io
+
+        from PIL import Image
+
+        return cls(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")), np.asarray(origin, np.float64),
+                   float(scale))
+
+
+def face_crop(pixels: np.ndarray, landmarks: np.ndarray, max_side: int = CROP_PX, margin: float = 0.6
+              ) -> FaceCrop:
+    """The window of a photo (H, W, 3) uint8 around a face's landmarks (68, 2) px, widened by
+    ``margin`` × its size on every side (the forehead and cheeks lie outside the landmarks), and
+    shrunk so that its longer side is at most ``max_side`` px."""
+    from PIL import Image
+
+    h, w = pixels.shape[:2]
+    lo, hi = np.asarray(landmarks).min(0), np.asarray(landmarks).max(0)
+    pad = margin * (hi - lo).max()
+    x0, y0 = (int(max(0, np.floor(v - pad))) for v in lo)
+    x1, y1 = int(min(w, np.ceil(hi[0] + pad))), int(min(h, np.ceil(hi[1] + pad)))
+    window = np.ascontiguousarray(np.asarray(pixels)[y0:y1, x0:x1, :3])
+    k = min(1.0, max_side / max(window.shape[:2]))
+    if k < 1.0:
+        size = (max(1, round(window.shape[1] * k)), max(1, round(window.shape[0] * k)))
+        k = size[0] / window.shape[1]  # the horizontal scale as rounded (the vertical is within a pixel)
+        window = np.asarray(Image.fromarray(window).resize(size, Image.BILINEAR))
+    return FaceCrop(window, np.array([x0, y0], np.float64), float(k))
 
 
 def _vertex_rig(model, ids: np.ndarray, n_shape: int, n_expression: int, dtype) -> LandmarkRig:
@@ -110,7 +165,7 @@ class _PhotoFit(_AdamFit):
         from skullsearch.encoder.face_model import face_region
 
         self.model, self.pcfg = model, pcfg
-        self.img, self.padded = _blurred(images, pcfg.blur_px)
+        self.img, self.padded = _blurred(images, pcfg.blur * self.scale.double().numpy())
         self.img = self.img.to(self.dt)
         self.sizes = torch.as_tensor(np.array([[im.shape[1], im.shape[0]] for im in images], np.float64),
                                      dtype=self.dt)
@@ -215,19 +270,29 @@ class _PhotoFit(_AdamFit):
 def refine_photometric(model, codes: np.ndarray, landmarks: np.ndarray, images: list[np.ndarray],
                        person: np.ndarray | None = None, config: FitConfig | None = None,
                        photometric: PhotometricConfig | None = None, focal: np.ndarray | None = None,
-                       detector: str | None = None) -> FitResult:
+                       detector: str | None = None, crops: list[FaceCrop] | None = None,
+                       image_sizes: np.ndarray | None = None) -> FitResult:
     """Refine landmark-fitted codes (B, 228) with the photos' shading (module docstring).
 
     landmarks (B, 68, 2) px the codes were fitted to; images: the B photos (H, W, 3) uint8;
     person (B,): faces with the same value share their shape (as in the fit); detector: whose
     landmarks they are (its calibrated embedding, as in the fit; the static one, not the
-    pose-conditioned). Returns a :class:`~.fitting.FitResult` (residual and landmarks from the
-    landmark term; no posterior)."""
+    pose-conditioned); focal (B,) px (default: the fit's, from the photo's size). crops: instead
+    of whole photos, each face's :class:`FaceCrop` (``images`` is then ignored) with the photos'
+    image_sizes (B, 2) px: the camera is the photo's, the landmarks and the result stay in the
+    photo's pixels. Returns a :class:`~.fitting.FitResult` (residual and landmarks from the
+    landmark term, in the photo's pixels; no posterior)."""
     from skullsearch.errors import SkullsearchError
 
     cfg = config or FitConfig()
     pcfg = photometric or PhotometricConfig()
     codes = np.asarray(codes, np.float32)
+    landmarks = np.asarray(landmarks, np.float64)
+    if crops is not None:
+        if image_sizes is None or len(image_sizes) != len(crops):
+            raise SkullsearchError("refine_photometric with crops needs the photos' image_sizes, "
+                                   "one per crop")
+        images = [c.pixels for c in crops]
     if len(codes) != len(images) or len(codes) != len(landmarks):
         raise SkullsearchError(f"refine_photometric needs one photo and one set of landmarks per code: "
                                f"{len(codes)} codes, {len(images)} photos, {len(landmarks)} landmark sets")
@@ -236,7 +301,16 @@ def refine_photometric(model, codes: np.ndarray, landmarks: np.ndarray, images: 
                          landmarks_px=np.zeros((0, 68, 2)), focal=np.zeros(0))
     rig = rig_for(model, cfg.n_shape, cfg.n_expression, device="cpu", dtype=cfg.dtype, detector=detector)
     sizes = np.array([[im.shape[1], im.shape[0]] for im in images], np.float64)
-    obs = _observations(landmarks, sizes, focal, cfg)
+    if crops is None:
+        obs = _observations(landmarks, sizes, focal, cfg)
+    else:  # the photo's camera seen through the crop: u' = k (u − o), so f' = k f, c' = k (c − o)
+        full = np.asarray(image_sizes, np.float64)
+        origin = np.stack([c.origin for c in crops])
+        k = np.array([c.scale for c in crops])
+        f = (np.asarray(focal, np.float64) if focal is not None else cfg.focal_factor * full.max(1))
+        obs = _observations(k[:, None, None] * (landmarks - origin[:, None]), sizes, k * f, cfg)
+        obs = (obs[0], obs[1], torch.as_tensor(k[:, None] * (full / 2 - origin), dtype=obs[2].dtype),
+               *obs[3:])
     b = len(codes)
     person = np.arange(b) if person is None else np.asarray(person)
     _, pidx_np = np.unique(person, return_inverse=True)
@@ -245,27 +319,35 @@ def refine_photometric(model, codes: np.ndarray, landmarks: np.ndarray, images: 
     state = _initial_state(rig, cfg, obs, pidx, n_person, codes)
     fit = _PhotoFit(model, rig, cfg, pcfg, obs, pidx, n_person, state, images)
     fit.refine()
-    return fit.result()
+    out = fit.result()
+    if crops is not None:  # back to the photo's pixels
+        out.landmarks_px = out.landmarks_px / k[:, None, None] + origin[:, None]
+        out.residual_px = out.residual_px / k
+        out.focal = out.focal / k
+    return out
 
 
-def refine_faces(model, faces, pixels: dict[str, np.ndarray], config: FitConfig | None = None,
+def refine_faces(model, faces, pixels: dict[str, np.ndarray] | None = None, config: FitConfig | None = None,
                  photometric: PhotometricConfig | None = None) -> None:
     """:func:`refine_photometric` for fitted :class:`~.encode.EncodedFace` s, in place (code,
     residual_px), one pass per detector; faces with the same ``person`` share their shape.
-    pixels: the decoded (H, W, 3) uint8 photo of each face's ``image``."""
+    pixels: the decoded (H, W, 3) uint8 photo of each face's ``image``; without it each face's
+    own ``crop`` (:class:`FaceCrop`, an ingest's) is read, and faces without one are left as
+    fitted."""
     by_detector: dict[str | None, list[int]] = {}
     for i, f in enumerate(faces):
-        if f.code is not None:
+        if pixels is not None or f.crop is not None:
             by_detector.setdefault(f.detector, []).append(i)
     for detector, idx in by_detector.items():
         group = [faces[i] for i in idx]
         person = [f.person if f.person is not None else f"\0{i}" for i, f in zip(idx, group, strict=True)]
         res = refine_photometric(
             model, np.stack([f.code for f in group]), np.stack([f.landmarks for f in group]),
-            [pixels[f.image] for f in group],
+            [] if pixels is None else [pixels[f.image] for f in group],
             person=np.array(person),
             config=config, photometric=photometric, focal=np.array([f.focal for f in group]),
-            detector=detector)
+            detector=detector, crops=None if pixels is not None else [f.crop for f in group],
+            image_sizes=np.array([f.image_size for f in group], np.float64))
         for f, code, r in zip(group, res.codes, res.residual_px, strict=True):
             f.code = code
             f.residual_px = float(r)

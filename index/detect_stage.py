@@ -10,6 +10,7 @@ boundary as JSON (:meth:`PhotoRecord.to_json`, :meth:`PhotoRecord.from_json`).
 
 from __future__ import annotations
 
+import base64
 import concurrent.futures as cf
 import hashlib
 import json
@@ -47,7 +48,9 @@ class FaceRecord:
     yaw_deg; detector: its name; fingerprint (63,) float32 photo fingerprint
     (:mod:`~skullsearch.index.fingerprint`) and descriptor (128,) float32 person descriptor
     (:mod:`~skullsearch.encoder.descriptors`), None where none could be made; dense (K, 2) px a
-    dense detector's points (MediaPipe's mesh), else None.
+    dense detector's points (MediaPipe's mesh), else None; crop: PNG bytes of the photo around
+    the face (:class:`~skullsearch.encoder.photometric.FaceCrop`, with crop_origin (2,) px and
+    crop_scale) when the ingest fits photometrically, else None.
     """
 
     box: np.ndarray
@@ -59,16 +62,20 @@ class FaceRecord:
     fingerprint: np.ndarray | None = None
     descriptor: np.ndarray | None = None
     dense: np.ndarray | None = None
+    crop: bytes | None = None
+    crop_origin: np.ndarray | None = None
+    crop_scale: float = 1.0
 
     _ARRAYS = {"box": np.float64, "landmarks": np.float64, "fingerprint": np.float32,
-               "descriptor": np.float32, "dense": np.float32}
+               "descriptor": np.float32, "dense": np.float32, "crop_origin": np.float64}
 
     def to_dict(self) -> dict:
-        """Plain JSON-able values (arrays as lists)."""
+        """Plain JSON-able values (arrays as lists, the crop's PNG as base64 text)."""
         d = asdict(self)
         for k in self._ARRAYS:
             d[k] = None if d[k] is None else np.asarray(d[k]).tolist()
         d["quality"] = list(self.quality)
+        d["crop"] = None if self.crop is None else base64.b64encode(self.crop).decode("ascii")
         return d
 
     @classmethod
@@ -77,7 +84,16 @@ class FaceRecord:
         for k, dtype in cls._ARRAYS.items():
             d[k] = None if d.get(k) is None else np.asarray(d[k], dtype)
         d["quality"] = tuple(d["quality"])
+        d["crop"] = None if d.get("crop") is None else base64.b64decode(d["crop"])
         return cls(**d)
+
+    def face_crop(self):
+        """The :class:`~skullsearch.encoder.photometric.FaceCrop` kept for the fit, or None."""
+        if self.crop is None:
+            return None
+        from skullsearch.encoder.photometric import FaceCrop
+
+        return FaceCrop.from_png(self.crop, self.crop_origin, self.crop_scale)
 
 
 @dataclass
@@ -152,17 +168,20 @@ def chunk_sizes(n: int, largest: int = 256, first: int = 64) -> list[int]:
 _KNOWN: frozenset = frozenset()
 _DETECTOR = None
 _DESCRIBE = True
+_CROPS = False
 
 
-def init_worker(known: frozenset, detector: str, descriptors: bool = True) -> None:
+def init_worker(known: frozenset, detector: str, descriptors: bool = True, crops: bool = False) -> None:
     """Set up a detector worker process (local pool or Ray actor): the sha256 of the photos the
-    gallery holds, the detector by name, whether to compute person descriptors."""
-    global _KNOWN, _DETECTOR, _DESCRIBE
+    gallery holds, the detector by name, whether to compute person descriptors, whether to keep
+    each face's crop for a photometric fit."""
+    global _KNOWN, _DETECTOR, _DESCRIBE, _CROPS
     import torch
 
     torch.set_num_threads(1)
     _KNOWN = known
     _DESCRIBE = descriptors
+    _CROPS = crops
     from skullsearch.encoder.detectors import get_detector
 
     _DETECTOR = get_detector(detector)
@@ -203,6 +222,11 @@ def detect_one(source: Source, max_pixels: int = 60_000_000) -> PhotoRecord:
     fps = _per_face(found, fingerprint.DIM, lambda: fingerprint.photo_fingerprints(img.pixels, lms))
     descs = (_per_face(found, descriptors.DIM, lambda: descriptors.face_descriptors(img.pixels, boxes, lms))
              if _DESCRIBE else np.full((len(found), descriptors.DIM), np.nan, np.float32))
+    crops = [None] * len(found)
+    if _CROPS:  # the photo around each face, for a photometric fit (small: CROP_PX on its longer side)
+        from skullsearch.encoder.photometric import face_crop
+
+        crops = [face_crop(img.pixels, f.landmarks) for f in found]
     row.faces = [FaceRecord(
         box=np.asarray(f.box, np.float64), score=float(f.score),
         landmarks=np.asarray(f.landmarks, np.float64), quality=tuple(q for q in f.quality if q),
@@ -210,8 +234,10 @@ def detect_one(source: Source, max_pixels: int = 60_000_000) -> PhotoRecord:
         fingerprint=None if np.isnan(fp).any() else np.asarray(fp, np.float32),
         descriptor=None if np.isnan(d).any() else np.asarray(d, np.float32),
         # a dense detector's points (x, y px) for the fit's dense term
-        dense=None if f.dense is None else np.asarray(f.dense, np.float32)[:, :2].copy())
-        for f, fp, d in zip(found, fps, descs, strict=True)]
+        dense=None if f.dense is None else np.asarray(f.dense, np.float32)[:, :2].copy(),
+        crop=None if c is None else c.png(), crop_origin=None if c is None else c.origin,
+        crop_scale=1.0 if c is None else c.scale)
+        for f, fp, d, c in zip(found, fps, descs, crops, strict=True)]
     return row
 
 
@@ -233,12 +259,13 @@ class LocalDetectStage:
     cpu_share: the CPUs of this machine its workers keep busy (the fit leaves them theirs)."""
 
     def __init__(self, workers: int, known: frozenset, detector: str, timeout_s: float = 120.0,
-                 descriptors: bool = True):
+                 descriptors: bool = True, crops: bool = False):
         self.workers = max(1, workers)
         self.known = known
         self.detector = detector
         self.timeout_s = timeout_s
         self.descriptors = descriptors
+        self.crops = crops
         self.pool = None
         self.cpu_share = self.workers
 
@@ -247,7 +274,8 @@ class LocalDetectStage:
             fork = "fork" in mp.get_all_start_methods() and self.detector not in SPAWN_DETECTORS
             ctx = mp.get_context("fork" if fork else "spawn")
             self.pool = cf.ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=init_worker,
-                                               initargs=(self.known, self.detector, self.descriptors))
+                                               initargs=(self.known, self.detector, self.descriptors,
+                                                         self.crops))
         return self.pool
 
     def _kill(self):

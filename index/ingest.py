@@ -145,7 +145,8 @@ def encode_stage(model, rows: list[PhotoRecord], config=None, rig=None, identity
                 landmarks=f.landmarks, quality=f.quality, yaw_deg=f.yaw_deg, detector=f.detector,
                 image_size=(r.width, r.height), person=r.person if k == 0 else None,
                 descriptor=f.descriptor,
-                dense=None if f.dense is None else np.asarray(f.dense, np.float64)))
+                dense=None if f.dense is None else np.asarray(f.dense, np.float64),
+                crop=f.face_crop()))
     fit_faces(model, faces, config, rig=rig, identity_prior=identity_prior)
     codes = (np.stack([f.code for f in faces]) if faces
              else np.zeros((0, code_layout.CODE_SIZE), np.float32))
@@ -475,7 +476,7 @@ def encoder_fingerprint(config, detector: str, identity_prior=None) -> str:
     for k in ("posterior", "landmark_noise"):  # the codes do not depend on them
         cfg.pop(k)
     cfg["device"] = None  # the same fit on a GPU or the CPU (as in the versions before it said so)
-    for k in ("w_dense", "pose_embedding"):  # off: the codes of the versions before them
+    for k in ("w_dense", "pose_embedding", "photometric"):  # off: the codes of the versions before them
         if not cfg.get(k):
             cfg.pop(k, None)
     what = {"fit": cfg, "detector": detector}
@@ -507,6 +508,7 @@ def ingest(
     descriptors: bool = True,
     identity_prior=None,
     uncertainty: bool = False,
+    photometric: bool = False,
 ) -> IngestReport:
     """Add photos to a gallery; see the module docstring.
 
@@ -529,6 +531,10 @@ def ingest(
     uncertainty: keep each face's posterior covariance of its soft-tissue points
     (``FitConfig(posterior=True)``; 432 bytes a face in ``tissue_cov.npy``) for queries with
     ``uncertainty=True``.
+    photometric: refine each fit with the photo's shading (``FitConfig(photometric=True)``,
+    :mod:`skullsearch.encoder.photometric`): the detector workers keep a small crop of the photo
+    around each face for the fit (not stored); about 1 s per face on one core; recorded in the
+    faces' ``encoder_fingerprint``.
     """
     if face_model is not None:
         gallery.check_model(face_model)
@@ -545,10 +551,15 @@ def ingest(
     with store.WriteLock(gallery.path):
         store.remove_uncommitted(gallery.path)
         sources, known = _pending_sources(gallery, inputs, person_from_parent_dir, report)
-        stage = make_detect_stage(engine, workers, known, detector, timeout_s, descriptors)
-        import torch
-
         from skullsearch.encoder.fitting import FitConfig, rig_for
+
+        cfg = config or FitConfig()
+        if uncertainty and not cfg.posterior:
+            cfg = replace(cfg, posterior=True)
+        if photometric and not cfg.photometric:
+            cfg = replace(cfg, photometric=True)
+        stage = make_detect_stage(engine, workers, known, detector, timeout_s, descriptors, cfg.photometric)
+        import torch
 
         threads = torch.get_num_threads()
         seen_sha = set(known)
@@ -559,12 +570,9 @@ def ingest(
             starts = np.cumsum([0, *sizes])[:-1]
             chunks = stage.iter_chunks(sources, sizes)
             # built while the detectors work on the first chunk
-            cfg = config or FitConfig()
-            if uncertainty and not cfg.posterior:
-                cfg = replace(cfg, posterior=True)
             fitter = Fitter(model, cfg, rig_for(model, cfg.n_shape, cfg.n_expression, detector=detector,
                                                 pose=cfg.pose_embedding),
-                            prior, encoder_fingerprint(config, detector, prior))
+                            prior, encoder_fingerprint(cfg, detector, prior))
             writer = Writer(gallery, cuts, report)
             _warm_up(gallery, *cuts)
             # the fit shares the CPU with the detector processes: leave them their cores (torch's
@@ -737,13 +745,13 @@ def _warm_up(gallery, near_duplicate_distance: float, near_duplicate_photo_dista
 
 
 def make_detect_stage(engine: str, workers: int, known: frozenset, detector: str, timeout_s: float,
-                      descriptors: bool = True):
+                      descriptors: bool = True, crops: bool = False):
     from skullsearch.errors import SkullsearchError
 
     if engine == "local":
-        return LocalDetectStage(workers, known, detector, timeout_s, descriptors)
+        return LocalDetectStage(workers, known, detector, timeout_s, descriptors, crops)
     if engine == "ray":
         from skullsearch.index.ray_engine import RayDetectStage
 
-        return RayDetectStage(workers, known, detector, timeout_s, descriptors=descriptors)
+        return RayDetectStage(workers, known, detector, timeout_s, descriptors=descriptors, crops=crops)
     raise SkullsearchError(f"unknown engine {engine!r}: use local or ray")

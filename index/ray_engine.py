@@ -96,8 +96,8 @@ class DetectActor:
     faces and landmarks travel as one plain column).
     """
 
-    def __init__(self, known: frozenset, detector: str, descriptors: bool = True):
-        init_worker(known, detector, descriptors)
+    def __init__(self, known: frozenset, detector: str, descriptors: bool = True, crops: bool = False):
+        init_worker(known, detector, descriptors, crops)
 
     def __call__(self, batch):
         import pyarrow as pa
@@ -108,9 +108,10 @@ class DetectActor:
         return pa.table({"index": pa.array(index, pa.int64()), "row": pa.array(rows, pa.large_string())})
 
 
-def _detect_alone(known: frozenset, detector: str, path: str, descriptors: bool = True) -> str:
+def _detect_alone(known: frozenset, detector: str, path: str, descriptors: bool = True,
+                  crops: bool = False) -> str:
     """One photo alone in a Ray task (the fallback for the photos of a failed batch)."""
-    init_worker(known, detector, descriptors)
+    init_worker(known, detector, descriptors, crops)
     return detect_one(Source(path)).to_json()
 
 
@@ -132,12 +133,13 @@ class RayDetectStage:
     alone_function = staticmethod(_detect_alone)  # what a photo redone alone runs
 
     def __init__(self, workers: int, known: frozenset, detector: str, timeout_s: float = 120.0,
-                 batch_size: int | None = None, descriptors: bool = True):
+                 batch_size: int | None = None, descriptors: bool = True, crops: bool = False):
         self.ray = _import_ray()
         self.workers = max(1, int(workers))
         self.known = known
         self.detector = detector
         self.descriptors = descriptors
+        self.crops = crops
         self.timeout_s = float(timeout_s)
         self.batch_size = batch_size
         self.started = False
@@ -243,7 +245,8 @@ class RayDetectStage:
             # kills it forever. The pool replaces a dead actor.
             warnings.filterwarnings("ignore", message=".*deprecated.*")
             ds = ds.map_batches(
-                self.actor_class, fn_constructor_args=(self.known, self.detector, self.descriptors),
+                self.actor_class,
+                fn_constructor_args=(self.known, self.detector, self.descriptors, self.crops),
                 batch_size=bs,
                 batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=self.workers),
                 num_cpus=1, num_gpus=self._gpus_per_actor(), max_restarts=0)
@@ -264,7 +267,7 @@ class RayDetectStage:
             self._known_ref = ray.put(self.known)
         # no CPU asked: the actors may hold them all while the dataset goes on (iter_chunks)
         fn = ray.remote(num_cpus=0, max_retries=0)(self.alone_function)
-        ref = fn.remote(self._known_ref, self.detector, source.path, self.descriptors)
+        ref = fn.remote(self._known_ref, self.detector, source.path, self.descriptors, self.crops)
         try:
             return PhotoRecord.from_json(ray.get(ref, timeout=self.timeout_s))
         except ray.exceptions.GetTimeoutError:

@@ -80,6 +80,29 @@ def test_encode_command(default_model, photos, tmp_path, capsys):
     assert len(data["faces"]) == 3 and len(data["faces"][0]["code"]) == 228
 
 
+def test_photometric_encode_refines_the_landmark_fit(default_model, photos, tmp_path, capsys):
+    """encode(photometric=…) and ``encode --photometric``: the same faces, codes moved by the
+    shading (the camera and the shape), a person's photos still sharing one shape."""
+    from skullsearch.cli.app import main
+    from skullsearch.encoder.photometric import PhotometricConfig
+
+    folder, _ = photos
+    paths = sorted(folder.glob("face*.png"))
+    plain = skullsearch.encode(paths, model=default_model, person=["p", "p", "q"])
+    refined = skullsearch.encode(paths, model=default_model, person=["p", "p", "q"],
+                                 photometric=PhotometricConfig(steps=30))
+    by = lambda res: {f.image: f.code for f in res.faces}  # noqa: E731
+    a, b = by(plain), by(refined)
+    assert a.keys() == b.keys()
+    shape = code_layout.SLICES["shape"]
+    for k in a:
+        assert np.isfinite(b[k]).all() and not np.allclose(a[k][shape], b[k][shape])
+    np.testing.assert_array_equal(b[str(paths[0])][shape], b[str(paths[1])][shape])
+    out_json = tmp_path / "faces.json"
+    assert main(["encode", str(paths[1]), "--photometric", "--json", str(out_json)]) == 0
+    assert "1 face(s)" in capsys.readouterr().out
+
+
 @pytest.mark.slow
 def test_train_encoder_command_and_seeded_encode(default_model, photos, tmp_path, capsys):
     from skullsearch.cli.app import main
