@@ -1,0 +1,92 @@
+"""benchmarks/ct_encoder.py's measuring parts on the default model's own meshes (offline; no
+/work/shared needed): ICP recovers a known motion, the model's best face for a skin made by the
+model is that face, the streak band's smoothing holds every other vertex."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import trimesh
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def ce():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    spec = importlib.util.spec_from_file_location("skullsearch_bench_ct_encoder",
+                                                  ROOT / "benchmarks" / "ct_encoder.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def skin_of(default_model):
+    """A face of the model as a trimesh 'skin' (the whole head), its shape (90,) and the region."""
+    from skullsearch.encoder.face_model import face_region
+
+    rng = np.random.default_rng(4)
+    shape = rng.standard_normal(default_model.n_shape) * 0.8
+    with torch.no_grad():
+        v = default_model.rest_vertices(shape=torch.as_tensor(shape[None], dtype=torch.float32))[0]
+    v = v.double().numpy()
+    return trimesh.Trimesh(v, default_model.faces, process=False), shape, face_region(default_model)
+
+
+def _rot(deg, axis):
+    return trimesh.transformations.rotation_matrix(np.radians(deg), axis)
+
+
+def test_icp_undoes_a_small_rigid_motion(ce, skin_of):
+    skin, _, region = skin_of
+    pts = skin.vertices[region]
+    motion = _rot(4.0, [0, 1, 0]) @ _rot(-3.0, [1, 0, 0])
+    motion[:3, 3] = [2.0, -3.0, 1.5]
+    moved = ce._apply(np.linalg.inv(motion), pts)
+    m, d = ce.icp(moved, skin, np.ones(len(pts), bool))
+    assert np.mean(d) < 0.1, np.mean(d)
+    np.testing.assert_allclose(m, motion, atol=0.02)
+    _, d_sim = ce.icp(moved * 1.03, skin, np.ones(len(pts), bool), scale=True)
+    assert np.mean(d_sim) < 0.15  # a similarity ICP also takes out the scale
+
+
+def test_the_models_best_face_for_its_own_face_is_that_face(ce, default_model, skin_of):
+    skin, shape, region = skin_of
+    alpha = ce.oracle_shape(default_model, skin, region, np.ones(default_model.n_vertices, bool), iters=6,
+                            noise_mm=0.1)
+    err = ce.face_errors(default_model, skin, alpha[None], region)["rigid"][0]
+    mean = ce.face_errors(default_model, skin, np.zeros((1, default_model.n_shape)), region)["rigid"][0]
+    assert err < 0.3 and err < 0.2 * mean, (err, mean)  # closest-point correspondences slide a little
+    assert np.corrcoef(alpha[:20], shape[:20])[0, 1] > 0.6  # the surface fixes the face, not each coefficient
+
+
+def test_the_streak_band_smoothing_moves_only_the_band(ce, skin_of):
+    skin, _, _ = skin_of
+    v = skin.vertices.copy()
+    rng = np.random.default_rng(0)
+    spiky = skin.copy()
+    band = (v[:, 1] > -60) & (v[:, 1] < -50)
+    spiky.vertices = v + band[:, None] * rng.normal(0, 3.0, v.shape)
+    out = ce.smooth_band(spiky, (-60.0, -50.0), iters=20)
+    np.testing.assert_array_equal(out.vertices[~band], spiky.vertices[~band])
+    nb = [list(n) for n in skin.vertex_neighbors]
+
+    def rough(m):  # how far each band vertex lies from its neighbours' mean
+        w = m.vertices
+        return np.mean([np.linalg.norm(w[i] - w[nb[i]].mean(0)) for i in np.flatnonzero(band)])
+
+    assert rough(out) < 0.3 * rough(spiky), (rough(out), rough(spiky))
+
+
+def test_crop_keeps_the_faces_near_the_points(ce, skin_of):
+    skin, _, region = skin_of
+    part = ce.crop(skin, skin.vertices[region], margin=5.0)
+    assert 0 < len(part.faces) < len(skin.faces)
+    lo, hi = skin.vertices[region].min(0) - 5.0, skin.vertices[region].max(0) + 5.0
+    assert np.all(part.vertices >= lo - 1e-9) and np.all(part.vertices <= hi + 1e-9)
