@@ -288,7 +288,9 @@ def encode(
     if uncertainty:
         config = replace(config or FitConfig(), posterior=True)
     fit_faces(model, faces, config, init=init, identity_prior=prior)
-    if photometric is not None and photometric is not False and faces:
+    wants = photometric is not None and photometric is not False
+    # (fit_faces refines only faces that carry a crop; these come with their photos)
+    if (wants or (config is not None and config.photometric)) and faces:
         from skullsearch.encoder.photometric import PhotometricConfig, refine_faces
 
         refine_faces(model, faces, {img.path: img.pixels for img in decoded if isinstance(img, DecodedImage)},

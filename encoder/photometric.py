@@ -19,8 +19,14 @@ schedule; faces of one person share their shape (their photometric terms add up)
 
 The model has no albedo: a face is assumed one colour under one smooth light. That holds for
 renders and roughly for skin; a photo's texture (brows, lips, make-up, beard) and cast shadows
-break it, and the robust loss only bounds their pull. Measured in ``benchmarks/photometric.py``
-(renders: synthetic) and ``benchmarks/ct_encoder.py`` (renders of a real CT head's skin).
+break it, and the robust loss only bounds their pull. Measured in ``benchmarks/identity.py
+--photometric`` and ``benchmarks/encoder_images.py --photometric`` (renders of the model's faces:
+synthetic), ``benchmarks/ct_encoder.py`` (renders of a real CT head's skin) and
+``benchmarks/persons.py --photos DIR --photometric`` (real photos, identity only).
+
+The refinement reads each face through a :class:`FaceCrop` of its photo (≤ ``CROP_PX`` px), so
+that a batch's memory does not grow with the photos' size and an ingest's workers can hand the
+crop to the fit.
 """
 
 from __future__ import annotations
@@ -45,7 +51,7 @@ from skullsearch.encoder.fitting import (
 )
 
 #: The longer side (px) of the face crop an ingest keeps for the refinement (:func:`face_crop`).
-CROP_PX = 320
+CROP_PX = 512
 #: The visibility z-buffer's size (px, longer side): a vertex is visible when within 1 mm of it.
 VISIBILITY_PX = 160
 
@@ -157,34 +163,44 @@ def _vertex_rig(model, ids: np.ndarray, n_shape: int, n_expression: int, dtype) 
                        points=SurfacePoints(first // 3, bary), marching=False)
 
 
+def _surface(model, vertices: int, n_shape: int, n_expression: int, dtype):
+    """The face region's vertices the refinement reads (about ``vertices``, evenly subsampled)
+    and the triangles around them, as (a vertex rig of the local vertices (K,), their model
+    vertex ids (K,), the triangles (T, 3) and the used vertices (n,) as local indices). Cached on
+    the model."""
+    from skullsearch.encoder.face_model import face_region
+
+    cache = model.__dict__.setdefault("_photometric_surface", {})
+    key = (vertices, n_shape, n_expression, dtype)
+    if key not in cache:
+        region = np.flatnonzero(face_region(model))
+        use = region[:: max(1, len(region) // vertices)]
+        faces = model.faces
+        near = np.zeros(model.n_vertices, bool)
+        near[use] = True
+        tri = faces[near[faces].any(1)]  # the triangles around the used vertices
+        local = np.unique(tri)  # the vertices their normals need
+        lookup = np.full(model.n_vertices, -1)
+        lookup[local] = np.arange(len(local))
+        cache[key] = (_vertex_rig(model, local, n_shape, n_expression, dtype), local,
+                      torch.as_tensor(lookup[tri]), torch.as_tensor(lookup[use]))
+    return cache[key]
+
+
 class _PhotoFit(_AdamFit):
     """The landmark fit's Adam problem (:class:`~.fitting._AdamFit`) plus the photometric term."""
 
     def __init__(self, model, rig, cfg: FitConfig, pcfg: PhotometricConfig, obs, pidx, n_person, state,
                  images: list[np.ndarray]):
         super().__init__(rig, cfg, obs, pidx, n_person, state)
-        from skullsearch.encoder.face_model import face_region
-
         self.model, self.pcfg = model, pcfg
         self.img, self.padded = _blurred(images, pcfg.blur * self.scale.double().numpy())
         self.img = self.img.to(self.dt)
         self.sizes = torch.as_tensor(np.array([[im.shape[1], im.shape[0]] for im in images], np.float64),
                                      dtype=self.dt)
-        region = np.flatnonzero(face_region(model))
-        step = max(1, len(region) // pcfg.vertices)
-        use = region[::step]
-        faces = model.faces
-        near = np.zeros(model.n_vertices, bool)
-        near[use] = True
-        tri = faces[near[faces].any(1)]  # the triangles around the used vertices
-        local = np.unique(tri)  # the vertices their normals need
-        self.surface = _vertex_rig(model, local, rig.n_shape, rig.n_expression, self.dt)
-        self.surface_ids = local
-        lookup = np.full(model.n_vertices, -1)
-        lookup[local] = np.arange(len(local))
-        self.tri = torch.as_tensor(lookup[tri])  # (T, 3) into the local vertices
-        self.use = torch.as_tensor(lookup[use])  # (n,) into the local vertices
-        self.visible = torch.zeros(self.b, len(use), dtype=torch.bool)
+        self.surface, self.surface_ids, self.tri, self.use = _surface(model, pcfg.vertices, rig.n_shape,
+                                                                      rig.n_expression, self.dt)
+        self.visible = torch.zeros(self.b, len(self.use), dtype=torch.bool)
 
     def posed(self) -> torch.Tensor:
         """The local vertices, posed (B, K, 3) mm (the head's rotation is the camera's)."""
@@ -329,25 +345,30 @@ def refine_photometric(model, codes: np.ndarray, landmarks: np.ndarray, images: 
 
 
 def refine_faces(model, faces, pixels: dict[str, np.ndarray] | None = None, config: FitConfig | None = None,
-                 photometric: PhotometricConfig | None = None) -> None:
+                 photometric: PhotometricConfig | None = None, batch_size: int = 64) -> None:
     """:func:`refine_photometric` for fitted :class:`~.encode.EncodedFace` s, in place (code,
-    residual_px), one pass per detector; faces with the same ``person`` share their shape.
-    pixels: the decoded (H, W, 3) uint8 photo of each face's ``image``; without it each face's
-    own ``crop`` (:class:`FaceCrop`, an ingest's) is read, and faces without one are left as
-    fitted."""
-    by_detector: dict[str | None, list[int]] = {}
-    for i, f in enumerate(faces):
-        if pixels is not None or f.crop is not None:
-            by_detector.setdefault(f.detector, []).append(i)
-    for detector, idx in by_detector.items():
+    residual_px), in batches of about ``batch_size`` faces of one detector (a person's faces kept
+    together: they share their shape). pixels: the decoded (H, W, 3) uint8 photo of each face's
+    ``image`` (each face is read through its :func:`face_crop`); without it each face's own
+    ``crop`` (an ingest's) is read, and faces without one are left as fitted."""
+    todo = [i for i, f in enumerate(faces) if pixels is not None or f.crop is not None]
+    todo.sort(key=lambda i: (str(faces[i].detector), faces[i].person is None, str(faces[i].person), i))
+    batches: list[list[int]] = []
+    for i in todo:
+        f, last = faces[i], faces[batches[-1][-1]] if batches else None
+        same = last is not None and last.detector == f.detector
+        if not batches or not same or (len(batches[-1]) >= batch_size
+                                       and (f.person is None or f.person != last.person)):
+            batches.append([])
+        batches[-1].append(i)
+    for idx in batches:
         group = [faces[i] for i in idx]
+        crops = [f.crop if pixels is None else face_crop(pixels[f.image], f.landmarks) for f in group]
         person = [f.person if f.person is not None else f"\0{i}" for i, f in zip(idx, group, strict=True)]
         res = refine_photometric(
-            model, np.stack([f.code for f in group]), np.stack([f.landmarks for f in group]),
-            [] if pixels is None else [pixels[f.image] for f in group],
-            person=np.array(person),
-            config=config, photometric=photometric, focal=np.array([f.focal for f in group]),
-            detector=detector, crops=None if pixels is not None else [f.crop for f in group],
+            model, np.stack([f.code for f in group]), np.stack([f.landmarks for f in group]), [],
+            person=np.array(person), config=config, photometric=photometric,
+            focal=np.array([f.focal for f in group]), detector=group[0].detector, crops=crops,
             image_sizes=np.array([f.image_size for f in group], np.float64))
         for f, code, r in zip(group, res.codes, res.residual_px, strict=True):
             f.code = code

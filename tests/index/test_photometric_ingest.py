@@ -62,7 +62,7 @@ def test_the_crop_refinement_is_the_whole_photos(default_model, galleries):
     path = sorted((root / "photos").rglob("*.png"))[0]
     init_worker(frozenset(), "dlib", descriptors=False, crops=True)
     rec = detect_one(Source(str(path)))
-    assert rec.ok and rec.faces[0].crop is not None and max(rec.faces[0].face_crop().pixels.shape) <= 320
+    assert rec.ok and rec.faces[0].crop is not None and max(rec.faces[0].face_crop().pixels.shape) <= 512
     from skullsearch.encoder.encode import EncodedFace
 
     f = rec.faces[0]
