@@ -180,7 +180,7 @@ def test_the_encoder_fingerprint_without_a_dense_term_is_the_earlier_one():
 
     cfg = asdict(FitConfig())
     cfg["dtype"] = str(cfg["dtype"])
-    for k in ("posterior", "landmark_noise", "w_dense", "pose_embedding"):  # (newer, off)
+    for k in ("posterior", "landmark_noise", "w_dense", "pose_embedding", "photometric"):  # (newer, off)
         cfg.pop(k)
     before = hashlib.sha256(json.dumps({"fit": cfg, "detector": "mesh"}, sort_keys=True,
                                        default=str).encode()).hexdigest()[:16]
