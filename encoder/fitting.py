@@ -169,6 +169,8 @@ class LandmarkRig:
             cand = np.zeros((0, 1), np.int64)
         ids, inverse = np.unique(np.concatenate([lm_corners.ravel(), cand.ravel()]),
                                  return_inverse=True)
+        #: the model vertex of each of the rig's own vertices (n,)
+        self.vertex_ids = ids
         self.lm_local = inverse[: lm_corners.size].reshape(-1, 3)
         self.cand_local = inverse[lm_corners.size:].reshape(cand.shape)  # (M, C)
         s, e = self.n_shape, self.n_expression
@@ -216,10 +218,17 @@ class LandmarkRig:
         identity and each vertex's weights sum to 1, so posing blends one transform:
         v + w_jaw · (R (v − j) + j − v). The same points as :meth:`points` for a fraction of the
         work (the fit's hot path)."""
+        posed = self.vertices_jaw(shape, expression, jaw)
+        lm = (posed[:, self.lm_local] * self.bary[None, :, :, None]).sum(2)
+        return lm, posed[:, self.cand_local]
+
+    def vertices_jaw(self, shape, expression, jaw) -> torch.Tensor:
+        """The rig's own vertices (:attr:`vertex_ids`) posed by a jaw-only pose (B, n, 3) mm
+        (:meth:`points_jaw`'s; full skinning for a model without a jaw joint)."""
         if self.w_jaw is None:
             pose = torch.zeros(len(jaw), 3 * self.n_joints, dtype=jaw.dtype, device=jaw.device)
             pose[:, 3 * JAW: 3 * JAW + 3] = jaw
-            return self.points(shape, expression, pose)
+            return self.vertices(shape, expression, pose)
         b, n = shape.shape[0], len(self.v0)
         c = torch.cat([shape, expression], 1)
         v = self.v0 + (c @ self.dirs_t).reshape(b, n, 3)
@@ -229,9 +238,7 @@ class LandmarkRig:
             v = v + ((rot - eye).reshape(b, 9) @ self.jaw_posedirs).reshape(b, n, 3)
         pivot = (self.jaw0 + c @ self.jaw_dirs_t)[:, None]  # (B, 1, 3) the jaw joint
         moved = (v - pivot) @ rot.transpose(1, 2) + pivot
-        posed = v + self.w_jaw[None, :, None] * (moved - v)
-        lm = (posed[:, self.lm_local] * self.bary[None, :, :, None]).sum(2)
-        return lm, posed[:, self.cand_local]
+        return v + self.w_jaw[None, :, None] * (moved - v)
 
     def linearize(self, shape, expression, pose, pick):
         """The 68 landmarks as an affine function of [α, δ] at the current estimate.
@@ -265,12 +272,17 @@ class LandmarkRig:
         jac[:, marching] = rv[torch.arange(b)[:, None], cand] @ dirs[cand]
         return p, jac
 
-    def points(self, shape, expression, pose) -> tuple[torch.Tensor, torch.Tensor]:
-        """Posed static landmarks (B, 68, 3) and silhouette candidates (B, M, C, 3), mm."""
+    def vertices(self, shape, expression, pose) -> torch.Tensor:
+        """The rig's own vertices (:attr:`vertex_ids`) posed (B, n, 3) mm."""
         b, n = shape.shape[0], len(self.v0)
         v = self.v0 + (shape @ self.sdirs.T + expression @ self.edirs.T).reshape(b, n, 3)
         joints = self.j0 + (shape @ self.jsdirs.T + expression @ self.jedirs.T).reshape(b, -1, 3)
         posed, _ = lbs(v, pose, None, self.parents, self.weights, self.posedirs, joints=joints)
+        return posed
+
+    def points(self, shape, expression, pose) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posed static landmarks (B, 68, 3) and silhouette candidates (B, M, C, 3), mm."""
+        posed = self.vertices(shape, expression, pose)
         lm = (posed[:, self.lm_local] * self.bary[None, :, :, None]).sum(2)
         return lm, posed[:, self.cand_local]
 

@@ -165,9 +165,7 @@ def _vertex_rig(model, ids: np.ndarray, n_shape: int, n_expression: int, dtype) 
 
 def _surface(model, vertices: int, n_shape: int, n_expression: int, dtype):
     """The face region's vertices the refinement reads (about ``vertices``, evenly subsampled)
-    and the triangles around them, as (a vertex rig of the local vertices (K,), their model
-    vertex ids (K,), the triangles (T, 3) and the used vertices (n,) as local indices). Cached on
-    the model."""
+    and the T triangles around them, as a :class:`_Surface`. Cached on the model."""
     from skullsearch.encoder.face_model import face_region
 
     cache = model.__dict__.setdefault("_photometric_surface", {})
@@ -178,13 +176,43 @@ def _surface(model, vertices: int, n_shape: int, n_expression: int, dtype):
         faces = model.faces
         near = np.zeros(model.n_vertices, bool)
         near[use] = True
-        tri = faces[near[faces].any(1)]  # the triangles around the used vertices
-        local = np.unique(tri)  # the vertices their normals need
+        tri = faces[near[faces].any(1)]  # the triangles around the used vertices: their corners
+        rig = _vertex_rig(model, np.unique(tri), n_shape, n_expression, dtype)
         lookup = np.full(model.n_vertices, -1)
-        lookup[local] = np.arange(len(local))
-        cache[key] = (_vertex_rig(model, local, n_shape, n_expression, dtype), local,
-                      torch.as_tensor(lookup[tri]), torch.as_tensor(lookup[use]))
+        lookup[rig.vertex_ids] = np.arange(len(rig.vertex_ids))  # (the rig's rows: a few more)
+        t0, t1, t2 = lookup[tri].T
+        n_tri, k = len(tri), len(rig.vertex_ids)
+        rows = np.r_[np.arange(n_tri), np.arange(n_tri)]
+        minus = np.r_[np.ones(n_tri), -np.ones(n_tri)]
+        # each used vertex gets the (area-weighted) normals of the triangles it is a corner of
+        at = np.full(model.n_vertices, -1)
+        at[use] = np.arange(len(use))
+        hit = at[tri]  # (T, 3)
+        tri_of, corner = np.nonzero(hit >= 0)
+        cache[key] = _Surface(
+            rig, rig.vertex_ids, torch.as_tensor(lookup[use]),
+            _sparse(rows, np.r_[t1, t0], minus, (n_tri, k), dtype),
+            _sparse(rows, np.r_[t2, t0], minus, (n_tri, k), dtype),
+            _sparse(hit[tri_of, corner], tri_of, np.ones(len(tri_of)), (len(use), n_tri), dtype))
     return cache[key]
+
+
+def _sparse(rows, cols, values, shape, dtype) -> torch.Tensor:
+    index = torch.as_tensor(np.stack([rows, cols]), dtype=torch.int64)
+    return torch.sparse_coo_tensor(index, torch.as_tensor(values, dtype=dtype), shape,
+                                   check_invariants=True).coalesce()
+
+
+@dataclass(frozen=True)
+class _Surface:
+    """The face region's surface as the refinement reads it (:func:`_surface`)."""
+
+    rig: LandmarkRig  #: a vertex rig of the K vertices the used vertices' normals need
+    ids: np.ndarray  #: (K,) the model vertex of each of the rig's rows
+    use: torch.Tensor  #: (n,) the used vertices, as rig rows
+    edge1: torch.Tensor  #: (T, K) sparse: each triangle's edge corner 1 − corner 0
+    edge2: torch.Tensor  #: (T, K) sparse: corner 2 − corner 0
+    gather: torch.Tensor  #: (n, T) sparse: 1 where the used vertex is a corner of the triangle
 
 
 class _PhotoFit(_AdamFit):
@@ -198,23 +226,25 @@ class _PhotoFit(_AdamFit):
         self.img = self.img.to(self.dt)
         self.sizes = torch.as_tensor(np.array([[im.shape[1], im.shape[0]] for im in images], np.float64),
                                      dtype=self.dt)
-        self.surface, self.surface_ids, self.tri, self.use = _surface(model, pcfg.vertices, rig.n_shape,
-                                                                      rig.n_expression, self.dt)
+        self.mesh = _surface(model, pcfg.vertices, rig.n_shape, rig.n_expression, self.dt)
+        self.surface, self.surface_ids, self.use = self.mesh.rig, self.mesh.ids, self.mesh.use
         self.visible = torch.zeros(self.b, len(self.use), dtype=torch.bool)
 
     def posed(self) -> torch.Tensor:
-        """The local vertices, posed (B, K, 3) mm (the head's rotation is the camera's)."""
-        return self.surface.points_jaw(self.shape[self.pidx], self.face_expr(), self.jaw)[0]
+        """The surface rig's vertices, posed (B, K, 3) mm (the head's rotation is the camera's)."""
+        return self.surface.vertices_jaw(self.shape[self.pidx], self.face_expr(), self.jaw)
 
     def normals(self, verts: torch.Tensor) -> torch.Tensor:
-        """Unit normals (B, n, 3) of the used vertices from local vertices (B, K, 3),
-        area-weighted over their triangles."""
-        t = verts[:, self.tri]  # (B, T, 3, 3)
-        fn = torch.cross(t[:, :, 1] - t[:, :, 0], t[:, :, 2] - t[:, :, 0], dim=-1)
-        acc = torch.zeros_like(verts)
-        for k in range(3):
-            acc = acc.index_add(1, self.tri[:, k], fn)
-        n = acc[:, self.use]
+        """Unit normals (B, n, 3) of the used vertices from the rig's vertices (B, K, 3),
+        area-weighted over their triangles: sparse products over the vertices laid out (K, B·3),
+        whose backward passes gather rows, where indexing's scatter (B, T, 3, 3) tensors."""
+        b, k = verts.shape[:2]
+        v = verts.transpose(0, 1).reshape(k, 3 * b)
+        t = self.mesh.edge1.shape[0]
+        ax, ay, az = torch.sparse.mm(self.mesh.edge1, v).reshape(t, b, 3).unbind(-1)  # (T, B) each
+        bx, by, bz = torch.sparse.mm(self.mesh.edge2, v).reshape(t, b, 3).unbind(-1)
+        fn = torch.stack([ay * bz - az * by, az * bx - ax * bz, ax * by - ay * bx], -1)  # (T, B, 3)
+        n = torch.sparse.mm(self.mesh.gather, fn.reshape(t, 3 * b)).reshape(-1, b, 3).transpose(0, 1)
         return n / n.norm(dim=-1, keepdim=True).clamp(min=1e-9)
 
     def update_visibility(self) -> None:
@@ -230,12 +260,17 @@ class _PhotoFit(_AdamFit):
             uv = project(full, rot, self.trans(), self.f, self.center)
             n = self.normals(self.posed()) @ rot.transpose(1, 2)  # camera frame (z away from the viewer)
             used = torch.as_tensor(self.surface_ids)[self.use]
+            # the triangles that face the camera (the normals' winding, as the used vertices'):
+            # of a closed surface only these can be nearest; half the triangles to draw
+            t = cam[:, self.model.faces]  # (B, F, 3, 3)
+            fn = torch.cross(t[:, :, 1] - t[:, :, 0], t[:, :, 2] - t[:, :, 0], dim=-1)
+            front = ((fn * t.mean(2)).sum(-1) <= 0).numpy()  # (B, F)
         faces = self.model.faces
         for i in range(self.b):  # a z-buffer of at most VISIBILITY_PX on its longer side
             k = min(1.0, VISIBILITY_PX / float(self.sizes[i].max()))
             w, h = (max(1, int(x * k)) for x in self.sizes[i])
             screen = torch.cat([uv[i] * k, cam[i, :, 2:3]], 1).double().numpy()
-            _, _, depth = rasterize(screen, faces, w, h)
+            _, _, depth = rasterize(screen, faces[front[i]], w, h)
             p = screen[used.numpy()]
             col, row = np.floor(p[:, 0]).astype(int), np.floor(p[:, 1]).astype(int)
             inside = (col >= 1) & (col < w - 1) & (row >= 1) & (row < h - 1)
@@ -249,7 +284,7 @@ class _PhotoFit(_AdamFit):
         pcfg = self.pcfg
         verts = self.posed()
         rot = camera_rotation(self.cam_rot)
-        uv = project(verts[:, self.use], rot, self.trans(), self.f, self.center)  # (B, n, 2)
+        uv = project(verts.index_select(1, self.use), rot, self.trans(), self.f, self.center)  # (B, n, 2)
         grid = (uv / torch.as_tensor(self.padded, dtype=self.dt)) * 2 - 1
         colour = torch.nn.functional.grid_sample(self.img, grid[:, None], mode="bilinear",
                                                  padding_mode="border", align_corners=False)
