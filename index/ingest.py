@@ -480,6 +480,10 @@ def encoder_fingerprint(config, detector: str, identity_prior=None) -> str:
         if not cfg.get(k):
             cfg.pop(k, None)
     what = {"fit": cfg, "detector": detector}
+    if cfg.get("photometric"):  # its settings make the codes too
+        from skullsearch.encoder.photometric import PhotometricConfig
+
+        what["photometric"] = asdict(PhotometricConfig())
     if identity_prior is not None:
         weights = np.ascontiguousarray(identity_prior.weights).tobytes()
         what["identity_prior"] = hashlib.sha256(weights).hexdigest()

@@ -188,6 +188,27 @@ def test_the_encoder_fingerprint_without_a_dense_term_is_the_earlier_one():
     assert encoder_fingerprint(FitConfig(w_dense=1.0), "mesh") != before
 
 
+def test_the_encoder_fingerprint_holds_the_photometric_settings_when_on(monkeypatch):
+    """A gallery refined with other photometric settings has other codes: another fingerprint."""
+    from dataclasses import dataclass
+
+    from skullsearch.encoder import photometric
+    from skullsearch.encoder.fitting import FitConfig
+    from skullsearch.index.ingest import encoder_fingerprint
+
+    on = encoder_fingerprint(FitConfig(photometric=True), "dlib")
+    off = encoder_fingerprint(FitConfig(), "dlib")
+    assert on != off
+
+    @dataclass(frozen=True)
+    class Slower(photometric.PhotometricConfig):
+        lr: float = 0.01
+
+    monkeypatch.setattr(photometric, "PhotometricConfig", Slower)
+    assert encoder_fingerprint(FitConfig(photometric=True), "dlib") != on
+    assert encoder_fingerprint(FitConfig(), "dlib") == off  # off, its settings do not count
+
+
 @pytest.mark.slow
 def test_the_dense_calibration_is_deterministic_for_a_seed(default_model):
     from skullsearch.encoder.calibrate import calibrate_dense
