@@ -16,6 +16,9 @@ on, and no more — and every portrait goes through the real decode → detect �
 - ``dlib_prior``: with the identity prior (shape predicted from the photo's person descriptor;
   its domain distance is reported: applied only within its limit);
 - ``dlib_photo``: the dlib fit refined by the photos' shading (:mod:`skullsearch.encoder.photometric`);
+- ``dlib_photo_from_best`` (``--photo-from-best``): the same refinement started from the model's
+  best face for this skin (``oracle`` below); its final energy against ``dlib_photo``'s says
+  whether the photometric energy's minimum lies at the true face;
 - ``*_shared``: all photos of the head fitted with one shared shape (paper Eq. 2).
 
 **Identity error**: each fitted *neutral* face (shape only; the gallery's soft-tissue points are
@@ -36,7 +39,7 @@ validation set.
 
     python benchmarks/ct_encoder.py [--ct /work/shared/ct/cthead/cthead.npz]
         [--yaws -30 -20 -10 0 10 20 30] [--detectors dlib mesh] [--no-prior] [--no-photometric]
-        [--smooth-streak] [--save DIR]
+        [--smooth-streak] [--photo-from-best] [--save DIR]
 """
 
 from __future__ import annotations
@@ -231,10 +234,13 @@ def render_photos(skin, folder: Path, yaws) -> list[Path]:
     return paths
 
 
-def fit_codes(model, paths, detector: str, config, prior=None, shared: bool = False, photometric=None):
+def fit_codes(model, paths, detector: str, config, prior=None, shared: bool = False, photometric=None,
+              start_shape=None, info: dict | None = None):
     """Fitted shape codes (n, S) of the photos the detector finds, their names, the person
     descriptors' domain distances under the prior (n,) (None without one) and the mean residual px.
-    photometric: a PhotometricConfig to refine the landmark fits with the photos' shading."""
+    photometric: a PhotometricConfig to refine the landmark fits with the photos' shading; then
+    start_shape (S,): refine from this shape instead of the landmark fit's (the camera, expression
+    and landmarks stay the fit's), and info gets the refinement's final mean energy."""
     from skullsearch.encoder import code as code_layout
     from skullsearch.encoder.detectors import get_detector
     from skullsearch.encoder.encode import describe_faces, detect_faces, fit_faces
@@ -259,11 +265,16 @@ def fit_codes(model, paths, detector: str, config, prior=None, shared: bool = Fa
         from skullsearch.encoder.photometric import refine_photometric
 
         pixels = {im.path: im.pixels for im in images if hasattr(im, "pixels")}
+        if start_shape is not None:
+            sl = code_layout.SLICES["shape"]
+            codes[:, sl] = np.asarray(start_shape)[: sl.stop - sl.start]
         res = refine_photometric(model, codes, np.stack([f.landmarks for f in faces]),
                                  [pixels[f.image] for f in faces],
                                  person=np.array([f.person or f"\0{i}" for i, f in enumerate(faces)]),
                                  config=config, photometric=photometric)
         codes = res.codes
+        if info is not None:
+            info["energy"] = round(float(res.history[-1]), 4)
         for f, r in zip(faces, res.residual_px, strict=True):
             f.residual_px = float(r)
     shape = codes[:, code_layout.SLICES["shape"]]
@@ -295,6 +306,9 @@ def main(argv=None) -> None:
     p.add_argument("--detectors", nargs="+", default=["dlib", "mesh"])
     p.add_argument("--no-prior", action="store_true", help="skip the identity prior's fits")
     p.add_argument("--no-photometric", action="store_true", help="skip the photometric refinement's fits")
+    p.add_argument("--photo-from-best", action="store_true",
+                   help="also refine from the model's best face for the skin (is the photometric energy's "
+                        "minimum the true face? compare the energies: dlib_photo_from_best vs dlib_photo)")
     p.add_argument("--save", default=None, help="keep the renders and the placed skin in this folder")
     p.add_argument("--smooth-streak", action="store_true",
                    help="render the skin with the dental streak's band smoothed (its metal-artefact spikes "
@@ -338,7 +352,8 @@ def main(argv=None) -> None:
 
     record("mean_face", np.zeros((1, model.n_shape)))
     t = time.time()
-    record("oracle", oracle_shape(model, skin, region, ~streak)[None], seconds=round(time.time() - t, 1))
+    best = oracle_shape(model, skin, region, ~streak)
+    record("oracle", best[None], seconds=round(time.time() - t, 1))
 
     prior = None
     if not a.no_prior:
@@ -363,14 +378,18 @@ def main(argv=None) -> None:
                     runs += [("dlib_prior", FitConfig(), prior), ("dlib_prior_shared", FitConfig(), prior)]
         if "dlib" in a.detectors and not a.no_photometric:
             runs += [("dlib_photo", FitConfig(), None), ("dlib_photo_shared", FitConfig(), None)]
+            if a.photo_from_best:
+                runs.append(("dlib_photo_from_best", FitConfig(), None))
         for name, cfg, pr in runs:
             det = name.split("_")[0]
             t = time.time()
+            info = {}
             shapes, names, dist, res_px = fit_codes(
                 model, paths, det, cfg, prior=pr, shared=name.endswith("_shared"),
-                photometric=PhotometricConfig() if "_photo" in name else None)
+                photometric=PhotometricConfig() if "_photo" in name else None,
+                start_shape=best if name.endswith("_from_best") else None, info=info)
             extra = {"photos": len(paths), "found": len(names), "residual_px": round(res_px, 2),
-                     "fit_seconds": round(time.time() - t, 1)}
+                     "fit_seconds": round(time.time() - t, 1)} | info
             if dist is not None:
                 extra["prior_domain_distance"] = [round(float(x), 1) for x in dist]
                 extra["prior_domain_limit"] = round(float(pr.domain_limit), 1)

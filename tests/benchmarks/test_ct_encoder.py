@@ -90,3 +90,24 @@ def test_crop_keeps_the_faces_near_the_points(ce, skin_of):
     assert 0 < len(part.faces) < len(skin.faces)
     lo, hi = skin.vertices[region].min(0) - 5.0, skin.vertices[region].max(0) + 5.0
     assert np.all(part.vertices >= lo - 1e-9) and np.all(part.vertices <= hi + 1e-9)
+
+
+def test_the_refinement_can_start_from_a_given_shape(ce, default_model, skin_of, tmp_path):
+    """fit_codes(start_shape=...): renders of a model face, refined from its true shape, stay
+    nearer that shape than the refinement from the landmark fit, and report their energy."""
+    from skullsearch.encoder.fitting import FitConfig
+    from skullsearch.encoder.photometric import PhotometricConfig
+
+    skin, shape, _ = skin_of
+    paths = ce.render_photos(skin, tmp_path, [0.0])
+    pcfg = PhotometricConfig(steps=20)
+    runs = {}
+    for name, start in (("fit", None), ("truth", shape)):
+        info = {}
+        shapes, names, _, _ = ce.fit_codes(default_model, paths, "dlib", FitConfig(), photometric=pcfg,
+                                           start_shape=start, info=info)
+        assert len(names) == len(paths) and np.isfinite(info["energy"]) and info["energy"] >= 0
+        runs[name] = shapes
+    std = default_model.shape_std[: shapes.shape[1]]
+    off = {k: np.linalg.norm((v - shape[: v.shape[1]]) / std, axis=1).mean() for k, v in runs.items()}
+    assert off["truth"] < 0.5 * off["fit"]
