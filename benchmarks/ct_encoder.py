@@ -240,7 +240,8 @@ def fit_codes(model, paths, detector: str, config, prior=None, shared: bool = Fa
     descriptors' domain distances under the prior (n,) (None without one) and the mean residual px.
     photometric: a PhotometricConfig to refine the landmark fits with the photos' shading; then
     start_shape (S,): refine from this shape instead of the landmark fit's (the camera, expression
-    and landmarks stay the fit's), and info gets the refinement's final mean energy."""
+    and landmarks stay the fit's), and info gets the refinement's final mean energy and its
+    terms."""
     from skullsearch.encoder import code as code_layout
     from skullsearch.encoder.detectors import get_detector
     from skullsearch.encoder.encode import describe_faces, detect_faces, fit_faces
@@ -275,6 +276,7 @@ def fit_codes(model, paths, detector: str, config, prior=None, shared: bool = Fa
         codes = res.codes
         if info is not None:
             info["energy"] = round(float(res.history[-1]), 4)
+            info["energy_terms"] = {k: round(v, 4) for k, v in res.terms.items()}
         for f, r in zip(faces, res.residual_px, strict=True):
             f.residual_px = float(r)
     shape = codes[:, code_layout.SLICES["shape"]]

@@ -112,7 +112,8 @@ class FitResult:
     focal (B,) px, history (iterations,) the batch's mean energy of the best state after each
     step (LM) or its loss before each step (Adam); shape_cov (B, S, S) float32 the posterior
     covariance of each face's shape coefficients (its person's, shared) when
-    ``FitConfig.posterior`` (LM path), else None."""
+    ``FitConfig.posterior`` (LM path), else None; terms: the final energy's terms (batch means)
+    by name where the fit reports them (the photometric refinement: landmarks, photometric)."""
 
     codes: np.ndarray
     residual_px: np.ndarray
@@ -120,6 +121,7 @@ class FitResult:
     focal: np.ndarray
     history: np.ndarray = field(default_factory=lambda: np.zeros(0))
     shape_cov: np.ndarray | None = None
+    terms: dict[str, float] | None = None
 
 
 class LandmarkRig:

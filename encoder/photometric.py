@@ -379,6 +379,10 @@ def refine_photometric(model, codes: np.ndarray, landmarks: np.ndarray, images: 
     fit = _PhotoFit(model, rig, cfg, pcfg, obs, pidx, n_person, state, images)
     fit.refine()
     out = fit.result()
+    with torch.no_grad():  # the final energy's two terms (the weighted photometric one)
+        fit.update_visibility()
+        out.terms = {"landmarks": float(fit.losses(rigid=False)[0].mean()),
+                     "photometric": float((pcfg.weight * fit.photometric()).mean())}
     if crops is not None:  # back to the photo's pixels
         out.landmarks_px = out.landmarks_px / k[:, None, None] + origin[:, None]
         out.residual_px = out.residual_px / k

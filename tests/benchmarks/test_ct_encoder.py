@@ -107,6 +107,8 @@ def test_the_refinement_can_start_from_a_given_shape(ce, default_model, skin_of,
         shapes, names, _, _ = ce.fit_codes(default_model, paths, "dlib", FitConfig(), photometric=pcfg,
                                            start_shape=start, info=info)
         assert len(names) == len(paths) and np.isfinite(info["energy"]) and info["energy"] >= 0
+        assert set(info["energy_terms"]) == {"landmarks", "photometric"}
+        assert all(v >= 0 for v in info["energy_terms"].values())
         runs[name] = shapes
     std = default_model.shape_std[: shapes.shape[1]]
     off = {k: np.linalg.norm((v - shape[: v.shape[1]]) / std, axis=1).mean() for k, v in runs.items()}
