@@ -47,6 +47,23 @@ def auc(same: np.ndarray, different: np.ndarray) -> float:
     return float(1.0 - (r_same - len(same) * (len(same) + 1) / 2) / (len(same) * len(different)))
 
 
+def photometric_config(settings: list[str] | None):
+    """A :class:`~skullsearch.encoder.photometric.PhotometricConfig` from ``KEY=VALUE`` strings
+    (its field names; the rest keep their defaults). Refuses an unknown key, naming the known ones."""
+    from dataclasses import fields
+
+    from skullsearch.encoder.photometric import PhotometricConfig
+
+    types = {f.name: type(getattr(PhotometricConfig(), f.name)) for f in fields(PhotometricConfig)}
+    kw = {}
+    for item in settings or []:
+        key, sep, value = item.partition("=")
+        if not sep or key not in types:
+            raise SystemExit(f"photometric setting {item!r}: want KEY=VALUE with KEY one of {sorted(types)}")
+        kw[key] = types[key](value)
+    return PhotometricConfig(**kw)
+
+
 def emit(result: dict) -> None:
     """Print the benchmark's JSON object as the last line."""
     sys.stdout.flush()

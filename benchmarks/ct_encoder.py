@@ -39,7 +39,7 @@ validation set.
 
     python benchmarks/ct_encoder.py [--ct /work/shared/ct/cthead/cthead.npz]
         [--yaws -30 -20 -10 0 10 20 30] [--detectors dlib mesh] [--no-prior] [--no-photometric]
-        [--smooth-streak] [--photo-from-best] [--save DIR]
+        [--smooth-streak] [--photo-from-best] [--photo-set KEY=VALUE ...] [--save DIR]
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import emit
+from _common import emit, photometric_config
 
 HERE = Path(__file__).resolve().parent
 #: CT slices of the dental streak (fillings; see ../shared/ct/README.md), with a slice of margin.
@@ -315,13 +315,14 @@ def main(argv=None) -> None:
     p.add_argument("--smooth-streak", action="store_true",
                    help="render the skin with the dental streak's band smoothed (its metal-artefact spikes "
                         "flattened: a photo has none); the scoring is the same")
+    p.add_argument("--photo-set", nargs="+", default=None, metavar="KEY=VALUE",
+                   help="the photometric runs with these PhotometricConfig settings (landmark_cauchy=0.06)")
     a = p.parse_args(argv)
     ct = _ct_module()
     from skullsearch import FaceModel
     from skullsearch.encoder.face_model import face_region
     from skullsearch.encoder.fitting import FitConfig
-    from skullsearch.encoder.photometric import PhotometricConfig
-
+    photo_cfg = photometric_config(a.photo_set)
     model = FaceModel.builtin("ict")
     region = face_region(model)
     t = time.time()
@@ -340,7 +341,7 @@ def main(argv=None) -> None:
     print(f"skin placed in the model's frame ({time.time() - t:.0f} s; mean face RMS {rms:.2f} mm); "
           f"{keep.sum()} of {region.sum()} face-region vertices outside the dental streak", file=sys.stderr)
     out = {"ct": str(Path(a.ct or ct.CT_HEAD).name), "yaws": a.yaws, "lights": len(LIGHTS),
-           "smooth_streak": bool(a.smooth_streak),
+           "smooth_streak": bool(a.smooth_streak), "photometric_settings": a.photo_set or [],
            "region_vertices": int(region.sum()), "scored_vertices": int(keep.sum()),
            "placement_rms_mm": round(rms, 3), "faces": {}}
 
@@ -388,7 +389,7 @@ def main(argv=None) -> None:
             info = {}
             shapes, names, dist, res_px = fit_codes(
                 model, paths, det, cfg, prior=pr, shared=name.endswith("_shared"),
-                photometric=PhotometricConfig() if "_photo" in name else None,
+                photometric=photo_cfg if "_photo" in name else None,
                 start_shape=best if name.endswith("_from_best") else None, info=info)
             extra = {"photos": len(paths), "found": len(names), "residual_px": round(res_px, 2),
                      "fit_seconds": round(time.time() - t, 1)} | info

@@ -19,6 +19,7 @@ expression) and every photo goes through the real decoder, dlib detector and bat
     python benchmarks/identity.py [--persons 100] [--photos 3] [--gallery 3000 [10000 ...]] [--seed 0]
                                   [--identity-prior] [--uncertainty] [--landmark-noise 0.03]
                                   [--detector dlib|mesh] [--pose-embedding] [--photometric]
+                                  [--photo-set KEY=VALUE ...]
 
 ``--uncertainty`` fits with the posterior covariance (``FitConfig(posterior=True)``), adds the
 re-shot AUC from the soft-tissue points (L2, and Mahalanobis under both faces' Σ_face) and
@@ -46,6 +47,7 @@ from _common import (
     emit,
     face_normals,
     identity_errors,
+    photometric_config,
     random_faces,
     render_photos,
     synthetic_skull_targets,
@@ -201,12 +203,10 @@ def main(argv=None):
                     help="weight of the dense detector's points in the fit (mesh; 0 leaves them out)")
     ap.add_argument("--photometric", action="store_true",
                     help="refine every fit with the photo's shading (encoder.photometric, default settings)")
+    ap.add_argument("--photo-set", nargs="+", default=None, metavar="KEY=VALUE",
+                    help="--photometric with these PhotometricConfig settings (e.g. landmark_cauchy=0.06)")
     a = ap.parse_args(argv)
-    photometric = None
-    if a.photometric:
-        from skullsearch.encoder.photometric import PhotometricConfig
-
-        photometric = PhotometricConfig()
+    photometric = photometric_config(a.photo_set) if a.photometric or a.photo_set else None
     rng = np.random.default_rng(a.seed)
     model = FaceModel.default()
     mask = face_region(model)
@@ -260,7 +260,8 @@ def main(argv=None):
     dis_cov = None if cov1 is None else cov1[borrow]
     out = {"persons": a.persons, "photos_per_person": a.photos, "gallery": max(sizes[0], a.persons),
            "identity_prior": bool(a.identity_prior), "detector": a.detector, "w_dense": a.w_dense,
-           "pose_embedding": a.pose_embedding, "photometric": bool(a.photometric),
+           "pose_embedding": a.pose_embedding, "photometric": bool(photometric),
+           "photometric_settings": a.photo_set or [],
            "photos": len(paths), "faces_found": int(len(idx1)),
            "identity_error_mm": round(float(err.mean()), 3),
            "mean_face_error_mm": round(float(err0.mean()), 3),

@@ -736,8 +736,11 @@ class _AdamFit:
     def face_expr(self):
         return self.expr[self.pidx] if self.cfg.share_expression else self.expr
 
-    def losses(self, rigid: bool):
-        """Per-face energy (B,) (the LM's, without the prior in the rigid stage) and uv (B, 68, 2)."""
+    def losses(self, rigid: bool, robust: float = 0.0):
+        """Per-face energy (B,) (the LM's, without the prior in the rigid stage) and uv (B, 68, 2).
+        robust > 0: each landmark's and each edge's squared residual r² (inter-ocular units) counts
+        as the Cauchy loss c² log(1 + r²/c²), c = robust (a point that disagrees with the rest of
+        the evidence pulls less); 0: the least squares of Eq. 1."""
         cfg, rig = self.cfg, self.rig
         s, e = self.shape[self.pidx], self.face_expr()
         rot = camera_rotation(self.cam_rot)
@@ -749,10 +752,13 @@ class _AdamFit:
         else:
             points = rig.points_jaw(s, e, self.jaw)
         uv = model_landmarks_px(rig, None, None, None, rot, self.trans(), self.f, self.center, points=points)
-        reproj = ((uv - self.lm2d) ** 2).sum(-1).mean(1) / self.scale**2
-        fit_len = _edge_lengths(uv, self.edges)
-        edge = ((((self.obs_len - fit_len) ** 2) * self.emask).sum(1) / self.emask.sum(1).clamp(min=1)
-                / self.scale**2)
+        r2 = ((uv - self.lm2d) ** 2).sum(-1)  # (B, 68) px²
+        e2 = (self.obs_len - _edge_lengths(uv, self.edges)) ** 2  # (B, E) px²
+        if robust > 0:  # in inter-ocular units
+            c2 = robust**2 * self.scale[:, None] ** 2
+            r2, e2 = (c2 * torch.log1p(x / c2) for x in (r2, e2))
+        reproj = r2.mean(1) / self.scale**2
+        edge = (e2 * self.emask).sum(1) / self.emask.sum(1).clamp(min=1) / self.scale**2
         total = cfg.w_landmark * reproj + cfg.w_edge * edge
         if not rigid:
             total = total + (cfg.w_shape * ((s / rig.shape_std) ** 2).sum(1)

@@ -82,6 +82,7 @@ class PhotometricConfig:
     visibility_every: int = 25
     vertices: int = 2500
     min_visible: int = 200
+    landmark_cauchy: float = 0.0
 
 
 def sh9(normals: torch.Tensor) -> torch.Tensor:
@@ -319,7 +320,7 @@ class _PhotoFit(_AdamFit):
             if step % pcfg.visibility_every == 0:
                 self.update_visibility()
             opt.zero_grad()
-            lmk, _ = self.losses(rigid=False)
+            lmk, _ = self.losses(rigid=False, robust=pcfg.landmark_cauchy)
             total = lmk + pcfg.weight * self.photometric()
             total.sum().backward()
             opt.step()
@@ -381,7 +382,7 @@ def refine_photometric(model, codes: np.ndarray, landmarks: np.ndarray, images: 
     out = fit.result()
     with torch.no_grad():  # the final energy's two terms (the weighted photometric one)
         fit.update_visibility()
-        out.terms = {"landmarks": float(fit.losses(rigid=False)[0].mean()),
+        out.terms = {"landmarks": float(fit.losses(rigid=False, robust=pcfg.landmark_cauchy)[0].mean()),
                      "photometric": float((pcfg.weight * fit.photometric()).mean())}
     if crops is not None:  # back to the photo's pixels
         out.landmarks_px = out.landmarks_px / k[:, None, None] + origin[:, None]

@@ -484,6 +484,8 @@ def encoder_fingerprint(config, detector: str, identity_prior=None) -> str:
         from skullsearch.encoder.photometric import PhotometricConfig
 
         what["photometric"] = asdict(PhotometricConfig())
+        if not what["photometric"]["landmark_cauchy"]:  # off: the codes of the versions before it
+            what["photometric"].pop("landmark_cauchy")
     if identity_prior is not None:
         weights = np.ascontiguousarray(identity_prior.weights).tobytes()
         what["identity_prior"] = hashlib.sha256(weights).hexdigest()

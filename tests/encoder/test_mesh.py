@@ -199,12 +199,19 @@ def test_the_encoder_fingerprint_holds_the_photometric_settings_when_on(monkeypa
     on = encoder_fingerprint(FitConfig(photometric=True), "dlib")
     off = encoder_fingerprint(FitConfig(), "dlib")
     assert on != off
+    assert on == "704f6145fe98949b"  # landmark_cauchy off: the galleries refined before it existed
 
     @dataclass(frozen=True)
     class Slower(photometric.PhotometricConfig):
         lr: float = 0.01
 
+    @dataclass(frozen=True)
+    class Robust(photometric.PhotometricConfig):
+        landmark_cauchy: float = 0.06
+
     monkeypatch.setattr(photometric, "PhotometricConfig", Slower)
+    assert encoder_fingerprint(FitConfig(photometric=True), "dlib") != on
+    monkeypatch.setattr(photometric, "PhotometricConfig", Robust)
     assert encoder_fingerprint(FitConfig(photometric=True), "dlib") != on
     assert encoder_fingerprint(FitConfig(), "dlib") == off  # off, its settings do not count
 

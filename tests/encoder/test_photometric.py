@@ -169,3 +169,26 @@ def test_surface_normals_are_the_area_weighted_vertex_normals(default_model):
     # and they point out of the face: towards +z (the model's front) on most of the region
     # (its sides and the chin's underside turn away)
     assert (normals[..., 2] > 0).mean() > 0.75
+
+
+def test_a_robust_landmark_term_lets_a_wrong_point_pull_less(default_model, photos):
+    """One landmark (the nose tip) moved sideways by half the inter-ocular distance: under least
+    squares the refined face's nose follows it by pixels, under the Cauchy loss
+    (landmark_cauchy) hardly at all; every other point stays put. Weight 0: the landmark term alone."""
+    m = default_model
+    images, _, lms = photos
+    lm = fit_landmarks(m, lms[:1], np.full((1, 2), float(SIZE)))
+    iod = np.linalg.norm(lms[0, 36:42].mean(0) - lms[0, 42:48].mean(0))
+    nose_x = {}
+    for c in (0.0, 0.1):
+        for offset in (0.0, 0.5):
+            wrong = lms[:1].copy()
+            wrong[0, 30, 0] += offset * iod
+            cfg = PhotometricConfig(steps=60, weight=0.0, landmark_cauchy=c)
+            ref = refine_photometric(m, lm.codes, wrong, images[:1], photometric=cfg)
+            nose_x[c, offset] = ref.landmarks_px[0, 30, 0]
+            others = np.delete(np.arange(68), 30)
+            assert np.abs(ref.landmarks_px[0, others] - lms[0, others]).max() < 0.1 * iod
+    follow = {c: nose_x[c, 0.5] - nose_x[c, 0.0] for c in (0.0, 0.1)}
+    assert follow[0.0] > 1.5, follow  # pixels towards the wrong point
+    assert abs(follow[0.1]) < 0.3 * follow[0.0], follow

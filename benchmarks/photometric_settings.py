@@ -1,0 +1,130 @@
+"""The photometric refinement's settings, each on renders (synthetic truth) and on real photos.
+
+A setting that wins on renders of the model's own faces may lose on photos: a render's shading is
+exactly the refinement's model of it (Lambertian, one albedo, a white light), a photo's is not
+(brows, lips, beard, make-up, specular skin, cast shadows). This benchmark puts both beside each
+other, one row per setting, the defaults first:
+
+- renders: ``--renders N`` faces drawn from the default model's prior (seed ``--seed``; the
+  defaults were set on seed 5, the identity benchmark uses seed 0), one photo each at yaw ±40°,
+  pitch, light, skin tone and a little expression (as ``identity.py``'s), decoded, detected by dlib
+  and landmark-fitted once; each setting refines those fits. Reported: the identity error as a
+  ratio to the mean face's (the landmark fit's beside it), the landmark residual, the seconds.
+- real photos: ``--photos DIR``, a folder of person sub-folders (the labels only score): each photo
+  detected and fitted alone, refined by each setting; the same-vs-different person pair AUC of the
+  shape codes (L2). A handful of photos is a check, not a measure: say how many.
+
+    python benchmarks/photometric_settings.py [--renders 40] [--seed 5] [--photos DIR]
+        [--try "landmark_cauchy=0.06" --try "weight=20" ...]
+
+Each ``--try`` is one setting: space-separated ``KEY=VALUE`` of
+:class:`~skullsearch.encoder.photometric.PhotometricConfig`. Prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from _common import auc, emit, identity_errors, photometric_config, random_faces, render_photos
+
+from skullsearch import FaceModel
+from skullsearch.encoder import code as code_layout
+from skullsearch.encoder.detectors import get_detector
+from skullsearch.encoder.encode import detect_faces, fit_faces
+from skullsearch.encoder.face_model import face_region
+from skullsearch.encoder.images import read_images
+from skullsearch.encoder.photometric import refine_faces
+
+IMAGE_TYPES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+
+
+def fitted(model, paths):
+    """dlib → landmark fit of each photo alone: the faces (largest per photo) and the decoded
+    pixels by path."""
+    images = read_images(paths)
+    faces, _ = detect_faces(images, get_detector("dlib"), all_faces=False)
+    fit_faces(model, faces)
+    return faces, {im.path: im.pixels for im in images if hasattr(im, "pixels")}
+
+
+def shapes(faces) -> np.ndarray:
+    return code_layout.split(np.stack([f.code for f in faces])).shape[:, :code_layout.N_SHAPE]
+
+
+def refined(model, faces, pixels, cfg):
+    """Copies of the faces refined with ``cfg``, and the seconds it took."""
+    out = copy.deepcopy(faces)
+    t = time.time()
+    refine_faces(model, out, pixels, None, cfg)
+    return out, time.time() - t
+
+
+def pair_auc(shape: np.ndarray, who: np.ndarray) -> float:
+    iu = np.triu_indices(len(who), 1)
+    same = who[iu[0]] == who[iu[1]]
+    d = np.linalg.norm(shape[:, None] - shape[None], axis=-1)[iu]
+    return round(auc(d[same], d[~same]), 4)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--renders", type=int, default=40, help="rendered faces (0: none)")
+    ap.add_argument("--seed", type=int, default=5)
+    ap.add_argument("--photos", type=Path, default=None, help="a folder of person sub-folders (real photos)")
+    ap.add_argument("--try", dest="tries", action="append", default=[], metavar='"KEY=VALUE ..."',
+                    help="one setting (repeatable); the defaults are always the first row")
+    a = ap.parse_args(argv)
+    settings = [[]] + [t.split() for t in a.tries]
+    configs = [photometric_config(s) for s in settings]  # refuse a bad key before any work
+    model = FaceModel.default()
+    rows = [{"setting": " ".join(s) or "defaults"} for s in settings]
+    out = {"rows": rows}
+    if a.renders > 0:
+        rng = np.random.default_rng(a.seed)
+        shape, expr, pose = random_faces(model, a.renders, rng, expr_scale=0.1)
+        mask = face_region(model)
+        with tempfile.TemporaryDirectory() as tmp:
+            paths = render_photos(model, tmp, shape, expr, pose, rng, max_yaw=40.0)
+            faces, pixels = fitted(model, paths)
+        truth = shape.numpy()[[int(Path(f.image).stem[5:]) for f in faces]]
+        err, err0 = identity_errors(model, mask, shapes(faces), truth)
+        refined(model, faces[:1], pixels, configs[0])  # the model's surface rig, built once, not timed
+        out["renders"] = {"truth": "synthetic (the default model's own faces)", "seed": a.seed,
+                          "photos": a.renders, "faces_found": len(faces),
+                          "landmark_fit_ratio_to_mean_face": round(float(err.mean() / err0.mean()), 4)}
+        for row, cfg in zip(rows, configs, strict=True):
+            fs, sec = refined(model, faces, pixels, cfg)
+            err, _ = identity_errors(model, mask, shapes(fs), truth)
+            row["renders_ratio_to_mean_face"] = round(float(err.mean() / err0.mean()), 4)
+            row["renders_residual_px"] = round(float(np.mean([f.residual_px for f in fs])), 2)
+            row["renders_seconds_per_face"] = round(sec / max(len(fs), 1), 3)
+            print(row, file=sys.stderr, flush=True)
+    if a.photos is not None:
+        paths = sorted(p for p in a.photos.glob("*/*") if p.suffix.lower() in IMAGE_TYPES)
+        if not paths:
+            raise SystemExit(f"--photos {a.photos}: no photos in person sub-folders (DIR/PERSON/PHOTO.jpg)")
+        faces, pixels = fitted(model, paths)
+        who = np.array([Path(f.image).parent.name for f in faces])
+        iu = np.triu_indices(len(who), 1)
+        same = who[iu[0]] == who[iu[1]]
+        out["real"] = {"truth": "real (labelled photos; a check at this size)", "photos": len(paths),
+                       "faces": len(faces), "persons": int(len(set(who))), "same_pairs": int(same.sum()),
+                       "different_pairs": int((~same).sum()),
+                       "landmark_fit_auc_shape_code": pair_auc(shapes(faces), who)}
+        for row, cfg in zip(rows, configs, strict=True):
+            fs, _ = refined(model, faces, pixels, cfg)
+            row["real_auc_shape_code"] = pair_auc(shapes(fs), who)
+            row["real_residual_px"] = round(float(np.mean([f.residual_px for f in fs])), 2)
+            print(row, file=sys.stderr, flush=True)
+    emit(out)
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""benchmarks/photometric_settings.py: a small real run (renders, and a folder of person
+sub-folders of decoded PNGs standing in for photos) and its refusal of an unknown setting."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    sys.path.insert(0, str(ROOT / "benchmarks"))  # the benchmarks import their _common helpers
+    spec = importlib.util.spec_from_file_location("skullsearch_bench_photometric_settings",
+                                                  ROOT / "benchmarks" / "photometric_settings.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_an_unknown_setting_is_refused_naming_the_known_ones(bench):
+    with pytest.raises(SystemExit, match="landmark_cauchy"):
+        bench.main(["--renders", "0", "--try", "albedo=3"])
+    with pytest.raises(SystemExit, match="KEY=VALUE"):
+        bench.main(["--renders", "0", "--try", "weight"])
+
+
+@pytest.mark.slow
+def test_a_small_run_reports_each_setting_on_renders_and_photos(bench, default_model, tmp_path, capsys):
+    from _common import random_faces, render_photos
+
+    rng = np.random.default_rng(3)
+    shape, expr, pose = random_faces(default_model, 2, rng, expr_scale=0.05)
+    for who in (0, 1):  # two persons, two photos each
+        folder = tmp_path / f"person{who}"
+        folder.mkdir()
+        render_photos(default_model, folder, shape[[who, who]], expr[[who, who]], pose[[who, who]], rng)
+    out = bench.main(["--renders", "2", "--photos", str(tmp_path), "--try", "steps=20 landmark_cauchy=0.06"])
+    assert [r["setting"] for r in out["rows"]] == ["defaults", "steps=20 landmark_cauchy=0.06"]
+    assert out["renders"]["faces_found"] == 2 and out["renders"]["truth"].startswith("synthetic")
+    real = out["real"]
+    assert real["persons"] == 2 and real["same_pairs"] == 2 and real["different_pairs"] == 4
+    for row in out["rows"]:
+        assert 0 < row["renders_ratio_to_mean_face"] < 2 and row["renders_residual_px"] >= 0
+        assert 0 <= row["real_auc_shape_code"] <= 1 and row["real_residual_px"] >= 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["rows"] == out["rows"]
