@@ -234,14 +234,28 @@ def render_photos(skin, folder: Path, yaws) -> list[Path]:
     return paths
 
 
+#: The 68 iBUG points by part of the face.
+LANDMARK_GROUPS = {"jaw": range(0, 17), "brows": range(17, 27), "nose": range(27, 36), "eyes": range(36, 48),
+                   "outer_lips": range(48, 60), "inner_lips": range(60, 68)}
+
+
+def residual_by_group(fitted: np.ndarray, detected: np.ndarray) -> dict:
+    """The fitted face's landmarks (n, 68, 2) px against the detector's (n, 68, 2): mean distance
+    per part of the face in inter-ocular distances (the detected eyes' centres)."""
+    iod = np.linalg.norm(detected[:, 36:42].mean(1) - detected[:, 42:48].mean(1), axis=-1)
+    r = np.linalg.norm(fitted - detected, axis=-1) / iod[:, None]
+    return {"all": round(float(r.mean()), 4)} | {g: round(float(r[:, list(ix)].mean()), 4)
+                                                  for g, ix in LANDMARK_GROUPS.items()}
+
+
 def fit_codes(model, paths, detector: str, config, prior=None, shared: bool = False, photometric=None,
               start_shape=None, info: dict | None = None):
     """Fitted shape codes (n, S) of the photos the detector finds, their names, the person
     descriptors' domain distances under the prior (n,) (None without one) and the mean residual px.
     photometric: a PhotometricConfig to refine the landmark fits with the photos' shading; then
     start_shape (S,): refine from this shape instead of the landmark fit's (the camera, expression
-    and landmarks stay the fit's), and info gets the refinement's final mean energy and its
-    terms."""
+    and landmarks stay the fit's), and info gets the refinement's final mean energy, its terms and
+    the landmark residual by part of the face (:func:`residual_by_group`)."""
     from skullsearch.encoder import code as code_layout
     from skullsearch.encoder.detectors import get_detector
     from skullsearch.encoder.encode import describe_faces, detect_faces, fit_faces
@@ -277,6 +291,8 @@ def fit_codes(model, paths, detector: str, config, prior=None, shared: bool = Fa
         if info is not None:
             info["energy"] = round(float(res.history[-1]), 4)
             info["energy_terms"] = {k: round(v, 4) for k, v in res.terms.items()}
+            detected = np.stack([f.landmarks for f in faces])
+            info["landmark_residual_iod"] = residual_by_group(res.landmarks_px, detected)
         for f, r in zip(faces, res.residual_px, strict=True):
             f.residual_px = float(r)
     shape = codes[:, code_layout.SLICES["shape"]]

@@ -109,7 +109,21 @@ def test_the_refinement_can_start_from_a_given_shape(ce, default_model, skin_of,
         assert len(names) == len(paths) and np.isfinite(info["energy"]) and info["energy"] >= 0
         assert set(info["energy_terms"]) == {"landmarks", "photometric"}
         assert all(v >= 0 for v in info["energy_terms"].values())
+        groups = info["landmark_residual_iod"]
+        assert set(groups) == {"all", *ce.LANDMARK_GROUPS} and all(0 <= v < 1 for v in groups.values())
         runs[name] = shapes
     std = default_model.shape_std[: shapes.shape[1]]
     off = {k: np.linalg.norm((v - shape[: v.shape[1]]) / std, axis=1).mean() for k, v in runs.items()}
     assert off["truth"] < 0.5 * off["fit"]
+
+
+def test_the_landmark_residual_by_part_of_the_face(ce):
+    rng = np.random.default_rng(0)
+    detected = rng.uniform(100, 300, (2, 68, 2))
+    detected[:, 36:42] = [100.0, 200.0]  # eye centres 100 px apart
+    detected[:, 42:48] = [200.0, 200.0]
+    fitted = detected.copy()
+    fitted[:, 0:17, 0] += 10.0  # the jaw 0.1 IOD off, the rest exact
+    r = ce.residual_by_group(fitted, detected)
+    assert r["jaw"] == pytest.approx(0.1) and r["all"] == pytest.approx(0.1 * 17 / 68)
+    assert all(r[g] == 0 for g in ce.LANDMARK_GROUPS if g != "jaw")
