@@ -113,7 +113,8 @@ class FitResult:
     step (LM) or its loss before each step (Adam); shape_cov (B, S, S) float32 the posterior
     covariance of each face's shape coefficients (its person's, shared) when
     ``FitConfig.posterior`` (LM path), else None; terms: the final energy's terms (batch means)
-    by name where the fit reports them (the photometric refinement: landmarks, photometric)."""
+    by name where the fit reports them (the photometric refinement: landmarks, photometric, and the
+    landmark term's parts landmarks_reprojection, landmarks_edges, landmarks_prior)."""
 
     codes: np.ndarray
     residual_px: np.ndarray
@@ -736,11 +737,12 @@ class _AdamFit:
     def face_expr(self):
         return self.expr[self.pidx] if self.cfg.share_expression else self.expr
 
-    def losses(self, rigid: bool, robust: float = 0.0):
+    def losses(self, rigid: bool, robust: float = 0.0, parts: dict | None = None):
         """Per-face energy (B,) (the LM's, without the prior in the rigid stage) and uv (B, 68, 2).
         robust > 0: each landmark's and each edge's squared residual r² (inter-ocular units) counts
         as the Cauchy loss c² log(1 + r²/c²), c = robust (a point that disagrees with the rest of
-        the evidence pulls less); 0: the least squares of Eq. 1."""
+        the evidence pulls less); 0: the least squares of Eq. 1. parts: a dict that gets the
+        weighted terms (B,) each: "reprojection", "edges", "prior" (shape, expression and jaw)."""
         cfg, rig = self.cfg, self.rig
         s, e = self.shape[self.pidx], self.face_expr()
         rot = camera_rotation(self.cam_rot)
@@ -760,10 +762,15 @@ class _AdamFit:
         reproj = r2.mean(1) / self.scale**2
         edge = (e2 * self.emask).sum(1) / self.emask.sum(1).clamp(min=1) / self.scale**2
         total = cfg.w_landmark * reproj + cfg.w_edge * edge
+        prior = None
         if not rigid:
-            total = total + (cfg.w_shape * ((s / rig.shape_std) ** 2).sum(1)
-                             + cfg.w_expression * ((e / rig.expr_std) ** 2).sum(1)
-                             + cfg.w_pose * (self.jaw**2).sum(1))
+            prior = (cfg.w_shape * ((s / rig.shape_std) ** 2).sum(1)
+                     + cfg.w_expression * ((e / rig.expr_std) ** 2).sum(1)
+                     + cfg.w_pose * (self.jaw**2).sum(1))
+            total = total + prior
+        if parts is not None:
+            parts.update(reprojection=cfg.w_landmark * reproj, edges=cfg.w_edge * edge,
+                         prior=torch.zeros_like(reproj) if prior is None else prior)
         return total, uv
 
     def run(self, params, steps: int, lr: float, rigid: bool, decay: bool = False) -> None:

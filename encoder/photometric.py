@@ -380,10 +380,13 @@ def refine_photometric(model, codes: np.ndarray, landmarks: np.ndarray, images: 
     fit = _PhotoFit(model, rig, cfg, pcfg, obs, pidx, n_person, state, images)
     fit.refine()
     out = fit.result()
-    with torch.no_grad():  # the final energy's two terms (the weighted photometric one)
+    with torch.no_grad():  # the final energy's terms (weighted), each its mean over the faces
         fit.update_visibility()
-        out.terms = {"landmarks": float(fit.losses(rigid=False, robust=pcfg.landmark_cauchy)[0].mean()),
-                     "photometric": float((pcfg.weight * fit.photometric()).mean())}
+        parts: dict = {}
+        lmk = fit.losses(rigid=False, robust=pcfg.landmark_cauchy, parts=parts)[0]
+        photo = pcfg.weight * fit.photometric()
+        out.terms = {"landmarks": float(lmk.mean()), "photometric": float(photo.mean())}
+        out.terms |= {f"landmarks_{k}": float(v.mean()) for k, v in parts.items()}
     if crops is not None:  # back to the photo's pixels
         out.landmarks_px = out.landmarks_px / k[:, None, None] + origin[:, None]
         out.residual_px = out.residual_px / k

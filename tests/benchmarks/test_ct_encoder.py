@@ -107,8 +107,12 @@ def test_the_refinement_can_start_from_a_given_shape(ce, default_model, skin_of,
         shapes, names, _, _ = ce.fit_codes(default_model, paths, "dlib", FitConfig(), photometric=pcfg,
                                            start_shape=start, info=info)
         assert len(names) == len(paths) and np.isfinite(info["energy"]) and info["energy"] >= 0
-        assert set(info["energy_terms"]) == {"landmarks", "photometric"}
-        assert all(v >= 0 for v in info["energy_terms"].values())
+        terms = info["energy_terms"]
+        assert set(terms) == {"landmarks", "photometric", "landmarks_reprojection", "landmarks_edges",
+                              "landmarks_prior"}
+        assert all(v >= 0 for v in terms.values())
+        parts = terms["landmarks_reprojection"] + terms["landmarks_edges"] + terms["landmarks_prior"]
+        assert parts == pytest.approx(terms["landmarks"], abs=2e-4)  # each rounded to 4 places
         groups = info["landmark_residual_iod"]
         assert set(groups) == {"all", *ce.LANDMARK_GROUPS} and all(0 <= v < 1 for v in groups.values())
         runs[name] = shapes
