@@ -72,7 +72,14 @@ class PhotometricConfig:
     a coarse-to-fine blur (twice or 3.5 times as blurred for the first half) 0.675 / 0.695x (0.664x
     without). Weight 20 / 40 gain on these renders (0.615 / 0.594x) but not on the 7 real photos
     (shape-code pair AUC 0.82 / 0.76 against 0.92 at weight 10; landmark residual 6.2 → 6.7 → 7.8
-    px): renders' shading is the model's own, a photo's is not; weight 10 stays."""
+    px): renders' shading is the model's own, a photo's is not; weight 10 stays. landmark_cauchy:
+    0 (least squares) or the scale c (inter-ocular distances) of a Cauchy loss on each landmark's
+    and edge's error in the refinement, so that the shading can overrule points that disagree
+    with it. Off: on renders of seed 7 (``benchmarks/photometric_settings.py``) c = 0.03 / 0.06 /
+    0.1 take 0.650x to 0.590 / 0.597 / 0.602x, on the 300 persons of ``identity.py`` 0.688x to
+    0.615x (c = 0.06), but on the real CT head's renders 0.914x to 0.968 / 0.955x, and on the 7
+    real photos the landmark residual rises from 6.2 to 11.9 / 9.5 / 6.9 px. A lighter shape prior
+    in the refinement (half, a quarter) was worse on both (0.660 / 0.673x; not kept)."""
 
     weight: float = 10.0
     steps: int = 200
