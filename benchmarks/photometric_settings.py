@@ -65,9 +65,14 @@ def refined(model, faces, pixels, cfg):
     return out, time.time() - t
 
 
-def pair_auc(shape: np.ndarray, who: np.ndarray) -> float:
+def same_person(who: np.ndarray) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray]:
+    """Every pair of faces (the upper triangle's indices) and whether it is one person's."""
     iu = np.triu_indices(len(who), 1)
-    same = who[iu[0]] == who[iu[1]]
+    return iu, who[iu[0]] == who[iu[1]]
+
+
+def pair_auc(shape: np.ndarray, who: np.ndarray) -> float:
+    iu, same = same_person(who)
     d = np.linalg.norm(shape[:, None] - shape[None], axis=-1)[iu]
     return round(auc(d[same], d[~same]), 4)
 
@@ -111,8 +116,7 @@ def main(argv=None):
             raise SystemExit(f"--photos {a.photos}: no photos in person sub-folders (DIR/PERSON/PHOTO.jpg)")
         faces, pixels = fitted(model, paths)
         who = np.array([Path(f.image).parent.name for f in faces])
-        iu = np.triu_indices(len(who), 1)
-        same = who[iu[0]] == who[iu[1]]
+        _, same = same_person(who)
         out["real"] = {"truth": "real (labelled photos; a check at this size)", "photos": len(paths),
                        "faces": len(faces), "persons": int(len(set(who))), "same_pairs": int(same.sum()),
                        "different_pairs": int((~same).sum()),

@@ -466,6 +466,12 @@ def pa_masked(values: np.ndarray, null: np.ndarray):
     return pa.array(values, mask=np.asarray(null, bool))
 
 
+def _without_off(settings: dict, later: tuple[str, ...]) -> dict:
+    """``settings`` without those of the ``later``-added keys that are off (false, 0): a setting
+    added off leaves the codes of the versions before it, and so their fingerprint, as they were."""
+    return {k: v for k, v in settings.items() if k not in later or v}
+
+
 def encoder_fingerprint(config, detector: str, identity_prior=None) -> str:
     """What made a face's code: the fit's settings, the detector and the identity prior (the
     hash of its weights; none: the fingerprint of earlier versions)."""
@@ -476,16 +482,12 @@ def encoder_fingerprint(config, detector: str, identity_prior=None) -> str:
     for k in ("posterior", "landmark_noise"):  # the codes do not depend on them
         cfg.pop(k)
     cfg["device"] = None  # the same fit on a GPU or the CPU (as in the versions before it said so)
-    for k in ("w_dense", "pose_embedding", "photometric"):  # off: the codes of the versions before them
-        if not cfg.get(k):
-            cfg.pop(k, None)
+    cfg = _without_off(cfg, ("w_dense", "pose_embedding", "photometric"))
     what = {"fit": cfg, "detector": detector}
     if cfg.get("photometric"):  # its settings make the codes too
         from skullsearch.encoder.photometric import PhotometricConfig
 
-        what["photometric"] = asdict(PhotometricConfig())
-        if not what["photometric"]["landmark_cauchy"]:  # off: the codes of the versions before it
-            what["photometric"].pop("landmark_cauchy")
+        what["photometric"] = _without_off(asdict(PhotometricConfig()), ("landmark_cauchy",))
     if identity_prior is not None:
         weights = np.ascontiguousarray(identity_prior.weights).tobytes()
         what["identity_prior"] = hashlib.sha256(weights).hexdigest()
