@@ -19,7 +19,7 @@ expression) and every photo goes through the real decoder, dlib detector and bat
     python benchmarks/identity.py [--persons 100] [--photos 3] [--gallery 3000 [10000 ...]] [--seed 0]
                                   [--identity-prior] [--uncertainty] [--landmark-noise 0.03]
                                   [--detector dlib|mesh] [--pose-embedding] [--photometric]
-                                  [--photo-set KEY=VALUE ...]
+                                  [--photo-set KEY=VALUE ...] [--cnn CKPT [--cnn-mode alone|seed]]
 
 ``--uncertainty`` fits with the posterior covariance (``FitConfig(posterior=True)``), adds the
 re-shot AUC from the soft-tissue points (L2, and Mahalanobis under both faces' Σ_face) and
@@ -27,6 +27,9 @@ re-shot AUC from the soft-tissue points (L2, and Mahalanobis under both faces' �
 (Σ_tissue + Σ_face; distractors carry the covariance of the person photo whose residual they
 borrow), and its calibration: the median Mahalanobis distance² per point of the true soft-tissue
 error under Σ_face (2.37, χ²₃'s, if calibrated) and the share of points inside the 95 % ellipsoid.
+
+``--cnn CKPT`` measures a trained CNN encoder (``benchmarks/cnn_train.py``) in the fit's place:
+its codes alone (three photos: the person's mean shape code), or seeding the fit.
 
 ``--identity-prior`` fits with the shape predicted from each photo's person descriptor
 (:mod:`skullsearch.encoder.identity_prior`, learned on other renders of the same model: a
@@ -67,12 +70,15 @@ from skullsearch.retrieval.score import ScoreConfig, rank_order, score
 
 
 def encode(model, paths, persons=None, descriptors=False, prior=None, config=None, detector="dlib",
-           photometric=None):
+           photometric=None, cnn=None, cnn_mode="alone"):
     """Fitted codes (n, 228), the photo index of each face (photos without a face dropped),
     when asked the person descriptors (n, 128) (else None), and the soft-tissue covariances
     (n, 36, 3, 3) when the config asks for the posterior (else None). prior: an IdentityPrior for
     the fit (computes the descriptors); photometric: a PhotometricConfig to refine the fits with
-    the photos' shading (the covariances stay the landmark fit's)."""
+    the photos' shading (the covariances stay the landmark fit's). cnn: a CNN encoder checkpoint
+    (:mod:`skullsearch.encoder.cnn`) whose predictions are the codes (``cnn_mode`` "alone"; with
+    persons, each face gets its person's mean shape code: the feed-forward Eq. 2) or seed the fit
+    ("seed")."""
     images = read_images(paths)
     faces, _ = detect_faces(images, get_detector(detector), all_faces=False)
     if persons is not None:
@@ -83,7 +89,23 @@ def encode(model, paths, persons=None, descriptors=False, prior=None, config=Non
         describe_faces(faces, {im.path: im.pixels for im in images if hasattr(im, "pixels")})
         descs = np.stack([f.descriptor if f.descriptor is not None else np.full(128, np.nan, np.float32)
                           for f in faces])
-    fit_faces(model, faces, config=config, identity_prior=prior)
+    init = None
+    if cnn is not None and faces:
+        from skullsearch.encoder.cnn import encode_faces, load_checkpoint
+
+        net, _ = load_checkpoint(cnn, model=model)
+        pixels = {im.path: im.pixels for im in images if hasattr(im, "pixels")}
+        init = encode_faces(net, [pixels[f.image] for f in faces], np.stack([f.box for f in faces]),
+                            image_sizes=np.array([f.image_size for f in faces], np.float64))
+        if cnn_mode == "alone":
+            shape_slice = code_layout.SLICES["shape"]
+            if persons is not None:
+                who = np.array([f.person for f in faces])
+                for p in np.unique(who):
+                    init[who == p, shape_slice] = init[who == p, shape_slice].mean(0)
+            idx = np.array([int(Path(f.image).stem[5:]) for f in faces])
+            return init, idx, descs, None
+    fit_faces(model, faces, config=config, init=init, identity_prior=prior)
     if photometric is not None:
         from skullsearch.encoder.photometric import refine_faces
 
@@ -205,6 +227,10 @@ def main(argv=None):
                     help="refine every fit with the photo's shading (encoder.photometric, default settings)")
     ap.add_argument("--photo-set", nargs="+", default=None, metavar="KEY=VALUE",
                     help="--photometric with these PhotometricConfig settings (e.g. landmark_cauchy=0.06)")
+    ap.add_argument("--cnn", default=None, metavar="CKPT",
+                    help="a CNN encoder checkpoint (benchmarks/cnn_train.py): its codes replace the fit's")
+    ap.add_argument("--cnn-mode", default="alone", choices=("alone", "seed"),
+                    help="--cnn: the CNN's codes alone, or as the fit's starting point")
     a = ap.parse_args(argv)
     photometric = photometric_config(a.photo_set) if a.photometric or a.photo_set else None
     rng = np.random.default_rng(a.seed)
@@ -226,9 +252,10 @@ def main(argv=None):
     cfg = FitConfig(posterior=a.uncertainty, landmark_noise=a.landmark_noise, w_dense=a.w_dense,
                     pose_embedding=a.pose_embedding)
     codes1, idx1, descs1, cov1 = encode(model, paths, descriptors=True, prior=prior, config=cfg,
-                                        detector=a.detector, photometric=photometric)
+                                        detector=a.detector, photometric=photometric, cnn=a.cnn,
+                                        cnn_mode=a.cnn_mode)
     codes3, idx3, _, cov3 = encode(model, paths, persons=person, prior=prior, config=cfg, detector=a.detector,
-                                   photometric=photometric)
+                                   photometric=photometric, cnn=a.cnn, cnn_mode=a.cnn_mode)
     t2 = time.perf_counter()
 
     # identity error, single photo
@@ -262,6 +289,7 @@ def main(argv=None):
            "identity_prior": bool(a.identity_prior), "detector": a.detector, "w_dense": a.w_dense,
            "pose_embedding": a.pose_embedding, "photometric": bool(photometric),
            "photometric_settings": a.photo_set or [],
+           "cnn": a.cnn and Path(a.cnn).name, "cnn_mode": a.cnn and a.cnn_mode,
            "photos": len(paths), "faces_found": int(len(idx1)),
            "identity_error_mm": round(float(err.mean()), 3),
            "mean_face_error_mm": round(float(err0.mean()), 3),
