@@ -166,7 +166,7 @@ def face_crop(pixels: np.ndarray, landmarks: np.ndarray, max_side: int = CROP_PX
     return FaceCrop(window, np.array([x0, y0], np.float64), float(k))
 
 
-def _vertex_rig(model, ids: np.ndarray, n_shape: int, n_expression: int, dtype) -> LandmarkRig:
+def _vertex_rig(model, ids: np.ndarray, n_shape: int, n_expression: int, dtype, device="cpu") -> LandmarkRig:
     """A :class:`~.fitting.LandmarkRig` whose points are the model's vertices ``ids`` (K,): their
     posed positions at the cost of K vertices, not the whole mesh."""
     flat = model.faces.reshape(-1)
@@ -174,17 +174,17 @@ def _vertex_rig(model, ids: np.ndarray, n_shape: int, n_expression: int, dtype) 
     first = order[np.searchsorted(flat[order], ids)]  # a corner of each vertex
     bary = np.zeros((len(ids), 3), np.float32)
     bary[np.arange(len(ids)), first % 3] = 1.0
-    return LandmarkRig(model, n_shape, n_expression, dtype=dtype,
+    return LandmarkRig(model, n_shape, n_expression, device=device, dtype=dtype,
                        points=SurfacePoints(first // 3, bary), marching=False)
 
 
-def _surface(model, vertices: int, n_shape: int, n_expression: int, dtype):
+def _surface(model, vertices: int, n_shape: int, n_expression: int, dtype, device="cpu"):
     """The face region's vertices the refinement reads (about ``vertices``, evenly subsampled)
-    and the T triangles around them, as a :class:`_Surface`. Cached on the model."""
+    and the T triangles around them, as a :class:`_Surface` on ``device``. Cached on the model."""
     from skullsearch.encoder.face_model import face_region
 
     cache = model.__dict__.setdefault("_photometric_surface", {})
-    key = (vertices, n_shape, n_expression, dtype)
+    key = (vertices, n_shape, n_expression, dtype, str(device))
     if key not in cache:
         region = np.flatnonzero(face_region(model))
         use = region[:: max(1, len(region) // vertices)]
@@ -192,7 +192,7 @@ def _surface(model, vertices: int, n_shape: int, n_expression: int, dtype):
         near = np.zeros(model.n_vertices, bool)
         near[use] = True
         tri = faces[near[faces].any(1)]  # the triangles around the used vertices: their corners
-        rig = _vertex_rig(model, np.unique(tri), n_shape, n_expression, dtype)
+        rig = _vertex_rig(model, np.unique(tri), n_shape, n_expression, dtype, device)
         lookup = np.full(model.n_vertices, -1)
         lookup[rig.vertex_ids] = np.arange(len(rig.vertex_ids))  # (the rig's rows: a few more)
         t0, t1, t2 = lookup[tri].T
@@ -205,17 +205,17 @@ def _surface(model, vertices: int, n_shape: int, n_expression: int, dtype):
         hit = at[tri]  # (T, 3)
         tri_of, corner = np.nonzero(hit >= 0)
         cache[key] = _Surface(
-            rig, rig.vertex_ids, torch.as_tensor(lookup[use]),
-            _sparse(rows, np.r_[t1, t0], minus, (n_tri, k), dtype),
-            _sparse(rows, np.r_[t2, t0], minus, (n_tri, k), dtype),
-            _sparse(hit[tri_of, corner], tri_of, np.ones(len(tri_of)), (len(use), n_tri), dtype))
+            rig, rig.vertex_ids, torch.as_tensor(lookup[use], device=device),
+            _sparse(rows, np.r_[t1, t0], minus, (n_tri, k), dtype, device),
+            _sparse(rows, np.r_[t2, t0], minus, (n_tri, k), dtype, device),
+            _sparse(hit[tri_of, corner], tri_of, np.ones(len(tri_of)), (len(use), n_tri), dtype, device))
     return cache[key]
 
 
-def _sparse(rows, cols, values, shape, dtype) -> torch.Tensor:
+def _sparse(rows, cols, values, shape, dtype, device="cpu") -> torch.Tensor:
     index = torch.as_tensor(np.stack([rows, cols]), dtype=torch.int64)
     return torch.sparse_coo_tensor(index, torch.as_tensor(values, dtype=dtype), shape,
-                                   check_invariants=True).coalesce()
+                                   check_invariants=True).coalesce().to(device)
 
 
 @dataclass(frozen=True)
@@ -238,12 +238,12 @@ class _PhotoFit(_AdamFit):
         super().__init__(rig, cfg, obs, pidx, n_person, state)
         self.model, self.pcfg = model, pcfg
         self.img, self.padded = _blurred(images, pcfg.blur * self.scale.double().numpy())
-        self.img = self.img.to(self.dt)
+        self.img = self.img.to(self.device, self.dt)
         self.sizes = torch.as_tensor(np.array([[im.shape[1], im.shape[0]] for im in images], np.float64),
-                                     dtype=self.dt)
-        self.mesh = _surface(model, pcfg.vertices, rig.n_shape, rig.n_expression, self.dt)
+                                     dtype=self.dt)  # (on the CPU: the z-buffer's)
+        self.mesh = _surface(model, pcfg.vertices, rig.n_shape, rig.n_expression, self.dt, self.device)
         self.surface, self.surface_ids, self.use = self.mesh.rig, self.mesh.ids, self.mesh.use
-        self.visible = torch.zeros(self.b, len(self.use), dtype=torch.bool)
+        self.visible = torch.zeros(self.b, len(self.use), dtype=torch.bool, device=self.device)
 
     def posed(self) -> torch.Tensor:
         """The surface rig's vertices, posed (B, K, 3) mm (the head's rotation is the camera's)."""
@@ -267,32 +267,36 @@ class _PhotoFit(_AdamFit):
         current face, and facing the camera."""
         from skullsearch.encoder.render import rasterize
 
-        with torch.no_grad():
-            full = self.model.vertices(shape=self.shape[self.pidx], expression=self.face_expr(),
-                                       pose=self.full_pose())
-            rot = camera_rotation(self.cam_rot)
-            cam = full @ rot.transpose(1, 2) + self.trans()[:, None]
-            uv = project(full, rot, self.trans(), self.f, self.center)
-            n = self.normals(self.posed()) @ rot.transpose(1, 2)  # camera frame (z away from the viewer)
-            used = torch.as_tensor(self.surface_ids)[self.use]
+        with torch.no_grad():  # on the CPU (the model's mesh and the rasterizer are there)
+            cpu = {"shape": self.shape[self.pidx].cpu(), "expression": self.face_expr().cpu(),
+                   "pose": self.full_pose().cpu()}
+            full = self.model.vertices(**cpu)
+            rot, trans = camera_rotation(self.cam_rot).cpu(), self.trans().cpu()
+            cam = full @ rot.transpose(1, 2) + trans[:, None]
+            uv = project(full, rot, trans, self.f.cpu(), self.center.cpu())
+            # camera frame (z away from the viewer); towards the camera, not grazing
+            facing = ((self.normals(self.posed()) @ camera_rotation(self.cam_rot).transpose(1, 2))[..., 2]
+                      < -0.2).cpu().numpy()
+            used = self.surface_ids[self.use.cpu().numpy()]
             # the triangles that face the camera (the normals' winding, as the used vertices'):
             # of a closed surface only these can be nearest; half the triangles to draw
             t = cam[:, self.model.faces]  # (B, F, 3, 3)
             fn = torch.cross(t[:, :, 1] - t[:, :, 0], t[:, :, 2] - t[:, :, 0], dim=-1)
             front = ((fn * t.mean(2)).sum(-1) <= 0).numpy()  # (B, F)
         faces = self.model.faces
+        visible = np.zeros((self.b, len(used)), bool)
         for i in range(self.b):  # a z-buffer of at most VISIBILITY_PX on its longer side
             k = min(1.0, VISIBILITY_PX / float(self.sizes[i].max()))
             w, h = (max(1, int(x * k)) for x in self.sizes[i])
             screen = torch.cat([uv[i] * k, cam[i, :, 2:3]], 1).double().numpy()
             _, _, depth = rasterize(screen, faces[front[i]], w, h)
-            p = screen[used.numpy()]
+            p = screen[used]
             col, row = np.floor(p[:, 0]).astype(int), np.floor(p[:, 1]).astype(int)
             inside = (col >= 1) & (col < w - 1) & (row >= 1) & (row < h - 1)
             vis = np.zeros(len(p), bool)
             vis[inside] = p[inside, 2] <= depth[row[inside], col[inside]] + 1.0
-            facing = (n[i, :, 2] < -0.2).numpy()  # towards the camera, not grazing
-            self.visible[i] = torch.as_tensor(vis & facing)
+            visible[i] = vis & facing[i]
+        self.visible = torch.as_tensor(visible, device=self.device)
 
     def photometric(self) -> torch.Tensor:
         """The photometric energy per face (B,) (0 for a face with too few visible vertices)."""
@@ -300,16 +304,17 @@ class _PhotoFit(_AdamFit):
         verts = self.posed()
         rot = camera_rotation(self.cam_rot)
         uv = project(verts.index_select(1, self.use), rot, self.trans(), self.f, self.center)  # (B, n, 2)
-        grid = (uv / torch.as_tensor(self.padded, dtype=self.dt)) * 2 - 1
+        grid = (uv / torch.as_tensor(self.padded, dtype=self.dt, device=self.device)) * 2 - 1
         colour = torch.nn.functional.grid_sample(self.img, grid[:, None], mode="bilinear",
                                                  padding_mode="border", align_corners=False)
         colour = colour[:, :, 0].transpose(1, 2)  # (B, n, 3)
         n = self.normals(verts) @ rot.transpose(1, 2)
-        basis = sh9(n * torch.tensor([1.0, -1.0, -1.0], dtype=self.dt))  # y up, z to the viewer
+        flip = torch.tensor([1.0, -1.0, -1.0], dtype=self.dt, device=self.device)
+        basis = sh9(n * flip)  # y up, z to the viewer
         w = self.visible.to(self.dt)  # (B, n)
         with torch.no_grad():  # the optimal light for the current shape (least squares)
             a = basis * w[..., None]
-            gram = a.transpose(1, 2) @ basis + 1e-4 * torch.eye(9, dtype=self.dt)
+            gram = a.transpose(1, 2) @ basis + 1e-4 * torch.eye(9, dtype=self.dt, device=self.device)
             light = torch.linalg.solve(gram, a.transpose(1, 2) @ colour)  # (B, 9, 3)
         r2 = ((basis @ light - colour) ** 2).sum(-1)
         rho = pcfg.cauchy**2 * torch.log1p(r2 / pcfg.cauchy**2)
@@ -366,7 +371,8 @@ def refine_photometric(model, codes: np.ndarray, landmarks: np.ndarray, images: 
     if len(codes) == 0:
         return FitResult(codes=codes.reshape(0, code_layout.CODE_SIZE), residual_px=np.zeros(0),
                          landmarks_px=np.zeros((0, 68, 2)), focal=np.zeros(0))
-    rig = rig_for(model, cfg.n_shape, cfg.n_expression, device="cpu", dtype=cfg.dtype, detector=detector)
+    device = cfg.device or "cpu"
+    rig = rig_for(model, cfg.n_shape, cfg.n_expression, device=device, dtype=cfg.dtype, detector=detector)
     sizes = np.array([[im.shape[1], im.shape[0]] for im in images], np.float64)
     if crops is None:
         obs = _observations(landmarks, sizes, focal, cfg)
@@ -376,12 +382,12 @@ def refine_photometric(model, codes: np.ndarray, landmarks: np.ndarray, images: 
         k = np.array([c.scale for c in crops])
         f = (np.asarray(focal, np.float64) if focal is not None else cfg.focal_factor * full.max(1))
         obs = _observations(k[:, None, None] * (landmarks - origin[:, None]), sizes, k * f, cfg)
-        obs = (obs[0], obs[1], torch.as_tensor(k[:, None] * (full / 2 - origin), dtype=obs[2].dtype),
-               *obs[3:])
+        obs = (obs[0], obs[1], torch.as_tensor(k[:, None] * (full / 2 - origin), dtype=obs[2].dtype,
+                                               device=obs[2].device), *obs[3:])
     b = len(codes)
     person = np.arange(b) if person is None else np.asarray(person)
     _, pidx_np = np.unique(person, return_inverse=True)
-    pidx = torch.as_tensor(pidx_np)
+    pidx = torch.as_tensor(pidx_np, device=device)
     n_person = int(pidx_np.max()) + 1
     state = _initial_state(rig, cfg, obs, pidx, n_person, codes)
     fit = _PhotoFit(model, rig, cfg, pcfg, obs, pidx, n_person, state, images)

@@ -77,3 +77,17 @@ def test_identity_measures_a_cnn_checkpoint_alone_and_seeding_the_fit(tmp_path):
     assert abs(alone["identity_ratio_to_mean_face"] - 1.0) < 0.05
     assert seeded["identity_error_mm"] != alone["identity_error_mm"]
     assert 0 <= alone["reshot_auc_person_descriptor"] <= 1
+
+
+@pytest.mark.slow
+def test_the_photometric_device_benchmark_on_the_cpu(tmp_path):
+    bench = benchmark("photometric_device")
+    data = tmp_path / "faces.npz"
+    made = bench.main(["prepare", "--faces", "4", "--seed", "21", "--out", str(data)])
+    assert 3 <= made["faces"] <= 4 and made["bytes"] > 0
+    out = bench.main(["run", "--data", str(data), "--batch", "2", "--steps", "5", "--compare", "cpu",
+                      "--compare-faces", "2"])
+    assert out["faces"] == made["faces"] and set(out["by_batch"]) == {"2"}
+    assert out["by_batch"]["2"]["faces_per_s"] > 0 and 0 < out["identity_ratio_landmark_fit"] < 2
+    # the same faces on the same device, in a batch of their own: the same refinement
+    assert out["compare"]["shape_code_max_abs_diff_sigma"] < 1e-4
