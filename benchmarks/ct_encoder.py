@@ -19,6 +19,8 @@ on, and no more — and every portrait goes through the real decode → detect �
 - ``dlib_photo_from_best`` (``--photo-from-best``): the same refinement started from the model's
   best face for this skin (``oracle`` below); its final energy against ``dlib_photo``'s says
   whether the photometric energy's minimum lies at the true face;
+- ``dlib_cnn`` (``--cnn CKPT``): a trained CNN encoder's codes on dlib's face boxes, no fit
+  (``benchmarks/cnn_train.py``; shared: the photos' mean shape code);
 - ``*_shared``: all photos of the head fitted with one shared shape (paper Eq. 2).
 
 **Identity error**: each fitted *neutral* face (shape only; the gallery's soft-tissue points are
@@ -39,7 +41,7 @@ validation set.
 
     python benchmarks/ct_encoder.py [--ct /work/shared/ct/cthead/cthead.npz]
         [--yaws -30 -20 -10 0 10 20 30] [--detectors dlib mesh] [--no-prior] [--no-photometric]
-        [--smooth-streak] [--photo-from-best] [--photo-set KEY=VALUE ...] [--save DIR]
+        [--smooth-streak] [--photo-from-best] [--photo-set KEY=VALUE ...] [--cnn CKPT] [--save DIR]
 """
 
 from __future__ import annotations
@@ -249,13 +251,14 @@ def residual_by_group(fitted: np.ndarray, detected: np.ndarray) -> dict:
 
 
 def fit_codes(model, paths, detector: str, config, prior=None, shared: bool = False, photometric=None,
-              start_shape=None, info: dict | None = None):
+              start_shape=None, info: dict | None = None, cnn=None):
     """Fitted shape codes (n, S) of the photos the detector finds, their names, the person
     descriptors' domain distances under the prior (n,) (None without one) and the mean residual px.
     photometric: a PhotometricConfig to refine the landmark fits with the photos' shading; then
     start_shape (S,): refine from this shape instead of the landmark fit's (the camera, expression
     and landmarks stay the fit's), and info gets the refinement's final mean energy, its terms and
-    the landmark residual by part of the face (:func:`residual_by_group`)."""
+    the landmark residual by part of the face (:func:`residual_by_group`). cnn: a CNN encoder
+    checkpoint whose codes replace the fit's (shared: their mean shape)."""
     from skullsearch.encoder import code as code_layout
     from skullsearch.encoder.detectors import get_detector
     from skullsearch.encoder.encode import describe_faces, detect_faces, fit_faces
@@ -271,6 +274,17 @@ def fit_codes(model, paths, detector: str, config, prior=None, shared: bool = Fa
         descs = np.stack([f.descriptor if f.descriptor is not None else np.full(128, np.nan)
                           for f in faces])
         dist = prior.domain_distance(descs)
+    if cnn is not None:
+        from skullsearch.encoder.cnn import encode_faces, load_checkpoint
+
+        net, _ = load_checkpoint(cnn, model=model)
+        pixels = {im.path: im.pixels for im in images if hasattr(im, "pixels")}
+        codes = encode_faces(net, [pixels[f.image] for f in faces], np.stack([f.box for f in faces]),
+                             image_sizes=np.array([f.image_size for f in faces], np.float64))
+        shape = codes[:, code_layout.SLICES["shape"]]
+        if shared:
+            shape = np.broadcast_to(shape.mean(0), shape.shape).copy()
+        return shape, [Path(f.image).name for f in faces], None, float("nan")
     if shared:
         for f in faces:
             f.person = "ct"
@@ -331,6 +345,8 @@ def main(argv=None) -> None:
     p.add_argument("--smooth-streak", action="store_true",
                    help="render the skin with the dental streak's band smoothed (its metal-artefact spikes "
                         "flattened: a photo has none); the scoring is the same")
+    p.add_argument("--cnn", default=None, metavar="CKPT",
+                   help="also a CNN encoder checkpoint's codes (benchmarks/cnn_train.py) on dlib's boxes")
     p.add_argument("--photo-set", nargs="+", default=None, metavar="KEY=VALUE",
                    help="the photometric runs with these PhotometricConfig settings (landmark_cauchy=0.06)")
     a = p.parse_args(argv)
@@ -395,6 +411,8 @@ def main(argv=None) -> None:
                 runs.append(("dlib_pose_shared", FitConfig(pose_embedding=True), None))
                 if prior is not None:
                     runs += [("dlib_prior", FitConfig(), prior), ("dlib_prior_shared", FitConfig(), prior)]
+        if a.cnn:
+            runs += [("dlib_cnn", None, None), ("dlib_cnn_shared", None, None)]
         if "dlib" in a.detectors and not a.no_photometric:
             runs += [("dlib_photo", FitConfig(), None), ("dlib_photo_shared", FitConfig(), None)]
             if a.photo_from_best:
@@ -406,8 +424,10 @@ def main(argv=None) -> None:
             shapes, names, dist, res_px = fit_codes(
                 model, paths, det, cfg, prior=pr, shared=name.endswith("_shared"),
                 photometric=photo_cfg if "_photo" in name else None,
-                start_shape=best if name.endswith("_from_best") else None, info=info)
-            extra = {"photos": len(paths), "found": len(names), "residual_px": round(res_px, 2),
+                start_shape=best if name.endswith("_from_best") else None, info=info,
+                cnn=a.cnn if "_cnn" in name else None)
+            extra = {"photos": len(paths), "found": len(names),
+                     "residual_px": None if np.isnan(res_px) else round(res_px, 2),
                      "fit_seconds": round(time.time() - t, 1)} | info
             if dist is not None:
                 extra["prior_domain_distance"] = [round(float(x), 1) for x in dist]

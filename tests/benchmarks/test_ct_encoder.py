@@ -121,6 +121,25 @@ def test_the_refinement_can_start_from_a_given_shape(ce, default_model, skin_of,
     assert off["truth"] < 0.5 * off["fit"]
 
 
+def test_the_cnn_codes_on_the_detected_boxes_and_their_shared_shape(ce, default_model, skin_of, tmp_path):
+    """fit_codes(cnn=...): one code per found photo from the checkpoint's network, no fit; shared:
+    every photo gets the photos' mean shape code."""
+    from skullsearch.encoder.cnn import EncoderCNN, save_checkpoint
+    from skullsearch.encoder.fitting import FitConfig
+
+    torch.manual_seed(0)
+    net = EncoderCNN.for_model(default_model)
+    with torch.no_grad():  # an untrained head's outputs, made large enough to differ per photo
+        net.head.weight.mul_(20.0)
+    ckpt = save_checkpoint(tmp_path / "cnn.pt", net.eval())
+    paths = ce.render_photos(skin_of[0], tmp_path, [-10.0, 10.0])
+    own, names, dist, res = ce.fit_codes(default_model, paths, "dlib", FitConfig(), cnn=ckpt)
+    shared, _, _, _ = ce.fit_codes(default_model, paths, "dlib", FitConfig(), cnn=ckpt, shared=True)
+    assert len(names) == len(paths) == len(own) and dist is None and np.isnan(res)
+    assert not np.allclose(own[0], own[1])  # each photo its own code
+    assert np.allclose(shared, own.mean(0), atol=1e-6)
+
+
 def test_the_landmark_residual_by_part_of_the_face(ce):
     rng = np.random.default_rng(0)
     detected = rng.uniform(100, 300, (2, 68, 2))
