@@ -18,7 +18,16 @@ here while training wants a GPU:
     python benchmarks/cnn_train.py train --data renders.npz --epochs 30 --device cuda --out cnn.pt
 
 The checkpoint is then measured on the identity benchmark's persons:
-``python benchmarks/identity.py --cnn cnn.pt`` (the CNN's codes alone, and seeding the fit).
+``python benchmarks/identity.py --cnn cnn.pt`` (the CNN's codes alone, and seeding the fit), on the
+CT head (``ct_encoder.py --cnn cnn.pt``), and on real labelled photos (a folder of person
+sub-folders; the labels only score)::
+
+    python benchmarks/cnn_train.py photos --photos DIR --cnn cnn.pt [more.pt ...]
+
+which prints the same-vs-different person pair AUC of the CNN's shape codes beside the landmark
+fit's, on the same dlib faces, and that of ``--controls`` untrained networks (random weights): a
+network's codes also follow a photo's colour and exposure, so on a few photos of a few people even
+an untrained one can separate them — the controls say what that check is worth.
 """
 
 from __future__ import annotations
@@ -28,10 +37,11 @@ import contextlib
 import io
 import time
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import torch
-from _common import emit, random_faces
+from _common import auc, emit, random_faces
 
 CROP = 128
 JPEG_QUALITY = 92
@@ -221,6 +231,50 @@ def train_supervised(d, tr, model, a):
     return net, history
 
 
+def photos(a) -> dict:
+    """Real photos: each checkpoint's shape codes on dlib's boxes against the landmark fit's, by
+    the same-vs-different person pair AUC (shape codes in prior σ units, L2)."""
+    from photometric_settings import IMAGE_TYPES, fitted
+
+    from skullsearch import FaceModel
+    from skullsearch.encoder import code as code_layout
+    from skullsearch.encoder.cnn import EncoderCNN, encode_faces, load_checkpoint
+
+    model = FaceModel.default()
+    paths = sorted(p for p in a.photos.rglob("*") if p.suffix.lower() in IMAGE_TYPES)
+    faces, pixels = fitted(model, paths)
+    who = np.array([a.photos.joinpath(f.image).parent.name if not Path(f.image).is_absolute()
+                    else Path(f.image).parent.name for f in faces])
+    k = code_layout.N_SHAPE
+    std = np.asarray(model.shape_std[:k])
+
+    def pair_auc(codes):
+        s = code_layout.split(codes).shape[:, :k] / std
+        iu = np.triu_indices(len(s), 1)
+        d = np.linalg.norm(s[:, None] - s[None], axis=-1)[iu]
+        same = who[iu[0]] == who[iu[1]]
+        return round(auc(d[same], d[~same]), 4), int(same.sum()), int((~same).sum())
+
+    fit_auc, n_same, n_diff = pair_auc(np.stack([f.code for f in faces]))
+    out = {"step": "photos", "photos": len(paths), "faces": len(faces), "persons": len(set(who)),
+           "same_pairs": n_same, "different_pairs": n_diff, "landmark_fit_pair_auc": fit_auc, "cnn": {}}
+    def cnn_codes(net):
+        return encode_faces(net, [pixels[f.image] for f in faces], np.stack([f.box for f in faces]),
+                            image_sizes=np.array([f.image_size for f in faces], np.float64))
+
+    for ckpt in a.cnn:
+        net = load_checkpoint(ckpt, model=model)[0]
+        out["cnn"][Path(ckpt).name] = {"pair_auc": pair_auc(cnn_codes(net))[0]}
+    # the control: untrained networks (random weights) read the photos' colours and exposure too
+    controls = []
+    for seed in range(a.controls):
+        torch.manual_seed(seed)
+        controls.append(pair_auc(cnn_codes(EncoderCNN.for_model(model).eval()))[0])
+    out["untrained_pair_auc"] = controls
+    emit(out)
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="step", required=True)
@@ -242,8 +296,13 @@ def main(argv=None):
     t.add_argument("--no-person", action="store_true", help="Eq. 1 only (no shape consistency)")
     t.add_argument("--supervised", type=float, default=0.0,
                    help="a diagnostic: add this weight × the shape-code error against the renders' truth")
+    r = sub.add_parser("photos", help="real labelled photos: the CNN's shape-code pair AUC")
+    r.add_argument("--photos", type=Path, required=True, help="a folder of person sub-folders")
+    r.add_argument("--cnn", nargs="+", required=True, metavar="CKPT")
+    r.add_argument("--controls", type=int, default=5,
+                   help="untrained networks (seeds 0..N-1) measured the same way: what chance looks like")
     a = ap.parse_args(argv)
-    return make_data(a) if a.step == "data" else train(a)
+    return {"data": make_data, "train": train, "photos": photos}[a.step](a)
 
 
 if __name__ == "__main__":

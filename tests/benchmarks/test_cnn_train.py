@@ -91,3 +91,30 @@ def test_the_photometric_device_benchmark_on_the_cpu(tmp_path):
     assert out["by_batch"]["2"]["faces_per_s"] > 0 and 0 < out["identity_ratio_landmark_fit"] < 2
     # the same faces on the same device, in a batch of their own: the same refinement
     assert out["compare"]["shape_code_max_abs_diff_sigma"] < 1e-4
+
+
+@pytest.mark.slow
+def test_the_real_photos_check_reports_the_checkpoint_beside_untrained_controls(cnn_train, tmp_path):
+    """photos: a folder of person sub-folders (here renders of two heads, as a user's photos would
+    be laid out); the checkpoint's pair AUC, the landmark fit's and the untrained controls'."""
+    from skullsearch import FaceModel
+    from skullsearch.encoder.cnn import EncoderCNN, save_checkpoint
+    from skullsearch.encoder.render import random_portrait
+
+    model = FaceModel.default()
+    rng = np.random.default_rng(8)
+    for person in ("ann", "bob"):
+        shape = torch.as_tensor(rng.standard_normal((1, 90)) * model.shape_std[:90], dtype=torch.float32)
+        with torch.no_grad():
+            v = model.vertices(shape=shape)[0].numpy()
+        (tmp_path / "photos" / person).mkdir(parents=True)
+        for k in range(2):
+            Image.fromarray(random_portrait(v, model.faces, rng, 20.0)[0].image).save(
+                tmp_path / "photos" / person / f"{k}.png")
+    ckpt = save_checkpoint(tmp_path / "net.pt", EncoderCNN.for_model(model).eval())
+    out = cnn_train.main(["photos", "--photos", str(tmp_path / "photos"), "--cnn", str(ckpt),
+                          "--controls", "2"])
+    assert out["faces"] == 4 and out["persons"] == 2
+    assert out["same_pairs"] == 2 and out["different_pairs"] == 4
+    assert 0 <= out["cnn"]["net.pt"]["pair_auc"] <= 1 and 0 <= out["landmark_fit_pair_auc"] <= 1
+    assert len(out["untrained_pair_auc"]) == 2
