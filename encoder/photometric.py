@@ -352,8 +352,10 @@ def refine_photometric(model, codes: np.ndarray, landmarks: np.ndarray, images: 
     pose-conditioned); focal (B,) px (default: the fit's, from the photo's size). crops: instead
     of whole photos, each face's :class:`FaceCrop` (``images`` is then ignored) with the photos'
     image_sizes (B, 2) px: the camera is the photo's, the landmarks and the result stay in the
-    photo's pixels. Returns a :class:`~.fitting.FitResult` (residual and landmarks from the
-    landmark term, in the photo's pixels; no posterior)."""
+    photo's pixels. The optimization runs on ``config.device`` (default the CPU; the visibility
+    z-buffer, every ``visibility_every`` steps, always on the CPU). Returns a
+    :class:`~.fitting.FitResult` (residual and landmarks from the landmark term, in the photo's
+    pixels; no posterior)."""
     from skullsearch.errors import SkullsearchError
 
     cfg = config or FitConfig()
