@@ -129,6 +129,22 @@ def render_photos(model, folder, shape, expr, pose, rng, max_yaw: float = 30.0) 
     return paths
 
 
+def render_images(model, shape, expr, pose, rng, max_yaw: float = 40.0) -> list:
+    """Synthetic portrait photos of the given faces, as :func:`render_photos`'s, kept in memory:
+    decoded images (512 px) named ``"0"``, ``"1"``… (their index), for the detectors directly."""
+    from skullsearch.encoder.images import DecodedImage
+    from skullsearch.encoder.render import random_portrait
+
+    with torch.no_grad():
+        verts = model.vertices(shape=torch.as_tensor(shape), expression=torch.as_tensor(expr),
+                               pose=torch.as_tensor(pose)).numpy()
+    images = []
+    for i, v in enumerate(verts):
+        px = random_portrait(v, model.faces, rng, max_yaw)[0].image
+        images.append(DecodedImage(f"{i}", px, "", (px.shape[1], px.shape[0]), False))
+    return images
+
+
 def identity_errors(model, mask: np.ndarray, fitted_shape, true_shape) -> tuple[np.ndarray, np.ndarray]:
     """Per-vertex identity errors (n, m) mm over the face region ``mask`` (V,) of the fitted
     neutral faces against the true ones, similarity-aligned (the NoW non-metrical protocol), and

@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import auc, emit, random_faces
+from _common import auc, emit, random_faces, render_images
 
 CROP = 128
 JPEG_QUALITY = 92
@@ -57,19 +57,10 @@ def _chunk(args) -> dict:
     from skullsearch.encoder.cnn import crop_faces
     from skullsearch.encoder.detectors import get_detector
     from skullsearch.encoder.encode import detect_faces
-    from skullsearch.encoder.images import DecodedImage
-    from skullsearch.encoder.render import random_portrait
 
     torch.set_num_threads(1)
     model = FaceModel.default()
-    rng = np.random.default_rng(seed)
-    with torch.no_grad():
-        verts = model.vertices(shape=torch.as_tensor(shape), expression=torch.as_tensor(expr),
-                               pose=torch.as_tensor(pose)).numpy()
-    images = []
-    for i, v in enumerate(verts):
-        px = random_portrait(v, model.faces, rng, 40.0)[0].image
-        images.append(DecodedImage(f"{i}", px, "", (px.shape[1], px.shape[0]), False))
+    images = render_images(model, shape, expr, pose, np.random.default_rng(seed), 40.0)
     faces, _ = detect_faces(images, get_detector("dlib"), all_faces=False)
     out = {"jpeg": [], "landmarks": [], "transform": [], "size": [], "person": [], "shape": []}
     if not faces:

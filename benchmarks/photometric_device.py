@@ -25,7 +25,7 @@ import time
 
 import numpy as np
 import torch
-from _common import emit, identity_errors, random_faces
+from _common import emit, identity_errors, random_faces, render_images
 
 
 def prepare(a) -> dict:
@@ -34,19 +34,12 @@ def prepare(a) -> dict:
     from skullsearch import FaceModel
     from skullsearch.encoder.detectors import get_detector
     from skullsearch.encoder.encode import detect_faces, fit_faces
-    from skullsearch.encoder.images import DecodedImage
     from skullsearch.encoder.photometric import face_crop
-    from skullsearch.encoder.render import random_portrait
 
     model = FaceModel.default()
     rng = np.random.default_rng(a.seed)
     shape, expr, pose = random_faces(model, a.faces, rng, expr_scale=0.1)
-    with torch.no_grad():
-        verts = model.vertices(shape=shape, expression=expr, pose=pose).numpy()
-    images = []
-    for i, v in enumerate(verts):
-        px = random_portrait(v, model.faces, rng, 40.0)[0].image
-        images.append(DecodedImage(f"{i}", px, "", (px.shape[1], px.shape[0]), False))
+    images = render_images(model, shape, expr, pose, rng, 40.0)
     faces, _ = detect_faces(images, get_detector("dlib"), all_faces=False)
     fit_faces(model, faces)
     blobs, origins, scales = [], [], []
