@@ -13,7 +13,7 @@ from PIL import Image
 from torch_threads import one_thread
 
 from skullsearch.encoder import code as code_layout
-from skullsearch.encoder.fitting import fit_landmarks, model_landmarks_px, rig_for
+from skullsearch.encoder.fitting import FitConfig, fit_landmarks, model_landmarks_px, rig_for
 from skullsearch.encoder.photometric import PhotometricConfig, refine_photometric, sh9
 from skullsearch.encoder.render import face_camera, render_mesh
 from skullsearch.errors import SkullsearchError
@@ -192,3 +192,20 @@ def test_a_robust_landmark_term_lets_a_wrong_point_pull_less(default_model, phot
     follow = {c: nose_x[c, 0.5] - nose_x[c, 0.0] for c in (0.0, 0.1)}
     assert follow[0.0] > 1.5, follow  # pixels towards the wrong point
     assert abs(follow[0.1]) < 0.3 * follow[0.0], follow
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on CI)")
+def test_the_refinement_on_a_gpu_is_the_cpus(default_model, photos):
+    """FitConfig(device="cuda"): the same faces refined on the GPU land where the CPU's do (float
+    sums in another order: close, not bit for bit)."""
+    m = default_model
+    images, shape, lms = photos
+    sizes = np.full((len(images), 2), float(SIZE))
+    lm = fit_landmarks(m, lms, sizes)
+    pcfg = PhotometricConfig(steps=60)
+    cpu = refine_photometric(m, lm.codes, lms, images, photometric=pcfg)
+    gpu = refine_photometric(m, lm.codes, lms, images, config=FitConfig(device="cuda"), photometric=pcfg)
+    std = m.shape_std[:90]
+    diff = np.abs(gpu.codes[:, :90] - cpu.codes[:, :90]) / std
+    assert diff.max() < 0.05, diff.max()
+    assert np.allclose(gpu.residual_px, cpu.residual_px, atol=0.1)
