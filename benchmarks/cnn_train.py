@@ -149,8 +149,8 @@ def train(a) -> dict:
             "batch_size": a.batch_size, "lr": a.lr, "data": str(a.data), "history": history}
     save_checkpoint(a.out, net.cpu(), meta=meta)
     out = {"step": "train", "device": str(a.device), "faces": int(tr.sum()), "held_out": int(hold.sum()),
-           "epochs": a.epochs, "batch_size": a.batch_size, "lr": a.lr, "person_consistency": not a.no_person,
-           "supervised_weight": a.supervised,
+           "epochs": a.epochs, "batch_size": a.batch_size, "lr": a.lr,
+           "person_consistency": not (a.no_person or a.supervised), "supervised_weight": a.supervised,
            "loss_first": round(history[0]["loss"], 5), "loss_last": round(history[-1]["loss"], 5),
            "landmark_last": round(history[-1]["landmark"], 5),
            "seconds_per_epoch": round(float(np.median([h["seconds"] for h in history])), 2),

@@ -57,7 +57,7 @@ def test_the_training_set_and_a_short_training(cnn_train, tmp_path, capsys):
     history = load_checkpoint(tmp_path / "sup.pt")[1]["history"]
     # the diagnostic's loss asks for the true shapes: on its own training faces the error falls
     assert history[-1]["supervised_sigma2"] < history[0]["supervised_sigma2"]
-    assert sup["supervised_weight"] == 0.01
+    assert sup["supervised_weight"] == 0.01 and sup["person_consistency"] is False
 
 
 @pytest.mark.slow
