@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import auc, emit, random_faces, render_images
+from _common import emit, random_faces, render_images
 
 CROP = 128
 JPEG_QUALITY = 92
@@ -225,7 +225,7 @@ def train_supervised(d, tr, model, a):
 def photos(a) -> dict:
     """Real photos: each checkpoint's shape codes on dlib's boxes against the landmark fit's, by
     the same-vs-different person pair AUC (shape codes in prior σ units, L2)."""
-    from photometric_settings import IMAGE_TYPES, fitted
+    from photometric_settings import IMAGE_TYPES, fitted, pair_auc, same_person
 
     from skullsearch import FaceModel
     from skullsearch.encoder import code as code_layout
@@ -234,33 +234,28 @@ def photos(a) -> dict:
     model = FaceModel.default()
     paths = sorted(p for p in a.photos.rglob("*") if p.suffix.lower() in IMAGE_TYPES)
     faces, pixels = fitted(model, paths)
-    who = np.array([a.photos.joinpath(f.image).parent.name if not Path(f.image).is_absolute()
-                    else Path(f.image).parent.name for f in faces])
-    k = code_layout.N_SHAPE
-    std = np.asarray(model.shape_std[:k])
+    who = np.array([Path(f.image).parent.name for f in faces])
+    _, same = same_person(who)
+    std = np.asarray(model.shape_std[: code_layout.N_SHAPE])
 
-    def pair_auc(codes):
-        s = code_layout.split(codes).shape[:, :k] / std
-        iu = np.triu_indices(len(s), 1)
-        d = np.linalg.norm(s[:, None] - s[None], axis=-1)[iu]
-        same = who[iu[0]] == who[iu[1]]
-        return round(auc(d[same], d[~same]), 4), int(same.sum()), int((~same).sum())
+    def code_auc(codes):  # shape codes in prior σ units
+        return pair_auc(code_layout.split(codes).shape[:, : code_layout.N_SHAPE] / std, who)
 
-    fit_auc, n_same, n_diff = pair_auc(np.stack([f.code for f in faces]))
-    out = {"step": "photos", "photos": len(paths), "faces": len(faces), "persons": len(set(who)),
-           "same_pairs": n_same, "different_pairs": n_diff, "landmark_fit_pair_auc": fit_auc, "cnn": {}}
     def cnn_codes(net):
         return encode_faces(net, [pixels[f.image] for f in faces], np.stack([f.box for f in faces]),
                             image_sizes=np.array([f.image_size for f in faces], np.float64))
 
+    out = {"step": "photos", "photos": len(paths), "faces": len(faces), "persons": len(set(who)),
+           "same_pairs": int(same.sum()), "different_pairs": int((~same).sum()),
+           "landmark_fit_pair_auc": code_auc(np.stack([f.code for f in faces])), "cnn": {}}
     for ckpt in a.cnn:
         net = load_checkpoint(ckpt, model=model)[0]
-        out["cnn"][Path(ckpt).name] = {"pair_auc": pair_auc(cnn_codes(net))[0]}
+        out["cnn"][Path(ckpt).name] = {"pair_auc": code_auc(cnn_codes(net))}
     # the control: untrained networks (random weights) read the photos' colours and exposure too
     controls = []
     for seed in range(a.controls):
         torch.manual_seed(seed)
-        controls.append(pair_auc(cnn_codes(EncoderCNN.for_model(model).eval()))[0])
+        controls.append(code_auc(cnn_codes(EncoderCNN.for_model(model).eval())))
     out["untrained_pair_auc"] = controls
     emit(out)
     return out

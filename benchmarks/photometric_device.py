@@ -61,8 +61,9 @@ def prepare(a) -> dict:
     return out
 
 
-def _refine(model, z, crops, rows, device: str, batch: int, pcfg) -> tuple[np.ndarray, float, float]:
-    """Refined codes of ``rows``, seconds in all and seconds after the first batch (its warm-up)."""
+def _refine(model, z, crops, rows, device: str, batch: int, pcfg) -> tuple[np.ndarray, float, float, int]:
+    """Refined codes of ``rows``, seconds in all, and the seconds and faces that count for a rate:
+    those after the first batch (its warm-up), or the one batch when there is only one."""
     from skullsearch.encoder.fitting import FitConfig
     from skullsearch.encoder.photometric import refine_photometric
 
@@ -78,8 +79,9 @@ def _refine(model, z, crops, rows, device: str, batch: int, pcfg) -> tuple[np.nd
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t)
         codes.append(res.codes)
-    warm = sum(times[1:]) if len(times) > 1 else times[0]
-    return np.concatenate(codes), float(sum(times)), float(warm)
+    if len(times) > 1:
+        return np.concatenate(codes), float(sum(times)), float(sum(times[1:])), len(rows) - batch
+    return np.concatenate(codes), float(times[0]), float(times[0]), len(rows)
 
 
 def run(a) -> dict:
@@ -107,8 +109,7 @@ def run(a) -> dict:
     rows = np.arange(n)
     results = {}
     for batch in a.batch:
-        codes, total, warm = _refine(model, z, crops, rows, a.device, batch, pcfg)
-        counted = n - min(batch, n) if n > batch else n
+        codes, total, warm, counted = _refine(model, z, crops, rows, a.device, batch, pcfg)
         err, _ = identity_errors(model, mask, code_layout.split(codes).shape[:, :k], z["shape"][:n])
         out["by_batch"][str(batch)] = {"faces_per_s": round(counted / warm, 2), "seconds": round(total, 1),
                                        "identity_ratio": round(float(err.mean() / err0.mean()), 3)}
@@ -118,8 +119,7 @@ def run(a) -> dict:
     if a.compare:
         m = min(n, a.compare_faces)
         batch = min(a.batch)
-        codes, total, warm = _refine(model, z, crops, rows[:m], a.compare, batch, pcfg)
-        counted = m - batch if m > batch else m
+        codes, total, warm, counted = _refine(model, z, crops, rows[:m], a.compare, batch, pcfg)
         gpu = results[batch][:m]
         diff = np.abs((code_layout.split(codes).shape[:, :k] - code_layout.split(gpu).shape[:, :k]) / std)
         out["compare"] = {"device": a.compare, "faces": m, "batch": batch, "threads": torch.get_num_threads(),

@@ -271,12 +271,12 @@ class _PhotoFit(_AdamFit):
             cpu = {"shape": self.shape[self.pidx].cpu(), "expression": self.face_expr().cpu(),
                    "pose": self.full_pose().cpu()}
             full = self.model.vertices(**cpu)
-            rot, trans = camera_rotation(self.cam_rot).cpu(), self.trans().cpu()
+            rot_here = camera_rotation(self.cam_rot)  # (on the fit's device)
+            rot, trans = rot_here.cpu(), self.trans().cpu()
             cam = full @ rot.transpose(1, 2) + trans[:, None]
             uv = project(full, rot, trans, self.f.cpu(), self.center.cpu())
             # camera frame (z away from the viewer); towards the camera, not grazing
-            facing = ((self.normals(self.posed()) @ camera_rotation(self.cam_rot).transpose(1, 2))[..., 2]
-                      < -0.2).cpu().numpy()
+            facing = ((self.normals(self.posed()) @ rot_here.transpose(1, 2))[..., 2] < -0.2).cpu().numpy()
             used = self.surface_ids[self.use.cpu().numpy()]
             # the triangles that face the camera (the normals' winding, as the used vertices'):
             # of a closed surface only these can be nearest; half the triangles to draw
