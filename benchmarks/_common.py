@@ -60,7 +60,9 @@ def photometric_config(settings: list[str] | None):
         key, sep, value = item.partition("=")
         if not sep or key not in types:
             raise SystemExit(f"photometric setting {item!r}: want KEY=VALUE with KEY one of {sorted(types)}")
-        kw[key] = types[key](value)
+        if types[key] is bool and value.lower() not in ("true", "false", "1", "0"):
+            raise SystemExit(f"photometric setting {item!r}: want true or false")
+        kw[key] = value.lower() in ("true", "1") if types[key] is bool else types[key](value)
     return PhotometricConfig(**kw)
 
 
@@ -111,36 +113,43 @@ def synthetic_skull_targets(face_points: np.ndarray, normals: np.ndarray, sd: np
     return np.where(present[..., None], t, np.nan), present
 
 
-def render_photos(model, folder, shape, expr, pose, rng, max_yaw: float = 30.0) -> list:
+def render_photos(model, folder, shape, expr, pose, rng, max_yaw: float = 30.0,
+                  texture: bool = False) -> list:
     """Synthetic portrait photos (512 px PNG) of the given faces: yaw ±max_yaw°, pitch ±10°,
-    random distance, light and skin tone. Returns the paths, ``photo0000.png``…"""
+    random distance, light and skin tone; ``texture``: a random albedo map and a specular
+    highlight too (:func:`~skullsearch.encoder.render.random_albedo`). Returns the paths,
+    ``photo0000.png``…"""
     from pathlib import Path
 
     from PIL import Image
 
-    from skullsearch.encoder.render import random_portrait
+    from skullsearch.encoder.render import random_portrait, texture_regions
 
+    regions = texture_regions(model) if texture else None
     with torch.no_grad():
         verts = model.vertices(shape=shape, expression=expr, pose=pose).numpy()
     paths = []
     for i, v in enumerate(verts):
         paths.append(Path(folder) / f"photo{i:04d}.png")
-        Image.fromarray(random_portrait(v, model.faces, rng, max_yaw)[0].image).save(paths[-1])
+        render = random_portrait(v, model.faces, rng, max_yaw, texture=regions)[0]
+        Image.fromarray(render.image).save(paths[-1])
     return paths
 
 
-def render_images(model, shape, expr, pose, rng, max_yaw: float = 40.0) -> list:
+def render_images(model, shape, expr, pose, rng, max_yaw: float = 40.0, texture: bool = False) -> list:
     """Synthetic portrait photos of the given faces, as :func:`render_photos`'s, kept in memory:
     decoded images (512 px) named ``"0"``, ``"1"``… (their index), for the detectors directly."""
     from skullsearch.encoder.images import DecodedImage
-    from skullsearch.encoder.render import random_portrait
+    from skullsearch.encoder.render import random_portrait, texture_regions
+
+    regions = texture_regions(model) if texture else None
 
     with torch.no_grad():
         verts = model.vertices(shape=torch.as_tensor(shape), expression=torch.as_tensor(expr),
                                pose=torch.as_tensor(pose)).numpy()
     images = []
     for i, v in enumerate(verts):
-        px = random_portrait(v, model.faces, rng, max_yaw)[0].image
+        px = random_portrait(v, model.faces, rng, max_yaw, texture=regions)[0].image
         images.append(DecodedImage(f"{i}", px, "", (px.shape[1], px.shape[0]), False))
     return images
 

@@ -31,6 +31,9 @@ from skullsearch.encoder.images import read_images
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--texture", action="store_true",
+                    help="textured renders: brows, lips, eyes, blotches, sometimes a beard, "
+                         "a specular highlight")
     ap.add_argument("--images", type=int, default=48)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--face-model", default=None, help="a built-in name (ict, anny) or a model file")
@@ -46,7 +49,7 @@ def main(argv=None):
     mask = face_region(model)
     shape, expr, pose = random_faces(model, args.images, rng, expr_scale=0.1)
     folder = Path(tempfile.mkdtemp(prefix="skullsearch-bench-"))
-    paths = render_photos(model, folder, shape, expr, pose, rng)
+    paths = render_photos(model, folder, shape, expr, pose, rng, texture=args.texture)
 
     t0 = time.perf_counter()
     decoded = read_images(paths)
@@ -67,7 +70,7 @@ def main(argv=None):
     print(f"decode {args.images / (t1 - t0):.0f} img/s, detect {args.images / (t2 - t1):.1f} img/s, "
           f"fit {found / (t3 - t2):.1f} faces/s (one process)")
     emit({
-        "images": args.images, "faces_found": found,
+        "images": args.images, "texture": args.texture, "faces_found": found,
         "residual_px": round(float(np.mean([f.residual_px for f in faces])), 3),
         "mean_mm": round(float(err.mean()), 3), "max_mm": round(float(err.max(1).mean()), 3),
         "mean_face_mean_mm": round(float(err0.mean()), 3),

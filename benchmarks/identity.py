@@ -202,6 +202,9 @@ def label_free(model, paths, person, idx1, descs1, prior, cfg, a, fits, mask, tr
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--texture", action="store_true",
+                    help="textured renders: brows, lips, eyes, blotches, sometimes a beard, "
+                         "a specular highlight")
     ap.add_argument("--persons", type=int, default=100)
     ap.add_argument("--photos", type=int, default=3)
     ap.add_argument("--gallery", type=int, nargs="+", default=[3000],
@@ -242,7 +245,7 @@ def main(argv=None):
     person = np.repeat(np.arange(a.persons), a.photos)
     folder = Path(tempfile.mkdtemp(prefix="skullsearch-identity-"))
     t0 = time.perf_counter()
-    paths = render_photos(model, folder, shape, expr, pose, rng, max_yaw=40.0)
+    paths = render_photos(model, folder, shape, expr, pose, rng, max_yaw=40.0, texture=a.texture)
     t1 = time.perf_counter()
     prior = None
     if a.identity_prior:
@@ -285,7 +288,8 @@ def main(argv=None):
     borrow = rng.integers(0, len(resid), n_dis)
     dis = dis_true + resid[borrow]
     dis_cov = None if cov1 is None else cov1[borrow]
-    out = {"persons": a.persons, "photos_per_person": a.photos, "gallery": max(sizes[0], a.persons),
+    out = {"persons": a.persons, "photos_per_person": a.photos, "texture": a.texture,
+           "gallery": max(sizes[0], a.persons),
            "identity_prior": bool(a.identity_prior), "detector": a.detector, "w_dense": a.w_dense,
            "pose_embedding": a.pose_embedding, "photometric": bool(photometric),
            "photometric_settings": a.photo_set or [],

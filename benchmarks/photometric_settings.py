@@ -82,6 +82,9 @@ def main(argv=None):
     ap.add_argument("--renders", type=int, default=40, help="rendered faces (0: none)")
     ap.add_argument("--seed", type=int, default=5)
     ap.add_argument("--photos", type=Path, default=None, help="a folder of person sub-folders (real photos)")
+    ap.add_argument("--texture", action="store_true",
+                    help="textured renders: brows, lips, eyes, blotches, sometimes a beard, "
+                         "a specular highlight")
     ap.add_argument("--try", dest="tries", action="append", default=[], metavar='"KEY=VALUE ..."',
                     help="one setting (repeatable); the defaults are always the first row")
     a = ap.parse_args(argv)
@@ -95,12 +98,13 @@ def main(argv=None):
         shape, expr, pose = random_faces(model, a.renders, rng, expr_scale=0.1)
         mask = face_region(model)
         with tempfile.TemporaryDirectory() as tmp:
-            paths = render_photos(model, tmp, shape, expr, pose, rng, max_yaw=40.0)
+            paths = render_photos(model, tmp, shape, expr, pose, rng, max_yaw=40.0, texture=a.texture)
             faces, pixels = fitted(model, paths)
         truth = shape.numpy()[[int(Path(f.image).stem[5:]) for f in faces]]
         err, err0 = identity_errors(model, mask, shapes(faces), truth)
         refined(model, faces[:1], pixels, configs[0])  # the model's surface rig, built once, not timed
         out["renders"] = {"truth": "synthetic (the default model's own faces)", "seed": a.seed,
+                          "texture": a.texture,
                           "photos": a.renders, "faces_found": len(faces),
                           "landmark_fit_ratio_to_mean_face": round(float(err.mean() / err0.mean()), 4)}
         for row, cfg in zip(rows, configs, strict=True):

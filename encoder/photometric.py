@@ -90,6 +90,7 @@ class PhotometricConfig:
     vertices: int = 2500
     min_visible: int = 200
     landmark_cauchy: float = 0.0
+    skip_features: bool = False
 
 
 def sh9(normals: torch.Tensor) -> torch.Tensor:
@@ -178,15 +179,23 @@ def _vertex_rig(model, ids: np.ndarray, n_shape: int, n_expression: int, dtype, 
                        points=SurfacePoints(first // 3, bary), marching=False)
 
 
-def _surface(model, vertices: int, n_shape: int, n_expression: int, dtype, device="cpu"):
-    """The face region's vertices the refinement reads (about ``vertices``, evenly subsampled)
-    and the T triangles around them, as a :class:`_Surface` on ``device``. Cached on the model."""
+def _surface(model, vertices: int, n_shape: int, n_expression: int, dtype, device="cpu",
+             skip_features: bool = False):
+    """The face region's vertices the refinement reads (about ``vertices``, evenly subsampled;
+    ``skip_features``: without brows, lips and lash lines, :func:`~skullsearch.encoder.render.
+    feature_mask`) and the T triangles around them, as a :class:`_Surface` on ``device``. Cached
+    on the model."""
     from skullsearch.encoder.face_model import face_region
 
     cache = model.__dict__.setdefault("_photometric_surface", {})
-    key = (vertices, n_shape, n_expression, dtype, str(device))
+    key = (vertices, n_shape, n_expression, dtype, str(device), skip_features)
     if key not in cache:
-        region = np.flatnonzero(face_region(model))
+        mask = face_region(model)
+        if skip_features:
+            from skullsearch.encoder.render import feature_mask
+
+            mask &= ~feature_mask(model)
+        region = np.flatnonzero(mask)
         use = region[:: max(1, len(region) // vertices)]
         faces = model.faces
         near = np.zeros(model.n_vertices, bool)
@@ -241,7 +250,8 @@ class _PhotoFit(_AdamFit):
         self.img = self.img.to(self.device, self.dt)
         self.sizes = torch.as_tensor(np.array([[im.shape[1], im.shape[0]] for im in images], np.float64),
                                      dtype=self.dt)  # (on the CPU: the z-buffer's)
-        self.mesh = _surface(model, pcfg.vertices, rig.n_shape, rig.n_expression, self.dt, self.device)
+        self.mesh = _surface(model, pcfg.vertices, rig.n_shape, rig.n_expression, self.dt, self.device,
+                             pcfg.skip_features)
         self.surface, self.surface_ids, self.use = self.mesh.rig, self.mesh.ids, self.mesh.use
         self.visible = torch.zeros(self.b, len(self.use), dtype=torch.bool, device=self.device)
 

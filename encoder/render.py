@@ -179,8 +179,11 @@ def render_mesh(
     light_dir: tuple = (0.3, 0.4, 1.0),
     ambient: float = 0.3,
     background: tuple = (255, 255, 255),
+    specular: float = 0.0,
+    shininess: float = 20.0,
 ) -> Render:
-    """Lambertian render of a mesh, one directional light (given in the face frame).
+    """Lambertian render of a mesh, one directional light (given in the face frame), with an
+    optional white Blinn-Phong highlight (``specular`` its strength, 0: none).
 
     vertices: (V, 3) mm face frame; faces (F, 3); albedo: RGB in [0, 1], per mesh (3,) or per
     vertex (V, 3). Returns a :class:`Render`.
@@ -204,18 +207,210 @@ def render_mesh(
     col = (alb[corner] * bary[hit][..., None]).sum(1) if alb.ndim == 2 else alb[None]
     img = np.empty((camera.height, camera.width, 3))
     img[:] = np.asarray(background, dtype=np.float64) / 255.0
-    img[hit] = np.clip(col * shade[:, None], 0, 1)
+    out = col * shade[:, None]
+    half = light + view  # the view direction of the image centre stands for every pixel's
+    if specular > 0 and np.linalg.norm(half) > 1e-9:  # (a light straight from behind: none)
+        half /= np.linalg.norm(half)
+        out = out + specular * (np.clip(n @ half, 0, None) ** shininess * (n @ light > 0))[:, None]
+    img[hit] = np.clip(out, 0, 1)
     return Render((img * 255 + 0.5).astype(np.uint8), face_id, bary, depth)
 
 
 def random_portrait(vertices: np.ndarray, faces: np.ndarray, rng: np.random.Generator,
-                    max_yaw: float = 30.0, size: int = 512) -> tuple[Render, Camera]:
+                    max_yaw: float = 30.0, size: int = 512,
+                    texture: TextureRegions | None = None) -> tuple[Render, Camera]:
     """A synthetic portrait photo of a posed face (V, 3) mm: a perspective camera at yaw
     ±max_yaw°, pitch ±10°, 0.5–0.9 m away, a 260–340 mm field; random skin tone and light.
+    With ``texture`` (:func:`texture_regions` of the face's model) the face also gets a random
+    albedo map (:func:`random_albedo`: brows, lips, eyes, lashes, blotches, sometimes a beard) and
+    a specular highlight; without, one skin colour (the same random draws as before textures
+    existed, so that untextured benchmarks are unchanged).
     Returns the :class:`Render` (image and triangle/barycentric buffers) and its camera."""
     cam = face_camera(yaw_deg=rng.uniform(-max_yaw, max_yaw), pitch_deg=rng.uniform(-10, 10),
                       size=size, distance=rng.uniform(500, 900), fov_mm=rng.uniform(260, 340),
                       center=np.array([0.0, -30.0, 0.0]))
     albedo = np.array([0.8, 0.62, 0.5]) * rng.uniform(0.6, 1.1)
     light = (rng.uniform(-0.5, 0.5), rng.uniform(0.0, 0.6), 1.0)
-    return render_mesh(vertices, faces, cam, albedo=albedo, light_dir=light), cam
+    if texture is None:
+        return render_mesh(vertices, faces, cam, albedo=albedo, light_dir=light), cam
+    albedo = random_albedo(texture, rng, albedo)
+    spec, shine = rng.uniform(0.03, 0.25), rng.uniform(8.0, 40.0)
+    return render_mesh(vertices, faces, cam, albedo=albedo, light_dir=light, specular=spec,
+                       shininess=shine), cam
+
+
+# ---------------------------------------------------------------- synthetic skin texture
+@dataclass(frozen=True)
+class TextureRegions:
+    """Where a face model's features lie, as per-vertex weights in [0, 1] (V,) placed once on
+    its mean face from its 68 landmarks, for :func:`random_albedo`. brows: bands under the brow
+    landmarks (17–26), tapering to the tails (a face's own brows: :func:`random_albedo` moves and
+    widens them, from brow_depth, each vertex's mm under the brow landmarks' line, and brow_width,
+    the band's relative half-width there); lips: inside the outer lip contour (48–59); lashes:
+    the upper lid's line (36–39, 42–45); beard: the skin below the mouth corners and above the
+    upper lip, in front of the jaw; iris, pupil: the front caps of the eyeballs (the parts off
+    the skin); skin: (V,) bool; vertices: the mean face (V, 3) mm."""
+
+    brows: np.ndarray
+    lips: np.ndarray
+    lashes: np.ndarray
+    beard: np.ndarray
+    iris: np.ndarray
+    pupil: np.ndarray
+    skin: np.ndarray
+    vertices: np.ndarray
+    brow_depth: np.ndarray
+    brow_width: np.ndarray
+
+
+def _polyline_distance(points: np.ndarray, line: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distance (n,) of 2D points (n, 2) from a polyline (k, 2), and where along it (n,) in
+    [0, 1] (arc length) the nearest point lies."""
+    a, b = line[:-1], line[1:]  # (k-1, 2)
+    ab = b - a
+    t = np.clip(((points[:, None] - a) * ab).sum(-1) / np.maximum((ab**2).sum(-1), 1e-12), 0, 1)
+    d = np.linalg.norm(points[:, None] - (a + t[..., None] * ab), axis=-1)  # (n, k-1)
+    seg = d.argmin(1)
+    lengths = np.linalg.norm(ab, axis=1)
+    cum = np.concatenate([[0.0], np.cumsum(lengths)])
+    along = (cum[seg] + t[np.arange(len(points)), seg] * lengths[seg]) / max(cum[-1], 1e-12)
+    return d[np.arange(len(points)), seg], along
+
+
+def _inside_polygon(points: np.ndarray, poly: np.ndarray) -> np.ndarray:
+    """(n,) bool: 2D points (n, 2) inside the closed polygon (k, 2) (even-odd rule)."""
+    x, y = points[:, :1], points[:, 1:]
+    a, b = poly, np.roll(poly, -1, axis=0)
+    cross = (a[:, 1] > y) != (b[:, 1] > y)
+    dy = np.where(b[:, 1] == a[:, 1], 1e-12, b[:, 1] - a[:, 1])
+    xi = a[:, 0] + (y - a[:, 1]) * (b[:, 0] - a[:, 0]) / dy
+    return ((cross & (x < xi)).sum(1) % 2) == 1
+
+
+def texture_regions(model) -> TextureRegions:
+    """The feature regions of a face model's mean face (:class:`TextureRegions`), from its 68
+    landmarks (x right, y up, z to the front, mm) and its skin (the largest connected part)."""
+    import torch
+
+    from skullsearch.encoder.fitting import largest_component
+
+    v = np.asarray(model.v_template, dtype=np.float64)
+    with torch.no_grad():
+        lm = model.landmarks68(vertices=torch.as_tensor(v[None], dtype=torch.float32))[0].double().numpy()
+    faces = np.asarray(model.faces)
+    skin = np.zeros(len(v), bool)
+    skin[np.unique(faces[largest_component(faces)])] = True
+    normals = vertex_normals(v, faces)
+    outward = np.sign(((v - v.mean(0)) * normals).sum(1).mean()) or 1.0
+    front = skin & (outward * normals[:, 2] > 0.25) & (v[:, 2] > lm[:, 2].max() - 45)
+    xy = v[:, :2]
+
+    def soft(d, half, edge):  # 1 inside half, 0 beyond half + edge
+        return np.clip((half + edge - d) / edge, 0, 1)
+
+    brow_depth = np.full(len(v), np.inf)  # mm under the brow landmarks' line (negative: above)
+    brow_width = np.ones(len(v))  # the band's relative half-width: 1 at the head, 0.5 at the tail
+    for ids in (range(17, 22), range(22, 27)):
+        line = lm[list(ids), :2]
+        d, along = _polyline_distance(xy, line)
+        order = np.argsort(line[:, 0])
+        below = xy[:, 1] < np.interp(xy[:, 0], line[order, 0], line[order, 1])
+        closer = (d < np.abs(brow_depth)) & front
+        brow_depth[closer] = np.where(below, d, -d)[closer]
+        outer = along if ids.start == 17 else 1 - along  # 0 at the tail (the face's side)
+        brow_width[closer] = (0.5 + 0.5 * np.clip(outer * 1.5, 0, 1))[closer]
+    brows = _brow_band(brow_depth, brow_width, 2.5, 3.0)
+    lip_poly = lm[48:60, :2]
+    inside = _inside_polygon(xy, lip_poly)
+    d_edge, _ = _polyline_distance(xy, np.vstack([lip_poly, lip_poly[:1]]))
+    lips = np.where(inside, 1.0, soft(d_edge, 0.0, 1.0)) * front
+    lashes = np.zeros(len(v))
+    for ids in ([36, 37, 38, 39], [42, 43, 44, 45]):
+        d, _ = _polyline_distance(xy, lm[ids, :2])
+        lashes = np.maximum(lashes, soft(d, 0.6, 0.8))
+    lashes *= front
+    mouth_y = lm[[48, 54], 1].mean()
+    ax = np.abs(xy[:, 0])
+    below = soft(xy[:, 1] - mouth_y, 0.0, 4.0) * soft(ax - np.abs(lm[[4, 12], 0]).mean(), 0.0, 6.0)
+    above = (soft(lm[51, 1] - xy[:, 1], 0.0, 1.0) * soft(xy[:, 1] - lm[33, 1], -2.0, 2.0)
+             * soft(ax - np.abs(lm[48, 0] - lm[54, 0]) / 2, 3.0, 4.0))
+    beard = np.maximum(below, above) * front * (1 - lips)
+    iris = np.zeros(len(v))
+    pupil = np.zeros(len(v))
+    eye = ~skin
+    for side in (v[:, 0] < 0, v[:, 0] >= 0):
+        part = eye & side
+        if part.sum() < 4:
+            continue
+        lo, hi = v[part].min(0), v[part].max(0)
+        pole = v[part][v[part, 2].argmax(), :2]  # the front pole, seen from the front
+        r = (hi[0] - lo[0]) / 2
+        off = np.linalg.norm(v[part, :2] - pole, axis=1) / max(r, 1e-9)
+        front_half = v[part, 2] > (lo[2] + hi[2]) / 2
+        iris[part] = front_half * soft(off, 0.45, 0.05)  # an iris ~11 mm across a 24 mm eyeball
+        pupil[part] = front_half * soft(off, 0.15, 0.03)
+    return TextureRegions(brows, lips, lashes, beard, iris, pupil, skin, v, brow_depth, brow_width)
+
+
+def feature_mask(model, margin_mm: float = 3.0) -> np.ndarray:
+    """(V,) bool: the skin of a face model's features whose colour is their own, not the skin's —
+    brows (from ``margin_mm`` above the brow landmarks' line to 5 mm + ``margin_mm`` under it),
+    lips and the upper lids' lash line, each widened by ``margin_mm`` — on its mean face
+    (:func:`texture_regions`). A real face's brows and lips sit where its landmarks say, give or
+    take a few millimetres: the margin."""
+    from scipy.spatial import cKDTree
+
+    r = texture_regions(model)
+    brows = (r.brow_depth > -margin_mm) & (r.brow_depth < 5.0 + margin_mm)
+    core = (r.lips > 0) | (r.lashes > 0)
+    near = np.zeros(len(r.vertices), bool)
+    if core.any():
+        d, _ = cKDTree(r.vertices[core]).query(r.vertices, distance_upper_bound=margin_mm + 1e-9)
+        near = np.isfinite(d)
+    return (brows | near) & r.skin
+
+
+def _brow_band(depth: np.ndarray, width: np.ndarray, offset: float, half: float) -> np.ndarray:
+    """(V,) weights of a brow band centred ``offset`` mm under the brow landmarks' line, ``half``
+    mm half-wide at its head (tapering by ``width``), with a 1 mm soft edge."""
+    return np.clip((half * width + 1.0 - np.abs(depth - offset)) / 1.0, 0, 1)
+
+
+def random_albedo(regions: TextureRegions, rng: np.random.Generator, skin_tone) -> np.ndarray:
+    """A random albedo map (V, 3) RGB in [0, 1] on the regions' model: the skin tone (3,) with
+    slow blotches (±8 %) and a fine grain (±3 %), brows (1–4 mm under the brow landmarks, 3–8 mm
+    thick at their heads) and lashes of a random hair colour, lips
+    redder and darker, white-ish sclera, a brown to blue iris, a black pupil, and in a quarter of
+    faces stubble or a beard (the hair colour at 30–70 %)."""
+    tone = np.asarray(skin_tone, dtype=np.float64)
+    v = regions.vertices
+    n = len(v)
+    alb = np.tile(tone, (n, 1))
+    skin_ids = np.flatnonzero(regions.skin)
+    centres = v[rng.choice(skin_ids, 8)]
+    sigma = rng.uniform(10, 30, 8)
+    amp = rng.uniform(-0.08, 0.08, (8, 3))
+    amp[:, 0] += np.abs(amp[:, 1])  # redness: red rises where the blotch is
+    w = np.exp(-((v[:, None] - centres) ** 2).sum(-1) / (2 * sigma**2))  # (V, 8)
+    alb *= 1 + w @ amp
+    alb *= 1 + rng.uniform(-0.03, 0.03, (n, 1))
+    hair = rng.uniform(0.06, 0.45) * np.array([1.0, 0.8, 0.65]) * rng.uniform(0.85, 1.15, 3)
+    density = rng.uniform(0.5, 0.95)
+    brows = _brow_band(regions.brow_depth, regions.brow_width, rng.uniform(1.0, 4.0), rng.uniform(1.5, 4.0))
+    blend = brows[:, None] * density
+    alb = alb * (1 - blend) + hair * blend
+    blend = regions.lashes[:, None] * 0.8
+    alb = alb * (1 - blend) + hair * 0.5 * blend
+    lip = tone * np.array([0.95, 0.62, 0.65]) * rng.uniform(0.75, 1.0)
+    blend = regions.lips[:, None] * rng.uniform(0.6, 1.0)
+    alb = alb * (1 - blend) + lip * blend
+    if rng.uniform() < 0.25:
+        blend = regions.beard[:, None] * rng.uniform(0.3, 0.7)
+        alb = alb * (1 - blend) + hair * blend
+    eye = ~regions.skin
+    iris = rng.choice([np.array([0.35, 0.22, 0.12]), np.array([0.3, 0.4, 0.55]),
+                       np.array([0.3, 0.35, 0.2])]) * rng.uniform(0.6, 1.2)
+    alb[eye] = np.array([0.85, 0.82, 0.78])
+    alb[eye] = alb[eye] * (1 - regions.iris[eye, None]) + iris * regions.iris[eye, None]
+    alb[eye] = alb[eye] * (1 - regions.pupil[eye, None]) + 0.04 * regions.pupil[eye, None]
+    return np.clip(alb, 0, 1)

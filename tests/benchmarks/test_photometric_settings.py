@@ -29,6 +29,17 @@ def test_an_unknown_setting_is_refused_naming_the_known_ones(bench):
         bench.main(["--renders", "0", "--try", "albedo=3"])
     with pytest.raises(SystemExit, match="KEY=VALUE"):
         bench.main(["--renders", "0", "--try", "weight"])
+    with pytest.raises(SystemExit, match="true or false"):
+        bench.main(["--renders", "0", "--try", "skip_features=maybe"])
+
+
+def test_settings_parse_to_their_fields_types(bench):
+    from _common import photometric_config
+
+    cfg = photometric_config(["skip_features=false", "steps=20", "weight=3.5"])
+    assert cfg.skip_features is False and cfg.steps == 20 and cfg.weight == 3.5
+    assert photometric_config(["skip_features=True"]).skip_features is True
+    assert photometric_config(None).skip_features is False
 
 
 @pytest.mark.slow
@@ -41,9 +52,11 @@ def test_a_small_run_reports_each_setting_on_renders_and_photos(bench, default_m
         folder = tmp_path / f"person{who}"
         folder.mkdir()
         render_photos(default_model, folder, shape[[who, who]], expr[[who, who]], pose[[who, who]], rng)
-    out = bench.main(["--renders", "2", "--photos", str(tmp_path), "--try", "steps=20 landmark_cauchy=0.06"])
-    assert [r["setting"] for r in out["rows"]] == ["defaults", "steps=20 landmark_cauchy=0.06"]
+    setting = "steps=20 landmark_cauchy=0.06 skip_features=true"
+    out = bench.main(["--renders", "2", "--texture", "--photos", str(tmp_path), "--try", setting])
+    assert [r["setting"] for r in out["rows"]] == ["defaults", setting]
     assert out["renders"]["faces_found"] == 2 and out["renders"]["truth"].startswith("synthetic")
+    assert out["renders"]["texture"] is True
     real = out["real"]
     assert real["persons"] == 2 and real["same_pairs"] == 2 and real["different_pairs"] == 4
     for row in out["rows"]:

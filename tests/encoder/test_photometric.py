@@ -171,6 +171,38 @@ def test_surface_normals_are_the_area_weighted_vertex_normals(default_model):
     assert (normals[..., 2] > 0).mean() > 0.75
 
 
+def test_skip_features_reads_no_brow_lip_or_lash_line_vertex(default_model):
+    from skullsearch.encoder.face_model import face_region
+    from skullsearch.encoder.photometric import _surface
+    from skullsearch.encoder.render import feature_mask, texture_regions
+
+    m = default_model
+    mask = feature_mask(m)
+    r = texture_regions(m)
+    assert mask[r.brows > 0.5].all() and mask[r.lips > 0.5].all() and mask[r.lashes > 0.5].all()
+    assert not mask[~r.skin].any()
+    wider = feature_mask(m, margin_mm=6.0)
+    assert (wider >= mask).all() and wider.sum() > mask.sum()
+    region = face_region(m)
+    assert 0.1 < (mask & region).sum() / region.sum() < 0.4  # the features, not the face
+    full = _surface(m, 2500, 90, m.n_expression, torch.float32)
+    skip = _surface(m, 2500, 90, m.n_expression, torch.float32, skip_features=True)
+    used = skip.ids[skip.use.numpy()]
+    assert not mask[used].any() and region[used].all()
+    assert mask[full.ids[full.use.numpy()]].any()
+
+
+def test_skip_features_still_moves_faces_towards_the_truth(default_model, photos):
+    m = default_model
+    images, shape, lms = photos
+    sizes = np.full((len(images), 2), float(SIZE))
+    lm = fit_landmarks(m, lms, sizes)
+    ref = refine_photometric(m, lm.codes, lms, images,
+                             photometric=PhotometricConfig(steps=120, skip_features=True))
+    before, after = _errors(m, lm.codes, shape), _errors(m, ref.codes, shape)
+    assert after.mean() < 0.9 * before.mean(), (before, after)
+
+
 def test_a_robust_landmark_term_lets_a_wrong_point_pull_less(default_model, photos):
     """One landmark (the nose tip) moved sideways by half the inter-ocular distance: under least
     squares the refined face's nose follows it by pixels, under the Cauchy loss

@@ -13,9 +13,11 @@ from skullsearch.encoder.render import (
     Camera,
     face_camera,
     pixel_boxes,
+    random_albedo,
     random_portrait,
     rasterize,
     render_mesh,
+    texture_regions,
     vertex_normals,
     vertex_normals_batch,
 )
@@ -182,6 +184,21 @@ def test_vertex_normals_are_unit_and_batched_alike():
         np.testing.assert_allclose(nb[i], vertex_normals(vb[i], f), atol=1e-12)
 
 
+def test_the_specular_highlight_adds_white_where_the_half_vector_meets_the_normal():
+    v, f = _square()
+    cam = face_camera(size=32, distance=500.0, fov_mm=200.0)
+    matte = render_mesh(v, f, cam, albedo=(0.5, 0.25, 0.25), light_dir=(0, 0, 1))
+    hit = matte.face_id >= 0
+    # light and view both along +z: the half vector is the normal, the highlight its full strength
+    shiny = render_mesh(v, f, cam, albedo=(0.5, 0.25, 0.25), light_dir=(0, 0, 1), specular=0.2)
+    np.testing.assert_array_equal(shiny.image[hit].astype(int) - matte.image[hit], 51)  # 0.2 · 255
+    np.testing.assert_array_equal(shiny.image[~hit], matte.image[~hit])
+    # a light behind the surface lights nothing, not even a highlight
+    behind = render_mesh(v, f, cam, light_dir=(0, 0, -1), specular=0.5, ambient=0.3)
+    dark = render_mesh(v, f, cam, light_dir=(0, 0, -1), ambient=0.3)
+    np.testing.assert_array_equal(behind.image, dark.image)
+
+
 def test_lambertian_shading_and_background():
     v, f = _square()
     cam = face_camera(size=32, distance=500.0, fov_mm=200.0)
@@ -266,3 +283,63 @@ def test_yaw_bins_hold_their_lower_edge_and_the_outer_bins_are_open():
     got = yaw_bins(np.array([-120.0, -25.0, -10.0001, -10.0, 0.0, 9.99, 10.0, 25.0, 170.0]), edges)
     assert got.tolist() == [0, 1, 1, 2, 2, 2, 3, 4, 4]
     assert int(yaw_bins(0.0, edges)) == 2
+
+
+# ---------------------------------------------------------------- synthetic skin texture
+
+
+def test_texture_regions_lie_where_the_landmarks_say(default_model):
+    r = texture_regions(default_model)
+    with torch.no_grad():
+        lm = default_model.landmarks68(batch_size=1)[0].double().numpy()
+    v = r.vertices
+    for name in ("brows", "lips", "lashes", "beard", "iris", "pupil"):
+        w = getattr(r, name)
+        assert w.shape == (default_model.n_vertices,) and w.min() >= 0 and w.max() <= 1, name
+        assert (w > 0.5).sum() > 20, name
+    brows, lips = v[r.brows > 0.5], v[r.lips > 0.5]
+    assert brows[:, 1].min() > lm[36:48, 1].max()  # above the eyes
+    assert lips[:, 1].max() < lm[33, 1] and lips[:, 1].min() > lm[8, 1]  # between nose and chin
+    assert abs(lips[:, 0].mean()) < 2 and abs(brows[:, 0].mean()) < 2  # symmetric
+    assert np.all(np.abs(lips[:, 0]) < np.abs(lm[54, 0] - lm[48, 0]) / 2 + 2)
+    assert r.skin[r.brows > 0].all() and not r.skin[r.iris > 0].any()  # eyes: off the skin
+    assert (r.pupil > 0.5).sum() < (r.iris > 0.5).sum()
+
+
+def test_random_albedo_is_deterministic_and_darkens_brows_reddens_lips(default_model):
+    r = texture_regions(default_model)
+    tone = np.array([0.8, 0.62, 0.5])
+    a = random_albedo(r, np.random.default_rng(3), tone)
+    b = random_albedo(r, np.random.default_rng(3), tone)
+    c = random_albedo(r, np.random.default_rng(4), tone)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    assert a.shape == (default_model.n_vertices, 3) and a.min() >= 0 and a.max() <= 1
+    plain = r.skin & (r.brows == 0) & (r.lips == 0) & (r.lashes == 0) & (r.beard == 0)
+    for alb in (a, c):
+        skin = alb[plain].mean(0)
+        assert alb[r.brows > 0.9].mean() < 0.8 * skin.mean()  # brows darker than the skin
+        lips = alb[r.lips > 0.9].mean(0)
+        assert lips[0] / lips[1] > 1.2 * skin[0] / skin[1]  # lips redder
+        assert alb[r.pupil > 0.9].max() < 0.1  # pupils black
+        np.testing.assert_allclose(skin, tone, rtol=0.15)  # the tone, up to blotches and grain
+
+
+def test_a_textured_portrait_keeps_the_untextured_draws_and_is_found_by_dlib(default_model):
+    from skullsearch.encoder.detectors import DlibDetector
+    from skullsearch.encoder.images import DecodedImage
+
+    verts = default_model.v_template.astype(np.float64)
+    r = texture_regions(default_model)
+    plain, cam = random_portrait(verts, default_model.faces, np.random.default_rng(2), 10.0, 400)
+    tex, cam_t = random_portrait(verts, default_model.faces, np.random.default_rng(2), 10.0, 400, texture=r)
+    again, _ = random_portrait(verts, default_model.faces, np.random.default_rng(2), 10.0, 400, texture=r)
+    np.testing.assert_array_equal(cam.rotation, cam_t.rotation)  # the same camera, light, tone
+    np.testing.assert_array_equal(plain.face_id, tex.face_id)
+    np.testing.assert_array_equal(tex.image, again.image)
+    assert np.abs(tex.image.astype(int) - plain.image).max() > 60  # brows, eyes, lips differ
+    faces = DlibDetector().detect(DecodedImage("t", tex.image, "", (400, 400), False))
+    assert len(faces) == 1
+    lm = default_model.landmarks68(batch_size=1)[0].double().numpy()
+    uv = cam.project(lm)[:, :2]
+    assert np.median(np.linalg.norm(faces[0].landmarks - uv, axis=1)) < 6.0  # px, at ~1.5 px/mm
