@@ -229,7 +229,7 @@ def photos(a) -> dict:
 
     from skullsearch import FaceModel
     from skullsearch.encoder import code as code_layout
-    from skullsearch.encoder.cnn import EncoderCNN, encode_faces, load_checkpoint
+    from skullsearch.encoder.cnn import EncoderCNN, encode_detected, load_checkpoint
 
     model = FaceModel.default()
     paths = sorted(p for p in a.photos.rglob("*") if p.suffix.lower() in IMAGE_TYPES)
@@ -242,8 +242,7 @@ def photos(a) -> dict:
         return pair_auc(code_layout.split(codes).shape[:, : code_layout.N_SHAPE] / std, who)
 
     def cnn_codes(net):
-        return encode_faces(net, [pixels[f.image] for f in faces], np.stack([f.box for f in faces]),
-                            image_sizes=np.array([f.image_size for f in faces], np.float64))
+        return encode_detected(net, faces, pixels)
 
     out = {"step": "photos", "photos": len(paths), "faces": len(faces), "persons": len(set(who)),
            "same_pairs": int(same.sum()), "different_pairs": int((~same).sum()),

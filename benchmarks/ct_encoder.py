@@ -275,12 +275,11 @@ def fit_codes(model, paths, detector: str, config, prior=None, shared: bool = Fa
                           for f in faces])
         dist = prior.domain_distance(descs)
     if cnn is not None:
-        from skullsearch.encoder.cnn import encode_faces, load_checkpoint
+        from skullsearch.encoder.cnn import encode_detected, load_checkpoint
 
         net, _ = load_checkpoint(cnn, model=model)
         pixels = {im.path: im.pixels for im in images if hasattr(im, "pixels")}
-        codes = encode_faces(net, [pixels[f.image] for f in faces], np.stack([f.box for f in faces]),
-                             image_sizes=np.array([f.image_size for f in faces], np.float64))
+        codes = encode_detected(net, faces, pixels)
         shape = codes[:, code_layout.SLICES["shape"]]
         if shared:
             shape = np.broadcast_to(shape.mean(0), shape.shape).copy()

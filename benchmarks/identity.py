@@ -91,12 +91,11 @@ def encode(model, paths, persons=None, descriptors=False, prior=None, config=Non
                           for f in faces])
     init = None
     if cnn is not None and faces:
-        from skullsearch.encoder.cnn import encode_faces, load_checkpoint
+        from skullsearch.encoder.cnn import encode_detected, load_checkpoint
 
         net, _ = load_checkpoint(cnn, model=model)
         pixels = {im.path: im.pixels for im in images if hasattr(im, "pixels")}
-        init = encode_faces(net, [pixels[f.image] for f in faces], np.stack([f.box for f in faces]),
-                            image_sizes=np.array([f.image_size for f in faces], np.float64))
+        init = encode_detected(net, faces, pixels)
         if cnn_mode == "alone":
             shape_slice = code_layout.SLICES["shape"]
             if persons is not None:

@@ -369,6 +369,17 @@ def encode_faces(net: EncoderCNN, pixels_list, boxes, image_sizes=None, focal=No
     return out
 
 
+def encode_detected(net: EncoderCNN, faces, pixels: dict, batch_size: int = 64) -> np.ndarray:
+    """:func:`encode_faces` on a detector's faces (each with ``image``, ``box`` and
+    ``image_size``, as :class:`~skullsearch.encoder.detectors.Face`): their photos' pixels are
+    looked up by path in ``pixels`` ({path: (H, W, 3) uint8}). → codes (N, 228) float32."""
+    if not len(faces):
+        return np.zeros((0, code_layout.CODE_SIZE), np.float32)
+    return encode_faces(net, [pixels[f.image] for f in faces], np.stack([f.box for f in faces]),
+                        image_sizes=np.array([f.image_size for f in faces], np.float64),
+                        batch_size=batch_size)
+
+
 # ---------------------------------------------------------------------------------- loss
 @dataclass
 class EncoderLoss:
@@ -669,6 +680,7 @@ def load_checkpoint(path, model=None, map_location="cpu") -> tuple[EncoderCNN, d
 __all__ = [
     "EncoderCNN", "EncoderCheckpointError", "EncoderLoss", "FaceCropDataset", "crop_faces",
     "crop_transforms", "crop_to_image", "image_to_crop", "boxes_from_landmarks", "encode_faces",
+    "encode_detected",
     "landmark_edges", "self_supervised_loss", "shape_consistency", "train_encoder",
     "save_checkpoint", "load_checkpoint", "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION",
     "DEFAULT_WIDTHS", "W_CONSISTENCY",

@@ -270,12 +270,11 @@ def encode(
                 f.person = by_path.get(f.image)
     init = None
     if cnn is not None and faces:
-        from skullsearch.encoder.cnn import encode_faces, load_checkpoint
+        from skullsearch.encoder.cnn import encode_detected, load_checkpoint
 
         net, _ = load_checkpoint(cnn, model=model)
         pixels = {img.path: img.pixels for img in decoded if isinstance(img, DecodedImage)}
-        init = encode_faces(net, [pixels[f.image] for f in faces], np.stack([f.box for f in faces]),
-                            image_sizes=np.array([f.image_size for f in faces], np.float64))
+        init = encode_detected(net, faces, pixels)
     prior = None
     if identity_prior is not None and identity_prior is not False:
         from skullsearch.encoder import identity_prior as ip

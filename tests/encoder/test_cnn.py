@@ -317,3 +317,12 @@ def test_cnn_codes_seed_the_fit(default_model, photos, trained):
     # all numbers to 2e-3, a few to 5 % (cam_trans is ~600 mm)
     np.testing.assert_allclose(via, codes.numpy(), rtol=5e-2, atol=5e-2)
     assert np.mean(np.isclose(via, codes.numpy(), rtol=2e-3, atol=2e-3)) > 0.98
+    # encode_detected: the same from a detector's faces and a {path: pixels} lookup
+    from types import SimpleNamespace
+
+    faces = [SimpleNamespace(image=f"p{i}", box=boxes[i], image_size=p["pixels"][i].shape[1::-1])
+             for i in range(k)][::-1]  # in another order than the photos
+    pixels = {f"p{i}": p["pixels"][i] for i in range(k)}
+    default_focal = cnn.encode_faces(net, p["pixels"][:k], boxes)
+    np.testing.assert_array_equal(cnn.encode_detected(net, faces, pixels, batch_size=k), default_focal[::-1])
+    assert cnn.encode_detected(net, [], pixels).shape == (0, 228)
