@@ -122,27 +122,43 @@ def face_frame(lm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.stack([x, y, z]), mids.mean(0)
 
 
-def refine_symmetry(rot: np.ndarray, origin: np.ndarray, points: np.ndarray, iters: int = 10):
+def refine_symmetry(rot: np.ndarray, origin: np.ndarray, points: np.ndarray, iters: int = 200):
     """Refine the midsagittal plane of a (near-)symmetric surface.
 
     rot (3, 3) rows x, y, z with x the plane normal; origin (3,); points (n, 3) the skin.
-    Each step mirrors the points across the plane, pairs each with its nearest neighbour, and
-    refits the plane to the pairs (normal: main direction of the pair differences; origin: mean
-    of the pair midpoints). Returns the refined (rot, origin).
+    Mirror ICP: each step mirrors the points across the plane, pairs each with its nearest
+    neighbour (the closest 80 %: asymmetric parts are left out), finds the rigid motion that
+    lays the mirrored points on their partners (Kabsch), and takes as the new plane the one of
+    the composed reflection (its normal: the eigenvector of its linear part with eigenvalue −1;
+    its origin: the mean midpoint of each point and its image). Plane errors about either axis
+    in it are corrected: turned about the vertical (yaw) or about the front axis (roll). (A step
+    that refits the normal to the pairs' differences, as before, could not correct a roll: it
+    kept the plane it was given.) Returns the refined (rot, origin).
     """
     from scipy.spatial import cKDTree
 
+    points = np.asarray(points, dtype=np.float64)
     tree = cKDTree(points)
     n, o = rot[0].copy(), origin.copy()
     for _ in range(iters):
-        mirrored = points - 2 * ((points - o) @ n)[:, None] * n
+        mirror = np.eye(3) - 2 * np.outer(n, n)
+        mirrored = (points - o) @ mirror + o  # (the mirror is symmetric)
         dist, j = tree.query(mirrored)
-        good = dist <= np.quantile(dist, 0.8)  # ignore asymmetric parts
-        diff = points[good] - points[j[good]]
-        diff *= np.sign(diff @ n)[:, None]
-        n_new = np.linalg.svd(diff, full_matrices=False)[2][0]
-        n = n_new * np.sign(n_new @ rot[0])
-        o = ((points[good] + points[j[good]]) / 2).mean(0)
+        good = dist <= np.quantile(dist, 0.8)
+        src, dst = mirrored[good], points[j[good]]
+        cs, cd = src.mean(0), dst.mean(0)
+        u, _, vt = np.linalg.svd((src - cs).T @ (dst - cd))
+        r = vt.T @ np.diag([1.0, 1.0, np.sign(np.linalg.det(vt.T @ u.T))]) @ u.T
+        a = r @ mirror  # the linear part of x → r · mirror(x) + t: a reflection, near enough
+        w, vecs = np.linalg.eigh((a + a.T) / 2)
+        n_new = vecs[:, np.argmin(w)]
+        n_new = n_new * np.sign(n_new @ rot[0])
+        image = (src - cs) @ r.T + cd  # each good point's mirror image under the new symmetry
+        o = ((points[good] + image) / 2).mean(0)
+        step = np.arccos(np.clip(n_new @ n, -1, 1))
+        n = n_new
+        if step < 1e-8:  # rad: converged (point-to-point ICP converges linearly)
+            break
     y = rot[1] - n * (rot[1] @ n)
     y /= np.linalg.norm(y)
     return np.stack([n, y, np.cross(n, y)]), origin + n * ((o - origin) @ n)
