@@ -487,7 +487,7 @@ def encoder_fingerprint(config, detector: str, identity_prior=None) -> str:
     if cfg.get("photometric"):  # its settings make the codes too
         from skullsearch.encoder.photometric import PhotometricConfig
 
-        what["photometric"] = _without_off(asdict(PhotometricConfig()), ("landmark_cauchy",))
+        what["photometric"] = _without_off(asdict(PhotometricConfig()), ("landmark_cauchy", "skip_features"))
     if identity_prior is not None:
         weights = np.ascontiguousarray(identity_prior.weights).tobytes()
         what["identity_prior"] = hashlib.sha256(weights).hexdigest()

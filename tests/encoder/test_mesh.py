@@ -209,6 +209,12 @@ def test_the_encoder_fingerprint_holds_the_photometric_settings_when_on(monkeypa
     class Robust(photometric.PhotometricConfig):
         landmark_cauchy: float = 0.06
 
+    @dataclass(frozen=True)
+    class Skipping(photometric.PhotometricConfig):
+        skip_features: bool = True
+
+    monkeypatch.setattr(photometric, "PhotometricConfig", Skipping)
+    assert encoder_fingerprint(FitConfig(photometric=True), "dlib") != on
     monkeypatch.setattr(photometric, "PhotometricConfig", Slower)
     assert encoder_fingerprint(FitConfig(photometric=True), "dlib") != on
     monkeypatch.setattr(photometric, "PhotometricConfig", Robust)
