@@ -219,8 +219,9 @@ def oracle_shape(model, skin, region: np.ndarray, use: np.ndarray, iters: int = 
     return alpha
 
 
-def render_photos(skin, folder: Path, yaws) -> list[Path]:
-    """Portraits (512 px PNG) of the placed skin: each yaw under each of :data:`LIGHTS`."""
+def render_photos(skin, folder: Path, yaws, albedo=None, specular: float = 0.0) -> list[Path]:
+    """Portraits (512 px PNG) of the placed skin: each yaw under each of :data:`LIGHTS`; albedo
+    (V, 3) per skin vertex (default: one skin colour) and a specular highlight's strength."""
     from PIL import Image
 
     from skullsearch.encoder.render import face_camera, render_mesh
@@ -230,10 +231,31 @@ def render_photos(skin, folder: Path, yaws) -> list[Path]:
         cam = face_camera(yaw_deg=float(yaw), size=512, distance=700.0, fov_mm=300.0,
                           center=np.array([0.0, -30.0, 0.0]))
         for k, light in enumerate(LIGHTS):
-            img = render_mesh(skin.vertices, skin.faces, cam, light_dir=light).image
+            img = render_mesh(skin.vertices, skin.faces, cam, light_dir=light, specular=specular,
+                              **({} if albedo is None else {"albedo": albedo})).image
             paths.append(folder / f"ct_yaw{int(yaw):+03d}_light{k}.png")
             Image.fromarray(img).save(paths[-1])
     return paths
+
+
+def skin_texture(model, skin, shape: np.ndarray, seed: int) -> np.ndarray:
+    """A random albedo (V, 3) for the placed skin's vertices: the model's
+    (:func:`~skullsearch.encoder.render.random_albedo`, seed) carried over from the model's face
+    ``shape`` (S,) — the best fit to this skin, so that its brows and lips fall on the skin's own —
+    by nearest skin vertex within 6 mm; the skin tone beyond (the back of the head)."""
+    from scipy.spatial import cKDTree
+
+    from skullsearch.encoder.render import random_albedo, texture_regions
+
+    regions = texture_regions(model)
+    rng = np.random.default_rng(seed)
+    tone = np.array([0.8, 0.62, 0.5]) * rng.uniform(0.6, 1.1)
+    albedo = random_albedo(regions, rng, tone)
+    with torch.no_grad():
+        face = model.vertices(shape=torch.as_tensor(shape[None], dtype=torch.float32))[0].numpy()
+    ids = np.flatnonzero(regions.skin)  # not the eyeballs: the CT's eyes are closed
+    d, j = cKDTree(face[ids]).query(np.asarray(skin.vertices))
+    return np.where(d[:, None] < 6.0, albedo[ids[j]], tone)
 
 
 #: The 68 iBUG points by part of the face.
@@ -346,6 +368,10 @@ def main(argv=None) -> None:
                         "flattened: a photo has none); the scoring is the same")
     p.add_argument("--cnn", default=None, metavar="CKPT",
                    help="also a CNN encoder checkpoint's codes (benchmarks/cnn_train.py) on dlib's boxes")
+    p.add_argument("--texture", type=int, default=None, metavar="SEED",
+                   help="render the skin textured (the model's random albedo of this seed, carried over "
+                        "from its best face for the skin) with a specular highlight: real geometry, "
+                        "synthetic colour")
     p.add_argument("--photo-set", nargs="+", default=None, metavar="KEY=VALUE",
                    help="the photometric runs with these PhotometricConfig settings (landmark_cauchy=0.06)")
     a = p.parse_args(argv)
@@ -373,6 +399,7 @@ def main(argv=None) -> None:
           f"{keep.sum()} of {region.sum()} face-region vertices outside the dental streak", file=sys.stderr)
     out = {"ct": str(Path(a.ct or ct.CT_HEAD).name), "yaws": a.yaws, "lights": len(LIGHTS),
            "smooth_streak": bool(a.smooth_streak), "photometric_settings": a.photo_set or [],
+           "texture_seed": a.texture,
            "region_vertices": int(region.sum()), "scored_vertices": int(keep.sum()),
            "placement_rms_mm": round(rms, 3), "faces": {}}
 
@@ -398,7 +425,8 @@ def main(argv=None) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         if a.save:
             full.export(folder / "skin_model_frame.ply")
-        paths = render_photos(full, folder, a.yaws)
+        albedo = None if a.texture is None else skin_texture(model, full, best, a.texture)
+        paths = render_photos(full, folder, a.yaws, albedo, 0.0 if a.texture is None else 0.1)
         runs = []
         for det in a.detectors:
             if det == "mesh" and importlib.util.find_spec("mediapipe") is None:

@@ -150,3 +150,29 @@ def test_the_landmark_residual_by_part_of_the_face(ce):
     r = ce.residual_by_group(fitted, detected)
     assert r["jaw"] == pytest.approx(0.1) and r["all"] == pytest.approx(0.1 * 17 / 68)
     assert all(r[g] == 0 for g in ce.LANDMARK_GROUPS if g != "jaw")
+
+
+def test_the_skin_texture_is_the_models_albedo_carried_to_the_skin(ce, default_model, skin_of, tmp_path):
+    """On a skin that is the model's own face, each skin vertex gets the model's albedo of the
+    seed at that vertex (distance 0); the eyeballs get the nearest skin colour, not an iris; the
+    textured renders differ from the plain ones and are deterministic."""
+    from skullsearch.encoder.render import random_albedo, texture_regions
+
+    skin, shape, _ = skin_of
+    albedo = ce.skin_texture(default_model, skin, shape, seed=3)
+    regions = texture_regions(default_model)
+    rng = np.random.default_rng(3)
+    tone = np.array([0.8, 0.62, 0.5]) * rng.uniform(0.6, 1.1)
+    expected = random_albedo(regions, rng, tone)
+    np.testing.assert_array_equal(albedo[regions.skin], expected[regions.skin])
+    rows = np.dtype((np.void, 3 * 8))  # an eyeball vertex takes a skin vertex's colour (or the tone)
+    skin_colours = np.ascontiguousarray(np.vstack([expected[regions.skin], tone])).view(rows).ravel()
+    eye_colours = np.ascontiguousarray(albedo[~regions.skin]).view(rows).ravel()
+    assert np.isin(eye_colours, skin_colours).all()
+    np.testing.assert_array_equal(albedo, ce.skin_texture(default_model, skin, shape, seed=3))
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "tex").mkdir()
+    plain = ce.render_photos(skin, tmp_path / "plain", [0.0])
+    tex = ce.render_photos(skin, tmp_path / "tex", [0.0], albedo, 0.1)
+    assert len(plain) == len(tex) == len(ce.LIGHTS)
+    assert plain[0].read_bytes() != tex[0].read_bytes()
