@@ -8,7 +8,8 @@ camera to minimize
     E = E_landmarks (the fit's: reprojection + Delaunay edges + prior; :class:`FitConfig`)
         + w_photo · mean_v ρ(‖I(π(v)) − L · Y(n_v)‖)
 
-over the visible vertices v of the face region: I the photo (RGB in [0, 1], lightly blurred),
+over the visible vertices v of the face region (without the skin of the brows, lips and lash
+lines: ``PhotometricConfig.skip_features``): I the photo (RGB in [0, 1], lightly blurred),
 π the camera, n_v the vertex normal, Y the 9 real spherical harmonics of n (order 2), L (3, 9)
 the light × a uniform albedo, solved in closed form at each step (least squares over the
 visible vertices; the gradient of E at the optimal L is E's with L held: it is detached), ρ a
@@ -79,7 +80,14 @@ class PhotometricConfig:
     0.1 take 0.650x to 0.590 / 0.597 / 0.602x, on the 300 persons of ``identity.py`` 0.688x to
     0.615x (c = 0.06), but on the real CT head's renders 0.914x to 0.968 / 0.955x, and on the 7
     real photos the landmark residual rises from 6.2 to 11.9 / 9.5 / 6.9 px. A lighter shape prior
-    in the refinement (half, a quarter) was worse on both (0.660 / 0.673x; not kept)."""
+    in the refinement (half, a quarter) was worse on both (0.660 / 0.673x; not kept).
+    skip_features: leave the skin of the brows, lips and upper lids' lash lines (each widened by
+    3 mm; :func:`~skullsearch.encoder.render.feature_mask`) out of the shading term — a real
+    face's features have their own colour, not the skin's. On by default since it gained on every
+    set that has a truth: renders of seed 7 0.650 → 0.644x untextured and 0.690 → 0.628x textured
+    (``--texture``), the real CT head's
+    geometry 0.914 → 0.853x untextured and 0.957 → 0.836x textured; on the 7 real photos it
+    raises the landmark residual (6.2 → 7.0 px). Off: the refinement of earlier versions."""
 
     weight: float = 10.0
     steps: int = 200
@@ -90,7 +98,7 @@ class PhotometricConfig:
     vertices: int = 2500
     min_visible: int = 200
     landmark_cauchy: float = 0.0
-    skip_features: bool = False
+    skip_features: bool = True
 
 
 def sh9(normals: torch.Tensor) -> torch.Tensor:

@@ -199,7 +199,7 @@ def test_the_encoder_fingerprint_holds_the_photometric_settings_when_on(monkeypa
     on = encoder_fingerprint(FitConfig(photometric=True), "dlib")
     off = encoder_fingerprint(FitConfig(), "dlib")
     assert on != off
-    assert on == "704f6145fe98949b"  # landmark_cauchy off: the galleries refined before it existed
+    assert on == "730ab933b893d01f"  # skip_features on: the default since it exists
 
     @dataclass(frozen=True)
     class Slower(photometric.PhotometricConfig):
@@ -210,11 +210,12 @@ def test_the_encoder_fingerprint_holds_the_photometric_settings_when_on(monkeypa
         landmark_cauchy: float = 0.06
 
     @dataclass(frozen=True)
-    class Skipping(photometric.PhotometricConfig):
-        skip_features: bool = True
+    class Earlier(photometric.PhotometricConfig):
+        skip_features: bool = False
 
-    monkeypatch.setattr(photometric, "PhotometricConfig", Skipping)
-    assert encoder_fingerprint(FitConfig(photometric=True), "dlib") != on
+    monkeypatch.setattr(photometric, "PhotometricConfig", Earlier)
+    # the galleries refined before skip_features existed (and before landmark_cauchy): as they were
+    assert encoder_fingerprint(FitConfig(photometric=True), "dlib") == "704f6145fe98949b"
     monkeypatch.setattr(photometric, "PhotometricConfig", Slower)
     assert encoder_fingerprint(FitConfig(photometric=True), "dlib") != on
     monkeypatch.setattr(photometric, "PhotometricConfig", Robust)
