@@ -39,7 +39,7 @@ def test_settings_parse_to_their_fields_types(bench):
     cfg = photometric_config(["skip_features=false", "steps=20", "weight=3.5"])
     assert cfg.skip_features is False and cfg.steps == 20 and cfg.weight == 3.5
     assert photometric_config(["skip_features=True"]).skip_features is True
-    assert photometric_config(None).skip_features is False
+    assert photometric_config(None).skip_features is True  # the default
 
 
 @pytest.mark.slow
@@ -52,7 +52,7 @@ def test_a_small_run_reports_each_setting_on_renders_and_photos(bench, default_m
         folder = tmp_path / f"person{who}"
         folder.mkdir()
         render_photos(default_model, folder, shape[[who, who]], expr[[who, who]], pose[[who, who]], rng)
-    setting = "steps=20 landmark_cauchy=0.06 skip_features=true"
+    setting = "steps=20 landmark_cauchy=0.06 skip_features=false"
     out = bench.main(["--renders", "2", "--texture", "--photos", str(tmp_path), "--try", setting])
     assert [r["setting"] for r in out["rows"]] == ["defaults", setting]
     assert out["renders"]["faces_found"] == 2 and out["renders"]["truth"].startswith("synthetic")
