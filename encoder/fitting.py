@@ -37,7 +37,7 @@ import torch
 from skullsearch.encoder import code as code_layout
 from skullsearch.encoder import levenberg as lev
 from skullsearch.encoder.lbs import axis_angle_to_matrix, lbs
-from skullsearch.encoder.render import camera_yaw, yaw_bins
+from skullsearch.encoder.render import camera_yaw, largest_component, yaw_bins  # noqa: F401 (re-exported)
 
 #: OpenCV camera axes from the face frame: x right, y down, z away from the camera.
 _FLIP = torch.tensor([[1.0, 0.0, 0.0], [0.0, -1.0, 0.0], [0.0, 0.0, -1.0]])
@@ -374,32 +374,6 @@ def contour_candidates(model, band_mm: float = 4.0, max_candidates: int = 16) ->
         row_ids = np.concatenate([[nearest], sel])
         out[row] = np.resize(row_ids, max_candidates) if len(row_ids) else nearest
     return out
-
-
-def largest_component(faces: np.ndarray) -> np.ndarray:
-    """Triangle ids of the mesh's largest edge-connected part (the skin: drops eyeballs, teeth,
-    tongue). faces (F, 3) int → (n,) int64, sorted. The same parts as trimesh's face adjacency
-    gives, in numpy alone (importing trimesh or scipy's graph module costs about a second of
-    CPU on the fitting path)."""
-    faces = np.asarray(faces, dtype=np.int64)
-    if not len(faces):
-        return np.zeros(0, np.int64)
-    edges = np.sort(np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]), axis=1)
-    owner = np.tile(np.arange(len(faces)), 3)
-    order = np.lexsort((edges[:, 1], edges[:, 0]))
-    same = np.all(edges[order[1:]] == edges[order[:-1]], axis=1)
-    a, b = owner[order[1:]][same], owner[order[:-1]][same]  # faces sharing an edge
-    # connected components: every face takes the smallest label of its neighbours, labels
-    # jump to their own label's label, until each shared edge joins equal labels
-    labels = np.arange(len(faces))
-    while True:
-        m = np.minimum(labels[a], labels[b])
-        np.minimum.at(labels, a, m)
-        np.minimum.at(labels, b, m)
-        labels = labels[labels]
-        if np.array_equal(labels[a], labels[b]):
-            break
-    return np.flatnonzero(labels == np.bincount(labels).argmax()).astype(np.int64)
 
 
 def camera_rotation(rotvec: torch.Tensor) -> torch.Tensor:

@@ -239,6 +239,32 @@ def random_portrait(vertices: np.ndarray, faces: np.ndarray, rng: np.random.Gene
                        shininess=shine), cam
 
 
+def largest_component(faces: np.ndarray) -> np.ndarray:
+    """Triangle ids of the mesh's largest edge-connected part (the skin: drops eyeballs, teeth,
+    tongue). faces (F, 3) int → (n,) int64, sorted. The same parts as trimesh's face adjacency
+    gives, in numpy alone (importing trimesh or scipy's graph module costs about a second of
+    CPU on the fitting path)."""
+    faces = np.asarray(faces, dtype=np.int64)
+    if not len(faces):
+        return np.zeros(0, np.int64)
+    edges = np.sort(np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]), axis=1)
+    owner = np.tile(np.arange(len(faces)), 3)
+    order = np.lexsort((edges[:, 1], edges[:, 0]))
+    same = np.all(edges[order[1:]] == edges[order[:-1]], axis=1)
+    a, b = owner[order[1:]][same], owner[order[:-1]][same]  # faces sharing an edge
+    # connected components: every face takes the smallest label of its neighbours, labels
+    # jump to their own label's label, until each shared edge joins equal labels
+    labels = np.arange(len(faces))
+    while True:
+        m = np.minimum(labels[a], labels[b])
+        np.minimum.at(labels, a, m)
+        np.minimum.at(labels, b, m)
+        labels = labels[labels]
+        if np.array_equal(labels[a], labels[b]):
+            break
+    return np.flatnonzero(labels == np.bincount(labels).argmax()).astype(np.int64)
+
+
 # ---------------------------------------------------------------- synthetic skin texture
 @dataclass(frozen=True)
 class TextureRegions:
@@ -291,8 +317,6 @@ def texture_regions(model) -> TextureRegions:
     """The feature regions of a face model's mean face (:class:`TextureRegions`), from its 68
     landmarks (x right, y up, z to the front, mm) and its skin (the largest connected part)."""
     import torch
-
-    from skullsearch.encoder.fitting import largest_component
 
     v = np.asarray(model.v_template, dtype=np.float64)
     with torch.no_grad():
