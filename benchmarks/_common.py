@@ -113,6 +113,13 @@ def synthetic_skull_targets(face_points: np.ndarray, normals: np.ndarray, sd: np
     return np.where(present[..., None], t, np.nan), present
 
 
+def add_texture_argument(parser) -> None:
+    """``--texture``: the renders textured (:func:`render_photos`'s ``texture``)."""
+    parser.add_argument("--texture", action="store_true",
+                        help="textured renders: brows, lips, eyes, blotches, sometimes a beard, "
+                             "a specular highlight")
+
+
 def render_photos(model, folder, shape, expr, pose, rng, max_yaw: float = 30.0,
                   texture: bool = False) -> list:
     """Synthetic portrait photos (512 px PNG) of the given faces: yaw ±max_yaw°, pitch ±10°,

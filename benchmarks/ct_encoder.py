@@ -245,11 +245,11 @@ def skin_texture(model, skin, shape: np.ndarray, seed: int) -> np.ndarray:
     by nearest skin vertex within 6 mm; the skin tone beyond (the back of the head)."""
     from scipy.spatial import cKDTree
 
-    from skullsearch.encoder.render import random_albedo, texture_regions
+    from skullsearch.encoder.render import random_albedo, random_skin_tone, texture_regions
 
     regions = texture_regions(model)
     rng = np.random.default_rng(seed)
-    tone = np.array([0.8, 0.62, 0.5]) * rng.uniform(0.6, 1.1)
+    tone = random_skin_tone(rng)
     albedo = random_albedo(regions, rng, tone)
     with torch.no_grad():
         face = model.vertices(shape=torch.as_tensor(shape[None], dtype=torch.float32))[0].numpy()

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import emit, identity_errors, random_faces, render_photos
+from _common import add_texture_argument, emit, identity_errors, random_faces, render_photos
 
 from skullsearch import FaceModel
 from skullsearch.encoder import code as code_layout
@@ -31,9 +31,7 @@ from skullsearch.encoder.images import read_images
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--texture", action="store_true",
-                    help="textured renders: brows, lips, eyes, blotches, sometimes a beard, "
-                         "a specular highlight")
+    add_texture_argument(ap)
     ap.add_argument("--images", type=int, default=48)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--face-model", default=None, help="a built-in name (ict, anny) or a model file")

@@ -46,6 +46,7 @@ from pathlib import Path
 import numpy as np
 from _common import (
     CHI2_3_95,
+    add_texture_argument,
     auc,
     emit,
     face_normals,
@@ -201,9 +202,7 @@ def label_free(model, paths, person, idx1, descs1, prior, cfg, a, fits, mask, tr
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--texture", action="store_true",
-                    help="textured renders: brows, lips, eyes, blotches, sometimes a beard, "
-                         "a specular highlight")
+    add_texture_argument(ap)
     ap.add_argument("--persons", type=int, default=100)
     ap.add_argument("--photos", type=int, default=3)
     ap.add_argument("--gallery", type=int, nargs="+", default=[3000],

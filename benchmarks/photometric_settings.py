@@ -31,7 +31,15 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import auc, emit, identity_errors, photometric_config, random_faces, render_photos
+from _common import (
+    add_texture_argument,
+    auc,
+    emit,
+    identity_errors,
+    photometric_config,
+    random_faces,
+    render_photos,
+)
 
 from skullsearch import FaceModel
 from skullsearch.encoder import code as code_layout
@@ -82,9 +90,7 @@ def main(argv=None):
     ap.add_argument("--renders", type=int, default=40, help="rendered faces (0: none)")
     ap.add_argument("--seed", type=int, default=5)
     ap.add_argument("--photos", type=Path, default=None, help="a folder of person sub-folders (real photos)")
-    ap.add_argument("--texture", action="store_true",
-                    help="textured renders: brows, lips, eyes, blotches, sometimes a beard, "
-                         "a specular highlight")
+    add_texture_argument(ap)
     ap.add_argument("--try", dest="tries", action="append", default=[], metavar='"KEY=VALUE ..."',
                     help="one setting (repeatable); the defaults are always the first row")
     a = ap.parse_args(argv)

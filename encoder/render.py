@@ -229,7 +229,7 @@ def random_portrait(vertices: np.ndarray, faces: np.ndarray, rng: np.random.Gene
     cam = face_camera(yaw_deg=rng.uniform(-max_yaw, max_yaw), pitch_deg=rng.uniform(-10, 10),
                       size=size, distance=rng.uniform(500, 900), fov_mm=rng.uniform(260, 340),
                       center=np.array([0.0, -30.0, 0.0]))
-    albedo = np.array([0.8, 0.62, 0.5]) * rng.uniform(0.6, 1.1)
+    albedo = random_skin_tone(rng)
     light = (rng.uniform(-0.5, 0.5), rng.uniform(0.0, 0.6), 1.0)
     if texture is None:
         return render_mesh(vertices, faces, cam, albedo=albedo, light_dir=light), cam
@@ -237,6 +237,11 @@ def random_portrait(vertices: np.ndarray, faces: np.ndarray, rng: np.random.Gene
     spec, shine = rng.uniform(0.03, 0.25), rng.uniform(8.0, 40.0)
     return render_mesh(vertices, faces, cam, albedo=albedo, light_dir=light, specular=spec,
                        shininess=shine), cam
+
+
+def random_skin_tone(rng: np.random.Generator) -> np.ndarray:
+    """A random skin colour (3,) RGB in [0, 1]: one draw, darker to lighter."""
+    return np.array([0.8, 0.62, 0.5]) * rng.uniform(0.6, 1.1)
 
 
 def largest_component(faces: np.ndarray) -> np.ndarray:
@@ -400,6 +405,12 @@ def _brow_band(depth: np.ndarray, width: np.ndarray, offset: float, half: float)
     return np.clip((half * width + 1.0 - np.abs(depth - offset)) / 1.0, 0, 1)
 
 
+def _paint(albedo: np.ndarray, weight: np.ndarray, colour) -> np.ndarray:
+    """albedo (n, 3) blended towards colour ((3,) or (n, 3)) by weight (n,) in [0, 1]."""
+    w = weight[:, None]
+    return albedo * (1 - w) + colour * w
+
+
 def random_albedo(regions: TextureRegions, rng: np.random.Generator, skin_tone) -> np.ndarray:
     """A random albedo map (V, 3) RGB in [0, 1] on the regions' model: the skin tone (3,) with
     slow blotches (±8 %) and a fine grain (±3 %), brows (1–4 mm under the brow landmarks, 3–8 mm
@@ -421,20 +432,15 @@ def random_albedo(regions: TextureRegions, rng: np.random.Generator, skin_tone) 
     hair = rng.uniform(0.06, 0.45) * np.array([1.0, 0.8, 0.65]) * rng.uniform(0.85, 1.15, 3)
     density = rng.uniform(0.5, 0.95)
     brows = _brow_band(regions.brow_depth, regions.brow_width, rng.uniform(1.0, 4.0), rng.uniform(1.5, 4.0))
-    blend = brows[:, None] * density
-    alb = alb * (1 - blend) + hair * blend
-    blend = regions.lashes[:, None] * 0.8
-    alb = alb * (1 - blend) + hair * 0.5 * blend
+    alb = _paint(alb, brows * density, hair)
+    alb = _paint(alb, regions.lashes * 0.8, hair * 0.5)
     lip = tone * np.array([0.95, 0.62, 0.65]) * rng.uniform(0.75, 1.0)
-    blend = regions.lips[:, None] * rng.uniform(0.6, 1.0)
-    alb = alb * (1 - blend) + lip * blend
+    alb = _paint(alb, regions.lips * rng.uniform(0.6, 1.0), lip)
     if rng.uniform() < 0.25:
-        blend = regions.beard[:, None] * rng.uniform(0.3, 0.7)
-        alb = alb * (1 - blend) + hair * blend
+        alb = _paint(alb, regions.beard * rng.uniform(0.3, 0.7), hair)
     eye = ~regions.skin
     iris = rng.choice([np.array([0.35, 0.22, 0.12]), np.array([0.3, 0.4, 0.55]),
                        np.array([0.3, 0.35, 0.2])]) * rng.uniform(0.6, 1.2)
-    alb[eye] = np.array([0.85, 0.82, 0.78])
-    alb[eye] = alb[eye] * (1 - regions.iris[eye, None]) + iris * regions.iris[eye, None]
-    alb[eye] = alb[eye] * (1 - regions.pupil[eye, None]) + 0.04 * regions.pupil[eye, None]
+    sclera = np.tile([0.85, 0.82, 0.78], (eye.sum(), 1))
+    alb[eye] = _paint(_paint(sclera, regions.iris[eye], iris), regions.pupil[eye], 0.04)
     return np.clip(alb, 0, 1)

@@ -156,13 +156,13 @@ def test_the_skin_texture_is_the_models_albedo_carried_to_the_skin(ce, default_m
     """On a skin that is the model's own face, each skin vertex gets the model's albedo of the
     seed at that vertex (distance 0); the eyeballs get the nearest skin colour, not an iris; the
     textured renders differ from the plain ones and are deterministic."""
-    from skullsearch.encoder.render import random_albedo, texture_regions
+    from skullsearch.encoder.render import random_albedo, random_skin_tone, texture_regions
 
     skin, shape, _ = skin_of
     albedo = ce.skin_texture(default_model, skin, shape, seed=3)
     regions = texture_regions(default_model)
     rng = np.random.default_rng(3)
-    tone = np.array([0.8, 0.62, 0.5]) * rng.uniform(0.6, 1.1)
+    tone = random_skin_tone(rng)
     expected = random_albedo(regions, rng, tone)
     np.testing.assert_array_equal(albedo[regions.skin], expected[regions.skin])
     rows = np.dtype((np.void, 3 * 8))  # an eyeball vertex takes a skin vertex's colour (or the tone)
