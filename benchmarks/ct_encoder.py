@@ -12,6 +12,8 @@ on, and no more — and every portrait goes through the real decode → detect �
 
 - ``dlib``: the default fit, each photo alone;
 - ``dlib_pose``: with the pose-conditioned embedding (``FitConfig(pose_embedding=True)``);
+- ``dlib_textured``: with the embedding calibrated on textured renders
+  (``FitConfig(textured_embedding=True)``; also ``dlib_textured_photo``, refined);
 - ``mesh``: MediaPipe's face mesh with its own embedding (when mediapipe is installed);
 - ``dlib_prior``: with the identity prior (shape predicted from the photo's person descriptor;
   its domain distance is reported: applied only within its limit);
@@ -380,7 +382,7 @@ def main(argv=None) -> None:
     from skullsearch.encoder.face_model import face_region
     from skullsearch.encoder.fitting import FitConfig
     photo_cfg = photometric_config(a.photo_set)
-    model = FaceModel.builtin("ict")
+    model = FaceModel.from_env()
     region = face_region(model)
     t = time.time()
     volume, spacing = ct.load_ct(a.ct or ct.CT_HEAD)
@@ -436,12 +438,16 @@ def main(argv=None) -> None:
             if det == "dlib":
                 runs.insert(len(runs) - 1, ("dlib_pose", FitConfig(pose_embedding=True), None))
                 runs.append(("dlib_pose_shared", FitConfig(pose_embedding=True), None))
+                runs += [("dlib_textured", FitConfig(textured_embedding=True), None),
+                         ("dlib_textured_shared", FitConfig(textured_embedding=True), None)]
                 if prior is not None:
                     runs += [("dlib_prior", FitConfig(), prior), ("dlib_prior_shared", FitConfig(), prior)]
         if a.cnn:
             runs += [("dlib_cnn", None, None), ("dlib_cnn_shared", None, None)]
         if "dlib" in a.detectors and not a.no_photometric:
-            runs += [("dlib_photo", FitConfig(), None), ("dlib_photo_shared", FitConfig(), None)]
+            runs += [("dlib_photo", FitConfig(), None), ("dlib_photo_shared", FitConfig(), None),
+                     ("dlib_textured_photo", FitConfig(textured_embedding=True), None),
+                     ("dlib_textured_photo_shared", FitConfig(textured_embedding=True), None)]
             if a.photo_from_best:
                 runs.append(("dlib_photo_from_best", FitConfig(), None))
         for name, cfg, pr in runs:
@@ -453,7 +459,7 @@ def main(argv=None) -> None:
                 photometric=photo_cfg if "_photo" in name else None,
                 start_shape=best if name.endswith("_from_best") else None, info=info,
                 cnn=a.cnn if "_cnn" in name else None)
-            extra = {"photos": len(paths), "found": len(names),
+            extra = {"photos": len(paths), "found": len(names), "found_photos": [Path(n).stem for n in names],
                      "residual_px": None if np.isnan(res_px) else round(res_px, 2),
                      "fit_seconds": round(time.time() - t, 1)} | info
             if dist is not None:

@@ -18,7 +18,8 @@ expression) and every photo goes through the real decoder, dlib detector and bat
 
     python benchmarks/identity.py [--persons 100] [--photos 3] [--gallery 3000 [10000 ...]] [--seed 0]
                                   [--identity-prior] [--uncertainty] [--landmark-noise 0.03]
-                                  [--detector dlib|mesh] [--pose-embedding] [--photometric]
+                                  [--detector dlib|mesh] [--pose-embedding] [--textured-embedding]
+                                  [--photometric]
                                   [--photo-set KEY=VALUE ...] [--cnn CKPT [--cnn-mode alone|seed]]
 
 ``--uncertainty`` fits with the posterior covariance (``FitConfig(posterior=True)``), adds the
@@ -222,6 +223,9 @@ def main(argv=None):
                     help="--label-free: the grouping's descriptor distance (default PERSON_DISTANCE, 0.5)")
     ap.add_argument("--pose-embedding", action="store_true",
                     help="fit dlib's points with its per-yaw-bin embedding (FitConfig.pose_embedding)")
+    ap.add_argument("--textured-embedding", action="store_true",
+                    help="fit dlib's points with its embedding calibrated on textured renders "
+                         "(FitConfig.textured_embedding)")
     ap.add_argument("--w-dense", type=float, default=FitConfig.w_dense,
                     help="weight of the dense detector's points in the fit (mesh; 0 leaves them out)")
     ap.add_argument("--photometric", action="store_true",
@@ -235,7 +239,7 @@ def main(argv=None):
     a = ap.parse_args(argv)
     photometric = photometric_config(a.photo_set) if a.photometric or a.photo_set else None
     rng = np.random.default_rng(a.seed)
-    model = FaceModel.default()
+    model = FaceModel.from_env()
     mask = face_region(model)
     n_s = code_layout.N_SHAPE
     shape, expr, pose = random_faces(model, a.persons * a.photos, rng, expr_scale=0.1)
@@ -251,7 +255,7 @@ def main(argv=None):
 
         prior = for_model(model)
     cfg = FitConfig(posterior=a.uncertainty, landmark_noise=a.landmark_noise, w_dense=a.w_dense,
-                    pose_embedding=a.pose_embedding)
+                    pose_embedding=a.pose_embedding, textured_embedding=a.textured_embedding)
     codes1, idx1, descs1, cov1 = encode(model, paths, descriptors=True, prior=prior, config=cfg,
                                         detector=a.detector, photometric=photometric, cnn=a.cnn,
                                         cnn_mode=a.cnn_mode)
@@ -289,7 +293,8 @@ def main(argv=None):
     out = {"persons": a.persons, "photos_per_person": a.photos, "texture": a.texture,
            "gallery": max(sizes[0], a.persons),
            "identity_prior": bool(a.identity_prior), "detector": a.detector, "w_dense": a.w_dense,
-           "pose_embedding": a.pose_embedding, "photometric": bool(photometric),
+           "pose_embedding": a.pose_embedding, "textured_embedding": a.textured_embedding,
+           "photometric": bool(photometric),
            "photometric_settings": a.photo_set or [],
            "cnn": a.cnn and Path(a.cnn).name, "cnn_mode": a.cnn and a.cnn_mode,
            "photos": len(paths), "faces_found": int(len(idx1)),

@@ -42,7 +42,7 @@ def render_people(folder: Path, n: int, per: int, seed: int) -> None:
 
     from skullsearch.encoder.render import random_portrait
 
-    model = FaceModel.default()
+    model = FaceModel.from_env()
     rng = np.random.default_rng(seed)
     betas = torch.as_tensor(rng.standard_normal((n, model.n_shape)) * np.asarray(model.shape_std),
                             dtype=torch.float32)
@@ -102,6 +102,9 @@ def main(argv=None):
     ap.add_argument("--detector", default="dlib", help="dlib or mesh (MediaPipe)")
     ap.add_argument("--pose-embedding", action="store_true",
                     help="fit dlib's points with its per-yaw-bin embedding (FitConfig.pose_embedding)")
+    ap.add_argument("--textured-embedding", action="store_true",
+                    help="fit dlib's points with its embedding calibrated on textured renders "
+                         "(FitConfig.textured_embedding)")
     ap.add_argument("--photometric", action="store_true",
                     help="ingest with the photometric refinement (FitConfig.photometric)")
     a = ap.parse_args(argv)
@@ -112,16 +115,18 @@ def main(argv=None):
         if folder is None:
             folder = Path(tmp) / "photos"
             render_people(folder, a.render, a.per_person, a.seed)
-        g = Gallery.create(Path(tmp) / "g", face_model=FaceModel.default())
+        g = Gallery.create(Path(tmp) / "g", face_model=FaceModel.from_env())
         t0 = time.perf_counter()
         # without person labels: each photo fitted alone (labels would share one shape per person)
         rep = g.ingest([folder], workers=a.workers, detector=a.detector,
-                       config=FitConfig(pose_embedding=a.pose_embedding, photometric=a.photometric))
+                       config=FitConfig(pose_embedding=a.pose_embedding, photometric=a.photometric,
+                                        textured_embedding=a.textured_embedding))
         scores, label = pair_scores(g)
         flags = g.near_duplicates(criterion="person").to_pylist()
         wrong = sum(1 for f in flags if Path(f["path"]).parent.name != Path(f["duplicate_path"]).parent.name)
         out = {"truth": "real (labelled photos)" if a.photos else "synthetic (renders)",
-               "detector": a.detector, "pose_embedding": a.pose_embedding, "photometric": a.photometric,
+               "detector": a.detector, "pose_embedding": a.pose_embedding,
+               "textured_embedding": a.textured_embedding, "photometric": a.photometric,
                "photos": rep.images_seen, **scores,
                "person_flags": len(flags), "person_flags_joining_different_persons": wrong,
                "grouping": [grouping(g, label, th) for th in (0.4, 0.5, 0.6)],

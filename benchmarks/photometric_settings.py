@@ -85,6 +85,11 @@ def pair_auc(shape: np.ndarray, who: np.ndarray) -> float:
     return round(auc(d[same], d[~same]), 4)
 
 
+def residual(faces) -> float:
+    """The faces' mean landmark residual, px."""
+    return round(float(np.mean([f.residual_px for f in faces])), 2)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--renders", type=int, default=40, help="rendered faces (0: none)")
@@ -96,7 +101,7 @@ def main(argv=None):
     a = ap.parse_args(argv)
     settings = [[]] + [t.split() for t in a.tries]
     configs = [photometric_config(s) for s in settings]  # refuse a bad key before any work
-    model = FaceModel.default()
+    model = FaceModel.from_env()
     rows = [{"setting": " ".join(s) or "defaults"} for s in settings]
     out = {"rows": rows}
     if a.renders > 0:
@@ -112,12 +117,13 @@ def main(argv=None):
         out["renders"] = {"truth": "synthetic (the default model's own faces)", "seed": a.seed,
                           "texture": a.texture,
                           "photos": a.renders, "faces_found": len(faces),
-                          "landmark_fit_ratio_to_mean_face": round(float(err.mean() / err0.mean()), 4)}
+                          "landmark_fit_ratio_to_mean_face": round(float(err.mean() / err0.mean()), 4),
+                          "landmark_fit_residual_px": residual(faces)}
         for row, cfg in zip(rows, configs, strict=True):
             fs, sec = refined(model, faces, pixels, cfg)
             err, _ = identity_errors(model, mask, shapes(fs), truth)
             row["renders_ratio_to_mean_face"] = round(float(err.mean() / err0.mean()), 4)
-            row["renders_residual_px"] = round(float(np.mean([f.residual_px for f in fs])), 2)
+            row["renders_residual_px"] = residual(fs)
             row["renders_seconds_per_face"] = round(sec / max(len(fs), 1), 3)
             print(row, file=sys.stderr, flush=True)
     if a.photos is not None:
@@ -130,11 +136,12 @@ def main(argv=None):
         out["real"] = {"truth": "real (labelled photos; a check at this size)", "photos": len(paths),
                        "faces": len(faces), "persons": int(len(set(who))), "same_pairs": int(same.sum()),
                        "different_pairs": int((~same).sum()),
-                       "landmark_fit_auc_shape_code": pair_auc(shapes(faces), who)}
+                       "landmark_fit_auc_shape_code": pair_auc(shapes(faces), who),
+                       "landmark_fit_residual_px": residual(faces)}
         for row, cfg in zip(rows, configs, strict=True):
             fs, _ = refined(model, faces, pixels, cfg)
             row["real_auc_shape_code"] = pair_auc(shapes(fs), who)
-            row["real_residual_px"] = round(float(np.mean([f.residual_px for f in fs])), 2)
+            row["real_residual_px"] = residual(fs)
             print(row, file=sys.stderr, flush=True)
     emit(out)
     return out

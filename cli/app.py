@@ -89,12 +89,16 @@ def model_calibrate(
     pose: Annotated[bool, typer.Option(
         "--pose", help="dlib's embedding per yaw bin (FitConfig.pose_embedding), written to DST "
                        "(default: the cache folder).")] = False,
+    texture: Annotated[bool, typer.Option(
+        "--texture", help="dlib's embedding on textured renders (brows, lips, eyes painted where the "
+                          "model's source annotates them; FitConfig.textured_embedding), written to "
+                          "DST (default: the cache folder).")] = False,
 ):
     """Calibrate the model's 68-point embedding to a detector: where it puts its points on renders
     of the model's faces — dlib's inner 51 (its jaw line follows the silhouette), all 68 of the
     mesh's (its contour is on the surface), and for the mesh also where its 468 face points land
     (the fit's dense term, FitConfig.w_dense). The default model ships calibrated to both, and with
-    dlib's per-yaw-bin embedding (--pose)."""
+    dlib's per-yaw-bin (--pose) and textured (--texture) embeddings."""
     import numpy as np
 
     from skullsearch.encoder import calibrate as cal
@@ -104,6 +108,15 @@ def model_calibrate(
     if detector not in ("dlib", "mesh"):
         raise typer.BadParameter("--detector must be dlib or mesh")
     model = _load_model(face_model)
+    if texture:
+        if detector != "dlib" or pose:
+            raise typer.BadParameter("--texture calibrates dlib's static embedding (not --pose or mesh)")
+        dst, rep = cal.calibrate_textured(model, photos=photos, seed=seed, dst=dst)
+        inner = rep.shift_mm[17:]
+        out.print(f"wrote {dst}: dlib found {rep.found}/{rep.photos} textured renders; inner points "
+                  f"{np.median(inner):.1f} mm from the model's embedding (median; brows "
+                  f"{np.median(rep.shift_mm[17:27]):.1f})", highlight=False)
+        return
     if pose:
         if detector != "dlib":
             raise typer.BadParameter("--pose calibrates dlib's points (the mesh's are fixed on the surface)")

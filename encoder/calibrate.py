@@ -48,18 +48,21 @@ class CalibrationReport:
     spread_mm: np.ndarray
 
 
-def _render_set(model, photos: int, rng, max_yaw: float, size: int):
-    """Yield (render, camera) for ``photos`` faces drawn from the prior at random poses."""
+def _render_set(model, photos: int, rng, max_yaw: float, size: int, texture: bool = False):
+    """Yield (render, camera) for ``photos`` faces drawn from the prior at random poses; texture:
+    with brows, lips, eyes and skin blotches (:func:`~skullsearch.encoder.render.texture_regions`,
+    placed by the model's source annotation) rather than one skin colour."""
     import torch
 
-    from skullsearch.encoder.render import random_portrait
+    from skullsearch.encoder.render import random_portrait, texture_regions
 
     s = model.n_shape
     shape = torch.as_tensor(rng.standard_normal((photos, s)) * model.shape_std, dtype=torch.float32)
     with torch.no_grad():
         verts = model.vertices(shape=shape).numpy()
+    regions = texture_regions(model) if texture else None
     for v in verts:
-        yield random_portrait(v, model.faces, rng, max_yaw, size)
+        yield random_portrait(v, model.faces, rng, max_yaw, size, texture=regions)
 
 
 def skin_triangles(model, skin_faces=None) -> np.ndarray:
@@ -88,12 +91,14 @@ def read_back(render, points_px, on_skin: np.ndarray) -> tuple[np.ndarray, np.nd
 
 
 def calibrate_embedding(model, photos: int = 96, seed: int = 0, max_yaw: float = 30.0,
-                        size: int = 512, detect=None, min_samples: int = 5, points=INNER):
+                        size: int = 512, detect=None, min_samples: int = 5, points=INNER,
+                        texture: bool = False):
     """Measure where the detector's points land on ``model`` (module docstring).
 
     detect: image (H, W, 3) uint8 → list of (box, (68, 2) points) (default: dlib's 68-point
     predictor); points: the iBUG indices to calibrate (default the inner 51; all 68 for a
-    detector in :data:`SURFACE_CONTOUR`). Returns (a static 68-point
+    detector in :data:`SURFACE_CONTOUR`); texture: textured renders (:func:`_render_set`). Returns
+    (a static 68-point
     :class:`~skullsearch.encoder.flame_io.LandmarkEmbedding`, :class:`CalibrationReport`).
     Deterministic for a seed.
     """
@@ -102,10 +107,10 @@ def calibrate_embedding(model, photos: int = 96, seed: int = 0, max_yaw: float =
     from skullsearch.encoder.face_model import SurfacePoints
 
     skin = _MeanSkin.of(model)
-    pts, _ = detected_points(model, photos, seed, max_yaw, size, detect, points, skin)
+    pts, _ = detected_points(model, photos, seed, max_yaw, size, detect, points, skin, texture)
     (tri, bary), counts, spread, snapped, old = _medians_on_skin(model, pts, points, min_samples, skin)
     emb = landmark_embedding(SurfacePoints(tri, bary))
-    emb.source = f"calibrated on {len(pts)} renders (seed {seed}, yaw ±{max_yaw:g}°)"
+    emb.source = f"calibrated on {len(pts)} {_kind(texture)} renders (seed {seed}, yaw ±{max_yaw:g}°)"
     return emb, CalibrationReport(photos=photos, found=len(pts), samples=counts,
                                   shift_mm=np.linalg.norm(snapped - old, axis=1), spread_mm=spread)
 
@@ -137,8 +142,12 @@ class _MeanSkin:
         return cls(tmpl, skin, skin_faces, skin_triangles(model, skin_faces), own)
 
 
+def _kind(texture: bool) -> str:
+    return "textured" if texture else "untextured"
+
+
 def detected_points(model, photos: int, seed: int, max_yaw: float, size: int, detect, points=INNER,
-                    skin: _MeanSkin | None = None) -> tuple[np.ndarray, np.ndarray]:
+                    skin: _MeanSkin | None = None, texture: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """The detector's points read back onto the mean face: (P, 68, 3) mm (NaN where a point was
     not calibrated or fell off the skin; P: the renders it found a face on) and each render's
     camera yaw (P,) degrees (:func:`~skullsearch.encoder.render.camera_yaw`). Deterministic for
@@ -152,7 +161,7 @@ def detected_points(model, photos: int, seed: int, max_yaw: float, size: int, de
     tmpl, on_skin = skin.tmpl, skin.on_skin
     idx = np.asarray(tuple(points), np.int64)
     out, yaws = [], []
-    for r, cam in _render_set(model, photos, rng, max_yaw, size):
+    for r, cam in _render_set(model, photos, rng, max_yaw, size, texture):
         dets = detect(r.image)
         if not dets:
             continue
@@ -215,7 +224,7 @@ class PoseEmbedding:
 
 def calibrate_pose_embedding(model, photos: int = 600, seed: int = 0, max_yaw: float = 40.0,
                              size: int = 512, detect=None, min_samples: int = 8, points=INNER,
-                             yaw_edges=YAW_EDGES) -> PoseEmbedding:
+                             yaw_edges=YAW_EDGES, texture: bool = False) -> PoseEmbedding:
     """Where the detector's points land on ``model`` per yaw bin (module docstring): dlib puts
     a landmark at a different place on the face at 30° than frontally (its inner points move by
     a median 2 mm between the frontal and the ±25–40° bins on renders of the default model), and
@@ -229,7 +238,7 @@ def calibrate_pose_embedding(model, photos: int = 600, seed: int = 0, max_yaw: f
     if edges.ndim != 1 or len(edges) < 3 or np.any(np.diff(edges) <= 0) or not edges[0] < 0 < edges[-1]:
         raise ValueError(f"yaw_edges must rise through 0 with at least two bins, got {yaw_edges}")
     skin = _MeanSkin.of(model)
-    pts, yaw = detected_points(model, photos, seed, max_yaw, size, detect, points, skin)
+    pts, yaw = detected_points(model, photos, seed, max_yaw, size, detect, points, skin, texture)
     (tri_all, bary_all), _, _, snapped_all, _ = _medians_on_skin(model, pts, points, min_samples, skin)
     which = yaw_bins(yaw, edges)
     faces, barys, shifts, found = [], [], [], []
@@ -244,7 +253,8 @@ def calibrate_pose_embedding(model, photos: int = 600, seed: int = 0, max_yaw: f
         found.append(len(sub))
     return PoseEmbedding(edges, np.asarray(faces, np.int64), np.asarray(barys, np.float32),
                          np.asarray(found), np.asarray(shifts),
-                         f"calibrated per yaw bin on {len(pts)} renders (seed {seed}, yaw ±{max_yaw:g}°)")
+                         f"calibrated per yaw bin on {len(pts)} {_kind(texture)} renders (seed {seed}, "
+                         f"yaw ±{max_yaw:g}°)")
 
 
 @dataclass
@@ -356,6 +366,24 @@ def calibrate_mesh(model, photos: int = 300, seed: int = 0, dst=None):
     dense_dst = dst.parent / dense_file_name(model, "mesh")
     save_dense_embedding(dense_dst, model, "mesh", dense)
     return dst, dense_dst, rep, dense
+
+
+def calibrate_textured(model, photos: int = 300, seed: int = 0, dst=None) -> tuple:
+    """Calibrate dlib's 68-point embedding on textured renders of ``model`` (brows, lips, eyes and
+    skin blotches painted where the model's source annotates its features:
+    :func:`~skullsearch.encoder.render.texture_regions`) and write it where the fit looks for it
+    with ``FitConfig.textured_embedding`` (``dst``, default the cache folder,
+    :func:`~skullsearch.encoder.embeddings.textured_paths`). On untextured renders dlib sees no
+    brows and puts its brow points on the brow ridge's shading, ~6 mm under a real brow; here it
+    sees them. Returns (the file, :class:`CalibrationReport`)."""
+    from pathlib import Path
+
+    from skullsearch.encoder.embeddings import save_detector_embedding, textured_paths
+
+    emb, rep = calibrate_embedding(model, photos=photos, seed=seed, texture=True)
+    dst = Path(dst) if dst is not None else textured_paths(model, "dlib")[1]
+    save_detector_embedding(dst, model, "dlib", emb, rep)
+    return dst, rep
 
 
 def calibrate_pose(model, photos: int = 800, seed: int = 0, dst=None) -> tuple:

@@ -32,9 +32,10 @@ class DetectorPoints(NamedTuple):
 
 
 #: the calibration files by kind: a detector's 68 points, a dense detector's points, dlib's 68 per
-#: yaw bin (named per model by its fingerprint)
+#: yaw bin, dlib's 68 measured on textured renders (named per model by its fingerprint)
 FILE_NAMES = {"landmarks": "landmarks-{detector}-{fp}.npz", "dense": "dense-{detector}-{fp}.npz",
-              "pose": "landmarks-{detector}-pose-{fp}.npz"}
+              "pose": "landmarks-{detector}-pose-{fp}.npz",
+              "textured": "landmarks-{detector}-textured-{fp}.npz"}
 
 
 def file_name(kind: str, model, detector: str) -> str:
@@ -79,6 +80,18 @@ def _points(z: dict) -> DetectorPoints:
 
 
 embedding_paths = partial(file_paths, "landmarks")  # (model, detector) → where it is looked for
+
+
+textured_paths = partial(file_paths, "textured")  # (model, detector) → where it is looked for
+
+
+def textured_points(model, detector: str | None) -> DetectorPoints | None:
+    """``detector``'s 68 points on ``model`` as calibrated on textured renders (brows, lips and
+    eyes painted by the model's source annotation: :func:`~skullsearch.encoder.calibrate.
+    calibrate_textured`; None: dlib's, the model's own detector), or None where there is none
+    (:func:`textured_paths`)."""
+    z = _read(model, detector or "dlib", textured_paths(model, detector or "dlib"), dlib_too=True)
+    return None if z is None else _points(z)
 
 
 def save_detector_embedding(path, model, detector: str, emb, report) -> None:

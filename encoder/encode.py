@@ -25,9 +25,9 @@ from skullsearch.encoder.fitting import (
     LandmarkRig,
     camera_rotation,
     code_vertices,
+    config_rig,
     dense_rig_for,
     fit_landmarks,
-    rig_for,
 )
 from skullsearch.encoder.images import DecodedImage, ImageFailure, read_images
 
@@ -173,9 +173,7 @@ def fit_faces(model, faces: Sequence[EncodedFace], config: FitConfig | None = No
     if current:
         batches.append(current)
     for idx in batches:
-        rig_b = rig or rig_for(model, cfg.n_shape, cfg.n_expression, device=cfg.device or "cpu",
-                               dtype=cfg.dtype, detector=faces[idx[0]].detector,
-                               pose=cfg.pose_embedding)  # (cached on the model)
+        rig_b = rig or config_rig(model, cfg, faces[idx[0]].detector)  # (cached on the model)
         lm = np.stack([faces[i].landmarks for i in idx])
         sizes = np.array([faces[i].image_size for i in idx], np.float64)
         person = np.array([faces[i].person if faces[i].person is not None else f"\0{i}" for i in idx])

@@ -73,6 +73,11 @@ class FitConfig:
     # from the bin of its camera's yaw after the rigid stage) instead of one static embedding.
     # Off by default: see the README's figures (benchmarks/identity.py --pose-embedding)
     pose_embedding: bool = False
+    # dlib's static embedding as calibrated on textured renders (calibrate.calibrate_textured:
+    # brows, lips and eyes painted where the model's source annotates them) instead of the
+    # model's own (calibrated on untextured renders, where dlib sees no brows and puts them
+    # ~6 mm low). See the README's figures (benchmarks/identity.py --textured-embedding)
+    textured_embedding: bool = False
     # refine each fit with the photo's shading (encoder/photometric.py, PhotometricConfig's
     # defaults) where fit_faces has the face's crop (EncodedFace.crop: an ingest keeps one when
     # this is on). Off by default: about 1 s per face on one core, 100x the landmark fit
@@ -291,14 +296,18 @@ class LandmarkRig:
 
 
 def rig_for(model, n_shape: int = 90, n_expression: int = 90, device="cpu",
-            dtype=torch.float32, detector: str | None = None, pose: bool = False) -> LandmarkRig:
+            dtype=torch.float32, detector: str | None = None, pose: bool = False,
+            textured: bool = False) -> LandmarkRig:
     """A :class:`LandmarkRig` for the model and a detector's landmarks (its calibrated embedding
     where there is one, :func:`.embeddings.detector_points`, else the model's own; a jaw line that
     marches along the silhouette unless the detector's contour is fixed on the surface,
     :data:`.embeddings.SURFACE_CONTOUR`), built once per (sizes, device, dtype, embedding) and
     cached on the model. pose: the detector's pose-conditioned embedding
-    (:func:`.embeddings.pose_points`, ``FitConfig.pose_embedding``) where the model has one."""
-    from skullsearch.encoder.embeddings import SURFACE_CONTOUR, detector_points, pose_points
+    (:func:`.embeddings.pose_points`, ``FitConfig.pose_embedding``) where the model has one.
+    textured: the detector's static embedding calibrated on textured renders
+    (:func:`.embeddings.textured_points`, ``FitConfig.textured_embedding``) where the model has
+    one; a pose-conditioned embedding, where asked for and found, comes first."""
+    from skullsearch.encoder.embeddings import SURFACE_CONTOUR, detector_points, pose_points, textured_points
 
     cache = model.__dict__.setdefault("_rig_cache", {})
     if pose and detector not in SURFACE_CONTOUR:
@@ -313,6 +322,17 @@ def rig_for(model, n_shape: int = 90, n_expression: int = 90, device="cpu",
                 cache[key] = LandmarkRig(model, n_shape, n_expression, device=device, dtype=dtype,
                                          points=pp, yaw_edges=pp.yaw_edges)
             return cache[key]
+    if textured and detector not in SURFACE_CONTOUR:
+        det = detector or "dlib"
+        found = model.__dict__.setdefault("_textured_points", {})
+        if det not in found:
+            found[det] = textured_points(model, det)
+        if found[det] is not None:
+            key = ("textured", det, n_shape, n_expression, str(device), dtype)
+            if key not in cache:
+                cache[key] = LandmarkRig(model, n_shape, n_expression, device=device, dtype=dtype,
+                                         points=found[det])
+            return cache[key]
     looked_up = model.__dict__.setdefault("_detector_points", {})  # (read from disk once)
     if detector not in looked_up:
         looked_up[detector] = detector_points(model, detector)
@@ -324,6 +344,14 @@ def rig_for(model, n_shape: int = 90, n_expression: int = 90, device="cpu",
         cache[key] = LandmarkRig(model, n_shape, n_expression, device=device, dtype=dtype, points=points,
                                  marching=marching)
     return cache[key]
+
+
+def config_rig(model, cfg: FitConfig, detector: str | None = None, device=None) -> LandmarkRig:
+    """:func:`rig_for` as ``cfg`` asks for it: its sizes, dtype, device (or ``device``) and
+    embedding (``pose_embedding``, ``textured_embedding``)."""
+    return rig_for(model, cfg.n_shape, cfg.n_expression, device=device or cfg.device or "cpu",
+                   dtype=cfg.dtype, detector=detector, pose=cfg.pose_embedding,
+                   textured=cfg.textured_embedding)
 
 
 def dense_rig_for(model, detector: str, n_shape: int = 90, n_expression: int = 90, device="cpu",
@@ -514,8 +542,7 @@ def fit_energy(model, landmarks: np.ndarray, image_sizes: np.ndarray, codes: np.
     number :func:`fit_landmarks` minimizes, whichever method found the codes. Arguments as there."""
     cfg = config or FitConfig()
     device = cfg.device or "cpu"
-    rig = rig or rig_for(model, cfg.n_shape, cfg.n_expression, device=device, dtype=cfg.dtype,
-                         pose=cfg.pose_embedding)
+    rig = rig or config_rig(model, cfg)
     obs = _observations(landmarks, image_sizes, focal, cfg)
     b = obs[0].shape[0]
     p = code_layout.split(torch.as_tensor(np.asarray(codes), dtype=cfg.dtype, device=device))
@@ -566,8 +593,7 @@ def fit_landmarks(
         return FitResult(codes=np.zeros((0, code_layout.CODE_SIZE), np.float32), residual_px=np.zeros(0),
                          landmarks_px=np.zeros((0, 68, 2)), focal=np.zeros(0))
     device = cfg.device or "cpu"
-    rig = rig or rig_for(model, cfg.n_shape, cfg.n_expression, device=device, dtype=cfg.dtype,
-                         pose=cfg.pose_embedding)
+    rig = rig or config_rig(model, cfg)
     obs = _observations(landmarks, image_sizes, focal, cfg)
     b = obs[0].shape[0]
     person = np.arange(b) if person is None else np.asarray(person)

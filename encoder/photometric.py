@@ -392,7 +392,8 @@ def refine_photometric(model, codes: np.ndarray, landmarks: np.ndarray, images: 
         return FitResult(codes=codes.reshape(0, code_layout.CODE_SIZE), residual_px=np.zeros(0),
                          landmarks_px=np.zeros((0, 68, 2)), focal=np.zeros(0))
     device = cfg.device or "cpu"
-    rig = rig_for(model, cfg.n_shape, cfg.n_expression, device=device, dtype=cfg.dtype, detector=detector)
+    rig = rig_for(model, cfg.n_shape, cfg.n_expression, device=device, dtype=cfg.dtype, detector=detector,
+                  textured=cfg.textured_embedding)
     sizes = np.array([[im.shape[1], im.shape[0]] for im in images], np.float64)
     if crops is None:
         obs = _observations(landmarks, sizes, focal, cfg)

@@ -318,14 +318,28 @@ def _inside_polygon(points: np.ndarray, poly: np.ndarray) -> np.ndarray:
     return ((cross & (x < xi)).sum(1) % 2) == 1
 
 
-def texture_regions(model) -> TextureRegions:
-    """The feature regions of a face model's mean face (:class:`TextureRegions`), from its 68
-    landmarks (x right, y up, z to the front, mm) and its skin (the largest connected part)."""
+def anatomical_landmarks(model) -> np.ndarray:
+    """(68, 3) mm: where a face model's 68 landmarks lie on its mean face by its source's own
+    annotation (``meta["source_landmarks68"]``: the ICT model's Multi-PIE vertices), else by its
+    fitting embedding. The fitting embedding of the default model is calibrated to dlib on
+    untextured renders — where dlib sees no brows, it puts them about 6 mm under the source's
+    (on the brow ridge's shading) — so a texture's brows and lips are placed by the source."""
     import torch
 
     v = np.asarray(model.v_template, dtype=np.float64)
+    ids = (getattr(model, "meta", None) or {}).get("source_landmarks68")
+    if ids is not None and len(ids) == 68:
+        return v[np.asarray(ids, np.int64)]
     with torch.no_grad():
-        lm = model.landmarks68(vertices=torch.as_tensor(v[None], dtype=torch.float32))[0].double().numpy()
+        return model.landmarks68(vertices=torch.as_tensor(v[None], dtype=torch.float32))[0].double().numpy()
+
+
+def texture_regions(model, landmarks: np.ndarray | None = None) -> TextureRegions:
+    """The feature regions of a face model's mean face (:class:`TextureRegions`), from 68
+    landmarks on it (68, 3) mm (x right, y up, z to the front; default
+    :func:`anatomical_landmarks`) and its skin (the largest connected part)."""
+    v = np.asarray(model.v_template, dtype=np.float64)
+    lm = anatomical_landmarks(model) if landmarks is None else np.asarray(landmarks, np.float64)
     faces = np.asarray(model.faces)
     skin = np.zeros(len(v), bool)
     skin[np.unique(faces[largest_component(faces)])] = True

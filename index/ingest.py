@@ -472,6 +472,13 @@ def _without_off(settings: dict, later: tuple[str, ...]) -> dict:
     return {k: v for k, v in settings.items() if k not in later or v}
 
 
+#: the version of the refinement's feature mask (``PhotometricConfig.skip_features``): 2 places the
+#: brows and lips by the face model's source annotation (:func:`~skullsearch.encoder.render.
+#: anatomical_landmarks`); 1 (not written: the fingerprints of its galleries stay) placed them by
+#: the dlib-calibrated embedding, about 6 mm under the brows.
+FEATURE_MASK_VERSION = 2
+
+
 def encoder_fingerprint(config, detector: str, identity_prior=None) -> str:
     """What made a face's code: the fit's settings, the detector and the identity prior (the
     hash of its weights; none: the fingerprint of earlier versions)."""
@@ -482,12 +489,14 @@ def encoder_fingerprint(config, detector: str, identity_prior=None) -> str:
     for k in ("posterior", "landmark_noise"):  # the codes do not depend on them
         cfg.pop(k)
     cfg["device"] = None  # the same fit on a GPU or the CPU (as in the versions before it said so)
-    cfg = _without_off(cfg, ("w_dense", "pose_embedding", "photometric"))
+    cfg = _without_off(cfg, ("w_dense", "pose_embedding", "photometric", "textured_embedding"))
     what = {"fit": cfg, "detector": detector}
     if cfg.get("photometric"):  # its settings make the codes too
         from skullsearch.encoder.photometric import PhotometricConfig
 
         what["photometric"] = _without_off(asdict(PhotometricConfig()), ("landmark_cauchy", "skip_features"))
+        if what["photometric"].get("skip_features"):  # the features' mask, by the source's annotation
+            what["photometric"]["feature_mask"] = FEATURE_MASK_VERSION
     if identity_prior is not None:
         weights = np.ascontiguousarray(identity_prior.weights).tobytes()
         what["identity_prior"] = hashlib.sha256(weights).hexdigest()
@@ -559,7 +568,7 @@ def ingest(
     with store.WriteLock(gallery.path):
         store.remove_uncommitted(gallery.path)
         sources, known = _pending_sources(gallery, inputs, person_from_parent_dir, report)
-        from skullsearch.encoder.fitting import FitConfig, rig_for
+        from skullsearch.encoder.fitting import FitConfig, config_rig
 
         cfg = config or FitConfig()
         if uncertainty and not cfg.posterior:
@@ -578,8 +587,7 @@ def ingest(
             starts = np.cumsum([0, *sizes])[:-1]
             chunks = stage.iter_chunks(sources, sizes)
             # built while the detectors work on the first chunk
-            fitter = Fitter(model, cfg, rig_for(model, cfg.n_shape, cfg.n_expression, detector=detector,
-                                                pose=cfg.pose_embedding),
+            fitter = Fitter(model, cfg, config_rig(model, cfg, detector, device="cpu"),
                             prior, encoder_fingerprint(cfg, detector, prior))
             writer = Writer(gallery, cuts, report)
             _warm_up(gallery, *cuts)

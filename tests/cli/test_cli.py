@@ -125,6 +125,36 @@ def test_model_calibrate_pose_writes_the_per_bin_embedding_the_fit_finds(tmp_pat
     assert "--pose calibrates dlib" in capsys.readouterr().err
 
 
+@pytest.mark.slow
+def test_model_calibrate_texture_writes_the_textured_embedding_the_fit_finds(tmp_path, capsys, monkeypatch):
+    import numpy as np
+
+    from skullsearch import FaceModel
+    from skullsearch.encoder.embeddings import textured_points
+    from skullsearch.encoder.fitting import FitConfig, config_rig
+
+    out = tmp_path / "textured.npz"
+    assert main(["model", "calibrate", str(out), "--texture", "--photos", "3", "--seed", "1"]) == 0
+    said = capsys.readouterr().out
+    assert said.startswith("wrote ") and "textured renders" in said
+    model = FaceModel.default()
+    with np.load(out) as z:
+        assert z["faces"].shape == (68,) and str(z["model_fingerprint"]) == model.fingerprint
+        assert "textured renders (seed 1" in str(z["source"])
+    from skullsearch.encoder import embeddings
+
+    monkeypatch.setattr(embeddings, "textured_paths", lambda m, det: [out])
+    for k in ("_textured_points", "_rig_cache"):  # (the shipped file may be cached on the model)
+        monkeypatch.setitem(model.__dict__, k, {})
+    pts = textured_points(model, "dlib")
+    np.testing.assert_array_equal(pts.faces, np.load(out)["faces"])
+    rig = config_rig(model, FitConfig(textured_embedding=True), "dlib")
+    assert rig is not config_rig(model, FitConfig(), "dlib")
+    for bad in (["--pose"], ["--detector", "mesh"]):
+        assert main(["model", "calibrate", str(out), "--texture", *bad]) != 0
+        assert "--texture calibrates dlib" in capsys.readouterr().err
+
+
 def test_synth_says_what_it_did(tmp_path, capsys):
     assert main(["synth", "--gallery", str(tmp_path / "g"), "--faces", "40"]) == 0
     captured = capsys.readouterr()

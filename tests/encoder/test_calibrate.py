@@ -164,3 +164,28 @@ def test_a_model_without_an_embedding_cannot_be_calibrated(default_model, monkey
     monkeypatch.setattr(default_model, "landmarks", None)
     with pytest.raises(LandmarkError, match="68-point embedding"):
         cal.calibrate_embedding(default_model, photos=1, detect=lambda image: [])
+
+
+def test_dlib_puts_the_brows_on_a_textured_face_where_the_source_annotates_them(default_model):
+    """The real dlib on textured renders (brows painted by the source's annotation) puts its brow
+    points on them, by the source's brow line; on untextured renders it guesses them lower, on
+    the brow ridge's shading — what the shipped embedding was calibrated on. Deterministic."""
+    from skullsearch.encoder.render import anatomical_landmarks
+
+    brows = list(range(17, 27))
+
+    def brow_points(texture):
+        emb, rep = cal.calibrate_embedding(default_model, photos=8, seed=2, points=brows,
+                                           min_samples=3, texture=texture)
+        tmpl = default_model.v_template.astype(np.float64)
+        pts = (tmpl[default_model.faces[emb.static_faces]] * np.asarray(emb.static_bary)[..., None]).sum(1)
+        return pts[brows], rep, emb
+
+    src = anatomical_landmarks(default_model)[brows]
+    bare, _, _ = brow_points(False)
+    painted, rep, emb = brow_points(True)
+    assert rep.found >= 6 and "textured renders (seed 2" in emb.source
+    assert np.median(painted[:, 1] - bare[:, 1]) > 3.0  # higher on the face, by millimetres
+    assert np.median(np.abs(painted[:, 1] - src[:, 1])) < np.median(np.abs(bare[:, 1] - src[:, 1]))
+    again, _, _ = brow_points(True)
+    np.testing.assert_array_equal(again, painted)

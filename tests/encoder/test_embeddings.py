@@ -135,3 +135,60 @@ def test_a_saved_dense_calibration_reads_back_as_written(default_model, cache):
     np.savez(path, **{**fields, "model_fingerprint": "0" * 64})
     with pytest.raises(LandmarkError, match="calibrate again"):
         dense_points(default_model, "fake")
+
+
+# ---------------------------------------------------------------- dlib on textured renders
+def test_the_default_model_ships_dlibs_textured_embedding(default_model):
+    """dlib's points measured on textured renders (encoder/data, made by ``skullsearch model
+    calibrate --texture``, 300 renders, seed 0): the jaw line the model's own (it marches), the
+    brows on the source's brow line (the untextured calibration put them ~6 mm lower)."""
+    import torch
+
+    from skullsearch.encoder.embeddings import textured_paths, textured_points
+    from skullsearch.encoder.render import anatomical_landmarks
+
+    assert textured_paths(default_model, "dlib")[0].exists()  # in the package, not the cache
+    pts = textured_points(default_model, None)  # None: dlib, the model's own detector
+    own = default_model._landmarks68_points()
+    np.testing.assert_array_equal(pts.faces[:17], own.faces[:17])
+    tmpl = default_model.v_template.astype(np.float64)
+    new = (tmpl[default_model.faces[pts.faces]] * pts.bary[..., None]).sum(1)
+    with torch.no_grad():
+        old = default_model.landmarks68(batch_size=1)[0].double().numpy()
+    src = anatomical_landmarks(default_model)
+    brows = slice(17, 27)
+    assert np.median(new[brows, 1] - old[brows, 1]) > 4.0
+    assert np.median(np.abs(new[brows, 1] - src[brows, 1])) < 1.5
+    with np.load(textured_paths(default_model, "dlib")[0]) as z:
+        assert "textured renders (seed 0" in str(z["source"]) and int(z["found"]) >= 290
+
+
+def test_rig_for_uses_the_textured_embedding_when_asked_and_there_is_one(default_model, tmp_path, monkeypatch):
+    from skullsearch.encoder.fitting import FitConfig, config_rig, rig_for
+
+    m = default_model
+    for k in ("_textured_points", "_rig_cache"):
+        monkeypatch.setitem(m.__dict__, k, {})
+    static = rig_for(m)
+    textured = rig_for(m, textured=True)
+    assert textured is not static and textured is rig_for(m, detector="dlib", textured=True)
+    assert config_rig(m, FitConfig(textured_embedding=True)) is textured
+    assert config_rig(m, FitConfig()) is static
+    assert textured.marching == static.marching  # dlib's jaw line marches either way
+    assert not (np.array_equal(textured.bary.numpy(), static.bary.numpy())
+                and np.array_equal(textured.lm_local, static.lm_local))
+    assert rig_for(m, detector="mesh", textured=True) is rig_for(m, detector="mesh")  # the mesh's own
+    # a model without one (no file): the static embedding
+    monkeypatch.setattr(emb_mod, "textured_paths", lambda model, det: [tmp_path / "none.npz"])
+    m.__dict__["_textured_points"].clear()
+    m.__dict__["_rig_cache"].clear()
+    assert rig_for(m, textured=True) is rig_for(m)
+
+
+def test_the_encoder_fingerprint_changes_only_when_the_textured_embedding_is_on():
+    from skullsearch.encoder.fitting import FitConfig
+    from skullsearch.index.ingest import encoder_fingerprint
+
+    base = encoder_fingerprint(FitConfig(), "dlib")
+    assert encoder_fingerprint(FitConfig(textured_embedding=False), "dlib") == base
+    assert encoder_fingerprint(FitConfig(textured_embedding=True), "dlib") != base

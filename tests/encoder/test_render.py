@@ -3,6 +3,8 @@ pixel centres they should, the nearest surface wins, the triangle/barycentric/de
 locate each pixel's 3D point exactly, the cameras follow the documented convention, and the
 synthetic portraits are deterministic for a seed."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -11,6 +13,7 @@ from hypothesis import strategies as st
 
 from skullsearch.encoder.render import (
     Camera,
+    anatomical_landmarks,
     face_camera,
     pixel_boxes,
     random_albedo,
@@ -304,6 +307,28 @@ def test_texture_regions_lie_where_the_landmarks_say(default_model):
     assert np.all(np.abs(lips[:, 0]) < np.abs(lm[54, 0] - lm[48, 0]) / 2 + 2)
     assert r.skin[r.brows > 0].all() and not r.skin[r.iris > 0].any()  # eyes: off the skin
     assert (r.pupil > 0.5).sum() < (r.iris > 0.5).sum()
+
+
+def test_texture_is_placed_by_the_source_annotation_not_the_dlib_calibrated_embedding(default_model):
+    """dlib, calibrated on untextured renders, puts the brows ~6 mm under the source's brow line;
+    a texture's brows belong on the source's (the anatomy), just under its line."""
+    src = anatomical_landmarks(default_model)
+    ids = default_model.meta["source_landmarks68"]
+    np.testing.assert_array_equal(src, default_model.v_template[ids].astype(np.float64))
+    with torch.no_grad():
+        fitted = default_model.landmarks68(batch_size=1)[0].double().numpy()
+    assert np.median(src[17:27, 1] - fitted[17:27, 1]) > 4.0  # the calibrated brows lie lower
+    r = texture_regions(default_model)
+    band = r.vertices[r.brows > 0.5]
+    line = src[17:27, 1].mean()
+    assert line - 6.0 < np.median(band[:, 1]) < line  # under the source's line, by a few mm
+    assert np.median(band[:, 1]) > fitted[17:27, 1].mean()  # above the calibrated one
+    low = texture_regions(default_model, landmarks=fitted)  # placed by the fitting embedding
+    assert np.median(r.vertices[low.brows > 0.5][:, 1]) < np.median(band[:, 1]) - 4.0
+    # a model without a source annotation: its fitting embedding
+    bare = copy.copy(default_model)
+    bare.meta = {k: v for k, v in default_model.meta.items() if k != "source_landmarks68"}
+    np.testing.assert_allclose(anatomical_landmarks(bare), fitted, atol=1e-5)
 
 
 def test_random_albedo_is_deterministic_and_darkens_brows_reddens_lips(default_model):
