@@ -15,7 +15,7 @@ other, one row per setting, the defaults first:
   shape codes (L2). A handful of photos is a check, not a measure: say how many.
 
     python benchmarks/photometric_settings.py [--renders 40] [--seed 5] [--photos DIR]
-        [--try "landmark_cauchy=0.06" --try "weight=20" ...]
+        [--try "landmark_cauchy=0.06" --try "weight=20" ...] [--texture] [--textured-embedding]
 
 Each ``--try`` is one setting: space-separated ``KEY=VALUE`` of
 :class:`~skullsearch.encoder.photometric.PhotometricConfig`. Prints one JSON line.
@@ -46,18 +46,18 @@ from skullsearch.encoder import code as code_layout
 from skullsearch.encoder.detectors import get_detector
 from skullsearch.encoder.encode import detect_faces, fit_faces
 from skullsearch.encoder.face_model import face_region
+from skullsearch.encoder.fitting import FitConfig
 from skullsearch.encoder.images import read_images
 from skullsearch.encoder.photometric import refine_faces
+from skullsearch.index.ingest import IMAGE_EXTS
 
-IMAGE_TYPES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
-
-def fitted(model, paths):
-    """dlib → landmark fit of each photo alone: the faces (largest per photo) and the decoded
-    pixels by path."""
+def fitted(model, paths, config=None):
+    """dlib → landmark fit of each photo alone (``config``: a FitConfig): the faces (largest per
+    photo) and the decoded pixels by path."""
     images = read_images(paths)
     faces, _ = detect_faces(images, get_detector("dlib"), all_faces=False)
-    fit_faces(model, faces)
+    fit_faces(model, faces, config=config)
     return faces, {im.path: im.pixels for im in images if hasattr(im, "pixels")}
 
 
@@ -65,11 +65,11 @@ def shapes(faces) -> np.ndarray:
     return code_layout.split(np.stack([f.code for f in faces])).shape[:, :code_layout.N_SHAPE]
 
 
-def refined(model, faces, pixels, cfg):
-    """Copies of the faces refined with ``cfg``, and the seconds it took."""
+def refined(model, faces, pixels, cfg, config=None):
+    """Copies of the faces refined with ``cfg`` (and the fit's ``config``), and the seconds it took."""
     out = copy.deepcopy(faces)
     t = time.time()
-    refine_faces(model, out, pixels, None, cfg)
+    refine_faces(model, out, pixels, config, cfg)
     return out, time.time() - t
 
 
@@ -98,39 +98,43 @@ def main(argv=None):
     add_texture_argument(ap)
     ap.add_argument("--try", dest="tries", action="append", default=[], metavar='"KEY=VALUE ..."',
                     help="one setting (repeatable); the defaults are always the first row")
+    ap.add_argument("--textured-embedding", action="store_true",
+                    help="fit dlib's points with its embedding calibrated on textured renders "
+                         "(FitConfig.textured_embedding)")
     a = ap.parse_args(argv)
+    fit = FitConfig(textured_embedding=a.textured_embedding)
     settings = [[]] + [t.split() for t in a.tries]
     configs = [photometric_config(s) for s in settings]  # refuse a bad key before any work
     model = FaceModel.from_env()
     rows = [{"setting": " ".join(s) or "defaults"} for s in settings]
-    out = {"rows": rows}
+    out = {"rows": rows, "textured_embedding": a.textured_embedding}
     if a.renders > 0:
         rng = np.random.default_rng(a.seed)
         shape, expr, pose = random_faces(model, a.renders, rng, expr_scale=0.1)
         mask = face_region(model)
         with tempfile.TemporaryDirectory() as tmp:
             paths = render_photos(model, tmp, shape, expr, pose, rng, max_yaw=40.0, texture=a.texture)
-            faces, pixels = fitted(model, paths)
+            faces, pixels = fitted(model, paths, fit)
         truth = shape.numpy()[[int(Path(f.image).stem[5:]) for f in faces]]
         err, err0 = identity_errors(model, mask, shapes(faces), truth)
-        refined(model, faces[:1], pixels, configs[0])  # the model's surface rig, built once, not timed
+        refined(model, faces[:1], pixels, configs[0], fit)  # the model's surface rig, built once, not timed
         out["renders"] = {"truth": "synthetic (the default model's own faces)", "seed": a.seed,
                           "texture": a.texture,
                           "photos": a.renders, "faces_found": len(faces),
                           "landmark_fit_ratio_to_mean_face": round(float(err.mean() / err0.mean()), 4),
                           "landmark_fit_residual_px": residual(faces)}
         for row, cfg in zip(rows, configs, strict=True):
-            fs, sec = refined(model, faces, pixels, cfg)
+            fs, sec = refined(model, faces, pixels, cfg, fit)
             err, _ = identity_errors(model, mask, shapes(fs), truth)
             row["renders_ratio_to_mean_face"] = round(float(err.mean() / err0.mean()), 4)
             row["renders_residual_px"] = residual(fs)
             row["renders_seconds_per_face"] = round(sec / max(len(fs), 1), 3)
             print(row, file=sys.stderr, flush=True)
     if a.photos is not None:
-        paths = sorted(p for p in a.photos.glob("*/*") if p.suffix.lower() in IMAGE_TYPES)
+        paths = sorted(p for p in a.photos.glob("*/*") if p.suffix.lower() in IMAGE_EXTS)
         if not paths:
             raise SystemExit(f"--photos {a.photos}: no photos in person sub-folders (DIR/PERSON/PHOTO.jpg)")
-        faces, pixels = fitted(model, paths)
+        faces, pixels = fitted(model, paths, fit)
         who = np.array([Path(f.image).parent.name for f in faces])
         _, same = same_person(who)
         out["real"] = {"truth": "real (labelled photos; a check at this size)", "photos": len(paths),
@@ -139,7 +143,7 @@ def main(argv=None):
                        "landmark_fit_auc_shape_code": pair_auc(shapes(faces), who),
                        "landmark_fit_residual_px": residual(faces)}
         for row, cfg in zip(rows, configs, strict=True):
-            fs, _ = refined(model, faces, pixels, cfg)
+            fs, _ = refined(model, faces, pixels, cfg, fit)
             row["real_auc_shape_code"] = pair_auc(shapes(fs), who)
             row["real_residual_px"] = residual(fs)
             print(row, file=sys.stderr, flush=True)

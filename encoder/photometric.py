@@ -82,12 +82,13 @@ class PhotometricConfig:
     real photos the landmark residual rises from 6.2 to 11.9 / 9.5 / 6.9 px. A lighter shape prior
     in the refinement (half, a quarter) was worse on both (0.660 / 0.673x; not kept).
     skip_features: leave the skin of the brows, lips and upper lids' lash lines (each widened by
-    3 mm; :func:`~skullsearch.encoder.render.feature_mask`) out of the shading term — a real
-    face's features have their own colour, not the skin's. On by default since it gained on every
-    set that has a truth: renders of seed 7 0.650 → 0.644x untextured and 0.690 → 0.628x textured
-    (``--texture``), the real CT head's
-    geometry 0.914 → 0.853x untextured and 0.957 → 0.836x textured; on the 7 real photos it
-    raises the landmark residual (6.2 → 7.0 px). Off: the refinement of earlier versions."""
+    3 mm, placed by the model's source annotation; :func:`~skullsearch.encoder.render.feature_mask`)
+    out of the shading term — a real face's features have their own colour, not the skin's. On by
+    default since it gained on every set that has a truth: renders of seed 7 0.650 → 0.638x
+    untextured and 0.739 → 0.640x textured (``--texture``), the real CT head's geometry 0.914 →
+    0.807x untextured and 0.793x textured (the features painted on it); on the 7 real photos it
+    raises the landmark residual (6.2 → 7.2 px). (Its first mask, placed by the dlib-calibrated
+    embedding, ~6 mm under the brows: 0.644x, 0.853x.) Off: the refinement of earlier versions."""
 
     weight: float = 10.0
     steps: int = 200

@@ -398,9 +398,9 @@ def texture_regions(model, landmarks: np.ndarray | None = None) -> TextureRegion
 def feature_mask(model, margin_mm: float = 3.0) -> np.ndarray:
     """(V,) bool: the skin of a face model's features whose colour is their own, not the skin's —
     brows (from ``margin_mm`` above the brow landmarks' line to 5 mm + ``margin_mm`` under it),
-    lips and the upper lids' lash line, each widened by ``margin_mm`` — on its mean face
-    (:func:`texture_regions`). A real face's brows and lips sit where its landmarks say, give or
-    take a few millimetres: the margin."""
+    lips and the upper lids' lash line, each widened by ``margin_mm`` — on its mean face, placed by
+    its source's annotation (:func:`texture_regions`, :func:`anatomical_landmarks`). A real face's
+    brows and lips sit where its landmarks say, give or take a few millimetres: the margin."""
     from scipy.spatial import cKDTree
 
     r = texture_regions(model)

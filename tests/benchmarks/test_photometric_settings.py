@@ -56,7 +56,8 @@ def test_a_small_run_reports_each_setting_on_renders_and_photos(bench, default_m
     out = bench.main(["--renders", "2", "--texture", "--photos", str(tmp_path), "--try", setting])
     assert [r["setting"] for r in out["rows"]] == ["defaults", setting]
     assert out["renders"]["faces_found"] == 2 and out["renders"]["truth"].startswith("synthetic")
-    assert out["renders"]["texture"] is True
+    assert out["renders"]["texture"] is True and out["renders"]["landmark_fit_residual_px"] > 0
+    assert out["real"]["landmark_fit_residual_px"] > 0
     real = out["real"]
     assert real["persons"] == 2 and real["same_pairs"] == 2 and real["different_pairs"] == 4
     for row in out["rows"]:

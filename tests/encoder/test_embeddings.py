@@ -163,7 +163,8 @@ def test_the_default_model_ships_dlibs_textured_embedding(default_model):
         assert "textured renders (seed 0" in str(z["source"]) and int(z["found"]) >= 290
 
 
-def test_rig_for_uses_the_textured_embedding_when_asked_and_there_is_one(default_model, tmp_path, monkeypatch):
+def test_rig_for_uses_the_textured_embedding_when_asked_and_there_is_one(default_model, tmp_path,
+                                                                        monkeypatch):
     from skullsearch.encoder.fitting import FitConfig, config_rig, rig_for
 
     m = default_model
