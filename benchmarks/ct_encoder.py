@@ -28,7 +28,9 @@ on, and no more — and every portrait goes through the real decode → detect �
 **Identity error**: each fitted *neutral* face (shape only; the gallery's soft-tissue points are
 read off the neutral face), over the model's face region (NoW-style, brow to chin between the
 zygia), aligned to the real skin by ICP (rigid, and similarity: NoW's non-metrical protocol),
-then the distance of every region vertex to the skin (mean mm), against:
+then the distance of every region vertex to the skin (mean mm; the rigid one also by band of the
+face's height, ``by_band_mean_mm``: the forehead above the brows — seen by no landmark — brows to
+eyes, eyes to nose base, nose base to mouth, below the mouth), against:
 
 - ``mean_face``: the model's mean face, aligned the same way (the baseline of every ratio);
 - ``oracle``: the model's best neutral face for this skin — its shape coefficients fitted to
@@ -340,18 +342,38 @@ def _stats(d: np.ndarray) -> dict:
     return {"mean_mm": round(float(np.mean(d)), 3), "p90_mm": round(float(np.percentile(d, 90)), 3)}
 
 
+def face_bands(model, keep: np.ndarray) -> dict[str, np.ndarray]:
+    """The scored vertices ``keep`` (V,) split into bands of the mean face's height (each (K,)
+    bool over the kept vertices), cut at the source-annotated brow line, eye line, nose base and
+    mouth line (:func:`~skullsearch.encoder.render.anatomical_landmarks`): the forehead above the
+    brows is seen by no landmark."""
+    from skullsearch.encoder.render import anatomical_landmarks
+
+    lm = anatomical_landmarks(model)
+    y = np.asarray(model.v_template, np.float64)[keep, 1]
+    cuts = [np.inf, lm[17:27, 1].mean(), lm[36:48, 1].mean(), lm[33, 1], lm[48:60, 1].mean(), -np.inf]
+    names = ["forehead", "brows_to_eyes", "eyes_to_nose_base", "nose_base_to_mouth", "below_mouth"]
+    return {n: (y <= hi) & (y > lo) for n, hi, lo in zip(names, cuts[:-1], cuts[1:], strict=True)}
+
+
 def face_errors(model, skin, shapes: np.ndarray, keep: np.ndarray) -> dict:
     """Distances of neutral faces of shapes (n, S) to the skin over ``keep`` (V,) after rigid and
-    after similarity ICP: per face mean mm (n,) each."""
+    after similarity ICP: per face mean mm (n,) each; "bands": per :func:`face_bands` band the
+    rigid distances' mean (n,)."""
     faces = neutral_faces(model, shapes)
+    bands = face_bands(model, keep)
     out = {"rigid": [], "similarity": []}
+    by_band = {k: [] for k in bands}
     for v in faces:
         pts = v[keep]
         m, d = icp(pts, skin, np.ones(len(pts), bool))
         out["rigid"].append(float(np.mean(d)))
+        for k, b in bands.items():
+            by_band[k].append(float(np.mean(d[b])) if b.any() else float("nan"))
         _, d = icp(pts, skin, np.ones(len(pts), bool), scale=True, init=m)
         out["similarity"].append(float(np.mean(d)))
-    return {k: np.asarray(v) for k, v in out.items()}
+    bands_out = {k: np.asarray(v) for k, v in by_band.items()}
+    return {k: np.asarray(v) for k, v in out.items()} | {"bands": bands_out}
 
 
 def main(argv=None) -> None:
@@ -407,8 +429,10 @@ def main(argv=None) -> None:
 
     def record(name, shapes, **extra):
         e = face_errors(model, skin, shapes, keep)
+        bands = e.pop("bands")
         row = {k: _stats(v) | {"per_photo_mean_mm": [round(float(x), 3) for x in v]} if len(v) > 1
                else _stats(v) for k, v in e.items()}
+        row["rigid"]["by_band_mean_mm"] = {k: round(float(np.mean(v)), 3) for k, v in bands.items()}
         out["faces"][name] = row | {"n": len(shapes)} | extra
         print(f"  {name}: {len(shapes)} faces, rigid {np.mean(e['rigid']):.3f} mm, similarity "
               f"{np.mean(e['similarity']):.3f} mm", file=sys.stderr)

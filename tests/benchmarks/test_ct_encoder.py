@@ -61,7 +61,15 @@ def test_the_models_best_face_for_its_own_face_is_that_face(ce, default_model, s
     alpha = ce.oracle_shape(default_model, skin, region, np.ones(default_model.n_vertices, bool), iters=6,
                             noise_mm=0.1)
     err = ce.face_errors(default_model, skin, alpha[None], region)["rigid"][0]
-    mean = ce.face_errors(default_model, skin, np.zeros((1, default_model.n_shape)), region)["rigid"][0]
+    e_mean = ce.face_errors(default_model, skin, np.zeros((1, default_model.n_shape)), region)
+    mean = e_mean["rigid"][0]
+    bands = ce.face_bands(default_model, region)
+    assert list(bands) == ["forehead", "brows_to_eyes", "eyes_to_nose_base", "nose_base_to_mouth",
+                           "below_mouth"]
+    counts = np.array([b.sum() for b in bands.values()])
+    assert counts.sum() == region.sum() and (counts > 100).all()  # the bands split the region
+    by_band = np.array([e_mean["bands"][k][0] for k in bands])
+    np.testing.assert_allclose((by_band * counts).sum() / counts.sum(), mean, rtol=1e-9)
     assert err < 0.3 and err < 0.2 * mean, (err, mean)  # closest-point correspondences slide a little
     assert np.corrcoef(alpha[:20], shape[:20])[0, 1] > 0.6  # the surface fixes the face, not each coefficient
 
