@@ -105,7 +105,7 @@ def test_calibrating_on_the_models_own_landmarks_gives_them_back(default_model):
     np.testing.assert_array_equal(emb.static_faces[:17], own.faces[:17])
     np.testing.assert_array_equal(emb.static_bary[:17], own.bary[:17])
     assert (rep.shift_mm[:17] < 1e-4).all()
-    assert "calibrated on 6 renders (seed 3" in emb.source
+    assert "calibrated on 6 untextured renders (seed 3" in emb.source
     # the embedding's points are where the report says: on the mean face, shift_mm from the old
     tmpl = default_model.v_template.astype(np.float64)
     new = (tmpl[default_model.faces[emb.static_faces]] * np.asarray(emb.static_bary)[..., None]).sum(1)
