@@ -175,6 +175,20 @@ def identity_errors(model, mask: np.ndarray, fitted_shape, true_shape) -> tuple[
     return err, np.linalg.norm(align(mean_face, truth) - truth, axis=-1)
 
 
+def face_bands(model, keep: np.ndarray) -> dict[str, np.ndarray]:
+    """The vertices ``keep`` (V,) bool split into bands of the mean face's height (each (K,) bool
+    over the kept vertices), cut at the source-annotated brow line, eye line, nose base and mouth
+    line (:func:`~skullsearch.encoder.render.anatomical_landmarks`): the forehead above the brows
+    is seen by no landmark, so a fit's error there is the prior's extrapolation."""
+    from skullsearch.encoder.render import anatomical_landmarks
+
+    lm = anatomical_landmarks(model)
+    y = np.asarray(model.v_template, np.float64)[keep, 1]
+    cuts = [np.inf, lm[17:27, 1].mean(), lm[36:48, 1].mean(), lm[33, 1], lm[48:60, 1].mean(), -np.inf]
+    names = ["forehead", "brows_to_eyes", "eyes_to_nose_base", "nose_base_to_mouth", "below_mouth"]
+    return {n: (y <= hi) & (y > lo) for n, hi, lo in zip(names, cuts[:-1], cuts[1:], strict=True)}
+
+
 #: χ²₃'s median and 95th percentile: a calibrated 3D Gaussian's squared Mahalanobis distances.
 CHI2_3_MEDIAN = 2.366
 CHI2_3_95 = 7.815

@@ -60,7 +60,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import emit, photometric_config
+from _common import emit, face_bands, photometric_config
 
 HERE = Path(__file__).resolve().parent
 #: CT slices of the dental streak (fillings; see ../shared/ct/README.md), with a slice of margin.
@@ -342,23 +342,9 @@ def _stats(d: np.ndarray) -> dict:
     return {"mean_mm": round(float(np.mean(d)), 3), "p90_mm": round(float(np.percentile(d, 90)), 3)}
 
 
-def face_bands(model, keep: np.ndarray) -> dict[str, np.ndarray]:
-    """The scored vertices ``keep`` (V,) split into bands of the mean face's height (each (K,)
-    bool over the kept vertices), cut at the source-annotated brow line, eye line, nose base and
-    mouth line (:func:`~skullsearch.encoder.render.anatomical_landmarks`): the forehead above the
-    brows is seen by no landmark."""
-    from skullsearch.encoder.render import anatomical_landmarks
-
-    lm = anatomical_landmarks(model)
-    y = np.asarray(model.v_template, np.float64)[keep, 1]
-    cuts = [np.inf, lm[17:27, 1].mean(), lm[36:48, 1].mean(), lm[33, 1], lm[48:60, 1].mean(), -np.inf]
-    names = ["forehead", "brows_to_eyes", "eyes_to_nose_base", "nose_base_to_mouth", "below_mouth"]
-    return {n: (y <= hi) & (y > lo) for n, hi, lo in zip(names, cuts[:-1], cuts[1:], strict=True)}
-
-
 def face_errors(model, skin, shapes: np.ndarray, keep: np.ndarray) -> dict:
     """Distances of neutral faces of shapes (n, S) to the skin over ``keep`` (V,) after rigid and
-    after similarity ICP: per face mean mm (n,) each; "bands": per :func:`face_bands` band the
+    after similarity ICP: per face mean mm (n,) each; "bands": per band (:func:`_common.face_bands`) the
     rigid distances' mean (n,)."""
     faces = neutral_faces(model, shapes)
     bands = face_bands(model, keep)

@@ -50,6 +50,7 @@ from _common import (
     add_texture_argument,
     auc,
     emit,
+    face_bands,
     face_normals,
     identity_errors,
     photometric_config,
@@ -301,6 +302,8 @@ def main(argv=None):
            "identity_error_mm": round(float(err.mean()), 3),
            "mean_face_error_mm": round(float(err0.mean()), 3),
            "identity_ratio_to_mean_face": round(float(err.mean() / err0.mean()), 3),
+           "identity_ratio_by_band": {k: round(float(err[:, b].mean() / err0[:, b].mean()), 3)
+                                      for k, b in face_bands(model, mask).items()},
            "reshot_auc_shape_codes": round(code_auc, 3),
            "reshot_auc_person_descriptor": round(desc_auc, 3),
            "uncertainty": bool(a.uncertainty),

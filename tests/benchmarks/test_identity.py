@@ -44,6 +44,10 @@ def test_a_small_run_reports_every_figure(identity, capsys):
         for rank_by in ("s", "likelihood"):
             assert 0 <= out[f"{label}_{rank_by}_rank1"] <= out[f"{label}_{rank_by}_rank10"] <= 1
     assert '"identity_ratio_to_mean_face"' in capsys.readouterr().out.splitlines()[-1]
+    bands = out["identity_ratio_by_band"]
+    assert list(bands) == ["forehead", "brows_to_eyes", "eyes_to_nose_base", "nose_base_to_mouth",
+                           "below_mouth"]
+    assert all(0 < r < 5 for r in bands.values())
 
 
 @pytest.mark.slow
