@@ -310,28 +310,20 @@ def rig_for(model, n_shape: int = 90, n_expression: int = 90, device="cpu",
     from skullsearch.encoder.embeddings import SURFACE_CONTOUR, detector_points, pose_points, textured_points
 
     cache = model.__dict__.setdefault("_rig_cache", {})
-    if pose and detector not in SURFACE_CONTOUR:
-        det = detector or "dlib"  # (the model's own detector)
-        found = model.__dict__.setdefault("_pose_points", {})
-        if det not in found:
-            found[det] = pose_points(model, det)
-        if found[det] is not None:
-            key = ("pose", det, n_shape, n_expression, str(device), dtype)
-            if key not in cache:
-                pp = found[det]
-                cache[key] = LandmarkRig(model, n_shape, n_expression, device=device, dtype=dtype,
-                                         points=pp, yaw_edges=pp.yaw_edges)
-            return cache[key]
-    if textured and detector not in SURFACE_CONTOUR:
+    # dlib's alternative embeddings (None: the model's own detector), each read from disk once
+    for kind, wanted, load in (("pose", pose, pose_points), ("textured", textured, textured_points)):
+        if not wanted or detector in SURFACE_CONTOUR:
+            continue
         det = detector or "dlib"
-        found = model.__dict__.setdefault("_textured_points", {})
+        found = model.__dict__.setdefault(f"_{kind}_points", {})
         if det not in found:
-            found[det] = textured_points(model, det)
-        if found[det] is not None:
-            key = ("textured", det, n_shape, n_expression, str(device), dtype)
+            found[det] = load(model, det)
+        pts = found[det]
+        if pts is not None:
+            key = (kind, det, n_shape, n_expression, str(device), dtype)
             if key not in cache:
-                cache[key] = LandmarkRig(model, n_shape, n_expression, device=device, dtype=dtype,
-                                         points=found[det])
+                cache[key] = LandmarkRig(model, n_shape, n_expression, device=device, dtype=dtype, points=pts,
+                                         yaw_edges=getattr(pts, "yaw_edges", None))
             return cache[key]
     looked_up = model.__dict__.setdefault("_detector_points", {})  # (read from disk once)
     if detector not in looked_up:

@@ -3,25 +3,17 @@ embeddings: residual and brow expression per embedding) and its refusal of an em
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.benchmarks.test_identity import benchmark
 
 
 @pytest.fixture(scope="module")
 def bench():
-    sys.path.insert(0, str(ROOT / "benchmarks"))  # the benchmarks import their _common helpers
-    spec = importlib.util.spec_from_file_location("skullsearch_bench_brow_expression",
-                                                  ROOT / "benchmarks" / "brow_expression.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return benchmark("brow_expression")
 
 
 def test_no_photos_is_refused(bench, tmp_path):
