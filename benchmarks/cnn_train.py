@@ -225,14 +225,15 @@ def train_supervised(d, tr, model, a):
 def photos(a) -> dict:
     """Real photos: each checkpoint's shape codes on dlib's boxes against the landmark fit's, by
     the same-vs-different person pair AUC (shape codes in prior σ units, L2)."""
-    from photometric_settings import IMAGE_TYPES, fitted, pair_auc, same_person
+    from photometric_settings import fitted, pair_auc, same_person
 
     from skullsearch import FaceModel
     from skullsearch.encoder import code as code_layout
     from skullsearch.encoder.cnn import EncoderCNN, encode_detected, load_checkpoint
+    from skullsearch.index.ingest import IMAGE_EXTS
 
     model = FaceModel.default()
-    paths = sorted(p for p in a.photos.rglob("*") if p.suffix.lower() in IMAGE_TYPES)
+    paths = sorted(p for p in a.photos.rglob("*") if p.suffix.lower() in IMAGE_EXTS)
     faces, pixels = fitted(model, paths)
     who = np.array([Path(f.image).parent.name for f in faces])
     _, same = same_person(who)
