@@ -120,6 +120,19 @@ def add_texture_argument(parser) -> None:
                              "a specular highlight")
 
 
+def add_textured_embedding_argument(parser) -> None:
+    """``--textured-embedding``: fit dlib's points with its embedding calibrated on textured
+    renders (``FitConfig.textured_embedding``)."""
+    parser.add_argument("--textured-embedding", action="store_true",
+                        help="fit dlib's points with its embedding calibrated on textured renders "
+                             "(FitConfig.textured_embedding)")
+
+
+def mean_residual_px(faces) -> float:
+    """The fitted faces' mean landmark residual (px, two decimals)."""
+    return round(float(np.mean([f.residual_px for f in faces])), 2)
+
+
 def render_photos(model, folder, shape, expr, pose, rng, max_yaw: float = 30.0,
                   texture: bool = False) -> list:
     """Synthetic portrait photos (512 px PNG) of the given faces: yaw ±max_yaw°, pitch ±10°,

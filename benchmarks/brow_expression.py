@@ -19,7 +19,7 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from _common import emit
+from _common import emit, mean_residual_px
 
 from skullsearch import FaceModel
 from skullsearch.encoder import code as code_layout
@@ -42,7 +42,7 @@ def brow_expressions(model, paths, textured: bool) -> dict:
     names = model.meta["expression_names"]
     brow = [i for i, n in enumerate(names) if n.startswith("brow")]
     codes = np.stack([f.code for f in faces])[:, code_layout.SLICES["expression"]]
-    return {"faces": len(faces), "residual_px": round(float(np.mean([f.residual_px for f in faces])), 2),
+    return {"faces": len(faces), "residual_px": mean_residual_px(faces),
             "brow_expression": {names[i]: round(float(codes[:, i].mean()), 3) for i in brow}}
 
 

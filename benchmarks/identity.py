@@ -48,6 +48,7 @@ import numpy as np
 from _common import (
     CHI2_3_95,
     add_texture_argument,
+    add_textured_embedding_argument,
     auc,
     emit,
     face_bands,
@@ -224,9 +225,7 @@ def main(argv=None):
                     help="--label-free: the grouping's descriptor distance (default PERSON_DISTANCE, 0.5)")
     ap.add_argument("--pose-embedding", action="store_true",
                     help="fit dlib's points with its per-yaw-bin embedding (FitConfig.pose_embedding)")
-    ap.add_argument("--textured-embedding", action="store_true",
-                    help="fit dlib's points with its embedding calibrated on textured renders "
-                         "(FitConfig.textured_embedding)")
+    add_textured_embedding_argument(ap)
     ap.add_argument("--w-dense", type=float, default=FitConfig.w_dense,
                     help="weight of the dense detector's points in the fit (mesh; 0 leaves them out)")
     ap.add_argument("--photometric", action="store_true",

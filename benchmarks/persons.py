@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import auc, emit
+from _common import add_textured_embedding_argument, auc, emit
 
 from skullsearch import FaceModel, Gallery
 from skullsearch.encoder import code as code_layout
@@ -102,9 +102,7 @@ def main(argv=None):
     ap.add_argument("--detector", default="dlib", help="dlib or mesh (MediaPipe)")
     ap.add_argument("--pose-embedding", action="store_true",
                     help="fit dlib's points with its per-yaw-bin embedding (FitConfig.pose_embedding)")
-    ap.add_argument("--textured-embedding", action="store_true",
-                    help="fit dlib's points with its embedding calibrated on textured renders "
-                         "(FitConfig.textured_embedding)")
+    add_textured_embedding_argument(ap)
     ap.add_argument("--photometric", action="store_true",
                     help="ingest with the photometric refinement (FitConfig.photometric)")
     a = ap.parse_args(argv)

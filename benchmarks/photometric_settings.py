@@ -33,9 +33,11 @@ from pathlib import Path
 import numpy as np
 from _common import (
     add_texture_argument,
+    add_textured_embedding_argument,
     auc,
     emit,
     identity_errors,
+    mean_residual_px,
     photometric_config,
     random_faces,
     render_photos,
@@ -85,11 +87,6 @@ def pair_auc(shape: np.ndarray, who: np.ndarray) -> float:
     return round(auc(d[same], d[~same]), 4)
 
 
-def residual(faces) -> float:
-    """The faces' mean landmark residual, px."""
-    return round(float(np.mean([f.residual_px for f in faces])), 2)
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--renders", type=int, default=40, help="rendered faces (0: none)")
@@ -98,9 +95,7 @@ def main(argv=None):
     add_texture_argument(ap)
     ap.add_argument("--try", dest="tries", action="append", default=[], metavar='"KEY=VALUE ..."',
                     help="one setting (repeatable); the defaults are always the first row")
-    ap.add_argument("--textured-embedding", action="store_true",
-                    help="fit dlib's points with its embedding calibrated on textured renders "
-                         "(FitConfig.textured_embedding)")
+    add_textured_embedding_argument(ap)
     a = ap.parse_args(argv)
     fit = FitConfig(textured_embedding=a.textured_embedding)
     settings = [[]] + [t.split() for t in a.tries]
@@ -122,12 +117,12 @@ def main(argv=None):
                           "texture": a.texture,
                           "photos": a.renders, "faces_found": len(faces),
                           "landmark_fit_ratio_to_mean_face": round(float(err.mean() / err0.mean()), 4),
-                          "landmark_fit_residual_px": residual(faces)}
+                          "landmark_fit_residual_px": mean_residual_px(faces)}
         for row, cfg in zip(rows, configs, strict=True):
             fs, sec = refined(model, faces, pixels, cfg, fit)
             err, _ = identity_errors(model, mask, shapes(fs), truth)
             row["renders_ratio_to_mean_face"] = round(float(err.mean() / err0.mean()), 4)
-            row["renders_residual_px"] = residual(fs)
+            row["renders_residual_px"] = mean_residual_px(fs)
             row["renders_seconds_per_face"] = round(sec / max(len(fs), 1), 3)
             print(row, file=sys.stderr, flush=True)
     if a.photos is not None:
@@ -141,11 +136,11 @@ def main(argv=None):
                        "faces": len(faces), "persons": int(len(set(who))), "same_pairs": int(same.sum()),
                        "different_pairs": int((~same).sum()),
                        "landmark_fit_auc_shape_code": pair_auc(shapes(faces), who),
-                       "landmark_fit_residual_px": residual(faces)}
+                       "landmark_fit_residual_px": mean_residual_px(faces)}
         for row, cfg in zip(rows, configs, strict=True):
             fs, _ = refined(model, faces, pixels, cfg, fit)
             row["real_auc_shape_code"] = pair_auc(shapes(fs), who)
-            row["real_residual_px"] = residual(fs)
+            row["real_residual_px"] = mean_residual_px(fs)
             print(row, file=sys.stderr, flush=True)
     emit(out)
     return out

@@ -474,8 +474,8 @@ def _without_off(settings: dict, later: tuple[str, ...]) -> dict:
 
 #: the version of the refinement's feature mask (``PhotometricConfig.skip_features``): 2 places the
 #: brows and lips by the face model's source annotation (:func:`~skullsearch.encoder.render.
-#: anatomical_landmarks`); 1 (not written: the fingerprints of its galleries stay) placed them by
-#: the dlib-calibrated embedding, about 6 mm under the brows.
+#: anatomical_landmarks`); 1, the first (not in the fingerprint: its galleries' faces keep
+#: 730ab933b893d01f), placed them by the dlib-calibrated embedding, about 6 mm under the brows.
 FEATURE_MASK_VERSION = 2
 
 
