@@ -88,7 +88,12 @@ class PhotometricConfig:
     untextured and 0.739 → 0.640x textured (``--texture``), the real CT head's geometry 0.914 →
     0.807x untextured and 0.793x textured (the features painted on it); on the 7 real photos it
     raises the landmark residual (6.2 → 7.2 px). (Its first mask, placed by the dlib-calibrated
-    embedding, ~6 mm under the brows: 0.644x, 0.853x.) Off: the refinement of earlier versions."""
+    embedding, ~6 mm under the brows: 0.644x, 0.853x.) Off: the refinement of earlier versions.
+    feature_albedo: read the features' skin after all, each feature (brows, lips, lash lines)
+    with its own colour (:func:`_feature_profiles`; the light is solved on the skin alone; each
+    face's brows of 9 widths and heights, the one its photo shows best), so that a photo's dark
+    brows and red lips say where the face's brows and lips are rather than being outliers to the
+    skin's colour (it overrides skip_features)."""
 
     weight: float = 10.0
     steps: int = 200
@@ -100,6 +105,7 @@ class PhotometricConfig:
     min_visible: int = 200
     landmark_cauchy: float = 0.0
     skip_features: bool = True
+    feature_albedo: bool = False
 
 
 def sh9(normals: torch.Tensor) -> torch.Tensor:
@@ -230,6 +236,39 @@ def _surface(model, vertices: int, n_shape: int, n_expression: int, dtype, devic
     return cache[key]
 
 
+#: a used vertex counts as skin for the light's solve when its features' weights sum below this
+SKIN_BELOW = 0.05
+#: the features' colour solve's pull to the skin's colour (in squared shading units: ~ a few
+#: vertices' worth), so that a feature with hardly a visible vertex keeps the skin's colour
+FEATURE_RIDGE = 0.05
+
+
+#: the brows the refinement tries on each face (``feature_albedo``): bands this many mm under the
+#: brow landmarks' line × this many mm half-wide at their heads (tapering to the tails)
+BROW_OFFSETS_MM = (1.0, 2.5, 4.0)
+BROW_HALF_WIDTHS_MM = (1.5, 3.0, 4.5)
+
+
+def _feature_profiles(model) -> np.ndarray:
+    """(J, V, 3) each vertex's weight in [0, 1] of the brows, lips and upper lids' lash lines, J
+    ways: the generic features of the model's mean face (:class:`~skullsearch.encoder.render.
+    TextureRegions`, placed by its source's annotation: lips inside the outer lip contour, lash
+    lines 0.6 mm half-wide), with each of the J = 9 brows of :data:`BROW_OFFSETS_MM` ×
+    :data:`BROW_HALF_WIDTHS_MM` (a face's brows lie a few mm under its brow landmarks and are
+    thick or thin: each face gets the one its photo shows best); 0 off the skin. Cached on the
+    model."""
+    cache = model.__dict__.setdefault("_photometric_profile", {})
+    if "profiles" not in cache:
+        from skullsearch.encoder.render import _brow_band, texture_regions
+
+        r = texture_regions(model)
+        rest = np.stack([r.lips, r.lashes], 1)
+        out = [np.concatenate([_brow_band(r.brow_depth, r.brow_width, o, h)[:, None], rest], 1)
+               for o in BROW_OFFSETS_MM for h in BROW_HALF_WIDTHS_MM]
+        cache["profiles"] = np.stack(out) * r.skin[None, :, None]
+    return cache["profiles"]
+
+
 def _sparse(rows, cols, values, shape, dtype, device="cpu") -> torch.Tensor:
     index = torch.as_tensor(np.stack([rows, cols]), dtype=torch.int64)
     return torch.sparse_coo_tensor(index, torch.as_tensor(values, dtype=dtype), shape,
@@ -259,9 +298,17 @@ class _PhotoFit(_AdamFit):
         self.img = self.img.to(self.device, self.dt)
         self.sizes = torch.as_tensor(np.array([[im.shape[1], im.shape[0]] for im in images], np.float64),
                                      dtype=self.dt)  # (on the CPU: the z-buffer's)
-        self.mesh = _surface(model, pcfg.vertices, rig.n_shape, rig.n_expression, self.dt, self.device,
-                             pcfg.skip_features)
+        skip = pcfg.skip_features and not pcfg.feature_albedo
+        self.mesh = _surface(model, pcfg.vertices, rig.n_shape, rig.n_expression, self.dt, self.device, skip)
         self.surface, self.surface_ids, self.use = self.mesh.rig, self.mesh.ids, self.mesh.use
+        #: (J, n, 3) each used vertex's weights of the brows, lips and lash lines, J ways
+        #: (feature_albedo; :func:`_feature_profiles`), each face's choice (B,) and the skin (n,)
+        self.profiles = self.choice = self.skin = None
+        if pcfg.feature_albedo:
+            used = self.surface_ids[self.use.cpu().numpy()]
+            self.profiles = torch.as_tensor(_feature_profiles(model)[:, used], dtype=self.dt, device=self.device)
+            self.choice = torch.full((self.b,), len(self.profiles) // 2, dtype=torch.long, device=self.device)
+            self.skin = (self.profiles.sum(2).amax(0) < SKIN_BELOW).to(self.dt)
         self.visible = torch.zeros(self.b, len(self.use), dtype=torch.bool, device=self.device)
 
     def posed(self) -> torch.Tensor:
@@ -317,9 +364,9 @@ class _PhotoFit(_AdamFit):
             visible[i] = vis & facing[i]
         self.visible = torch.as_tensor(visible, device=self.device)
 
-    def photometric(self) -> torch.Tensor:
-        """The photometric energy per face (B,) (0 for a face with too few visible vertices)."""
-        pcfg = self.pcfg
+    def _shading(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The used vertices' shading under the optimal light (B, n, 3) (their colour if they
+        were skin), their colour in the photo (B, n, 3) and which are visible (B, n) float."""
         verts = self.posed()
         rot = camera_rotation(self.cam_rot)
         uv = project(verts.index_select(1, self.use), rot, self.trans(), self.f, self.center)  # (B, n, 2)
@@ -331,15 +378,54 @@ class _PhotoFit(_AdamFit):
         flip = torch.tensor([1.0, -1.0, -1.0], dtype=self.dt, device=self.device)
         basis = sh9(n * flip)  # y up, z to the viewer
         w = self.visible.to(self.dt)  # (B, n)
+        skin = w if self.skin is None else w * self.skin  # the light from the skin alone
         with torch.no_grad():  # the optimal light for the current shape (least squares)
-            a = basis * w[..., None]
+            a = basis * skin[..., None]
             gram = a.transpose(1, 2) @ basis + 1e-4 * torch.eye(9, dtype=self.dt, device=self.device)
             light = torch.linalg.solve(gram, a.transpose(1, 2) @ colour)  # (B, 9, 3)
-        r2 = ((basis @ light - colour) ** 2).sum(-1)
+        return basis @ light, colour, w
+
+    def _energy(self, shading, colour, w) -> torch.Tensor:
+        """The robust photometric energy per face (B,) of predicted colours (B, n, 3)."""
+        pcfg = self.pcfg
+        r2 = ((shading - colour) ** 2).sum(-1)
         rho = pcfg.cauchy**2 * torch.log1p(r2 / pcfg.cauchy**2)
         count = w.sum(1)
         ok = (count >= pcfg.min_visible).to(self.dt)
         return ok * (rho * w).sum(1) / count.clamp(min=1)
+
+    def photometric(self) -> torch.Tensor:
+        """The photometric energy per face (B,) (0 for a face with too few visible vertices)."""
+        shading, colour, w = self._shading()
+        if self.profiles is not None:
+            shading = shading * self.feature_colours(shading, colour, w, self.profiles[self.choice])
+        return self._energy(shading, colour, w)
+
+    def choose_features(self) -> None:
+        """Each face's brows (``choice``): of the J tried, those whose colours explain its photo best."""
+        with torch.no_grad():
+            shading, colour, w = self._shading()
+            energy = torch.stack([
+                self._energy(shading * self.feature_colours(shading, colour, w, m.expand(self.b, *m.shape)),
+                             colour, w) for m in self.profiles])  # (J, B)
+            self.choice = energy.argmin(0)
+
+    @staticmethod
+    def feature_colours(shading: torch.Tensor, colour: torch.Tensor, w: torch.Tensor,
+                        m: torch.Tensor) -> torch.Tensor:
+        """The albedo (B, n, 3) relative to the skin's, 1 − Σ_k m_k + Σ_k m_k ρ_k, of the shaded
+        skin (B, n, 3) under the features' weights m (B, n, K): each feature's colour ratio ρ_k
+        (B, K, 3) solved in closed form (least squares against the photo's colour (B, n, 3) over
+        the visible vertices w (B, n), a weak pull to 1 where a feature is hardly seen; held, as
+        the light)."""
+        with torch.no_grad():
+            sm = shading[:, :, None, :] * m[..., None]  # (B, n, K, 3)
+            rest = colour - shading * (1 - m.sum(-1))[..., None]  # (B, n, 3)
+            wv = w[:, :, None, None]
+            num = (wv * sm * rest[:, :, None, :]).sum(1) + FEATURE_RIDGE  # (B, K, 3)
+            den = (wv * sm * sm).sum(1) + FEATURE_RIDGE
+            rho = (num / den).clamp(0.02, 2.0)
+        return 1 - m.sum(-1)[..., None] + (m[..., None] * rho[:, None]).sum(2)
 
     def refine(self) -> None:
         pcfg = self.pcfg
@@ -350,6 +436,8 @@ class _PhotoFit(_AdamFit):
         for step in range(pcfg.steps):
             if step % pcfg.visibility_every == 0:
                 self.update_visibility()
+                if self.profiles is not None:
+                    self.choose_features()
             opt.zero_grad()
             lmk, _ = self.losses(rigid=False, robust=pcfg.landmark_cauchy)
             total = lmk + pcfg.weight * self.photometric()
@@ -417,6 +505,8 @@ def refine_photometric(model, codes: np.ndarray, landmarks: np.ndarray, images: 
     out = fit.result()
     with torch.no_grad():  # the final energy's terms (weighted), each its mean over the faces
         fit.update_visibility()
+        if fit.profiles is not None:
+            fit.choose_features()
         parts: dict = {}
         lmk = fit.losses(rigid=False, robust=pcfg.landmark_cauchy, parts=parts)[0]
         photo = pcfg.weight * fit.photometric()

@@ -203,6 +203,57 @@ def test_the_earlier_refinement_with_the_features_still_moves_faces_towards_the_
     assert after.mean() < 0.9 * before.mean(), (before, after)
 
 
+@pytest.fixture(scope="module")
+def painted(default_model, photos):
+    """The first person's three photos again, their skin painted with the model's generic
+    features in known colours (``_feature_profiles``: its thickest, lowest brows, not the middle
+    one the refinement starts from): brows dark, lips red, lash lines darker."""
+    from skullsearch.encoder.photometric import _feature_profiles
+
+    m = default_model
+    _, shape, lms = photos
+    rng = np.random.default_rng(11)
+    rng.standard_normal((3, 90))  # (the photos' draws, to repeat their cameras and lights)
+    ratio = np.array([[0.3, 0.28, 0.26], [0.95, 0.6, 0.62], [0.45, 0.45, 0.45]])  # (K, 3)
+    prof = _feature_profiles(m)[-1]
+    skin = np.array([0.78, 0.62, 0.52])
+    albedo = skin * (1 - prof.sum(1, keepdims=True) + prof @ ratio)
+    with torch.no_grad():
+        verts = m.vertices(shape=torch.as_tensor(shape[:3], dtype=torch.float32)).numpy()
+    images = []
+    for i, yaw in enumerate([-25.0, 5.0, 20.0]):
+        cam = face_camera(yaw_deg=yaw, pitch_deg=rng.uniform(-5, 5), size=SIZE, distance=700.0,
+                          fov_mm=300.0, center=np.array([0.0, -30.0, 0.0]))
+        light = (rng.uniform(-0.5, 0.5), rng.uniform(0.0, 0.5), 1.0)
+        images.append(_png_roundtrip(render_mesh(verts[i], m.faces, cam, albedo=albedo, light_dir=light).image))
+    return images, shape[:3], lms[:3]
+
+
+def test_feature_albedo_reads_painted_features_by_their_own_colour(default_model, painted):
+    """On photos whose brows and lips are painted as the model's generic features (the thickest,
+    lowest brows tried), the features with their own colour explain the photo far better than
+    skin (the energy at the landmark fit, each face's brows chosen), and the
+    refinement that reads them moves the faces towards the truth; on the same photos the
+    features read as skin would pull them the other way, the reason skip_features is on."""
+    from skullsearch.encoder.photometric import _feature_profiles
+
+    m = default_model
+    prof = _feature_profiles(m)
+    assert prof.shape == (9, m.n_vertices, 3) and prof.min() >= 0 and prof.max() <= 1
+    assert ((prof[:, :, 0] > 0.5).sum(1) > 50).all() and (prof[:, :, 1] > 0.5).sum() > 50
+    assert (prof[-1, :, 0] > 0.5).sum() > 2 * (prof[0, :, 0] > 0.5).sum()  # thick and thin brows
+    images, shape, lms = painted
+    lm = fit_landmarks(m, lms, np.full((len(images), 2), float(SIZE)))
+    energy = {}
+    for name, cfg in (("skin", PhotometricConfig(steps=0, skip_features=False)),
+                      ("own", PhotometricConfig(steps=0, feature_albedo=True))):
+        energy[name] = refine_photometric(m, lm.codes, lms, images, photometric=cfg).terms["photometric"]
+    assert energy["own"] < 0.7 * energy["skin"], energy
+    ref = refine_photometric(m, lm.codes, lms, images, photometric=PhotometricConfig(steps=120, feature_albedo=True))
+    before, after = _errors(m, lm.codes, shape), _errors(m, ref.codes, shape)
+    assert after.mean() < 0.9 * before.mean(), (before, after)
+
+
 def test_a_robust_landmark_term_lets_a_wrong_point_pull_less(default_model, photos):
     """One landmark (the nose tip) moved sideways by half the inter-ocular distance: under least
     squares the refined face's nose follows it by pixels, under the Cauchy loss
