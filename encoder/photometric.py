@@ -306,7 +306,8 @@ class _PhotoFit(_AdamFit):
         self.profiles = self.choice = self.skin = None
         if pcfg.feature_albedo:
             used = self.surface_ids[self.use.cpu().numpy()]
-            self.profiles = torch.as_tensor(_feature_profiles(model)[:, used], dtype=self.dt, device=self.device)
+            prof = _feature_profiles(model)[:, used]
+            self.profiles = torch.as_tensor(prof, dtype=self.dt, device=self.device)
             self.choice = torch.full((self.b,), len(self.profiles) // 2, dtype=torch.long, device=self.device)
             self.skin = (self.profiles.sum(2).amax(0) < SKIN_BELOW).to(self.dt)
         self.visible = torch.zeros(self.b, len(self.use), dtype=torch.bool, device=self.device)

@@ -494,7 +494,8 @@ def encoder_fingerprint(config, detector: str, identity_prior=None) -> str:
     if cfg.get("photometric"):  # its settings make the codes too
         from skullsearch.encoder.photometric import PhotometricConfig
 
-        what["photometric"] = _without_off(asdict(PhotometricConfig()), ("landmark_cauchy", "skip_features", "feature_albedo"))
+        what["photometric"] = _without_off(asdict(PhotometricConfig()),
+                                           ("landmark_cauchy", "skip_features", "feature_albedo"))
         if what["photometric"].get("skip_features"):  # the features' mask, by the source's annotation
             what["photometric"]["feature_mask"] = FEATURE_MASK_VERSION
     if identity_prior is not None:

@@ -225,7 +225,8 @@ def painted(default_model, photos):
         cam = face_camera(yaw_deg=yaw, pitch_deg=rng.uniform(-5, 5), size=SIZE, distance=700.0,
                           fov_mm=300.0, center=np.array([0.0, -30.0, 0.0]))
         light = (rng.uniform(-0.5, 0.5), rng.uniform(0.0, 0.5), 1.0)
-        images.append(_png_roundtrip(render_mesh(verts[i], m.faces, cam, albedo=albedo, light_dir=light).image))
+        render = render_mesh(verts[i], m.faces, cam, albedo=albedo, light_dir=light)
+        images.append(_png_roundtrip(render.image))
     return images, shape[:3], lms[:3]
 
 
@@ -247,9 +248,11 @@ def test_feature_albedo_reads_painted_features_by_their_own_colour(default_model
     energy = {}
     for name, cfg in (("skin", PhotometricConfig(steps=0, skip_features=False)),
                       ("own", PhotometricConfig(steps=0, feature_albedo=True))):
-        energy[name] = refine_photometric(m, lm.codes, lms, images, photometric=cfg).terms["photometric"]
+        res = refine_photometric(m, lm.codes, lms, images, photometric=cfg)
+        energy[name] = res.terms["photometric"]
     assert energy["own"] < 0.7 * energy["skin"], energy
-    ref = refine_photometric(m, lm.codes, lms, images, photometric=PhotometricConfig(steps=120, feature_albedo=True))
+    own = PhotometricConfig(steps=120, feature_albedo=True)
+    ref = refine_photometric(m, lm.codes, lms, images, photometric=own)
     before, after = _errors(m, lm.codes, shape), _errors(m, ref.codes, shape)
     assert after.mean() < 0.9 * before.mean(), (before, after)
 
