@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -118,6 +119,13 @@ def add_texture_argument(parser) -> None:
     parser.add_argument("--texture", action="store_true",
                         help="textured renders: brows, lips, eyes, blotches, sometimes a beard, "
                              "a specular highlight")
+
+
+def add_identity_prior_file_argument(parser) -> None:
+    """``--identity-prior-file NPZ``: an identity prior file instead of the model's packaged one
+    (e.g. one learned on textured renders: ``skullsearch model train-identity-prior --texture``)."""
+    parser.add_argument("--identity-prior-file", type=Path, default=None, metavar="NPZ",
+                        help="the identity prior to use instead of the model's packaged one")
 
 
 def add_textured_embedding_argument(parser) -> None:

@@ -46,6 +46,7 @@ validation set.
     python benchmarks/ct_encoder.py [--ct /work/shared/ct/cthead/cthead.npz]
         [--yaws -30 -20 -10 0 10 20 30] [--detectors dlib mesh] [--no-prior] [--no-photometric]
         [--smooth-streak] [--photo-from-best] [--photo-set KEY=VALUE ...] [--cnn CKPT] [--save DIR]
+        [--texture SEED] [--identity-prior-file NPZ]
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import emit, face_bands, photometric_config
+from _common import add_identity_prior_file_argument, emit, face_bands, photometric_config
 
 HERE = Path(__file__).resolve().parent
 #: CT slices of the dental streak (fillings; see ../shared/ct/README.md), with a slice of margin.
@@ -384,6 +385,7 @@ def main(argv=None) -> None:
                         "synthetic colour")
     p.add_argument("--photo-set", nargs="+", default=None, metavar="KEY=VALUE",
                    help="the photometric runs with these PhotometricConfig settings (landmark_cauchy=0.06)")
+    add_identity_prior_file_argument(p)
     a = p.parse_args(argv)
     ct = _ct_module()
     from skullsearch import FaceModel
@@ -431,7 +433,7 @@ def main(argv=None) -> None:
     prior = None
     if not a.no_prior:
         from skullsearch.encoder.identity_prior import for_model
-        prior = for_model(model)
+        prior = for_model(model, a.identity_prior_file)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(a.save or tmp)
         folder.mkdir(parents=True, exist_ok=True)

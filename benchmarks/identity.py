@@ -17,7 +17,8 @@ expression) and every photo goes through the real decoder, dlib detector and bat
   exactly; rank-1 / rank-10 of the true person by S and by likelihood.
 
     python benchmarks/identity.py [--persons 100] [--photos 3] [--gallery 3000 [10000 ...]] [--seed 0]
-                                  [--identity-prior] [--uncertainty] [--landmark-noise 0.03]
+                                  [--identity-prior [--identity-prior-file NPZ]] [--uncertainty]
+                                  [--landmark-noise 0.03]
                                   [--detector dlib|mesh] [--pose-embedding] [--textured-embedding]
                                   [--photometric]
                                   [--photo-set KEY=VALUE ...] [--cnn CKPT [--cnn-mode alone|seed]]
@@ -34,7 +35,8 @@ its codes alone (three photos: the person's mean shape code), or seeding the fit
 
 ``--identity-prior`` fits with the shape predicted from each photo's person descriptor
 (:mod:`skullsearch.encoder.identity_prior`, learned on other renders of the same model: a
-synthetic figure; real photos lie outside its domain).
+synthetic figure; real photos lie outside its domain); ``--identity-prior-file`` another one (one
+learned on textured renders: ``skullsearch model train-identity-prior --texture --out FILE``).
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from pathlib import Path
 import numpy as np
 from _common import (
     CHI2_3_95,
+    add_identity_prior_file_argument,
     add_texture_argument,
     add_textured_embedding_argument,
     auc,
@@ -226,6 +229,7 @@ def main(argv=None):
     ap.add_argument("--pose-embedding", action="store_true",
                     help="fit dlib's points with its per-yaw-bin embedding (FitConfig.pose_embedding)")
     add_textured_embedding_argument(ap)
+    add_identity_prior_file_argument(ap)
     ap.add_argument("--w-dense", type=float, default=FitConfig.w_dense,
                     help="weight of the dense detector's points in the fit (mesh; 0 leaves them out)")
     ap.add_argument("--photometric", action="store_true",
@@ -253,7 +257,7 @@ def main(argv=None):
     if a.identity_prior:
         from skullsearch.encoder.identity_prior import for_model
 
-        prior = for_model(model)
+        prior = for_model(model, a.identity_prior_file)
     cfg = FitConfig(posterior=a.uncertainty, landmark_noise=a.landmark_noise, w_dense=a.w_dense,
                     pose_embedding=a.pose_embedding, textured_embedding=a.textured_embedding)
     codes1, idx1, descs1, cov1 = encode(model, paths, descriptors=True, prior=prior, config=cfg,

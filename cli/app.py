@@ -157,6 +157,9 @@ def model_train_identity_prior(
     seed: Annotated[int, typer.Option(
         help="Seed of the renders (deterministic for a seed and --workers).")] = 0,
     workers: Annotated[int, typer.Option(min=1, help="Rendering processes.")] = 1,
+    texture: Annotated[bool, typer.Option(
+        help="Textured renders (brows, lips, eyes, blotches, sometimes a beard) instead of one skin colour.")]
+    = False,
 ):
     """Learn the identity prior (person descriptor → shape) from renders of the model's faces
     through the real dlib detector; see the README's identity section for its domain limit."""
@@ -166,7 +169,7 @@ def model_train_identity_prior(
     prog, update = _progress("train-identity-prior", unit="faces")
     with prog:
         prior = train_identity_prior(model, renders=renders, seed=seed, workers=workers,
-                                     model_path=face_model,
+                                     model_path=face_model, texture=texture,
                                      progress=lambda d, t: update({"done": d, "total": t}))
     path = prior.save(out_path or packaged_path(model))
     m = prior.meta

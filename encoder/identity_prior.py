@@ -133,20 +133,21 @@ def _render_batch(args) -> tuple[np.ndarray, np.ndarray]:
     from skullsearch.encoder.detectors import DlibDetector
     from skullsearch.encoder.face_model import FaceModel
     from skullsearch.encoder.images import DecodedImage
-    from skullsearch.encoder.render import random_portrait
+    from skullsearch.encoder.render import random_portrait, texture_regions
 
-    model_path, seed, batch, n, max_yaw = args
+    model_path, seed, batch, n, max_yaw, texture = args
     torch.set_num_threads(1)
     model = FaceModel.load(model_path) if model_path else FaceModel.default()
     # a stream of its own (the benchmarks' default_rng(seed) faces are never training faces)
     rng = np.random.default_rng([seed, batch, _STREAM])
     det = DlibDetector()
+    regions = texture_regions(model) if texture else None
     shapes, descs = [], []
     for i in range(n):
         a = (rng.standard_normal(model.n_shape) * model.shape_std).astype(np.float32)
         with torch.no_grad():
             v = model.vertices(shape=torch.as_tensor(a[None]))[0].numpy()
-        render, _ = random_portrait(v, model.faces, rng, max_yaw=max_yaw, size=400)
+        render, _ = random_portrait(v, model.faces, rng, max_yaw=max_yaw, size=400, texture=regions)
         faces = det.detect(DecodedImage(str(i), render.image, "", (400, 400), False))
         if not faces:
             continue
@@ -157,10 +158,12 @@ def _render_batch(args) -> tuple[np.ndarray, np.ndarray]:
 
 def train_identity_prior(model, renders: int = 3000, seed: int = 0, workers: int = 1,
                          held_out: float = 0.15, max_yaw: float = 40.0, model_path=None,
-                         progress=None) -> IdentityPrior:
+                         progress=None, texture: bool = False) -> IdentityPrior:
     """Learn the identity prior of ``model`` from ``renders`` renders (see the module docstring);
     deterministic for a seed and worker count. model_path: where workers load the model from
-    (None: the default model). progress(done, total) after each batch."""
+    (None: the default model). progress(done, total) after each batch. texture: textured renders
+    (:func:`~skullsearch.encoder.render.random_albedo`: brows, lips, eyes, blotches, sometimes a
+    beard, a specular highlight) instead of one skin colour."""
     import concurrent.futures as cf
 
     from skullsearch.encoder.descriptors import DIM
@@ -169,7 +172,7 @@ def train_identity_prior(model, renders: int = 3000, seed: int = 0, workers: int
         raise SkullsearchError(f"renders must be at least 200 to learn 129 × S weights, got {renders}")
     batch = 100
     src = str(model_path) if model_path else None
-    jobs = [(src, seed, k, min(batch, renders - k * batch), max_yaw)
+    jobs = [(src, seed, k, min(batch, renders - k * batch), max_yaw, texture)
             for k in range((renders + batch - 1) // batch)]
     out = []
     if workers > 1:
@@ -205,6 +208,7 @@ def train_identity_prior(model, renders: int = 3000, seed: int = 0, workers: int
     dist = prior.domain_distance(descs)
     prior.domain_limit = float(np.quantile(dist, 0.999) * 1.05)
     prior.meta = {"renders": int(renders), "found": int(n), "seed": int(seed), "max_yaw": max_yaw,
+                  "texture": bool(texture),
                   "held_out": int(n_test), "held_out_r2_first5": [round(float(v), 3) for v in r2[:5]],
                   "held_out_residual_sd_mean": round(float(residual_std.mean()), 4)}
     return prior
