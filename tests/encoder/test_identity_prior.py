@@ -120,3 +120,15 @@ def test_encode_with_the_packaged_prior_applies_it_in_domain_only(default_model,
     fit_faces(default_model, [far], identity_prior=prior)
     assert IDENTITY_PRIOR_OUT in far.quality
     np.testing.assert_allclose(code_layout.split(far.code[None]).shape[0, :90], s_plain, atol=1e-3)
+
+
+def test_textured_training_renders_are_painted(default_model):
+    """``texture``: the renders get brows, lips and eyes (a render's albedo draws follow its
+    shape draw, so the first head is the same head in both): dlib's descriptor of the painted
+    head differs from the untextured one's, and the draws stay deterministic for a seed."""
+    plain = ip._render_batch((None, 3, 0, 2, 40.0, False))
+    painted = ip._render_batch((None, 3, 0, 2, 40.0, True))
+    again = ip._render_batch((None, 3, 0, 2, 40.0, True))
+    np.testing.assert_array_equal(painted[1], again[1])
+    np.testing.assert_array_equal(painted[0][0], plain[0][0])
+    assert np.linalg.norm(painted[1][0] - plain[1][0]) > 0.05
