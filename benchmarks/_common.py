@@ -63,7 +63,12 @@ def photometric_config(settings: list[str] | None):
             raise SystemExit(f"photometric setting {item!r}: want KEY=VALUE with KEY one of {sorted(types)}")
         if types[key] is bool and value.lower() not in ("true", "false", "1", "0"):
             raise SystemExit(f"photometric setting {item!r}: want true or false")
-        kw[key] = value.lower() in ("true", "1") if types[key] is bool else types[key](value)
+        if types[key] is bool:
+            kw[key] = value.lower() in ("true", "1")
+        elif types[key] is tuple:  # comma-separated: skip_parts=lips,lashes
+            kw[key] = tuple(v for v in value.split(",") if v)
+        else:
+            kw[key] = types[key](value)
     return PhotometricConfig(**kw)
 
 

@@ -50,6 +50,7 @@ from skullsearch.encoder.fitting import (
     project,
     rig_for,
 )
+from skullsearch.encoder.render import FEATURE_PARTS
 
 #: The longer side (px) of the face crop an ingest keeps for the refinement (:func:`face_crop`).
 CROP_PX = 512
@@ -83,7 +84,8 @@ class PhotometricConfig:
     in the refinement (half, a quarter) was worse on both (0.660 / 0.673x; not kept).
     skip_features: leave the skin of the brows, lips and upper lids' lash lines (each widened by
     3 mm, placed by the model's source annotation; :func:`~skullsearch.encoder.render.feature_mask`)
-    out of the shading term — a real face's features have their own colour, not the skin's. On by
+    out of the shading term — a real face's features have their own colour, not the skin's
+    (skip_parts: which of them; all by default). On by
     default since it gained on every set that has a truth: renders of seed 7 0.650 → 0.638x
     untextured and 0.739 → 0.640x textured (``--texture``), the real CT head's geometry 0.914 →
     0.807x untextured and 0.793x textured (the features painted on it); on the 7 real photos it
@@ -93,7 +95,13 @@ class PhotometricConfig:
     with its own colour (:func:`_feature_profiles`; the light is solved on the skin alone; each
     face's brows of 9 widths and heights, the one its photo shows best), so that a photo's dark
     brows and red lips say where the face's brows and lips are rather than being outliers to the
-    skin's colour (it overrides skip_features)."""
+    skin's colour (it overrides skip_features). Off: it keeps the real photos' features on their
+    landmarks (the 7 real photos' residual 6.0 px, skip_features 7.2, as skin 6.2; the brows
+    0.039 inter-ocular distances from dlib's, skip_features 0.069) but loses on every set with a
+    truth: renders of seed 7 0.655x textured, 0.647x untextured (skip_features 0.640 / 0.638x),
+    the real CT head's geometry 0.852x textured, 0.882x untextured (0.793 / 0.807x). On the
+    untextured CT, whose features are the skin's colour, it is nearly the features read as skin
+    (0.914x): the features' skin misleads the refinement as shape, not only as colour."""
 
     weight: float = 10.0
     steps: int = 200
@@ -105,7 +113,16 @@ class PhotometricConfig:
     min_visible: int = 200
     landmark_cauchy: float = 0.0
     skip_features: bool = True
+    skip_parts: tuple[str, ...] = FEATURE_PARTS
     feature_albedo: bool = False
+
+    def __post_init__(self):
+        from skullsearch.errors import SkullsearchError
+
+        unknown = set(self.skip_parts) - set(FEATURE_PARTS)
+        if unknown:
+            raise SkullsearchError(f"PhotometricConfig.skip_parts: unknown {sorted(unknown)}; "
+                                   f"choose from {FEATURE_PARTS}")
 
 
 def sh9(normals: torch.Tensor) -> torch.Tensor:
@@ -195,21 +212,22 @@ def _vertex_rig(model, ids: np.ndarray, n_shape: int, n_expression: int, dtype, 
 
 
 def _surface(model, vertices: int, n_shape: int, n_expression: int, dtype, device="cpu",
-             skip_features: bool = False):
+             skip_features: bool = False, parts: tuple[str, ...] = FEATURE_PARTS):
     """The face region's vertices the refinement reads (about ``vertices``, evenly subsampled;
     ``skip_features``: without brows, lips and lash lines, :func:`~skullsearch.encoder.render.
-    feature_mask`) and the T triangles around them, as a :class:`_Surface` on ``device``. Cached
+    feature_mask`, of ``parts``) and the T triangles around them, as a :class:`_Surface` on
+    ``device``. Cached
     on the model."""
     from skullsearch.encoder.face_model import face_region
 
     cache = model.__dict__.setdefault("_photometric_surface", {})
-    key = (vertices, n_shape, n_expression, dtype, str(device), skip_features)
+    key = (vertices, n_shape, n_expression, dtype, str(device), skip_features, tuple(parts))
     if key not in cache:
         mask = face_region(model)
         if skip_features:
             from skullsearch.encoder.render import feature_mask
 
-            mask &= ~feature_mask(model)
+            mask &= ~feature_mask(model, parts=tuple(parts))
         region = np.flatnonzero(mask)
         use = region[:: max(1, len(region) // vertices)]
         faces = model.faces
@@ -299,7 +317,8 @@ class _PhotoFit(_AdamFit):
         self.sizes = torch.as_tensor(np.array([[im.shape[1], im.shape[0]] for im in images], np.float64),
                                      dtype=self.dt)  # (on the CPU: the z-buffer's)
         skip = pcfg.skip_features and not pcfg.feature_albedo
-        self.mesh = _surface(model, pcfg.vertices, rig.n_shape, rig.n_expression, self.dt, self.device, skip)
+        self.mesh = _surface(model, pcfg.vertices, rig.n_shape, rig.n_expression, self.dt, self.device, skip,
+                             pcfg.skip_parts)
         self.surface, self.surface_ids, self.use = self.mesh.rig, self.mesh.ids, self.mesh.use
         #: (J, n, 3) each used vertex's weights of the brows, lips and lash lines, J ways
         #: (feature_albedo; :func:`_feature_profiles`), each face's choice (B,) and the skin (n,)

@@ -395,17 +395,29 @@ def texture_regions(model, landmarks: np.ndarray | None = None) -> TextureRegion
     return TextureRegions(brows, lips, lashes, beard, iris, pupil, skin, v, brow_depth, brow_width)
 
 
-def feature_mask(model, margin_mm: float = 3.0) -> np.ndarray:
+#: the features :func:`feature_mask` knows: the brows, the lips and the upper lids' lash lines
+FEATURE_PARTS = ("brows", "lips", "lashes")
+
+
+def feature_mask(model, margin_mm: float = 3.0, parts: tuple[str, ...] = FEATURE_PARTS) -> np.ndarray:
     """(V,) bool: the skin of a face model's features whose colour is their own, not the skin's —
     brows (from ``margin_mm`` above the brow landmarks' line to 5 mm + ``margin_mm`` under it),
     lips and the upper lids' lash line, each widened by ``margin_mm`` — on its mean face, placed by
     its source's annotation (:func:`texture_regions`, :func:`anatomical_landmarks`). A real face's
-    brows and lips sit where its landmarks say, give or take a few millimetres: the margin."""
+    brows and lips sit where its landmarks say, give or take a few millimetres: the margin.
+    parts: which of :data:`FEATURE_PARTS`."""
     from scipy.spatial import cKDTree
 
+    unknown = set(parts) - set(FEATURE_PARTS)
+    if unknown:
+        raise ValueError(f"unknown feature parts {sorted(unknown)}: choose from {FEATURE_PARTS}")
     r = texture_regions(model)
-    brows = (r.brow_depth > -margin_mm) & (r.brow_depth < 5.0 + margin_mm)
-    core = (r.lips > 0) | (r.lashes > 0)
+    brows = ((r.brow_depth > -margin_mm) & (r.brow_depth < 5.0 + margin_mm)) if "brows" in parts else False
+    core = np.zeros(len(r.vertices), bool)
+    if "lips" in parts:
+        core |= r.lips > 0
+    if "lashes" in parts:
+        core |= r.lashes > 0
     near = np.zeros(len(r.vertices), bool)
     if core.any():
         d, _ = cKDTree(r.vertices[core]).query(r.vertices, distance_upper_bound=margin_mm + 1e-9)

@@ -40,6 +40,8 @@ def test_settings_parse_to_their_fields_types(bench):
     assert cfg.skip_features is False and cfg.steps == 20 and cfg.weight == 3.5
     assert photometric_config(["skip_features=True"]).skip_features is True
     assert photometric_config(None).skip_features is True  # the default
+    assert photometric_config(["skip_parts=lips,lashes"]).skip_parts == ("lips", "lashes")
+    assert photometric_config(["feature_albedo=1"]).feature_albedo is True
 
 
 @pytest.mark.slow

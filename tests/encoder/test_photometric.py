@@ -295,3 +295,21 @@ def test_the_refinement_on_a_gpu_is_the_cpus(default_model, photos):
     diff = np.abs(gpu.codes[:, :90] - cpu.codes[:, :90]) / std
     assert diff.max() < 0.05, diff.max()
     assert np.allclose(gpu.residual_px, cpu.residual_px, atol=0.1)
+
+
+def test_skip_parts_leave_out_the_features_asked_for(default_model):
+    """Each feature's mask alone is a part of the whole, the three make it up, and an unknown part
+    is refused by name."""
+    from skullsearch.encoder.render import FEATURE_PARTS, feature_mask
+
+    m = default_model
+    whole = feature_mask(m)
+    alone = {p: feature_mask(m, parts=(p,)) for p in FEATURE_PARTS}
+    for p, mask in alone.items():
+        assert 0 < mask.sum() < whole.sum() and not (mask & ~whole).any(), p
+    np.testing.assert_array_equal(alone["brows"] | alone["lips"] | alone["lashes"], whole)
+    assert not feature_mask(m, parts=()).any()
+    with pytest.raises(SkullsearchError, match="nose"):
+        PhotometricConfig(skip_parts=("lips", "nose"))
+    with pytest.raises(ValueError, match="nose"):
+        feature_mask(m, parts=("nose",))
