@@ -493,6 +493,7 @@ def encoder_fingerprint(config, detector: str, identity_prior=None) -> str:
     what = {"fit": cfg, "detector": detector}
     if cfg.get("photometric"):  # its settings make the codes too
         from skullsearch.encoder.photometric import PhotometricConfig
+
         what["photometric"] = _without_off(asdict(PhotometricConfig()),
                                            ("landmark_cauchy", "skip_features", "feature_albedo"))
         what["photometric"].pop("skip_parts")  # all the features, as before the choice existed
