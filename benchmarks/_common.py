@@ -147,11 +147,12 @@ def mean_residual_px(faces) -> float:
 
 
 def render_photos(model, folder, shape, expr, pose, rng, max_yaw: float = 30.0,
-                  texture: bool = False) -> list:
+                  texture: bool = False, cameras: list | None = None) -> list:
     """Synthetic portrait photos (512 px PNG) of the given faces: yaw ±max_yaw°, pitch ±10°,
     random distance, light and skin tone; ``texture``: a random albedo map and a specular
     highlight too (:func:`~skullsearch.encoder.render.random_albedo`). Returns the paths,
-    ``photo0000.png``…"""
+    ``photo0000.png``…; ``cameras``: a list that gets each photo's
+    :class:`~skullsearch.encoder.render.Camera`."""
     from pathlib import Path
 
     from PIL import Image
@@ -164,9 +165,27 @@ def render_photos(model, folder, shape, expr, pose, rng, max_yaw: float = 30.0,
     paths = []
     for i, v in enumerate(verts):
         paths.append(Path(folder) / f"photo{i:04d}.png")
-        render = random_portrait(v, model.faces, rng, max_yaw, texture=regions)[0]
+        render, camera = random_portrait(v, model.faces, rng, max_yaw, texture=regions)
         Image.fromarray(render.image).save(paths[-1])
+        if cameras is not None:
+            cameras.append(camera)
     return paths
+
+
+def exact_landmarks(model, shape, expr, pose, cameras) -> np.ndarray:
+    """(n, 68, 2) px: the faces' (shape (n, S), expr (n, E), pose (n, P) tensors) own 68 landmarks
+    as the fit models them (the fitting embedding, the jaw line on the silhouette) through each
+    photo's camera (n,) — what a detector without error would give."""
+    from skullsearch.encoder.fitting import model_landmarks_px, rig_for
+
+    rig = rig_for(model, shape.shape[1], expr.shape[1])
+    rot = torch.as_tensor(np.stack([c.rotation for c in cameras]), dtype=torch.float32)
+    trans = torch.as_tensor(np.stack([c.translation for c in cameras]), dtype=torch.float32)
+    focal = torch.as_tensor([c.focal for c in cameras], dtype=torch.float32)
+    center = torch.as_tensor([[c.width / 2, c.height / 2] for c in cameras], dtype=torch.float32)
+    with torch.no_grad():
+        uv = model_landmarks_px(rig, shape.float(), expr.float(), pose.float(), rot, trans, focal, center)
+    return uv.double().numpy()
 
 
 def render_images(model, shape, expr, pose, rng, max_yaw: float = 40.0, texture: bool = False) -> list:

@@ -16,6 +16,11 @@ other, one row per setting, the defaults first:
 
     python benchmarks/photometric_settings.py [--renders 40] [--seed 5] [--photos DIR]
         [--try "landmark_cauchy=0.06" --try "weight=20" ...] [--texture] [--textured-embedding]
+        [--exact-landmarks]
+
+``--exact-landmarks``: the renders' faces fitted to their own 68 landmarks projected exactly
+(the boxes still dlib's) instead of dlib's points — what the refinement does without the
+detector's error, to tell its part from the shading's.
 
 Each ``--try`` is one setting: space-separated ``KEY=VALUE`` of
 :class:`~skullsearch.encoder.photometric.PhotometricConfig`. Prints one JSON line.
@@ -36,6 +41,7 @@ from _common import (
     add_textured_embedding_argument,
     auc,
     emit,
+    exact_landmarks,
     identity_errors,
     mean_residual_px,
     photometric_config,
@@ -96,6 +102,8 @@ def main(argv=None):
     ap.add_argument("--try", dest="tries", action="append", default=[], metavar='"KEY=VALUE ..."',
                     help="one setting (repeatable); the defaults are always the first row")
     add_textured_embedding_argument(ap)
+    ap.add_argument("--exact-landmarks", action="store_true",
+                    help="fit the renders to their faces' own landmarks projected exactly, not dlib's")
     a = ap.parse_args(argv)
     fit = FitConfig(textured_embedding=a.textured_embedding)
     settings = [[]] + [t.split() for t in a.tries]
@@ -107,14 +115,22 @@ def main(argv=None):
         rng = np.random.default_rng(a.seed)
         shape, expr, pose = random_faces(model, a.renders, rng, expr_scale=0.1)
         mask = face_region(model)
+        cameras: list = []
         with tempfile.TemporaryDirectory() as tmp:
-            paths = render_photos(model, tmp, shape, expr, pose, rng, max_yaw=40.0, texture=a.texture)
+            paths = render_photos(model, tmp, shape, expr, pose, rng, max_yaw=40.0, texture=a.texture,
+                                  cameras=cameras)
             faces, pixels = fitted(model, paths, fit)
-        truth = shape.numpy()[[int(Path(f.image).stem[5:]) for f in faces]]
+        which = [int(Path(f.image).stem[5:]) for f in faces]
+        if a.exact_landmarks:  # the faces' own points in place of dlib's, fitted again
+            exact = exact_landmarks(model, shape, expr, pose, cameras)
+            for f, i in zip(faces, which, strict=True):
+                f.landmarks = exact[i]
+            fit_faces(model, faces, config=fit)
+        truth = shape.numpy()[which]
         err, err0 = identity_errors(model, mask, shapes(faces), truth)
         refined(model, faces[:1], pixels, configs[0], fit)  # the model's surface rig, built once, not timed
         out["renders"] = {"truth": "synthetic (the default model's own faces)", "seed": a.seed,
-                          "texture": a.texture,
+                          "texture": a.texture, "exact_landmarks": a.exact_landmarks,
                           "photos": a.renders, "faces_found": len(faces),
                           "landmark_fit_ratio_to_mean_face": round(float(err.mean() / err0.mean()), 4),
                           "landmark_fit_residual_px": mean_residual_px(faces)}

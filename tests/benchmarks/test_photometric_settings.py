@@ -66,3 +66,33 @@ def test_a_small_run_reports_each_setting_on_renders_and_photos(bench, default_m
         assert 0 < row["renders_ratio_to_mean_face"] < 2 and row["renders_residual_px"] >= 0
         assert 0 <= row["real_auc_shape_code"] <= 1 and row["real_residual_px"] >= 0
     assert json.loads(capsys.readouterr().out.splitlines()[-1])["rows"] == out["rows"]
+
+
+def test_exact_landmarks_lie_on_the_face_and_the_fit_reaches_them(bench, default_model, tmp_path):
+    """``--exact-landmarks``: the renders' own points, projected by each photo's camera, lie on the
+    face dlib finds (within a tenth of the eyes' distance on average), and the fit reaches them
+    closer than dlib's, to a pixel or two (its prior and its focal length, its own guess, not the
+    render's, keep it from zero)."""
+    from _common import exact_landmarks, random_faces, render_photos
+
+    m = default_model
+    rng = np.random.default_rng(4)
+    shape, expr, pose = random_faces(m, 3, rng, expr_scale=0.05)
+    cameras: list = []
+    paths = render_photos(m, tmp_path, shape, expr, pose, rng, max_yaw=30.0, cameras=cameras)
+    assert len(cameras) == 3
+    exact = exact_landmarks(m, shape, expr, pose, cameras)
+    assert exact.shape == (3, 68, 2)
+    faces, _ = bench.fitted(m, paths)
+    assert len(faces) >= 2
+    dlib = [f.residual_px for f in faces]
+    for f in faces:
+        i = int(Path(f.image).stem[5:])
+        iod = np.linalg.norm(exact[i, 36:42].mean(0) - exact[i, 42:48].mean(0))
+        assert np.linalg.norm(f.landmarks - exact[i], axis=1).mean() < 0.1 * iod
+        f.landmarks = exact[i]
+    from skullsearch.encoder.encode import fit_faces
+
+    fit_faces(m, faces)
+    now = [f.residual_px for f in faces]
+    assert max(now) < 2.5 and all(a < b for a, b in zip(now, dlib, strict=True)), (now, dlib)
