@@ -104,7 +104,10 @@ class PhotometricConfig:
     the real CT head's geometry 0.852x textured, 0.882x untextured (0.793 / 0.807x). On the
     untextured CT, whose features are the skin's colour, it lies between skip_features and the
     features read as skin (0.914x): the features' skin misleads the refinement as shape, not
-    only as colour."""
+    only as colour — with dlib's points: fitted to their exact points instead
+    (``photometric_settings.py --exact-landmarks``), the same renders give 0.580x with it,
+    0.591x (textured) / 0.589x (untextured) with skip_features, 0.709x / 0.588x as skin. A
+    detector whose points are right at the brows, lids and lips would want it on."""
 
     weight: float = 10.0
     steps: int = 200
