@@ -172,13 +172,14 @@ def render_photos(model, folder, shape, expr, pose, rng, max_yaw: float = 30.0,
     return paths
 
 
-def exact_landmarks(model, shape, expr, pose, cameras) -> np.ndarray:
+def exact_landmarks(model, shape, expr, pose, cameras, textured: bool = False) -> np.ndarray:
     """(n, 68, 2) px: the faces' (shape (n, S), expr (n, E), pose (n, P) tensors) own 68 landmarks
-    as the fit models them (the fitting embedding, the jaw line on the silhouette) through each
-    photo's camera (n,) — what a detector without error would give."""
+    as the fit models dlib's (its embedding — ``textured``: the one calibrated on textured renders
+    — the jaw line on the silhouette) through each photo's camera (n,): what dlib without error
+    would give."""
     from skullsearch.encoder.fitting import model_landmarks_px, rig_for
 
-    rig = rig_for(model, shape.shape[1], expr.shape[1])
+    rig = rig_for(model, shape.shape[1], expr.shape[1], detector="dlib", textured=textured)
     rot = torch.as_tensor(np.stack([c.rotation for c in cameras]), dtype=torch.float32)
     trans = torch.as_tensor(np.stack([c.translation for c in cameras]), dtype=torch.float32)
     focal = torch.as_tensor([c.focal for c in cameras], dtype=torch.float32)

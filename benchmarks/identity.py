@@ -254,7 +254,7 @@ def main(argv=None):
     paths = render_photos(model, folder, shape, expr, pose, rng, max_yaw=40.0, texture=a.texture)
     t1 = time.perf_counter()
     prior = None
-    if a.identity_prior:
+    if a.identity_prior or a.identity_prior_file:  # (a file implies the prior)
         from skullsearch.encoder.identity_prior import for_model
 
         prior = for_model(model, a.identity_prior_file)
@@ -296,7 +296,7 @@ def main(argv=None):
     dis_cov = None if cov1 is None else cov1[borrow]
     out = {"persons": a.persons, "photos_per_person": a.photos, "texture": a.texture,
            "gallery": max(sizes[0], a.persons),
-           "identity_prior": bool(a.identity_prior), "detector": a.detector, "w_dense": a.w_dense,
+           "identity_prior": bool(prior is not None), "detector": a.detector, "w_dense": a.w_dense,
            "pose_embedding": a.pose_embedding, "textured_embedding": a.textured_embedding,
            "photometric": bool(photometric),
            "photometric_settings": a.photo_set or [],

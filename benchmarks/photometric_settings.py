@@ -122,7 +122,7 @@ def main(argv=None):
             faces, pixels = fitted(model, paths, fit)
         which = [int(Path(f.image).stem[5:]) for f in faces]
         if a.exact_landmarks:  # the faces' own points in place of dlib's, fitted again
-            exact = exact_landmarks(model, shape, expr, pose, cameras)
+            exact = exact_landmarks(model, shape, expr, pose, cameras, textured=a.textured_embedding)
             for f, i in zip(faces, which, strict=True):
                 f.landmarks = exact[i]
             fit_faces(model, faces, config=fit)
