@@ -153,8 +153,6 @@ def render_photos(model, folder, shape, expr, pose, rng, max_yaw: float = 30.0,
     highlight too (:func:`~skullsearch.encoder.render.random_albedo`). Returns the paths,
     ``photo0000.png``…; ``cameras``: a list that gets each photo's
     :class:`~skullsearch.encoder.render.Camera`."""
-    from pathlib import Path
-
     from PIL import Image
 
     from skullsearch.encoder.render import random_portrait, texture_regions

@@ -33,22 +33,30 @@ def _png_roundtrip(img: np.ndarray) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
 
 
+def _shots(model):
+    """Three faces from the prior, each shot at yaw −25, 5 and 20° under its own light (seed 11):
+    true shapes (9, 90) and each photo's (camera, light direction) (9,)."""
+    rng = np.random.default_rng(11)
+    shape = np.repeat(rng.standard_normal((3, 90)) * model.shape_std[:90], 3, axis=0)
+    shots = []
+    for yaw in np.tile([-25.0, 5.0, 20.0], 3):
+        cam = face_camera(yaw_deg=yaw, pitch_deg=rng.uniform(-5, 5), size=SIZE, distance=700.0,
+                          fov_mm=300.0, center=np.array([0.0, -30.0, 0.0]))
+        shots.append((cam, (rng.uniform(-0.5, 0.5), rng.uniform(0.0, 0.5), 1.0)))
+    return shape, shots
+
+
 @pytest.fixture(scope="module")
 def photos(default_model):
-    """Three faces from the prior, each rendered at yaw −25, 5 and 20° under its own light: photos
-    (9,) uint8, true shapes (9, 90), exact landmarks (9, 68, 2) px."""
+    """The faces of :func:`_shots` rendered: photos (9,) uint8, true shapes (9, 90), exact
+    landmarks (9, 68, 2) px."""
     m = default_model
-    rng = np.random.default_rng(11)
-    shape = np.repeat(rng.standard_normal((3, 90)) * m.shape_std[:90], 3, axis=0)
-    yaws = np.tile([-25.0, 5.0, 20.0], 3)
+    shape, shots = _shots(m)
     rig = rig_for(m, 90, m.n_expression)
     images, lms = [], []
     with torch.no_grad():
         verts = m.vertices(shape=torch.as_tensor(shape, dtype=torch.float32)).numpy()
-    for i, v in enumerate(verts):
-        cam = face_camera(yaw_deg=yaws[i], pitch_deg=rng.uniform(-5, 5), size=SIZE, distance=700.0,
-                          fov_mm=300.0, center=np.array([0.0, -30.0, 0.0]))
-        light = (rng.uniform(-0.5, 0.5), rng.uniform(0.0, 0.5), 1.0)
+    for i, (v, (cam, light)) in enumerate(zip(verts, shots, strict=True)):
         images.append(_png_roundtrip(render_mesh(v, m.faces, cam, light_dir=light).image))
         with torch.no_grad():
             rot = torch.as_tensor(cam.rotation, dtype=torch.float32)[None]
@@ -212,8 +220,7 @@ def painted(default_model, photos):
 
     m = default_model
     _, shape, lms = photos
-    rng = np.random.default_rng(11)
-    rng.standard_normal((3, 90))  # (the photos' draws, to repeat their cameras and lights)
+    _, shots = _shots(m)
     ratio = np.array([[0.3, 0.28, 0.26], [0.95, 0.6, 0.62], [0.45, 0.45, 0.45]])  # (K, 3)
     prof = _feature_profiles(m)[-1]
     skin = np.array([0.78, 0.62, 0.52])
@@ -221,11 +228,8 @@ def painted(default_model, photos):
     with torch.no_grad():
         verts = m.vertices(shape=torch.as_tensor(shape[:3], dtype=torch.float32)).numpy()
     images = []
-    for i, yaw in enumerate([-25.0, 5.0, 20.0]):
-        cam = face_camera(yaw_deg=yaw, pitch_deg=rng.uniform(-5, 5), size=SIZE, distance=700.0,
-                          fov_mm=300.0, center=np.array([0.0, -30.0, 0.0]))
-        light = (rng.uniform(-0.5, 0.5), rng.uniform(0.0, 0.5), 1.0)
-        render = render_mesh(verts[i], m.faces, cam, albedo=albedo, light_dir=light)
+    for v, (cam, light) in zip(verts, shots[:3], strict=True):
+        render = render_mesh(v, m.faces, cam, albedo=albedo, light_dir=light)
         images.append(_png_roundtrip(render.image))
     return images, shape[:3], lms[:3]
 
