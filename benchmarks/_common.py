@@ -9,6 +9,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+#: the 68 iBUG points by part of the face
+LANDMARK_GROUPS = {"jaw": range(0, 17), "brows": range(17, 27), "nose": range(27, 36), "eyes": range(36, 48),
+                   "outer_lips": range(48, 60), "inner_lips": range(60, 68)}
+
 
 def random_faces(model, n: int, rng, n_shape: int = 90, expr_scale: float = 0.15):
     """Codes drawn from the prior: shape (n, S) ~ N(0, σ), sparse non-negative expressions

@@ -61,7 +61,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import add_identity_prior_file_argument, emit, face_bands, photometric_config
+from _common import LANDMARK_GROUPS, add_identity_prior_file_argument, emit, face_bands, photometric_config
 
 HERE = Path(__file__).resolve().parent
 #: CT slices of the dental streak (fillings; see ../shared/ct/README.md), with a slice of margin.
@@ -264,10 +264,6 @@ def skin_texture(model, skin, shape: np.ndarray, seed: int) -> np.ndarray:
 
 
 #: The 68 iBUG points by part of the face.
-LANDMARK_GROUPS = {"jaw": range(0, 17), "brows": range(17, 27), "nose": range(27, 36), "eyes": range(36, 48),
-                   "outer_lips": range(48, 60), "inner_lips": range(60, 68)}
-
-
 def residual_by_group(fitted: np.ndarray, detected: np.ndarray) -> dict:
     """The fitted face's landmarks (n, 68, 2) px against the detector's (n, 68, 2): mean distance
     per part of the face in inter-ocular distances (the detected eyes' centres)."""

@@ -16,11 +16,13 @@ other, one row per setting, the defaults first:
 
     python benchmarks/photometric_settings.py [--renders 40] [--seed 5] [--photos DIR]
         [--try "landmark_cauchy=0.06" --try "weight=20" ...] [--texture] [--textured-embedding]
-        [--exact-landmarks]
+        [--exact-landmarks [PARTS]]
 
 ``--exact-landmarks``: the renders' faces fitted to their own 68 landmarks projected exactly
 (the boxes still dlib's) instead of dlib's points — what the refinement does without the
-detector's error, to tell its part from the shading's.
+detector's error, to tell its part from the shading's. With PARTS (comma-separated of ``jaw,
+brows, nose, eyes, outer_lips, inner_lips``) only those parts' points are exact, dlib's elsewhere:
+which part's errors cost the most.
 
 Each ``--try`` is one setting: space-separated ``KEY=VALUE`` of
 :class:`~skullsearch.encoder.photometric.PhotometricConfig`. Prints one JSON line.
@@ -37,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 from _common import (
+    LANDMARK_GROUPS,
     add_texture_argument,
     add_textured_embedding_argument,
     auc,
@@ -93,6 +96,19 @@ def pair_auc(shape: np.ndarray, who: np.ndarray) -> float:
     return round(auc(d[same], d[~same]), 4)
 
 
+def _exact_parts(arg: str | None) -> list[str]:
+    """``--exact-landmarks``' parts: none (None), all ("all") or the comma-separated ones."""
+    if arg is None:
+        return []
+    if arg == "all":
+        return list(LANDMARK_GROUPS)
+    parts = [p.strip() for p in arg.split(",") if p.strip()]
+    unknown = sorted(set(parts) - set(LANDMARK_GROUPS))
+    if unknown or not parts:
+        sys.exit(f"--exact-landmarks: unknown parts {unknown}; choose from {', '.join(LANDMARK_GROUPS)}")
+    return parts
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--renders", type=int, default=40, help="rendered faces (0: none)")
@@ -102,9 +118,11 @@ def main(argv=None):
     ap.add_argument("--try", dest="tries", action="append", default=[], metavar='"KEY=VALUE ..."',
                     help="one setting (repeatable); the defaults are always the first row")
     add_textured_embedding_argument(ap)
-    ap.add_argument("--exact-landmarks", action="store_true",
-                    help="fit the renders to their faces' own landmarks projected exactly, not dlib's")
+    ap.add_argument("--exact-landmarks", nargs="?", const="all", default=None, metavar="PARTS",
+                    help="fit the renders to their faces' own landmarks projected exactly, not dlib's "
+                         f"(PARTS: only these, comma-separated of {','.join(LANDMARK_GROUPS)})")
     a = ap.parse_args(argv)
+    exact_parts = _exact_parts(a.exact_landmarks)
     fit = FitConfig(textured_embedding=a.textured_embedding)
     settings = [[]] + [t.split() for t in a.tries]
     configs = [photometric_config(s) for s in settings]  # refuse a bad key before any work
@@ -121,16 +139,18 @@ def main(argv=None):
                                   cameras=cameras)
             faces, pixels = fitted(model, paths, fit)
         which = [int(Path(f.image).stem[5:]) for f in faces]
-        if a.exact_landmarks:  # the faces' own points in place of dlib's, fitted again
+        if exact_parts:  # the faces' own points in place of dlib's, fitted again
             exact = exact_landmarks(model, shape, expr, pose, cameras, textured=a.textured_embedding)
+            ix = np.concatenate([np.arange(68)[LANDMARK_GROUPS[g]] for g in exact_parts])
             for f, i in zip(faces, which, strict=True):
-                f.landmarks = exact[i]
+                f.landmarks = f.landmarks.copy()
+                f.landmarks[ix] = exact[i, ix]
             fit_faces(model, faces, config=fit)
         truth = shape.numpy()[which]
         err, err0 = identity_errors(model, mask, shapes(faces), truth)
         refined(model, faces[:1], pixels, configs[0], fit)  # the model's surface rig, built once, not timed
         out["renders"] = {"truth": "synthetic (the default model's own faces)", "seed": a.seed,
-                          "texture": a.texture, "exact_landmarks": a.exact_landmarks,
+                          "texture": a.texture, "exact_landmarks": exact_parts or False,
                           "photos": a.renders, "faces_found": len(faces),
                           "landmark_fit_ratio_to_mean_face": round(float(err.mean() / err0.mean()), 4),
                           "landmark_fit_residual_px": mean_residual_px(faces)}

@@ -716,6 +716,8 @@ class _AdamFit:
         self.expr = state["expr"].requires_grad_(True)
         self.jaw = state["jaw"].requires_grad_(True)
         self.mean_points = None  # the rigid stage's face (mean shape, closed jaw): posed once
+        #: optional weights of each landmark (68,) and edge (E,) in :meth:`losses` (None: all 1)
+        self.point_weight = self.edge_weight = None
         self.history: list[float] = []
 
     def full_pose(self):
@@ -751,6 +753,8 @@ class _AdamFit:
         if robust > 0:  # in inter-ocular units
             c2 = robust**2 * self.scale[:, None] ** 2
             r2, e2 = (c2 * torch.log1p(x / c2) for x in (r2, e2))
+        if self.point_weight is not None:
+            r2, e2 = r2 * self.point_weight, e2 * self.edge_weight
         reproj = r2.mean(1) / self.scale**2
         edge = (e2 * self.emask).sum(1) / self.emask.sum(1).clamp(min=1) / self.scale**2
         total = cfg.w_landmark * reproj + cfg.w_edge * edge

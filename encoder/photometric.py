@@ -56,6 +56,9 @@ from skullsearch.encoder.render import FEATURE_PARTS
 CROP_PX = 512
 #: The visibility z-buffer's size (px, longer side): a vertex is visible when within 1 mm of it.
 VISIBILITY_PX = 160
+#: the 68 iBUG points of the features (brows 17–26, eyes 36–47, mouth 48–67):
+#: ``PhotometricConfig.feature_landmark_weight`` weighs them
+FEATURE_LANDMARKS = np.r_[17:27, 36:48, 48:68]
 
 
 @dataclass(frozen=True)
@@ -107,7 +110,14 @@ class PhotometricConfig:
     only as colour — with dlib's points: fitted to their exact points instead
     (``photometric_settings.py --exact-landmarks``), the same renders give 0.580x with it,
     0.591x (textured) / 0.589x (untextured) with skip_features, 0.709x / 0.588x as skin. A
-    detector whose points are right at the brows, lids and lips would want it on."""
+    detector whose points are right at the brows, lids and lips would want it on.
+    feature_landmark_weight: the weight of the features' landmarks (brows, eyes, mouth:
+    :data:`FEATURE_LANDMARKS`, 42 of the 68, and the edges between them and others) in the
+    refinement's landmark term, so that the shading places the features where dlib errs most;
+    1: as the landmark fit. Exact points at one part at a time (``photometric_settings.py
+    --exact-landmarks PARTS``, textured renders of seed 7: 0.640x with dlib's) say that dlib's
+    error is spread over the face: the jaw line 0.622x, the lips 0.627x, the brows 0.632x, the eyes
+    0.635x, the nose 0.636x, the brows, eyes and lips together 0.611x, all 0.591x."""
 
     weight: float = 10.0
     steps: int = 200
@@ -121,6 +131,7 @@ class PhotometricConfig:
     skip_features: bool = True
     skip_parts: tuple[str, ...] = FEATURE_PARTS
     feature_albedo: bool = False
+    feature_landmark_weight: float = 1.0
 
     def __post_init__(self):
         from skullsearch.errors import SkullsearchError
@@ -335,6 +346,11 @@ class _PhotoFit(_AdamFit):
             self.choice = torch.full((self.b,), len(self.profiles) // 2, dtype=torch.long, device=self.device)
             self.skin = (self.profiles.sum(2).amax(0) < SKIN_BELOW).to(self.dt)
         self.visible = torch.zeros(self.b, len(self.use), dtype=torch.bool, device=self.device)
+        if pcfg.feature_landmark_weight != 1.0:  # the brows', eyes' and mouth's points (and edges)
+            pw = torch.ones(68, dtype=self.dt, device=self.device)
+            pw[FEATURE_LANDMARKS] = pcfg.feature_landmark_weight
+            self.point_weight = pw
+            self.edge_weight = torch.minimum(pw[self.edges[..., 0]], pw[self.edges[..., 1]])
 
     def posed(self) -> torch.Tensor:
         """The surface rig's vertices, posed (B, K, 3) mm (the head's rotation is the camera's)."""

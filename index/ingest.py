@@ -497,6 +497,8 @@ def encoder_fingerprint(config, detector: str, identity_prior=None) -> str:
         what["photometric"] = _without_off(asdict(PhotometricConfig()),
                                            ("landmark_cauchy", "skip_features", "feature_albedo"))
         what["photometric"].pop("skip_parts")  # all the features, as before the choice existed
+        if what["photometric"]["feature_landmark_weight"] == 1.0:  # its "off", as before it existed
+            what["photometric"].pop("feature_landmark_weight")
         if what["photometric"].get("skip_features"):  # the features' mask, by the source's annotation
             what["photometric"]["feature_mask"] = FEATURE_MASK_VERSION
     if identity_prior is not None:

@@ -33,6 +33,20 @@ def test_an_unknown_setting_is_refused_naming_the_known_ones(bench):
         bench.main(["--renders", "0", "--try", "skip_features=maybe"])
 
 
+def test_exact_landmark_parts_parse_and_refuse_unknown_ones(bench):
+    from _common import LANDMARK_GROUPS
+
+    assert bench._exact_parts(None) == []
+    assert bench._exact_parts("all") == list(LANDMARK_GROUPS)
+    assert bench._exact_parts("jaw, brows") == ["jaw", "brows"]
+    with pytest.raises(SystemExit, match="outer_lips"):
+        bench._exact_parts("lips")
+    with pytest.raises(SystemExit, match="unknown parts"):
+        bench._exact_parts(",")
+    covered = sorted(i for g in LANDMARK_GROUPS.values() for i in g)
+    assert covered == list(range(68))  # the parts partition the 68 points
+
+
 def test_settings_parse_to_their_fields_types(bench):
     from _common import photometric_config
 

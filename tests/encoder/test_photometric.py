@@ -284,6 +284,29 @@ def test_a_robust_landmark_term_lets_a_wrong_point_pull_less(default_model, phot
     assert abs(follow[0.1]) < 0.3 * follow[0.0], follow
 
 
+def test_feature_landmark_weight_lets_a_brow_point_pull_less(default_model, photos):
+    """A brow point moved up by a third of the inter-ocular distance: at feature_landmark_weight 1
+    the refined face's brow follows it, at 0.1 it follows less, and a nose point (not a feature)
+    moved the same way is followed as much at either weight. Weight 0: the landmark term alone."""
+    m = default_model
+    images, _, lms = photos
+    lm = fit_landmarks(m, lms[:1], np.full((1, 2), float(SIZE)))
+    iod = np.linalg.norm(lms[0, 36:42].mean(0) - lms[0, 42:48].mean(0))
+    follow = {}
+    for point in (19, 33):
+        for w in (1.0, 0.1):
+            y = []
+            for offset in (0.0, 1 / 3):
+                wrong = lms[:1].copy()
+                wrong[0, point, 1] -= offset * iod
+                cfg = PhotometricConfig(steps=60, weight=0.0, feature_landmark_weight=w)
+                y.append(refine_photometric(m, lm.codes, wrong, images[:1], photometric=cfg).landmarks_px[0, point, 1])
+            follow[point, w] = y[0] - y[1]  # px upwards
+    assert follow[19, 1.0] > 1.0, follow
+    assert follow[19, 0.1] < 0.6 * follow[19, 1.0], follow
+    assert follow[33, 0.1] > 0.8 * follow[33, 1.0], follow
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on CI)")
 def test_the_refinement_on_a_gpu_is_the_cpus(default_model, photos):
     """FitConfig(device="cuda"): the same faces refined on the GPU land where the CPU's do (float
