@@ -263,7 +263,6 @@ def skin_texture(model, skin, shape: np.ndarray, seed: int) -> np.ndarray:
     return np.where(d[:, None] < 6.0, albedo[ids[j]], tone)
 
 
-#: The 68 iBUG points by part of the face.
 def residual_by_group(fitted: np.ndarray, detected: np.ndarray) -> dict:
     """The fitted face's landmarks (n, 68, 2) px against the detector's (n, 68, 2): mean distance
     per part of the face in inter-ocular distances (the detected eyes' centres)."""

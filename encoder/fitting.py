@@ -716,7 +716,7 @@ class _AdamFit:
         self.expr = state["expr"].requires_grad_(True)
         self.jaw = state["jaw"].requires_grad_(True)
         self.mean_points = None  # the rigid stage's face (mean shape, closed jaw): posed once
-        #: optional weights of each landmark (68,) and edge (E,) in :meth:`losses` (None: all 1)
+        #: optional weights of each landmark (68,) and each face's edge (B, E) in :meth:`losses` (None: 1)
         self.point_weight = self.edge_weight = None
         self.history: list[float] = []
 

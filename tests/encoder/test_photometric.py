@@ -300,7 +300,8 @@ def test_feature_landmark_weight_lets_a_brow_point_pull_less(default_model, phot
                 wrong = lms[:1].copy()
                 wrong[0, point, 1] -= offset * iod
                 cfg = PhotometricConfig(steps=60, weight=0.0, feature_landmark_weight=w)
-                y.append(refine_photometric(m, lm.codes, wrong, images[:1], photometric=cfg).landmarks_px[0, point, 1])
+                ref = refine_photometric(m, lm.codes, wrong, images[:1], photometric=cfg)
+                y.append(ref.landmarks_px[0, point, 1])
             follow[point, w] = y[0] - y[1]  # px upwards
     assert follow[19, 1.0] > 1.0, follow
     assert follow[19, 0.1] < 0.6 * follow[19, 1.0], follow
