@@ -9,7 +9,9 @@ other, one row per setting, the defaults first:
   defaults were set on seed 5, the identity benchmark uses seed 0), one photo each at yaw ±40°,
   pitch, light, skin tone and a little expression (as ``identity.py``'s), decoded, detected by dlib
   and landmark-fitted once; each setting refines those fits. Reported: the identity error as a
-  ratio to the mean face's (the landmark fit's beside it), the landmark residual, the seconds.
+  ratio to the mean face's (the landmark fit's beside it), the landmark residual, the seconds,
+  and the final photometric energy (its weighted term, mean per face; also for the real photos):
+  how far a set's shading lies from the refinement's model of it.
 - real photos: ``--photos DIR``, a folder of person sub-folders (the labels only score): each photo
   detected and fitted alone, refined by each setting; the same-vs-different person pair AUC of the
   shape codes (L2). A handful of photos is a check, not a measure: say how many.
@@ -76,11 +78,14 @@ def shapes(faces) -> np.ndarray:
     return code_layout.split(np.stack([f.code for f in faces])).shape[:, :code_layout.N_SHAPE]
 
 
-def refined(model, faces, pixels, cfg, config=None):
-    """Copies of the faces refined with ``cfg`` (and the fit's ``config``), and the seconds it took."""
+def refined(model, faces, pixels, cfg, config=None, terms: dict | None = None):
+    """Copies of the faces refined with ``cfg`` (and the fit's ``config``), and the seconds it
+    took; ``terms`` gets the final energy's terms (mean per face)."""
     out = copy.deepcopy(faces)
     t = time.time()
-    refine_faces(model, out, pixels, config, cfg)
+    got = refine_faces(model, out, pixels, config, cfg)
+    if terms is not None:
+        terms.update(got)
     return out, time.time() - t
 
 
@@ -155,10 +160,12 @@ def main(argv=None):
                           "landmark_fit_ratio_to_mean_face": round(float(err.mean() / err0.mean()), 4),
                           "landmark_fit_residual_px": mean_residual_px(faces)}
         for row, cfg in zip(rows, configs, strict=True):
-            fs, sec = refined(model, faces, pixels, cfg, fit)
+            terms: dict = {}
+            fs, sec = refined(model, faces, pixels, cfg, fit, terms)
             err, _ = identity_errors(model, mask, shapes(fs), truth)
             row["renders_ratio_to_mean_face"] = round(float(err.mean() / err0.mean()), 4)
             row["renders_residual_px"] = mean_residual_px(fs)
+            row["renders_photometric_energy"] = round(terms.get("photometric", float("nan")), 5)
             row["renders_seconds_per_face"] = round(sec / max(len(fs), 1), 3)
             print(row, file=sys.stderr, flush=True)
     if a.photos is not None:
@@ -174,9 +181,11 @@ def main(argv=None):
                        "landmark_fit_auc_shape_code": pair_auc(shapes(faces), who),
                        "landmark_fit_residual_px": mean_residual_px(faces)}
         for row, cfg in zip(rows, configs, strict=True):
-            fs, _ = refined(model, faces, pixels, cfg, fit)
+            terms = {}
+            fs, _ = refined(model, faces, pixels, cfg, fit, terms)
             row["real_auc_shape_code"] = pair_auc(shapes(fs), who)
             row["real_residual_px"] = mean_residual_px(fs)
+            row["real_photometric_energy"] = round(terms.get("photometric", float("nan")), 5)
             print(row, file=sys.stderr, flush=True)
     emit(out)
     return out

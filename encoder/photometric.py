@@ -561,12 +561,15 @@ def refine_photometric(model, codes: np.ndarray, landmarks: np.ndarray, images: 
 
 
 def refine_faces(model, faces, pixels: dict[str, np.ndarray] | None = None, config: FitConfig | None = None,
-                 photometric: PhotometricConfig | None = None, batch_size: int = 64) -> None:
+                 photometric: PhotometricConfig | None = None, batch_size: int = 64) -> dict:
     """:func:`refine_photometric` for fitted :class:`~.encode.EncodedFace` s, in place (code,
     residual_px), in batches of about ``batch_size`` faces of one detector (a person's faces kept
     together: they share their shape). pixels: the decoded (H, W, 3) uint8 photo of each face's
     ``image`` (each face is read through its :func:`face_crop`); without it each face's own
-    ``crop`` (an ingest's) is read, and faces without one are left as fitted."""
+    ``crop`` (an ingest's) is read, and faces without one are left as fitted. Returns the final
+    energy's terms (``FitResult.terms``), each its mean over the refined faces ({} for none): how
+    well the faces explain their photos (a photo's shading far from the model's raises
+    "photometric")."""
     todo = [i for i, f in enumerate(faces) if pixels is not None or f.crop is not None]
     todo.sort(key=lambda i: (str(faces[i].detector), faces[i].person is None, str(faces[i].person), i))
     batches: list[list[int]] = []
@@ -577,6 +580,7 @@ def refine_faces(model, faces, pixels: dict[str, np.ndarray] | None = None, conf
                                        and (f.person is None or f.person != last.person)):
             batches.append([])
         batches[-1].append(i)
+    terms: dict[str, float] = {}
     for idx in batches:
         group = [faces[i] for i in idx]
         crops = [f.crop if pixels is None else face_crop(pixels[f.image], f.landmarks) for f in group]
@@ -589,3 +593,6 @@ def refine_faces(model, faces, pixels: dict[str, np.ndarray] | None = None, conf
         for f, code, r in zip(group, res.codes, res.residual_px, strict=True):
             f.code = code
             f.residual_px = float(r)
+        for k, v in res.terms.items():
+            terms[k] = terms.get(k, 0.0) + v * len(group)
+    return {k: v / len(todo) for k, v in terms.items()}

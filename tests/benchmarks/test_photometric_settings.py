@@ -79,6 +79,7 @@ def test_a_small_run_reports_each_setting_on_renders_and_photos(bench, default_m
     for row in out["rows"]:
         assert 0 < row["renders_ratio_to_mean_face"] < 2 and row["renders_residual_px"] >= 0
         assert 0 <= row["real_auc_shape_code"] <= 1 and row["real_residual_px"] >= 0
+        assert row["renders_photometric_energy"] > 0 and row["real_photometric_energy"] > 0
     assert json.loads(capsys.readouterr().out.splitlines()[-1])["rows"] == out["rows"]
 
 

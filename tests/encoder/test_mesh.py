@@ -224,6 +224,13 @@ def test_the_encoder_fingerprint_holds_the_photometric_settings_when_on(monkeypa
     assert encoder_fingerprint(FitConfig(photometric=True), "dlib") != on
     monkeypatch.setattr(photometric, "PhotometricConfig", Robust)
     assert encoder_fingerprint(FitConfig(photometric=True), "dlib") != on
+
+    @dataclass(frozen=True)
+    class Features(photometric.PhotometricConfig):
+        feature_landmark_weight: float = 0.3
+
+    monkeypatch.setattr(photometric, "PhotometricConfig", Features)
+    assert encoder_fingerprint(FitConfig(photometric=True), "dlib") != on
     assert encoder_fingerprint(FitConfig(), "dlib") == off  # off, its settings do not count
 
 

@@ -308,6 +308,38 @@ def test_feature_landmark_weight_lets_a_brow_point_pull_less(default_model, phot
     assert follow[33, 0.1] > 0.8 * follow[33, 1.0], follow
 
 
+def test_refine_faces_reports_the_final_energy_and_skips_faces_without_pixels(default_model, photos):
+    """refine_faces returns the final energy's terms, their mean over the faces it refined: a
+    photo whose shading is not the model's (its colours scrambled) is explained worse; a face
+    without a crop or pixels is left as it is and counts for nothing ({} when none is refined)."""
+    from skullsearch.encoder.encode import EncodedFace
+    from skullsearch.encoder.photometric import refine_faces
+
+    m = default_model
+    images, _, lms = photos
+    lm = fit_landmarks(m, lms[:2], np.full((2, 2), float(SIZE)))
+
+    def faces(pixels):
+        return [EncodedFace(image=f"p{i}", sha256="", face_index=0, box=np.zeros(4), score=1.0,
+                            landmarks=lms[i], quality=(), yaw_deg=0.0, detector="dlib",
+                            image_size=(SIZE, SIZE), code=lm.codes[i].copy(), focal=float(lm.focal[i]))
+                for i in range(len(pixels))]
+
+    cfg = PhotometricConfig(steps=30)
+    own = {f"p{i}": images[i] for i in range(2)}
+    rng = np.random.default_rng(0)
+    scrambled = {k: v[..., rng.permutation(3)][:, ::-1].copy() for k, v in own.items()}  # mirrored
+    fs = faces(own)
+    terms = refine_faces(m, fs, own, photometric=cfg)
+    assert set(terms) >= {"landmarks", "photometric"} and terms["photometric"] > 0
+    assert not np.allclose(fs[0].code, lm.codes[0])
+    worse = refine_faces(m, faces(scrambled), scrambled, photometric=cfg)
+    assert worse["photometric"] > 1.5 * terms["photometric"], (terms, worse)
+    untouched = faces(own)
+    assert refine_faces(m, untouched, None, photometric=cfg) == {}  # no crops, no pixels
+    assert np.array_equal(untouched[0].code, lm.codes[0])
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on CI)")
 def test_the_refinement_on_a_gpu_is_the_cpus(default_model, photos):
     """FitConfig(device="cuda"): the same faces refined on the GPU land where the CPU's do (float
