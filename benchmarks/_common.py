@@ -191,6 +191,32 @@ def exact_landmarks(model, shape, expr, pose, cameras, textured: bool = False) -
     return uv.double().numpy()
 
 
+def faces_landmarks_px(model, faces, textured: bool = False) -> np.ndarray:
+    """(n, 68, 2) px: the 68 landmarks of fitted faces' codes (dlib's embedding; ``textured``: the
+    one calibrated on textured renders), jaw line on the silhouette, through each face's camera."""
+    from skullsearch.encoder import code as code_layout
+    from skullsearch.encoder.fitting import camera_rotation, model_landmarks_px, rig_for
+
+    p = code_layout.split(torch.as_tensor(np.stack([f.code for f in faces]), dtype=torch.float64))
+    n_s, n_e = min(p.shape.shape[1], model.n_shape), model.n_expression
+    rig = rig_for(model, n_s, n_e, detector="dlib", textured=textured, dtype=torch.float64)
+    focal = torch.as_tensor([f.focal for f in faces], dtype=torch.float64)
+    center = torch.as_tensor([[w / 2, h / 2] for w, h in (f.image_size for f in faces)], dtype=torch.float64)
+    with torch.no_grad():
+        uv = model_landmarks_px(rig, p.shape[:, :n_s], p.expression[:, :n_e], p.pose,
+                                camera_rotation(p.cam_rot), p.cam_trans, focal, center)
+    return uv.numpy()
+
+
+def residual_by_group(fitted: np.ndarray, detected: np.ndarray) -> dict:
+    """The fitted face's landmarks (n, 68, 2) px against the detector's (n, 68, 2): mean distance
+    per part of the face in inter-ocular distances (the detected eyes' centres)."""
+    iod = np.linalg.norm(detected[:, 36:42].mean(1) - detected[:, 42:48].mean(1), axis=-1)
+    r = np.linalg.norm(fitted - detected, axis=-1) / iod[:, None]
+    return {"all": round(float(r.mean()), 4)} | {g: round(float(r[:, list(ix)].mean()), 4)
+                                                  for g, ix in LANDMARK_GROUPS.items()}
+
+
 def render_images(model, shape, expr, pose, rng, max_yaw: float = 40.0, texture: bool = False) -> list:
     """Synthetic portrait photos of the given faces, as :func:`render_photos`'s, kept in memory:
     decoded images (512 px) named ``"0"``, ``"1"``… (their index), for the detectors directly."""

@@ -61,7 +61,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import LANDMARK_GROUPS, add_identity_prior_file_argument, emit, face_bands, photometric_config
+from _common import (
+    add_identity_prior_file_argument,
+    emit,
+    face_bands,
+    photometric_config,
+    residual_by_group,
+)
 
 HERE = Path(__file__).resolve().parent
 #: CT slices of the dental streak (fillings; see ../shared/ct/README.md), with a slice of margin.
@@ -261,15 +267,6 @@ def skin_texture(model, skin, shape: np.ndarray, seed: int) -> np.ndarray:
     ids = np.flatnonzero(regions.skin)  # not the eyeballs: the CT's eyes are closed
     d, j = cKDTree(face[ids]).query(np.asarray(skin.vertices))
     return np.where(d[:, None] < 6.0, albedo[ids[j]], tone)
-
-
-def residual_by_group(fitted: np.ndarray, detected: np.ndarray) -> dict:
-    """The fitted face's landmarks (n, 68, 2) px against the detector's (n, 68, 2): mean distance
-    per part of the face in inter-ocular distances (the detected eyes' centres)."""
-    iod = np.linalg.norm(detected[:, 36:42].mean(1) - detected[:, 42:48].mean(1), axis=-1)
-    r = np.linalg.norm(fitted - detected, axis=-1) / iod[:, None]
-    return {"all": round(float(r.mean()), 4)} | {g: round(float(r[:, list(ix)].mean()), 4)
-                                                  for g, ix in LANDMARK_GROUPS.items()}
 
 
 def fit_codes(model, paths, detector: str, config, prior=None, shared: bool = False, photometric=None,

@@ -11,7 +11,8 @@ other, one row per setting, the defaults first:
   and landmark-fitted once; each setting refines those fits. Reported: the identity error as a
   ratio to the mean face's (the landmark fit's beside it), the landmark residual, the seconds,
   and the final photometric energy (its weighted term, mean per face; also for the real photos):
-  how far a set's shading lies from the refinement's model of it.
+  how far a set's shading lies from the refinement's model of it; and by part of the face how far
+  the refined faces' landmarks lie from the points they were fitted to (inter-ocular distances).
 - real photos: ``--photos DIR``, a folder of person sub-folders (the labels only score): each photo
   detected and fitted alone, refined by each setting; the same-vs-different person pair AUC of the
   shape codes (L2). A handful of photos is a check, not a measure: say how many.
@@ -47,11 +48,13 @@ from _common import (
     auc,
     emit,
     exact_landmarks,
+    faces_landmarks_px,
     identity_errors,
     mean_residual_px,
     photometric_config,
     random_faces,
     render_photos,
+    residual_by_group,
 )
 
 from skullsearch import FaceModel
@@ -87,6 +90,13 @@ def refined(model, faces, pixels, cfg, config=None, terms: dict | None = None):
     if terms is not None:
         terms.update(got)
     return out, time.time() - t
+
+
+def off_detector(model, faces, textured: bool) -> dict:
+    """How far the faces' landmarks lie from the points they were fitted to, by part of the face
+    (inter-ocular distances): where a setting moves faces off the detector's points."""
+    fitted = faces_landmarks_px(model, faces, textured)
+    return residual_by_group(fitted, np.stack([f.landmarks for f in faces]))
 
 
 def same_person(who: np.ndarray) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray]:
@@ -166,6 +176,7 @@ def main(argv=None):
             row["renders_ratio_to_mean_face"] = round(float(err.mean() / err0.mean()), 4)
             row["renders_residual_px"] = mean_residual_px(fs)
             row["renders_photometric_energy"] = round(terms.get("photometric", float("nan")), 5)
+            row["renders_off_detector_iod"] = off_detector(model, fs, a.textured_embedding)
             row["renders_seconds_per_face"] = round(sec / max(len(fs), 1), 3)
             print(row, file=sys.stderr, flush=True)
     if a.photos is not None:
@@ -186,6 +197,7 @@ def main(argv=None):
             row["real_auc_shape_code"] = pair_auc(shapes(fs), who)
             row["real_residual_px"] = mean_residual_px(fs)
             row["real_photometric_energy"] = round(terms.get("photometric", float("nan")), 5)
+            row["real_off_detector_iod"] = off_detector(model, fs, a.textured_embedding)
             print(row, file=sys.stderr, flush=True)
     emit(out)
     return out

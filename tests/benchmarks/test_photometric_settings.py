@@ -80,6 +80,10 @@ def test_a_small_run_reports_each_setting_on_renders_and_photos(bench, default_m
         assert 0 < row["renders_ratio_to_mean_face"] < 2 and row["renders_residual_px"] >= 0
         assert 0 <= row["real_auc_shape_code"] <= 1 and row["real_residual_px"] >= 0
         assert row["renders_photometric_energy"] > 0 and row["real_photometric_energy"] > 0
+        for where in ("renders", "real"):
+            off = row[f"{where}_off_detector_iod"]
+            assert set(off) == {"all", "jaw", "brows", "nose", "eyes", "outer_lips", "inner_lips"}
+            assert 0 < off["all"] < 0.5
     assert json.loads(capsys.readouterr().out.splitlines()[-1])["rows"] == out["rows"]
 
 
@@ -101,6 +105,12 @@ def test_exact_landmarks_lie_on_the_face_and_the_fit_reaches_them(bench, default
     faces, _ = bench.fitted(m, paths)
     assert len(faces) >= 2
     dlib = [f.residual_px for f in faces]
+    from _common import faces_landmarks_px
+
+    # the codes' own landmarks, projected again, are the fit's: their distance to dlib's is its residual
+    again = faces_landmarks_px(m, faces)
+    residual = np.linalg.norm(again - np.stack([f.landmarks for f in faces]), axis=-1).mean(1)
+    np.testing.assert_allclose(residual, dlib, rtol=1e-3, atol=1e-3)
     for f in faces:
         i = int(Path(f.image).stem[5:])
         iod = np.linalg.norm(exact[i, 36:42].mean(0) - exact[i, 42:48].mean(0))
