@@ -114,15 +114,16 @@ class PhotometricConfig:
     feature_landmark_weight: the weight of the features' landmarks (brows, eyes, mouth:
     :data:`FEATURE_LANDMARKS`, 42 of the 68, and the edges between them and others) in the
     refinement's landmark term, so that the shading places the features where dlib errs most;
-    1 (off): as the landmark fit. At 0.3 it gains on every set with a truth — renders of seed 7
-    0.640 → 0.632x textured, 0.638 → 0.613x untextured (0.5: 0.617x), the real CT head's geometry
-    0.793 → 0.764x textured, 0.807 → 0.799x untextured (views sharing one shape 0.771 → 0.739x,
-    0.774 → 0.781x); with feature_albedo it changes little (CT 0.852 / 0.882 → 0.852 / 0.870x) —
-    but every one of those sets is shaded by the refinement's own model (Lambertian, one albedo).
-    On the 7 real photos, whose shading it explains far less well (final photometric energy 0.059
-    against 0.018 on textured renders), the faces leave dlib's points further than on renders
-    (where those points are known to err): eyes 0.057 → 0.079 inter-ocular distances (textured renders 0.032 →
-    0.037), outer lips 0.057 → 0.067 (0.037 → 0.047). As landmark_cauchy: trusting the shading
+    1 (off): as the landmark fit. At 0.3 it gains on nearly every set with a truth — renders of
+    seed 7 0.640 → 0.632x textured, 0.638 → 0.613x untextured (0.5: 0.617x), the real CT head's
+    geometry 0.793 → 0.764x textured, 0.807 → 0.799x untextured (views sharing one shape 0.771 →
+    0.739x, and 0.774 → 0.781x, the one loss); with feature_albedo it changes little (CT 0.852 /
+    0.882 → 0.852 / 0.870x) — but every one of those sets is shaded by the refinement's own model
+    (Lambertian, one albedo). On the 7 real photos, whose shading it explains far less well (final
+    photometric energy 0.059 against 0.018 on textured renders), the faces leave dlib's points
+    further than on renders (where those points are known to err): eyes 0.058 → 0.079
+    inter-ocular distances (textured renders 0.032 → 0.037), outer lips 0.054 → 0.063 (0.037 →
+    0.047). As landmark_cauchy: trusting the shading
     more wins where the shading is the model's own; off until a set of real photos with a truth
     says otherwise. Exact points at one part at a time (``photometric_settings.py
     --exact-landmarks PARTS``, textured renders of seed 7: 0.640x with dlib's) say that dlib's
