@@ -21,6 +21,10 @@ other, one row per setting, the defaults first:
         [--try "landmark_cauchy=0.06" --try "weight=20" ...] [--texture] [--textured-embedding]
         [--exact-landmarks [PARTS]]
 
+The renders' report also says how far dlib's points lie from the exact ones (the faces' own 68
+points as the fit models them, projected by each render's camera), by part of the face, and how
+far each jaw point lies inside the model's silhouette (``detector_error_iod``).
+
 ``--exact-landmarks``: the renders' faces fitted to their own 68 landmarks projected exactly
 (the boxes still dlib's) instead of dlib's points — what the refinement does without the
 detector's error, to tell its part from the shading's. With PARTS (comma-separated of ``jaw,
@@ -99,6 +103,18 @@ def off_detector(model, faces, textured: bool) -> dict:
     return residual_by_group(fitted, np.stack([f.landmarks for f in faces]))
 
 
+def detector_error_iod(detected: np.ndarray, exact: np.ndarray) -> dict:
+    """dlib's points (n, 68, 2) px against the exact ones (n, 68, 2), in inter-ocular distances: the
+    mean distance by part of the face, and ``jaw_inward`` (17,): the median offset of each jaw point
+    towards the face's centre (the nose's points; > 0: inside the model's silhouette)."""
+    out = residual_by_group(detected, exact)
+    iod = np.linalg.norm(exact[:, 36:42].mean(1) - exact[:, 42:48].mean(1), axis=-1)
+    outward = exact[:, :17] - exact[:, 27:36].mean(1, keepdims=True)
+    outward /= np.linalg.norm(outward, axis=-1, keepdims=True)
+    inward = -((detected[:, :17] - exact[:, :17]) * outward).sum(-1) / iod[:, None]
+    return out | {"jaw_inward": [round(float(v), 3) for v in np.median(inward, 0)]}
+
+
 def same_person(who: np.ndarray) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray]:
     """Every pair of faces (the upper triangle's indices) and whether it is one person's."""
     iu = np.triu_indices(len(who), 1)
@@ -154,8 +170,9 @@ def main(argv=None):
                                   cameras=cameras)
             faces, pixels = fitted(model, paths, fit)
         which = [int(Path(f.image).stem[5:]) for f in faces]
+        exact = exact_landmarks(model, shape, expr, pose, cameras, textured=a.textured_embedding)
+        detector_error = detector_error_iod(np.stack([f.landmarks for f in faces]), exact[which])
         if exact_parts:  # the faces' own points in place of dlib's, fitted again
-            exact = exact_landmarks(model, shape, expr, pose, cameras, textured=a.textured_embedding)
             ix = np.concatenate([np.arange(68)[LANDMARK_GROUPS[g]] for g in exact_parts])
             for f, i in zip(faces, which, strict=True):
                 f.landmarks = f.landmarks.copy()
@@ -168,7 +185,8 @@ def main(argv=None):
                           "texture": a.texture, "exact_landmarks": exact_parts or False,
                           "photos": a.renders, "faces_found": len(faces),
                           "landmark_fit_ratio_to_mean_face": round(float(err.mean() / err0.mean()), 4),
-                          "landmark_fit_residual_px": mean_residual_px(faces)}
+                          "landmark_fit_residual_px": mean_residual_px(faces),
+                          "detector_error_iod": detector_error}
         for row, cfg in zip(rows, configs, strict=True):
             terms: dict = {}
             fs, sec = refined(model, faces, pixels, cfg, fit, terms)

@@ -47,6 +47,26 @@ def test_exact_landmark_parts_parse_and_refuse_unknown_ones(bench):
     assert covered == list(range(68))  # the parts partition the 68 points
 
 
+def test_the_detectors_error_by_part_and_its_jaw_line_inward(bench):
+    """Jaw points moved a tenth of the eyes' distance towards the nose: the jaw's error 0.1, every
+    other part's 0, each jaw point 0.1 inward; moved outwards, −0.1."""
+    rng = np.random.default_rng(0)
+    exact = rng.uniform(100, 300, (3, 68, 2))
+    exact[:, 36:42] = [100.0, 200.0]  # eye centres 100 px apart
+    exact[:, 42:48] = [200.0, 200.0]
+    exact[:, 27:36] = [150.0, 250.0]  # the nose
+    exact[:, :17] = [150.0, 250.0] + 80 * np.stack([np.cos(np.linspace(0, np.pi, 17)),
+                                                    np.sin(np.linspace(0, np.pi, 17))], -1)
+    towards = exact[:, 27:36].mean(1, keepdims=True) - exact[:, :17]
+    towards /= np.linalg.norm(towards, axis=-1, keepdims=True)
+    for sign in (1, -1):
+        detected = exact.copy()
+        detected[:, :17] += sign * 10.0 * towards
+        err = bench.detector_error_iod(detected, exact)
+        assert err["jaw"] == pytest.approx(0.1) and err["brows"] == 0 and err["eyes"] == 0
+        np.testing.assert_allclose(err["jaw_inward"], sign * 0.1, atol=1e-3)
+
+
 def test_settings_parse_to_their_fields_types(bench):
     from _common import photometric_config
 
@@ -73,6 +93,7 @@ def test_a_small_run_reports_each_setting_on_renders_and_photos(bench, default_m
     assert [r["setting"] for r in out["rows"]] == ["defaults", setting]
     assert out["renders"]["faces_found"] == 2 and out["renders"]["truth"].startswith("synthetic")
     assert out["renders"]["texture"] is True and out["renders"]["landmark_fit_residual_px"] > 0
+    assert len(out["renders"]["detector_error_iod"]["jaw_inward"]) == 17
     assert out["real"]["landmark_fit_residual_px"] > 0
     real = out["real"]
     assert real["persons"] == 2 and real["same_pairs"] == 2 and real["different_pairs"] == 4
