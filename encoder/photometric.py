@@ -117,7 +117,8 @@ class PhotometricConfig:
     1 (off): as the landmark fit. At 0.3 it gains on nearly every set with a truth — renders of
     seed 7 0.640 → 0.632x textured, 0.638 → 0.613x untextured (0.5: 0.617x), the real CT head's
     geometry 0.793 → 0.764x textured, 0.807 → 0.799x untextured (views sharing one shape 0.771 →
-    0.739x, and 0.774 → 0.781x, the one loss); with feature_albedo it changes little (CT 0.852 /
+    0.739x, and 0.774 → 0.781x, the one loss), the 300 persons of ``identity.py`` 0.672 → 0.648x
+    (three photos 0.614 → 0.597x); with feature_albedo it changes little (CT 0.852 /
     0.882 → 0.852 / 0.870x) — but every one of those sets is shaded by the refinement's own model
     (Lambertian, one albedo). On the 7 real photos, whose shading it explains far less well (final
     photometric energy 0.059 against 0.018 on textured renders), the faces leave dlib's points
