@@ -261,25 +261,32 @@ def test_feature_albedo_reads_painted_features_by_their_own_colour(default_model
     assert after.mean() < 0.9 * before.mean(), (before, after)
 
 
+def _followed(model, photos, point: int, axis: int, shift: float, **settings):
+    """How far (px, along image ``axis``) the refined face's landmark ``point`` follows that point
+    alone moved by ``shift`` inter-ocular distances (the landmark term alone: weight 0, 60 steps,
+    the other ``settings`` of PhotometricConfig), and the moved run's landmarks (68, 2) px, the
+    true ones (68, 2) and the inter-ocular distance."""
+    images, _, lms = photos
+    lm = fit_landmarks(model, lms[:1], np.full((1, 2), float(SIZE)))
+    iod = np.linalg.norm(lms[0, 36:42].mean(0) - lms[0, 42:48].mean(0))
+    got = []
+    for s in (0.0, shift):
+        wrong = lms[:1].copy()
+        wrong[0, point, axis] += s * iod
+        cfg = PhotometricConfig(steps=60, weight=0.0, **settings)
+        got.append(refine_photometric(model, lm.codes, wrong, images[:1], photometric=cfg).landmarks_px[0])
+    return got[1][point, axis] - got[0][point, axis], got[1], lms[0], iod
+
+
 def test_a_robust_landmark_term_lets_a_wrong_point_pull_less(default_model, photos):
     """One landmark (the nose tip) moved sideways by half the inter-ocular distance: under least
     squares the refined face's nose follows it by pixels, under the Cauchy loss
     (landmark_cauchy) hardly at all; every other point stays put. Weight 0: the landmark term alone."""
-    m = default_model
-    images, _, lms = photos
-    lm = fit_landmarks(m, lms[:1], np.full((1, 2), float(SIZE)))
-    iod = np.linalg.norm(lms[0, 36:42].mean(0) - lms[0, 42:48].mean(0))
-    nose_x = {}
+    follow = {}
     for c in (0.0, 0.1):
-        for offset in (0.0, 0.5):
-            wrong = lms[:1].copy()
-            wrong[0, 30, 0] += offset * iod
-            cfg = PhotometricConfig(steps=60, weight=0.0, landmark_cauchy=c)
-            ref = refine_photometric(m, lm.codes, wrong, images[:1], photometric=cfg)
-            nose_x[c, offset] = ref.landmarks_px[0, 30, 0]
-            others = np.delete(np.arange(68), 30)
-            assert np.abs(ref.landmarks_px[0, others] - lms[0, others]).max() < 0.1 * iod
-    follow = {c: nose_x[c, 0.5] - nose_x[c, 0.0] for c in (0.0, 0.1)}
+        follow[c], moved, true, iod = _followed(default_model, photos, 30, 0, 0.5, landmark_cauchy=c)
+        others = np.delete(np.arange(68), 30)
+        assert np.abs(moved[others] - true[others]).max() < 0.1 * iod
     assert follow[0.0] > 1.5, follow  # pixels towards the wrong point
     assert abs(follow[0.1]) < 0.3 * follow[0.0], follow
 
@@ -288,21 +295,8 @@ def test_feature_landmark_weight_lets_a_brow_point_pull_less(default_model, phot
     """A brow point moved up by a third of the inter-ocular distance: at feature_landmark_weight 1
     the refined face's brow follows it, at 0.1 it follows less, and a nose point (not a feature)
     moved the same way is followed as much at either weight. Weight 0: the landmark term alone."""
-    m = default_model
-    images, _, lms = photos
-    lm = fit_landmarks(m, lms[:1], np.full((1, 2), float(SIZE)))
-    iod = np.linalg.norm(lms[0, 36:42].mean(0) - lms[0, 42:48].mean(0))
-    follow = {}
-    for point in (19, 33):
-        for w in (1.0, 0.1):
-            y = []
-            for offset in (0.0, 1 / 3):
-                wrong = lms[:1].copy()
-                wrong[0, point, 1] -= offset * iod
-                cfg = PhotometricConfig(steps=60, weight=0.0, feature_landmark_weight=w)
-                ref = refine_photometric(m, lm.codes, wrong, images[:1], photometric=cfg)
-                y.append(ref.landmarks_px[0, point, 1])
-            follow[point, w] = y[0] - y[1]  # px upwards
+    follow = {(point, w): -_followed(default_model, photos, point, 1, -1 / 3, feature_landmark_weight=w)[0]
+              for point in (19, 33) for w in (1.0, 0.1)}  # px upwards
     assert follow[19, 1.0] > 1.0, follow
     assert follow[19, 0.1] < 0.6 * follow[19, 1.0], follow
     assert follow[33, 0.1] > 0.8 * follow[33, 1.0], follow
