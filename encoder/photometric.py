@@ -112,7 +112,7 @@ class PhotometricConfig:
     0.591x (textured) / 0.589x (untextured) with skip_features, 0.709x / 0.588x as skin. A
     detector whose points are right at the brows, lids and lips would want it on.
     feature_landmark_weight: the weight of the features' landmarks (brows, eyes, mouth:
-    :data:`FEATURE_LANDMARKS`, 42 of the 68, and the edges between them and others) in the
+    :data:`FEATURE_LANDMARKS`, 42 of the 68, and the edges that touch them) in the
     refinement's landmark term, so that the shading places the features where dlib errs most;
     1 (off): as the landmark fit. At 0.3 it gains on nearly every set with a truth — renders of
     seed 7 0.640 → 0.632x textured, 0.638 → 0.613x untextured (0.5: 0.617x), the real CT head's
@@ -124,11 +124,10 @@ class PhotometricConfig:
     photometric energy 0.059 against 0.018 on textured renders), the faces leave dlib's points
     further than on renders (where those points are known to err): eyes 0.058 → 0.079
     inter-ocular distances (textured renders 0.032 → 0.037), outer lips 0.054 → 0.063 (0.037 →
-    0.047). As landmark_cauchy: trusting the shading
-    more wins where the shading is the model's own; off until a set of real photos with a truth
-    says otherwise. Exact points at one part at a time (``photometric_settings.py
-    --exact-landmarks PARTS``, textured renders of seed 7: 0.640x with dlib's) say that dlib's
-    error is spread over the face: the jaw line 0.622x, the lips 0.627x, the brows 0.632x, the eyes
+    0.047). As landmark_cauchy: trusting the shading more wins where the shading is the model's
+    own; off until a set of real photos with a truth says otherwise. Exact points at one part at
+    a time (``photometric_settings.py --exact-landmarks PARTS``, textured renders of seed 7:
+    0.640x with dlib's) say that dlib's error is spread over the face: the jaw line 0.622x, the lips 0.627x, the brows 0.632x, the eyes
     0.635x, the nose 0.636x, the brows, eyes and lips together 0.611x, all 0.591x."""
 
     weight: float = 10.0
@@ -148,6 +147,9 @@ class PhotometricConfig:
     def __post_init__(self):
         from skullsearch.errors import SkullsearchError
 
+        if not self.feature_landmark_weight >= 0:
+            raise SkullsearchError(f"PhotometricConfig.feature_landmark_weight must be 0 or more (1: as the "
+                                   f"landmark fit), got {self.feature_landmark_weight}")
         unknown = set(self.skip_parts) - set(FEATURE_PARTS)
         if unknown:
             raise SkullsearchError(f"PhotometricConfig.skip_parts: unknown {sorted(unknown)}; "

@@ -300,6 +300,8 @@ def test_feature_landmark_weight_lets_a_brow_point_pull_less(default_model, phot
     assert follow[19, 1.0] > 1.0, follow
     assert follow[19, 0.1] < 0.6 * follow[19, 1.0], follow
     assert follow[33, 0.1] > 0.8 * follow[33, 1.0], follow
+    with pytest.raises(SkullsearchError, match="feature_landmark_weight"):
+        PhotometricConfig(feature_landmark_weight=-0.5)
 
 
 def test_refine_faces_reports_the_final_energy_and_skips_faces_without_pixels(default_model, photos):
