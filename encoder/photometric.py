@@ -127,8 +127,9 @@ class PhotometricConfig:
     0.047). As landmark_cauchy: trusting the shading more wins where the shading is the model's
     own; off until a set of real photos with a truth says otherwise. Exact points at one part at
     a time (``photometric_settings.py --exact-landmarks PARTS``, textured renders of seed 7:
-    0.640x with dlib's) say that dlib's error is spread over the face: the jaw line 0.622x, the lips 0.627x, the brows 0.632x, the eyes
-    0.635x, the nose 0.636x, the brows, eyes and lips together 0.611x, all 0.591x."""
+    0.640x with dlib's) say that dlib's error is spread over the face: the jaw line 0.622x, the
+    lips 0.627x, the brows 0.632x, the eyes 0.635x, the nose 0.636x, the brows, eyes and lips
+    together 0.611x, all 0.591x."""
 
     weight: float = 10.0
     steps: int = 200
