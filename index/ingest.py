@@ -466,10 +466,11 @@ def pa_masked(values: np.ndarray, null: np.ndarray):
     return pa.array(values, mask=np.asarray(null, bool))
 
 
-def _without_off(settings: dict, later: tuple[str, ...]) -> dict:
-    """``settings`` without those of the ``later``-added keys that are off (false, 0): a setting
-    added off leaves the codes of the versions before it, and so their fingerprint, as they were."""
-    return {k: v for k, v in settings.items() if k not in later or v}
+def _without_off(settings: dict, later: dict) -> dict:
+    """``settings`` without those of the ``later``-added keys (a dict: key → its "off" value) that
+    are off: a setting added off leaves the codes of the versions before it, and so their
+    fingerprint, as they were."""
+    return {k: v for k, v in settings.items() if k not in later or v != later[k]}
 
 
 #: the version of the refinement's feature mask (``PhotometricConfig.skip_features``): 2 places the
@@ -489,16 +490,16 @@ def encoder_fingerprint(config, detector: str, identity_prior=None) -> str:
     for k in ("posterior", "landmark_noise"):  # the codes do not depend on them
         cfg.pop(k)
     cfg["device"] = None  # the same fit on a GPU or the CPU (as in the versions before it said so)
-    cfg = _without_off(cfg, ("w_dense", "pose_embedding", "photometric", "textured_embedding"))
+    cfg = _without_off(cfg, {"w_dense": 0.0, "pose_embedding": False, "photometric": False,
+                             "textured_embedding": False})
     what = {"fit": cfg, "detector": detector}
     if cfg.get("photometric"):  # its settings make the codes too
         from skullsearch.encoder.photometric import PhotometricConfig
 
         what["photometric"] = _without_off(asdict(PhotometricConfig()),
-                                           ("landmark_cauchy", "skip_features", "feature_albedo"))
+                                           {"landmark_cauchy": 0.0, "skip_features": False,
+                                            "feature_albedo": False, "feature_landmark_weight": 1.0})
         what["photometric"].pop("skip_parts")  # all the features, as before the choice existed
-        if what["photometric"]["feature_landmark_weight"] == 1.0:  # its "off", as before it existed
-            what["photometric"].pop("feature_landmark_weight")
         if what["photometric"].get("skip_features"):  # the features' mask, by the source's annotation
             what["photometric"]["feature_mask"] = FEATURE_MASK_VERSION
     if identity_prior is not None:
