@@ -208,10 +208,15 @@ def faces_landmarks_px(model, faces, textured: bool = False) -> np.ndarray:
     return uv.numpy()
 
 
+def inter_ocular(points: np.ndarray) -> np.ndarray:
+    """(n,) px: the distance between the eyes' centres of 68-point sets (n, 68, 2)."""
+    return np.linalg.norm(points[:, 36:42].mean(1) - points[:, 42:48].mean(1), axis=-1)
+
+
 def residual_by_group(fitted: np.ndarray, detected: np.ndarray) -> dict:
     """The fitted face's landmarks (n, 68, 2) px against the detector's (n, 68, 2): mean distance
     per part of the face in inter-ocular distances (the detected eyes' centres)."""
-    iod = np.linalg.norm(detected[:, 36:42].mean(1) - detected[:, 42:48].mean(1), axis=-1)
+    iod = inter_ocular(detected)
     r = np.linalg.norm(fitted - detected, axis=-1) / iod[:, None]
     return {"all": round(float(r.mean()), 4)} | {g: round(float(r[:, list(ix)].mean()), 4)
                                                   for g, ix in LANDMARK_GROUPS.items()}

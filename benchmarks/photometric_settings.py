@@ -54,6 +54,7 @@ from _common import (
     exact_landmarks,
     faces_landmarks_px,
     identity_errors,
+    inter_ocular,
     mean_residual_px,
     photometric_config,
     random_faces,
@@ -85,15 +86,13 @@ def shapes(faces) -> np.ndarray:
     return code_layout.split(np.stack([f.code for f in faces])).shape[:, :code_layout.N_SHAPE]
 
 
-def refined(model, faces, pixels, cfg, config=None, terms: dict | None = None):
-    """Copies of the faces refined with ``cfg`` (and the fit's ``config``), and the seconds it
-    took; ``terms`` gets the final energy's terms (mean per face)."""
+def refined(model, faces, pixels, cfg, config=None):
+    """Copies of the faces refined with ``cfg`` (and the fit's ``config``), the seconds it took and
+    the final energy's terms (mean per face)."""
     out = copy.deepcopy(faces)
     t = time.time()
-    got = refine_faces(model, out, pixels, config, cfg)
-    if terms is not None:
-        terms.update(got)
-    return out, time.time() - t
+    terms = refine_faces(model, out, pixels, config, cfg)
+    return out, time.time() - t, terms
 
 
 def off_detector(model, faces, textured: bool) -> dict:
@@ -108,7 +107,7 @@ def detector_error_iod(detected: np.ndarray, exact: np.ndarray) -> dict:
     mean distance by part of the face, and ``jaw_inward`` (17,): the median offset of each jaw point
     towards the face's centre (the nose's points; > 0: inside the model's silhouette)."""
     out = residual_by_group(detected, exact)
-    iod = np.linalg.norm(exact[:, 36:42].mean(1) - exact[:, 42:48].mean(1), axis=-1)
+    iod = inter_ocular(exact)
     outward = exact[:, :17] - exact[:, 27:36].mean(1, keepdims=True)
     outward /= np.linalg.norm(outward, axis=-1, keepdims=True)
     inward = -((detected[:, :17] - exact[:, :17]) * outward).sum(-1) / iod[:, None]
@@ -188,8 +187,7 @@ def main(argv=None):
                           "landmark_fit_residual_px": mean_residual_px(faces),
                           "detector_error_iod": detector_error}
         for row, cfg in zip(rows, configs, strict=True):
-            terms: dict = {}
-            fs, sec = refined(model, faces, pixels, cfg, fit, terms)
+            fs, sec, terms = refined(model, faces, pixels, cfg, fit)
             err, _ = identity_errors(model, mask, shapes(fs), truth)
             row["renders_ratio_to_mean_face"] = round(float(err.mean() / err0.mean()), 4)
             row["renders_residual_px"] = mean_residual_px(fs)
@@ -210,8 +208,7 @@ def main(argv=None):
                        "landmark_fit_auc_shape_code": pair_auc(shapes(faces), who),
                        "landmark_fit_residual_px": mean_residual_px(faces)}
         for row, cfg in zip(rows, configs, strict=True):
-            terms = {}
-            fs, _ = refined(model, faces, pixels, cfg, fit, terms)
+            fs, _, terms = refined(model, faces, pixels, cfg, fit)
             row["real_auc_shape_code"] = pair_auc(shapes(fs), who)
             row["real_residual_px"] = mean_residual_px(fs)
             row["real_photometric_energy"] = round(terms.get("photometric", float("nan")), 5)
