@@ -19,7 +19,7 @@ other, one row per setting, the defaults first:
 
     python benchmarks/photometric_settings.py [--renders 40] [--seed 5] [--photos DIR]
         [--try "landmark_cauchy=0.06" --try "weight=20" ...] [--texture] [--textured-embedding]
-        [--exact-landmarks [PARTS]]
+        [--exact-landmarks [PARTS]] [--camera-gamma 2.2]
 
 The renders' report also says how far dlib's points lie from the exact ones (the faces' own 68
 points as the fit models them, projected by each render's camera), by part of the face, and how
@@ -47,6 +47,7 @@ from pathlib import Path
 import numpy as np
 from _common import (
     LANDMARK_GROUPS,
+    add_camera_gamma_argument,
     add_texture_argument,
     add_textured_embedding_argument,
     auc,
@@ -148,6 +149,7 @@ def main(argv=None):
     ap.add_argument("--try", dest="tries", action="append", default=[], metavar='"KEY=VALUE ..."',
                     help="one setting (repeatable); the defaults are always the first row")
     add_textured_embedding_argument(ap)
+    add_camera_gamma_argument(ap)
     ap.add_argument("--exact-landmarks", nargs="?", const="all", default=None, metavar="PARTS",
                     help="fit the renders to their faces' own landmarks projected exactly, not dlib's "
                          f"(PARTS: only these, comma-separated of {','.join(LANDMARK_GROUPS)})")
@@ -166,7 +168,7 @@ def main(argv=None):
         cameras: list = []
         with tempfile.TemporaryDirectory() as tmp:
             paths = render_photos(model, tmp, shape, expr, pose, rng, max_yaw=40.0, texture=a.texture,
-                                  cameras=cameras)
+                                  cameras=cameras, gamma=a.camera_gamma)
             faces, pixels = fitted(model, paths, fit)
         which = [int(Path(f.image).stem[5:]) for f in faces]
         exact = exact_landmarks(model, shape, expr, pose, cameras, textured=a.textured_embedding)
@@ -181,7 +183,8 @@ def main(argv=None):
         err, err0 = identity_errors(model, mask, shapes(faces), truth)
         refined(model, faces[:1], pixels, configs[0], fit)  # the model's surface rig, built once, not timed
         out["renders"] = {"truth": "synthetic (the default model's own faces)", "seed": a.seed,
-                          "texture": a.texture, "exact_landmarks": exact_parts or False,
+                          "texture": a.texture, "camera_gamma": a.camera_gamma,
+                          "exact_landmarks": exact_parts or False,
                           "photos": a.renders, "faces_found": len(faces),
                           "landmark_fit_ratio_to_mean_face": round(float(err.mean() / err0.mean()), 4),
                           "landmark_fit_residual_px": mean_residual_px(faces),

@@ -144,6 +144,7 @@ class PhotometricConfig:
     skip_parts: tuple[str, ...] = FEATURE_PARTS
     feature_albedo: bool = False
     feature_landmark_weight: float = 1.0
+    photo_gamma: float = 1.0
 
     def __post_init__(self):
         from skullsearch.errors import SkullsearchError
@@ -151,6 +152,9 @@ class PhotometricConfig:
         if not self.feature_landmark_weight >= 0:
             raise SkullsearchError(f"PhotometricConfig.feature_landmark_weight must be 0 or more (1: as the "
                                    f"landmark fit), got {self.feature_landmark_weight}")
+        if not self.photo_gamma > 0:
+            raise SkullsearchError(f"PhotometricConfig.photo_gamma must be above 0 (1: the pixel values "
+                                   f"as they are; 2.2: sRGB photos), got {self.photo_gamma}")
         unknown = set(self.skip_parts) - set(FEATURE_PARTS)
         if unknown:
             raise SkullsearchError(f"PhotometricConfig.skip_parts: unknown {sorted(unknown)}; "
@@ -164,9 +168,11 @@ def sh9(normals: torch.Tensor) -> torch.Tensor:
     return torch.stack([torch.ones_like(x), y, z, x, x * y, y * z, 3 * z**2 - 1, x * z, x**2 - y**2], -1)
 
 
-def _blurred(images: list[np.ndarray], sigma_px: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
-    """Photos (H, W, 3) uint8 → one padded (B, 3, Hmax, Wmax) float tensor in [0, 1], each blurred
-    by a Gaussian of σ = sigma_px[i] px; and the padded size (2,) (W, H)."""
+def _blurred(images: list[np.ndarray], sigma_px: np.ndarray, gamma: float = 1.0
+             ) -> tuple[torch.Tensor, np.ndarray]:
+    """Photos (H, W, 3) uint8 → one padded (B, 3, Hmax, Wmax) float tensor in [0, 1], each raised to
+    ``gamma`` (the pixel values' encoding undone: linear light) and blurred by a Gaussian of
+    σ = sigma_px[i] px; and the padded size (2,) (W, H)."""
     from scipy.ndimage import gaussian_filter
 
     hmax = max(im.shape[0] for im in images)
@@ -174,6 +180,8 @@ def _blurred(images: list[np.ndarray], sigma_px: np.ndarray) -> tuple[torch.Tens
     out = np.zeros((len(images), 3, hmax, wmax), np.float32)
     for i, im in enumerate(images):
         a = np.asarray(im, np.float32)[..., :3] / 255.0
+        if gamma != 1.0:
+            a = a ** np.float32(gamma)
         s = float(sigma_px[i])
         if s > 0:
             a = gaussian_filter(a, sigma=(s, s, 0))
@@ -343,7 +351,7 @@ class _PhotoFit(_AdamFit):
                  images: list[np.ndarray]):
         super().__init__(rig, cfg, obs, pidx, n_person, state)
         self.model, self.pcfg = model, pcfg
-        self.img, self.padded = _blurred(images, pcfg.blur * self.scale.double().numpy())
+        self.img, self.padded = _blurred(images, pcfg.blur * self.scale.double().numpy(), pcfg.photo_gamma)
         self.img = self.img.to(self.device, self.dt)
         self.sizes = torch.as_tensor(np.array([[im.shape[1], im.shape[0]] for im in images], np.float64),
                                      dtype=self.dt)  # (on the CPU: the z-buffer's)

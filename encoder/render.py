@@ -181,9 +181,12 @@ def render_mesh(
     background: tuple = (255, 255, 255),
     specular: float = 0.0,
     shininess: float = 20.0,
+    gamma: float = 1.0,
 ) -> Render:
     """Lambertian render of a mesh, one directional light (given in the face frame), with an
-    optional white Blinn-Phong highlight (``specular`` its strength, 0: none).
+    optional white Blinn-Phong highlight (``specular`` its strength, 0: none); ``gamma``: the
+    camera's encoding of the face's linear light (pixel = light^(1/gamma); 2.2 about a photo's
+    sRGB, 1: the light as it is; the background is not encoded).
 
     vertices: (V, 3) mm face frame; faces (F, 3); albedo: RGB in [0, 1], per mesh (3,) or per
     vertex (V, 3). Returns a :class:`Render`.
@@ -212,19 +215,20 @@ def render_mesh(
     if specular > 0 and np.linalg.norm(half) > 1e-9:  # (a light straight from behind: none)
         half /= np.linalg.norm(half)
         out = out + specular * (np.clip(n @ half, 0, None) ** shininess * (n @ light > 0))[:, None]
-    img[hit] = np.clip(out, 0, 1)
+    img[hit] = np.clip(out, 0, 1) ** (1.0 / gamma)
     return Render((img * 255 + 0.5).astype(np.uint8), face_id, bary, depth)
 
 
 def random_portrait(vertices: np.ndarray, faces: np.ndarray, rng: np.random.Generator,
                     max_yaw: float = 30.0, size: int = 512,
-                    texture: TextureRegions | None = None) -> tuple[Render, Camera]:
+                    texture: TextureRegions | None = None, gamma: float = 1.0) -> tuple[Render, Camera]:
     """A synthetic portrait photo of a posed face (V, 3) mm: a perspective camera at yaw
     ±max_yaw°, pitch ±10°, 0.5–0.9 m away, a 260–340 mm field; random skin tone and light.
     With ``texture`` (:func:`texture_regions` of the face's model) the face also gets a random
     albedo map (:func:`random_albedo`: brows, lips, eyes, lashes, blotches, sometimes a beard) and
     a specular highlight; without, one skin colour (the same random draws as before textures
-    existed, so that untextured benchmarks are unchanged).
+    existed, so that untextured benchmarks are unchanged). gamma: the camera's encoding
+    (:func:`render_mesh`; the same draws at any gamma).
     Returns the :class:`Render` (image and triangle/barycentric buffers) and its camera."""
     cam = face_camera(yaw_deg=rng.uniform(-max_yaw, max_yaw), pitch_deg=rng.uniform(-10, 10),
                       size=size, distance=rng.uniform(500, 900), fov_mm=rng.uniform(260, 340),
@@ -232,11 +236,11 @@ def random_portrait(vertices: np.ndarray, faces: np.ndarray, rng: np.random.Gene
     albedo = random_skin_tone(rng)
     light = (rng.uniform(-0.5, 0.5), rng.uniform(0.0, 0.6), 1.0)
     if texture is None:
-        return render_mesh(vertices, faces, cam, albedo=albedo, light_dir=light), cam
+        return render_mesh(vertices, faces, cam, albedo=albedo, light_dir=light, gamma=gamma), cam
     albedo = random_albedo(texture, rng, albedo)
     spec, shine = rng.uniform(0.03, 0.25), rng.uniform(8.0, 40.0)
     return render_mesh(vertices, faces, cam, albedo=albedo, light_dir=light, specular=spec,
-                       shininess=shine), cam
+                       shininess=shine, gamma=gamma), cam
 
 
 def random_skin_tone(rng: np.random.Generator) -> np.ndarray:

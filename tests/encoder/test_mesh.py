@@ -231,6 +231,13 @@ def test_the_encoder_fingerprint_holds_the_photometric_settings_when_on(monkeypa
 
     monkeypatch.setattr(photometric, "PhotometricConfig", Features)
     assert encoder_fingerprint(FitConfig(photometric=True), "dlib") != on
+
+    @dataclass(frozen=True)
+    class Linear(photometric.PhotometricConfig):
+        photo_gamma: float = 2.2
+
+    monkeypatch.setattr(photometric, "PhotometricConfig", Linear)
+    assert encoder_fingerprint(FitConfig(photometric=True), "dlib") != on
     assert encoder_fingerprint(FitConfig(), "dlib") == off  # off, its settings do not count
 
 

@@ -304,6 +304,21 @@ def test_feature_landmark_weight_lets_a_brow_point_pull_less(default_model, phot
         PhotometricConfig(feature_landmark_weight=-0.5)
 
 
+def test_photo_gamma_reads_the_pixels_as_linear_light():
+    from skullsearch.encoder.photometric import _blurred
+
+    img = np.zeros((4, 6, 3), np.uint8)
+    img[..., 0], img[..., 1], img[..., 2] = 255, 128, 0
+    lin, size = _blurred([img], np.array([0.0]), gamma=2.2)
+    raw, _ = _blurred([img], np.array([0.0]))
+    assert tuple(lin.shape) == (1, 3, 4, 6) and tuple(size) == (6, 4)
+    np.testing.assert_allclose(lin[0, :, 0, 0].numpy(), [1.0, (128 / 255) ** 2.2, 0.0], rtol=1e-5)
+    np.testing.assert_allclose(raw[0, :, 0, 0].numpy(), [1.0, 128 / 255, 0.0], rtol=1e-6)
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(SkullsearchError, match="photo_gamma"):
+            PhotometricConfig(photo_gamma=bad)
+
+
 def test_refine_faces_reports_the_final_energy_and_skips_faces_without_pixels(default_model, photos):
     """refine_faces returns the final energy's terms, their mean over the faces it refined: a
     photo whose shading is not the model's (its colours scrambled) is explained worse; a face

@@ -258,6 +258,24 @@ def test_random_portrait_is_deterministic_for_a_seed(default_model):
         assert not cam.orthographic
 
 
+def test_a_camera_gamma_encodes_the_faces_light_and_leaves_the_background(default_model):
+    verts = default_model.v_template.astype(np.float64)
+    cam = face_camera(yaw_deg=15.0, size=96, distance=600.0, fov_mm=300.0, center=np.array([0.0, -30.0, 0.0]))
+    lin = render_mesh(verts, default_model.faces, cam, light_dir=(0.3, 0.2, 1.0), background=(10, 20, 30))
+    enc = render_mesh(verts, default_model.faces, cam, light_dir=(0.3, 0.2, 1.0), background=(10, 20, 30),
+                      gamma=2.2)
+    hit = lin.face_id >= 0
+    np.testing.assert_array_equal(enc.face_id, lin.face_id)
+    assert (enc.image[~hit] == (10, 20, 30)).all()
+    # pixel = light^(1/2.2): mid-tones brighter, within the 8-bit rounding of the linear render
+    want = 255 * (lin.image[hit] / 255.0) ** (1 / 2.2)
+    assert np.abs(enc.image[hit] - want).max() <= 2.5
+    assert enc.image[hit].mean() > lin.image[hit].mean() + 20
+    a, _ = random_portrait(verts, default_model.faces, np.random.default_rng(3), size=64)
+    b, _ = random_portrait(verts, default_model.faces, np.random.default_rng(3), size=64, gamma=1.0)
+    np.testing.assert_array_equal(a.image, b.image)  # gamma 1: the renders as before it existed
+
+
 def test_random_portrait_images_show_the_mesh_they_buffer(default_model):
     verts = default_model.v_template.astype(np.float64)
     r, cam = random_portrait(verts, default_model.faces, np.random.default_rng(0), size=128)
