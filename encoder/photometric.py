@@ -458,12 +458,30 @@ class _PhotoFit(_AdamFit):
         ok = (count >= pcfg.min_visible).to(self.dt)
         return ok * (rho * w).sum(1) / count.clamp(min=1)
 
-    def photometric(self) -> torch.Tensor:
-        """The photometric energy per face (B,) (0 for a face with too few visible vertices)."""
+    def _predicted(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The used vertices' predicted colour (B, n, 3) (their shading, times the features' colours
+        with feature_albedo), their colour in the photo (B, n, 3) and which are visible (B, n)."""
         shading, colour, w = self._shading()
         if self.profiles is not None:
             shading = shading * self.feature_colours(shading, colour, w, self.profiles[self.choice])
-        return self._energy(shading, colour, w)
+        return shading, colour, w
+
+    def photometric(self) -> torch.Tensor:
+        """The photometric energy per face (B,) (0 for a face with too few visible vertices)."""
+        return self._energy(*self._predicted())
+
+    def explained(self) -> torch.Tensor:
+        """The share of each photo's colour variance over the visible vertices that the model's
+        shading explains (B,), R² = 1 − Σ‖I − L·Y‖² / Σ‖I − Ī‖²: scale-free (unlike the energy, it
+        does not change with photo_gamma's brightness), NaN for a face with too few visible
+        vertices."""
+        pred, colour, w = self._predicted()
+        wv = w[..., None]
+        count = w.sum(1)
+        mean = (colour * wv).sum(1, keepdim=True) / count.clamp(min=1)[:, None, None]
+        spread = ((colour - mean) ** 2 * wv).sum((1, 2)).clamp(min=1e-12)
+        r2 = 1 - ((pred - colour) ** 2 * wv).sum((1, 2)) / spread
+        return torch.where(count >= self.pcfg.min_visible, r2, torch.full_like(r2, float("nan")))
 
     def choose_features(self) -> None:
         """Each face's brows (``choice``): of the J tried, those whose colours explain its photo best."""
@@ -574,7 +592,9 @@ def refine_photometric(model, codes: np.ndarray, landmarks: np.ndarray, images: 
         parts: dict = {}
         lmk = fit.losses(rigid=False, robust=pcfg.landmark_cauchy, parts=parts)[0]
         photo = pcfg.weight * fit.photometric()
-        out.terms = {"landmarks": float(lmk.mean()), "photometric": float(photo.mean())}
+        r2 = fit.explained()
+        out.terms = {"landmarks": float(lmk.mean()), "photometric": float(photo.mean()),
+                     "shading_r2": float(r2.nanmean()) if bool(torch.isfinite(r2).any()) else float("nan")}
         out.terms |= {f"landmarks_{k}": float(v.mean()) for k, v in parts.items()}
     if crops is not None:  # back to the photo's pixels
         out.landmarks_px = out.landmarks_px / k[:, None, None] + origin[:, None]
@@ -592,7 +612,8 @@ def refine_faces(model, faces, pixels: dict[str, np.ndarray] | None = None, conf
     ``crop`` (an ingest's) is read, and faces without one are left as fitted. Returns the final
     energy's terms (``FitResult.terms``), each its mean over the refined faces ({} for none): how
     well the faces explain their photos (a photo's shading far from the model's raises
-    "photometric")."""
+    "photometric" and lowers "shading_r2", the share of the photo's colour variance explained:
+    :meth:`_PhotoFit.explained`)."""
     todo = [i for i, f in enumerate(faces) if pixels is not None or f.crop is not None]
     todo.sort(key=lambda i: (str(faces[i].detector), faces[i].person is None, str(faces[i].person), i))
     batches: list[list[int]] = []
@@ -604,6 +625,7 @@ def refine_faces(model, faces, pixels: dict[str, np.ndarray] | None = None, conf
             batches.append([])
         batches[-1].append(i)
     terms: dict[str, float] = {}
+    count: dict[str, int] = {}
     for idx in batches:
         group = [faces[i] for i in idx]
         crops = [f.crop if pixels is None else face_crop(pixels[f.image], f.landmarks) for f in group]
@@ -617,5 +639,7 @@ def refine_faces(model, faces, pixels: dict[str, np.ndarray] | None = None, conf
             f.code = code
             f.residual_px = float(r)
         for k, v in res.terms.items():
-            terms[k] = terms.get(k, 0.0) + v * len(group)
-    return {k: v / len(todo) for k, v in terms.items()}
+            if np.isfinite(v):  # (shading_r2: NaN for a batch without a face seen enough)
+                terms[k] = terms.get(k, 0.0) + v * len(group)
+                count[k] = count.get(k, 0) + len(group)
+    return {k: v / count[k] for k, v in terms.items()}

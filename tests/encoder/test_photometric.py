@@ -342,10 +342,15 @@ def test_refine_faces_reports_the_final_energy_and_skips_faces_without_pixels(de
     scrambled = {k: v[..., rng.permutation(3)][:, ::-1].copy() for k, v in own.items()}  # mirrored
     fs = faces(own)
     terms = refine_faces(m, fs, own, photometric=cfg)
-    assert set(terms) >= {"landmarks", "photometric"} and terms["photometric"] > 0
+    assert set(terms) >= {"landmarks", "photometric", "shading_r2"} and terms["photometric"] > 0
     assert not np.allclose(fs[0].code, lm.codes[0])
     worse = refine_faces(m, faces(scrambled), scrambled, photometric=cfg)
     assert worse["photometric"] > 1.5 * terms["photometric"], (terms, worse)
+    # the model's own shading is nearly all explained, the scrambled photos' far less
+    assert terms["shading_r2"] > 0.9 and worse["shading_r2"] < terms["shading_r2"] - 0.2, (terms, worse)
+    # R² does not follow the pixels' encoding as the energy does
+    linear = refine_faces(m, faces(own), own, photometric=PhotometricConfig(steps=30, photo_gamma=2.2))
+    assert abs(linear["shading_r2"] - terms["shading_r2"]) < 0.05, (terms, linear)
     untouched = faces(own)
     assert refine_faces(m, untouched, None, photometric=cfg) == {}  # no crops, no pixels
     assert np.array_equal(untouched[0].code, lm.codes[0])
