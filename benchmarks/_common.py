@@ -137,11 +137,14 @@ def add_identity_prior_file_argument(parser) -> None:
                         help="the identity prior to use instead of the model's packaged one")
 
 
-def add_camera_gamma_argument(parser) -> None:
+def add_camera_arguments(parser) -> None:
     """``--camera-gamma G``: the renders encoded as a camera does (pixel = light^(1/G); 2.2 about
-    sRGB; 1, the default: the light as it is, the refinement's own model)."""
+    sRGB; 1, the default: the light as it is, the refinement's own model); ``--shadows``: the
+    faces cast shadows (:func:`~skullsearch.encoder.render.in_shadow`) — two ways a photo's
+    shading is not the refinement's model of it."""
     parser.add_argument("--camera-gamma", type=float, default=1.0, metavar="G",
                         help="encode the renders' light as a camera does (2.2: about sRGB; 1: linear)")
+    parser.add_argument("--shadows", action="store_true", help="the rendered faces cast shadows")
 
 
 def add_textured_embedding_argument(parser) -> None:
@@ -158,11 +161,13 @@ def mean_residual_px(faces) -> float:
 
 
 def render_photos(model, folder, shape, expr, pose, rng, max_yaw: float = 30.0,
-                  texture: bool = False, cameras: list | None = None, gamma: float = 1.0) -> list:
+                  texture: bool = False, cameras: list | None = None, gamma: float = 1.0,
+                  shadows: bool = False) -> list:
     """Synthetic portrait photos (512 px PNG) of the given faces: yaw ±max_yaw°, pitch ±10°,
     random distance, light and skin tone; ``texture``: a random albedo map and a specular
     highlight too (:func:`~skullsearch.encoder.render.random_albedo`); ``gamma``: the camera's
-    encoding of the light (:func:`~skullsearch.encoder.render.render_mesh`). Returns the paths,
+    encoding of the light, ``shadows``: cast shadows (:func:`~skullsearch.encoder.render.
+    render_mesh`). Returns the paths,
     ``photo0000.png``…; ``cameras``: a list that gets each photo's
     :class:`~skullsearch.encoder.render.Camera`."""
     from PIL import Image
@@ -175,7 +180,8 @@ def render_photos(model, folder, shape, expr, pose, rng, max_yaw: float = 30.0,
     paths = []
     for i, v in enumerate(verts):
         paths.append(Path(folder) / f"photo{i:04d}.png")
-        render, camera = random_portrait(v, model.faces, rng, max_yaw, texture=regions, gamma=gamma)
+        render, camera = random_portrait(v, model.faces, rng, max_yaw, texture=regions, gamma=gamma,
+                                         shadows=shadows)
         Image.fromarray(render.image).save(paths[-1])
         if cameras is not None:
             cameras.append(camera)

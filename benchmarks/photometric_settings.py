@@ -21,7 +21,7 @@ other, one row per setting, the defaults first:
 
     python benchmarks/photometric_settings.py [--renders 40] [--seed 5] [--photos DIR]
         [--try "landmark_cauchy=0.06" --try "weight=20" ...] [--texture] [--textured-embedding]
-        [--exact-landmarks [PARTS]] [--camera-gamma 2.2]
+        [--exact-landmarks [PARTS]] [--camera-gamma 2.2] [--shadows]
 
 The renders' report also says how far dlib's points lie from the exact ones (the faces' own 68
 points as the fit models them, projected by each render's camera), by part of the face, and how
@@ -49,7 +49,7 @@ from pathlib import Path
 import numpy as np
 from _common import (
     LANDMARK_GROUPS,
-    add_camera_gamma_argument,
+    add_camera_arguments,
     add_texture_argument,
     add_textured_embedding_argument,
     auc,
@@ -151,7 +151,7 @@ def main(argv=None):
     ap.add_argument("--try", dest="tries", action="append", default=[], metavar='"KEY=VALUE ..."',
                     help="one setting (repeatable); the defaults are always the first row")
     add_textured_embedding_argument(ap)
-    add_camera_gamma_argument(ap)
+    add_camera_arguments(ap)
     ap.add_argument("--exact-landmarks", nargs="?", const="all", default=None, metavar="PARTS",
                     help="fit the renders to their faces' own landmarks projected exactly, not dlib's "
                          f"(PARTS: only these, comma-separated of {','.join(LANDMARK_GROUPS)})")
@@ -170,7 +170,7 @@ def main(argv=None):
         cameras: list = []
         with tempfile.TemporaryDirectory() as tmp:
             paths = render_photos(model, tmp, shape, expr, pose, rng, max_yaw=40.0, texture=a.texture,
-                                  cameras=cameras, gamma=a.camera_gamma)
+                                  cameras=cameras, gamma=a.camera_gamma, shadows=a.shadows)
             faces, pixels = fitted(model, paths, fit)
         which = [int(Path(f.image).stem[5:]) for f in faces]
         exact = exact_landmarks(model, shape, expr, pose, cameras, textured=a.textured_embedding)
@@ -186,6 +186,7 @@ def main(argv=None):
         refined(model, faces[:1], pixels, configs[0], fit)  # the model's surface rig, built once, not timed
         out["renders"] = {"truth": "synthetic (the default model's own faces)", "seed": a.seed,
                           "texture": a.texture, "camera_gamma": a.camera_gamma,
+                          "shadows": a.shadows,
                           "exact_landmarks": exact_parts or False,
                           "photos": a.renders, "faces_found": len(faces),
                           "landmark_fit_ratio_to_mean_face": round(float(err.mean() / err0.mean()), 4),

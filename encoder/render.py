@@ -171,6 +171,34 @@ class Render:
     depth: np.ndarray
 
 
+def in_shadow(vertices: np.ndarray, faces: np.ndarray, points: np.ndarray, light: np.ndarray,
+              normals: np.ndarray | None = None, size: int = 512, bias_mm: float = 1.0) -> np.ndarray:
+    """Which points (n, 3) mm the mesh (vertices (V, 3) mm, faces (F, 3)) hides from a
+    directional light (3,) (towards the light): a shadow map, the mesh's depth along the light
+    drawn orthographically on ``size`` px over its extent; a point more than ``bias_mm`` behind
+    the surface the light meets first is in shadow (plus, given the points' unit normals (n, 3),
+    two map pixels' depth change along the surface's slope to the light, so that a surface the
+    light grazes does not shadow itself). Returns (n,) bool."""
+    light = np.asarray(light, np.float64) / np.linalg.norm(light)
+    helper = np.array([0.0, 1.0, 0.0]) if abs(light[1]) < 0.9 else np.array([1.0, 0.0, 0.0])
+    x = np.cross(helper, light)
+    x /= np.linalg.norm(x)
+    frame = np.stack([x, np.cross(light, x), -light])  # rows: map axes u, v and the depth away from the light
+    v, p = vertices @ frame.T, np.asarray(points, np.float64) @ frame.T
+    lo, hi = v[:, :2].min(0), v[:, :2].max(0)
+    k = (size - 2) / max(float((hi - lo).max()), 1e-9)  # px per mm, a pixel's margin
+    z0 = v[:, 2].min() - 1.0  # depths positive
+    screen = np.c_[(v[:, :2] - lo) * k + 1, v[:, 2] - z0]
+    _, _, depth = rasterize(screen, faces, size, size, perspective=False)
+    col = np.clip(np.floor((p[:, 0] - lo[0]) * k + 1).astype(np.int64), 0, size - 1)
+    row = np.clip(np.floor((p[:, 1] - lo[1]) * k + 1).astype(np.int64), 0, size - 1)
+    bias = np.full(len(p), bias_mm)
+    if normals is not None:
+        cos = np.clip(np.abs(np.asarray(normals) @ light), 0.1, 1.0)
+        bias += 2.0 / k * np.sqrt(1 - cos**2) / cos
+    return p[:, 2] - z0 > depth[row, col] + bias
+
+
 def render_mesh(
     vertices: np.ndarray,
     faces: np.ndarray,
@@ -182,11 +210,13 @@ def render_mesh(
     specular: float = 0.0,
     shininess: float = 20.0,
     gamma: float = 1.0,
+    shadows: bool = False,
 ) -> Render:
     """Lambertian render of a mesh, one directional light (given in the face frame), with an
     optional white Blinn-Phong highlight (``specular`` its strength, 0: none); ``gamma``: the
     camera's encoding of the face's linear light (pixel = light^(1/gamma); 2.2 about a photo's
-    sRGB, 1: the light as it is; the background is not encoded).
+    sRGB, 1: the light as it is; the background is not encoded); ``shadows``: the mesh casts
+    shadows (a point the light does not reach, :func:`in_shadow`, gets the ambient light alone).
 
     vertices: (V, 3) mm face frame; faces (F, 3); albedo: RGB in [0, 1], per mesh (3,) or per
     vertex (V, 3). Returns a :class:`Render`.
@@ -205,7 +235,11 @@ def render_mesh(
     n *= np.where((n @ view) < 0, -1.0, 1.0)[:, None]
     light = np.asarray(light_dir, dtype=np.float64)
     light /= np.linalg.norm(light)
-    shade = ambient + (1 - ambient) * np.clip(n @ light, 0, None)
+    lit = np.ones(len(n))
+    if shadows:
+        points = (vertices[corner] * bary[hit][..., None]).sum(1)
+        lit = (~in_shadow(vertices, faces, points, light, n)).astype(np.float64)
+    shade = ambient + (1 - ambient) * np.clip(n @ light, 0, None) * lit
     alb = np.asarray(albedo, dtype=np.float64)
     col = (alb[corner] * bary[hit][..., None]).sum(1) if alb.ndim == 2 else alb[None]
     img = np.empty((camera.height, camera.width, 3))
@@ -214,21 +248,22 @@ def render_mesh(
     half = light + view  # the view direction of the image centre stands for every pixel's
     if specular > 0 and np.linalg.norm(half) > 1e-9:  # (a light straight from behind: none)
         half /= np.linalg.norm(half)
-        out = out + specular * (np.clip(n @ half, 0, None) ** shininess * (n @ light > 0))[:, None]
+        out = out + specular * (np.clip(n @ half, 0, None) ** shininess * (n @ light > 0) * lit)[:, None]
     img[hit] = np.clip(out, 0, 1) ** (1.0 / gamma)
     return Render((img * 255 + 0.5).astype(np.uint8), face_id, bary, depth)
 
 
 def random_portrait(vertices: np.ndarray, faces: np.ndarray, rng: np.random.Generator,
                     max_yaw: float = 30.0, size: int = 512,
-                    texture: TextureRegions | None = None, gamma: float = 1.0) -> tuple[Render, Camera]:
+                    texture: TextureRegions | None = None, gamma: float = 1.0,
+                    shadows: bool = False) -> tuple[Render, Camera]:
     """A synthetic portrait photo of a posed face (V, 3) mm: a perspective camera at yaw
     ±max_yaw°, pitch ±10°, 0.5–0.9 m away, a 260–340 mm field; random skin tone and light.
     With ``texture`` (:func:`texture_regions` of the face's model) the face also gets a random
     albedo map (:func:`random_albedo`: brows, lips, eyes, lashes, blotches, sometimes a beard) and
     a specular highlight; without, one skin colour (the same random draws as before textures
-    existed, so that untextured benchmarks are unchanged). gamma: the camera's encoding
-    (:func:`render_mesh`; the same draws at any gamma).
+    existed, so that untextured benchmarks are unchanged). gamma: the camera's encoding,
+    shadows: cast shadows (:func:`render_mesh`; the same draws either way).
     Returns the :class:`Render` (image and triangle/barycentric buffers) and its camera."""
     cam = face_camera(yaw_deg=rng.uniform(-max_yaw, max_yaw), pitch_deg=rng.uniform(-10, 10),
                       size=size, distance=rng.uniform(500, 900), fov_mm=rng.uniform(260, 340),
@@ -236,11 +271,12 @@ def random_portrait(vertices: np.ndarray, faces: np.ndarray, rng: np.random.Gene
     albedo = random_skin_tone(rng)
     light = (rng.uniform(-0.5, 0.5), rng.uniform(0.0, 0.6), 1.0)
     if texture is None:
-        return render_mesh(vertices, faces, cam, albedo=albedo, light_dir=light, gamma=gamma), cam
+        return render_mesh(vertices, faces, cam, albedo=albedo, light_dir=light, gamma=gamma,
+                           shadows=shadows), cam
     albedo = random_albedo(texture, rng, albedo)
     spec, shine = rng.uniform(0.03, 0.25), rng.uniform(8.0, 40.0)
     return render_mesh(vertices, faces, cam, albedo=albedo, light_dir=light, specular=spec,
-                       shininess=shine, gamma=gamma), cam
+                       shininess=shine, gamma=gamma, shadows=shadows), cam
 
 
 def random_skin_tone(rng: np.random.Generator) -> np.ndarray:

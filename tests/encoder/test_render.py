@@ -15,6 +15,7 @@ from skullsearch.encoder.render import (
     Camera,
     anatomical_landmarks,
     face_camera,
+    in_shadow,
     pixel_boxes,
     random_albedo,
     random_portrait,
@@ -274,6 +275,59 @@ def test_a_camera_gamma_encodes_the_faces_light_and_leaves_the_background(defaul
     a, _ = random_portrait(verts, default_model.faces, np.random.default_rng(3), size=64)
     b, _ = random_portrait(verts, default_model.faces, np.random.default_rng(3), size=64, gamma=1.0)
     np.testing.assert_array_equal(a.image, b.image)  # gamma 1: the renders as before it existed
+
+
+def _ground_and_roof():
+    """A 100 mm ground square at z = 0 and a 20 mm roof square over its centre at z = 20 (4
+    triangles), and points: under the roof, beside it, 20 mm off in −x, on the roof (4, 3) mm."""
+    v = np.array([[-50, -50, 0], [50, -50, 0], [50, 50, 0], [-50, 50, 0],
+                  [-10, -10, 20], [10, -10, 20], [10, 10, 20], [-10, 10, 20]], np.float64)
+    f = np.array([[0, 1, 2], [0, 2, 3], [4, 5, 6], [4, 6, 7]])
+    p = np.array([[0, 0, 0], [30, 30, 0], [-20, 0, 0], [0, 0, 20]], np.float64)
+    return v, f, p
+
+
+def test_a_roof_shadows_the_ground_under_it_along_the_light():
+    v, f, p = _ground_and_roof()
+    up = np.tile([0.0, 0.0, 1.0], (4, 1))
+    assert in_shadow(v, f, p, np.array([0.0, 0.0, 1.0]), up).tolist() == [True, False, False, False]
+    # the light from +x, 45° up: the roof's shadow falls 20 mm towards −x
+    assert in_shadow(v, f, p, np.array([1.0, 0.0, 1.0]), up).tolist() == [False, False, True, False]
+    # without normals (the bias alone) the same, the surfaces facing the light squarely
+    assert in_shadow(v, f, p, np.array([0.0, 0.0, 1.0])).tolist() == [True, False, False, False]
+
+
+@SETTINGS
+@given(st.floats(-np.pi, np.pi), st.floats(-1.2, 1.2), st.floats(-np.pi, np.pi),
+       st.floats(-200, 200), st.permutations(range(4)))
+def test_shadows_move_with_the_scene_and_follow_the_points(a, b, c, shift, order):
+    """A rigid motion of mesh, points and light together, and the points' order, change no point's shadow."""
+    from scipy.spatial.transform import Rotation
+
+    v, f, p = _ground_and_roof()
+    light = np.array([1.0, 0.0, 1.0])
+    want = in_shadow(v, f, p, light, np.tile([0.0, 0.0, 1.0], (4, 1)))
+    r = Rotation.from_euler("zyx", [a, b, c]).as_matrix()
+    order = list(order)
+    got = in_shadow(v @ r.T + shift, f, (p @ r.T + shift)[order], light @ r.T, np.tile(r[:, 2], (4, 1)))
+    assert got.tolist() == want[order].tolist()
+
+
+def test_a_face_in_side_light_casts_shadows_that_only_darken(default_model):
+    verts = default_model.v_template.astype(np.float64)
+    cam = face_camera(yaw_deg=20.0, size=128, distance=700.0, fov_mm=300.0,
+                      center=np.array([0.0, -30.0, 0.0]))
+    plain = render_mesh(verts, default_model.faces, cam, light_dir=(-0.9, 0.3, 0.5))
+    shaded = render_mesh(verts, default_model.faces, cam, light_dir=(-0.9, 0.3, 0.5), shadows=True)
+    hit = plain.face_id >= 0
+    np.testing.assert_array_equal(shaded.face_id, plain.face_id)
+    darker = shaded.image[hit].astype(int).sum(-1) < plain.image[hit].astype(int).sum(-1) - 3
+    assert 0.02 < darker.mean() < 0.4, darker.mean()  # the nose's and the jaw's shadows, not the whole face
+    assert (shaded.image[hit].astype(int) <= plain.image[hit].astype(int)).all()
+    # a light from the camera's side: hardly a shadow
+    front = render_mesh(verts, default_model.faces, cam, light_dir=tuple(-cam.rotation[2]), shadows=True)
+    ref = render_mesh(verts, default_model.faces, cam, light_dir=tuple(-cam.rotation[2]))
+    assert (np.abs(front.image.astype(int) - ref.image.astype(int)).sum(-1) > 3).mean() < 0.01
 
 
 def test_random_portrait_images_show_the_mesh_they_buffer(default_model):
