@@ -209,16 +209,14 @@ def faces_landmarks_px(model, faces, textured: bool = False) -> np.ndarray:
     """(n, 68, 2) px: the 68 landmarks of fitted faces' codes (dlib's embedding; ``textured``: the
     one calibrated on textured renders), jaw line on the silhouette, through each face's camera."""
     from skullsearch.encoder import code as code_layout
-    from skullsearch.encoder.fitting import camera_rotation, model_landmarks_px, rig_for
+    from skullsearch.encoder.fitting import code_landmarks_px, rig_for
 
-    p = code_layout.split(torch.as_tensor(np.stack([f.code for f in faces]), dtype=torch.float64))
-    n_s, n_e = min(p.shape.shape[1], model.n_shape), model.n_expression
-    rig = rig_for(model, n_s, n_e, detector="dlib", textured=textured, dtype=torch.float64)
-    focal = torch.as_tensor([f.focal for f in faces], dtype=torch.float64)
-    center = torch.as_tensor([[w / 2, h / 2] for w, h in (f.image_size for f in faces)], dtype=torch.float64)
+    rig = rig_for(model, min(code_layout.N_SHAPE, model.n_shape), model.n_expression, detector="dlib",
+                  textured=textured, dtype=torch.float64)
     with torch.no_grad():
-        uv = model_landmarks_px(rig, p.shape[:, :n_s], p.expression[:, :n_e], p.pose,
-                                camera_rotation(p.cam_rot), p.cam_trans, focal, center)
+        uv = code_landmarks_px(rig, torch.as_tensor(np.stack([f.code for f in faces]), dtype=torch.float64),
+                               torch.as_tensor([f.focal for f in faces], dtype=torch.float64),
+                               torch.as_tensor([f.image_size for f in faces], dtype=torch.float64))
     return uv.numpy()
 
 

@@ -89,8 +89,8 @@ from skullsearch.encoder.fitting import (
     LandmarkRig,
     _edge_lengths,
     camera_rotation,
+    code_landmarks_px,
     delaunay_edges,
-    model_landmarks_px,
 )
 from skullsearch.errors import EncoderCheckpointError
 
@@ -443,8 +443,7 @@ def self_supervised_loss(model_rig: LandmarkRig, codes: torch.Tensor, landmarks_
     s = p.shape[:, : model_rig.n_shape]
     e = p.expression[:, : model_rig.n_expression]
     pose = p.pose[:, : 3 * model_rig.n_joints]
-    uv = model_landmarks_px(model_rig, s, e, pose, camera_rotation(p.cam_rot), p.cam_trans, f,
-                            sizes / 2)
+    uv = code_landmarks_px(model_rig, codes, f, sizes)
     scale2 = ((lm2d[:, 36:42].mean(1) - lm2d[:, 42:48].mean(1)).norm(dim=-1).clamp(min=1.0)) ** 2
     reproj = ((uv - lm2d) ** 2).sum(-1).mean(1) / scale2
     if edges is None:

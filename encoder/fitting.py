@@ -438,6 +438,20 @@ def model_landmarks_px(rig: LandmarkRig, shape, expression, pose, rot, trans, fo
     return uv
 
 
+def code_landmarks_px(rig: LandmarkRig, codes: torch.Tensor, focal: torch.Tensor, image_sizes: torch.Tensor
+                      ) -> torch.Tensor:
+    """The 68 landmarks (B, 68, 2) px of codes (B, 228) (:mod:`.code`: shape, expression, pose and
+    camera; the rig's leading shape and expression coefficients) seen by their photo's camera:
+    focal (B,) px, the principal point at the centre of image_sizes (B, 2) px (w, h).
+    Differentiable in the codes."""
+    from skullsearch.encoder import code as code_layout
+
+    p = code_layout.split(codes)
+    return model_landmarks_px(rig, p.shape[:, : rig.n_shape], p.expression[:, : rig.n_expression],
+                              p.pose[:, : 3 * rig.n_joints], camera_rotation(p.cam_rot), p.cam_trans,
+                              focal, image_sizes / 2)
+
+
 def delaunay_edges(landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Edges of each face's Delaunay triangulation, padded: (B, 68, 2) px → edges (B, Emax, 2)
     int64 and mask (B, Emax) bool."""

@@ -11,6 +11,7 @@ from skullsearch.encoder.fitting import (
     FitConfig,
     LandmarkRig,
     camera_rotation,
+    code_landmarks_px,
     code_vertices,
     delaunay_edges,
     fit_landmarks,
@@ -67,6 +68,20 @@ def test_recovers_a_known_face_and_camera_from_noiseless_landmarks(default_model
                                trans[:, 2].numpy() / width(true_lm), rtol=0.03)
     err = aligned_error(default_model, face_region(default_model), shape, res.codes)
     assert err.mean() < 0.8 and err.max() < 1.6, err  # mm, face region (68 points do not fix all 90)
+
+
+def test_a_codes_landmarks_are_the_points_it_was_fitted_to(default_model, rig):
+    """code_landmarks_px reads a fitted code back to the fit's own landmarks (B, 68, 2) px, and
+    the gradient reaches the code."""
+    shape, rot, trans, uv, size = synth(default_model, rig, 4, seed=3)
+    res = fit_landmarks(default_model, uv, size, config=FitConfig(), rig=rig)
+    codes = torch.as_tensor(res.codes, dtype=torch.float32).requires_grad_()
+    got = code_landmarks_px(rig, codes, torch.as_tensor(res.focal, dtype=torch.float32),
+                            torch.as_tensor(size, dtype=torch.float32))
+    assert got.shape == (4, 68, 2)
+    np.testing.assert_allclose(got.detach().numpy(), res.landmarks_px, atol=0.05)
+    got.sum().backward()
+    assert codes.grad is not None and codes.grad.abs().sum() > 0
 
 
 def test_multi_image_shares_the_shape(default_model, rig):
