@@ -62,6 +62,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from _common import (
+    add_camera_arguments,
     add_identity_prior_file_argument,
     emit,
     face_bands,
@@ -230,9 +231,11 @@ def oracle_shape(model, skin, region: np.ndarray, use: np.ndarray, iters: int = 
     return alpha
 
 
-def render_photos(skin, folder: Path, yaws, albedo=None, specular: float = 0.0) -> list[Path]:
+def render_photos(skin, folder: Path, yaws, albedo=None, specular: float = 0.0, gamma: float = 1.0,
+                  shadows: bool = False) -> list[Path]:
     """Portraits (512 px PNG) of the placed skin: each yaw under each of :data:`LIGHTS`; albedo
-    (V, 3) per skin vertex (default: one skin colour) and a specular highlight's strength."""
+    (V, 3) per skin vertex (default: one skin colour), a specular highlight's strength, the
+    camera's gamma and cast shadows (:func:`~skullsearch.encoder.render.render_mesh`)."""
     from PIL import Image
 
     from skullsearch.encoder.render import face_camera, render_mesh
@@ -242,8 +245,8 @@ def render_photos(skin, folder: Path, yaws, albedo=None, specular: float = 0.0) 
         cam = face_camera(yaw_deg=float(yaw), size=512, distance=700.0, fov_mm=300.0,
                           center=np.array([0.0, -30.0, 0.0]))
         for k, light in enumerate(LIGHTS):
-            img = render_mesh(skin.vertices, skin.faces, cam, light_dir=light, specular=specular,
-                              **({} if albedo is None else {"albedo": albedo})).image
+            img = render_mesh(skin.vertices, skin.faces, cam, light_dir=light, specular=specular, gamma=gamma,
+                              shadows=shadows, **({} if albedo is None else {"albedo": albedo})).image
             paths.append(folder / f"ct_yaw{int(yaw):+03d}_light{k}.png")
             Image.fromarray(img).save(paths[-1])
     return paths
@@ -375,6 +378,7 @@ def main(argv=None) -> None:
                    help="render the skin textured (the model's random albedo of this seed, carried over "
                         "from its best face for the skin) with a specular highlight: real geometry, "
                         "synthetic colour")
+    add_camera_arguments(p)
     p.add_argument("--photo-set", nargs="+", default=None, metavar="KEY=VALUE",
                    help="the photometric runs with these PhotometricConfig settings (landmark_cauchy=0.06)")
     add_identity_prior_file_argument(p)
@@ -403,7 +407,7 @@ def main(argv=None) -> None:
           f"{keep.sum()} of {region.sum()} face-region vertices outside the dental streak", file=sys.stderr)
     out = {"ct": str(Path(a.ct or ct.CT_HEAD).name), "yaws": a.yaws, "lights": len(LIGHTS),
            "smooth_streak": bool(a.smooth_streak), "photometric_settings": a.photo_set or [],
-           "texture_seed": a.texture,
+           "texture_seed": a.texture, "camera_gamma": a.camera_gamma, "shadows": a.shadows,
            "region_vertices": int(region.sum()), "scored_vertices": int(keep.sum()),
            "placement_rms_mm": round(rms, 3), "faces": {}}
 
@@ -432,7 +436,8 @@ def main(argv=None) -> None:
         if a.save:
             full.export(folder / "skin_model_frame.ply")
         albedo = None if a.texture is None else skin_texture(model, full, best, a.texture)
-        paths = render_photos(full, folder, a.yaws, albedo, 0.0 if a.texture is None else 0.1)
+        paths = render_photos(full, folder, a.yaws, albedo, 0.0 if a.texture is None else 0.1, a.camera_gamma,
+                              a.shadows)
         runs = []
         for det in a.detectors:
             if det == "mesh" and importlib.util.find_spec("mediapipe") is None:

@@ -20,7 +20,7 @@ expression) and every photo goes through the real decoder, dlib detector and bat
                                   [--identity-prior [--identity-prior-file NPZ]] [--uncertainty]
                                   [--landmark-noise 0.03]
                                   [--detector dlib|mesh] [--pose-embedding] [--textured-embedding]
-                                  [--photometric]
+                                  [--photometric] [--camera-gamma 2.2] [--shadows]
                                   [--photo-set KEY=VALUE ...] [--cnn CKPT [--cnn-mode alone|seed]]
 
 ``--uncertainty`` fits with the posterior covariance (``FitConfig(posterior=True)``), adds the
@@ -49,6 +49,7 @@ from pathlib import Path
 import numpy as np
 from _common import (
     CHI2_3_95,
+    add_camera_arguments,
     add_identity_prior_file_argument,
     add_texture_argument,
     add_textured_embedding_argument,
@@ -209,6 +210,7 @@ def label_free(model, paths, person, idx1, descs1, prior, cfg, a, fits, mask, tr
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_texture_argument(ap)
+    add_camera_arguments(ap)
     ap.add_argument("--persons", type=int, default=100)
     ap.add_argument("--photos", type=int, default=3)
     ap.add_argument("--gallery", type=int, nargs="+", default=[3000],
@@ -251,7 +253,8 @@ def main(argv=None):
     person = np.repeat(np.arange(a.persons), a.photos)
     folder = Path(tempfile.mkdtemp(prefix="skullsearch-identity-"))
     t0 = time.perf_counter()
-    paths = render_photos(model, folder, shape, expr, pose, rng, max_yaw=40.0, texture=a.texture)
+    paths = render_photos(model, folder, shape, expr, pose, rng, max_yaw=40.0, texture=a.texture,
+                          gamma=a.camera_gamma, shadows=a.shadows)
     t1 = time.perf_counter()
     prior = None
     if a.identity_prior or a.identity_prior_file:  # (a file implies the prior)
@@ -295,6 +298,7 @@ def main(argv=None):
     dis = dis_true + resid[borrow]
     dis_cov = None if cov1 is None else cov1[borrow]
     out = {"persons": a.persons, "photos_per_person": a.photos, "texture": a.texture,
+           "camera_gamma": a.camera_gamma, "shadows": a.shadows,
            "gallery": max(sizes[0], a.persons),
            "identity_prior": bool(prior is not None), "detector": a.detector, "w_dense": a.w_dense,
            "pose_embedding": a.pose_embedding, "textured_embedding": a.textured_embedding,

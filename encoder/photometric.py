@@ -144,7 +144,7 @@ class PhotometricConfig:
     skip_parts: tuple[str, ...] = FEATURE_PARTS
     feature_albedo: bool = False
     feature_landmark_weight: float = 1.0
-    photo_gamma: float = 1.0
+    photo_gamma: float = 2.2
 
     def __post_init__(self):
         from skullsearch.errors import SkullsearchError
