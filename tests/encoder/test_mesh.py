@@ -200,10 +200,10 @@ def test_the_encoder_fingerprint_holds_the_photometric_settings_when_on(monkeypa
     on = encoder_fingerprint(FitConfig(photometric=True), "dlib")
     off = encoder_fingerprint(FitConfig(), "dlib")
     assert on != off
-    # skip_features on (the default since it exists) with the feature mask placed by the source's
-    # annotation; the mask of the version before (by the dlib-calibrated embedding) gave
-    # 730ab933b893d01f: its galleries' codes are not these
-    assert on == "b868d6f425979916"
+    # photo_gamma 2.2 (the default since it exists) and skip_features on with the feature mask
+    # placed by the source's annotation; the mask of the version before (by the dlib-calibrated
+    # embedding) gave 730ab933b893d01f: its galleries' codes are not these
+    assert on == "b8b1d1ec254dd9eb"
 
     @dataclass(frozen=True)
     class Slower(photometric.PhotometricConfig):
@@ -214,9 +214,17 @@ def test_the_encoder_fingerprint_holds_the_photometric_settings_when_on(monkeypa
         landmark_cauchy: float = 0.06
 
     @dataclass(frozen=True)
+    class PixelValues(photometric.PhotometricConfig):
+        photo_gamma: float = 1.0
+
+    @dataclass(frozen=True)
     class Earlier(photometric.PhotometricConfig):
         skip_features: bool = False
+        photo_gamma: float = 1.0
 
+    monkeypatch.setattr(photometric, "PhotometricConfig", PixelValues)
+    # the galleries refined before photo_gamma (the pixel values read as light): as they were
+    assert encoder_fingerprint(FitConfig(photometric=True), "dlib") == "b868d6f425979916"
     monkeypatch.setattr(photometric, "PhotometricConfig", Earlier)
     # the galleries refined before skip_features existed (and before landmark_cauchy): as they were
     assert encoder_fingerprint(FitConfig(photometric=True), "dlib") == "704f6145fe98949b"
@@ -234,7 +242,7 @@ def test_the_encoder_fingerprint_holds_the_photometric_settings_when_on(monkeypa
 
     @dataclass(frozen=True)
     class Linear(photometric.PhotometricConfig):
-        photo_gamma: float = 2.2
+        photo_gamma: float = 1.8
 
     monkeypatch.setattr(photometric, "PhotometricConfig", Linear)
     assert encoder_fingerprint(FitConfig(photometric=True), "dlib") != on
