@@ -241,10 +241,10 @@ def test_the_encoder_fingerprint_holds_the_photometric_settings_when_on(monkeypa
     assert encoder_fingerprint(FitConfig(photometric=True), "dlib") != on
 
     @dataclass(frozen=True)
-    class Linear(photometric.PhotometricConfig):
+    class OtherGamma(photometric.PhotometricConfig):
         photo_gamma: float = 1.8
 
-    monkeypatch.setattr(photometric, "PhotometricConfig", Linear)
+    monkeypatch.setattr(photometric, "PhotometricConfig", OtherGamma)
     assert encoder_fingerprint(FitConfig(photometric=True), "dlib") != on
     assert encoder_fingerprint(FitConfig(), "dlib") == off  # off, its settings do not count
 
