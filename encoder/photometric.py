@@ -483,12 +483,12 @@ class _PhotoFit(_AdamFit):
         """The photometric energy per face (B,) (0 for a face with too few visible vertices)."""
         return self._energy(*self._predicted())
 
-    def explained(self) -> torch.Tensor:
+    def explained(self, predicted=None) -> torch.Tensor:
         """The share of each photo's colour variance over the visible vertices that the model's
         shading explains (B,), R² = 1 − Σ‖I − L·Y‖² / Σ‖I − Ī‖²: scale-free (unlike the energy, it
         does not change with photo_gamma's brightness), NaN for a face with too few visible
-        vertices."""
-        pred, colour, w = self._predicted()
+        vertices. predicted: :meth:`_predicted`'s result when already computed."""
+        pred, colour, w = predicted if predicted is not None else self._predicted()
         wv = w[..., None]
         count = w.sum(1)
         mean = (colour * wv).sum(1, keepdim=True) / count.clamp(min=1)[:, None, None]
@@ -604,8 +604,9 @@ def refine_photometric(model, codes: np.ndarray, landmarks: np.ndarray, images: 
             fit.choose_features()
         parts: dict = {}
         lmk = fit.losses(rigid=False, robust=pcfg.landmark_cauchy, parts=parts)[0]
-        photo = pcfg.weight * fit.photometric()
-        r2 = fit.explained()
+        predicted = fit._predicted()  # (the light solved once for both)
+        photo = pcfg.weight * fit._energy(*predicted)
+        r2 = fit.explained(predicted)
         out.terms = {"landmarks": float(lmk.mean()), "photometric": float(photo.mean()),
                      "shading_r2": float(r2.nanmean()) if bool(torch.isfinite(r2).any()) else float("nan")}
         out.terms |= {f"landmarks_{k}": float(v.mean()) for k, v in parts.items()}
