@@ -57,6 +57,8 @@ from skullsearch.encoder.render import FEATURE_PARTS
 CROP_PX = 512
 #: The visibility z-buffer's size (px, longer side): a vertex is visible when within 1 mm of it.
 VISIBILITY_PX = 160
+#: The shadow map's size (px) of ``PhotometricConfig.cast_shadows`` (over the head's extent, ~1 mm).
+SHADOW_PX = 256
 #: the 68 iBUG points of the features (brows 17–26, eyes 36–47, mouth 48–67):
 #: ``PhotometricConfig.feature_landmark_weight`` weighs them
 FEATURE_LANDMARKS = np.r_[17:27, 36:48, 48:68]
@@ -158,6 +160,7 @@ class PhotometricConfig:
     feature_albedo: bool = False
     feature_landmark_weight: float = 1.0
     photo_gamma: float = 2.2
+    cast_shadows: bool = False
 
     def __post_init__(self):
         from skullsearch.errors import SkullsearchError
@@ -345,6 +348,35 @@ def _sparse(rows, cols, values, shape, dtype, device="cpu") -> torch.Tensor:
                                    check_invariants=True).coalesce().to(device)
 
 
+def _sphere(n: int) -> np.ndarray:
+    """n nearly even unit directions (n, 3) (a Fibonacci sphere)."""
+    k = np.arange(n) + 0.5
+    z = 1 - 2 * k / n
+    phi = k * np.pi * (3 - np.sqrt(5))
+    r = np.sqrt(1 - z**2)
+    return np.stack([r * np.cos(phi), r * np.sin(phi), z], 1)
+
+
+#: The light directions :func:`light_direction` tries (~7° apart).
+LIGHT_DIRECTIONS = _sphere(800)
+
+
+def light_direction(normals: np.ndarray, brightness: np.ndarray, weight: np.ndarray) -> np.ndarray | None:
+    """The direction (3,) (unit, the normals' frame) of the directional light that, with an
+    ambient one, best explains a surface's brightness: of :data:`LIGHT_DIRECTIONS`, the d whose
+    brightness ≈ a + b·max(0, n·d), b > 0, fits best by weighted least squares. normals (n, 3)
+    unit, brightness (n,), weight (n,) ≥ 0. None where no direction explains any of it."""
+    x = np.maximum(normals @ LIGHT_DIRECTIONS.T, 0.0)  # (n, D)
+    w = weight / max(float(weight.sum()), 1e-12)
+    mx = w @ x
+    my = float(w @ brightness)
+    cov = w @ (x * (brightness - my)[:, None])  # (D,)
+    var = w @ (x * x) - mx**2
+    gain = np.where((cov > 0) & (var > 1e-9), cov**2 / np.maximum(var, 1e-12), -np.inf)
+    best = int(np.argmax(gain))
+    return None if not np.isfinite(gain[best]) else LIGHT_DIRECTIONS[best]
+
+
 @dataclass(frozen=True)
 class _Surface:
     """The face region's surface as the refinement reads it (:func:`_surface`)."""
@@ -382,6 +414,9 @@ class _PhotoFit(_AdamFit):
             self.choice = torch.full((self.b,), len(self.profiles) // 2, dtype=torch.long, device=self.device)
             self.skin = (self.profiles.sum(2).amax(0) < SKIN_BELOW).to(self.dt)
         self.visible = torch.zeros(self.b, len(self.use), dtype=torch.bool, device=self.device)
+        #: (B, n) the used vertices in a cast shadow at the last visibility update (cast_shadows)
+        self.shadowed = torch.zeros_like(self.visible)
+        self.light: torch.Tensor | None = None  #: (B, 9, 3) the last optimal light
         if pcfg.feature_landmark_weight != 1.0:  # the brows', eyes' and mouth's points (and edges)
             pw = torch.ones(68, dtype=self.dt, device=self.device)
             pw[FEATURE_LANDMARKS] = pcfg.feature_landmark_weight
@@ -440,6 +475,39 @@ class _PhotoFit(_AdamFit):
             vis[inside] = p[inside, 2] <= depth[row[inside], col[inside]] + 1.0
             visible[i] = vis & facing[i]
         self.visible = torch.as_tensor(visible, device=self.device)
+        if self.pcfg.cast_shadows:
+            self.shadowed = torch.as_tensor(self.cast_shadows(full, rot, used), device=self.device)
+            self.visible &= ~self.shadowed
+
+    def cast_shadows(self, full: torch.Tensor, rot: torch.Tensor, used: np.ndarray) -> np.ndarray:
+        """Which used vertices (B, n) bool lie in a shadow their face casts on itself under its
+        photo's light (``PhotometricConfig.cast_shadows``). The light's direction d is the one of
+        :data:`LIGHT_DIRECTIONS` (the head's frame) under which a directional light and an ambient
+        one, brightness ≈ a + b·max(0, n·d) (b > 0, least squares over the visible vertices),
+        explain the photo's brightness best (the harmonics' first-order weights do not say it:
+        over the half of the normals a photo shows, z is nearly the constant). The face's own
+        mesh (full (B, V, 3) mm, the head's frame; rot (B, 3, 3) the camera's rotation) is the
+        occluder (:func:`~skullsearch.encoder.render.in_shadow`); only vertices turned towards the
+        light count: one turned away is in the harmonics' own (attached) shadow."""
+        from skullsearch.encoder.render import in_shadow
+
+        with torch.no_grad():
+            _, colour, w = self._shading()
+            brightness = colour.mean(-1).cpu().double().numpy()  # (B, n)
+            w = w.cpu().double().numpy()
+            normals = self.normals(self.posed()).cpu().double().numpy()  # (B, n, 3) the head's frame
+        out = np.zeros((self.b, len(used)), bool)
+        faces = self.model.faces
+        for i in range(self.b):
+            if w[i].sum() < self.pcfg.min_visible:
+                continue
+            d = light_direction(normals[i], brightness[i], w[i])
+            if d is None:  # no directional light explains the brightness: nothing cast
+                continue
+            pts = full[i].double().numpy()
+            out[i] = (in_shadow(pts, faces, pts[used], d, normals=normals[i], size=SHADOW_PX)
+                      & (normals[i] @ d > 0.0))
+        return out
 
     def _shading(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The used vertices' shading under the optimal light (B, n, 3) (their colour if they
@@ -460,6 +528,7 @@ class _PhotoFit(_AdamFit):
             a = basis * skin[..., None]
             gram = a.transpose(1, 2) @ basis + 1e-4 * torch.eye(9, dtype=self.dt, device=self.device)
             light = torch.linalg.solve(gram, a.transpose(1, 2) @ colour)  # (B, 9, 3)
+        self.light = light
         return basis @ light, colour, w
 
     def _energy(self, shading, colour, w) -> torch.Tensor:

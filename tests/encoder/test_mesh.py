@@ -246,6 +246,13 @@ def test_the_encoder_fingerprint_holds_the_photometric_settings_when_on(monkeypa
 
     monkeypatch.setattr(photometric, "PhotometricConfig", OtherGamma)
     assert encoder_fingerprint(FitConfig(photometric=True), "dlib") != on
+
+    @dataclass(frozen=True)
+    class Shadows(photometric.PhotometricConfig):
+        cast_shadows: bool = True
+
+    monkeypatch.setattr(photometric, "PhotometricConfig", Shadows)
+    assert encoder_fingerprint(FitConfig(photometric=True), "dlib") != on
     assert encoder_fingerprint(FitConfig(), "dlib") == off  # off, its settings do not count
 
 

@@ -9,6 +9,8 @@ import io
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 from torch_threads import one_thread
 
@@ -389,3 +391,83 @@ def test_skip_parts_leave_out_the_features_asked_for(default_model):
         PhotometricConfig(skip_parts=("lips", "nose"))
     with pytest.raises(ValueError, match="nose"):
         feature_mask(m, parts=("nose",))
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.floats(-1.0, 1.0), st.floats(-1.0, 1.0), st.floats(0.2, 1.0), st.floats(0.05, 0.6),
+       st.floats(0.2, 1.5), st.integers(0, 2**31 - 1))
+def test_light_direction_is_the_directional_light_that_explains_the_brightness(x, y, z, ambient, strength,
+                                                                                seed):
+    """Brightness a + b·max(0, n·d) over the normals a camera sees (a half sphere): the direction
+    comes back within the search's spacing, whatever the light's direction, ambient share and
+    strength, and it turns with the surface (the frame's rotation); a constant brightness has none."""
+    from scipy.spatial.transform import Rotation
+
+    from skullsearch.encoder.photometric import light_direction
+
+    rng = np.random.default_rng(seed)
+    d = np.array([x, y, z]) / np.linalg.norm([x, y, z])
+    n = rng.standard_normal((1500, 3))
+    n /= np.linalg.norm(n, axis=1, keepdims=True)
+    n[:, 2] = np.abs(n[:, 2])  # the half the camera sees (z towards it)
+    bright = ambient + strength * np.maximum(n @ d, 0) + rng.normal(0, 0.01, len(n))
+    w = np.ones(len(n))
+    got = light_direction(n, bright, w)
+    assert np.degrees(np.arccos(np.clip(got @ d, -1, 1))) < 8.0, (got, d)
+    rot = Rotation.from_rotvec(rng.normal(0, 0.5, 3)).as_matrix()
+    turned = light_direction(n @ rot.T, bright, w)
+    assert np.degrees(np.arccos(np.clip(turned @ (rot @ d), -1, 1))) < 8.0
+    assert light_direction(n, np.full(len(n), 0.4), w) is None
+
+
+def test_cast_shadows_finds_the_shadows_a_face_casts_on_itself(default_model):
+    """Faces rendered with the shadows they cast (light from the side and above): with
+    cast_shadows the refinement leaves out the vertices in them — those it marks are the
+    renderer's own shadows (the light's direction read off the photo), nearly all of them — and
+    the refined faces still move towards the truth."""
+    from skullsearch.encoder import photometric
+    from skullsearch.encoder.fitting import _initial_state, _observations
+    from skullsearch.encoder.render import in_shadow, vertex_normals
+
+    m = default_model
+    shape, shots = _shots(m)
+    shape, shots = shape[::3], shots[::3]  # one shot of each face
+    lights = [np.array([-0.6, 0.5, 1.0]), np.array([0.6, 0.3, 1.0]), np.array([0.4, 0.6, 1.0])]
+    rig = rig_for(m, 90, m.n_expression)
+    with torch.no_grad():
+        verts = m.vertices(shape=torch.as_tensor(shape, dtype=torch.float32)).numpy()
+    images, lms = [], []
+    for i, (v, (cam, _)) in enumerate(zip(verts, shots, strict=True)):
+        images.append(render_mesh(v, m.faces, cam, light_dir=lights[i], gamma=2.2, shadows=True).image)
+        with torch.no_grad():
+            uv = model_landmarks_px(rig, torch.as_tensor(shape[i:i + 1], dtype=torch.float32),
+                                    torch.zeros(1, m.n_expression), torch.zeros(1, 3 * m.n_joints),
+                                    torch.as_tensor(cam.rotation, dtype=torch.float32)[None],
+                                    torch.as_tensor(cam.translation, dtype=torch.float32)[None],
+                                    torch.tensor([cam.focal], dtype=torch.float32),
+                                    torch.tensor([[SIZE / 2, SIZE / 2]]))
+        lms.append(uv[0].numpy())
+    lms = np.stack(lms)
+    sizes = np.full((len(images), 2), float(SIZE))
+    lm = fit_landmarks(m, lms, sizes)
+    cfg, pcfg = FitConfig(), PhotometricConfig(cast_shadows=True)
+    frig = rig_for(m, cfg.n_shape, cfg.n_expression, dtype=cfg.dtype)
+    obs = _observations(lms, sizes, None, cfg)
+    pidx = torch.arange(len(images))
+    state = _initial_state(frig, cfg, obs, pidx, len(images), lm.codes.astype(np.float32))
+    fit = photometric._PhotoFit(m, frig, cfg, pcfg, obs, pidx, len(images), state, images)
+    fit.update_visibility()
+    used = fit.surface_ids[fit.use.numpy()]
+    for i in range(len(images)):
+        nrm = vertex_normals(verts[i], m.faces)[used]
+        d = lights[i] / np.linalg.norm(lights[i])
+        truth = in_shadow(verts[i], m.faces, verts[i][used], d, normals=nrm) & (nrm @ d > 0)
+        marked = fit.shadowed[i].numpy()
+        seen = fit.visible[i].numpy() | marked
+        assert marked[seen].mean() > 0.03, i  # there are shadows to find
+        assert (marked[seen] == truth[seen]).mean() > 0.95, i
+        assert not (fit.visible[i] & fit.shadowed[i]).any()  # what is marked is left out
+    ref = refine_photometric(m, lm.codes, lms, images,
+                             photometric=PhotometricConfig(steps=120, cast_shadows=True))
+    before, after = _errors(m, lm.codes, shape), _errors(m, ref.codes, shape)
+    assert after.mean() < 0.9 * before.mean(), (before, after)
