@@ -487,7 +487,8 @@ class _PhotoFit(_AdamFit):
         explain the photo's brightness best (the harmonics' first-order weights do not say it:
         over the half of the normals a photo shows, z is nearly the constant). The face's own
         mesh (full (B, V, 3) mm, the head's frame; rot (B, 3, 3) the camera's rotation) is the
-        occluder (:func:`~skullsearch.encoder.render.in_shadow`); only vertices turned towards the
+        occluder (:func:`~skullsearch.encoder.render.in_shadow`, its triangles that face the light:
+        the winding's outward normals, as the visibility's); only vertices turned towards the
         light count: one turned away is in the harmonics' own (attached) shadow."""
         from skullsearch.encoder.render import in_shadow
 
@@ -505,7 +506,9 @@ class _PhotoFit(_AdamFit):
             if d is None:  # no directional light explains the brightness: nothing cast
                 continue
             pts = full[i].double().numpy()
-            out[i] = (in_shadow(pts, faces, pts[used], d, normals=normals[i], size=SHADOW_PX)
+            t = pts[faces]
+            lit = np.cross(t[:, 1] - t[:, 0], t[:, 2] - t[:, 0]) @ d > 0  # (the light meets these first)
+            out[i] = (in_shadow(pts, faces[lit], pts[used], d, normals=normals[i], size=SHADOW_PX)
                       & (normals[i] @ d > 0.0))
         return out
 
