@@ -161,6 +161,7 @@ class PhotometricConfig:
     feature_landmark_weight: float = 1.0
     photo_gamma: float = 2.2
     cast_shadows: bool = False
+    specular: float = 0.0
 
     def __post_init__(self):
         from skullsearch.errors import SkullsearchError
@@ -168,6 +169,9 @@ class PhotometricConfig:
         if not self.feature_landmark_weight >= 0:
             raise SkullsearchError(f"PhotometricConfig.feature_landmark_weight must be 0 or more (1: as the "
                                    f"landmark fit), got {self.feature_landmark_weight}")
+        if not 0 <= self.specular < float("inf"):
+            raise SkullsearchError(f"PhotometricConfig.specular is the highlight's shininess (a Blinn-Phong "
+                                   f"exponent, e.g. 16; 0: no highlight), got {self.specular}")
         if not self.photo_gamma > 0:
             raise SkullsearchError(f"PhotometricConfig.photo_gamma must be above 0 (1: the pixel values "
                                    f"as they are; 2.2: sRGB photos), got {self.photo_gamma}")
@@ -416,7 +420,10 @@ class _PhotoFit(_AdamFit):
         self.visible = torch.zeros(self.b, len(self.use), dtype=torch.bool, device=self.device)
         #: (B, n) the used vertices in a cast shadow at the last visibility update (cast_shadows)
         self.shadowed = torch.zeros_like(self.visible)
-        self.light: torch.Tensor | None = None  #: (B, 9, 3) the last optimal light
+        self.light: torch.Tensor | None = None  #: (B, 9 or 10, 3) the last optimal light
+        #: (B, 3) each photo's light direction (the head's frame; 0: none found) at the last
+        #: visibility update (cast_shadows, specular)
+        self.towards_light = torch.zeros(self.b, 3, dtype=self.dt, device=self.device)
         if pcfg.feature_landmark_weight != 1.0:  # the brows', eyes' and mouth's points (and edges)
             pw = torch.ones(68, dtype=self.dt, device=self.device)
             pw[FEATURE_LANDMARKS] = pcfg.feature_landmark_weight
@@ -475,35 +482,45 @@ class _PhotoFit(_AdamFit):
             vis[inside] = p[inside, 2] <= depth[row[inside], col[inside]] + 1.0
             visible[i] = vis & facing[i]
         self.visible = torch.as_tensor(visible, device=self.device)
+        if self.pcfg.cast_shadows or self.pcfg.specular:
+            self.towards_light = self.light_directions()
         if self.pcfg.cast_shadows:
-            self.shadowed = torch.as_tensor(self.cast_shadows(full, rot, used), device=self.device)
+            self.shadowed = torch.as_tensor(self.cast_shadows(full, used), device=self.device)
             self.visible &= ~self.shadowed
 
-    def cast_shadows(self, full: torch.Tensor, rot: torch.Tensor, used: np.ndarray) -> np.ndarray:
+    def light_directions(self) -> torch.Tensor:
+        """Each photo's light direction (B, 3) (unit, the head's frame; 0 where none is found or
+        too little of the face is seen): :func:`light_direction` over the visible vertices'
+        brightness (the mean of their colours) and normals."""
+        with torch.no_grad():
+            self.towards_light = torch.zeros_like(self.towards_light)  # (no highlight in the solve)
+            _, colour, w = self._shading()
+            brightness = colour.mean(-1).cpu().double().numpy()  # (B, n)
+            w = w.cpu().double().numpy()
+            normals = self.normals(self.posed()).cpu().double().numpy()  # (B, n, 3) the head's frame
+        out = np.zeros((self.b, 3))
+        for i in range(self.b):
+            if w[i].sum() >= self.pcfg.min_visible:
+                d = light_direction(normals[i], brightness[i], w[i])
+                out[i] = 0.0 if d is None else d
+        return torch.as_tensor(out, dtype=self.dt, device=self.device)
+
+    def cast_shadows(self, full: torch.Tensor, used: np.ndarray) -> np.ndarray:
         """Which used vertices (B, n) bool lie in a shadow their face casts on itself under its
-        photo's light (``PhotometricConfig.cast_shadows``). The light's direction d is the one of
-        :data:`LIGHT_DIRECTIONS` (the head's frame) under which a directional light and an ambient
-        one, brightness ≈ a + b·max(0, n·d) (b > 0, least squares over the visible vertices),
-        explain the photo's brightness best (the harmonics' first-order weights do not say it:
-        over the half of the normals a photo shows, z is nearly the constant). The face's own
-        mesh (full (B, V, 3) mm, the head's frame; rot (B, 3, 3) the camera's rotation) is the
+        photo's light (``PhotometricConfig.cast_shadows``; the light's direction
+        :attr:`towards_light`). The face's own mesh (full (B, V, 3) mm, the head's frame) is the
         occluder (:func:`~skullsearch.encoder.render.in_shadow`, its triangles that face the light:
         the winding's outward normals, as the visibility's); only vertices turned towards the
         light count: one turned away is in the harmonics' own (attached) shadow."""
         from skullsearch.encoder.render import in_shadow
 
         with torch.no_grad():
-            _, colour, w = self._shading()
-            brightness = colour.mean(-1).cpu().double().numpy()  # (B, n)
-            w = w.cpu().double().numpy()
             normals = self.normals(self.posed()).cpu().double().numpy()  # (B, n, 3) the head's frame
+        towards = self.towards_light.cpu().double().numpy()
         out = np.zeros((self.b, len(used)), bool)
         faces = self.model.faces
-        for i in range(self.b):
-            if w[i].sum() < self.pcfg.min_visible:
-                continue
-            d = light_direction(normals[i], brightness[i], w[i])
-            if d is None:  # no directional light explains the brightness: nothing cast
+        for i, d in enumerate(towards):
+            if not np.any(d):  # no light direction: nothing cast
                 continue
             pts = full[i].double().numpy()
             t = pts[faces]
@@ -525,12 +542,21 @@ class _PhotoFit(_AdamFit):
         n = self.normals(verts) @ rot.transpose(1, 2)
         flip = torch.tensor([1.0, -1.0, -1.0], dtype=self.dt, device=self.device)
         basis = sh9(n * flip)  # y up, z to the viewer
+        if self.pcfg.specular and bool(self.towards_light.any()):  # a Blinn-Phong highlight's column
+            light_dir = self.towards_light[:, None] @ rot.transpose(1, 2)  # (B, 1, 3) camera frame
+            at = verts.index_select(1, self.use) @ rot.transpose(1, 2) + self.trans()[:, None]
+            half = light_dir - at / at.norm(dim=-1, keepdim=True)  # (+ towards the camera)
+            half = half / half.norm(dim=-1, keepdim=True).clamp(min=1e-9)
+            lit = ((n * light_dir).sum(-1) > 0).to(self.dt)
+            highlight = (n * half).sum(-1).clamp(min=0) ** self.pcfg.specular * lit
+            basis = torch.cat([basis, highlight[..., None]], -1)
         w = self.visible.to(self.dt)  # (B, n)
         skin = w if self.skin is None else w * self.skin  # the light from the skin alone
         with torch.no_grad():  # the optimal light for the current shape (least squares)
             a = basis * skin[..., None]
-            gram = a.transpose(1, 2) @ basis + 1e-4 * torch.eye(9, dtype=self.dt, device=self.device)
-            light = torch.linalg.solve(gram, a.transpose(1, 2) @ colour)  # (B, 9, 3)
+            k = basis.shape[-1]
+            gram = a.transpose(1, 2) @ basis + 1e-4 * torch.eye(k, dtype=self.dt, device=self.device)
+            light = torch.linalg.solve(gram, a.transpose(1, 2) @ colour)  # (B, 9 (+1), 3)
         self.light = light
         return basis @ light, colour, w
 

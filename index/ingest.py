@@ -499,7 +499,8 @@ def encoder_fingerprint(config, detector: str, identity_prior=None) -> str:
         what["photometric"] = _without_off(asdict(PhotometricConfig()),
                                            {"landmark_cauchy": 0.0, "skip_features": False,
                                             "feature_albedo": False, "feature_landmark_weight": 1.0,
-                                            "photo_gamma": 1.0, "cast_shadows": False})
+                                            "photo_gamma": 1.0, "cast_shadows": False,
+                                            "specular": 0.0})
         what["photometric"].pop("skip_parts")  # all the features, as before the choice existed
         if what["photometric"].get("skip_features"):  # the features' mask, by the source's annotation
             what["photometric"]["feature_mask"] = FEATURE_MASK_VERSION
