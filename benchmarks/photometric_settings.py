@@ -12,8 +12,9 @@ other, one row per setting, the defaults first:
   ratio to the mean face's (the landmark fit's beside it), the landmark residual, the seconds,
   and the final photometric energy (its weighted term, mean per face; also for the real photos)
   and the share of the photos' colour variance the model's shading explains (``shading_r2``,
-  scale-free: comparable across ``photo_gamma``): how far a set's shading lies from the
-  refinement's model of it; and by part of the face how far
+  scale-free: comparable across ``photo_gamma``; over the vertices the model claims, so with
+  ``cast_shadows`` over fewer, its share left out as in a cast shadow reported as ``shadowed``):
+  how far a set's shading lies from the refinement's model of it; and by part of the face how far
   the refined faces' landmarks lie from the points they were fitted to (inter-ocular distances).
 - real photos: ``--photos DIR``, a folder of person sub-folders (the labels only score): each photo
   detected and fitted alone, refined by each setting; the same-vs-different person pair AUC of the
@@ -199,6 +200,8 @@ def main(argv=None):
             row["renders_residual_px"] = mean_residual_px(fs)
             row["renders_photometric_energy"] = round(terms.get("photometric", float("nan")), 5)
             row["renders_shading_r2"] = round(terms.get("shading_r2", float("nan")), 4)
+            if "shadowed" in terms:  # cast_shadows: the share of the seen vertices left out
+                row["renders_shadowed"] = round(terms["shadowed"], 4)
             row["renders_off_detector_iod"] = off_detector(model, fs, a.textured_embedding)
             row["renders_seconds_per_face"] = round(sec / max(len(fs), 1), 3)
             print(row, file=sys.stderr, flush=True)
@@ -220,6 +223,8 @@ def main(argv=None):
             row["real_residual_px"] = mean_residual_px(fs)
             row["real_photometric_energy"] = round(terms.get("photometric", float("nan")), 5)
             row["real_shading_r2"] = round(terms.get("shading_r2", float("nan")), 4)
+            if "shadowed" in terms:
+                row["real_shadowed"] = round(terms["shadowed"], 4)
             row["real_off_detector_iod"] = off_detector(model, fs, a.textured_embedding)
             print(row, file=sys.stderr, flush=True)
     emit(out)

@@ -734,6 +734,9 @@ def refine_photometric(model, codes: np.ndarray, landmarks: np.ndarray, images: 
         r2 = fit.explained(predicted)
         out.terms = {"landmarks": float(lmk.mean()), "photometric": float(photo.mean()),
                      "shading_r2": float(r2.nanmean()) if bool(torch.isfinite(r2).any()) else float("nan")}
+        if pcfg.cast_shadows:  # the share of the seen vertices left out as in a cast shadow
+            seen = (fit.visible | fit.shadowed).sum(1).clamp(min=1)
+            out.terms["shadowed"] = float((fit.shadowed.sum(1) / seen).mean())
         out.terms |= {f"landmarks_{k}": float(v.mean()) for k, v in parts.items()}
     if crops is not None:  # back to the photo's pixels
         out.landmarks_px = out.landmarks_px / k[:, None, None] + origin[:, None]

@@ -466,6 +466,9 @@ def test_cast_shadows_finds_the_shadows_a_face_casts_on_itself(default_model):
                              photometric=PhotometricConfig(steps=120, cast_shadows=True))
     before, after = _errors(m, lm.codes, shape), _errors(m, ref.codes, shape)
     assert after.mean() < 0.9 * before.mean(), (before, after)
+    assert 0.03 < ref.terms["shadowed"] < 0.3, ref.terms  # the share of the seen vertices left out
+    assert "shadowed" not in refine_photometric(m, lm.codes, lms, images,
+                                                photometric=PhotometricConfig(steps=2)).terms
 
 
 def test_specular_explains_a_highlight(default_model):
