@@ -148,11 +148,12 @@ class PhotometricConfig:
     cast_shadows: leave out of the shading term the vertices in a shadow the face casts on itself
     (the nose's on a cheek, the brow ridge's on the lids): the harmonics model the shading of a
     surface turned from the light, not a shadow one part of the face throws on another, and a
-    dark vertex the light should reach bends its normal away from the light. Every
-    ``visibility_every`` steps the light's direction is read off the photo
-    (:func:`light_direction`) and a shadow map of the current face along it marks them
+    dark vertex the light should reach bends its normal away from the light. The light's
+    direction is read off the photo once, on the landmark fit's face (:func:`light_direction`),
+    and every ``visibility_every`` steps a shadow map of the current face along it marks them
     (:meth:`_PhotoFit.cast_shadows`; on renders with shadows 98–99 % of the vertices marked as
-    the renderer's). Measured on renders of seed 7 encoded as a camera's with cast shadows
+    the renderer's; the share left out is the final terms' ``shadowed``). It costs about a fifth
+    more time per face. Measured on renders of seed 7 encoded as a camera's with cast shadows
     (``photometric_settings.py --renders 40 --seed 7 --camera-gamma 2.2 --shadows``; synthetic):
     0.657 → 0.641x textured, 0.697 → 0.653x untextured; without shadows it changes nothing
     (0.627 → 0.629x textured); on the 7 real photos the refined faces stay nearer dlib's points
@@ -448,9 +449,10 @@ class _PhotoFit(_AdamFit):
         #: (B, n) the used vertices in a cast shadow at the last visibility update (cast_shadows)
         self.shadowed = torch.zeros_like(self.visible)
         self.light: torch.Tensor | None = None  #: (B, 9 or 10, 3) the last optimal light
-        #: (B, 3) each photo's light direction (the head's frame; 0: none found) at the last
-        #: visibility update (cast_shadows, specular)
+        #: (B, 3) each photo's light direction (the head's frame; 0: none found), read at the
+        #: first visibility update (cast_shadows, specular)
         self.towards_light = torch.zeros(self.b, 3, dtype=self.dt, device=self.device)
+        self.light_read = False
         if pcfg.feature_landmark_weight != 1.0:  # the brows', eyes' and mouth's points (and edges)
             pw = torch.ones(68, dtype=self.dt, device=self.device)
             pw[FEATURE_LANDMARKS] = pcfg.feature_landmark_weight
@@ -509,8 +511,11 @@ class _PhotoFit(_AdamFit):
             vis[inside] = p[inside, 2] <= depth[row[inside], col[inside]] + 1.0
             visible[i] = vis & facing[i]
         self.visible = torch.as_tensor(visible, device=self.device)
-        if self.pcfg.cast_shadows or self.pcfg.specular:
+        if (self.pcfg.cast_shadows or self.pcfg.specular) and not self.light_read:
+            # read once, off the landmark fit's face: the refinement moves the normals too little
+            # to turn it (and it costs a third of the shadows' time)
             self.towards_light = self.light_directions()
+            self.light_read = True
         if self.pcfg.cast_shadows:
             self.shadowed = torch.as_tensor(self.cast_shadows(full, used), device=self.device)
             self.visible &= ~self.shadowed
