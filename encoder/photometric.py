@@ -21,7 +21,9 @@ schedule; faces of one person share their shape (their photometric terms add up)
 
 The model has no albedo: a face is assumed one colour under one smooth light. That holds for
 renders and roughly for skin; a photo's texture (brows, lips, make-up, beard) and cast shadows
-break it, and the robust loss only bounds their pull. Measured in ``benchmarks/identity.py
+break it, and the robust loss only bounds their pull (``PhotometricConfig.cast_shadows`` leaves
+out the vertices in a shadow the face casts on itself, under the light's direction read off the
+photo; ``skip_features`` the skin of the brows, lips and lash lines). Measured in ``benchmarks/identity.py
 --photometric`` and ``benchmarks/encoder_images.py --photometric`` (renders of the model's faces:
 synthetic), ``benchmarks/ct_encoder.py`` (renders of a real CT head's skin) and
 ``benchmarks/persons.py --photos DIR --photometric`` (real photos, identity only).
@@ -448,7 +450,6 @@ class _PhotoFit(_AdamFit):
         self.visible = torch.zeros(self.b, len(self.use), dtype=torch.bool, device=self.device)
         #: (B, n) the used vertices in a cast shadow at the last visibility update (cast_shadows)
         self.shadowed = torch.zeros_like(self.visible)
-        self.light: torch.Tensor | None = None  #: (B, 9 or 10, 3) the last optimal light
         #: (B, 3) each photo's light direction (the head's frame; 0: none found), read at the
         #: first visibility update (cast_shadows, specular)
         self.towards_light = torch.zeros(self.b, 3, dtype=self.dt, device=self.device)
@@ -525,7 +526,6 @@ class _PhotoFit(_AdamFit):
         too little of the face is seen): :func:`light_direction` over the visible vertices'
         brightness (the mean of their colours) and normals."""
         with torch.no_grad():
-            self.towards_light = torch.zeros_like(self.towards_light)  # (no highlight in the solve)
             _, colour, w = self._shading()
             brightness = colour.mean(-1).cpu().double().numpy()  # (B, n)
             w = w.cpu().double().numpy()
@@ -589,7 +589,6 @@ class _PhotoFit(_AdamFit):
             k = basis.shape[-1]
             gram = a.transpose(1, 2) @ basis + 1e-4 * torch.eye(k, dtype=self.dt, device=self.device)
             light = torch.linalg.solve(gram, a.transpose(1, 2) @ colour)  # (B, 9 (+1), 3)
-        self.light = light
         return basis @ light, colour, w
 
     def _energy(self, shading, colour, w) -> torch.Tensor:
