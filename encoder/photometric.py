@@ -160,7 +160,13 @@ class PhotometricConfig:
     0.657 → 0.641x textured, 0.697 → 0.653x untextured; without shadows it changes nothing
     (0.627 → 0.629x textured); on the 7 real photos the refined faces stay nearer dlib's points
     (landmark residual 7.64 → 6.99 px, every part nearer) and explain more of the shading they
-    keep (shading_r2 0.717 → 0.799, over fewer vertices: not the same measure). CT_PLACEHOLDER
+    keep (shading_r2 0.717 → 0.799, over fewer vertices: not the same measure). But on the real
+    CT head's geometry, rendered encoded with its own shadows (``ct_encoder.py --detectors dlib
+    --no-prior --camera-gamma 2.2 --shadows --photo-set cast_shadows=true``), it loses: untextured
+    0.830 → 0.843x (views sharing one shape 0.795 → 0.818x), textured 0.802 → 0.826x (0.748 →
+    0.742x), about 9 % of the seen vertices left out — the shadows the fitted face casts are not
+    quite the real face's, and a vertex wrongly left out or kept costs more than the shadow's
+    pull did. Off until a set of real photos with a truth says otherwise.
     specular: the shininess (Blinn-Phong exponent; 0, the default: none) of a white highlight
     whose column joins the harmonics in the light's closed-form solve, under the light's
     direction read off the photo as for cast_shadows: the highlight is explained instead of
