@@ -159,8 +159,9 @@ class PhotometricConfig:
     (``photometric_settings.py --renders 40 --seed 7 --camera-gamma 2.2 --shadows``; synthetic):
     0.657 → 0.641x textured, 0.697 → 0.653x untextured; without shadows it changes nothing
     (0.627 → 0.629x textured); on the 7 real photos the refined faces stay nearer dlib's points
-    (landmark residual 7.64 → 6.99 px, every part nearer) and explain more of the shading they
-    keep (shading_r2 0.717 → 0.799, over fewer vertices: not the same measure). But on the real
+    (landmark residual 7.64 → 6.94 px) and explain more of the shading they keep (shading_r2
+    0.717 → 0.810, over fewer vertices — 23 % of the seen ones left out, 10 % on the textured
+    renders: not the same measure). But on the real
     CT head's geometry, rendered encoded with its own shadows (``ct_encoder.py --detectors dlib
     --no-prior --camera-gamma 2.2 --shadows --photo-set cast_shadows=true``), it loses: untextured
     0.830 → 0.843x (views sharing one shape 0.795 → 0.818x), textured 0.802 → 0.826x (0.748 →
@@ -173,7 +174,8 @@ class PhotometricConfig:
     being an outlier. On the textured renders above (whose highlights are Blinn-Phong, shininess
     8–40) with cast_shadows it explains more (shading_r2 0.926 → 0.935) but fits worse (0.641 →
     0.651x at 16), and on the 7 real photos it changes nothing (shading_r2 0.799 → 0.800, the
-    landmark residual 6.99 px both): off."""
+    landmark residual 6.99 px both; a first run that re-read the light every visibility update,
+    which gave the same 0.641x): off."""
 
     weight: float = 10.0
     steps: int = 200
