@@ -157,8 +157,8 @@ class PhotometricConfig:
     the renderer's; the share left out is the final terms' ``shadowed``). It costs about a fifth
     more time per face. Measured on renders of seed 7 encoded as a camera's with cast shadows
     (``photometric_settings.py --renders 40 --seed 7 --camera-gamma 2.2 --shadows``; synthetic):
-    0.657 → 0.641x textured, 0.697 → 0.653x untextured; without shadows it changes nothing
-    (0.627 → 0.629x textured); on the 7 real photos the refined faces stay nearer dlib's points
+    0.657 → 0.641x textured, 0.697 → 0.650x untextured; without shadows it changes nothing
+    (0.627 → 0.627x textured); on the 7 real photos the refined faces stay nearer dlib's points
     (landmark residual 7.64 → 6.94 px) and explain more of the shading they keep (shading_r2
     0.717 → 0.810, over fewer vertices — 23 % of the seen ones left out, 10 % on the textured
     renders: not the same measure). But on the real
