@@ -76,6 +76,7 @@ def test_settings_parse_to_their_fields_types(bench):
     assert photometric_config(None).skip_features is True  # the default
     assert photometric_config(["skip_parts=lips,lashes"]).skip_parts == ("lips", "lashes")
     assert photometric_config(["feature_albedo=1"]).feature_albedo is True
+    assert photometric_config(["cast_shadows=true", "specular=16"]).specular == 16.0
 
 
 @pytest.mark.slow
@@ -88,7 +89,7 @@ def test_a_small_run_reports_each_setting_on_renders_and_photos(bench, default_m
         folder = tmp_path / f"person{who}"
         folder.mkdir()
         render_photos(default_model, folder, shape[[who, who]], expr[[who, who]], pose[[who, who]], rng)
-    setting = "steps=20 landmark_cauchy=0.06 skip_features=false"
+    setting = "steps=20 landmark_cauchy=0.06 skip_features=false cast_shadows=true"
     out = bench.main(["--renders", "2", "--texture", "--photos", str(tmp_path), "--try", setting])
     assert [r["setting"] for r in out["rows"]] == ["defaults", setting]
     assert out["renders"]["faces_found"] == 2 and out["renders"]["truth"].startswith("synthetic")
@@ -105,6 +106,9 @@ def test_a_small_run_reports_each_setting_on_renders_and_photos(bench, default_m
             off = row[f"{where}_off_detector_iod"]
             assert set(off) == {"all", "jaw", "brows", "nose", "eyes", "outer_lips", "inner_lips"}
             assert 0 < off["all"] < 0.5
+    # the share left out as in a cast shadow, reported where cast_shadows is on
+    assert "renders_shadowed" not in out["rows"][0] and "real_shadowed" not in out["rows"][0]
+    assert 0 <= out["rows"][1]["renders_shadowed"] < 0.5 and 0 <= out["rows"][1]["real_shadowed"] < 0.5
     assert json.loads(capsys.readouterr().out.splitlines()[-1])["rows"] == out["rows"]
 
 
