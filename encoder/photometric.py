@@ -154,8 +154,8 @@ class PhotometricConfig:
     direction is read off the photo once, on the landmark fit's face (:func:`light_direction`),
     and every ``visibility_every`` steps a shadow map of the current face along it marks them
     (:meth:`_PhotoFit.cast_shadows`; on renders with shadows 98–99 % of the vertices marked as
-    the renderer's; the share left out is the final terms' ``shadowed``). It costs about a fifth
-    more time per face. Measured on renders of seed 7 encoded as a camera's with cast shadows
+    the renderer's; the share left out is the final terms' ``shadowed``). It costs 1.2–1.5x the
+    time per face. Measured on renders of seed 7 encoded as a camera's with cast shadows
     (``photometric_settings.py --renders 40 --seed 7 --camera-gamma 2.2 --shadows``; synthetic):
     0.657 → 0.641x textured, 0.697 → 0.650x untextured; without shadows it changes nothing
     (0.627 → 0.627x textured); on the 7 real photos the refined faces stay nearer dlib's points
