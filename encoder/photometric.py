@@ -408,14 +408,15 @@ def light_direction(normals: np.ndarray, brightness: np.ndarray, weight: np.ndar
     normals, brightness, weight = normals[rows], brightness[rows], weight[rows]
     x = np.maximum(np.asarray(normals, np.float32) @ _LIGHT_DIRECTIONS_T, 0.0)  # (n, D)
     w = (weight / max(float(weight.sum()), 1e-12)).astype(np.float32)
-    centred = (w * (brightness - float(w @ brightness))).astype(np.float32)
+    deviation = brightness - float(w @ brightness)
+    centred = (w * deviation).astype(np.float32)
     mx = (w @ x).astype(np.float64)
     cov = (centred @ x).astype(np.float64)  # (D,)
     np.square(x, out=x)
     var = (w @ x).astype(np.float64) - mx**2
     gain = np.where((cov > 0) & (var > 1e-9), cov**2 / np.maximum(var, 1e-12), -np.inf)  # variance explained
     best = int(np.argmax(gain))
-    spread = float(w @ (brightness - float(w @ brightness)) ** 2)
+    spread = float(w @ deviation**2)
     return LIGHT_DIRECTIONS[best] if spread > 1e-8 and gain[best] > 0.01 * spread else None
 
 
@@ -498,8 +499,10 @@ class _PhotoFit(_AdamFit):
             rot, trans = rot_here.cpu(), self.trans().cpu()
             cam = full @ rot.transpose(1, 2) + trans[:, None]
             uv = project(full, rot, trans, self.f.cpu(), self.center.cpu())
+            normals = self.normals(self.posed())  # (B, n, 3) the head's frame
             # camera frame (z away from the viewer); towards the camera, not grazing
-            facing = ((self.normals(self.posed()) @ rot_here.transpose(1, 2))[..., 2] < -0.2).cpu().numpy()
+            facing = ((normals @ rot_here.transpose(1, 2))[..., 2] < -0.2).cpu().numpy()
+            normals = normals.cpu().double().numpy()
             used = self.surface_ids[self.use.cpu().numpy()]
             # the triangles that face the camera (the normals' winding, as the used vertices'):
             # of a closed surface only these can be nearest; half the triangles to draw
@@ -523,21 +526,20 @@ class _PhotoFit(_AdamFit):
         if (self.pcfg.cast_shadows or self.pcfg.specular) and not self.light_read:
             # read once, off the landmark fit's face: the refinement moves the normals too little
             # to turn it (and it costs a third of the shadows' time)
-            self.towards_light = self.light_directions()
+            self.towards_light = self.light_directions(normals)
             self.light_read = True
         if self.pcfg.cast_shadows:
-            self.shadowed = torch.as_tensor(self.cast_shadows(full, used), device=self.device)
+            self.shadowed = torch.as_tensor(self.cast_shadows(full, used, normals), device=self.device)
             self.visible &= ~self.shadowed
 
-    def light_directions(self) -> torch.Tensor:
+    def light_directions(self, normals: np.ndarray) -> torch.Tensor:
         """Each photo's light direction (B, 3) (unit, the head's frame; 0 where none is found or
         too little of the face is seen): :func:`light_direction` over the visible vertices'
-        brightness (the mean of their colours) and normals."""
+        brightness (the mean of their colours) and normals (B, n, 3) (the head's frame)."""
         with torch.no_grad():
             _, colour, w = self._shading()
             brightness = colour.mean(-1).cpu().double().numpy()  # (B, n)
             w = w.cpu().double().numpy()
-            normals = self.normals(self.posed()).cpu().double().numpy()  # (B, n, 3) the head's frame
         out = np.zeros((self.b, 3))
         for i in range(self.b):
             if w[i].sum() >= self.pcfg.min_visible:
@@ -545,17 +547,16 @@ class _PhotoFit(_AdamFit):
                 out[i] = 0.0 if d is None else d
         return torch.as_tensor(out, dtype=self.dt, device=self.device)
 
-    def cast_shadows(self, full: torch.Tensor, used: np.ndarray) -> np.ndarray:
+    def cast_shadows(self, full: torch.Tensor, used: np.ndarray, normals: np.ndarray) -> np.ndarray:
         """Which used vertices (B, n) bool lie in a shadow their face casts on itself under its
         photo's light (``PhotometricConfig.cast_shadows``; the light's direction
-        :attr:`towards_light`). The face's own mesh (full (B, V, 3) mm, the head's frame) is the
+        :attr:`towards_light`; the used vertices' normals (B, n, 3) the head's frame). The face's
+        own mesh (full (B, V, 3) mm, the head's frame) is the
         occluder (:func:`~skullsearch.encoder.render.in_shadow`, its triangles that face the light:
         the winding's outward normals, as the visibility's); only vertices turned towards the
         light count: one turned away is in the harmonics' own (attached) shadow."""
         from skullsearch.encoder.render import in_shadow
 
-        with torch.no_grad():
-            normals = self.normals(self.posed()).cpu().double().numpy()  # (B, n, 3) the head's frame
         towards = self.towards_light.cpu().double().numpy()
         out = np.zeros((self.b, len(used)), bool)
         faces = self.model.faces
