@@ -153,7 +153,7 @@ class PhotometricConfig:
     dark vertex the light should reach bends its normal away from the light. The light's
     direction is read off the photo once, on the landmark fit's face (:func:`light_direction`),
     and every ``visibility_every`` steps a shadow map of the current face along it marks them
-    (:meth:`_PhotoFit.cast_shadows`; on renders with shadows 98–99 % of the vertices marked as
+    (:meth:`_PhotoFit.cast_shadows`; on renders with shadows 97.7–99.1 % of the vertices marked as
     the renderer's; the share left out is the final terms' ``shadowed``). It costs 1.2–1.5x the
     time per face. Measured on renders of seed 7 encoded as a camera's with cast shadows
     (``photometric_settings.py --renders 40 --seed 7 --camera-gamma 2.2 --shadows``; synthetic):
