@@ -16,6 +16,13 @@ aligns a face to a skull) under the face's own covariance Σ_face:
 
 The default ``FitConfig.landmark_noise`` is the calibrated value of this benchmark at seed 1
 (other renders than ``benchmarks/identity.py``'s seed 0, where identification is measured).
+
+``--photometric [DISCOUNT ...]`` refines each fit with its photo's shading and calibrates the
+refined posterior instead (one row per noise and ``PhotometricConfig.posterior_discount``; its
+default was set here, seed 1); ``--texture``, ``--camera-gamma``, ``--shadows`` render as
+``identity.py`` does.
+
+    python benchmarks/fit_uncertainty.py --faces 60 --noise 0.03 --photometric 10 30 100
 """
 
 from __future__ import annotations
@@ -33,18 +40,24 @@ from skullsearch.encoder.detectors import DlibDetector
 from skullsearch.encoder.encode import detect_faces, fit_faces
 from skullsearch.encoder.fitting import FitConfig
 from skullsearch.encoder.images import read_images
+from skullsearch.encoder.photometric import PhotometricConfig, refine_faces
 from skullsearch.index.ingest import neutral_soft_tissue
 
 
-def calibration(model, faces, true_pts: np.ndarray, noise: float) -> dict:
-    """Fit the faces with the posterior at this noise; compare with the truth (one row per face)."""
-    fit_faces(model, faces, config=FitConfig(posterior=True, landmark_noise=noise))
+def calibration(model, faces, true_pts: np.ndarray, noise: float, pixels: dict | None = None,
+                discount: float | None = None) -> dict:
+    """Fit the faces with the posterior at this noise (refined by their photos' shading, with
+    this posterior_discount, where pixels are given); compare with the truth (one row per face)."""
+    cfg = FitConfig(posterior=True, landmark_noise=noise)
+    fit_faces(model, faces, config=cfg)
+    if pixels is not None:
+        refine_faces(model, faces, pixels, cfg, PhotometricConfig(posterior_discount=discount))
     codes = np.stack([f.code for f in faces])
     cov = np.stack([f.tissue_cov for f in faces]).astype(np.float64)  # (n, 36, 3, 3)
     err, m2 = tissue_errors_under_cov(neutral_soft_tissue(model, codes), true_pts, cov)
     var = np.diagonal(cov, axis1=-2, axis2=-1)  # (n, 36, 3)
     ratio = (err**2).mean((0, 1)) / var.mean((0, 1))
-    return {"noise": noise,
+    return {"noise": noise, **({} if pixels is None else {"posterior_discount": discount}),
             "median_mahalanobis2": round(float(np.median(m2)), 3),
             "inside_95pct": round(float((m2 < CHI2_3_95).mean()), 3),
             "error_over_predicted_xyz": [round(float(r), 3) for r in ratio],
@@ -57,27 +70,48 @@ def main(argv=None):
     ap.add_argument("--faces", type=int, default=120)
     ap.add_argument("--noise", type=float, nargs="+", default=[0.03, 0.05, 0.08, 0.12])
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--photometric", type=float, nargs="*", metavar="DISCOUNT",
+                    help="refine each fit with its photo's shading and calibrate the refined posterior "
+                         "at each of these PhotometricConfig.posterior_discount values (default: the "
+                         "configured one)")
+    ap.add_argument("--texture", action="store_true", help="textured renders (random_albedo, highlights)")
+    ap.add_argument("--camera-gamma", type=float, default=1.0, help="the renders' encoding (2.2: a camera's)")
+    ap.add_argument("--shadows", action="store_true", help="renders with cast shadows")
     a = ap.parse_args(argv)
     rng = np.random.default_rng(a.seed)
     model = FaceModel.default()
     shape, expr, pose = random_faces(model, a.faces, rng, expr_scale=0.1)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="skullsearch-uncertainty-") as folder:
-        paths = render_photos(model, folder, shape, expr, pose, rng, max_yaw=40.0)
-        faces, _ = detect_faces(read_images(paths), DlibDetector(), all_faces=False)
+        paths = render_photos(model, folder, shape, expr, pose, rng, max_yaw=40.0, texture=a.texture,
+                              gamma=a.camera_gamma, shadows=a.shadows)
+        images = list(read_images(paths))
+        faces, _ = detect_faces(images, DlibDetector(), all_faces=False)
+    pixels = {im.path: im.pixels for im in images if hasattr(im, "pixels")}
     t1 = time.perf_counter()
     photo = np.array([int(str(f.image).rsplit("photo", 1)[1][:4]) for f in faces])
     true_pts = neutral_soft_tissue(model, code_layout.pack(shape=shape.numpy()[photo])).astype(np.float64)
-    rows = [calibration(model, faces, true_pts, n) for n in a.noise]
+    if a.photometric is None:
+        rows = [calibration(model, faces, true_pts, n) for n in a.noise]
+    else:
+        rows = [calibration(model, faces, true_pts, n, pixels, d) for n in a.noise
+                for d in (a.photometric or [PhotometricConfig.posterior_discount])]
+    t2 = time.perf_counter()
     best = min(rows, key=lambda r: abs(np.log(r["median_mahalanobis2"] / CHI2_3_MEDIAN)))
     for r in rows:
-        print(f"noise {r['noise']:g} IOD: median Mahalanobis² {r['median_mahalanobis2']} (calibrated 2.37), "
+        discount = f", posterior_discount {r['posterior_discount']:g}" if "posterior_discount" in r else ""
+        print(f"noise {r['noise']:g} IOD{discount}: median Mahalanobis² {r['median_mahalanobis2']} (calibrated 2.37), "
               f"{r['inside_95pct']:.1%} inside the 95 % ellipsoid, error²/predicted x, y, z "
               f"{r['error_over_predicted_xyz']}")
     out = {"faces": len(faces), "photos": a.faces, "seed": a.seed, "synthetic": True,
+           "texture": a.texture, "camera_gamma": a.camera_gamma, "shadows": a.shadows,
+           "photometric": a.photometric is not None,
            "by_noise": rows, "best_noise": best["noise"],
            "default_noise": FitConfig.landmark_noise,
-           "seconds": {"render_and_detect": round(t1 - t0, 1)}}
+           "seconds": {"render_and_detect": round(t1 - t0, 1), "fits": round(t2 - t1, 1)}}
+    if a.photometric is not None:
+        out |= {"best_posterior_discount": best["posterior_discount"],
+                "default_posterior_discount": PhotometricConfig.posterior_discount}
     emit(out)
     return out
 

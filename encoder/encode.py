@@ -44,7 +44,8 @@ class EncodedFace:
     error of the fit; image_size (width, height); focal px; quality: detector flags;
     descriptor: (128,) dlib person descriptor when asked for (:mod:`.descriptors`), else None;
     tissue_cov: (36, 3, 3) mm² the fit's posterior covariance of the face's neutral soft-tissue
-    points when fitted with ``FitConfig(posterior=True)``, else None;
+    points when fitted with ``FitConfig(posterior=True)`` (the photometric refinement's when
+    refined), else None;
     dense: (K, 2) px a dense detector's points (MediaPipe's mesh: 478), which the fit uses where the
     face model has a dense calibration for the detector, else None (not in :meth:`to_dict`);
     crop: the :class:`~.photometric.FaceCrop` of the photo around the face that a photometric fit
@@ -245,8 +246,8 @@ def encode(
     identity_prior: ``True`` (the one packaged for the model), a file, or an
     :class:`~skullsearch.encoder.identity_prior.IdentityPrior`: predict each face's shape prior
     from its descriptor (:mod:`.identity_prior`; computes the descriptors); uncertainty: also
-    each face's fit uncertainty, ``EncodedFace.tissue_cov`` (``FitConfig(posterior=True)``; from
-    the landmark fit); photometric: ``True`` or a
+    each face's fit uncertainty, ``EncodedFace.tissue_cov`` (``FitConfig(posterior=True)``; of
+    the final fit: the refined one's with photometric); photometric: ``True`` or a
     :class:`~skullsearch.encoder.photometric.PhotometricConfig`: refine each fit with the photo's
     shading (:mod:`.photometric`; about 1 s per face on one core).
     """

@@ -846,6 +846,38 @@ def _fit_lm(rig, cfg, lm2d, f, center, scale, edges, emask, obs_len, pidx, n_per
                      shape_cov=None if cov is None else cov.cpu().numpy().astype(np.float32))
 
 
+
+def person_shape_covariance(h: torch.Tensor, n_local: int, jaw_prior: float, expr_std: torch.Tensor,
+                            shape_sd: torch.Tensor, pidx: torch.Tensor, n_person: int,
+                            n_shape: int) -> torch.Tensor:
+    """Each face's shape posterior covariance (B, S, S) float64 from the faces' data information
+    h (B, N, N) over [camera 6, jaw 3, δ E, α S] (δ among the face's own, the first n_local, or
+    shared by its person's photos with α): the priors added — jaw_prior (information units) and
+    1/expr_std² (E,) on each face's own, 1/shape_sd² (B, S) on the shared once per person (its
+    photos' mean) — each face's own parameters eliminated (Schur complement), the person's
+    information summed over its photos (pidx (B,) of n_person), inverted, and the α block read
+    for each face. Both fits' :meth:`shape_posterior` (:class:`_LMProblem`; the photometric
+    refinement's)."""
+    b = h.shape[0]
+    h = h.clone()
+    jaw_p = torch.full((b, 3), jaw_prior, dtype=h.dtype, device=h.device)
+    expr_p = (1.0 / expr_std.to(h.dtype) ** 2).expand(b, -1)
+    shape_p = 1.0 / shape_sd.to(h.dtype).expand(b, -1) ** 2
+    # per-face prior on the face's own parameters; the shared ones' prior once per person
+    own = torch.cat([jaw_p, expr_p], 1)[:, : n_local - 6]
+    h.diagonal(dim1=1, dim2=2)[:, 6:n_local].add_(own)
+    h.diagonal(dim1=1, dim2=2)[:, :6].add_(1e-9)
+    a, bm, cm = h[:, :n_local, :n_local], h[:, :n_local, n_local:], h[:, n_local:, n_local:]
+    info = cm - bm.transpose(1, 2) @ torch.linalg.solve(a, bm)  # (B, G, G)
+    g = info.shape[1]
+    person_info = info.new_zeros(n_person, g, g).index_add_(0, pidx, info)
+    counts = torch.bincount(pidx, minlength=n_person).clamp(min=1).to(h.dtype)
+    shared_p = h.new_zeros(n_person, g).index_add_(
+        0, pidx, torch.cat([expr_p, shape_p], 1)[:, -g:]) / counts[:, None]  # the photos' mean
+    person_info.diagonal(dim1=1, dim2=2).add_(shared_p)
+    cov = torch.linalg.inv(person_info)[:, -n_shape:, -n_shape:]
+    return 0.5 * (cov + cov.transpose(1, 2))[pidx]
+
 class _LMProblem:
     """The fit's energy and its Gauss-Newton pieces for one batch (the Levenberg-Marquardt path
     of :func:`fit_landmarks`; the linear algebra is in :mod:`skullsearch.encoder.levenberg`)."""
@@ -977,26 +1009,9 @@ class _LMProblem:
         sigma = (noise * self.scale).double()  # (B,) px
         j = self.uv_jacobian(st, aux, rigid=False).double() / sigma[:, None, None]
         h = j.transpose(1, 2) @ j  # (B, N, N): [camera 6, jaw 3, δ E, α S]
-        n_s = rig.n_shape
         w_noise = self.cfg.w_landmark / 68 * noise**2  # the fit's energy units per σ²
-        jaw_p = torch.full((b, 3), self.cfg.w_pose / w_noise, dtype=h.dtype, device=h.device)
-        expr_p = (1.0 / rig.expr_std.double() ** 2).expand(b, -1)
-        shape_p = 1.0 / self.shape_sd.double() ** 2
-        n_local = self.n_local
-        # per-face prior on the face's own parameters; the shared ones' prior once per person
-        own = torch.cat([jaw_p, expr_p], 1)[:, : n_local - 6]
-        h.diagonal(dim1=1, dim2=2)[:, 6:n_local].add_(own)
-        h.diagonal(dim1=1, dim2=2)[:, :6].add_(1e-9)
-        a, bm, cm = h[:, :n_local, :n_local], h[:, :n_local, n_local:], h[:, n_local:, n_local:]
-        info = cm - bm.transpose(1, 2) @ torch.linalg.solve(a, bm)  # (B, G, G)
-        g = info.shape[1]
-        person_info = info.new_zeros(self.n_person, g, g).index_add_(0, self.pidx, info)
-        counts = torch.bincount(self.pidx, minlength=self.n_person).clamp(min=1).to(h.dtype)
-        shared_p = h.new_zeros(self.n_person, g).index_add_(
-            0, self.pidx, torch.cat([expr_p, shape_p], 1)[:, -g:]) / counts[:, None]  # the photos' mean
-        person_info.diagonal(dim1=1, dim2=2).add_(shared_p)
-        cov = torch.linalg.inv(person_info)[:, -n_s:, -n_s:]
-        return 0.5 * (cov + cov.transpose(1, 2))[self.pidx]
+        return person_shape_covariance(h, self.n_local, self.cfg.w_pose / w_noise, rig.expr_std,
+                                       self.shape_sd, self.pidx, self.n_person, rig.n_shape)
 
     def step(self, st, dl, dg, rigid: bool):
         """The state moved by a step from :func:`levenberg.solve_step`."""

@@ -28,6 +28,10 @@ photo; ``skip_features`` the skin of the brows, lips and lash lines). Measured i
 synthetic), ``benchmarks/ct_encoder.py`` (renders of a real CT head's skin) and
 ``benchmarks/persons.py --photos DIR --photometric`` (real photos, identity only).
 
+With ``FitConfig.posterior`` each refined face gets its own shape posterior (the landmark fit's
+Laplace approximation plus the shading's information, discounted:
+``PhotometricConfig.posterior_discount``), which replaces the landmark fit's.
+
 The refinement reads each face through a :class:`FaceCrop` of its photo (≤ ``CROP_PX`` px), so
 that a batch's memory does not grow with the photos' size and an ingest's workers can hand the
 crop to the fit.
@@ -50,6 +54,7 @@ from skullsearch.encoder.fitting import (
     _initial_state,
     _observations,
     camera_rotation,
+    person_shape_covariance,
     project,
     rig_for,
 )
@@ -175,7 +180,17 @@ class PhotometricConfig:
     8–40) with cast_shadows it explains more (shading_r2 0.926 → 0.935) but fits worse (0.641 →
     0.651x at 16), and on the 7 real photos it changes nothing (shading_r2 0.799 → 0.800, the
     landmark residual 6.99 px both; a first run that re-read the light every visibility update,
-    which gave the same 0.641x): off."""
+    which gave the same 0.641x): off.
+    posterior_discount: with ``FitConfig.posterior`` the refined faces get their own uncertainty
+    (:meth:`_PhotoFit.shape_posterior`: the landmark fit's Laplace approximation plus the shading's
+    Gauss-Newton information), the shading's information divided by this: counted as if each of
+    the ~2,500 vertices' colours were an independent measurement (1) it claims far more than it
+    holds — neighbouring vertices read the same blurred pixels and err together where the model's
+    shading is not the photo's. 20 calibrates it on renders of seed 1 (``benchmarks/
+    fit_uncertainty.py --faces 60 --noise 0.03 --photometric 10 30 100``; synthetic: the true
+    soft-tissue points' median Mahalanobis² under the refined covariance 2.83 / 2.21 / 1.87 at
+    10 / 30 / 100, 2.37 when calibrated; at 1 it is 10.8 on 6 faces). Only the covariance
+    depends on it, not the codes."""
 
     weight: float = 10.0
     steps: int = 200
@@ -193,6 +208,7 @@ class PhotometricConfig:
     photo_gamma: float = 2.2
     cast_shadows: bool = False
     specular: float = 0.0
+    posterior_discount: float = 20.0
 
     def __post_init__(self):
         from skullsearch.errors import SkullsearchError
@@ -203,6 +219,10 @@ class PhotometricConfig:
         if not 0 <= self.specular < float("inf"):
             raise SkullsearchError(f"PhotometricConfig.specular is the highlight's shininess (a Blinn-Phong "
                                    f"exponent, e.g. 16; 0: no highlight), got {self.specular}")
+        if not 0 < self.posterior_discount < float("inf"):
+            raise SkullsearchError(f"PhotometricConfig.posterior_discount divides the shading's information "
+                                   f"in the fit's uncertainty (1: its vertices counted as independent); "
+                                   f"it must be above 0, got {self.posterior_discount}")
         if not self.photo_gamma > 0:
             raise SkullsearchError(f"PhotometricConfig.photo_gamma must be above 0 (1: the pixel values "
                                    f"as they are; 2.2: sRGB photos), got {self.photo_gamma}")
@@ -660,6 +680,55 @@ class _PhotoFit(_AdamFit):
             rho = (num / den).clamp(0.02, 2.0)
         return 1 - m.sum(-1)[..., None] + (m[..., None] * rho[:, None]).sum(2)
 
+    def shape_posterior(self, noise: float) -> torch.Tensor:
+        """Each face's shape posterior covariance (B, S, S) float64 around the refined fit (its
+        person's shared α): the Laplace approximation of the landmark fit's
+        (:meth:`~.fitting._LMProblem.shape_posterior`: the 68 points' Gauss-Newton information at
+        σ = noise × the inter-ocular distance, the model's priors, the camera, jaw and
+        expression marginalized, a person's photos summed) plus the photometric term's
+        Gauss-Newton information in the same units: the refinement's energy counts a landmark's
+        squared error over σ² as w_landmark · noise² / 68 (``w_noise``), so the photometric
+        term's Hessian weight · Σ_v ρ'_v J_vᵀ J_v / count (the Cauchy loss's reweighting ρ' at
+        the current residuals, over the visible vertices) is divided by w_noise — the
+        photometric weight read as how much a photo's shading says against its landmarks. The
+        Jacobians J_v of the colour residuals (with the light solved again, as each step does)
+        and of the landmarks are forward differences over the camera, jaw, expression and
+        shape, at the current visibility: one pass of the residuals per parameter."""
+        cfg, pcfg, rig = self.cfg, self.pcfg, self.rig
+        w_noise = cfg.w_landmark / 68 * noise**2
+        sigma = (noise * self.scale)[:, None, None]  # (B, 1, 1) px
+        # [camera 6, jaw 3, δ E, α S]: δ the face's own, or its person's with α (share_expression)
+        blocks = [(self.cam_rot, torch.full((3,), 1e-3)), (self.cam_off, torch.full((3,), 1e-3)),
+                  (self.jaw, torch.full((3,), 1e-3)), (self.expr, 1e-2 * rig.expr_std.cpu()),
+                  (self.shape, 1e-2 * rig.shape_std.cpu())]
+        with torch.no_grad():
+            pred, colour, w = self._predicted()
+            count = w.sum(1)
+            ok = (count >= pcfg.min_visible).to(self.dt)
+            reweight = w / (1 + ((pred - colour) ** 2).sum(-1) / pcfg.cauchy**2)  # ρ' (B, n)
+            rows = (pcfg.weight * reweight * (ok / count.clamp(min=1))[:, None]
+                    / (w_noise * pcfg.posterior_discount)).sqrt()
+
+            def residuals() -> torch.Tensor:  # (B, 136 + 3n), scaled: information = JᵀJ
+                _, uv = self.losses(rigid=False)
+                p, c, _ = self._predicted()
+                return torch.cat([((uv - self.lm2d) / sigma).reshape(self.b, -1),
+                                  ((p - c) * rows[..., None]).reshape(self.b, -1)], 1)
+
+            base = residuals()
+            columns = []
+            for param, steps in blocks:
+                for j, h in enumerate(steps.tolist()):
+                    kept = param[:, j].clone()
+                    param[:, j] += h
+                    columns.append((residuals() - base) / h)
+                    param[:, j] = kept
+            jac = torch.stack(columns, -1)  # (B, M, N)
+            info = torch.cat([(c.double().transpose(1, 2) @ c.double()) for c in jac.split(8)])
+        n_local = 9 + (0 if cfg.share_expression else rig.n_expression)
+        return person_shape_covariance(info, n_local, cfg.w_pose / w_noise, rig.expr_std, rig.shape_std,
+                                       self.pidx, self.n_person, rig.n_shape)
+
     def refine(self) -> None:
         pcfg = self.pcfg
         from skullsearch.encoder.fitting import Adam
@@ -695,7 +764,7 @@ def refine_photometric(model, codes: np.ndarray, landmarks: np.ndarray, images: 
     photo's pixels. The optimization runs on ``config.device`` (default the CPU; the visibility
     z-buffer, every ``visibility_every`` steps, always on the CPU). Returns a
     :class:`~.fitting.FitResult` (residual and landmarks from the landmark term, in the photo's
-    pixels; no posterior)."""
+    pixels; with ``config.posterior`` the refined faces' shape_cov, :meth:`_PhotoFit.shape_posterior`)."""
     from skullsearch.errors import SkullsearchError
 
     cfg = config or FitConfig()
@@ -751,6 +820,8 @@ def refine_photometric(model, codes: np.ndarray, landmarks: np.ndarray, images: 
             seen = (fit.visible | fit.shadowed).sum(1).clamp(min=1)
             out.terms["shadowed"] = float((fit.shadowed.sum(1) / seen).mean())
         out.terms |= {f"landmarks_{k}": float(v.mean()) for k, v in parts.items()}
+    if cfg.posterior:
+        out.shape_cov = fit.shape_posterior(cfg.landmark_noise).cpu().numpy().astype(np.float32)
     if crops is not None:  # back to the photo's pixels
         out.landmarks_px = out.landmarks_px / k[:, None, None] + origin[:, None]
         out.residual_px = out.residual_px / k
@@ -790,9 +861,12 @@ def refine_faces(model, faces, pixels: dict[str, np.ndarray] | None = None, conf
             person=np.array(person), config=config, photometric=photometric,
             focal=np.array([f.focal for f in group]), detector=group[0].detector, crops=crops,
             image_sizes=np.array([f.image_size for f in group], np.float64))
-        for f, code, r in zip(group, res.codes, res.residual_px, strict=True):
+        tissue_cov = None if res.shape_cov is None else model.soft_tissue_covariance(res.shape_cov)
+        for j, (f, code, r) in enumerate(zip(group, res.codes, res.residual_px, strict=True)):
             f.code = code
             f.residual_px = float(r)
+            if tissue_cov is not None:  # the refined fit's uncertainty replaces the landmark fit's
+                f.tissue_cov = tissue_cov[j]
         for k, v in res.terms.items():
             if np.isfinite(v):  # (shading_r2: NaN for a batch without a face seen enough)
                 terms[k] = terms.get(k, 0.0) + v * len(group)

@@ -502,6 +502,7 @@ def encoder_fingerprint(config, detector: str, identity_prior=None) -> str:
                                             "photo_gamma": 1.0, "cast_shadows": False,
                                             "specular": 0.0})
         what["photometric"].pop("skip_parts")  # all the features, as before the choice existed
+        what["photometric"].pop("posterior_discount")  # the codes do not depend on it
         if what["photometric"].get("skip_features"):  # the features' mask, by the source's annotation
             what["photometric"]["feature_mask"] = FEATURE_MASK_VERSION
     if identity_prior is not None:

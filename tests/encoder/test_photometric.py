@@ -364,6 +364,60 @@ def test_refine_faces_reports_the_final_energy_and_skips_faces_without_pixels(de
     assert np.array_equal(untouched[0].code, lm.codes[0])
 
 
+def test_the_refined_posterior_without_the_shading_is_the_landmark_fits(default_model, photos):
+    """At the landmark fit's state with no photometric weight, the refinement's posterior (forward
+    differences through its own residuals) is the Levenberg-Marquardt fit's (analytic Jacobians),
+    a person's photos sharing one."""
+    m = default_model
+    images, _, lms = photos
+    cfg = FitConfig(posterior=True)
+    person = np.repeat(["a", "b", "c"], 3)
+    lm = fit_landmarks(m, lms, np.full((len(images), 2), float(SIZE)), config=cfg, person=person)
+    ref = refine_photometric(m, lm.codes, lms, images, config=cfg, person=person,
+                             photometric=PhotometricConfig(steps=0, weight=0.0))
+    assert np.array_equal(ref.codes, lm.codes) or np.allclose(ref.codes, lm.codes, atol=1e-5)
+    want, got = m.soft_tissue_covariance(lm.shape_cov), m.soft_tissue_covariance(ref.shape_cov)
+    np.testing.assert_allclose(got, want, atol=0.01 * np.abs(want).max())
+    assert np.allclose(ref.shape_cov[0], ref.shape_cov[2])  # one person, one posterior
+
+
+def test_the_shading_narrows_the_posterior_by_its_discount(default_model, photos):
+    """The refined faces' soft-tissue points are surer than the landmark fit's, depths included (a
+    photo's shading says what 68 points cannot), and less so the more the shading's information
+    is discounted; refine_faces hands each face its refined covariance."""
+    from skullsearch.encoder.encode import EncodedFace
+    from skullsearch.encoder.photometric import refine_faces
+
+    m = default_model
+    images, _, lms = photos
+    images, lms = images[:3], lms[:3]
+    cfg = FitConfig(posterior=True)
+    lm = fit_landmarks(m, lms, np.full((3, 2), float(SIZE)), config=cfg)
+    sd = {}
+    for discount in (1.0, 30.0):
+        ref = refine_photometric(m, lm.codes, lms, images, config=cfg,
+                                 photometric=PhotometricConfig(steps=40, posterior_discount=discount))
+        cov = ref.shape_cov.astype(np.float64)
+        assert cov.shape == (3, 90, 90) and np.allclose(cov, cov.transpose(0, 2, 1), atol=1e-6)
+        assert np.linalg.eigvalsh(cov).min() > 0
+        sd[discount] = np.sqrt(np.diagonal(m.soft_tissue_covariance(cov), axis1=-2, axis2=-1)).mean(1)
+    before = np.sqrt(np.diagonal(m.soft_tissue_covariance(lm.shape_cov), axis1=-2, axis2=-1)).mean(1)
+    assert (sd[1.0] < sd[30.0]).all() and (sd[30.0] < before).all(), (sd, before)  # (3 faces, xyz)
+    assert (sd[1.0][:, 2] < 0.6 * before[:, 2]).all(), (sd[1.0], before)  # the depths most of all
+    assert refine_photometric(m, lm.codes, lms, images, photometric=PhotometricConfig(steps=2)).shape_cov is None
+    faces = [EncodedFace(image=f"p{i}", sha256="", face_index=0, box=np.zeros(4), score=1.0,
+                         landmarks=lms[i], quality=(), yaw_deg=0.0, detector="dlib", image_size=(SIZE, SIZE),
+                         code=lm.codes[i].copy(), focal=float(lm.focal[i]),
+                         tissue_cov=m.soft_tissue_covariance(lm.shape_cov)[i]) for i in range(3)]
+    refine_faces(m, faces, {f"p{i}": images[i] for i in range(3)}, cfg,
+                 PhotometricConfig(steps=40, posterior_discount=30.0))
+    got = np.sqrt(np.diagonal(np.stack([f.tissue_cov for f in faces]), axis1=-2, axis2=-1)).mean(1)
+    # (read through each face's crop, not the whole photo: near the photos' own, not the same)
+    assert (got < before).all() and np.allclose(got, sd[30.0], rtol=0.25), (got, sd[30.0], before)
+    with pytest.raises(SkullsearchError, match="posterior_discount"):
+        PhotometricConfig(posterior_discount=0.0)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on CI)")
 def test_the_refinement_on_a_gpu_is_the_cpus(default_model, photos):
     """FitConfig(device="cuda"): the same faces refined on the GPU land where the CPU's do (float

@@ -18,10 +18,11 @@ def galleries(default_model, tmp_path_factory):
     root = tmp_path_factory.mktemp("photometric")
     render_heads(default_model, root / "photos", [("a1", 0), ("a2", 0), ("b1", 1)], seed=5)
     out = {}
-    for name, photometric in (("plain", False), ("photo", True)):
+    for name, photometric, uncertainty in (("plain", False, False), ("photo", True, False),
+                                           ("plain_cov", False, True), ("photo_cov", True, True)):
         g = Gallery.create(root / name, face_model=default_model)
         report = g.ingest([root / "photos"], workers=1, descriptors=False, photometric=photometric,
-                          near_duplicate_distance=0, near_duplicate_photo_distance=0)
+                          uncertainty=uncertainty, near_duplicate_distance=0, near_duplicate_photo_distance=0)
         assert report.faces == 3
         out[name] = g
     return out, root
@@ -47,6 +48,23 @@ def test_photometric_ingest_refines_the_codes_and_says_so(galleries):
     for a, b in zip(plain, photo, strict=True):
         assert not np.allclose(a[shape], b[shape])
     assert gs["photo"].verify()["ok"]
+
+
+def test_photometric_ingest_keeps_the_refined_faces_uncertainty(galleries):
+    """--photometric --uncertainty: each face's stored soft-tissue covariance is the refined fit's,
+    narrower than the landmark fit's (a plain --uncertainty ingest of the same photos), the depths
+    included; the codes are those of the ingest without it (the covariance does not move them)."""
+    (gs, _) = galleries
+
+    def spread(g):
+        rows = sorted(g.faces(columns=["face_id", "path"]).to_pylist(), key=lambda r: r["path"])
+        cov = g.tissue_covariance(np.array([r["face_id"] for r in rows]))
+        return np.sqrt(np.diagonal(cov, axis1=-2, axis2=-1)).mean(1)  # (3 faces, xyz) mm
+
+    landmark, refined = spread(gs["plain_cov"]), spread(gs["photo_cov"])
+    assert np.isfinite(refined).all() and (refined < landmark).all(), (landmark, refined)
+    np.testing.assert_allclose(_codes(gs["photo_cov"])[0], _codes(gs["photo"])[0], atol=1e-5)
+    assert _codes(gs["photo_cov"])[1] == _codes(gs["photo"])[1]  # one fingerprint
 
 
 def test_the_crop_refinement_is_the_whole_photos(default_model, galleries):
