@@ -100,9 +100,9 @@ def main(argv=None):
     best = min(rows, key=lambda r: abs(np.log(r["median_mahalanobis2"] / CHI2_3_MEDIAN)))
     for r in rows:
         discount = f", posterior_discount {r['posterior_discount']:g}" if "posterior_discount" in r else ""
-        print(f"noise {r['noise']:g} IOD{discount}: median Mahalanobis² {r['median_mahalanobis2']} (calibrated 2.37), "
-              f"{r['inside_95pct']:.1%} inside the 95 % ellipsoid, error²/predicted x, y, z "
-              f"{r['error_over_predicted_xyz']}")
+        print(f"noise {r['noise']:g} IOD{discount}: median Mahalanobis² {r['median_mahalanobis2']} "
+              f"(calibrated 2.37), {r['inside_95pct']:.1%} inside the 95 % ellipsoid, "
+              f"error²/predicted x, y, z {r['error_over_predicted_xyz']}")
     out = {"faces": len(faces), "photos": a.faces, "seed": a.seed, "synthetic": True,
            "texture": a.texture, "camera_gamma": a.camera_gamma, "shadows": a.shadows,
            "photometric": a.photometric is not None,

@@ -1005,7 +1005,7 @@ class _LMProblem:
         statistics. Each face's own parameters are eliminated (Schur complement), the person's
         information summed over its photos, then inverted.
         """
-        b, rig = self.b, self.rig
+        rig = self.rig
         sigma = (noise * self.scale).double()  # (B,) px
         j = self.uv_jacobian(st, aux, rigid=False).double() / sigma[:, None, None]
         h = j.transpose(1, 2) @ j  # (B, N, N): [camera 6, jaw 3, δ E, α S]
