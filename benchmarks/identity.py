@@ -29,6 +29,8 @@ re-shot AUC from the soft-tissue points (L2, and Mahalanobis under both faces' �
 (Σ_tissue + Σ_face; distractors carry the covariance of the person photo whose residual they
 borrow), and its calibration: the median Mahalanobis distance² per point of the true soft-tissue
 error under Σ_face (2.37, χ²₃'s, if calibrated) and the share of points inside the 95 % ellipsoid.
+With ``--photometric`` Σ_face is the refined fit's, and the same figures under the landmark fit's
+(the ``landmark_cov`` keys) stand beside it.
 
 ``--cnn CKPT`` measures a trained CNN encoder (``benchmarks/cnn_train.py``) in the fit's place:
 its codes alone (three photos: the person's mean shape code), or seeding the fit.
@@ -78,12 +80,13 @@ from skullsearch.retrieval.score import ScoreConfig, rank_order, score
 
 
 def encode(model, paths, persons=None, descriptors=False, prior=None, config=None, detector="dlib",
-           photometric=None, cnn=None, cnn_mode="alone"):
+           photometric=None, cnn=None, cnn_mode="alone", landmark_covs: list | None = None):
     """Fitted codes (n, 228), the photo index of each face (photos without a face dropped),
     when asked the person descriptors (n, 128) (else None), and the soft-tissue covariances
     (n, 36, 3, 3) when the config asks for the posterior (else None). prior: an IdentityPrior for
     the fit (computes the descriptors); photometric: a PhotometricConfig to refine the fits with
-    the photos' shading (the covariances stay the landmark fit's). cnn: a CNN encoder checkpoint
+    the photos' shading (the covariances are then the refined fit's; ``landmark_covs``, a list,
+    gets the landmark fit's before the refinement). cnn: a CNN encoder checkpoint
     (:mod:`skullsearch.encoder.cnn`) whose predictions are the codes (``cnn_mode`` "alone"; with
     persons, each face gets its person's mean shape code: the feed-forward Eq. 2) or seed the fit
     ("seed")."""
@@ -113,6 +116,8 @@ def encode(model, paths, persons=None, descriptors=False, prior=None, config=Non
             idx = np.array([int(Path(f.image).stem[5:]) for f in faces])
             return init, idx, descs, None
     fit_faces(model, faces, config=config, init=init, identity_prior=prior)
+    if landmark_covs is not None and config is not None and config.posterior:
+        landmark_covs.append(np.stack([f.tissue_cov for f in faces]))
     if photometric is not None:
         from skullsearch.encoder.photometric import refine_faces
 
@@ -142,11 +147,13 @@ def reshot_auc_tissue(pts: np.ndarray, cov: np.ndarray, person: np.ndarray) -> d
 
 
 def identification(model, fits, person, photos: int, dis: np.ndarray, targets, present, sd,
-                   dis_cov=None) -> dict:
+                   dis_cov=None, landmark_covs: dict | None = None, landmark_dis_cov=None) -> dict:
     """Rank-1 / rank-10 by S and by likelihood of each person's skull among the persons'
     photo-encoded faces (one photo, or all photos with one shared shape) plus distractors
     (shape codes (m, S)). fits: {label: (codes, photo index, covariances or None)}; with
-    covariances (and dis_cov (m, 36, 3, 3)) also by the likelihood with them."""
+    covariances (and dis_cov (m, 36, 3, 3)) also by the likelihood with them; landmark_covs
+    ({label: covariances}, with landmark_dis_cov): the refined fits' landmark-fit covariances, as
+    ``likelihood_landmark_cov``."""
     cfg = ScoreConfig()
     out = {}
     for label, (codes, idx, covs) in fits.items():
@@ -158,15 +165,21 @@ def identification(model, fits, person, photos: int, dis: np.ndarray, targets, p
         gal = np.concatenate([codes[rows], code_layout.pack(shape=dis).astype(np.float32)])
         pts = neutral_soft_tissue(model, gal)
         cov = None if covs is None else np.concatenate([covs[rows], dis_cov])
+        lcov = None if not landmark_covs else np.concatenate([landmark_covs[label][rows], landmark_dis_cov])
         hits = {"s": [0, 0], "likelihood": [0, 0]}
         if cov is not None:
             hits["likelihood_cov"] = [0, 0]
+        if lcov is not None:
+            hits["likelihood_landmark_cov"] = [0, 0]
         for row, p in enumerate(members):
             sc = score(pts, targets[p], present[p], sd, cfg)
             orders = {k: rank_order(sc, k) for k in ("s", "likelihood")}
             if cov is not None:
                 sc.likelihood = score(pts, targets[p], present[p], sd, cfg, face_cov=cov).likelihood
                 orders["likelihood_cov"] = rank_order(sc, "likelihood")
+            if lcov is not None:
+                sc.likelihood = score(pts, targets[p], present[p], sd, cfg, face_cov=lcov).likelihood
+                orders["likelihood_landmark_cov"] = rank_order(sc, "likelihood")
             for rank_by in hits:
                 r = int(np.flatnonzero(orders[rank_by] == row)[0])
                 hits[rank_by][0] += r == 0
@@ -263,11 +276,13 @@ def main(argv=None):
         prior = for_model(model, a.identity_prior_file)
     cfg = FitConfig(posterior=a.uncertainty, landmark_noise=a.landmark_noise, w_dense=a.w_dense,
                     pose_embedding=a.pose_embedding, textured_embedding=a.textured_embedding)
+    lcov1, lcov3 = ([], []) if photometric is not None and a.uncertainty else (None, None)
     codes1, idx1, descs1, cov1 = encode(model, paths, descriptors=True, prior=prior, config=cfg,
                                         detector=a.detector, photometric=photometric, cnn=a.cnn,
-                                        cnn_mode=a.cnn_mode)
+                                        cnn_mode=a.cnn_mode, landmark_covs=lcov1)
     codes3, idx3, _, cov3 = encode(model, paths, persons=person, prior=prior, config=cfg, detector=a.detector,
-                                   photometric=photometric, cnn=a.cnn, cnn_mode=a.cnn_mode)
+                                   photometric=photometric, cnn=a.cnn, cnn_mode=a.cnn_mode,
+                                   landmark_covs=lcov3)
     t2 = time.perf_counter()
 
     # identity error, single photo
@@ -297,6 +312,7 @@ def main(argv=None):
     borrow = rng.integers(0, len(resid), n_dis)
     dis = dis_true + resid[borrow]
     dis_cov = None if cov1 is None else cov1[borrow]
+    landmark_dis_cov = lcov1[0][borrow] if lcov1 else None
     out = {"persons": a.persons, "photos_per_person": a.photos, "texture": a.texture,
            "camera_gamma": a.camera_gamma, "shadows": a.shadows,
            "gallery": max(sizes[0], a.persons),
@@ -322,7 +338,14 @@ def main(argv=None):
         out["uncertainty_median_mahalanobis2"] = round(float(np.median(m2)), 2)  # χ²₃: 2.37
         out["uncertainty_inside_95pct"] = round(float((m2 < CHI2_3_95).mean()), 3)
         out["landmark_noise"] = a.landmark_noise
+    if lcov1:  # the same of the landmark fit's covariances, around the refined faces
+        tissue = reshot_auc_tissue(neutral_soft_tissue(model, codes1), lcov1[0], p1)
+        out["reshot_auc_tissue_mahalanobis_landmark_cov"] = tissue["reshot_auc_tissue_mahalanobis"]
+        _, m2 = tissue_errors_under_cov(neutral_soft_tissue(model, codes1), true_pts[person[idx1]], lcov1[0])
+        out["uncertainty_landmark_cov_median_mahalanobis2"] = round(float(np.median(m2)), 2)
+        out["uncertainty_landmark_cov_inside_95pct"] = round(float((m2 < CHI2_3_95).mean()), 3)
     fits = {"1_photo": (codes1, idx1, cov1), f"{a.photos}_photos": (codes3, idx3, cov3)}
+    landmark_covs = {"1_photo": lcov1[0], f"{a.photos}_photos": lcov3[0]} if lcov1 else None
     err3, _ = identity_errors(model, mask, code_layout.split(codes3).shape[:, :n_s], true_shape[idx3])
     out[f"identity_ratio_{a.photos}_photos"] = round(float(err3.mean() / err0.mean()), 3)
     if a.label_free:
@@ -330,8 +353,10 @@ def main(argv=None):
                               err0))
     out["by_gallery_size"] = {}
     for size in sizes:
-        ranks = identification(model, fits, person, a.photos, dis[: max(size - a.persons, 0)], targets,
-                               present, sd, None if dis_cov is None else dis_cov[: max(size - a.persons, 0)])
+        m = max(size - a.persons, 0)
+        ranks = identification(model, fits, person, a.photos, dis[:m], targets, present, sd,
+                               None if dis_cov is None else dis_cov[:m], landmark_covs,
+                               None if landmark_dis_cov is None else landmark_dis_cov[:m])
         out["by_gallery_size"][str(max(size, a.persons))] = ranks
         if size == sizes[0]:
             out.update(ranks)
@@ -349,7 +374,10 @@ def main(argv=None):
                   f"{r[f'{label}_s_rank10']:.1%}, likelihood {r[f'{label}_likelihood_rank1']:.1%} / "
                   f"{r[f'{label}_likelihood_rank10']:.1%}"
                   + (f", likelihood with Σ_face {r[f'{label}_likelihood_cov_rank1']:.1%} / "
-                     f"{r[f'{label}_likelihood_cov_rank10']:.1%}" if a.uncertainty else ""))
+                     f"{r[f'{label}_likelihood_cov_rank10']:.1%}" if a.uncertainty else "")
+                  + (f" (the landmark fit's Σ_face {r[f'{label}_likelihood_landmark_cov_rank1']:.1%} / "
+                     f"{r[f'{label}_likelihood_landmark_cov_rank10']:.1%})"
+                     if f"{label}_likelihood_landmark_cov_rank1" in r else ""))
     emit(out)
     return out
 
