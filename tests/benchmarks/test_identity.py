@@ -72,6 +72,25 @@ def test_the_uncertainty_calibration_benchmark(capsys):
 
 
 @pytest.mark.slow
+def test_the_refined_uncertainty_in_both_benchmarks(identity):
+    """--photometric: fit_uncertainty.py calibrates the refined posterior per discount (a larger
+    discount, a wider posterior); identity.py puts the landmark fit's Σ_face beside the refined one."""
+    out = benchmark("fit_uncertainty").main(["--faces", "4", "--noise", "0.03", "--seed", "2",
+                                             "--photometric", "1", "100"])
+    assert out["photometric"] is True and [r["posterior_discount"] for r in out["by_noise"]] == [1, 100]
+    sure, wide = out["by_noise"]
+    assert all(w > s for w, s in zip(wide["predicted_sd_mm_xyz"], sure["predicted_sd_mm_xyz"], strict=True))
+    assert out["best_posterior_discount"] in (1, 100) and out["default_posterior_discount"] == 20
+    out = identity.main(["--persons", "3", "--photos", "2", "--gallery", "30", "--seed", "3", "--uncertainty",
+                         "--photometric", "--photo-set", "steps=20"])
+    for label in ("1_photo", "2_photos"):
+        for key in ("likelihood_cov", "likelihood_landmark_cov"):
+            assert 0 <= out[f"{label}_{key}_rank1"] <= out[f"{label}_{key}_rank10"] <= 1
+    assert out["uncertainty_landmark_cov_median_mahalanobis2"] > 0
+    assert 0 <= out["reshot_auc_tissue_mahalanobis_landmark_cov"] <= 1
+
+
+@pytest.mark.slow
 def test_the_mesh_depth_benchmark():
     out = benchmark("mesh_depth").main(["--photos", "3", "--seed", "1"])
     assert out["found"] == 3 and out["synthetic"] is True
