@@ -46,7 +46,12 @@ validation set.
     python benchmarks/ct_encoder.py [--ct /work/shared/ct/cthead/cthead.npz]
         [--yaws -30 -20 -10 0 10 20 30] [--detectors dlib mesh] [--no-prior] [--no-photometric]
         [--smooth-streak] [--photo-from-best] [--photo-set KEY=VALUE ...] [--cnn CKPT] [--save DIR]
-        [--texture SEED] [--identity-prior-file NPZ]
+        [--texture SEED] [--identity-prior-file NPZ] [--uncertainty]
+
+``--uncertainty``: the dlib runs fitted with the posterior; each gets an ``uncertainty`` row —
+its faces' Σ_face (the refined fit's for ``*_photo``) against the soft-tissue points of ``oracle``
+(a proxy truth: its own error adds to the residual), median Mahalanobis² (2.37 when calibrated),
+the share inside the 95 % ellipsoid, predicted SD and RMS error per axis.
 """
 
 from __future__ import annotations
@@ -57,6 +62,7 @@ import json
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -280,7 +286,8 @@ def fit_codes(model, paths, detector: str, config, prior=None, shared: bool = Fa
     start_shape (S,): refine from this shape instead of the landmark fit's (the camera, expression
     and landmarks stay the fit's), and info gets the refinement's final mean energy, its terms and
     the landmark residual by part of the face (:func:`residual_by_group`). cnn: a CNN encoder
-    checkpoint whose codes replace the fit's (shared: their mean shape)."""
+    checkpoint whose codes replace the fit's (shared: their mean shape). With ``config.posterior``
+    info gets "_tissue_cov" (n, 36, 3, 3) mm², the final fit's (the refined one's where refined)."""
     from skullsearch.encoder import code as code_layout
     from skullsearch.encoder.detectors import get_detector
     from skullsearch.encoder.encode import describe_faces, detect_faces, fit_faces
@@ -311,6 +318,8 @@ def fit_codes(model, paths, detector: str, config, prior=None, shared: bool = Fa
             f.person = "ct"
     fit_faces(model, faces, config=config, identity_prior=prior)
     codes = np.stack([f.code for f in faces])
+    if info is not None and config is not None and config.posterior:
+        info["_tissue_cov"] = np.stack([f.tissue_cov for f in faces])
     if photometric is not None:
         from skullsearch.encoder.photometric import refine_photometric
 
@@ -323,6 +332,8 @@ def fit_codes(model, paths, detector: str, config, prior=None, shared: bool = Fa
                                  person=np.array([f.person or f"\0{i}" for i, f in enumerate(faces)]),
                                  config=config, photometric=photometric)
         codes = res.codes
+        if info is not None and res.shape_cov is not None:
+            info["_tissue_cov"] = model.soft_tissue_covariance(res.shape_cov)
         if info is not None:
             info["energy"] = round(float(res.history[-1]), 4)
             info["energy_terms"] = {k: round(v, 4) for k, v in res.terms.items()}
@@ -332,6 +343,27 @@ def fit_codes(model, paths, detector: str, config, prior=None, shared: bool = Fa
             f.residual_px = float(r)
     shape = codes[:, code_layout.SLICES["shape"]]
     return shape, [Path(f.image).name for f in faces], dist, float(np.mean([f.residual_px for f in faces]))
+
+
+def uncertainty_check(model, shapes: np.ndarray, best: np.ndarray, cov: np.ndarray) -> dict:
+    """Is each face's Σ_face (n, 36, 3, 3) mm² calibrated on this real head? Its fitted
+    soft-tissue points (shapes (n, S)) against those of the model's best face for the skin (best
+    (S,); a proxy truth whose own error, ~0.8 mm over the face, adds to the residual: a calibrated
+    posterior reads a little high here), similarity-aligned as a score aligns a face."""
+    from _common import CHI2_3_95, tissue_errors_under_cov
+
+    from skullsearch.encoder import code as code_layout
+    from skullsearch.index.ingest import neutral_soft_tissue
+
+    fit = neutral_soft_tissue(model, code_layout.pack(shape=np.asarray(shapes, np.float32)))
+    truth = neutral_soft_tissue(model, code_layout.pack(shape=np.repeat(best[None], len(shapes), 0)
+                                                        .astype(np.float32)))
+    err, m2 = tissue_errors_under_cov(fit, truth, cov)
+    var = np.diagonal(np.asarray(cov, np.float64), axis1=-2, axis2=-1)
+    return {"median_mahalanobis2": round(float(np.median(m2)), 2),
+            "inside_95pct": round(float((m2 < CHI2_3_95).mean()), 3),
+            "predicted_sd_mm_xyz": [round(float(v), 2) for v in np.sqrt(var.mean((0, 1)))],
+            "error_rms_mm_xyz": [round(float(v), 2) for v in np.sqrt((err**2).mean((0, 1)))]}
 
 
 def _stats(d: np.ndarray) -> dict:
@@ -382,6 +414,9 @@ def main(argv=None) -> None:
     p.add_argument("--photo-set", nargs="+", default=None, metavar="KEY=VALUE",
                    help="the photometric runs with these PhotometricConfig settings (landmark_cauchy=0.06)")
     add_identity_prior_file_argument(p)
+    p.add_argument("--uncertainty", action="store_true",
+                   help="fit the dlib runs with the posterior and check each face's Σ_face against the "
+                        "soft-tissue points of the model's best face for the skin (the `uncertainty` rows)")
     a = p.parse_args(argv)
     ct = _ct_module()
     from skullsearch import FaceModel
@@ -461,6 +496,8 @@ def main(argv=None) -> None:
                 runs.append(("dlib_photo_from_best", FitConfig(), None))
         for name, cfg, pr in runs:
             det = name.split("_")[0]
+            if a.uncertainty and cfg is not None and det == "dlib":
+                cfg = replace(cfg, posterior=True)
             t = time.time()
             info = {}
             shapes, names, dist, res_px = fit_codes(
@@ -471,6 +508,9 @@ def main(argv=None) -> None:
             extra = {"photos": len(paths), "found": len(names), "found_photos": [Path(n).stem for n in names],
                      "residual_px": None if np.isnan(res_px) else round(res_px, 2),
                      "fit_seconds": round(time.time() - t, 1)} | info
+            cov = extra.pop("_tissue_cov", None)
+            if cov is not None and len(shapes):
+                extra["uncertainty"] = uncertainty_check(model, shapes, best, cov)
             if dist is not None:
                 extra["prior_domain_distance"] = [round(float(x), 1) for x in dist]
                 extra["prior_domain_limit"] = round(float(pr.domain_limit), 1)

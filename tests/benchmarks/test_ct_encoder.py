@@ -188,3 +188,32 @@ def test_the_skin_texture_is_the_models_albedo_carried_to_the_skin(ce, default_m
     tex = ce.render_photos(skin, tmp_path / "tex", [0.0], albedo, 0.1)
     assert len(plain) == len(tex) == len(ce.LIGHTS)
     assert plain[0].read_bytes() != tex[0].read_bytes()
+
+
+def test_the_uncertainty_check_against_the_best_face(ce, default_model, skin_of, tmp_path):
+    """--uncertainty: fit_codes hands back each face's Σ_face (the refined one's where refined,
+    narrower), and the check reads the fitted points' errors under it — exact points are 0 away,
+    a face off by many SDs is far outside."""
+    from skullsearch.encoder.fitting import FitConfig
+    from skullsearch.encoder.photometric import PhotometricConfig
+
+    skin, shape, _ = skin_of
+    paths = ce.render_photos(skin, tmp_path, [-20.0])  # (two lights)
+    covs = {}
+    for name, pcfg in (("fit", None), ("photo", PhotometricConfig(steps=20))):
+        info = {}
+        shapes, names, _, _ = ce.fit_codes(default_model, paths, "dlib", FitConfig(posterior=True),
+                                           photometric=pcfg, info=info)
+        assert len(names) == 2 and info["_tissue_cov"].shape == (2, 36, 3, 3)
+        covs[name] = info["_tissue_cov"]
+        row = ce.uncertainty_check(default_model, shapes, shape[: shapes.shape[1]], covs[name])
+        assert row["median_mahalanobis2"] > 0 and 0 <= row["inside_95pct"] <= 1
+        assert len(row["predicted_sd_mm_xyz"]) == 3 and all(v > 0 for v in row["error_rms_mm_xyz"])
+    depth = {k: np.sqrt(v[..., 2, 2]).mean() for k, v in covs.items()}
+    assert depth["photo"] < depth["fit"], depth
+    s = shape[: shapes.shape[1]]
+    exact = ce.uncertainty_check(default_model, np.repeat(s[None], 2, 0), s, covs["fit"])
+    assert exact["median_mahalanobis2"] < 1e-6 and exact["inside_95pct"] == 1.0
+    far = ce.uncertainty_check(default_model, np.repeat(s[None] + 4 * default_model.shape_std[: len(s)], 2, 0),
+                               s, covs["photo"])
+    assert far["inside_95pct"] < 0.5
