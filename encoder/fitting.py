@@ -103,7 +103,8 @@ class FitConfig:
     share_expression: bool = False
     # fit uncertainty (posterior=True): each face's shape posterior from the final Gauss-Newton
     # system, with the model's own prior N(0, σ_α²) (or an identity prior's) and landmark noise
-    # of landmark_noise × the inter-ocular distance per image coordinate (see shape_posterior)
+    # of landmark_noise × the inter-ocular distance per image coordinate (see shape_posterior;
+    # a photometric refinement adds the shading's: PhotometricConfig.posterior_discount)
     posterior: bool = False
     landmark_noise: float = 0.03
     device: str | None = None
@@ -117,7 +118,7 @@ class FitResult:
     focal (B,) px, history (iterations,) the batch's mean energy of the best state after each
     step (LM) or its loss before each step (Adam); shape_cov (B, S, S) float32 the posterior
     covariance of each face's shape coefficients (its person's, shared) when
-    ``FitConfig.posterior`` (LM path), else None; terms: the final energy's terms (batch means)
+    ``FitConfig.posterior`` (LM path, and the photometric refinement's own), else None; terms: the final energy's terms (batch means)
     by name where the fit reports them (the photometric refinement: landmarks, photometric, and the
     landmark term's parts landmarks_reprojection, landmarks_edges, landmarks_prior)."""
 
