@@ -118,9 +118,10 @@ class FitResult:
     focal (B,) px, history (iterations,) the batch's mean energy of the best state after each
     step (LM) or its loss before each step (Adam); shape_cov (B, S, S) float32 the posterior
     covariance of each face's shape coefficients (its person's, shared) when
-    ``FitConfig.posterior`` (LM path, and the photometric refinement's own), else None; terms: the final energy's terms (batch means)
-    by name where the fit reports them (the photometric refinement: landmarks, photometric, and the
-    landmark term's parts landmarks_reprojection, landmarks_edges, landmarks_prior)."""
+    ``FitConfig.posterior`` (LM path, and the photometric refinement's own), else None; terms:
+    the final energy's terms (batch means) by name where the fit reports them (the photometric
+    refinement: landmarks, photometric, and the landmark term's parts landmarks_reprojection,
+    landmarks_edges, landmarks_prior)."""
 
     codes: np.ndarray
     residual_px: np.ndarray
@@ -847,7 +848,6 @@ def _fit_lm(rig, cfg, lm2d, f, center, scale, edges, emask, obs_len, pidx, n_per
                      shape_cov=None if cov is None else cov.cpu().numpy().astype(np.float32))
 
 
-
 def person_shape_covariance(h: torch.Tensor, n_local: int, jaw_prior: float, expr_std: torch.Tensor,
                             shape_sd: torch.Tensor, pidx: torch.Tensor, n_person: int,
                             n_shape: int) -> torch.Tensor:
@@ -878,6 +878,7 @@ def person_shape_covariance(h: torch.Tensor, n_local: int, jaw_prior: float, exp
     person_info.diagonal(dim1=1, dim2=2).add_(shared_p)
     cov = torch.linalg.inv(person_info)[:, -n_shape:, -n_shape:]
     return 0.5 * (cov + cov.transpose(1, 2))[pidx]
+
 
 class _LMProblem:
     """The fit's energy and its Gauss-Newton pieces for one batch (the Levenberg-Marquardt path

@@ -716,14 +716,15 @@ class _PhotoFit(_AdamFit):
                                   ((p - c) * rows[..., None]).reshape(self.b, -1)], 1)
 
             base = residuals()
-            columns = []
+            jac = base.new_empty(*base.shape, sum(len(steps) for _, steps in blocks))  # (B, M, N)
+            col = 0
             for param, steps in blocks:
-                for j, h in enumerate(steps.tolist()):
+                for j, h in enumerate(steps.clamp(min=1e-4).tolist()):
                     kept = param[:, j].clone()
                     param[:, j] += h
-                    columns.append((residuals() - base) / h)
+                    jac[..., col] = (residuals() - base) / h
                     param[:, j] = kept
-            jac = torch.stack(columns, -1)  # (B, M, N)
+                    col += 1
             info = torch.cat([(c.double().transpose(1, 2) @ c.double()) for c in jac.split(8)])
         n_local = 9 + (0 if cfg.share_expression else rig.n_expression)
         return person_shape_covariance(info, n_local, cfg.w_pose / w_noise, rig.expr_std, rig.shape_std,

@@ -214,6 +214,6 @@ def test_the_uncertainty_check_against_the_best_face(ce, default_model, skin_of,
     s = shape[: shapes.shape[1]]
     exact = ce.uncertainty_check(default_model, np.repeat(s[None], 2, 0), s, covs["fit"])
     assert exact["median_mahalanobis2"] < 1e-6 and exact["inside_95pct"] == 1.0
-    far = ce.uncertainty_check(default_model, np.repeat(s[None] + 4 * default_model.shape_std[: len(s)], 2, 0),
-                               s, covs["photo"])
+    off = np.repeat(s[None] + 4 * default_model.shape_std[: len(s)], 2, 0)
+    far = ce.uncertainty_check(default_model, off, s, covs["photo"])
     assert far["inside_95pct"] < 0.5
