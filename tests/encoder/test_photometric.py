@@ -364,13 +364,15 @@ def test_refine_faces_reports_the_final_energy_and_skips_faces_without_pixels(de
     assert np.array_equal(untouched[0].code, lm.codes[0])
 
 
-def test_the_refined_posterior_without_the_shading_is_the_landmark_fits(default_model, photos):
+@pytest.mark.parametrize("share_expression", [False, True])
+def test_the_refined_posterior_without_the_shading_is_the_landmark_fits(default_model, photos,
+                                                                        share_expression):
     """At the landmark fit's state with no photometric weight, the refinement's posterior (forward
     differences through its own residuals) is the Levenberg-Marquardt fit's (analytic Jacobians),
-    a person's photos sharing one."""
+    a person's photos sharing one (and their expression, when asked)."""
     m = default_model
     images, _, lms = photos
-    cfg = FitConfig(posterior=True)
+    cfg = FitConfig(posterior=True, share_expression=share_expression)
     person = np.repeat(["a", "b", "c"], 3)
     lm = fit_landmarks(m, lms, np.full((len(images), 2), float(SIZE)), config=cfg, person=person)
     ref = refine_photometric(m, lm.codes, lms, images, config=cfg, person=person,
