@@ -19,8 +19,9 @@ The default ``FitConfig.landmark_noise`` is the calibrated value of this benchma
 
 ``--photometric [DISCOUNT ...]`` refines each fit with its photo's shading and calibrates the
 refined posterior instead (one row per noise and ``PhotometricConfig.posterior_discount``; its
-default was set here, seed 1); ``--texture``, ``--camera-gamma``, ``--shadows`` render as
-``identity.py`` does.
+default was set here, seed 1), and times the refinement with the posterior against the same
+refinement without (``posterior_time_ratio``: the first row's); ``--texture``,
+``--camera-gamma``, ``--shadows`` render as ``identity.py`` does.
 
     python benchmarks/fit_uncertainty.py --faces 60 --noise 0.03 --photometric 10 30 100
 """
@@ -50,14 +51,19 @@ def calibration(model, faces, true_pts: np.ndarray, noise: float, pixels: dict |
     this posterior_discount, where pixels are given); compare with the truth (one row per face)."""
     cfg = FitConfig(posterior=True, landmark_noise=noise)
     fit_faces(model, faces, config=cfg)
+    seconds = None
     if pixels is not None:
+        t = time.perf_counter()
         refine_faces(model, faces, pixels, cfg, PhotometricConfig(posterior_discount=discount))
+        seconds = time.perf_counter() - t
     codes = np.stack([f.code for f in faces])
     cov = np.stack([f.tissue_cov for f in faces]).astype(np.float64)  # (n, 36, 3, 3)
     err, m2 = tissue_errors_under_cov(neutral_soft_tissue(model, codes), true_pts, cov)
     var = np.diagonal(cov, axis1=-2, axis2=-1)  # (n, 36, 3)
     ratio = (err**2).mean((0, 1)) / var.mean((0, 1))
-    return {"noise": noise, **({} if pixels is None else {"posterior_discount": discount}),
+    return {"noise": noise,
+            **({} if pixels is None else {"posterior_discount": discount,
+                                          "refine_seconds": round(seconds, 1)}),
             "median_mahalanobis2": round(float(np.median(m2)), 3),
             "inside_95pct": round(float((m2 < CHI2_3_95).mean()), 3),
             "error_over_predicted_xyz": [round(float(r), 3) for r in ratio],
@@ -97,6 +103,12 @@ def main(argv=None):
         rows = [calibration(model, faces, true_pts, n, pixels, d) for n in a.noise
                 for d in (a.photometric or [PhotometricConfig.posterior_discount])]
     t2 = time.perf_counter()
+    plain = None
+    if a.photometric is not None:  # the same refinement without the posterior: its time
+        fit_faces(model, faces)
+        t = time.perf_counter()
+        refine_faces(model, faces, pixels)
+        plain = time.perf_counter() - t
     best = min(rows, key=lambda r: abs(np.log(r["median_mahalanobis2"] / CHI2_3_MEDIAN)))
     for r in rows:
         discount = f", posterior_discount {r['posterior_discount']:g}" if "posterior_discount" in r else ""
@@ -111,7 +123,9 @@ def main(argv=None):
            "seconds": {"render_and_detect": round(t1 - t0, 1), "fits": round(t2 - t1, 1)}}
     if a.photometric is not None:
         out |= {"best_posterior_discount": best["posterior_discount"],
-                "default_posterior_discount": PhotometricConfig.posterior_discount}
+                "default_posterior_discount": PhotometricConfig.posterior_discount,
+                "refine_seconds_without_posterior": round(plain, 1),
+                "posterior_time_ratio": round(rows[0]["refine_seconds"] / max(plain, 1e-9), 2)}
     emit(out)
     return out
 

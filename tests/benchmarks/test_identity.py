@@ -81,6 +81,7 @@ def test_the_refined_uncertainty_in_both_benchmarks(identity):
     sure, wide = out["by_noise"]
     assert all(w > s for w, s in zip(wide["predicted_sd_mm_xyz"], sure["predicted_sd_mm_xyz"], strict=True))
     assert out["best_posterior_discount"] in (1, 100) and out["default_posterior_discount"] == 20
+    assert out["posterior_time_ratio"] > 0 and out["refine_seconds_without_posterior"] > 0
     out = identity.main(["--persons", "3", "--photos", "2", "--gallery", "30", "--seed", "3", "--uncertainty",
                          "--photometric", "--photo-set", "steps=20"])
     for label in ("1_photo", "2_photos"):
