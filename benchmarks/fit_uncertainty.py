@@ -91,9 +91,10 @@ def main(argv=None):
     with tempfile.TemporaryDirectory(prefix="skullsearch-uncertainty-") as folder:
         paths = render_photos(model, folder, shape, expr, pose, rng, max_yaw=40.0, texture=a.texture,
                               gamma=a.camera_gamma, shadows=a.shadows)
-        images = list(read_images(paths))
+        # (the decoded photos are kept only for the refinement, which reads them again)
+        images = list(read_images(paths)) if a.photometric is not None else read_images(paths)
         faces, _ = detect_faces(images, DlibDetector(), all_faces=False)
-    pixels = {im.path: im.pixels for im in images if hasattr(im, "pixels")}
+    pixels = None if a.photometric is None else {im.path: im.pixels for im in images if hasattr(im, "pixels")}
     t1 = time.perf_counter()
     photo = np.array([int(str(f.image).rsplit("photo", 1)[1][:4]) for f in faces])
     true_pts = neutral_soft_tissue(model, code_layout.pack(shape=shape.numpy()[photo])).astype(np.float64)

@@ -77,6 +77,17 @@ def photos(default_model):
     return [_png_roundtrip(im) for im in images], shape, lms
 
 
+def _encoded(lms, fit, n: int, tissue_cov=None) -> list:
+    """The first n photos' landmark-fitted faces (:class:`EncodedFace`, images "p0"…) from a
+    FitResult, each with its covariance of tissue_cov (n, 36, 3, 3) when given."""
+    from skullsearch.encoder.encode import EncodedFace
+
+    return [EncodedFace(image=f"p{i}", sha256="", face_index=0, box=np.zeros(4), score=1.0,
+                        landmarks=lms[i], quality=(), yaw_deg=0.0, detector="dlib", image_size=(SIZE, SIZE),
+                        code=fit.codes[i].copy(), focal=float(fit.focal[i]),
+                        tissue_cov=None if tissue_cov is None else tissue_cov[i]) for i in range(n)]
+
+
 def _errors(model, codes, shape) -> np.ndarray:
     """Mean vertex error (n,) mm of fitted neutral faces over the face region, similarity-aligned."""
     from skullsearch.encoder.align import align
@@ -331,7 +342,6 @@ def test_refine_faces_reports_the_final_energy_and_skips_faces_without_pixels(de
     """refine_faces returns the final energy's terms, their mean over the faces it refined: a
     photo whose shading is not the model's (its colours scrambled) is explained worse; a face
     without a crop or pixels is left as it is and counts for nothing ({} when none is refined)."""
-    from skullsearch.encoder.encode import EncodedFace
     from skullsearch.encoder.photometric import refine_faces
 
     m = default_model
@@ -339,10 +349,7 @@ def test_refine_faces_reports_the_final_energy_and_skips_faces_without_pixels(de
     lm = fit_landmarks(m, lms[:2], np.full((2, 2), float(SIZE)))
 
     def faces(pixels):
-        return [EncodedFace(image=f"p{i}", sha256="", face_index=0, box=np.zeros(4), score=1.0,
-                            landmarks=lms[i], quality=(), yaw_deg=0.0, detector="dlib",
-                            image_size=(SIZE, SIZE), code=lm.codes[i].copy(), focal=float(lm.focal[i]))
-                for i in range(len(pixels))]
+        return _encoded(lms, lm, len(pixels))
 
     cfg = PhotometricConfig(steps=30)
     own = {f"p{i}": images[i] for i in range(2)}
@@ -387,7 +394,6 @@ def test_the_shading_narrows_the_posterior_by_its_discount(default_model, photos
     """The refined faces' soft-tissue points are surer than the landmark fit's, depths included (a
     photo's shading says what 68 points cannot), and less so the more the shading's information
     is discounted; refine_faces hands each face its refined covariance."""
-    from skullsearch.encoder.encode import EncodedFace
     from skullsearch.encoder.photometric import refine_faces
 
     m = default_model
@@ -408,10 +414,7 @@ def test_the_shading_narrows_the_posterior_by_its_discount(default_model, photos
     assert (sd[1.0][:, 2] < 0.6 * before[:, 2]).all(), (sd[1.0], before)  # the depths most of all
     plain = refine_photometric(m, lm.codes, lms, images, photometric=PhotometricConfig(steps=2))
     assert plain.shape_cov is None  # only asked for
-    faces = [EncodedFace(image=f"p{i}", sha256="", face_index=0, box=np.zeros(4), score=1.0,
-                         landmarks=lms[i], quality=(), yaw_deg=0.0, detector="dlib", image_size=(SIZE, SIZE),
-                         code=lm.codes[i].copy(), focal=float(lm.focal[i]),
-                         tissue_cov=m.soft_tissue_covariance(lm.shape_cov)[i]) for i in range(3)]
+    faces = _encoded(lms, lm, 3, m.soft_tissue_covariance(lm.shape_cov))
     refine_faces(m, faces, {f"p{i}": images[i] for i in range(3)}, cfg,
                  PhotometricConfig(steps=40, posterior_discount=30.0))
     got = np.sqrt(np.diagonal(np.stack([f.tissue_cov for f in faces]), axis1=-2, axis2=-1)).mean(1)
