@@ -237,11 +237,21 @@ def oracle_shape(model, skin, region: np.ndarray, use: np.ndarray, iters: int = 
     return alpha
 
 
+def lights(light_up=None) -> list[tuple[float, float, float]]:
+    """The portraits' lights: :data:`LIGHTS`, or with light_up (LO, HI) degrees the same lights
+    from the same sides raised to LO (the first) and HI (the second) above the horizon."""
+    if light_up is None:
+        return list(LIGHTS)
+    return [(x, float(np.tan(np.radians(up)) * np.hypot(x, z)), z)
+            for (x, _, z), up in zip(LIGHTS, light_up, strict=True)]
+
+
 def render_photos(skin, folder: Path, yaws, albedo=None, specular: float = 0.0, gamma: float = 1.0,
-                  shadows: bool = False) -> list[Path]:
-    """Portraits (512 px PNG) of the placed skin: each yaw under each of :data:`LIGHTS`; albedo
+                  shadows: bool = False, light_up=None) -> list[Path]:
+    """Portraits (512 px PNG) of the placed skin: each yaw under each of :func:`lights`; albedo
     (V, 3) per skin vertex (default: one skin colour), a specular highlight's strength, the
-    camera's gamma and cast shadows (:func:`~skullsearch.encoder.render.render_mesh`)."""
+    camera's gamma, cast shadows (:func:`~skullsearch.encoder.render.render_mesh`) and the
+    lights' elevations (degrees, the two lights'; None: :data:`LIGHTS`)."""
     from PIL import Image
 
     from skullsearch.encoder.render import face_camera, render_mesh
@@ -250,7 +260,7 @@ def render_photos(skin, folder: Path, yaws, albedo=None, specular: float = 0.0, 
     for yaw in yaws:
         cam = face_camera(yaw_deg=float(yaw), size=512, distance=700.0, fov_mm=300.0,
                           center=np.array([0.0, -30.0, 0.0]))
-        for k, light in enumerate(LIGHTS):
+        for k, light in enumerate(lights(light_up)):
             img = render_mesh(skin.vertices, skin.faces, cam, light_dir=light, specular=specular, gamma=gamma,
                               shadows=shadows, **({} if albedo is None else {"albedo": albedo})).image
             paths.append(folder / f"ct_yaw{int(yaw):+03d}_light{k}.png")
@@ -443,7 +453,7 @@ def main(argv=None) -> None:
     out = {"ct": str(Path(a.ct or ct.CT_HEAD).name), "yaws": a.yaws, "lights": len(LIGHTS),
            "smooth_streak": bool(a.smooth_streak), "photometric_settings": a.photo_set or [],
            "texture_seed": a.texture, "camera_gamma": a.camera_gamma, "shadows": a.shadows,
-           "region_vertices": int(region.sum()), "scored_vertices": int(keep.sum()),
+           "light_up": a.light_up, "region_vertices": int(region.sum()), "scored_vertices": int(keep.sum()),
            "placement_rms_mm": round(rms, 3), "faces": {}}
 
     def record(name, shapes, **extra):
@@ -472,7 +482,7 @@ def main(argv=None) -> None:
             full.export(folder / "skin_model_frame.ply")
         albedo = None if a.texture is None else skin_texture(model, full, best, a.texture)
         paths = render_photos(full, folder, a.yaws, albedo, 0.0 if a.texture is None else 0.1, a.camera_gamma,
-                              a.shadows)
+                              a.shadows, a.light_up)
         runs = []
         for det in a.detectors:
             if det == "mesh" and importlib.util.find_spec("mediapipe") is None:

@@ -90,7 +90,8 @@ def main(argv=None):
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="skullsearch-uncertainty-") as folder:
         paths = render_photos(model, folder, shape, expr, pose, rng, max_yaw=40.0, texture=a.texture,
-                              gamma=a.camera_gamma, shadows=a.shadows)
+                              gamma=a.camera_gamma, shadows=a.shadows,
+                              light_up=a.light_up)
         # (the decoded photos are kept only for the refinement, which reads them again)
         images = list(read_images(paths)) if a.photometric is not None else read_images(paths)
         faces, _ = detect_faces(images, DlibDetector(), all_faces=False)
@@ -117,7 +118,7 @@ def main(argv=None):
               f"(calibrated 2.37), {r['inside_95pct']:.1%} inside the 95 % ellipsoid, "
               f"error²/predicted x, y, z {r['error_over_predicted_xyz']}")
     out = {"faces": len(faces), "photos": a.faces, "seed": a.seed, "synthetic": True,
-           "texture": a.texture, "camera_gamma": a.camera_gamma, "shadows": a.shadows,
+           "texture": a.texture, "camera_gamma": a.camera_gamma, "shadows": a.shadows, "light_up": a.light_up,
            "photometric": a.photometric is not None,
            "by_noise": rows, "best_noise": best["noise"],
            "default_noise": FitConfig.landmark_noise,

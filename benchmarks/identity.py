@@ -267,7 +267,8 @@ def main(argv=None):
     folder = Path(tempfile.mkdtemp(prefix="skullsearch-identity-"))
     t0 = time.perf_counter()
     paths = render_photos(model, folder, shape, expr, pose, rng, max_yaw=40.0, texture=a.texture,
-                          gamma=a.camera_gamma, shadows=a.shadows)
+                          gamma=a.camera_gamma, shadows=a.shadows,
+                          light_up=a.light_up)
     t1 = time.perf_counter()
     prior = None
     if a.identity_prior or a.identity_prior_file:  # (a file implies the prior)
@@ -314,7 +315,7 @@ def main(argv=None):
     dis_cov = None if cov1 is None else cov1[borrow]
     landmark_dis_cov = lcov1[0][borrow] if lcov1 else None
     out = {"persons": a.persons, "photos_per_person": a.photos, "texture": a.texture,
-           "camera_gamma": a.camera_gamma, "shadows": a.shadows,
+           "camera_gamma": a.camera_gamma, "shadows": a.shadows, "light_up": a.light_up,
            "gallery": max(sizes[0], a.persons),
            "identity_prior": bool(prior is not None), "detector": a.detector, "w_dense": a.w_dense,
            "pose_embedding": a.pose_embedding, "textured_embedding": a.textured_embedding,

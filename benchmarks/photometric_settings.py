@@ -171,7 +171,8 @@ def main(argv=None):
         cameras: list = []
         with tempfile.TemporaryDirectory() as tmp:
             paths = render_photos(model, tmp, shape, expr, pose, rng, max_yaw=40.0, texture=a.texture,
-                                  cameras=cameras, gamma=a.camera_gamma, shadows=a.shadows)
+                                  cameras=cameras, gamma=a.camera_gamma, shadows=a.shadows,
+                                  light_up=a.light_up)
             faces, pixels = fitted(model, paths, fit)
         which = [int(Path(f.image).stem[5:]) for f in faces]
         exact = exact_landmarks(model, shape, expr, pose, cameras, textured=a.textured_embedding)
@@ -187,7 +188,7 @@ def main(argv=None):
         refined(model, faces[:1], pixels, configs[0], fit)  # the model's surface rig, built once, not timed
         out["renders"] = {"truth": "synthetic (the default model's own faces)", "seed": a.seed,
                           "texture": a.texture, "camera_gamma": a.camera_gamma,
-                          "shadows": a.shadows,
+                          "shadows": a.shadows, "light_up": a.light_up,
                           "exact_landmarks": exact_parts or False,
                           "photos": a.renders, "faces_found": len(faces),
                           "landmark_fit_ratio_to_mean_face": round(float(err.mean() / err0.mean()), 4),

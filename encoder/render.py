@@ -256,20 +256,25 @@ def render_mesh(
 def random_portrait(vertices: np.ndarray, faces: np.ndarray, rng: np.random.Generator,
                     max_yaw: float = 30.0, size: int = 512,
                     texture: TextureRegions | None = None, gamma: float = 1.0,
-                    shadows: bool = False) -> tuple[Render, Camera]:
+                    shadows: bool = False, light_up: tuple[float, float] | None = None
+                    ) -> tuple[Render, Camera]:
     """A synthetic portrait photo of a posed face (V, 3) mm: a perspective camera at yaw
     ±max_yaw°, pitch ±10°, 0.5–0.9 m away, a 260–340 mm field; random skin tone and light.
     With ``texture`` (:func:`texture_regions` of the face's model) the face also gets a random
     albedo map (:func:`random_albedo`: brows, lips, eyes, lashes, blotches, sometimes a beard) and
     a specular highlight; without, one skin colour (the same random draws as before textures
     existed, so that untextured benchmarks are unchanged). gamma: the camera's encoding,
-    shadows: cast shadows (:func:`render_mesh`; the same draws either way).
+    shadows: cast shadows (:func:`render_mesh`; the same draws either way). light_up: the
+    light's elevation above the horizon drawn uniformly between these two angles (degrees; the
+    same draws, so the faces, cameras and skins are those of the default lights); None: the
+    default lights, (x, y, 1) with x in ±0.5 and y in 0–0.6, at most about 31° up — lower than
+    real portraits' lights often stand (benchmarks' ``--light-up``).
     Returns the :class:`Render` (image and triangle/barycentric buffers) and its camera."""
     cam = face_camera(yaw_deg=rng.uniform(-max_yaw, max_yaw), pitch_deg=rng.uniform(-10, 10),
                       size=size, distance=rng.uniform(500, 900), fov_mm=rng.uniform(260, 340),
                       center=np.array([0.0, -30.0, 0.0]))
     albedo = random_skin_tone(rng)
-    light = (rng.uniform(-0.5, 0.5), rng.uniform(0.0, 0.6), 1.0)
+    light = portrait_light(rng, light_up)
     if texture is None:
         return render_mesh(vertices, faces, cam, albedo=albedo, light_dir=light, gamma=gamma,
                            shadows=shadows), cam
@@ -277,6 +282,23 @@ def random_portrait(vertices: np.ndarray, faces: np.ndarray, rng: np.random.Gene
     spec, shine = rng.uniform(0.03, 0.25), rng.uniform(8.0, 40.0)
     return render_mesh(vertices, faces, cam, albedo=albedo, light_dir=light, specular=spec,
                        shininess=shine, gamma=gamma, shadows=shadows), cam
+
+
+def portrait_light(rng: np.random.Generator, light_up: tuple[float, float] | None = None
+                   ) -> tuple[float, float, float]:
+    """A random portrait light's direction (x, y, z) in the face frame (x to the face's left, y
+    up, z towards the viewer; not normalized), two draws of rng: x in ±0.5 (z = 1) and its
+    height; None: y in 0–0.6 (at most about 31° above the horizon), else the same draw read as
+    the elevation's place between light_up's two angles (degrees) — the same stream of draws
+    either way, so the rest of a portrait (skin, texture) is unchanged."""
+    x, y = rng.uniform(-0.5, 0.5), rng.uniform(0.0, 0.6)
+    if light_up is not None:
+        lo, hi = np.radians(np.asarray(light_up, dtype=np.float64))
+        if not (-np.pi / 2 < lo <= hi < np.pi / 2):
+            raise ValueError(f"light_up must be two angles LO <= HI strictly between -90 and 90 degrees, "
+                             f"got {tuple(light_up)}")
+        y = float(np.tan(lo + (hi - lo) * y / 0.6) * np.hypot(x, 1.0))
+    return (x, y, 1.0)
 
 
 def random_skin_tone(rng: np.random.Generator) -> np.ndarray:

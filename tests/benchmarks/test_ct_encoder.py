@@ -92,6 +92,13 @@ def test_the_streak_band_smoothing_moves_only_the_band(ce, skin_of):
     assert rough(out) < 0.3 * rough(spiky), (rough(out), rough(spiky))
 
 
+def test_the_lights_raised_keep_their_sides(ce):
+    assert ce.lights() == list(ce.LIGHTS)
+    for (x, y, z), (x0, _, z0), up in zip(ce.lights((35.0, 55.0)), ce.LIGHTS, (35.0, 55.0), strict=True):
+        assert (x, z) == (x0, z0)
+        assert np.degrees(np.arctan2(y, np.hypot(x, z))) == pytest.approx(up)
+
+
 def test_crop_keeps_the_faces_near_the_points(ce, skin_of):
     skin, _, region = skin_of
     part = ce.crop(skin, skin.vertices[region], margin=5.0)

@@ -90,10 +90,12 @@ def test_a_small_run_reports_each_setting_on_renders_and_photos(bench, default_m
         folder.mkdir()
         render_photos(default_model, folder, shape[[who, who]], expr[[who, who]], pose[[who, who]], rng)
     setting = "steps=20 landmark_cauchy=0.06 skip_features=false cast_shadows=true"
-    out = bench.main(["--renders", "2", "--texture", "--photos", str(tmp_path), "--try", setting])
+    out = bench.main(["--renders", "2", "--texture", "--photos", str(tmp_path), "--try", setting,
+                      "--light-up", "30", "60"])
     assert [r["setting"] for r in out["rows"]] == ["defaults", setting]
     assert out["renders"]["faces_found"] == 2 and out["renders"]["truth"].startswith("synthetic")
     assert out["renders"]["texture"] is True and out["renders"]["landmark_fit_residual_px"] > 0
+    assert out["renders"]["light_up"] == [30.0, 60.0]
     assert len(out["renders"]["detector_error_iod"]["jaw_inward"]) == 17
     assert out["real"]["landmark_fit_residual_px"] > 0
     real = out["real"]

@@ -17,6 +17,7 @@ from skullsearch.encoder.render import (
     face_camera,
     in_shadow,
     pixel_boxes,
+    portrait_light,
     random_albedo,
     random_portrait,
     rasterize,
@@ -275,6 +276,42 @@ def test_a_camera_gamma_encodes_the_faces_light_and_leaves_the_background(defaul
     a, _ = random_portrait(verts, default_model.faces, np.random.default_rng(3), size=64)
     b, _ = random_portrait(verts, default_model.faces, np.random.default_rng(3), size=64, gamma=1.0)
     np.testing.assert_array_equal(a.image, b.image)  # gamma 1: the renders as before it existed
+
+
+def _elevation_deg(light) -> float:
+    light = np.asarray(light, dtype=np.float64)
+    return float(np.degrees(np.arcsin(light[1] / np.linalg.norm(light))))
+
+
+@given(st.integers(0, 2**32 - 1), st.floats(-30, 40), st.floats(0, 45))
+@SETTINGS
+def test_a_portrait_light_stands_between_the_elevations_asked_for(seed, lo, span):
+    light = portrait_light(np.random.default_rng(seed), (lo, lo + span))
+    assert lo - 1e-9 <= _elevation_deg(light) <= lo + span + 1e-9
+    default = portrait_light(np.random.default_rng(seed))
+    assert light[0] == default[0] and light[2] == default[2] == 1.0  # the same side, the same draws
+    assert 0 <= _elevation_deg(default) <= 31.0
+
+
+def test_steeper_lights_keep_the_portraits_draws_and_darken_under_the_nose(default_model):
+    verts = default_model.v_template.astype(np.float64)
+    rngs = [np.random.default_rng(6) for _ in range(3)]
+    low, cam_low = random_portrait(verts, default_model.faces, rngs[0], size=96, shadows=True)
+    high, cam_high = random_portrait(verts, default_model.faces, rngs[1], size=96, shadows=True,
+                                     light_up=(60.0, 60.0))
+    rngs[2].uniform(size=7)  # a portrait's draws: yaw, pitch, distance, field, skin, light x and y
+    assert rngs[0].uniform() == rngs[1].uniform() == rngs[2].uniform()  # the same stream after
+    np.testing.assert_array_equal(cam_low.rotation, cam_high.rotation)
+    np.testing.assert_array_equal(low.face_id, high.face_id)
+    assert not np.array_equal(low.image, high.image)
+    with pytest.raises(ValueError, match="light_up"):
+        portrait_light(np.random.default_rng(0), (50.0, 20.0))
+    # a light 60° up leaves more of the face in the ambient light alone (shadows under the brows,
+    # nose and lips) than the default's at most ~31°: more of the face's pixels at the darkest level
+    hit = low.face_id >= 0
+    dark = [float((im.image[hit].mean(1) <= np.percentile(low.image[hit].mean(1), 5)).mean())
+            for im in (low, high)]
+    assert dark[1] > dark[0], dark
 
 
 def _ground_and_roof():
