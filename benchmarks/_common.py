@@ -167,13 +167,15 @@ def mean_residual_px(faces) -> float:
 
 def render_photos(model, folder, shape, expr, pose, rng, max_yaw: float = 30.0,
                   texture: bool = False, cameras: list | None = None, gamma: float = 1.0,
-                  shadows: bool = False, light_up: tuple[float, float] | None = None) -> list:
+                  shadows: bool = False, light_up: tuple[float, float] | None = None,
+                  lights: list | None = None) -> list:
     """Synthetic portrait photos (512 px PNG) of the given faces: yaw ±max_yaw°, pitch ±10°,
     random distance, light and skin tone; ``texture``: a random albedo map and a specular
     highlight too (:func:`~skullsearch.encoder.render.random_albedo`); ``gamma``: the camera's
     encoding of the light, ``shadows``: cast shadows (:func:`~skullsearch.encoder.render.
     render_mesh`), ``light_up``: the light's elevation range in degrees (None: the default
-    lights, at most about 31° up; :func:`~skullsearch.encoder.render.random_portrait`). Returns the paths,
+    lights, at most about 31° up; :func:`~skullsearch.encoder.render.random_portrait`; ``lights``:
+    a list that gets each photo's light direction). Returns the paths,
     ``photo0000.png``…; ``cameras``: a list that gets each photo's
     :class:`~skullsearch.encoder.render.Camera`."""
     from PIL import Image
@@ -187,7 +189,7 @@ def render_photos(model, folder, shape, expr, pose, rng, max_yaw: float = 30.0,
     for i, v in enumerate(verts):
         paths.append(Path(folder) / f"photo{i:04d}.png")
         render, camera = random_portrait(v, model.faces, rng, max_yaw, texture=regions, gamma=gamma,
-                                         shadows=shadows, light_up=light_up)
+                                         shadows=shadows, light_up=light_up, lights=lights)
         Image.fromarray(render.image).save(paths[-1])
         if cameras is not None:
             cameras.append(camera)

@@ -14,7 +14,10 @@ other, one row per setting, the defaults first:
   and the share of the photos' colour variance the model's shading explains (``shading_r2``,
   scale-free: comparable across ``photo_gamma``; over the vertices the model claims, so with
   ``cast_shadows`` over fewer, its share left out as in a cast shadow reported as ``shadowed``):
-  how far a set's shading lies from the refinement's model of it; and by part of the face how far
+  how far a set's shading lies from the refinement's model of it; where a setting reads the light's
+  direction off each photo (``cast_shadows``, ``specular``) its mean elevation above the head's
+  horizon (``light_up_deg``; the renders' true one in their header: ``--light-up`` draws it
+  higher); and by part of the face how far
   the refined faces' landmarks lie from the points they were fitted to (inter-ocular distances).
 - real photos: ``--photos DIR``, a folder of person sub-folders (the labels only score): each photo
   detected and fitted alone, refined by each setting; the same-vs-different person pair AUC of the
@@ -84,6 +87,12 @@ def fitted(model, paths, config=None):
     faces, _ = detect_faces(images, get_detector("dlib"), all_faces=False)
     fit_faces(model, faces, config=config)
     return faces, {im.path: im.pixels for im in images if hasattr(im, "pixels")}
+
+
+def light_elevation(light) -> float:
+    """A light direction's (3,) elevation above the face's horizon (degrees; y is up)."""
+    light = np.asarray(light, dtype=np.float64)
+    return float(np.degrees(np.arcsin(light[1] / np.linalg.norm(light))))
 
 
 def shapes(faces) -> np.ndarray:
@@ -169,10 +178,11 @@ def main(argv=None):
         shape, expr, pose = random_faces(model, a.renders, rng, expr_scale=0.1)
         mask = face_region(model)
         cameras: list = []
+        lights: list = []
         with tempfile.TemporaryDirectory() as tmp:
             paths = render_photos(model, tmp, shape, expr, pose, rng, max_yaw=40.0, texture=a.texture,
                                   cameras=cameras, gamma=a.camera_gamma, shadows=a.shadows,
-                                  light_up=a.light_up)
+                                  light_up=a.light_up, lights=lights)
             faces, pixels = fitted(model, paths, fit)
         which = [int(Path(f.image).stem[5:]) for f in faces]
         exact = exact_landmarks(model, shape, expr, pose, cameras, textured=a.textured_embedding)
@@ -189,6 +199,8 @@ def main(argv=None):
         out["renders"] = {"truth": "synthetic (the default model's own faces)", "seed": a.seed,
                           "texture": a.texture, "camera_gamma": a.camera_gamma,
                           "shadows": a.shadows, "light_up": a.light_up,
+                          "light_up_deg": round(float(np.mean([light_elevation(lights[i])
+                                                               for i in which])), 1),
                           "exact_landmarks": exact_parts or False,
                           "photos": a.renders, "faces_found": len(faces),
                           "landmark_fit_ratio_to_mean_face": round(float(err.mean() / err0.mean()), 4),
@@ -203,6 +215,8 @@ def main(argv=None):
             row["renders_shading_r2"] = round(terms.get("shading_r2", float("nan")), 4)
             if "shadowed" in terms:  # cast_shadows: the share of the seen vertices left out
                 row["renders_shadowed"] = round(terms["shadowed"], 4)
+            if "light_up_deg" in terms:  # the light read off the photos (cast_shadows, specular)
+                row["renders_light_up_deg"] = round(terms["light_up_deg"], 1)
             row["renders_off_detector_iod"] = off_detector(model, fs, a.textured_embedding)
             row["renders_seconds_per_face"] = round(sec / max(len(fs), 1), 3)
             print(row, file=sys.stderr, flush=True)
@@ -226,6 +240,8 @@ def main(argv=None):
             row["real_shading_r2"] = round(terms.get("shading_r2", float("nan")), 4)
             if "shadowed" in terms:
                 row["real_shadowed"] = round(terms["shadowed"], 4)
+            if "light_up_deg" in terms:
+                row["real_light_up_deg"] = round(terms["light_up_deg"], 1)
             row["real_off_detector_iod"] = off_detector(model, fs, a.textured_embedding)
             print(row, file=sys.stderr, flush=True)
     emit(out)

@@ -159,7 +159,9 @@ class PhotometricConfig:
     direction is read off the photo once, on the landmark fit's face (:func:`light_direction`),
     and every ``visibility_every`` steps a shadow map of the current face along it marks them
     (:meth:`_PhotoFit.cast_shadows`; on renders with shadows 97.7–99.1 % of the vertices marked as
-    the renderer's; the share left out is the final terms' ``shadowed``). It costs 1.2–1.5x the
+    the renderer's; the share left out is the final terms' ``shadowed``, the light's mean
+    elevation above the head's horizon ``light_up_deg``, over the photos where one was found).
+    It costs 1.2–1.5x the
     time per face. Measured on renders of seed 7 encoded as a camera's with cast shadows
     (``photometric_settings.py --renders 40 --seed 7 --camera-gamma 2.2 --shadows``; synthetic):
     0.657 → 0.641x textured, 0.697 → 0.650x untextured; without shadows it changes nothing
@@ -820,6 +822,10 @@ def refine_photometric(model, codes: np.ndarray, landmarks: np.ndarray, images: 
         if pcfg.cast_shadows:  # the share of the seen vertices left out as in a cast shadow
             seen = (fit.visible | fit.shadowed).sum(1).clamp(min=1)
             out.terms["shadowed"] = float((fit.shadowed.sum(1) / seen).mean())
+        found = fit.towards_light.norm(dim=1) > 0.5
+        if fit.light_read and bool(found.any()):  # the light read off the photos: degrees above the
+            up = torch.rad2deg(torch.asin(fit.towards_light[found, 1].clamp(-1, 1)))  # head's horizon
+            out.terms["light_up_deg"] = float(up.mean())
         out.terms |= {f"landmarks_{k}": float(v.mean()) for k, v in parts.items()}
     if cfg.posterior:
         out.shape_cov = fit.shape_posterior(cfg.landmark_noise).cpu().numpy().astype(np.float32)

@@ -256,8 +256,8 @@ def render_mesh(
 def random_portrait(vertices: np.ndarray, faces: np.ndarray, rng: np.random.Generator,
                     max_yaw: float = 30.0, size: int = 512,
                     texture: TextureRegions | None = None, gamma: float = 1.0,
-                    shadows: bool = False, light_up: tuple[float, float] | None = None
-                    ) -> tuple[Render, Camera]:
+                    shadows: bool = False, light_up: tuple[float, float] | None = None,
+                    lights: list | None = None) -> tuple[Render, Camera]:
     """A synthetic portrait photo of a posed face (V, 3) mm: a perspective camera at yaw
     ±max_yaw°, pitch ±10°, 0.5–0.9 m away, a 260–340 mm field; random skin tone and light.
     With ``texture`` (:func:`texture_regions` of the face's model) the face also gets a random
@@ -268,13 +268,16 @@ def random_portrait(vertices: np.ndarray, faces: np.ndarray, rng: np.random.Gene
     light's elevation above the horizon drawn uniformly between these two angles (degrees; the
     same draws, so the faces, cameras and skins are those of the default lights); None: the
     default lights, (x, y, 1) with x in ±0.5 and y in 0–0.6, at most about 31° up — lower than
-    real portraits' lights often stand (benchmarks' ``--light-up``).
+    real portraits' lights often stand (benchmarks' ``--light-up``); ``lights``: a list that gets
+    the light's direction (3,) (:func:`portrait_light`).
     Returns the :class:`Render` (image and triangle/barycentric buffers) and its camera."""
     cam = face_camera(yaw_deg=rng.uniform(-max_yaw, max_yaw), pitch_deg=rng.uniform(-10, 10),
                       size=size, distance=rng.uniform(500, 900), fov_mm=rng.uniform(260, 340),
                       center=np.array([0.0, -30.0, 0.0]))
     albedo = random_skin_tone(rng)
     light = portrait_light(rng, light_up)
+    if lights is not None:
+        lights.append(light)
     if texture is None:
         return render_mesh(vertices, faces, cam, albedo=albedo, light_dir=light, gamma=gamma,
                            shadows=shadows), cam

@@ -95,7 +95,7 @@ def test_a_small_run_reports_each_setting_on_renders_and_photos(bench, default_m
     assert [r["setting"] for r in out["rows"]] == ["defaults", setting]
     assert out["renders"]["faces_found"] == 2 and out["renders"]["truth"].startswith("synthetic")
     assert out["renders"]["texture"] is True and out["renders"]["landmark_fit_residual_px"] > 0
-    assert out["renders"]["light_up"] == [30.0, 60.0]
+    assert out["renders"]["light_up"] == [30.0, 60.0] and 30 <= out["renders"]["light_up_deg"] <= 60
     assert len(out["renders"]["detector_error_iod"]["jaw_inward"]) == 17
     assert out["real"]["landmark_fit_residual_px"] > 0
     real = out["real"]
@@ -111,6 +111,10 @@ def test_a_small_run_reports_each_setting_on_renders_and_photos(bench, default_m
     # the share left out as in a cast shadow, reported where cast_shadows is on
     assert "renders_shadowed" not in out["rows"][0] and "real_shadowed" not in out["rows"][0]
     assert 0 <= out["rows"][1]["renders_shadowed"] < 0.5 and 0 <= out["rows"][1]["real_shadowed"] < 0.5
+    # and the light's elevation read off the photos: only where a setting reads it
+    assert "renders_light_up_deg" not in out["rows"][0] and "real_light_up_deg" not in out["rows"][0]
+    for where in ("renders", "real"):
+        assert -90 <= out["rows"][1][f"{where}_light_up_deg"] <= 90
     assert json.loads(capsys.readouterr().out.splitlines()[-1])["rows"] == out["rows"]
 
 

@@ -527,8 +527,11 @@ def test_cast_shadows_finds_the_shadows_a_face_casts_on_itself(default_model):
     before, after = _errors(m, lm.codes, shape), _errors(m, ref.codes, shape)
     assert after.mean() < 0.9 * before.mean(), (before, after)
     assert 0.03 < ref.terms["shadowed"] < 0.3, ref.terms  # the share of the seen vertices left out
-    assert "shadowed" not in refine_photometric(m, lm.codes, lms, images,
-                                                photometric=PhotometricConfig(steps=2)).terms
+    # the light read off the photos: its mean elevation above the head's horizon, as rendered
+    up = np.mean([np.degrees(np.arcsin(d[1] / np.linalg.norm(d))) for d in lights])
+    assert abs(ref.terms["light_up_deg"] - up) < 8, (ref.terms["light_up_deg"], up)
+    plain = refine_photometric(m, lm.codes, lms, images, photometric=PhotometricConfig(steps=2)).terms
+    assert "shadowed" not in plain and "light_up_deg" not in plain
 
 
 def test_specular_explains_a_highlight(default_model):
