@@ -183,6 +183,13 @@ class PhotometricConfig:
     0.651x at 16), and on the 7 real photos it changes nothing (shading_r2 0.799 → 0.800, the
     landmark residual 6.99 px both; a first run that re-read the light every visibility update,
     which gave the same 0.641x): off.
+    shadow_confirm, shadow_spread (with cast_shadows): the fitted face is not the real one, so
+    the shadow it casts lies a little off the photo's. shadow_spread: the shadows cast along the
+    light and along four directions this many degrees around it, together — the candidates;
+    shadow_confirm: of the candidates only those the photo shows dark are left out — darker than
+    halfway between the ambient light alone and the ambient plus the direct light their normal
+    receives (a + b·max(0, n·d), a and b fitted to the vertices' brightness outside the
+    candidates): a vertex the real face lights is kept, however the fitted face shades it.
     posterior_discount: with ``FitConfig.posterior`` the refined faces get their own uncertainty
     (:meth:`_PhotoFit.shape_posterior`: the landmark fit's Laplace approximation plus the shading's
     Gauss-Newton information), the shading's information divided by this: counted as if each of
@@ -211,6 +218,8 @@ class PhotometricConfig:
     cast_shadows: bool = False
     specular: float = 0.0
     posterior_discount: float = 20.0
+    shadow_confirm: bool = False
+    shadow_spread: float = 0.0
 
     def __post_init__(self):
         from skullsearch.errors import SkullsearchError
@@ -225,6 +234,9 @@ class PhotometricConfig:
             raise SkullsearchError(f"PhotometricConfig.posterior_discount divides the shading's information "
                                    f"in the fit's uncertainty (1: its vertices counted as independent); "
                                    f"it must be above 0, got {self.posterior_discount}")
+        if not 0 <= self.shadow_spread < 45:
+            raise SkullsearchError(f"PhotometricConfig.shadow_spread is an angle in degrees (0: the light's "
+                                   f"direction alone; e.g. 8), below 45, got {self.shadow_spread}")
         if not self.photo_gamma > 0:
             raise SkullsearchError(f"PhotometricConfig.photo_gamma must be above 0 (1: the pixel values "
                                    f"as they are; 2.2: sRGB photos), got {self.photo_gamma}")
@@ -414,6 +426,16 @@ def _sphere(n: int) -> np.ndarray:
     return np.stack([r * np.cos(phi), r * np.sin(phi), z], 1)
 
 
+def _tilted(d: np.ndarray, degrees: float) -> list[np.ndarray]:
+    """Four unit directions ``degrees`` from the unit direction d (3,), around it a quarter turn apart."""
+    helper = np.array([0.0, 1.0, 0.0]) if abs(d[1]) < 0.9 else np.array([1.0, 0.0, 0.0])
+    u = np.cross(d, helper)
+    u /= np.linalg.norm(u)
+    v = np.cross(d, u)
+    c, s = np.cos(np.radians(degrees)), np.sin(np.radians(degrees))
+    return [c * d + s * w for w in (u, -u, v, -v)]
+
+
 #: The light directions :func:`light_direction` tries (~7° apart).
 LIGHT_DIRECTIONS = _sphere(800)
 _LIGHT_DIRECTIONS_T = np.ascontiguousarray(LIGHT_DIRECTIONS.T, np.float32)
@@ -579,17 +601,33 @@ class _PhotoFit(_AdamFit):
         light count: one turned away is in the harmonics' own (attached) shadow."""
         from skullsearch.encoder.render import in_shadow
 
+        pcfg = self.pcfg
         towards = self.towards_light.cpu().double().numpy()
         out = np.zeros((self.b, len(used)), bool)
         faces = self.model.faces
+        if pcfg.shadow_confirm:
+            with torch.no_grad():
+                _, colour, _ = self._shading()
+            brightness = colour.mean(-1).cpu().double().numpy()  # (B, n)
+            seen = self.visible.cpu().numpy()
         for i, d in enumerate(towards):
             if not np.any(d):  # no light direction: nothing cast
                 continue
             pts = full[i].double().numpy()
             t = pts[faces]
-            lit = np.cross(t[:, 1] - t[:, 0], t[:, 2] - t[:, 0]) @ d > 0  # (the light meets these first)
-            out[i] = (in_shadow(pts, faces[lit], pts[used], d, normals=normals[i], size=SHADOW_PX)
-                      & (normals[i] @ d > 0.0))
+            tri_n = np.cross(t[:, 1] - t[:, 0], t[:, 2] - t[:, 0])
+            for e in [d, *_tilted(d, pcfg.shadow_spread)] if pcfg.shadow_spread else [d]:
+                lit = tri_n @ e > 0  # (the light meets these first)
+                out[i] |= (in_shadow(pts, faces[lit], pts[used], e, normals=normals[i], size=SHADOW_PX)
+                           & (normals[i] @ e > 0.0))
+            if pcfg.shadow_confirm:
+                direct = np.maximum(normals[i] @ d, 0.0)
+                rest = seen[i] & ~out[i]
+                if rest.sum() < 10:
+                    continue
+                a, b = np.linalg.lstsq(np.c_[np.ones(rest.sum()), direct[rest]], brightness[i, rest],
+                                       rcond=None)[0]
+                out[i] &= brightness[i] < a + 0.5 * max(b, 0.0) * direct
         return out
 
     def _shading(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
