@@ -612,7 +612,9 @@ class _PhotoFit(_AdamFit):
         own mesh (full (B, V, 3) mm, the head's frame) is the
         occluder (:func:`~skullsearch.encoder.render.in_shadow`, its triangles that face the light:
         the winding's outward normals, as the visibility's); only vertices turned towards the
-        light count: one turned away is in the harmonics' own (attached) shadow."""
+        light count: one turned away is in the harmonics' own (attached) shadow. With
+        ``shadow_spread`` the shadows along four directions around the light join them, and with
+        ``shadow_confirm`` only those the photo shows dark stay marked (:class:`PhotometricConfig`)."""
         from skullsearch.encoder.render import in_shadow
 
         pcfg = self.pcfg
@@ -637,7 +639,7 @@ class _PhotoFit(_AdamFit):
             if pcfg.shadow_confirm:
                 direct = np.maximum(normals[i] @ d, 0.0)
                 rest = seen[i] & ~out[i]
-                if rest.sum() < 10:
+                if rest.sum() < 10:  # too little lit skin to say how bright lit is: all stay marked
                     continue
                 a, b = np.linalg.lstsq(np.c_[np.ones(rest.sum()), direct[rest]], brightness[i, rest],
                                        rcond=None)[0]

@@ -289,8 +289,8 @@ def random_portrait(vertices: np.ndarray, faces: np.ndarray, rng: np.random.Gene
 
 def portrait_light(rng: np.random.Generator, light_up: tuple[float, float] | None = None
                    ) -> tuple[float, float, float]:
-    """A random portrait light's direction (x, y, z) in the face frame (x to the face's left, y
-    up, z towards the viewer; not normalized), two draws of rng: x in ±0.5 (z = 1) and its
+    """A random portrait light's direction (x, y, z) in the face frame (x sideways, y up, z
+    towards the viewer; not normalized), two draws of rng: x in ±0.5 (z = 1) and its
     height; None: y in 0–0.6 (at most about 31° above the horizon), else the same draw read as
     the elevation's place between light_up's two angles (degrees) — the same stream of draws
     either way, so the rest of a portrait (skin, texture) is unchanged."""
