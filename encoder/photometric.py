@@ -175,8 +175,8 @@ class PhotometricConfig:
     0.742x), about 9 % of the seen vertices left out — the shadows the fitted face casts are not
     quite the real face's, and a vertex wrongly left out or kept costs more than the shadow's
     pull did. Under lights as high as the real photos' (read off the 7 real photos: 43.8° above
-    the head's horizon on average, where the reading gives renders lit 42.9° up 37.7°; the renders'
-    default lights stand at most 31° up) the shadows grow and so does its gain on renders
+    the head's horizon on average, where it reads renders lit 43.5° / 42.9° up as 39.3° / 37.7°;
+    the renders' default lights stand at most 31° up) the shadows grow and so does its gain on renders
     (``photometric_settings.py --camera-gamma 2.2 --shadows --light-up 30 60``, 14 % left out):
     seed 7 textured 0.729 → 0.658x, untextured 0.744 → 0.675x, seed 11 textured 0.737 →
     0.691x — but on the real CT head's geometry under the same lights (``ct_encoder.py ...
