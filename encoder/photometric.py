@@ -180,7 +180,7 @@ class PhotometricConfig:
     (``photometric_settings.py --camera-gamma 2.2 --shadows --light-up 30 60``, 14 % left out):
     seed 7 textured 0.729 → 0.658x, untextured 0.744 → 0.675x, seed 11 textured 0.737 →
     0.691x — but on the real CT head's geometry under the same lights (``ct_encoder.py ...
-    --light-up 30 60``) it still loses: 0.794 → 0.809x (nine views one shape 0.792 → 0.809x;
+    --light-up 30 60``) it still loses: 0.794 → 0.809x (twelve views one shape 0.792 → 0.809x;
     textured embedding 0.795 → 0.813x, one shape 0.774 → 0.803x). Off until a set of real photos
     with a truth says otherwise.
     specular: the shininess (Blinn-Phong exponent; 0, the default: none) of a white highlight
