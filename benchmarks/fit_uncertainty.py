@@ -21,7 +21,7 @@ The default ``FitConfig.landmark_noise`` is the calibrated value of this benchma
 refined posterior instead (one row per noise and ``PhotometricConfig.posterior_discount``; its
 default was set here, seed 1), and times the refinement with the posterior against the same
 refinement without (``posterior_time_ratio``: the first row's); ``--texture``,
-``--camera-gamma``, ``--shadows`` render as ``identity.py`` does.
+``--camera-gamma``, ``--shadows``, ``--light-up`` render as ``identity.py`` does.
 
     python benchmarks/fit_uncertainty.py --faces 60 --noise 0.03 --photometric 10 30 100
 """
@@ -83,6 +83,8 @@ def main(argv=None):
     ap.add_argument("--texture", action="store_true", help="textured renders (random_albedo, highlights)")
     ap.add_argument("--camera-gamma", type=float, default=1.0, help="the renders' encoding (2.2: a camera's)")
     ap.add_argument("--shadows", action="store_true", help="renders with cast shadows")
+    ap.add_argument("--light-up", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+                    help="the light's elevation between LO and HI degrees (default: at most ~31 deg)")
     a = ap.parse_args(argv)
     rng = np.random.default_rng(a.seed)
     model = FaceModel.default()

@@ -62,8 +62,9 @@ def test_a_small_run_with_the_mesh_and_the_fit_uncertainty(identity):
 
 @pytest.mark.slow
 def test_the_uncertainty_calibration_benchmark(capsys):
-    out = benchmark("fit_uncertainty").main(["--faces", "6", "--noise", "0.02", "0.2", "--seed", "2"])
-    assert out["faces"] >= 5 and out["synthetic"] is True
+    out = benchmark("fit_uncertainty").main(["--faces", "6", "--noise", "0.02", "0.2", "--seed", "2",
+                                             "--light-up", "20", "40"])
+    assert out["faces"] >= 5 and out["synthetic"] is True and out["light_up"] == [20.0, 40.0]
     low, high = out["by_noise"]
     # more landmark noise: a wider posterior, so the same errors are fewer standard deviations
     assert all(h > lo for h, lo in zip(high["predicted_sd_mm_xyz"], low["predicted_sd_mm_xyz"], strict=True))
