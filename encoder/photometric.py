@@ -83,7 +83,11 @@ class PhotometricConfig:
     time); blur 0.007 / 0.014 / 0.026: 0.654 / 0.656 / 0.708x. Then on 23 renders of the same
     seed, through the crops (landmark fit 1.03x): lr 0.01 / 0.015 / 0.02 / 0.03 / 0.04 at 200
     steps 0.708 / 0.678 / 0.664 / 0.656 / 0.649x (the landmark residual rising at 0.04), lr 0.01 at
-    300 steps 0.674x, 400 0.659x; the visibility every 15 or 25 steps: the same (0.708 / 0.707x);
+    300 steps 0.674x, 400 0.659x (this version, textured renders of seed 7 encoded with shadows,
+    ``photometric_settings.py``: 200 steps 0.657x, 400 0.653x, 800 0.654x, 100 0.693x — converged
+    at 200; every face-region vertex is already read, 4,554 outside the features, so ``vertices``
+    above that changes nothing, 1,200 gives 0.669x at 0.72x the time); the visibility every 15 or
+    25 steps: the same (0.708 / 0.707x);
     a coarse-to-fine blur (twice or 3.5 times as blurred for the first half) 0.675 / 0.695x (0.664x
     without). Weight 20 / 40 gain on these renders (0.615 / 0.594x) but not on the 7 real photos
     (shape-code pair AUC 0.82 / 0.76 against 0.92 at weight 10; landmark residual 6.2 → 6.7 → 7.8
