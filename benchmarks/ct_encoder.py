@@ -240,10 +240,11 @@ def oracle_shape(model, skin, region: np.ndarray, use: np.ndarray, iters: int = 
 def lights(light_up=None) -> list[tuple[float, float, float]]:
     """The portraits' lights: :data:`LIGHTS`, or with light_up (LO, HI) degrees the same lights
     from the same sides raised to LO (the first) and HI (the second) above the horizon."""
+    from skullsearch.encoder.render import raised
+
     if light_up is None:
         return list(LIGHTS)
-    return [(x, float(np.tan(np.radians(up)) * np.hypot(x, z)), z)
-            for (x, _, z), up in zip(LIGHTS, light_up, strict=True)]
+    return [raised(light, up) for light, up in zip(LIGHTS, light_up, strict=True)]
 
 
 def render_photos(skin, folder: Path, yaws, albedo=None, specular: float = 0.0, gamma: float = 1.0,

@@ -33,7 +33,16 @@ import tempfile
 import time
 
 import numpy as np
-from _common import CHI2_3_95, CHI2_3_MEDIAN, emit, random_faces, render_photos, tissue_errors_under_cov
+from _common import (
+    CHI2_3_95,
+    CHI2_3_MEDIAN,
+    add_camera_arguments,
+    add_texture_argument,
+    emit,
+    random_faces,
+    render_photos,
+    tissue_errors_under_cov,
+)
 
 from skullsearch import FaceModel
 from skullsearch.encoder import code as code_layout
@@ -80,11 +89,8 @@ def main(argv=None):
                     help="refine each fit with its photo's shading and calibrate the refined posterior "
                          "at each of these PhotometricConfig.posterior_discount values (default: the "
                          "configured one)")
-    ap.add_argument("--texture", action="store_true", help="textured renders (random_albedo, highlights)")
-    ap.add_argument("--camera-gamma", type=float, default=1.0, help="the renders' encoding (2.2: a camera's)")
-    ap.add_argument("--shadows", action="store_true", help="renders with cast shadows")
-    ap.add_argument("--light-up", type=float, nargs=2, default=None, metavar=("LO", "HI"),
-                    help="the light's elevation between LO and HI degrees (default: at most ~31 deg)")
+    add_texture_argument(ap)
+    add_camera_arguments(ap)
     a = ap.parse_args(argv)
     rng = np.random.default_rng(a.seed)
     model = FaceModel.default()
@@ -92,8 +98,7 @@ def main(argv=None):
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="skullsearch-uncertainty-") as folder:
         paths = render_photos(model, folder, shape, expr, pose, rng, max_yaw=40.0, texture=a.texture,
-                              gamma=a.camera_gamma, shadows=a.shadows,
-                              light_up=a.light_up)
+                              gamma=a.camera_gamma, shadows=a.shadows, light_up=a.light_up)
         # (the decoded photos are kept only for the refinement, which reads them again)
         images = list(read_images(paths)) if a.photometric is not None else read_images(paths)
         faces, _ = detect_faces(images, DlibDetector(), all_faces=False)

@@ -267,8 +267,7 @@ def main(argv=None):
     folder = Path(tempfile.mkdtemp(prefix="skullsearch-identity-"))
     t0 = time.perf_counter()
     paths = render_photos(model, folder, shape, expr, pose, rng, max_yaw=40.0, texture=a.texture,
-                          gamma=a.camera_gamma, shadows=a.shadows,
-                          light_up=a.light_up)
+                          gamma=a.camera_gamma, shadows=a.shadows, light_up=a.light_up)
     t1 = time.perf_counter()
     prior = None
     if a.identity_prior or a.identity_prior_file:  # (a file implies the prior)

@@ -77,6 +77,7 @@ from skullsearch.encoder.face_model import face_region
 from skullsearch.encoder.fitting import FitConfig
 from skullsearch.encoder.images import read_images
 from skullsearch.encoder.photometric import refine_faces
+from skullsearch.encoder.render import light_elevation
 from skullsearch.index.ingest import IMAGE_EXTS
 
 
@@ -87,12 +88,6 @@ def fitted(model, paths, config=None):
     faces, _ = detect_faces(images, get_detector("dlib"), all_faces=False)
     fit_faces(model, faces, config=config)
     return faces, {im.path: im.pixels for im in images if hasattr(im, "pixels")}
-
-
-def light_elevation(light) -> float:
-    """A light direction's (3,) elevation above the face's horizon (degrees; y is up)."""
-    light = np.asarray(light, dtype=np.float64)
-    return float(np.degrees(np.arcsin(light[1] / np.linalg.norm(light))))
 
 
 def shapes(faces) -> np.ndarray:

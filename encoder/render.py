@@ -295,13 +295,26 @@ def portrait_light(rng: np.random.Generator, light_up: tuple[float, float] | Non
     the elevation's place between light_up's two angles (degrees) — the same stream of draws
     either way, so the rest of a portrait (skin, texture) is unchanged."""
     x, y = rng.uniform(-0.5, 0.5), rng.uniform(0.0, 0.6)
-    if light_up is not None:
-        lo, hi = np.radians(np.asarray(light_up, dtype=np.float64))
-        if not (-np.pi / 2 < lo <= hi < np.pi / 2):
-            raise ValueError(f"light_up must be two angles LO <= HI strictly between -90 and 90 degrees, "
-                             f"got {tuple(light_up)}")
-        y = float(np.tan(lo + (hi - lo) * y / 0.6) * np.hypot(x, 1.0))
-    return (x, y, 1.0)
+    if light_up is None:
+        return (x, y, 1.0)
+    lo, hi = (float(v) for v in light_up)
+    if not -90 < lo <= hi < 90:
+        raise ValueError(f"light_up must be two angles LO <= HI strictly between -90 and 90 degrees, "
+                         f"got {tuple(light_up)}")
+    return raised((x, 0.0, 1.0), lo + (hi - lo) * y / 0.6)
+
+
+def raised(light, degrees: float) -> tuple[float, float, float]:
+    """The direction (x, y, z) of light (3,) from the same side (x, z kept), its height y set so
+    that it stands ``degrees`` above the horizon (y up; not normalized)."""
+    x, _, z = (float(v) for v in light)
+    return (x, float(np.tan(np.radians(degrees)) * np.hypot(x, z)), z)
+
+
+def light_elevation(light) -> float:
+    """A light direction's (3,) elevation above the horizon, degrees (y up): :func:`raised`'s inverse."""
+    light = np.asarray(light, dtype=np.float64)
+    return float(np.degrees(np.arcsin(light[1] / np.linalg.norm(light))))
 
 
 def random_skin_tone(rng: np.random.Generator) -> np.ndarray:
