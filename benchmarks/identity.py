@@ -18,7 +18,7 @@ expression) and every photo goes through the real decoder, dlib detector and bat
 
     python benchmarks/identity.py [--persons 100] [--photos 3] [--gallery 3000 [10000 ...]] [--seed 0]
                                   [--identity-prior [--identity-prior-file NPZ]] [--uncertainty]
-                                  [--landmark-noise 0.03]
+                                  [--landmark-noise 0.03] [--photo-correlation RHO]
                                   [--detector dlib|mesh] [--pose-embedding] [--textured-embedding]
                                   [--photometric] [--camera-gamma 2.2] [--shadows]
                                   [--photo-set KEY=VALUE ...] [--cnn CKPT [--cnn-mode alone|seed]]
@@ -30,7 +30,11 @@ re-shot AUC from the soft-tissue points (L2, and Mahalanobis under both faces' �
 borrow), and its calibration: the median Mahalanobis distance² per point of the true soft-tissue
 error under Σ_face (2.37, χ²₃'s, if calibrated) and the share of points inside the 95 % ellipsoid.
 With ``--photometric`` Σ_face is the refined fit's, and the same figures under the landmark fit's
-(the ``landmark_cov`` keys) stand beside it.
+(the ``landmark_cov`` keys) stand beside it. ``--photo-correlation RHO`` fits the persons' photos
+with one shape once more, their posterior counting them as correlated evidence
+(``FitConfig.photo_correlation``: K photos as K / (1 + (K − 1) ρ) independent ones; the codes are
+the same), and ranks with that Σ_face too (``likelihood_cov_correlated``), with its calibration
+(``uncertainty_correlated_*``).
 
 ``--cnn CKPT`` measures a trained CNN encoder (``benchmarks/cnn_train.py``) in the fit's place:
 its codes alone (three photos: the person's mean shape code), or seeding the fit.
@@ -46,6 +50,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -147,13 +152,15 @@ def reshot_auc_tissue(pts: np.ndarray, cov: np.ndarray, person: np.ndarray) -> d
 
 
 def identification(model, fits, person, photos: int, dis: np.ndarray, targets, present, sd,
-                   dis_cov=None, landmark_covs: dict | None = None, landmark_dis_cov=None) -> dict:
+                   dis_cov=None, landmark_covs: dict | None = None, landmark_dis_cov=None,
+                   correlated_covs: dict | None = None) -> dict:
     """Rank-1 / rank-10 by S and by likelihood of each person's skull among the persons'
     photo-encoded faces (one photo, or all photos with one shared shape) plus distractors
     (shape codes (m, S)). fits: {label: (codes, photo index, covariances or None)}; with
     covariances (and dis_cov (m, 36, 3, 3)) also by the likelihood with them; landmark_covs
     ({label: covariances}, with landmark_dis_cov): the refined fits' landmark-fit covariances, as
-    ``likelihood_landmark_cov``."""
+    ``likelihood_landmark_cov``; correlated_covs ({label: covariances}): the same fits'
+    covariances with ``FitConfig.photo_correlation``, as ``likelihood_cov_correlated``."""
     cfg = ScoreConfig()
     out = {}
     for label, (codes, idx, covs) in fits.items():
@@ -171,6 +178,10 @@ def identification(model, fits, person, photos: int, dis: np.ndarray, targets, p
             hits["likelihood_cov"] = [0, 0]
         if lcov is not None:
             hits["likelihood_landmark_cov"] = [0, 0]
+        ccov = (None if cov is None or label not in (correlated_covs or {})
+                else np.concatenate([correlated_covs[label][rows], dis_cov]))
+        if ccov is not None:
+            hits["likelihood_cov_correlated"] = [0, 0]
         for row, p in enumerate(members):
             sc = score(pts, targets[p], present[p], sd, cfg)
             orders = {k: rank_order(sc, k) for k in ("s", "likelihood")}
@@ -180,6 +191,9 @@ def identification(model, fits, person, photos: int, dis: np.ndarray, targets, p
             if lcov is not None:
                 sc.likelihood = score(pts, targets[p], present[p], sd, cfg, face_cov=lcov).likelihood
                 orders["likelihood_landmark_cov"] = rank_order(sc, "likelihood")
+            if ccov is not None:
+                sc.likelihood = score(pts, targets[p], present[p], sd, cfg, face_cov=ccov).likelihood
+                orders["likelihood_cov_correlated"] = rank_order(sc, "likelihood")
             for rank_by in hits:
                 r = int(np.flatnonzero(orders[rank_by] == row)[0])
                 hits[rank_by][0] += r == 0
@@ -234,6 +248,10 @@ def main(argv=None):
     ap.add_argument("--detector", default="dlib", help="dlib or mesh (MediaPipe's face mesh)")
     ap.add_argument("--uncertainty", action="store_true",
                     help="fit with the posterior covariance and rank also by the likelihood with it")
+    ap.add_argument("--photo-correlation", type=float, default=None, metavar="RHO",
+                    help="with --uncertainty: the persons' photos fitted with one shape once more, their "
+                         "posterior counting them as correlated (FitConfig.photo_correlation), and "
+                         "ranked by the likelihood with that Σ_face too")
     ap.add_argument("--landmark-noise", type=float, default=FitConfig.landmark_noise,
                     help="the posterior's landmark noise (fraction of the inter-ocular distance)")
     ap.add_argument("--label-free", action="store_true",
@@ -256,6 +274,8 @@ def main(argv=None):
     ap.add_argument("--cnn-mode", default="alone", choices=("alone", "seed"),
                     help="--cnn: the CNN's codes alone, or as the fit's starting point")
     a = ap.parse_args(argv)
+    if a.photo_correlation is not None and not a.uncertainty:
+        ap.error("--photo-correlation changes the persons' Σ_face: give --uncertainty too")
     photometric = photometric_config(a.photo_set) if a.photometric or a.photo_set else None
     rng = np.random.default_rng(a.seed)
     model = FaceModel.from_env()
@@ -283,6 +303,14 @@ def main(argv=None):
     codes3, idx3, _, cov3 = encode(model, paths, persons=person, prior=prior, config=cfg, detector=a.detector,
                                    photometric=photometric, cnn=a.cnn, cnn_mode=a.cnn_mode,
                                    landmark_covs=lcov3)
+    correlated = None
+    if a.photo_correlation is not None:  # the same fits, their posterior counting the photos as correlated
+        _, idx_c, _, cov_c = encode(model, paths, persons=person, prior=prior, detector=a.detector,
+                                    config=replace(cfg, photo_correlation=a.photo_correlation),
+                                    photometric=photometric)
+        if not np.array_equal(idx_c, idx3):
+            raise SystemExit("--photo-correlation: the second pass found other faces than the first")
+        correlated = {f"{a.photos}_photos": cov_c}
     t2 = time.perf_counter()
 
     # identity error, single photo
@@ -329,7 +357,7 @@ def main(argv=None):
                                       for k, b in face_bands(model, mask).items()},
            "reshot_auc_shape_codes": round(code_auc, 3),
            "reshot_auc_person_descriptor": round(desc_auc, 3),
-           "uncertainty": bool(a.uncertainty),
+           "uncertainty": bool(a.uncertainty), "photo_correlation": a.photo_correlation,
            "seconds": {"render": round(t1 - t0, 1), "detect_and_fit_twice": round(t2 - t1, 1)}}
     if cov1 is not None:  # re-shot verification from the soft-tissue points, Euclidean and under Σ_face
         out.update(reshot_auc_tissue(neutral_soft_tissue(model, codes1), cov1, p1))
@@ -338,6 +366,14 @@ def main(argv=None):
         out["uncertainty_median_mahalanobis2"] = round(float(np.median(m2)), 2)  # χ²₃: 2.37
         out["uncertainty_inside_95pct"] = round(float((m2 < CHI2_3_95).mean()), 3)
         out["landmark_noise"] = a.landmark_noise
+    if cov3 is not None:  # ... and of the persons' one-shape fits (each person once)
+        sets = {"": cov3} | ({} if correlated is None else {"_correlated": correlated[f"{a.photos}_photos"]})
+        for key, covs in sets.items():
+            once = np.unique(person[idx3], return_index=True)[1]
+            _, m2 = tissue_errors_under_cov(neutral_soft_tissue(model, codes3[once]),
+                                            true_pts[person[idx3[once]]], covs[once])
+            out[f"uncertainty_{a.photos}_photos{key}_median_mahalanobis2"] = round(float(np.median(m2)), 2)
+            out[f"uncertainty_{a.photos}_photos{key}_inside_95pct"] = round(float((m2 < CHI2_3_95).mean()), 3)
     if lcov1:  # the same of the landmark fit's covariances, around the refined faces
         tissue = reshot_auc_tissue(neutral_soft_tissue(model, codes1), lcov1[0], p1)
         out["reshot_auc_tissue_mahalanobis_landmark_cov"] = tissue["reshot_auc_tissue_mahalanobis"]
@@ -356,7 +392,7 @@ def main(argv=None):
         m = max(size - a.persons, 0)
         ranks = identification(model, fits, person, a.photos, dis[:m], targets, present, sd,
                                None if dis_cov is None else dis_cov[:m], landmark_covs,
-                               None if landmark_dis_cov is None else landmark_dis_cov[:m])
+                               None if landmark_dis_cov is None else landmark_dis_cov[:m], correlated)
         out["by_gallery_size"][str(max(size, a.persons))] = ranks
         if size == sizes[0]:
             out.update(ranks)
@@ -377,7 +413,10 @@ def main(argv=None):
                      f"{r[f'{label}_likelihood_cov_rank10']:.1%}" if a.uncertainty else "")
                   + (f" (the landmark fit's Σ_face {r[f'{label}_likelihood_landmark_cov_rank1']:.1%} / "
                      f"{r[f'{label}_likelihood_landmark_cov_rank10']:.1%})"
-                     if f"{label}_likelihood_landmark_cov_rank1" in r else ""))
+                     if f"{label}_likelihood_landmark_cov_rank1" in r else "")
+                  + (f", with the photos correlated {r[f'{label}_likelihood_cov_correlated_rank1']:.1%} / "
+                     f"{r[f'{label}_likelihood_cov_correlated_rank10']:.1%}"
+                     if f"{label}_likelihood_cov_correlated_rank1" in r else ""))
     emit(out)
     return out
 

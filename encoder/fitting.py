@@ -38,6 +38,7 @@ from skullsearch.encoder import code as code_layout
 from skullsearch.encoder import levenberg as lev
 from skullsearch.encoder.lbs import axis_angle_to_matrix, lbs
 from skullsearch.encoder.render import camera_yaw, largest_component, yaw_bins  # noqa: F401 (re-exported)
+from skullsearch.errors import SkullsearchError
 
 #: OpenCV camera axes from the face frame: x right, y down, z away from the camera.
 _FLIP = torch.tensor([[1.0, 0.0, 0.0], [0.0, -1.0, 0.0], [0.0, 0.0, -1.0]])
@@ -107,8 +108,19 @@ class FitConfig:
     # a photometric refinement adds the shading's: PhotometricConfig.posterior_discount)
     posterior: bool = False
     landmark_noise: float = 0.03
+    # the posterior of a person's photos sharing one shape: their errors are correlated (the
+    # detector errs alike on one face, the model misses the same detail), so K photos count as
+    # K / (1 + (K - 1) ρ) independent ones (the design effect of correlated samples): each
+    # photo's data information is divided by 1 + (K - 1) ρ. 0 counts them as independent. The
+    # codes do not depend on it. See person_shape_covariance
+    photo_correlation: float = 0.0
     device: str | None = None
     dtype: torch.dtype = torch.float32
+
+    def __post_init__(self):
+        if not 0.0 <= self.photo_correlation < 1.0:
+            raise SkullsearchError(f"FitConfig.photo_correlation is the correlation of one person's photos' "
+                             f"errors, in [0, 1): got {self.photo_correlation}")
 
 
 @dataclass
@@ -850,15 +862,17 @@ def _fit_lm(rig, cfg, lm2d, f, center, scale, edges, emask, obs_len, pidx, n_per
 
 def person_shape_covariance(h: torch.Tensor, n_local: int, jaw_prior: float, expr_std: torch.Tensor,
                             shape_sd: torch.Tensor, pidx: torch.Tensor, n_person: int,
-                            n_shape: int) -> torch.Tensor:
+                            n_shape: int, photo_correlation: float = 0.0) -> torch.Tensor:
     """Each face's shape posterior covariance (B, S, S) float64 from the faces' data information
     h (B, N, N) over [camera 6, jaw 3, δ E, α S] (δ among the face's own, the first n_local, or
     shared by its person's photos with α): the priors added — jaw_prior (information units) and
     1/expr_std² (E,) on each face's own, 1/shape_sd² (B, S) on the shared once per person (its
     photos' mean) — each face's own parameters eliminated (Schur complement), the person's
     information summed over its photos (pidx (B,) of n_person), inverted, and the α block read
-    for each face. Both fits' :meth:`shape_posterior` (:class:`_LMProblem`; the photometric
-    refinement's)."""
+    for each face. photo_correlation ρ: the correlation of a person's photos' errors — the
+    person's summed data information is divided by 1 + (K − 1) ρ for its K photos (K photos count
+    as K / (1 + (K − 1) ρ) independent ones; one photo is unchanged). Both fits'
+    :meth:`shape_posterior` (:class:`_LMProblem`; the photometric refinement's)."""
     b = h.shape[0]
     h = h.clone()
     jaw_p = torch.full((b, 3), jaw_prior, dtype=h.dtype, device=h.device)
@@ -873,6 +887,8 @@ def person_shape_covariance(h: torch.Tensor, n_local: int, jaw_prior: float, exp
     g = info.shape[1]
     person_info = info.new_zeros(n_person, g, g).index_add_(0, pidx, info)
     counts = torch.bincount(pidx, minlength=n_person).clamp(min=1).to(h.dtype)
+    if photo_correlation:  # correlated photos: the design effect 1 + (K - 1) ρ
+        person_info = person_info / (1.0 + (counts - 1.0) * photo_correlation)[:, None, None]
     shared_p = h.new_zeros(n_person, g).index_add_(
         0, pidx, torch.cat([expr_p, shape_p], 1)[:, -g:]) / counts[:, None]  # the photos' mean
     person_info.diagonal(dim1=1, dim2=2).add_(shared_p)
@@ -1013,7 +1029,8 @@ class _LMProblem:
         h = j.transpose(1, 2) @ j  # (B, N, N): [camera 6, jaw 3, δ E, α S]
         w_noise = self.cfg.w_landmark / 68 * noise**2  # the fit's energy units per σ²
         return person_shape_covariance(h, self.n_local, self.cfg.w_pose / w_noise, rig.expr_std,
-                                       self.shape_sd, self.pidx, self.n_person, rig.n_shape)
+                                       self.shape_sd, self.pidx, self.n_person, rig.n_shape,
+                                       self.cfg.photo_correlation)
 
     def step(self, st, dl, dg, rigid: bool):
         """The state moved by a step from :func:`levenberg.solve_step`."""

@@ -788,7 +788,7 @@ class _PhotoFit(_AdamFit):
             info = torch.cat([(c.double().transpose(1, 2) @ c.double()) for c in jac.split(8)])
         n_local = 9 + (0 if cfg.share_expression else rig.n_expression)
         return person_shape_covariance(info, n_local, cfg.w_pose / w_noise, rig.expr_std, rig.shape_std,
-                                       self.pidx, self.n_person, rig.n_shape)
+                                       self.pidx, self.n_person, rig.n_shape, cfg.photo_correlation)
 
     def refine(self) -> None:
         pcfg = self.pcfg

@@ -487,7 +487,7 @@ def encoder_fingerprint(config, detector: str, identity_prior=None) -> str:
 
     cfg = asdict(config or FitConfig())
     cfg["dtype"] = str(cfg["dtype"])
-    for k in ("posterior", "landmark_noise"):  # the codes do not depend on them
+    for k in ("posterior", "landmark_noise", "photo_correlation"):  # the codes do not depend on them
         cfg.pop(k)
     cfg["device"] = None  # the same fit on a GPU or the CPU (as in the versions before it said so)
     cfg = _without_off(cfg, {"w_dense": 0.0, "pose_embedding": False, "photometric": False,

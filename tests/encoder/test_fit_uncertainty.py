@@ -114,3 +114,44 @@ def test_a_turned_photo_fixes_depths_that_a_frontal_one_leaves_open(default_mode
     sd = np.sqrt(np.diagonal(default_model.soft_tissue_covariance(res.shape_cov), axis1=-2, axis2=-1)
                  .mean(1))  # (2, 3) x, y, z mm
     assert sd[1, 2] < 0.95 * sd[0, 2], sd
+
+
+def test_correlated_photos_count_as_fewer(default_model, rig):
+    """photo_correlation ρ: K photos of one person count as K / (1 + (K − 1) ρ) independent ones —
+    the data information of three copies of one photo at ρ = 0.5 is 1.5 copies', at ρ = 0 three
+    copies'; the codes do not change, nor does one photo's posterior."""
+    uv, size = photos_of_one_head(default_model, rig, [10.0], seed=5)
+    three = (np.concatenate([uv] * 3), np.concatenate([size] * 3))
+    prior = np.diag(1.0 / default_model.shape_std[:90].astype(np.float64) ** 2)
+
+    def fitted(n_photos, rho):
+        lm, sz = (uv, size) if n_photos == 1 else three
+        return fit_landmarks(default_model, lm, sz, person=np.zeros(n_photos), rig=rig,
+                             config=FitConfig(posterior=True, photo_correlation=rho))
+
+    info = {}
+    for n_photos, rho in ((1, 0.0), (1, 0.5), (3, 0.0), (3, 0.5)):
+        res = fitted(n_photos, rho)
+        info[n_photos, rho] = np.linalg.inv(res.shape_cov[0].astype(np.float64)) - prior
+        if n_photos == 3 and rho:
+            np.testing.assert_array_equal(res.codes, fitted(3, 0.0).codes)
+    np.testing.assert_allclose(info[1, 0.5], info[1, 0.0], rtol=1e-4, atol=1e-6 * np.abs(info[1, 0.0]).max())
+    top = np.linalg.eigh(info[1, 0.0])[1][:, -10:]  # the ten best-seen directions
+    seen = lambda m: np.diagonal(top.T @ m @ top)  # noqa: E731
+    np.testing.assert_allclose(seen(info[3, 0.5]) / seen(info[3, 0.0]), 0.5, rtol=1e-3)
+    np.testing.assert_allclose(seen(info[3, 0.5]) / seen(info[1, 0.0]), 1.5, rtol=0.1)
+
+
+@pytest.mark.parametrize("rho", [-0.1, 1.0, 2.0])
+def test_photo_correlation_outside_0_1_is_refused(rho):
+    from skullsearch.errors import SkullsearchError
+
+    with pytest.raises(SkullsearchError, match="photo_correlation"):
+        FitConfig(photo_correlation=rho)
+
+
+def test_the_encoder_fingerprint_does_not_hold_the_photo_correlation():
+    from skullsearch.index.ingest import encoder_fingerprint
+
+    base = encoder_fingerprint(FitConfig(), "dlib")
+    assert encoder_fingerprint(FitConfig(photo_correlation=0.4), "dlib") == base

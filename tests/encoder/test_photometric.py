@@ -390,6 +390,28 @@ def test_the_refined_posterior_without_the_shading_is_the_landmark_fits(default_
     assert np.allclose(ref.shape_cov[0], ref.shape_cov[2])  # one person, one posterior
 
 
+def test_the_refined_posterior_counts_correlated_photos_as_fewer(default_model, photos):
+    """FitConfig.photo_correlation ρ in the refined posterior: a person's three photos' summed
+    information (landmarks and shading) is divided by 1 + 2ρ; the codes stay."""
+    m = default_model
+    images, _, lms = photos
+    person = np.repeat(["a", "b", "c"], 3)
+    lm = fit_landmarks(m, lms, np.full((len(images), 2), float(SIZE)), config=FitConfig(posterior=True),
+                       person=person)
+    prior = np.diag(1.0 / m.shape_std[:90].astype(np.float64) ** 2)
+    info, codes = {}, {}
+    for rho in (0.0, 0.5):
+        ref = refine_photometric(m, lm.codes, lms, images, person=person,
+                                 config=FitConfig(posterior=True, photo_correlation=rho),
+                                 photometric=PhotometricConfig(steps=0))
+        info[rho] = np.linalg.inv(ref.shape_cov[0].astype(np.float64)) - prior
+        codes[rho] = ref.codes
+    np.testing.assert_array_equal(codes[0.5], codes[0.0])
+    top = np.linalg.eigh(info[0.0])[1][:, -10:]  # the ten best-seen directions
+    ratio = np.diagonal(top.T @ info[0.5] @ top) / np.diagonal(top.T @ info[0.0] @ top)
+    np.testing.assert_allclose(ratio, 0.5, rtol=1e-3)
+
+
 def test_the_shading_narrows_the_posterior_by_its_discount(default_model, photos):
     """The refined faces' soft-tissue points are surer than the landmark fit's, depths included (a
     photo's shading says what 68 points cannot), and less so the more the shading's information
