@@ -46,12 +46,14 @@ validation set.
     python benchmarks/ct_encoder.py [--ct /work/shared/ct/cthead/cthead.npz]
         [--yaws -30 -20 -10 0 10 20 30] [--detectors dlib mesh] [--no-prior] [--no-photometric]
         [--smooth-streak] [--photo-from-best] [--photo-set KEY=VALUE ...] [--cnn CKPT] [--save DIR]
-        [--texture SEED] [--identity-prior-file NPZ] [--uncertainty]
+        [--texture SEED] [--identity-prior-file NPZ] [--uncertainty [--photo-correlation RHO]]
 
 ``--uncertainty``: the dlib runs fitted with the posterior; each gets an ``uncertainty`` row —
 its faces' Σ_face (the refined fit's for ``*_photo``) against the soft-tissue points of ``oracle``
 (a proxy truth: its own error adds to the residual), median Mahalanobis² (2.37 when calibrated),
-the share inside the 95 % ellipsoid, predicted SD and RMS error per axis.
+the share inside the 95 % ellipsoid, predicted SD and RMS error per axis; ``--photo-correlation``:
+the ``*_shared`` runs' posterior counts the views as correlated evidence
+(``FitConfig.photo_correlation``).
 """
 
 from __future__ import annotations
@@ -428,6 +430,9 @@ def main(argv=None) -> None:
     p.add_argument("--uncertainty", action="store_true",
                    help="fit the dlib runs with the posterior and check each face's Σ_face against the "
                         "soft-tissue points of the model's best face for the skin (the `uncertainty` rows)")
+    p.add_argument("--photo-correlation", type=float, default=None, metavar="RHO",
+                   help="with --uncertainty: the shared runs' posterior counts the views as correlated "
+                        "(FitConfig.photo_correlation; default: its default)")
     a = p.parse_args(argv)
     ct = _ct_module()
     from skullsearch import FaceModel
@@ -508,7 +513,8 @@ def main(argv=None) -> None:
         for name, cfg, pr in runs:
             det = name.split("_")[0]
             if a.uncertainty and cfg is not None and det == "dlib":
-                cfg = replace(cfg, posterior=True)
+                cfg = replace(cfg, posterior=True, **({} if a.photo_correlation is None
+                                                      else {"photo_correlation": a.photo_correlation}))
             t = time.time()
             info = {}
             shapes, names, dist, res_px = fit_codes(

@@ -73,6 +73,33 @@ def test_the_uncertainty_calibration_benchmark(capsys):
 
 
 @pytest.mark.slow
+def test_correlated_photos_in_both_benchmarks(identity):
+    """--per-person: fit_uncertainty.py calibrates the one-shape fits per photo_correlation (a
+    larger one, a wider posterior) and says how alike a head's photos' errors are; identity.py
+    --photo-correlation ranks and calibrates the persons' correlated Σ_face beside the plain one."""
+    out = benchmark("fit_uncertainty").main(["--faces", "3", "--per-person", "2", "--noise", "0.03",
+                                             "--seed", "2", "--photo-correlation", "0", "0.8"])
+    assert out["per_person"] == 2 and len(out["by_noise"]) == 1
+    plain, correlated = out["by_noise_one_shape"]
+    assert (plain["photo_correlation"], correlated["photo_correlation"]) == (0, 0.8)
+    assert plain["heads"] == correlated["heads"] >= 2
+    wide, narrow = correlated["predicted_sd_mm_xyz"], plain["predicted_sd_mm_xyz"]
+    assert all(w > n for w, n in zip(wide, narrow, strict=True))
+    assert correlated["error_rms_mm_xyz"] == plain["error_rms_mm_xyz"]  # the same codes
+    assert -1 <= out["photo_error_correlation"] <= 1
+    out = identity.main(["--persons", "3", "--photos", "2", "--gallery", "30", "--seed", "3", "--uncertainty",
+                         "--photo-correlation", "0.5"])
+    assert out["photo_correlation"] == 0.5 and "1_photo_likelihood_cov_correlated_rank1" not in out
+    key = "2_photos_likelihood_cov_correlated"
+    assert 0 <= out[f"{key}_rank1"] <= out[f"{key}_rank10"] <= 1
+    # the same errors under a wider posterior: fewer standard deviations
+    m2 = "median_mahalanobis2"
+    assert out[f"uncertainty_2_photos_correlated_{m2}"] < out[f"uncertainty_2_photos_{m2}"]
+    with pytest.raises(SystemExit):
+        identity.main(["--persons", "3", "--photo-correlation", "0.5"])  # without --uncertainty
+
+
+@pytest.mark.slow
 def test_the_refined_uncertainty_in_both_benchmarks(identity):
     """--photometric: fit_uncertainty.py calibrates the refined posterior per discount (a larger
     discount, a wider posterior); identity.py puts the landmark fit's Σ_face beside the refined one."""
