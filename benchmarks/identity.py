@@ -153,17 +153,23 @@ def reshot_auc_tissue(pts: np.ndarray, cov: np.ndarray, person: np.ndarray) -> d
 
 def identification(model, fits, person, photos: int, dis: np.ndarray, targets, present, sd,
                    dis_cov=None, landmark_covs: dict | None = None, landmark_dis_cov=None,
-                   correlated_covs: dict | None = None) -> dict:
+                   correlated_covs: dict | None = None, distractors: dict | None = None) -> dict:
     """Rank-1 / rank-10 by S and by likelihood of each person's skull among the persons'
     photo-encoded faces (one photo, or all photos with one shared shape) plus distractors
     (shape codes (m, S)). fits: {label: (codes, photo index, covariances or None)}; with
     covariances (and dis_cov (m, 36, 3, 3)) also by the likelihood with them; landmark_covs
     ({label: covariances}, with landmark_dis_cov): the refined fits' landmark-fit covariances, as
     ``likelihood_landmark_cov``; correlated_covs ({label: covariances}): the same fits'
-    covariances with ``FitConfig.photo_correlation``, as ``likelihood_cov_correlated``."""
+    covariances with ``FitConfig.photo_correlation``, as ``likelihood_cov_correlated``.
+    distractors ({label: {"dis", "dis_cov", "landmark_dis_cov", "correlated_dis_cov"}}): a label's
+    own distractors (and their covariances) in place of the shared ones."""
     cfg = ScoreConfig()
     out = {}
+    shared = {"dis": dis, "dis_cov": dis_cov, "landmark_dis_cov": landmark_dis_cov,
+              "correlated_dis_cov": dis_cov}
     for label, (codes, idx, covs) in fits.items():
+        own = (distractors or {}).get(label, shared)
+        dis, dis_cov, landmark_dis_cov = own["dis"], own["dis_cov"], own["landmark_dis_cov"]
         first = {}
         for row, i in enumerate(idx):  # one gallery face per person
             first.setdefault(int(person[i]), row)
@@ -179,7 +185,7 @@ def identification(model, fits, person, photos: int, dis: np.ndarray, targets, p
         if lcov is not None:
             hits["likelihood_landmark_cov"] = [0, 0]
         ccov = (None if cov is None or label not in (correlated_covs or {})
-                else np.concatenate([correlated_covs[label][rows], dis_cov]))
+                else np.concatenate([correlated_covs[label][rows], own["correlated_dis_cov"]]))
         if ccov is not None:
             hits["likelihood_cov_correlated"] = [0, 0]
         for row, p in enumerate(members):
@@ -248,6 +254,10 @@ def main(argv=None):
     ap.add_argument("--detector", default="dlib", help="dlib or mesh (MediaPipe's face mesh)")
     ap.add_argument("--uncertainty", action="store_true",
                     help="fit with the posterior covariance and rank also by the likelihood with it")
+    ap.add_argument("--matched-distractors", action="store_true",
+                    help="also rank the persons' one-shape faces among distractors re-encoded as they "
+                         "were (the one-shape fits' errors and covariances), not the one-photo fits' "
+                         "(the label <K>_photos_matched)")
     ap.add_argument("--photo-correlation", type=float, default=None, metavar="RHO",
                     help="with --uncertainty: the persons' photos fitted with one shape once more, their "
                          "posterior counting them as correlated (FitConfig.photo_correlation), and "
@@ -387,12 +397,30 @@ def main(argv=None):
     if a.label_free:
         out.update(label_free(model, paths, person, idx1, descs1, prior, cfg, a, fits, mask, true_shape,
                               err0))
+    matched = None
+    if a.matched_distractors:  # distractors as the persons' one-shape faces were encoded
+        label = f"{a.photos}_photos_matched"
+        once = np.unique(person[idx3], return_index=True)[1]  # one face per person
+        resid3 = code_layout.split(codes3[once]).shape[:, :n_s] - true_shape[idx3[once]][:, :n_s]
+        borrow3 = np.random.default_rng(a.seed + 1).integers(0, len(once), n_dis)
+        fits[label] = fits[f"{a.photos}_photos"]
+        pick = lambda c: None if c is None else c[once][borrow3]  # noqa: E731
+        matched = {"dis": dis_true + resid3[borrow3], "dis_cov": pick(cov3),
+                   "landmark_dis_cov": pick(lcov3[0] if lcov3 else None),
+                   "correlated_dis_cov": pick(None if correlated is None
+                                              else correlated[f"{a.photos}_photos"])}
+        if landmark_covs:
+            landmark_covs[label] = landmark_covs[f"{a.photos}_photos"]
+        if correlated is not None:
+            correlated[label] = correlated[f"{a.photos}_photos"]
     out["by_gallery_size"] = {}
     for size in sizes:
         m = max(size - a.persons, 0)
+        own = None if matched is None else {f"{a.photos}_photos_matched": {
+            k: None if v is None else v[:m] for k, v in matched.items()}}
         ranks = identification(model, fits, person, a.photos, dis[:m], targets, present, sd,
                                None if dis_cov is None else dis_cov[:m], landmark_covs,
-                               None if landmark_dis_cov is None else landmark_dis_cov[:m], correlated)
+                               None if landmark_dis_cov is None else landmark_dis_cov[:m], correlated, own)
         out["by_gallery_size"][str(max(size, a.persons))] = ranks
         if size == sizes[0]:
             out.update(ranks)
@@ -404,8 +432,9 @@ def main(argv=None):
               f"Mahalanobis² {out['uncertainty_median_mahalanobis2']} (2.37 if calibrated), "
               f"{out['uncertainty_inside_95pct']:.1%} of points inside the 95 % ellipsoid")
     for size, r in out["by_gallery_size"].items():
-        for label in ("1_photo", f"{a.photos}_photos") + ((f"{a.photos}_photos_label_free",) if a.label_free
-                                                            else ()):
+        for label in (("1_photo", f"{a.photos}_photos")
+                      + ((f"{a.photos}_photos_label_free",) if a.label_free else ())
+                      + ((f"{a.photos}_photos_matched",) if a.matched_distractors else ())):
             print(f"{label}: rank-1 / rank-10 among {size} faces: S {r[f'{label}_s_rank1']:.1%} / "
                   f"{r[f'{label}_s_rank10']:.1%}, likelihood {r[f'{label}_likelihood_rank1']:.1%} / "
                   f"{r[f'{label}_likelihood_rank10']:.1%}"

@@ -88,10 +88,11 @@ def test_correlated_photos_in_both_benchmarks(identity):
     assert correlated["error_rms_mm_xyz"] == plain["error_rms_mm_xyz"]  # the same codes
     assert -1 <= out["photo_error_correlation"] <= 1
     out = identity.main(["--persons", "3", "--photos", "2", "--gallery", "30", "--seed", "3", "--uncertainty",
-                         "--photo-correlation", "0.5"])
+                         "--photo-correlation", "0.5", "--matched-distractors"])
     assert out["photo_correlation"] == 0.5 and "1_photo_likelihood_cov_correlated_rank1" not in out
-    key = "2_photos_likelihood_cov_correlated"
-    assert 0 <= out[f"{key}_rank1"] <= out[f"{key}_rank10"] <= 1
+    for key in ("2_photos_likelihood_cov_correlated", "2_photos_matched_likelihood_cov_correlated",
+                "2_photos_matched_likelihood_cov", "2_photos_matched_s"):
+        assert 0 <= out[f"{key}_rank1"] <= out[f"{key}_rank10"] <= 1
     # the same errors under a wider posterior: fewer standard deviations
     m2 = "median_mahalanobis2"
     assert out[f"uncertainty_2_photos_correlated_{m2}"] < out[f"uncertainty_2_photos_{m2}"]
