@@ -24,6 +24,17 @@ refinement without (``posterior_time_ratio``: the first row's); ``--texture``,
 ``--camera-gamma``, ``--shadows``, ``--light-up`` render as ``identity.py`` does.
 
     python benchmarks/fit_uncertainty.py --faces 60 --noise 0.03 --photometric 10 30 100
+
+``--per-person K`` photographs each head K times (other poses, lights, expressions) and also fits
+each head's photos with one shape (paper Eq. 2), one calibration row per
+``--photo-correlation`` value (``FitConfig.photo_correlation``: the photos' summed information
+divided by 1 + (K − 1) ρ; each head counted once), beside the photos fitted alone; and reports how
+alike one head's photos' errors are (``photo_error_correlation``: the mean product of two of its
+photos' errors over the mean squared error, each photo fitted alone — the model's prior, which
+pulls every photo of a head the same way, makes it high; the posterior already knows that part).
+
+    python benchmarks/fit_uncertainty.py --faces 120 --per-person 3 --noise 0.03 \
+        --photo-correlation 0 0.2 0.4 0.6 0.8 [--photometric]
 """
 
 from __future__ import annotations
