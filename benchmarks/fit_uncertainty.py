@@ -181,7 +181,7 @@ def main(argv=None):
         print(f"one head's photos' errors (each photo fitted alone) correlate by {rho:.3f}")
     for r in rows + shared:
         del r["_err"], r["_var"]
-    out = {"faces": len(faces), "photos": a.faces, "seed": a.seed, "synthetic": True,
+    out = {"faces": len(faces), "photos": a.faces * k, "heads": a.faces, "seed": a.seed, "synthetic": True,
            "texture": a.texture, "camera_gamma": a.camera_gamma, "shadows": a.shadows, "light_up": a.light_up,
            "photometric": a.photometric is not None,
            "by_noise": rows, "best_noise": best["noise"],

@@ -77,7 +77,7 @@ def test_a_person_adds_the_information_of_its_photos(default_model, rig):
     """Two copies of one photo fitted as one person: the data's information (posterior precision
     minus the prior's) is twice one copy's."""
     uv, size = photos_of_one_head(default_model, rig, [10.0], seed=2)
-    cfg = FitConfig(posterior=True)
+    cfg = FitConfig(posterior=True, photo_correlation=0.0)  # counted as independent
     one = fit_landmarks(default_model, uv, size, rig=rig, config=cfg)
     two = fit_landmarks(default_model, np.concatenate([uv, uv]), np.concatenate([size, size]),
                         person=np.zeros(2), rig=rig, config=cfg)

@@ -181,7 +181,7 @@ def test_the_encoder_fingerprint_without_a_dense_term_is_the_earlier_one():
     cfg = asdict(FitConfig())
     cfg["dtype"] = str(cfg["dtype"])
     for k in ("posterior", "landmark_noise", "w_dense", "pose_embedding", "photometric",
-              "textured_embedding"):  # (newer, off)
+              "textured_embedding", "photo_correlation"):  # (newer, off, or not of the codes)
         cfg.pop(k)
     before = hashlib.sha256(json.dumps({"fit": cfg, "detector": "mesh"}, sort_keys=True,
                                        default=str).encode()).hexdigest()[:16]
