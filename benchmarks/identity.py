@@ -31,10 +31,14 @@ borrow), and its calibration: the median Mahalanobis distance² per point of the
 error under Σ_face (2.37, χ²₃'s, if calibrated) and the share of points inside the 95 % ellipsoid.
 With ``--photometric`` Σ_face is the refined fit's, and the same figures under the landmark fit's
 (the ``landmark_cov`` keys) stand beside it. ``--photo-correlation RHO`` fits the persons' photos
-with one shape once more, their posterior counting them as correlated evidence
-(``FitConfig.photo_correlation``: K photos as K / (1 + (K − 1) ρ) independent ones; the codes are
-the same), and ranks with that Σ_face too (``likelihood_cov_correlated``), with its calibration
-(``uncertainty_correlated_*``).
+with one shape once more, their posterior counting them as correlated evidence by RHO instead of
+the default (``FitConfig.photo_correlation``: K photos as K / (1 + (K − 1) ρ) independent ones;
+the codes are the same; 0: as independent, as before it existed), and ranks with that Σ_face too
+(``likelihood_cov_rho``), with its calibration (``uncertainty_<K>_photos_rho_*``).
+``--matched-distractors`` also ranks the persons' one-shape faces among distractors re-encoded
+as those faces were (the one-shape fits' errors and covariances; label ``<K>_photos_matched``)
+rather than as one photo's: with one-photo distractors the true faces alone carry a narrower
+three-photo Σ_face, which the likelihood's determinant favours.
 
 ``--cnn CKPT`` measures a trained CNN encoder (``benchmarks/cnn_train.py``) in the fit's place:
 its codes alone (three photos: the person's mean shape code), or seeding the fit.
@@ -160,7 +164,7 @@ def identification(model, fits, person, photos: int, dis: np.ndarray, targets, p
     covariances (and dis_cov (m, 36, 3, 3)) also by the likelihood with them; landmark_covs
     ({label: covariances}, with landmark_dis_cov): the refined fits' landmark-fit covariances, as
     ``likelihood_landmark_cov``; correlated_covs ({label: covariances}): the same fits'
-    covariances with ``FitConfig.photo_correlation``, as ``likelihood_cov_correlated``.
+    covariances with ``FitConfig.photo_correlation``, as ``likelihood_cov_rho``.
     distractors ({label: {"dis", "dis_cov", "landmark_dis_cov", "correlated_dis_cov"}}): a label's
     own distractors (and their covariances) in place of the shared ones."""
     cfg = ScoreConfig()
@@ -187,7 +191,7 @@ def identification(model, fits, person, photos: int, dis: np.ndarray, targets, p
         ccov = (None if cov is None or label not in (correlated_covs or {})
                 else np.concatenate([correlated_covs[label][rows], own["correlated_dis_cov"]]))
         if ccov is not None:
-            hits["likelihood_cov_correlated"] = [0, 0]
+            hits["likelihood_cov_rho"] = [0, 0]
         for row, p in enumerate(members):
             sc = score(pts, targets[p], present[p], sd, cfg)
             orders = {k: rank_order(sc, k) for k in ("s", "likelihood")}
@@ -199,7 +203,7 @@ def identification(model, fits, person, photos: int, dis: np.ndarray, targets, p
                 orders["likelihood_landmark_cov"] = rank_order(sc, "likelihood")
             if ccov is not None:
                 sc.likelihood = score(pts, targets[p], present[p], sd, cfg, face_cov=ccov).likelihood
-                orders["likelihood_cov_correlated"] = rank_order(sc, "likelihood")
+                orders["likelihood_cov_rho"] = rank_order(sc, "likelihood")
             for rank_by in hits:
                 r = int(np.flatnonzero(orders[rank_by] == row)[0])
                 hits[rank_by][0] += r == 0
@@ -260,8 +264,8 @@ def main(argv=None):
                          "(the label <K>_photos_matched)")
     ap.add_argument("--photo-correlation", type=float, default=None, metavar="RHO",
                     help="with --uncertainty: the persons' photos fitted with one shape once more, their "
-                         "posterior counting them as correlated (FitConfig.photo_correlation), and "
-                         "ranked by the likelihood with that Σ_face too")
+                         "posterior with FitConfig.photo_correlation RHO (0: as independent), and "
+                         "ranked by the likelihood with that Σ_face too (the _rho keys)")
     ap.add_argument("--landmark-noise", type=float, default=FitConfig.landmark_noise,
                     help="the posterior's landmark noise (fraction of the inter-ocular distance)")
     ap.add_argument("--label-free", action="store_true",
@@ -368,6 +372,7 @@ def main(argv=None):
            "reshot_auc_shape_codes": round(code_auc, 3),
            "reshot_auc_person_descriptor": round(desc_auc, 3),
            "uncertainty": bool(a.uncertainty), "photo_correlation": a.photo_correlation,
+           "default_photo_correlation": cfg.photo_correlation,
            "seconds": {"render": round(t1 - t0, 1), "detect_and_fit_twice": round(t2 - t1, 1)}}
     if cov1 is not None:  # re-shot verification from the soft-tissue points, Euclidean and under Σ_face
         out.update(reshot_auc_tissue(neutral_soft_tissue(model, codes1), cov1, p1))
@@ -377,7 +382,7 @@ def main(argv=None):
         out["uncertainty_inside_95pct"] = round(float((m2 < CHI2_3_95).mean()), 3)
         out["landmark_noise"] = a.landmark_noise
     if cov3 is not None:  # ... and of the persons' one-shape fits (each person once)
-        sets = {"": cov3} | ({} if correlated is None else {"_correlated": correlated[f"{a.photos}_photos"]})
+        sets = {"": cov3} | ({} if correlated is None else {"_rho": correlated[f"{a.photos}_photos"]})
         for key, covs in sets.items():
             once = np.unique(person[idx3], return_index=True)[1]
             _, m2 = tissue_errors_under_cov(neutral_soft_tissue(model, codes3[once]),
@@ -443,9 +448,10 @@ def main(argv=None):
                   + (f" (the landmark fit's Σ_face {r[f'{label}_likelihood_landmark_cov_rank1']:.1%} / "
                      f"{r[f'{label}_likelihood_landmark_cov_rank10']:.1%})"
                      if f"{label}_likelihood_landmark_cov_rank1" in r else "")
-                  + (f", with the photos correlated {r[f'{label}_likelihood_cov_correlated_rank1']:.1%} / "
-                     f"{r[f'{label}_likelihood_cov_correlated_rank10']:.1%}"
-                     if f"{label}_likelihood_cov_correlated_rank1" in r else ""))
+                  + (f", with photo_correlation {a.photo_correlation:g} "
+                     f"{r[f'{label}_likelihood_cov_rho_rank1']:.1%} / "
+                     f"{r[f'{label}_likelihood_cov_rho_rank10']:.1%}"
+                     if f"{label}_likelihood_cov_rho_rank1" in r else ""))
     emit(out)
     return out
 

@@ -76,7 +76,8 @@ def test_the_uncertainty_calibration_benchmark(capsys):
 def test_correlated_photos_in_both_benchmarks(identity):
     """--per-person: fit_uncertainty.py calibrates the one-shape fits per photo_correlation (a
     larger one, a wider posterior) and says how alike a head's photos' errors are; identity.py
-    --photo-correlation ranks and calibrates the persons' correlated Σ_face beside the plain one."""
+    --photo-correlation ranks and calibrates the persons' Σ_face at another correlation beside the
+    default's, --matched-distractors among distractors re-encoded as they were."""
     out = benchmark("fit_uncertainty").main(["--faces", "3", "--per-person", "2", "--noise", "0.03",
                                              "--seed", "2", "--photo-correlation", "0", "0.8"])
     assert out["per_person"] == 2 and len(out["by_noise"]) == 1
@@ -88,14 +89,14 @@ def test_correlated_photos_in_both_benchmarks(identity):
     assert correlated["error_rms_mm_xyz"] == plain["error_rms_mm_xyz"]  # the same codes
     assert -1 <= out["photo_error_correlation"] <= 1
     out = identity.main(["--persons", "3", "--photos", "2", "--gallery", "30", "--seed", "3", "--uncertainty",
-                         "--photo-correlation", "0.5", "--matched-distractors"])
-    assert out["photo_correlation"] == 0.5 and "1_photo_likelihood_cov_correlated_rank1" not in out
-    for key in ("2_photos_likelihood_cov_correlated", "2_photos_matched_likelihood_cov_correlated",
+                         "--photo-correlation", "0", "--matched-distractors"])
+    assert out["photo_correlation"] == 0 and "1_photo_likelihood_cov_rho_rank1" not in out
+    for key in ("2_photos_likelihood_cov_rho", "2_photos_matched_likelihood_cov_rho",
                 "2_photos_matched_likelihood_cov", "2_photos_matched_s"):
         assert 0 <= out[f"{key}_rank1"] <= out[f"{key}_rank10"] <= 1
-    # the same errors under a wider posterior: fewer standard deviations
+    # the same errors under the default's wider posterior than the independent photos': fewer SDs
     m2 = "median_mahalanobis2"
-    assert out[f"uncertainty_2_photos_correlated_{m2}"] < out[f"uncertainty_2_photos_{m2}"]
+    assert out[f"uncertainty_2_photos_{m2}"] < out[f"uncertainty_2_photos_rho_{m2}"]
     with pytest.raises(SystemExit):
         identity.main(["--persons", "3", "--photo-correlation", "0.5"])  # without --uncertainty
 
