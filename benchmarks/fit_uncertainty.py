@@ -83,8 +83,8 @@ def calibration(model, faces, true_pts: np.ndarray, noise: float, pixels: dict |
         t = time.perf_counter()
         refine_faces(model, faces, pixels, cfg, PhotometricConfig(posterior_discount=discount))
         seconds = time.perf_counter() - t
-    first = (np.ones(len(faces), bool) if persons is None
-             else np.r_[True, np.asarray(persons)[1:] != np.asarray(persons)[:-1]])
+    first = (np.arange(len(faces)) if persons is None
+             else np.unique(np.asarray(persons), return_index=True)[1])  # each head's first face
     codes = np.stack([f.code for f in faces])[first]
     cov = np.stack([f.tissue_cov for f in faces]).astype(np.float64)[first]  # (n, 36, 3, 3)
     err, m2 = tissue_errors_under_cov(neutral_soft_tissue(model, codes), true_pts[first], cov)
@@ -93,7 +93,7 @@ def calibration(model, faces, true_pts: np.ndarray, noise: float, pixels: dict |
     return {"noise": noise,
             **({} if pixels is None else {"posterior_discount": discount,
                                           "refine_seconds": round(seconds, 1)}),
-            **({} if persons is None else {"photos_one_shape": True, "heads": int(first.sum()),
+            **({} if persons is None else {"photos_one_shape": True, "heads": len(first),
                                            "photo_correlation": correlation}),
             "_err": err, "_var": var,
             "median_mahalanobis2": round(float(np.median(m2)), 3),

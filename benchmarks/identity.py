@@ -381,10 +381,10 @@ def main(argv=None):
         out["uncertainty_median_mahalanobis2"] = round(float(np.median(m2)), 2)  # χ²₃: 2.37
         out["uncertainty_inside_95pct"] = round(float((m2 < CHI2_3_95).mean()), 3)
         out["landmark_noise"] = a.landmark_noise
+    once = np.unique(person[idx3], return_index=True)[1]  # the one-shape fits: one face per person
     if cov3 is not None:  # ... and of the persons' one-shape fits (each person once)
         sets = {"": cov3} | ({} if correlated is None else {"_rho": correlated[f"{a.photos}_photos"]})
         for key, covs in sets.items():
-            once = np.unique(person[idx3], return_index=True)[1]
             _, m2 = tissue_errors_under_cov(neutral_soft_tissue(model, codes3[once]),
                                             true_pts[person[idx3[once]]], covs[once])
             out[f"uncertainty_{a.photos}_photos{key}_median_mahalanobis2"] = round(float(np.median(m2)), 2)
@@ -405,7 +405,6 @@ def main(argv=None):
     matched = None
     if a.matched_distractors:  # distractors as the persons' one-shape faces were encoded
         label = f"{a.photos}_photos_matched"
-        once = np.unique(person[idx3], return_index=True)[1]  # one face per person
         resid3 = code_layout.split(codes3[once]).shape[:, :n_s] - true_shape[idx3[once]][:, :n_s]
         borrow3 = np.random.default_rng(a.seed + 1).integers(0, len(once), n_dis)
         fits[label] = fits[f"{a.photos}_photos"]
