@@ -6,9 +6,10 @@ photos, real truth; the labels only score, they never enter the fit) or are rend
 synthetic truth). Every photo is ingested into a fresh gallery through the real path (decode,
 dlib, fit, descriptor), each fitted alone. Reported:
 
-- same-vs-different-person pair AUC from the person descriptors and from the shape codes, and the
-  descriptor distances of same-person pairs (95th percentile, max) and different-person pairs
-  (min, 5th percentile);
+- same-vs-different-person pair AUC from the person descriptors and from the shape codes (pairs of
+  two files of one picture — the same bytes, or photo fingerprints within the gallery's
+  near-duplicate distance — left out: ``copy_pairs_left_out``), and the descriptor distances of
+  same-person pairs (95th percentile, max) and different-person pairs (min, 5th percentile);
 - beside them, as controls, the 36 neutral soft-tissue points of the codes (what a skull is scored
   against) and the detector's 68 points similarity-aligned (``landmarks_2d``: what the photo's 2D
   points say before any 3D model — the codes must beat it to add anything); for each, how often a
@@ -45,6 +46,8 @@ from _common import add_textured_embedding_argument, auc, emit
 from skullsearch import FaceModel, Gallery
 from skullsearch.encoder import code as code_layout
 from skullsearch.encoder.fitting import FitConfig
+from skullsearch.index.fingerprint import DIM as FP_DIM
+from skullsearch.index.ingest import NEAR_DUPLICATE_PHOTO_DISTANCE
 
 
 def render_people(folder: Path, n: int, per: int, seed: int) -> None:
@@ -100,7 +103,8 @@ def pair_scores(g: Gallery, model=None, shared: bool = False) -> dict:
     shape: each group counts once (its first face; the descriptor is that photo's)."""
     from skullsearch.index.ingest import neutral_soft_tissue
 
-    t = g.faces(columns=["face_id", "path", "descriptor", "code", "landmarks"]).to_pylist()
+    t = g.faces(columns=["face_id", "path", "sha256", "descriptor", "code", "landmarks",
+                         "photo_fingerprint"]).to_pylist()
     t = [r for r in t if r["descriptor"] is not None]
     if shared:  # one face per group of photos fitted with one shape (its folder: PERSON__GROUP)
         first = {}
@@ -117,10 +121,24 @@ def pair_scores(g: Gallery, model=None, shared: bool = False) -> dict:
     if model is not None:
         feats["tissue_points"] = neutral_soft_tissue(model, codes).reshape(len(t), -1).astype(np.float64)
     iu = np.triu_indices(len(t), 1)
+    # two files of one picture are not two photos of a person: pairs of the same bytes, or whose
+    # photo fingerprints are near-duplicates (the gallery's photo criterion), are left out
+    sha = np.array([r["sha256"] for r in t])
+    fp = np.array([r["photo_fingerprint"] if r["photo_fingerprint"] is not None else [np.nan] * FP_DIM
+                   for r in t], np.float64)
+    copies = (sha[:, None] == sha[None]) | (np.linalg.norm(fp[:, None] - fp[None], axis=-1)
+                                            <= NEAR_DUPLICATE_PHOTO_DISTANCE)
+    np.fill_diagonal(copies, False)
+    keep = ~copies[iu]
+    n_copies = int((~keep).sum())
+    iu = (iu[0][keep], iu[1][keep])
     same = who[iu[0]] == who[iu[1]]
     dist = {k: np.linalg.norm(v[:, None] - v[None], axis=-1) for k, v in feats.items()}
+    for d in dist.values():  # (nor is a copy a face's nearest other face)
+        d[copies] = np.inf
     dd, ds = dist["descriptor"][iu], dist["shape_code"][iu]
-    out = {"faces": len(t), "persons": int(len(set(who))), "same_pairs": int(same.sum())}
+    out = {"faces": len(t), "persons": int(len(set(who))), "same_pairs": int(same.sum()),
+           "copy_pairs_left_out": n_copies}
     for k, d in dist.items():
         out[f"auc_{k}"] = round(auc(d[iu][same], d[iu][~same]), 4)
         out[f"nearest_same_{k}"] = nearest_same(d, who)
