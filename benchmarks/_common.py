@@ -76,6 +76,20 @@ def photometric_config(settings: list[str] | None):
     return PhotometricConfig(**kw)
 
 
+def photo_copies(sha256: np.ndarray, fingerprints: np.ndarray) -> np.ndarray:
+    """(n, n) bool: which pairs of faces are two files of one picture — the same bytes (sha256
+    (n,)), or photo fingerprints (n, 63) within the gallery's near-duplicate distance — and so
+    not two photos of a person (the diagonal False). A row of NaN (no fingerprint) matches none."""
+    from skullsearch.index.ingest import NEAR_DUPLICATE_PHOTO_DISTANCE
+
+    sha = np.asarray(sha256)
+    fp = np.asarray(fingerprints, np.float64)
+    out = (sha[:, None] == sha[None]) | (np.linalg.norm(fp[:, None] - fp[None], axis=-1)
+                                         <= NEAR_DUPLICATE_PHOTO_DISTANCE)
+    np.fill_diagonal(out, False)
+    return out
+
+
 def emit(result: dict) -> None:
     """Print the benchmark's JSON object as the last line."""
     sys.stdout.flush()

@@ -225,7 +225,7 @@ def train_supervised(d, tr, model, a):
 def photos(a) -> dict:
     """Real photos: each checkpoint's shape codes on dlib's boxes against the landmark fit's, by
     the same-vs-different person pair AUC (shape codes in prior σ units, L2)."""
-    from photometric_settings import fitted, pair_auc, same_person
+    from photometric_settings import fitted, pair_auc, real_copies, same_person
 
     from skullsearch import FaceModel
     from skullsearch.encoder import code as code_layout
@@ -236,17 +236,19 @@ def photos(a) -> dict:
     paths = sorted(p for p in a.photos.rglob("*") if p.suffix.lower() in IMAGE_EXTS)
     faces, pixels = fitted(model, paths)
     who = np.array([Path(f.image).parent.name for f in faces])
-    _, same = same_person(who)
+    copies = real_copies(faces, pixels)  # two files of one picture: not two photos of a person
+    _, same = same_person(who, copies)
     std = np.asarray(model.shape_std[: code_layout.N_SHAPE])
 
     def code_auc(codes):  # shape codes in prior σ units
-        return pair_auc(code_layout.split(codes).shape[:, : code_layout.N_SHAPE] / std, who)
+        return pair_auc(code_layout.split(codes).shape[:, : code_layout.N_SHAPE] / std, who, copies)
 
     def cnn_codes(net):
         return encode_detected(net, faces, pixels)
 
     out = {"step": "photos", "photos": len(paths), "faces": len(faces), "persons": len(set(who)),
            "same_pairs": int(same.sum()), "different_pairs": int((~same).sum()),
+           "copy_pairs_left_out": int(np.triu(copies, 1).sum()),
            "landmark_fit_pair_auc": code_auc(np.stack([f.code for f in faces])), "cnn": {}}
     for ckpt in a.cnn:
         net = load_checkpoint(ckpt, model=model)[0]

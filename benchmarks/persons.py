@@ -41,13 +41,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import add_textured_embedding_argument, auc, emit
+from _common import add_textured_embedding_argument, auc, emit, photo_copies
 
 from skullsearch import FaceModel, Gallery
 from skullsearch.encoder import code as code_layout
 from skullsearch.encoder.fitting import FitConfig
 from skullsearch.index.fingerprint import DIM as FP_DIM
-from skullsearch.index.ingest import NEAR_DUPLICATE_PHOTO_DISTANCE
 
 
 def render_people(folder: Path, n: int, per: int, seed: int) -> None:
@@ -123,12 +122,9 @@ def pair_scores(g: Gallery, model=None, shared: bool = False) -> dict:
     iu = np.triu_indices(len(t), 1)
     # two files of one picture are not two photos of a person: pairs of the same bytes, or whose
     # photo fingerprints are near-duplicates (the gallery's photo criterion), are left out
-    sha = np.array([r["sha256"] for r in t])
-    fp = np.array([r["photo_fingerprint"] if r["photo_fingerprint"] is not None else [np.nan] * FP_DIM
-                   for r in t], np.float64)
-    copies = (sha[:, None] == sha[None]) | (np.linalg.norm(fp[:, None] - fp[None], axis=-1)
-                                            <= NEAR_DUPLICATE_PHOTO_DISTANCE)
-    np.fill_diagonal(copies, False)
+    copies = photo_copies(np.array([r["sha256"] for r in t]),
+                          np.array([r["photo_fingerprint"] if r["photo_fingerprint"] is not None
+                                    else [np.nan] * FP_DIM for r in t], np.float64))
     keep = ~copies[iu]
     n_copies = int((~keep).sum())
     iu = (iu[0][keep], iu[1][keep])

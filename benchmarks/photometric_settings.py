@@ -63,6 +63,7 @@ from _common import (
     identity_errors,
     inter_ocular,
     mean_residual_px,
+    photo_copies,
     photometric_config,
     random_faces,
     render_photos,
@@ -78,6 +79,7 @@ from skullsearch.encoder.fitting import FitConfig
 from skullsearch.encoder.images import read_images
 from skullsearch.encoder.photometric import refine_faces
 from skullsearch.encoder.render import light_elevation
+from skullsearch.index.fingerprint import photo_fingerprints
 from skullsearch.index.ingest import IMAGE_EXTS
 
 
@@ -122,14 +124,25 @@ def detector_error_iod(detected: np.ndarray, exact: np.ndarray) -> dict:
     return out | {"jaw_inward": [round(float(v), 3) for v in np.median(inward, 0)]}
 
 
-def same_person(who: np.ndarray) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray]:
-    """Every pair of faces (the upper triangle's indices) and whether it is one person's."""
+def same_person(who: np.ndarray, copies: np.ndarray | None = None
+                ) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray]:
+    """Every pair of faces (the upper triangle's indices) but two files of one picture (copies
+    (n, n), :func:`photo_copies`), and whether it is one person's."""
     iu = np.triu_indices(len(who), 1)
+    if copies is not None:
+        keep = ~copies[iu]
+        iu = (iu[0][keep], iu[1][keep])
     return iu, who[iu[0]] == who[iu[1]]
 
 
-def pair_auc(shape: np.ndarray, who: np.ndarray) -> float:
-    iu, same = same_person(who)
+def real_copies(faces, pixels) -> np.ndarray:
+    """(n, n) the pairs of the real photos' faces that are two files of one picture."""
+    fp = np.concatenate([photo_fingerprints(pixels[f.image], f.landmarks[None]) for f in faces])
+    return photo_copies(np.array([f.sha256 for f in faces]), fp)
+
+
+def pair_auc(shape: np.ndarray, who: np.ndarray, copies: np.ndarray | None = None) -> float:
+    iu, same = same_person(who, copies)
     d = np.linalg.norm(shape[:, None] - shape[None], axis=-1)[iu]
     return round(auc(d[same], d[~same]), 4)
 
@@ -221,15 +234,17 @@ def main(argv=None):
             raise SystemExit(f"--photos {a.photos}: no photos in person sub-folders (DIR/PERSON/PHOTO.jpg)")
         faces, pixels = fitted(model, paths, fit)
         who = np.array([Path(f.image).parent.name for f in faces])
-        _, same = same_person(who)
+        copies = real_copies(faces, pixels)  # (left out: not two photos of a person)
+        _, same = same_person(who, copies)
         out["real"] = {"truth": "real (labelled photos; a check at this size)", "photos": len(paths),
                        "faces": len(faces), "persons": int(len(set(who))), "same_pairs": int(same.sum()),
                        "different_pairs": int((~same).sum()),
-                       "landmark_fit_auc_shape_code": pair_auc(shapes(faces), who),
+                       "copy_pairs_left_out": int(np.triu(copies, 1).sum()),
+                       "landmark_fit_auc_shape_code": pair_auc(shapes(faces), who, copies),
                        "landmark_fit_residual_px": mean_residual_px(faces)}
         for row, cfg in zip(rows, configs, strict=True):
             fs, _, terms = refined(model, faces, pixels, cfg, fit)
-            row["real_auc_shape_code"] = pair_auc(shapes(fs), who)
+            row["real_auc_shape_code"] = pair_auc(shapes(fs), who, copies)
             row["real_residual_px"] = mean_residual_px(fs)
             row["real_photometric_energy"] = round(terms.get("photometric", float("nan")), 5)
             row["real_shading_r2"] = round(terms.get("shading_r2", float("nan")), 4)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -88,7 +89,9 @@ def test_a_small_run_reports_each_setting_on_renders_and_photos(bench, default_m
     for who in (0, 1):  # two persons, two photos each
         folder = tmp_path / f"person{who}"
         folder.mkdir()
-        render_photos(default_model, folder, shape[[who, who]], expr[[who, who]], pose[[who, who]], rng)
+        made = render_photos(default_model, folder, shape[[who, who]], expr[[who, who]], pose[[who, who]],
+                             rng)
+    shutil.copy(made[0], tmp_path / "person1" / "copy.png")  # one picture twice: not a re-shot
     setting = "steps=20 landmark_cauchy=0.06 skip_features=false cast_shadows=true"
     out = bench.main(["--renders", "2", "--texture", "--photos", str(tmp_path), "--try", setting,
                       "--light-up", "30", "60"])
@@ -99,7 +102,9 @@ def test_a_small_run_reports_each_setting_on_renders_and_photos(bench, default_m
     assert len(out["renders"]["detector_error_iod"]["jaw_inward"]) == 17
     assert out["real"]["landmark_fit_residual_px"] > 0
     real = out["real"]
-    assert real["persons"] == 2 and real["same_pairs"] == 2 and real["different_pairs"] == 4
+    # person1's copy pairs with its original (left out) and its other photo; with person0's two
+    assert real["persons"] == 2 and real["copy_pairs_left_out"] == 1
+    assert real["same_pairs"] == 3 and real["different_pairs"] == 6
     for row in out["rows"]:
         assert 0 < row["renders_ratio_to_mean_face"] < 2 and row["renders_residual_px"] >= 0
         assert 0 <= row["real_auc_shape_code"] <= 1 and row["real_residual_px"] >= 0
