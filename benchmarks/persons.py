@@ -14,6 +14,7 @@ dlib, fit, descriptor), each fitted alone. Reported:
   against) and the detector's 68 points similarity-aligned (``landmarks_2d``: what the photo's 2D
   points say before any 3D model — the codes must beat it to add anything); for each, how often a
   face's nearest other face is its person's (``nearest_same_*``, chance ``nearest_same_chance``);
+  the median RMS distance (mm) of two faces' soft-tissue points, same and different persons;
   the shape code's AUC per pair of persons (a pair of look-alikes is harder than the mean says);
 - ``--shared K``: each person's photos also fitted in groups of K sharing one shape (paper Eq. 2,
   as ``ingest --person-from-parent-dir``), the groups' codes scored the same way (``shared_*``);
@@ -138,6 +139,11 @@ def pair_scores(g: Gallery, model=None, shared: bool = False) -> dict:
     for k, d in dist.items():
         out[f"auc_{k}"] = round(auc(d[iu][same], d[iu][~same]), 4)
         out[f"nearest_same_{k}"] = nearest_same(d, who)
+    if "tissue_points" in dist:  # in mm: how far two faces' 36 points lie apart (RMS per point)
+        rms = dist["tissue_points"][iu] / np.sqrt(36)
+        for name, pick in (("same", same), ("different", ~same)):
+            if pick.any():
+                out[f"tissue_rms_mm_{name}_median"] = round(float(np.median(rms[pick])), 2)
     # chance for nearest_same: a random other face is its person's
     counts = {w: (who == w).sum() for w in set(who)}
     out["nearest_same_chance"] = round(float(np.mean([(counts[w] - 1) / (len(who) - 1) for w in who

@@ -41,6 +41,7 @@ def test_persons_on_rendered_heads_reports_every_figure(tmp_path, capsys):
     for k in ("shape_code", "tissue_points", "landmarks_2d"):
         assert 0 <= out[f"auc_{k}"] <= 1 and 0 <= out[f"nearest_same_{k}"] <= 1
     assert 0 < out["nearest_same_chance"] < 1
+    assert 0 < out["tissue_rms_mm_same_median"] < 10 and 0 < out["tissue_rms_mm_different_median"] < 10
     assert set(out["auc_shape_code_by_person_pair"]) == {"person000|person001", "person000|person002",
                                                          "person001|person002"}
     # groups of two photos, one shape each: 3 persons × 2 groups, person001's 5 photos 2 groups and
