@@ -22,7 +22,7 @@ The checkpoint is then measured on the identity benchmark's persons:
 CT head (``ct_encoder.py --cnn cnn.pt``), and on real labelled photos (a folder of person
 sub-folders; the labels only score)::
 
-    python benchmarks/cnn_train.py photos --photos DIR --cnn cnn.pt [more.pt ...]
+    python benchmarks/cnn_train.py photos --photos DIR [--cnn cnn.pt more.pt ...] [--controls N]
 
 which prints the same-vs-different person pair AUC of the CNN's shape codes beside the landmark
 fit's, on the same dlib faces, and that of ``--controls`` untrained networks (random weights): a
@@ -286,7 +286,8 @@ def main(argv=None):
                    help="a diagnostic: add this weight × the shape-code error against the renders' truth")
     r = sub.add_parser("photos", help="real labelled photos: the CNN's shape-code pair AUC")
     r.add_argument("--photos", type=Path, required=True, help="a folder of person sub-folders")
-    r.add_argument("--cnn", nargs="+", required=True, metavar="CKPT")
+    r.add_argument("--cnn", nargs="*", default=[], metavar="CKPT",
+                   help="trained checkpoints (none: the untrained controls alone)")
     r.add_argument("--controls", type=int, default=5,
                    help="untrained networks (seeds 0..N-1) measured the same way: what chance looks like")
     a = ap.parse_args(argv)
