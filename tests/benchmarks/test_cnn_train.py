@@ -117,4 +117,7 @@ def test_the_real_photos_check_reports_the_checkpoint_beside_untrained_controls(
     assert out["faces"] == 4 and out["persons"] == 2
     assert out["same_pairs"] == 2 and out["different_pairs"] == 4
     assert 0 <= out["cnn"]["net.pt"]["pair_auc"] <= 1 and 0 <= out["landmark_fit_pair_auc"] <= 1
-    assert len(out["untrained_pair_auc"]) == 2
+    assert len(out["untrained_pair_auc"]) == 2 and out["copy_pairs_left_out"] == 0
+    # no checkpoint: the untrained controls alone
+    alone = cnn_train.main(["photos", "--photos", str(tmp_path / "photos"), "--controls", "1"])
+    assert alone["cnn"] == {} and len(alone["untrained_pair_auc"]) == 1
