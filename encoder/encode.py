@@ -41,7 +41,8 @@ class EncodedFace:
     """One face of one photo.
 
     box (4,) px; landmarks (68, 2) px; code (228,); residual_px: mean landmark reprojection
-    error of the fit; image_size (width, height); focal px; quality: detector flags;
+    error of the fit; image_size (width, height); focal px: the fit's (before it, the photo's
+    own from its EXIF, NaN where not known: :attr:`FitConfig.exif_focal`); quality: detector flags;
     descriptor: (128,) dlib person descriptor when asked for (:mod:`.descriptors`), else None;
     tissue_cov: (36, 3, 3) mm² the fit's posterior covariance of the face's neutral soft-tissue
     points when fitted with ``FitConfig(posterior=True)`` (the photometric refinement's when
@@ -139,6 +140,7 @@ def detect_faces(
                 image=img.path, sha256=img.sha256, face_index=i, box=f.box, score=float(f.score),
                 landmarks=f.landmarks, quality=tuple(f.quality), yaw_deg=float(f.yaw_deg),
                 detector=f.detector, image_size=tuple(int(s) for s in img.size),
+                focal=float("nan") if img.focal_px is None else float(img.focal_px),
                 dense=None if f.dense is None else np.asarray(f.dense)[:, :2]))
     return faces, failures
 
@@ -189,9 +191,11 @@ def fit_faces(model, faces: Sequence[EncodedFace], config: FitConfig | None = No
                 if not applied[j]:
                     faces[i].quality = (*faces[i].quality, IDENTITY_PRIOR_OUT)
         dense, dense_rig = _dense_inputs(model, [faces[i] for i in idx], cfg)
+        focal = np.array([faces[i].focal for i in idx], np.float64)  # (the photos' EXIF; NaN: not known)
         res = fit_landmarks(model, lm, sizes, person=person, config=cfg, rig=rig_b,
                             init=None if init is None else init[idx], shape_prior=prior,
-                            dense=dense, dense_rig=dense_rig)
+                            dense=dense, dense_rig=dense_rig,
+                            focal=focal if cfg.exif_focal and np.isfinite(focal).any() else None)
         tissue_cov = None if res.shape_cov is None else model.soft_tissue_covariance(res.shape_cov)
         for j, i in enumerate(idx):
             faces[i].code = res.codes[j]

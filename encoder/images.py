@@ -49,13 +49,53 @@ Source = str | os.PathLike | bytes
 
 @dataclass
 class DecodedImage:
-    """A decoded photo. pixels: (H, W, 3) uint8 RGB after EXIF orientation; size: (W, H)."""
+    """A decoded photo. pixels: (H, W, 3) uint8 RGB after EXIF orientation; size: (W, H);
+    focal_px: the camera's focal length in pixels of this image from its EXIF
+    (:func:`exif_focal_px`), None where the photo does not say it."""
 
     path: str
     pixels: np.ndarray
     sha256: str
     size: tuple[int, int]
     exif_transposed: bool
+    focal_px: float | None = None
+
+
+#: a 35 mm frame's diagonal (mm): EXIF's 35 mm-equivalent focal length is relative to it
+FRAME_35MM_DIAGONAL = float(np.hypot(36.0, 24.0))
+#: 35 mm-equivalent focal lengths (mm) outside this range are taken as a broken tag
+FOCAL_35MM_RANGE = (8.0, 1200.0)
+#: the image's aspect ratio may differ from the one the camera recorded by this much (relative)
+#: before the photo counts as cropped (its recorded focal length then no longer applies)
+ASPECT_TOLERANCE = 0.02
+
+
+def exif_focal_px(exif, size: tuple[int, int]) -> float | None:
+    """The focal length in pixels of an image of ``size`` (W, H) px from its EXIF (a Pillow
+    ``Image.Exif``): the 35 mm-equivalent focal length (FocalLengthIn35mmFilm, tag 0xA405) ×
+    the image's diagonal / the 35 mm frame's diagonal (43.3 mm). None when the tag is missing,
+    0 (unknown) or outside :data:`FOCAL_35MM_RANGE`, or when the camera's recorded image size
+    (PixelXDimension / PixelYDimension) has another aspect ratio than the image's (either way
+    round): a crop keeps the tag but not the field of view it describes. A resized photo keeps
+    both (the focal length scales with the pixels)."""
+    try:
+        sub = exif.get_ifd(0x8769)
+        f35 = float(sub.get(0xA405) or 0)
+        recorded = (sub.get(0xA002), sub.get(0xA003))
+    except Exception:  # noqa: BLE001 - a broken EXIF block: the focal length is not known
+        return None
+    if not FOCAL_35MM_RANGE[0] <= f35 <= FOCAL_35MM_RANGE[1]:
+        return None
+    w, h = (float(v) for v in size)
+    try:
+        rw, rh = (float(v) for v in recorded)
+    except (TypeError, ValueError):
+        rw = rh = 0.0
+    if rw > 0 and rh > 0:
+        aspect = w / h
+        if min(abs(aspect / (rw / rh) - 1), abs(aspect / (rh / rw) - 1)) > ASPECT_TOLERANCE:
+            return None
+    return f35 * float(np.hypot(w, h)) / FRAME_35MM_DIAGONAL
 
 
 @dataclass
@@ -161,7 +201,8 @@ def read_image(
                                 f"{max_pixels:,}-pixel limit; downscale it or raise max_pixels",
                                 sha)
             im.load()
-            orientation = im.getexif().get(0x0112, 1)
+            exif = im.getexif()
+            orientation = exif.get(0x0112, 1)
     except Image.DecompressionBombError as e:
         return _failure(path, TOO_LARGE, f"{path} is too large to decode safely ({e}); downscale "
                         "it first", sha)
@@ -190,9 +231,9 @@ def read_image(
     except Exception as e:  # noqa: BLE001
         return _failure(path, DECODE_ERROR, f"{path} has colour mode {im.mode!r}, which cannot be "
                         f"converted to RGB ({e}); re-save it as an RGB JPEG or PNG", sha)
-    return DecodedImage(path=path, pixels=pixels, sha256=sha,
-                        size=(int(pixels.shape[1]), int(pixels.shape[0])),
-                        exif_transposed=transposed)
+    size = (int(pixels.shape[1]), int(pixels.shape[0]))
+    return DecodedImage(path=path, pixels=pixels, sha256=sha, size=size, exif_transposed=transposed,
+                        focal_px=exif_focal_px(exif, size))
 
 
 def _crash_failure(source: Source, name: str | None) -> ImageFailure:

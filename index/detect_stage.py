@@ -102,7 +102,8 @@ class PhotoRecord:
     :class:`Source`), size_bytes and mtime_ns (its stat, None when unreadable), sha256 (of its
     bytes, None when unread), status (``ok``, ``known`` — already in the gallery —, or the
     failure's reason), detail (what went wrong, for a person), width and height px (when
-    decoded), faces (:class:`FaceRecord`, largest first; none unless ``ok``)."""
+    decoded), faces (:class:`FaceRecord`, largest first; none unless ``ok``), focal_px (the
+    camera's focal length from the photo's EXIF, px; None when it does not say)."""
 
     path: str
     person: str | None = None
@@ -115,6 +116,7 @@ class PhotoRecord:
     width: int | None = None
     height: int | None = None
     faces: list[FaceRecord] = field(default_factory=list)
+    focal_px: float | None = None  # the camera's focal length from the photo's EXIF (px), if any
 
     @classmethod
     def of(cls, source: Source, status: str = "ok", detail: str = "") -> PhotoRecord:
@@ -214,6 +216,7 @@ def detect_one(source: Source, max_pixels: int = 60_000_000) -> PhotoRecord:
     if not found:
         row.status, row.detail = "no-face", f"no face found by the {_DETECTOR.name} detector"
     row.width, row.height = img.size
+    row.focal_px = img.focal_px
     from skullsearch.encoder import descriptors
     from skullsearch.index import fingerprint
 

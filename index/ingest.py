@@ -144,7 +144,7 @@ def encode_stage(model, rows: list[PhotoRecord], config=None, rig=None, identity
                 image=r.path, sha256=r.sha256, face_index=k, box=f.box, score=f.score,
                 landmarks=f.landmarks, quality=f.quality, yaw_deg=f.yaw_deg, detector=f.detector,
                 image_size=(r.width, r.height), person=r.person if k == 0 else None,
-                descriptor=f.descriptor,
+                descriptor=f.descriptor, focal=float("nan") if r.focal_px is None else float(r.focal_px),
                 dense=None if f.dense is None else np.asarray(f.dense, np.float64),
                 crop=f.face_crop()))
     fit_faces(model, faces, config, rig=rig, identity_prior=identity_prior)
@@ -491,7 +491,7 @@ def encoder_fingerprint(config, detector: str, identity_prior=None) -> str:
         cfg.pop(k)
     cfg["device"] = None  # the same fit on a GPU or the CPU (as in the versions before it said so)
     cfg = _without_off(cfg, {"w_dense": 0.0, "pose_embedding": False, "photometric": False,
-                             "textured_embedding": False})
+                             "textured_embedding": False, "exif_focal": False})
     what = {"fit": cfg, "detector": detector}
     if cfg.get("photometric"):  # its settings make the codes too
         from skullsearch.encoder.photometric import PhotometricConfig

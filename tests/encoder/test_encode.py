@@ -115,3 +115,35 @@ def test_train_encoder_command_and_seeded_encode(default_model, photos, tmp_path
     res = skullsearch.encode(sorted(folder.glob("face*.png")), model=default_model, cnn=ckpt)
     assert len(res.faces) == 3 and all(np.isfinite(f.code).all() for f in res.faces)
     assert max(f.residual_px for f in res.faces) < 5.0
+
+
+def test_the_photos_own_focal_length_from_exif_places_the_face(default_model, tmp_path):
+    """A photo whose EXIF gives its focal length is fitted with it (the face at the distance the
+    camera was), not with the guess (1.2 × the longer side); FitConfig(exif_focal=False) and a
+    photo without EXIF keep the guess."""
+    from skullsearch.encoder.fitting import FitConfig
+    from skullsearch.encoder.images import FRAME_35MM_DIAGONAL
+
+    rng = np.random.default_rng(4)
+    v = default_model.vertices(shape=torch.tensor(rng.standard_normal((1, 90)), dtype=torch.float32))[0]
+    cam = face_camera(yaw_deg=10, size=400, distance=600, fov_mm=300, center=np.array([0, -30, 0]))
+    image = Image.fromarray(render_mesh(v.numpy(), default_model.faces, cam).image)
+    exif = Image.Exif()
+    exif[0x010F] = "TestCam"
+    exif.get_ifd(0x8769)[0xA405] = int(round(cam.focal * FRAME_35MM_DIAGONAL / np.hypot(400, 400)))
+    image.save(tmp_path / "exif.jpg", quality=95, exif=exif)
+    image.save(tmp_path / "plain.jpg", quality=95)
+    f_exif = exif.get_ifd(0x8769)[0xA405] * np.hypot(400, 400) / FRAME_35MM_DIAGONAL
+    assert cam.focal == pytest.approx(800) and f_exif == pytest.approx(800, rel=0.02)
+
+    def fitted(path, **kw):
+        (face,) = skullsearch.encode([path], model=default_model, config=FitConfig(**kw)).faces
+        return face.focal, float(code_layout.split(face.code[None]).cam_trans[0, 2])
+
+    focal, z = fitted(tmp_path / "exif.jpg")
+    guess, z_guess = fitted(tmp_path / "exif.jpg", exif_focal=False)
+    plain, z_plain = fitted(tmp_path / "plain.jpg")
+    assert focal == pytest.approx(f_exif) and guess == plain == pytest.approx(1.2 * 400)
+    assert z_plain == pytest.approx(z_guess, rel=0.02)
+    # the face's distance scales with the focal length it was fitted with (same size in pixels)
+    assert z / z_guess == pytest.approx(f_exif / guess, rel=0.1)

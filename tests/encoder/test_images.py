@@ -266,3 +266,59 @@ def test_worker_crash_becomes_a_failure(tmp_path):
                                                "DecodedImage"]
     assert out[1].reason == images.DECODE_ERROR and "crashed" in out[1].detail
     assert out[1].path.endswith("boom.jpg")
+
+
+def _jpeg_with_exif(size=(400, 300), f35=None, recorded=None, orientation=None, fmt="JPEG") -> bytes:
+    """A flat photo whose EXIF holds a 35 mm-equivalent focal length and the camera's recorded
+    size (Make too: Pillow writes no EXIF that holds a sub-IFD alone)."""
+    exif = Image.Exif()
+    exif[0x010F] = "TestCam"
+    if orientation is not None:
+        exif[0x0112] = orientation
+    sub = exif.get_ifd(0x8769)
+    if f35 is not None:
+        sub[0xA405] = f35
+    if recorded is not None:
+        sub[0xA002], sub[0xA003] = recorded
+    buf = io.BytesIO()
+    Image.new("RGB", size, (128, 110, 100)).save(buf, fmt, exif=exif)
+    return buf.getvalue()
+
+
+def test_the_focal_length_comes_from_exif_in_pixels_of_the_decoded_image():
+    from skullsearch.encoder.images import FRAME_35MM_DIAGONAL
+
+    diag = np.hypot(400, 300)
+    # a phone's 26 mm-equivalent, the photo resized from the camera's 4032 × 3024: the same view
+    img = read_image(_jpeg_with_exif(f35=26, recorded=(4032, 3024)))
+    assert img.focal_px == pytest.approx(26 * diag / FRAME_35MM_DIAGONAL)
+    assert img.focal_px == pytest.approx(0.751 * 400, rel=1e-3)  # 0.75 × the longer side
+    # turned by its EXIF orientation: the diagonal, so the focal length, is the same
+    turned = read_image(_jpeg_with_exif(f35=26, recorded=(4032, 3024), orientation=6))
+    assert turned.exif_transposed and turned.size == (300, 400)
+    assert turned.focal_px == pytest.approx(img.focal_px)
+    # no recorded size (an editor dropped it): the tag is taken as it is
+    assert read_image(_jpeg_with_exif(f35=85)).focal_px == pytest.approx(85 * diag / FRAME_35MM_DIAGONAL)
+    assert read_image(_jpeg_with_exif(f35=85, fmt="PNG")).focal_px == pytest.approx(
+        85 * diag / FRAME_35MM_DIAGONAL)
+
+
+@pytest.mark.parametrize("f35, recorded", [
+    (None, None),           # no tag
+    (0, None),              # 0: unknown, by the standard
+    (5000, None),           # not a lens: a broken tag
+    (26, (4000, 4000)),     # cropped square from another frame: the tag no longer applies
+    (26, (3024, 3024)),
+])
+def test_no_focal_length_where_exif_does_not_give_one_that_applies(f35, recorded):
+    assert read_image(_jpeg_with_exif(f35=f35, recorded=recorded)).focal_px is None
+
+
+def test_a_broken_exif_block_gives_no_focal_length():
+    from skullsearch.encoder.images import exif_focal_px
+
+    class Broken:
+        def get_ifd(self, tag):
+            raise ValueError("corrupt IFD")
+
+    assert exif_focal_px(Broken(), (400, 300)) is None

@@ -44,12 +44,12 @@ def test_photo_records_cross_json_with_arrays_dtypes_and_nones():
     faces = [_face(), _face(fingerprint=None, dense=None, descriptor=np.ones(128, np.float32), quality=())]
     rec = PhotoRecord("a/b é.jpg", person=None, metadata={"case": 7, "tags": ["x"]}, size_bytes=12,
                       mtime_ns=1_700_000_000_123_456_789, sha256="ab" * 32, status="ok", width=640,
-                      height=480, faces=faces)
+                      height=480, faces=faces, focal_px=1234.5)
     text = rec.to_json()
     json.loads(text)  # plain JSON
     back = PhotoRecord.from_json(text)
     for k in ("path", "person", "metadata", "size_bytes", "mtime_ns", "sha256", "status", "detail",
-              "width", "height"):
+              "width", "height", "focal_px"):
         assert getattr(back, k) == getattr(rec, k), k
     assert len(back.faces) == 2
     for want, got in zip(faces, back.faces, strict=True):
@@ -189,6 +189,21 @@ def test_a_rendered_face_is_one_ok_face(face_png, worker):
     back = PhotoRecord.from_json(rec.to_json())
     np.testing.assert_array_equal(back.faces[0].landmarks, f.landmarks)
     np.testing.assert_array_equal(back.faces[0].fingerprint, f.fingerprint)
+    assert rec.focal_px is None  # a PNG render without EXIF
+
+
+def test_detect_one_reads_the_photos_focal_length_from_exif(face_png, worker, tmp_path):
+    from skullsearch.encoder.images import FRAME_35MM_DIAGONAL
+
+    exif = Image.Exif()
+    exif[0x010F] = "TestCam"
+    exif.get_ifd(0x8769)[0xA405] = 50
+    path = tmp_path / "with-exif.jpg"
+    Image.open(face_png[0]).convert("RGB").save(path, quality=95, exif=exif)
+    worker()
+    rec = detect_one(Source(str(path)))
+    assert rec.ok and rec.focal_px == pytest.approx(50 * np.hypot(256, 256) / FRAME_35MM_DIAGONAL)
+    assert PhotoRecord.from_json(rec.to_json()).focal_px == pytest.approx(rec.focal_px)
 
 
 def test_a_photo_the_gallery_holds_is_known(face_png, worker):
