@@ -183,14 +183,16 @@ def mean_residual_px(faces) -> float:
 def render_photos(model, folder, shape, expr, pose, rng, max_yaw: float = 30.0,
                   texture: bool = False, cameras: list | None = None, gamma: float = 1.0,
                   shadows: bool = False, light_up: tuple[float, float] | None = None,
-                  lights: list | None = None) -> list:
+                  lights: list | None = None, distance_scale: float = 1.0, exif: bool = False) -> list:
     """Synthetic portrait photos (512 px PNG) of the given faces: yaw ±max_yaw°, pitch ±10°,
     random distance, light and skin tone; ``texture``: a random albedo map and a specular
     highlight too (:func:`~skullsearch.encoder.render.random_albedo`); ``gamma``: the camera's
     encoding of the light, ``shadows``: cast shadows (:func:`~skullsearch.encoder.render.
     render_mesh`), ``light_up``: the light's elevation range in degrees (None: the default
     lights, at most about 31° up; :func:`~skullsearch.encoder.render.random_portrait`; ``lights``:
-    a list that gets each photo's light direction). Returns the paths,
+    a list that gets each photo's light direction); ``distance_scale``: the camera's distance ×
+    this (0.386: a selfie's 19–35 cm); ``exif``: each PNG carries its camera's 35 mm-equivalent
+    focal length in EXIF, rounded to whole mm as cameras write it. Returns the paths,
     ``photo0000.png``…; ``cameras``: a list that gets each photo's
     :class:`~skullsearch.encoder.render.Camera`."""
     from PIL import Image
@@ -204,8 +206,18 @@ def render_photos(model, folder, shape, expr, pose, rng, max_yaw: float = 30.0,
     for i, v in enumerate(verts):
         paths.append(Path(folder) / f"photo{i:04d}.png")
         render, camera = random_portrait(v, model.faces, rng, max_yaw, texture=regions, gamma=gamma,
-                                         shadows=shadows, light_up=light_up, lights=lights)
-        Image.fromarray(render.image).save(paths[-1])
+                                         shadows=shadows, light_up=light_up, lights=lights,
+                                         distance_scale=distance_scale)
+        meta = {}
+        if exif:
+            from skullsearch.encoder.images import FRAME_35MM_DIAGONAL
+
+            tags = Image.Exif()
+            tags[0x010F] = "skullsearch render"
+            tags.get_ifd(0x8769)[0xA405] = int(round(
+                camera.focal * FRAME_35MM_DIAGONAL / np.hypot(camera.width, camera.height)))
+            meta["exif"] = tags
+        Image.fromarray(render.image).save(paths[-1], **meta)
         if cameras is not None:
             cameras.append(camera)
     return paths

@@ -170,6 +170,11 @@ def main(argv=None):
                     help="one setting (repeatable); the defaults are always the first row")
     add_textured_embedding_argument(ap)
     add_camera_arguments(ap)
+    ap.add_argument("--distance-scale", type=float, default=1.0, metavar="S",
+                    help="the renders' camera distance x S (0.386: selfies 19-35 cm away; 1: 0.5-0.9 m)")
+    ap.add_argument("--exif", action="store_true",
+                    help="the renders carry their 35 mm-equivalent focal length in EXIF, which the fit "
+                    "reads (FitConfig.exif_focal); without, the fit guesses 1.2x the longer side")
     ap.add_argument("--exact-landmarks", nargs="?", const="all", default=None, metavar="PARTS",
                     help="fit the renders to their faces' own landmarks projected exactly, not dlib's "
                          f"(PARTS: only these, comma-separated of {','.join(LANDMARK_GROUPS)})")
@@ -190,7 +195,8 @@ def main(argv=None):
         with tempfile.TemporaryDirectory() as tmp:
             paths = render_photos(model, tmp, shape, expr, pose, rng, max_yaw=40.0, texture=a.texture,
                                   cameras=cameras, gamma=a.camera_gamma, shadows=a.shadows,
-                                  light_up=a.light_up, lights=lights)
+                                  light_up=a.light_up, lights=lights, distance_scale=a.distance_scale,
+                                  exif=a.exif)
             faces, pixels = fitted(model, paths, fit)
         which = [int(Path(f.image).stem[5:]) for f in faces]
         exact = exact_landmarks(model, shape, expr, pose, cameras, textured=a.textured_embedding)
@@ -207,6 +213,11 @@ def main(argv=None):
         out["renders"] = {"truth": "synthetic (the default model's own faces)", "seed": a.seed,
                           "texture": a.texture, "camera_gamma": a.camera_gamma,
                           "shadows": a.shadows, "light_up": a.light_up,
+                          "distance_scale": a.distance_scale, "exif": a.exif,
+                          "true_focal_factor": [round(float(q), 2) for q in np.percentile(
+                              [c.focal / max(c.width, c.height) for c in cameras], [0, 50, 100])],
+                          "fitted_focal_factor_median": round(float(np.median(
+                              [f.focal / max(f.image_size) for f in faces])), 2),
                           "light_up_deg": round(float(np.mean([light_elevation(lights[i])
                                                                for i in which])), 1),
                           "exact_landmarks": exact_parts or False,

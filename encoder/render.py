@@ -257,9 +257,11 @@ def random_portrait(vertices: np.ndarray, faces: np.ndarray, rng: np.random.Gene
                     max_yaw: float = 30.0, size: int = 512,
                     texture: TextureRegions | None = None, gamma: float = 1.0,
                     shadows: bool = False, light_up: tuple[float, float] | None = None,
-                    lights: list | None = None) -> tuple[Render, Camera]:
+                    lights: list | None = None, distance_scale: float = 1.0) -> tuple[Render, Camera]:
     """A synthetic portrait photo of a posed face (V, 3) mm: a perspective camera at yaw
-    ±max_yaw°, pitch ±10°, 0.5–0.9 m away, a 260–340 mm field; random skin tone and light.
+    ±max_yaw°, pitch ±10°, 0.5–0.9 m away (× ``distance_scale``: 0.386 puts it 19–35 cm away, a
+    selfie's; the face fills the frame alike, so the focal length shrinks with it), a 260–340 mm
+    field; random skin tone and light.
     With ``texture`` (:func:`texture_regions` of the face's model) the face also gets a random
     albedo map (:func:`random_albedo`: brows, lips, eyes, lashes, blotches, sometimes a beard) and
     a specular highlight; without, one skin colour (the same random draws as before textures
@@ -272,7 +274,8 @@ def random_portrait(vertices: np.ndarray, faces: np.ndarray, rng: np.random.Gene
     the light's direction (3,) (:func:`portrait_light`).
     Returns the :class:`Render` (image and triangle/barycentric buffers) and its camera."""
     cam = face_camera(yaw_deg=rng.uniform(-max_yaw, max_yaw), pitch_deg=rng.uniform(-10, 10),
-                      size=size, distance=rng.uniform(500, 900), fov_mm=rng.uniform(260, 340),
+                      size=size, distance=rng.uniform(500, 900) * distance_scale,
+                      fov_mm=rng.uniform(260, 340),
                       center=np.array([0.0, -30.0, 0.0]))
     albedo = random_skin_tone(rng)
     light = portrait_light(rng, light_up)

@@ -157,3 +157,25 @@ def test_exact_landmarks_lie_on_the_face_and_the_fit_reaches_them(bench, default
     fit_faces(m, faces)
     now = [f.residual_px for f in faces]
     assert max(now) < 2.5 and all(a < b for a, b in zip(now, dlib, strict=True)), (now, dlib)
+
+
+def test_renders_taken_close_carry_their_focal_length_in_exif(bench, default_model, tmp_path):
+    """render_photos' selfies (distance_scale) and EXIF (exif): the same draws nearer, so a
+    shorter focal length for the same framing, which the decoder reads back from the PNG."""
+    from _common import random_faces, render_photos
+
+    from skullsearch.encoder.images import read_image
+
+    shape, expr, pose = random_faces(default_model, 2, np.random.default_rng(5), expr_scale=0.0)
+    far, near = [], []
+    (tmp_path / "far").mkdir()
+    (tmp_path / "near").mkdir()
+    plain = render_photos(default_model, tmp_path / "far", shape, expr, pose, np.random.default_rng(6),
+                          cameras=far)
+    close = render_photos(default_model, tmp_path / "near", shape, expr, pose, np.random.default_rng(6),
+                          cameras=near, distance_scale=0.4, exif=True)
+    for a, b, p, q in zip(far, near, plain, close, strict=True):
+        assert b.focal == pytest.approx(0.4 * a.focal) and b.translation[2] < 0.45 * a.translation[2]
+        assert read_image(p).focal_px is None
+        # whole mm of 35 mm-equivalent focal length, as cameras write it: within 0.5 mm
+        assert read_image(q).focal_px == pytest.approx(b.focal, abs=0.5 * np.hypot(512, 512) / 43.27)
