@@ -62,10 +62,11 @@ class FitConfig:
     # the photo's own focal length where its EXIF gives it (35 mm-equivalent, not cropped:
     # encoder.images.exif_focal_px) instead of focal_factor's guess; photos without one keep the
     # guess. Measured (synthetic: 40 photo-like renders of seed 7 taken as selfies, 19-35 cm from
-    # the face, true focal 0.64-1.2 x the longer side): refined identity error 0.754 x the mean
-    # face's with the guess, 0.657 x with the true focal length — the guess's weaker perspective
-    # than a close photo's costs ~0.1; portraits from 0.5-0.9 m (true 1.5-3.5 x) lose 0.02
-    # with it (0.657 -> 0.678 x). Faces refitted from a gallery (persons --refit) keep the guess.
+    # the face, true focal 0.64-1.2 x the longer side; benchmarks/photometric_settings.py
+    # --distance-scale 0.386 [--exif]): refined identity error 0.760 x the mean face's with the
+    # guess, 0.670 x with EXIF — the guess's weaker perspective than a close photo's costs ~0.09;
+    # the same renders as portraits 0.5-0.9 m away (true 1.7-3.1 x) lose 0.02 with EXIF
+    # (0.657 -> 0.678 x). Faces refitted from a gallery (persons --refit) keep the guess.
     exif_focal: bool = True
     w_landmark: float = 1.0
     w_edge: float = 3.0
