@@ -90,6 +90,17 @@ def photo_copies(sha256: np.ndarray, fingerprints: np.ndarray) -> np.ndarray:
     return out
 
 
+def same_person(who: np.ndarray, copies: np.ndarray | None = None
+                ) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray]:
+    """Every pair of faces (the upper triangle's indices) but two files of one picture (copies
+    (n, n), :func:`photo_copies`), and whether it is one person's (who (n,) labels)."""
+    iu = np.triu_indices(len(who), 1)
+    if copies is not None:
+        keep = ~copies[iu]
+        iu = (iu[0][keep], iu[1][keep])
+    return iu, who[iu[0]] == who[iu[1]]
+
+
 def emit(result: dict) -> None:
     """Print the benchmark's JSON object as the last line."""
     sys.stdout.flush()

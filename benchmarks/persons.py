@@ -42,7 +42,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import add_textured_embedding_argument, auc, emit, photo_copies
+from _common import add_textured_embedding_argument, auc, emit, photo_copies, same_person
 
 from skullsearch import FaceModel, Gallery
 from skullsearch.encoder import code as code_layout
@@ -120,22 +120,18 @@ def pair_scores(g: Gallery, model=None, shared: bool = False) -> dict:
     feats = {"descriptor": desc, "shape_code": shape, "landmarks_2d": aligned_landmarks(lm)}
     if model is not None:
         feats["tissue_points"] = neutral_soft_tissue(model, codes).reshape(len(t), -1).astype(np.float64)
-    iu = np.triu_indices(len(t), 1)
     # two files of one picture are not two photos of a person: pairs of the same bytes, or whose
     # photo fingerprints are near-duplicates (the gallery's photo criterion), are left out
     copies = photo_copies(np.array([r["sha256"] for r in t]),
                           np.array([r["photo_fingerprint"] if r["photo_fingerprint"] is not None
                                     else [np.nan] * FP_DIM for r in t], np.float64))
-    keep = ~copies[iu]
-    n_copies = int((~keep).sum())
-    iu = (iu[0][keep], iu[1][keep])
-    same = who[iu[0]] == who[iu[1]]
+    iu, same = same_person(who, copies)
     dist = {k: np.linalg.norm(v[:, None] - v[None], axis=-1) for k, v in feats.items()}
     for d in dist.values():  # (nor is a copy a face's nearest other face)
         d[copies] = np.inf
     dd, ds = dist["descriptor"][iu], dist["shape_code"][iu]
     out = {"faces": len(t), "persons": int(len(set(who))), "same_pairs": int(same.sum()),
-           "copy_pairs_left_out": n_copies}
+           "copy_pairs_left_out": int(np.triu(copies, 1).sum())}
     for k, d in dist.items():
         out[f"auc_{k}"] = round(auc(d[iu][same], d[iu][~same]), 4)
         out[f"nearest_same_{k}"] = nearest_same(d, who)

@@ -68,6 +68,7 @@ from _common import (
     random_faces,
     render_photos,
     residual_by_group,
+    same_person,
 )
 
 from skullsearch import FaceModel
@@ -122,17 +123,6 @@ def detector_error_iod(detected: np.ndarray, exact: np.ndarray) -> dict:
     outward /= np.linalg.norm(outward, axis=-1, keepdims=True)
     inward = -((detected[:, :17] - exact[:, :17]) * outward).sum(-1) / iod[:, None]
     return out | {"jaw_inward": [round(float(v), 3) for v in np.median(inward, 0)]}
-
-
-def same_person(who: np.ndarray, copies: np.ndarray | None = None
-                ) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray]:
-    """Every pair of faces (the upper triangle's indices) but two files of one picture (copies
-    (n, n), :func:`photo_copies`), and whether it is one person's."""
-    iu = np.triu_indices(len(who), 1)
-    if copies is not None:
-        keep = ~copies[iu]
-        iu = (iu[0][keep], iu[1][keep])
-    return iu, who[iu[0]] == who[iu[1]]
 
 
 def real_copies(faces, pixels) -> np.ndarray:

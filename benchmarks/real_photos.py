@@ -9,8 +9,8 @@ the layout ``persons.py --photos`` and ``photometric_settings.py --photos`` read
   dlib's "very small examples/johns dataset" of its metric-learning example: 5 persons × 11 photos,
   each a 150 × 150 px face chip (dlib-aligned: the face fills the frame; web photos of public
   figures, their poses, lights and ages varied). Only this release ships them.
-- ``face_recognition==1.3.0`` (MIT; 3.2 MB): ``tests/test_images/`` — 6 photos of 2 public figures
-  (obama ×5 and biden ×1: the partial-face and 32-bit PNG ones are kept, as a user's gallery would
+- ``face_recognition==1.3.0`` (MIT; 3.2 MB): ``tests/test_images/`` — 7 photos of 2 public figures
+  (obama ×6 and biden ×1: the partial-face and 32-bit PNG ones are kept, as a user's gallery would
   hold them), full photos.
 
 The photos' own rights are not stated by either package (public figures, images found on the

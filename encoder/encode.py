@@ -191,11 +191,12 @@ def fit_faces(model, faces: Sequence[EncodedFace], config: FitConfig | None = No
                 if not applied[j]:
                     faces[i].quality = (*faces[i].quality, IDENTITY_PRIOR_OUT)
         dense, dense_rig = _dense_inputs(model, [faces[i] for i in idx], cfg)
-        focal = np.array([faces[i].focal for i in idx], np.float64)  # (the photos' EXIF; NaN: not known)
+        # the photos' EXIF focal lengths; NaN where not known, which the fit takes as the guess
+        focal = np.array([faces[i].focal for i in idx], np.float64)
         res = fit_landmarks(model, lm, sizes, person=person, config=cfg, rig=rig_b,
                             init=None if init is None else init[idx], shape_prior=prior,
                             dense=dense, dense_rig=dense_rig,
-                            focal=focal if cfg.exif_focal and np.isfinite(focal).any() else None)
+                            focal=focal if cfg.exif_focal else None)
         tissue_cov = None if res.shape_cov is None else model.soft_tissue_covariance(res.shape_cov)
         for j, i in enumerate(idx):
             faces[i].code = res.codes[j]
