@@ -186,6 +186,13 @@ def add_textured_embedding_argument(parser) -> None:
                              "(FitConfig.textured_embedding)")
 
 
+def add_jaw_calibration_argument(parser) -> None:
+    """``--no-jaw-calibration``: fit dlib's jaw line as detected, not moved by its calibrated
+    offsets from the silhouette (``FitConfig.jaw_calibration``; ``args.jaw_calibration``)."""
+    parser.add_argument("--no-jaw-calibration", dest="jaw_calibration", action="store_false",
+                        help="fit dlib's jaw line as detected (FitConfig.jaw_calibration off)")
+
+
 def mean_residual_px(faces) -> float:
     """The fitted faces' mean landmark residual (px, two decimals)."""
     return round(float(np.mean([f.residual_px for f in faces])), 2)

@@ -54,6 +54,7 @@ import numpy as np
 from _common import (
     LANDMARK_GROUPS,
     add_camera_arguments,
+    add_jaw_calibration_argument,
     add_texture_argument,
     add_textured_embedding_argument,
     auc,
@@ -159,6 +160,7 @@ def main(argv=None):
     ap.add_argument("--try", dest="tries", action="append", default=[], metavar='"KEY=VALUE ..."',
                     help="one setting (repeatable); the defaults are always the first row")
     add_textured_embedding_argument(ap)
+    add_jaw_calibration_argument(ap)
     add_camera_arguments(ap)
     ap.add_argument("--distance-scale", type=float, default=1.0, metavar="S",
                     help="the renders' camera distance x S (0.386: selfies 19-35 cm away; 1: 0.5-0.9 m)")
@@ -170,12 +172,14 @@ def main(argv=None):
                          f"(PARTS: only these, comma-separated of {','.join(LANDMARK_GROUPS)})")
     a = ap.parse_args(argv)
     exact_parts = _exact_parts(a.exact_landmarks)
-    fit = FitConfig(textured_embedding=a.textured_embedding)
+    # (exact jaw points are on the silhouette already: dlib's calibrated offsets are not for them)
+    fit = FitConfig(textured_embedding=a.textured_embedding,
+                    jaw_calibration=a.jaw_calibration and "jaw" not in exact_parts)
     settings = [[]] + [t.split() for t in a.tries]
     configs = [photometric_config(s) for s in settings]  # refuse a bad key before any work
     model = FaceModel.from_env()
     rows = [{"setting": " ".join(s) or "defaults"} for s in settings]
-    out = {"rows": rows, "textured_embedding": a.textured_embedding}
+    out = {"rows": rows, "textured_embedding": a.textured_embedding, "jaw_calibration": fit.jaw_calibration}
     if a.renders > 0:
         rng = np.random.default_rng(a.seed)
         shape, expr, pose = random_faces(model, a.renders, rng, expr_scale=0.1)

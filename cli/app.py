@@ -93,12 +93,17 @@ def model_calibrate(
         "--texture", help="dlib's embedding on textured renders (brows, lips, eyes painted where the "
                           "model's source annotates them; FitConfig.textured_embedding), written to "
                           "DST (default: the cache folder).")] = False,
+    jaw: Annotated[bool, typer.Option(
+        "--jaw", help="where dlib draws its jaw line against the model's silhouette, by perspective "
+                      "and yaw (FitConfig.jaw_calibration), written to DST (default: the cache "
+                      "folder).")] = False,
 ):
     """Calibrate the model's 68-point embedding to a detector: where it puts its points on renders
     of the model's faces — dlib's inner 51 (its jaw line follows the silhouette), all 68 of the
     mesh's (its contour is on the surface), and for the mesh also where its 468 face points land
     (the fit's dense term, FitConfig.w_dense). The default model ships calibrated to both, and with
-    dlib's per-yaw-bin (--pose) and textured (--texture) embeddings."""
+    dlib's per-yaw-bin (--pose) and textured (--texture) embeddings and its jaw line's offsets
+    from the silhouette (--jaw)."""
     import numpy as np
 
     from skullsearch.encoder import calibrate as cal
@@ -108,6 +113,16 @@ def model_calibrate(
     if detector not in ("dlib", "mesh"):
         raise typer.BadParameter("--detector must be dlib or mesh")
     model = _load_model(face_model)
+    if jaw:
+        if detector != "dlib" or pose or texture:
+            raise typer.BadParameter("--jaw calibrates dlib's jaw line on its own (not with --pose, "
+                                     "--texture or mesh, whose contour is on the surface)")
+        dst, jc = cal.calibrate_jaw_file(model, photos=photos, seed=seed, dst=dst)
+        out.print(f"wrote {dst}: dlib found {jc.found}/{jc.photos} renders; its jaw line lies inward of "
+                  f"the silhouette by {jc.inward_near:.3f} inter-ocular distances within 0.6 m, "
+                  f"{jc.inward_far:.3f} beyond 1 m (median); offsets RMS {jc.rms_before:.3f} -> "
+                  f"{jc.rms_after:.3f} after the calibration", highlight=False)
+        return
     if texture:
         if detector != "dlib" or pose:
             raise typer.BadParameter("--texture calibrates dlib's static embedding (not --pose or mesh)")

@@ -258,6 +258,134 @@ def calibrate_pose_embedding(model, photos: int = 600, seed: int = 0, max_yaw: f
 
 
 @dataclass
+class JawCalibration:
+    """dlib's jaw line against the face model's silhouette (:func:`calibrate_jaw`).
+
+    coef (2, 17, 5) float64: per jaw point (iBUG 0–16) its offset from the detected point to the
+    model's (the silhouette's, marched as the fit does; the chin's 7–9 fixed points), along the
+    eye line and across it in inter-ocular distances, linear in
+    :func:`~skullsearch.encoder.fitting.jaw_features` (1, u, s, s², s·u);
+    feature_lo, feature_hi (2,): the calibration's range of u and s; rms_before, rms_after: the
+    offsets' root mean square over all points and renders, raw and after the fitted offsets
+    (what the calibration explains; the rest is the detector's scatter); inward_near, inward_far:
+    the median offset towards the nose of the contour points 0–6 and 10–16, renders within
+    0.6 m and beyond 1.0 m (inter-ocular distances); photos, found: renders made and with a face.
+    """
+
+    coef: np.ndarray
+    feature_lo: np.ndarray
+    feature_hi: np.ndarray
+    rms_before: float
+    rms_after: float
+    inward_near: float
+    inward_far: float
+    photos: int
+    found: int
+    source: str
+
+
+#: the cameras' distance range of :func:`calibrate_jaw`'s renders, × random_portrait's 0.5–0.9 m
+#: (log-uniform): 0.35 puts the nearest 17.5 cm from the face (a selfie), 2 the farthest at 1.8 m
+JAW_DISTANCE_SCALES = (0.35, 2.0)
+
+
+def _robust_lstsq(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Least squares of y (n,) on x (n, p), refitted without the samples more than 3 robust
+    standard deviations off the first fit (the detector's gross misses)."""
+    beta = np.linalg.lstsq(x, y, rcond=None)[0]
+    r = y - x @ beta
+    keep = np.abs(r - np.median(r)) <= 3 * 1.4826 * max(np.median(np.abs(r - np.median(r))), 1e-9)
+    if keep.sum() > x.shape[1] * 3:
+        beta = np.linalg.lstsq(x[keep], y[keep], rcond=None)[0]
+    return beta
+
+
+def calibrate_jaw(model, photos: int = 600, seed: int = 0, max_yaw: float = 40.0, size: int = 512,
+                  detect=None, texture: bool = True, distance_scales=JAW_DISTANCE_SCALES) -> JawCalibration:
+    """Measure where the detector draws its jaw line against the model's silhouette.
+
+    dlib marks a face's visible boundary as its training photos showed it, not where the
+    silhouette of the face in front of it lies: on renders of the default model it draws the jaw
+    line inside the silhouette, the more so the farther the camera (perspective shows less of
+    the cheeks' sides from near) and differently on the near and far side of a turned face. The
+    fit puts those points on the model's silhouette (landmark marching), so the bias narrows
+    every fitted face. Here faces from the prior are rendered (textured by default: the
+    detector sees brows and lips as on a photo) at yaw ±max_yaw°, cameras from a selfie's
+    distance to 1.8 m (``distance_scales``), the detector runs, and each jaw point's offset to
+    the model's own point at the true camera is regressed on features of the detected points
+    and the true focal length (:func:`~skullsearch.encoder.fitting.jaw_features`), per point and
+    direction. detect: as :func:`calibrate_embedding`'s (default dlib). Deterministic for a seed."""
+    import torch
+
+    from skullsearch.encoder.fitting import jaw_features, model_landmarks_px, rig_for
+    from skullsearch.encoder.render import random_portrait, texture_regions
+
+    if detect is None:
+        from skullsearch.encoder.detectors import dlib_landmarks68 as detect
+    rng = np.random.default_rng(seed)
+    rig = rig_for(model, model.n_shape, model.n_expression, detector="dlib", dtype=torch.float64)
+    regions = texture_regions(model) if texture else None
+    draws = rng.standard_normal((photos, model.n_shape)) * model.shape_std
+    shape = torch.as_tensor(draws, dtype=torch.float32)
+    with torch.no_grad():
+        verts = model.vertices(shape=shape).numpy()
+    lo, hi = np.log(distance_scales[0]), np.log(distance_scales[1])
+    det, exact, focal, near = [], [], [], []
+    zeros_e = torch.zeros(1, model.n_expression, dtype=torch.float64)
+    zeros_p = torch.zeros(1, 3 * model.n_joints, dtype=torch.float64)
+    for i, v in enumerate(verts):
+        scale = float(np.exp(rng.uniform(lo, hi)))
+        r, cam = random_portrait(v, model.faces, rng, max_yaw, size, texture=regions, distance_scale=scale)
+        dets = detect(r.image)
+        if not dets:
+            continue
+        t = lambda a: torch.as_tensor(np.asarray(a, np.float64)[None])  # noqa: E731
+        with torch.no_grad():
+            uv = model_landmarks_px(rig, shape[i:i + 1].double(), zeros_e, zeros_p, t(cam.rotation),
+                                    t(cam.translation), t([cam.focal])[0], t([cam.width / 2, cam.height / 2]))
+        det.append(np.asarray(dets[0][1], np.float64))
+        exact.append(uv[0].numpy())
+        focal.append(cam.focal)
+        near.append(float(np.linalg.norm(cam.translation)))
+    if len(det) < 40:
+        raise LandmarkError(f"the detector found a face on {len(det)} of {photos} renders: too few to "
+                            "calibrate its jaw line (give more --photos)")
+    det, exact, focal = np.asarray(det), np.asarray(exact), np.asarray(focal)
+    x, xh, yh, iod = (a.numpy() for a in jaw_features(torch.as_tensor(det), torch.as_tensor(focal)))
+    d = (exact[:, :17] - det[:, :17]) / iod[:, None, None]
+    comps = np.stack([(d * xh[:, None]).sum(-1), (d * yh[:, None]).sum(-1)])  # (2, n, 17)
+    coef = np.stack([[_robust_lstsq(x, comps[c, :, k]) for k in range(17)] for c in range(2)])
+    resid = comps - np.einsum("np,ckp->cnk", x, coef)
+    outward = exact[:, :17] - exact[:, 27:36].mean(1, keepdims=True)
+    outward /= np.linalg.norm(outward, axis=-1, keepdims=True)
+    inward = ((exact[:, :17] - det[:, :17]) * outward).sum(-1) / iod[:, None]  # > 0: det inside
+    contour = list(range(7)) + list(range(10, 17))
+    dist = np.asarray(near)
+    return JawCalibration(coef=coef, feature_lo=x[:, 1:3].min(0), feature_hi=x[:, 1:3].max(0),
+                          rms_before=float(np.sqrt(np.mean(comps ** 2))),
+                          rms_after=float(np.sqrt(np.mean(resid ** 2))),
+                          inward_near=float(np.median(inward[dist < 600][:, contour])),
+                          inward_far=float(np.median(inward[dist > 1000][:, contour])),
+                          photos=photos, found=len(det),
+                          source=f"calibrated on {len(det)} {_kind(texture)} renders (seed {seed}, yaw "
+                                 f"±{max_yaw:g}°, distance ×{distance_scales[0]:g}–{distance_scales[1]:g})")
+
+
+def calibrate_jaw_file(model, photos: int = 600, seed: int = 0, dst=None) -> tuple:
+    """Calibrate dlib's jaw line on ``model`` (:func:`calibrate_jaw`) and write it where the fit
+    looks for it with ``FitConfig.jaw_calibration`` (``dst``, default the cache folder,
+    :func:`~skullsearch.encoder.embeddings.jaw_paths`). Returns (the file, :class:`JawCalibration`)."""
+    from pathlib import Path
+
+    from skullsearch.encoder.embeddings import jaw_paths, save_jaw_bias
+
+    cal = calibrate_jaw(model, photos=photos, seed=seed)
+    dst = Path(dst) if dst is not None else jaw_paths(model, "dlib")[1]
+    save_jaw_bias(dst, model, "dlib", cal)
+    return dst, cal
+
+
+@dataclass
 class DenseCalibration:
     """Where a dense detector's K points land on a face model (:func:`calibrate_dense`).
 

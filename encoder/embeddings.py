@@ -32,10 +32,11 @@ class DetectorPoints(NamedTuple):
 
 
 #: the calibration files by kind: a detector's 68 points, a dense detector's points, dlib's 68 per
-#: yaw bin, dlib's 68 measured on textured renders (named per model by its fingerprint)
+#: yaw bin, dlib's 68 measured on textured renders, dlib's jaw-line offsets from the silhouette
+#: (named per model by its fingerprint)
 FILE_NAMES = {"landmarks": "landmarks-{detector}-{fp}.npz", "dense": "dense-{detector}-{fp}.npz",
               "pose": "landmarks-{detector}-pose-{fp}.npz",
-              "textured": "landmarks-{detector}-textured-{fp}.npz"}
+              "textured": "landmarks-{detector}-textured-{fp}.npz", "jaw": "jaw-{detector}-{fp}.npz"}
 
 
 def file_name(kind: str, model, detector: str) -> str:
@@ -104,7 +105,7 @@ def save_detector_embedding(path, model, detector: str, emb, report) -> None:
 
 #: the stored dtype of a calibration file's arrays (others: as numpy makes them)
 _DTYPES = {"index": np.int64, "faces": np.int64, "bary": np.float32, "yaw_edges": np.float64,
-           "shift_mm": np.float32}
+           "shift_mm": np.float32, "coef": np.float64, "feature_lo": np.float64, "feature_hi": np.float64}
 
 
 def _fields(obj, *names) -> dict:
@@ -193,3 +194,46 @@ def pose_points(model, detector: str | None) -> PosePoints | None:
                             f"68 points per yaw bin; calibrate again (skullsearch model calibrate --pose)")
     return PosePoints(z["yaw_edges"], z["faces"].reshape(-1).astype(np.int64),
                       z["bary"].reshape(-1, 3).astype(np.float32))
+
+
+class JawBias(NamedTuple):
+    """Where a detector puts its jaw line (iBUG 0–16) against the face model's silhouette, as
+    measured on renders (:func:`~skullsearch.encoder.calibrate.calibrate_jaw`): coef (2, 17, P)
+    float64, each point's offset from the detected to the model's point along the face's eye
+    line and across it, in inter-ocular distances, as linear in the P features of
+    :func:`~skullsearch.encoder.fitting.jaw_features`; feature_lo, feature_hi (2,): the range of
+    the two measured features (the perspective's log and the yaw proxy) that the calibration
+    covered (the fit clips to it rather than extrapolate)."""
+
+    coef: np.ndarray
+    feature_lo: np.ndarray
+    feature_hi: np.ndarray
+
+
+jaw_file_name = partial(file_name, "jaw")  # (model, detector) → its file's name
+
+
+jaw_paths = partial(file_paths, "jaw")  # (model, detector) → where it is looked for
+
+
+def save_jaw_bias(path, model, detector: str, cal) -> None:
+    """Write a jaw-line calibration (``cal``: a :class:`~skullsearch.encoder.calibrate.JawCalibration`)."""
+    _save(path, model, detector, _fields(cal, "coef", "feature_lo", "feature_hi"),
+          _fields(cal, "source", "found", "photos", "rms_before", "rms_after"))
+
+
+def jaw_bias(model, detector: str | None) -> JawBias | None:
+    """``detector``'s jaw-line offsets on ``model`` (None: dlib's, the model's own detector), or
+    None where there is none (:func:`jaw_paths`; a detector whose contour is on the surface has
+    none: its jaw line does not follow the silhouette)."""
+    detector = detector or "dlib"
+    if detector in SURFACE_CONTOUR:
+        return None
+    z = _read(model, detector, jaw_paths(model, detector), dlib_too=True)
+    if z is None:
+        return None
+    if z["coef"].ndim != 3 or z["coef"].shape[:2] != (2, 17) or z["feature_lo"].shape != (2,):
+        raise LandmarkError(f"{jaw_paths(model, detector)[0].name}: a jaw-line calibration holds (2, 17, P) "
+                            f"coefficients; calibrate again (skullsearch model calibrate --jaw)")
+    return JawBias(z["coef"].astype(np.float64), z["feature_lo"].astype(np.float64),
+                   z["feature_hi"].astype(np.float64))

@@ -42,7 +42,8 @@ class EncodedFace:
 
     box (4,) px; landmarks (68, 2) px; code (228,); residual_px: mean landmark reprojection
     error of the fit; image_size (width, height); focal px: the fit's (before it, the photo's
-    own from its EXIF, NaN where not known: :attr:`FitConfig.exif_focal`); quality: detector flags;
+    own); photo_focal px: the photo's own focal length from its EXIF, NaN where it does not say
+    (what the fit uses with :attr:`FitConfig.exif_focal`, kept after it); quality: detector flags;
     descriptor: (128,) dlib person descriptor when asked for (:mod:`.descriptors`), else None;
     tissue_cov: (36, 3, 3) mm² the fit's posterior covariance of the face's neutral soft-tissue
     points when fitted with ``FitConfig(posterior=True)`` (the photometric refinement's when
@@ -66,6 +67,7 @@ class EncodedFace:
     code: np.ndarray = field(default_factory=lambda: np.zeros(code_layout.CODE_SIZE, np.float32))
     residual_px: float = float("nan")
     focal: float = float("nan")
+    photo_focal: float = float("nan")
     person: str | None = None
     descriptor: np.ndarray | None = None
     tissue_cov: np.ndarray | None = None
@@ -141,6 +143,7 @@ def detect_faces(
                 landmarks=f.landmarks, quality=tuple(f.quality), yaw_deg=float(f.yaw_deg),
                 detector=f.detector, image_size=tuple(int(s) for s in img.size),
                 focal=float("nan") if img.focal_px is None else float(img.focal_px),
+                photo_focal=float("nan") if img.focal_px is None else float(img.focal_px),
                 dense=None if f.dense is None else np.asarray(f.dense)[:, :2]))
     return faces, failures
 
@@ -192,11 +195,11 @@ def fit_faces(model, faces: Sequence[EncodedFace], config: FitConfig | None = No
                     faces[i].quality = (*faces[i].quality, IDENTITY_PRIOR_OUT)
         dense, dense_rig = _dense_inputs(model, [faces[i] for i in idx], cfg)
         # the photos' EXIF focal lengths; NaN where not known, which the fit takes as the guess
-        focal = np.array([faces[i].focal for i in idx], np.float64)
+        focal = np.array([faces[i].photo_focal for i in idx], np.float64)
         res = fit_landmarks(model, lm, sizes, person=person, config=cfg, rig=rig_b,
                             init=None if init is None else init[idx], shape_prior=prior,
                             dense=dense, dense_rig=dense_rig,
-                            focal=focal if cfg.exif_focal else None)
+                            focal=focal if cfg.exif_focal else None, detector=faces[idx[0]].detector)
         tissue_cov = None if res.shape_cov is None else model.soft_tissue_covariance(res.shape_cov)
         for j, i in enumerate(idx):
             faces[i].code = res.codes[j]

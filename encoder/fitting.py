@@ -68,6 +68,13 @@ class FitConfig:
     # the same renders as portraits 0.5-0.9 m away (true 1.7-3.1 x) lose 0.02 with EXIF
     # (0.657 -> 0.678 x). Faces refitted from a gallery (persons --refit) keep the guess.
     exif_focal: bool = True
+    # move dlib's jaw line (iBUG 0-16) onto the model's silhouette by its calibrated offsets
+    # (calibrate.calibrate_jaw: where dlib puts it on renders, against the perspective and the
+    # yaw; jaw_corrected) before the fit. dlib draws the jaw line inside a portrait's silhouette
+    # (0.03 inter-ocular distances at selfie range, 0.08 at 1.5 m), and the fit, which puts those
+    # points on the silhouette, narrows the face to meet it. Models without the calibration file
+    # (and detectors whose contour is on the surface) fit the points as detected.
+    jaw_calibration: bool = True
     w_landmark: float = 1.0
     w_edge: float = 3.0
     w_shape: float = 2e-4
@@ -554,17 +561,81 @@ def _init_camera(lm2d: torch.Tensor, rig: LandmarkRig, focal, center):
     return torch.zeros(b, 3, dtype=lm2d.dtype, device=lm2d.device), trans
 
 
-def _observations(landmarks, image_sizes, focal, cfg):
+def jaw_features(lm2d: torch.Tensor, focal: torch.Tensor, lo=None, hi=None):
+    """What dlib's jaw-line offsets are calibrated against (:func:`.calibrate.calibrate_jaw`),
+    from the detected points alone: landmarks (B, 68, 2) px, focal (B,) px → (X (B, 5): 1, u, s,
+    s², s·u; the eye line's direction x̂ (B, 2) and its normal ŷ (B, 2, image-down for an
+    upright face); the inter-ocular distance (B,) px). u: the log of the inner 51 points' mean
+    distance from their centroid over the focal length (the face's angular size: the
+    perspective, −log of the distance up to a constant); s: the nose tip's offset from the eyes'
+    midpoint along the eye line in inter-ocular distances (the yaw, ±0.7 at ±40°). lo, hi (2,):
+    u and s clipped to this range (the calibration's) when given. Invariant to the image's
+    scale, place and roll."""
+    re, le = lm2d[:, 36:42].mean(1), lm2d[:, 42:48].mean(1)
+    d = le - re
+    iod = d.norm(dim=-1).clamp(min=1.0)
+    xh = d / iod[:, None]
+    yh = torch.stack([-xh[:, 1], xh[:, 0]], dim=1)
+    inner = lm2d[:, 17:68]
+    spread = (inner - inner.mean(1, keepdim=True)).norm(dim=-1).mean(1)
+    u = torch.log(spread / focal)
+    s = ((lm2d[:, 30] - (re + le) / 2) * xh).sum(-1) / iod
+    if lo is not None:
+        u = u.clamp(float(lo[0]), float(hi[0]))
+        s = s.clamp(float(lo[1]), float(hi[1]))
+    return torch.stack([torch.ones_like(u), u, s, s * s, s * u], dim=1), xh, yh, iod
+
+
+def jaw_corrected(lm2d: torch.Tensor, focal: torch.Tensor, bias) -> torch.Tensor:
+    """Landmarks (B, 68, 2) px with the jaw line (0–16) moved by a detector's calibrated offsets
+    (``bias``: an :class:`~.embeddings.JawBias`) to where the face model's silhouette (and
+    chin) would put them: each point + iod · (X·β_x x̂ + X·β_y ŷ) (:func:`jaw_features`)."""
+    x, xh, yh, iod = jaw_features(lm2d, focal, bias.feature_lo, bias.feature_hi)
+    coef = torch.as_tensor(bias.coef, dtype=lm2d.dtype, device=lm2d.device)  # (2, 17, P)
+    off = torch.einsum("bp,ckp->bck", x, coef)  # (B, 2, 17) inter-ocular distances
+    shift = iod[:, None, None] * (off[:, 0, :, None] * xh[:, None] + off[:, 1, :, None] * yh[:, None])
+    out = lm2d.clone()
+    out[:, :17] = out[:, :17] + shift
+    return out
+
+
+def detector_jaw_bias(model, detector: str | None, cfg: FitConfig):
+    """The jaw-line calibration to apply to ``detector``'s landmarks on ``model``
+    (:func:`.embeddings.jaw_bias`, read from disk once per model and detector), or None: no
+    detector named (the landmarks are taken as given, e.g. a face's exact points),
+    ``cfg.jaw_calibration`` off, a detector whose contour is on the surface, or no calibration file."""
+    if not detector or not cfg.jaw_calibration:
+        return None
+    from skullsearch.encoder.embeddings import jaw_bias
+
+    cache = model.__dict__.setdefault("_jaw_bias", {})
+    if detector not in cache:
+        cache[detector] = jaw_bias(model, detector)
+    return cache[detector]
+
+
+def _observations(landmarks, image_sizes, focal, cfg, jaw=None, known=None):
     """The fit's fixed inputs as tensors: landmarks (B, 68, 2), focal (B,), image centre (B, 2),
     inter-ocular scale (B,) px, Delaunay edges (B, E, 2) with their mask (B, E) and lengths
-    (B, E) px."""
+    (B, E) px. jaw: a detector's jaw-line calibration (:func:`detector_jaw_bias`) that moves the
+    jaw line first (:func:`jaw_corrected`) of the faces whose focal length is given (finite and
+    positive: the photo's own; under the guess the model's silhouette is not the photo's, and
+    the offsets measured against the true camera's do not apply; ``known`` (B,) bool, where
+    given, says which faces' focal length is the photo's own instead), or None."""
     device, dt = cfg.device or "cpu", cfg.dtype
     lm2d = torch.as_tensor(np.asarray(landmarks, np.float64), dtype=dt, device=device)
     sizes = torch.as_tensor(np.asarray(image_sizes, np.float64), dtype=dt, device=device)
     f = cfg.focal_factor * sizes.max(dim=1).values
+    own = torch.zeros(len(f), dtype=torch.bool, device=device)  # the photo's own focal length
     if focal is not None:  # (NaN or ≤ 0 where a photo's focal length is not known: the guess)
         given = torch.as_tensor(np.asarray(focal, np.float64), dtype=dt, device=device).reshape(-1)
-        f = torch.where(torch.isfinite(given) & (given > 0), given, f)
+        own = torch.isfinite(given) & (given > 0)
+        f = torch.where(own, given, f)
+    if known is not None:  # (a refinement's: its focal lengths are the fit's, guessed or not)
+        own = torch.as_tensor(np.asarray(known, bool), device=device).reshape(-1)
+    if jaw is not None and bool(own.any()):  # (only where the camera is known: FitConfig.jaw_calibration)
+        lm2d = torch.where(own[:, None, None], jaw_corrected(lm2d, f, jaw), lm2d)
+        landmarks = lm2d.detach().cpu().double().numpy()
     scale = (lm2d[:, 36:42].mean(1) - lm2d[:, 42:48].mean(1)).norm(dim=-1).clamp(min=1.0)  # IOD px
     edges_np, mask_np = delaunay_edges(np.asarray(landmarks, np.float64))
     edges = torch.as_tensor(edges_np, device=device)
@@ -574,13 +645,13 @@ def _observations(landmarks, image_sizes, focal, cfg):
 
 def fit_energy(model, landmarks: np.ndarray, image_sizes: np.ndarray, codes: np.ndarray,
                focal: np.ndarray | None = None, config: FitConfig | None = None,
-               rig: LandmarkRig | None = None) -> np.ndarray:
+               rig: LandmarkRig | None = None, detector: str | None = None) -> np.ndarray:
     """The fit's objective E (module docstring) per face (B,) at given codes (B, 228): the
     number :func:`fit_landmarks` minimizes, whichever method found the codes. Arguments as there."""
     cfg = config or FitConfig()
     device = cfg.device or "cpu"
     rig = rig or config_rig(model, cfg)
-    obs = _observations(landmarks, image_sizes, focal, cfg)
+    obs = _observations(landmarks, image_sizes, focal, cfg, detector_jaw_bias(model, detector, cfg))
     b = obs[0].shape[0]
     p = code_layout.split(torch.as_tensor(np.asarray(codes), dtype=cfg.dtype, device=device))
     prob = _LMProblem(rig, cfg, *obs, torch.arange(b, device=device), b)
@@ -605,6 +676,7 @@ def fit_landmarks(
     shape_prior: tuple[np.ndarray, np.ndarray] | None = None,
     dense: np.ndarray | None = None,
     dense_rig: LandmarkRig | None = None,
+    detector: str | None = None,
 ) -> FitResult:
     """Fit face codes to 2D landmarks, all faces at once.
 
@@ -620,7 +692,12 @@ def fit_landmarks(
     dense: (B, K, 2) px a dense detector's points (x, y only) with dense_rig, the rig of their
     calibrated surface points (:func:`dense_rig_for`): one more term of the energy, weighed by
     ``FitConfig.w_dense`` (Levenberg-Marquardt path only; the posterior counts the 68 only).
-    Returns a :class:`FitResult`.
+    detector: whose detections the landmarks are: with ``FitConfig.jaw_calibration`` the jaw
+    line of a detector calibrated for it on the model (dlib's on the default model,
+    :func:`detector_jaw_bias`) is moved onto the model's silhouette first; None (the default)
+    fits the landmarks as given (e.g. a face's exact points). :func:`~.encode.fit_faces` names
+    each face's detector. Returns a :class:`FitResult` (landmarks_px and residual_px against the
+    moved points).
     """
     from skullsearch.errors import SkullsearchError
 
@@ -631,7 +708,7 @@ def fit_landmarks(
                          landmarks_px=np.zeros((0, 68, 2)), focal=np.zeros(0))
     device = cfg.device or "cpu"
     rig = rig or config_rig(model, cfg)
-    obs = _observations(landmarks, image_sizes, focal, cfg)
+    obs = _observations(landmarks, image_sizes, focal, cfg, detector_jaw_bias(model, detector, cfg))
     b = obs[0].shape[0]
     person = np.arange(b) if person is None else np.asarray(person)
     _, person_idx = np.unique(person, return_inverse=True)

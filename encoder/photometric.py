@@ -54,6 +54,7 @@ from skullsearch.encoder.fitting import (
     _initial_state,
     _observations,
     camera_rotation,
+    detector_jaw_bias,
     person_shape_covariance,
     project,
     rig_for,
@@ -813,13 +814,17 @@ def refine_photometric(model, codes: np.ndarray, landmarks: np.ndarray, images: 
                        person: np.ndarray | None = None, config: FitConfig | None = None,
                        photometric: PhotometricConfig | None = None, focal: np.ndarray | None = None,
                        detector: str | None = None, crops: list[FaceCrop] | None = None,
-                       image_sizes: np.ndarray | None = None) -> FitResult:
+                       image_sizes: np.ndarray | None = None,
+                       focal_known: np.ndarray | None = None) -> FitResult:
     """Refine landmark-fitted codes (B, 228) with the photos' shading (module docstring).
 
     landmarks (B, 68, 2) px the codes were fitted to; images: the B photos (H, W, 3) uint8;
     person (B,): faces with the same value share their shape (as in the fit); detector: whose
     landmarks they are (its calibrated embedding, as in the fit; the static one, not the
-    pose-conditioned); focal (B,) px (default: the fit's, from the photo's size). crops: instead
+    pose-conditioned); focal (B,) px (default: the fit's, from the photo's size); focal_known
+    (B,) bool: the faces whose focal length is the photo's own, not the guess (their detector's
+    jaw line is moved by its calibration, ``FitConfig.jaw_calibration``, as in the fit; default
+    none). crops: instead
     of whole photos, each face's :class:`FaceCrop` (``images`` is then ignored) with the photos'
     image_sizes (B, 2) px: the camera is the photo's, the landmarks and the result stay in the
     photo's pixels. The optimization runs on ``config.device`` (default the CPU; the visibility
@@ -847,14 +852,16 @@ def refine_photometric(model, codes: np.ndarray, landmarks: np.ndarray, images: 
     rig = rig_for(model, cfg.n_shape, cfg.n_expression, device=device, dtype=cfg.dtype, detector=detector,
                   textured=cfg.textured_embedding)
     sizes = np.array([[im.shape[1], im.shape[0]] for im in images], np.float64)
+    jaw = detector_jaw_bias(model, detector, cfg)  # (the fit's: dlib's jaw line moved as there)
     if crops is None:
-        obs = _observations(landmarks, sizes, focal, cfg)
+        obs = _observations(landmarks, sizes, focal, cfg, jaw, focal_known)
     else:  # the photo's camera seen through the crop: u' = k (u − o), so f' = k f, c' = k (c − o)
         full = np.asarray(image_sizes, np.float64)
         origin = np.stack([c.origin for c in crops])
         k = np.array([c.scale for c in crops])
         f = (np.asarray(focal, np.float64) if focal is not None else cfg.focal_factor * full.max(1))
-        obs = _observations(k[:, None, None] * (landmarks - origin[:, None]), sizes, k * f, cfg)
+        obs = _observations(k[:, None, None] * (landmarks - origin[:, None]), sizes, k * f, cfg, jaw,
+                            focal_known)
         obs = (obs[0], obs[1], torch.as_tensor(k[:, None] * (full / 2 - origin), dtype=obs[2].dtype,
                                                device=obs[2].device), *obs[3:])
     b = len(codes)
@@ -894,6 +901,11 @@ def refine_photometric(model, codes: np.ndarray, landmarks: np.ndarray, images: 
     return out
 
 
+def _exif(face, config: FitConfig | None) -> bool:
+    """Whether the face was fitted with its photo's own focal length (``FitConfig.exif_focal``)."""
+    return (config or FitConfig()).exif_focal and bool(np.isfinite(face.photo_focal) and face.photo_focal > 0)
+
+
 def refine_faces(model, faces, pixels: dict[str, np.ndarray] | None = None, config: FitConfig | None = None,
                  photometric: PhotometricConfig | None = None, batch_size: int = 64) -> dict:
     """:func:`refine_photometric` for fitted :class:`~.encode.EncodedFace` s, in place (code,
@@ -925,7 +937,8 @@ def refine_faces(model, faces, pixels: dict[str, np.ndarray] | None = None, conf
             model, np.stack([f.code for f in group]), np.stack([f.landmarks for f in group]), [],
             person=np.array(person), config=config, photometric=photometric,
             focal=np.array([f.focal for f in group]), detector=group[0].detector, crops=crops,
-            image_sizes=np.array([f.image_size for f in group], np.float64))
+            image_sizes=np.array([f.image_size for f in group], np.float64),
+            focal_known=np.array([_exif(f, config) for f in group], bool))
         tissue_cov = None if res.shape_cov is None else model.soft_tissue_covariance(res.shape_cov)
         for j, (f, code, r) in enumerate(zip(group, res.codes, res.residual_px, strict=True)):
             f.code = code

@@ -145,6 +145,7 @@ def encode_stage(model, rows: list[PhotoRecord], config=None, rig=None, identity
                 landmarks=f.landmarks, quality=f.quality, yaw_deg=f.yaw_deg, detector=f.detector,
                 image_size=(r.width, r.height), person=r.person if k == 0 else None,
                 descriptor=f.descriptor, focal=float("nan") if r.focal_px is None else float(r.focal_px),
+                photo_focal=float("nan") if r.focal_px is None else float(r.focal_px),
                 dense=None if f.dense is None else np.asarray(f.dense, np.float64),
                 crop=f.face_crop()))
     fit_faces(model, faces, config, rig=rig, identity_prior=identity_prior)
@@ -480,6 +481,12 @@ def _without_off(settings: dict, later: dict) -> dict:
 FEATURE_MASK_VERSION = 2
 
 
+#: the version of dlib's jaw-line calibration (``FitConfig.jaw_calibration``,
+#: :func:`~skullsearch.encoder.calibrate.calibrate_jaw`) in the encoder fingerprint: 1, the first
+#: (800 textured renders of the default model, seed 0; off: the fingerprint of earlier versions)
+JAW_CALIBRATION_VERSION = 1
+
+
 def encoder_fingerprint(config, detector: str, identity_prior=None) -> str:
     """What made a face's code: the fit's settings, the detector and the identity prior (the
     hash of its weights; none: the fingerprint of earlier versions)."""
@@ -491,7 +498,15 @@ def encoder_fingerprint(config, detector: str, identity_prior=None) -> str:
         cfg.pop(k)
     cfg["device"] = None  # the same fit on a GPU or the CPU (as in the versions before it said so)
     cfg = _without_off(cfg, {"w_dense": 0.0, "pose_embedding": False, "photometric": False,
-                             "textured_embedding": False, "exif_focal": False})
+                             "textured_embedding": False, "exif_focal": False,
+                             "jaw_calibration": False})
+    if cfg.get("jaw_calibration"):  # which calibration moved dlib's jaw line
+        from skullsearch.encoder.embeddings import SURFACE_CONTOUR
+
+        if detector in SURFACE_CONTOUR:  # (none: its contour is on the surface, its codes as before)
+            cfg.pop("jaw_calibration")
+        else:
+            cfg["jaw_calibration"] = JAW_CALIBRATION_VERSION
     what = {"fit": cfg, "detector": detector}
     if cfg.get("photometric"):  # its settings make the codes too
         from skullsearch.encoder.photometric import PhotometricConfig

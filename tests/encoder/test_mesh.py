@@ -181,11 +181,13 @@ def test_the_encoder_fingerprint_without_a_dense_term_is_the_earlier_one():
     cfg = asdict(FitConfig())
     cfg["dtype"] = str(cfg["dtype"])
     for k in ("posterior", "landmark_noise", "w_dense", "pose_embedding", "photometric",
-              "textured_embedding", "photo_correlation", "exif_focal"):  # (newer, off, or not of the codes)
+              "textured_embedding", "photo_correlation", "exif_focal",
+              "jaw_calibration"):  # (newer, off, or not of the codes)
         cfg.pop(k)
     before = hashlib.sha256(json.dumps({"fit": cfg, "detector": "mesh"}, sort_keys=True,
                                        default=str).encode()).hexdigest()[:16]
-    assert encoder_fingerprint(FitConfig(exif_focal=False), "mesh") == before
+    assert encoder_fingerprint(FitConfig(exif_focal=False), "mesh") == before  # (no jaw line to move)
+    assert encoder_fingerprint(FitConfig(exif_focal=False, jaw_calibration=False), "mesh") == before
     assert encoder_fingerprint(FitConfig(w_dense=1.0, exif_focal=False), "mesh") != before
     # the photos' EXIF focal length (on by default) moves the codes of photos that have one
     assert encoder_fingerprint(FitConfig(), "mesh") != before
@@ -206,9 +208,13 @@ def test_the_encoder_fingerprint_holds_the_photometric_settings_when_on(monkeypa
     # placed by the source's annotation; the mask of the version before (by the dlib-calibrated
     # embedding) gave 730ab933b893d01f: its galleries' codes are not these. Since exif_focal (on
     # by default: a photo's EXIF focal length replaces the guess) the fingerprint is another; off,
-    # it is the one before
-    assert on == "3a7024768c10ad37"
-    assert encoder_fingerprint(FitConfig(photometric=True, exif_focal=False), "dlib") == "b8b1d1ec254dd9eb"
+    # it is the one before; since jaw_calibration (on: dlib's jaw line moved by its calibrated
+    # offsets where the photo's focal length is known) another again; off, the one before
+    assert on == "3190ede916e4b6a7"
+    no_jaw = FitConfig(photometric=True, jaw_calibration=False)
+    assert encoder_fingerprint(no_jaw, "dlib") == "3a7024768c10ad37"
+    old = dict(exif_focal=False, jaw_calibration=False)
+    assert encoder_fingerprint(FitConfig(photometric=True, **old), "dlib") == "b8b1d1ec254dd9eb"
 
     @dataclass(frozen=True)
     class Slower(photometric.PhotometricConfig):
@@ -229,10 +235,10 @@ def test_the_encoder_fingerprint_holds_the_photometric_settings_when_on(monkeypa
 
     monkeypatch.setattr(photometric, "PhotometricConfig", PixelValues)
     # the galleries refined before photo_gamma (the pixel values read as light): as they were
-    assert encoder_fingerprint(FitConfig(photometric=True, exif_focal=False), "dlib") == "b868d6f425979916"
+    assert encoder_fingerprint(FitConfig(photometric=True, **old), "dlib") == "b868d6f425979916"
     monkeypatch.setattr(photometric, "PhotometricConfig", Earlier)
     # the galleries refined before skip_features existed (and before landmark_cauchy): as they were
-    assert encoder_fingerprint(FitConfig(photometric=True, exif_focal=False), "dlib") == "704f6145fe98949b"
+    assert encoder_fingerprint(FitConfig(photometric=True, **old), "dlib") == "704f6145fe98949b"
     monkeypatch.setattr(photometric, "PhotometricConfig", Slower)
     assert encoder_fingerprint(FitConfig(photometric=True), "dlib") != on
     monkeypatch.setattr(photometric, "PhotometricConfig", Robust)
