@@ -198,6 +198,20 @@ def mean_residual_px(faces) -> float:
     return round(float(np.mean([f.residual_px for f in faces])), 2)
 
 
+def focal_exif(camera) -> dict:
+    """PIL's save arguments that give a render its camera's (:class:`~skullsearch.encoder.render.
+    Camera`) 35 mm-equivalent focal length in EXIF, rounded to whole mm as cameras write it."""
+    from PIL import Image
+
+    from skullsearch.encoder.images import FRAME_35MM_DIAGONAL
+
+    tags = Image.Exif()
+    tags[0x010F] = "skullsearch render"
+    tags.get_ifd(0x8769)[0xA405] = int(round(camera.focal * FRAME_35MM_DIAGONAL / np.hypot(camera.width,
+                                                                                           camera.height)))
+    return {"exif": tags}
+
+
 def render_photos(model, folder, shape, expr, pose, rng, max_yaw: float = 30.0,
                   texture: bool = False, cameras: list | None = None, gamma: float = 1.0,
                   shadows: bool = False, light_up: tuple[float, float] | None = None,
@@ -226,16 +240,7 @@ def render_photos(model, folder, shape, expr, pose, rng, max_yaw: float = 30.0,
         render, camera = random_portrait(v, model.faces, rng, max_yaw, texture=regions, gamma=gamma,
                                          shadows=shadows, light_up=light_up, lights=lights,
                                          distance_scale=distance_scale)
-        meta = {}
-        if exif:
-            from skullsearch.encoder.images import FRAME_35MM_DIAGONAL
-
-            tags = Image.Exif()
-            tags[0x010F] = "skullsearch render"
-            tags.get_ifd(0x8769)[0xA405] = int(round(
-                camera.focal * FRAME_35MM_DIAGONAL / np.hypot(camera.width, camera.height)))
-            meta["exif"] = tags
-        Image.fromarray(render.image).save(paths[-1], **meta)
+        Image.fromarray(render.image).save(paths[-1], **(focal_exif(camera) if exif else {}))
         if cameras is not None:
             cameras.append(camera)
     return paths

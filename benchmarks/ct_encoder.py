@@ -47,6 +47,11 @@ validation set.
         [--yaws -30 -20 -10 0 10 20 30] [--detectors dlib mesh] [--no-prior] [--no-photometric]
         [--smooth-streak] [--photo-from-best] [--photo-set KEY=VALUE ...] [--cnn CKPT] [--save DIR]
         [--texture SEED] [--identity-prior-file NPZ] [--uncertainty [--photo-correlation RHO]]
+        [--exif] [--no-jaw-calibration]
+
+``--exif``: the portraits carry their focal length (2.33 × the side, 0.7 m away) in EXIF, which
+the fit reads instead of guessing 1.2 ×, and dlib's jaw line is then moved by its calibration
+(``FitConfig.jaw_calibration``; ``--no-jaw-calibration`` leaves it as detected).
 
 ``--uncertainty``: the dlib runs fitted with the posterior; each gets an ``uncertainty`` row —
 its faces' Σ_face (the refined fit's for ``*_photo``) against the soft-tissue points of ``oracle``
@@ -65,6 +70,7 @@ import sys
 import tempfile
 import time
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -72,8 +78,10 @@ import torch
 from _common import (
     add_camera_arguments,
     add_identity_prior_file_argument,
+    add_jaw_calibration_argument,
     emit,
     face_bands,
+    focal_exif,
     photometric_config,
     residual_by_group,
 )
@@ -250,11 +258,13 @@ def lights(light_up=None) -> list[tuple[float, float, float]]:
 
 
 def render_photos(skin, folder: Path, yaws, albedo=None, specular: float = 0.0, gamma: float = 1.0,
-                  shadows: bool = False, light_up=None) -> list[Path]:
-    """Portraits (512 px PNG) of the placed skin: each yaw under each of :func:`lights`; albedo
-    (V, 3) per skin vertex (default: one skin colour), a specular highlight's strength, the
-    camera's gamma, cast shadows (:func:`~skullsearch.encoder.render.render_mesh`) and the
-    lights' elevations (degrees, the two lights'; None: :data:`LIGHTS`)."""
+                  shadows: bool = False, light_up=None, exif: bool = False) -> list[Path]:
+    """Portraits (512 px PNG, 0.7 m away: focal length 2.33 × the image's side) of the placed skin:
+    each yaw under each of :func:`lights`; albedo (V, 3) per skin vertex (default: one skin
+    colour), a specular highlight's strength, the camera's gamma, cast shadows
+    (:func:`~skullsearch.encoder.render.render_mesh`), the lights' elevations (degrees, the two
+    lights'; None: :data:`LIGHTS`); exif: each PNG carries its focal length (35 mm-equivalent,
+    whole mm: :func:`_common.focal_exif`), which the fit reads, else it guesses 1.2 × the side."""
     from PIL import Image
 
     from skullsearch.encoder.render import face_camera, render_mesh
@@ -267,7 +277,7 @@ def render_photos(skin, folder: Path, yaws, albedo=None, specular: float = 0.0, 
             img = render_mesh(skin.vertices, skin.faces, cam, light_dir=light, specular=specular, gamma=gamma,
                               shadows=shadows, **({} if albedo is None else {"albedo": albedo})).image
             paths.append(folder / f"ct_yaw{int(yaw):+03d}_light{k}.png")
-            Image.fromarray(img).save(paths[-1])
+            Image.fromarray(img).save(paths[-1], **(focal_exif(cam) if exif else {}))
     return paths
 
 
@@ -424,6 +434,10 @@ def main(argv=None) -> None:
                         "from its best face for the skin) with a specular highlight: real geometry, "
                         "synthetic colour")
     add_camera_arguments(p)
+    p.add_argument("--exif", action="store_true",
+                   help="the portraits carry their focal length in EXIF, which the fit reads "
+                        "(FitConfig.exif_focal; without, it guesses 1.2x the side: the truth is 2.33x)")
+    add_jaw_calibration_argument(p)
     p.add_argument("--photo-set", nargs="+", default=None, metavar="KEY=VALUE",
                    help="the photometric runs with these PhotometricConfig settings (landmark_cauchy=0.06)")
     add_identity_prior_file_argument(p)
@@ -437,7 +451,9 @@ def main(argv=None) -> None:
     ct = _ct_module()
     from skullsearch import FaceModel
     from skullsearch.encoder.face_model import face_region
-    from skullsearch.encoder.fitting import FitConfig
+    from skullsearch.encoder.fitting import FitConfig as _FitConfig
+
+    FitConfig = partial(_FitConfig, jaw_calibration=a.jaw_calibration)  # noqa: N806 (every run's)
     photo_cfg = photometric_config(a.photo_set)
     model = FaceModel.from_env()
     region = face_region(model)
@@ -459,7 +475,8 @@ def main(argv=None) -> None:
     out = {"ct": str(Path(a.ct or ct.CT_HEAD).name), "yaws": a.yaws, "lights": len(LIGHTS),
            "smooth_streak": bool(a.smooth_streak), "photometric_settings": a.photo_set or [],
            "texture_seed": a.texture, "camera_gamma": a.camera_gamma, "shadows": a.shadows,
-           "light_up": a.light_up, "region_vertices": int(region.sum()), "scored_vertices": int(keep.sum()),
+           "light_up": a.light_up, "exif": a.exif, "jaw_calibration": a.jaw_calibration,
+           "region_vertices": int(region.sum()), "scored_vertices": int(keep.sum()),
            "placement_rms_mm": round(rms, 3), "faces": {}}
 
     def record(name, shapes, **extra):
@@ -488,7 +505,7 @@ def main(argv=None) -> None:
             full.export(folder / "skin_model_frame.ply")
         albedo = None if a.texture is None else skin_texture(model, full, best, a.texture)
         paths = render_photos(full, folder, a.yaws, albedo, 0.0 if a.texture is None else 0.1, a.camera_gamma,
-                              a.shadows, a.light_up)
+                              a.shadows, a.light_up, exif=a.exif)
         runs = []
         for det in a.detectors:
             if det == "mesh" and importlib.util.find_spec("mediapipe") is None:

@@ -20,7 +20,8 @@ expression) and every photo goes through the real decoder, dlib detector and bat
                                   [--identity-prior [--identity-prior-file NPZ]] [--uncertainty]
                                   [--landmark-noise 0.03] [--photo-correlation RHO]
                                   [--detector dlib|mesh] [--pose-embedding] [--textured-embedding]
-                                  [--photometric] [--camera-gamma 2.2] [--shadows]
+                                  [--photometric] [--camera-gamma 2.2] [--shadows] [--exif]
+                                  [--no-jaw-calibration]
                                   [--photo-set KEY=VALUE ...] [--cnn CKPT [--cnn-mode alone|seed]]
 
 ``--uncertainty`` fits with the posterior covariance (``FitConfig(posterior=True)``), adds the
@@ -62,6 +63,7 @@ from _common import (
     CHI2_3_95,
     add_camera_arguments,
     add_identity_prior_file_argument,
+    add_jaw_calibration_argument,
     add_texture_argument,
     add_textured_embedding_argument,
     auc,
@@ -276,6 +278,10 @@ def main(argv=None):
     ap.add_argument("--pose-embedding", action="store_true",
                     help="fit dlib's points with its per-yaw-bin embedding (FitConfig.pose_embedding)")
     add_textured_embedding_argument(ap)
+    add_jaw_calibration_argument(ap)
+    ap.add_argument("--exif", action="store_true",
+                    help="the renders carry their focal length in EXIF (35 mm-equivalent), which the fit "
+                         "reads (FitConfig.exif_focal; dlib's jaw line then moved: jaw_calibration)")
     add_identity_prior_file_argument(ap)
     ap.add_argument("--w-dense", type=float, default=FitConfig.w_dense,
                     help="weight of the dense detector's points in the fit (mesh; 0 leaves them out)")
@@ -301,7 +307,7 @@ def main(argv=None):
     folder = Path(tempfile.mkdtemp(prefix="skullsearch-identity-"))
     t0 = time.perf_counter()
     paths = render_photos(model, folder, shape, expr, pose, rng, max_yaw=40.0, texture=a.texture,
-                          gamma=a.camera_gamma, shadows=a.shadows, light_up=a.light_up)
+                          gamma=a.camera_gamma, shadows=a.shadows, light_up=a.light_up, exif=a.exif)
     t1 = time.perf_counter()
     prior = None
     if a.identity_prior or a.identity_prior_file:  # (a file implies the prior)
@@ -309,7 +315,8 @@ def main(argv=None):
 
         prior = for_model(model, a.identity_prior_file)
     cfg = FitConfig(posterior=a.uncertainty, landmark_noise=a.landmark_noise, w_dense=a.w_dense,
-                    pose_embedding=a.pose_embedding, textured_embedding=a.textured_embedding)
+                    pose_embedding=a.pose_embedding, textured_embedding=a.textured_embedding,
+                    jaw_calibration=a.jaw_calibration)
     lcov1, lcov3 = ([], []) if photometric is not None and a.uncertainty else (None, None)
     codes1, idx1, descs1, cov1 = encode(model, paths, descriptors=True, prior=prior, config=cfg,
                                         detector=a.detector, photometric=photometric, cnn=a.cnn,
@@ -360,7 +367,7 @@ def main(argv=None):
            "gallery": max(sizes[0], a.persons),
            "identity_prior": bool(prior is not None), "detector": a.detector, "w_dense": a.w_dense,
            "pose_embedding": a.pose_embedding, "textured_embedding": a.textured_embedding,
-           "photometric": bool(photometric),
+           "exif": a.exif, "jaw_calibration": a.jaw_calibration, "photometric": bool(photometric),
            "photometric_settings": a.photo_set or [],
            "cnn": a.cnn and Path(a.cnn).name, "cnn_mode": a.cnn and a.cnn_mode,
            "photos": len(paths), "faces_found": int(len(idx1)),
