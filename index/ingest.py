@@ -432,6 +432,9 @@ def write_shard(gallery, number: int, rows: list[PhotoRecord], faces, soft, code
         "model_fingerprint": [gallery.manifest["face_model"]["fingerprint"]] * n,
         "encoder_fingerprint": [encoder_fp] * n, "time": [t] * n,
         "metadata": [meta[f.image] for f in faces],
+        # (what a refit from the stored landmarks fits with, as the ingest did: persons --refit)
+        "photo_focal_px": pa_masked(np.array([f.photo_focal for f in faces], np.float32),
+                                    ~np.isfinite([f.photo_focal for f in faces])),
     }
     if near_duplicates is not None and n:
         nd = near_duplicates

@@ -69,8 +69,10 @@ def _groups(gallery, regroup: bool):
 class _Faces:
     """The catalog's faces as columns (face-id order): ids (n,) int64; path, person, detector
     (n,) lists; landmarks (n, 68, 2) float32 px and descriptor (n, 128) float32 (NaN rows: none);
-    size (n, 2) image width and height px; residual (n,) px (NaN: none). About 2 KB a face (the
-    rows as Python dicts took several times that)."""
+    size (n, 2) image width and height px; residual (n,) px (NaN: none); photo_focal (n,) px the
+    photo's own focal length from its EXIF, which the refit fits with as the ingest did (NaN:
+    not known, or a gallery older than the column: the guess). About 2 KB a face (the rows as
+    Python dicts took several times that)."""
 
     ids: np.ndarray
     path: list
@@ -80,11 +82,12 @@ class _Faces:
     descriptor: np.ndarray
     size: np.ndarray
     residual: np.ndarray
+    photo_focal: np.ndarray  # (n,) px the photo's own focal length from its EXIF; NaN: not known
 
     @classmethod
     def read(cls, gallery) -> _Faces:
         cols = ["face_id", "path", "person", "detector", "landmarks", "image_width", "image_height",
-                "descriptor", "residual_px"]
+                "descriptor", "residual_px", "photo_focal_px"]
         import pyarrow as pa
 
         t = gallery.faces(columns=cols)
@@ -96,7 +99,8 @@ class _Faces:
                    t.column("person").to_pylist(), t.column("detector").to_pylist(),
                    list_matrix(t.column("landmarks"), 136)[0].reshape(-1, 68, 2),
                    list_matrix(t.column("descriptor"), 128)[0],
-                   np.stack([num("image_width"), num("image_height")], 1), num("residual_px"))
+                   np.stack([num("image_width"), num("image_height")], 1), num("residual_px"),
+                   num("photo_focal_px"))
 
 
 def _members(gallery, min_size: int, regroup: bool) -> tuple[_Faces, np.ndarray]:
@@ -146,7 +150,7 @@ def _fit_groups(model, faces: _Faces, group, config):
             landmarks=faces.landmarks[i].astype(np.float64), quality=(),
             yaw_deg=0.0, detector=faces.detector[i],
             image_size=(int(faces.size[i, 0]), int(faces.size[i, 1])),
-            person=f"group:{group[i]}"))
+            photo_focal=float(faces.photo_focal[i]), person=f"group:{group[i]}"))
     fit_faces(model, todo, config)
     out: dict[int, tuple] = {}
     for i, f in zip(idx, todo, strict=True):

@@ -38,6 +38,8 @@ FACES = pa.schema([
     # added in format 1.3:
     ("descriptor", pa.list_(pa.float16(), DESCRIPTOR_DIM)),  # dlib's person descriptor (fp16)
     ("near_duplicate_person_distance", pa.float32()),  # their person-descriptor L2 distance
+    # added in format 1.4:
+    ("photo_focal_px", pa.float32()),  # the photo's own focal length from its EXIF (px); NULL: not known
 ])
 
 #: Face columns that older shards may lack, with their DuckDB types (read as NULL there).
@@ -45,7 +47,7 @@ LATER_FACE_COLUMNS = {"near_duplicate_of": "BIGINT", "near_duplicate_distance": 
                       # (63 and 128 values; DuckDB reads a shard's fixed-size lists as FLOAT[])
                       "photo_fingerprint": "FLOAT[]", "near_duplicate_criterion": "VARCHAR",
                       "near_duplicate_photo_distance": "FLOAT", "descriptor": "FLOAT[]",
-                      "near_duplicate_person_distance": "FLOAT"}
+                      "near_duplicate_person_distance": "FLOAT", "photo_focal_px": "FLOAT"}
 
 IMAGES = pa.schema([
     ("image_id", pa.int64()),

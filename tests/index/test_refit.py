@@ -114,3 +114,41 @@ def test_the_persons_command_writes_the_person_gallery(people, tmp_path, capsys)
     assert "4 persons — 3 groups (9 faces) refitted with one shape each, 1 faces carried over" in text
     assert Gallery.open(out).n_faces == 4
     assert main(["info", "--gallery", str(out)]) == 0
+
+
+def test_the_photos_focal_length_is_stored_and_the_refit_fits_with_it(default_model, tmp_path):
+    """A photo's EXIF focal length goes into the catalog (``photo_focal_px``; NULL without one)
+    and a person's refit from the stored landmarks fits with it, as the ingest did (dlib's jaw
+    line moved where it is known: FitConfig.jaw_calibration)."""
+    from photos import render_heads
+    from PIL import Image
+
+    from skullsearch.encoder.images import FRAME_35MM_DIAGONAL
+
+    paths = render_heads(default_model, tmp_path / "photos" / "p0", [(f"p0_{k}", 0) for k in range(3)],
+                         seed=43, max_yaw=20.0)
+    for p in paths[:2]:  # two of the three say their focal length: 50 mm (35 mm-equivalent)
+        exif = Image.Exif()
+        exif[0x010F] = "TestCam"  # (PIL writes an EXIF block with a tag of its own IFD)
+        exif.get_ifd(0x8769)[0xA405] = 50
+        Image.open(p).save(p, exif=exif)
+    g = Gallery.create(tmp_path / "g", face_model=default_model)
+    assert g.ingest([tmp_path / "photos"], workers=1).faces == 3
+    rows = sorted(g.faces(columns=["face_id", "path", "photo_focal_px", "landmarks", "image_width",
+                                   "image_height"]).to_pylist(), key=lambda r: r["path"])
+    focal = 50 * np.hypot(360, 360) / FRAME_35MM_DIAGONAL
+    assert [r["photo_focal_px"] for r in rows[:2]] == pytest.approx([focal, focal], rel=1e-6)
+    assert rows[2]["photo_focal_px"] is None
+    g.group_persons()
+    rep = g.refit_persons(tmp_path / "persons")
+    assert rep.groups_refit == 1 and rep.faces_refit == 3
+    pg = Gallery.open(tmp_path / "persons")
+    (code,) = pg.codes(pg.faces(columns=["face_id"]).column("face_id").to_pylist())  # one person
+    lm = np.array([r["landmarks"] for r in rows]).reshape(-1, 68, 2)
+    sizes = np.array([[r["image_width"], r["image_height"]] for r in rows], np.float64)
+    joint = fit_landmarks(default_model, lm, sizes, person=np.zeros(3), detector="dlib",
+                          focal=np.array([r["photo_focal_px"] or np.nan for r in rows], np.float64))
+    guessed = fit_landmarks(default_model, lm, sizes, person=np.zeros(3), detector="dlib")
+    shape = lambda c: code_layout.split(np.asarray(c)[None]).shape[0]  # noqa: E731
+    np.testing.assert_allclose(shape(code), shape(joint.codes[0]), atol=1e-4)
+    assert not np.allclose(shape(code), shape(guessed.codes[0]), atol=1e-3)
