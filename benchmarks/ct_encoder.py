@@ -353,7 +353,11 @@ def fit_codes(model, paths, detector: str, config, prior=None, shared: bool = Fa
         res = refine_photometric(model, codes, np.stack([f.landmarks for f in faces]),
                                  [pixels[f.image] for f in faces],
                                  person=np.array([f.person or f"\0{i}" for i, f in enumerate(faces)]),
-                                 config=config, photometric=photometric)
+                                 config=config, photometric=photometric, detector=detector,
+                                 # the fit's cameras (its focal lengths: the photos' own where EXIF
+                                 # gives them, under which dlib's jaw line was moved) as fitted
+                                 focal=np.array([f.focal for f in faces]),
+                                 focal_known=np.isfinite([f.photo_focal for f in faces]))
         codes = res.codes
         if info is not None and res.shape_cov is not None:
             info["_tissue_cov"] = model.soft_tissue_covariance(res.shape_cov)
