@@ -81,6 +81,8 @@ class EncodedFace:
         for k in ("box", "landmarks", "code", "descriptor", "tissue_cov"):
             d[k] = None if d[k] is None else np.asarray(d[k]).tolist()
         d["quality"] = list(self.quality)
+        for k in ("residual_px", "focal", "photo_focal"):  # (strict JSON: not known is null, not NaN)
+            d[k] = None if not np.isfinite(d[k]) else float(d[k])
         return d
 
 

@@ -65,15 +65,23 @@ class FitConfig:
     # the face, true focal 0.64-1.2 x the longer side; benchmarks/photometric_settings.py
     # --distance-scale 0.386 [--exif]): refined identity error 0.760 x the mean face's with the
     # guess, 0.670 x with EXIF — the guess's weaker perspective than a close photo's costs ~0.09;
-    # the same renders as portraits 0.5-0.9 m away (true 1.7-3.1 x) lose 0.02 with EXIF
-    # (0.657 -> 0.678 x). Faces refitted from a gallery (persons --refit) keep the guess.
+    # the same renders as portraits 0.5-0.9 m away (true 1.7-3.1 x) lost 0.02 with EXIF
+    # (0.657 -> 0.678 x) until dlib's jaw line was calibrated (jaw_calibration: 0.631 x; selfies
+    # 0.648 x). A gallery stores it (photo_focal_px): persons --refit fits with it too.
     exif_focal: bool = True
     # move dlib's jaw line (iBUG 0-16) onto the model's silhouette by its calibrated offsets
     # (calibrate.calibrate_jaw: where dlib puts it on renders, against the perspective and the
-    # yaw; jaw_corrected) before the fit. dlib draws the jaw line inside a portrait's silhouette
-    # (0.03 inter-ocular distances at selfie range, 0.08 at 1.5 m), and the fit, which puts those
-    # points on the silhouette, narrows the face to meet it. Models without the calibration file
-    # (and detectors whose contour is on the surface) fit the points as detected.
+    # yaw; jaw_corrected) before the fit, for the faces whose photo gives its focal length (EXIF;
+    # fit_landmarks' detector= names whose points they are). dlib draws its jaw line inside the
+    # silhouette, the more the farther the camera (median 0.06 inter-ocular distances within 0.6 m,
+    # 0.11 beyond 1 m on 800 textured renders), and the fit, which puts those points on the
+    # silhouette, narrows the face to meet them. Measured (synthetic; photometric_settings.py
+    # --renders 40 --seed 7 --texture --camera-gamma 2.2 --shadows --exif [--distance-scale
+    # 0.386]): refined identity error portraits 0.678 -> 0.631 x the mean face's, selfies 0.670 ->
+    # 0.648 x (the jaw's exact points: 0.595 x). Under the guessed focal length the model's
+    # silhouette is not the photo's and the offsets do not apply (applied there: portraits 0.657 ->
+    # 0.683 x, selfies 0.760 -> 0.717 x): such faces keep dlib's points. Models without the
+    # calibration file, and detectors whose contour is on the surface, fit the points as detected.
     jaw_calibration: bool = True
     w_landmark: float = 1.0
     w_edge: float = 3.0

@@ -147,3 +147,15 @@ def test_the_photos_own_focal_length_from_exif_places_the_face(default_model, tm
     assert z_plain == pytest.approx(z_guess, rel=0.02)
     # the face's distance scales with the focal length it was fitted with (same size in pixels)
     assert z / z_guess == pytest.approx(f_exif / guess, rel=0.1)
+
+
+def test_a_face_writes_strict_json_with_null_for_what_is_not_known():
+    import json
+
+    from skullsearch.encoder.encode import EncodedFace
+
+    f = EncodedFace(image="a.jpg", sha256="", face_index=0, box=np.zeros(4), score=1.0,
+                    landmarks=np.zeros((68, 2)), quality=(), yaw_deg=0.0, detector="dlib",
+                    image_size=(400, 300), focal=480.0)
+    d = json.loads(json.dumps(f.to_dict(), allow_nan=False))  # (no NaN: not a JSON value)
+    assert d["photo_focal"] is None and d["residual_px"] is None and d["focal"] == 480.0
