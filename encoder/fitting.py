@@ -80,8 +80,10 @@ class FitConfig:
     # 0.386]): refined identity error portraits 0.678 -> 0.631 x the mean face's, selfies 0.670 ->
     # 0.648 x (the jaw's exact points: 0.595 x). Under the guessed focal length the model's
     # silhouette is not the photo's and the offsets do not apply (applied there: portraits 0.657 ->
-    # 0.683 x, selfies 0.760 -> 0.717 x): such faces keep dlib's points. Models without the
-    # calibration file, and detectors whose contour is on the surface, fit the points as detected.
+    # 0.683 x, selfies 0.760 -> 0.717 x; a table made for the guess, against the silhouette of the
+    # true face under the camera a guessed fit places: 0.694 / 0.720 x): such faces keep dlib's
+    # points. Models without the calibration file, and detectors whose contour is on the surface,
+    # fit the points as detected.
     jaw_calibration: bool = True
     w_landmark: float = 1.0
     w_edge: float = 3.0
