@@ -210,9 +210,6 @@ class JawBias(NamedTuple):
     feature_hi: np.ndarray
 
 
-jaw_file_name = partial(file_name, "jaw")  # (model, detector) → its file's name
-
-
 jaw_paths = partial(file_paths, "jaw")  # (model, detector) → where it is looked for
 
 
