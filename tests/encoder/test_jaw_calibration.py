@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
@@ -56,6 +56,11 @@ def photo(default_model):
     return uv[0].numpy(), float(cam.focal)
 
 
+def _f(*values) -> torch.Tensor:
+    """Focal lengths (B,) px in float64, as the landmarks (float32 would round k·f and f apart)."""
+    return torch.tensor(values, dtype=torch.float64)
+
+
 def _bias(coef=None, lo=(-10.0, -5.0), hi=(10.0, 5.0)) -> JawBias:
     rng = np.random.default_rng(3)
     coef = rng.normal(0, 0.05, (2, 17, P)) if coef is None else coef
@@ -68,34 +73,35 @@ def _similar(lm, k, angle, shift):
 
 
 @settings(max_examples=25, deadline=None)
+@example(k=2.1410698645413224, angle=-0.28125, dx=-456.0, dy=0.0)  # (float32 focal lengths failed)
 @given(k=st.floats(0.3, 3.0), angle=st.floats(-0.6, 0.6), dx=st.floats(-500, 500), dy=st.floats(-500, 500))
 def test_the_features_and_the_correction_follow_the_photo_not_its_framing(photo, k, angle, dx, dy):
     lm, f = photo
     moved = _similar(lm, k, angle, (dx, dy))
-    a = jaw_features(torch.as_tensor(lm[None]), torch.tensor([f]))
-    b = jaw_features(torch.as_tensor(moved[None]), torch.tensor([k * f]))
+    a = jaw_features(torch.as_tensor(lm[None]), _f(f))
+    b = jaw_features(torch.as_tensor(moved[None]), _f(k * f))
     np.testing.assert_allclose(b[0].numpy(), a[0].numpy(), atol=1e-9)  # X: invariant
     np.testing.assert_allclose(b[3].numpy(), k * a[3].numpy(), rtol=1e-9)  # the inter-ocular distance
     bias = _bias()
-    got = jaw_corrected(torch.as_tensor(moved[None]), torch.tensor([k * f]), bias)[0].numpy()
-    at_origin = jaw_corrected(torch.as_tensor(lm[None]), torch.tensor([f]), bias)[0].numpy()
+    got = jaw_corrected(torch.as_tensor(moved[None]), _f(k * f), bias)[0].numpy()
+    at_origin = jaw_corrected(torch.as_tensor(lm[None]), _f(f), bias)[0].numpy()
     want = _similar(at_origin, k, angle, (dx, dy))
-    np.testing.assert_allclose(got, want, atol=1e-7)  # the correction: equivariant
+    np.testing.assert_allclose(got, want, atol=1e-6)  # the correction: equivariant
 
 
 def test_the_features_say_the_perspective_and_the_yaw(photo):
     lm, f = photo
-    x, xh, yh, iod = (a.numpy()[0] for a in jaw_features(torch.as_tensor(lm[None]), torch.tensor([f])))
+    x, xh, yh, iod = (a.numpy()[0] for a in jaw_features(torch.as_tensor(lm[None]), _f(f)))
     np.testing.assert_allclose(x[[0, 3, 4]], [1.0, x[2] ** 2, x[2] * x[1]])
     assert x[2] > 0.15  # turned: the nose tip off the eyes' midpoint, along the eye line
     mirrored = lm * np.array([-1.0, 1.0])  # the face turned the other way (the points' sides swap)
     mirrored = mirrored[[*range(16, -1, -1), *range(26, 16, -1), *range(27, 31), *range(35, 30, -1),
                          45, 44, 43, 42, 47, 46, 39, 38, 37, 36, 41, 40, *range(54, 47, -1),
                          *range(59, 54, -1), *range(64, 59, -1), *range(67, 64, -1)]]
-    xm = jaw_features(torch.as_tensor(mirrored[None]), torch.tensor([f]))[0].numpy()[0]
+    xm = jaw_features(torch.as_tensor(mirrored[None]), _f(f))[0].numpy()[0]
     np.testing.assert_allclose(xm[2], -x[2], atol=1e-9)
     np.testing.assert_allclose(xm[1], x[1], atol=1e-9)
-    near = jaw_features(torch.as_tensor(lm[None]), torch.tensor([f / 3]))[0].numpy()[0]
+    near = jaw_features(torch.as_tensor(lm[None]), _f(f / 3))[0].numpy()[0]
     np.testing.assert_allclose(near[1], x[1] + math.log(3), atol=1e-9)  # nearer: a larger angular size
     np.testing.assert_allclose(iod, np.linalg.norm(lm[42:48].mean(0) - lm[36:42].mean(0)))
     np.testing.assert_allclose(np.linalg.norm(xh), 1.0)
@@ -107,8 +113,8 @@ def test_a_constant_offset_moves_the_jaw_points_only(photo):
     coef = np.zeros((2, 17, P))
     coef[0, 3, 0] = 0.1  # point 3: a tenth of the inter-ocular distance along the eye line
     coef[1, 8, 0] = -0.05  # the chin's middle: up
-    x, xh, yh, iod = (a.numpy()[0] for a in jaw_features(torch.as_tensor(lm[None]), torch.tensor([f])))
-    got = jaw_corrected(torch.as_tensor(lm[None]), torch.tensor([f]), _bias(coef))[0].numpy()
+    x, xh, yh, iod = (a.numpy()[0] for a in jaw_features(torch.as_tensor(lm[None]), _f(f)))
+    got = jaw_corrected(torch.as_tensor(lm[None]), _f(f), _bias(coef))[0].numpy()
     want = lm.copy()
     want[3] += 0.1 * iod * xh
     want[8] -= 0.05 * iod * yh
@@ -119,13 +125,13 @@ def test_features_beyond_the_calibrated_range_are_clipped_to_it(photo):
     lm, f = photo
     coef = np.zeros((2, 17, P))
     coef[0, :, 1] = 0.02  # offsets that grow with u, the log of the angular size
-    u = jaw_features(torch.as_tensor(lm[None]), torch.tensor([f]))[0].numpy()[0, 1]
+    u = jaw_features(torch.as_tensor(lm[None]), _f(f))[0].numpy()[0, 1]
     bias = _bias(coef, lo=(u - 1.0, -1.0), hi=(u + 0.5, 1.0))
     t = torch.as_tensor(lm[None])
-    at_hi = jaw_corrected(t, torch.tensor([f / math.exp(0.5)]), bias)  # just inside: u + 0.5
-    beyond = jaw_corrected(t, torch.tensor([f / math.exp(3.0)]), bias)  # u + 3 → clipped to u + 0.5
+    at_hi = jaw_corrected(t, _f(f / math.exp(0.5)), bias)  # just inside: u + 0.5
+    beyond = jaw_corrected(t, _f(f / math.exp(3.0)), bias)  # u + 3 → clipped to u + 0.5
     np.testing.assert_allclose(beyond.numpy(), at_hi.numpy(), atol=1e-9)
-    assert not np.allclose(jaw_corrected(t, torch.tensor([f]), bias).numpy(), at_hi.numpy())
+    assert not np.allclose(jaw_corrected(t, _f(f), bias).numpy(), at_hi.numpy())
 
 
 def _calibration(coef) -> cal.JawCalibration:
@@ -179,7 +185,7 @@ def test_the_fit_moves_dlibs_jaw_line_only_for_dlib_and_a_known_focal_length(def
     np.testing.assert_array_equal(fit(detector="mesh").codes, plain.codes)  # (no jaw line to move)
     dlib = fit(detector="dlib")
     bias = jaw_bias(default_model, "dlib")
-    moved = jaw_corrected(torch.as_tensor(lms), torch.tensor([f, f, f]), bias).numpy()
+    moved = jaw_corrected(torch.as_tensor(lms), _f(f, f, f), bias).numpy()
     assert not np.allclose(dlib.codes[:2], plain.codes[:2], atol=1e-4)
     np.testing.assert_array_equal(dlib.codes[2], plain.codes[2])  # the guessed camera: as detected
     for i in range(2):  # the fitted jaw line follows the moved points, not the detected ones
