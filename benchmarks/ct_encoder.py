@@ -357,7 +357,7 @@ def fit_codes(model, paths, detector: str, config, prior=None, shared: bool = Fa
                                  # the fit's cameras (its focal lengths: the photos' own where EXIF
                                  # gives them, under which dlib's jaw line was moved) as fitted
                                  focal=np.array([f.focal for f in faces]),
-                                 focal_known=np.isfinite([f.photo_focal for f in faces]))
+                                 focal_known=[f.fitted_with_photo_focal(config) for f in faces])
         codes = res.codes
         if info is not None and res.shape_cov is not None:
             info["_tissue_cov"] = model.soft_tissue_covariance(res.shape_cov)

@@ -41,9 +41,10 @@ class EncodedFace:
     """One face of one photo.
 
     box (4,) px; landmarks (68, 2) px; code (228,); residual_px: mean landmark reprojection
-    error of the fit; image_size (width, height); focal px: the fit's (before it, the photo's
-    own); photo_focal px: the photo's own focal length from its EXIF, NaN where it does not say
-    (what the fit uses with :attr:`FitConfig.exif_focal`, kept after it); quality: detector flags;
+    error of the fit; image_size (width, height); focal px: the fit's (NaN before it);
+    photo_focal px: the photo's own focal length from its EXIF, NaN where it does not say (what
+    the fit uses with :attr:`FitConfig.exif_focal`: :meth:`fitted_with_photo_focal`); quality:
+    detector flags;
     descriptor: (128,) dlib person descriptor when asked for (:mod:`.descriptors`), else None;
     tissue_cov: (36, 3, 3) mm² the fit's posterior covariance of the face's neutral soft-tissue
     points when fitted with ``FitConfig(posterior=True)`` (the photometric refinement's when
@@ -73,6 +74,13 @@ class EncodedFace:
     tissue_cov: np.ndarray | None = None
     dense: np.ndarray | None = None
     crop: object | None = None
+
+    def fitted_with_photo_focal(self, config: FitConfig | None = None) -> bool:
+        """Whether the fit (with ``config``) takes the photo's own focal length, not the guess: the
+        photo gives one and ``FitConfig.exif_focal`` is on (then dlib's jaw line is moved too,
+        ``FitConfig.jaw_calibration``)."""
+        own = bool(np.isfinite(self.photo_focal) and self.photo_focal > 0)
+        return own and (config or FitConfig()).exif_focal
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -144,7 +152,6 @@ def detect_faces(
                 image=img.path, sha256=img.sha256, face_index=i, box=f.box, score=float(f.score),
                 landmarks=f.landmarks, quality=tuple(f.quality), yaw_deg=float(f.yaw_deg),
                 detector=f.detector, image_size=tuple(int(s) for s in img.size),
-                focal=float("nan") if img.focal_px is None else float(img.focal_px),
                 photo_focal=float("nan") if img.focal_px is None else float(img.focal_px),
                 dense=None if f.dense is None else np.asarray(f.dense)[:, :2]))
     return faces, failures

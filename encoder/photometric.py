@@ -901,11 +901,6 @@ def refine_photometric(model, codes: np.ndarray, landmarks: np.ndarray, images: 
     return out
 
 
-def _exif(face, config: FitConfig | None) -> bool:
-    """Whether the face was fitted with its photo's own focal length (``FitConfig.exif_focal``)."""
-    return (config or FitConfig()).exif_focal and bool(np.isfinite(face.photo_focal) and face.photo_focal > 0)
-
-
 def refine_faces(model, faces, pixels: dict[str, np.ndarray] | None = None, config: FitConfig | None = None,
                  photometric: PhotometricConfig | None = None, batch_size: int = 64) -> dict:
     """:func:`refine_photometric` for fitted :class:`~.encode.EncodedFace` s, in place (code,
@@ -938,7 +933,7 @@ def refine_faces(model, faces, pixels: dict[str, np.ndarray] | None = None, conf
             person=np.array(person), config=config, photometric=photometric,
             focal=np.array([f.focal for f in group]), detector=group[0].detector, crops=crops,
             image_sizes=np.array([f.image_size for f in group], np.float64),
-            focal_known=np.array([_exif(f, config) for f in group], bool))
+            focal_known=np.array([f.fitted_with_photo_focal(config) for f in group], bool))
         tissue_cov = None if res.shape_cov is None else model.soft_tissue_covariance(res.shape_cov)
         for j, (f, code, r) in enumerate(zip(group, res.codes, res.residual_px, strict=True)):
             f.code = code

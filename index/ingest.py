@@ -144,7 +144,7 @@ def encode_stage(model, rows: list[PhotoRecord], config=None, rig=None, identity
                 image=r.path, sha256=r.sha256, face_index=k, box=f.box, score=f.score,
                 landmarks=f.landmarks, quality=f.quality, yaw_deg=f.yaw_deg, detector=f.detector,
                 image_size=(r.width, r.height), person=r.person if k == 0 else None,
-                descriptor=f.descriptor, focal=float("nan") if r.focal_px is None else float(r.focal_px),
+                descriptor=f.descriptor,
                 photo_focal=float("nan") if r.focal_px is None else float(r.focal_px),
                 dense=None if f.dense is None else np.asarray(f.dense, np.float64),
                 crop=f.face_crop()))
@@ -416,6 +416,7 @@ def write_shard(gallery, number: int, rows: list[PhotoRecord], faces, soft, code
         "person": r.person, "time": t} for i, r in enumerate(rows)]
     n = len(faces)
     meta = {r.path: json.dumps(r.metadata, default=str) if r.metadata else None for r in rows}
+    photo_focal = np.array([f.photo_focal for f in faces], np.float32)
     cols = {
         "face_id": store.face_id(number, np.arange(n)),
         "image_id": [int(image_ids[by_path[f.image]]) for f in faces],
@@ -433,8 +434,7 @@ def write_shard(gallery, number: int, rows: list[PhotoRecord], faces, soft, code
         "encoder_fingerprint": [encoder_fp] * n, "time": [t] * n,
         "metadata": [meta[f.image] for f in faces],
         # (what a refit from the stored landmarks fits with, as the ingest did: persons --refit)
-        "photo_focal_px": pa_masked(np.array([f.photo_focal for f in faces], np.float32),
-                                    ~np.isfinite([f.photo_focal for f in faces])),
+        "photo_focal_px": pa_masked(photo_focal, ~np.isfinite(photo_focal)),
     }
     if near_duplicates is not None and n:
         nd = near_duplicates
