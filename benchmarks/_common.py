@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -191,6 +192,17 @@ def add_jaw_calibration_argument(parser) -> None:
     offsets from the silhouette (``FitConfig.jaw_calibration``; ``args.jaw_calibration``)."""
     parser.add_argument("--no-jaw-calibration", dest="jaw_calibration", action="store_false",
                         help="fit dlib's jaw line as detected (FitConfig.jaw_calibration off)")
+
+
+def add_landmark_weights_argument(parser) -> None:
+    """``--landmark-weights`` / ``--no-landmark-weights``: weigh each of dlib's points by its
+    measured reliability or not (``FitConfig.landmark_weights``; ``args.landmark_weights``)."""
+    from skullsearch.encoder.fitting import FitConfig
+
+    parser.add_argument("--landmark-weights", action=argparse.BooleanOptionalAction,
+                        default=FitConfig.landmark_weights,
+                        help="weigh each of dlib's 68 points by 1/σ² of its measured scatter "
+                             "(FitConfig.landmark_weights)")
 
 
 def mean_residual_px(faces) -> float:

@@ -79,6 +79,7 @@ from _common import (
     add_camera_arguments,
     add_identity_prior_file_argument,
     add_jaw_calibration_argument,
+    add_landmark_weights_argument,
     emit,
     face_bands,
     focal_exif,
@@ -442,6 +443,7 @@ def main(argv=None) -> None:
                    help="the portraits carry their focal length in EXIF, which the fit reads "
                         "(FitConfig.exif_focal; without, it guesses 1.2x the side: the truth is 2.33x)")
     add_jaw_calibration_argument(p)
+    add_landmark_weights_argument(p)
     p.add_argument("--photo-set", nargs="+", default=None, metavar="KEY=VALUE",
                    help="the photometric runs with these PhotometricConfig settings (landmark_cauchy=0.06)")
     add_identity_prior_file_argument(p)
@@ -457,7 +459,8 @@ def main(argv=None) -> None:
     from skullsearch.encoder.face_model import face_region
     from skullsearch.encoder.fitting import FitConfig as _FitConfig
 
-    FitConfig = partial(_FitConfig, jaw_calibration=a.jaw_calibration)  # noqa: N806 (every run's)
+    FitConfig = partial(_FitConfig, jaw_calibration=a.jaw_calibration,  # noqa: N806 (every run's)
+                        landmark_weights=a.landmark_weights)
     photo_cfg = photometric_config(a.photo_set)
     model = FaceModel.from_env()
     region = face_region(model)
@@ -480,6 +483,7 @@ def main(argv=None) -> None:
            "smooth_streak": bool(a.smooth_streak), "photometric_settings": a.photo_set or [],
            "texture_seed": a.texture, "camera_gamma": a.camera_gamma, "shadows": a.shadows,
            "light_up": a.light_up, "exif": a.exif, "jaw_calibration": a.jaw_calibration,
+           "landmark_weights": a.landmark_weights,
            "region_vertices": int(region.sum()), "scored_vertices": int(keep.sum()),
            "placement_rms_mm": round(rms, 3), "faces": {}}
 

@@ -64,6 +64,7 @@ from _common import (
     add_camera_arguments,
     add_identity_prior_file_argument,
     add_jaw_calibration_argument,
+    add_landmark_weights_argument,
     add_texture_argument,
     add_textured_embedding_argument,
     auc,
@@ -279,6 +280,7 @@ def main(argv=None):
                     help="fit dlib's points with its per-yaw-bin embedding (FitConfig.pose_embedding)")
     add_textured_embedding_argument(ap)
     add_jaw_calibration_argument(ap)
+    add_landmark_weights_argument(ap)
     ap.add_argument("--exif", action="store_true",
                     help="the renders carry their focal length in EXIF (35 mm-equivalent), which the fit "
                          "reads (FitConfig.exif_focal; dlib's jaw line then moved: jaw_calibration)")
@@ -316,7 +318,7 @@ def main(argv=None):
         prior = for_model(model, a.identity_prior_file)
     cfg = FitConfig(posterior=a.uncertainty, landmark_noise=a.landmark_noise, w_dense=a.w_dense,
                     pose_embedding=a.pose_embedding, textured_embedding=a.textured_embedding,
-                    jaw_calibration=a.jaw_calibration)
+                    jaw_calibration=a.jaw_calibration, landmark_weights=a.landmark_weights)
     lcov1, lcov3 = ([], []) if photometric is not None and a.uncertainty else (None, None)
     codes1, idx1, descs1, cov1 = encode(model, paths, descriptors=True, prior=prior, config=cfg,
                                         detector=a.detector, photometric=photometric, cnn=a.cnn,
@@ -367,7 +369,8 @@ def main(argv=None):
            "gallery": max(sizes[0], a.persons),
            "identity_prior": bool(prior is not None), "detector": a.detector, "w_dense": a.w_dense,
            "pose_embedding": a.pose_embedding, "textured_embedding": a.textured_embedding,
-           "exif": a.exif, "jaw_calibration": a.jaw_calibration, "photometric": bool(photometric),
+           "exif": a.exif, "jaw_calibration": a.jaw_calibration,
+           "landmark_weights": a.landmark_weights, "photometric": bool(photometric),
            "photometric_settings": a.photo_set or [],
            "cnn": a.cnn and Path(a.cnn).name, "cnn_mode": a.cnn and a.cnn_mode,
            "photos": len(paths), "faces_found": int(len(idx1)),

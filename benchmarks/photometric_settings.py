@@ -55,6 +55,7 @@ from _common import (
     LANDMARK_GROUPS,
     add_camera_arguments,
     add_jaw_calibration_argument,
+    add_landmark_weights_argument,
     add_texture_argument,
     add_textured_embedding_argument,
     auc,
@@ -161,6 +162,7 @@ def main(argv=None):
                     help="one setting (repeatable); the defaults are always the first row")
     add_textured_embedding_argument(ap)
     add_jaw_calibration_argument(ap)
+    add_landmark_weights_argument(ap)
     add_camera_arguments(ap)
     ap.add_argument("--distance-scale", type=float, default=1.0, metavar="S",
                     help="the renders' camera distance x S (0.386: selfies 19-35 cm away; 1: 0.5-0.9 m)")
@@ -174,12 +176,14 @@ def main(argv=None):
     exact_parts = _exact_parts(a.exact_landmarks)
     # (exact jaw points are on the silhouette already: dlib's calibrated offsets are not for them)
     fit = FitConfig(textured_embedding=a.textured_embedding,
-                    jaw_calibration=a.jaw_calibration and "jaw" not in exact_parts)
+                    jaw_calibration=a.jaw_calibration and "jaw" not in exact_parts,
+                    landmark_weights=a.landmark_weights and not exact_parts)
     settings = [[]] + [t.split() for t in a.tries]
     configs = [photometric_config(s) for s in settings]  # refuse a bad key before any work
     model = FaceModel.from_env()
     rows = [{"setting": " ".join(s) or "defaults"} for s in settings]
-    out = {"rows": rows, "textured_embedding": a.textured_embedding, "jaw_calibration": fit.jaw_calibration}
+    out = {"rows": rows, "textured_embedding": a.textured_embedding, "jaw_calibration": fit.jaw_calibration,
+           "landmark_weights": fit.landmark_weights}
     if a.renders > 0:
         rng = np.random.default_rng(a.seed)
         shape, expr, pose = random_faces(model, a.renders, rng, expr_scale=0.1)

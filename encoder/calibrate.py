@@ -269,7 +269,10 @@ class JawCalibration:
     offsets' root mean square over all points and renders, raw and after the fitted offsets
     (what the calibration explains; the rest is the detector's scatter); inward_near, inward_far:
     the median offset towards the nose of the contour points 0–6 and 10–16, renders within
-    0.6 m and beyond 1.0 m (inter-ocular distances); photos, found: renders made and with a face.
+    0.6 m and beyond 1.0 m (inter-ocular distances); sigma_raw, sigma_calibrated (68,): each of
+    the 68 points' scatter about the model's point (root mean square per image coordinate, in
+    inter-ocular distances), as detected and with the jaw line moved by the fitted offsets
+    (``FitConfig.landmark_weights``); photos, found: renders made and with a face.
     """
 
     coef: np.ndarray
@@ -279,6 +282,8 @@ class JawCalibration:
     rms_after: float
     inward_near: float
     inward_far: float
+    sigma_raw: np.ndarray
+    sigma_calibrated: np.ndarray
     photos: int
     found: int
     source: str
@@ -356,6 +361,9 @@ def calibrate_jaw(model, photos: int = 600, seed: int = 0, max_yaw: float = 40.0
     comps = np.stack([(d * xh[:, None]).sum(-1), (d * yh[:, None]).sum(-1)])  # (2, n, 17)
     coef = np.stack([[_robust_lstsq(x, comps[c, :, k]) for k in range(17)] for c in range(2)])
     resid = comps - np.einsum("np,ckp->cnk", x, coef)
+    err2 = (((exact - det) / iod[:, None, None]) ** 2).sum(-1)  # (n, 68) squared offsets
+    err2_cal = err2.copy()
+    err2_cal[:, :17] = (resid ** 2).sum(0)  # (an orthonormal basis: the same squared length)
     outward = exact[:, :17] - exact[:, 27:36].mean(1, keepdims=True)
     outward /= np.linalg.norm(outward, axis=-1, keepdims=True)
     inward = ((exact[:, :17] - det[:, :17]) * outward).sum(-1) / iod[:, None]  # > 0: det inside
@@ -366,6 +374,7 @@ def calibrate_jaw(model, photos: int = 600, seed: int = 0, max_yaw: float = 40.0
                           rms_after=float(np.sqrt(np.mean(resid ** 2))),
                           inward_near=float(np.median(inward[dist < 600][:, contour])),
                           inward_far=float(np.median(inward[dist > 1000][:, contour])),
+                          sigma_raw=np.sqrt(err2.mean(0) / 2), sigma_calibrated=np.sqrt(err2_cal.mean(0) / 2),
                           photos=photos, found=len(det),
                           source=f"calibrated on {len(det)} {_kind(texture)} renders (seed {seed}, yaw "
                                  f"±{max_yaw:g}°, distance ×{distance_scales[0]:g}–{distance_scales[1]:g})")

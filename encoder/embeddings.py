@@ -203,11 +203,16 @@ class JawBias(NamedTuple):
     line and across it, in inter-ocular distances, as linear in the P features of
     :func:`~skullsearch.encoder.fitting.jaw_features`; feature_lo, feature_hi (2,): the range of
     the two measured features (the perspective's log and the yaw proxy) that the calibration
-    covered (the fit clips to it rather than extrapolate)."""
+    covered (the fit clips to it rather than extrapolate); sigma_raw, sigma_calibrated (68,):
+    the scatter of all 68 points about the model's at the true camera, as detected and with the
+    jaw line moved by ``coef``, in inter-ocular distances (``FitConfig.landmark_weights``; None
+    in a file made before they were measured)."""
 
     coef: np.ndarray
     feature_lo: np.ndarray
     feature_hi: np.ndarray
+    sigma_raw: np.ndarray | None = None
+    sigma_calibrated: np.ndarray | None = None
 
 
 jaw_paths = partial(file_paths, "jaw")  # (model, detector) → where it is looked for
@@ -215,7 +220,8 @@ jaw_paths = partial(file_paths, "jaw")  # (model, detector) → where it is look
 
 def save_jaw_bias(path, model, detector: str, cal) -> None:
     """Write a jaw-line calibration (``cal``: a :class:`~skullsearch.encoder.calibrate.JawCalibration`)."""
-    _save(path, model, detector, _fields(cal, "coef", "feature_lo", "feature_hi"),
+    _save(path, model, detector, _fields(cal, "coef", "feature_lo", "feature_hi", "sigma_raw",
+                                         "sigma_calibrated"),
           _fields(cal, "source", "found", "photos", "rms_before", "rms_after"))
 
 
@@ -232,5 +238,7 @@ def jaw_bias(model, detector: str | None) -> JawBias | None:
     if z["coef"].ndim != 3 or z["coef"].shape[:2] != (2, 17) or z["feature_lo"].shape != (2,):
         raise LandmarkError(f"{jaw_paths(model, detector)[0].name}: a jaw-line calibration holds (2, 17, P) "
                             f"coefficients; calibrate again (skullsearch model calibrate --jaw)")
+    sigma = [z[k].astype(np.float64) if k in z and z[k].shape == (68,) else None
+             for k in ("sigma_raw", "sigma_calibrated")]
     return JawBias(z["coef"].astype(np.float64), z["feature_lo"].astype(np.float64),
-                   z["feature_hi"].astype(np.float64))
+                   z["feature_hi"].astype(np.float64), *sigma)

@@ -85,6 +85,13 @@ class FitConfig:
     # points. Models without the calibration file, and detectors whose contour is on the surface,
     # fit the points as detected.
     jaw_calibration: bool = True
+    # weigh each of a detector's 68 points by its measured reliability: 1 / σ² (scaled to a mean
+    # of 1), σ its scatter about the face model's point at the true camera on the jaw-line
+    # calibration's renders (calibrate.calibrate_jaw; dlib's jaw line and brows err most, the
+    # nose least), with the jaw line's after its calibration where that is applied; the fit's
+    # posterior counts each point's noise as σ_noise / √w. Detectors without the measurement
+    # (and landmarks with no detector named) keep equal weights.
+    landmark_weights: bool = False
     w_landmark: float = 1.0
     w_edge: float = 3.0
     w_shape: float = 2e-4
@@ -616,6 +623,11 @@ def detector_jaw_bias(model, detector: str | None, cfg: FitConfig):
     ``cfg.jaw_calibration`` off, a detector whose contour is on the surface, or no calibration file."""
     if not detector or not cfg.jaw_calibration:
         return None
+    return _jaw_file(model, detector)
+
+
+def _jaw_file(model, detector: str):
+    """:func:`.embeddings.jaw_bias`, read from disk once per model and detector."""
     from skullsearch.encoder.embeddings import jaw_bias
 
     cache = model.__dict__.setdefault("_jaw_bias", {})
@@ -624,14 +636,45 @@ def detector_jaw_bias(model, detector: str | None, cfg: FitConfig):
     return cache[detector]
 
 
-def _observations(landmarks, image_sizes, focal, cfg, jaw=None, known=None):
+def detector_point_sigma(model, detector: str | None, cfg: FitConfig):
+    """The measured scatter of ``detector``'s 68 points on ``model`` for
+    ``FitConfig.landmark_weights``: (as detected (68,), with the jaw line moved by its
+    calibration (68,)) in inter-ocular distances (:func:`.calibrate.calibrate_jaw`, kept in the
+    jaw-line calibration's file), or None: no detector named, the setting off, or not measured."""
+    if not detector or not cfg.landmark_weights:
+        return None
+    bias = _jaw_file(model, detector)
+    if bias is None or bias.sigma_raw is None:
+        return None
+    return bias.sigma_raw, bias.sigma_calibrated
+
+
+def point_weights(sigma: torch.Tensor) -> torch.Tensor:
+    """Each landmark's weight (B, 68) from its noise σ (B, 68) (any unit): 1/σ², scaled to a mean
+    of 1 over the 68 (the landmark term's weight w_landmark keeps its meaning)."""
+    w = sigma.clamp(min=1e-6) ** -2
+    return w / w.mean(-1, keepdim=True)
+
+
+def edge_weights(pw: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
+    """Each Delaunay edge's weight (B, E) from its end points' weights pw (B, 68) (mean 1): an
+    edge's length errs by both ends' noise, σ_i² + σ_j², so 2 / (1/w_i + 1/w_j)."""
+    wi = torch.gather(pw, 1, edges[..., 0])
+    wj = torch.gather(pw, 1, edges[..., 1])
+    return 2.0 / (1.0 / wi + 1.0 / wj)
+
+
+def _observations(landmarks, image_sizes, focal, cfg, jaw=None, known=None, sigma=None):
     """The fit's fixed inputs as tensors: landmarks (B, 68, 2), focal (B,), image centre (B, 2),
     inter-ocular scale (B,) px, Delaunay edges (B, E, 2) with their mask (B, E) and lengths
-    (B, E) px. jaw: a detector's jaw-line calibration (:func:`detector_jaw_bias`) that moves the
-    jaw line first (:func:`jaw_corrected`) of the faces whose focal length is given (finite and
-    positive: the photo's own; under the guess the model's silhouette is not the photo's, and
-    the offsets measured against the true camera's do not apply; ``known`` (B,) bool, where
-    given, says which faces' focal length is the photo's own instead), or None."""
+    (B, E) px, and each landmark's weight (B, 68) (None: all 1). sigma: the detector's measured
+    point scatter (:func:`detector_point_sigma`: as detected, and with the jaw line moved), whose
+    inverse squares weigh the points (:func:`point_weights`), or None. jaw: a detector's
+    jaw-line calibration (:func:`detector_jaw_bias`) that moves the jaw line first
+    (:func:`jaw_corrected`) of the faces whose focal length is given (finite and positive: the
+    photo's own; under the guess the model's silhouette is not the photo's, and the offsets
+    measured against the true camera's do not apply; ``known`` (B,) bool, where given, says
+    which faces' focal length is the photo's own instead), or None."""
     device, dt = cfg.device or "cpu", cfg.dtype
     lm2d = torch.as_tensor(np.asarray(landmarks, np.float64), dtype=dt, device=device)
     sizes = torch.as_tensor(np.asarray(image_sizes, np.float64), dtype=dt, device=device)
@@ -643,14 +686,19 @@ def _observations(landmarks, image_sizes, focal, cfg, jaw=None, known=None):
         f = torch.where(own, given, f)
     if known is not None:  # (a refinement's: its focal lengths are the fit's, guessed or not)
         own = torch.as_tensor(np.asarray(known, bool), device=device).reshape(-1)
-    if jaw is not None and bool(own.any()):  # (only where the camera is known: FitConfig.jaw_calibration)
-        lm2d = torch.where(own[:, None, None], jaw_corrected(lm2d, f, jaw), lm2d)
+    moved = own if jaw is not None else torch.zeros_like(own)
+    if bool(moved.any()):  # (only where the camera is known: FitConfig.jaw_calibration)
+        lm2d = torch.where(moved[:, None, None], jaw_corrected(lm2d, f, jaw), lm2d)
         landmarks = lm2d.detach().cpu().double().numpy()
+    weights = None
+    if sigma is not None:
+        raw, cal = (torch.as_tensor(np.asarray(x, np.float64), dtype=dt, device=device) for x in sigma)
+        weights = point_weights(torch.where(moved[:, None], cal, raw))
     scale = (lm2d[:, 36:42].mean(1) - lm2d[:, 42:48].mean(1)).norm(dim=-1).clamp(min=1.0)  # IOD px
     edges_np, mask_np = delaunay_edges(np.asarray(landmarks, np.float64))
     edges = torch.as_tensor(edges_np, device=device)
     emask = torch.as_tensor(mask_np, dtype=dt, device=device)
-    return lm2d, f, sizes / 2, scale, edges, emask, _edge_lengths(lm2d, edges)
+    return lm2d, f, sizes / 2, scale, edges, emask, _edge_lengths(lm2d, edges), weights
 
 
 def fit_energy(model, landmarks: np.ndarray, image_sizes: np.ndarray, codes: np.ndarray,
@@ -661,7 +709,8 @@ def fit_energy(model, landmarks: np.ndarray, image_sizes: np.ndarray, codes: np.
     cfg = config or FitConfig()
     device = cfg.device or "cpu"
     rig = rig or config_rig(model, cfg)
-    obs = _observations(landmarks, image_sizes, focal, cfg, detector_jaw_bias(model, detector, cfg))
+    obs = _observations(landmarks, image_sizes, focal, cfg, detector_jaw_bias(model, detector, cfg),
+                        sigma=detector_point_sigma(model, detector, cfg))
     b = obs[0].shape[0]
     p = code_layout.split(torch.as_tensor(np.asarray(codes), dtype=cfg.dtype, device=device))
     prob = _LMProblem(rig, cfg, *obs, torch.arange(b, device=device), b)
@@ -718,7 +767,8 @@ def fit_landmarks(
                          landmarks_px=np.zeros((0, 68, 2)), focal=np.zeros(0))
     device = cfg.device or "cpu"
     rig = rig or config_rig(model, cfg)
-    obs = _observations(landmarks, image_sizes, focal, cfg, detector_jaw_bias(model, detector, cfg))
+    obs = _observations(landmarks, image_sizes, focal, cfg, detector_jaw_bias(model, detector, cfg),
+                        sigma=detector_point_sigma(model, detector, cfg))
     b = obs[0].shape[0]
     person = np.arange(b) if person is None else np.asarray(person)
     _, person_idx = np.unique(person, return_inverse=True)
@@ -837,7 +887,7 @@ class _AdamFit:
 
     def __init__(self, rig, cfg: FitConfig, obs, pidx, n_person: int, state: dict):
         self.rig, self.cfg, self.pidx, self.n_person = rig, cfg, pidx, n_person
-        self.lm2d, self.f, self.center, self.scale, self.edges, self.emask, self.obs_len = obs
+        self.lm2d, self.f, self.center, self.scale, self.edges, self.emask, self.obs_len, pw = obs
         b, dt, device = self.lm2d.shape[0], self.lm2d.dtype, self.lm2d.device
         self.b, self.dt, self.device = b, dt, device
         self.trans0 = state["trans"]
@@ -848,8 +898,12 @@ class _AdamFit:
         self.expr = state["expr"].requires_grad_(True)
         self.jaw = state["jaw"].requires_grad_(True)
         self.mean_points = None  # the rigid stage's face (mean shape, closed jaw): posed once
-        #: optional weights of each landmark (68,) and each face's edge (B, E) in :meth:`losses` (None: 1)
-        self.point_weight = self.edge_weight = None
+        #: optional weights of each landmark ((68,) or (B, 68)) and each face's edge (B, E) in
+        #: :meth:`losses` (None: 1); noise_weight (B, 68): the detector's measured reliability
+        #: alone (:func:`point_weights`), which the posterior reads
+        self.noise_weight = pw
+        self.point_weight = pw
+        self.edge_weight = None if pw is None else edge_weights(pw, self.edges)
         self.history: list[float] = []
 
     def full_pose(self):
@@ -938,11 +992,11 @@ class _AdamFit:
                          history=np.asarray(self.history))
 
 
-def _fit_lm(rig, cfg, lm2d, f, center, scale, edges, emask, obs_len, pidx, n_person, state,
+def _fit_lm(rig, cfg, lm2d, f, center, scale, edges, emask, obs_len, point_w, pidx, n_person, state,
             rigid: bool, shape_prior=None, dense=None) -> FitResult:
     """The Levenberg-Marquardt schedule: cfg.lm_rigid_iters on the camera alone (mean face)
     when rigid, then cfg.lm_iters on everything."""
-    prob = _LMProblem(rig, cfg, lm2d, f, center, scale, edges, emask, obs_len, pidx, n_person,
+    prob = _LMProblem(rig, cfg, lm2d, f, center, scale, edges, emask, obs_len, point_w, pidx, n_person,
                       shape_prior, dense)
     history: list[float] = []
     with torch.no_grad():
@@ -1004,9 +1058,12 @@ class _LMProblem:
     """The fit's energy and its Gauss-Newton pieces for one batch (the Levenberg-Marquardt path
     of :func:`fit_landmarks`; the linear algebra is in :mod:`skullsearch.encoder.levenberg`)."""
 
-    def __init__(self, rig, cfg, lm2d, focal, center, scale, edges, emask, obs_len, pidx, n_person,
+    def __init__(self, rig, cfg, lm2d, focal, center, scale, edges, emask, obs_len, point_w, pidx, n_person,
                  shape_prior=None, dense=None):
         self.rig, self.cfg = rig, cfg
+        #: each landmark's weight (B, 68) and each edge's (B, E) (:func:`point_weights`), None: 1
+        self.point_w = point_w
+        self.edge_w = None if point_w is None else edge_weights(point_w, edges)
         self.tables = lev.PointTables.of(rig)
         #: each photo's yaw bin (B,) in a pose-conditioned rig (:meth:`LandmarkRig.bins_of`; the
         #: bin of yaw 0 until the rigid stage has placed the camera), None otherwise
@@ -1043,6 +1100,14 @@ class _LMProblem:
             self.shape_sd[:, : mean.shape[1]] = std
         self.n_local = lev.N_RIGID + (0 if cfg.share_expression else rig.n_expression)
 
+    def weighted_emask(self) -> torch.Tensor:
+        """The edges' mask times their weights (B, E)."""
+        return self.emask if self.edge_w is None else self.emask * self.edge_w
+
+    def coord_weights(self) -> torch.Tensor | None:
+        """The landmarks' weights per image coordinate (B, 136), None: all 1."""
+        return None if self.point_w is None else self.point_w.repeat_interleave(2, dim=1)
+
     def coeffs(self, st):
         e = st["expr"][self.pidx] if self.cfg.share_expression else st["expr"]
         return torch.cat([e, st["shape"][self.pidx]], 1)  # the tables' order [δ, α]
@@ -1061,9 +1126,11 @@ class _LMProblem:
                     if self.rig.marching else uv_all.new_zeros(self.b, 0, dtype=torch.long))
             rows = lev.effective_rows(t, pick, self.rig.marching, self.bins)
         uv = uv_all[self.bi, rows]
-        reproj = ((uv - self.lm2d) ** 2).sum(-1).mean(1) / self.scale**2
+        r2 = ((uv - self.lm2d) ** 2).sum(-1)
+        reproj = (r2 if self.point_w is None else r2 * self.point_w).mean(1) / self.scale**2
         fit_len = _edge_lengths(uv, self.edges)
-        edge = (((self.obs_len - fit_len) ** 2) * self.emask).sum(1) / self.emask.sum(1).clamp(min=1)
+        edge = ((((self.obs_len - fit_len) ** 2) * self.weighted_emask()).sum(1)
+                / self.emask.sum(1).clamp(min=1))
         total = cfg.w_landmark * reproj + cfg.w_edge * edge / self.scale**2
         x = torch.cat([st["jaw"], c], 1)
         total = total + (self.prior * (x - self.prior_mean) ** 2).sum(1)
@@ -1097,9 +1164,11 @@ class _LMProblem:
         (Gauss-Newton) and gradient; N = 6 (rigid: camera only) or 9 + S + E."""
         b = self.b
         juv = self.uv_jacobian(st, aux, rigid)
-        m_e, q = lev.edge_metric(aux["uv"], self.edges, self.emask, self.k_lmk, self.k_edge,
+        cw = self.coord_weights()
+        k2 = (self.k_lmk[:, None] ** 2) * (1.0 if cw is None else cw)  # (B, 1 or 136)
+        m_e, q = lev.edge_metric(aux["uv"], self.edges, self.weighted_emask(), k2, self.k_edge,
                                  self.obs_len, aux["fit_len"])
-        q = q + (self.k_lmk[:, None] ** 2) * (aux["uv"] - self.lm2d).reshape(b, -1)
+        q = q + k2 * (aux["uv"] - self.lm2d).reshape(b, -1)
         jt = juv.transpose(1, 2)
         h = jt @ (m_e @ juv)
         g = (jt @ q[..., None])[..., 0]
@@ -1130,6 +1199,9 @@ class _LMProblem:
         rig = self.rig
         sigma = (noise * self.scale).double()  # (B,) px
         j = self.uv_jacobian(st, aux, rigid=False).double() / sigma[:, None, None]
+        cw = self.coord_weights()
+        if cw is not None:  # a point of weight w errs by σ / √w
+            j = j * cw.double().sqrt()[..., None]
         h = j.transpose(1, 2) @ j  # (B, N, N): [camera 6, jaw 3, δ E, α S]
         w_noise = self.cfg.w_landmark / 68 * noise**2  # the fit's energy units per σ²
         return person_shape_covariance(h, self.n_local, self.cfg.w_pose / w_noise, rig.expr_std,

@@ -228,12 +228,13 @@ def projection_jacobian(pts, cam_rot_mat, cam_rotvec, trans, focal):
     return m, torch.cat([jrot, dproj], -1)
 
 
-def edge_metric(uv, edges, emask, k_lmk, k_edge, obs_len, fit_len):
+def edge_metric(uv, edges, emask, k_lmk2, k_edge, obs_len, fit_len):
     """The residuals' metric on the 136 landmark coordinates, so that the normal equations need
     only the landmarks' Jacobian: with J_uv (B, 136, N),  H = J_uvᵀ M J_uv,  g = J_uvᵀ q.
 
-    uv (B, 68, 2) fitted landmarks px; edges (B, E, 2), emask (B, E); k_lmk, k_edge (B,) the
-    residual weights (r_lmk = k_lmk (uv − l), r_edge = k_edge (‖l_i − l_j‖ − ‖uv_i − uv_j‖));
+    uv (B, 68, 2) fitted landmarks px; edges (B, E, 2), emask (B, E) (an edge's weight where it
+    is not 0 or 1); k_lmk2 (B, 1) or per coordinate (B, 136), k_edge (B,): the residual weights
+    (r_lmk = k_lmk (uv − l), k_lmk2 = k_lmk²; r_edge = k_edge (‖l_i − l_j‖ − ‖uv_i − uv_j‖));
     obs_len, fit_len (B, E). Returns M (B, 136, 136) and q (B, 136) without the landmark term's
     part of q (k_lmk² (uv − l), added by the caller). An edge (i, j) with unit direction u
     adds ±k²·uuᵀ to the four 2×2 blocks (i, i), (j, j), (i, j), (j, i).
@@ -257,7 +258,7 @@ def edge_metric(uv, edges, emask, k_lmk, k_edge, obs_len, fit_len):
     vals = torch.cat([blk, blk, -blk, -blk], 1)
     m = torch.zeros(b, 136 * 136, dtype=uv.dtype, device=uv.device).scatter_add_(1, idx, vals)
     m = m.reshape(b, 136, 136)
-    m.diagonal(dim1=1, dim2=2).add_((k_lmk**2)[:, None])
+    m.diagonal(dim1=1, dim2=2).add_(k_lmk2)
     # J_eᵀ r_e with r_e = k (obs − len), dr_e = −k uᵀ (dJ_i − dJ_j)
     w = (-(k2 * (obs_len - fit_len)))[..., None] * unit  # (B, E, 2) at i; the negative at j
     q = torch.zeros(b, 136, dtype=uv.dtype, device=uv.device)

@@ -55,6 +55,7 @@ from skullsearch.encoder.fitting import (
     _observations,
     camera_rotation,
     detector_jaw_bias,
+    detector_point_sigma,
     person_shape_covariance,
     project,
     rig_for,
@@ -529,8 +530,10 @@ class _PhotoFit(_AdamFit):
         if pcfg.feature_landmark_weight != 1.0:  # the brows', eyes' and mouth's points (and edges)
             pw = torch.ones(68, dtype=self.dt, device=self.device)
             pw[FEATURE_LANDMARKS] = pcfg.feature_landmark_weight
-            self.point_weight = pw
-            self.edge_weight = torch.minimum(pw[self.edges[..., 0]], pw[self.edges[..., 1]])
+            ew = torch.minimum(pw[self.edges[..., 0]], pw[self.edges[..., 1]])
+            if self.noise_weight is not None:  # (times the detector's measured reliability)
+                pw, ew = pw * self.noise_weight, ew * self.edge_weight
+            self.point_weight, self.edge_weight = pw, ew
 
     def posed(self) -> torch.Tensor:
         """The surface rig's vertices, posed (B, K, 3) mm (the head's rotation is the camera's)."""
@@ -758,6 +761,8 @@ class _PhotoFit(_AdamFit):
         cfg, pcfg, rig = self.cfg, self.pcfg, self.rig
         w_noise = cfg.w_landmark / 68 * noise**2
         sigma = (noise * self.scale)[:, None, None]  # (B, 1, 1) px
+        if self.noise_weight is not None:  # a point of weight w errs by σ / √w
+            sigma = sigma / self.noise_weight.sqrt()[..., None]  # (B, 68, 1)
         # [camera 6, jaw 3, δ E, α S]: δ the face's own, or its person's with α (share_expression)
         blocks = [(self.cam_rot, torch.full((3,), 1e-3)), (self.cam_off, torch.full((3,), 1e-3)),
                   (self.jaw, torch.full((3,), 1e-3)), (self.expr, 1e-2 * rig.expr_std.cpu()),
@@ -853,15 +858,16 @@ def refine_photometric(model, codes: np.ndarray, landmarks: np.ndarray, images: 
                   textured=cfg.textured_embedding)
     sizes = np.array([[im.shape[1], im.shape[0]] for im in images], np.float64)
     jaw = detector_jaw_bias(model, detector, cfg)  # (the fit's: dlib's jaw line moved as there)
+    sigma = detector_point_sigma(model, detector, cfg)  # (and its points weighed as there)
     if crops is None:
-        obs = _observations(landmarks, sizes, focal, cfg, jaw, focal_known)
+        obs = _observations(landmarks, sizes, focal, cfg, jaw, focal_known, sigma)
     else:  # the photo's camera seen through the crop: u' = k (u − o), so f' = k f, c' = k (c − o)
         full = np.asarray(image_sizes, np.float64)
         origin = np.stack([c.origin for c in crops])
         k = np.array([c.scale for c in crops])
         f = (np.asarray(focal, np.float64) if focal is not None else cfg.focal_factor * full.max(1))
         obs = _observations(k[:, None, None] * (landmarks - origin[:, None]), sizes, k * f, cfg, jaw,
-                            focal_known)
+                            focal_known, sigma)
         obs = (obs[0], obs[1], torch.as_tensor(k[:, None] * (full / 2 - origin), dtype=obs[2].dtype,
                                                device=obs[2].device), *obs[3:])
     b = len(codes)

@@ -101,7 +101,8 @@ def test_landmark_jacobians_equal_autograd(rig64, posedirs):
 
 
 def test_edge_metric_gives_the_normal_equations_of_the_residuals():
-    """H = J_uvᵀ M J_uv and g = J_uvᵀ q equal JᵀJ and Jᵀr of the stacked residual rows."""
+    """H = J_uvᵀ M J_uv and g = J_uvᵀ q equal JᵀJ and Jᵀr of the stacked residual rows, with
+    each landmark coordinate and edge weighed (FitConfig.landmark_weights)."""
     g = torch.Generator().manual_seed(0)
     b, n = 2, 7
     lm = torch.rand(b, 68, 2, generator=g, dtype=torch.float64) * 100
@@ -112,14 +113,17 @@ def test_edge_metric_gives_the_normal_equations_of_the_residuals():
     obs, fit = _edge_lengths(lm, edges), _edge_lengths(uv, edges)
     k_lmk = torch.tensor([0.3, 0.2], dtype=torch.float64)
     k_edge = torch.tensor([0.5, 0.7], dtype=torch.float64)
+    w_lmk = 0.2 + torch.rand(b, 136, generator=g, dtype=torch.float64)  # per coordinate
+    w_edge = emask * (0.2 + torch.rand(emask.shape, generator=g, dtype=torch.float64))
     juv = torch.randn(b, 136, n, generator=g, dtype=torch.float64)
-    metric, q = lev.edge_metric(uv, edges, emask, k_lmk, k_edge, obs, fit)
-    q = q + k_lmk[:, None] ** 2 * (uv - lm).reshape(b, -1)
+    k2 = k_lmk[:, None] ** 2 * w_lmk
+    metric, q = lev.edge_metric(uv, edges, w_edge, k2, k_edge, obs, fit)
+    q = q + k2 * (uv - lm).reshape(b, -1)
 
     def residuals(x):  # uv moving along juv
         u = uv + (juv @ x[..., None])[..., 0].reshape(b, 68, 2)
-        r_l = k_lmk[:, None] * (u - lm).reshape(b, -1)
-        r_e = k_edge[:, None] * emask * (obs - _edge_lengths(u, edges))
+        r_l = k_lmk[:, None] * w_lmk.sqrt() * (u - lm).reshape(b, -1)
+        r_e = k_edge[:, None] * w_edge.sqrt() * (obs - _edge_lengths(u, edges))
         return torch.cat([r_l, r_e], 1)
 
     x0 = torch.zeros(b, n, dtype=torch.float64)

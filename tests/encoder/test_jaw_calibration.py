@@ -137,6 +137,8 @@ def test_features_beyond_the_calibrated_range_are_clipped_to_it(photo):
 def _calibration(coef) -> cal.JawCalibration:
     return cal.JawCalibration(coef=coef, feature_lo=np.array([-4.0, -0.8]), feature_hi=np.array([-1.0, 0.8]),
                               rms_before=0.15, rms_after=0.07, inward_near=0.05, inward_far=0.1,
+                              sigma_raw=np.linspace(0.03, 0.1, 68),
+                              sigma_calibrated=np.linspace(0.02, 0.09, 68),
                               photos=10, found=9, source="a test")
 
 
@@ -150,6 +152,7 @@ def test_a_saved_jaw_calibration_reads_back_and_is_refused_for_another_model(def
     got = jaw_bias(anny_model, None)  # (None: dlib, the model's own detector)
     np.testing.assert_array_equal(got.coef, coef)
     np.testing.assert_array_equal(got.feature_lo, [-4.0, -0.8])
+    np.testing.assert_array_equal(got.sigma_calibrated, np.linspace(0.02, 0.09, 68))
     assert jaw_bias(anny_model, "mesh") is None  # its contour is on the surface: never corrected
     with np.load(path) as z:
         assert str(z["source"]) == "a test" and float(z["rms_after"]) == 0.07
