@@ -489,6 +489,10 @@ FEATURE_MASK_VERSION = 2
 #: (800 textured renders of the default model, seed 0; off: the fingerprint of earlier versions)
 JAW_CALIBRATION_VERSION = 1
 
+#: the version of dlib's measured point scatter (``FitConfig.landmark_weights``, measured by
+#: :func:`~skullsearch.encoder.calibrate.calibrate_jaw` on the same renders) in the fingerprint
+LANDMARK_WEIGHTS_VERSION = 1
+
 
 def encoder_fingerprint(config, detector: str, identity_prior=None) -> str:
     """What made a face's code: the fit's settings, the detector and the identity prior (the
@@ -502,14 +506,18 @@ def encoder_fingerprint(config, detector: str, identity_prior=None) -> str:
     cfg["device"] = None  # the same fit on a GPU or the CPU (as in the versions before it said so)
     cfg = _without_off(cfg, {"w_dense": 0.0, "pose_embedding": False, "photometric": False,
                              "textured_embedding": False, "exif_focal": False,
-                             "jaw_calibration": False})
-    if cfg.get("jaw_calibration"):  # which calibration moved dlib's jaw line
-        from skullsearch.encoder.embeddings import SURFACE_CONTOUR
+                             "jaw_calibration": False, "landmark_weights": False})
+    from skullsearch.encoder.embeddings import SURFACE_CONTOUR
 
-        if detector in SURFACE_CONTOUR:  # (none: its contour is on the surface, its codes as before)
-            cfg.pop("jaw_calibration")
-        else:
-            cfg["jaw_calibration"] = JAW_CALIBRATION_VERSION
+    # which calibration moved dlib's jaw line, and which measurement weighed its points (none
+    # for a detector whose contour is on the surface: its codes as before)
+    for key, version in (("jaw_calibration", JAW_CALIBRATION_VERSION),
+                         ("landmark_weights", LANDMARK_WEIGHTS_VERSION)):
+        if cfg.get(key):
+            if detector in SURFACE_CONTOUR:
+                cfg.pop(key)
+            else:
+                cfg[key] = version
     what = {"fit": cfg, "detector": detector}
     if cfg.get("photometric"):  # its settings make the codes too
         from skullsearch.encoder.photometric import PhotometricConfig

@@ -4,6 +4,7 @@ against the dense joint system, and the fit against the Adam schedule it replace
 import numpy as np
 import pytest
 import torch
+from landmark_photos import landmark_photos
 from torch_threads import one_thread
 
 from skullsearch.encoder import code as code_layout
@@ -165,32 +166,11 @@ def test_shared_shape_step_is_the_joint_solve():
     assert torch.allclose(torch.cat([dl1, dg1], 1), direct, atol=1e-8)
 
 
-def _photos(model, rig, n, seed, noise_px=1.0, same=None):
-    """n noisy photos of random faces; same (n,) index: photos with equal values show one face
-    (shape and expression) through different cameras."""
-    rng = np.random.default_rng(seed)
-    shape = torch.tensor(rng.standard_normal((n, 90)) * model.shape_std[:90], dtype=torch.float32)
-    expr = torch.tensor(np.clip(rng.standard_normal((n, model.n_expression)) * 0.15, 0, None)
-                        * (rng.random((n, model.n_expression)) < 0.2), dtype=torch.float32)
-    if same is not None:
-        shape, expr = shape[same], expr[same]
-    pose = torch.zeros(n, 3 * model.n_joints)
-    pose[:, 3 * JAW] = torch.tensor(rng.uniform(0, 0.12, n), dtype=torch.float32)
-    rot = torch.tensor(np.deg2rad(np.stack([rng.uniform(-10, 10, n), rng.uniform(-30, 30, n),
-                                            rng.uniform(-5, 5, n)], 1)), dtype=torch.float32)
-    trans = torch.tensor(np.stack([rng.uniform(-20, 20, n), rng.uniform(-50, -10, n),
-                                   rng.uniform(450, 900, n)], 1), dtype=torch.float32)
-    with torch.no_grad():
-        uv = model_landmarks_px(rig, shape, expr, pose, camera_rotation(rot), trans,
-                                torch.full((n,), 614.4), torch.full((n, 2), 256.0)).numpy()
-    return shape, uv + rng.normal(scale=noise_px, size=uv.shape), np.full((n, 2), 512.0)
-
-
 def test_fit_energy_is_the_objective_on_the_general_skinning(default_model):
     """fit_energy (the LM's energy on the jaw-only tables) equals the objective written out on
     the general LBS path of the rig."""
     rig = LandmarkRig(default_model, 90, 90)
-    shape, uv, size = _photos(default_model, rig, 4, seed=1)
+    shape, uv, size = landmark_photos(default_model, rig, 4, seed=1)
     res = fit_landmarks(default_model, uv, size, rig=rig)
     p = code_layout.split(torch.as_tensor(res.codes))
     cfg = FitConfig()
@@ -214,7 +194,7 @@ def test_fit_energy_is_the_objective_on_the_general_skinning(default_model):
 
 def test_lm_reaches_a_lower_energy_than_the_adam_schedule(default_model):
     rig = LandmarkRig(default_model, 90, 90)
-    _, uv, size = _photos(default_model, rig, 8, seed=2)
+    _, uv, size = landmark_photos(default_model, rig, 8, seed=2)
     lm = fit_landmarks(default_model, uv, size, rig=rig)
     adam = fit_landmarks(default_model, uv, size, rig=rig, config=FitConfig(method="adam"))
     e_lm = fit_energy(default_model, uv, size, lm.codes, rig=rig)
@@ -229,7 +209,7 @@ def test_the_default_iterations_converge(default_model):
     """Every face ends within 0.1 % of the energy that four times the iterations reach (the
     silhouette choice, which can flip between steps, does not leave faces behind)."""
     rig = LandmarkRig(default_model, 90, 90)
-    _, uv, size = _photos(default_model, rig, 24, seed=5)
+    _, uv, size = landmark_photos(default_model, rig, 24, seed=5)
     cfg = FitConfig()
     short = fit_landmarks(default_model, uv, size, rig=rig)
     long = fit_landmarks(default_model, uv, size, rig=rig, config=FitConfig(lm_iters=4 * cfg.lm_iters))
@@ -241,7 +221,7 @@ def test_the_default_iterations_converge(default_model):
 def test_shared_expression_and_shape_per_person(default_model):
     rig = LandmarkRig(default_model, 90, 90)
     person = np.array([7, 3, 7, 3])
-    _, uv, size = _photos(default_model, rig, 4, seed=3, same=person % 2)
+    _, uv, size = landmark_photos(default_model, rig, 4, seed=3, same=person % 2)
     res = fit_landmarks(default_model, uv, size, person=person, rig=rig,
                         config=FitConfig(share_expression=True))
     p = code_layout.split(res.codes)
@@ -253,7 +233,7 @@ def test_shared_expression_and_shape_per_person(default_model):
 
 def test_unknown_method_says_what_to_use(default_model):
     rig = LandmarkRig(default_model, 90, 90)
-    _, uv, size = _photos(default_model, rig, 1, seed=4)
+    _, uv, size = landmark_photos(default_model, rig, 1, seed=4)
     with pytest.raises(SkullsearchError, match="'lm' or 'adam'"):
         fit_landmarks(default_model, uv, size, rig=rig, config=FitConfig(method="sgd"))
 

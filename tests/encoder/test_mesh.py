@@ -182,12 +182,14 @@ def test_the_encoder_fingerprint_without_a_dense_term_is_the_earlier_one():
     cfg["dtype"] = str(cfg["dtype"])
     for k in ("posterior", "landmark_noise", "w_dense", "pose_embedding", "photometric",
               "textured_embedding", "photo_correlation", "exif_focal",
-              "jaw_calibration"):  # (newer, off, or not of the codes)
+              "jaw_calibration", "landmark_weights"):  # (newer, off, or not of the codes)
         cfg.pop(k)
     before = hashlib.sha256(json.dumps({"fit": cfg, "detector": "mesh"}, sort_keys=True,
                                        default=str).encode()).hexdigest()[:16]
     assert encoder_fingerprint(FitConfig(exif_focal=False), "mesh") == before  # (no jaw line to move)
     assert encoder_fingerprint(FitConfig(exif_focal=False, jaw_calibration=False), "mesh") == before
+    # (its points' scatter is not measured: weighed alike, its codes as before)
+    assert encoder_fingerprint(FitConfig(exif_focal=False, landmark_weights=True), "mesh") == before
     assert encoder_fingerprint(FitConfig(w_dense=1.0, exif_focal=False), "mesh") != before
     # the photos' EXIF focal length (on by default) moves the codes of photos that have one
     assert encoder_fingerprint(FitConfig(), "mesh") != before

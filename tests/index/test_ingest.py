@@ -193,6 +193,7 @@ def test_the_encoder_fingerprint_is_stable_and_names_what_made_the_codes(default
         "prior": ingest.encoder_fingerprint(None, "dlib", ip.for_model(default_model)),
         "exif_focal": ingest.encoder_fingerprint(FitConfig(exif_focal=False), "dlib"),
         "jaw_calibration": ingest.encoder_fingerprint(FitConfig(jaw_calibration=False), "dlib"),
+        "landmark_weights": ingest.encoder_fingerprint(FitConfig(landmark_weights=True), "dlib"),
     }
     assert len({base, *changed.values()}) == 1 + len(changed), changed
 
