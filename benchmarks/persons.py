@@ -42,7 +42,14 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import add_textured_embedding_argument, auc, emit, photo_copies, same_person
+from _common import (
+    add_landmark_weights_argument,
+    add_textured_embedding_argument,
+    auc,
+    emit,
+    photo_copies,
+    same_person,
+)
 
 from skullsearch import FaceModel, Gallery
 from skullsearch.encoder import code as code_layout
@@ -209,6 +216,7 @@ def main(argv=None):
     ap.add_argument("--pose-embedding", action="store_true",
                     help="fit dlib's points with its per-yaw-bin embedding (FitConfig.pose_embedding)")
     add_textured_embedding_argument(ap)
+    add_landmark_weights_argument(ap)
     ap.add_argument("--photometric", action="store_true",
                     help="ingest with the photometric refinement (FitConfig.photometric)")
     ap.add_argument("--shared", type=int, default=0, metavar="K",
@@ -228,7 +236,7 @@ def main(argv=None):
         t0 = time.perf_counter()
         # without person labels: each photo fitted alone (labels would share one shape per person)
         cfg = FitConfig(pose_embedding=a.pose_embedding, photometric=a.photometric,
-                        textured_embedding=a.textured_embedding)
+                        textured_embedding=a.textured_embedding, landmark_weights=a.landmark_weights)
         rep = g.ingest([folder], workers=a.workers, detector=a.detector, config=cfg)
         scores, label = pair_scores(g, g.face_model)
         shared = {}
@@ -245,7 +253,8 @@ def main(argv=None):
         wrong = sum(1 for f in flags if Path(f["path"]).parent.name != Path(f["duplicate_path"]).parent.name)
         out = {"truth": "real (labelled photos)" if a.photos else "synthetic (renders)",
                "detector": a.detector, "pose_embedding": a.pose_embedding,
-               "textured_embedding": a.textured_embedding, "photometric": a.photometric,
+               "textured_embedding": a.textured_embedding, "landmark_weights": a.landmark_weights,
+               "photometric": a.photometric,
                "photos": rep.images_seen, **scores,
                "person_flags": len(flags), "person_flags_joining_different_persons": wrong,
                "grouping": [grouping(g, label, th) for th in (0.4, 0.5, 0.6)], **shared,
