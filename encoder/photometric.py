@@ -234,6 +234,7 @@ class PhotometricConfig:
     skip_parts: tuple[str, ...] = FEATURE_PARTS
     feature_albedo: bool = False
     feature_landmark_weight: float = 1.0
+    landmark_weights: bool = True
     photo_gamma: float = 2.2
     cast_shadows: bool = False
     specular: float = 0.0
@@ -858,7 +859,8 @@ def refine_photometric(model, codes: np.ndarray, landmarks: np.ndarray, images: 
                   textured=cfg.textured_embedding)
     sizes = np.array([[im.shape[1], im.shape[0]] for im in images], np.float64)
     jaw = detector_jaw_bias(model, detector, cfg)  # (the fit's: dlib's jaw line moved as there)
-    sigma = detector_point_sigma(model, detector, cfg)  # (and its points weighed as there)
+    # (and its points weighed as there, FitConfig.landmark_weights, unless landmark_weights is off here)
+    sigma = detector_point_sigma(model, detector, cfg) if pcfg.landmark_weights else None
     if crops is None:
         obs = _observations(landmarks, sizes, focal, cfg, jaw, focal_known, sigma)
     else:  # the photo's camera seen through the crop: u' = k (u − o), so f' = k f, c' = k (c − o)
