@@ -527,7 +527,9 @@ def encoder_fingerprint(config, detector: str, identity_prior=None) -> str:
                                             "feature_albedo": False, "feature_landmark_weight": 1.0,
                                             "photo_gamma": 1.0, "cast_shadows": False,
                                             "specular": 0.0, "shadow_confirm": False,
-                                            "shadow_spread": 0.0})
+                                            "shadow_spread": 0.0, "landmark_weights": True})
+        if not cfg.get("landmark_weights"):  # (the refinement weighs the points only as the fit does)
+            what["photometric"].pop("landmark_weights", None)
         what["photometric"].pop("skip_parts")  # all the features, as before the choice existed
         what["photometric"].pop("posterior_discount")  # the codes do not depend on it
         if what["photometric"].get("skip_features"):  # the features' mask, by the source's annotation

@@ -266,6 +266,20 @@ def test_the_encoder_fingerprint_holds_the_photometric_settings_when_on(monkeypa
 
     monkeypatch.setattr(photometric, "PhotometricConfig", Shadows)
     assert encoder_fingerprint(FitConfig(photometric=True), "dlib") != on
+
+    # the fit's landmark weights (off by default) move the codes; the refinement's own switch
+    # for them counts only where the fit weighs its points
+    @dataclass(frozen=True)
+    class Unweighted(photometric.PhotometricConfig):
+        landmark_weights: bool = False
+
+    monkeypatch.undo()
+    weighted = encoder_fingerprint(FitConfig(photometric=True, landmark_weights=True), "dlib")
+    assert weighted not in (on, off)
+    monkeypatch.setattr(photometric, "PhotometricConfig", Unweighted)
+    assert encoder_fingerprint(FitConfig(photometric=True), "dlib") == on
+    fit_only = encoder_fingerprint(FitConfig(photometric=True, landmark_weights=True), "dlib")
+    assert fit_only not in (on, weighted)
     assert encoder_fingerprint(FitConfig(), "dlib") == off  # off, its settings do not count
 
 

@@ -280,11 +280,11 @@ def test_feature_albedo_reads_painted_features_by_their_own_colour(default_model
     assert after.mean() < 0.9 * before.mean(), (before, after)
 
 
-def _followed(model, photos, point: int, axis: int, shift: float, **settings):
+def _followed(model, photos, point: int, axis: int, shift: float, fit_config=None, detector=None, **settings):
     """How far (px, along image ``axis``) the refined face's landmark ``point`` follows that point
     alone moved by ``shift`` inter-ocular distances (the landmark term alone: weight 0, 60 steps,
-    the other ``settings`` of PhotometricConfig), and the moved run's landmarks (68, 2) px, the
-    true ones (68, 2) and the inter-ocular distance."""
+    the other ``settings`` of PhotometricConfig; the fit's config and detector as given), and the
+    moved run's landmarks (68, 2) px, the true ones (68, 2) and the inter-ocular distance."""
     images, _, lms = photos
     lm = fit_landmarks(model, lms[:1], np.full((1, 2), float(SIZE)))
     iod = np.linalg.norm(lms[0, 36:42].mean(0) - lms[0, 42:48].mean(0))
@@ -293,7 +293,8 @@ def _followed(model, photos, point: int, axis: int, shift: float, **settings):
         wrong = lms[:1].copy()
         wrong[0, point, axis] += s * iod
         cfg = PhotometricConfig(steps=60, weight=0.0, **settings)
-        got.append(refine_photometric(model, lm.codes, wrong, images[:1], photometric=cfg).landmarks_px[0])
+        got.append(refine_photometric(model, lm.codes, wrong, images[:1], photometric=cfg, config=fit_config,
+                                      detector=detector).landmarks_px[0])
     return got[1][point, axis] - got[0][point, axis], got[1], lms[0], iod
 
 
@@ -321,6 +322,52 @@ def test_feature_landmark_weight_lets_a_brow_point_pull_less(default_model, phot
     assert follow[33, 0.1] > 0.8 * follow[33, 1.0], follow
     with pytest.raises(SkullsearchError, match="feature_landmark_weight"):
         PhotometricConfig(feature_landmark_weight=-0.5)
+
+
+def _measured(monkeypatch, sigma):
+    """Every named detector measured to scatter by sigma (68,) (FitConfig.landmark_weights)."""
+    from skullsearch.encoder import fitting, photometric
+
+    measured = lambda model, detector, cfg: (sigma, sigma) if detector and cfg.landmark_weights else None  # noqa: E731
+    monkeypatch.setattr(fitting, "detector_point_sigma", measured)
+    monkeypatch.setattr(photometric, "detector_point_sigma", measured)
+
+
+def test_the_refinement_weighs_the_points_as_the_fit_unless_told_not_to(default_model, photos, monkeypatch):
+    """A brow point moved up by a third of the inter-ocular distance, the brows measured to
+    scatter 5x the other points: with FitConfig.landmark_weights the refined brow follows it far
+    less; with the refinement's own landmark_weights off as far as without the weights."""
+    sigma = np.full(68, 0.03)
+    sigma[17:27] = 0.15
+    _measured(monkeypatch, sigma)
+    on = FitConfig(landmark_weights=True)
+    follow = lambda **kw: -_followed(default_model, photos, 19, 1, -1 / 3, **kw)[0]  # noqa: E731 (px up)
+    plain = follow()
+    assert follow(fit_config=on) == plain  # no detector named: the points as given
+    weighted = follow(fit_config=on, detector="test")
+    unweighted = follow(fit_config=on, detector="test", landmark_weights=False)
+    assert plain > 1.0 and unweighted == pytest.approx(plain, abs=1e-3)
+    assert weighted < 0.5 * plain, (weighted, plain)
+
+
+def test_the_refined_posterior_without_the_shading_is_the_weighted_fits(default_model, photos, monkeypatch):
+    """With landmark weights, the refinement's posterior at the fit's state and no photometric
+    weight (forward differences) is the weighted Levenberg-Marquardt fit's (analytic), and
+    differs from the unweighted one's."""
+    m = default_model
+    images, _, lms = photos
+    sigma = np.linspace(0.02, 0.12, 68)
+    _measured(monkeypatch, sigma)
+    sizes = np.full((len(images), 2), float(SIZE))
+    cfg = FitConfig(posterior=True, landmark_weights=True)
+    lm = fit_landmarks(m, lms, sizes, config=cfg, detector="test")
+    plain = fit_landmarks(m, lms, sizes, config=FitConfig(posterior=True), detector="test")
+    ref = refine_photometric(m, lm.codes, lms, images, config=cfg, detector="test",
+                             photometric=PhotometricConfig(steps=0, weight=0.0))
+    want, got = m.soft_tissue_covariance(lm.shape_cov), m.soft_tissue_covariance(ref.shape_cov)
+    np.testing.assert_allclose(got, want, atol=0.01 * np.abs(want).max())
+    other = m.soft_tissue_covariance(plain.shape_cov)
+    assert np.abs(other - want).max() > 2 * np.abs(got - want).max()  # (the weights are seen)
 
 
 def test_photo_gamma_reads_the_pixels_as_linear_light():
