@@ -269,11 +269,12 @@ def test_the_encoder_fingerprint_holds_the_photometric_settings_when_on(monkeypa
 
     # the fit's landmark weights (off by default) move the codes; the refinement's own switch
     # for them counts only where the fit weighs its points
+    monkeypatch.undo()
+
     @dataclass(frozen=True)
     class Unweighted(photometric.PhotometricConfig):
         landmark_weights: bool = False
 
-    monkeypatch.undo()
     weighted = encoder_fingerprint(FitConfig(photometric=True, landmark_weights=True), "dlib")
     assert weighted not in (on, off)
     monkeypatch.setattr(photometric, "PhotometricConfig", Unweighted)
