@@ -87,10 +87,24 @@ class FitConfig:
     jaw_calibration: bool = True
     # weigh each of a detector's 68 points by its measured reliability: 1 / σ² (scaled to a mean
     # of 1), σ its scatter about the face model's point at the true camera on the jaw-line
-    # calibration's renders (calibrate.calibrate_jaw; dlib's jaw line and brows err most, the
-    # nose least), with the jaw line's after its calibration where that is applied; the fit's
-    # posterior counts each point's noise as σ_noise / √w. Detectors without the measurement
-    # (and landmarks with no detector named) keep equal weights.
+    # calibration's 800 renders (calibrate.calibrate_jaw; dlib: jaw line 0.06-0.21 inter-ocular
+    # distances as detected, 0.06-0.08 after its calibration, brows 0.08-0.10, nose bridge and
+    # eyes 0.03-0.05), the jaw line's after its calibration where that is applied; the fit's
+    # posterior counts each point's noise as σ_noise / √w; the photometric refinement weighs its
+    # landmark term alike (PhotometricConfig.landmark_weights). Detectors without the measurement
+    # (the mesh) and landmarks with no detector named keep equal weights. Off: it gains on
+    # renders and on the real photos' consistency, not on the real CT head. Measured (the
+    # guessed focal length): landmark fit, 40 textured renders of seed 7 0.950 -> 0.892 x the
+    # mean face's error (photometric_settings.py --renders 40 --seed 7 --texture --camera-gamma
+    # 2.2 --shadows --landmark-weights), 62 real photos of 7 persons same-person AUC from shape
+    # codes 0.889 -> 0.912 (persons.py --photos DIR --shared 3 --landmark-weights; three photos
+    # 0.947 -> 0.956), the real CT head 0.976 / 0.967 -> 1.026 / 0.978 x (rigid / similarity;
+    # ct_encoder.py --detectors dlib --no-prior --landmark-weights); refined, the refinement
+    # weighing alike: identity.py --persons 100 --photometric 0.708 -> 0.643 x (three photos
+    # 0.648 -> 0.591 x), the textured renders 0.657 -> 0.648 x, but the real photos' AUC 0.886
+    # -> 0.873 (three photos 0.978 -> 0.960) and the CT head 0.791 / 0.839 -> 0.820 / 0.847 x;
+    # the refinement unweighted (PhotometricConfig(landmark_weights=False)) ends where it ends
+    # without the weights (0.708 x; CT 0.786 / 0.838 x; real photos 0.892)
     landmark_weights: bool = False
     w_landmark: float = 1.0
     w_edge: float = 3.0
