@@ -95,7 +95,8 @@ def model_calibrate(
                           "DST (default: the cache folder).")] = False,
     jaw: Annotated[bool, typer.Option(
         "--jaw", help="where dlib draws its jaw line against the model's silhouette, by perspective "
-                      "and yaw (FitConfig.jaw_calibration), written to DST (default: the cache "
+                      "and yaw (FitConfig.jaw_calibration), and how far each of its 68 points "
+                      "scatters (FitConfig.landmark_weights), written to DST (default: the cache "
                       "folder).")] = False,
 ):
     """Calibrate the model's 68-point embedding to a detector: where it puts its points on renders
@@ -121,7 +122,9 @@ def model_calibrate(
         out.print(f"wrote {dst}: dlib found {jc.found}/{jc.photos} renders; its jaw line lies inward of "
                   f"the silhouette by {jc.inward_near:.3f} inter-ocular distances within 0.6 m, "
                   f"{jc.inward_far:.3f} beyond 1 m (median); offsets RMS {jc.rms_before:.3f} -> "
-                  f"{jc.rms_after:.3f} after the calibration", highlight=False)
+                  f"{jc.rms_after:.3f} after the calibration; the 68 points scatter by "
+                  f"{jc.sigma_calibrated.min():.3f}-{jc.sigma_calibrated.max():.3f} (RMS per "
+                  f"coordinate, the jaw line calibrated)", highlight=False)
         return
     if texture:
         if detector != "dlib" or pose:

@@ -205,9 +205,14 @@ def test_dlibs_jaw_line_calibration_on_renders_is_deterministic_and_the_cli_writ
     assert a.found >= 40 and a.photos == 48 and a.coef.shape == (2, 17, P) and np.isfinite(a.coef).all()
     assert a.rms_after < a.rms_before  # what the features explain of dlib's offsets
     assert np.all(a.feature_lo < a.feature_hi)
+    # each point's scatter: the jaw line's less once calibrated, the others' as detected
+    assert a.sigma_raw.shape == a.sigma_calibrated.shape == (68,) and (a.sigma_calibrated > 0).all()
+    np.testing.assert_array_equal(a.sigma_raw[17:], a.sigma_calibrated[17:])
+    assert a.sigma_calibrated[:17].mean() < a.sigma_raw[:17].mean()
     res = CliRunner().invoke(app, ["model", "calibrate", "--jaw", "--photos", "48", "--seed", "4"])
     assert res.exit_code == 0, res.output
-    assert "wrote" in res.output and "inward" in res.output
+    assert "wrote" in res.output and "inward" in res.output and "scatter" in res.output
     with np.load(jaw_paths(default_model, "dlib")[1]) as z:
         np.testing.assert_array_equal(z["coef"], a.coef)  # deterministic for a seed
+        np.testing.assert_array_equal(z["sigma_calibrated"], a.sigma_calibrated)
         assert int(z["found"]) == a.found
