@@ -49,6 +49,24 @@ def anny_model():
 
 
 @pytest.fixture(scope="module")
+def landmark_rig(default_model):
+    """The default model's 68-landmark rig with 90 shape and 90 expression components."""
+    from skullsearch.encoder.fitting import LandmarkRig
+
+    return LandmarkRig(default_model, 90, 90)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module's small fits (``pytestmark = pytest.mark.usefixtures(...)``):
+    on a shared 2-core machine two threads spend most of their time waiting for each other."""
+    from torch_threads import one_thread
+
+    with one_thread():
+        yield
+
+
+@pytest.fixture(scope="module")
 def mean_points(default_model):
     """The 36 soft-tissue points (36, 3) float64 mm of the mean face of the module's
     ``default_model`` (a model test module may override that fixture)."""

@@ -10,7 +10,6 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from landmark_photos import landmark_photos
-from torch_threads import one_thread
 
 from skullsearch.encoder import code as code_layout
 from skullsearch.encoder import fitting
@@ -30,16 +29,7 @@ from skullsearch.encoder.fitting import (
 
 BROWS = list(range(17, 27))
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with one_thread():
-        yield
-
-
-@pytest.fixture(scope="module")
-def rig(default_model):
-    return LandmarkRig(default_model, 90, 90)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _measured(sigma):
@@ -109,35 +99,34 @@ def test_the_weighted_normal_equations_are_half_the_energys_gradient(default_mod
     torch.testing.assert_close(2 * g, grad, rtol=1e-6, atol=1e-9 * float(grad.abs().max()))
 
 
-def test_the_fit_with_weights_off_no_detector_or_equal_scatter_is_the_unweighted_fit(default_model, rig,
-                                                                                     monkeypatch):
-    _, uv, size = landmark_photos(default_model, rig, 3, seed=6)
-    plain = fit_landmarks(default_model, uv, size, rig=rig, config=FitConfig(posterior=True))
+def test_weights_off_no_detector_or_equal_scatter_fit_as_unweighted(default_model, landmark_rig, monkeypatch):
+    _, uv, size = landmark_photos(default_model, landmark_rig, 3, seed=6)
+    plain = fit_landmarks(default_model, uv, size, rig=landmark_rig, config=FitConfig(posterior=True))
     on = FitConfig(landmark_weights=True, posterior=True)
     # no detector named: the landmarks are taken as given (e.g. a face's exact points)
-    given = fit_landmarks(default_model, uv, size, rig=rig, config=on)
+    given = fit_landmarks(default_model, uv, size, rig=landmark_rig, config=on)
     np.testing.assert_array_equal(given.codes, plain.codes)
     # a detector whose scatter is the same everywhere: every weight 1, the same fit
     monkeypatch.setattr(fitting, "detector_point_sigma", _measured(np.full(68, 0.05)))
-    same = fit_landmarks(default_model, uv, size, rig=rig, config=on, detector="test")
+    same = fit_landmarks(default_model, uv, size, rig=landmark_rig, config=on, detector="test")
     np.testing.assert_allclose(same.codes, plain.codes, atol=1e-5)
     np.testing.assert_allclose(same.shape_cov, plain.shape_cov, rtol=1e-4, atol=1e-7)  # (the posterior too)
 
 
-def test_a_point_known_to_scatter_pulls_the_face_less(default_model, rig, monkeypatch):
+def test_a_point_known_to_scatter_pulls_the_face_less(default_model, landmark_rig, monkeypatch):
     """Brows 0.25 inter-ocular distances too high (dlib on a brow ridge in shadow): with the
     brows' larger measured scatter the fitted face lies nearer its truth and the brows' fitted
     points further from where they were detected."""
-    truth, uv, size = landmark_photos(default_model, rig, 6, seed=7, noise_px=0.5)
+    truth, uv, size = landmark_photos(default_model, landmark_rig, 6, seed=7, noise_px=0.5)
     iod = np.linalg.norm(uv[:, 36:42].mean(1) - uv[:, 42:48].mean(1), axis=1)
     moved = uv.copy()
     moved[:, BROWS, 1] -= 0.25 * iod[:, None]  # (image y down: up the face)
     sigma = np.full(68, 0.03)
     sigma[BROWS] = 0.25
     monkeypatch.setattr(fitting, "detector_point_sigma", _measured(sigma))
-    plain = fit_landmarks(default_model, moved, size, rig=rig, detector="test")
-    weighted = fit_landmarks(default_model, moved, size, rig=rig, config=FitConfig(landmark_weights=True),
-                             detector="test")
+    plain = fit_landmarks(default_model, moved, size, rig=landmark_rig, detector="test")
+    weighted = fit_landmarks(default_model, moved, size, rig=landmark_rig,
+                             config=FitConfig(landmark_weights=True), detector="test")
 
     def shape_error(res):
         shape = code_layout.split(torch.as_tensor(res.codes)).shape[:, :90]
@@ -146,8 +135,8 @@ def test_a_point_known_to_scatter_pulls_the_face_less(default_model, rig, monkey
     assert shape_error(weighted) < shape_error(plain)
     off = lambda res: np.linalg.norm(res.landmarks_px[:, BROWS] - moved[:, BROWS], axis=-1).mean()  # noqa: E731
     assert off(weighted) > off(plain)
-    e_w = fit_energy(default_model, moved, size, weighted.codes, rig=rig,
+    e_w = fit_energy(default_model, moved, size, weighted.codes, rig=landmark_rig,
                      config=FitConfig(landmark_weights=True), detector="test")
-    e_p = fit_energy(default_model, moved, size, plain.codes, rig=rig,
+    e_p = fit_energy(default_model, moved, size, plain.codes, rig=landmark_rig,
                      config=FitConfig(landmark_weights=True), detector="test")
     assert (e_w <= e_p * 1.001).all()  # the weighted fit minimizes the weighted energy
