@@ -101,8 +101,9 @@ class FitConfig:
     # 0.947 -> 0.956), the real CT head 0.976 / 0.967 -> 1.026 / 0.978 x (rigid / similarity;
     # ct_encoder.py --detectors dlib --no-prior --landmark-weights); refined, the refinement
     # weighing alike: identity.py --persons 100 --photometric 0.708 -> 0.643 x (three photos
-    # 0.648 -> 0.591 x), the textured renders 0.657 -> 0.648 x, but the real photos' AUC 0.886
-    # -> 0.873 (three photos 0.978 -> 0.960) and the CT head 0.791 / 0.839 -> 0.820 / 0.847 x;
+    # 0.648 -> 0.591 x; 300 persons 0.705 -> 0.651 x, 0.644 -> 0.595 x), the textured renders
+    # 0.657 -> 0.648 x, but the real photos' AUC 0.886 -> 0.873 (three photos 0.978 -> 0.960)
+    # and the CT head 0.791 / 0.839 -> 0.820 / 0.847 x;
     # the refinement unweighted (PhotometricConfig(landmark_weights=False)) ends where it ends
     # without the weights (0.708 x; CT 0.786 / 0.838 x; real photos 0.892)
     landmark_weights: bool = False
