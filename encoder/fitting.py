@@ -1076,9 +1076,11 @@ class _LMProblem:
     def __init__(self, rig, cfg, lm2d, focal, center, scale, edges, emask, obs_len, point_w, pidx, n_person,
                  shape_prior=None, dense=None):
         self.rig, self.cfg = rig, cfg
-        #: each landmark's weight (B, 68) and each edge's (B, E) (:func:`point_weights`), None: 1
+        #: each landmark's weight (B, 68) (:func:`point_weights`) and per image coordinate
+        #: (B, 136), None: 1; the edges' mask times their weights (B, E) (:func:`edge_weights`)
         self.point_w = point_w
-        self.edge_w = None if point_w is None else edge_weights(point_w, edges)
+        self.coord_w = None if point_w is None else point_w.repeat_interleave(2, dim=1)
+        self.emask_w = emask if point_w is None else emask * edge_weights(point_w, edges)
         self.tables = lev.PointTables.of(rig)
         #: each photo's yaw bin (B,) in a pose-conditioned rig (:meth:`LandmarkRig.bins_of`; the
         #: bin of yaw 0 until the rigid stage has placed the camera), None otherwise
@@ -1115,14 +1117,6 @@ class _LMProblem:
             self.shape_sd[:, : mean.shape[1]] = std
         self.n_local = lev.N_RIGID + (0 if cfg.share_expression else rig.n_expression)
 
-    def weighted_emask(self) -> torch.Tensor:
-        """The edges' mask times their weights (B, E)."""
-        return self.emask if self.edge_w is None else self.emask * self.edge_w
-
-    def coord_weights(self) -> torch.Tensor | None:
-        """The landmarks' weights per image coordinate (B, 136), None: all 1."""
-        return None if self.point_w is None else self.point_w.repeat_interleave(2, dim=1)
-
     def coeffs(self, st):
         e = st["expr"][self.pidx] if self.cfg.share_expression else st["expr"]
         return torch.cat([e, st["shape"][self.pidx]], 1)  # the tables' order [δ, α]
@@ -1144,7 +1138,7 @@ class _LMProblem:
         r2 = ((uv - self.lm2d) ** 2).sum(-1)
         reproj = (r2 if self.point_w is None else r2 * self.point_w).mean(1) / self.scale**2
         fit_len = _edge_lengths(uv, self.edges)
-        edge = ((((self.obs_len - fit_len) ** 2) * self.weighted_emask()).sum(1)
+        edge = ((((self.obs_len - fit_len) ** 2) * self.emask_w).sum(1)
                 / self.emask.sum(1).clamp(min=1))
         total = cfg.w_landmark * reproj + cfg.w_edge * edge / self.scale**2
         x = torch.cat([st["jaw"], c], 1)
@@ -1179,9 +1173,8 @@ class _LMProblem:
         (Gauss-Newton) and gradient; N = 6 (rigid: camera only) or 9 + S + E."""
         b = self.b
         juv = self.uv_jacobian(st, aux, rigid)
-        cw = self.coord_weights()
-        k2 = (self.k_lmk[:, None] ** 2) * (1.0 if cw is None else cw)  # (B, 1 or 136)
-        m_e, q = lev.edge_metric(aux["uv"], self.edges, self.weighted_emask(), k2, self.k_edge,
+        k2 = (self.k_lmk[:, None] ** 2) * (1.0 if self.coord_w is None else self.coord_w)  # (B, 1 or 136)
+        m_e, q = lev.edge_metric(aux["uv"], self.edges, self.emask_w, k2, self.k_edge,
                                  self.obs_len, aux["fit_len"])
         q = q + k2 * (aux["uv"] - self.lm2d).reshape(b, -1)
         jt = juv.transpose(1, 2)
@@ -1214,9 +1207,8 @@ class _LMProblem:
         rig = self.rig
         sigma = (noise * self.scale).double()  # (B,) px
         j = self.uv_jacobian(st, aux, rigid=False).double() / sigma[:, None, None]
-        cw = self.coord_weights()
-        if cw is not None:  # a point of weight w errs by σ / √w
-            j = j * cw.double().sqrt()[..., None]
+        if self.coord_w is not None:  # a point of weight w errs by σ / √w
+            j = j * self.coord_w.double().sqrt()[..., None]
         h = j.transpose(1, 2) @ j  # (B, N, N): [camera 6, jaw 3, δ E, α S]
         w_noise = self.cfg.w_landmark / 68 * noise**2  # the fit's energy units per σ²
         return person_shape_covariance(h, self.n_local, self.cfg.w_pose / w_noise, rig.expr_std,
