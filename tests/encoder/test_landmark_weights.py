@@ -9,10 +9,9 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from landmark_photos import landmark_photos
+from landmark_photos import landmark_photos, use_measured_scatter
 
 from skullsearch.encoder import code as code_layout
-from skullsearch.encoder import fitting
 from skullsearch.encoder.embeddings import jaw_bias
 from skullsearch.encoder.fitting import (
     JAW,
@@ -30,11 +29,6 @@ from skullsearch.encoder.fitting import (
 BROWS = list(range(17, 27))
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def _measured(sigma):
-    """A stand-in for :func:`detector_point_sigma`: every detector measured with scatter sigma."""
-    return lambda model, detector, cfg: (sigma, sigma) if detector and cfg.landmark_weights else None
 
 
 sigmas = st.lists(st.floats(0.01, 0.3), min_size=68, max_size=68).map(np.array)
@@ -107,7 +101,7 @@ def test_weights_off_no_detector_or_equal_scatter_fit_as_unweighted(default_mode
     given = fit_landmarks(default_model, uv, size, rig=landmark_rig, config=on)
     np.testing.assert_array_equal(given.codes, plain.codes)
     # a detector whose scatter is the same everywhere: every weight 1, the same fit
-    monkeypatch.setattr(fitting, "detector_point_sigma", _measured(np.full(68, 0.05)))
+    use_measured_scatter(monkeypatch, np.full(68, 0.05))
     same = fit_landmarks(default_model, uv, size, rig=landmark_rig, config=on, detector="test")
     np.testing.assert_allclose(same.codes, plain.codes, atol=1e-5)
     np.testing.assert_allclose(same.shape_cov, plain.shape_cov, rtol=1e-4, atol=1e-7)  # (the posterior too)
@@ -123,7 +117,7 @@ def test_a_point_known_to_scatter_pulls_the_face_less(default_model, landmark_ri
     moved[:, BROWS, 1] -= 0.25 * iod[:, None]  # (image y down: up the face)
     sigma = np.full(68, 0.03)
     sigma[BROWS] = 0.25
-    monkeypatch.setattr(fitting, "detector_point_sigma", _measured(sigma))
+    use_measured_scatter(monkeypatch, sigma)
     plain = fit_landmarks(default_model, moved, size, rig=landmark_rig, detector="test")
     weighted = fit_landmarks(default_model, moved, size, rig=landmark_rig,
                              config=FitConfig(landmark_weights=True), detector="test")

@@ -11,6 +11,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from landmark_photos import use_measured_scatter
 from PIL import Image
 from torch_threads import one_thread
 
@@ -324,22 +325,13 @@ def test_feature_landmark_weight_lets_a_brow_point_pull_less(default_model, phot
         PhotometricConfig(feature_landmark_weight=-0.5)
 
 
-def _measured(monkeypatch, sigma):
-    """Every named detector measured to scatter by sigma (68,) (FitConfig.landmark_weights)."""
-    from skullsearch.encoder import fitting, photometric
-
-    measured = lambda model, detector, cfg: (sigma, sigma) if detector and cfg.landmark_weights else None  # noqa: E731
-    monkeypatch.setattr(fitting, "detector_point_sigma", measured)
-    monkeypatch.setattr(photometric, "detector_point_sigma", measured)
-
-
 def test_the_refinement_weighs_the_points_as_the_fit_unless_told_not_to(default_model, photos, monkeypatch):
     """A brow point moved up by a third of the inter-ocular distance, the brows measured to
     scatter 5x the other points: with FitConfig.landmark_weights the refined brow follows it far
     less; with the refinement's own landmark_weights off as far as without the weights."""
     sigma = np.full(68, 0.03)
     sigma[17:27] = 0.15
-    _measured(monkeypatch, sigma)
+    use_measured_scatter(monkeypatch, sigma)
     on = FitConfig(landmark_weights=True)
     follow = lambda **kw: -_followed(default_model, photos, 19, 1, -1 / 3, **kw)[0]  # noqa: E731 (px up)
     plain = follow()
@@ -357,7 +349,7 @@ def test_the_refined_posterior_without_the_shading_is_the_weighted_fits(default_
     m = default_model
     images, _, lms = photos
     sigma = np.linspace(0.02, 0.12, 68)
-    _measured(monkeypatch, sigma)
+    use_measured_scatter(monkeypatch, sigma)
     sizes = np.full((len(images), 2), float(SIZE))
     cfg = FitConfig(posterior=True, landmark_weights=True)
     lm = fit_landmarks(m, lms, sizes, config=cfg, detector="test")

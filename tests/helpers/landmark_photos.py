@@ -26,3 +26,16 @@ def landmark_photos(model, rig, n, seed, noise_px=1.0, same=None):
         uv = model_landmarks_px(rig, shape, expr, pose, camera_rotation(rot), trans,
                                 torch.full((n,), 614.4), torch.full((n, 2), 256.0)).numpy()
     return shape, uv + rng.normal(scale=noise_px, size=uv.shape), np.full((n, 2), 512.0)
+
+
+def use_measured_scatter(monkeypatch, sigma) -> None:
+    """Every named detector measured to scatter by sigma (68,) (``FitConfig.landmark_weights``):
+    a stand-in for :func:`~skullsearch.encoder.fitting.detector_point_sigma` in the fit and the
+    photometric refinement."""
+    from skullsearch.encoder import fitting, photometric
+
+    def measured(model, detector, cfg):
+        return (sigma, sigma) if detector and cfg.landmark_weights else None
+
+    monkeypatch.setattr(fitting, "detector_point_sigma", measured)
+    monkeypatch.setattr(photometric, "detector_point_sigma", measured)
