@@ -9,13 +9,17 @@ reports 99.38 % same/different accuracy on LFW at a distance of :data:`SAME_PERS
 0.6. The chip is aligned from the face's 68 landmarks, so every 68-point detector (dlib, FAN,
 ``.pts``) gets a descriptor.
 
-Cost: one ResNet pass per face, about 10–20 ms of one CPU core (the HOG detector's pass over a
-photo is several times that); measured by ``benchmarks/ingest_speed.py``.
+The network runs in torch by default (:mod:`~skullsearch.encoder.dlib_resnet`: dlib's own weights,
+read from the same file; the chip still cut by dlib): the same descriptor to float rounding
+(≤ 1e-6 against dlib's own, tested), about 13 ms of one CPU core a face against dlib's 75 ms
+(``benchmarks/descriptor_speed.py``). ``backend="dlib"`` runs dlib's own network; a model file that
+does not read as dlib's network falls back to it with a warning.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 
 import numpy as np
 
@@ -30,22 +34,47 @@ SAME_PERSON_DISTANCE = 0.6
 #: is often closer than 0.6. ``benchmarks/persons.py`` measures it on a labelled photo folder.
 PERSON_DISTANCE = 0.5
 MODEL_FILE = "dlib_face_recognition_resnet_model_v1.dat"
+#: The chip dlib's network reads: side (px) and the margin around the landmarks (dlib's defaults
+#: in ``compute_face_descriptor``).
+CHIP_SIZE, CHIP_PADDING = 150, 0.25
+BACKENDS = ("torch", "dlib")
+
+log = logging.getLogger(__name__)
+
+
+def _model_path():
+    from skullsearch.encoder.detectors import face_recognition_models_dir
+
+    path = face_recognition_models_dir() / MODEL_FILE
+    if not path.exists():
+        raise DependencyError(f"dlib's face recognition model is missing: {path} "
+                              "(reinstall face_recognition_models)")
+    return path
 
 
 @functools.lru_cache(maxsize=1)
 def dlib_descriptor_model():
     """dlib's face recognition network, loaded once per process."""
-    from skullsearch.encoder.detectors import face_recognition_models_dir
-
     try:
         import dlib
     except ImportError as e:
         raise DependencyError("person descriptors need dlib: pip install dlib-bin") from e
-    path = face_recognition_models_dir() / MODEL_FILE
-    if not path.exists():
-        raise DependencyError(f"dlib's face recognition model is missing: {path} "
-                              "(reinstall face_recognition_models)")
-    return dlib.face_recognition_model_v1(str(path))
+    return dlib.face_recognition_model_v1(str(_model_path()))
+
+
+@functools.lru_cache(maxsize=1)
+def torch_descriptor_model():
+    """The same network's weights in torch (:class:`~skullsearch.encoder.dlib_resnet.TorchResNet`),
+    loaded once per process; None where the file does not read as dlib's network (then dlib runs
+    it)."""
+    from skullsearch.encoder import dlib_resnet
+
+    path = _model_path()
+    try:
+        return dlib_resnet.TorchResNet(dlib_resnet.read_network(path))
+    except ValueError as e:
+        log.warning("person descriptors: %s; running dlib's own network instead (slower)", e)
+        return None
 
 
 def _shape(box: np.ndarray, landmarks: np.ndarray):
@@ -58,14 +87,18 @@ def _shape(box: np.ndarray, landmarks: np.ndarray):
     return dlib.full_object_detection(dlib.rectangle(x0, y0, max(x1, x0 + 1), max(y1, y0 + 1)), pts)
 
 
-def face_descriptors(pixels: np.ndarray, boxes: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+def face_descriptors(pixels: np.ndarray, boxes: np.ndarray, landmarks: np.ndarray,
+                     backend: str = "torch") -> np.ndarray:
     """Person descriptors (n, 128) float32 of the faces of one photo.
 
     pixels: (H, W, 3) uint8 RGB (or (H, W) gray); boxes: (n, 4) x0, y0, x1, y1 px; landmarks:
     (n, 68, 2) px, iBUG order. One batched pass of dlib's network over the photo's faces (each
-    aligned to a 150×150 chip from its landmarks). A face whose landmarks are not finite gets a
+    aligned to a 150×150 chip from its landmarks by dlib), in torch or (``backend="dlib"``) by
+    dlib itself: the same numbers to float rounding. A face whose landmarks are not finite gets a
     NaN row.
     """
+    if backend not in BACKENDS:
+        raise ValueError(f"descriptor backend must be one of {BACKENDS}, got {backend!r}")
     boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
     landmarks = np.asarray(landmarks, np.float64).reshape(len(boxes), -1, 2)
     out = np.full((len(boxes), DIM), np.nan, np.float32)
@@ -83,7 +116,11 @@ def face_descriptors(pixels: np.ndarray, boxes: np.ndarray, landmarks: np.ndarra
     shapes = dlib.full_object_detections()
     for b, lm in zip(boxes[ok], landmarks[ok], strict=True):
         shapes.append(_shape(b, lm))
-    vecs = dlib_descriptor_model().compute_face_descriptor(img, shapes)
+    net = torch_descriptor_model() if backend == "torch" else None
+    if net is not None:
+        out[ok] = net(np.stack(dlib.get_face_chips(img, shapes, CHIP_SIZE, CHIP_PADDING)))
+        return out
+    vecs = dlib_descriptor_model().compute_face_descriptor(img, shapes, 0, CHIP_PADDING)
     out[ok] = np.array([np.asarray(v) for v in vecs], np.float32).reshape(-1, DIM)
     return out
 
