@@ -138,7 +138,10 @@ class Network:
 def read_network(path: str | Path) -> Network:
     """Read dlib's ``dlib_face_recognition_resnet_model_v1.dat``; ValueError if it is not that
     network."""
-    layers = _layers(Path(path).read_bytes())
+    try:
+        layers = _layers(Path(path).read_bytes())
+    except (ValueError, IndexError) as e:
+        raise ValueError(f"{path}: not dlib's face recognition ResNet ({e or 'truncated'})") from e
     kinds = "".join({"input": "I", "con": "C", "affine": "A", "relu": "R", "max": "M", "avg": "P",
                      "add": "+", "fc": "F"}[la.kind] for la in layers)
     # stem, then blocks (C A R C A [P] + R), then the mean over the image and the fc layer
