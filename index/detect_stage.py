@@ -178,6 +178,12 @@ def init_worker(known: frozenset, detector: str, descriptors: bool = True, crops
     gallery holds, the detector by name, whether to compute person descriptors, whether to keep
     each face's crop for a photometric fit."""
     global _KNOWN, _DETECTOR, _DESCRIBE, _CROPS
+    import gc
+
+    # a forked worker inherits the parent's objects, some of which (a torch, FAISS or DuckDB
+    # object of the parent's) cannot be finalized in a child: the garbage collector must never
+    # visit them here, or the worker crashes at its first collection (seen as worker-crashed)
+    gc.freeze()
     import torch
 
     torch.set_num_threads(1)

@@ -229,3 +229,44 @@ def test_local_stage_yields_chunks_in_order(face_png, tmp_path):
     assert [r.status for r in records] == ["ok", "not-an-image", "ok"]
     assert records[0].person == "a" and len(records[0].faces) == 1
     assert stage.pool is None  # closed
+
+
+class _Canary:
+    """Garbage of the parent process (in a reference cycle) that notes where it is finalized."""
+
+    def __init__(self, path: Path):
+        self.path, self.me = path, self
+
+    def __del__(self):
+        with open(self.path, "a") as f:
+            f.write(f"{os.getpid()}\n")
+
+
+def _worker_collects(path, known):
+    import gc
+
+    init_worker(known, "dlib", False)
+    gc.collect()
+    Path(path).with_suffix(".done").write_text("ok")
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="forked workers only")
+def test_a_forked_worker_never_finalizes_the_parents_garbage(tmp_path):
+    """A parent's garbage (a closed-over gallery's DuckDB connection, FAISS indexes) is not safe to
+    finalize in a forked child: the worker's collector must leave it alone (it crashed workers
+    of a second ingest in one process)."""
+    import gc
+    import multiprocessing as mp
+
+    log = tmp_path / "finalized.txt"
+    gc.disable()  # keep the cycle uncollected until the fork
+    try:
+        _Canary(log)
+        proc = mp.get_context("fork").Process(target=_worker_collects, args=(str(log), frozenset()))
+        proc.start()
+        proc.join(60)
+    finally:
+        gc.enable()
+    assert proc.exitcode == 0 and log.with_suffix(".done").exists()
+    gc.collect()
+    assert log.read_text().split() == [str(os.getpid())]  # finalized by the parent, not the worker
