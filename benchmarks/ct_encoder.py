@@ -219,6 +219,40 @@ def smooth_band(mesh, y_range: tuple[float, float], iters: int = 40):
     return out
 
 
+def upper_face_line(model, below_nose_mm: float) -> float:
+    """The height (model frame, mm) ``below_nose_mm`` under the mean face's nose base (the
+    source-annotated subnasale, iBUG 33): a scan that ends above the mouth is placed, fitted by the
+    oracle and scored above it."""
+    from skullsearch.encoder.render import anatomical_landmarks
+
+    return float(anatomical_landmarks(model)[33, 1]) - below_nose_mm
+
+
+def graft_lower_face(model, head_ct, to_ct: np.ndarray, y_cut: float, scan_end_y: float,
+                     margin_mm: float = 3.0, overlap_mm: float = 1.5):
+    """The skin of a scan that ends above the mouth, completed for the detector by a lower face
+    that carries no identity: the skin (trimesh, CT frame) above the model-frame line ``y_cut``
+    and more than ``margin_mm`` above the scan's end (CT-frame height ``scan_end_y``: its flat cap
+    left out), the model's mean head wherever the skin is not (each running ``overlap_mm`` past
+    the seam, so that no gap shows). to_ct: model → CT frame. Returns the head in the model
+    frame. The scoring never looks below ``y_cut``."""
+    import trimesh
+
+    above = head_ct.copy()
+    above.update_faces((above.vertices[above.faces][:, :, 1] > scan_end_y + margin_mm).all(1))
+    above.apply_transform(np.linalg.inv(to_ct))
+    above.update_faces((above.vertices[above.faces][:, :, 1] > y_cut - overlap_mm).all(1))
+    above.remove_unreferenced_vertices()
+    tv = np.asarray(model.v_template, np.float64)
+    in_ct = _apply(to_ct, tv)[:, 1]
+    faces = np.asarray(model.faces)
+    low = faces[((tv[faces][:, :, 1] < y_cut + overlap_mm)
+                 | (in_ct[faces] < scan_end_y + margin_mm + overlap_mm)).all(1)]
+    mean = trimesh.Trimesh(tv, low, process=False)
+    mean.remove_unreferenced_vertices()
+    return trimesh.util.concatenate([above, mean])
+
+
 def neutral_faces(model, shapes: np.ndarray) -> np.ndarray:
     """Neutral faces (n, V, 3) mm of shape codes (n, ≤S)."""
     s = np.zeros((len(shapes), model.n_shape), np.float32)
@@ -432,6 +466,12 @@ def main(argv=None) -> None:
     p.add_argument("--smooth-streak", action="store_true",
                    help="render the skin with the dental streak's band smoothed (its metal-artefact spikes "
                         "flattened: a photo has none); the scoring is the same")
+    p.add_argument("--no-streak", action="store_true",
+                   help="the head has no dental streak (another CT than CThead): score every face vertex")
+    p.add_argument("--upper-face", type=float, default=None, metavar="MM",
+                   help="the scan ends above the mouth: place, fit the oracle and score only the face "
+                        "above MM below the mean face's nose base, and render the mean face's head below "
+                        "that line (no identity there) in place of the cut")
     p.add_argument("--cnn", default=None, metavar="CKPT",
                    help="also a CNN encoder checkpoint's codes (benchmarks/cnn_train.py) on dlib's boxes")
     p.add_argument("--texture", type=int, default=None, metavar="SEED",
@@ -467,20 +507,29 @@ def main(argv=None) -> None:
     t = time.time()
     volume, spacing = ct.load_ct(a.ct or ct.CT_HEAD)
     _, skin_ct = ct.extract_surfaces(volume, spacing)
+    upper = np.ones(model.n_vertices, bool)
+    if a.upper_face is not None:
+        y_cut = upper_face_line(model, a.upper_face)
+        upper = np.asarray(model.v_template, np.float64)[:, 1] > y_cut
     skin, to_ct, rms = place_skin(model, crop(skin_ct, skin_ct.vertices[skin_ct.vertices[:, 2] > 0], 0.0),
-                                  region)
+                                  region & upper)
     if a.smooth_streak:  # CT frame: y = −(slice − centre) × spacing
         ys = [-(s - (volume.shape[0] - 1) / 2) * float(spacing[0]) for s in STREAK_SLICES[::-1]]
         skin_ct = smooth_band(skin_ct, (ys[0] - 2.0, ys[1] + 2.0))
     full = skin_ct.copy()
     full.apply_transform(np.linalg.inv(to_ct))  # the whole head, for the renders
-    skin = crop(skin, model.v_template[region].astype(np.float64))
-    streak = streak_vertices(model, to_ct, float(spacing[0]), volume.shape)
-    keep = region & ~streak
+    if a.upper_face is not None:  # CT frame: y = −(slice − centre) × spacing; the last slice ends it
+        full = graft_lower_face(model, skin_ct, to_ct, y_cut, -(volume.shape[0] - 1) / 2 * float(spacing[0]))
+    skin = crop(skin, model.v_template[region & upper].astype(np.float64))
+    streak = (np.zeros(model.n_vertices, bool) if a.no_streak
+              else streak_vertices(model, to_ct, float(spacing[0]), volume.shape))
+    keep = region & ~streak & upper
     print(f"skin placed in the model's frame ({time.time() - t:.0f} s; mean face RMS {rms:.2f} mm); "
-          f"{keep.sum()} of {region.sum()} face-region vertices outside the dental streak", file=sys.stderr)
+          f"{keep.sum()} of {region.sum()} face-region vertices scored (outside the dental streak"
+          f"{', above the cut' if a.upper_face is not None else ''})", file=sys.stderr)
     out = {"ct": str(Path(a.ct or ct.CT_HEAD).name), "yaws": a.yaws, "lights": len(LIGHTS),
            "smooth_streak": bool(a.smooth_streak), "photometric_settings": a.photo_set or [],
+           "streak": not a.no_streak, "upper_face_mm": a.upper_face,
            "texture_seed": a.texture, "camera_gamma": a.camera_gamma, "shadows": a.shadows,
            "light_up": a.light_up, "exif": a.exif, "jaw_calibration": a.jaw_calibration,
            "landmark_weights": a.landmark_weights,
@@ -499,7 +548,7 @@ def main(argv=None) -> None:
 
     record("mean_face", np.zeros((1, model.n_shape)))
     t = time.time()
-    best = oracle_shape(model, skin, region, ~streak)
+    best = oracle_shape(model, skin, region, ~streak & upper)
     record("oracle", best[None], seconds=round(time.time() - t, 1))
 
     prior = None
