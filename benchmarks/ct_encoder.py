@@ -43,7 +43,14 @@ renders (the photos), which a real photo would not show. No default is tuned to 
 reports. One cadaver head under untextured renders is a first real-anatomy check, not a
 validation set.
 
-    python benchmarks/ct_encoder.py [--ct /work/shared/ct/cthead/cthead.npz]
+``--ct`` takes another head in CThead's npz form: ``benchmarks/ct_cranium.py`` makes one of
+Debian's InVesalius "Cranium" CT (a living patient; no dental streak: ``--no-streak``), whose scan
+ends at the upper lip: ``--upper-face MM`` then places the skin, fits the oracle and scores only
+above a line MM under the mean face's nose base (the bands forehead, brows to eyes, eyes to nose
+base), and the portraits show the model's mean head below that line (no identity there, as the
+mean face is every ratio's baseline) so that the detector sees a whole face.
+
+    python benchmarks/ct_encoder.py [--ct /work/shared/ct/cthead/cthead.npz] [--no-streak] [--upper-face MM]
         [--yaws -30 -20 -10 0 10 20 30] [--detectors dlib mesh] [--no-prior] [--no-photometric]
         [--smooth-streak] [--photo-from-best] [--photo-set KEY=VALUE ...] [--cnn CKPT] [--save DIR]
         [--texture SEED] [--identity-prior-file NPZ] [--uncertainty [--photo-correlation RHO]]
