@@ -2,9 +2,10 @@
 
 dlib's ``dlib_face_recognition_resnet_model_v1.dat`` (the person descriptor's network,
 :mod:`~skullsearch.encoder.descriptors`) is a 29-convolution ResNet on a 150×150 RGB chip. dlib's
-CPU build runs it in about 75 ms a face on this machine; the same weights in torch take about
-15 ms (one face, one thread; about 7 ms a face batched), and give the same 128 numbers to float
-rounding (tested against dlib on rendered photos). The chip itself is still cut by dlib
+CPU build runs it in about 76 ms a face on this machine; the same weights in torch take about
+13 ms (one face, one thread; about 7 ms a face in batches of 16), and give the same 128 numbers
+to float rounding (≤ 4·10⁻⁷ on real photos and renders: ``benchmarks/descriptor_speed.py``;
+tested against dlib on rendered photos). The chip itself is still cut by dlib
 (``dlib.get_face_chips``), so both backends see the same pixels.
 
 The file is dlib's own serialization (``dlib/dnn``): the network's layers from the input up, each
@@ -152,7 +153,7 @@ def read_network(path: str | Path) -> Network:
     blocks, i = [], 5
     for code in re.findall(r"CARCAP?\+R", m.group(1)):
         down = "P" in code
-        if down and layers[i + 5].settings[:4] != (2, 2, 2, 2):
+        if down and layers[i + 5].settings != (2, 2, 2, 2, 0, 0):
             raise ValueError(f"{path}: a block's shortcut is not a 2×2 average")
         blocks.append((layers[i], layers[i + 1], layers[i + 3], layers[i + 4], down))
         i += len(code)
