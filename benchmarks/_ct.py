@@ -409,9 +409,10 @@ def _rot2(theta):
     return np.array([[c, s], [-s, c]])
 
 
-def _midline_points(segs, crown_mm, jump):
+def _midline_points(segs, crown_mm, jump, partial=False):
     """All midline points (2D (y, z)) on a rotated midsagittal section, plus ans and the incisal
-    tips; raises ValueError when the profile is not that of a skull with a face."""
+    tips; raises ValueError when the profile is not that of a skull with a face (``partial``: a
+    scan that ends above the teeth gives the points down to rhinion only)."""
     dense = _dense(segs)
     found = _upper_midline(segs, jump)
     if found is None:
@@ -423,7 +424,11 @@ def _midline_points(segs, crown_mm, jump):
         raise ValueError("no vault behind the face on the skull's midline")
     pts["op"] = back[np.argmax(np.linalg.norm(back - g, axis=1))]
     pts["v"] = dense[np.argmax(dense[:, 0])]
-    pts.update(_lower_midline(ys, f, runs, dense, pts, crown_mm))
+    try:
+        pts.update(_lower_midline(ys, f, runs, dense, pts, crown_mm))
+    except ValueError:
+        if not partial:
+            raise
     return pts
 
 
@@ -519,7 +524,7 @@ def _porions(canals):
     return {}
 
 
-def fit_skull(skull, crown_mm=10.0, jump=3.0, iters=6):
+def fit_skull(skull, crown_mm=10.0, jump=3.0, iters=6, partial=False):
     """The skull's own frame and its midline and orbital points.
 
     Returns a dict: ``frame`` (3, 3) rows x (midsagittal normal, to the +x side of the mesh), y
@@ -529,6 +534,8 @@ def fit_skull(skull, crown_mm=10.0, jump=3.0, iters=6):
     ``orbits`` {side: list of (offset mm, supra, infra, infra edge) (y, z)} (side +1 / -1 on x);
     ``porion`` {side: ((y, z), offset)}; ``orbitale`` {side: ((y, z), offset)}; ``reference``:
     the horizontal used ("Frankfurt", "palatal plane" or "nasion-opisthocranion"); ``tilt_deg``.
+    ``partial``: the skull may end above the teeth (a scan cut at the upper lip): the points below
+    rhinion that it lacks are left out instead of raising.
     """
     verts = np.asarray(skull.vertices, dtype=np.float64)
     rng = np.random.default_rng(0)
@@ -559,8 +566,8 @@ def fit_skull(skull, crown_mm=10.0, jump=3.0, iters=6):
     for it in range(iters):
         rot = _rot2(theta)
         segs = segs0 @ rot.T
-        pts = _midline_points(segs, crown_mm, jump)
-        pns = _pns(segs, piece, pts["ans"])
+        pts = _midline_points(segs, crown_mm, jump, partial)
+        pns = _pns(segs, piece, pts["ans"]) if "ans" in pts else None
         orbits, orbitale, canals = {}, {}, {}
         for side in (1, -1):
             rims = [(off, *r) for off in orbit_offsets
@@ -702,7 +709,7 @@ def _aperture(cuts, frame, origin, pts, face_mm=2.0):
     return out
 
 
-def skull_landmarks(skull, crown_mm=10.0, fit=None) -> dict[str, np.ndarray]:
+def skull_landmarks(skull, crown_mm=10.0, fit=None, partial=False) -> dict[str, np.ndarray]:
     """Craniometric landmarks placed automatically on a skull mesh: {name: (3,) mesh coordinates}.
 
     ``skull``: trimesh.Trimesh in mm, face roughly along +z and the top along +y (as from
@@ -710,21 +717,24 @@ def skull_landmarks(skull, crown_mm=10.0, fit=None) -> dict[str, np.ndarray]:
     (bilateral ``_l`` on the skull's +x side). ``crown_mm``: incisal edge to alveolar crest
     (prosthion / infradentale); 0 for an edentulous skull. ``fit``: a :func:`fit_skull` result to
     reuse. Every point lies on the surface (on a section of it). Raises ValueError when the
-    geometry is not that of a skull with a face.
+    geometry is not that of a skull with a face. ``partial``: a skull cut above the teeth gives
+    the landmarks it holds (:func:`fit_skull`).
     """
-    fit = fit_skull(skull, crown_mm) if fit is None else fit
+    fit = fit_skull(skull, crown_mm, partial=partial) if fit is None else fit
     frame, origin, pts = fit["frame"], fit["origin"], fit["points"]
 
     def p3(y, z, x=0.0):
         return origin + x * frame[0] + y * frame[1] + z * frame[2]
 
     out = {k: p3(*pts[k]) for k in ("op", "v", "g", "n", "mn", "rhi", "ss", "mp", "pr", "id",
-                                    "sm", "pg", "gn", "me")}
+                                    "sm", "pg", "gn", "me") if k in pts}
     # points of the front profile move onto the crest of the bone when it runs beside the plane
     # (a deviated nose): the front-most point within ±5 mm on a horizontal section, if it is
     # more than 0.5 mm ahead of the midline point
     xs = np.arange(-5.0, 5.01, 0.25)
     for k in ("g", "n", "mn", "rhi", "ss", "mp", "pr", "id", "sm", "pg"):
+        if k not in pts:
+            continue
         y, z = pts[k]
         f = _front_x(_hcut(fit["cuts"], frame, origin, y), xs)
         if np.isfinite(f).any() and f.max() > z + 0.5:
@@ -753,6 +763,8 @@ def skull_landmarks(skull, crown_mm=10.0, fit=None) -> dict[str, np.ndarray]:
                 local[:, 2] > pz + 10) & (local[:, 2] < oz - 10)
             if band.any():
                 out[f"zy_{sfx}"] = skull.vertices[np.flatnonzero(band)[np.argmax(sx[band])]]
+            if "me" not in pts:  # no mandible in the scan
+                continue
             # gonion: the mandible's angle. Its lower border (lowest bone 30-65 mm out, per 1 mm of
             # depth) is followed back from the molars while it stays continuous; gonion is the
             # traced point farthest out along the angle's bisector (down and back)
@@ -794,10 +806,12 @@ def skull_landmarks(skull, crown_mm=10.0, fit=None) -> dict[str, np.ndarray]:
                 sel = (np.abs(local[:, 2] - z_mid) < 1.5) & (sx > 25) & (local[:, 1] > me[0] - 15)
                 if sel.any():
                     out[f"mmb_{sfx}"] = skull.vertices[np.flatnonzero(sel)[np.argmin(local[sel, 1])]]
-    for side, p in _aperture(fit["cuts"], frame, origin, pts).items():
+    for side, p in (_aperture(fit["cuts"], frame, origin, pts) if "ans" in pts else {}).items():
         out[f"ac_{names[side]}"] = p3(p[1], p[2], x=p[0])
     # canine and second-molar alveolar points: on horizontal sections through the alveoli
-    for jaw, y in (("s", pts["mp"][0]), ("i", (pts["id"][0] + pts["sm"][0]) / 2)):
+    jaws = ([("s", pts["mp"][0])] if "mp" in pts else []) + (
+        [("i", (pts["id"][0] + pts["sm"][0]) / 2)] if "id" in pts else [])
+    for jaw, y in jaws:
         segs = _hcut(fit["cuts"], frame, origin, y)
         if len(segs) == 0:
             continue
@@ -925,12 +939,13 @@ ACKNOWLEDGEMENT = (
     "In-plane spacing 1 mm is inferred, not documented (archive aspect 1:1:2).\n")
 
 
-def write_case(out_dir, ct_path=CT_HEAD, images=False, depths=False) -> dict:
+def write_case(out_dir, ct_path=CT_HEAD, images=False, depths=False, partial=False) -> dict:
     """Write one validation case to ``out_dir``: skull.ply, skin.ply (mm, :func:`head_frame`),
     skull.landmarks.json ({pair key: [x, y, z]} mm, readable by
     ``skullsearch.Skull.load``) and ACKNOWLEDGEMENT.txt (the data's terms).
     ``images``: also profile.png / profile_face.png (midsagittal CT, bone, skin, landmarks);
-    ``depths``: add the soft-tissue depths at the landmarks to the summary. Returns the summary
+    ``depths``: add the soft-tissue depths at the landmarks to the summary; ``partial``: the scan
+    may end above the teeth (:func:`skull_landmarks`). Returns the summary
     (counts, timings in s, the skull frame's tilt and horizontal)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -942,8 +957,8 @@ def write_case(out_dir, ct_path=CT_HEAD, images=False, depths=False) -> dict:
     skull, skin = extract_surfaces(volume, spacing)
     times["surfaces"] = time.perf_counter() - t
     t = time.perf_counter()
-    fit = fit_skull(skull)
-    landmarks = skull_landmarks(skull, fit=fit)
+    fit = fit_skull(skull, partial=partial)
+    landmarks = skull_landmarks(skull, fit=fit, partial=partial)
     times["landmarks"] = time.perf_counter() - t
     t = time.perf_counter()
     skull.export(out / "skull.ply")
@@ -987,8 +1002,10 @@ def main(argv=None) -> None:
     ap.add_argument("--ct", default=str(CT_HEAD), help="CT npz with 'volume' and 'spacing_mm'")
     ap.add_argument("--images", action="store_true", help="also write midsagittal profile PNGs")
     ap.add_argument("--depths", action="store_true", help="add soft-tissue depths to the summary")
+    ap.add_argument("--partial", action="store_true",
+                    help="the scan may end above the teeth: place the landmarks the skull holds")
     args = ap.parse_args(argv)
-    summary = write_case(args.out_dir, args.ct, images=args.images, depths=args.depths)
+    summary = write_case(args.out_dir, args.ct, images=args.images, depths=args.depths, partial=args.partial)
     sys.stdout.flush()
     print(json.dumps(summary, sort_keys=True))
 

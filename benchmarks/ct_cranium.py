@@ -70,10 +70,14 @@ def inv3_from_deb(data: bytes) -> bytes:
 
 def volume_from_inv3(data: bytes) -> tuple[np.ndarray, np.ndarray, dict]:
     """(volume (z, y, x) as stored, spacing (x, y, z) mm, the project's main.plist)."""
-    with tarfile.open(fileobj=io.BytesIO(gzip.decompress(data))) as tar:
-        files = {Path(m.name).name: m for m in tar.getmembers() if m.isfile()}
-        meta = plistlib.loads(tar.extractfile(files["main.plist"]).read())
-        raw = tar.extractfile(files[meta["matrix"]["filename"]]).read()
+    try:
+        with tarfile.open(fileobj=io.BytesIO(gzip.decompress(data))) as tar:
+            files = {Path(m.name).name: m for m in tar.getmembers() if m.isfile()}
+            meta = plistlib.loads(tar.extractfile(files["main.plist"]).read())
+            raw = tar.extractfile(files[meta["matrix"]["filename"]]).read()
+    except (OSError, EOFError, tarfile.TarError, KeyError, plistlib.InvalidFileException) as e:
+        raise SystemExit(f"not an InVesalius project (.inv3) nor its Debian package ({e!r}): give "
+                         "invesalius-examples_*.deb or its Cranium.inv3") from e
     shape = tuple(meta["matrix"]["shape"])
     vol = np.frombuffer(raw, np.dtype(meta["matrix"]["dtype"]).newbyteorder("<")).reshape(shape)
     return vol, np.asarray(meta["spacing"], np.float64), meta

@@ -94,8 +94,11 @@ def landmark_report(ext, skin, eta: np.ndarray) -> dict:
     return out
 
 
-def pipeline_report(model, skull, skin, faces: int, seed: int, folder: Path) -> dict:
-    """(b): query a synthetic gallery, reconstruct the best face, compare three faces to the skin."""
+def pipeline_report(model, skull, skin, faces: int, seed: int, folder: Path,
+                    above: float | None = None) -> dict:
+    """(b): query a synthetic gallery, reconstruct the best face, compare three faces to the skin.
+    ``above``: the scan ends at this height (CT frame, mm): only the face-region vertices that the
+    mean face, placed, holds more than 5 mm above it are compared (the same vertices for every face)."""
     from skullsearch.encoder.align import apply_similarity
     from skullsearch.encoder.face_model import face_region
     from skullsearch.index.gallery import Gallery
@@ -129,6 +132,8 @@ def pipeline_report(model, skull, skin, faces: int, seed: int, folder: Path) -> 
     mean_v = apply_similarity(model.v_template.astype(np.float64), sc.scale[0], sc.rotation[0],
                               sc.translation[0])
     cand_v, _ = aligned_faces(g, [best])
+    if above is not None:
+        region = region & (mean_v[:, 1] > above + 5.0)
     faces_out = {
         "reconstruction": _stats(skin_distance(skin, np.asarray(rec.vertices_skull)[region])),
         "reconstruction_paper": _stats(skin_distance(skin, np.asarray(rec_paper.vertices_skull)[region])),
@@ -140,7 +145,7 @@ def pipeline_report(model, skull, skin, faces: int, seed: int, folder: Path) -> 
     faces_out["reconstruction_paper"].update(s=round(rec_paper.s_after, 3), matched=rec_paper.matched_after)
     faces_out["mean_face"].update(s=round(float(sc.s[0]), 3), matched=int(sc.matched[0]))
     faces_out["candidate"].update(s=round(best.s, 3), matched=int(best.matched))
-    return {"faces": faces_out, "gallery_faces": faces,
+    return {"faces": faces_out, "gallery_faces": faces, "scored_vertices": int(region.sum()),
             "seconds": {"synth": round(t_synth, 1), "query": round(t_query, 2),
                         "reconstruct": round(t_rec, 1)},
             "reconstruction_closer_than_mean_face":
@@ -153,6 +158,9 @@ def main() -> None:
     p.add_argument("--models", nargs="+", default=["ict", "anny"])
     p.add_argument("--faces", type=int, default=5000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--partial", action="store_true",
+                   help="the scans may end above the teeth (Debian's Cranium: benchmarks/ct_cranium.py): "
+                        "the landmarks the skull holds, and the faces compared above the scan's end")
     a = p.parse_args()
     ct = _ct_module()
     from skullsearch import FaceModel
@@ -171,7 +179,9 @@ def main() -> None:
             t = time.time()
             volume, spacing = ct.load_ct(head)
             skull_mesh, skin = ct.extract_surfaces(volume, spacing)
-            lms = ct.skull_landmarks(skull_mesh)
+            lms = ct.skull_landmarks(skull_mesh, partial=a.partial)
+            # the CT frame's y is −(slice − centre) × spacing: the last slice ends the scan
+            end = -(volume.shape[0] - 1) / 2 * float(spacing[0]) if a.partial else None
             t_prep = time.time() - t
             skull_path = tmp / f"{head.stem}-skull.ply"
             skull_mesh.export(skull_path)
@@ -184,7 +194,7 @@ def main() -> None:
                   f"{rep['extended']['within_eta_midline_no_streak']})", file=sys.stderr)
             for name in a.models:
                 model = FaceModel.builtin(name)
-                r = pipeline_report(model, skull, skin, a.faces, a.seed, tmp / f"{head.stem}-{name}")
+                r = pipeline_report(model, skull, skin, a.faces, a.seed, tmp / f"{head.stem}-{name}", end)
                 rep["models"][name] = r
                 f = r["faces"]
                 print(f"  {name}: reconstruction {f['reconstruction']['mean_mm']:.2f} mm "

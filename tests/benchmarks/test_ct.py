@@ -81,9 +81,10 @@ def test_extract_surfaces_rejects_an_empty_volume(ct):
         ct.extract_surfaces(np.zeros((8, 8, 8), np.int16), (1.0, 1.0, 1.0))
 
 
-def _synthetic_skull():
+def _synthetic_skull(jaws: bool = True):
     """A crude skull in mm (y up, z forward, symmetric in x): a vault, a nasal plate pointing
-    forward-down from the forehead, an upper-jaw block and a mandible block below a gap."""
+    forward-down from the forehead, an upper-jaw block and a mandible block below a gap (``jaws``
+    False: a scan that ends above the teeth, without the two blocks)."""
     vault = trimesh.creation.icosphere(subdivisions=4)
     vault.apply_scale([70.0, 55.0, 92.0])
     vault.apply_translation([0.0, 40.0, -15.0])
@@ -94,7 +95,7 @@ def _synthetic_skull():
     upper.apply_translation([0.0, -45.0, 60.0])
     lower = trimesh.creation.box(extents=[60.0, 40.0, 40.0])
     lower.apply_translation([0.0, -85.0, 55.0])
-    return trimesh.util.concatenate([vault, nasal, upper, lower])
+    return trimesh.util.concatenate([vault, nasal, upper, lower] if jaws else [vault, nasal])
 
 
 def test_skull_landmarks_on_the_surface_and_in_anatomical_order(ct):
@@ -121,6 +122,21 @@ def test_skull_landmarks_on_the_surface_and_in_anatomical_order(ct):
     assert p["ss"][1] <= -30.0 and p["pr"][1] == pytest.approx(-50.0, abs=1.0)  # 10 mm above the edge
     assert p["me"][1] == pytest.approx(-105.0, abs=0.5)
     assert fit["reference"] == "palatal plane" and abs(fit["tilt_deg"]) < 1.0
+
+
+def test_a_skull_cut_above_the_teeth_gives_its_upper_landmarks_when_asked(ct):
+    """A scan that ends above the mouth (Debian's Cranium): with ``partial`` the landmarks down to
+    rhinion, where the whole skull puts them; without, the missing jaws are an error."""
+    cut = _synthetic_skull(jaws=False)
+    with pytest.raises(ValueError, match="upper jaw and mandible"):
+        ct.skull_landmarks(cut)
+    lm = ct.skull_landmarks(cut, partial=True)
+    upper = ("op", "v", "g", "n", "mn", "rhi")
+    assert set(upper) <= set(lm)
+    assert not set(lm) & {"ss", "mp", "pr", "id", "sm", "pg", "gn", "me", "go_l", "go_r", "sC_l", "iC_l"}
+    whole = ct.skull_landmarks(_synthetic_skull())
+    for k in ("g", "n", "mn", "rhi"):  # (the vertex and opisthocranion follow the horizontal, which
+        np.testing.assert_allclose(lm[k], whole[k], atol=1.5, err_msg=k)  # the palate set there)
 
 
 def test_skull_landmarks_need_a_face(ct):

@@ -224,3 +224,30 @@ def test_the_uncertainty_check_against_the_best_face(ce, default_model, skin_of,
     off = np.repeat(s[None] + 4 * default_model.shape_std[: len(s)], 2, 0)
     far = ce.uncertainty_check(default_model, off, s, covs["photo"])
     assert far["inside_95pct"] < 0.5
+
+
+def test_a_scan_cut_above_the_mouth_is_completed_by_the_mean_head(ce, default_model, skin_of):
+    """--upper-face: above the line the photos show the skin, below it the mean head; the line
+    lies under the nose base by the given mm; the scan's flat end is left out."""
+    from skullsearch.encoder.render import anatomical_landmarks
+
+    skin, _, _ = skin_of
+    y_cut = ce.upper_face_line(default_model, 3.0)
+    assert y_cut == pytest.approx(anatomical_landmarks(default_model)[33, 1] - 3.0)
+    head = skin.copy()  # a "CT" of this face, cut 10 mm below the line, in a frame moved by to_ct
+    head.update_faces((head.vertices[head.faces][:, :, 1] > y_cut - 10.0).all(1))
+    head.remove_unreferenced_vertices()
+    to_ct = _rot(10, [0, 1, 0]) @ trimesh.transformations.translation_matrix([3.0, -20.0, 5.0])
+    head.apply_transform(to_ct)
+    scan_end = ce._apply(to_ct, np.array([[0.0, y_cut - 10.0, 0.0]]))[0, 1]
+    out = ce.graft_lower_face(default_model, head, to_ct, y_cut, scan_end)
+    v = np.asarray(out.vertices)
+    tv = np.asarray(default_model.v_template, np.float64)
+    top = v[:, 1] > y_cut + 2.0  # the skin's own vertices, back in the model frame
+    _, d_skin, _ = trimesh.proximity.closest_point(skin, v[top])
+    assert d_skin.max() < 1e-6
+    low = v[v[:, 1] < y_cut - 2.0]  # the mean head's, none of the skin's
+    from scipy.spatial import cKDTree
+
+    assert cKDTree(tv).query(low)[0].max() < 1e-9
+    assert v[:, 1].min() < y_cut - 100.0  # the whole mean head below: chin and neck
