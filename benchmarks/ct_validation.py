@@ -29,8 +29,13 @@ No default is tuned to these heads: this benchmark reports. GII-GC (the learned 
 not run here (no trained inpainter ships; see README). Figures depend on the CT's inferred
 1 × 1 × 2 mm spacing and on a cadaver's soft tissue.
 
+``--partial``: heads whose scan ends above the teeth (Debian's InVesalius "Cranium":
+``benchmarks/ct_cranium.py``): the skull's landmarks down to rhinion, the orbits and zygia (no
+jaw), and every face compared with the skin only over the face-region vertices the placed mean
+face holds more than 5 mm above the scan's end.
+
     python benchmarks/ct_validation.py [--ct /work/shared/ct/cthead/cthead.npz ...]
-        [--models ict anny] [--faces 5000] [--seed 0]
+        [--models ict anny] [--faces 5000] [--seed 0] [--partial]
 """
 
 from __future__ import annotations
