@@ -25,13 +25,13 @@ from _common import emit, random_faces, render_photos
 from skullsearch import FaceModel
 from skullsearch.encoder import descriptors
 from skullsearch.encoder.detectors import DlibDetector
+from skullsearch.encoder.encode import image_paths
 from skullsearch.encoder.images import read_image
-from skullsearch.index.ingest import IMAGE_EXTS
 
 
 def photos(args, folder: Path) -> list[Path]:
     if args.photos:
-        return sorted(p for p in Path(args.photos).rglob("*") if p.suffix.lower() in IMAGE_EXTS)
+        return image_paths([args.photos])
     rng = np.random.default_rng(args.seed)
     model = FaceModel.default()
     shape, expr, pose = random_faces(model, args.images, rng, expr_scale=0.1)
