@@ -154,6 +154,13 @@ def to_frame(ijk, affine) -> np.ndarray:
     return ijk @ affine[:3, :3].T + affine[:3, 3]
 
 
+def slice_height(shape, spacing, s) -> float:
+    """The frame height y (mm, :func:`head_frame`) of slice index ``s`` (may be fractional) of a
+    volume of ``shape`` and ``spacing``: slice 0 the top, the last slice (``shape[0] − 1``) where
+    the scan ends below."""
+    return float(to_frame([s, 0.0, 0.0], head_frame(shape, spacing))[1])
+
+
 def _parts(mask, min_part):
     """Connected parts of a mask (6-connected) with at least ``min_part`` × the voxels of the
     largest; ValueError when the mask is empty."""

@@ -520,13 +520,14 @@ def main(argv=None) -> None:
         upper = np.asarray(model.v_template, np.float64)[:, 1] > y_cut
     skin, to_ct, rms = place_skin(model, crop(skin_ct, skin_ct.vertices[skin_ct.vertices[:, 2] > 0], 0.0),
                                   region & upper)
-    if a.smooth_streak:  # CT frame: y = −(slice − centre) × spacing
-        ys = [-(s - (volume.shape[0] - 1) / 2) * float(spacing[0]) for s in STREAK_SLICES[::-1]]
+    if a.smooth_streak:
+        ys = [ct.slice_height(volume.shape, spacing, s) for s in STREAK_SLICES[::-1]]
         skin_ct = smooth_band(skin_ct, (ys[0] - 2.0, ys[1] + 2.0))
     full = skin_ct.copy()
     full.apply_transform(np.linalg.inv(to_ct))  # the whole head, for the renders
-    if a.upper_face is not None:  # CT frame: y = −(slice − centre) × spacing; the last slice ends it
-        full = graft_lower_face(model, skin_ct, to_ct, y_cut, -(volume.shape[0] - 1) / 2 * float(spacing[0]))
+    if a.upper_face is not None:  # the last slice ends the scan
+        full = graft_lower_face(model, skin_ct, to_ct, y_cut,
+                                ct.slice_height(volume.shape, spacing, volume.shape[0] - 1))
     skin = crop(skin, model.v_template[region & upper].astype(np.float64))
     streak = (np.zeros(model.n_vertices, bool) if a.no_streak
               else streak_vertices(model, to_ct, float(spacing[0]), volume.shape))

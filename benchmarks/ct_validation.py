@@ -185,8 +185,8 @@ def main() -> None:
             volume, spacing = ct.load_ct(head)
             skull_mesh, skin = ct.extract_surfaces(volume, spacing)
             lms = ct.skull_landmarks(skull_mesh, partial=a.partial)
-            # the CT frame's y is −(slice − centre) × spacing: the last slice ends the scan
-            end = -(volume.shape[0] - 1) / 2 * float(spacing[0]) if a.partial else None
+            # the last slice ends the scan
+            end = ct.slice_height(volume.shape, spacing, volume.shape[0] - 1) if a.partial else None
             t_prep = time.time() - t
             skull_path = tmp / f"{head.stem}-skull.ply"
             skull_mesh.export(skull_path)
