@@ -69,7 +69,8 @@ class Gallery:
         #: the near-duplicate indexes ingest searches (:mod:`~skullsearch.index.near_duplicates`)
         self.near = NearIndexes(self, self._photo_lock)
         #: the DuckDB views over the committed shards (:mod:`~skullsearch.index.catalog`)
-        self.catalog = Catalog(self.path, lambda: self.shards())
+        ref = store.GalleryRef(self)  # (weak: no reference cycle through the catalog)
+        self.catalog = Catalog(self.path, lambda: ref().shards())
 
     # ------------------------------------------------------------------ create / open
     @classmethod

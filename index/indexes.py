@@ -105,7 +105,7 @@ def write_index_file(folder: Path, key: str, index, shards: list, **extra) -> di
             **extra}
 
 
-class SavedIndexes:
+class SavedIndexes(store.GalleryPart):
     """A gallery's saved FAISS indexes (one per :data:`KINDS` entry, in ``index/``, named by
     ``index/state.json``): opened memory-mapped or in memory, grown by the shards committed since
     the save, copied to a GPU when faiss sees one, and saved atomically.
@@ -116,7 +116,7 @@ class SavedIndexes:
     """
 
     def __init__(self, gallery):
-        self.gallery = gallery
+        super().__init__(gallery)  # (held weakly: the gallery owns this)
         self.folder = Path(gallery.path) / "index"
         self.mmap = True
         self.held: dict[str, _Held] = {}

@@ -42,12 +42,12 @@ class _Near(NamedTuple):
     index: object
 
 
-class _ShapeCriterion:
+class _ShapeCriterion(store.GalleryPart):
     """The identity criterion's vectors: shape vectors of face codes, exactly searched in the
     gallery's shape index."""
 
     def __init__(self, gallery):
-        self.gallery = gallery
+        super().__init__(gallery)  # (held weakly: the gallery owns this)
         self.dim = code_layout.N_SHAPE
 
     def prepare(self, queries: np.ndarray) -> np.ndarray:
@@ -78,12 +78,12 @@ class _ShapeCriterion:
         """(the shape index serves search_codes too: it stays)"""
 
 
-class _ColumnCriterion:
+class _ColumnCriterion(store.GalleryPart):
     """A vector column's criterion (``photos``: photo fingerprints, ``persons``: person
     descriptors; NaN rows: none), exactly searched in the column's in-memory index."""
 
     def __init__(self, gallery, name: str):
-        self.gallery = gallery
+        super().__init__(gallery)  # (held weakly: the gallery owns this)
         self.name = name
         self.dim = gallery._columns[name].dim
 
@@ -113,13 +113,13 @@ class _ColumnCriterion:
         self.gallery._gpu.pop(self.name, None)
 
 
-class NearIndexes:
+class NearIndexes(store.GalleryPart):
     """A gallery's near-duplicate indexes (module docstring). lock: the gallery's lock over its
     vector-column and near-duplicate indexes (faiss indexes are not safe to search while they are
     added to); held: the IVF indexes loaded, by criterion."""
 
     def __init__(self, gallery, lock):
-        self.gallery = gallery
+        super().__init__(gallery)  # (held weakly: the gallery owns this)
         self.lock = lock
         self.held: dict[str, _Near] = {}
         self.criteria = {"codes": _ShapeCriterion(gallery), "photos": _ColumnCriterion(gallery, "photos"),

@@ -30,6 +30,7 @@ import json
 import os
 import shutil
 import uuid
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +47,39 @@ MAX_ROWS = 1 << ROW_BITS
 
 class GalleryError(SkullsearchError):
     """A gallery folder is missing, damaged, locked or incompatible."""
+
+
+class GalleryRef:
+    """A weak reference to a :class:`~skullsearch.index.gallery.Gallery`, held by the parts the
+    gallery owns (its saved indexes, near-duplicate indexes and catalog): they do not keep it
+    alive, so a gallery that is dropped is freed at once with its FAISS indexes and DuckDB
+    connection — no reference cycle left for a later collection, in whatever process that runs
+    (a forked worker finalizing its parent's gallery crashed). Calling it gives the gallery, or
+    raises :class:`GalleryError` once the gallery object is gone."""
+
+    __slots__ = ("_ref", "path")
+
+    def __init__(self, gallery):
+        self._ref = weakref.ref(gallery)
+        self.path = Path(gallery.path)
+
+    def __call__(self):
+        g = self._ref()
+        if g is None:
+            raise GalleryError(f"the gallery at {self.path} is no longer open (its Gallery object was "
+                               "dropped): keep the Gallery while you use its indexes or catalog")
+        return g
+
+
+class GalleryPart:
+    """A part a gallery owns (``gallery``: the gallery, through a :class:`GalleryRef`)."""
+
+    def __init__(self, gallery):
+        self._gallery = GalleryRef(gallery)
+
+    @property
+    def gallery(self):
+        return self._gallery()
 
 
 def face_id(shard: int, row) -> np.ndarray:

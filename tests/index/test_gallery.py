@@ -10,6 +10,7 @@ from photos import bad_files, render_faces
 
 from skullsearch import Gallery, GalleryError
 from skullsearch.index import store, vectors
+from skullsearch.index.indexes import SHAPE
 from skullsearch.index.synth import synth
 
 
@@ -190,3 +191,31 @@ def test_train_encoder_on_a_gallery(ingested, tmp_path, capsys):
                  "--batch-size", "2"]) == 0
     assert ckpt.exists() and "wrote" in capsys.readouterr().out
     assert main(["train", "encoder"]) == 2  # neither photos nor a gallery
+
+
+def test_a_dropped_gallery_is_freed_at_once_and_its_parts_say_so(default_model, tmp_path):
+    """A Gallery holds no reference cycle (its indexes, near-duplicate indexes and catalog hold it
+    weakly): dropping the last reference frees it, its FAISS indexes and its DuckDB connection
+    there and then, not at some later collection (in whatever process that happens to be)."""
+    import gc
+    import weakref
+
+    g = Gallery.create(tmp_path / "g", face_model=default_model)
+    synth(g, 20, seed=0)
+    g.search_codes(g.codes(g.sample_ids(1)), k=1)  # opens the indexes
+    assert g.catalog.connect() is not None  # and the catalog's connection
+    g.near_search("persons", np.zeros((0, 128), np.float32))  # and a vector column's index
+    parts = (g.indexes, g.near, g.catalog)
+    ref = weakref.ref(g)
+    gc.disable()
+    try:
+        del g
+        assert ref() is None
+    finally:
+        gc.enable()
+    with pytest.raises(GalleryError, match="gallery .* no longer open"):
+        parts[0].get(SHAPE)
+    with pytest.raises(GalleryError, match="no longer open"):
+        parts[1].search("codes", np.zeros((1, 228), np.float32))
+    with pytest.raises(GalleryError, match="no longer open"):
+        parts[2].connect()
