@@ -23,17 +23,8 @@ from _common import emit, mean_residual_px
 
 from skullsearch import FaceModel
 from skullsearch.encoder import code as code_layout
-from skullsearch.encoder.encode import encode
+from skullsearch.encoder.encode import encode, image_paths
 from skullsearch.encoder.fitting import FitConfig
-from skullsearch.index.ingest import IMAGE_EXTS
-
-
-def photos_of(inputs: list[Path]) -> list[Path]:
-    """The photos among ``inputs`` and under its folders (sorted)."""
-    out = []
-    for p in inputs:
-        out += sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_EXTS) if p.is_dir() else [p]
-    return out
 
 
 def brow_expressions(model, paths, textured: bool) -> dict:
@@ -50,7 +41,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("inputs", type=Path, nargs="+")
     a = ap.parse_args(argv)
-    paths = photos_of(a.inputs)
+    paths = image_paths(a.inputs)
     if not paths:
         raise SystemExit(f"no photos in {', '.join(map(str, a.inputs))}")
     model = FaceModel.from_env()

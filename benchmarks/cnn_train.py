@@ -230,10 +230,10 @@ def photos(a) -> dict:
     from skullsearch import FaceModel
     from skullsearch.encoder import code as code_layout
     from skullsearch.encoder.cnn import EncoderCNN, encode_detected, load_checkpoint
-    from skullsearch.index.ingest import IMAGE_EXTS
+    from skullsearch.encoder.encode import image_paths
 
     model = FaceModel.default()
-    paths = sorted(p for p in a.photos.rglob("*") if p.suffix.lower() in IMAGE_EXTS)
+    paths = image_paths([a.photos])
     faces, pixels = fitted(model, paths)
     who = np.array([Path(f.image).parent.name for f in faces])
     copies = real_copies(faces, pixels)  # two files of one picture: not two photos of a person

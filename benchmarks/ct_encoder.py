@@ -71,6 +71,7 @@ the ``*_shared`` runs' posterior counts the views as correlated evidence
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
 import sys
@@ -100,6 +101,7 @@ STREAK_SLICES = (74.0, 82.0)
 LIGHTS = ((0.3, 0.4, 1.0), (-0.4, 0.2, 1.0))
 
 
+@functools.cache
 def _ct_module():
     spec = importlib.util.spec_from_file_location("_ct", HERE / "_ct.py")
     mod = importlib.util.module_from_spec(spec)
@@ -197,13 +199,18 @@ def crop(skin, points: np.ndarray, margin: float = 30.0):
     return part
 
 
-def streak_vertices(model, to_ct: np.ndarray, spacing_mm: float, shape) -> np.ndarray:
+def streak_band(shape, spacing) -> tuple[float, float]:
+    """(low, high) CT-frame heights (mm, ``_ct.head_frame``) of the dental streak's slices."""
+    low, high = (_ct_module().slice_height(shape, spacing, s) for s in STREAK_SLICES[::-1])
+    return low, high
+
+
+def streak_vertices(model, to_ct: np.ndarray, shape, spacing) -> np.ndarray:
     """(V,) bool: model vertices (mean face) whose place on the CT head lies in the dental
-    streak's slices. to_ct: model → CT-frame transform; the CT frame's y is −slice × spacing
-    about the volume's centre (``_ct.head_frame``)."""
+    streak's slices. to_ct: model → CT-frame transform."""
     y = _apply(to_ct, model.v_template.astype(np.float64))[:, 1]
-    s = -y / spacing_mm + (shape[0] - 1) / 2
-    return (s >= STREAK_SLICES[0]) & (s <= STREAK_SLICES[1])
+    low, high = streak_band(shape, spacing)
+    return (y >= low) & (y <= high)
 
 
 def smooth_band(mesh, y_range: tuple[float, float], iters: int = 40):
@@ -521,8 +528,8 @@ def main(argv=None) -> None:
     skin, to_ct, rms = place_skin(model, crop(skin_ct, skin_ct.vertices[skin_ct.vertices[:, 2] > 0], 0.0),
                                   region & upper)
     if a.smooth_streak:
-        ys = [ct.slice_height(volume.shape, spacing, s) for s in STREAK_SLICES[::-1]]
-        skin_ct = smooth_band(skin_ct, (ys[0] - 2.0, ys[1] + 2.0))
+        low, high = streak_band(volume.shape, spacing)
+        skin_ct = smooth_band(skin_ct, (low - 2.0, high + 2.0))
     full = skin_ct.copy()
     full.apply_transform(np.linalg.inv(to_ct))  # the whole head, for the renders
     if a.upper_face is not None:  # the last slice ends the scan
@@ -530,7 +537,7 @@ def main(argv=None) -> None:
                                 ct.slice_height(volume.shape, spacing, volume.shape[0] - 1))
     skin = crop(skin, model.v_template[region & upper].astype(np.float64))
     streak = (np.zeros(model.n_vertices, bool) if a.no_streak
-              else streak_vertices(model, to_ct, float(spacing[0]), volume.shape))
+              else streak_vertices(model, to_ct, volume.shape, spacing))
     keep = region & ~streak & upper
     print(f"skin placed in the model's frame ({time.time() - t:.0f} s; mean face RMS {rms:.2f} mm); "
           f"{keep.sum()} of {region.sum()} face-region vertices scored (outside the dental streak"

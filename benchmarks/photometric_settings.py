@@ -79,11 +79,10 @@ from skullsearch.encoder.detectors import get_detector
 from skullsearch.encoder.encode import detect_faces, fit_faces
 from skullsearch.encoder.face_model import face_region
 from skullsearch.encoder.fitting import FitConfig
-from skullsearch.encoder.images import read_images
+from skullsearch.encoder.images import IMAGE_EXTS, read_images
 from skullsearch.encoder.photometric import refine_faces
 from skullsearch.encoder.render import light_elevation
 from skullsearch.index.fingerprint import photo_fingerprints
-from skullsearch.index.ingest import IMAGE_EXTS
 
 
 def fitted(model, paths, config=None):

@@ -29,7 +29,7 @@ from skullsearch.encoder.fitting import (
     dense_rig_for,
     fit_landmarks,
 )
-from skullsearch.encoder.images import DecodedImage, ImageFailure, read_images
+from skullsearch.encoder.images import IMAGE_EXTS, DecodedImage, ImageFailure, read_images
 
 NO_FACE = "no-face"
 #: quality flag: an identity prior was asked for, but this face has no descriptor in its domain
@@ -388,12 +388,11 @@ def export_faces(model, faces: Sequence[EncodedFace], folder: str | os.PathLike)
 
 def image_paths(inputs: Iterable[str | os.PathLike]) -> list[Path]:
     """Expand folders (recursively) into image files; files are kept as given, in order."""
-    exts = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
     out: list[Path] = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            out.extend(sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in exts))
+            out.extend(sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in IMAGE_EXTS))
         else:
             out.append(p)
     return out

@@ -35,6 +35,9 @@ REASONS = (EMPTY, NOT_IMAGE, TRUNCATED, TOO_LARGE, UNREADABLE, DECODE_ERROR)
 
 DEFAULT_MAX_PIXELS = 60_000_000
 
+#: the file suffixes taken for photos when a folder is listed (lower case)
+IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
+
 _SIGNATURES = {  # leading bytes → format name, to tell a damaged image from a non-image
     b"\xff\xd8\xff": "JPEG",
     b"\x89PNG\r\n\x1a\n": "PNG",

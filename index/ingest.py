@@ -32,6 +32,7 @@ import numpy as np
 from skullsearch.encoder import code as code_layout
 from skullsearch.encoder.descriptors import DIM as DESCRIPTOR_DIM
 from skullsearch.encoder.descriptors import PERSON_DISTANCE
+from skullsearch.encoder.images import IMAGE_EXTS
 from skullsearch.index import schema, store
 from skullsearch.index.detect_stage import (  # noqa: F401 - the detector stage's names, re-exported
     TIMEOUT,
@@ -48,7 +49,6 @@ from skullsearch.index.detect_stage import (  # noqa: F401 - the detector stage'
 from skullsearch.index.fingerprint import DIM as FP_DIM
 from skullsearch.index.near_duplicates import CRITERIA, IDENTITY, PERSON, PHOTO  # noqa: F401 - re-exported
 
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 TABLE_EXTS = {".parquet", ".csv"}
 LIST_EXTS = {".txt", ".lst"}
 
