@@ -80,6 +80,7 @@ import time
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -267,6 +268,51 @@ def graft_lower_face(model, head_ct, to_ct: np.ndarray, y_cut: float, scan_end_y
     return trimesh.util.concatenate([above, mean])
 
 
+class PlacedHead(NamedTuple):
+    """A CT head's skin in the face model's frame (:func:`place_head`): ``skin`` the face part
+    (cropped to the region), ``full`` the whole head for the renders (with the mean head grafted
+    below the cut for ``upper_face``), ``to_ct`` the model → CT-frame transform, ``rms`` the mean
+    face's placement RMS mm, and the model-vertex masks (V,) ``region`` (the face region),
+    ``upper`` (above the cut), ``streak`` (in the dental streak), ``keep`` (scored)."""
+
+    skin: object
+    full: object
+    to_ct: np.ndarray
+    rms: float
+    region: np.ndarray
+    upper: np.ndarray
+    streak: np.ndarray
+    keep: np.ndarray
+
+
+def place_head(model, ct, volume, spacing, skin_ct, upper_face: float | None = None,
+               smooth_streak: bool = False, no_streak: bool = False) -> PlacedHead:
+    """Place the CT skin (``skin_ct``, CT frame, of ``volume`` and ``spacing``; ``ct``: the
+    ``_ct`` module) in the model's frame by a rigid ICP of the mean face over the face region
+    (above the line ``upper_face`` mm under its nose base, where given: the scan ends there)."""
+    from skullsearch.encoder.face_model import face_region
+
+    region = face_region(model)
+    upper = np.ones(model.n_vertices, bool)
+    if upper_face is not None:
+        y_cut = upper_face_line(model, upper_face)
+        upper = np.asarray(model.v_template, np.float64)[:, 1] > y_cut
+    skin, to_ct, rms = place_skin(model, crop(skin_ct, skin_ct.vertices[skin_ct.vertices[:, 2] > 0], 0.0),
+                                  region & upper)
+    if smooth_streak:
+        low, high = streak_band(volume.shape, spacing)
+        skin_ct = smooth_band(skin_ct, (low - 2.0, high + 2.0))
+    full = skin_ct.copy()
+    full.apply_transform(np.linalg.inv(to_ct))  # the whole head, for the renders
+    if upper_face is not None:  # the last slice ends the scan
+        full = graft_lower_face(model, skin_ct, to_ct, y_cut,
+                                ct.slice_height(volume.shape, spacing, volume.shape[0] - 1))
+    skin = crop(skin, model.v_template[region & upper].astype(np.float64))
+    streak = (np.zeros(model.n_vertices, bool) if no_streak
+              else streak_vertices(model, to_ct, volume.shape, spacing))
+    return PlacedHead(skin, full, to_ct, rms, region, upper, streak, region & ~streak & upper)
+
+
 def neutral_faces(model, shapes: np.ndarray) -> np.ndarray:
     """Neutral faces (n, V, 3) mm of shape codes (n, ≤S)."""
     s = np.zeros((len(shapes), model.n_shape), np.float32)
@@ -316,18 +362,27 @@ def render_photos(skin, folder: Path, yaws, albedo=None, specular: float = 0.0, 
     whole mm: :func:`_common.focal_exif`), which the fit reads, else it guesses 1.2 × the side."""
     from PIL import Image
 
-    from skullsearch.encoder.render import face_camera, render_mesh
-
     paths = []
     for yaw in yaws:
-        cam = face_camera(yaw_deg=float(yaw), size=512, distance=700.0, fov_mm=300.0,
-                          center=np.array([0.0, -30.0, 0.0]))
         for k, light in enumerate(lights(light_up)):
-            img = render_mesh(skin.vertices, skin.faces, cam, light_dir=light, specular=specular, gamma=gamma,
-                              shadows=shadows, **({} if albedo is None else {"albedo": albedo})).image
+            img, cam = portrait(skin.vertices, skin.faces, yaw, light, albedo, specular, gamma, shadows)
             paths.append(folder / f"ct_yaw{int(yaw):+03d}_light{k}.png")
             Image.fromarray(img).save(paths[-1], **(focal_exif(cam) if exif else {}))
     return paths
+
+
+def portrait(vertices, faces, yaw: float, light, albedo=None, specular: float = 0.0, gamma: float = 1.0,
+             shadows: bool = False):
+    """One portrait of :func:`render_photos` (512 px, 0.7 m away) of a mesh (vertices (V, 3) mm,
+    the model's frame; faces (F, 3)) at ``yaw`` degrees under ``light``: the image (512, 512, 3)
+    uint8 and its camera."""
+    from skullsearch.encoder.render import face_camera, render_mesh
+
+    cam = face_camera(yaw_deg=float(yaw), size=512, distance=700.0, fov_mm=300.0,
+                      center=np.array([0.0, -30.0, 0.0]))
+    img = render_mesh(vertices, faces, cam, light_dir=light, specular=specular, gamma=gamma,
+                      shadows=shadows, **({} if albedo is None else {"albedo": albedo})).image
+    return img, cam
 
 
 def skin_texture(model, skin, shape: np.ndarray, seed: int) -> np.ndarray:
@@ -510,35 +565,18 @@ def main(argv=None) -> None:
     a = p.parse_args(argv)
     ct = _ct_module()
     from skullsearch import FaceModel
-    from skullsearch.encoder.face_model import face_region
     from skullsearch.encoder.fitting import FitConfig as _FitConfig
 
     FitConfig = partial(_FitConfig, jaw_calibration=a.jaw_calibration,  # noqa: N806 (every run's)
                         landmark_weights=a.landmark_weights)
     photo_cfg = photometric_config(a.photo_set)
     model = FaceModel.from_env()
-    region = face_region(model)
     t = time.time()
     volume, spacing = ct.load_ct(a.ct or ct.CT_HEAD)
     _, skin_ct = ct.extract_surfaces(volume, spacing)
-    upper = np.ones(model.n_vertices, bool)
-    if a.upper_face is not None:
-        y_cut = upper_face_line(model, a.upper_face)
-        upper = np.asarray(model.v_template, np.float64)[:, 1] > y_cut
-    skin, to_ct, rms = place_skin(model, crop(skin_ct, skin_ct.vertices[skin_ct.vertices[:, 2] > 0], 0.0),
-                                  region & upper)
-    if a.smooth_streak:
-        low, high = streak_band(volume.shape, spacing)
-        skin_ct = smooth_band(skin_ct, (low - 2.0, high + 2.0))
-    full = skin_ct.copy()
-    full.apply_transform(np.linalg.inv(to_ct))  # the whole head, for the renders
-    if a.upper_face is not None:  # the last slice ends the scan
-        full = graft_lower_face(model, skin_ct, to_ct, y_cut,
-                                ct.slice_height(volume.shape, spacing, volume.shape[0] - 1))
-    skin = crop(skin, model.v_template[region & upper].astype(np.float64))
-    streak = (np.zeros(model.n_vertices, bool) if a.no_streak
-              else streak_vertices(model, to_ct, volume.shape, spacing))
-    keep = region & ~streak & upper
+    head = place_head(model, ct, volume, spacing, skin_ct, a.upper_face, a.smooth_streak, a.no_streak)
+    skin, full, rms, region, upper, streak, keep = (head.skin, head.full, head.rms, head.region, head.upper,
+                                                    head.streak, head.keep)
     print(f"skin placed in the model's frame ({time.time() - t:.0f} s; mean face RMS {rms:.2f} mm); "
           f"{keep.sum()} of {region.sum()} face-region vertices scored (outside the dental streak"
           f"{', above the cut' if a.upper_face is not None else ''})", file=sys.stderr)

@@ -157,6 +157,19 @@ def pipeline_report(model, skull, skin, faces: int, seed: int, folder: Path,
                 faces_out["reconstruction"]["mean_mm"] < faces_out["mean_face"]["mean_mm"]}
 
 
+def ct_skull(ct, skull_mesh, partial: bool, folder: Path, name: str = "skull"):
+    """The CT's skull as a query's :class:`~skullsearch.retrieval.skull.Skull` (written to
+    ``folder`` as ``NAME.ply``) with its landmarks placed automatically from the skull alone
+    (``ct``: the ``_ct`` module; ``partial``: a skull cut above the teeth), and those landmarks
+    ({name: (3,) mm})."""
+    from skullsearch.retrieval.skull import Skull
+
+    lms = ct.skull_landmarks(skull_mesh, partial=partial)
+    path = Path(folder) / f"{name}.ply"
+    skull_mesh.export(path)
+    return Skull.load(path, landmarks={k: np.asarray(v).tolist() for k, v in lms.items()}), lms
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--ct", nargs="+", default=None, help="CT head npz files (default: the shared CThead)")
@@ -171,7 +184,6 @@ def main() -> None:
     from skullsearch import FaceModel
     from skullsearch.retrieval.extended import extend
     from skullsearch.retrieval.score import ScoreConfig
-    from skullsearch.retrieval.skull import Skull
     from skullsearch.retrieval.tissue import load_table
 
     heads = [Path(x) for x in (a.ct or [ct.CT_HEAD])]
@@ -184,13 +196,10 @@ def main() -> None:
             t = time.time()
             volume, spacing = ct.load_ct(head)
             skull_mesh, skin = ct.extract_surfaces(volume, spacing)
-            lms = ct.skull_landmarks(skull_mesh, partial=a.partial)
+            skull, lms = ct_skull(ct, skull_mesh, a.partial, tmp, f"{head.stem}-skull")
             # the last slice ends the scan
             end = ct.slice_height(volume.shape, spacing, volume.shape[0] - 1) if a.partial else None
             t_prep = time.time() - t
-            skull_path = tmp / f"{head.stem}-skull.ply"
-            skull_mesh.export(skull_path)
-            skull = Skull.load(skull_path, landmarks={k: np.asarray(v).tolist() for k, v in lms.items()})
             ext = extend(skull, table)
             rep = {"landmarks_placed": sorted(lms), "prepare_seconds": round(t_prep, 1),
                    "extended": landmark_report(ext, skin, eta), "models": {}}

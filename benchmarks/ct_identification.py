@@ -1,0 +1,210 @@
+"""Identification against real anatomy: does a real skull find its own person's photos?
+
+Every identification figure elsewhere is synthetic: skulls made from faces of the face model, and
+photos of those faces (``identity.py``, ``query_accuracy.py``). Here one real person is the
+query and the answer: a CT head (``benchmarks/_ct.py``: the shared Stanford/UNC CThead, or
+``--ct`` another head in its npz form, e.g. Debian's Cranium from ``ct_cranium.py``) gives
+
+- the **skull**, whose landmarks are placed automatically from the bone alone and extended by
+  the T-Table (the query's own front end: ``ct_validation.ct_skull``,
+  :func:`skullsearch.retrieval.extended.extend`), and
+- the **person's photos**: portraits of the same head's real skin (``ct_encoder.py``'s renders:
+  yaw ``--yaws`` under two lights, 512 px, 0.7 m away, untextured), each through the real decode →
+  dlib → fit (``--photometric``: refined by its shading too), each alone (``views``) and all
+  with one shared shape (``shared``, paper Eq. 2).
+
+The gallery around them: ``--distractors`` heads drawn from the default model's prior (identity
+only, neutral), each photographed once by the same camera at one of the same yaws under one of
+the same lights, and encoded the same way (the refined probes among refined distractors). Every
+face is scored against the skull exactly as an exhaustive query scores a gallery
+(:func:`skullsearch.retrieval.score.score`, ``ScoreConfig()``; neutral soft-tissue points as
+ingest stores them), and each probe's **rank** among the distractors is reported, by S and by
+likelihood (1 = first; a probe is ranked against the distractors only, not against the other
+views of its person), with its percentile.
+
+Controls, ranked the same way: ``mean_face`` (the model's mean face: no identity; where the
+encoded faces rank no better, the photos carry nothing the skull can use) and ``oracle`` (the
+model's best neutral face for this skin, fitted in 3D: what a perfect encoder would give within
+the model — where it ranks poorly, the skull side, the landmark placement or the tissue table,
+is what fails, not the photos).
+
+One real person per head: each rank is one draw, not a rate. The distractors' faces come from the
+model the fit searches (synthetic); the probe's face does not. Reported, nothing tuned.
+
+    python benchmarks/ct_identification.py [--ct NPZ] [--partial --upper-face MM --no-streak]
+        [--distractors 1000] [--photometric] [--yaws -30 -20 -10 0 10 20 30] [--seed 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from _common import emit
+
+HERE = Path(__file__).resolve().parent
+#: encode this many photos at a time (the refinement holds a batch's crops in memory)
+CHUNK = 64
+
+
+def _bench(name: str):
+    """A sibling benchmark script as a module."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"_bench_{name}", HERE / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def distractor_photos(model, folder: Path, n: int, yaws, rng, portrait, light_list) -> np.ndarray:
+    """``n`` heads from the model's prior (identity only: shape ~ N(0, σ), neutral), each rendered
+    once (``portrait``: ``ct_encoder.portrait``) at a random one of ``yaws`` under a random one of
+    ``light_list``, saved as ``folder/dNNNNN.png``. Returns their shapes (n, S)."""
+    from PIL import Image
+
+    shapes = rng.standard_normal((n, model.n_shape)) * np.asarray(model.shape_std, np.float64)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        with torch.no_grad():
+            v = model.rest_vertices(shape=torch.as_tensor(shapes[i:i + 1], dtype=torch.float32))[0].numpy()
+        light = light_list[int(rng.integers(len(light_list)))]
+        img, _ = portrait(v, model.faces, float(rng.choice(yaws)), light)
+        Image.fromarray(img).save(folder / f"d{i:05d}.png")
+    return shapes
+
+
+def encode_chunks(fit_codes, model, paths: list[Path], config, photometric) -> np.ndarray:
+    """Fitted shapes (m, S) of the photos the detector finds, each photo alone, in chunks."""
+    out = [np.zeros((0, model.n_shape))]
+    for a in range(0, len(paths), CHUNK):
+        shapes, _, _, _ = fit_codes(model, paths[a:a + CHUNK], "dlib", config, photometric=photometric)
+        out.append(shapes)
+    return np.concatenate(out)
+
+
+def soft_points(model, shapes: np.ndarray) -> np.ndarray:
+    """Neutral soft-tissue points (n, 36, 3) mm of shape codes (n, ≤S), as ingest stores them."""
+    from skullsearch.encoder import code as code_layout
+    from skullsearch.index.ingest import neutral_soft_tissue
+
+    s = np.zeros((len(shapes), code_layout.N_SHAPE), np.float32)
+    s[:, : shapes.shape[1]] = shapes[:, : code_layout.N_SHAPE]
+    return neutral_soft_tissue(model, code_layout.pack(shape=s))
+
+
+def ranks(probes: np.ndarray, distractors: np.ndarray, target, present, sd) -> dict:
+    """Each probe's rank (1 = first) among the distractors, alone with them: by S (ties by
+    likelihood, as :func:`~skullsearch.retrieval.score.rank_order`) and by likelihood (ties by
+    S); probes (p, 36, 3), distractors (m, 36, 3) soft-tissue points. Also the probes' S,
+    matches and likelihoods."""
+    from skullsearch.retrieval.score import ScoreConfig, score
+
+    cfg = ScoreConfig()
+    d = score(distractors, target, present, sd, cfg)
+    p = score(probes, target, present, sd, cfg)
+    by_s = 1 + ((d.s[None] > p.s[:, None])
+                | ((d.s[None] == p.s[:, None]) & (d.likelihood[None] > p.likelihood[:, None]))).sum(1)
+    by_ll = 1 + ((d.likelihood[None] > p.likelihood[:, None])
+                 | ((d.likelihood[None] == p.likelihood[:, None]) & (d.s[None] > p.s[:, None]))).sum(1)
+    m = len(distractors)
+    return {"rank_s": by_s.tolist(), "rank_likelihood": by_ll.tolist(),
+            "percentile_s": [round(100 * (r - 1) / m, 1) for r in by_s],
+            "percentile_likelihood": [round(100 * (r - 1) / m, 1) for r in by_ll],
+            "s": [round(float(x), 3) for x in p.s], "matched": p.matched.tolist(),
+            "likelihood": [round(float(x), 2) for x in p.likelihood]}
+
+
+def summary(row: dict) -> dict:
+    """Median and best rank of a probe set's ranks."""
+    out = {}
+    for k in ("rank_s", "rank_likelihood"):
+        r = np.asarray(row[k])
+        out[f"{k}_median"] = float(np.median(r))
+        out[f"{k}_best"] = int(r.min())
+    return out
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--ct", default=None, help="CT head npz (default: the shared CThead)")
+    p.add_argument("--partial", action="store_true",
+                   help="the scan ends above the teeth (ct_cranium.py's Cranium): the landmarks the cut "
+                        "skull holds")
+    p.add_argument("--upper-face", type=float, default=None, metavar="MM",
+                   help="as ct_encoder.py: place the skin above MM under the mean face's nose base and "
+                        "render the mean head below (for a scan that ends at the upper lip)")
+    p.add_argument("--no-streak", action="store_true", help="the head has no dental streak (not CThead)")
+    p.add_argument("--distractors", type=int, default=1000)
+    p.add_argument("--photometric", action="store_true",
+                   help="also refine every fit by its photo's shading (probes and distractors)")
+    p.add_argument("--yaws", type=float, nargs="+", default=[-30, -20, -10, 0, 10, 20, 30])
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    ct = _bench("_ct")
+    ce = _bench("ct_encoder")
+    cv = _bench("ct_validation")
+    from skullsearch import FaceModel
+    from skullsearch.encoder.fitting import FitConfig
+    from skullsearch.encoder.photometric import PhotometricConfig
+    from skullsearch.retrieval.extended import extend
+    from skullsearch.retrieval.tissue import load_table
+
+    model = FaceModel.from_env()
+    rng = np.random.default_rng(a.seed)
+    t0 = time.time()
+    volume, spacing = ct.load_ct(a.ct or ct.CT_HEAD)
+    skull_mesh, skin_ct = ct.extract_surfaces(volume, spacing)
+    out = {"ct": Path(a.ct or ct.CT_HEAD).name, "distractors": a.distractors, "seed": a.seed,
+           "yaws": a.yaws, "photometric": a.photometric, "partial": a.partial, "upper_face_mm": a.upper_face}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        skull, lms = cv.ct_skull(ct, skull_mesh, a.partial, tmp)
+        ext = extend(skull, load_table())
+        target, present, sd = ext.points, np.asarray(ext.present, bool), np.asarray(ext.sd, np.float64)
+        out["landmarks"] = int(present.sum())
+        head = ce.place_head(model, ct, volume, spacing, skin_ct, a.upper_face, no_streak=a.no_streak)
+        best = ce.oracle_shape(model, head.skin, head.region, ~head.streak & head.upper)
+        print(f"skull: {present.sum()} extended landmarks; skin placed (RMS {head.rms:.2f} mm); "
+              f"{time.time() - t0:.0f} s", file=sys.stderr)
+        views = ce.render_photos(head.full, tmp, a.yaws)
+        light_list = ce.lights()
+        t = time.time()
+        distractor_photos(model, tmp / "distractors", a.distractors, a.yaws, rng, ce.portrait, light_list)
+        dpaths = sorted((tmp / "distractors").glob("*.png"))
+        out["seconds_render"] = round(time.time() - t, 1)
+        settings = [("landmark", None)] + ([("refined", PhotometricConfig())] if a.photometric else [])
+        out["runs"] = {}
+        controls = {"mean_face": np.zeros((1, model.n_shape)), "oracle": best[None]}
+        for label, photo in settings:
+            t = time.time()
+            dis = encode_chunks(ce.fit_codes, model, dpaths, FitConfig(), photo)
+            alone, found, _, _ = ce.fit_codes(model, views, "dlib", FitConfig(), photometric=photo)
+            shared, _, _, _ = ce.fit_codes(model, views, "dlib", FitConfig(), shared=True, photometric=photo)
+            dpts = soft_points(model, dis)
+            run = {"distractors_found": len(dis), "views": len(views), "views_found": len(found),
+                   "seconds": round(time.time() - t, 1)}
+            probes = {"views": alone, "shared": shared[:1]} | controls
+            for name, shapes in probes.items():
+                if len(shapes):
+                    r = ranks(soft_points(model, shapes), dpts, target, present, sd)
+                    run[name] = r | summary(r)
+            out["runs"][label] = run
+            print(f"{label}: {len(dis)} distractors; views median rank by S "
+                  f"{run.get('views', {}).get('rank_s_median')} / by likelihood "
+                  f"{run.get('views', {}).get('rank_likelihood_median')}; shared "
+                  f"{run.get('shared', {}).get('rank_s')} / {run.get('shared', {}).get('rank_likelihood')}; "
+                  f"mean face {run['mean_face']['rank_s']} / {run['mean_face']['rank_likelihood']}; "
+                  f"oracle {run['oracle']['rank_s']} / {run['oracle']['rank_likelihood']}", file=sys.stderr)
+    out["seconds"] = round(time.time() - t0, 1)
+    emit(json.loads(json.dumps(out)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""benchmarks/ct_identification.py's measuring parts on the default model's own faces (offline;
+no /work/shared needed): its ranks are an exhaustive query's over a gallery of the same faces, a
+skull made from a face finds that face first, and the distractors' renders follow the seed."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from skullsearch import Gallery
+from skullsearch.encoder import code as code_layout
+from skullsearch.index.synth import add_synthetic_faces
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def cid():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    spec = importlib.util.spec_from_file_location("skullsearch_bench_ct_identification",
+                                                  ROOT / "benchmarks" / "ct_identification.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _skull_of(points: np.ndarray, rng) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Extended landmarks of a face's soft-tissue points (36, 3): each moved by ~ the table's SD
+    and a rigid motion; all present."""
+    from skullsearch.retrieval.tissue import load_table
+
+    sd = np.asarray(load_table().sd, np.float64)
+    sd = np.where(np.isfinite(sd), sd, 1.5)
+    moved = points + rng.standard_normal(points.shape) * 0.5 * sd[:, None]
+    c, s = np.cos(0.3), np.sin(0.3)
+    rot = np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]])
+    return moved @ rot.T + [5.0, -20.0, 40.0], np.ones(36, bool), sd
+
+
+def test_ranks_are_an_exhaustive_querys_order(cid, default_model, tmp_path):
+    from skullsearch.retrieval.query import query_points
+
+    rng = np.random.default_rng(0)
+    shapes = rng.standard_normal((40, default_model.n_shape)) * np.asarray(default_model.shape_std)
+    pts = cid.soft_points(default_model, shapes)
+    target, present, sd = _skull_of(pts[7], rng)
+    # the probe ranked against the other 39 faces, as in the benchmark
+    r = cid.ranks(pts[7:8], np.delete(pts, 7, 0), target, present, sd)
+    assert r["rank_s"] == [1] and r["rank_likelihood"] == [1] and r["percentile_s"] == [0.0]
+    # and a gallery of all 40, queried exhaustively: the same faces in the same order
+    g = Gallery.create(tmp_path / "g", face_model=default_model)
+    s = np.zeros((40, code_layout.N_SHAPE), np.float32)
+    s[:, : shapes.shape[1]] = shapes[:, : code_layout.N_SHAPE]
+    ids = add_synthetic_faces(g, code_layout.pack(shape=s))
+    np.testing.assert_allclose(g.soft_tissue(ids), pts, atol=1e-4)  # the points ingest stores
+    for rank_by in ("s", "likelihood"):
+        res = query_points(g, target, present, sd, top=40, exhaustive=True, rank_by=rank_by)
+        order = [int(np.flatnonzero(ids == c.face_id)[0]) for c in res.candidates]
+        for probe in (3, 7, 21, 35):  # each face's rank among the others is its place in the query
+            got = cid.ranks(pts[probe:probe + 1], np.delete(pts, probe, 0), target, present, sd)
+            assert got[f"rank_{rank_by}"] == [order.index(probe) + 1]
+    g.close()
+
+
+def test_the_mean_face_and_summary(cid, default_model):
+    rng = np.random.default_rng(1)
+    pts = cid.soft_points(default_model, rng.standard_normal((30, 20)) * 2.0)  # (a short code is padded)
+    assert pts.shape == (30, 36, 3)
+    mean = cid.soft_points(default_model, np.zeros((1, default_model.n_shape)))
+    target, present, sd = _skull_of(pts[0], rng)
+    r = cid.ranks(np.concatenate([pts[:1], mean]), pts[1:], target, present, sd)
+    assert r["rank_likelihood"][0] == 1 and 1 <= r["rank_likelihood"][1] <= 30
+    s = cid.summary({"rank_s": [3, 1, 9], "rank_likelihood": [2, 2, 5]})
+    assert s == {"rank_s_median": 3.0, "rank_s_best": 1, "rank_likelihood_median": 2.0,
+                 "rank_likelihood_best": 2}
+
+
+def test_the_distractors_are_rendered_by_the_seed(cid, default_model, tmp_path):
+    ce = cid._bench("ct_encoder")
+    out = []
+    for k in range(2):
+        folder = tmp_path / f"d{k}"
+        shapes = cid.distractor_photos(default_model, folder, 2, [-10.0, 10.0], np.random.default_rng(5),
+                                       ce.portrait, ce.lights())
+        out.append((shapes, [p.read_bytes() for p in sorted(folder.glob("*.png"))]))
+    assert out[0][0].shape == (2, default_model.n_shape) and len(out[0][1]) == 2
+    np.testing.assert_array_equal(out[0][0], out[1][0])
+    assert out[0][1] == out[1][1]  # the same pixels
+    from skullsearch.encoder.images import read_images
+
+    (img, _) = read_images(sorted((tmp_path / "d0").glob("*.png")))
+    assert img.pixels.shape == (512, 512, 3) and img.pixels.std() > 10  # a face, not a blank
