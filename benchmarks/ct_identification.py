@@ -32,7 +32,7 @@ One real person per head: each rank is one draw, not a rate. The distractors' fa
 model the fit searches (synthetic); the probe's face does not. Reported, nothing tuned.
 
     python benchmarks/ct_identification.py [--ct NPZ] [--partial --upper-face MM --no-streak]
-        [--distractors 1000] [--photometric] [--yaws -30 -20 -10 0 10 20 30] [--seed 0]
+        [--distractors 1000] [--photometric] [--uncertainty] [--yaws -30 -20 -10 0 10 20 30] [--seed 0]
 """
 
 from __future__ import annotations
@@ -80,13 +80,19 @@ def distractor_photos(model, folder: Path, n: int, yaws, rng, portrait, light_li
     return shapes
 
 
-def encode_chunks(fit_codes, model, paths: list[Path], config, photometric) -> np.ndarray:
-    """Fitted shapes (m, S) of the photos the detector finds, each photo alone, in chunks."""
-    out = [np.zeros((0, model.n_shape))]
-    for a in range(0, len(paths), CHUNK):
-        shapes, _, _, _ = fit_codes(model, paths[a:a + CHUNK], "dlib", config, photometric=photometric)
-        out.append(shapes)
-    return np.concatenate(out)
+def encode(fit_codes, model, paths: list[Path], config, photometric, shared: bool = False):
+    """Fitted shapes (m, S) of the photos the detector finds (each photo alone, in chunks; or
+    all with one shared shape), and with ``config.posterior`` their soft-tissue covariances
+    (m, 36, 3, 3) mm² (else None)."""
+    shapes, covs = [np.zeros((0, model.n_shape))], [np.zeros((0, 36, 3, 3))]
+    step = max(len(paths), 1) if shared else CHUNK
+    for a in range(0, len(paths), step):
+        info: dict = {}
+        s, _, _, _ = fit_codes(model, paths[a:a + step], "dlib", config, shared=shared,
+                               photometric=photometric, info=info)
+        shapes.append(s)
+        covs.append(info.get("_tissue_cov", np.zeros((len(s), 36, 3, 3))))
+    return np.concatenate(shapes), (np.concatenate(covs) if config.posterior else None)
 
 
 def soft_points(model, shapes: np.ndarray) -> np.ndarray:
@@ -99,32 +105,44 @@ def soft_points(model, shapes: np.ndarray) -> np.ndarray:
     return neutral_soft_tissue(model, code_layout.pack(shape=s))
 
 
-def ranks(probes: np.ndarray, distractors: np.ndarray, target, present, sd) -> dict:
+def _above(d_first, d_second, p_first, p_second) -> np.ndarray:
+    """(p,) how many distractors rank above each probe by (first, then second) key."""
+    return ((d_first[None] > p_first[:, None])
+            | ((d_first[None] == p_first[:, None]) & (d_second[None] > p_second[:, None]))).sum(1)
+
+
+def ranks(probes: np.ndarray, distractors: np.ndarray, target, present, sd, probe_cov=None,
+          distractor_cov=None) -> dict:
     """Each probe's rank (1 = first) among the distractors, alone with them: by S (ties by
     likelihood, as :func:`~skullsearch.retrieval.score.rank_order`) and by likelihood (ties by
     S); probes (p, 36, 3), distractors (m, 36, 3) soft-tissue points. Also the probes' S,
-    matches and likelihoods."""
+    matches and likelihoods. With both covariances ((p | m, 36, 3, 3) mm², the fits' Σ_face):
+    ``rank_likelihood_cov``, the likelihood under Σ_tissue + Σ_face (``query --uncertainty``)."""
     from skullsearch.retrieval.score import ScoreConfig, score
 
     cfg = ScoreConfig()
     d = score(distractors, target, present, sd, cfg)
     p = score(probes, target, present, sd, cfg)
-    by_s = 1 + ((d.s[None] > p.s[:, None])
-                | ((d.s[None] == p.s[:, None]) & (d.likelihood[None] > p.likelihood[:, None]))).sum(1)
-    by_ll = 1 + ((d.likelihood[None] > p.likelihood[:, None])
-                 | ((d.likelihood[None] == p.likelihood[:, None]) & (d.s[None] > p.s[:, None]))).sum(1)
     m = len(distractors)
-    return {"rank_s": by_s.tolist(), "rank_likelihood": by_ll.tolist(),
-            "percentile_s": [round(100 * (r - 1) / m, 1) for r in by_s],
-            "percentile_likelihood": [round(100 * (r - 1) / m, 1) for r in by_ll],
-            "s": [round(float(x), 3) for x in p.s], "matched": p.matched.tolist(),
-            "likelihood": [round(float(x), 2) for x in p.likelihood]}
+    out = {"rank_s": 1 + _above(d.s, d.likelihood, p.s, p.likelihood),
+           "rank_likelihood": 1 + _above(d.likelihood, d.s, p.likelihood, p.s)}
+    if probe_cov is not None and distractor_cov is not None:
+        d_ll = score(distractors, target, present, sd, cfg, face_cov=distractor_cov).likelihood
+        p_ll = score(probes, target, present, sd, cfg, face_cov=probe_cov).likelihood
+        out["rank_likelihood_cov"] = 1 + _above(d_ll, d.s, p_ll, p.s)
+    for k in list(out):
+        out[k.replace("rank", "percentile")] = [round(100 * (r - 1) / m, 1) for r in out[k]]
+        out[k] = out[k].tolist()
+    return out | {"s": [round(float(x), 3) for x in p.s], "matched": p.matched.tolist(),
+                  "likelihood": [round(float(x), 2) for x in p.likelihood]}
 
 
 def summary(row: dict) -> dict:
     """Median and best rank of a probe set's ranks."""
     out = {}
-    for k in ("rank_s", "rank_likelihood"):
+    for k in ("rank_s", "rank_likelihood", "rank_likelihood_cov"):
+        if k not in row:
+            continue
         r = np.asarray(row[k])
         out[f"{k}_median"] = float(np.median(r))
         out[f"{k}_best"] = int(r.min())
@@ -144,6 +162,9 @@ def main(argv=None) -> None:
     p.add_argument("--distractors", type=int, default=1000)
     p.add_argument("--photometric", action="store_true",
                    help="also refine every fit by its photo's shading (probes and distractors)")
+    p.add_argument("--uncertainty", action="store_true",
+                   help="fit with the posterior and also rank by the likelihood with each face's Σ_face "
+                        "(rank_likelihood_cov; the controls have none)")
     p.add_argument("--yaws", type=float, nargs="+", default=[-30, -20, -10, 0, 10, 20, 30])
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
@@ -162,6 +183,7 @@ def main(argv=None) -> None:
     volume, spacing = ct.load_ct(a.ct or ct.CT_HEAD)
     skull_mesh, skin_ct = ct.extract_surfaces(volume, spacing)
     out = {"ct": Path(a.ct or ct.CT_HEAD).name, "distractors": a.distractors, "seed": a.seed,
+           "uncertainty": a.uncertainty,
            "yaws": a.yaws, "photometric": a.photometric, "partial": a.partial, "upper_face_mm": a.upper_face}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -182,18 +204,21 @@ def main(argv=None) -> None:
         settings = [("landmark", None)] + ([("refined", PhotometricConfig())] if a.photometric else [])
         out["runs"] = {}
         controls = {"mean_face": np.zeros((1, model.n_shape)), "oracle": best[None]}
+        cfg = FitConfig(posterior=a.uncertainty)
         for label, photo in settings:
             t = time.time()
-            dis = encode_chunks(ce.fit_codes, model, dpaths, FitConfig(), photo)
-            alone, found, _, _ = ce.fit_codes(model, views, "dlib", FitConfig(), photometric=photo)
-            shared, _, _, _ = ce.fit_codes(model, views, "dlib", FitConfig(), shared=True, photometric=photo)
+            dis, dis_cov = encode(ce.fit_codes, model, dpaths, cfg, photo)
+            alone, alone_cov = encode(ce.fit_codes, model, views, cfg, photo)
+            shared, shared_cov = encode(ce.fit_codes, model, views, cfg, photo, shared=True)
             dpts = soft_points(model, dis)
-            run = {"distractors_found": len(dis), "views": len(views), "views_found": len(found),
+            run = {"distractors_found": len(dis), "views": len(views), "views_found": len(alone),
                    "seconds": round(time.time() - t, 1)}
-            probes = {"views": alone, "shared": shared[:1]} | controls
-            for name, shapes in probes.items():
+            probes = {"views": (alone, alone_cov), "shared": (shared[:1], None if shared_cov is None
+                                                             else shared_cov[:1])}
+            probes |= {k: (v, None) for k, v in controls.items()}
+            for name, (shapes, cov) in probes.items():
                 if len(shapes):
-                    r = ranks(soft_points(model, shapes), dpts, target, present, sd)
+                    r = ranks(soft_points(model, shapes), dpts, target, present, sd, cov, dis_cov)
                     run[name] = r | summary(r)
             out["runs"][label] = run
             print(f"{label}: {len(dis)} distractors; views median rank by S "

@@ -94,3 +94,18 @@ def test_the_distractors_are_rendered_by_the_seed(cid, default_model, tmp_path):
 
     (img, _) = read_images(sorted((tmp_path / "d0").glob("*.png")))
     assert img.pixels.shape == (512, 512, 3) and img.pixels.std() > 10  # a face, not a blank
+
+
+def test_ranks_with_the_fits_uncertainty(cid, default_model):
+    """With covariances the likelihood under Σ_tissue + Σ_face ranks too: a distractor made very
+    uncertain where the probe is sure no longer beats it."""
+    rng = np.random.default_rng(2)
+    shapes = rng.standard_normal((12, default_model.n_shape)) * np.asarray(default_model.shape_std)
+    pts = cid.soft_points(default_model, shapes)
+    target, present, sd = _skull_of(pts[0], rng)
+    zero = np.zeros((1, 36, 3, 3))
+    dis_cov = np.repeat(np.eye(3)[None, None] * 0.01, 11, 0).repeat(36, 1)
+    r = cid.ranks(pts[:1], pts[1:], target, present, sd, zero, dis_cov)
+    assert r["rank_likelihood_cov"] == [1] and r["percentile_likelihood_cov"] == [0.0]
+    assert "rank_likelihood_cov" not in cid.ranks(pts[:1], pts[1:], target, present, sd)
+    assert cid.summary(r)["rank_likelihood_cov_best"] == 1
