@@ -22,6 +22,11 @@ ingest stores them), and each probe's **rank** among the distractors is reported
 likelihood (1 = first; a probe is ranked against the distractors only, not against the other
 views of its person), with its percentile.
 
+Beside each rank, ``tissue_rms_to_oracle_mm``: how far the face's soft-tissue points (those the
+skull gives) lie from the model's best face's for this skin, rigidly aligned — the encoder's
+error where the skull scores it (a proxy truth: the oracle's own error adds to it); the
+distractors' median the spread of other faces.
+
 Controls, ranked the same way: ``mean_face`` (the model's mean face: no identity; where the
 encoded faces rank no better, the photos carry nothing the skull can use) and ``oracle`` (the
 model's best neutral face for this skin, fitted in 3D: what a perfect encoder would give within
@@ -137,6 +142,20 @@ def ranks(probes: np.ndarray, distractors: np.ndarray, target, present, sd, prob
                   "likelihood": [round(float(x), 2) for x in p.likelihood]}
 
 
+def rigid_rms(points: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """(n,) RMS distance mm of each face's points (n, k, 3) to the reference's (k, 3) after the
+    best rigid alignment (Kabsch): how far a face's soft-tissue points lie from another's."""
+    ref = reference - reference.mean(0)
+    out = np.empty(len(points))
+    for i, p in enumerate(points):
+        q = p - p.mean(0)
+        u, _, vt = np.linalg.svd(q.T @ ref)
+        d = np.sign(np.linalg.det(u @ vt))
+        rot = u @ np.diag([1.0, 1.0, d]) @ vt
+        out[i] = np.sqrt(((q @ rot - ref) ** 2).sum(1).mean())
+    return out
+
+
 def summary(row: dict) -> dict:
     """Median and best rank of a probe set's ranks."""
     out = {}
@@ -216,9 +235,15 @@ def main(argv=None) -> None:
             probes = {"views": (alone, alone_cov), "shared": (shared[:1], None if shared_cov is None
                                                              else shared_cov[:1])}
             probes |= {k: (v, None) for k, v in controls.items()}
+            oracle_pts = soft_points(model, best[None])[0]
+            run["distractors_tissue_rms_to_oracle_mm_median"] = round(float(np.median(
+                rigid_rms(dpts[:, present], oracle_pts[present]))), 2)
             for name, (shapes, cov) in probes.items():
                 if len(shapes):
-                    r = ranks(soft_points(model, shapes), dpts, target, present, sd, cov, dis_cov)
+                    pts = soft_points(model, shapes)
+                    r = ranks(pts, dpts, target, present, sd, cov, dis_cov)
+                    r["tissue_rms_to_oracle_mm"] = [round(float(x), 2) for x in
+                                                    rigid_rms(pts[:, present], oracle_pts[present])]
                     run[name] = r | summary(r)
             out["runs"][label] = run
             print(f"{label}: {len(dis)} distractors; views median rank by S "

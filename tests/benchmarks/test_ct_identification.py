@@ -109,3 +109,14 @@ def test_ranks_with_the_fits_uncertainty(cid, default_model):
     assert r["rank_likelihood_cov"] == [1] and r["percentile_likelihood_cov"] == [0.0]
     assert "rank_likelihood_cov" not in cid.ranks(pts[:1], pts[1:], target, present, sd)
     assert cid.summary(r)["rank_likelihood_cov_best"] == 1
+
+
+def test_rigid_rms_ignores_a_rigid_motion(cid):
+    rng = np.random.default_rng(3)
+    ref = rng.standard_normal((36, 3)) * 30
+    c, s = np.cos(0.4), np.sin(0.4)
+    rot = np.array([[1, 0, 0], [0, c, -s], [0, s, c]])
+    moved = ref @ rot.T + [3.0, 1.0, -7.0]
+    noisy = ref + rng.standard_normal(ref.shape)
+    got = cid.rigid_rms(np.stack([moved, noisy]), ref)
+    assert got[0] < 1e-9 and 1.4 < got[1] < np.sqrt(3)  # (the fit absorbs a little of the noise)
