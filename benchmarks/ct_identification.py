@@ -186,6 +186,9 @@ def main(argv=None) -> None:
                         "(rank_likelihood_cov; the controls have none)")
     p.add_argument("--yaws", type=float, nargs="+", default=[-30, -20, -10, 0, 10, 20, 30])
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--save", default=None, metavar="NPZ",
+                   help="keep every encoded shape (and Σ_face), the oracle and the skull's extended "
+                        "landmarks in this file, to score them again without encoding")
     a = p.parse_args(argv)
     ct = _bench("_ct")
     ce = _bench("ct_encoder")
@@ -224,12 +227,17 @@ def main(argv=None) -> None:
         out["runs"] = {}
         controls = {"mean_face": np.zeros((1, model.n_shape)), "oracle": best[None]}
         cfg = FitConfig(posterior=a.uncertainty)
+        saved = {"target": target, "present": present, "sd": sd, "oracle": best}
         for label, photo in settings:
             t = time.time()
             dis, dis_cov = encode(ce.fit_codes, model, dpaths, cfg, photo)
             alone, alone_cov = encode(ce.fit_codes, model, views, cfg, photo)
             shared, shared_cov = encode(ce.fit_codes, model, views, cfg, photo, shared=True)
             dpts = soft_points(model, dis)
+            saved |= {f"{label}_distractors": dis, f"{label}_views": alone, f"{label}_shared": shared}
+            if a.uncertainty:
+                saved |= {f"{label}_distractors_cov": dis_cov, f"{label}_views_cov": alone_cov,
+                          f"{label}_shared_cov": shared_cov}
             run = {"distractors_found": len(dis), "views": len(views), "views_found": len(alone),
                    "seconds": round(time.time() - t, 1)}
             probes = {"views": (alone, alone_cov), "shared": (shared[:1], None if shared_cov is None
@@ -252,6 +260,8 @@ def main(argv=None) -> None:
                   f"{run.get('shared', {}).get('rank_s')} / {run.get('shared', {}).get('rank_likelihood')}; "
                   f"mean face {run['mean_face']['rank_s']} / {run['mean_face']['rank_likelihood']}; "
                   f"oracle {run['oracle']['rank_s']} / {run['oracle']['rank_likelihood']}", file=sys.stderr)
+    if a.save:
+        np.savez_compressed(a.save, **saved)
     out["seconds"] = round(time.time() - t0, 1)
     emit(json.loads(json.dumps(out)))
 
