@@ -87,17 +87,20 @@ def distractor_photos(model, folder: Path, n: int, yaws, rng, portrait, light_li
 
 def encode(fit_codes, model, paths: list[Path], config, photometric, shared: bool = False):
     """Fitted shapes (m, S) of the photos the detector finds (each photo alone, in chunks; or
-    all with one shared shape), and with ``config.posterior`` their soft-tissue covariances
-    (m, 36, 3, 3) mm² (else None)."""
-    shapes, covs = [np.zeros((0, model.n_shape))], [np.zeros((0, 36, 3, 3))]
+    all with one shared shape), with ``config.posterior`` their soft-tissue covariances
+    (m, 36, 3, 3) mm² (else None), and which photos they are (m,) (indices into ``paths``)."""
+    shapes, covs, found = [np.zeros((0, model.n_shape))], [np.zeros((0, 36, 3, 3))], []
+    index = {Path(q).name: i for i, q in enumerate(paths)}
     step = max(len(paths), 1) if shared else CHUNK
     for a in range(0, len(paths), step):
         info: dict = {}
-        s, _, _, _ = fit_codes(model, paths[a:a + step], "dlib", config, shared=shared,
-                               photometric=photometric, info=info)
+        s, names, _, _ = fit_codes(model, paths[a:a + step], "dlib", config, shared=shared,
+                                   photometric=photometric, info=info)
         shapes.append(s)
+        found += [index[n] for n in names]
         covs.append(info.get("_tissue_cov", np.zeros((len(s), 36, 3, 3))))
-    return np.concatenate(shapes), (np.concatenate(covs) if config.posterior else None)
+    return (np.concatenate(shapes), np.concatenate(covs) if config.posterior else None,
+            np.asarray(found, np.int64))
 
 
 def soft_points(model, shapes: np.ndarray) -> np.ndarray:
@@ -220,21 +223,23 @@ def main(argv=None) -> None:
         views = ce.render_photos(head.full, tmp, a.yaws)
         light_list = ce.lights()
         t = time.time()
-        distractor_photos(model, tmp / "distractors", a.distractors, a.yaws, rng, ce.portrait, light_list)
+        dis_true = distractor_photos(model, tmp / "distractors", a.distractors, a.yaws, rng, ce.portrait,
+                                     light_list)
         dpaths = sorted((tmp / "distractors").glob("*.png"))
         out["seconds_render"] = round(time.time() - t, 1)
         settings = [("landmark", None)] + ([("refined", PhotometricConfig())] if a.photometric else [])
         out["runs"] = {}
         controls = {"mean_face": np.zeros((1, model.n_shape)), "oracle": best[None]}
         cfg = FitConfig(posterior=a.uncertainty)
-        saved = {"target": target, "present": present, "sd": sd, "oracle": best}
+        saved = {"target": target, "present": present, "sd": sd, "oracle": best, "distractors_true": dis_true}
         for label, photo in settings:
             t = time.time()
-            dis, dis_cov = encode(ce.fit_codes, model, dpaths, cfg, photo)
-            alone, alone_cov = encode(ce.fit_codes, model, views, cfg, photo)
-            shared, shared_cov = encode(ce.fit_codes, model, views, cfg, photo, shared=True)
+            dis, dis_cov, dis_found = encode(ce.fit_codes, model, dpaths, cfg, photo)
+            alone, alone_cov, _ = encode(ce.fit_codes, model, views, cfg, photo)
+            shared, shared_cov, _ = encode(ce.fit_codes, model, views, cfg, photo, shared=True)
             dpts = soft_points(model, dis)
-            saved |= {f"{label}_distractors": dis, f"{label}_views": alone, f"{label}_shared": shared}
+            saved |= {f"{label}_distractors": dis, f"{label}_distractors_found": dis_found,
+                      f"{label}_views": alone, f"{label}_shared": shared}
             if a.uncertainty:
                 saved |= {f"{label}_distractors_cov": dis_cov, f"{label}_views_cov": alone_cov,
                           f"{label}_shared_cov": shared_cov}
