@@ -27,6 +27,11 @@ skull gives) lie from the model's best face's for this skin, rigidly aligned —
 error where the skull scores it (a proxy truth: the oracle's own error adds to it); the
 distractors' median the spread of other faces.
 
+``synthetic_baseline``: the same protocol with the model's own faces as the persons (synthetic):
+skulls made from 200 distractors' true faces (depths off by the table's SD; the landmarks the real
+skull gives), each distractor's encoded face ranked among the others — what the real head's
+ranks are to be read against.
+
 Controls, ranked the same way: ``mean_face`` (the model's mean face: no identity; where the
 encoded faces rank no better, the photos carry nothing the skull can use) and ``oracle`` (the
 model's best neutral face for this skin, fitted in 3D: what a perfect encoder would give within
@@ -159,6 +164,33 @@ def rigid_rms(points: np.ndarray, reference: np.ndarray) -> np.ndarray:
     return out
 
 
+def synthetic_baseline(model, true_shapes: np.ndarray, encoded: np.ndarray, present: np.ndarray, rng,
+                       queries: int = 200) -> dict:
+    """The same protocol where the truth is the model's: for ``queries`` of the distractors, a
+    skull made from its *true* face (``_common.synthetic_skull_targets``: depths off by the
+    table's SD, 1 mm placement; the landmarks ``present`` (36,) the real skull gives) and the rank
+    of its *encoded* face among the other distractors; with the mean face's rank in the same
+    queries. true_shapes, encoded (m, S): the found distractors' true and fitted shapes. Returns
+    the median percentiles by S and by likelihood (0 = first)."""
+    from _common import face_normals, synthetic_skull_targets, table_sd
+
+    sd = table_sd()
+    q = min(queries, len(encoded))
+    targets, _ = synthetic_skull_targets(soft_points(model, true_shapes[:q]), face_normals(model), sd, rng)
+    pts = soft_points(model, encoded)
+    mean = soft_points(model, np.zeros((1, model.n_shape)))
+    own, avg = {"s": [], "likelihood": []}, {"s": [], "likelihood": []}
+    for k in range(q):
+        others = np.delete(pts, k, 0)
+        r = ranks(np.concatenate([pts[k:k + 1], mean]), others, targets[k], present, sd)
+        for key in own:
+            own[key].append(r[f"percentile_{key}"][0])
+            avg[key].append(r[f"percentile_{key}"][1])
+    return {"queries": q} | {f"own_face_percentile_{k}_median": float(np.median(v)) for k, v in own.items()} \
+        | {f"mean_face_percentile_{k}_median": float(np.median(v)) for k, v in avg.items()} \
+        | {f"own_face_top_10pct_{k}": round(float(np.mean(np.asarray(v) < 10)), 3) for k, v in own.items()}
+
+
 def summary(row: dict) -> dict:
     """Median and best rank of a probe set's ranks."""
     out = {}
@@ -248,6 +280,8 @@ def main(argv=None) -> None:
             probes = {"views": (alone, alone_cov), "shared": (shared[:1], None if shared_cov is None
                                                              else shared_cov[:1])}
             probes |= {k: (v, None) for k, v in controls.items()}
+            run["synthetic_baseline"] = synthetic_baseline(model, dis_true[dis_found], dis, present,
+                                                           np.random.default_rng(a.seed + 1))
             oracle_pts = soft_points(model, best[None])[0]
             run["distractors_tissue_rms_to_oracle_mm_median"] = round(float(np.median(
                 rigid_rms(dpts[:, present], oracle_pts[present]))), 2)

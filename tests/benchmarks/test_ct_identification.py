@@ -120,3 +120,13 @@ def test_rigid_rms_ignores_a_rigid_motion(cid):
     noisy = ref + rng.standard_normal(ref.shape)
     got = cid.rigid_rms(np.stack([moved, noisy]), ref)
     assert got[0] < 1e-9 and 1.4 < got[1] < np.sqrt(3)  # (the fit absorbs a little of the noise)
+
+
+def test_the_synthetic_baseline_finds_exact_faces_first(cid, default_model):
+    """Encoded = true faces: each skull's own face ranks near the top, well above the mean face."""
+    rng = np.random.default_rng(4)
+    true = rng.standard_normal((40, default_model.n_shape)) * np.asarray(default_model.shape_std)
+    out = cid.synthetic_baseline(default_model, true, true, np.ones(36, bool), rng, queries=10)
+    assert out["queries"] == 10
+    assert out["own_face_percentile_likelihood_median"] < 5 < out["mean_face_percentile_likelihood_median"]
+    assert out["own_face_top_10pct_likelihood"] >= 0.7 and out["own_face_top_10pct_s"] >= 0.7
