@@ -27,6 +27,12 @@ skull gives) lie from the model's best face's for this skin, rigidly aligned —
 error where the skull scores it (a proxy truth: the oracle's own error adds to it); the
 distractors' median the spread of other faces.
 
+``correspondence``: per landmark the skull gives, its extended point's distance to the real skin
+and to the model's best face's point for that landmark, placed on the skin: where both lie on
+the skin, the distance between them is a disagreement of definition or placement along the
+surface (the automatic skull landmarks', the T-Table's direction, the face model's annotation) that
+no encoder can remove.
+
 ``synthetic_baseline``: the same protocol with the model's own faces as the persons (synthetic):
 skulls made from 200 distractors' true faces (depths off by the table's SD; the landmarks the real
 skull gives), each distractor's encoded face ranked among the others — what the real head's
@@ -191,6 +197,28 @@ def synthetic_baseline(model, true_shapes: np.ndarray, encoded: np.ndarray, pres
         | {f"own_face_top_10pct_{k}": round(float(np.mean(np.asarray(v) < 10)), 3) for k, v in own.items()}
 
 
+def correspondence(model, ce, head, best: np.ndarray, target: np.ndarray, present: np.ndarray, skin,
+                   eta: np.ndarray) -> dict:
+    """Where the skull puts each soft-tissue point and where the face model puts it on this very
+    face: per present landmark, the extended landmark's distance to the real skin, and to the
+    model's best face's point placed on the skin (``head.to_ct``: the ICP of the face region; ``ce``:
+    ``ct_encoder``) — both on the skin, a distance between them is a disagreement of definition or
+    placement along the surface, which no encoder can remove. target (36, 3) CT frame; eta (36,)."""
+    import trimesh
+
+    from skullsearch.encoder.soft_tissue import SOFT_TISSUE_NAMES
+
+    placed = ce._apply(head.to_ct, soft_points(model, best[None])[0].astype(np.float64))
+    idx = np.flatnonzero(present)
+    _, to_skin, _ = trimesh.proximity.closest_point(skin, target[idx])
+    apart = np.linalg.norm(target[idx] - placed[idx], axis=1)
+    per = {SOFT_TISSUE_NAMES[i]: {"to_skin_mm": round(float(s), 1), "to_model_point_mm": round(float(d), 1),
+                                  "eta_mm": round(float(eta[i]), 1)}
+           for i, s, d in zip(idx, to_skin, apart, strict=True)}
+    return {"landmarks": per, "to_model_point_median_mm": round(float(np.median(apart)), 1),
+            "within_eta_of_model_point": int((apart < eta[idx]).sum()), "n": len(idx)}
+
+
 def summary(row: dict) -> dict:
     """Median and best rank of a probe set's ranks."""
     out = {}
@@ -232,6 +260,7 @@ def main(argv=None) -> None:
     from skullsearch.encoder.fitting import FitConfig
     from skullsearch.encoder.photometric import PhotometricConfig
     from skullsearch.retrieval.extended import extend
+    from skullsearch.retrieval.score import ScoreConfig
     from skullsearch.retrieval.tissue import load_table
 
     model = FaceModel.from_env()
@@ -250,6 +279,8 @@ def main(argv=None) -> None:
         out["landmarks"] = int(present.sum())
         head = ce.place_head(model, ct, volume, spacing, skin_ct, a.upper_face, no_streak=a.no_streak)
         best = ce.oracle_shape(model, head.skin, head.region, ~head.streak & head.upper)
+        eta = ScoreConfig().thresholds(sd)
+        out["correspondence"] = correspondence(model, ce, head, best, target, present, skin_ct, eta)
         print(f"skull: {present.sum()} extended landmarks; skin placed (RMS {head.rms:.2f} mm); "
               f"{time.time() - t0:.0f} s", file=sys.stderr)
         views = ce.render_photos(head.full, tmp, a.yaws)

@@ -130,3 +130,35 @@ def test_the_synthetic_baseline_finds_exact_faces_first(cid, default_model):
     assert out["queries"] == 10
     assert out["own_face_percentile_likelihood_median"] < 5 < out["mean_face_percentile_likelihood_median"]
     assert out["own_face_top_10pct_likelihood"] >= 0.7 and out["own_face_top_10pct_s"] >= 0.7
+
+
+def test_correspondence_measures_where_the_skull_and_the_model_disagree(cid, default_model):
+    """Targets on the model face's own points (moved into a CT frame) agree with it; one moved
+    10 mm along the skin disagrees by 10 mm, still on the skin."""
+    import torch
+    import trimesh
+
+    ce = cid._bench("ct_encoder")
+    rng = np.random.default_rng(6)
+    shape = rng.standard_normal(default_model.n_shape) * np.asarray(default_model.shape_std)
+    with torch.no_grad():
+        v = default_model.rest_vertices(shape=torch.as_tensor(shape[None], dtype=torch.float32))[0]
+    v = v.double().numpy()
+    to_ct = trimesh.transformations.rotation_matrix(0.2, [0, 1, 0])
+    to_ct[:3, 3] = [4.0, -30.0, 12.0]
+    skin = trimesh.Trimesh(ce._apply(to_ct, v), default_model.faces, process=False)
+    ones = np.ones(default_model.n_vertices, bool)
+    head = ce.PlacedHead(skin, skin, to_ct, 0.0, ones, ones, ~ones, ones)
+    target = ce._apply(to_ct, cid.soft_points(default_model, shape[None])[0].astype(np.float64))
+    present = np.zeros(36, bool)
+    present[[2, 3, 14]] = True  # g, n, mso_l
+    names = ("g", "n", "mso_l")
+    on_skin, _, _ = trimesh.proximity.closest_point(skin, target[3:4] + [[0.0, 10.0, 0.0]])
+    target[3] = on_skin[0]  # n slid along the skin
+    eta = np.full(36, 3.0)
+    out = cid.correspondence(default_model, ce, head, shape, target, present, skin, eta)
+    assert list(out["landmarks"]) == list(names) and out["n"] == 3
+    g = out["landmarks"]["g"]
+    assert g["to_model_point_mm"] < 0.05 and g["to_skin_mm"] < 0.05, out
+    assert out["landmarks"]["n"]["to_skin_mm"] < 0.05 and out["landmarks"]["n"]["to_model_point_mm"] > 5
+    assert out["within_eta_of_model_point"] == 2
