@@ -521,9 +521,20 @@ def face_errors(model, skin, shapes: np.ndarray, keep: np.ndarray) -> dict:
     return {k: np.asarray(v) for k, v in out.items()} | {"bands": bands_out}
 
 
+def add_head_arguments(p) -> None:
+    """The CT head's options: ``--ct``, ``--no-streak``, ``--upper-face`` (see :func:`place_head`)."""
+    p.add_argument("--ct", default=None, help="CT head npz (default: the shared CThead)")
+    p.add_argument("--no-streak", action="store_true",
+                   help="the head has no dental streak (another CT than CThead): score every face vertex")
+    p.add_argument("--upper-face", type=float, default=None, metavar="MM",
+                   help="the scan ends above the mouth: place, fit the oracle and score only the face "
+                        "above MM below the mean face's nose base, and render the mean face's head below "
+                        "that line (no identity there) in place of the cut")
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--ct", default=None, help="CT head npz (default: the shared CThead)")
+    add_head_arguments(p)
     p.add_argument("--yaws", type=float, nargs="+", default=[-30, -20, -10, 0, 10, 20, 30])
     p.add_argument("--detectors", nargs="+", default=["dlib", "mesh"])
     p.add_argument("--no-prior", action="store_true", help="skip the identity prior's fits")
@@ -535,12 +546,6 @@ def main(argv=None) -> None:
     p.add_argument("--smooth-streak", action="store_true",
                    help="render the skin with the dental streak's band smoothed (its metal-artefact spikes "
                         "flattened: a photo has none); the scoring is the same")
-    p.add_argument("--no-streak", action="store_true",
-                   help="the head has no dental streak (another CT than CThead): score every face vertex")
-    p.add_argument("--upper-face", type=float, default=None, metavar="MM",
-                   help="the scan ends above the mouth: place, fit the oracle and score only the face "
-                        "above MM below the mean face's nose base, and render the mean face's head below "
-                        "that line (no identity there) in place of the cut")
     p.add_argument("--cnn", default=None, metavar="CKPT",
                    help="also a CNN encoder checkpoint's codes (benchmarks/cnn_train.py) on dlib's boxes")
     p.add_argument("--texture", type=int, default=None, metavar="SEED",

@@ -232,15 +232,12 @@ def summary(row: dict) -> dict:
 
 
 def main(argv=None) -> None:
+    ce = _bench("ct_encoder")
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--ct", default=None, help="CT head npz (default: the shared CThead)")
+    ce.add_head_arguments(p)
     p.add_argument("--partial", action="store_true",
                    help="the scan ends above the teeth (ct_cranium.py's Cranium): the landmarks the cut "
                         "skull holds")
-    p.add_argument("--upper-face", type=float, default=None, metavar="MM",
-                   help="as ct_encoder.py: place the skin above MM under the mean face's nose base and "
-                        "render the mean head below (for a scan that ends at the upper lip)")
-    p.add_argument("--no-streak", action="store_true", help="the head has no dental streak (not CThead)")
     p.add_argument("--distractors", type=int, default=1000)
     p.add_argument("--photometric", action="store_true",
                    help="also refine every fit by its photo's shading (probes and distractors)")
@@ -254,7 +251,6 @@ def main(argv=None) -> None:
                         "landmarks in this file, to score them again without encoding")
     a = p.parse_args(argv)
     ct = _bench("_ct")
-    ce = _bench("ct_encoder")
     cv = _bench("ct_validation")
     from skullsearch import FaceModel
     from skullsearch.encoder.fitting import FitConfig

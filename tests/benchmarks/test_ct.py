@@ -3,22 +3,15 @@ landmarks and load_ct's errors (offline; no /work/shared needed)."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 import trimesh
-
-ROOT = Path(__file__).resolve().parents[2]
+from benchmark_scripts import load
 
 
 @pytest.fixture(scope="module")
 def ct():
-    spec = importlib.util.spec_from_file_location("skullsearch_bench_ct", ROOT / "benchmarks" / "_ct.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load("_ct")
 
 
 SPACING = np.array([2.0, 1.5, 1.5])  # (slice, row, column) mm, anisotropic like CThead

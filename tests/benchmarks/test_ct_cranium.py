@@ -5,25 +5,18 @@ back as a CThead-style npz (offline; the real package is not needed)."""
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import io
 import plistlib
 import tarfile
-from pathlib import Path
 
 import numpy as np
 import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
+from benchmark_scripts import load
 
 
 @pytest.fixture(scope="module")
 def cc():
-    spec = importlib.util.spec_from_file_location("skullsearch_bench_ct_cranium",
-                                                  ROOT / "benchmarks" / "ct_cranium.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load("ct_cranium")
 
 
 def _tar(files: dict[str, bytes], mode: str) -> bytes:
@@ -68,9 +61,7 @@ def test_the_package_becomes_a_cthead_style_volume(cc, tmp_path):
     np.testing.assert_array_equal(spacing, [1.5, 0.9, 0.9])  # (slice, row, column)
     # slice 0 = the top, row 0 = the face, values HU + 1024
     np.testing.assert_array_equal(got, vol[::-1, ::-1, :].astype(np.int32) + 1024)
-    ct_spec = importlib.util.spec_from_file_location("skullsearch_bench_ct2", ROOT / "benchmarks" / "_ct.py")
-    ct = importlib.util.module_from_spec(ct_spec)
-    ct_spec.loader.exec_module(ct)
+    ct = load("_ct")
     v2, s2 = ct.load_ct(out)  # what ct_encoder / ct_validation read
     np.testing.assert_array_equal(v2, got)
 

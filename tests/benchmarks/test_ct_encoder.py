@@ -4,26 +4,16 @@ model is that face, the streak band's smoothing holds every other vertex."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 import trimesh
-
-ROOT = Path(__file__).resolve().parents[2]
+from benchmark_scripts import load
 
 
 @pytest.fixture(scope="module")
 def ce():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    spec = importlib.util.spec_from_file_location("skullsearch_bench_ct_encoder",
-                                                  ROOT / "benchmarks" / "ct_encoder.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load("ct_encoder")
 
 
 @pytest.fixture(scope="module")

@@ -4,28 +4,18 @@ skull made from a face finds that face first, and the distractors' renders follo
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
+from benchmark_scripts import load
 
 from skullsearch import Gallery
 from skullsearch.encoder import code as code_layout
 from skullsearch.index.synth import add_synthetic_faces
 
-ROOT = Path(__file__).resolve().parents[2]
-
 
 @pytest.fixture(scope="module")
 def cid():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    spec = importlib.util.spec_from_file_location("skullsearch_bench_ct_identification",
-                                                  ROOT / "benchmarks" / "ct_identification.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load("ct_identification")
 
 
 def _skull_of(points: np.ndarray, rng) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -3,24 +3,11 @@ fit_uncertainty.py and mesh_depth.py: small runs that keep them working."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
+from benchmark_scripts import load
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def benchmark(name: str):
-    """benchmarks/NAME.py as a module (the benchmarks import their _common helpers)."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    spec = importlib.util.spec_from_file_location(f"skullsearch_bench_{name}",
-                                                  ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+benchmark = load
 
 
 @pytest.fixture(scope="module")

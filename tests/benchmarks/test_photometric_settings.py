@@ -3,26 +3,18 @@ sub-folders of decoded PNGs standing in for photos) and its refusal of an unknow
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
+from benchmark_scripts import load
 
 
 @pytest.fixture(scope="module")
 def bench():
-    sys.path.insert(0, str(ROOT / "benchmarks"))  # the benchmarks import their _common helpers
-    spec = importlib.util.spec_from_file_location("skullsearch_bench_photometric_settings",
-                                                  ROOT / "benchmarks" / "photometric_settings.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load("photometric_settings")
 
 
 def test_an_unknown_setting_is_refused_naming_the_known_ones(bench):
