@@ -49,6 +49,12 @@ model the fit searches (synthetic); the probe's face does not. Reported, nothing
 
     python benchmarks/ct_identification.py [--ct NPZ] [--partial --upper-face MM --no-streak]
         [--distractors 1000] [--photometric] [--uncertainty] [--yaws -30 -20 -10 0 10 20 30] [--seed 0]
+        [--save NPZ]
+
+Measured (README's benchmark table): on both real heads a person's own faces rank at a median
+33–58 % of the gallery, where the same protocol's synthetic persons rank at 18–26 % (landmark
+fit) and 0.3–3 % (refined); the extended landmarks lie a median 8.5–10.8 mm from the model's
+own points on the best face for the skin.
 """
 
 from __future__ import annotations
