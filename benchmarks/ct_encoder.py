@@ -71,7 +71,6 @@ the ``*_shared`` runs' posterior counts the views as correlated evidence
 from __future__ import annotations
 
 import argparse
-import functools
 import importlib.util
 import json
 import sys
@@ -82,6 +81,7 @@ from functools import partial
 from pathlib import Path
 from typing import NamedTuple
 
+import _ct as ct
 import numpy as np
 import torch
 from _common import (
@@ -96,18 +96,9 @@ from _common import (
     residual_by_group,
 )
 
-HERE = Path(__file__).resolve().parent
 #: CT slices of the dental streak (fillings; see ../shared/ct/README.md), with a slice of margin.
 STREAK_SLICES = (74.0, 82.0)
 LIGHTS = ((0.3, 0.4, 1.0), (-0.4, 0.2, 1.0))
-
-
-@functools.cache
-def _ct_module():
-    spec = importlib.util.spec_from_file_location("_ct", HERE / "_ct.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _rigid(src: np.ndarray, dst: np.ndarray, scale: bool) -> np.ndarray:
@@ -202,7 +193,7 @@ def crop(skin, points: np.ndarray, margin: float = 30.0):
 
 def streak_band(shape, spacing) -> tuple[float, float]:
     """(low, high) CT-frame heights (mm, ``_ct.head_frame``) of the dental streak's slices."""
-    low, high = (_ct_module().slice_height(shape, spacing, s) for s in STREAK_SLICES[::-1])
+    low, high = (ct.slice_height(shape, spacing, s) for s in STREAK_SLICES[::-1])
     return low, high
 
 
@@ -285,11 +276,11 @@ class PlacedHead(NamedTuple):
     keep: np.ndarray
 
 
-def place_head(model, ct, volume, spacing, skin_ct, upper_face: float | None = None,
+def place_head(model, volume, spacing, skin_ct, upper_face: float | None = None,
                smooth_streak: bool = False, no_streak: bool = False) -> PlacedHead:
-    """Place the CT skin (``skin_ct``, CT frame, of ``volume`` and ``spacing``; ``ct``: the
-    ``_ct`` module) in the model's frame by a rigid ICP of the mean face over the face region
-    (above the line ``upper_face`` mm under its nose base, where given: the scan ends there)."""
+    """Place the CT skin (``skin_ct``, CT frame, of ``volume`` and ``spacing``) in the model's
+    frame by a rigid ICP of the mean face over the face region (above the line ``upper_face`` mm
+    under its nose base, where given: the scan ends there)."""
     from skullsearch.encoder.face_model import face_region
 
     region = face_region(model)
@@ -568,7 +559,6 @@ def main(argv=None) -> None:
                    help="with --uncertainty: the shared runs' posterior counts the views as correlated "
                         "(FitConfig.photo_correlation; default: its default)")
     a = p.parse_args(argv)
-    ct = _ct_module()
     from skullsearch import FaceModel
     from skullsearch.encoder.fitting import FitConfig as _FitConfig
 
@@ -579,7 +569,7 @@ def main(argv=None) -> None:
     t = time.time()
     volume, spacing = ct.load_ct(a.ct or ct.CT_HEAD)
     _, skin_ct = ct.extract_surfaces(volume, spacing)
-    head = place_head(model, ct, volume, spacing, skin_ct, a.upper_face, a.smooth_streak, a.no_streak)
+    head = place_head(model, volume, spacing, skin_ct, a.upper_face, a.smooth_streak, a.no_streak)
     skin, full, rms, region, upper, streak, keep = (head.skin, head.full, head.rms, head.region, head.upper,
                                                     head.streak, head.keep)
     print(f"skin placed in the model's frame ({time.time() - t:.0f} s; mean face RMS {rms:.2f} mm); "

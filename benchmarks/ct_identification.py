@@ -66,43 +66,36 @@ import tempfile
 import time
 from pathlib import Path
 
+import _ct as ct
+import ct_encoder as ce
+import ct_validation as cv
 import numpy as np
 import torch
 from _common import emit
 
-HERE = Path(__file__).resolve().parent
 #: encode this many photos at a time (the refinement holds a batch's crops in memory)
 CHUNK = 64
 
 
-def _bench(name: str):
-    """A sibling benchmark script as a module."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(f"_bench_{name}", HERE / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def distractor_photos(model, folder: Path, n: int, yaws, rng, portrait, light_list) -> np.ndarray:
+def distractor_photos(model, folder: Path, n: int, yaws, rng) -> np.ndarray:
     """``n`` heads from the model's prior (identity only: shape ~ N(0, σ), neutral), each rendered
-    once (``portrait``: ``ct_encoder.portrait``) at a random one of ``yaws`` under a random one of
-    ``light_list``, saved as ``folder/dNNNNN.png``. Returns their shapes (n, S)."""
+    once as the CT skin's portraits are (``ct_encoder.portrait``) at a random one of ``yaws`` under
+    a random one of their lights, saved as ``folder/dNNNNN.png``. Returns their shapes (n, S)."""
     from PIL import Image
 
     shapes = rng.standard_normal((n, model.n_shape)) * np.asarray(model.shape_std, np.float64)
     folder.mkdir(parents=True, exist_ok=True)
+    light_list = ce.lights()
     for i in range(n):
         with torch.no_grad():
             v = model.rest_vertices(shape=torch.as_tensor(shapes[i:i + 1], dtype=torch.float32))[0].numpy()
         light = light_list[int(rng.integers(len(light_list)))]
-        img, _ = portrait(v, model.faces, float(rng.choice(yaws)), light)
+        img, _ = ce.portrait(v, model.faces, float(rng.choice(yaws)), light)
         Image.fromarray(img).save(folder / f"d{i:05d}.png")
     return shapes
 
 
-def encode(fit_codes, model, paths: list[Path], config, photometric, shared: bool = False):
+def encode(model, paths: list[Path], config, photometric, shared: bool = False):
     """Fitted shapes (m, S) of the photos the detector finds (each photo alone, in chunks; or
     all with one shared shape), with ``config.posterior`` their soft-tissue covariances
     (m, 36, 3, 3) mm² (else None), and which photos they are (m,) (indices into ``paths``)."""
@@ -111,7 +104,7 @@ def encode(fit_codes, model, paths: list[Path], config, photometric, shared: boo
     step = max(len(paths), 1) if shared else CHUNK
     for a in range(0, len(paths), step):
         info: dict = {}
-        s, names, _, _ = fit_codes(model, paths[a:a + step], "dlib", config, shared=shared,
+        s, names, _, _ = ce.fit_codes(model, paths[a:a + step], "dlib", config, shared=shared,
                                    photometric=photometric, info=info)
         shapes.append(s)
         found += [index[n] for n in names]
@@ -164,15 +157,13 @@ def ranks(probes: np.ndarray, distractors: np.ndarray, target, present, sd, prob
 
 def rigid_rms(points: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """(n,) RMS distance mm of each face's points (n, k, 3) to the reference's (k, 3) after the
-    best rigid alignment (Kabsch): how far a face's soft-tissue points lie from another's."""
-    ref = reference - reference.mean(0)
+    best rigid alignment (``ct_encoder._rigid``): how far a face's soft-tissue points lie from
+    another's."""
+    ref = np.asarray(reference, np.float64)
     out = np.empty(len(points))
-    for i, p in enumerate(points):
-        q = p - p.mean(0)
-        u, _, vt = np.linalg.svd(q.T @ ref)
-        d = np.sign(np.linalg.det(u @ vt))
-        rot = u @ np.diag([1.0, 1.0, d]) @ vt
-        out[i] = np.sqrt(((q @ rot - ref) ** 2).sum(1).mean())
+    for i, p in enumerate(np.asarray(points, np.float64)):
+        moved = ce._apply(ce._rigid(p, ref, scale=False), p)
+        out[i] = np.sqrt(((moved - ref) ** 2).sum(1).mean())
     return out
 
 
@@ -203,13 +194,13 @@ def synthetic_baseline(model, true_shapes: np.ndarray, encoded: np.ndarray, pres
         | {f"own_face_top_10pct_{k}": round(float(np.mean(np.asarray(v) < 10)), 3) for k, v in own.items()}
 
 
-def correspondence(model, ce, head, best: np.ndarray, target: np.ndarray, present: np.ndarray, skin,
+def correspondence(model, head, best: np.ndarray, target: np.ndarray, present: np.ndarray, skin,
                    eta: np.ndarray) -> dict:
     """Where the skull puts each soft-tissue point and where the face model puts it on this very
     face: per present landmark, the extended landmark's distance to the real skin, and to the
-    model's best face's point placed on the skin (``head.to_ct``: the ICP of the face region; ``ce``:
-    ``ct_encoder``) — both on the skin, a distance between them is a disagreement of definition or
-    placement along the surface, which no encoder can remove. target (36, 3) CT frame; eta (36,)."""
+    model's best face's point placed on the skin (``head.to_ct``: the ICP of the face region) —
+    both on the skin, a distance between them is a disagreement of definition or placement along
+    the surface, which no encoder can remove. target (36, 3) CT frame; eta (36,)."""
     import trimesh
 
     from skullsearch.encoder.soft_tissue import SOFT_TISSUE_NAMES
@@ -238,7 +229,6 @@ def summary(row: dict) -> dict:
 
 
 def main(argv=None) -> None:
-    ce = _bench("ct_encoder")
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ce.add_head_arguments(p)
     p.add_argument("--partial", action="store_true",
@@ -256,8 +246,6 @@ def main(argv=None) -> None:
                    help="keep every encoded shape (and Σ_face), the oracle and the skull's extended "
                         "landmarks in this file, to score them again without encoding")
     a = p.parse_args(argv)
-    ct = _bench("_ct")
-    cv = _bench("ct_validation")
     from skullsearch import FaceModel
     from skullsearch.encoder.fitting import FitConfig
     from skullsearch.encoder.photometric import PhotometricConfig
@@ -275,21 +263,19 @@ def main(argv=None) -> None:
            "yaws": a.yaws, "photometric": a.photometric, "partial": a.partial, "upper_face_mm": a.upper_face}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        skull, lms = cv.ct_skull(ct, skull_mesh, a.partial, tmp)
+        skull, lms = cv.ct_skull(skull_mesh, a.partial, tmp)
         ext = extend(skull, load_table())
         target, present, sd = ext.points, np.asarray(ext.present, bool), np.asarray(ext.sd, np.float64)
         out["landmarks"] = int(present.sum())
-        head = ce.place_head(model, ct, volume, spacing, skin_ct, a.upper_face, no_streak=a.no_streak)
+        head = ce.place_head(model, volume, spacing, skin_ct, a.upper_face, no_streak=a.no_streak)
         best = ce.oracle_shape(model, head.skin, head.region, ~head.streak & head.upper)
         eta = ScoreConfig().thresholds(sd)
-        out["correspondence"] = correspondence(model, ce, head, best, target, present, skin_ct, eta)
+        out["correspondence"] = correspondence(model, head, best, target, present, skin_ct, eta)
         print(f"skull: {present.sum()} extended landmarks; skin placed (RMS {head.rms:.2f} mm); "
               f"{time.time() - t0:.0f} s", file=sys.stderr)
         views = ce.render_photos(head.full, tmp, a.yaws)
-        light_list = ce.lights()
         t = time.time()
-        dis_true = distractor_photos(model, tmp / "distractors", a.distractors, a.yaws, rng, ce.portrait,
-                                     light_list)
+        dis_true = distractor_photos(model, tmp / "distractors", a.distractors, a.yaws, rng)
         dpaths = sorted((tmp / "distractors").glob("*.png"))
         out["seconds_render"] = round(time.time() - t, 1)
         settings = [("landmark", None)] + ([("refined", PhotometricConfig())] if a.photometric else [])
@@ -299,9 +285,9 @@ def main(argv=None) -> None:
         saved = {"target": target, "present": present, "sd": sd, "oracle": best, "distractors_true": dis_true}
         for label, photo in settings:
             t = time.time()
-            dis, dis_cov, dis_found = encode(ce.fit_codes, model, dpaths, cfg, photo)
-            alone, alone_cov, _ = encode(ce.fit_codes, model, views, cfg, photo)
-            shared, shared_cov, _ = encode(ce.fit_codes, model, views, cfg, photo, shared=True)
+            dis, dis_cov, dis_found = encode(model, dpaths, cfg, photo)
+            alone, alone_cov, _ = encode(model, views, cfg, photo)
+            shared, shared_cov, _ = encode(model, views, cfg, photo, shared=True)
             dpts = soft_points(model, dis)
             saved |= {f"{label}_distractors": dis, f"{label}_distractors_found": dis_found,
                       f"{label}_views": alone, f"{label}_shared": shared}

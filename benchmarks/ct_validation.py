@@ -41,26 +41,18 @@ face holds more than 5 mm above the scan's end.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import _ct as ct
 import numpy as np
 import torch
 from _common import emit
 
-HERE = Path(__file__).resolve().parent
 STREAK = ("ss", "mp", "pr", "id")
-
-
-def _ct_module():
-    spec = importlib.util.spec_from_file_location("_ct", HERE / "_ct.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _stats(d: np.ndarray) -> dict:
@@ -157,10 +149,10 @@ def pipeline_report(model, skull, skin, faces: int, seed: int, folder: Path,
                 faces_out["reconstruction"]["mean_mm"] < faces_out["mean_face"]["mean_mm"]}
 
 
-def ct_skull(ct, skull_mesh, partial: bool, folder: Path, name: str = "skull"):
+def ct_skull(skull_mesh, partial: bool, folder: Path, name: str = "skull"):
     """The CT's skull as a query's :class:`~skullsearch.retrieval.skull.Skull` (written to
     ``folder`` as ``NAME.ply``) with its landmarks placed automatically from the skull alone
-    (``ct``: the ``_ct`` module; ``partial``: a skull cut above the teeth), and those landmarks
+    (``partial``: a skull cut above the teeth), and those landmarks
     ({name: (3,) mm})."""
     from skullsearch.retrieval.skull import Skull
 
@@ -180,7 +172,6 @@ def main() -> None:
                    help="the scans may end above the teeth (Debian's Cranium: benchmarks/ct_cranium.py): "
                         "the landmarks the skull holds, and the faces compared above the scan's end")
     a = p.parse_args()
-    ct = _ct_module()
     from skullsearch import FaceModel
     from skullsearch.retrieval.extended import extend
     from skullsearch.retrieval.score import ScoreConfig
@@ -196,7 +187,7 @@ def main() -> None:
             t = time.time()
             volume, spacing = ct.load_ct(head)
             skull_mesh, skin = ct.extract_surfaces(volume, spacing)
-            skull, lms = ct_skull(ct, skull_mesh, a.partial, tmp, f"{head.stem}-skull")
+            skull, lms = ct_skull(skull_mesh, a.partial, tmp, f"{head.stem}-skull")
             # the last slice ends the scan
             end = ct.slice_height(volume.shape, spacing, volume.shape[0] - 1) if a.partial else None
             t_prep = time.time() - t

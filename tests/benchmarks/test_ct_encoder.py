@@ -247,19 +247,18 @@ def test_place_head_finds_a_moved_face_and_its_masks(ce, default_model, skin_of)
     """The skin of a face moved into a CT-like frame is placed back (a small RMS); the scored
     vertices are the region's outside the streak's slices (and above the cut with upper_face)."""
     skin, _, region = skin_of
-    ct = ce._ct_module()
     shape, spacing = (113, 256, 256), (2.0, 1.0, 1.0)
     to_ct = _rot(3, [0, 1, 0]) @ trimesh.transformations.translation_matrix([1.0, -2.0, 30.0])
     head_ct = skin.copy()
     head_ct.apply_transform(to_ct)
     volume = np.zeros(shape, np.int16)
-    placed = ce.place_head(default_model, ct, volume, spacing, head_ct)
+    placed = ce.place_head(default_model, volume, spacing, head_ct)
     assert placed.rms < 3.0, placed.rms  # (the mean face against this face)
     np.testing.assert_array_equal(placed.region, region)
     streak = ce.streak_vertices(default_model, placed.to_ct, shape, spacing)
     np.testing.assert_array_equal(placed.streak, streak)
     np.testing.assert_array_equal(placed.keep, region & ~placed.streak)
     assert len(placed.full.vertices) == len(skin.vertices)  # the whole head, back in the model frame
-    cut = ce.place_head(default_model, ct, volume, spacing, head_ct, upper_face=3.0, no_streak=True)
+    cut = ce.place_head(default_model, volume, spacing, head_ct, upper_face=3.0, no_streak=True)
     assert not cut.streak.any() and cut.keep.sum() < region.sum()
     np.testing.assert_array_equal(cut.keep, region & cut.upper)

@@ -70,12 +70,10 @@ def test_the_mean_face_and_summary(cid, default_model):
 
 
 def test_the_distractors_are_rendered_by_the_seed(cid, default_model, tmp_path):
-    ce = cid._bench("ct_encoder")
     out = []
     for k in range(2):
         folder = tmp_path / f"d{k}"
-        shapes = cid.distractor_photos(default_model, folder, 2, [-10.0, 10.0], np.random.default_rng(5),
-                                       ce.portrait, ce.lights())
+        shapes = cid.distractor_photos(default_model, folder, 2, [-10.0, 10.0], np.random.default_rng(5))
         out.append((shapes, [p.read_bytes() for p in sorted(folder.glob("*.png"))]))
     assert out[0][0].shape == (2, default_model.n_shape) and len(out[0][1]) == 2
     np.testing.assert_array_equal(out[0][0], out[1][0])
@@ -128,7 +126,7 @@ def test_correspondence_measures_where_the_skull_and_the_model_disagree(cid, def
     import torch
     import trimesh
 
-    ce = cid._bench("ct_encoder")
+    ce = cid.ce
     rng = np.random.default_rng(6)
     shape = rng.standard_normal(default_model.n_shape) * np.asarray(default_model.shape_std)
     with torch.no_grad():
@@ -146,7 +144,7 @@ def test_correspondence_measures_where_the_skull_and_the_model_disagree(cid, def
     on_skin, _, _ = trimesh.proximity.closest_point(skin, target[3:4] + [[0.0, 10.0, 0.0]])
     target[3] = on_skin[0]  # n slid along the skin
     eta = np.full(36, 3.0)
-    out = cid.correspondence(default_model, ce, head, shape, target, present, skin, eta)
+    out = cid.correspondence(default_model, head, shape, target, present, skin, eta)
     assert list(out["landmarks"]) == list(names) and out["n"] == 3
     g = out["landmarks"]["g"]
     assert g["to_model_point_mm"] < 0.05 and g["to_skin_mm"] < 0.05, out
