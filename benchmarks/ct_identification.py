@@ -195,12 +195,16 @@ def synthetic_baseline(model, true_shapes: np.ndarray, encoded: np.ndarray, pres
 
 
 def correspondence(model, head, best: np.ndarray, target: np.ndarray, present: np.ndarray, skin,
-                   eta: np.ndarray) -> dict:
+                   eta: np.ndarray, directions: np.ndarray) -> dict:
     """Where the skull puts each soft-tissue point and where the face model puts it on this very
     face: per present landmark, the extended landmark's distance to the real skin, and to the
     model's best face's point placed on the skin (``head.to_ct``: the ICP of the face region) —
     both on the skin, a distance between them is a disagreement of definition or placement along
-    the surface, which no encoder can remove. target (36, 3) CT frame; eta (36,)."""
+    the surface, which no encoder can remove. That distance split along the landmark's tissue
+    direction (``along_mm``, signed: + where the model's point lies further out than the extended
+    one; what the tissue depth's SD covers) and across it (``across_mm``: along the surface, what
+    only the landmark's definition covers). target (36, 3) CT frame; eta (36,); directions (36, 3)
+    unit, the extension's (:class:`~skullsearch.retrieval.extended.ExtendedLandmarks`)."""
     import trimesh
 
     from skullsearch.encoder.soft_tissue import SOFT_TISSUE_NAMES
@@ -208,12 +212,19 @@ def correspondence(model, head, best: np.ndarray, target: np.ndarray, present: n
     placed = ce._apply(head.to_ct, soft_points(model, best[None])[0].astype(np.float64))
     idx = np.flatnonzero(present)
     _, to_skin, _ = trimesh.proximity.closest_point(skin, target[idx])
-    apart = np.linalg.norm(target[idx] - placed[idx], axis=1)
+    gap = placed[idx] - target[idx]
+    apart = np.linalg.norm(gap, axis=1)
+    along = (gap * directions[idx]).sum(1)
+    across = np.sqrt(np.maximum(apart**2 - along**2, 0.0))
     per = {SOFT_TISSUE_NAMES[i]: {"to_skin_mm": round(float(s), 1), "to_model_point_mm": round(float(d), 1),
+                                  "along_mm": round(float(u), 1), "across_mm": round(float(v), 1),
                                   "eta_mm": round(float(eta[i]), 1)}
-           for i, s, d in zip(idx, to_skin, apart, strict=True)}
+           for i, s, d, u, v in zip(idx, to_skin, apart, along, across, strict=True)}
     return {"landmarks": per, "to_model_point_median_mm": round(float(np.median(apart)), 1),
-            "within_eta_of_model_point": int((apart < eta[idx]).sum()), "n": len(idx)}
+            "along_abs_median_mm": round(float(np.median(np.abs(along))), 1),
+            "across_median_mm": round(float(np.median(across)), 1),
+            "within_eta_of_model_point": int((apart < eta[idx]).sum()),
+            "within_eta_along": int((np.abs(along) < eta[idx]).sum()), "n": len(idx)}
 
 
 def summary(row: dict) -> dict:
@@ -270,7 +281,8 @@ def main(argv=None) -> None:
         head = ce.place_head(model, volume, spacing, skin_ct, a.upper_face, no_streak=a.no_streak)
         best = ce.oracle_shape(model, head.skin, head.region, ~head.streak & head.upper)
         eta = ScoreConfig().thresholds(sd)
-        out["correspondence"] = correspondence(model, head, best, target, present, skin_ct, eta)
+        out["correspondence"] = correspondence(model, head, best, target, present, skin_ct, eta,
+                                                 np.asarray(ext.directions, np.float64))
         print(f"skull: {present.sum()} extended landmarks; skin placed (RMS {head.rms:.2f} mm); "
               f"{time.time() - t0:.0f} s", file=sys.stderr)
         views = ce.render_photos(head.full, tmp, a.yaws)
