@@ -194,8 +194,7 @@ def synthetic_baseline(model, true_shapes: np.ndarray, encoded: np.ndarray, pres
         | {f"own_face_top_10pct_{k}": round(float(np.mean(np.asarray(v) < 10)), 3) for k, v in own.items()}
 
 
-def correspondence(model, head, best: np.ndarray, target: np.ndarray, present: np.ndarray, skin,
-                   eta: np.ndarray, directions: np.ndarray) -> dict:
+def correspondence(model, head, best: np.ndarray, ext, skin, eta: np.ndarray) -> dict:
     """Where the skull puts each soft-tissue point and where the face model puts it on this very
     face: per present landmark, the extended landmark's distance to the real skin, and to the
     model's best face's point placed on the skin (``head.to_ct``: the ICP of the face region) —
@@ -203,28 +202,46 @@ def correspondence(model, head, best: np.ndarray, target: np.ndarray, present: n
     the surface, which no encoder can remove. That distance split along the landmark's tissue
     direction (``along_mm``, signed: + where the model's point lies further out than the extended
     one; what the tissue depth's SD covers) and across it (``across_mm``: along the surface, what
-    only the landmark's definition covers). target (36, 3) CT frame; eta (36,); directions (36, 3)
-    unit, the extension's (:class:`~skullsearch.retrieval.extended.ExtendedLandmarks`)."""
+    only the landmark's definition covers). And the tissue this head has there: ``depth_ct_mm``,
+    from the skull landmark along its direction to the real skin (the first crossing; null where
+    the ray meets no skin), beside the table's depth (``depth_table_mm``). ext: the skull's
+    :class:`~skullsearch.retrieval.extended.ExtendedLandmarks` (CT frame); eta (36,)."""
     import trimesh
 
     from skullsearch.encoder.soft_tissue import SOFT_TISSUE_NAMES
 
     placed = ce._apply(head.to_ct, soft_points(model, best[None])[0].astype(np.float64))
-    idx = np.flatnonzero(present)
+    idx = np.flatnonzero(ext.present)
+    target, directions = np.asarray(ext.points, np.float64), np.asarray(ext.directions, np.float64)
     _, to_skin, _ = trimesh.proximity.closest_point(skin, target[idx])
     gap = placed[idx] - target[idx]
     apart = np.linalg.norm(gap, axis=1)
     along = (gap * directions[idx]).sum(1)
     across = np.sqrt(np.maximum(apart**2 - along**2, 0.0))
-    per = {SOFT_TISSUE_NAMES[i]: {"to_skin_mm": round(float(s), 1), "to_model_point_mm": round(float(d), 1),
-                                  "along_mm": round(float(u), 1), "across_mm": round(float(v), 1),
-                                  "eta_mm": round(float(eta[i]), 1)}
-           for i, s, d, u, v in zip(idx, to_skin, apart, along, across, strict=True)}
+    origin = np.asarray(ext.skull_points, np.float64)[idx]
+    hits, ray, _ = skin.ray.intersects_location(origin, directions[idx], multiple_hits=True)
+    depth = np.full(len(idx), np.nan)
+    for j in range(len(idx)):
+        d = np.linalg.norm(hits[ray == j] - origin[j], axis=1)
+        if len(d):
+            depth[j] = d.min()
+    table = np.asarray(ext.depth, np.float64)[idx]
+
+    def mm(x):
+        return round(float(x), 1) if np.isfinite(x) else None
+
+    per = {SOFT_TISSUE_NAMES[i]: {"to_skin_mm": mm(s), "to_model_point_mm": mm(d), "along_mm": mm(u),
+                                  "across_mm": mm(v), "eta_mm": mm(eta[i]), "depth_ct_mm": mm(c),
+                                  "depth_table_mm": mm(t)}
+           for i, s, d, u, v, c, t in zip(idx, to_skin, apart, along, across, depth, table, strict=True)}
+    ratio = depth / table
     return {"landmarks": per, "to_model_point_median_mm": round(float(np.median(apart)), 1),
             "along_abs_median_mm": round(float(np.median(np.abs(along))), 1),
             "across_median_mm": round(float(np.median(across)), 1),
             "within_eta_of_model_point": int((apart < eta[idx]).sum()),
-            "within_eta_along": int((np.abs(along) < eta[idx]).sum()), "n": len(idx)}
+            "within_eta_along": int((np.abs(along) < eta[idx]).sum()), "n": len(idx),
+            "depth_ct_over_table_median": (round(float(np.nanmedian(ratio)), 2) if np.isfinite(ratio).any()
+                                           else None)}
 
 
 def summary(row: dict) -> dict:
@@ -281,8 +298,7 @@ def main(argv=None) -> None:
         head = ce.place_head(model, volume, spacing, skin_ct, a.upper_face, no_streak=a.no_streak)
         best = ce.oracle_shape(model, head.skin, head.region, ~head.streak & head.upper)
         eta = ScoreConfig().thresholds(sd)
-        out["correspondence"] = correspondence(model, head, best, target, present, skin_ct, eta,
-                                                 np.asarray(ext.directions, np.float64))
+        out["correspondence"] = correspondence(model, head, best, ext, skin_ct, eta)
         print(f"skull: {present.sum()} extended landmarks; skin placed (RMS {head.rms:.2f} mm); "
               f"{time.time() - t0:.0f} s", file=sys.stderr)
         views = ce.render_photos(head.full, tmp, a.yaws)

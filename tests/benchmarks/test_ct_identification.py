@@ -11,6 +11,7 @@ from benchmark_scripts import load
 from skullsearch import Gallery
 from skullsearch.encoder import code as code_layout
 from skullsearch.index.synth import add_synthetic_faces
+from skullsearch.retrieval.extended import ExtendedLandmarks
 
 
 @pytest.fixture(scope="module")
@@ -141,19 +142,28 @@ def test_correspondence_measures_where_the_skull_and_the_model_disagree(cid, def
     present = np.zeros(36, bool)
     present[[2, 3, 14]] = True  # g, n, mso_l
     names = ("g", "n", "mso_l")
-    on_skin, _, tri = trimesh.proximity.closest_point(skin, target[3:4] + [[0.0, 10.0, 0.0]])
+    on_skin, _, _ = trimesh.proximity.closest_point(skin, target[3:4] + [[0.0, 10.0, 0.0]])
     target[3] = on_skin[0]  # n slid along the skin
-    directions = np.zeros((36, 3))
-    directions[:, 0] = 1.0
-    directions[3] = skin.face_normals[tri[0]]  # the skin's normal where n now lies
+    _, _, tri = trimesh.proximity.closest_point(skin, target[present])
+    directions = np.full((36, 3), np.nan)
+    directions[present] = skin.face_normals[tri]  # the skin's normal where each target lies
+    depth = np.full(36, 6.0)
+    ext = ExtendedLandmarks.from_points(target, present, np.full(36, 2.0))
+    ext.directions, ext.depth = directions, depth
+    ext.skull_points = np.where(present[:, None], target - depth[:, None] * directions, np.nan)  # 6 mm under
     eta = np.full(36, 3.0)
-    out = cid.correspondence(default_model, head, shape, target, present, skin, eta, directions)
+    out = cid.correspondence(default_model, head, shape, ext, skin, eta)
     assert list(out["landmarks"]) == list(names) and out["n"] == 3
     g = out["landmarks"]["g"]
     assert g["to_model_point_mm"] < 0.05 and g["to_skin_mm"] < 0.05, out
     n = out["landmarks"]["n"]
     assert n["to_skin_mm"] < 0.05 and n["to_model_point_mm"] > 5
     # the slide is along the surface: across the normal, hardly along it
-    assert n["across_mm"] > 0.9 * n["to_model_point_mm"] and abs(n["along_mm"]) < 0.4 * n["to_model_point_mm"], n
+    assert n["across_mm"] > 0.9 * n["to_model_point_mm"], n
+    assert abs(n["along_mm"]) < 0.4 * n["to_model_point_mm"], n
     assert abs(np.hypot(n["along_mm"], n["across_mm"]) - n["to_model_point_mm"]) < 0.15  # (rounded to 0.1 mm)
     assert out["within_eta_of_model_point"] == 2 and out["within_eta_along"] >= 2
+    # the tissue under each target, along its direction: the 6 mm it was put under
+    for r in out["landmarks"].values():
+        assert abs(r["depth_ct_mm"] - 6.0) < 0.15 and r["depth_table_mm"] == 6.0, r
+    assert out["depth_ct_over_table_median"] == 1.0
