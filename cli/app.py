@@ -490,7 +490,7 @@ def landmarks_cmd(
     skull = Skull.load(skull_path, landmarks=landmarks, units=units)
     table = load_table(tissue_table, sex=sex)
     ext = extend(skull, table)
-    for w in skull.warnings:
+    for w in skull.warnings + ext.warnings:
         err.print(f"[yellow]warning:[/] {w}", highlight=False)
     t = Table(title=f"{skull_path.name}: {int(ext.present.sum())} of 36 landmarks ({table.name})")
     for c in ("landmark", "face point", "skull x, y, z (mm)", "depth ± SD", "direction", "extended x, y, z"):

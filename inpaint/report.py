@@ -610,6 +610,10 @@ def _head_section(r: _Report, add) -> None:
         add(f'<div class="note">{e(n)}</div>')
     for w in sk.get("warnings") or []:
         add(f'<div class="note">skull input: {e(w)}</div>')
+    from skullsearch.retrieval.extended import ExtendedLandmarks
+
+    for w in ExtendedLandmarks.from_dict(record["extended"]).warnings:
+        add(f'<div class="note">extended landmark {e(w)}</div>')
     add('<p>Scores are evidence for ranking candidates, not an identification: a candidate is a lead '
         'to check by other means (DNA, dental records, circumstances).</p>')
     add('<p>Contents: <a href="#ranked">ranked candidates</a> · <a href="#view">3D superimposition</a> · '

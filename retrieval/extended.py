@@ -14,7 +14,7 @@ mesh's triangle winding (scans and segmentations often get it wrong in places) n
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +30,9 @@ _N = len(SOFT_TISSUE_NAMES)
 _CONE = ((0.0, (0.0,)), (30.0, tuple(range(0, 360, 60))), (60.0, tuple(range(30, 360, 60))))
 #: Face centroids per orientation patch that vote on its outside, besides the landmarks.
 _VOTERS = 24
+#: A landmark's tissue direction further than this from outward (from the skull's centre) is
+#: flagged (:attr:`ExtendedLandmarks.warnings`): its extended point lies behind the bone.
+DIRECTION_LIMIT_DEG = 90.0
 
 
 class ExtendedLandmarkError(SkullsearchError):
@@ -496,7 +499,12 @@ class ExtendedLandmarks:
     surface_distance (36,): distance of m_i from the mesh (mm; the normal is taken there);
     table_name / table_sha256: the tissue table used; g_depth: the glabella's tissue depth (mm)
     that places the face's definite regions in a reconstruction (the table's, or the 2023 global
-    T-Table's where the table has none; NaN for points given without a table).
+    T-Table's where the table has none; NaN for points given without a table);
+    outward_angle_deg (36,): the angle between direction_i and the way out from the skull's
+    centre (m_i − the mesh's area-weighted centroid), degrees (NaN where absent or unknown).
+    Over :data:`DIRECTION_LIMIT_DEG` the tissue is laid into the skull instead of over it — a
+    normal turned by a bone thinner than the normal's patch (the nasal bones, the maxilla's walls,
+    a CT surface of them) or a table direction in another frame — and :attr:`warnings` says so.
 
     It travels whole: in a :class:`~skullsearch.QueryResult`, its audit record (:meth:`to_dict` /
     :meth:`from_dict`), reconstruction, report and export — nothing extends the skull again or
@@ -517,10 +525,25 @@ class ExtendedLandmarks:
     table_name: str = ""
     table_sha256: str = ""
     g_depth: float = float("nan")
+    outward_angle_deg: np.ndarray = field(default_factory=lambda: np.full(_N, np.nan))
 
     @property
     def names(self) -> tuple[str, ...]:
         return SOFT_TISSUE_NAMES
+
+    @property
+    def warnings(self) -> list[str]:
+        """One line per present landmark whose direction points into the skull (its
+        ``outward_angle_deg`` over :data:`DIRECTION_LIMIT_DEG`): what is wrong and what to do."""
+        out = []
+        angle = self.outward_angle_deg
+        for i in np.flatnonzero(self.present & (np.nan_to_num(angle) > DIRECTION_LIMIT_DEG)):
+            source = "the table's direction" if self.direction_source[i] == "table" else "its surface normal"
+            out.append(f"{SOFT_TISSUE_NAMES[i]}: {source} points {angle[i]:.0f}° from outward "
+                       "(seen from the skull's centre), so its extended point lies behind the bone, not "
+                       "over it; check where the landmark sits (a thin or damaged bone, or a CT surface "
+                       "of one, turns the normal), give it a direction in the tissue table, or leave it out")
+        return out
 
     @property
     def units(self) -> str:
@@ -547,12 +570,13 @@ class ExtendedLandmarks:
                 "direction_source": list(self.direction_source), "orientation": list(self.orientation),
                 "surface_distance": _json(self.surface_distance), "table_name": self.table_name,
                 "table_sha256": self.table_sha256,
-                "g_depth": float(self.g_depth) if np.isfinite(self.g_depth) else None}
+                "g_depth": float(self.g_depth) if np.isfinite(self.g_depth) else None,
+                "outward_angle_deg": _json(self.outward_angle_deg)}
 
     @classmethod
     def from_dict(cls, d: dict) -> ExtendedLandmarks:
         """Read back :meth:`to_dict`; records written before it held only points, present and sd
-        (the rest is NaN there)."""
+        (the rest is NaN there; records before the direction check have no outward angles)."""
         def arr(key, shape):
             v = d.get(key)
             if v is None:
@@ -573,7 +597,8 @@ class ExtendedLandmarks:
                    direction_source=list(d.get("direction_source") or [""] * _N),
                    orientation=list(d.get("orientation") or [""] * _N),
                    surface_distance=arr("surface_distance", (_N,)), table_name=d.get("table_name", ""),
-                   table_sha256=d.get("table_sha256", ""), g_depth=float("nan") if g is None else float(g))
+                   table_sha256=d.get("table_sha256", ""), g_depth=float("nan") if g is None else float(g),
+                   outward_angle_deg=arr("outward_angle_deg", (_N,)))
 
     @property
     def n_present(self) -> int:
@@ -608,6 +633,11 @@ def extend(skull, table: TissueTable | str | None = None, radius_mm: float = 4.0
     directions = np.where(from_table[:, None], table.direction, normals)
     directions[~present] = np.nan
     points = np.where(present[:, None], m + table.mean[:, None] * directions, np.nan)
+    outward = m - _centre(skull.mesh)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cos = _dot(outward, directions) / (np.linalg.norm(outward, axis=1)
+                                           * np.linalg.norm(directions, axis=1))
+    angle = np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
     g_depth = table.row("g")[0]
     if not np.isfinite(g_depth):  # the definite regions need one: the default table's
         g_depth = load_table().row("g")[0]
@@ -616,7 +646,14 @@ def extend(skull, table: TissueTable | str | None = None, radius_mm: float = 4.0
         depth=table.mean.copy(), sd=table.sd.copy(),
         direction_source=["table" if t else "normal" for t in from_table], orientation=orientation,
         surface_distance=distance, table_name=table.name, table_sha256=table.sha256 or "",
-        g_depth=float(g_depth))
+        g_depth=float(g_depth), outward_angle_deg=np.where(present, angle, np.nan))
+
+
+def _centre(mesh) -> np.ndarray:
+    """(3,) the area-weighted centroid of a mesh's triangles (open meshes too), mm."""
+    tri = np.asarray(mesh.vertices, np.float64)[np.asarray(mesh.faces)]
+    area = 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
+    return (tri.mean(1) * area[:, None]).sum(0) / max(area.sum(), 1e-300)
 
 
 # -------------------------------------------------------------------------------- export

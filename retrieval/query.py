@@ -386,7 +386,7 @@ def query(
                           calibration_sample=calibration_sample, exhaustive=exhaustive, progress=progress,
                           max_shard=max_shard if exhaustive else None, uncertainty=uncertainty)
     result.extended = ext
-    result.warnings = list(getattr(skull, "warnings", []))
+    result.warnings = list(getattr(skull, "warnings", [])) + ext.warnings
     result.params.update({"tissue_table": table.name, "sex": sex, "max_shard": max_shard})
     if record:
         result.query_id = record_query(gallery, skull, table, ext, result)

@@ -250,15 +250,22 @@ def test_reconstruction_folder_is_included(case, default_model, tmp_path):
         rep.report(case["g"], case["qid"], tmp_path / "r2.html", reconstruction=tmp_path)
 
 
+def built_text(case) -> str:
+    return rep.report(case["g"], case["qid"], case["root"] / "plain.html", top=1).read_text()
+
+
 def test_a_moved_skull_file_still_gives_a_report(case, tmp_path):
     g2 = tmp_path / "g"
     shutil.copytree(case["g"], g2)
     record_path = g2 / "audit" / f"{case['qid']}.json"
     rec = json.loads(record_path.read_text())
     rec["skull"]["path"] = str(tmp_path / "elsewhere.ply")
+    assert "outward_angle_deg" in rec["extended"] and 'class="note">extended landmark' not in built_text(case)
+    rec["extended"]["outward_angle_deg"][SOFT_TISSUE_NAMES.index("g")] = 150.0  # (as if it were)
     record_path.write_text(json.dumps(rec))
     text = rep.report(g2, case["qid"], tmp_path / "r.html", top=1).read_text()
     assert "no longer at its recorded path" in text
+    assert "extended landmark g: its surface normal points 150° from outward" in text
     scene = json.loads(re.search(r'id="scene-data">(.*?)</script>', text, re.S).group(1))
     assert scene["skull"] is None and len(scene["candidates"]) == 1
 

@@ -9,7 +9,9 @@ from hypothesis import strategies as st
 from skullsearch.encoder.soft_tissue import SOFT_TISSUE_NAMES
 from skullsearch.errors import SkullsearchError
 from skullsearch.retrieval.extended import (
+    DIRECTION_LIMIT_DEG,
     ExtendedLandmarkError,
+    ExtendedLandmarks,
     export_pegs,
     extend,
     outward_normals,
@@ -198,6 +200,42 @@ def test_extend_on_an_ellipsoid():
     assert np.array_equal(ext.depth, TABLE.mean) and np.array_equal(ext.sd, TABLE.sd)
     assert ext.table_sha256 == TABLE.sha256 and ext.table_name == "global-2023"
     assert all(o.startswith("vote ") for o in ext.orientation)
+    # every direction points out of the skull, seen from its centre: nothing to warn of
+    assert np.nanmax(ext.outward_angle_deg) < 45 and ext.warnings == []
+
+
+def test_a_direction_into_the_skull_is_flagged(tmp_path):
+    """A landmark placed on the inner table of a skull wall gets the normal of that surface (into
+    the cranial cavity: the right normal of the wrong surface), and a table direction can point
+    anywhere: either lays the tissue into the skull, and the extension says which landmark and
+    why; the others stay silent."""
+    outer, inner = sphere(4, 90.0), sphere(4, 84.0)
+    shell = trimesh.util.concatenate([outer, inner])
+    po, _ = trimesh.sample.sample_surface(outer, 36, seed=3)
+    pi, _ = trimesh.sample.sample_surface(inner, 1, seed=4)
+    points = po.copy()
+    points[IDX["rhi"]] = pi[0]  # on the endocranial surface
+    ext = extend(ellipsoid_skull(shell, points), TABLE)
+    assert ext.outward_angle_deg[IDX["rhi"]] > 179 and ext.direction_source[IDX["rhi"]] == "normal"
+    assert np.delete(ext.outward_angle_deg, IDX["rhi"]).max() < 1
+    (w,) = ext.warnings
+    assert w.startswith("rhi: its surface normal points 180° from outward") and "check where" in w
+    # a table direction into the skull (here: g pushed towards the centre)
+    g = IDX["g"]
+    d = -points[g] / np.linalg.norm(points[g])
+    path = tmp_path / "t.csv"
+    path.write_text(f"landmark,mean_mm,sd_mm,direction\ng,5.5,1,{d[0]} {d[1]} {d[2]}\nn,6,1.5,\n")
+    ext = extend(ellipsoid_skull(shell, points, ["g", "n"]), load_table(path))
+    assert ext.outward_angle_deg[g] > 179 and ext.outward_angle_deg[IDX["n"]] < 1
+    assert [w[:40] for w in ext.warnings] == ["g: the table's direction points 180° fro"]
+    # the angles travel with the extended landmarks (the audit record), and warn again when read
+    back = ExtendedLandmarks.from_dict(ext.to_dict())
+    np.testing.assert_array_equal(back.outward_angle_deg, ext.outward_angle_deg)
+    assert back.warnings == ext.warnings
+    # a record from before the check has no angles: nothing to warn of
+    old = ext.to_dict()
+    del old["outward_angle_deg"]
+    assert ExtendedLandmarks.from_dict(old).warnings == [] and DIRECTION_LIMIT_DEG == 90.0
 
 
 def test_partial_skull_and_partial_table(tmp_path):
@@ -261,6 +299,7 @@ def test_equivariant_under_rigid_motion(q, t, subset):
     expected = SMALL_EXT.points[sel] @ rot.T + shift
     assert np.allclose(ext.points[sel], expected, rtol=0, atol=1e-6 * scale)
     assert np.allclose(ext.normals[sel], SMALL_EXT.normals[sel] @ rot.T, atol=1e-6)
+    assert np.allclose(ext.outward_angle_deg[sel], SMALL_EXT.outward_angle_deg[sel], atol=1e-4)
 
 
 @settings(max_examples=10, deadline=None)

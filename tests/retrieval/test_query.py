@@ -9,6 +9,7 @@ from skulls import skull_under, table_3mm, write_skull
 import skullsearch
 from skullsearch import Gallery, GalleryError, Skull, SkullsearchError
 from skullsearch.encoder import code as code_layout
+from skullsearch.encoder.soft_tissue import SOFT_TISSUE_NAMES
 from skullsearch.index.synth import synth
 from skullsearch.retrieval.tissue import load_table
 
@@ -112,6 +113,32 @@ def test_query_and_history_commands(case, tmp_path, capsys, monkeypatch):
     assert "query id" in capsys.readouterr().out
     assert main(["landmarks", str(skull_path), "--tissue-table", table]) == 0
     assert "36 of 36" in capsys.readouterr().out
+
+
+def test_a_landmark_extended_into_the_skull_is_a_warning_of_the_query(case, tmp_path, capsys, monkeypatch):
+    """A table direction that lays g's tissue into the skull: the query still runs, and its result,
+    the query command and the landmarks command say which landmark and what to do."""
+    from skullsearch.cli.app import main
+    from skullsearch.retrieval.extended import _centre
+
+    monkeypatch.setenv("COLUMNS", "250")
+    gpath, truth, skull_path, mesh, marks, *_ = case
+    inward = _centre(mesh) - marks["g"]
+    inward /= np.linalg.norm(inward)
+    table = tmp_path / "t.csv"
+    sd = dict(zip(SOFT_TISSUE_NAMES, load_table().sd, strict=True))
+    table.write_text("landmark,mean_mm,sd_mm,direction\n" + "".join(
+        f"{n},3.0,{sd[n]},{' '.join(map(str, inward)) if n == 'g' else ''}\n" for n in SOFT_TISSUE_NAMES))
+    res = skullsearch.query(Gallery.open(gpath), Skull.load(skull_path), top=3, tissue_table=str(table),
+                            record=False)
+    skull_warnings = Skull.load(skull_path).warnings  # (the reader's: an open mesh)
+    assert res.warnings[: len(skull_warnings)] == skull_warnings
+    (w,) = res.warnings[len(skull_warnings):]
+    assert w.startswith("g: the table's direction points 180° from outward")
+    assert main(["query", str(skull_path), "-g", str(gpath), "--top", "3", "--tissue-table", str(table)]) == 0
+    assert "g: the table's direction points 180°" in capsys.readouterr().err
+    assert main(["landmarks", str(skull_path), "--tissue-table", str(table)]) == 0
+    assert "g: the table's direction points 180°" in capsys.readouterr().err
 
 
 def test_too_few_landmarks_is_a_clear_error(case):
@@ -348,7 +375,8 @@ def test_the_extended_landmarks_travel_whole(case, tmp_path, monkeypatch):
     np.testing.assert_array_equal(ext.points, fresh.points)
     np.testing.assert_array_equal(res.target, ext.points)
     back = ExtendedLandmarks.from_dict(json.loads(json.dumps(ext.to_dict())))
-    for name in ("points", "skull_points", "normals", "directions", "depth", "sd", "surface_distance"):
+    for name in ("points", "skull_points", "normals", "directions", "depth", "sd", "surface_distance",
+                 "outward_angle_deg"):
         np.testing.assert_array_equal(getattr(back, name), getattr(ext, name), err_msg=name)
     assert (back.present == ext.present).all() and back.orientation == ext.orientation
     assert back.table_sha256 == ext.table_sha256 and back.g_depth == ext.g_depth
