@@ -277,7 +277,7 @@ def main(argv=None) -> None:
     from skullsearch import FaceModel
     from skullsearch.encoder.fitting import FitConfig
     from skullsearch.encoder.photometric import PhotometricConfig
-    from skullsearch.retrieval.extended import extend
+    from skullsearch.retrieval.extended import DIRECTION_LIMIT_DEG, extend
     from skullsearch.retrieval.score import ScoreConfig
     from skullsearch.retrieval.tissue import load_table
 
@@ -295,6 +295,9 @@ def main(argv=None) -> None:
         ext = extend(skull, load_table())
         target, present, sd = ext.points, np.asarray(ext.present, bool), np.asarray(ext.sd, np.float64)
         out["landmarks"] = int(present.sum())
+        angle = np.nan_to_num(ext.outward_angle_deg)  # the landmarks the extension warns of
+        out["directions_into_the_skull"] = {ext.names[i]: round(float(angle[i])) for i in
+                                            np.flatnonzero(present & (angle > DIRECTION_LIMIT_DEG))}
         head = ce.place_head(model, volume, spacing, skin_ct, a.upper_face, no_streak=a.no_streak)
         best = ce.oracle_shape(model, head.skin, head.region, ~head.streak & head.upper)
         eta = ScoreConfig().thresholds(sd)
