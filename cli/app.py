@@ -484,7 +484,7 @@ def landmarks_cmd(
     """List a skull's landmarks and their extended (soft-tissue) positions."""
     from skullsearch import Skull
     from skullsearch.encoder.soft_tissue import FACE_POINT_NAMES, SOFT_TISSUE_NAMES, base_key
-    from skullsearch.retrieval.extended import export_pegs, extend
+    from skullsearch.retrieval.extended import DIRECTION_LIMIT_DEG, export_pegs, extend
     from skullsearch.retrieval.tissue import load_table
 
     skull = Skull.load(skull_path, landmarks=landmarks, units=units)
@@ -493,13 +493,16 @@ def landmarks_cmd(
     for w in skull.warnings + ext.warnings:
         err.print(f"[yellow]warning:[/] {w}", highlight=False)
     t = Table(title=f"{skull_path.name}: {int(ext.present.sum())} of 36 landmarks ({table.name})")
-    for c in ("landmark", "face point", "skull x, y, z (mm)", "depth ± SD", "direction", "extended x, y, z"):
+    for c in ("landmark", "face point", "skull x, y, z (mm)", "depth ± SD", "direction", "from outward",
+              "extended x, y, z"):
         t.add_column(c)
     for i, name in enumerate(SOFT_TISSUE_NAMES):
         if not ext.present[i]:
             continue
+        angle = ext.outward_angle_deg[i]
         t.add_row(name, FACE_POINT_NAMES[base_key(name)], ", ".join(f"{v:.1f}" for v in ext.skull_points[i]),
                   f"{ext.depth[i]:.1f} ± {ext.sd[i]:.1f}", ext.direction_source[i],
+                  f"[red]{angle:.0f}°[/]" if angle > DIRECTION_LIMIT_DEG else f"{angle:.0f}°",
                   ", ".join(f"{v:.1f}" for v in ext.points[i]))
     out.print(t)
     if export is not None:

@@ -542,7 +542,8 @@ class ExtendedLandmarks:
             out.append(f"{SOFT_TISSUE_NAMES[i]}: {source} points {angle[i]:.0f}° from outward "
                        "(seen from the skull's centre), so its extended point lies behind the bone, not "
                        "over it; check where the landmark sits (a thin or damaged bone, or a CT surface "
-                       "of one, turns the normal), give it a direction in the tissue table, or leave it out")
+                       "of one, turns the normal), give it a direction in the tissue table, or leave it "
+                       "out of the landmarks file")
         return out
 
     @property

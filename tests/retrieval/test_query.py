@@ -138,7 +138,10 @@ def test_a_landmark_extended_into_the_skull_is_a_warning_of_the_query(case, tmp_
     assert main(["query", str(skull_path), "-g", str(gpath), "--top", "3", "--tissue-table", str(table)]) == 0
     assert "g: the table's direction points 180°" in capsys.readouterr().err
     assert main(["landmarks", str(skull_path), "--tissue-table", str(table)]) == 0
-    assert "g: the table's direction points 180°" in capsys.readouterr().err
+    out, err = capsys.readouterr()
+    assert "g: the table's direction points 180°" in err
+    rows = {r.split("│")[1].strip(): r for r in out.splitlines() if r.count("│") > 3}
+    assert "180°" in rows["g"] and "from outward" in out and "180°" not in rows["n"]
 
 
 def test_too_few_landmarks_is_a_clear_error(case):
