@@ -50,6 +50,8 @@ model the fit searches (synthetic); the probe's face does not. Reported, nothing
     python benchmarks/ct_identification.py [--ct NPZ] [--partial --upper-face MM --no-streak]
         [--distractors 1000] [--photometric] [--uncertainty] [--yaws -30 -20 -10 0 10 20 30] [--seed 0]
         [--save NPZ]
+    python benchmarks/ct_identification.py [--ct NPZ --partial ...] --rescore NPZ
+        [--depth-factors 0.4 0.6 ... 1.6] [--leave-out rhi]   # the saved faces, ranked again
 
 Measured (README's benchmark table): on both real heads a person's own faces rank at a median
 33–58 % of the gallery, where the same protocol's synthetic persons rank at 18–26 % (landmark
@@ -244,6 +246,40 @@ def correspondence(model, head, best: np.ndarray, ext, skin, eta: np.ndarray) ->
                                            else None)}
 
 
+def rescore(model, saved, ext, factors, leave_out=()) -> dict:
+    """The saved faces (``--save``'s arrays: every run's distractors, views, shared shape, and the
+    oracle) ranked again without encoding, against the skull's extended landmarks recomputed
+    with the table's depths times each factor in ``factors`` (n_i = m_i + k d_i dir_i: a head whose
+    tissue is thinner or thicker than the table's all over) and without the landmarks named in
+    ``leave_out``. Returns, per run and factor, each probe set's median rank by S and by
+    likelihood."""
+    from skullsearch.encoder.soft_tissue import SOFT_TISSUE_NAMES, base_key
+
+    present = np.asarray(ext.present, bool) & ~np.array(
+        [n in leave_out or base_key(n) in leave_out for n in SOFT_TISSUE_NAMES])
+    sd = np.asarray(ext.sd, np.float64)
+    offset = np.asarray(ext.depth, np.float64)[:, None] * np.asarray(ext.directions, np.float64)
+    out = {"landmarks": int(present.sum()), "left_out": sorted(leave_out), "runs": {}}
+    probes = {"mean_face": soft_points(model, np.zeros((1, model.n_shape))),
+              "oracle": soft_points(model, np.asarray(saved["oracle"])[None])}
+    for label in ("landmark", "refined"):
+        if f"{label}_distractors" not in saved:
+            continue
+        dpts = soft_points(model, np.asarray(saved[f"{label}_distractors"]))
+        sets = {"views": soft_points(model, np.asarray(saved[f"{label}_views"])),
+                "shared": soft_points(model, np.asarray(saved[f"{label}_shared"])[:1])} | probes
+        run = out["runs"][label] = {}
+        for k in factors:
+            target = np.asarray(ext.skull_points, np.float64) + k * offset
+            row = {}
+            for name, pts in sets.items():
+                if len(pts):
+                    r = ranks(pts, dpts, target, present, sd)
+                    row[name] = [float(np.median(r["rank_s"])), float(np.median(r["rank_likelihood"]))]
+            run[f"{k:g}"] = row
+    return out
+
+
 def summary(row: dict) -> dict:
     """Median and best rank of a probe set's ranks."""
     out = {}
@@ -273,6 +309,13 @@ def main(argv=None) -> None:
     p.add_argument("--save", default=None, metavar="NPZ",
                    help="keep every encoded shape (and Σ_face), the oracle and the skull's extended "
                         "landmarks in this file, to score them again without encoding")
+    p.add_argument("--rescore", default=None, metavar="NPZ",
+                   help="rank the faces a --save file holds again (no encoding), for each of "
+                        "--depth-factors and without --leave-out's landmarks")
+    p.add_argument("--depth-factors", type=float, nargs="+", default=[1.0],
+                   help="with --rescore: the table's depths times each of these")
+    p.add_argument("--leave-out", nargs="*", default=[], metavar="LANDMARK",
+                   help="with --rescore: score without these landmarks (e.g. those the extension warns of)")
     a = p.parse_args(argv)
     from skullsearch import FaceModel
     from skullsearch.encoder.fitting import FitConfig
@@ -298,6 +341,15 @@ def main(argv=None) -> None:
         angle = np.nan_to_num(ext.outward_angle_deg)  # the landmarks the extension warns of
         out["directions_into_the_skull"] = {ext.names[i]: round(float(angle[i])) for i in
                                             np.flatnonzero(present & (angle > DIRECTION_LIMIT_DEG))}
+        if a.rescore:
+            with np.load(a.rescore) as saved:
+                if not np.array_equal(saved["present"], present):
+                    raise SystemExit(f"{a.rescore} was saved for another skull (other landmarks): "
+                                     "give the --ct and --partial it was saved with")
+                out["rescore"] = rescore(model, dict(saved), ext, a.depth_factors, set(a.leave_out))
+            out["seconds"] = round(time.time() - t0, 1)
+            emit(json.loads(json.dumps(out)))
+            return
         head = ce.place_head(model, volume, spacing, skin_ct, a.upper_face, no_streak=a.no_streak)
         best = ce.oracle_shape(model, head.skin, head.region, ~head.streak & head.upper)
         eta = ScoreConfig().thresholds(sd)

@@ -167,3 +167,37 @@ def test_correspondence_measures_where_the_skull_and_the_model_disagree(cid, def
     for r in out["landmarks"].values():
         assert abs(r["depth_ct_mm"] - 6.0) < 0.15 and r["depth_table_mm"] == 6.0, r
     assert out["depth_ct_over_table_median"] == 1.0
+
+
+def test_rescore_ranks_the_saved_faces_again(cid, default_model):
+    """--rescore: with the table's depths (factor 1) and every landmark, the saved faces rank as
+    the run ranked them; a factor moves the targets along their directions; a left-out landmark
+    is not scored."""
+    rng = np.random.default_rng(3)
+    std = np.asarray(default_model.shape_std)
+    shapes = rng.standard_normal((24, default_model.n_shape)) * std
+    truth = shapes[0]
+    pts = cid.soft_points(default_model, truth[None])[0].astype(np.float64)
+    present = np.ones(36, bool)
+    ext = ExtendedLandmarks.from_points(pts, present, np.full(36, 2.0))
+    centre = pts.mean(0)
+    ext.directions = (pts - centre) / np.linalg.norm(pts - centre, axis=1, keepdims=True)  # outward-ish
+    ext.depth = np.full(36, 4.0)
+    ext.skull_points = pts - 4.0 * ext.directions
+    saved = {"landmark_distractors": shapes[4:], "landmark_views": shapes[:3], "landmark_shared": shapes[:1],
+             "oracle": truth, "present": present}
+    out = cid.rescore(default_model, saved, ext, [1.0, 1.5], leave_out={"g", "zy"})
+    assert out["landmarks"] == 33 and out["left_out"] == ["g", "zy"] and list(out["runs"]) == ["landmark"]
+    row = out["runs"]["landmark"]["1"]
+    dpts = cid.soft_points(default_model, shapes[4:])
+    keep = present.copy()
+    keep[[2, 22, 23]] = False  # g, zy_l, zy_r
+    for name, probe in (("views", shapes[:3]), ("oracle", truth[None])):
+        r = cid.ranks(cid.soft_points(default_model, probe), dpts, pts, keep, ext.sd)
+        assert row[name] == [float(np.median(r["rank_s"])), float(np.median(r["rank_likelihood"]))]
+    assert row["oracle"] == [1.0, 1.0] and row["shared"] == [1.0, 1.0]  # (the truth itself)
+    # a factor: the targets the table's depths times it along their directions
+    moved = ext.skull_points + 6.0 * ext.directions
+    r = cid.ranks(cid.soft_points(default_model, shapes[:3]), dpts, moved, keep, ext.sd)
+    got = out["runs"]["landmark"]["1.5"]["views"]
+    assert got == [float(np.median(r["rank_s"])), float(np.median(r["rank_likelihood"]))]
