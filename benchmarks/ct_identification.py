@@ -56,7 +56,10 @@ model the fit searches (synthetic); the probe's face does not. Reported, nothing
 Measured (README's benchmark table): on both real heads a person's own faces rank at a median
 33–58 % of the gallery, where the same protocol's synthetic persons rank at 18–26 % (landmark
 fit) and 0.3–3 % (refined); the extended landmarks lie a median 8.5–10.8 mm from the model's
-own points on the best face for the skin.
+own points on the best face for the skin (7.0–7.5 mm of it across the tissue direction); CThead's
+tissue is 0.64× the table's depths (Cranium's 0.92×), and with the depths scaled to that ratio
+(``--rescore``) CThead's best face ranks 4th by S, 2nd by likelihood, its photo-encoded views
+still at chance.
 """
 
 from __future__ import annotations
