@@ -130,16 +130,22 @@ def face_normals(model) -> np.ndarray:
 
 
 def synthetic_skull_targets(face_points: np.ndarray, normals: np.ndarray, sd: np.ndarray, rng,
-                            missing: float = 0.0, placement_mm: float = 1.0):
+                            missing: float = 0.0, placement_mm: float = 1.0,
+                            offset: np.ndarray | None = None):
     """Extended landmarks a skull of each face would give: the true soft-tissue points moved
     along the face normal by the depth error (true depth − table mean ~ N(0, SD)), plus
     placement noise, under a random rigid motion; a share ``missing`` of landmarks absent.
-    face_points (q, 36, 3) → targets (q, 36, 3) (NaN where absent), present (q, 36)."""
+    offset (36, 3) mm, in the face's frame: a disagreement between where the skull puts each
+    point and where the model annotates it, added to every face (e.g. a real head's measured
+    one: ``ct_identification.correspondence_gap``). face_points (q, 36, 3) → targets (q, 36, 3)
+    (NaN where absent), present (q, 36)."""
     from scipy.spatial.transform import Rotation
 
     q = len(face_points)
     depth_err = rng.standard_normal((q, 36)) * sd
     t = face_points + depth_err[..., None] * normals + rng.normal(scale=placement_mm, size=(q, 36, 3))
+    if offset is not None:
+        t = t + np.nan_to_num(np.asarray(offset, np.float64))
     rot = Rotation.random(q, random_state=int(rng.integers(1 << 31))).as_matrix()
     t = np.einsum("qij,qkj->qki", rot, t) + rng.normal(scale=200.0, size=(q, 1, 3))
     present = np.ones((q, 36), bool)

@@ -173,30 +173,61 @@ def rigid_rms(points: np.ndarray, reference: np.ndarray) -> np.ndarray:
 
 
 def synthetic_baseline(model, true_shapes: np.ndarray, encoded: np.ndarray, present: np.ndarray, rng,
-                       queries: int = 200) -> dict:
+                       queries: int = 200, offset: np.ndarray | None = None) -> dict:
     """The same protocol where the truth is the model's: for ``queries`` of the distractors, a
     skull made from its *true* face (``_common.synthetic_skull_targets``: depths off by the
     table's SD, 1 mm placement; the landmarks ``present`` (36,) the real skull gives) and the rank
-    of its *encoded* face among the other distractors; with the mean face's rank in the same
-    queries. true_shapes, encoded (m, S): the found distractors' true and fitted shapes. Returns
-    the median percentiles by S and by likelihood (0 = first)."""
+    of its *encoded* face among the other distractors; with the ranks of the mean face and of the
+    true face itself (a perfect encoder) in the same queries. offset (36, 3) mm, model frame: a
+    correspondence gap added to every skull (:func:`correspondence_gap`: a real head's). true_shapes,
+    encoded (m, S): the found distractors' true and fitted shapes. Returns the median percentiles
+    by S and by likelihood (0 = first)."""
     from _common import face_normals, synthetic_skull_targets, table_sd
 
     sd = table_sd()
     q = min(queries, len(encoded))
-    targets, _ = synthetic_skull_targets(soft_points(model, true_shapes[:q]), face_normals(model), sd, rng)
+    true_pts = soft_points(model, true_shapes[:q])
+    targets, _ = synthetic_skull_targets(true_pts, face_normals(model), sd, rng, offset=offset)
     pts = soft_points(model, encoded)
     mean = soft_points(model, np.zeros((1, model.n_shape)))
-    own, avg = {"s": [], "likelihood": []}, {"s": [], "likelihood": []}
+    per = {w: {"s": [], "likelihood": []} for w in ("own", "mean", "true")}
     for k in range(q):
         others = np.delete(pts, k, 0)
-        r = ranks(np.concatenate([pts[k:k + 1], mean]), others, targets[k], present, sd)
-        for key in own:
-            own[key].append(r[f"percentile_{key}"][0])
-            avg[key].append(r[f"percentile_{key}"][1])
-    return {"queries": q} | {f"own_face_percentile_{k}_median": float(np.median(v)) for k, v in own.items()} \
-        | {f"mean_face_percentile_{k}_median": float(np.median(v)) for k, v in avg.items()} \
-        | {f"own_face_top_10pct_{k}": round(float(np.mean(np.asarray(v) < 10)), 3) for k, v in own.items()}
+        r = ranks(np.concatenate([pts[k:k + 1], mean, true_pts[k:k + 1]]), others, targets[k], present, sd)
+        for j, who in enumerate(per):
+            for key in per[who]:
+                per[who][key].append(r[f"percentile_{key}"][j])
+    out = {"queries": q}
+    for who, label in (("own", "own_face"), ("mean", "mean_face"), ("true", "true_face")):
+        out |= {f"{label}_percentile_{k}_median": float(np.median(v)) for k, v in per[who].items()}
+    return out | {f"own_face_top_10pct_{k}": round(float(np.mean(np.asarray(v) < 10)), 3)
+                  for k, v in per["own"].items()}
+
+
+def baselines(model, true_shapes, encoded, present, gap, seed: int) -> dict:
+    """:func:`synthetic_baseline` as measured (``synthetic_baseline``) and with this head's
+    correspondence gap added to every synthetic skull (``synthetic_baseline_with_this_gap``: the
+    same draws, so the two differ by the gap alone)."""
+    return {"synthetic_baseline": synthetic_baseline(model, true_shapes, encoded, present,
+                                                     np.random.default_rng(seed + 1)),
+            "synthetic_baseline_with_this_gap": synthetic_baseline(
+                model, true_shapes, encoded, present, np.random.default_rng(seed + 1), offset=gap)}
+
+
+def model_points_on_skin(model, head, best: np.ndarray) -> np.ndarray:
+    """(36, 3) mm, CT frame: the soft-tissue points of the shape ``best`` (the model's best face
+    for the skin) placed on the skin by ``head.to_ct``."""
+    return ce._apply(head.to_ct, soft_points(model, best[None])[0].astype(np.float64))
+
+
+def correspondence_gap(model, head, best: np.ndarray, ext) -> np.ndarray:
+    """(36, 3) mm, in the face model's frame: where the skull's extended landmarks lie minus
+    where the model puts the same points on the best face for this skin (NaN where absent): the
+    head's correspondence gap, to add to synthetic skulls (:func:`synthetic_baseline`)."""
+    gap = np.asarray(ext.points, np.float64) - model_points_on_skin(model, head, best)
+    rot = np.asarray(head.to_ct, np.float64)[:3, :3]
+    rot = rot / np.cbrt(np.linalg.det(rot))  # (a placement with a scale: its rotation)
+    return gap @ rot  # each row Rᵀ g
 
 
 def correspondence(model, head, best: np.ndarray, ext, skin, eta: np.ndarray) -> dict:
@@ -215,7 +246,7 @@ def correspondence(model, head, best: np.ndarray, ext, skin, eta: np.ndarray) ->
 
     from skullsearch.encoder.soft_tissue import SOFT_TISSUE_NAMES
 
-    placed = ce._apply(head.to_ct, soft_points(model, best[None])[0].astype(np.float64))
+    placed = model_points_on_skin(model, head, best)
     idx = np.flatnonzero(ext.present)
     target, directions = np.asarray(ext.points, np.float64), np.asarray(ext.directions, np.float64)
     _, to_skin, _ = trimesh.proximity.closest_point(skin, target[idx])
@@ -346,10 +377,17 @@ def main(argv=None) -> None:
                                             np.flatnonzero(present & (angle > DIRECTION_LIMIT_DEG))}
         if a.rescore:
             with np.load(a.rescore) as saved:
-                if not np.array_equal(saved["present"], present):
-                    raise SystemExit(f"{a.rescore} was saved for another skull (other landmarks): "
-                                     "give the --ct and --partial it was saved with")
-                out["rescore"] = rescore(model, dict(saved), ext, a.depth_factors, set(a.leave_out))
+                saved = dict(saved)
+            if not np.array_equal(saved["present"], present):
+                raise SystemExit(f"{a.rescore} was saved for another skull (other landmarks): "
+                                 "give the --ct and --partial it was saved with")
+            out["rescore"] = rescore(model, saved, ext, a.depth_factors, set(a.leave_out))
+            head = ce.place_head(model, volume, spacing, skin_ct, a.upper_face, no_streak=a.no_streak)
+            gap = correspondence_gap(model, head, saved["oracle"], ext)
+            out["rescore"]["baselines"] = {
+                label: baselines(model, saved["distractors_true"][saved[f"{label}_distractors_found"]],
+                                 saved[f"{label}_distractors"], present, gap, a.seed)
+                for label in out["rescore"]["runs"]}
             out["seconds"] = round(time.time() - t0, 1)
             emit(json.loads(json.dumps(out)))
             return
@@ -357,6 +395,7 @@ def main(argv=None) -> None:
         best = ce.oracle_shape(model, head.skin, head.region, ~head.streak & head.upper)
         eta = ScoreConfig().thresholds(sd)
         out["correspondence"] = correspondence(model, head, best, ext, skin_ct, eta)
+        gap = correspondence_gap(model, head, best, ext)
         print(f"skull: {present.sum()} extended landmarks; skin placed (RMS {head.rms:.2f} mm); "
               f"{time.time() - t0:.0f} s", file=sys.stderr)
         views = ce.render_photos(head.full, tmp, a.yaws)
@@ -385,8 +424,7 @@ def main(argv=None) -> None:
             probes = {"views": (alone, alone_cov), "shared": (shared[:1], None if shared_cov is None
                                                              else shared_cov[:1])}
             probes |= {k: (v, None) for k, v in controls.items()}
-            run["synthetic_baseline"] = synthetic_baseline(model, dis_true[dis_found], dis, present,
-                                                           np.random.default_rng(a.seed + 1))
+            run |= baselines(model, dis_true[dis_found], dis, present, gap, a.seed)
             oracle_pts = soft_points(model, best[None])[0]
             run["distractors_tissue_rms_to_oracle_mm_median"] = round(float(np.median(
                 rigid_rms(dpts[:, present], oracle_pts[present]))), 2)

@@ -119,6 +119,16 @@ def test_the_synthetic_baseline_finds_exact_faces_first(cid, default_model):
     assert out["queries"] == 10
     assert out["own_face_percentile_likelihood_median"] < 5 < out["mean_face_percentile_likelihood_median"]
     assert out["own_face_top_10pct_likelihood"] >= 0.7 and out["own_face_top_10pct_s"] >= 0.7
+    assert out["true_face_percentile_likelihood_median"] == out["own_face_percentile_likelihood_median"]
+    # a correspondence gap as large as a real head's (~10 mm a landmark) added to every skull: the
+    # same draws, the own (= true) face now ranks lower
+    gap = np.random.default_rng(5).standard_normal((36, 3)) * 6.0
+    rng = np.random.default_rng(4)
+    true = rng.standard_normal((40, default_model.n_shape)) * np.asarray(default_model.shape_std)
+    gapped = cid.synthetic_baseline(default_model, true, true, np.ones(36, bool), rng, queries=10,
+                                    offset=gap)
+    key = "true_face_percentile_likelihood_median"
+    assert out[key] == 0.0 and gapped[key] > 3.0, (out, gapped)
 
 
 def test_correspondence_measures_where_the_skull_and_the_model_disagree(cid, default_model):
@@ -167,6 +177,12 @@ def test_correspondence_measures_where_the_skull_and_the_model_disagree(cid, def
     for r in out["landmarks"].values():
         assert abs(r["depth_ct_mm"] - 6.0) < 0.15 and r["depth_table_mm"] == 6.0, r
     assert out["depth_ct_over_table_median"] == 1.0
+    # the gap in the model's frame: n's slide, rotated back (the head turned 0.2 rad about y)
+    gap = cid.correspondence_gap(default_model, head, shape, ext)
+    own = ce._apply(to_ct, cid.soft_points(default_model, shape[None])[0].astype(np.float64))
+    slide = ext.points[3] - own[3]
+    np.testing.assert_allclose(gap[3], slide @ to_ct[:3, :3], atol=1e-6)
+    assert np.linalg.norm(gap[2]) < 1e-6 and np.isnan(gap[0]).all()  # g on its point; op absent
 
 
 def test_rescore_ranks_the_saved_faces_again(cid, default_model):
