@@ -214,6 +214,15 @@ def baselines(model, true_shapes, encoded, present, gap, seed: int) -> dict:
                 model, true_shapes, encoded, present, np.random.default_rng(seed + 1), offset=gap)}
 
 
+def gap_vectors(gap: np.ndarray) -> dict:
+    """{landmark: [x, y, z] mm} of a :func:`correspondence_gap` (model frame: x to the face's
+    left, y up, z out of the face), the present ones: to compare two heads' gaps."""
+    from skullsearch.encoder.soft_tissue import SOFT_TISSUE_NAMES
+
+    return {n: [round(float(v), 1) for v in g] for n, g in zip(SOFT_TISSUE_NAMES, gap, strict=True)
+            if np.isfinite(g).all()}
+
+
 def model_points_on_skin(model, head, best: np.ndarray) -> np.ndarray:
     """(36, 3) mm, CT frame: the soft-tissue points of the shape ``best`` (the model's best face
     for the skin) placed on the skin by ``head.to_ct``."""
@@ -384,6 +393,7 @@ def main(argv=None) -> None:
             out["rescore"] = rescore(model, saved, ext, a.depth_factors, set(a.leave_out))
             head = ce.place_head(model, volume, spacing, skin_ct, a.upper_face, no_streak=a.no_streak)
             gap = correspondence_gap(model, head, saved["oracle"], ext)
+            out["rescore"]["gap_model_frame_mm"] = gap_vectors(gap)
             out["rescore"]["baselines"] = {
                 label: baselines(model, saved["distractors_true"][saved[f"{label}_distractors_found"]],
                                  saved[f"{label}_distractors"], present, gap, a.seed)
@@ -396,6 +406,7 @@ def main(argv=None) -> None:
         eta = ScoreConfig().thresholds(sd)
         out["correspondence"] = correspondence(model, head, best, ext, skin_ct, eta)
         gap = correspondence_gap(model, head, best, ext)
+        out["correspondence"]["gap_model_frame_mm"] = gap_vectors(gap)
         print(f"skull: {present.sum()} extended landmarks; skin placed (RMS {head.rms:.2f} mm); "
               f"{time.time() - t0:.0f} s", file=sys.stderr)
         views = ce.render_photos(head.full, tmp, a.yaws)

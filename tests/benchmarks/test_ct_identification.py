@@ -183,6 +183,8 @@ def test_correspondence_measures_where_the_skull_and_the_model_disagree(cid, def
     slide = ext.points[3] - own[3]
     np.testing.assert_allclose(gap[3], slide @ to_ct[:3, :3], atol=1e-6)
     assert np.linalg.norm(gap[2]) < 1e-6 and np.isnan(gap[0]).all()  # g on its point; op absent
+    vectors = cid.gap_vectors(gap)
+    assert list(vectors) == list(names) and vectors["n"] == [round(float(v), 1) for v in gap[3]]
 
 
 def test_rescore_ranks_the_saved_faces_again(cid, default_model):
