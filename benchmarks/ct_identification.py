@@ -36,7 +36,10 @@ no encoder can remove.
 ``synthetic_baseline``: the same protocol with the model's own faces as the persons (synthetic):
 skulls made from 200 distractors' true faces (depths off by the table's SD; the landmarks the real
 skull gives), each distractor's encoded face ranked among the others — what the real head's
-ranks are to be read against.
+ranks are to be read against; ``synthetic_baseline_with_this_gap``: the same draws with the real
+head's correspondence gap (:func:`correspondence_gap`: its extended landmarks minus the model's
+points on the best face for its skin, in the model's frame) added to every synthetic skull — how
+far that gap alone takes identification, for the encoded faces and for the true ones.
 
 Controls, ranked the same way: ``mean_face`` (the model's mean face: no identity; where the
 encoded faces rank no better, the photos carry nothing the skull can use) and ``oracle`` (the
