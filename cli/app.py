@@ -12,6 +12,7 @@ from skullsearch.cli.common import (
     FaceModelOption,
     GalleryOption,
     LandmarksOption,
+    LeaveOutOption,
     Table,
     TableOption,
     UnitsOption,
@@ -541,6 +542,7 @@ def query_cmd(
     report: Annotated[
         Path | None, typer.Option("--report", help="Also write the HTML case report here.")
     ] = None,
+    leave_out: LeaveOutOption = None,
 ):
     """Rank the gallery's faces for a skull: shortlist, exact superimposition scores, audit log."""
     from skullsearch import Gallery, ScoreConfig, Skull, query
@@ -560,7 +562,7 @@ def query_cmd(
     try:
         result = query(g, skull, top=top, shortlist=shortlist or None, tissue_table=tissue_table, sex=sex,
                        rank_by=rank_by, score_config=cfg, exhaustive=exhaustive, progress=update,
-                       uncertainty=uncertainty)
+                       uncertainty=uncertainty, leave_out=leave_out or ())
     finally:
         if prog is not None:
             prog.stop()

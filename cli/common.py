@@ -188,6 +188,12 @@ LandmarksOption = Annotated[
     Path | None,
     typer.Option("--landmarks", help="Landmark file (JSON, CSV, MeshLab .pp); default: next to the skull."),
 ]
+LeaveOutOption = Annotated[
+    list[str] | None,
+    typer.Option("--leave-out", metavar="LANDMARK",
+                 help="A landmark not to score (repeat the option for more; a pair's key such as zy: both "
+                      "sides): a damaged region, or one the extension warns of."),
+]
 TableOption = Annotated[
     str | None,
     typer.Option("--tissue-table", help="Tissue-depth table CSV (default: the 2023 global T-Table)."),

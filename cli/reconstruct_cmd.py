@@ -13,6 +13,7 @@ from rich import box
 from skullsearch.cli.common import (
     GalleryOption,
     LandmarksOption,
+    LeaveOutOption,
     Table,
     TableOption,
     UnitsOption,
@@ -54,6 +55,7 @@ def reconstruct_cmd(
         str, typer.Option(help="F3DMM-GC: map (landmarks weighted by their table SDs, one "
                                "solve: the most probable face) or paper (re-weighted towards S = 1).")
     ] = "map",
+    leave_out: LeaveOutOption = None,
 ):
     """Re-synthesize the query's best faces so that they pass through the skull's extended landmarks."""
     from skullsearch import Gallery, Skull
@@ -69,7 +71,7 @@ def reconstruct_cmd(
     with err.status("re-synthesizing…") if err.is_terminal else _null():
         res = reconstruct(skull, g, candidates=candidates, method=method, inpainter=inpainter, out=out_dir,
                           tissue_table=tissue_table, sex=sex, iterations=iterations or None,
-                          fit_weights=FitWeights(landmark_sigma=fit == "map"))
+                          fit_weights=FitWeights(landmark_sigma=fit == "map"), leave_out=leave_out or ())
     for w in res.warnings:
         err.print(f"[yellow]warning:[/] {w}", highlight=False)
     t = Table(title=f"{skull_path.name} — query {res.query_id}, {int(res.present.sum())} landmarks; "

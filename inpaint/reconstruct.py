@@ -182,7 +182,7 @@ def reconstruct(skull, gallery_or_result, *, candidates: int = 3, method: str = 
                 top: int | None = None, shortlist: int | None = None, record: bool = True,
                 fit_weights=None, iterations: int | None = None, jaw: bool = False,
                 expression: bool = True, render_size: int = 128, starts: int = 4,
-                seed: int = 0) -> ReconstructionResult:
+                seed: int = 0, leave_out=()) -> ReconstructionResult:
     """Re-synthesize the top ``candidates`` faces of a query for a skull (module docstring).
 
     skull: a :class:`~skullsearch.Skull` or a mesh path (landmarks found next to it);
@@ -191,8 +191,9 @@ def reconstruct(skull, gallery_or_result, *, candidates: int = 3, method: str = 
     ``gallery=`` too: the codes are read from it); method: "auto", "gan" or "fit";
     inpainter: an ``Inpainter`` or checkpoint path for gan (default: the gallery's trained
     one); out: folder to write; score_config: the :class:`~skullsearch.ScoreConfig` (default:
-    the query's); tissue_table / sex / top / shortlist: passed to the query (and the table
-    gives the g depth); fit_weights / jaw / expression: F3DMM-GC options
+    the query's); tissue_table / sex / top / shortlist / leave_out: passed to the query (and the
+    table gives the g depth; leave_out: landmarks not to score nor pass through); fit_weights /
+    jaw / expression: F3DMM-GC options
     (:func:`.fit.f3dmm_gc`; without the expression the landmarks measured to need large shape
     coefficients); iterations: F3DMM-GC's re-weighting rounds (default 12) or GII-GC's most
     Adam steps (default 100); 0 or None: that default; starts / seed: GII-GC's random starts;
@@ -225,9 +226,13 @@ def reconstruct(skull, gallery_or_result, *, candidates: int = 3, method: str = 
     if isinstance(gallery_or_result, Gallery):
         gallery = gallery_or_result
         result = query(gallery, skull, top=max(int(candidates), top or 0), shortlist=shortlist,
-                       tissue_table=tissue_table, sex=sex, score_config=score_config, record=record)
+                       tissue_table=tissue_table, sex=sex, score_config=score_config, record=record,
+                       leave_out=leave_out)
     elif isinstance(gallery_or_result, QueryResult):
         result = gallery_or_result
+        if leave_out:
+            raise ReconstructionError("leave_out is the query's: pass it to query() (a QueryResult keeps "
+                                      "the landmarks it left out), or pass the gallery here instead")
         if gallery is None:
             raise ReconstructionError("a QueryResult does not hold the faces' codes: pass the gallery it "
                                       "came from as gallery=... (or pass the gallery instead of the result)")

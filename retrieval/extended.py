@@ -504,7 +504,8 @@ class ExtendedLandmarks:
     centre (m_i − the mesh's area-weighted centroid), degrees (NaN where absent or unknown).
     Over :data:`DIRECTION_LIMIT_DEG` the tissue is laid into the skull instead of over it — a
     normal turned by a bone thinner than the normal's patch (the nasal bones, the maxilla's walls,
-    a CT surface of them) or a table direction in another frame — and :attr:`warnings` says so.
+    a CT surface of them) or a table direction in another frame — and :attr:`warnings` says so;
+    left_out: the landmarks the user left out of this query (:meth:`without`), absent here.
 
     It travels whole: in a :class:`~skullsearch.QueryResult`, its audit record (:meth:`to_dict` /
     :meth:`from_dict`), reconstruction, report and export — nothing extends the skull again or
@@ -526,6 +527,7 @@ class ExtendedLandmarks:
     table_sha256: str = ""
     g_depth: float = float("nan")
     outward_angle_deg: np.ndarray = field(default_factory=lambda: np.full(_N, np.nan))
+    left_out: list = field(default_factory=list)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -550,6 +552,29 @@ class ExtendedLandmarks:
     def units(self) -> str:
         return "mm"
 
+    def without(self, names) -> ExtendedLandmarks:
+        """A copy with the landmarks ``names`` left out: absent (NaN points), recorded in
+        ``left_out``. A name is a landmark (``zy_l``) or a bilateral pair's key (``zy``: both
+        sides); an unknown name raises :class:`ExtendedLandmarkError` listing the known ones."""
+        from dataclasses import replace
+
+        from skullsearch.encoder.soft_tissue import base_key
+
+        names = [str(n) for n in names or ()]
+        known = set(SOFT_TISSUE_NAMES) | {base_key(n) for n in SOFT_TISSUE_NAMES}
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise ExtendedLandmarkError(
+                f"cannot leave out {', '.join(unknown)}: not a landmark name; the names are "
+                f"{', '.join(SOFT_TISSUE_NAMES)} (or a pair's key such as zy for both sides)")
+        drop = np.array([n in names or base_key(n) in names for n in SOFT_TISSUE_NAMES])
+        if not drop.any():
+            return self
+        present = self.present & ~drop
+        left = set(self.left_out) | {SOFT_TISSUE_NAMES[i] for i in np.flatnonzero(drop)}
+        return replace(self, present=present, points=np.where(present[:, None], self.points, np.nan),
+                       left_out=sorted(left, key=SOFT_TISSUE_NAMES.index))
+
     @classmethod
     def from_points(cls, points, present, sd, table_name: str = "") -> ExtendedLandmarks:
         """Extended landmarks given as points (36, 3) mm, present (36,) bool and SDs (36,) mm,
@@ -572,7 +597,7 @@ class ExtendedLandmarks:
                 "surface_distance": _json(self.surface_distance), "table_name": self.table_name,
                 "table_sha256": self.table_sha256,
                 "g_depth": float(self.g_depth) if np.isfinite(self.g_depth) else None,
-                "outward_angle_deg": _json(self.outward_angle_deg)}
+                "outward_angle_deg": _json(self.outward_angle_deg), "left_out": list(self.left_out)}
 
     @classmethod
     def from_dict(cls, d: dict) -> ExtendedLandmarks:
@@ -599,7 +624,7 @@ class ExtendedLandmarks:
                    orientation=list(d.get("orientation") or [""] * _N),
                    surface_distance=arr("surface_distance", (_N,)), table_name=d.get("table_name", ""),
                    table_sha256=d.get("table_sha256", ""), g_depth=float("nan") if g is None else float(g),
-                   outward_angle_deg=arr("outward_angle_deg", (_N,)))
+                   outward_angle_deg=arr("outward_angle_deg", (_N,)), left_out=list(d.get("left_out") or []))
 
     @property
     def n_present(self) -> int:

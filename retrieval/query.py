@@ -364,9 +364,12 @@ def query(
     exhaustive: bool | None = None,
     progress=None,
     uncertainty: bool = False,
+    leave_out=(),
 ) -> QueryResult:
     """Rank the gallery's faces for a skull (see the module docstring); records the query.
     uncertainty: the likelihood with each face's fit uncertainty (see :func:`query_points`).
+    leave_out: landmark names (or a pair's key, ``zy``) not to score — a damaged region, or a
+    landmark the extension warns of (:meth:`ExtendedLandmarks.without`; the record keeps them).
     exhaustive: score every face exactly instead of a shortlist (the exact ranking; about 50 µs per
     face per core: 24 s for 1M faces on 2 cores); None: when the gallery has at most
     :data:`EXHAUSTIVE_AUTO_FACES` faces and no shortlist size is given. progress(done, total)
@@ -374,7 +377,7 @@ def query(
     from skullsearch.retrieval.tissue import load_table
 
     table = load_table(tissue_table, sex=sex)
-    ext = extend(skull, table)
+    ext = extend(skull, table).without(leave_out)
     shards = gallery.shards()
     max_shard = max((s.number for s in shards), default=0)
     if exhaustive is None:
@@ -387,7 +390,8 @@ def query(
                           max_shard=max_shard if exhaustive else None, uncertainty=uncertainty)
     result.extended = ext
     result.warnings = list(getattr(skull, "warnings", [])) + ext.warnings
-    result.params.update({"tissue_table": table.name, "sex": sex, "max_shard": max_shard})
+    result.params.update({"tissue_table": table.name, "sex": sex, "max_shard": max_shard,
+                          "left_out": list(ext.left_out)})
     if record:
         result.query_id = record_query(gallery, skull, table, ext, result)
     return result
@@ -404,7 +408,8 @@ def rerun(gallery, query_id: str) -> tuple[QueryResult, bool]:
         shortlist=p["shortlist"], rank_by=p["rank_by"], score_config=ScoreConfig(**p["score"]),
         calibration_sample=p["calibration_sample"], seed=p["seed"], max_shard=p["max_shard"],
         exhaustive=bool(p.get("exhaustive", False)), uncertainty=bool(p.get("uncertainty", False)))
-    result.params.update({"tissue_table": p.get("tissue_table"), "sex": p.get("sex")})
+    result.params.update({"tissue_table": p.get("tissue_table"), "sex": p.get("sex"),
+                          "left_out": list(ext.left_out)})
     result.extended = ext
     result.query_id = query_id
     same = [(c.face_id, round(c.s, 9), round(c.likelihood, 6)) for c in result.candidates] == \

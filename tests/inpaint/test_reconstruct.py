@@ -105,6 +105,12 @@ def test_a_query_result_can_be_given_with_its_gallery(case, fitted):
     assert np.allclose(again[0].vertices_skull, res[0].vertices_skull, atol=1e-2)
     with pytest.raises(ReconstructionError, match="gallery="):
         reconstruct(skull, q, candidates=1)
+    with pytest.raises(ReconstructionError, match="leave_out is the query's"):
+        reconstruct(skull, q, gallery=g, candidates=1, leave_out=["g"])
+    # left out in the query, a landmark is no target of the re-synthesis either
+    q = skullsearch.query(g, skull, top=2, tissue_table=case["table"], record=False, leave_out=["zy"])
+    one = reconstruct(skull, q, gallery=g, candidates=1, method="fit")
+    assert not one.present[[22, 23]].any() and one.present.sum() == q.present.sum() == 34
 
 
 def test_auto_without_an_inpainter_uses_the_fit_and_says_why(case, fitted):

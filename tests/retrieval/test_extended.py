@@ -236,6 +236,21 @@ def test_a_direction_into_the_skull_is_flagged(tmp_path):
     old = ext.to_dict()
     del old["outward_angle_deg"]
     assert ExtendedLandmarks.from_dict(old).warnings == [] and DIRECTION_LIMIT_DEG == 90.0
+    # left out, the landmark is not extended nor warned of, and the record says so
+    kept = ext.without(["g"])
+    assert kept.warnings == [] and kept.left_out == ["g"] and not kept.present[g] and ext.present[g]
+    assert np.isnan(kept.points[g]).all() and np.array_equal(kept.points[IDX["n"]], ext.points[IDX["n"]])
+    assert ExtendedLandmarks.from_dict(kept.to_dict()).left_out == ["g"]
+
+
+def test_landmarks_left_out_by_name_or_pair():
+    ext = extend(ellipsoid_skull(), TABLE)
+    out = ext.without(["zy", "rhi"])
+    assert out.left_out == ["rhi", "zy_l", "zy_r"] and out.n_present == 33
+    assert ext.without([]) is ext and ext.n_present == 36
+    assert out.without(["g"]).left_out == ["g", "rhi", "zy_l", "zy_r"]
+    with pytest.raises(ExtendedLandmarkError, match="cannot leave out nose: not a landmark name.*zy"):
+        ext.without(["nose"])
 
 
 def test_partial_skull_and_partial_table(tmp_path):

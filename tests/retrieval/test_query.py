@@ -137,6 +137,19 @@ def test_a_landmark_extended_into_the_skull_is_a_warning_of_the_query(case, tmp_
     assert w.startswith("g: the table's direction points 180° from outward")
     assert main(["query", str(skull_path), "-g", str(gpath), "--top", "3", "--tissue-table", str(table)]) == 0
     assert "g: the table's direction points 180°" in capsys.readouterr().err
+    # left out, g is neither scored nor warned of; the record keeps it out when re-run
+    g = Gallery.open(gpath)
+    res = skullsearch.query(g, Skull.load(skull_path), top=3, tissue_table=str(table), leave_out=["g"])
+    assert res.warnings == skull_warnings and res.params["left_out"] == ["g"]
+    assert not res.present[SOFT_TISSUE_NAMES.index("g")] and res.candidates[0].present == 35
+    again, same = skullsearch.rerun(g, res.query_id)
+    assert same and again.extended.left_out == ["g"] and again.params["left_out"] == ["g"]
+    capsys.readouterr()
+    assert main(["query", str(skull_path), "-g", str(gpath), "--top", "3", "--tissue-table", str(table),
+                 "--leave-out", "g", "--leave-out", "zy"]) == 0
+    assert "g: the table's direction" not in capsys.readouterr().err
+    assert main(["query", str(skull_path), "-g", str(gpath), "--leave-out", "nose"]) != 0
+    assert "cannot leave out nose" in capsys.readouterr().err
     assert main(["landmarks", str(skull_path), "--tissue-table", str(table)]) == 0
     out, err = capsys.readouterr()
     assert "g: the table's direction points 180°" in err
