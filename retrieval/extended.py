@@ -545,7 +545,7 @@ class ExtendedLandmarks:
                        "(seen from the skull's centre), so its extended point lies behind the bone, not "
                        "over it; check where the landmark sits (a thin or damaged bone, or a CT surface "
                        "of one, turns the normal), give it a direction in the tissue table, or leave it "
-                       "out of the landmarks file")
+                       f"out (query --leave-out {SOFT_TISSUE_NAMES[i]})")
         return out
 
     @property
