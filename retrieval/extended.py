@@ -560,7 +560,7 @@ class ExtendedLandmarks:
 
         from skullsearch.encoder.soft_tissue import base_key
 
-        names = [str(n) for n in names or ()]
+        names = [names] if isinstance(names, str) else [str(n) for n in names or ()]
         known = set(SOFT_TISSUE_NAMES) | {base_key(n) for n in SOFT_TISSUE_NAMES}
         unknown = [n for n in names if n not in known]
         if unknown:
