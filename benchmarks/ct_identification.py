@@ -299,13 +299,11 @@ def rescore(model, saved, ext, factors, leave_out=()) -> dict:
     tissue is thinner or thicker than the table's all over) and without the landmarks named in
     ``leave_out``. Returns, per run and factor, each probe set's median rank by S and by
     likelihood."""
-    from skullsearch.encoder.soft_tissue import SOFT_TISSUE_NAMES, base_key
-
-    present = np.asarray(ext.present, bool) & ~np.array(
-        [n in leave_out or base_key(n) in leave_out for n in SOFT_TISSUE_NAMES])
+    ext = ext.without(leave_out)  # (as query --leave-out does)
+    present = np.asarray(ext.present, bool)
     sd = np.asarray(ext.sd, np.float64)
     offset = np.asarray(ext.depth, np.float64)[:, None] * np.asarray(ext.directions, np.float64)
-    out = {"landmarks": int(present.sum()), "left_out": sorted(leave_out), "runs": {}}
+    out = {"landmarks": int(present.sum()), "left_out": list(ext.left_out), "runs": {}}
     probes = {"mean_face": soft_points(model, np.zeros((1, model.n_shape))),
               "oracle": soft_points(model, np.asarray(saved["oracle"])[None])}
     for label in ("landmark", "refined"):
@@ -393,7 +391,7 @@ def main(argv=None) -> None:
             if not np.array_equal(saved["present"], present):
                 raise SystemExit(f"{a.rescore} was saved for another skull (other landmarks): "
                                  "give the --ct and --partial it was saved with")
-            out["rescore"] = rescore(model, saved, ext, a.depth_factors, set(a.leave_out))
+            out["rescore"] = rescore(model, saved, ext, a.depth_factors, a.leave_out)
             head = ce.place_head(model, volume, spacing, skin_ct, a.upper_face, no_streak=a.no_streak)
             gap = correspondence_gap(model, head, saved["oracle"], ext)
             out["rescore"]["gap_model_frame_mm"] = gap_vectors(gap)
