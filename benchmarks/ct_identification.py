@@ -395,9 +395,10 @@ def main(argv=None) -> None:
             head = ce.place_head(model, volume, spacing, skin_ct, a.upper_face, no_streak=a.no_streak)
             gap = correspondence_gap(model, head, saved["oracle"], ext)
             out["rescore"]["gap_model_frame_mm"] = gap_vectors(gap)
+            kept = ext.without(a.leave_out).present  # (the baselines score the same landmarks)
             out["rescore"]["baselines"] = {
                 label: baselines(model, saved["distractors_true"][saved[f"{label}_distractors_found"]],
-                                 saved[f"{label}_distractors"], present, gap, a.seed)
+                                 saved[f"{label}_distractors"], kept, gap, a.seed)
                 for label in out["rescore"]["runs"]}
             out["seconds"] = round(time.time() - t0, 1)
             emit(json.loads(json.dumps(out)))
