@@ -612,8 +612,11 @@ def _head_section(r: _Report, add) -> None:
         add(f'<div class="note">skull input: {e(w)}</div>')
     from skullsearch.retrieval.extended import ExtendedLandmarks
 
-    for w in ExtendedLandmarks.from_dict(record["extended"]).warnings:
+    ext = ExtendedLandmarks.from_dict(record["extended"])
+    for w in ext.warnings:
         add(f'<div class="note">extended landmark {e(w)}</div>')
+    if ext.left_out:
+        add(f'<div class="note">left out of the scoring by the examiner: {e(", ".join(ext.left_out))}</div>')
     add('<p>Scores are evidence for ranking candidates, not an identification: a candidate is a lead '
         'to check by other means (DNA, dental records, circumstances).</p>')
     add('<p>Contents: <a href="#ranked">ranked candidates</a> · <a href="#view">3D superimposition</a> · '

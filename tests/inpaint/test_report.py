@@ -262,10 +262,12 @@ def test_a_moved_skull_file_still_gives_a_report(case, tmp_path):
     rec["skull"]["path"] = str(tmp_path / "elsewhere.ply")
     assert "outward_angle_deg" in rec["extended"] and 'class="note">extended landmark' not in built_text(case)
     rec["extended"]["outward_angle_deg"][SOFT_TISSUE_NAMES.index("g")] = 150.0  # (as if it were)
+    rec["extended"]["left_out"] = ["rhi"]
     record_path.write_text(json.dumps(rec))
     text = rep.report(g2, case["qid"], tmp_path / "r.html", top=1).read_text()
     assert "no longer at its recorded path" in text
     assert "extended landmark g: its surface normal points 150° from outward" in text
+    assert "left out of the scoring by the examiner: rhi" in text
     scene = json.loads(re.search(r'id="scene-data">(.*?)</script>', text, re.S).group(1))
     assert scene["skull"] is None and len(scene["candidates"]) == 1
 
