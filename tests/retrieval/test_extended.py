@@ -323,6 +323,7 @@ def test_invariant_to_landmark_order(order):
     ext = extend(ellipsoid_skull(SMALL, SMALL_SAMPLES, order), TABLE)
     assert np.array_equal(ext.points, SMALL_EXT.points, equal_nan=True)
     assert np.array_equal(ext.normals, SMALL_EXT.normals, equal_nan=True)
+    assert np.array_equal(ext.outward_angle_deg, SMALL_EXT.outward_angle_deg, equal_nan=True)
 
 
 @settings(max_examples=5, deadline=None)
@@ -336,6 +337,8 @@ def test_depth_is_not_scaled_with_the_skull(subset):
     assert np.allclose(ext.skull_points[sel], SMALL_SAMPLES[sel] * 10)
     assert np.allclose(np.linalg.norm(ext.points[sel] - ext.skull_points[sel], axis=1), TABLE.mean[sel])
     assert dots(ext.normals[sel], ellipsoid_normal(SMALL_SAMPLES[sel])).min() > 0.99
+    # an angle has no unit: the skull's size does not move it
+    assert np.allclose(ext.outward_angle_deg[sel], SMALL_EXT.outward_angle_deg[sel], atol=1e-4)
 
 
 # ------------------------------------------------------------------ export
