@@ -337,8 +337,9 @@ def test_depth_is_not_scaled_with_the_skull(subset):
     assert np.allclose(ext.skull_points[sel], SMALL_SAMPLES[sel] * 10)
     assert np.allclose(np.linalg.norm(ext.points[sel] - ext.skull_points[sel], axis=1), TABLE.mean[sel])
     assert dots(ext.normals[sel], ellipsoid_normal(SMALL_SAMPLES[sel])).min() > 0.99
-    # an angle has no unit: the skull's size does not move it
-    assert np.allclose(ext.outward_angle_deg[sel], SMALL_EXT.outward_angle_deg[sel], atol=1e-4)
+    # an angle has no unit: the skull's size moves it only through the normal (its patch is a
+    # fixed 4 mm, so a 10× skull's normal is its facet's), within the normals' own 8° (cos 0.99)
+    assert np.allclose(ext.outward_angle_deg[sel], SMALL_EXT.outward_angle_deg[sel], atol=8.0)
 
 
 # ------------------------------------------------------------------ export
