@@ -535,8 +535,14 @@ class ExtendedLandmarks:
 
     @property
     def warnings(self) -> list[str]:
+        """What is wrong with the skull's landmarks and what to do: :attr:`side_warnings` then
+        :attr:`direction_warnings`."""
+        return self.side_warnings + self.direction_warnings
+
+    @property
+    def direction_warnings(self) -> list[str]:
         """One line per present landmark whose direction points into the skull (its
-        ``outward_angle_deg`` over :data:`DIRECTION_LIMIT_DEG`): what is wrong and what to do."""
+        ``outward_angle_deg`` over :data:`DIRECTION_LIMIT_DEG`)."""
         out = []
         angle = self.outward_angle_deg
         for i in np.flatnonzero(self.present & (np.nan_to_num(angle) > DIRECTION_LIMIT_DEG)):
@@ -551,6 +557,77 @@ class ExtendedLandmarks:
     @property
     def units(self) -> str:
         return "mm"
+
+    def swapped_sides(self) -> tuple[list[str], int] | None:
+        """The bilateral pairs whose ``_l`` point lies on the subject's right of its ``_r`` point,
+        and the number of pairs checked; None where the skull's own frame cannot be told (no
+        brow (g, n) over two of the chin and mouth landmarks nor a vertex over two of g, n, op, or
+        fewer than two midline face landmarks with a direction). The frame comes from the skull
+        landmarks alone: up from the chin (pg, gn, me; else pr, id, sm) to the brow (g, n), or
+        without a jaw from g, n, op to the vertex, forward the mean tissue
+        direction of the midline face landmarks, the subject's left up × forward (the face
+        frame's +x), so it holds under any rigid motion of the skull file; a mirrored mesh
+        (one axis flipped in an export) flags every pair, as labels read from the viewer's side
+        do."""
+        from skullsearch.encoder.soft_tissue import BILATERAL
+
+        idx = {n: i for i, n in enumerate(SOFT_TISSUE_NAMES)}
+
+        def mean(names):
+            rows = [self.skull_points[idx[n]] for n in names if self.present[idx[n]]
+                    and np.isfinite(self.skull_points[idx[n]]).all()]
+            return (np.mean(rows, axis=0), len(rows)) if rows else (None, 0)
+
+        top, _ = mean(("g", "n"))
+        chin, k = mean(("pg", "gn", "me"))
+        if chin is None or k < 2:
+            chin, k = mean(("pr", "id", "sm", "pg", "gn", "me"))
+        vertex, _ = mean(("v",))
+        rim, r = mean(("g", "n", "op"))
+        if top is not None and chin is not None and k >= 2:
+            up = top - chin
+        elif vertex is not None and r >= 2:  # no jaw (a cranium): the vertex above brow and occiput
+            up = vertex - rim
+        else:
+            return None
+        face = [self.directions[idx[n]] for n in ("g", "n", "mn", "rhi", "ss", "mp", "pr", "id", "sm", "pg",
+                                                    "gn") if self.present[idx[n]]
+                and np.isfinite(self.directions[idx[n]]).all()]
+        if len(face) < 2 or not np.linalg.norm(up) > 0:
+            return None
+        up = up / np.linalg.norm(up)
+        forward = np.mean(face, axis=0)
+        forward = forward - (forward @ up) * up
+        if not np.linalg.norm(forward) > 1e-6:
+            return None
+        left = np.cross(up, forward / np.linalg.norm(forward))
+        swapped, checked = [], 0
+        for key in BILATERAL:
+            a, b = idx[f"{key}_l"], idx[f"{key}_r"]
+            if not (self.present[a] and self.present[b]):
+                continue
+            checked += 1
+            if (self.skull_points[a] - self.skull_points[b]) @ left < 0:
+                swapped.append(key)
+        return swapped, checked
+
+    @property
+    def side_warnings(self) -> list[str]:
+        """Where the bilateral landmarks' names contradict the skull (:meth:`swapped_sides`): one
+        line for all pairs swapped (named from the viewer's side, or a mirrored mesh), else one
+        per swapped pair."""
+        found = self.swapped_sides()
+        if found is None or not found[0]:
+            return []
+        swapped, checked = found
+        if len(swapped) == checked and checked >= 2:
+            return [f"left and right look swapped: in all {checked} bilateral pairs the _l landmark lies on "
+                    "the subject's right (seen from the skull's own midline and face); were the sides "
+                    "named as the viewer sees them, or is the mesh mirrored? Rename them (the subject's "
+                    "left is _l) or fix the mesh"]
+        return [f"{key}: {key}_l lies on the subject's right of {key}_r (seen from the skull's own midline "
+                f"and face; {checked - len(swapped)} of the {checked} pairs agree with their names): check "
+                "the two landmarks' names" for key in swapped]
 
     def without(self, names) -> ExtendedLandmarks:
         """A copy with the landmarks ``names`` left out: absent (NaN points), recorded in

@@ -201,8 +201,9 @@ def test_extend_on_an_ellipsoid():
     assert np.array_equal(ext.depth, TABLE.mean) and np.array_equal(ext.sd, TABLE.sd)
     assert ext.table_sha256 == TABLE.sha256 and ext.table_name == "global-2023"
     assert all(o.startswith("vote ") for o in ext.orientation)
-    # every direction points out of the skull, seen from its centre: nothing to warn of
-    assert np.nanmax(ext.outward_angle_deg) < 45 and ext.warnings == []
+    # every direction points out of the skull, seen from its centre: nothing to warn of (the
+    # landmarks' names mean nothing on an ellipsoid: its sides are not checked here)
+    assert np.nanmax(ext.outward_angle_deg) < 45 and ext.direction_warnings == []
 
 
 def test_a_direction_into_the_skull_is_flagged(tmp_path):
@@ -219,7 +220,7 @@ def test_a_direction_into_the_skull_is_flagged(tmp_path):
     ext = extend(ellipsoid_skull(shell, points), TABLE)
     assert ext.outward_angle_deg[IDX["rhi"]] > 179 and ext.direction_source[IDX["rhi"]] == "normal"
     assert np.delete(ext.outward_angle_deg, IDX["rhi"]).max() < 1
-    (w,) = ext.warnings
+    (w,) = ext.direction_warnings
     assert w.startswith("rhi: its surface normal points 180° from outward") and "check where" in w
     # a table direction into the skull (here: g pushed towards the centre)
     g = IDX["g"]
@@ -228,7 +229,7 @@ def test_a_direction_into_the_skull_is_flagged(tmp_path):
     path.write_text(f"landmark,mean_mm,sd_mm,direction\ng,5.5,1,{d[0]} {d[1]} {d[2]}\nn,6,1.5,\n")
     ext = extend(ellipsoid_skull(shell, points, ["g", "n"]), load_table(path))
     assert ext.outward_angle_deg[g] > 179 and ext.outward_angle_deg[IDX["n"]] < 1
-    assert [w[:40] for w in ext.warnings] == ["g: the table's direction points 180° fro"]
+    assert [w[:40] for w in ext.warnings] == ["g: the table's direction points 180° fro"]  # (no pairs)
     # the angles travel with the extended landmarks (the audit record), and warn again when read
     back = ExtendedLandmarks.from_dict(ext.to_dict())
     np.testing.assert_array_equal(back.outward_angle_deg, ext.outward_angle_deg)
@@ -239,7 +240,7 @@ def test_a_direction_into_the_skull_is_flagged(tmp_path):
     assert ExtendedLandmarks.from_dict(old).warnings == [] and DIRECTION_LIMIT_DEG == 90.0
     # left out, the landmark is not extended nor warned of, and the record says so
     kept = ext.without(["g"])
-    assert kept.warnings == [] and kept.left_out == ["g"] and not kept.present[g] and ext.present[g]
+    assert kept.direction_warnings == [] and kept.left_out == ["g"] and not kept.present[g] and ext.present[g]
     assert np.isnan(kept.points[g]).all() and np.array_equal(kept.points[IDX["n"]], ext.points[IDX["n"]])
     assert ExtendedLandmarks.from_dict(kept.to_dict()).left_out == ["g"]
 
@@ -372,3 +373,38 @@ def test_table_built_in_memory():
     table = TissueTable(name="mem", source="test", mean=mean, sd=np.ones(36), direction=None)
     ext = extend(ellipsoid_skull(SMALL, SMALL_SAMPLES), table)
     assert ext.n_present == 1 and ext.table_name == "mem"
+
+
+def test_swapped_left_and_right_are_flagged(default_model):
+    """The bilateral landmarks' names are checked against the skull's own frame (up from chin to
+    brow, forward along the midline's tissue directions): a skull as made says nothing; its
+    pairs all renamed (named from the viewer's side) or its mesh mirrored flag all pairs; one
+    pair renamed flags that pair; a skull without a jaw is checked from its vertex; one without
+    enough midline is not checked. Any rigid motion of the file changes nothing."""
+    from skulls import skull_from_face
+
+    from skullsearch.encoder.soft_tissue import BILATERAL, mirror_name
+
+    rng = np.random.default_rng(2)
+    shape = rng.standard_normal(default_model.n_shape) * np.asarray(default_model.shape_std)
+    mesh, marks = skull_from_face(default_model, shape, np.full(36, 3.0), rng=rng)  # (a random pose)
+    ext = extend(Skull(mesh=mesh, landmarks=marks), TABLE)
+    assert ext.swapped_sides() == ([], 11) and ext.warnings == []
+    renamed = {mirror_name(k): v for k, v in marks.items()}
+    (w,) = extend(Skull(mesh=mesh, landmarks=renamed), TABLE).warnings
+    assert w.startswith("left and right look swapped: in all 11 bilateral pairs")
+    flip = np.diag([-1.0, 1.0, 1.0])
+    mirrored = trimesh.Trimesh(mesh.vertices @ flip, mesh.faces[:, ::-1], process=False)
+    ext_m = extend(Skull(mesh=mirrored, landmarks={k: v @ flip for k, v in marks.items()}), TABLE)
+    assert ext_m.swapped_sides() == (list(BILATERAL), 11)
+    one = dict(marks, zy_l=marks["zy_r"], zy_r=marks["zy_l"])
+    ext_1 = extend(Skull(mesh=mesh, landmarks=one), TABLE)
+    assert ext_1.swapped_sides() == (["zy"], 11)
+    assert [w[:39] for w in ext_1.warnings] == ["zy: zy_l lies on the subject's right of"]
+    # no jaw: up from g, n, op to the vertex
+    cranium = {k: v for k, v in renamed.items() if k in ("op", "v", "g", "n", "mn", "rhi") or k[:-2] in
+               ("mso", "mio", "zy")}
+    assert extend(Skull(mesh=mesh, landmarks=cranium), TABLE).swapped_sides() == (["mso", "mio", "zy"], 3)
+    # too little midline to tell the frame: not checked
+    sides = {k: v for k, v in renamed.items() if k[:-2] in BILATERAL or k == "g"}
+    assert extend(Skull(mesh=mesh, landmarks=sides), TABLE).swapped_sides() is None
