@@ -408,3 +408,20 @@ def test_swapped_left_and_right_are_flagged(default_model):
     # too little midline to tell the frame: not checked
     sides = {k: v for k, v in renamed.items() if k[:-2] in BILATERAL or k == "g"}
     assert extend(Skull(mesh=mesh, landmarks=sides), TABLE).swapped_sides() is None
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(q=quaternions, t=st.lists(st.floats(-500, 500), min_size=3, max_size=3), mirror=st.booleans())
+def test_side_check_is_invariant_to_rigid_motion(default_model, q, t, mirror):
+    """Any rotation and shift of the skull file leaves the side check's answer; a reflection
+    (one axis flipped) turns every pair."""
+    from skulls import skull_from_face
+
+    from skullsearch.encoder.soft_tissue import BILATERAL
+
+    mesh, marks = skull_from_face(default_model, np.zeros(default_model.n_shape), np.full(36, 3.0))
+    rot = random_rotation(q) @ (np.diag([-1.0, 1.0, 1.0]) if mirror else np.eye(3))
+    faces = mesh.faces[:, ::-1] if mirror else mesh.faces
+    moved = trimesh.Trimesh(mesh.vertices @ rot.T + t, faces, process=False)
+    ext = extend(Skull(mesh=moved, landmarks={k: v @ rot.T + t for k, v in marks.items()}), TABLE)
+    assert ext.swapped_sides() == ((list(BILATERAL), 11) if mirror else ([], 11))
