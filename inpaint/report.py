@@ -610,9 +610,7 @@ def _head_section(r: _Report, add) -> None:
         add(f'<div class="note">{e(n)}</div>')
     for w in sk.get("warnings") or []:
         add(f'<div class="note">skull input: {e(w)}</div>')
-    from skullsearch.retrieval.extended import ExtendedLandmarks
-
-    ext = ExtendedLandmarks.from_dict(record["extended"])
+    ext = r.result.extended  # (the recorded extended landmarks, as re-run or live)
     for w in ext.warnings:
         add(f'<div class="note">extended landmark {e(w)}</div>')
     if ext.left_out:
