@@ -893,11 +893,13 @@ def tissue_depths(skull, skin, landmarks, radius=3.0, forward=None, limit=60.0
     return out
 
 
-def profile_image(path, mid, volume=None, spacing=None, skin=None, px=0.5, crop=None):
+def profile_image(path, mid, volume=None, spacing=None, skin=None, px=0.5, crop=None, marks=(), lines=()):
     """PNG of the midsagittal plane (face to the left): the CT resampled on the plane (when
     ``volume``/``spacing`` are given), the skull section in red, the skin section in green and
     the midline points of a :func:`fit_skull` result ``mid`` in yellow with their names.
-    ``crop``: (y_lo, y_hi, z_lo, z_hi) mm in the skull frame."""
+    ``crop``: (y_lo, y_hi, z_lo, z_hi) mm in the skull frame. ``marks``: more named points, each
+    set ({name: (3,) mm, CT frame}, (r, g, b)) drawn as squares projected onto the plane;
+    ``lines``: segments ((3,), (3,), (r, g, b)) projected alike."""
     from PIL import Image, ImageDraw
 
     frame, origin = mid["frame"], mid["origin"]
@@ -932,6 +934,17 @@ def profile_image(path, mid, volume=None, spacing=None, skin=None, px=0.5, crop=
         x, y = xy(p)
         draw.ellipse([x - 3, y - 3, x + 3, y + 3], outline=(255, 255, 0))
         draw.text((x + 5, y - 6), name, fill=(255, 255, 0))
+
+    def plane(p):  # a CT-frame point in the plane's (y, z)
+        return ((np.asarray(p, np.float64) - origin) @ frame.T)[1:]
+
+    for a, b, colour in lines:
+        draw.line([xy(plane(a)), xy(plane(b))], fill=colour)
+    for points, colour in marks:
+        for name, p in points.items():
+            x, y = xy(plane(p))
+            draw.rectangle([x - 3, y - 3, x + 3, y + 3], outline=colour)
+            draw.text((x + 5, y + 2), name, fill=colour)
     im.save(path)
     return path
 

@@ -232,17 +232,52 @@ def model_points_on_skin(model, head, best: np.ndarray) -> np.ndarray:
     return ce._apply(head.to_ct, soft_points(model, best[None])[0].astype(np.float64))
 
 
-def correspondence_gap(model, head, best: np.ndarray, ext) -> np.ndarray:
+def skin_rule_points(model, head, best: np.ndarray, whole: bool = False) -> np.ndarray:
+    """(36, 3) mm, CT frame: the face model's own annotation rules
+    (:func:`skullsearch.encoder.annotate.soft_tissue_positions`: the midsagittal profile's
+    extremes and hollows, the nasal dorsum's fractions, rays at the landmarks' proportions) applied
+    to the real skin itself (``head.full``, in the model's frame; below a partial scan's end the
+    mean head grafted there: ``whole``, the rules read every part of the mesh, not only its largest
+    — the scan's skin and the graft are two), framed by the 68 landmarks of the best face for it
+    (``best``), each point snapped to the skin; all NaN where a rule finds nothing. The extended
+    landmarks' distance to these is the correspondence gap without the model's fit and without
+    its fixed annotation (the points placed once on the mean face, carried by every face): what
+    remains is where the skull's side (its landmarks, the table's directions and depths) and the
+    face's side (the rules) define each point differently."""
+    import trimesh
+
+    from skullsearch.encoder.annotate import soft_tissue_positions
+    from skullsearch.errors import LandmarkError
+
+    verts = ce.neutral_faces(model, best[None])[0]
+    lm = model.landmarks68(vertices=torch.as_tensor(verts[None], dtype=torch.float32))[0].double().numpy()
+    skin = head.full
+    try:
+        pts = soft_tissue_positions(np.asarray(skin.vertices, np.float64), np.asarray(skin.faces), lm,
+                                    largest_part=not whole)
+    except (ValueError, IndexError, LandmarkError) as e:
+        print(f"the annotation rules found no point on this skin: {e}", file=sys.stderr)
+        return np.full((36, 3), np.nan)
+    on_skin, _, _ = trimesh.proximity.closest_point(skin, pts)
+    return ce._apply(head.to_ct, on_skin)
+
+
+def correspondence_gap(model, head, best: np.ndarray, ext, reference: np.ndarray | None = None) -> np.ndarray:
     """(36, 3) mm, in the face model's frame: where the skull's extended landmarks lie minus
     where the model puts the same points on the best face for this skin (NaN where absent): the
-    head's correspondence gap, to add to synthetic skulls (:func:`synthetic_baseline`)."""
-    gap = np.asarray(ext.points, np.float64) - model_points_on_skin(model, head, best)
+    head's correspondence gap, to add to synthetic skulls (:func:`synthetic_baseline`).
+    ``reference`` (36, 3) mm, CT frame: other points to measure the gap from instead (e.g.
+    :func:`skin_rule_points`)."""
+    if reference is None:
+        reference = model_points_on_skin(model, head, best)
+    gap = np.asarray(ext.points, np.float64) - reference
     rot = np.asarray(head.to_ct, np.float64)[:3, :3]
     rot = rot / np.cbrt(np.linalg.det(rot))  # (a placement with a scale: its rotation)
     return gap @ rot  # each row Rᵀ g
 
 
-def correspondence(model, head, best: np.ndarray, ext, skin, eta: np.ndarray) -> dict:
+def correspondence(model, head, best: np.ndarray, ext, skin, eta: np.ndarray,
+                   rules: np.ndarray | None = None) -> dict:
     """Where the skull puts each soft-tissue point and where the face model puts it on this very
     face: per present landmark, the extended landmark's distance to the real skin, and to the
     model's best face's point placed on the skin (``head.to_ct``: the ICP of the face region) —
@@ -253,7 +288,14 @@ def correspondence(model, head, best: np.ndarray, ext, skin, eta: np.ndarray) ->
     only the landmark's definition covers). And the tissue this head has there: ``depth_ct_mm``,
     from the skull landmark along its direction to the real skin (the first crossing; null where
     the ray meets no skin), beside the table's depth (``depth_table_mm``). ext: the skull's
-    :class:`~skullsearch.retrieval.extended.ExtendedLandmarks` (CT frame); eta (36,)."""
+    :class:`~skullsearch.retrieval.extended.ExtendedLandmarks` (CT frame); eta (36,). ``rules``
+    (36, 3) mm, CT frame (:func:`skin_rule_points`: the model's annotation rules applied to the
+    real skin): each extended landmark's distance to that point too (``to_skin_rules_mm``, with
+    its part across the tissue direction) and that point's to the model's point
+    (``skin_rules_to_model_point_mm``) — the gap split into the two sides' definitions and the
+    model's fit and fixed annotation. ``*_aligned_median_mm``: the same medians once the points are
+    rigidly superimposed on the extended ones (as a query superimposes a face): what the placement
+    of the skin (an ICP of the mean face) does not explain."""
     import trimesh
 
     from skullsearch.encoder.soft_tissue import SOFT_TISSUE_NAMES
@@ -282,14 +324,59 @@ def correspondence(model, head, best: np.ndarray, ext, skin, eta: np.ndarray) ->
                                   "across_mm": mm(v), "eta_mm": mm(eta[i]), "depth_ct_mm": mm(c),
                                   "depth_table_mm": mm(t)}
            for i, s, d, u, v, c, t in zip(idx, to_skin, apart, along, across, depth, table, strict=True)}
+    def aligned(points: np.ndarray) -> float:  # the median distance once superimposed, as a query does
+        m = ce._rigid(points, target[idx], scale=False)
+        return round(float(np.median(np.linalg.norm(ce._apply(m, points) - target[idx], axis=1))), 1)
+
+    by_rules = {}
+    if rules is not None and np.isfinite(rules[idx]).all():
+        off = np.asarray(rules, np.float64)[idx] - target[idx]
+        to_rules = np.linalg.norm(off, axis=1)
+        rules_along = (off * directions[idx]).sum(1)
+        rules_across = np.sqrt(np.maximum(to_rules**2 - rules_along**2, 0.0))
+        rules_to_model = np.linalg.norm(placed[idx] - np.asarray(rules, np.float64)[idx], axis=1)
+        for name, r, c, m in zip(per, to_rules, rules_across, rules_to_model, strict=True):
+            per[name] |= {"to_skin_rules_mm": mm(r), "to_skin_rules_across_mm": mm(c),
+                          "skin_rules_to_model_point_mm": mm(m)}
+        by_rules = {"to_skin_rules_median_mm": round(float(np.median(to_rules)), 1),
+                    "to_skin_rules_across_median_mm": round(float(np.median(rules_across)), 1),
+                    "skin_rules_to_model_point_median_mm": round(float(np.median(rules_to_model)), 1),
+                    "within_eta_of_skin_rules": int((to_rules < eta[idx]).sum()),
+                    "to_skin_rules_aligned_median_mm": aligned(np.asarray(rules, np.float64)[idx])}
     ratio = depth / table
-    return {"landmarks": per, "to_model_point_median_mm": round(float(np.median(apart)), 1),
+    return {"landmarks": per, **by_rules, "to_model_point_median_mm": round(float(np.median(apart)), 1),
+            "to_model_point_aligned_median_mm": aligned(placed[idx]),
             "along_abs_median_mm": round(float(np.median(np.abs(along))), 1),
             "across_median_mm": round(float(np.median(across)), 1),
             "within_eta_of_model_point": int((apart < eta[idx]).sum()),
             "within_eta_along": int((np.abs(along) < eta[idx]).sum()), "n": len(idx),
             "depth_ct_over_table_median": (round(float(np.nanmedian(ratio)), 2) if np.isfinite(ratio).any()
                                            else None)}
+
+
+#: the midline landmarks :func:`profile` draws
+MIDLINE = ("v", "op", "g", "n", "mn", "rhi", "ss", "mp", "pr", "id", "sm", "pg", "gn", "me")
+
+
+def profile(path, volume, spacing, skull_mesh, skin, ext, partial: bool, marks: dict) -> None:
+    """Write the midsagittal profile PNG (``_ct.profile_image``, face to the left, 0.25 mm a pixel,
+    from the vertex to under the chin): the skull's midline landmarks as placed (yellow), the
+    extended ones (cyan) with their tissue directions from the bone, and ``marks`` ({label:
+    ((36, 3) mm CT frame, colour)}), each set's present midline points — for an expert's eye."""
+    from skullsearch.encoder.soft_tissue import SOFT_TISSUE_NAMES
+
+    fit = ct.fit_skull(skull_mesh, partial=partial)
+    keep = [i for i, n in enumerate(SOFT_TISSUE_NAMES) if n in MIDLINE and ext.present[i]]
+    pts = np.asarray(ext.points, np.float64)
+    plane = [(pts[i] - fit["origin"]) @ fit["frame"].T for i in keep]
+    ys, zs = [p[1] for p in plane] + [p[0] for p in fit["points"].values()], [p[2] for p in plane]
+    crop = (min(ys) - 30, max(ys) + 15, min(zs) - 15, max(zs) + 25)
+    sets = [({SOFT_TISSUE_NAMES[i]: pts[i] for i in keep}, (0, 255, 255))]
+    sets += [({SOFT_TISSUE_NAMES[i]: p[i] for i in keep if np.isfinite(p[i]).all()}, c)
+             for p, c in marks.values()]
+    lines = [(ext.skull_points[i], pts[i], (0, 255, 255)) for i in keep]
+    ct.profile_image(path, fit, volume, spacing, skin, px=0.25, crop=crop, marks=sets, lines=lines)
+    print(f"profile: {path} (cyan extended, " + ", ".join(f"{k}" for k in marks) + ")", file=sys.stderr)
 
 
 def rescore(model, saved, ext, factors, leave_out=()) -> dict:
@@ -356,6 +443,13 @@ def main(argv=None) -> None:
     p.add_argument("--rescore", default=None, metavar="NPZ",
                    help="rank the faces a --save file holds again (no encoding), for each of "
                         "--depth-factors and without --leave-out's landmarks")
+    p.add_argument("--correspondence-only", action="store_true",
+                   help="measure where the skull and the model disagree (the correspondence block) and "
+                        "stop: no photos, no encoding (about a minute)")
+    p.add_argument("--profile", default=None, metavar="PNG",
+                   help="draw the midsagittal profile: CT, bone (red), skin (green), the skull's midline "
+                        "landmarks (yellow), the extended landmarks and their directions (cyan), the model's "
+                        "points on the best face (blue) and the annotation rules' on the real skin (magenta)")
     p.add_argument("--depth-factors", type=float, nargs="+", default=[1.0],
                    help="with --rescore: the table's depths times each of these")
     p.add_argument("--leave-out", nargs="*", default=[], metavar="LANDMARK",
@@ -406,9 +500,20 @@ def main(argv=None) -> None:
         head = ce.place_head(model, volume, spacing, skin_ct, a.upper_face, no_streak=a.no_streak)
         best = ce.oracle_shape(model, head.skin, head.region, ~head.streak & head.upper)
         eta = ScoreConfig().thresholds(sd)
-        out["correspondence"] = correspondence(model, head, best, ext, skin_ct, eta)
+        rules = skin_rule_points(model, head, best, whole=a.upper_face is not None)
+        out["correspondence"] = correspondence(model, head, best, ext, skin_ct, eta, rules)
         gap = correspondence_gap(model, head, best, ext)
         out["correspondence"]["gap_model_frame_mm"] = gap_vectors(gap)
+        out["correspondence"]["gap_to_skin_rules_model_frame_mm"] = gap_vectors(
+            correspondence_gap(model, head, best, ext, rules))
+        if a.profile:
+            profile(a.profile, volume, spacing, skull_mesh, skin_ct, ext, a.partial, {
+                "model": (model_points_on_skin(model, head, best), (90, 140, 255)),
+                "rules": (rules, (255, 60, 255))})
+        if a.correspondence_only:
+            out["seconds"] = round(time.time() - t0, 1)
+            emit(json.loads(json.dumps(out)))
+            return
         print(f"skull: {present.sum()} extended landmarks; skin placed (RMS {head.rms:.2f} mm); "
               f"{time.time() - t0:.0f} s", file=sys.stderr)
         views = ce.render_photos(head.full, tmp, a.yaws)

@@ -242,10 +242,16 @@ class _Face:
         return seg[np.argmax(seg[:, 1])]
 
 
-def _face_setup(vertices: np.ndarray, faces: np.ndarray, lm: np.ndarray) -> _Face:
+def _face_setup(vertices: np.ndarray, faces: np.ndarray, lm: np.ndarray, largest_part: bool = True) -> _Face:
     """The skin, the refined face frame and the midsagittal profile of a head (see :class:`_Face`);
-    vertices (V, 3) mm, faces (F, 3), lm (68, 3) mm."""
-    skin, _ = _skin(vertices, faces)
+    vertices (V, 3) mm, faces (F, 3), lm (68, 3) mm; ``largest_part``: the skin is the mesh's
+    largest connected part (:func:`_skin`), else the whole mesh."""
+    if largest_part:
+        skin, _ = _skin(vertices, faces)
+    else:
+        import trimesh
+
+        skin = trimesh.Trimesh(vertices, faces, process=False)
     rot, origin = refine_symmetry(*face_frame(lm), skin.vertices)
     L = (lm - origin) @ rot.T  # landmarks in the local frame
     s = np.linalg.norm(L[45] - L[36]) / 90.0  # scale against the adult biocular width
@@ -367,14 +373,18 @@ def _mirror_average(pts: dict[str, np.ndarray]) -> None:
         pts[f"{key}_l"], pts[f"{key}_r"] = m, m * flip
 
 
-def soft_tissue_positions(vertices: np.ndarray, faces: np.ndarray, lm: np.ndarray) -> np.ndarray:
+def soft_tissue_positions(vertices: np.ndarray, faces: np.ndarray, lm: np.ndarray,
+                          largest_part: bool = True) -> np.ndarray:
     """The 36 soft-tissue points (36, 3) mm, in :data:`SOFT_TISSUE_NAMES` order: on the skin but
     the two mid-mandibular points (``mmb``, the mid-points of gonion and menton, inside the
     head); :func:`annotate` snaps all 36 to the skin.
 
-    vertices (V, 3) mm of the mean face; faces (F, 3); lm (68, 3) mm its iBUG landmarks.
+    vertices (V, 3) mm of the mean face; faces (F, 3); lm (68, 3) mm its iBUG landmarks;
+    ``largest_part``: read the skin as the mesh's largest connected part (a model's head: without
+    eyeballs, teeth and tongue), else the whole mesh (a skin in pieces, e.g. a scan that ends at
+    the lip with a face grafted below it).
     """
-    f = _face_setup(vertices, faces, lm)
+    f = _face_setup(vertices, faces, lm, largest_part)
     pts = _midline_points(f)
     pts.update(_ray_points(f, *_bilateral_rays(f)))
     _zygia_and_mandible(f, pts)

@@ -173,6 +173,9 @@ def test_correspondence_measures_where_the_skull_and_the_model_disagree(cid, def
     assert abs(n["along_mm"]) < 0.4 * n["to_model_point_mm"], n
     assert abs(np.hypot(n["along_mm"], n["across_mm"]) - n["to_model_point_mm"]) < 0.15  # (rounded to 0.1 mm)
     assert out["within_eta_of_model_point"] == 2 and out["within_eta_along"] >= 2
+    # rigidly superimposed (as a query does), the slide is spread over the three points, not
+    # taken away: no rigid motion undoes one point's 10 mm slide
+    assert out["to_model_point_median_mm"] == 0.0 and out["to_model_point_aligned_median_mm"] > 1.0, out
     # the tissue under each target, along its direction: the 6 mm it was put under
     for r in out["landmarks"].values():
         assert abs(r["depth_ct_mm"] - 6.0) < 0.15 and r["depth_table_mm"] == 6.0, r
@@ -220,3 +223,60 @@ def test_rescore_ranks_the_saved_faces_again(cid, default_model):
     r = cid.ranks(cid.soft_points(default_model, shapes[:3]), dpts, moved, keep, ext.sd)
     got = out["runs"]["landmark"]["1.5"]["views"]
     assert got == [float(np.median(r["rank_s"])), float(np.median(r["rank_likelihood"]))]
+
+
+def test_the_annotation_rules_on_the_skin_split_the_gap(cid, default_model):
+    """On a skin that is the model's own face, the rules' points are the annotator's on that face
+    (placed in the CT frame, on the skin); targets on them are 0 mm from them, and the rules'
+    distance to the model's fixed points is the annotation's own drift on this face."""
+    import torch
+    import trimesh
+
+    from skullsearch.encoder.annotate import soft_tissue_positions
+
+    ce = cid.ce
+    rng = np.random.default_rng(8)
+    shape = rng.standard_normal(default_model.n_shape) * np.asarray(default_model.shape_std) * 0.5
+    with torch.no_grad():
+        v = default_model.rest_vertices(shape=torch.as_tensor(shape[None], dtype=torch.float32))[0]
+    v = v.double().numpy()
+    to_ct = trimesh.transformations.rotation_matrix(-0.3, [1, 0, 0])
+    to_ct[:3, 3] = [2.0, 15.0, -8.0]
+    face = trimesh.Trimesh(v, default_model.faces, process=False)  # the model's frame
+    skin = trimesh.Trimesh(ce._apply(to_ct, v), default_model.faces, process=False)  # the CT's
+    ones = np.ones(default_model.n_vertices, bool)
+    head = ce.PlacedHead(skin, face, to_ct, 0.0, ones, ones, ~ones, ones)
+    rules = cid.skin_rule_points(default_model, head, shape)
+    lm = default_model.landmarks68(vertices=torch.as_tensor(v[None], dtype=torch.float32))[0].double().numpy()
+    expected = ce._apply(to_ct, soft_tissue_positions(v, default_model.faces, lm))
+    names = ["g", "n", "pr", "mso_l", "zy_r"]
+    from skullsearch.encoder.soft_tissue import SOFT_TISSUE_NAMES
+
+    idx = [SOFT_TISSUE_NAMES.index(n) for n in names]
+    _, off_skin, _ = trimesh.proximity.closest_point(skin, rules[idx])
+    assert off_skin.max() < 1e-6  # snapped to the skin
+    np.testing.assert_allclose(rules[idx], expected[idx], atol=0.5)  # (the rules' points lie on it)
+    present = np.zeros(36, bool)
+    present[idx] = True
+    target = np.where(present[:, None], rules, np.nan)
+    _, _, tri = trimesh.proximity.closest_point(skin, target[present])
+    directions = np.full((36, 3), np.nan)
+    directions[present] = skin.face_normals[tri]
+    ext = ExtendedLandmarks.from_points(target, present, np.full(36, 2.0))
+    ext.directions, ext.depth = directions, np.full(36, 6.0)
+    ext.skull_points = np.where(present[:, None], target - 6.0 * directions, np.nan)
+    out = cid.correspondence(default_model, head, shape, ext, skin, np.full(36, 3.0), rules)
+    assert list(out["landmarks"]) == names
+    assert out["to_skin_rules_median_mm"] == 0.0 and out["within_eta_of_skin_rules"] == 5
+    assert out["to_skin_rules_aligned_median_mm"] == 0.0
+    fixed = ce._apply(to_ct, cid.soft_points(default_model, shape[None])[0].astype(np.float64))
+    for n, i in zip(names, idx, strict=True):
+        r = out["landmarks"][n]
+        assert r["to_skin_rules_mm"] == 0.0 and r["to_skin_rules_across_mm"] == 0.0
+        assert abs(r["skin_rules_to_model_point_mm"] - np.linalg.norm(rules[i] - fixed[i])) < 0.06
+        assert r["skin_rules_to_model_point_mm"] == r["to_model_point_mm"]  # the targets are the rules'
+    gap = cid.correspondence_gap(default_model, head, shape, ext, rules)
+    assert np.abs(gap[idx]).max() < 1e-9 and np.isnan(gap[0]).all()
+    # without the rules (or where they found nothing) the block has none of their entries
+    bare = cid.correspondence(default_model, head, shape, ext, skin, np.full(36, 3.0))
+    assert "to_skin_rules_median_mm" not in bare and "to_skin_rules_mm" not in bare["landmarks"]["g"]

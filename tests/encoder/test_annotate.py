@@ -289,3 +289,23 @@ def test_a_cached_annotation_gives_a_model_without_landmarks_its_68(own_cache, d
     stp = an.annotation_for(m)
     np.testing.assert_array_equal(stp.faces, default_model.soft_tissue_points.faces)
     assert m.landmarks is not None and len(m.landmarks.static_faces) == 68
+
+
+def test_a_skin_in_two_pieces_is_read_whole_when_asked(mean_mesh, positions):
+    """A face cut at the mouth into two unconnected pieces (a scan that ends at the lip, a face
+    grafted below it): the largest piece alone lacks the lower face's points; read whole
+    (``largest_part=False``) the rules find every point where the intact face has it."""
+    v, f, lm = mean_mesh
+    skin, face_ids = an._skin(v, f)
+    faces = f[face_ids]
+    y_cut = lm[51, 1]  # the upper lip's top
+    lower = v[faces].mean(1)[:, 1] < y_cut
+    used = np.unique(faces[lower])
+    copy = np.full(len(v), -1)
+    copy[used] = len(v) + np.arange(len(used))  # the lower piece gets its own vertices
+    v2 = np.concatenate([v, v[used]])
+    f2 = np.concatenate([faces[~lower], copy[faces[lower]]])
+    whole = an.soft_tissue_positions(v2, f2, lm, largest_part=False)
+    np.testing.assert_allclose(whole, positions, atol=1e-6)
+    with pytest.raises(ValueError):  # the upper piece alone has no lower lip, chin or jaw to read
+        an.soft_tissue_positions(v2, f2, lm)
