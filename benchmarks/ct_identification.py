@@ -31,7 +31,11 @@ distractors' median the spread of other faces.
 and to the model's best face's point for that landmark, placed on the skin: where both lie on
 the skin, the distance between them is a disagreement of definition or placement along the
 surface (the automatic skull landmarks', the T-Table's direction, the face model's annotation) that
-no encoder can remove.
+no encoder can remove. Beside them (:func:`skin_rule_points`) the face model's own annotation
+rules applied to the real skin itself — no fit, no fixed annotation: where those points too lie
+far from the extended ones, it is the two sides' definitions of a point that disagree, not the
+model. ``--correspondence-only`` stops there (no photos); ``--profile PNG`` draws the
+midsagittal plane with every set of points, for an expert to check.
 
 ``synthetic_baseline``: the same protocol with the model's own faces as the persons (synthetic):
 skulls made from 200 distractors' true faces (depths off by the table's SD; the landmarks the real
@@ -55,6 +59,8 @@ model the fit searches (synthetic); the probe's face does not. Reported, nothing
         [--save NPZ]
     python benchmarks/ct_identification.py [--ct NPZ --partial ...] --rescore NPZ
         [--depth-factors 0.4 0.6 ... 1.6] [--leave-out rhi]   # the saved faces, ranked again
+    python benchmarks/ct_identification.py [--ct NPZ --partial ...] --correspondence-only
+        [--profile profile.png]   # where the skull and the face disagree, in a minute
 
 Measured (README's benchmark table): on both real heads a person's own faces rank at a median
 33–58 % of the gallery, where the same protocol's synthetic persons rank at 18–26 % (landmark
@@ -62,7 +68,8 @@ fit) and 0.3–3 % (refined); the extended landmarks lie a median 8.5–10.8 mm 
 own points on the best face for the skin (7.0–7.5 mm of it across the tissue direction); CThead's
 tissue is 0.64× the table's depths (Cranium's 0.92×), and with the depths scaled to that ratio
 (``--rescore``) CThead's best face ranks 4th by S, 2nd by likelihood, its photo-encoded views
-still at chance.
+still at chance. The model's annotation rules on the real skin itself lie as far from the
+extended landmarks (8.8 / 9.2 mm): the two sides' definitions, not the model.
 """
 
 from __future__ import annotations
