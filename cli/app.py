@@ -481,6 +481,10 @@ def landmarks_cmd(
     export: Annotated[
         Path | None, typer.Option(help="Write the skull with pegs and extended landmarks (PLY).")
     ] = None,
+    profile: Annotated[
+        Path | None, typer.Option(help="Draw the skull's midsagittal section with its midline landmarks, "
+                                       "their tissue directions and extended points (PNG).")
+    ] = None,
 ):
     """List a skull's landmarks and their extended (soft-tissue) positions."""
     from skullsearch import Skull
@@ -509,6 +513,11 @@ def landmarks_cmd(
     if export is not None:
         export_pegs(skull, ext, export)
         out.print(f"wrote {export}")
+    if profile is not None:
+        from skullsearch.retrieval.profile import profile_image
+
+        profile_image(skull, ext, profile)
+        out.print(f"wrote {profile}")
 
 
 @app.command("query")

@@ -558,19 +558,14 @@ class ExtendedLandmarks:
     def units(self) -> str:
         return "mm"
 
-    def swapped_sides(self) -> tuple[list[str], int] | None:
-        """The bilateral pairs whose ``_l`` point lies on the subject's right of its ``_r`` point,
-        and the number of pairs checked; None where the skull's own frame cannot be told (no
-        brow (g, n) over two of the chin and mouth landmarks nor a vertex over two of g, n, op, or
-        fewer than two midline face landmarks with a direction). The frame comes from the skull
-        landmarks alone: up from the chin (pg, gn, me; else pr, id, sm) to the brow (g, n), or
-        without a jaw from g, n, op to the vertex, forward the mean tissue
-        direction of the midline face landmarks, the subject's left up × forward (the face
-        frame's +x), so it holds under any rigid motion of the skull file; a mirrored mesh
-        (one axis flipped in an export) flags every pair, as labels read from the viewer's side
-        do."""
-        from skullsearch.encoder.soft_tissue import BILATERAL
-
+    def frame(self) -> np.ndarray | None:
+        """The skull's own frame from its landmarks alone: (3, 3) unit rows — the subject's left,
+        up and forward — or None where it cannot be told (no brow (g, n) over two of the chin and
+        mouth landmarks nor a vertex over two of g, n, op, or fewer than two midline face
+        landmarks with a direction). Up runs from the chin (pg, gn, me; else pr, id, sm) to the
+        brow (g, n), or without a jaw from g, n, op to the vertex; forward is the mean tissue
+        direction of the midline face landmarks (made square to up); left = up × forward (the
+        face frame's +x). It follows any rigid motion of the skull file."""
         idx = {n: i for i, n in enumerate(SOFT_TISSUE_NAMES)}
 
         def mean(names):
@@ -600,7 +595,23 @@ class ExtendedLandmarks:
         forward = forward - (forward @ up) * up
         if not np.linalg.norm(forward) > 1e-6:
             return None
-        left = np.cross(up, forward / np.linalg.norm(forward))
+        forward = forward / np.linalg.norm(forward)
+        return np.stack([np.cross(up, forward), up, forward])
+
+    def swapped_sides(self) -> tuple[list[str], int] | None:
+        """The bilateral pairs whose ``_l`` point lies on the subject's right of its ``_r`` point,
+        and the number of pairs checked; None where the skull's own frame cannot be told
+        (:meth:`frame`: from the skull landmarks alone, so the check holds under any rigid motion
+        of the skull file); a mirrored mesh (one axis flipped in an export) flags every pair, as
+        labels read from the viewer's side do."""
+        from skullsearch.encoder.soft_tissue import BILATERAL
+
+        idx = {n: i for i, n in enumerate(SOFT_TISSUE_NAMES)}
+
+        frame = self.frame()
+        if frame is None:
+            return None
+        left = frame[0]
         swapped, checked = [], 0
         for key in BILATERAL:
             a, b = idx[f"{key}_l"], idx[f"{key}_r"]

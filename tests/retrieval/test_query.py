@@ -431,3 +431,18 @@ def test_there_is_one_gallery_class_and_queries_are_functions_of_it(case):
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         g.nope  # noqa: B018
     assert skullsearch.query_record is skullsearch.retrieval.audit.load_record
+
+
+def test_landmarks_draws_the_profile(tmp_path, default_model):
+    """``skullsearch landmarks SKULL --profile PNG`` writes the midsagittal profile; a wrong name
+    is an error line."""
+    from PIL import Image
+
+    from skullsearch.cli.app import main
+
+    skull_path, _, _ = skull_under(default_model, np.zeros(default_model.n_shape), tmp_path / "s", seed=3)
+    table = table_3mm(tmp_path / "t.csv")
+    out = tmp_path / "profile.png"
+    assert main(["landmarks", str(skull_path), "--tissue-table", str(table), "--profile", str(out)]) == 0
+    assert Image.open(out).format == "PNG"
+    assert main(["landmarks", str(skull_path), "--profile", str(tmp_path / "profile.gif")]) != 0
