@@ -70,7 +70,9 @@ class Reconstruction:
     absent), matched_flags_before / matched_flags_after; revised_regions: names; revised (V,)
     bool; losses: one dict per iteration; iterations; seconds (this candidate's share); scale,
     rotation (3, 3), translation (3,): the after-transform face → skull; render (1, S, S)
-    float32 normalized render of the result; mesh_path / render_path once written.
+    float32 normalized render of the result; mesh_path / render_path / profile_path once written
+    (the profile: the skull's midsagittal section with this face's,
+    :func:`~skullsearch.retrieval.profile.profile_image`).
     """
 
     rank: int
@@ -100,12 +102,13 @@ class Reconstruction:
     render: np.ndarray | None = None
     mesh_path: str | None = None
     render_path: str | None = None
+    profile_path: str | None = None
 
     def to_dict(self) -> dict:
         """The candidate's entry of ``reconstruction.json``."""
         return {
             "rank": self.rank, "face_id": self.face_id, "person": self.person, "method": self.method,
-            "mesh": self.mesh_path, "render": self.render_path,
+            "mesh": self.mesh_path, "render": self.render_path, "profile": self.profile_path,
             "s_before": self.s_before, "s_after": self.s_after,
             "matched_before": self.matched_before, "matched_after": self.matched_after,
             "present": self.present,
@@ -276,7 +279,7 @@ def reconstruct(skull, gallery_or_result, *, candidates: int = 3, method: str = 
         g_depth_mm=float(ext.g_depth), tissue_table=ext.table_name, faces=model.faces,
         warnings=list(result.warnings) + warnings)
     if out is not None:
-        write_reconstruction(res, out)
+        write_reconstruction(res, out, skull=skull, extended=ext)
     return res
 
 
@@ -517,25 +520,41 @@ def _plain_row(row, k: int) -> dict:
 
 
 # ------------------------------------------------------------------------------ output
-def write_reconstruction(result: ReconstructionResult, out: str | os.PathLike) -> Path:
-    """Write ``face_<id>.ply`` (skull frame, mm), ``face_<id>.png`` (normalized render) and
-    ``reconstruction.json`` (last, atomically) into ``out``; returns the folder."""
+def write_reconstruction(result: ReconstructionResult, out: str | os.PathLike, skull=None,
+                         extended=None) -> Path:
+    """Write ``face_<id>.ply`` (skull frame, mm), ``face_<id>.png`` (normalized render), with the
+    ``skull`` and its ``extended`` landmarks ``profile_<id>.png`` (the skull's midsagittal section
+    with the face's: :func:`~skullsearch.retrieval.profile.profile_image`; where the landmarks do
+    not tell the midline, a warning instead) and ``reconstruction.json`` (last, atomically) into
+    ``out``; returns the folder."""
     import trimesh
 
     from skullsearch.encoder.atomic import write_json_atomic
     from skullsearch.inpaint.raster import to_png
+    from skullsearch.retrieval.extended import ExtendedLandmarkError
+    from skullsearch.retrieval.profile import profile_image
 
     folder = Path(out)
+    draw = skull is not None and extended is not None
     try:
         folder.mkdir(parents=True, exist_ok=True)
         for r in result.candidates:
             mesh_name, png_name = f"face_{r.face_id}.ply", f"face_{r.face_id}.png"
-            trimesh.Trimesh(np.asarray(r.vertices_skull, np.float64), result.faces,
-                            process=False).export(folder / mesh_name)
+            mesh = trimesh.Trimesh(np.asarray(r.vertices_skull, np.float64), result.faces, process=False)
+            mesh.export(folder / mesh_name)
             r.mesh_path = mesh_name
             if r.render is not None:
                 to_png(r.render, folder / png_name)
                 r.render_path = png_name
+            r.profile_path = None  # (a result written before keeps no stale name)
+            if draw:
+                try:
+                    profile_image(skull, extended, folder / f"profile_{r.face_id}.png",
+                                  faces=[(f"face {r.face_id}, re-synthesized", mesh)])
+                    r.profile_path = f"profile_{r.face_id}.png"
+                except ExtendedLandmarkError as exc:
+                    result.warnings.append(f"no profile image: {exc}")
+                    draw = False
         write_json_atomic(folder / "reconstruction.json", result.to_dict())
     except OSError as e:
         raise ReconstructionError(f"cannot write the reconstruction to {folder}: {e}") from None

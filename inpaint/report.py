@@ -182,13 +182,14 @@ def _png_data_url(path: Path, px: int = 320) -> str | None:
 @dataclass
 class Reconstruction:
     """A reconstruction folder read back: the JSON (``data``), per candidate its mesh (vertices
-    (n, 3), faces (m, 3) in the skull's frame, or None) and render (data: URL or None), and the
-    problems found (missing files), for the report to show."""
+    (n, 3), faces (m, 3) in the skull's frame, or None), render and midsagittal profile (data:
+    URLs or None), and the problems found (missing files), for the report to show."""
 
     folder: Path
     data: dict
     meshes: dict[int, tuple[np.ndarray, np.ndarray] | None] = field(default_factory=dict)
     renders: dict[int, str | None] = field(default_factory=dict)
+    profiles: dict[int, str | None] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
 
 
@@ -237,6 +238,13 @@ def read_reconstruction(folder: str | os.PathLike) -> Reconstruction:
             if url is None:
                 rec.problems.append(f"face {fid}: render {c['render']} missing or unreadable")
             rec.renders[fid] = url
+        rec.profiles[fid] = None
+        if c.get("profile"):  # (folders written before the profile images have none)
+            p = inside(c["profile"])
+            url = None if p is None else _png_data_url(p, px=720)
+            if url is None:
+                rec.problems.append(f"face {fid}: profile {c['profile']} missing or unreadable")
+            rec.profiles[fid] = url
     return rec
 
 
@@ -736,6 +744,12 @@ def _reconstruction_section(r: _Report, add) -> None:
                          + (" (in the 3D view)" if str(fid) in scene["reconstructions"] else "")),
             ], raw=True))
             add(_loss_svg(rc.get("losses") or []))
+            if recon.profiles.get(fid):
+                add(f'<figure><img src="{recon.profiles[fid]}" alt="midsagittal profile of face {fid}" '
+                    'style="max-width:480px"><figcaption>The skull\'s midsagittal section (red) with this '
+                    'face\'s (green): each midline landmark on the bone, its tissue direction and its '
+                    'extended point (cyan; red where the direction points into the skull); 10 mm bar.'
+                    '</figcaption></figure>')
             da, fa = rc.get("distance_mm_after"), rc.get("matched_flags_after")
             db = rc.get("distance_mm_before")
             if da:

@@ -20,7 +20,7 @@ from skullsearch.inpaint.regions import face_regions
 from skullsearch.retrieval.extended import ExtendedLandmarks
 from skullsearch.retrieval.tissue import load_table
 
-CANDIDATE_KEYS = {"rank", "face_id", "person", "method", "mesh", "render", "s_before", "s_after",
+CANDIDATE_KEYS = {"rank", "face_id", "person", "method", "mesh", "render", "profile", "s_before", "s_after",
                   "matched_before", "matched_after", "present", "distance_mm_before", "distance_mm_after",
                   "matched_flags_after", "revised_regions", "losses", "iterations", "seconds"}
 
@@ -75,6 +75,11 @@ def test_reconstruct_writes_the_folder(case, fitted):
 
         img = np.asarray(Image.open(out / c["render"]))
         assert img.shape == (128, 128) and img.max() > 100
+        # the midsagittal profile: the skull's section (red) and this face's (green)
+        assert c["profile"] == f"profile_{r.face_id}.png" == r.profile_path
+        prof = np.asarray(Image.open(out / c["profile"]).convert("RGB")).astype(int)
+        assert (np.abs(prof - [220, 40, 40]).max(-1) <= 30).sum() > 1000
+        assert (np.abs(prof - [30, 160, 60]).max(-1) <= 30).sum() > 1000
 
 
 def test_skull_frame_meshes_land_on_the_extended_landmarks(default_model, fitted):
@@ -156,7 +161,7 @@ def test_cli_reconstruct(case, tmp_path, capsys):
     assert len(data["candidates"]) == 2
     assert sorted(p.name for p in out.iterdir()) == sorted(
         [f"face_{c['face_id']}.{ext}" for c in data["candidates"] for ext in ("ply", "png")]
-        + ["reconstruction.json"])
+        + [f"profile_{c['face_id']}.png" for c in data["candidates"]] + ["reconstruction.json"])
     capsys.readouterr()
     assert main(["reconstruct", str(case["skull"]), "-g", str(case["g"]), "--candidates", "0"]) == 2
     assert "candidates must be" in capsys.readouterr().err
@@ -240,3 +245,24 @@ def test_cli_reconstruct_default_is_the_map_fit(case, tmp_path):
     bad = CliRunner().invoke(app, ["reconstruct", str(case["skull"]), "--gallery", str(case["g"]),
                                    "--fit", "exact"])
     assert bad.exit_code != 0 and "map or paper" in bad.output
+
+
+def test_a_profile_that_cannot_be_drawn_is_a_warning(case, fitted, tmp_path):
+    """Landmarks that do not tell the skull's midline (a few bilateral ones) leave the profile
+    images out with one warning; the rest of the folder is written."""
+    import copy
+
+    from skullsearch.inpaint.reconstruct import write_reconstruction
+    from skullsearch.retrieval.extended import extend
+
+    _, res, _ = fitted
+    skull = Skull.load(case["skull"])
+    few = {k: v for k, v in skull.landmarks.items() if k in ("g", "zy_l", "zy_r")}
+    ext = extend(Skull(mesh=skull.mesh, landmarks=few), load_table(case["table"]))
+    res = copy.deepcopy(res)
+    folder = write_reconstruction(res, tmp_path / "o", skull=skull, extended=ext)
+    notes = [w for w in res.warnings if w.startswith("no profile image")]
+    assert len(notes) == 1 and "midline plane cannot be told" in notes[0]
+    data = json.loads((folder / "reconstruction.json").read_text())
+    assert all(c["profile"] is None and (folder / c["mesh"]).is_file() for c in data["candidates"])
+    assert not list(folder.glob("profile_*.png")) and notes[0] in data["warnings"]

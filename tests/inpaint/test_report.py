@@ -429,6 +429,7 @@ def test_report_of_a_real_reconstruction_renders(case, tmp_path, artifacts):
     text = path.read_text()
     fid = case["result"].candidates[0].face_id
     assert f'id="recon-{fid}"' in text and "(in the 3D view)" in text
+    assert f'alt="midsagittal profile of face {fid}" ' in text  # the profile image, embedded
     scene = json.loads(re.search(r'id="scene-data">(.*?)</script>', text, re.S).group(1))
     assert list(scene["reconstructions"]) == [str(fid)]
     if CHROMIUM is None:
