@@ -13,6 +13,7 @@ The public API::
     gallery = skullsearch.Gallery.open("cases.gal")    # or Gallery.create(...).ingest(["photos/"])
     result = skullsearch.query(gallery, skullsearch.Skull.load("case17.ply"), top=20)
     skullsearch.history(gallery); skullsearch.rerun(gallery, result.query_id)
+    skullsearch.profile_image(skull, skullsearch.extend(skull), "profile.png")  # the midsagittal view
     result = skullsearch.reconstruct(skull, gallery, candidates=3, out="recon/")  # re-synthesized faces
     skullsearch.report(gallery, query_id, "case.html")  # the HTML case report of a recorded query
 """
@@ -44,6 +45,8 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(("Candidate", "QueryResult", "ScoreConfig", "Skull", "query", "rerun", "history"),
                     "skullsearch.retrieval"),
     "query_record": "skullsearch.retrieval.audit",
+    "extend": "skullsearch.retrieval.extended",
+    "profile_image": "skullsearch.retrieval.profile",
 }
 
 
@@ -59,6 +62,8 @@ __all__ = [
     "rerun",
     "history",
     "query_record",
+    "extend",
+    "profile_image",
     "Candidate",
     "QueryResult",
     "ScoreConfig",

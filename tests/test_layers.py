@@ -159,3 +159,15 @@ def test_imports_inside_functions_form_no_cycle():
         "import cycles (also inside functions):\n" + "\n".join(" ↔ ".join(sorted(k)) for k in knots)
     # the checker finds a knot
     assert _knots({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [{"a", "b", "c"}]
+
+
+def test_every_public_name_resolves():
+    """Each name of ``skullsearch.__all__`` loads from the module it is listed under (first use)."""
+    import skullsearch
+
+    for name in skullsearch.__all__:
+        assert getattr(skullsearch, name) is not None, name
+    from skullsearch.retrieval.extended import extend
+    from skullsearch.retrieval.profile import profile_image
+
+    assert skullsearch.profile_image is profile_image and skullsearch.extend is extend
