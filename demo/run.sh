@@ -30,7 +30,7 @@ run "$SS" info --gallery "$OUT/gallery"
 
 step "3. the query skull, made under $PERSON's gallery face (synthetic, T-Table depths ±0.5 SD, random pose)"
 run "$PY" "$here/data.py" skull --gallery "$OUT/gallery" --person "$PERSON" --out "$OUT/case"
-run "$SS" landmarks "$OUT/case/skull.ply" --export "$OUT/case/skull_pegs.ply"
+run "$SS" landmarks "$OUT/case/skull.ply" --export "$OUT/case/skull_pegs.ply" --profile "$OUT/case/skull_profile.png"
 
 step "4. query: shortlist, exact superimposition scores, ranked table (recorded in the audit log)"
 run "$SS" query "$OUT/case/skull.ply" --gallery "$OUT/gallery" --top 10 --json "$OUT/query.json"

@@ -31,6 +31,8 @@ def test_demo_runs_end_to_end_and_finds_the_true_person(tmp_path, default_model)
     recon = json.loads((out / "reconstruction" / "reconstruction.json").read_text())
     assert len(recon["candidates"]) == 3
     assert all((out / "reconstruction" / c["mesh"]).is_file() for c in recon["candidates"])
+    assert all((out / "reconstruction" / c["profile"]).is_file() for c in recon["candidates"])
+    assert (out / "case" / "skull_profile.png").is_file()
     assert all(c["s_after"] >= c["s_before"] for c in recon["candidates"])
     html = (out / "report.html").read_text(encoding="utf-8")
     assert recon["query_id"] in html and "<script src" not in html
