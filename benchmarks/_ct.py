@@ -949,6 +949,30 @@ def profile_image(path, mid, volume=None, spacing=None, skin=None, px=0.5, crop=
     return path
 
 
+def past_rhinion(volume, spacing, fit, distances=(1, 2, 3, 5), sigma_vox=0.6) -> dict:
+    """Is there bone past the automatic rhinion that the isosurface lost (thin nasal bones)? The CT
+    (smoothed as :func:`extract_surfaces` smooths it) sampled across the nasal dorsum — the most
+    on segments ±5 mm square to nasion → rhinion in the midsagittal plane of ``fit``
+    (:func:`fit_skull`) — at each of ``distances`` mm past rhinion along that line, beside the
+    same at 10–15 mm (soft tissue only) and the nasal bones' length (nasion → rhinion, mm)."""
+    vol = ndi.gaussian_filter(np.asarray(volume, np.float32), sigma_vox)
+    frame, origin, pts = fit["frame"], fit["origin"], fit["points"]
+    n, rhi = np.asarray(pts["n"], np.float64), np.asarray(pts["rhi"], np.float64)
+    along = (rhi - n) / np.linalg.norm(rhi - n)
+    across = np.array([-along[1], along[0]])
+    inv = np.linalg.inv(head_frame(volume.shape, spacing))
+    offsets = np.arange(-5.0, 5.01, 0.25)
+
+    def most(t: float) -> float:
+        yz = rhi + t * along + offsets[:, None] * across
+        world = origin + yz[:, :1] * frame[1] + yz[:, 1:] * frame[2]
+        return float(ndi.map_coordinates(vol, (world @ inv[:3, :3].T + inv[:3, 3]).T, order=1).max())
+
+    return {"nasal_bones_mm": round(float(np.linalg.norm(rhi - n)), 1),
+            "most_past_rhinion": {f"{t:g}": round(most(t)) for t in distances},
+            "most_10_15_mm_past": round(float(np.median([most(t) for t in range(10, 16)])))}
+
+
 #: Landmarks on the face's front profile, where a depth straight forward (Frankfurt frame) means
 #: something; "forward" depths are reported for these only.
 FRONT_PROFILE = ("g", "n", "mn", "rhi", "ss", "mp", "pr", "id", "sm", "pg")

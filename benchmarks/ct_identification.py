@@ -269,6 +269,38 @@ def skin_rule_points(model, head, best: np.ndarray, whole: bool = False) -> np.n
     return ce._apply(head.to_ct, on_skin)
 
 
+def dorsum_fractions(model, head, best: np.ndarray, ext, whole: bool = False) -> dict | None:
+    """Where along the real skin's nasal dorsum the extended nasion, mid-nasal and rhinion lie: each
+    as the fraction of the height from the skin's sellion down to its pronasale (the annotation
+    rules' :func:`~skullsearch.encoder.annotate.nasal_dorsum` on ``head.full``, framed by the best
+    face's 68 landmarks as :func:`skin_rule_points`), beside the fractions the face model's
+    annotation places mid-nasal and rhinion at (``MID_NASAL_FRACTION``, ``RHINION_FRACTION``), and
+    that height (mm). None where the rules find no dorsum or the skull has none of the three."""
+    from skullsearch.encoder import annotate as an
+    from skullsearch.encoder.soft_tissue import SOFT_TISSUE_NAMES
+
+    verts = ce.neutral_faces(model, best[None])[0]
+    lm = model.landmarks68(vertices=torch.as_tensor(verts[None], dtype=torch.float32))[0].double().numpy()
+    try:
+        f = an._face_setup(np.asarray(head.full.vertices, np.float64), np.asarray(head.full.faces), lm,
+                           largest_part=not whole)
+        se, prn = an.nasal_dorsum(f)
+    except ValueError:
+        return None
+    height = float(se[0] - prn[0])
+    out = {}
+    for name in ("n", "mn", "rhi"):
+        i = SOFT_TISSUE_NAMES.index(name)
+        if ext.present[i]:
+            p = ce._apply(np.linalg.inv(head.to_ct), np.asarray(ext.points, np.float64)[i][None])[0]
+            y = float((p - f.origin) @ f.rot[1])
+            out[name] = round((float(se[0]) - y) / height, 2)
+    if not out:
+        return None
+    return {"extended": out, "annotation": {"mn": an.MID_NASAL_FRACTION, "rhi": an.RHINION_FRACTION},
+            "sellion_to_pronasale_mm": round(height, 1)}
+
+
 def correspondence_gap(model, head, best: np.ndarray, ext, reference: np.ndarray | None = None) -> np.ndarray:
     """(36, 3) mm, in the face model's frame: where the skull's extended landmarks lie minus
     where the model puts the same points on the best face for this skin (NaN where absent): the
@@ -513,6 +545,10 @@ def main(argv=None) -> None:
         out["correspondence"]["gap_model_frame_mm"] = gap_vectors(gap)
         out["correspondence"]["gap_to_skin_rules_model_frame_mm"] = gap_vectors(
             correspondence_gap(model, head, best, ext, rules))
+        out["correspondence"]["nasal_dorsum_fractions"] = dorsum_fractions(model, head, best, ext,
+                                                                           whole=a.upper_face is not None)
+        out["correspondence"]["past_rhinion"] = ct.past_rhinion(volume, spacing,
+                                                                ct.fit_skull(skull_mesh, partial=a.partial))
         if a.profile:
             profile(a.profile, volume, spacing, skull_mesh, skin_ct, ext, a.partial, {
                 "model": (model_points_on_skin(model, head, best), (90, 140, 255)),

@@ -36,6 +36,10 @@ log = logging.getLogger(__name__)
 
 DATA_DIR = Path(__file__).parent / "data"
 ANNOTATOR_VERSION = 1
+#: mid-nasal and rhinion on the skin: at these fractions of the height from sellion down to
+#: pronasale (average adult proportions; geometry alone does not fix them)
+MID_NASAL_FRACTION = 0.3
+RHINION_FRACTION = 0.6
 
 
 def _skin(vertices: np.ndarray, faces: np.ndarray):
@@ -264,6 +268,16 @@ def _face_setup(vertices: np.ndarray, faces: np.ndarray, lm: np.ndarray, largest
                  y_brow=L[17:27, 1].mean(), y_mouth=(L[62, 1] + L[66, 1]) / 2, y_chin=y_chin)
 
 
+def nasal_dorsum(f: _Face) -> tuple[np.ndarray, np.ndarray]:
+    """Sellion and pronasale (y, z) mm in the face's local frame: the deepest point of the front
+    silhouette between glabella and the nose's tip, and that tip (the most prominent point between
+    the nose's base and root landmarks)."""
+    L, s = f.L, f.s
+    g = f.front_max((L[27, 1] + f.y_brow) / 2, f.y_brow + 20 * s)
+    prn = f.front_max(L[33, 1], L[27, 1])
+    return _deepest(f.front, g, prn), prn
+
+
 def _midline_points(f: _Face) -> dict[str, np.ndarray]:
     """The 14 midline points (3,) mm in the local frame (x = 0): extremes, deepest points below
     a chord, fractions along the nasal dorsum and windows set by the landmarks."""
@@ -271,8 +285,7 @@ def _midline_points(f: _Face) -> dict[str, np.ndarray]:
     # glabella: the most prominent point between the brows — above the nasal root, where a face
     # with a shallow root would otherwise take the start of the nasal dorsum
     g = f.front_max((L[27, 1] + f.y_brow) / 2, f.y_brow + 20 * s)
-    prn = f.front_max(L[33, 1], L[27, 1])
-    se = _deepest(front, g, prn)
+    se, prn = nasal_dorsum(f)
     ls = f.front_max(f.y_mouth, L[33, 1])
     sn = _deepest(front, prn, ls)
     li = f.front_max(f.y_mouth - 0.45 * (f.y_mouth - f.y_chin), f.y_mouth)
@@ -287,8 +300,8 @@ def _midline_points(f: _Face) -> dict[str, np.ndarray]:
     v = prof[np.argmax(prof[:, 0])]
     midline = {
         "op": op, "v": v, "g": g, "n": se,
-        "mn": _at_height(front, se[0] + 0.3 * (prn[0] - se[0])),
-        "rhi": _at_height(front, se[0] + 0.6 * (prn[0] - se[0])),
+        "mn": _at_height(front, se[0] + MID_NASAL_FRACTION * (prn[0] - se[0])),
+        "rhi": _at_height(front, se[0] + RHINION_FRACTION * (prn[0] - se[0])),
         "ss": sn, "mp": _at_height(front, (sn[0] + ls[0]) / 2), "pr": ls, "id": li,
         "sm": sm, "pg": pg, "gn": gn, "me": me,
     }

@@ -152,3 +152,26 @@ def test_load_ct_reads_and_refuses_clearly(ct, tmp_path, head_volume):
     np.savez(tmp_path / "nokey.npz", vol=head_volume)
     with pytest.raises(SystemExit, match="spacing_mm"):
         ct.load_ct(tmp_path / "nokey.npz")
+
+
+def test_past_rhinion_finds_bone_the_landmark_left_out(ct):
+    """A nasal bone that runs 3 mm past the rhinion given: bone's values 1 and 2 mm past it, soft
+    tissue's from 5 mm on; the bones' length is nasion → rhinion."""
+    shape, spacing = (60, 80, 80), np.array([1.0, 1.0, 1.0])
+    affine = ct.head_frame(shape, spacing)
+    ijk = np.indices(shape, dtype=np.float64).reshape(3, -1).T
+    world = ijk @ affine[:3, :3].T + affine[:3, 3]
+    frame, origin = np.eye(3), world.mean(0)
+    n, rhi = np.array([10.0, 5.0]), np.array([-6.0, 17.0])  # (y, z) in the plane x = origin's
+    along = (rhi - n) / np.linalg.norm(rhi - n)
+    end = rhi + 3.0 * along
+    yz = (world - origin)[:, 1:]
+    t = np.clip(((yz - n) @ (end - n)) / ((end - n) @ (end - n)), 0.0, 1.0)
+    near = np.linalg.norm(yz - (n + t[:, None] * (end - n)), axis=1)
+    bone = (near < 1.2) & (np.abs(world[:, 0] - origin[0]) < 6.0)
+    volume = np.where(bone, 1800, 1000).reshape(shape).astype(np.int16)
+    out = ct.past_rhinion(volume, spacing, {"frame": frame, "origin": origin, "points": {"n": n, "rhi": rhi}})
+    assert out["nasal_bones_mm"] == 20.0
+    most = out["most_past_rhinion"]
+    assert most["1"] > 1500 and most["2"] > 1500 and most["5"] < 1150, out  # (smoothed: its end blurs)
+    assert abs(out["most_10_15_mm_past"] - 1000) < 20

@@ -277,6 +277,18 @@ def test_the_annotation_rules_on_the_skin_split_the_gap(cid, default_model):
         assert r["skin_rules_to_model_point_mm"] == r["to_model_point_mm"]  # the targets are the rules'
     gap = cid.correspondence_gap(default_model, head, shape, ext, rules)
     assert np.abs(gap[idx]).max() < 1e-9 and np.isnan(gap[0]).all()
+    # the nasal dorsum: the annotator's own mid-nasal and rhinion sit at its fractions
+    nasal = [SOFT_TISSUE_NAMES.index(n) for n in ("n", "mn", "rhi")]
+    on = np.zeros(36, bool)
+    on[nasal] = True
+    dorsum = cid.dorsum_fractions(default_model, head, shape,
+                                  ExtendedLandmarks.from_points(expected, on, np.full(36, 2.0)))
+    from skullsearch.encoder.annotate import MID_NASAL_FRACTION, RHINION_FRACTION
+
+    assert dorsum["annotation"] == {"mn": MID_NASAL_FRACTION, "rhi": RHINION_FRACTION}
+    assert abs(dorsum["extended"]["mn"] - MID_NASAL_FRACTION) <= 0.02
+    assert abs(dorsum["extended"]["rhi"] - RHINION_FRACTION) <= 0.02
+    assert abs(dorsum["extended"]["n"]) <= 0.02 and 15 < dorsum["sellion_to_pronasale_mm"] < 60
     # without the rules (or where they found nothing) the block has none of their entries
     bare = cid.correspondence(default_model, head, shape, ext, skin, np.full(36, 3.0))
     assert "to_skin_rules_median_mm" not in bare and "to_skin_rules_mm" not in bare["landmarks"]["g"]
