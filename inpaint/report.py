@@ -426,9 +426,10 @@ def build_report(gallery, query_id: str, out, reconstruction=None, top: int = 5,
         notes.append(reproduced)
     scene, skull_faces_info = _scene(g, record, shown, skull_mesh, recon, max_skull_faces)
     ref = _calibration_scores(g, p, result, cfg)
+    profile = _profile_url(g, skull_mesh, result, shown, notes)
 
     html_text = _render(g, record, result, shown, cands, ref, eta, recon, notes, reproduced,
-                        skull_file_state, skull_faces_info, scene)
+                        skull_file_state, skull_faces_info, scene, profile)
     tmp = out.with_name(out.name + ".tmp")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -437,6 +438,34 @@ def build_report(gallery, query_id: str, out, reconstruction=None, top: int = 5,
     except OSError as exc:
         raise ReportError(f"cannot write {out}: {exc}") from None
     return out
+
+
+def _profile_url(g, skull_mesh, result, shown: list, notes: list) -> str | None:
+    """The skull's midsagittal profile with the best candidate's face (placed by its scoring
+    transform; :func:`~skullsearch.retrieval.profile.draw_profile`) as a PNG data: URL; None
+    without the skull mesh, or where the landmarks do not tell the midline (said in ``notes``)."""
+    import trimesh
+
+    from skullsearch.retrieval.extended import ExtendedLandmarkError
+    from skullsearch.retrieval.profile import draw_profile
+    from skullsearch.retrieval.query import aligned_faces
+
+    if skull_mesh is None or result.extended is None:
+        return None
+    faces = []
+    if shown:
+        verts, _ = aligned_faces(g, shown[:1])
+        faces = [(f"#{shown[0].rank} face {shown[0].face_id}, placed by its superimposition",
+                  trimesh.Trimesh(verts[0], g.face_model.faces, process=False))]
+    try:
+        im = draw_profile(skull_mesh, result.extended, faces)
+    except ExtendedLandmarkError as exc:
+        notes.append(f"no midsagittal profile: {exc}")
+        return None
+    im.thumbnail((900, 900))
+    buf = io.BytesIO()
+    im.save(buf, "PNG", optimize=True)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 def _skull_again(sk: dict, notes: list) -> tuple[object, str]:
@@ -568,6 +597,7 @@ class _Report:
     skull_file_state: str
     skull_faces_info: str
     scene: dict
+    profile: str | None = None
 
     def __post_init__(self):
         from skullsearch.meta import __version__
@@ -582,9 +612,9 @@ class _Report:
 
 
 def _render(g, record, result, shown, cands, ref, eta, recon, notes, reproduced, skull_file_state,
-            skull_faces_info, scene) -> str:
+            skull_faces_info, scene, profile=None) -> str:
     r = _Report(g, record, result, shown, cands, ref, eta, recon, notes, reproduced, skull_file_state,
-                skull_faces_info, scene)
+                skull_faces_info, scene, profile)
     parts: list[str] = []
     add = parts.append
     for section in (_head_section, _ranked_section, _view_section, _distribution_section,
@@ -690,6 +720,13 @@ def _view_section(r: _Report, add) -> None:
                 f'<td class="num">{d:.2f}</td><td class="num">{eta[i]:.2f}</td>'
                 f'<td>{"<span class=m>matched</span>" if m else "<span class=u>unmatched</span>"}</td></tr>')
         add('</table></div>')
+    if r.profile:
+        add(f'<figure id="profile"><img src="{r.profile}" alt="midsagittal profile" style="max-width:640px">'
+            '<figcaption>The skull\'s midsagittal section (red; the plane through its midline landmarks) '
+            'with the best candidate\'s face placed by its superimposition (green): each midline landmark on '
+            'the bone, its tissue direction and its extended point (cyan; red where the direction points '
+            'into the skull); 10 mm bar. Bilateral landmarks lie off this plane (the 3D view shows them).'
+            '</figcaption></figure>')
 
 
 def _distribution_section(r: _Report, add) -> None:

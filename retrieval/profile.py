@@ -87,20 +87,31 @@ def profile_image(skull, ext: ExtendedLandmarks, path, faces=(), px_mm: float = 
                   margin_mm: float = 15.0) -> Path:
     """Write the skull's midsagittal profile (module docstring) to ``path`` (PNG) and return it.
 
-    skull: a :class:`~skullsearch.Skull` (its mesh, mm); ext: its extended landmarks
-    (:func:`~skullsearch.retrieval.extended.extend`, the same frame); faces: meshes to cut too,
-    each a trimesh or a (label, trimesh) pair, in the skull's frame (e.g. a reconstruction's
-    ``face_<id>.ply``); px_mm: mm per pixel (made coarser where the drawing would exceed
-    :data:`MAX_SIDE_PX`). Raises :class:`ExtendedLandmarkError` where the landmarks do not tell the
-    midline plane or the plane misses the skull."""
-    from PIL import Image, ImageDraw
-
+    skull: a :class:`~skullsearch.Skull` (its mesh, mm) or the mesh itself; ext: its extended
+    landmarks (:func:`~skullsearch.retrieval.extended.extend`, the same frame); faces: meshes to
+    cut too, each a trimesh or a (label, trimesh) pair, in the skull's frame (e.g. a
+    reconstruction's ``face_<id>.ply``); px_mm: mm per pixel (made coarser where the drawing would
+    exceed :data:`MAX_SIDE_PX`). Raises :class:`ExtendedLandmarkError` where the landmarks do not
+    tell the midline plane, the plane misses the skull or the file cannot be written."""
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise ExtendedLandmarkError(f"cannot write {path.name}: the profile is a PNG image (use a .png name)")
+    im = draw_profile(skull, ext, faces, px_mm, margin_mm)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        im.save(path, format="PNG")
+    except (OSError, ValueError) as e:
+        raise ExtendedLandmarkError(f"cannot write {path}: {e}") from None
+    return path
+
+
+def draw_profile(skull, ext: ExtendedLandmarks, faces=(), px_mm: float = 0.25, margin_mm: float = 15.0):
+    """The drawing :func:`profile_image` writes, as a PIL RGB image (same arguments)."""
+    from PIL import Image, ImageDraw
+
     frame, origin = midline_plane(ext)
     left, up, forward = frame
-    bone = _sections(skull.mesh, left, origin)
+    bone = _sections(getattr(skull, "mesh", skull), left, origin)
     if not len(bone):
         raise ExtendedLandmarkError("the skull's midline plane (from its landmarks) misses the skull mesh: "
                                     "are the landmarks in the mesh's frame and units?")
@@ -157,9 +168,4 @@ def profile_image(skull, ext: ExtendedLandmarks, path, faces=(), px_mm: float = 
     for k, (text, colour) in enumerate(lines):
         draw.rectangle([10, 10 + 14 * k, 20, 20 + 14 * k], fill=colour)
         draw.text((26, 9 + 14 * k), text, fill=_TEXT)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        im.save(path, format="PNG")
-    except (OSError, ValueError) as e:
-        raise ExtendedLandmarkError(f"cannot write {path}: {e}") from None
-    return path
+    return im

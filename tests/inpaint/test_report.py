@@ -92,6 +92,14 @@ def test_report_has_the_query_its_hashes_and_ranked_faces(case, built):
     # the tissue table and parameters
     assert "depths_3mm.csv" in text and record["tissue_table"]["name"] in text
     assert "score.eta_sd" in text and "calibration_sample" in text
+    # the midsagittal profile: the skull's section with the best face's, a PNG embedded in the page
+    m = re.search(r'<figure id="profile"><img src="data:image/png;base64,([^"]+)"', text)
+    assert m, "no profile figure"
+    from PIL import Image
+
+    im = np.asarray(Image.open(io.BytesIO(base64.b64decode(m.group(1)))).convert("RGB")).astype(int)
+    assert (np.abs(im - [220, 40, 40]).max(-1) <= 40).sum() > 500   # bone
+    assert (np.abs(im - [30, 160, 60]).max(-1) <= 40).sum() > 500   # the best candidate's face
 
 
 def test_distance_tables_match_the_scores(case, built):
@@ -270,6 +278,7 @@ def test_a_moved_skull_file_still_gives_a_report(case, tmp_path):
     assert "left out of the scoring by the examiner: rhi" in text
     scene = json.loads(re.search(r'id="scene-data">(.*?)</script>', text, re.S).group(1))
     assert scene["skull"] is None and len(scene["candidates"]) == 1
+    assert 'id="profile"' not in text  # no skull mesh to cut
 
 
 # ------------------------------------------------------------------------------ CLI
@@ -488,3 +497,21 @@ def test_reconstruction_files_outside_the_folder_are_not_embedded(case, default_
     fid = int(data["candidates"][0]["face_id"])
     assert rec.renders[fid] is None and rec.meshes[fid] is None
     assert any("outside the reconstruction folder" in p for p in rec.problems)
+
+
+def test_a_profile_the_landmarks_cannot_frame_is_a_note(case):
+    """Landmarks that do not tell the skull's midline (one brow point and the zygia): no profile
+    figure, one note that says why."""
+    from types import SimpleNamespace
+
+    from skullsearch import Gallery, Skull
+    from skullsearch.retrieval.extended import extend
+    from skullsearch.retrieval.tissue import load_table
+
+    skull = Skull.load(case["skull"])
+    few = {k: v for k, v in skull.landmarks.items() if k in ("g", "zy_l", "zy_r")}
+    ext = extend(Skull(mesh=skull.mesh, landmarks=few), load_table())
+    notes: list = []
+    url = rep._profile_url(Gallery.open(case["g"]), skull.mesh, SimpleNamespace(extended=ext), [], notes)
+    assert url is None and len(notes) == 1
+    assert notes[0].startswith("no midsagittal profile: the skull's midline")
