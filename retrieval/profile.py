@@ -136,6 +136,7 @@ def draw_profile(skull, ext: ExtendedLandmarks, faces=(), px_mm: float = 0.25, m
 
     im = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(im)
+    font = _font(max(11, min(24, round(0.012 * max(width, height)))))
     for (_, segs), colour in zip(cuts, FACE_COLOURS * len(cuts), strict=False):
         for a, b in plane(segs):
             draw.line([xy(a), xy(b)], fill=colour, width=2)
@@ -154,18 +155,30 @@ def draw_profile(skull, ext: ExtendedLandmarks, faces=(), px_mm: float = 0.25, m
                      fill=None if hollow else _SKULL)
         draw.rectangle([ex - r, ey - r, ex + r, ey + r], outline=_WARN if warn else _EXT, width=2)
         label = SOFT_TISSUE_NAMES[i] + (f" ({off[j]:.0f} mm off)" if hollow else "")
-        draw.text((sx - r - 6 * len(label) - 4, sy - 6), label, fill=_TEXT)
+        draw.text((sx - r - 4, sy), label, fill=_TEXT, font=font, anchor="rm")
     # the scale bar and the legend
     bar = 10.0 / px_mm
-    y0 = height - 20
+    y0 = height - 12
     draw.line([(12, y0), (12 + bar, y0)], fill=_TEXT, width=3)
-    draw.text((12, y0 - 14), "10 mm", fill=_TEXT)
+    draw.text((12, y0 - 4), "10 mm", fill=_TEXT, font=font, anchor="ld")
+    step = font.size + 4 if hasattr(font, "size") else 14
     lines = [("bone (midline section)", _BONE), ("skull landmark", _SKULL),
              ("extended (table depth)", _EXT)]
     if (angle > DIRECTION_LIMIT_DEG).any():
         lines.append(("direction into the skull", _WARN))
     lines += [(label, colour) for (label, _), colour in zip(cuts, FACE_COLOURS * len(cuts), strict=False)]
     for k, (text, colour) in enumerate(lines):
-        draw.rectangle([10, 10 + 14 * k, 20, 20 + 14 * k], fill=colour)
-        draw.text((26, 9 + 14 * k), text, fill=_TEXT)
+        y = 10 + step * k
+        draw.rectangle([10, y, 10 + step - 6, y + step - 6], fill=colour)
+        draw.text((16 + step - 6, y + (step - 6) / 2), text, fill=_TEXT, font=font, anchor="lm")
     return im
+
+
+def _font(size: int):
+    """Pillow's own scalable font at ``size`` px (Pillow ≥ 10.1 with FreeType), else its bitmap one."""
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError, ImportError):  # (an older Pillow, or one built without FreeType)
+        return ImageFont.load_default()
