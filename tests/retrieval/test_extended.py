@@ -12,7 +12,6 @@ from skullsearch.retrieval.extended import (
     DIRECTION_LIMIT_DEG,
     ExtendedLandmarkError,
     ExtendedLandmarks,
-    _centre,
     export_pegs,
     extend,
     outward_normals,
@@ -341,7 +340,11 @@ def test_depth_is_not_scaled_with_the_skull(subset):
     assert dots(ext.normals[sel], ellipsoid_normal(SMALL_SAMPLES[sel])).min() > 0.99
     # an angle has no unit: at any size it is the true normal's angle from outward, to within the
     # normal's own error (cos 0.99: 8.1°; the normal's patch is a fixed 4 mm)
-    out = SMALL_SAMPLES[sel] - _centre(SMALL)
+    _, info = outward_normals(SMALL, SMALL_SAMPLES[:1], return_info=True)
+    tri = np.asarray(SMALL.vertices)[np.asarray(SMALL.faces)]
+    area = 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
+    np.testing.assert_allclose(info["surface_centroid"], area @ tri.mean(1) / area.sum(), atol=1e-9)
+    out = SMALL_SAMPLES[sel] - info["surface_centroid"]
     cos = dots(ellipsoid_normal(SMALL_SAMPLES[sel]), out / np.linalg.norm(out, axis=1, keepdims=True))
     assert np.abs(ext.outward_angle_deg[sel] - np.degrees(np.arccos(np.clip(cos, -1, 1)))).max() < 8.2
 

@@ -119,11 +119,12 @@ def test_a_landmark_extended_into_the_skull_is_a_warning_of_the_query(case, tmp_
     """A table direction that lays g's tissue into the skull: the query still runs, and its result,
     the query command and the landmarks command say which landmark and what to do."""
     from skullsearch.cli.app import main
-    from skullsearch.retrieval.extended import _centre
 
     monkeypatch.setenv("COLUMNS", "250")
     gpath, truth, skull_path, mesh, marks, *_ = case
-    inward = _centre(mesh) - marks["g"]
+    tri = np.asarray(mesh.vertices)[np.asarray(mesh.faces)]
+    area = 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
+    inward = area @ tri.mean(1) / area.sum() - marks["g"]  # towards the skull's centre
     inward /= np.linalg.norm(inward)
     table = tmp_path / "t.csv"
     sd = dict(zip(SOFT_TISSUE_NAMES, load_table().sd, strict=True))
