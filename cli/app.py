@@ -489,7 +489,7 @@ def landmarks_cmd(
     """List a skull's landmarks and their extended (soft-tissue) positions."""
     from skullsearch import Skull
     from skullsearch.encoder.soft_tissue import FACE_POINT_NAMES, SOFT_TISSUE_NAMES, base_key
-    from skullsearch.retrieval.extended import DIRECTION_LIMIT_DEG, export_pegs, extend
+    from skullsearch.retrieval.extended import DIRECTION_LIMIT_DEG, MIDLINE_LIMIT_MM, export_pegs, extend
     from skullsearch.retrieval.tissue import load_table
 
     skull = Skull.load(skull_path, landmarks=landmarks, units=units)
@@ -499,15 +499,19 @@ def landmarks_cmd(
         err.print(f"[yellow]warning:[/] {w}", highlight=False)
     t = Table(title=f"{skull_path.name}: {int(ext.present.sum())} of 36 landmarks ({table.name})")
     for c in ("landmark", "face point", "skull x, y, z (mm)", "depth ± SD", "direction", "from outward",
-              "extended x, y, z"):
+              "off midline", "extended x, y, z"):
         t.add_column(c)
+    offsets = ext.midline_offsets()
     for i, name in enumerate(SOFT_TISSUE_NAMES):
         if not ext.present[i]:
             continue
         angle = ext.outward_angle_deg[i]
+        off = offsets.get(name)
         t.add_row(name, FACE_POINT_NAMES[base_key(name)], ", ".join(f"{v:.1f}" for v in ext.skull_points[i]),
                   f"{ext.depth[i]:.1f} ± {ext.sd[i]:.1f}", ext.direction_source[i],
                   f"[red]{angle:.0f}°[/]" if angle > DIRECTION_LIMIT_DEG else f"{angle:.0f}°",
+                  "" if off is None else (f"[red]{off:+.1f} mm[/]" if abs(off) > MIDLINE_LIMIT_MM
+                                          else f"{off:+.1f} mm"),
                   ", ".join(f"{v:.1f}" for v in ext.points[i]))
     out.print(t)
     if export is not None:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from skullsearch.encoder.soft_tissue import SOFT_TISSUE_NAMES
+from skullsearch.encoder.soft_tissue import MIDLINE, SOFT_TISSUE_NAMES
 from skullsearch.errors import SkullsearchError
 from skullsearch.retrieval.tissue import TissueTable, load_table
 
@@ -33,6 +33,14 @@ _VOTERS = 24
 #: A landmark's tissue direction further than this from outward (from the skull's centre) is
 #: flagged (:attr:`ExtendedLandmarks.warnings`): its extended point lies behind the bone.
 DIRECTION_LIMIT_DEG = 90.0
+#: A midline landmark further than this (mm) from the midline plane through the skull's other
+#: midline landmarks is flagged (:attr:`ExtendedLandmarks.midline_warnings`). The automatic
+#: landmarks of the two real CT skulls lie within 2.5 mm of it (``benchmarks/ct_identification.py``
+#: ``--profile`` draws the plane); a real face's asymmetry moves a nose a few mm, not ten.
+MIDLINE_LIMIT_MM = 10.0
+#: The midline landmarks fix their plane themselves where they spread this far (mm, RMS) across
+#: its second direction (:meth:`ExtendedLandmarks.midline_plane`).
+PLANE_SPAN_MM = 20.0
 
 
 class ExtendedLandmarkError(SkullsearchError):
@@ -537,9 +545,9 @@ class ExtendedLandmarks:
 
     @property
     def warnings(self) -> list[str]:
-        """What is wrong with the skull's landmarks and what to do: :attr:`side_warnings` then
-        :attr:`direction_warnings`."""
-        return self.side_warnings + self.direction_warnings
+        """What is wrong with the skull's landmarks and what to do: :attr:`side_warnings`,
+        :attr:`midline_warnings`, then :attr:`direction_warnings`."""
+        return self.side_warnings + self.midline_warnings + self.direction_warnings
 
     @property
     def direction_warnings(self) -> list[str]:
@@ -560,18 +568,19 @@ class ExtendedLandmarks:
     def units(self) -> str:
         return "mm"
 
-    def frame(self) -> np.ndarray | None:
+    def frame(self, without: tuple[str, ...] = ()) -> np.ndarray | None:
         """The skull's own frame from its landmarks alone: (3, 3) unit rows — the subject's left,
         up and forward — or None where it cannot be told (no brow (g, n) over two of the chin and
         mouth landmarks nor a vertex over two of g, n, op, or fewer than two midline face
         landmarks with a direction). Up runs from the chin (pg, gn, me; else pr, id, sm) to the
         brow (g, n), or without a jaw from g, n, op to the vertex; forward is the mean tissue
         direction of the midline face landmarks (made square to up); left = up × forward (the
-        face frame's +x). It follows any rigid motion of the skull file."""
+        face frame's +x). It follows any rigid motion of the skull file. ``without``: landmarks
+        not to use."""
         idx = {n: i for i, n in enumerate(SOFT_TISSUE_NAMES)}
 
         def mean(names):
-            rows = [self.skull_points[idx[n]] for n in names if self.present[idx[n]]
+            rows = [self.skull_points[idx[n]] for n in names if self.present[idx[n]] and n not in without
                     and np.isfinite(self.skull_points[idx[n]]).all()]
             return (np.mean(rows, axis=0), len(rows)) if rows else (None, 0)
 
@@ -588,7 +597,7 @@ class ExtendedLandmarks:
         else:
             return None
         face = [self.directions[idx[n]] for n in ("g", "n", "mn", "rhi", "ss", "mp", "pr", "id", "sm", "pg",
-                                                    "gn") if self.present[idx[n]]
+                                                    "gn") if self.present[idx[n]] and n not in without
                 and np.isfinite(self.directions[idx[n]]).all()]
         if len(face) < 2 or not np.linalg.norm(up) > 0:
             return None
@@ -599,6 +608,75 @@ class ExtendedLandmarks:
             return None
         forward = forward / np.linalg.norm(forward)
         return np.stack([np.cross(up, forward), up, forward])
+
+    def midline_plane(self, without: tuple[str, ...] = ()) -> tuple[np.ndarray, np.ndarray] | None:
+        """The skull's midline plane from its landmarks (those in ``without`` left out): (frame
+        (3, 3) unit rows left, up, forward; origin (3,) mm on the plane, the midline landmarks'
+        mean, else the bilateral pairs' mid-points'), or None where :meth:`frame` cannot be told.
+        The normal is the best-fitting plane's through the midline landmarks where three or more
+        span one (RMS over :data:`PLANE_SPAN_MM` across their second direction, within 45° of the
+        frame's left), else the frame's left; up and forward are the frame's, made square to it."""
+        frame = self.frame(without)
+        if frame is None:  # (without them the frame cannot be told: with them, then)
+            frame = self.frame()
+        if frame is None:
+            return None
+        pts = np.asarray(self.skull_points, np.float64)
+        ok = np.asarray(self.present, bool) & np.isfinite(pts).all(1)
+        index = {n: i for i, n in enumerate(SOFT_TISSUE_NAMES)}
+        mid = [pts[i] for i, n in enumerate(SOFT_TISSUE_NAMES) if n in MIDLINE and ok[i] and n not in without]
+        if not mid:  # the pairs' mid-points lie on the midline too
+            mid = [(pts[index[n]] + pts[index[n[:-2] + "_r"]]) / 2 for n in SOFT_TISSUE_NAMES
+                   if n.endswith("_l") and ok[index[n]] and ok[index[n[:-2] + "_r"]]]
+        if not mid:
+            return None
+        origin = np.mean(mid, axis=0)
+        if len(mid) >= 3:  # the plane through the midline landmarks themselves, where they span one
+            _, sv, vt = np.linalg.svd(np.asarray(mid) - origin, full_matrices=False)
+            if len(sv) == 3 and sv[1] / np.sqrt(len(mid)) > PLANE_SPAN_MM \
+                    and abs(vt[2] @ frame[0]) > np.cos(np.radians(45)):
+                left = vt[2] * np.sign(vt[2] @ frame[0])
+                up = frame[1] - (frame[1] @ left) * left
+                up /= np.linalg.norm(up)
+                frame = np.stack([left, up, np.cross(left, up)])
+        return frame, origin
+
+    def midline_offsets(self) -> dict[str, float]:
+        """{midline landmark: its signed distance (mm; + to the subject's left) from the skull's
+        midline plane (:meth:`midline_plane`)}, for each present midline landmark where the plane
+        can be told. Robust to a few gross errors: while more than four remain, the landmark
+        furthest off — over :data:`MIDLINE_LIMIT_MM` — is set aside and the plane fitted again
+        without it; a set-aside landmark is measured against the plane of those kept. (Each
+        landmark against a plane through the others alone would extrapolate: a plane through the
+        face's few landmarks, carried 190 mm back to opisthocranion, misses it by 10 mm on a real
+        skull whose landmarks all lie within 3 mm of their common plane.) The other side of that:
+        where few midline landmarks remain, one far from the rest (op or v on a cranium with only
+        the nose's and brow's) pulls the plane to itself and is not caught."""
+        pts = np.asarray(self.skull_points, np.float64)
+        index = {n: i for i, n in enumerate(SOFT_TISSUE_NAMES)}
+        names = [n for n in MIDLINE if self.present[index[n]] and np.isfinite(pts[index[n]]).all()]
+        aside: list[str] = []
+        while True:
+            plane = self.midline_plane(without=tuple(aside))
+            if plane is None:
+                return {}
+            (left, _, _), origin = plane
+            out = {n: float((pts[index[n]] - origin) @ left) for n in names}
+            kept = [n for n in names if n not in aside]
+            worst = max(kept, key=lambda n: abs(out[n]))
+            if abs(out[worst]) <= MIDLINE_LIMIT_MM or len(kept) <= 4:
+                return out
+            aside.append(worst)
+
+    @property
+    def midline_warnings(self) -> list[str]:
+        """One line per midline landmark more than :data:`MIDLINE_LIMIT_MM` from the skull's
+        midline plane fitted without it (:meth:`midline_offsets`): placed off the midline, or a
+        bilateral point given a midline name."""
+        return [f"{n}: a midline landmark {abs(d):.0f} mm to the subject's {'left' if d > 0 else 'right'} "
+                "of the midline plane through the skull's other midline landmarks: check where it was "
+                "placed (or whether a bilateral point was given its name); a misplaced landmark scores as "
+                "a wrong one" for n, d in self.midline_offsets().items() if abs(d) > MIDLINE_LIMIT_MM]
 
     def swapped_sides(self) -> tuple[list[str], int] | None:
         """The bilateral pairs whose ``_l`` point lies on the subject's right of its ``_r`` point,

@@ -30,9 +30,6 @@ from skullsearch.retrieval.extended import DIRECTION_LIMIT_DEG, ExtendedLandmark
 
 #: a midline landmark further than this (mm) from the midline plane is drawn hollow, its distance named
 OFF_PLANE_MM = 5.0
-#: the midline landmarks fix the plane themselves (rather than the frame's left alone) where they
-#: spread this far (mm, RMS) across their second direction, and the plane lies within 20° of the frame's
-PLANE_SPAN_MM = 20.0
 #: the largest image side (px): a larger drawing is made coarser than ``px_mm`` asks
 MAX_SIDE_PX = 4000
 
@@ -42,37 +39,16 @@ FACE_COLOURS = ((30, 160, 60), (60, 90, 230), (200, 90, 200), (230, 140, 0))
 
 
 def midline_plane(ext: ExtendedLandmarks) -> tuple[np.ndarray, np.ndarray]:
-    """The skull's midline plane from its landmarks: (frame (3, 3) unit rows left, up, forward;
-    origin (3,) mm on the plane, the midline landmarks' mean — else the bilateral pairs'
-    mid-points'). The plane's normal is the best-fitting plane's through the midline landmarks
-    where three or more span one (:data:`PLANE_SPAN_MM`), else the frame's left; up and forward
-    are the frame's, made square to it. Raises :class:`ExtendedLandmarkError` where the landmarks
-    do not tell the frame (:meth:`ExtendedLandmarks.frame`)."""
-    frame = ext.frame()
-    if frame is None:
+    """The skull's midline plane from its landmarks (:meth:`ExtendedLandmarks.midline_plane`):
+    (frame (3, 3) unit rows left, up, forward; origin (3,) mm). Raises
+    :class:`ExtendedLandmarkError` where the landmarks do not tell it."""
+    plane = ext.midline_plane()
+    if plane is None:
         raise ExtendedLandmarkError(
             "the skull's midline plane cannot be told from its landmarks: give the brow (g or n) and two "
             "of the chin's (pg, gn, me) or mouth's (pr, id, sm), or the vertex (v) over two of g, n, op, "
             "and two midline face landmarks")
-    pts = np.asarray(ext.skull_points, np.float64)
-    ok = np.asarray(ext.present, bool) & np.isfinite(pts).all(1)
-    mid = [pts[i] for i, n in enumerate(SOFT_TISSUE_NAMES) if n in MIDLINE and ok[i]]
-    if not mid:  # the pairs' mid-points lie on the midline too
-        index = {n: i for i, n in enumerate(SOFT_TISSUE_NAMES)}
-        mid = [(pts[index[n]] + pts[index[n[:-2] + "_r"]]) / 2 for n in SOFT_TISSUE_NAMES
-               if n.endswith("_l") and ok[index[n]] and ok[index[n[:-2] + "_r"]]]
-    origin = np.mean(mid, axis=0)
-    if len(mid) >= 3:  # the plane through the midline landmarks themselves, where they span one
-        centred = np.asarray(mid) - origin
-        _, sv, vt = np.linalg.svd(centred, full_matrices=False)
-        normal = vt[2] if len(sv) == 3 else None
-        spread = sv[1] / np.sqrt(len(mid))  # (RMS across the plane's second direction)
-        if normal is not None and spread > PLANE_SPAN_MM and abs(normal @ frame[0]) > np.cos(np.radians(20)):
-            left = normal * np.sign(normal @ frame[0])
-            up = frame[1] - (frame[1] @ left) * left
-            up /= np.linalg.norm(up)
-            frame = np.stack([left, up, np.cross(left, up)])
-    return frame, origin
+    return plane
 
 
 def _sections(mesh, normal: np.ndarray, origin: np.ndarray) -> np.ndarray:

@@ -428,3 +428,53 @@ def test_side_check_is_invariant_to_rigid_motion(default_model, q, t, mirror):
     moved = trimesh.Trimesh(mesh.vertices @ rot.T + t, faces, process=False)
     ext = extend(Skull(mesh=moved, landmarks={k: v @ rot.T + t for k, v in marks.items()}), TABLE)
     assert ext.swapped_sides() == ((list(BILATERAL), 11) if mirror else ([], 11))
+
+
+def test_a_midline_landmark_off_the_midline_is_flagged(default_model):
+    """Each midline landmark is measured against the plane through the others: a skull as made
+    says nothing (all within 2 mm); nasion moved 15 mm to the subject's left, or glabella given a
+    zygion's point, is named with its side; any rigid motion leaves the offsets."""
+    from skulls import skull_from_face
+
+    from skullsearch.retrieval.extended import MIDLINE_LIMIT_MM
+
+    rng = np.random.default_rng(4)
+    shape = rng.standard_normal(default_model.n_shape) * np.asarray(default_model.shape_std) * 0.5
+    mesh, marks = skull_from_face(default_model, shape, np.full(36, 3.0), rng=rng)  # (a random pose)
+    ext = extend(Skull(mesh=mesh, landmarks=marks), TABLE)
+    offsets = ext.midline_offsets()
+    assert len(offsets) == 14 and max(abs(d) for d in offsets.values()) < 2.0, offsets
+    assert ext.midline_warnings == [] and ext.warnings == []
+    left = ext.frame()[0]
+    moved = extend(Skull(mesh=mesh, landmarks=dict(marks, n=marks["n"] + 15.0 * left)), TABLE)
+    (w,) = moved.midline_warnings
+    assert w.startswith("n: a midline landmark 15 mm to the subject's left of the midline plane"), w
+    assert w in moved.warnings and MIDLINE_LIMIT_MM < moved.midline_offsets()["n"] < 16
+    swapped = extend(Skull(mesh=mesh, landmarks=dict(marks, g=marks["zy_r"])), TABLE)
+    (w,) = swapped.midline_warnings
+    assert w.startswith("g: a midline landmark") and "to the subject's right of" in w, w
+    # a cranium (the midline's op, v, g, n, mn, rhi): nasion moved is caught there too
+    cranium = {k: v for k, v in marks.items() if k in ("op", "v", "g", "n", "mn", "rhi")
+               or k[:-2] in ("mso", "mio", "zy")}
+    off = dict(cranium, n=cranium["n"] + 15.0 * left)
+    (w,) = extend(Skull(mesh=mesh, landmarks=off), TABLE).midline_warnings
+    assert w.startswith("n: a midline landmark 15 mm to the subject's left"), w
+    # too few landmarks to tell the plane: nothing measured
+    few = {k: v for k, v in marks.items() if k in ("g", "zy_l", "zy_r")}
+    assert extend(Skull(mesh=mesh, landmarks=few), TABLE).midline_offsets() == {}
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(q=quaternions, t=st.lists(st.floats(-500, 500), min_size=3, max_size=3))
+def test_midline_offsets_are_invariant_to_rigid_motion(default_model, q, t):
+    from skulls import skull_from_face
+
+    mesh, marks = skull_from_face(default_model, np.zeros(default_model.n_shape), np.full(36, 3.0))
+    marks = dict(marks, n=marks["n"] + [12.0, 0.0, 0.0])  # (one landmark off, to have a signal)
+    rot = random_rotation(q)
+    moved = trimesh.Trimesh(mesh.vertices @ rot.T + t, mesh.faces, process=False)
+    a = extend(Skull(mesh=mesh, landmarks=marks), TABLE).midline_offsets()
+    moved_marks = {k: v @ rot.T + t for k, v in marks.items()}
+    b = extend(Skull(mesh=moved, landmarks=moved_marks), TABLE).midline_offsets()
+    assert a.keys() == b.keys() and max(abs(a[k] - b[k]) for k in a) < 0.05, (a, b)
+    assert a["n"] > 10  # the face frame's +x is the subject's left
