@@ -36,7 +36,7 @@ DIRECTION_LIMIT_DEG = 90.0
 #: A midline landmark further than this (mm) from the midline plane through the skull's other
 #: midline landmarks is flagged (:attr:`ExtendedLandmarks.midline_warnings`). The automatic
 #: landmarks of the two real CT skulls lie within 2.5 mm of it (``benchmarks/ct_identification.py``
-#: ``--profile`` draws the plane); a real face's asymmetry moves a nose a few mm, not ten.
+#: ``--profile`` draws the plane); a skull's own asymmetry moves its midline a few mm, not ten.
 MIDLINE_LIMIT_MM = 10.0
 #: The midline landmarks fix their plane themselves where they spread this far (mm, RMS) across
 #: its second direction (:meth:`ExtendedLandmarks.midline_plane`).
@@ -687,7 +687,6 @@ class ExtendedLandmarks:
         from skullsearch.encoder.soft_tissue import BILATERAL
 
         idx = {n: i for i, n in enumerate(SOFT_TISSUE_NAMES)}
-
         frame = self.frame()
         if frame is None:
             return None
