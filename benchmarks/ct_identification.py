@@ -239,6 +239,12 @@ def model_points_on_skin(model, head, best: np.ndarray) -> np.ndarray:
     return ce._apply(head.to_ct, soft_points(model, best[None])[0].astype(np.float64))
 
 
+def best_face_landmarks(model, best: np.ndarray) -> np.ndarray:
+    """(68, 3) mm, model frame: the 68 landmarks of the neutral face of shape ``best``."""
+    verts = ce.neutral_faces(model, best[None])[0]
+    return model.landmarks68(vertices=torch.as_tensor(verts[None], dtype=torch.float32))[0].double().numpy()
+
+
 def skin_rule_points(model, head, best: np.ndarray, whole: bool = False) -> np.ndarray:
     """(36, 3) mm, CT frame: the face model's own annotation rules
     (:func:`skullsearch.encoder.annotate.soft_tissue_positions`: the midsagittal profile's
@@ -256,8 +262,7 @@ def skin_rule_points(model, head, best: np.ndarray, whole: bool = False) -> np.n
     from skullsearch.encoder.annotate import soft_tissue_positions
     from skullsearch.errors import LandmarkError
 
-    verts = ce.neutral_faces(model, best[None])[0]
-    lm = model.landmarks68(vertices=torch.as_tensor(verts[None], dtype=torch.float32))[0].double().numpy()
+    lm = best_face_landmarks(model, best)
     skin = head.full
     try:
         pts = soft_tissue_positions(np.asarray(skin.vertices, np.float64), np.asarray(skin.faces), lm,
@@ -279,8 +284,7 @@ def dorsum_fractions(model, head, best: np.ndarray, ext, whole: bool = False) ->
     from skullsearch.encoder import annotate as an
     from skullsearch.encoder.soft_tissue import SOFT_TISSUE_NAMES
 
-    verts = ce.neutral_faces(model, best[None])[0]
-    lm = model.landmarks68(vertices=torch.as_tensor(verts[None], dtype=torch.float32))[0].double().numpy()
+    lm = best_face_landmarks(model, best)
     try:
         f = an._face_setup(np.asarray(head.full.vertices, np.float64), np.asarray(head.full.faces), lm,
                            largest_part=not whole)
@@ -397,14 +401,14 @@ def correspondence(model, head, best: np.ndarray, ext, skin, eta: np.ndarray,
 MIDLINE = ("v", "op", "g", "n", "mn", "rhi", "ss", "mp", "pr", "id", "sm", "pg", "gn", "me")
 
 
-def profile(path, volume, spacing, skull_mesh, skin, ext, partial: bool, marks: dict) -> None:
+def profile(path, volume, spacing, fit, skin, ext, marks: dict) -> None:
     """Write the midsagittal profile PNG (``_ct.profile_image``, face to the left, 0.25 mm a pixel,
     from the vertex to under the chin): the skull's midline landmarks as placed (yellow), the
     extended ones (cyan) with their tissue directions from the bone, and ``marks`` ({label:
-    ((36, 3) mm CT frame, colour)}), each set's present midline points — for an expert's eye."""
+    ((36, 3) mm CT frame, colour)}), each set's present midline points — for an expert's eye.
+    fit: the skull's :func:`_ct.fit_skull`."""
     from skullsearch.encoder.soft_tissue import SOFT_TISSUE_NAMES
 
-    fit = ct.fit_skull(skull_mesh, partial=partial)
     keep = [i for i, n in enumerate(SOFT_TISSUE_NAMES) if n in MIDLINE and ext.present[i]]
     pts = np.asarray(ext.points, np.float64)
     plane = [(pts[i] - fit["origin"]) @ fit["frame"].T for i in keep]
@@ -547,10 +551,10 @@ def main(argv=None) -> None:
             correspondence_gap(model, head, best, ext, rules))
         out["correspondence"]["nasal_dorsum_fractions"] = dorsum_fractions(model, head, best, ext,
                                                                            whole=a.upper_face is not None)
-        out["correspondence"]["past_rhinion"] = ct.past_rhinion(volume, spacing,
-                                                                ct.fit_skull(skull_mesh, partial=a.partial))
+        fit = ct.fit_skull(skull_mesh, partial=a.partial)  # (its frame and midline, as ct_skull placed them)
+        out["correspondence"]["past_rhinion"] = ct.past_rhinion(volume, spacing, fit)
         if a.profile:
-            profile(a.profile, volume, spacing, skull_mesh, skin_ct, ext, a.partial, {
+            profile(a.profile, volume, spacing, fit, skin_ct, ext, {
                 "model": (model_points_on_skin(model, head, best), (90, 140, 255)),
                 "rules": (rules, (255, 60, 255))})
         if a.correspondence_only:

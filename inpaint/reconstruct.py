@@ -553,7 +553,8 @@ def write_reconstruction(result: ReconstructionResult, out: str | os.PathLike, s
                                   faces=[(f"face {r.face_id}, re-synthesized", mesh)])
                     r.profile_path = f"profile_{r.face_id}.png"
                 except ExtendedLandmarkError as exc:
-                    result.warnings.append(f"no profile image: {exc}")
+                    if f"no profile image: {exc}" not in result.warnings:  # (written twice: said once)
+                        result.warnings.append(f"no profile image: {exc}")
                     draw = False
         write_json_atomic(folder / "reconstruction.json", result.to_dict())
     except OSError as e:
