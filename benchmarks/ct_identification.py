@@ -522,6 +522,8 @@ def main(argv=None) -> None:
         angle = np.nan_to_num(ext.outward_angle_deg)  # the landmarks the extension warns of
         out["directions_into_the_skull"] = {ext.names[i]: round(float(angle[i])) for i in
                                             np.flatnonzero(present & (angle > DIRECTION_LIMIT_DEG))}
+        # each midline landmark's distance from the skull's midline plane (over 10 mm: a warning)
+        out["midline_offsets_mm"] = {k: round(v, 1) for k, v in ext.midline_offsets().items()}
         if a.rescore:
             with np.load(a.rescore) as saved:
                 saved = dict(saved)
