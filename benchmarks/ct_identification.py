@@ -422,6 +422,29 @@ def profile(path, volume, spacing, fit, skin, ext, marks: dict) -> None:
     print(f"profile: {path} (cyan extended, " + ", ".join(f"{k}" for k in marks) + ")", file=sys.stderr)
 
 
+def with_dorsum(model, mn: float, rhi: float):
+    """A copy of the model's soft-tissue annotation with mid-nasal and rhinion placed at other
+    fractions of the mean face's dorsum (sellion → pronasale height; the annotator's rules,
+    :func:`skullsearch.encoder.annotate.soft_tissue_positions`), the other 34 points as shipped:
+    a :class:`~skullsearch.encoder.face_data.SurfacePoints` for ``model.soft_tissue_points``."""
+    from skullsearch.encoder import annotate as an
+    from skullsearch.encoder.face_data import SurfacePoints
+    from skullsearch.encoder.soft_tissue import SOFT_TISSUE_NAMES
+
+    shipped = model.soft_tissue_points
+    v = np.asarray(model.v_template, np.float64)
+    lm = (v[model.meta["source_landmarks68"]] if "source_landmarks68" in model.meta
+          else best_face_landmarks(model, np.zeros(model.n_shape)))
+    skin, skin_faces = an._skin(v, model.faces)
+    pos = an.soft_tissue_positions(v, model.faces, lm, dorsum=(mn, rhi))
+    tri, bary = an.surface_points(v, model.faces, skin, skin_faces, pos)
+    faces, weights = np.array(shipped.faces), np.array(shipped.bary)
+    for name in ("mn", "rhi"):
+        i = SOFT_TISSUE_NAMES.index(name)
+        faces[i], weights[i] = tri[i], bary[i]
+    return SurfacePoints(faces, weights, shipped.names)
+
+
 def rescore(model, saved, ext, factors, leave_out=()) -> dict:
     """The saved faces (``--save``'s arrays: every run's distractors, views, shared shape, and the
     oracle) ranked again without encoding, against the skull's extended landmarks recomputed
@@ -495,6 +518,9 @@ def main(argv=None) -> None:
                         "points on the best face (blue) and the annotation rules' on the real skin (magenta)")
     p.add_argument("--depth-factors", type=float, nargs="+", default=[1.0],
                    help="with --rescore: the table's depths times each of these")
+    p.add_argument("--dorsum-fractions", type=float, nargs=2, default=None, metavar=("MN", "RHI"),
+                   help="with --rescore: the model's mid-nasal and rhinion placed at these fractions of its "
+                        "dorsum (sellion → pronasale; the annotation's: 0.3 0.6) for every face")
     p.add_argument("--leave-out", nargs="*", default=[], metavar="LANDMARK",
                    help="with --rescore: score without these landmarks (e.g. those the extension warns of)")
     a = p.parse_args(argv)
@@ -530,7 +556,10 @@ def main(argv=None) -> None:
             if not np.array_equal(saved["present"], present):
                 raise SystemExit(f"{a.rescore} was saved for another skull (other landmarks): "
                                  "give the --ct and --partial it was saved with")
+            if a.dorsum_fractions:  # every face's points (the distractors' too) re-annotated alike
+                model.soft_tissue_points = with_dorsum(model, *a.dorsum_fractions)
             out["rescore"] = rescore(model, saved, ext, a.depth_factors, a.leave_out)
+            out["rescore"]["dorsum_fractions"] = a.dorsum_fractions
             head = ce.place_head(model, volume, spacing, skin_ct, a.upper_face, no_streak=a.no_streak)
             gap = correspondence_gap(model, head, saved["oracle"], ext)
             out["rescore"]["gap_model_frame_mm"] = gap_vectors(gap)

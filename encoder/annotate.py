@@ -278,9 +278,11 @@ def nasal_dorsum(f: _Face) -> tuple[np.ndarray, np.ndarray]:
     return _deepest(f.front, g, prn), prn
 
 
-def _midline_points(f: _Face) -> dict[str, np.ndarray]:
+def _midline_points(f: _Face, dorsum: tuple[float, float] | None = None) -> dict[str, np.ndarray]:
     """The 14 midline points (3,) mm in the local frame (x = 0): extremes, deepest points below
-    a chord, fractions along the nasal dorsum and windows set by the landmarks."""
+    a chord, fractions along the nasal dorsum (``dorsum``: mid-nasal's and rhinion's, default
+    :data:`MID_NASAL_FRACTION`, :data:`RHINION_FRACTION`) and windows set by the landmarks."""
+    mn_at, rhi_at = dorsum if dorsum is not None else (MID_NASAL_FRACTION, RHINION_FRACTION)
     L, s, front, prof = f.L, f.s, f.front, f.prof
     # glabella: the most prominent point between the brows — above the nasal root, where a face
     # with a shallow root would otherwise take the start of the nasal dorsum
@@ -300,8 +302,8 @@ def _midline_points(f: _Face) -> dict[str, np.ndarray]:
     v = prof[np.argmax(prof[:, 0])]
     midline = {
         "op": op, "v": v, "g": g, "n": se,
-        "mn": _at_height(front, se[0] + MID_NASAL_FRACTION * (prn[0] - se[0])),
-        "rhi": _at_height(front, se[0] + RHINION_FRACTION * (prn[0] - se[0])),
+        "mn": _at_height(front, se[0] + mn_at * (prn[0] - se[0])),
+        "rhi": _at_height(front, se[0] + rhi_at * (prn[0] - se[0])),
         "ss": sn, "mp": _at_height(front, (sn[0] + ls[0]) / 2), "pr": ls, "id": li,
         "sm": sm, "pg": pg, "gn": gn, "me": me,
     }
@@ -387,7 +389,7 @@ def _mirror_average(pts: dict[str, np.ndarray]) -> None:
 
 
 def soft_tissue_positions(vertices: np.ndarray, faces: np.ndarray, lm: np.ndarray,
-                          largest_part: bool = True) -> np.ndarray:
+                          largest_part: bool = True, dorsum: tuple[float, float] | None = None) -> np.ndarray:
     """The 36 soft-tissue points (36, 3) mm, in :data:`SOFT_TISSUE_NAMES` order: on the skin but
     the two mid-mandibular points (``mmb``, the mid-points of gonion and menton, inside the
     head); :func:`annotate` snaps all 36 to the skin.
@@ -395,10 +397,12 @@ def soft_tissue_positions(vertices: np.ndarray, faces: np.ndarray, lm: np.ndarra
     vertices (V, 3) mm of the mean face; faces (F, 3); lm (68, 3) mm its iBUG landmarks;
     ``largest_part``: read the skin as the mesh's largest connected part (a model's head: without
     eyeballs, teeth and tongue), else the whole mesh (a skin in pieces, e.g. a scan that ends at
-    the lip with a face grafted below it).
+    the lip with a face grafted below it); ``dorsum``: mid-nasal's and rhinion's fractions of
+    the height from sellion to pronasale (default :data:`MID_NASAL_FRACTION`,
+    :data:`RHINION_FRACTION`).
     """
     f = _face_setup(vertices, faces, lm, largest_part)
-    pts = _midline_points(f)
+    pts = _midline_points(f, dorsum)
     pts.update(_ray_points(f, *_bilateral_rays(f)))
     _zygia_and_mandible(f, pts)
     _mirror_average(pts)

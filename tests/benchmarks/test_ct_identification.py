@@ -292,3 +292,26 @@ def test_the_annotation_rules_on_the_skin_split_the_gap(cid, default_model):
     # without the rules (or where they found nothing) the block has none of their entries
     bare = cid.correspondence(default_model, head, shape, ext, skin, np.full(36, 3.0))
     assert "to_skin_rules_median_mm" not in bare and "to_skin_rules_mm" not in bare["landmarks"]["g"]
+
+
+def test_the_dorsum_re_annotated(cid, default_model):
+    """At the annotation's own fractions the re-annotated mid-nasal and rhinion are the shipped ones;
+    at smaller fractions they move up the nose, and the other 34 points stay."""
+    from skullsearch.encoder.soft_tissue import SOFT_TISSUE_NAMES
+
+    shipped = default_model.soft_tissue(shape=np.zeros((1, default_model.n_shape), np.float32))[0].numpy()
+    same = cid.with_dorsum(default_model, 0.3, 0.6)
+    higher = cid.with_dorsum(default_model, 0.0, 0.2)
+    kept = default_model.soft_tissue_points
+    try:
+        default_model.soft_tissue_points = same
+        a = default_model.soft_tissue(shape=np.zeros((1, default_model.n_shape), np.float32))[0].numpy()
+        default_model.soft_tissue_points = higher
+        b = default_model.soft_tissue(shape=np.zeros((1, default_model.n_shape), np.float32))[0].numpy()
+    finally:
+        default_model.soft_tissue_points = kept
+    np.testing.assert_allclose(a, shipped, atol=1e-3)
+    mn, rhi = SOFT_TISSUE_NAMES.index("mn"), SOFT_TISSUE_NAMES.index("rhi")
+    assert b[mn, 1] > shipped[mn, 1] + 3 and b[rhi, 1] > shipped[rhi, 1] + 5  # up the nose (+y)
+    others = [i for i in range(36) if i not in (mn, rhi)]
+    np.testing.assert_array_equal(b[others], shipped[others])
