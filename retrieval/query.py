@@ -445,8 +445,13 @@ def aligned_faces(gallery, candidates) -> tuple[np.ndarray, np.ndarray]:
 
 def export_candidates(gallery, skull, result: QueryResult, folder, n: int = 5) -> list[Path]:
     """For the top n candidates: the face aligned to the skull (PLY; matched landmarks green,
-    unmatched red) and the skull with pegs; returns the files written."""
+    unmatched red) and, where the landmarks tell the skull's midline, the skull's midsagittal
+    profile with that face's (``profile_rankNN_faceID.png``,
+    :func:`~skullsearch.retrieval.profile.profile_image`); and the skull with pegs; returns the
+    files written."""
     import trimesh
+
+    from skullsearch.retrieval.profile import profile_image
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -472,4 +477,9 @@ def export_candidates(gallery, skull, result: QueryResult, folder, n: int = 5) -
         path = folder / f"rank{c.rank:02d}_face{c.face_id}.ply"
         trimesh.util.concatenate(parts).export(path)
         written.append(path)
+        if ext.midline_plane() is not None:
+            face = trimesh.Trimesh(verts, model.faces, process=False)
+            written.append(profile_image(skull, ext, folder / f"profile_rank{c.rank:02d}_face{c.face_id}.png",
+                                         faces=[(f"#{c.rank} face {c.face_id}, placed by its superimposition",
+                                                 face)]))
     return written

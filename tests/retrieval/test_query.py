@@ -109,6 +109,7 @@ def test_query_and_history_commands(case, tmp_path, capsys, monkeypatch):
     assert (tmp_path / "r.csv").read_text().count("\n") == 6
     files = sorted(p.name for p in (tmp_path / "exp").iterdir())
     assert "skull_pegs.ply" in files and sum(f.startswith("rank") for f in files) == 2
+    assert sum(f.startswith("profile_rank") and f.endswith(".png") for f in files) == 2  # their profiles
     assert main(["history", "-g", str(gpath)]) == 0
     assert "query id" in capsys.readouterr().out
     assert main(["landmarks", str(skull_path), "--tissue-table", table]) == 0
