@@ -245,50 +245,62 @@ def best_face_landmarks(model, best: np.ndarray) -> np.ndarray:
     return model.landmarks68(vertices=torch.as_tensor(verts[None], dtype=torch.float32))[0].double().numpy()
 
 
-def skin_rule_points(model, head, best: np.ndarray, whole: bool = False) -> np.ndarray:
+def skin_face(model, head, best: np.ndarray, whole: bool = False):
+    """The real skin set up for the face model's annotation rules
+    (:func:`skullsearch.encoder.annotate._face_setup`: ``head.full``, in the model's frame — below
+    a partial scan's end the mean head grafted there: ``whole``, the rules read every part of the
+    mesh, not only its largest; the scan's skin and the graft are two —, framed by the 68
+    landmarks of the best face for it, ``best``), once for :func:`skin_rule_points` and
+    :func:`dorsum_fractions` (about 12 s on a CT skin); None where the rules find no face there."""
+    from skullsearch.encoder import annotate as an
+
+    try:
+        return an._face_setup(np.asarray(head.full.vertices, np.float64), np.asarray(head.full.faces),
+                              best_face_landmarks(model, best), largest_part=not whole)
+    except (ValueError, IndexError) as e:
+        print(f"the annotation rules found no face on this skin: {e}", file=sys.stderr)
+        return None
+
+
+def skin_rule_points(head, face) -> np.ndarray:
     """(36, 3) mm, CT frame: the face model's own annotation rules
-    (:func:`skullsearch.encoder.annotate.soft_tissue_positions`: the midsagittal profile's
-    extremes and hollows, the nasal dorsum's fractions, rays at the landmarks' proportions) applied
-    to the real skin itself (``head.full``, in the model's frame; below a partial scan's end the
-    mean head grafted there: ``whole``, the rules read every part of the mesh, not only its largest
-    — the scan's skin and the graft are two), framed by the 68 landmarks of the best face for it
-    (``best``), each point snapped to the skin; all NaN where a rule finds nothing. The extended
-    landmarks' distance to these is the correspondence gap without the model's fit and without
-    its fixed annotation (the points placed once on the mean face, carried by every face): what
-    remains is where the skull's side (its landmarks, the table's directions and depths) and the
-    face's side (the rules) define each point differently."""
+    (:func:`skullsearch.encoder.annotate.face_positions`: the midsagittal profile's extremes and
+    hollows, the nasal dorsum's fractions, rays at the landmarks' proportions) applied to the real
+    skin itself (``face``: :func:`skin_face`), each point snapped to the skin; all NaN where a rule
+    finds nothing. The extended landmarks' distance to these is the correspondence gap without the
+    model's fit and without its fixed annotation (the points placed once on the mean face, carried
+    by every face): what remains is where the skull's side (its landmarks, the table's directions
+    and depths) and the face's side (the rules) define each point differently."""
     import trimesh
 
-    from skullsearch.encoder.annotate import soft_tissue_positions
+    from skullsearch.encoder.annotate import face_positions
     from skullsearch.errors import LandmarkError
 
-    lm = best_face_landmarks(model, best)
-    skin = head.full
+    if face is None:
+        return np.full((36, 3), np.nan)
     try:
-        pts = soft_tissue_positions(np.asarray(skin.vertices, np.float64), np.asarray(skin.faces), lm,
-                                    largest_part=not whole)
+        pts = face_positions(face)
     except (ValueError, IndexError, LandmarkError) as e:
         print(f"the annotation rules found no point on this skin: {e}", file=sys.stderr)
         return np.full((36, 3), np.nan)
-    on_skin, _, _ = trimesh.proximity.closest_point(skin, pts)
+    on_skin, _, _ = trimesh.proximity.closest_point(head.full, pts)
     return ce._apply(head.to_ct, on_skin)
 
 
-def dorsum_fractions(model, head, best: np.ndarray, ext, whole: bool = False) -> dict | None:
+def dorsum_fractions(head, face, ext) -> dict | None:
     """Where along the real skin's nasal dorsum the extended nasion, mid-nasal and rhinion lie: each
     as the fraction of the height from the skin's sellion down to its pronasale (the annotation
-    rules' :func:`~skullsearch.encoder.annotate.nasal_dorsum` on ``head.full``, framed by the best
-    face's 68 landmarks as :func:`skin_rule_points`), beside the fractions the face model's
-    annotation places mid-nasal and rhinion at (``MID_NASAL_FRACTION``, ``RHINION_FRACTION``), and
-    that height (mm). None where the rules find no dorsum or the skull has none of the three."""
+    rules' :func:`~skullsearch.encoder.annotate.nasal_dorsum` on ``face``, :func:`skin_face`),
+    beside the fractions the face model's annotation places mid-nasal and rhinion at
+    (``MID_NASAL_FRACTION``, ``RHINION_FRACTION``), and that height (mm). None where the rules find
+    no dorsum or the skull has none of the three."""
     from skullsearch.encoder import annotate as an
     from skullsearch.encoder.soft_tissue import SOFT_TISSUE_NAMES
 
-    lm = best_face_landmarks(model, best)
+    if face is None:
+        return None
     try:
-        f = an._face_setup(np.asarray(head.full.vertices, np.float64), np.asarray(head.full.faces), lm,
-                           largest_part=not whole)
-        se, prn = an.nasal_dorsum(f)
+        se, prn = an.nasal_dorsum(face)
     except ValueError:
         return None
     height = float(se[0] - prn[0])
@@ -297,7 +309,7 @@ def dorsum_fractions(model, head, best: np.ndarray, ext, whole: bool = False) ->
         i = SOFT_TISSUE_NAMES.index(name)
         if ext.present[i]:
             p = ce._apply(np.linalg.inv(head.to_ct), np.asarray(ext.points, np.float64)[i][None])[0]
-            y = float((p - f.origin) @ f.rot[1])
+            y = float((p - face.origin) @ face.rot[1])
             out[name] = round((float(se[0]) - y) / height, 2)
     if not out:
         return None
@@ -541,7 +553,8 @@ def main(argv=None) -> None:
            "yaws": a.yaws, "photometric": a.photometric, "partial": a.partial, "upper_face_mm": a.upper_face}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        skull, lms = cv.ct_skull(skull_mesh, a.partial, tmp)
+        fit = ct.fit_skull(skull_mesh, partial=a.partial)  # (the skull's frame and midline: the landmarks')
+        skull, lms = cv.ct_skull(skull_mesh, a.partial, tmp, fit=fit)
         ext = extend(skull, load_table())
         target, present, sd = ext.points, np.asarray(ext.present, bool), np.asarray(ext.sd, np.float64)
         out["landmarks"] = int(present.sum())
@@ -574,15 +587,14 @@ def main(argv=None) -> None:
         head = ce.place_head(model, volume, spacing, skin_ct, a.upper_face, no_streak=a.no_streak)
         best = ce.oracle_shape(model, head.skin, head.region, ~head.streak & head.upper)
         eta = ScoreConfig().thresholds(sd)
-        rules = skin_rule_points(model, head, best, whole=a.upper_face is not None)
+        face = skin_face(model, head, best, whole=a.upper_face is not None)  # (set up once: ~12 s)
+        rules = skin_rule_points(head, face)
         out["correspondence"] = correspondence(model, head, best, ext, skin_ct, eta, rules)
         gap = correspondence_gap(model, head, best, ext)
         out["correspondence"]["gap_model_frame_mm"] = gap_vectors(gap)
         out["correspondence"]["gap_to_skin_rules_model_frame_mm"] = gap_vectors(
             correspondence_gap(model, head, best, ext, rules))
-        out["correspondence"]["nasal_dorsum_fractions"] = dorsum_fractions(model, head, best, ext,
-                                                                           whole=a.upper_face is not None)
-        fit = ct.fit_skull(skull_mesh, partial=a.partial)  # (its frame and midline, as ct_skull placed them)
+        out["correspondence"]["nasal_dorsum_fractions"] = dorsum_fractions(head, face, ext)
         out["correspondence"]["past_rhinion"] = ct.past_rhinion(volume, spacing, fit)
         if a.profile:
             profile(a.profile, volume, spacing, fit, skin_ct, ext, {

@@ -149,14 +149,14 @@ def pipeline_report(model, skull, skin, faces: int, seed: int, folder: Path,
                 faces_out["reconstruction"]["mean_mm"] < faces_out["mean_face"]["mean_mm"]}
 
 
-def ct_skull(skull_mesh, partial: bool, folder: Path, name: str = "skull"):
+def ct_skull(skull_mesh, partial: bool, folder: Path, name: str = "skull", fit=None):
     """The CT's skull as a query's :class:`~skullsearch.retrieval.skull.Skull` (written to
     ``folder`` as ``NAME.ply``) with its landmarks placed automatically from the skull alone
-    (``partial``: a skull cut above the teeth), and those landmarks
-    ({name: (3,) mm})."""
+    (``partial``: a skull cut above the teeth; ``fit``: its :func:`_ct.fit_skull`, to reuse), and
+    those landmarks ({name: (3,) mm})."""
     from skullsearch.retrieval.skull import Skull
 
-    lms = ct.skull_landmarks(skull_mesh, partial=partial)
+    lms = ct.skull_landmarks(skull_mesh, fit=fit, partial=partial)
     path = Path(folder) / f"{name}.ply"
     skull_mesh.export(path)
     return Skull.load(path, landmarks={k: np.asarray(v).tolist() for k, v in lms.items()}), lms

@@ -401,7 +401,12 @@ def soft_tissue_positions(vertices: np.ndarray, faces: np.ndarray, lm: np.ndarra
     the height from sellion to pronasale (default :data:`MID_NASAL_FRACTION`,
     :data:`RHINION_FRACTION`).
     """
-    f = _face_setup(vertices, faces, lm, largest_part)
+    return face_positions(_face_setup(vertices, faces, lm, largest_part), dorsum)
+
+
+def face_positions(f: _Face, dorsum: tuple[float, float] | None = None) -> np.ndarray:
+    """:func:`soft_tissue_positions` of a head already set up (its skin and frame, as
+    :func:`_face_setup` gives them: the costly part on a large scan), (36, 3) mm."""
     pts = _midline_points(f, dorsum)
     pts.update(_ray_points(f, *_bilateral_rays(f)))
     _zygia_and_mandible(f, pts)

@@ -246,7 +246,8 @@ def test_the_annotation_rules_on_the_skin_split_the_gap(cid, default_model):
     skin = trimesh.Trimesh(ce._apply(to_ct, v), default_model.faces, process=False)  # the CT's
     ones = np.ones(default_model.n_vertices, bool)
     head = ce.PlacedHead(skin, face, to_ct, 0.0, ones, ones, ~ones, ones)
-    rules = cid.skin_rule_points(default_model, head, shape)
+    face_setup = cid.skin_face(default_model, head, shape)
+    rules = cid.skin_rule_points(head, face_setup)
     lm = default_model.landmarks68(vertices=torch.as_tensor(v[None], dtype=torch.float32))[0].double().numpy()
     expected = ce._apply(to_ct, soft_tissue_positions(v, default_model.faces, lm))
     names = ["g", "n", "pr", "mso_l", "zy_r"]
@@ -281,8 +282,8 @@ def test_the_annotation_rules_on_the_skin_split_the_gap(cid, default_model):
     nasal = [SOFT_TISSUE_NAMES.index(n) for n in ("n", "mn", "rhi")]
     on = np.zeros(36, bool)
     on[nasal] = True
-    dorsum = cid.dorsum_fractions(default_model, head, shape,
-                                  ExtendedLandmarks.from_points(expected, on, np.full(36, 2.0)))
+    nasal_ext = ExtendedLandmarks.from_points(expected, on, np.full(36, 2.0))
+    dorsum = cid.dorsum_fractions(head, face_setup, nasal_ext)
     from skullsearch.encoder.annotate import MID_NASAL_FRACTION, RHINION_FRACTION
 
     assert dorsum["annotation"] == {"mn": MID_NASAL_FRACTION, "rhi": RHINION_FRACTION}
