@@ -162,9 +162,14 @@ def _data_url(path: Path, px: int, fmt: str) -> str:
 
     with Image.open(path) as im:
         im = ImageOps.exif_transpose(im).convert("RGB") if fmt == "JPEG" else im.convert("RGBA")
-        im.thumbnail((px, px))
-        buf = io.BytesIO()
-        im.save(buf, fmt, **({"quality": 82} if fmt == "JPEG" else {"optimize": True}))
+        return _image_data_url(im, px, fmt)
+
+
+def _image_data_url(im, px: int, fmt: str) -> str:
+    """A data: URL of a PIL image (RGB for "JPEG") shrunk to fit px × px, as :func:`_data_url`."""
+    im.thumbnail((px, px))
+    buf = io.BytesIO()
+    im.save(buf, fmt, **({"quality": 82} if fmt == "JPEG" else {"optimize": True}))
     return f"data:image/{fmt.lower()};base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
@@ -394,7 +399,7 @@ def build_report(gallery, query_id: str, out, reconstruction=None, top: int = 5,
     """
     from skullsearch.index.gallery import Gallery
     from skullsearch.retrieval.audit import load_record
-    from skullsearch.retrieval.query import rerun
+    from skullsearch.retrieval.query import aligned_faces, rerun
     from skullsearch.retrieval.score import ScoreConfig
 
     if top < 1:
@@ -424,9 +429,10 @@ def build_report(gallery, query_id: str, out, reconstruction=None, top: int = 5,
     skull_mesh, skull_file_state = _skull_again(record["skull"], notes)
     if not same:
         notes.append(reproduced)
-    scene, skull_faces_info = _scene(g, record, shown, skull_mesh, recon, max_skull_faces)
+    aligned = aligned_faces(g, shown)  # (the shown faces on the skull: the 3D view's and the profile's)
+    scene, skull_faces_info = _scene(g, record, shown, aligned, skull_mesh, recon, max_skull_faces)
     ref = _calibration_scores(g, p, result, cfg)
-    profile = _profile_url(g, skull_mesh, result, shown, notes)
+    profile = _profile_url(g, skull_mesh, result, shown, aligned[0], notes)
 
     html_text = _render(g, record, result, shown, cands, ref, eta, recon, notes, reproduced,
                         skull_file_state, skull_faces_info, scene, profile)
@@ -440,21 +446,20 @@ def build_report(gallery, query_id: str, out, reconstruction=None, top: int = 5,
     return out
 
 
-def _profile_url(g, skull_mesh, result, shown: list, notes: list) -> str | None:
-    """The skull's midsagittal profile with the best candidate's face (placed by its scoring
-    transform; :func:`~skullsearch.retrieval.profile.draw_profile`) as a PNG data: URL; None
-    without the skull mesh, or where the landmarks do not tell the midline (said in ``notes``)."""
+def _profile_url(g, skull_mesh, result, shown: list, verts: np.ndarray, notes: list) -> str | None:
+    """The skull's midsagittal profile with the best candidate's face (``verts`` (n, V, 3) mm: the
+    shown faces placed by their scoring transforms; :func:`~skullsearch.retrieval.profile.
+    draw_profile`) as a PNG data: URL; None without the skull mesh, or where the landmarks do not
+    tell the midline (said in ``notes``)."""
     import trimesh
 
     from skullsearch.retrieval.extended import ExtendedLandmarkError
     from skullsearch.retrieval.profile import draw_profile
-    from skullsearch.retrieval.query import aligned_faces
 
     if skull_mesh is None or result.extended is None:
         return None
     faces = []
     if shown:
-        verts, _ = aligned_faces(g, shown[:1])
         faces = [(f"#{shown[0].rank} face {shown[0].face_id}, placed by its superimposition",
                   trimesh.Trimesh(verts[0], g.face_model.faces, process=False))]
     try:
@@ -462,10 +467,7 @@ def _profile_url(g, skull_mesh, result, shown: list, notes: list) -> str | None:
     except ExtendedLandmarkError as exc:
         notes.append(f"no midsagittal profile: {exc}")
         return None
-    im.thumbnail((900, 900))
-    buf = io.BytesIO()
-    im.save(buf, "PNG", optimize=True)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    return _image_data_url(im, 900, "PNG")
 
 
 def _skull_again(sk: dict, notes: list) -> tuple[object, str]:
@@ -488,12 +490,12 @@ def _skull_again(sk: dict, notes: list) -> tuple[object, str]:
     return mesh, "unchanged (sha256 matches)"
 
 
-def _scene(g, record: dict, shown: list, skull_mesh, recon, max_skull_faces: int) -> tuple[dict, str]:
+def _scene(g, record: dict, shown: list, aligned, skull_mesh, recon,
+           max_skull_faces: int) -> tuple[dict, str]:
     """The 3D view's data (extended and skull landmarks, pegs, the decimated skull, the shown
-    candidates' aligned faces, re-synthesized faces, the camera) and a line on the skull mesh."""
-    from skullsearch.retrieval.query import aligned_faces
-
-    verts, pts = aligned_faces(g, shown)
+    candidates' aligned faces — ``aligned``: :func:`~skullsearch.retrieval.query.aligned_faces` of
+    them —, re-synthesized faces, the camera) and a line on the skull mesh."""
+    verts, pts = aligned
     model = g.face_model
     ext_pts = _points(record["extended"]["points"])
     skull_lm = [record["skull"]["landmarks"].get(n) for n in SOFT_TISSUE_NAMES]

@@ -463,6 +463,7 @@ def export_candidates(gallery, skull, result: QueryResult, folder, n: int = 5) -
 
         ext = extend(skull, load_table(result.params.get("tissue_table"), sex=result.params.get("sex")))
     written.append(export_pegs(skull, ext, folder / "skull_pegs.ply"))
+    profiles = ext.midline_plane() is not None  # (the landmarks tell the skull's midline)
     all_verts, all_pts = aligned_faces(gallery, result.candidates[:n])
     for c, verts, pts in zip(result.candidates[:n], all_verts, all_pts, strict=True):
         parts = [trimesh.Trimesh(verts, model.faces, vertex_colors=[205, 170, 150, 255], process=False)]
@@ -477,7 +478,7 @@ def export_candidates(gallery, skull, result: QueryResult, folder, n: int = 5) -
         path = folder / f"rank{c.rank:02d}_face{c.face_id}.ply"
         trimesh.util.concatenate(parts).export(path)
         written.append(path)
-        if ext.midline_plane() is not None:
+        if profiles:
             face = trimesh.Trimesh(verts, model.faces, process=False)
             written.append(profile_image(skull, ext, folder / f"profile_rank{c.rank:02d}_face{c.face_id}.png",
                                          faces=[(f"#{c.rank} face {c.face_id}, placed by its superimposition",

@@ -512,6 +512,8 @@ def test_a_profile_the_landmarks_cannot_frame_is_a_note(case):
     few = {k: v for k, v in skull.landmarks.items() if k in ("g", "zy_l", "zy_r")}
     ext = extend(Skull(mesh=skull.mesh, landmarks=few), load_table())
     notes: list = []
-    url = rep._profile_url(Gallery.open(case["g"]), skull.mesh, SimpleNamespace(extended=ext), [], notes)
+    no_faces = np.zeros((0, 1, 3))
+    result = SimpleNamespace(extended=ext)
+    url = rep._profile_url(Gallery.open(case["g"]), skull.mesh, result, [], no_faces, notes)
     assert url is None and len(notes) == 1
     assert notes[0].startswith("no midsagittal profile: the skull's midline")
