@@ -175,3 +175,31 @@ def test_past_rhinion_finds_bone_the_landmark_left_out(ct):
     most = out["most_past_rhinion"]
     assert most["1"] > 1500 and most["2"] > 1500 and most["5"] < 1150, out  # (smoothed: its end blurs)
     assert abs(out["most_10_15_mm_past"] - 1000) < 20
+
+
+def test_the_skin_is_the_outer_surface_not_the_walls_of_open_cavities(ct, head_volume):
+    """A sinus behind the face, open to the outside through a 'nostril' channel down the slices:
+    no closed pocket, so the plain isosurface holds its walls; the outer skin does not."""
+    vol = head_volume.copy()
+    centre = (np.array(SHAPE) - 1) / 2 * SPACING
+    sinus = centre + np.array([0.0, -20.0, 0.0])  # under the face (low rows), 12–16 mm deep
+    vol[_ellipsoid(sinus, np.array([6.0, 4.5, 6.0])) <= 1] = 0
+    idx = np.indices(SHAPE, dtype=np.float64).transpose(1, 2, 3, 0) * SPACING
+    channel = ((np.abs(idx[..., 1] - sinus[1]) <= 2.5) & (np.abs(idx[..., 2] - sinus[2]) <= 2.5)
+               & (idx[..., 0] >= sinus[0]))  # down the slices, out of the head's bottom
+    vol[channel] = 0
+    _, plain = ct.extract_surfaces(vol, SPACING, outer_skin=False)
+    _, outer = ct.extract_surfaces(vol, SPACING)
+    assert outer.is_watertight and outer.volume > 0
+    air = ct.outer_air(vol > 500)
+    assert air.sum() > 0 and not (air & (vol > 500)).any()
+    aff = ct.head_frame(SHAPE, SPACING)
+    wall = ct.to_frame(sinus / SPACING, aff)  # the sinus' centre, in the frame
+    for mesh, near in ((plain, True), (outer, False)):
+        d = np.linalg.norm(mesh.vertices - wall, axis=1).min()
+        assert (d < 8.0) == near, d  # the sinus' walls lie 4.5–6 mm from its centre
+    # away from the sinus and its channel (along the slices: the frame's y) the two skins agree
+    far = np.linalg.norm((plain.vertices - wall)[:, [0, 2]], axis=1) > 12.0
+    from scipy.spatial import cKDTree
+
+    assert cKDTree(outer.vertices).query(plain.vertices[far])[0].max() < 1.0
