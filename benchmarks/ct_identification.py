@@ -145,12 +145,15 @@ def _above(d_first, d_second, p_first, p_second) -> np.ndarray:
 
 
 def ranks(probes: np.ndarray, distractors: np.ndarray, target, present, sd, probe_cov=None,
-          distractor_cov=None) -> dict:
+          distractor_cov=None, surface=None) -> dict:
     """Each probe's rank (1 = first) among the distractors, alone with them: by S (ties by
     likelihood, as :func:`~skullsearch.retrieval.score.rank_order`) and by likelihood (ties by
     S); probes (p, 36, 3), distractors (m, 36, 3) soft-tissue points. Also the probes' S,
     matches and likelihoods. With both covariances ((p | m, 36, 3, 3) mm², the fits' Σ_face):
-    ``rank_likelihood_cov``, the likelihood under Σ_tissue + Σ_face (``query --uncertainty``)."""
+    ``rank_likelihood_cov``, the likelihood under Σ_tissue + Σ_face (``query --uncertainty``).
+    With ``surface`` = (model, probe shapes (p, S), distractor shapes (m, S)): ``rank_surface``,
+    by the surface likelihood (:mod:`skullsearch.retrieval.surface`; ``query --rank-by surface``:
+    each extended landmark's distance to the face's skin, not to its annotated point)."""
     from skullsearch.retrieval.score import ScoreConfig, score
 
     cfg = ScoreConfig()
@@ -163,11 +166,29 @@ def ranks(probes: np.ndarray, distractors: np.ndarray, target, present, sd, prob
         d_ll = score(distractors, target, present, sd, cfg, face_cov=distractor_cov).likelihood
         p_ll = score(probes, target, present, sd, cfg, face_cov=probe_cov).likelihood
         out["rank_likelihood_cov"] = 1 + _above(d_ll, d.s, p_ll, p.s)
+    if surface is not None:
+        model, p_shapes, d_shapes = surface
+        d_sl = surface_likelihoods(model, d_shapes, d, target, present, sd)
+        p_sl = surface_likelihoods(model, p_shapes, p, target, present, sd)
+        out["rank_surface"] = 1 + _above(d_sl, d.likelihood, p_sl, p.likelihood)
     for k in list(out):
         out[k.replace("rank", "percentile")] = [round(100 * (r - 1) / m, 1) for r in out[k]]
         out[k] = out[k].tolist()
     return out | {"s": [round(float(x), 3) for x in p.s], "matched": p.matched.tolist(),
                   "likelihood": [round(float(x), 2) for x in p.likelihood]}
+
+
+def surface_likelihoods(model, shapes: np.ndarray, scores, target, present, sd) -> np.ndarray:
+    """(n,) the surface likelihood of faces of shape codes (n, S) placed by their point scores'
+    transforms (``scores``: :class:`~skullsearch.retrieval.score.Scores`), as ``query --rank-by
+    surface`` ranks them."""
+    from skullsearch.retrieval.score import ScoreConfig
+    from skullsearch.retrieval.surface import surface_distances, surface_likelihood
+
+    sigma = ScoreConfig().sigma(sd)
+    d = surface_distances(model, shapes, target, present, scores.scale, scores.rotation, scores.translation,
+                          sigma=sigma)
+    return surface_likelihood(d, sigma)
 
 
 def rigid_rms(points: np.ndarray, reference: np.ndarray) -> np.ndarray:
@@ -183,7 +204,7 @@ def rigid_rms(points: np.ndarray, reference: np.ndarray) -> np.ndarray:
 
 
 def synthetic_baseline(model, true_shapes: np.ndarray, encoded: np.ndarray, present: np.ndarray, rng,
-                       queries: int = 200, offset: np.ndarray | None = None) -> dict:
+                       queries: int = 200, offset: np.ndarray | None = None, surface: bool = False) -> dict:
     """The same protocol where the truth is the model's: for ``queries`` of the distractors, a
     skull made from its *true* face (``_common.synthetic_skull_targets``: depths off by the
     table's SD, 1 mm placement; the landmarks ``present`` (36,) the real skull gives) and the rank
@@ -191,7 +212,7 @@ def synthetic_baseline(model, true_shapes: np.ndarray, encoded: np.ndarray, pres
     true face itself (a perfect encoder) in the same queries. offset (36, 3) mm, model frame: a
     correspondence gap added to every skull (:func:`correspondence_gap`: a real head's). true_shapes,
     encoded (m, S): the found distractors' true and fitted shapes. Returns the median percentiles
-    by S and by likelihood (0 = first)."""
+    by S and by likelihood (0 = first), and with ``surface`` by the surface likelihood too."""
     from _common import face_normals, synthetic_skull_targets, table_sd
 
     sd = table_sd()
@@ -200,10 +221,15 @@ def synthetic_baseline(model, true_shapes: np.ndarray, encoded: np.ndarray, pres
     targets, _ = synthetic_skull_targets(true_pts, face_normals(model), sd, rng, offset=offset)
     pts = soft_points(model, encoded)
     mean = soft_points(model, np.zeros((1, model.n_shape)))
-    per = {w: {"s": [], "likelihood": []} for w in ("own", "mean", "true")}
+    keys = ("s", "likelihood") + (("surface",) if surface else ())
+    per = {w: {k: [] for k in keys} for w in ("own", "mean", "true")}
+    zero = np.zeros((1, encoded.shape[1]))
     for k in range(q):
         others = np.delete(pts, k, 0)
-        r = ranks(np.concatenate([pts[k:k + 1], mean, true_pts[k:k + 1]]), others, targets[k], present, sd)
+        shapes = (model, np.concatenate([encoded[k:k + 1], zero, true_shapes[k:k + 1, :encoded.shape[1]]]),
+                  np.delete(encoded, k, 0))
+        r = ranks(np.concatenate([pts[k:k + 1], mean, true_pts[k:k + 1]]), others, targets[k], present, sd,
+                  surface=shapes if surface else None)
         for j, who in enumerate(per):
             for key in per[who]:
                 per[who][key].append(r[f"percentile_{key}"][j])
@@ -214,14 +240,15 @@ def synthetic_baseline(model, true_shapes: np.ndarray, encoded: np.ndarray, pres
                   for k, v in per["own"].items()}
 
 
-def baselines(model, true_shapes, encoded, present, gap, seed: int) -> dict:
+def baselines(model, true_shapes, encoded, present, gap, seed: int, surface: bool = False) -> dict:
     """:func:`synthetic_baseline` as measured (``synthetic_baseline``) and with this head's
     correspondence gap added to every synthetic skull (``synthetic_baseline_with_this_gap``: the
     same draws, so the two differ by the gap alone)."""
     return {"synthetic_baseline": synthetic_baseline(model, true_shapes, encoded, present,
-                                                     np.random.default_rng(seed + 1)),
+                                                     np.random.default_rng(seed + 1), surface=surface),
             "synthetic_baseline_with_this_gap": synthetic_baseline(
-                model, true_shapes, encoded, present, np.random.default_rng(seed + 1), offset=gap)}
+                model, true_shapes, encoded, present, np.random.default_rng(seed + 1), offset=gap,
+                surface=surface)}
 
 
 def gap_vectors(gap: np.ndarray) -> dict:
@@ -457,34 +484,36 @@ def with_dorsum(model, mn: float, rhi: float):
     return SurfacePoints(faces, weights, shipped.names)
 
 
-def rescore(model, saved, ext, factors, leave_out=()) -> dict:
+def rescore(model, saved, ext, factors, leave_out=(), surface: bool = False) -> dict:
     """The saved faces (``--save``'s arrays: every run's distractors, views, shared shape, and the
     oracle) ranked again without encoding, against the skull's extended landmarks recomputed
     with the table's depths times each factor in ``factors`` (n_i = m_i + k d_i dir_i: a head whose
     tissue is thinner or thicker than the table's all over) and without the landmarks named in
     ``leave_out``. Returns, per run and factor, each probe set's median rank by S and by
-    likelihood."""
+    likelihood (and by the surface likelihood, with ``surface``)."""
     ext = ext.without(leave_out)  # (as query --leave-out does)
     present = np.asarray(ext.present, bool)
     sd = np.asarray(ext.sd, np.float64)
     offset = np.asarray(ext.depth, np.float64)[:, None] * np.asarray(ext.directions, np.float64)
     out = {"landmarks": int(present.sum()), "left_out": list(ext.left_out), "runs": {}}
-    probes = {"mean_face": soft_points(model, np.zeros((1, model.n_shape))),
-              "oracle": soft_points(model, np.asarray(saved["oracle"])[None])}
+    probes = {"mean_face": np.zeros((1, model.n_shape)), "oracle": np.asarray(saved["oracle"])[None]}
     for label in ("landmark", "refined"):
         if f"{label}_distractors" not in saved:
             continue
-        dpts = soft_points(model, np.asarray(saved[f"{label}_distractors"]))
-        sets = {"views": soft_points(model, np.asarray(saved[f"{label}_views"])),
-                "shared": soft_points(model, np.asarray(saved[f"{label}_shared"])[:1])} | probes
+        dshapes = np.asarray(saved[f"{label}_distractors"])
+        dpts = soft_points(model, dshapes)
+        sets = {"views": np.asarray(saved[f"{label}_views"]),
+                "shared": np.asarray(saved[f"{label}_shared"])[:1]} | probes
         run = out["runs"][label] = {}
         for k in factors:
             target = np.asarray(ext.skull_points, np.float64) + k * offset
             row = {}
-            for name, pts in sets.items():
-                if len(pts):
-                    r = ranks(pts, dpts, target, present, sd)
-                    row[name] = [float(np.median(r["rank_s"])), float(np.median(r["rank_likelihood"]))]
+            for name, shapes in sets.items():
+                if len(shapes):
+                    r = ranks(soft_points(model, shapes), dpts, target, present, sd,
+                              surface=(model, shapes, dshapes) if surface else None)
+                    row[name] = [float(np.median(r[f"rank_{key}"])) for key in ("s", "likelihood", "surface")
+                                 if f"rank_{key}" in r]
             run[f"{k:g}"] = row
     return out
 
@@ -492,7 +521,7 @@ def rescore(model, saved, ext, factors, leave_out=()) -> dict:
 def summary(row: dict) -> dict:
     """Median and best rank of a probe set's ranks."""
     out = {}
-    for k in ("rank_s", "rank_likelihood", "rank_likelihood_cov"):
+    for k in ("rank_s", "rank_likelihood", "rank_likelihood_cov", "rank_surface"):
         if k not in row:
             continue
         r = np.asarray(row[k])
@@ -533,6 +562,10 @@ def main(argv=None) -> None:
     p.add_argument("--dorsum-fractions", type=float, nargs=2, default=None, metavar=("MN", "RHI"),
                    help="with --rescore: the model's mid-nasal and rhinion placed at these fractions of its "
                         "dorsum (sellion → pronasale; the annotation's: 0.3 0.6) for every face")
+    p.add_argument("--surface", action="store_true",
+                   help="also rank by the surface likelihood (query --rank-by surface: each extended "
+                        "landmark's distance to the face's skin, not to its annotated point), the "
+                        "synthetic baselines too (about 2 min more a run)")
     p.add_argument("--leave-out", nargs="*", default=[], metavar="LANDMARK",
                    help="with --rescore: score without these landmarks (e.g. those the extension warns of)")
     a = p.parse_args(argv)
@@ -571,7 +604,7 @@ def main(argv=None) -> None:
                                  "give the --ct and --partial it was saved with")
             if a.dorsum_fractions:  # every face's points (the distractors' too) re-annotated alike
                 model.soft_tissue_points = with_dorsum(model, *a.dorsum_fractions)
-            out["rescore"] = rescore(model, saved, ext, a.depth_factors, a.leave_out)
+            out["rescore"] = rescore(model, saved, ext, a.depth_factors, a.leave_out, a.surface)
             out["rescore"]["dorsum_fractions"] = a.dorsum_fractions
             head = ce.place_head(model, volume, spacing, skin_ct, a.upper_face, no_streak=a.no_streak)
             gap = correspondence_gap(model, head, saved["oracle"], ext)
@@ -579,7 +612,7 @@ def main(argv=None) -> None:
             kept = ext.without(a.leave_out).present  # (the baselines score the same landmarks)
             out["rescore"]["baselines"] = {
                 label: baselines(model, saved["distractors_true"][saved[f"{label}_distractors_found"]],
-                                 saved[f"{label}_distractors"], kept, gap, a.seed)
+                                 saved[f"{label}_distractors"], kept, gap, a.seed, a.surface)
                 for label in out["rescore"]["runs"]}
             out["seconds"] = round(time.time() - t0, 1)
             emit(json.loads(json.dumps(out)))
@@ -632,14 +665,15 @@ def main(argv=None) -> None:
             probes = {"views": (alone, alone_cov), "shared": (shared[:1], None if shared_cov is None
                                                              else shared_cov[:1])}
             probes |= {k: (v, None) for k, v in controls.items()}
-            run |= baselines(model, dis_true[dis_found], dis, present, gap, a.seed)
+            run |= baselines(model, dis_true[dis_found], dis, present, gap, a.seed, a.surface)
             oracle_pts = soft_points(model, best[None])[0]
             run["distractors_tissue_rms_to_oracle_mm_median"] = round(float(np.median(
                 rigid_rms(dpts[:, present], oracle_pts[present]))), 2)
             for name, (shapes, cov) in probes.items():
                 if len(shapes):
                     pts = soft_points(model, shapes)
-                    r = ranks(pts, dpts, target, present, sd, cov, dis_cov)
+                    r = ranks(pts, dpts, target, present, sd, cov, dis_cov,
+                              surface=(model, shapes, dis) if a.surface else None)
                     r["tissue_rms_to_oracle_mm"] = [round(float(x), 2) for x in
                                                     rigid_rms(pts[:, present], oracle_pts[present])]
                     run[name] = r | summary(r)

@@ -538,7 +538,9 @@ def query_cmd(
     units: UnitsOption = None,
     tissue_table: TableOption = None,
     sex: Annotated[str | None, typer.Option(help="Select rows of a sex-specific table.")] = None,
-    rank_by: Annotated[str, typer.Option(help="s (the paper's score) or likelihood.")] = "s",
+    rank_by: Annotated[str, typer.Option(
+        help="s (the paper's score), likelihood, or surface (each extended landmark's distance to the "
+             "face's skin, not to its annotated point: the shortlist re-ranked; slower).")] = "s",
     uncertainty: Annotated[bool, typer.Option(
         help="The likelihood also counts each face's fit uncertainty (faces ingested with "
              "--uncertainty; others keep the plain term).")] = False,
@@ -583,13 +585,19 @@ def query_cmd(
         err.print(f"[yellow]warning:[/] {w}", highlight=False)
     t = Table(title=f"{skull_path.name} — {int(result.present.sum())} landmarks, query {result.query_id}")
     id_width = max([len(str(c.face_id)) for c in result.candidates] + [7])
-    for c in ("rank", "face id", "person", "photo", "S", "matched", "likelihood", "calibrated", "RMS mm"):
+    surface = rank_by == "surface"
+    for c in ("rank", "face id", "person", "photo", "S", "matched", "likelihood", "surface", "calibrated",
+              "RMS mm"):
+        if c == "surface" and not surface:
+            continue
         wide = c in ("person", "photo")  # wrap, never cut: rows must stay tellable apart
         t.add_column(c, justify="left" if wide else "right", overflow="fold" if wide else "ellipsis",
                      no_wrap=not wide, min_width=id_width if c == "face id" else None)
     for c in result.candidates:
-        t.add_row(str(c.rank), str(c.face_id), str(c.person or ""), Path(c.path or "").name, f"{c.s:.3f}",
-                  f"{c.matched}/{c.present}", f"{c.likelihood:.1f}", f"{c.calibrated:.2%}", f"{c.rms_mm:.2f}")
+        cells = [str(c.rank), str(c.face_id), str(c.person or ""), Path(c.path or "").name, f"{c.s:.3f}",
+                 f"{c.matched}/{c.present}", f"{c.likelihood:.1f}"]
+        cells += [f"{c.surface_likelihood:.2f}"] if surface else []
+        t.add_row(*cells, f"{c.calibrated:.2%}", f"{c.rms_mm:.2f}")
     out.print(t)
     df = result.to_pandas()
     if json_out:

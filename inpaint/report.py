@@ -667,22 +667,29 @@ def _head_section(r: _Report, add) -> None:
 def _ranked_section(r: _Report, add) -> None:
     """The report's ranked table."""
     g, cands, rank_by = r.g, r.cands, r.rank_by
-    by = "likelihood" if rank_by == "likelihood" else "S"
+    by = {"likelihood": "likelihood", "surface": "surface likelihood"}.get(rank_by, "S")
+    surface = any(getattr(c, "surface_likelihood", None) is not None for c in cands)
     add(f'<h2 id="ranked">Ranked candidates ({len(cands)}; ranked by {by})</h2>'
         '<table><tr><th class="num">rank</th><th>photo</th><th class="num">face id</th><th>person</th>'
         '<th>photo file</th><th class="num">S</th><th class="num">matched</th><th class="num">likelihood</th>'
-        '<th class="num">calibrated</th><th class="num">RMS mm</th><th class="num">scale</th></tr>')
+        + ('<th class="num">surface</th>' if surface else '')
+        + '<th class="num">calibrated</th><th class="num">RMS mm</th><th class="num">scale</th></tr>')
     gdir = Path(g.path)
     for c in cands:
         add(f'<tr id="cand-{c.face_id}"><td class="num">{c.rank}</td><td>{_thumb_cell(c, gdir)}</td>'
             f'<td class="num">{c.face_id}</td><td>{e(c.person or "")}</td>'
             f'<td><code>{e(c.path or "")}</code></td>'
             f'<td class="num">{c.s:.3f}</td><td class="num">{c.matched}/{c.present}</td>'
-            f'<td class="num">{c.likelihood:.1f}</td><td class="num">{_fmt(c.calibrated * 100, ".2f")} %</td>'
+            f'<td class="num">{c.likelihood:.1f}</td>'
+            + (f'<td class="num">{_fmt(c.surface_likelihood, ".2f")}</td>' if surface else '')
+            + f'<td class="num">{_fmt(c.calibrated * 100, ".2f")} %</td>'
             f'<td class="num">{c.rms_mm:.2f}</td><td class="num">{c.scale:.3f}</td></tr>')
     add('</table><p>S = matched / present landmarks (a landmark matches when the aligned face point '
         'lies within η of the extended landmark); likelihood = Gaussian log-likelihood of the distances '
-        '(σ from the table); calibrated = share of the gallery\'s calibration sample scoring at least as '
+        '(σ from the table); '
+        + ('surface = robust log-likelihood of each extended landmark\'s distance to the face\'s skin '
+           '(not to its annotated point), Σ −log(1 + (d/σ)²); ' if surface else '')
+        + 'calibrated = share of the gallery\'s calibration sample scoring at least as '
         'well (small is good).</p>')
 
 

@@ -54,13 +54,19 @@ from skullsearch.retrieval.score import ScoreConfig, rank_order, score
 #: scored so by default).
 DEFAULT_SHORTLIST = 2000
 CALIBRATION_SAMPLE = 2000
+#: How a query ranks: "s" (the paper's score S, ties by likelihood), "likelihood" (the Gaussian
+#: log-likelihood of the landmarks' distances) or "surface" (each extended landmark's distance to
+#: the face's skin instead of to its annotated point: :mod:`skullsearch.retrieval.surface`).
+RANKINGS = ("s", "likelihood", "surface")
 
 
 @dataclass
 class Candidate:
     """One ranked face: ids, catalog fields, scores, per-landmark detail and the transform.
     shortlist_distance: the shortlist search's masked L2 to the query (mm, canonical frame; when
-    ranking by likelihood, weighted by 1/σ² with weights of mean 1, see :func:`shortlist_weights`)."""
+    ranking by likelihood, weighted by 1/σ² with weights of mean 1, see :func:`shortlist_weights`).
+    surface_likelihood, surface_mm (36, None where absent): ranked by surface only
+    (:mod:`skullsearch.retrieval.surface`: each extended landmark's distance to the face's skin)."""
 
     rank: int
     face_id: int
@@ -78,6 +84,8 @@ class Candidate:
     scale: float
     rotation: list[list[float]]
     translation: list[float]
+    surface_likelihood: float | None = None
+    surface_mm: list[float | None] | None = None
 
     def landmark_table(self) -> list[dict]:
         """Per landmark: name, distance (mm or None where absent), matched."""
@@ -118,6 +126,8 @@ class QueryResult:
 
         cols = ["rank", "face_id", "person", "path", "s", "matched", "present", "likelihood",
                 "calibrated", "rms_mm", "scale"]
+        if any(c.surface_likelihood is not None for c in self.candidates):
+            cols.insert(cols.index("calibrated"), "surface_likelihood")
         return pd.DataFrame([{k: getattr(c, k) for k in cols} for c in self.candidates], columns=cols)
 
     def to_json(self, indent: int | None = None) -> str:
@@ -133,7 +143,7 @@ def shortlist_weights(present: np.ndarray, sd: np.ndarray, cfg: ScoreConfig, ran
     plain masked L2 (1 where present): S counts matches after a robust refit, which no fixed
     weighting predicts better (benchmarks/query_speed.py measures both)."""
     present = np.asarray(present, bool)
-    if rank_by == "likelihood":  # (an absent landmark may have no SD at all: NaN there, 0 here)
+    if rank_by in ("likelihood", "surface"):  # (an absent landmark may have no SD at all: NaN there, 0 here)
         w = np.where(present, 1.0 / np.where(present, cfg.sigma(sd), 1.0) ** 2, 0.0)
     else:
         w = present.astype(np.float64)
@@ -254,12 +264,31 @@ def face_scores(gallery: Gallery, face_ids, target, present, sd, cfg: ScoreConfi
 
 
 def calibration_scores(gallery: Gallery, target, present, sd, cfg: ScoreConfig, sample_size: int,
-                       seed: int, max_shard: int | None, uncertainty: bool = False):
+                       seed: int, max_shard: int | None, uncertainty: bool = False, surface: bool = False):
     """The scores of a query's calibration sample — a fixed random sample of the gallery's faces
     (``sample_size``, ``seed``, shards up to ``max_shard``), scored as the candidates are — or
-    None for an empty gallery. A calibrated rank compares a candidate's score with these."""
+    None for an empty gallery. A calibrated rank compares a candidate's score with these. With
+    ``surface``: (scores, the sample's surface likelihoods (n,))."""
     sample = gallery.sample_ids(sample_size, seed=seed, max_shard=max_shard)
-    return face_scores(gallery, sample, target, present, sd, cfg, uncertainty) if len(sample) else None
+    if not len(sample):
+        return None
+    sc = face_scores(gallery, sample, target, present, sd, cfg, uncertainty)
+    if not surface:
+        return sc
+    return sc, surface_scores(gallery, sample, sc, target, present, sd, cfg)[1]
+
+
+def surface_scores(gallery: Gallery, face_ids, scores, target, present, sd, cfg: ScoreConfig):
+    """Each extended landmark's distance to the skin of gallery faces placed by their point
+    scores' transforms (``scores``), (n, 36) mm (NaN where absent), and their surface likelihoods
+    (n,) (:mod:`skullsearch.retrieval.surface`)."""
+    from skullsearch.encoder import code as code_layout
+    from skullsearch.retrieval.surface import surface_distances, surface_likelihood
+
+    shapes = np.asarray(gallery.codes(face_ids), np.float64)[:, code_layout.SLICES["shape"]]
+    d = surface_distances(gallery.face_model, shapes, target, present, scores.scale, scores.rotation,
+                          scores.translation, sigma=cfg.sigma(sd), scale_bound=cfg.scale_bound)
+    return d, surface_likelihood(d, cfg.sigma(sd))
 
 
 def query_points(
@@ -287,14 +316,18 @@ def query_points(
     calibration sample's likelihoods use each face's own soft-tissue covariance
     (:meth:`Gallery.tissue_covariance`, faces ingested with ``uncertainty=True``; others keep the
     isotropic term): Σ_tissue + Σ_face (:func:`~skullsearch.retrieval.score.score`). S, the
-    matches and the exhaustive pass are unchanged."""
+    matches and the exhaustive pass are unchanged. rank_by "surface": the faces the shortlist holds
+    (an exhaustive pass: the ``shortlist`` best by likelihood) ranked by their surface likelihood
+    (:mod:`skullsearch.retrieval.surface`; ties by likelihood), the calibration sample alike."""
     cfg = score_config or ScoreConfig()
     present = np.asarray(present, bool)
     if present.sum() < 3:
         raise GalleryError("a query needs at least 3 landmarks with a tissue depth; add landmarks "
                            "to the skull's landmark file")
-    if rank_by not in ("s", "likelihood"):
-        raise GalleryError(f"rank_by must be 's' or 'likelihood', not {rank_by!r}")
+    if rank_by not in RANKINGS:
+        raise GalleryError(f"rank_by must be one of {', '.join(RANKINGS)}, not {rank_by!r}")
+    surface = rank_by == "surface"
+    point_rank = "likelihood" if surface else rank_by  # (the shortlist and an exhaustive pass)
     if int(top) < 1:
         raise GalleryError(f"top must be at least 1 (got {top}): how many candidates to list")
     if shortlist is not None and int(shortlist) < 0:
@@ -306,7 +339,8 @@ def query_points(
     canon = vectors.canonical(np.nan_to_num(np.asarray(target, np.float64))[None], mean, mask=present)
     weights = shortlist_weights(present, sd, cfg, rank_by)
     if exhaustive:
-        ids = exhaustive_candidates(gallery, target, present, sd, cfg, rank_by, top, max_shard=max_shard,
+        ids = exhaustive_candidates(gallery, target, present, sd, cfg, point_rank,
+                                    max(shortlist, top) if surface else top, max_shard=max_shard,
                                     progress=progress)
         dist = np.zeros(0)
         if len(ids):
@@ -320,15 +354,22 @@ def query_points(
     if len(ids) == 0:
         return QueryResult([], ext, {"top": top, "shortlist": shortlist, "exhaustive": exhaustive})
     sc = face_scores(gallery, ids, target, present, sd, cfg, uncertainty)
-    order = rank_order(sc, rank_by)[:top]
     ref = calibration_scores(gallery, target, present, sd, cfg, calibration_sample, seed, max_shard,
-                             uncertainty)
+                             uncertainty, surface)
+    if surface:
+        surf_mm, surf = surface_scores(gallery, ids, sc, target, present, sd, cfg)
+        order = np.lexsort((-sc.likelihood, -surf))[:top]
+        ref_key = None if ref is None else ref[1] + 1e-9 * ref[0].likelihood
+    else:
+        order = rank_order(sc, rank_by)[:top]
+        ref_key = None if ref is None else (ref.likelihood if rank_by == "likelihood"
+                                            else ref.s + 1e-9 * ref.likelihood)
     rows = {r["face_id"]: r for r in gallery.rows(ids[order], columns=("person", "path"))}
     cands = []
     for rank, i in enumerate(order, 1):
-        key = sc.likelihood[i] if rank_by == "likelihood" else sc.s[i] + 1e-9 * sc.likelihood[i]
-        if ref is not None:
-            ref_key = ref.likelihood if rank_by == "likelihood" else ref.s + 1e-9 * ref.likelihood
+        key = (surf[i] + 1e-9 * sc.likelihood[i] if surface else sc.likelihood[i] if rank_by == "likelihood"
+               else sc.s[i] + 1e-9 * sc.likelihood[i])
+        if ref_key is not None:
             calibrated = float((1 + np.sum(ref_key >= key)) / (1 + len(ref_key)))
         else:
             calibrated = float("nan")
@@ -341,7 +382,10 @@ def query_points(
             shortlist_distance=float(np.sqrt(max(dist[i], 0))),
             distance_mm=[None if np.isnan(d) else round(float(d), 4) for d in sc.distance_mm[i]],
             matched_flags=[bool(m) for m in sc.matched_flags[i]], scale=float(sc.scale[i]),
-            rotation=sc.rotation[i].tolist(), translation=sc.translation[i].tolist()))
+            rotation=sc.rotation[i].tolist(), translation=sc.translation[i].tolist(),
+            surface_likelihood=float(surf[i]) if surface else None,
+            surface_mm=([None if np.isnan(d) else round(float(d), 4) for d in surf_mm[i]] if surface
+                        else None)))
     params = {"top": top, "shortlist": None if exhaustive else shortlist, "exhaustive": exhaustive,
               "rank_by": rank_by, "score": cfg.to_dict(),
               "calibration_sample": calibration_sample, "seed": seed, "max_shard": max_shard,

@@ -48,11 +48,12 @@ def test_ranks_are_an_exhaustive_querys_order(cid, default_model, tmp_path):
     s[:, : shapes.shape[1]] = shapes[:, : code_layout.N_SHAPE]
     ids = add_synthetic_faces(g, code_layout.pack(shape=s))
     np.testing.assert_allclose(g.soft_tissue(ids), pts, atol=1e-4)  # the points ingest stores
-    for rank_by in ("s", "likelihood"):
+    for rank_by in ("s", "likelihood", "surface"):
         res = query_points(g, target, present, sd, top=40, exhaustive=True, rank_by=rank_by)
         order = [int(np.flatnonzero(ids == c.face_id)[0]) for c in res.candidates]
         for probe in (3, 7, 21, 35):  # each face's rank among the others is its place in the query
-            got = cid.ranks(pts[probe:probe + 1], np.delete(pts, probe, 0), target, present, sd)
+            got = cid.ranks(pts[probe:probe + 1], np.delete(pts, probe, 0), target, present, sd,
+                            surface=(default_model, shapes[probe:probe + 1], np.delete(shapes, probe, 0)))
             assert got[f"rank_{rank_by}"] == [order.index(probe) + 1]
     g.close()
 
@@ -223,6 +224,9 @@ def test_rescore_ranks_the_saved_faces_again(cid, default_model):
     r = cid.ranks(cid.soft_points(default_model, shapes[:3]), dpts, moved, keep, ext.sd)
     got = out["runs"]["landmark"]["1.5"]["views"]
     assert got == [float(np.median(r["rank_s"])), float(np.median(r["rank_likelihood"]))]
+    # and by the surface: a third rank, the truth's first
+    row = cid.rescore(default_model, saved, ext, [1.0], surface=True)["runs"]["landmark"]["1"]
+    assert len(row["views"]) == 3 and row["oracle"] == [1.0, 1.0, 1.0]
 
 
 def test_the_annotation_rules_on_the_skin_split_the_gap(cid, default_model):

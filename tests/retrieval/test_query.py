@@ -451,3 +451,72 @@ def test_landmarks_draws_the_profile(tmp_path, default_model):
     assert main(["landmarks", str(skull_path), "--tissue-table", str(table), "--profile", str(out)]) == 0
     assert Image.open(out).format == "PNG"
     assert main(["landmarks", str(skull_path), "--profile", str(tmp_path / "profile.gif")]) != 0
+
+
+def _slid_target(model, shape, along_mm=6.0, seed=0):
+    """(36, 3): extended landmarks on a face's own skin, each a skin vertex about ``along_mm``
+    from the face's annotated point of that name (a skull side that defines its points
+    elsewhere along the skin), moved by a random rigid motion."""
+    import torch
+    from scipy.spatial.transform import Rotation
+
+    from skullsearch.retrieval.surface import patches
+
+    with torch.no_grad():
+        v = model.rest_vertices(shape=torch.as_tensor(shape[None], dtype=torch.float32))[0].double().numpy()
+        p = model.soft_tissue(shape=torch.as_tensor(shape[None], dtype=torch.float32))[0].double().numpy()
+    pat = patches(model)
+    pts = np.array([v[s][np.abs(np.linalg.norm(v[s] - q, axis=1) - along_mm).argmin()]
+                    for s, q in zip(pat.vertices, p, strict=True)])
+    rot = Rotation.random(random_state=seed).as_matrix()
+    return pts @ rot.T + np.array([10.0, -40.0, 300.0])
+
+
+def test_ranked_by_surface_a_face_is_found_where_the_skull_defines_its_points_elsewhere(case):
+    """Extended landmarks on the planted face's skin but 6 mm along it from where the face model
+    annotates each point: ranked by the surface the face comes first, with every landmark's
+    distance to its skin; the point scores see a gap."""
+    from skullsearch.retrieval.query import query_points
+
+    gpath, truth, *_ = case
+    g = Gallery.open(gpath)
+    model = g.face_model
+    shape = np.asarray(code_layout.split(g.codes([truth])).shape[0, : model.n_shape])
+    target = _slid_target(model, shape)
+    present = np.ones(36, bool)
+    present[[3, 20]] = False
+    sd = load_table().sd
+    res = query_points(g, target, present, sd, top=5, rank_by="surface")
+    top = res.candidates[0]
+    assert top.face_id == truth and res.params["rank_by"] == "surface"
+    assert top.surface_mm[3] is None and top.surface_mm[20] is None
+    assert max(d for d in top.surface_mm if d is not None) < 1.5  # on its skin
+    assert np.median([d for d in top.distance_mm if d is not None]) > 4.0  # off its points
+    assert top.calibrated < 0.01
+    assert [c.surface_likelihood for c in res.candidates] == sorted(
+        (c.surface_likelihood for c in res.candidates), reverse=True)
+    assert "surface_likelihood" in res.to_pandas().columns
+    by_points = query_points(g, target, present, sd, top=5, rank_by="likelihood")
+    assert by_points.candidates[0].surface_likelihood is None
+    assert "surface_likelihood" not in by_points.to_pandas().columns
+    with pytest.raises(GalleryError, match="surface"):
+        query_points(g, target, present, sd, rank_by="surfaces")
+
+
+def test_query_command_ranks_by_surface_and_the_record_reruns(case, tmp_path, capsys, monkeypatch):
+    from skullsearch.cli.app import main
+
+    monkeypatch.setenv("COLUMNS", "250")
+    gpath, truth, skull_path, *_, table = case
+    out_json = tmp_path / "r.json"
+    assert main(["query", str(skull_path), "-g", str(gpath), "--top", "3", "--rank-by", "surface",
+                 "--tissue-table", table, "--json", str(out_json),
+                 "--report", str(tmp_path / "report.html")]) == 0
+    text = capsys.readouterr().out
+    assert "surface" in text
+    got = json.loads(out_json.read_text())
+    assert got["params"]["rank_by"] == "surface" and got["candidates"][0]["face_id"] == truth
+    assert got["candidates"][0]["surface_likelihood"] > -1.0  # the skull lies 3 mm under its own face
+    assert "ranked by surface likelihood" in (tmp_path / "report.html").read_text()
+    result, same = skullsearch.rerun(Gallery.open(gpath), got["query_id"])
+    assert same and result.candidates[0].surface_likelihood is not None
