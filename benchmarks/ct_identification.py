@@ -56,20 +56,20 @@ model the fit searches (synthetic); the probe's face does not. Reported, nothing
 
     python benchmarks/ct_identification.py [--ct NPZ] [--partial --upper-face MM --no-streak]
         [--distractors 1000] [--photometric] [--uncertainty] [--yaws -30 -20 -10 0 10 20 30] [--seed 0]
-        [--save NPZ]
+        [--save NPZ] [--surface]
     python benchmarks/ct_identification.py [--ct NPZ --partial ...] --rescore NPZ
-        [--depth-factors 0.4 0.6 ... 1.6] [--leave-out rhi]   # the saved faces, ranked again
+        [--depth-factors 0.4 0.6 ... 1.6] [--leave-out rhi] [--surface]   # the saved faces, ranked again
     python benchmarks/ct_identification.py [--ct NPZ --partial ...] --correspondence-only
         [--profile profile.png]   # where the skull and the face disagree, in a minute
 
-Measured (README's benchmark table): on both real heads a person's own faces rank at a median
-33–58 % of the gallery, where the same protocol's synthetic persons rank at 18–26 % (landmark
-fit) and 0.3–3 % (refined); the extended landmarks lie a median 8.5–10.8 mm from the model's
-own points on the best face for the skin (7.0–7.5 mm of it across the tissue direction); CThead's
-tissue is 0.64× the table's depths (Cranium's 0.92×), and with the depths scaled to that ratio
-(``--rescore``) CThead's best face ranks 4th by S, 2nd by likelihood, its photo-encoded views
-still at chance. The model's annotation rules on the real skin itself lie as far from the
-extended landmarks (8.8 / 9.2 mm): the two sides' definitions, not the model.
+Measured (README's benchmark table; against the heads' outer skin, ``_ct.outer_air``): on both
+real heads a person's photo-encoded faces rank where random faces rank (CThead median 472 / 227
+of 954 by S / likelihood, Cranium 318 / 341), where the same protocol's synthetic persons rank at
+18–26 % (landmark fit); the model's best face for each real skin ranks first (CThead by S,
+Cranium by likelihood); the extended landmarks lie a median 11.5 / 9.3 mm from that face's own
+points, and the model's annotation rules on the real skin itself 9.6 / 9.0 mm: the two sides'
+definitions, not the model. ``--surface`` ranks by each extended landmark's distance to the skin
+(``query --rank-by surface``): CThead's best face stays first, Cranium's falls to 358th.
 """
 
 from __future__ import annotations

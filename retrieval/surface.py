@@ -4,9 +4,9 @@ the face model's annotated point of the same name.
 The point score (:mod:`skullsearch.retrieval.score`) compares each extended landmark n_i with the
 face's soft-tissue point p_i, where the face model's annotation puts it. On real skulls the two
 sides define many points differently along the surface (the automatic or expert bone landmark and
-the tissue table's direction on one side, the annotation's rules on the other: a median 8.5–10.8 mm
+the tissue table's direction on one side, the annotation's rules on the other: a median 9.3–11.5 mm
 apart on two real CT heads, most of it along the skin; ``benchmarks/ct_identification.py``'s
-``correspondence``), so even the model's best face for a real skin scores like a random face.
+``correspondence``), and every face's point score carries that gap.
 The soft-tissue table measures a depth, and where the skin lies at that depth is what a skull
 tells; which point of the skin carries a landmark's name is a convention. The surface score asks
 only the first: with each candidate placed by its superimposition (the point score's transform),
@@ -16,7 +16,12 @@ the distance d_i from n_i to the face's skin near p_i, and the robust (Cauchy) l
 
 (a point off by far more than its SD counts as little as one a few SDs off: a landmark's
 direction or placement can be wrong, and the vault of a face encoded from a photo is the model's
-guess). Faces that differ only in where their points sit along the skin score alike.
+guess). Faces that differ only in where their points sit along the skin score alike. The
+placement starts from the point score's transform and is refitted on the skin itself
+(:data:`ICP_ITERATIONS` damped Gauss-Newton steps on the point-to-plane distances, Cauchy
+weights): the point placement carries the gap too. Where few landmarks lie on a smooth part of
+the face (the forehead and orbits alone) the skin lets the face slide, and the score tells faces
+apart less well than the points do (README: Limits).
 
 The skin near p_i: the vertices of the model's skin (its largest part: no eyeballs, teeth or
 tongue) within :data:`PATCH_MM` of the mean face's point i (the topology is shared, so the patches
