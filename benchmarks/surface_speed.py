@@ -40,7 +40,8 @@ def main(argv=None) -> None:
         sd = table_sd()
         ids = g.sample_ids(a.queries, seed=a.seed + 3)
         targets, present = synthetic_skull_targets(g.soft_tissue(ids).astype(np.float64),
-                                                   face_normals(g.face_model), sd, np.random.default_rng(a.seed))
+                                                   face_normals(g.face_model), sd,
+                                                   np.random.default_rng(a.seed))
         times = {"likelihood": [], "surface": []}
         rank = {"likelihood": [], "surface": []}
         for truth, t, m in zip(ids, targets, present, strict=True):

@@ -19,9 +19,12 @@ direction or placement can be wrong, and the vault of a face encoded from a phot
 guess). Faces that differ only in where their points sit along the skin score alike. The
 placement starts from the point score's transform and is refitted on the skin itself
 (:data:`ICP_ITERATIONS` damped Gauss-Newton steps on the point-to-plane distances, Cauchy
-weights): the point placement carries the gap too. Where few landmarks lie on a smooth part of
-the face (the forehead and orbits alone) the skin lets the face slide, and the score tells faces
-apart less well than the points do (README: Limits).
+weights): the point placement carries the gap too. What it gains it pays for: where along the
+skin a point lies is much of what tells faces apart when both sides do agree (synthetic skulls of
+gallery faces: the true face among 100,000 in the top 20 in 2 of 6 queries, first in 6 of 6 by
+the likelihood; ``benchmarks/surface_speed.py``), and where few landmarks lie on a smooth part
+of the face (the forehead and orbits alone) the skin lets a face slide. A second reading beside
+the point scores, not a default (README: Limits).
 
 The skin near p_i: the vertices of the model's skin (its largest part: no eyeballs, teeth or
 tongue) within :data:`PATCH_MM` of the mean face's point i (the topology is shared, so the patches
