@@ -116,17 +116,9 @@ def table_sd() -> np.ndarray:
 
 
 def face_normals(model) -> np.ndarray:
-    """Unit outward normals (36, 3) of the mean face at its soft-tissue points."""
-    from skullsearch.encoder.render import vertex_normals
-
-    vn = vertex_normals(model.v_template.astype(np.float64), model.faces)
-    pts = model.soft_tissue_points
-    n = (vn[model.faces[pts.faces]] * pts.bary[..., None]).sum(1)
-    n /= np.linalg.norm(n, axis=1, keepdims=True)
-    # outward: away from the head's centre
-    centre = model.v_template.mean(0)
-    p = model.soft_tissue_basis()[0]
-    return n * np.sign(((p - centre) * n).sum(1))[:, None]
+    """Unit outward normals (36, 3) of the mean face at its soft-tissue points
+    (:meth:`FaceModel.soft_tissue_normals`)."""
+    return model.soft_tissue_normals()
 
 
 def synthetic_skull_targets(face_points: np.ndarray, normals: np.ndarray, sd: np.ndarray, rng,

@@ -145,7 +145,7 @@ def _above(d_first, d_second, p_first, p_second) -> np.ndarray:
 
 
 def ranks(probes: np.ndarray, distractors: np.ndarray, target, present, sd, probe_cov=None,
-          distractor_cov=None, surface=None) -> dict:
+          distractor_cov=None, surface=None, tangent: float = 0.0, normals=None) -> dict:
     """Each probe's rank (1 = first) among the distractors, alone with them: by S (ties by
     likelihood, as :func:`~skullsearch.retrieval.score.rank_order`) and by likelihood (ties by
     S); probes (p, 36, 3), distractors (m, 36, 3) soft-tissue points. Also the probes' S,
@@ -153,18 +153,21 @@ def ranks(probes: np.ndarray, distractors: np.ndarray, target, present, sd, prob
     ``rank_likelihood_cov``, the likelihood under Σ_tissue + Σ_face (``query --uncertainty``).
     With ``surface`` = (model, probe shapes (p, S), distractor shapes (m, S)): ``rank_surface``,
     by the surface likelihood (:mod:`skullsearch.retrieval.surface`; ``query --rank-by surface``:
-    each extended landmark's distance to the face's skin, not to its annotated point)."""
+    each extended landmark's distance to the face's skin, not to its annotated point). With
+    ``tangent`` (mm) and the faces' skin ``normals`` (36, 3): every likelihood with that SD along
+    the skin (``query --tangent-sd``)."""
     from skullsearch.retrieval.score import ScoreConfig, score
 
-    cfg = ScoreConfig()
-    d = score(distractors, target, present, sd, cfg)
-    p = score(probes, target, present, sd, cfg)
+    cfg = ScoreConfig(tangent_sd_mm=tangent)
+    d = score(distractors, target, present, sd, cfg, normals=normals)
+    p = score(probes, target, present, sd, cfg, normals=normals)
     m = len(distractors)
     out = {"rank_s": 1 + _above(d.s, d.likelihood, p.s, p.likelihood),
            "rank_likelihood": 1 + _above(d.likelihood, d.s, p.likelihood, p.s)}
     if probe_cov is not None and distractor_cov is not None:
-        d_ll = score(distractors, target, present, sd, cfg, face_cov=distractor_cov).likelihood
-        p_ll = score(probes, target, present, sd, cfg, face_cov=probe_cov).likelihood
+        d_ll = score(distractors, target, present, sd, cfg, face_cov=distractor_cov,
+                     normals=normals).likelihood
+        p_ll = score(probes, target, present, sd, cfg, face_cov=probe_cov, normals=normals).likelihood
         out["rank_likelihood_cov"] = 1 + _above(d_ll, d.s, p_ll, p.s)
     if surface is not None:
         model, p_shapes, d_shapes = surface
@@ -204,7 +207,8 @@ def rigid_rms(points: np.ndarray, reference: np.ndarray) -> np.ndarray:
 
 
 def synthetic_baseline(model, true_shapes: np.ndarray, encoded: np.ndarray, present: np.ndarray, rng,
-                       queries: int = 200, offset: np.ndarray | None = None, surface: bool = False) -> dict:
+                       queries: int = 200, offset: np.ndarray | None = None, surface: bool = False,
+                       tangent: float = 0.0) -> dict:
     """The same protocol where the truth is the model's: for ``queries`` of the distractors, a
     skull made from its *true* face (``_common.synthetic_skull_targets``: depths off by the
     table's SD, 1 mm placement; the landmarks ``present`` (36,) the real skull gives) and the rank
@@ -212,7 +216,8 @@ def synthetic_baseline(model, true_shapes: np.ndarray, encoded: np.ndarray, pres
     true face itself (a perfect encoder) in the same queries. offset (36, 3) mm, model frame: a
     correspondence gap added to every skull (:func:`correspondence_gap`: a real head's). true_shapes,
     encoded (m, S): the found distractors' true and fitted shapes. Returns the median percentiles
-    by S and by likelihood (0 = first), and with ``surface`` by the surface likelihood too."""
+    by S and by likelihood (0 = first), and with ``surface`` by the surface likelihood too;
+    ``tangent`` (mm): the likelihood with that SD along the skin."""
     from _common import face_normals, synthetic_skull_targets, table_sd
 
     sd = table_sd()
@@ -229,7 +234,8 @@ def synthetic_baseline(model, true_shapes: np.ndarray, encoded: np.ndarray, pres
         shapes = (model, np.concatenate([encoded[k:k + 1], zero, true_shapes[k:k + 1, :encoded.shape[1]]]),
                   np.delete(encoded, k, 0))
         r = ranks(np.concatenate([pts[k:k + 1], mean, true_pts[k:k + 1]]), others, targets[k], present, sd,
-                  surface=shapes if surface else None)
+                  surface=shapes if surface else None, tangent=tangent,
+                  normals=model.soft_tissue_normals() if tangent else None)
         for j, who in enumerate(per):
             for key in per[who]:
                 per[who][key].append(r[f"percentile_{key}"][j])
@@ -484,13 +490,15 @@ def with_dorsum(model, mn: float, rhi: float):
     return SurfacePoints(faces, weights, shipped.names)
 
 
-def rescore(model, saved, ext, factors, leave_out=(), surface: bool = False) -> dict:
+def rescore(model, saved, ext, factors, leave_out=(), surface: bool = False, tangents=()) -> dict:
     """The saved faces (``--save``'s arrays: every run's distractors, views, shared shape, and the
     oracle) ranked again without encoding, against the skull's extended landmarks recomputed
     with the table's depths times each factor in ``factors`` (n_i = m_i + k d_i dir_i: a head whose
     tissue is thinner or thicker than the table's all over) and without the landmarks named in
     ``leave_out``. Returns, per run and factor, each probe set's median rank by S and by
-    likelihood (and by the surface likelihood, with ``surface``)."""
+    likelihood (and by the surface likelihood, with ``surface``); and for each SD along the skin
+    in ``tangents`` (mm; ``query --tangent-sd``), at the table's depths, each set's median rank by
+    that likelihood and the synthetic baseline's (``tangent``)."""
     ext = ext.without(leave_out)  # (as query --leave-out does)
     present = np.asarray(ext.present, bool)
     sd = np.asarray(ext.sd, np.float64)
@@ -515,6 +523,16 @@ def rescore(model, saved, ext, factors, leave_out=(), surface: bool = False) -> 
                     row[name] = [float(np.median(r[f"rank_{key}"])) for key in ("s", "likelihood", "surface")
                                  if f"rank_{key}" in r]
             run[f"{k:g}"] = row
+        target = np.asarray(ext.skull_points, np.float64) + offset
+        normals = model.soft_tissue_normals()
+        for t in tangents:
+            row = {name: float(np.median(ranks(soft_points(model, shapes), dpts, target, present, sd,
+                                               tangent=t, normals=normals)["rank_likelihood"]))
+                   for name, shapes in sets.items() if len(shapes)}
+            true = np.asarray(saved["distractors_true"])[np.asarray(saved[f"{label}_distractors_found"])]
+            base = synthetic_baseline(model, true, dshapes, present, np.random.default_rng(1), tangent=t)
+            row["synthetic"] = {k: v for k, v in base.items() if "likelihood" in k}
+            run.setdefault("tangent", {})[f"{t:g}"] = row
     return out
 
 
@@ -562,6 +580,9 @@ def main(argv=None) -> None:
     p.add_argument("--dorsum-fractions", type=float, nargs=2, default=None, metavar=("MN", "RHI"),
                    help="with --rescore: the model's mid-nasal and rhinion placed at these fractions of its "
                         "dorsum (sellion → pronasale; the annotation's: 0.3 0.6) for every face")
+    p.add_argument("--tangent-sd", type=float, nargs="*", default=[], metavar="MM",
+                   help="with --rescore: also rank by the likelihood with each of these SDs along the skin "
+                        "(query --tangent-sd), the synthetic baseline too")
     p.add_argument("--surface", action="store_true",
                    help="also rank by the surface likelihood (query --rank-by surface: each extended "
                         "landmark's distance to the face's skin, not to its annotated point), the "
@@ -604,7 +625,8 @@ def main(argv=None) -> None:
                                  "give the --ct and --partial it was saved with")
             if a.dorsum_fractions:  # every face's points (the distractors' too) re-annotated alike
                 model.soft_tissue_points = with_dorsum(model, *a.dorsum_fractions)
-            out["rescore"] = rescore(model, saved, ext, a.depth_factors, a.leave_out, a.surface)
+            out["rescore"] = rescore(model, saved, ext, a.depth_factors, a.leave_out, a.surface,
+                                     a.tangent_sd)
             out["rescore"]["dorsum_fractions"] = a.dorsum_fractions
             head = ce.place_head(model, volume, spacing, skin_ct, a.upper_face, no_streak=a.no_streak)
             gap = correspondence_gap(model, head, saved["oracle"], ext)

@@ -6,13 +6,14 @@ pushing the skull's landmarks out by the table's mean depth lands there), 1 mm p
 a random rigid motion; variants with 25 % of the landmarks missing. Reported: rank-1 and rank-10
 identification over the queries when ranking by S (the paper's score), by the likelihood score,
 by plain masked L2 on the canonical vectors (the shortlist distance) and, with ``--surface``, by
-the surface likelihood (``query --rank-by surface``).
+the surface likelihood (``query --rank-by surface``), with ``--tangent-sd MM`` by the likelihood
+with that SD along the skin (``query --tangent-sd``).
 
 "re-encoded": the same, but the query skull is made from the face *as the encoder recovers it*
 from noisy 2D landmarks of a photo (yaw ±30°, σ = 1.5 % of the inter-ocular distance) while the
 gallery holds the true face — the encoder's error between photo and skull, as in real use.
 
-    python benchmarks/query_accuracy.py [--sizes 10000,100000] [--queries 200] [--surface]
+    python benchmarks/query_accuracy.py [--sizes 10000,100000] [--queries 200] [--surface] [--tangent-sd MM]
 """
 
 from __future__ import annotations
@@ -50,8 +51,11 @@ def reencode(model, codes: np.ndarray, rng, noise: float = 0.015) -> np.ndarray:
     return fit_landmarks(model, uv.numpy(), sizes, focal=focal.numpy(), rig=rig).codes
 
 
-def evaluate(g, truth_ids, targets, present, sd, surface: bool = False):
-    hits = {m: [0, 0] for m in ("s", "likelihood", "l2") + (("surface",) if surface else ())}
+def evaluate(g, truth_ids, targets, present, sd, surface: bool = False, tangent: float = 0.0):
+    from skullsearch.retrieval.score import ScoreConfig
+
+    hits = {m: [0, 0] for m in ("s", "likelihood", "l2") + (("surface",) if surface else ())
+            + (("likelihood_tangent",) if tangent else ())}
     for tid, t, m in zip(truth_ids, targets, present, strict=True):
         res = query_points(g, t, m, sd, top=10, calibration_sample=0)
         got_s = [c.face_id for c in res.candidates]
@@ -63,6 +67,10 @@ def evaluate(g, truth_ids, targets, present, sd, surface: bool = False):
         if surface:  # (the likelihood's shortlist, re-ranked by the surface)
             rankings.append(("surface", [c.face_id for c in query_points(
                 g, t, m, sd, top=10, rank_by="surface", calibration_sample=0).candidates]))
+        if tangent:  # the likelihood with an SD along the skin (query --tangent-sd)
+            rankings.append(("likelihood_tangent", [c.face_id for c in query_points(
+                g, t, m, sd, top=10, rank_by="likelihood", calibration_sample=0,
+                score_config=ScoreConfig(tangent_sd_mm=tangent)).candidates]))
         for name, ranked in rankings:
             hits[name][0] += bool(ranked) and ranked[0] == tid
             hits[name][1] += tid in ranked[:10]
@@ -75,6 +83,8 @@ def main(argv=None):
     ap.add_argument("--sizes", default="10000,100000")
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--tangent-sd", type=float, default=0.0, metavar="MM",
+                    help="also rank by the likelihood with this SD along the skin (query --tangent-sd)")
     ap.add_argument("--surface", action="store_true",
                     help="also rank by the surface likelihood (query --rank-by surface; ~1 s a query)")
     args = ap.parse_args(argv)
@@ -94,7 +104,7 @@ def main(argv=None):
             t0 = time.perf_counter()
             for missing in (0.0, 0.25):
                 targets, present = synthetic_skull_targets(pts, normals, sd, rng, missing=missing)
-                r = evaluate(g, ids, targets, present, sd, args.surface)
+                r = evaluate(g, ids, targets, present, sd, args.surface, args.tangent_sd)
                 tag = f"{size}" + ("_missing25" if missing else "")
                 out.update({f"{k}_{tag}": v for k, v in r.items()})
                 print(f"{size:>7,} faces, {int(missing * 100)}% missing: " +
@@ -103,7 +113,7 @@ def main(argv=None):
             codes = reencode(g.face_model, g.codes(ids), rng)
             rpts = neutral_soft_tissue(g.face_model, codes).astype(np.float64)
             targets, present = synthetic_skull_targets(rpts, normals, sd, rng)
-            r = evaluate(g, ids, targets, present, sd, args.surface)
+            r = evaluate(g, ids, targets, present, sd, args.surface, args.tangent_sd)
             out.update({f"{k}_{size}_reencoded": v for k, v in r.items()})
             print(f"{size:>7,} faces, re-encoded from noisy landmarks: " +
                   ", ".join(f"{k} {v:.1%}" for k, v in r.items()) + f"  ({time.perf_counter() - t0:.0f} s)")

@@ -547,6 +547,9 @@ def query_cmd(
     eta_sd: Annotated[float, typer.Option(help="Match threshold in table SDs.")] = 1.5,
     eta_mm: Annotated[float | None, typer.Option(help="Global match threshold in mm.")] = None,
     scale_bound: Annotated[float, typer.Option(help="Allowed scale change (0.1 = ±10 %, 0 = fixed).")] = 0.1,
+    tangent_sd: Annotated[float, typer.Option(
+        help="An SD in mm the likelihood allows along the skin at each landmark (the skull's side and "
+             "the face model place a named point differently along the skin; 0: off).")] = 0.0,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the result as JSON.")] = None,
     csv_out: Annotated[Path | None, typer.Option("--csv", help="Write the ranked table as CSV.")] = None,
     parquet_out: Annotated[Path | None, typer.Option("--parquet", help="Write the table (Parquet).")] = None,
@@ -567,7 +570,9 @@ def query_cmd(
         output_file(path, option)  # (--report makes its folder)
     g = Gallery.open(gallery)
     skull = Skull.load(skull_path, landmarks=landmarks, units=units)
-    cfg = ScoreConfig(eta_sd=eta_sd, eta_mm=eta_mm, scale_bound=scale_bound)
+    if tangent_sd < 0:
+        raise SkullsearchError(f"--tangent-sd is an SD in mm, 0 or more (got {tangent_sd})")
+    cfg = ScoreConfig(eta_sd=eta_sd, eta_mm=eta_mm, scale_bound=scale_bound, tangent_sd_mm=tangent_sd)
     prog = rich_progress() if exhaustive and err.is_terminal else None  # (auto mode: small, fast)
     update = None
     if prog is not None:

@@ -383,6 +383,21 @@ class FaceModel:
         basis = (self.shapedirs[corners, :, :s] * w[..., None]).sum(1)
         return p0.astype(np.float32), basis.astype(np.float32)
 
+    def soft_tissue_normals(self) -> np.ndarray:
+        """(36, 3) unit outward skin normals of the mean face at its soft-tissue points (model
+        frame; outward: away from the head's centre)."""
+        from skullsearch.encoder.render import vertex_normals
+
+        pts = self.soft_tissue_points
+        if pts is None:
+            self.soft_tissue(batch_size=1)  # raises the explanatory error
+        v = np.asarray(self.v_template, np.float64)
+        vn = vertex_normals(v, self.faces)
+        n = (vn[self.faces[pts.faces]] * pts.bary.astype(np.float64)[..., None]).sum(1)
+        n /= np.linalg.norm(n, axis=1, keepdims=True)
+        p = self.soft_tissue_basis(0)[0].astype(np.float64)
+        return n * np.sign(((p - v.mean(0)) * n).sum(1))[:, None]
+
     def soft_tissue_covariance(self, shape_cov: np.ndarray) -> np.ndarray:
         """Covariance (B, 36, 3, 3) mm² of the neutral soft-tissue points of faces whose shape
         coefficients have covariance shape_cov (B, S, S) (e.g. ``FitResult.shape_cov``): B_k Σ B_kᵀ

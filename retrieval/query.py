@@ -162,13 +162,13 @@ EXHAUSTIVE_PROCESS_FACES = 200_000
 
 
 def _score_chunk(path: str, a: int, b: int, number: int, target, present, sd, cfg: ScoreConfig,
-                 rank_by: str, keep: int, device: str | None = None):
+                 rank_by: str, keep: int, normals=None, device: str | None = None):
     """One chunk of an exhaustive pass: faces a..b of the shard whose soft-tissue array is
     ``path``. Returns (face ids, S, likelihood) of its best ``keep`` (also run in worker processes)."""
     from skullsearch.index import store
 
     pts = np.asarray(np.load(path, mmap_mode="r")[a:b])
-    sc = score(pts, target, present, sd, cfg, device=device)
+    sc = score(pts, target, present, sd, cfg, device=device, normals=normals)
     best = rank_order(sc, rank_by)[:keep]
     return store.face_id(number, np.arange(a, b, dtype=np.int64)[best]), sc.s[best], sc.likelihood[best]
 
@@ -215,7 +215,7 @@ def exhaustive_candidates(gallery: Gallery, target: np.ndarray, present: np.ndar
             for s in shards for a in range(0, s.faces, chunk)]
     total = sum(s.faces for s in shards)
     workers = workers or os.cpu_count() or 1
-    rest = (target, present, sd, cfg, rank_by, keep)
+    rest = (target, present, sd, cfg, rank_by, keep, _normals(gallery, cfg))
     if device is None and total > EXHAUSTIVE_PROCESS_FACES and workers > 1 and len(jobs) > 1:
         import concurrent.futures as cf
         import multiprocessing
@@ -254,13 +254,20 @@ def exhaustive_candidates(gallery: Gallery, target: np.ndarray, present: np.ndar
     return ids[order[:keep]]
 
 
+def _normals(gallery: Gallery, cfg: ScoreConfig) -> np.ndarray | None:
+    """The face model's skin normals at its soft-tissue points (36, 3) when the likelihood reads
+    an SD along the skin (``cfg.tangent_sd_mm``), else None."""
+    return gallery.face_model.soft_tissue_normals() if cfg.tangent_sd_mm > 0 else None
+
+
 def face_scores(gallery: Gallery, face_ids, target, present, sd, cfg: ScoreConfig,
                 uncertainty: bool = False):
     """Exact :class:`~skullsearch.retrieval.score.Scores` of gallery faces against extended
     landmarks; with uncertainty, the likelihood counts each face's fit uncertainty
-    (:meth:`Gallery.tissue_covariance`)."""
+    (:meth:`Gallery.tissue_covariance`); with ``cfg.tangent_sd_mm``, an SD along the skin."""
     cov = gallery.tissue_covariance(face_ids) if uncertainty else None
-    return score(gallery.soft_tissue(face_ids), target, present, sd, cfg, face_cov=cov)
+    return score(gallery.soft_tissue(face_ids), target, present, sd, cfg, face_cov=cov,
+                 normals=_normals(gallery, cfg))
 
 
 def calibration_scores(gallery: Gallery, target, present, sd, cfg: ScoreConfig, sample_size: int,

@@ -40,7 +40,10 @@ BLOCK = 2048
 class ScoreConfig:
     """eta_sd: threshold η_i = eta_sd × SD_i (per landmark, from the tissue table); eta_mm: a
     global threshold in mm instead (overrides eta_sd); scale_bound: allowed relative scale change
-    (0.1 = ±10 %; 0 fixes the scale at 1); iterations: inlier refits."""
+    (0.1 = ±10 %; 0 fixes the scale at 1); iterations: inlier refits; tangent_sd_mm: an SD (mm)
+    the likelihood adds *along the skin* at each landmark (across the face's skin normal there:
+    the skull's side and the face model's annotation place a named point differently along the
+    skin, not in depth); 0 (the default) leaves the likelihood isotropic. S is unchanged."""
 
     eta_sd: float = 1.5
     eta_mm: float | None = None
@@ -48,6 +51,7 @@ class ScoreConfig:
     scale_bound: float = 0.1
     iterations: int = 6
     placement_sd_mm: float = PLACEMENT_SD_MM
+    tangent_sd_mm: float = 0.0
 
     def thresholds(self, sd: np.ndarray) -> np.ndarray:
         """(36,) η_i in mm."""
@@ -214,13 +218,17 @@ def score(
     config: ScoreConfig | None = None,
     device: str | None = None,
     face_cov: np.ndarray | None = None,
+    normals: np.ndarray | None = None,
 ) -> Scores:
     """Score candidates against a skull's extended landmarks.
 
     face_points (C, 36, 3) mm; target (36, 3) mm extended landmarks (any values where absent);
     present (36,) bool; sd (36,) mm table SDs; face_cov (C, 36, 3, 3) mm² each face point's
     covariance (model frame; changes only the likelihood, see the module docstring), rows of
-    NaN where a face has none (the isotropic term alone). device: None scores in numpy; a torch device
+    NaN where a face has none (the isotropic term alone). normals (36, 3): the face's unit skin
+    normals at its points (model frame; :meth:`FaceModel.soft_tissue_normals`), needed when
+    ``config.tangent_sd_mm`` > 0: the likelihood then reads each residual's component along the
+    skin with σ_i² + s² tangent_sd² and across it with σ_i². device: None scores in numpy; a torch device
     ("cuda", "cpu") scores with the torch twin (:mod:`skullsearch.retrieval.score_torch`, the same
     algorithm in float64, the same matches). Returns :class:`Scores`.
     """
@@ -253,10 +261,20 @@ def score(
             p = np.asarray(face_points[sl], np.float64)[:, mask]
             d[sl], n[sl], rms[sl], scale[sl], rot[sl], trans[sl] = _score_block(p, tgt, eta, cfg)
     trans += centre
-    if face_cov is None:
+    tangent = cfg.tangent_sd_mm
+    if tangent > 0 and normals is None:
+        raise ValueError("tangent_sd_mm needs the face's skin normals at its points (normals=)")
+    if face_cov is None and tangent > 0:
+        ll = _likelihood_tangent(np.asarray(face_points)[:, mask], np.asarray(normals, np.float64)[mask],
+                                 np.asarray(target, np.float64)[mask], sigma, tangent, scale, rot, trans)
+    elif face_cov is None:
         ll = (-0.5 * (d / sigma) ** 2 - np.log(sigma * np.sqrt(2 * np.pi))).sum(1)
     else:
-        ll = _likelihood_3d(np.asarray(face_points)[:, mask], np.asarray(face_cov)[:, mask],
+        cov = np.nan_to_num(np.asarray(face_cov, np.float64)[:, mask], nan=0.0)
+        if tangent > 0:
+            nu = np.asarray(normals, np.float64)[mask]
+            cov = cov + tangent**2 * (np.eye(3) - nu[:, :, None] * nu[:, None, :])[None]
+        ll = _likelihood_3d(np.asarray(face_points)[:, mask], cov,
                             np.asarray(target, np.float64)[mask], sigma, scale, rot, trans)
     dist = np.full((c, len(mask)), np.nan)
     dist[:, mask] = d
@@ -283,6 +301,20 @@ def _likelihood_3d(p, cov, target, sigma, scale, rot, trans) -> np.ndarray:
     z = np.linalg.solve(chol, r[..., None])[..., 0]
     logdet = 2 * np.log(np.diagonal(chol, axis1=-2, axis2=-1)).sum(-1)
     return (-0.5 * (z**2).sum(-1) - 0.5 * logdet - 1.5 * np.log(2 * np.pi)).sum(1)
+
+
+def _likelihood_tangent(p, normals, target, sigma, tangent, scale, rot, trans) -> np.ndarray:
+    """(C,) Σ_i log N(r_i; 0, σ_i² I + s² τ² (I − m_i m_iᵀ)), m_i = R ν_i: the isotropic term with
+    an SD τ = ``tangent`` (mm) along the skin; in closed form (σ_i² across the skin, σ_i² + s²τ²
+    along it). p (C, k, 3), normals ν (k, 3) model frame, target (k, 3), sigma (k,)."""
+    p = np.asarray(p, np.float64)
+    r = scale[:, None, None] * np.einsum("cij,ckj->cki", rot, p) + trans[:, None] - target
+    m = np.einsum("cij,kj->cki", rot, normals)
+    across = np.einsum("cki,cki->ck", r, m)
+    along2 = np.maximum(np.einsum("cki,cki->ck", r, r) - across**2, 0.0)
+    wide = sigma[None] ** 2 + (scale[:, None] * tangent) ** 2  # (C, k)
+    return (-0.5 * (across**2 / sigma[None] ** 2 + along2 / wide)
+            - 0.5 * np.log(wide**2 * sigma[None] ** 2) - 1.5 * np.log(2 * np.pi)).sum(1)
 
 
 def rank_order(scores: Scores, rank_by: str = "s") -> np.ndarray:

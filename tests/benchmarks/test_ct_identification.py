@@ -320,3 +320,29 @@ def test_the_dorsum_re_annotated(cid, default_model):
     assert b[mn, 1] > shipped[mn, 1] + 3 and b[rhi, 1] > shipped[rhi, 1] + 5  # up the nose (+y)
     others = [i for i in range(36) if i not in (mn, rhi)]
     np.testing.assert_array_equal(b[others], shipped[others])
+
+
+def test_rescore_with_an_sd_along_the_skin(cid, default_model):
+    """--rescore --tangent-sd: per SD, each set's median rank by that likelihood (as ranks gives
+    it) and the synthetic baseline's; the truth stays first."""
+    rng = np.random.default_rng(3)
+    std = np.asarray(default_model.shape_std)
+    shapes = rng.standard_normal((24, default_model.n_shape)) * std
+    truth = shapes[0]
+    pts = cid.soft_points(default_model, truth[None])[0].astype(np.float64)
+    present = np.ones(36, bool)
+    ext = ExtendedLandmarks.from_points(pts, present, np.full(36, 2.0))
+    centre = pts.mean(0)
+    ext.directions = (pts - centre) / np.linalg.norm(pts - centre, axis=1, keepdims=True)
+    ext.depth = np.full(36, 4.0)
+    ext.skull_points = pts - 4.0 * ext.directions
+    saved = {"landmark_distractors": shapes[4:], "landmark_views": shapes[:3], "landmark_shared": shapes[:1],
+             "oracle": truth, "present": present, "distractors_true": shapes[4:],
+             "landmark_distractors_found": np.ones(20, bool)}
+    out = cid.rescore(default_model, saved, ext, [1.0], tangents=[3.0])
+    row = out["runs"]["landmark"]["tangent"]["3"]
+    assert row["oracle"] == 1.0
+    r = cid.ranks(cid.soft_points(default_model, shapes[:3]), cid.soft_points(default_model, shapes[4:]), pts,
+                  present, ext.sd, tangent=3.0, normals=default_model.soft_tissue_normals())
+    assert row["views"] == float(np.median(r["rank_likelihood"]))
+    assert row["synthetic"]["true_face_percentile_likelihood_median"] == 0.0

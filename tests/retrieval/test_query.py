@@ -520,3 +520,39 @@ def test_query_command_ranks_by_surface_and_the_record_reruns(case, tmp_path, ca
     assert "ranked by surface likelihood" in (tmp_path / "report.html").read_text()
     result, same = skullsearch.rerun(Gallery.open(gpath), got["query_id"])
     assert same and result.candidates[0].surface_likelihood is not None
+
+
+def test_a_tangent_sd_ranks_a_face_whose_points_slid_along_its_skin_higher(case, tmp_path, capsys,
+                                                                           monkeypatch):
+    """The planted face's skin points 4 mm along it from its annotated ones: with an SD along the
+    skin the likelihood ranks it higher than without (exhaustive: the same faces); recorded, the
+    query re-runs to the same answer; the CLI passes it on and refuses a negative SD."""
+    from skullsearch.cli.app import main
+    from skullsearch.retrieval.query import query_points
+    from skullsearch.retrieval.score import ScoreConfig
+
+    gpath, truth, skull_path, *_, table = case
+    g = Gallery.open(gpath)
+    shape = np.asarray(code_layout.split(g.codes([truth])).shape[0, : g.face_model.n_shape])
+    target = _slid_target(g.face_model, shape, along_mm=4.0, seed=3)
+    present, sd = np.ones(36, bool), load_table().sd
+
+    def place(cfg):
+        res = query_points(g, target, present, sd, top=400, rank_by="likelihood", score_config=cfg,
+                           exhaustive=True, calibration_sample=50)
+        return [c.face_id for c in res.candidates].index(truth) + 1
+
+    plain, tangent = place(ScoreConfig()), place(ScoreConfig(tangent_sd_mm=6.0))
+    assert tangent == 1 and plain > tangent
+    monkeypatch.setenv("COLUMNS", "250")
+    out_json = tmp_path / "t.json"
+    assert main(["query", str(skull_path), "-g", str(gpath), "--top", "3", "--rank-by", "likelihood",
+                 "--tangent-sd", "4", "--tissue-table", table, "--json", str(out_json)]) == 0
+    got = json.loads(out_json.read_text())
+    assert got["params"]["score"]["tangent_sd_mm"] == 4.0 and got["candidates"][0]["face_id"] == truth
+    _, same = skullsearch.rerun(Gallery.open(gpath), got["query_id"])
+    assert same
+    capsys.readouterr()
+    assert main(["query", str(skull_path), "-g", str(gpath), "--tangent-sd", "-1",
+                 "--tissue-table", table]) != 0
+    assert "--tangent-sd" in capsys.readouterr().err

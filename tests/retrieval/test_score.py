@@ -1,6 +1,7 @@
 """Exact superimposition scores: invariances, missing landmarks, robustness, bounds."""
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.spatial.transform import Rotation
@@ -211,3 +212,35 @@ def test_an_error_along_a_faces_uncertain_direction_costs_less_than_across_it():
     plain = score(pts, base, present, SD)
     assert sc.likelihood[1] - sc.likelihood[0] > 10.0
     assert abs(plain.likelihood[1] - plain.likelihood[0]) < 2.0
+
+
+def test_a_tangent_sd_forgives_slides_along_the_skin_not_depth(default_model):
+    """tangent_sd_mm: the likelihood with an SD along the skin equals the 3D form with that
+    covariance; a face whose points slid along its skin gains, one whose points moved in depth
+    does not; S is unchanged; 0 is the plain likelihood's ranking."""
+    from skullsearch.retrieval.score import ScoreConfig, _likelihood_3d, score
+
+    rng = np.random.default_rng(0)
+    nu = default_model.soft_tissue_normals()
+    p0 = default_model.soft_tissue_basis(0)[0].astype(np.float64)
+    tang = rng.standard_normal((36, 3))
+    tang -= (tang * nu).sum(1, keepdims=True) * nu
+    tang *= 5.0 / np.linalg.norm(tang, axis=1, keepdims=True)
+    signs = rng.choice([-1.0, 1.0], 36)[:, None]  # (in and out: no shift or scale takes it up)
+    faces = np.stack([p0 + tang, p0 + 5.0 * signs * nu, p0 + rng.normal(scale=3.0, size=(36, 3))])
+    present = np.ones(36, bool)
+    sd = np.full(36, 2.0)
+    plain = score(faces, p0, present, sd, ScoreConfig())
+    cfg = ScoreConfig(tangent_sd_mm=6.0)
+    tan = score(faces, p0, present, sd, cfg, normals=nu)
+    np.testing.assert_array_equal(tan.s, plain.s)
+    cov = 36.0 * (np.eye(3) - nu[:, :, None] * nu[:, None, :])
+    ref = _likelihood_3d(faces, np.repeat(cov[None], 3, 0), p0, cfg.sigma(sd), tan.scale, tan.rotation,
+                         tan.translation)
+    np.testing.assert_allclose(tan.likelihood, ref, rtol=1e-9)
+    assert tan.likelihood[0] > tan.likelihood[1]  # slid along the skin beats moved in depth
+    assert plain.likelihood[0] == pytest.approx(plain.likelihood[1], rel=0.35)  # (alike without it)
+    with pytest.raises(ValueError, match="normals"):
+        score(faces, p0, present, sd, cfg)
+    zero = score(faces, p0, present, sd, ScoreConfig(tangent_sd_mm=0.0), normals=nu)
+    np.testing.assert_array_equal(zero.likelihood, plain.likelihood)
