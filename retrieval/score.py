@@ -12,7 +12,10 @@ transform with the most matches (ties: the lower RMS). Then
   landmark placement noise), comparable between candidates of one query; given the faces' own
   uncertainty (``face_cov``: the fit's posterior covariance of each soft-tissue point), the 3D
   Gaussian Σ_i log N(r_i; 0, σ_i² I + s² R Σ_face,i Rᵀ) of the residual vectors r_i instead (the
-  same transform and matches; with Σ_face = 0 it ranks exactly as the isotropic form);
+  same transform and matches; with Σ_face = 0 it ranks exactly as the isotropic form); with
+  ``ScoreConfig.tangent_sd_mm`` = τ > 0, s²τ² (I − m_i m_iᵀ) more (m_i the face's skin normal at
+  the point, turned with it: an SD along the skin, where the skull's side and the face model
+  place a named point differently);
 - per-landmark distances, matched flags and the transform.
 
 Everything is numpy over blocks of candidates: no Python loop over candidates. Each fit is a
