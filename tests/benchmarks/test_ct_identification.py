@@ -191,15 +191,14 @@ def test_correspondence_measures_where_the_skull_and_the_model_disagree(cid, def
     assert list(vectors) == list(names) and vectors["n"] == [round(float(v), 1) for v in gap[3]]
 
 
-def test_rescore_ranks_the_saved_faces_again(cid, default_model):
-    """--rescore: with the table's depths (factor 1) and every landmark, the saved faces rank as
-    the run ranked them; a factor moves the targets along their directions; a left-out landmark
-    is not scored."""
+def _saved_run(cid, model):
+    """A --save file's arrays for 24 faces of the model (the first the truth, views the first three,
+    distractors the last 20) and a skull whose extended landmarks are the truth's points, 4 mm out
+    from bone along outward-ish directions: (shapes, truth's points, ext, saved)."""
     rng = np.random.default_rng(3)
-    std = np.asarray(default_model.shape_std)
-    shapes = rng.standard_normal((24, default_model.n_shape)) * std
+    shapes = rng.standard_normal((24, model.n_shape)) * np.asarray(model.shape_std)
     truth = shapes[0]
-    pts = cid.soft_points(default_model, truth[None])[0].astype(np.float64)
+    pts = cid.soft_points(model, truth[None])[0].astype(np.float64)
     present = np.ones(36, bool)
     ext = ExtendedLandmarks.from_points(pts, present, np.full(36, 2.0))
     centre = pts.mean(0)
@@ -207,7 +206,17 @@ def test_rescore_ranks_the_saved_faces_again(cid, default_model):
     ext.depth = np.full(36, 4.0)
     ext.skull_points = pts - 4.0 * ext.directions
     saved = {"landmark_distractors": shapes[4:], "landmark_views": shapes[:3], "landmark_shared": shapes[:1],
-             "oracle": truth, "present": present}
+             "oracle": truth, "present": present, "distractors_true": shapes[4:],
+             "landmark_distractors_found": np.ones(20, bool)}
+    return shapes, pts, ext, saved
+
+
+def test_rescore_ranks_the_saved_faces_again(cid, default_model):
+    """--rescore: with the table's depths (factor 1) and every landmark, the saved faces rank as
+    the run ranked them; a factor moves the targets along their directions; a left-out landmark
+    is not scored."""
+    shapes, pts, ext, saved = _saved_run(cid, default_model)
+    truth, present = shapes[0], saved["present"]
     out = cid.rescore(default_model, saved, ext, [1.0, 1.5], leave_out=["g", "zy"])
     assert out["landmarks"] == 33 and out["left_out"] == ["g", "zy_l", "zy_r"]
     assert list(out["runs"]) == ["landmark"]
@@ -325,20 +334,8 @@ def test_the_dorsum_re_annotated(cid, default_model):
 def test_rescore_with_an_sd_along_the_skin(cid, default_model):
     """--rescore --tangent-sd: per SD, each set's median rank by that likelihood (as ranks gives
     it) and the synthetic baseline's; the truth stays first."""
-    rng = np.random.default_rng(3)
-    std = np.asarray(default_model.shape_std)
-    shapes = rng.standard_normal((24, default_model.n_shape)) * std
-    truth = shapes[0]
-    pts = cid.soft_points(default_model, truth[None])[0].astype(np.float64)
-    present = np.ones(36, bool)
-    ext = ExtendedLandmarks.from_points(pts, present, np.full(36, 2.0))
-    centre = pts.mean(0)
-    ext.directions = (pts - centre) / np.linalg.norm(pts - centre, axis=1, keepdims=True)
-    ext.depth = np.full(36, 4.0)
-    ext.skull_points = pts - 4.0 * ext.directions
-    saved = {"landmark_distractors": shapes[4:], "landmark_views": shapes[:3], "landmark_shared": shapes[:1],
-             "oracle": truth, "present": present, "distractors_true": shapes[4:],
-             "landmark_distractors_found": np.ones(20, bool)}
+    shapes, pts, ext, saved = _saved_run(cid, default_model)
+    present = saved["present"]
     out = cid.rescore(default_model, saved, ext, [1.0], tangents=[3.0])
     row = out["runs"]["landmark"]["tangent"]["3"]
     assert row["oracle"] == 1.0
