@@ -186,12 +186,9 @@ def surface_likelihoods(model, shapes: np.ndarray, scores, target, present, sd) 
     transforms (``scores``: :class:`~skullsearch.retrieval.score.Scores`), as ``query --rank-by
     surface`` ranks them."""
     from skullsearch.retrieval.score import ScoreConfig
-    from skullsearch.retrieval.surface import surface_distances, surface_likelihood
+    from skullsearch.retrieval.surface import surface_scores
 
-    sigma = ScoreConfig().sigma(sd)
-    d = surface_distances(model, shapes, target, present, scores.scale, scores.rotation, scores.translation,
-                          sigma=sigma)
-    return surface_likelihood(d, sigma)
+    return surface_scores(model, shapes, scores, target, present, ScoreConfig().sigma(sd))[1]
 
 
 def rigid_rms(points: np.ndarray, reference: np.ndarray) -> np.ndarray:
@@ -229,13 +226,13 @@ def synthetic_baseline(model, true_shapes: np.ndarray, encoded: np.ndarray, pres
     keys = ("s", "likelihood") + (("surface",) if surface else ())
     per = {w: {k: [] for k in keys} for w in ("own", "mean", "true")}
     zero = np.zeros((1, encoded.shape[1]))
+    normals = model.soft_tissue_normals() if tangent else None  # (once, not per query)
     for k in range(q):
         others = np.delete(pts, k, 0)
         shapes = (model, np.concatenate([encoded[k:k + 1], zero, true_shapes[k:k + 1, :encoded.shape[1]]]),
                   np.delete(encoded, k, 0))
         r = ranks(np.concatenate([pts[k:k + 1], mean, true_pts[k:k + 1]]), others, targets[k], present, sd,
-                  surface=shapes if surface else None, tangent=tangent,
-                  normals=model.soft_tissue_normals() if tangent else None)
+                  surface=shapes if surface else None, tangent=tangent, normals=normals)
         for j, who in enumerate(per):
             for key in per[who]:
                 per[who][key].append(r[f"percentile_{key}"][j])

@@ -290,12 +290,11 @@ def surface_scores(gallery: Gallery, face_ids, scores, target, present, sd, cfg:
     scores' transforms (``scores``), (n, 36) mm (NaN where absent), and their surface likelihoods
     (n,) (:mod:`skullsearch.retrieval.surface`)."""
     from skullsearch.encoder import code as code_layout
-    from skullsearch.retrieval.surface import surface_distances, surface_likelihood
+    from skullsearch.retrieval import surface
 
     shapes = np.asarray(gallery.codes(face_ids), np.float64)[:, code_layout.SLICES["shape"]]
-    d = surface_distances(gallery.face_model, shapes, target, present, scores.scale, scores.rotation,
-                          scores.translation, sigma=cfg.sigma(sd), scale_bound=cfg.scale_bound)
-    return d, surface_likelihood(d, cfg.sigma(sd))
+    return surface.surface_scores(gallery.face_model, shapes, scores, target, present, cfg.sigma(sd),
+                                  cfg.scale_bound)
 
 
 def query_points(

@@ -230,6 +230,17 @@ def _rotvec(omega):
     return np.eye(3) + st * kx + (1 - ct) * kx @ kx
 
 
+def surface_scores(model, shapes: np.ndarray, scores, target: np.ndarray, present: np.ndarray,
+                   sigma: np.ndarray, scale_bound: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+    """Faces of shape codes (n, ≤S) placed by their point scores' transforms (``scores``:
+    :class:`~skullsearch.retrieval.score.Scores`): each extended landmark's distance to their skin
+    (n, 36) mm (:func:`surface_distances`, NaN where absent) and their surface likelihoods (n,)
+    (:func:`surface_likelihood`); sigma (36,) mm, the likelihood's σ_i."""
+    d = surface_distances(model, shapes, target, present, scores.scale, scores.rotation, scores.translation,
+                          sigma=sigma, scale_bound=scale_bound)
+    return d, surface_likelihood(d, sigma)
+
+
 def surface_likelihood(distance_mm: np.ndarray, sigma: np.ndarray) -> np.ndarray:
     """(C,) Σ_i −log(1 + (d_i / σ_i)²) over the present landmarks (NaN distances: absent);
     distance_mm (C, 36), sigma (36,) mm (:meth:`ScoreConfig.sigma
