@@ -25,7 +25,12 @@ views of its person), with its percentile.
 Beside each rank, ``tissue_rms_to_oracle_mm``: how far the face's soft-tissue points (those the
 skull gives) lie from the model's best face's for this skin, rigidly aligned — the encoder's
 error where the skull scores it (a proxy truth: the oracle's own error adds to it); the
-distractors' median the spread of other faces.
+distractors' median the spread of other faces. ``encoder_at_landmarks`` (also with ``--rescore``)
+sharpens it: only on the landmarks the oracle's fit holds (:func:`oracle_landmarks`: not the
+vault's, the dental streak's or below a cut scan's end), per landmark, as a ratio to the mean
+face's error (``views_over_mean_face``: 1 = the photos place the points no nearer the person
+than no photo), beside the same ratio for the distractors against their true faces
+(``synthetic_encoded_over_mean_face``: synthetic truth, the same encoder and camera).
 
 ``correspondence``: per landmark the skull gives, its extended point's distance to the real skin
 and to the model's best face's point for that landmark, placed on the skin: where both lie on
@@ -200,6 +205,68 @@ def rigid_rms(points: np.ndarray, reference: np.ndarray) -> np.ndarray:
     for i, p in enumerate(np.asarray(points, np.float64)):
         moved = ce._apply(ce._rigid(p, ref, scale=False), p)
         out[i] = np.sqrt(((moved - ref) ** 2).sum(1).mean())
+    return out
+
+
+def oracle_landmarks(model, keep: np.ndarray, radius: float = 5.0) -> np.ndarray:
+    """(36,) bool: the soft-tissue points the oracle's fit constrains — every mean-face vertex
+    within ``radius`` mm of the point is among the vertices the oracle was fitted to (``keep``
+    (V,): the placed head's face region above its cut and outside its dental streak). Elsewhere
+    (the vault's op and v, the streak's lips, a cut scan's jaw) the oracle's point is the model's
+    guess, and an encoder's distance to it measures nothing."""
+    verts = np.asarray(model.v_template, np.float64)
+    mean = soft_points(model, np.zeros((1, model.n_shape)))[0].astype(np.float64)
+    out = np.zeros(len(mean), bool)
+    for i, p in enumerate(mean):
+        near = np.linalg.norm(verts - p, axis=1) < radius
+        out[i] = bool(near.any() and keep[near].all())
+    return out
+
+
+def landmark_errors(model, sets: dict, reference, use: np.ndarray) -> dict:
+    """Where the photos fail, landmark by landmark: each set's faces (name → shape codes (n, S))
+    against the reference — the oracle's shape (S,) for every face, or shapes (n, S) face by face
+    (the synthetic faces' truths) —, each face rigidly aligned to its reference on the landmarks
+    ``use`` (36,) bool. Returns per set the median over its faces of the RMS distance (mm) over
+    those landmarks, and of each landmark's distance (mm)."""
+    from skullsearch.encoder.soft_tissue import SOFT_TISSUE_NAMES
+
+    ref_all = np.asarray(reference, np.float64)
+    out = {"landmarks": [n for n, u in zip(SOFT_TISSUE_NAMES, use, strict=True) if u]}
+    for name, shapes in sets.items():
+        if not len(shapes):  # (no view found)
+            continue
+        pts = soft_points(model, np.asarray(shapes)).astype(np.float64)[:, use]
+        refs = soft_points(model, ref_all if ref_all.ndim == 2 else ref_all[None]).astype(np.float64)[:, use]
+        refs = np.broadcast_to(refs, pts.shape)
+        d = np.empty(pts.shape[:2])
+        for i, (p, r) in enumerate(zip(pts, refs, strict=True)):
+            d[i] = np.linalg.norm(ce._apply(ce._rigid(p, r, scale=False), p) - r, axis=1)
+        out[name] = {"rms_mm": round(float(np.median(np.sqrt((d ** 2).mean(1)))), 2),
+                     "per_landmark_mm": [round(float(x), 1) for x in np.median(d, 0)]}
+    return out
+
+
+def encoder_at_landmarks(model, shapes: dict, oracle: np.ndarray, true: np.ndarray, use: np.ndarray) -> dict:
+    """The encoder's error where the skull scores a face, on the landmarks ``use`` (36,) bool
+    (those present and constrained by the oracle, :func:`oracle_landmarks`): the person's faces
+    (``shapes``: ``views``, ``shared`` (n, S)), the mean face and the distractors against the
+    oracle (real anatomy, proxy truth); and the distractors' encoded faces and the mean face
+    against the distractors' true faces (``true``, row for row with ``shapes["distractors"]``:
+    synthetic truth). ``*_over_mean_face``: an encoder's RMS over the mean face's — 1: the
+    photos place these points no nearer the person than no photo at all."""
+    zero = np.zeros((1, model.n_shape))
+    real = landmark_errors(model, shapes | {"mean_face": zero}, oracle, use)
+    dis = np.asarray(shapes["distractors"])
+    synth = landmark_errors(model, {"encoded": dis, "mean_face": np.repeat(zero, len(dis), 0)}, true, use)
+    out = {"landmarks": real.pop("landmarks"), "against_the_oracle": real,
+           "synthetic_against_the_truth": {k: v for k, v in synth.items() if k != "landmarks"}}
+    mean_rms = real["mean_face"]["rms_mm"]
+    for k in ("views", "shared", "distractors"):
+        if k in real and mean_rms > 0:
+            out[f"{k}_over_mean_face"] = round(real[k]["rms_mm"] / mean_rms, 3)
+    out["synthetic_encoded_over_mean_face"] = round(
+        synth["encoded"]["rms_mm"] / max(synth["mean_face"]["rms_mm"], 1e-9), 3)
     return out
 
 
@@ -633,6 +700,13 @@ def main(argv=None) -> None:
                 label: baselines(model, saved["distractors_true"][saved[f"{label}_distractors_found"]],
                                  saved[f"{label}_distractors"], kept, gap, a.seed, a.surface)
                 for label in out["rescore"]["runs"]}
+            use = np.asarray(kept, bool) & oracle_landmarks(model, head.keep)
+            out["rescore"]["encoder_at_landmarks"] = {
+                label: encoder_at_landmarks(
+                    model, {"views": saved[f"{label}_views"], "shared": saved[f"{label}_shared"][:1],
+                            "distractors": saved[f"{label}_distractors"]},
+                    saved["oracle"], saved["distractors_true"][saved[f"{label}_distractors_found"]], use)
+                for label in out["rescore"]["runs"]}
             out["seconds"] = round(time.time() - t0, 1)
             emit(json.loads(json.dumps(out)))
             return
@@ -686,6 +760,9 @@ def main(argv=None) -> None:
             probes |= {k: (v, None) for k, v in controls.items()}
             run |= baselines(model, dis_true[dis_found], dis, present, gap, a.seed, a.surface)
             oracle_pts = soft_points(model, best[None])[0]
+            run["encoder_at_landmarks"] = encoder_at_landmarks(
+                model, {"views": alone, "shared": shared[:1], "distractors": dis}, best, dis_true[dis_found],
+                present & oracle_landmarks(model, head.keep))
             run["distractors_tissue_rms_to_oracle_mm_median"] = round(float(np.median(
                 rigid_rms(dpts[:, present], oracle_pts[present]))), 2)
             for name, (shapes, cov) in probes.items():

@@ -343,3 +343,37 @@ def test_rescore_with_an_sd_along_the_skin(cid, default_model):
                   present, ext.sd, tangent=3.0, normals=default_model.soft_tissue_normals())
     assert row["views"] == float(np.median(r["rank_likelihood"]))
     assert row["synthetic"]["true_face_percentile_likelihood_median"] == 0.0
+
+
+def test_the_encoders_error_at_the_landmarks(cid, default_model):
+    """Where the photos fail, landmark by landmark: faces equal to their truth are 0 mm off (0× the
+    mean face's error) whatever their rigid motion; faces halfway between the mean and the truth
+    about half the mean face's; the oracle's landmarks are those its fitted vertices hold."""
+    from skullsearch.encoder.soft_tissue import SOFT_TISSUE_NAMES
+
+    m = default_model
+    rng = np.random.default_rng(8)
+    true = rng.standard_normal((30, m.n_shape)) * np.asarray(m.shape_std)
+    oracle = true[0]
+    use = np.ones(36, bool)
+    exact = cid.encoder_at_landmarks(m, {"views": true[:1], "shared": true[:1], "distractors": true},
+                                     oracle, true, use)
+    assert exact["views_over_mean_face"] == 0.0 and exact["synthetic_encoded_over_mean_face"] == 0.0
+    assert exact["landmarks"] == list(SOFT_TISSUE_NAMES)
+    assert len(exact["against_the_oracle"]["views"]["per_landmark_mm"]) == 36
+    half = cid.encoder_at_landmarks(m, {"views": oracle[None] / 2, "shared": oracle[None] / 2,
+                                        "distractors": true / 2}, oracle, true, use)
+    assert 0.4 < half["views_over_mean_face"] < 0.6, half
+    assert 0.4 < half["synthetic_encoded_over_mean_face"] < 0.6, half
+    # only some landmarks, and none of the views found: their rows are left out
+    few = cid.encoder_at_landmarks(m, {"views": np.zeros((0, m.n_shape)), "shared": true[:1],
+                                       "distractors": true}, oracle, true, np.arange(36) < 10)
+    assert "views_over_mean_face" not in few and len(few["landmarks"]) == 10
+    # the oracle holds a landmark only where every vertex around it was fitted
+    keep = np.ones(m.n_vertices, bool)
+    assert cid.oracle_landmarks(m, keep).all()
+    pr = list(SOFT_TISSUE_NAMES).index("pr")
+    p = cid.soft_points(m, np.zeros((1, m.n_shape)))[0, pr]
+    keep[np.linalg.norm(np.asarray(m.v_template, np.float64) - p, axis=1) < 3.0] = False
+    held = cid.oracle_landmarks(m, keep)
+    assert not held[pr] and held.sum() >= 30
