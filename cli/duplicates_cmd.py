@@ -31,9 +31,9 @@ def near_duplicates_cmd(
     csv_out: Annotated[bool, typer.Option("--csv", help="Print CSV instead of a table.")] = False,
     limit: Annotated[int, typer.Option(min=0, help="Rows shown in the table.")] = 50,
 ):
-    """List faces flagged at ingest as near-duplicates of an earlier face (photo matches first,
-    then re-shots of a person, then close shape codes; closest first), with the criterion that
-    flagged each one."""
+    """List faces flagged at ingest as near-duplicates of an earlier face, with the criterion.
+
+    Photo matches first, then re-shots of a person, then close shape codes; closest first."""
     from skullsearch import Gallery
 
     result = Gallery.open(gallery).near_duplicates(max_distance, criterion=criterion,

@@ -25,8 +25,9 @@ def similar_cmd(
              "code) or auto (person where the gallery has descriptors).")] = "auto",
     csv_out: Annotated[bool, typer.Option("--csv", help="Print CSV instead of a table.")] = False,
 ):
-    """Faces of the gallery most like the largest face in a photo: by person descriptor (who it
-    is), with the shape-code distance beside it."""
+    """Faces of the gallery most like the largest face in a photo, by person descriptor.
+
+    Ranked by the person descriptor (who it is), with the shape-code distance beside it."""
     import pyarrow as pa
 
     from skullsearch import Gallery
@@ -65,9 +66,9 @@ def persons_cmd(
     uncertainty: Annotated[bool, typer.Option(
         help="With --refit: keep each person's fit uncertainty (for query --uncertainty).")] = False,
 ):
-    """Group the gallery's faces by person from their person descriptors (no labels needed), save
-    the groups (SQL view person_groups) and list them, largest first; --refit writes the person
-    gallery."""
+    """Group the gallery's faces by person from their descriptors (no labels needed).
+
+    Saves the groups (SQL view person_groups), lists them largest first; --refit: the person gallery."""
     from skullsearch import Gallery
 
     g = Gallery.open(gallery)
