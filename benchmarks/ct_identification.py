@@ -779,7 +779,11 @@ def main(argv=None) -> None:
                   f"{run.get('views', {}).get('rank_likelihood_median')}; shared "
                   f"{run.get('shared', {}).get('rank_s')} / {run.get('shared', {}).get('rank_likelihood')}; "
                   f"mean face {run['mean_face']['rank_s']} / {run['mean_face']['rank_likelihood']}; "
-                  f"oracle {run['oracle']['rank_s']} / {run['oracle']['rank_likelihood']}", file=sys.stderr)
+                  f"oracle {run['oracle']['rank_s']} / {run['oracle']['rank_likelihood']}; at the oracle's "
+                  f"{len(run['encoder_at_landmarks']['landmarks'])} landmarks the views lie "
+                  f"{run['encoder_at_landmarks'].get('views_over_mean_face')}× the mean face's distance from "
+                  f"it (synthetic: {run['encoder_at_landmarks']['synthetic_encoded_over_mean_face']}×)",
+                  file=sys.stderr)
     if a.save:
         np.savez_compressed(a.save, **saved)
     out["seconds"] = round(time.time() - t0, 1)
