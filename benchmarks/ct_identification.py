@@ -66,6 +66,7 @@ model the fit searches (synthetic); the probe's face does not. Reported, nothing
         [--depth-factors 0.4 0.6 ... 1.6] [--leave-out rhi] [--surface]   # the saved faces, ranked again
     python benchmarks/ct_identification.py [--ct NPZ --partial ...] --correspondence-only
         [--profile profile.png]   # where the skull and the face disagree, in a minute
+    ... [--midline-forward]   # the midline's tissue laid along the face's forward axis, not the bone normal
 
 Measured (README's benchmark table; against the heads' outer skin, ``_ct.outer_air``): on both
 real heads a person's photo-encoded faces rank where random faces rank (CThead median 472 / 227
@@ -206,6 +207,33 @@ def rigid_rms(points: np.ndarray, reference: np.ndarray) -> np.ndarray:
         moved = ce._apply(ce._rigid(p, ref, scale=False), p)
         out[i] = np.sqrt(((moved - ref) ** 2).sum(1).mean())
     return out
+
+
+#: the midline landmarks whose tissue :func:`forward_midline` lays along the face's forward axis
+#: (op and v lie on the vault, me under the chin: not in front)
+FORWARD_MIDLINE = ("g", "n", "mn", "rhi", "ss", "mp", "pr", "id", "sm", "pg", "gn")
+
+
+def forward_midline(ext, forward: np.ndarray):
+    """The extended landmarks ``ext`` with the tissue of the present :data:`FORWARD_MIDLINE`
+    landmarks laid along ``forward`` (3,) (the face's forward axis in the skull's frame) instead
+    of the bone's normal: n_i = m_i + depth_i · forward. The bone normals fan out over a convex
+    profile (on CThead nasion's 33° and mid-nasal's 55° above the horizontal, infradentale's 39°
+    below it), so they spread the extended points up and down the face; a depth measured
+    parallel to the Frankfort plane does not."""
+    import dataclasses
+
+    f = np.asarray(forward, np.float64) / np.linalg.norm(forward)
+    directions = np.array(ext.directions, np.float64)
+    source = list(ext.direction_source)
+    for n in FORWARD_MIDLINE:
+        i = ext.names.index(n)
+        if ext.present[i]:
+            directions[i] = f
+            source[i] = "forward"
+    laid = np.asarray(ext.skull_points, np.float64) + np.asarray(ext.depth, np.float64)[:, None] * directions
+    points = np.where(np.asarray(ext.present, bool)[:, None], laid, np.nan)
+    return dataclasses.replace(ext, directions=directions, points=points, direction_source=source)
 
 
 def oracle_landmarks(model, keep: np.ndarray, radius: float = 5.0) -> np.ndarray:
@@ -651,6 +679,10 @@ def main(argv=None) -> None:
                    help="also rank by the surface likelihood (query --rank-by surface: each extended "
                         "landmark's distance to the face's skin, not to its annotated point), the "
                         "synthetic baselines too (about 2 min more a run)")
+    p.add_argument("--midline-forward", action="store_true",
+                   help="lay the midline landmarks' tissue along the face's forward axis (the placed mean "
+                        "face's, in the midsagittal plane) instead of the bone's normal: where the two "
+                        "conventions of measuring a depth put the points (with --rescore or alone)")
     p.add_argument("--leave-out", nargs="*", default=[], metavar="LANDMARK",
                    help="with --rescore: score without these landmarks (e.g. those the extension warns of)")
     a = p.parse_args(argv)
@@ -674,6 +706,10 @@ def main(argv=None) -> None:
         fit = ct.fit_skull(skull_mesh, partial=a.partial)  # (the skull's frame and midline: the landmarks')
         skull, lms = cv.ct_skull(skull_mesh, a.partial, tmp, fit=fit)
         ext = extend(skull, load_table())
+        head = ce.place_head(model, volume, spacing, skin_ct, a.upper_face, no_streak=a.no_streak)
+        if a.midline_forward:
+            ext = forward_midline(ext, head.to_ct[:3, :3] @ np.array([0.0, 0.0, 1.0]))
+        out["midline_forward"] = a.midline_forward
         target, present, sd = ext.points, np.asarray(ext.present, bool), np.asarray(ext.sd, np.float64)
         out["landmarks"] = int(present.sum())
         angle = np.nan_to_num(ext.outward_angle_deg)  # the landmarks the extension warns of
@@ -692,7 +728,6 @@ def main(argv=None) -> None:
             out["rescore"] = rescore(model, saved, ext, a.depth_factors, a.leave_out, a.surface,
                                      a.tangent_sd)
             out["rescore"]["dorsum_fractions"] = a.dorsum_fractions
-            head = ce.place_head(model, volume, spacing, skin_ct, a.upper_face, no_streak=a.no_streak)
             gap = correspondence_gap(model, head, saved["oracle"], ext)
             out["rescore"]["gap_model_frame_mm"] = gap_vectors(gap)
             kept = ext.without(a.leave_out).present  # (the baselines score the same landmarks)
@@ -710,7 +745,6 @@ def main(argv=None) -> None:
             out["seconds"] = round(time.time() - t0, 1)
             emit(json.loads(json.dumps(out)))
             return
-        head = ce.place_head(model, volume, spacing, skin_ct, a.upper_face, no_streak=a.no_streak)
         best = ce.oracle_shape(model, head.skin, head.region, ~head.streak & head.upper)
         eta = ScoreConfig().thresholds(sd)
         face = skin_face(model, head, best, whole=a.upper_face is not None)  # (set up once: ~12 s)
