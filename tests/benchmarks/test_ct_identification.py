@@ -347,8 +347,8 @@ def test_rescore_with_an_sd_along_the_skin(cid, default_model):
 
 def test_the_encoders_error_at_the_landmarks(cid, default_model):
     """Where the photos fail, landmark by landmark: faces equal to their truth are 0 mm off (0× the
-    mean face's error) whatever their rigid motion; faces halfway between the mean and the truth
-    about half the mean face's; the oracle's landmarks are those its fitted vertices hold."""
+    mean face's error); faces halfway between the mean and the truth about half the mean face's;
+    the oracle's landmarks are those its fitted vertices hold."""
     from skullsearch.encoder.soft_tissue import SOFT_TISSUE_NAMES
 
     m = default_model
@@ -397,13 +397,14 @@ def test_forward_midline_lays_the_midline_tissue_forward(cid):
                             normals=normals, directions=normals, depth=depth, sd=np.asarray(table.sd),
                             direction_source=["normal"] * 36, orientation=[""] * 36,
                             surface_distance=np.zeros(36))
-    fwd = ext.names.index
-    got = cid.forward_midline(ext, np.array([0.0, 0.0, 2.0]))
+    at = ext.names.index
+    got = cid.forward_midline(ext, np.array([0.0, 0.0, 2.0]))  # (normalised: a unit direction)
     for n in ("g", "n", "id", "gn"):
-        i = fwd(n)
-        assert np.allclose(got.points[i], skull[i] + [0, 0, depth[i]]) and got.direction_source[i] == "forward"
+        i = at(n)
+        assert np.allclose(got.points[i], skull[i] + [0, 0, depth[i]])
+        assert got.direction_source[i] == "forward"
     for n in ("pg", "op", "me", "zy_l", "go_r"):  # absent, or not in front
-        i = fwd(n)
+        i = at(n)
         assert got.direction_source[i] == "normal" and np.allclose(got.directions[i], normals[i])
-    i = fwd("zy_l")
-    assert np.allclose(got.points[i], ext.points[i]) and np.isnan(got.points[fwd("pg")]).all()
+    i = at("zy_l")
+    assert np.allclose(got.points[i], ext.points[i]) and np.isnan(got.points[at("pg")]).all()
