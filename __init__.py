@@ -13,6 +13,8 @@ The public API::
     gallery = skullsearch.Gallery.open("cases.gal")    # or Gallery.create(...).ingest(["photos/"])
     result = skullsearch.query(gallery, skullsearch.Skull.load("case17.ply"), top=20)
     skullsearch.history(gallery); skullsearch.rerun(gallery, result.query_id)
+    skullsearch.rank_sensitivity(gallery, result)      # each candidate's rank under thinner/thicker
+                                                       # tissue, other depth directions, fuzzy points
     skullsearch.profile_image(skull, skullsearch.extend(skull), "profile.png")  # the midsagittal view
     result = skullsearch.reconstruct(skull, gallery, candidates=3, out="recon/")  # re-synthesized faces
     skullsearch.report(gallery, query_id, "case.html")  # the HTML case report of a recorded query
@@ -47,6 +49,7 @@ _EXPORTS: dict[str, str] = {
     "query_record": "skullsearch.retrieval.audit",
     "extend": "skullsearch.retrieval.extended",
     "profile_image": "skullsearch.retrieval.profile",
+    "rank_sensitivity": "skullsearch.retrieval.sensitivity",
 }
 
 
@@ -64,6 +67,7 @@ __all__ = [
     "query_record",
     "extend",
     "profile_image",
+    "rank_sensitivity",
     "Candidate",
     "QueryResult",
     "ScoreConfig",

@@ -214,33 +214,6 @@ def rigid_rms(points: np.ndarray, reference: np.ndarray) -> np.ndarray:
     return out
 
 
-#: the midline landmarks whose tissue :func:`forward_midline` lays along the face's forward axis
-#: (op and v lie on the vault, me under the chin: not in front)
-FORWARD_MIDLINE = ("g", "n", "mn", "rhi", "ss", "mp", "pr", "id", "sm", "pg", "gn")
-
-
-def forward_midline(ext, forward: np.ndarray):
-    """The extended landmarks ``ext`` with the tissue of the present :data:`FORWARD_MIDLINE`
-    landmarks laid along ``forward`` (3,) (the face's forward axis in the skull's frame) instead
-    of the bone's normal: n_i = m_i + depth_i · forward. The bone normals fan out over a convex
-    profile (on CThead nasion's 33° and mid-nasal's 55° above the horizontal, infradentale's 39°
-    below it), so they spread the extended points up and down the face; a depth measured
-    parallel to the Frankfort plane does not."""
-    import dataclasses
-
-    f = np.asarray(forward, np.float64) / np.linalg.norm(forward)
-    directions = np.array(ext.directions, np.float64)
-    source = list(ext.direction_source)
-    for n in FORWARD_MIDLINE:
-        i = ext.names.index(n)
-        if ext.present[i]:
-            directions[i] = f
-            source[i] = "forward"
-    laid = np.asarray(ext.skull_points, np.float64) + np.asarray(ext.depth, np.float64)[:, None] * directions
-    points = np.where(np.asarray(ext.present, bool)[:, None], laid, np.nan)
-    return dataclasses.replace(ext, directions=directions, points=points, direction_source=source)
-
-
 def oracle_landmarks(model, keep: np.ndarray, radius: float = 5.0) -> np.ndarray:
     """(36,) bool: the soft-tissue points the oracle's fit constrains — every mean-face vertex
     within ``radius`` mm of the point is among the vertices the oracle was fitted to (``keep``
@@ -713,7 +686,7 @@ def main(argv=None) -> None:
         ext = extend(skull, load_table())
         head = ce.place_head(model, volume, spacing, skin_ct, a.upper_face, no_streak=a.no_streak)
         if a.midline_forward:
-            ext = forward_midline(ext, head.to_ct[:3, :3] @ np.array([0.0, 0.0, 1.0]))
+            ext = ext.laid_forward(forward=head.to_ct[:3, :3] @ np.array([0.0, 0.0, 1.0]))
         out["midline_forward"] = a.midline_forward
         target, present, sd = ext.points, np.asarray(ext.present, bool), np.asarray(ext.sd, np.float64)
         out["landmarks"] = int(present.sum())

@@ -550,6 +550,11 @@ def query_cmd(
     tangent_sd: Annotated[float, typer.Option(
         help="An SD in mm the likelihood allows along the skin at each landmark (the skull's side and "
              "the face model place a named point differently along the skin; 0: off).")] = 0.0,
+    sensitivity: Annotated[bool, typer.Option(
+        help="Also rank every candidate again with thinner (×0.8) and thicker (×1.2) tissue, the "
+             "midline's tissue laid forward instead of square to the bone, and 3 mm of slack along the "
+             "skin: its best and worst rank (a lead that holds its place rests on the skull, not on "
+             "those conventions). About four queries more.")] = False,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the result as JSON.")] = None,
     csv_out: Annotated[Path | None, typer.Option("--csv", help="Write the ranked table as CSV.")] = None,
     parquet_out: Annotated[Path | None, typer.Option("--parquet", help="Write the table (Parquet).")] = None,
@@ -588,12 +593,19 @@ def query_cmd(
             prog.stop()
     for w in result.warnings:
         err.print(f"[yellow]warning:[/] {w}", highlight=False)
+    spread = None
+    if sensitivity:
+        from skullsearch import rank_sensitivity
+
+        spread = rank_sensitivity(g, result)
+        for name, why in spread["skipped"].items():
+            err.print(f"[yellow]sensitivity:[/] no {name} variant: {why}", highlight=False)
     t = Table(title=f"{skull_path.name} — {int(result.present.sum())} landmarks, query {result.query_id}")
     id_width = max([len(str(c.face_id)) for c in result.candidates] + [7])
     surface = rank_by == "surface"
     for c in ("rank", "face id", "person", "photo", "S", "matched", "likelihood", "surface", "calibrated",
-              "RMS mm"):
-        if c == "surface" and not surface:
+              "RMS mm", "rank range"):
+        if (c == "surface" and not surface) or (c == "rank range" and spread is None):
             continue
         wide = c in ("person", "photo")  # wrap, never cut: rows must stay tellable apart
         t.add_column(c, justify="left" if wide else "right", overflow="fold" if wide else "ellipsis",
@@ -602,11 +614,23 @@ def query_cmd(
         cells = [str(c.rank), str(c.face_id), str(c.person or ""), Path(c.path or "").name, f"{c.s:.3f}",
                  f"{c.matched}/{c.present}", f"{c.likelihood:.1f}"]
         cells += [f"{c.surface_likelihood:.2f}"] if surface else []
-        t.add_row(*cells, f"{c.calibrated:.2%}", f"{c.rms_mm:.2f}")
+        cells += [f"{c.calibrated:.2%}", f"{c.rms_mm:.2f}"]
+        if spread is not None:
+            best, worst = spread["range"][c.face_id]
+            cells.append(f"{best}–{worst}" if worst is not None else f"{best}–>{spread['depth']}")
+        t.add_row(*cells)
     out.print(t)
+    if spread is not None and spread["variants"]:
+        out.print(f"rank range: this rank and the ranks with {', '.join(spread['variants'])} "
+                  "(skullsearch.retrieval.sensitivity.VARIANTS)")
     df = result.to_pandas()
     if json_out:
-        write_text(json_out, result.to_json(indent=1))
+        import json
+
+        data = json.loads(result.to_json())
+        if spread is not None:
+            data["sensitivity"] = spread
+        write_text(json_out, json.dumps(data, indent=1, default=str))
     if csv_out:
         df.to_csv(csv_out, index=False)
     if parquet_out:

@@ -33,6 +33,9 @@ _VOTERS = 24
 #: A landmark's tissue direction further than this from outward (from the skull's centre) is
 #: flagged (:attr:`ExtendedLandmarks.warnings`): its extended point lies behind the bone.
 DIRECTION_LIMIT_DEG = 90.0
+#: the midline landmarks in front of the face, whose tissue :meth:`ExtendedLandmarks.laid_forward`
+#: lays along the skull's forward axis (op and v lie on the vault, me under the chin)
+FORWARD_MIDLINE = ("g", "n", "mn", "rhi", "ss", "mp", "pr", "id", "sm", "pg", "gn")
 #: A midline landmark further than this (mm) from the midline plane through the skull's other
 #: midline landmarks is flagged (:attr:`ExtendedLandmarks.midline_warnings`). The automatic
 #: landmarks of the two real CT skulls lie within 2.5 mm of it (``benchmarks/ct_identification.py``
@@ -741,6 +744,47 @@ class ExtendedLandmarks:
         left = set(self.left_out) | {SOFT_TISSUE_NAMES[i] for i in np.flatnonzero(drop)}
         return replace(self, present=present, points=np.where(present[:, None], self.points, np.nan),
                        left_out=sorted(left, key=SOFT_TISSUE_NAMES.index))
+
+    def _relaid(self, directions: np.ndarray, factor: float = 1.0, source=None) -> ExtendedLandmarks:
+        """A copy whose present points are m_i + factor · depth_i · directions_i."""
+        from dataclasses import replace
+
+        if not np.isfinite(np.asarray(self.skull_points, np.float64)[self.present]).all():
+            raise ExtendedLandmarkError("these extended landmarks were given as points, without a skull: "
+                                        "their tissue cannot be laid again")
+        depth = factor * np.asarray(self.depth, np.float64)[:, None]
+        laid = np.asarray(self.skull_points, np.float64) + depth * np.asarray(directions, np.float64)
+        return replace(self, points=np.where(self.present[:, None], laid, np.nan), directions=directions,
+                       direction_source=list(source or self.direction_source))
+
+    def with_depths(self, factor: float) -> ExtendedLandmarks:
+        """A copy with every tissue depth times ``factor`` (0.8: a lean face, a cadaver's shrunken
+        tissue; 1.2: a heavy one), along the same directions. Raises
+        :class:`ExtendedLandmarkError` for points given without a skull (:meth:`from_points`)."""
+        return self._relaid(np.asarray(self.directions, np.float64), float(factor))
+
+    def laid_forward(self, names=FORWARD_MIDLINE, forward: np.ndarray | None = None) -> ExtendedLandmarks:
+        """A copy with the tissue of the present landmarks ``names`` (default the midline face's,
+        :data:`FORWARD_MIDLINE`) laid along ``forward`` (3,) — default the skull's own forward
+        axis (:meth:`frame`) — instead of their bone normal (or table direction): a depth measured
+        parallel to the Frankfort plane rather than square to the bone. Bone normals fan out over
+        a convex profile (a nasion's tissue tilted 30° up, an infradentale's 40° down), spreading the
+        extended points up and down the face. Raises :class:`ExtendedLandmarkError` where the
+        skull's frame cannot be told or the points were given without a skull."""
+        if forward is None:
+            frame = self.frame()
+            if frame is None:
+                raise ExtendedLandmarkError("the skull's forward axis cannot be told from its landmarks "
+                                            "(it needs g or n over the chin, or v over g, n, op)")
+            forward = frame[2]
+        f = np.asarray(forward, np.float64) / np.linalg.norm(forward)
+        directions = np.array(self.directions, np.float64)
+        source = list(self.direction_source)
+        for i, n in enumerate(SOFT_TISSUE_NAMES):
+            if n in names and self.present[i]:
+                directions[i] = f
+                source[i] = "forward"
+        return self._relaid(directions, 1.0, source)
 
     @classmethod
     def from_points(cls, points, present, sd, table_name: str = "") -> ExtendedLandmarks:

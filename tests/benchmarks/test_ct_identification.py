@@ -377,34 +377,3 @@ def test_the_encoders_error_at_the_landmarks(cid, default_model):
     keep[np.linalg.norm(np.asarray(m.v_template, np.float64) - p, axis=1) < 3.0] = False
     held = cid.oracle_landmarks(m, keep)
     assert not held[pr] and held.sum() >= 30
-
-
-def test_forward_midline_lays_the_midline_tissue_forward(cid):
-    """Only the present midline landmarks of FORWARD_MIDLINE move: each along the forward axis by
-    its depth from its skull point; the others keep their normal and point."""
-    from skullsearch.retrieval.extended import ExtendedLandmarks
-    from skullsearch.retrieval.tissue import load_table
-
-    table = load_table()
-    rng = np.random.default_rng(2)
-    skull = rng.standard_normal((36, 3)) * 40
-    normals = rng.standard_normal((36, 3))
-    normals /= np.linalg.norm(normals, axis=1, keepdims=True)
-    present = np.ones(36, bool)
-    present[ExtendedLandmarks.from_points(skull, present, table.sd).names.index("pg")] = False
-    depth = np.asarray(table.mean, np.float64)
-    ext = ExtendedLandmarks(points=skull + depth[:, None] * normals, skull_points=skull, present=present,
-                            normals=normals, directions=normals, depth=depth, sd=np.asarray(table.sd),
-                            direction_source=["normal"] * 36, orientation=[""] * 36,
-                            surface_distance=np.zeros(36))
-    at = ext.names.index
-    got = cid.forward_midline(ext, np.array([0.0, 0.0, 2.0]))  # (normalised: a unit direction)
-    for n in ("g", "n", "id", "gn"):
-        i = at(n)
-        assert np.allclose(got.points[i], skull[i] + [0, 0, depth[i]])
-        assert got.direction_source[i] == "forward"
-    for n in ("pg", "op", "me", "zy_l", "go_r"):  # absent, or not in front
-        i = at(n)
-        assert got.direction_source[i] == "normal" and np.allclose(got.directions[i], normals[i])
-    i = at("zy_l")
-    assert np.allclose(got.points[i], ext.points[i]) and np.isnan(got.points[at("pg")]).all()
