@@ -67,6 +67,7 @@ model the fit searches (synthetic); the probe's face does not. Reported, nothing
     python benchmarks/ct_identification.py [--ct NPZ --partial ...] --correspondence-only
         [--profile profile.png]   # where the skull and the face disagree, in a minute
     ... [--midline-forward]   # the midline's tissue laid along the face's forward axis, not the bone normal
+    ... --rescore NPZ --sensitivity   # each probe's ranks under query --sensitivity's variants
 
 Measured (README's benchmark table; against the heads' outer skin, ``_ct.outer_air``): on both
 real heads a person's photo-encoded faces rank where random faces rank (CThead median 472 / 227
@@ -606,6 +607,37 @@ def rescore(model, saved, ext, factors, leave_out=(), surface: bool = False, tan
     return out
 
 
+def sensitivity(model, saved, ext) -> dict:
+    """``query --sensitivity`` on the saved faces: per run, each probe set's median rank by S and
+    by likelihood under each of :data:`skullsearch.retrieval.sensitivity.VARIANTS` (the skull's
+    landmarks laid again as the query lays them: the skull's own forward axis, not the face's),
+    beside the plain ranks (``as_is``)."""
+    from skullsearch.retrieval.score import ScoreConfig
+    from skullsearch.retrieval.sensitivity import VARIANTS, variant
+
+    present = np.asarray(ext.present, bool)
+    sd = np.asarray(ext.sd, np.float64)
+    normals = model.soft_tissue_normals()
+    out = {}
+    for label in ("landmark", "refined"):
+        if f"{label}_distractors" not in saved:
+            continue
+        dpts = soft_points(model, np.asarray(saved[f"{label}_distractors"]))
+        sets = {"views": np.asarray(saved[f"{label}_views"]),
+                "shared": np.asarray(saved[f"{label}_shared"])[:1],
+                "mean_face": np.zeros((1, model.n_shape)), "oracle": np.asarray(saved["oracle"])[None]}
+        run = out[label] = {}
+        for name in ("as_is", *VARIANTS):
+            e, cfg = (ext, ScoreConfig()) if name == "as_is" else variant(ext, ScoreConfig(), name)
+            row = run[name] = {}
+            for k, shapes in sets.items():
+                if len(shapes):
+                    r = ranks(soft_points(model, shapes), dpts, e.points, present, sd,
+                              tangent=cfg.tangent_sd_mm, normals=normals)
+                    row[k] = [float(np.median(r["rank_s"])), float(np.median(r["rank_likelihood"]))]
+    return out
+
+
 def summary(row: dict) -> dict:
     """Median and best rank of a probe set's ranks."""
     out = {}
@@ -661,6 +693,9 @@ def main(argv=None) -> None:
                    help="lay the midline landmarks' tissue along the face's forward axis (the placed mean "
                         "face's, in the midsagittal plane) instead of the bone's normal: where the two "
                         "conventions of measuring a depth put the points (with --rescore or alone)")
+    p.add_argument("--sensitivity", action="store_true",
+                   help="with --rescore: each probe's ranks under query --sensitivity's variants (thinner "
+                        "and thicker tissue, the midline laid forward, slack along the skin)")
     p.add_argument("--leave-out", nargs="*", default=[], metavar="LANDMARK",
                    help="with --rescore: score without these landmarks (e.g. those the extension warns of)")
     a = p.parse_args(argv)
@@ -706,6 +741,8 @@ def main(argv=None) -> None:
             out["rescore"] = rescore(model, saved, ext, a.depth_factors, a.leave_out, a.surface,
                                      a.tangent_sd)
             out["rescore"]["dorsum_fractions"] = a.dorsum_fractions
+            if a.sensitivity:
+                out["rescore"]["sensitivity"] = sensitivity(model, saved, ext.without(a.leave_out))
             gap = correspondence_gap(model, head, saved["oracle"], ext)
             out["rescore"]["gap_model_frame_mm"] = gap_vectors(gap)
             kept = ext.without(a.leave_out).present  # (the baselines score the same landmarks)

@@ -377,3 +377,20 @@ def test_the_encoders_error_at_the_landmarks(cid, default_model):
     keep[np.linalg.norm(np.asarray(m.v_template, np.float64) - p, axis=1) < 3.0] = False
     held = cid.oracle_landmarks(m, keep)
     assert not held[pr] and held.sum() >= 30
+
+
+def test_rescore_under_the_querys_sensitivity_variants(cid, default_model):
+    """Each variant's ranks are the probes' ranks against the skull laid as query --sensitivity lays
+    it; as_is the plain ranks; the truth, 4 mm out from the bone, keeps first place in each."""
+    from skullsearch.retrieval.score import ScoreConfig
+    from skullsearch.retrieval.sensitivity import VARIANTS, variant
+
+    shapes, pts, ext, saved = _saved_run(cid, default_model)
+    out = cid.sensitivity(default_model, saved, ext)["landmark"]
+    assert list(out) == ["as_is", *VARIANTS]
+    dpts = cid.soft_points(default_model, shapes[4:])
+    assert out["as_is"] == cid.rescore(default_model, saved, ext, [1.0])["runs"]["landmark"]["1"]
+    thin, _ = variant(ext, ScoreConfig(), "thin")
+    r = cid.ranks(cid.soft_points(default_model, shapes[:3]), dpts, thin.points, ext.present, ext.sd)
+    assert out["thin"]["views"] == [float(np.median(r["rank_s"])), float(np.median(r["rank_likelihood"]))]
+    assert all(out[v]["oracle"] == [1.0, 1.0] for v in ("as_is", "thin", "thick", "fuzzy"))
