@@ -55,11 +55,13 @@ def rank_sensitivity(gallery, result, variants=tuple(VARIANTS), depth: int = DEP
     query's gallery shards, shortlist, ranking and score settings; no record is written.
 
     Returns ``{"variants": [names], "depth": depth, "ranks": {face_id: {variant: rank (1 = first)
-    or None (beyond ``depth``)}}, "range": {face_id: (best, worst or None)} over the query's own
-    rank and the variants', "skipped": {variant: why}}``. Each variant costs about one query."""
+    or None (beyond ``depth``, at least the query's own number of candidates)}}, "range": {face_id:
+    (best, worst or None)} over the query's own rank and the variants', "skipped": {variant: why}}``.
+    Each variant costs about one query."""
     from skullsearch.retrieval.query import query_points
 
     p = result.params
+    depth = max(int(depth), len(result.candidates), 1)  # (every listed candidate can be placed)
     cfg = ScoreConfig(**p["score"]) if isinstance(p.get("score"), dict) else ScoreConfig()
     ranks = {c.face_id: {} for c in result.candidates}
     skipped = {}
@@ -70,7 +72,7 @@ def rank_sensitivity(gallery, result, variants=tuple(VARIANTS), depth: int = DEP
         except ExtendedLandmarkError as e:
             skipped[name] = str(e)
             continue
-        got = query_points(gallery, ext.points, ext.present, ext.sd, top=max(int(depth), 1),
+        got = query_points(gallery, ext.points, ext.present, ext.sd, top=depth,
                            shortlist=p.get("shortlist"), rank_by=p.get("rank_by", "s"), score_config=vcfg,
                            calibration_sample=0, seed=p.get("seed", 0), max_shard=p.get("max_shard"),
                            exhaustive=bool(p.get("exhaustive", False)),
@@ -84,4 +86,4 @@ def rank_sensitivity(gallery, result, variants=tuple(VARIANTS), depth: int = DEP
         seen = [c.rank] + [ranks[c.face_id][n] for n in done]
         span[c.face_id] = (min(r for r in seen if r is not None),
                            None if any(r is None for r in seen) else max(seen))
-    return {"variants": done, "depth": int(depth), "ranks": ranks, "range": span, "skipped": skipped}
+    return {"variants": done, "depth": depth, "ranks": ranks, "range": span, "skipped": skipped}
