@@ -778,6 +778,7 @@ class ExtendedLandmarks:
                                             "(it needs g or n over the chin, or v over g, n, op)")
             forward = frame[2]
         f = np.asarray(forward, np.float64) / np.linalg.norm(forward)
+        names = {names} if isinstance(names, str) else set(names)
         directions = np.array(self.directions, np.float64)
         source = list(self.direction_source)
         for i, n in enumerate(SOFT_TISSUE_NAMES):

@@ -5,8 +5,9 @@ thick this person's tissue was (the table gives a population's mean: a lean face
 cadaver's shrunken tissue lie under it, a heavy one over it), which way each depth was measured
 (square to the bone, as the extension lays it, or parallel to the Frankfort plane, as many
 studies measure the midline), and where along the skin the face model and the table each put a
-named point. On real CT heads a few millimetres of such a choice move the model's best face for
-the real skin from 1st to a few hundredth (``benchmarks/ct_identification.py --midline-forward``).
+named point. On two real CT heads these variants move the model's best face for the real skin
+between 1st and 603rd (CThead) and 60th and 805th (Cranium) by S, and between 1st and 79th, and
+not at all, by likelihood (``benchmarks/ct_identification.py --rescore F --sensitivity``).
 :func:`rank_sensitivity` re-runs a query under each of :data:`VARIANTS` — the same gallery,
 shortlist and scores, the skull's landmarks laid again — and reports where each of its
 candidates ranks then: a lead that keeps its place under all of them rests on the skull's
