@@ -14,21 +14,6 @@ from skullsearch.index.synth import synth
 from skullsearch.retrieval.tissue import load_table
 
 
-@pytest.fixture(scope="module")
-def case(default_model, tmp_path_factory):
-    root = tmp_path_factory.mktemp("query")
-    g = Gallery.create(root / "g", face_model=default_model)
-    synth(g, 400, seed=3)
-    truth = int(g.sample_ids(1, seed=11)[0])
-    shape = code_layout.split(g.codes([truth])).shape[0, : default_model.n_shape]
-    # A face pushed inward by the real depths (up to 26 mm) folds over where the depth exceeds
-    # the face's curvature, which no real skull does; so the test skull sits 3 mm under the
-    # face and the query uses a user table of 3 mm depths (with the global table's SDs).
-    skull_path, mesh, marks = skull_under(default_model, shape, root / "case", seed=1)
-    table = table_3mm(root / "depths_3mm.csv")
-    return g.path, truth, skull_path, mesh, marks, root, str(table)
-
-
 def noisy_query(g, face_index: int, seed: int, keep: float = 0.75):
     """Every face id of the gallery, in shard order, and a query near one of them: (ids, target
     (36, 3) with 2 mm noise, present (36,) with about ``keep`` of the landmarks, table SDs)."""

@@ -5,35 +5,21 @@ import json
 
 import numpy as np
 import pytest
-from skulls import skull_under, table_3mm
 
 import skullsearch
 from skullsearch import Gallery, Skull
-from skullsearch.encoder import code as code_layout
 from skullsearch.encoder.soft_tissue import SOFT_TISSUE_NAMES
-from skullsearch.index.synth import synth
 from skullsearch.retrieval.extended import FORWARD_MIDLINE, ExtendedLandmarkError, extend
 from skullsearch.retrieval.query import query_points
 from skullsearch.retrieval.sensitivity import VARIANTS, rank_sensitivity
 from skullsearch.retrieval.tissue import load_table
 
 
-@pytest.fixture(scope="module")
-def case(default_model, tmp_path_factory):
-    root = tmp_path_factory.mktemp("sensitivity")
-    g = Gallery.create(root / "g", face_model=default_model)
-    synth(g, 300, seed=4)
-    truth = int(g.sample_ids(1, seed=2)[0])
-    shape = code_layout.split(g.codes([truth])).shape[0, : default_model.n_shape]
-    skull_path, _, _ = skull_under(default_model, shape, root / "case", seed=3)
-    return g.path, truth, skull_path, str(table_3mm(root / "depths_3mm.csv"))
-
-
 def test_the_variants_lay_the_skulls_tissue_again(case):
     """×0.8 / ×1.2 move every extended point along its own direction; laid forward moves only the
     midline face's points, each its depth along the skull's own forward axis; both follow a rigid
     motion of the skull; points given without a skull cannot be laid again."""
-    _, _, skull_path, table = case
+    _, _, skull_path, *_, table = case
     skull = Skull.load(skull_path)
     ext = extend(skull, load_table(table))
     p = ext.present
@@ -70,7 +56,7 @@ def test_the_variants_lay_the_skulls_tissue_again(case):
 
 
 def test_the_planted_face_keeps_its_place_under_every_variant(case):
-    gpath, truth, skull_path, table = case
+    gpath, truth, skull_path, *_, table = case
     g = Gallery.open(gpath)
     res = skullsearch.query(g, Skull.load(skull_path), top=5, tissue_table=table, record=False)
     assert res.candidates[0].face_id == truth
@@ -104,7 +90,7 @@ def test_query_command_shows_each_candidates_rank_range(case, tmp_path, capsys, 
     from skullsearch.cli.app import main
 
     monkeypatch.setenv("COLUMNS", "250")
-    gpath, truth, skull_path, table = case
+    gpath, truth, skull_path, *_, table = case
     out_json = tmp_path / "r.json"
     assert main(["query", str(skull_path), "-g", str(gpath), "--top", "3", "--tissue-table", table,
                  "--sensitivity", "--json", str(out_json)]) == 0
