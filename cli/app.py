@@ -641,7 +641,8 @@ def query_cmd(
     if report:
         from skullsearch.inpaint.report import report as write_report
 
-        out.print(f"wrote {write_report(g, result.query_id, report, top=export_top, result=result)}")
+        path = write_report(g, result.query_id, report, top=export_top, result=result, sensitivity=spread)
+        out.print(f"wrote {path}")
 
 
 @app.command("history")

@@ -20,9 +20,13 @@ def report_cmd(
         Path | None, typer.Option(help="A folder written by `skullsearch reconstruct`, to include its faces.")
     ] = None,
     top: Annotated[int, typer.Option(help="Candidates with a 3D view and a distance table.")] = 5,
+    sensitivity: Annotated[bool, typer.Option(
+        help="Add each candidate's rank range (query --sensitivity: thinner and thicker tissue, the "
+             "midline laid forward, slack along the skin; about four queries more).")] = False,
 ):
     """Write one self-contained HTML case report (opens offline) for a recorded query."""
     from skullsearch.inpaint.report import report
 
-    path = report(gallery, query_id, out_path, reconstruction=reconstruction, top=top)
+    path = report(gallery, query_id, out_path, reconstruction=reconstruction, top=top,
+                  sensitivity=sensitivity or None)
     out.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB): open it in a browser, no network needed")

@@ -387,14 +387,17 @@ def _points(arr) -> list:
 
 
 def build_report(gallery, query_id: str, out, reconstruction=None, top: int = 5, result=None,
-                 max_skull_faces: int = MAX_SKULL_FACES) -> Path:
+                 max_skull_faces: int = MAX_SKULL_FACES, sensitivity=None) -> Path:
     """Write the case report of a recorded query to ``out`` (an .html file); returns its path.
 
     gallery: a Gallery or its folder; query_id: an id of the gallery's audit log
     (``skullsearch history``); reconstruction: a folder written by ``skullsearch reconstruct``
     (optional); top: how many candidates get a 3D view and a distance table (the ranked table
     lists all that the query kept); result: the live :class:`QueryResult` of that query, to
-    skip the re-run (``query --report``). Raises :class:`ReportError` /
+    skip the re-run (``query --report``); sensitivity: True to rank every candidate again under
+    :data:`~skullsearch.retrieval.sensitivity.VARIANTS` (about four queries more) and show its rank
+    range, or the dict :func:`~skullsearch.rank_sensitivity` returned for this result (``query
+    --sensitivity --report``). Raises :class:`ReportError` /
     :class:`~skullsearch.GalleryError` with the fix for an unknown query or a bad folder.
     """
     from skullsearch.index.gallery import Gallery
@@ -434,8 +437,13 @@ def build_report(gallery, query_id: str, out, reconstruction=None, top: int = 5,
     ref = _calibration_scores(g, p, result, cfg)
     profile = _profile_url(g, skull_mesh, result, shown, aligned[0], notes)
 
+    spread = sensitivity if isinstance(sensitivity, dict) else None
+    if sensitivity is True:
+        from skullsearch.retrieval.sensitivity import rank_sensitivity
+
+        spread = rank_sensitivity(g, result)
     html_text = _render(g, record, result, shown, cands, ref, eta, recon, notes, reproduced,
-                        skull_file_state, skull_faces_info, scene, profile)
+                        skull_file_state, skull_faces_info, scene, profile, spread)
     tmp = out.with_name(out.name + ".tmp")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -600,6 +608,7 @@ class _Report:
     skull_faces_info: str
     scene: dict
     profile: str | None = None
+    spread: dict | None = None  # (rank_sensitivity's answer, or None: no rank range column)
 
     def __post_init__(self):
         from skullsearch.meta import __version__
@@ -614,9 +623,9 @@ class _Report:
 
 
 def _render(g, record, result, shown, cands, ref, eta, recon, notes, reproduced, skull_file_state,
-            skull_faces_info, scene, profile=None) -> str:
+            skull_faces_info, scene, profile=None, spread=None) -> str:
     r = _Report(g, record, result, shown, cands, ref, eta, recon, notes, reproduced, skull_file_state,
-                skull_faces_info, scene, profile)
+                skull_faces_info, scene, profile, spread)
     parts: list[str] = []
     add = parts.append
     for section in (_head_section, _ranked_section, _view_section, _distribution_section,
@@ -673,8 +682,15 @@ def _ranked_section(r: _Report, add) -> None:
         '<table><tr><th class="num">rank</th><th>photo</th><th class="num">face id</th><th>person</th>'
         '<th>photo file</th><th class="num">S</th><th class="num">matched</th><th class="num">likelihood</th>'
         + ('<th class="num">surface</th>' if surface else '')
-        + '<th class="num">calibrated</th><th class="num">RMS mm</th><th class="num">scale</th></tr>')
+        + '<th class="num">calibrated</th><th class="num">RMS mm</th><th class="num">scale</th>'
+        + ('<th class="num">rank range</th>' if r.spread else '') + '</tr>')
     gdir = Path(g.path)
+
+    def span(c) -> str:
+        best, worst = r.spread["range"].get(c.face_id, (c.rank, c.rank))
+        worst = worst if worst is not None else f'&gt;{r.spread["depth"]}'
+        return f'<td class="num">{best}–{worst}</td>'
+
     for c in cands:
         add(f'<tr id="cand-{c.face_id}"><td class="num">{c.rank}</td><td>{_thumb_cell(c, gdir)}</td>'
             f'<td class="num">{c.face_id}</td><td>{e(c.person or "")}</td>'
@@ -683,7 +699,8 @@ def _ranked_section(r: _Report, add) -> None:
             f'<td class="num">{c.likelihood:.1f}</td>'
             + (f'<td class="num">{_fmt(c.surface_likelihood, ".2f")}</td>' if surface else '')
             + f'<td class="num">{_fmt(c.calibrated * 100, ".2f")} %</td>'
-            f'<td class="num">{c.rms_mm:.2f}</td><td class="num">{c.scale:.3f}</td></tr>')
+            f'<td class="num">{c.rms_mm:.2f}</td><td class="num">{c.scale:.3f}</td>'
+            + (span(c) if r.spread else '') + '</tr>')
     add('</table><p>S = matched / present landmarks (a landmark matches when the aligned face point '
         'lies within η of the extended landmark); likelihood = Gaussian log-likelihood of the distances '
         '(σ from the table); '
@@ -691,6 +708,15 @@ def _ranked_section(r: _Report, add) -> None:
            '(not to its annotated point), Σ −log(1 + (d/σ)²); ' if surface else '')
         + 'calibrated = share of the gallery\'s calibration sample scoring at least as '
         'well (small is good).</p>')
+    if r.spread:
+        from skullsearch.retrieval.sensitivity import VARIANTS
+
+        ran = "; ".join(f"{n}: {VARIANTS[n]}" for n in r.spread["variants"])
+        add(f'<p>rank range = the best and worst of this rank and the ranks the same query gives '
+            f'({e(ran)}; &gt;{r.spread["depth"]}: beyond that place under one of them). A lead that keeps '
+            'its place rests on the skull\'s landmarks; one that does not rests on conventions no skull '
+            'settles as much as on the skull.'
+            + ''.join(f' No {e(n)} variant: {e(why)}.' for n, why in r.spread["skipped"].items()) + '</p>')
 
 
 def _view_section(r: _Report, add) -> None:

@@ -258,6 +258,24 @@ def test_reconstruction_folder_is_included(case, default_model, tmp_path):
         rep.report(case["g"], case["qid"], tmp_path / "r2.html", reconstruction=tmp_path)
 
 
+def test_the_report_shows_each_candidates_rank_range(case, tmp_path):
+    """sensitivity=True: a rank range column, one cell per candidate, the planted person's faces
+    keeping their place; a precomputed answer is shown as given; without it, no column."""
+    from skullsearch.retrieval.sensitivity import VARIANTS
+
+    text = rep.report(case["g"], case["qid"], tmp_path / "s.html", top=1, sensitivity=True).read_text()
+    assert '<th class="num">rank range</th>' in text and "thin: every tissue depth" in text
+    cells = re.findall(r'<td class="num">(\d+)–(\d+|&gt;\d+)</td></tr>', text)
+    assert len(cells) == len(case["result"].candidates)
+    assert all(int(a) <= int(b) for a, b in cells[:2] if b.isdigit()) and cells[0][0] == "1"
+    given = {"variants": ["thin"], "depth": 100, "skipped": {"forward": "no frame"},
+             "range": {c.face_id: (c.rank, None) for c in case["result"].candidates}, "ranks": {}}
+    text = rep.report(case["g"], case["qid"], tmp_path / "g.html", top=1, result=case["result"],
+                      sensitivity=given).read_text()
+    assert "1–&gt;100" in text and "No forward variant: no frame." in text and list(VARIANTS)[0] == "thin"
+    assert "rank range" not in built_text(case)
+
+
 def built_text(case) -> str:
     return rep.report(case["g"], case["qid"], case["root"] / "plain.html", top=1).read_text()
 
@@ -291,9 +309,9 @@ def test_cli_report_and_query_report(case, tmp_path):
     runner = CliRunner()
     out = tmp_path / "cli.html"
     r = runner.invoke(app, ["report", case["qid"], "--gallery", str(case["g"]), "--out", str(out),
-                            "--top", "2"])
+                            "--top", "2", "--sensitivity"])
     assert r.exit_code == 0, r.output
-    assert out.exists() and case["qid"] in out.read_text()
+    assert out.exists() and case["qid"] in out.read_text() and "rank range" in out.read_text()
     r = runner.invoke(app, ["report", "nope", "--gallery", str(case["g"]), "--out", str(out)])
     assert r.exit_code != 0 and "no recorded query" in str(r.exception)
 
@@ -301,9 +319,10 @@ def test_cli_report_and_query_report(case, tmp_path):
     shutil.copytree(case["g"], g2)
     qout = tmp_path / "q.html"
     r = runner.invoke(app, ["query", str(case["skull"]), "--gallery", str(g2), "--top", "5",
-                            "--tissue-table", case["table"], "--report", str(qout)])
+                            "--tissue-table", case["table"], "--report", str(qout), "--sensitivity"])
     assert r.exit_code == 0, r.output
     text = qout.read_text()
+    assert "rank range" in text and "rank range" in r.output  # (the table's and the report's: one run)
     qid = re.search(r"query (\d{8}T\d{6}Z-[0-9a-f]{8})", r.output).group(1)
     assert qid in text and "live result of this query" in text
     assert {int(i) for i in re.findall(r'<tr id="cand-(\d+)">', text)[:2]} == case["person_ids"]
