@@ -687,7 +687,9 @@ def _ranked_section(r: _Report, add) -> None:
     gdir = Path(g.path)
 
     def span(c) -> str:
-        best, worst = r.spread["range"].get(c.face_id, (c.rank, c.rank))
+        if c.face_id not in r.spread["range"]:  # (a sensitivity answer of another result)
+            return '<td class="num">—</td>'
+        best, worst = r.spread["range"][c.face_id]
         worst = worst if worst is not None else f'&gt;{r.spread["depth"]}'
         return f'<td class="num">{best}–{worst}</td>'
 
