@@ -203,16 +203,23 @@ def surface_likelihoods(model, shapes: np.ndarray, scores, target, present, sd) 
     return surface_scores(model, shapes, scores, target, present, ScoreConfig().sigma(sd))[1]
 
 
+def aligned_distances(points: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """(n, k) distance mm of each face's points (n, k, 3) to its reference's — one (k, 3) for
+    every face, or (n, k, 3) face by face — after the best rigid alignment of the two
+    (``ct_encoder._rigid``)."""
+    pts = np.asarray(points, np.float64)
+    refs = np.broadcast_to(np.asarray(reference, np.float64), pts.shape)
+    out = np.empty(pts.shape[:2])
+    for i, (p, r) in enumerate(zip(pts, refs, strict=True)):
+        out[i] = np.linalg.norm(ce._apply(ce._rigid(p, r, scale=False), p) - r, axis=1)
+    return out
+
+
 def rigid_rms(points: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """(n,) RMS distance mm of each face's points (n, k, 3) to the reference's (k, 3) after the
-    best rigid alignment (``ct_encoder._rigid``): how far a face's soft-tissue points lie from
-    another's."""
-    ref = np.asarray(reference, np.float64)
-    out = np.empty(len(points))
-    for i, p in enumerate(np.asarray(points, np.float64)):
-        moved = ce._apply(ce._rigid(p, ref, scale=False), p)
-        out[i] = np.sqrt(((moved - ref) ** 2).sum(1).mean())
-    return out
+    best rigid alignment (:func:`aligned_distances`): how far a face's soft-tissue points lie
+    from another's."""
+    return np.sqrt((aligned_distances(points, reference) ** 2).mean(1))
 
 
 def oracle_landmarks(model, keep: np.ndarray, radius: float = 5.0) -> np.ndarray:
@@ -245,10 +252,7 @@ def landmark_errors(model, sets: dict, reference, use: np.ndarray) -> dict:
             continue
         pts = soft_points(model, np.asarray(shapes)).astype(np.float64)[:, use]
         refs = soft_points(model, ref_all if ref_all.ndim == 2 else ref_all[None]).astype(np.float64)[:, use]
-        refs = np.broadcast_to(refs, pts.shape)
-        d = np.empty(pts.shape[:2])
-        for i, (p, r) in enumerate(zip(pts, refs, strict=True)):
-            d[i] = np.linalg.norm(ce._apply(ce._rigid(p, r, scale=False), p) - r, axis=1)
+        d = aligned_distances(pts, refs)
         out[name] = {"rms_mm": round(float(np.median(np.sqrt((d ** 2).mean(1)))), 2),
                      "per_landmark_mm": [round(float(x), 1) for x in np.median(d, 0)]}
     return out
@@ -561,6 +565,32 @@ def with_dorsum(model, mn: float, rhi: float):
     return SurfacePoints(faces, weights, shipped.names)
 
 
+def saved_probes(model, saved, label: str) -> dict:
+    """A --save file's probe sets of one run (``label``): name → shape codes (n, S) — the person's
+    ``views``, their ``shared`` shape, the ``mean_face`` and the ``oracle``."""
+    return {"views": np.asarray(saved[f"{label}_views"]), "shared": np.asarray(saved[f"{label}_shared"])[:1],
+            "mean_face": np.zeros((1, model.n_shape)), "oracle": np.asarray(saved["oracle"])[None]}
+
+
+def median_ranks(model, sets: dict, dshapes: np.ndarray, target, present, sd, surface: bool = False,
+                 **kw) -> dict:
+    """Each non-empty probe set's (name → shape codes (n, S)) median rank among the distractors
+    (shape codes ``dshapes`` (m, S)) by S and by likelihood (and by the surface): name → [S,
+    likelihood(, surface)]. All sets in one :func:`ranks` call (each probe is ranked against the
+    distractors alone), so the distractors are scored once; ``kw``: ranks' tangent and normals."""
+    names = [k for k, v in sets.items() if len(v)]
+    shapes = np.concatenate([np.asarray(sets[k], np.float64) for k in names])
+    r = ranks(soft_points(model, shapes), soft_points(model, dshapes), target, present, sd,
+              surface=(model, shapes, dshapes) if surface else None, **kw)
+    out, a = {}, 0
+    for k in names:
+        b = a + len(sets[k])
+        out[k] = [float(np.median(r[f"rank_{key}"][a:b])) for key in ("s", "likelihood", "surface")
+                  if f"rank_{key}" in r]
+        a = b
+    return out
+
+
 def rescore(model, saved, ext, factors, leave_out=(), surface: bool = False, tangents=()) -> dict:
     """The saved faces (``--save``'s arrays: every run's distractors, views, shared shape, and the
     oracle) ranked again without encoding, against the skull's extended landmarks recomputed
@@ -575,31 +605,20 @@ def rescore(model, saved, ext, factors, leave_out=(), surface: bool = False, tan
     sd = np.asarray(ext.sd, np.float64)
     offset = np.asarray(ext.depth, np.float64)[:, None] * np.asarray(ext.directions, np.float64)
     out = {"landmarks": int(present.sum()), "left_out": list(ext.left_out), "runs": {}}
-    probes = {"mean_face": np.zeros((1, model.n_shape)), "oracle": np.asarray(saved["oracle"])[None]}
+    normals = model.soft_tissue_normals()
     for label in ("landmark", "refined"):
         if f"{label}_distractors" not in saved:
             continue
         dshapes = np.asarray(saved[f"{label}_distractors"])
-        dpts = soft_points(model, dshapes)
-        sets = {"views": np.asarray(saved[f"{label}_views"]),
-                "shared": np.asarray(saved[f"{label}_shared"])[:1]} | probes
+        sets = saved_probes(model, saved, label)
         run = out["runs"][label] = {}
         for k in factors:
             target = np.asarray(ext.skull_points, np.float64) + k * offset
-            row = {}
-            for name, shapes in sets.items():
-                if len(shapes):
-                    r = ranks(soft_points(model, shapes), dpts, target, present, sd,
-                              surface=(model, shapes, dshapes) if surface else None)
-                    row[name] = [float(np.median(r[f"rank_{key}"])) for key in ("s", "likelihood", "surface")
-                                 if f"rank_{key}" in r]
-            run[f"{k:g}"] = row
+            run[f"{k:g}"] = median_ranks(model, sets, dshapes, target, present, sd, surface)
         target = np.asarray(ext.skull_points, np.float64) + offset
-        normals = model.soft_tissue_normals()
         for t in tangents:
-            row = {name: float(np.median(ranks(soft_points(model, shapes), dpts, target, present, sd,
-                                               tangent=t, normals=normals)["rank_likelihood"]))
-                   for name, shapes in sets.items() if len(shapes)}
+            row = {name: r[1] for name, r in median_ranks(model, sets, dshapes, target, present, sd,
+                                                          tangent=t, normals=normals).items()}
             true = np.asarray(saved["distractors_true"])[np.asarray(saved[f"{label}_distractors_found"])]
             base = synthetic_baseline(model, true, dshapes, present, np.random.default_rng(1), tangent=t)
             row["synthetic"] = {k: v for k, v in base.items() if "likelihood" in k}
@@ -622,19 +641,13 @@ def sensitivity(model, saved, ext) -> dict:
     for label in ("landmark", "refined"):
         if f"{label}_distractors" not in saved:
             continue
-        dpts = soft_points(model, np.asarray(saved[f"{label}_distractors"]))
-        sets = {"views": np.asarray(saved[f"{label}_views"]),
-                "shared": np.asarray(saved[f"{label}_shared"])[:1],
-                "mean_face": np.zeros((1, model.n_shape)), "oracle": np.asarray(saved["oracle"])[None]}
+        dshapes = np.asarray(saved[f"{label}_distractors"])
+        sets = saved_probes(model, saved, label)
         run = out[label] = {}
         for name in ("as_is", *VARIANTS):
             e, cfg = (ext, ScoreConfig()) if name == "as_is" else variant(ext, ScoreConfig(), name)
-            row = run[name] = {}
-            for k, shapes in sets.items():
-                if len(shapes):
-                    r = ranks(soft_points(model, shapes), dpts, e.points, present, sd,
-                              tangent=cfg.tangent_sd_mm, normals=normals)
-                    row[k] = [float(np.median(r["rank_s"])), float(np.median(r["rank_likelihood"]))]
+            run[name] = median_ranks(model, sets, dshapes, e.points, present, sd,
+                                     tangent=cfg.tangent_sd_mm, normals=normals)
     return out
 
 

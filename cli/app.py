@@ -625,12 +625,14 @@ def query_cmd(
                   "(skullsearch.retrieval.sensitivity.VARIANTS)")
     df = result.to_pandas()
     if json_out:
-        import json
+        text = result.to_json(indent=1)
+        if spread is not None:  # (the rank ranges beside the recorded answer)
+            import json
 
-        data = json.loads(result.to_json())
-        if spread is not None:
-            data["sensitivity"] = spread
-        write_text(json_out, json.dumps(data, indent=1, default=str))
+            from skullsearch.retrieval.audit import json_plain
+
+            text = json.dumps(json.loads(text) | {"sensitivity": spread}, indent=1, default=json_plain)
+        write_text(json_out, text)
     if csv_out:
         df.to_csv(csv_out, index=False)
     if parquet_out:
